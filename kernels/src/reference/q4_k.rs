@@ -1,0 +1,141 @@
+//! Q4_K: a 256-element super-block of eight 32-element groups; 4-bit quants, each group with a
+//! 6-bit scale and a 6-bit minimum, themselves scaled by the f16 `d` and `dmin`:
+//! `x = d * sc[g] * q - dmin * m[g]`. Dotted with Q8_K.
+//!
+//! Layout of the 12 scale bytes (ggml's `get_scale_min_k4`): groups 0..4 keep their scale in the
+//! low 6 bits of bytes 0..4 and their minimum in the low 6 bits of bytes 4..8; groups 4..8 keep the
+//! low 4 bits of scale and minimum in the low and high nibbles of bytes 8..12 and their top 2 bits
+//! in the top 2 bits of bytes 0..4 (scale) and 4..8 (minimum). Quants: each 32-byte chunk `c` of
+//! `qs` holds group `2c` in its low nibbles and group `2c + 1` in its high nibbles.
+//!
+//! No quantization here: ggml's `quantize_row_q4_K_ref` is an iterative search whose output is a
+//! model-file concern, not an inference one.
+
+use super::q8_k::{accumulate_lanes, BlockQ8K};
+use super::{bytes, f16_le, Block, QK_K};
+
+/// Bytes of packed 6-bit scales and minimums in Q4_K and Q5_K (ggml's `K_SCALE_SIZE`).
+pub const K_SCALE_SIZE: usize = 12;
+
+/// A Q4_K block, same bit layout as ggml's `block_q4_K`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockQ4K {
+    /// Super-block scale of the group scales, f16 little-endian.
+    pub d: [u8; 2],
+    /// Super-block scale of the group minimums, f16 little-endian.
+    pub dmin: [u8; 2],
+    /// Packed 6-bit group scales and minimums (see [`scale_min_k4`]).
+    pub scales: [u8; K_SCALE_SIZE],
+    /// Nibbles: chunk `c` of 32 bytes holds group `2c` low, group `2c + 1` high.
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(size_of::<BlockQ4K>() == 144);
+
+impl Block for BlockQ4K {
+    const SIZE: usize = 144;
+    const ELEMS: usize = QK_K;
+    #[inline(always)]
+    fn read(b: &[u8]) -> Self {
+        Self {
+            d: [b[0], b[1]],
+            dmin: [b[2], b[3]],
+            scales: bytes(b, 4),
+            qs: bytes(b, 16),
+        }
+    }
+    #[inline(always)]
+    fn write(&self, out: &mut [u8]) {
+        out[..2].copy_from_slice(&self.d);
+        out[2..4].copy_from_slice(&self.dmin);
+        out[4..16].copy_from_slice(&self.scales);
+        out[16..Self::SIZE].copy_from_slice(&self.qs);
+    }
+}
+
+/// The 6-bit (scale, minimum) of group `j < 8` from the packed bytes `q` (ggml's
+/// `get_scale_min_k4`; shared by Q4_K and Q5_K).
+#[inline(always)]
+pub fn scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// All eight (scales, minimums) as integers.
+#[inline(always)]
+pub(crate) fn scales_mins_k4(q: &[u8; K_SCALE_SIZE]) -> ([i32; 8], [i32; 8]) {
+    let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
+    for j in 0..8 {
+        let (s, m) = scale_min_k4(j, q);
+        sc[j] = i32::from(s);
+        mn[j] = i32::from(m);
+    }
+    (sc, mn)
+}
+
+/// Q4_K blocks to f32 (ggml's `dequantize_row_q4_K`: `(d * sc) * q - (dmin * m)`, not fused).
+pub fn dequantize_row_q4_k(src: &[u8], out: &mut [f32]) {
+    debug_assert_eq!(src.len() * QK_K, out.len() * BlockQ4K::SIZE);
+    for (o, b) in out
+        .chunks_exact_mut(QK_K)
+        .zip(src.chunks_exact(BlockQ4K::SIZE))
+    {
+        let b = BlockQ4K::read(b);
+        let (d, min) = (f16_le(b.d), f16_le(b.dmin));
+        for c in 0..QK_K / 64 {
+            let (s1, m1) = scale_min_k4(2 * c, &b.scales);
+            let (s2, m2) = scale_min_k4(2 * c + 1, &b.scales);
+            let (d1, m1) = (d * f32::from(s1), min * f32::from(m1));
+            let (d2, m2) = (d * f32::from(s2), min * f32::from(m2));
+            let q = &b.qs[32 * c..32 * c + 32];
+            let (lo, hi) = o[64 * c..64 * c + 64].split_at_mut(32);
+            for l in 0..32 {
+                lo[l] = d1 * f32::from(q[l] & 0x0f) - m1;
+                hi[l] = d2 * f32::from(q[l] >> 4) - m2;
+            }
+        }
+    }
+}
+
+/// Dot product of `n` Q4_K weights with `n` Q8_K activations (ggml's generic
+/// `ggml_vec_dot_q4_K_q8_K`: integer group sums; the scale terms in 8 f32 lanes, the minimum
+/// terms via `bsums` in one f32 sum, the lanes added last).
+pub fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    debug_assert_eq!(n % QK_K, 0);
+    let nb = n / QK_K;
+    let (w, a) = (&w[..nb * BlockQ4K::SIZE], &a[..nb * BlockQ8K::SIZE]);
+    let mut sums = [0f32; 8];
+    let mut sumf = 0f32;
+    for (wb, ab) in w
+        .chunks_exact(BlockQ4K::SIZE)
+        .zip(a.chunks_exact(BlockQ8K::SIZE))
+    {
+        let (x, y) = (BlockQ4K::read(wb), BlockQ8K::read(ab));
+        let mut q = [0i8; QK_K];
+        for c in 0..QK_K / 64 {
+            for l in 0..32 {
+                q[64 * c + l] = (x.qs[32 * c + l] & 0x0f) as i8;
+                q[64 * c + 32 + l] = (x.qs[32 * c + l] >> 4) as i8;
+            }
+        }
+        let (sc, mn) = scales_mins_k4(&x.scales);
+        let bsums = y.group_sums();
+        let mut summ = 0i32;
+        for (j, &s) in bsums.iter().enumerate() {
+            summ += i32::from(s) * mn[j / 2];
+        }
+        let ya = y.scale();
+        accumulate_lanes(&q, &y, &sc, f16_le(x.d) * ya, &mut sums);
+        sumf -= (f16_le(x.dmin) * ya) * summ as f32;
+    }
+    for s in sums {
+        sumf += s;
+    }
+    sumf
+}

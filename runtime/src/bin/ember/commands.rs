@@ -1,0 +1,503 @@
+//! The subcommands of `ember`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ember::chat::{render_chat, ChatMessage};
+use ember::model::Model;
+use ember::sampler::SamplingParams;
+use ember::session::{GenerateParams, KvBudget, Session, SessionConfig};
+use serde_json::json;
+
+use crate::args::{switch, val, Args, Flag};
+
+/// Default model path, relative to the working directory (where `scripts/fetch-model.sh` puts it).
+const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// A failed command: bad usage (exit 2) or a run-time error (exit 1).
+pub enum CliError {
+    Usage(String),
+    Run(String),
+}
+
+impl From<ember::Error> for CliError {
+    fn from(e: ember::Error) -> Self {
+        CliError::Run(e.to_string())
+    }
+}
+
+type CliResult = Result<(), CliError>;
+
+fn usage(e: String) -> CliError {
+    CliError::Usage(e)
+}
+
+const COMMON: &[Flag] = &[
+    val("model", Some("-m")),
+    val("threads", Some("-t")),
+    val("ctx", None),
+    val("kv-blocks", None),
+    val("block-size", None),
+];
+
+const SAMPLING: &[Flag] = &[
+    val("prompt", Some("-p")),
+    val("n-predict", Some("-n")),
+    val("temp", None),
+    val("top-k", None),
+    val("top-p", None),
+    val("min-p", None),
+    val("repeat-penalty", None),
+    val("repeat-last-n", None),
+    val("seed", None),
+    val("stop", None),
+    switch("ignore-eos"),
+    switch("json"),
+];
+
+fn parse(raw: &[String], extra: &[&[Flag]]) -> Result<Args, CliError> {
+    let mut flags: Vec<Flag> = Vec::new();
+    for group in std::iter::once(COMMON).chain(extra.iter().copied()) {
+        for f in group {
+            flags.push(Flag {
+                long: f.long,
+                short: f.short,
+                takes_value: f.takes_value,
+            });
+        }
+    }
+    Args::parse(raw, &flags).map_err(usage)
+}
+
+fn model_path(a: &Args) -> PathBuf {
+    PathBuf::from(a.str("model").unwrap_or(DEFAULT_MODEL))
+}
+
+fn load_model(a: &Args) -> Result<Model, CliError> {
+    let path = model_path(a);
+    if !path.exists() {
+        let hint = if a.str("model").is_none() {
+            " (run scripts/fetch-model.sh to fetch the default model)"
+        } else {
+            ""
+        };
+        return Err(CliError::Run(format!(
+            "model file {} not found{hint}",
+            path.display()
+        )));
+    }
+    Ok(Model::load(&path)?)
+}
+
+/// Load the model and start a session sized for `max_batch` tokens per pass and `max_logits`
+/// logit rows.
+fn open_session(a: &Args, max_batch: usize, max_logits: usize) -> Result<Session, CliError> {
+    let t0 = Instant::now();
+    let model = load_model(a)?;
+    let mut s = open_session_from(model, a, max_batch, max_logits)?;
+    s.load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    Ok(s)
+}
+
+fn open_session_from(
+    model: Model,
+    a: &Args,
+    max_batch: usize,
+    max_logits: usize,
+) -> Result<Session, CliError> {
+    let n_ctx: usize = a.get_or("ctx", 4096).map_err(usage)?;
+    if n_ctx == 0 {
+        return Err(usage("--ctx must be at least 1".into()));
+    }
+    let n_ctx = n_ctx.min(model.config.n_ctx_train);
+    let max_batch = max_batch.min(n_ctx).max(1);
+    let cfg = SessionConfig {
+        n_ctx,
+        kv_budget: match a.get::<usize>("kv-blocks").map_err(usage)? {
+            Some(n) => KvBudget::Blocks(n),
+            None => KvBudget::FullContext,
+        },
+        block_size: a.get_or("block-size", 16).map_err(usage)?,
+        max_batch_tokens: max_batch,
+        max_logits: max_logits.clamp(1, max_batch),
+        threads: a.get_or("threads", 0).map_err(usage)?,
+    };
+    Ok(Session::new(model, &cfg)?)
+}
+
+fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliError> {
+    let d = SamplingParams::default();
+    let sampling = SamplingParams {
+        temperature: a.get_or("temp", 0.0).map_err(usage)?,
+        top_k: a.get_or("top-k", d.top_k).map_err(usage)?,
+        top_p: a.get_or("top-p", d.top_p).map_err(usage)?,
+        min_p: a.get_or("min-p", d.min_p).map_err(usage)?,
+        repeat_penalty: a
+            .get_or("repeat-penalty", d.repeat_penalty)
+            .map_err(usage)?,
+        repeat_last_n: a.get_or("repeat-last-n", d.repeat_last_n).map_err(usage)?,
+        seed: a.get_or("seed", d.seed).map_err(usage)?,
+    };
+    sampling.validate().map_err(|e| usage(e.to_string()))?;
+    Ok(GenerateParams {
+        sampling,
+        max_tokens: a.get_or("n-predict", default_n).map_err(usage)?,
+        stop: a
+            .str("stop")
+            .map(|s| vec![s.to_string()])
+            .unwrap_or_default(),
+        stop_ids: Vec::new(),
+        ignore_eos: a.has("ignore-eos"),
+    })
+}
+
+pub fn generate(raw: &[String]) -> CliResult {
+    let a = parse(raw, &[SAMPLING])?;
+    let prompt = a
+        .str("prompt")
+        .or(a.positional.first().map(String::as_str))
+        .ok_or_else(|| usage("generate needs a prompt: -p TEXT".into()))?
+        .to_string();
+    let params = generate_params(&a, 128)?;
+    let json_out = a.has("json");
+    let mut s = open_session(&a, 512, 1)?;
+    let mut out = std::io::stdout().lock();
+    let (prompt_ids, g) = s.generate_text(&prompt, &params, |piece| {
+        if !json_out {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        }
+    })?;
+    if json_out {
+        let v = json!({
+            "prompt_ids": prompt_ids,
+            "ids": g.ids,
+            "text": g.text,
+            "finish_reason": g.finish_reason.as_str(),
+            "prefill_tok_s": g.prefill_tok_s,
+            "decode_tok_s": g.decode_tok_s,
+            "load_ms": s.load_ms,
+        });
+        let _ = writeln!(out, "{v}");
+    } else {
+        let _ = writeln!(out);
+        eprintln!(
+            "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, finish: {}]",
+            prompt_ids.len(),
+            g.prefill_tok_s,
+            g.ids.len(),
+            g.decode_tok_s,
+            g.finish_reason.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// The model's chat template, or a clear error when the file has none.
+fn chat_template(s: &Session) -> Result<String, CliError> {
+    Ok(s.model
+        .file
+        .get_str("tokenizer.chat_template")?
+        .ok_or_else(|| {
+            CliError::Run(
+                "this model has no tokenizer.chat_template: use `ember generate` with a \
+                 pre-formatted prompt"
+                    .into(),
+            )
+        })?
+        .to_string())
+}
+
+fn token_text(s: &Session, id: Option<u32>) -> String {
+    id.and_then(|i| s.tokenizer.token_text(i))
+        .unwrap_or("")
+        .to_string()
+}
+
+pub fn chat(raw: &[String]) -> CliResult {
+    let a = parse(raw, &[SAMPLING, &[val("system", None)]])?;
+    let params = generate_params(&a, 256)?;
+    let mut s = open_session(&a, 512, 1)?;
+    let template = chat_template(&s)?;
+    let (bos, eos) = (
+        token_text(&s, s.tokenizer.bos()),
+        token_text(&s, s.tokenizer.eos()),
+    );
+    let mut messages = Vec::new();
+    if let Some(sys) = a.str("system") {
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: sys.into(),
+        });
+    }
+    let one_shot = a.str("prompt").map(str::to_string);
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        let user = match &one_shot {
+            Some(p) => p.clone(),
+            None => {
+                eprint!("> ");
+                let _ = std::io::stderr().flush();
+                match lines.next() {
+                    Some(Ok(l)) => l,
+                    Some(Err(e)) => return Err(CliError::Run(format!("reading stdin: {e}"))),
+                    None => return Ok(()),
+                }
+            }
+        };
+        messages.push(ChatMessage {
+            role: "user".into(),
+            content: user,
+        });
+        let prompt = render_chat(&template, &messages, true, &bos, &eos)
+            .map_err(|e| CliError::Run(format!("chat template: {e}")))?;
+        let mut out = std::io::stdout().lock();
+        let (_, g) = s.generate_text(&prompt, &params, |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        })?;
+        let _ = writeln!(out);
+        messages.push(ChatMessage {
+            role: "assistant".into(),
+            content: g.text,
+        });
+        if one_shot.is_some() {
+            return Ok(());
+        }
+    }
+}
+
+pub fn tokenize(raw: &[String]) -> CliResult {
+    let a = parse(raw, &[&[switch("json"), switch("no-parse-special")]])?;
+    let text = a
+        .positional
+        .first()
+        .ok_or_else(|| usage("tokenize needs TEXT".into()))?;
+    let model = load_model(&a)?;
+    let tok = ember::gguf::tokenizer_from_gguf(&model.file)?;
+    let ids = tok
+        .encode(text, true, !a.has("no-parse-special"))
+        .map_err(|e| CliError::Run(e.to_string()))?;
+    if a.has("json") {
+        println!("{}", json!({ "ids": ids }));
+    } else {
+        for id in ids {
+            println!(
+                "{id:>7} -> {:?}",
+                String::from_utf8_lossy(tok.token_bytes(id))
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn info(raw: &[String]) -> CliResult {
+    let a = parse(raw, &[])?;
+    let path = model_path(&a);
+    let file = ember::gguf::GgufFile::open(&path)?;
+    println!(
+        "file: {} ({} bytes, GGUF v{})",
+        path.display(),
+        file.file_size(),
+        file.version()
+    );
+    println!("\nmetadata ({} keys):", file.metadata().count());
+    for (k, v) in file.metadata() {
+        println!("  {k:<44} {}", file.display_value(v));
+    }
+    println!("\ntensors ({}):", file.tensors().len());
+    for t in file.tensors() {
+        println!(
+            "  {:<32} {:<6} {:<16} {:>10} bytes at {}",
+            t.name,
+            t.ty.name(),
+            t.shape_string(),
+            t.data.len(),
+            t.data.start
+        );
+    }
+    let model = Model::from_gguf(file)?;
+    let c = model.config.clone();
+    println!(
+        "\nmodel: {} | {} layers, n_embd {}, {} heads / {} KV heads (head dim {}), n_ff {}, vocab {}, \
+         context {}, rope base {}",
+        c.arch.name(),
+        c.n_layer,
+        c.n_embd,
+        c.n_head,
+        c.n_head_kv,
+        c.head_dim,
+        c.n_ff,
+        c.n_vocab,
+        c.n_ctx_train,
+        c.rope_base
+    );
+    let s = open_session_from(model, &a, 512, 1)?;
+    println!("memory plan:");
+    println!(
+        "  weights mapped   {:>12} bytes (not copied)",
+        s.model.weight_bytes()
+    );
+    println!(
+        "  KV arena         {:>12} bytes ({} blocks of {} tokens, context {})",
+        s.arena_bytes(),
+        s.arena_blocks(),
+        a.get_or("block-size", 16usize).map_err(usage)?,
+        s.n_ctx()
+    );
+    println!("  scratch          {:>12} bytes", s.scratch_bytes());
+    Ok(())
+}
+
+pub fn perplexity(raw: &[String]) -> CliResult {
+    let a = parse(
+        raw,
+        &[&[
+            val("file", Some("-f")),
+            val("chunk", Some("-c")),
+            switch("json"),
+        ]],
+    )?;
+    let file = a
+        .str("file")
+        .ok_or_else(|| usage("perplexity needs -f FILE".into()))?;
+    let text = std::fs::read_to_string(file).map_err(|e| CliError::Run(format!("{file}: {e}")))?;
+    let c: usize = a.get_or("chunk", 512).map_err(usage)?;
+    let mut s = open_session(&a, c, c / 2 + 1)?;
+    if s.n_ctx() < c {
+        return Err(usage(format!("-c {c} exceeds the context ({})", s.n_ctx())));
+    }
+    let tokens = s
+        .tokenizer
+        .encode(&text, true, false)
+        .map_err(|e| CliError::Run(e.to_string()))?;
+    let json_out = a.has("json");
+    let r = ember::perplexity::perplexity(&mut s, &tokens, c, |i, p| {
+        if !json_out {
+            eprint!("[{}]{p:.4},", i + 1);
+        }
+    })?;
+    if json_out {
+        println!(
+            "{}",
+            json!({"ppl": r.ppl, "ppl_err": r.ppl_err, "chunks": r.chunks, "tokens": tokens.len(),
+                   "scored": r.scored, "tok_s": r.tok_s})
+        );
+    } else {
+        eprintln!();
+        println!(
+            "Final estimate: PPL = {:.4} +/- {:.5} ({} chunks of {c}, {} tokens, {:.1} tok/s)",
+            r.ppl,
+            r.ppl_err,
+            r.chunks,
+            tokens.len(),
+            r.tok_s
+        );
+    }
+    Ok(())
+}
+
+pub fn bench(raw: &[String]) -> CliResult {
+    let a = parse(
+        raw,
+        &[&[
+            val("n-prompt", Some("-p")),
+            val("n-gen", Some("-n")),
+            val("reps", Some("-r")),
+            switch("json"),
+        ]],
+    )?;
+    let n_prompt: usize = a.get_or("n-prompt", 512).map_err(usage)?;
+    let n_gen: usize = a.get_or("n-gen", 128).map_err(usage)?;
+    let reps: usize = a.get_or("reps", 3).map_err(usage)?;
+    if n_prompt == 0 || n_gen == 0 || reps == 0 {
+        return Err(usage("-p, -n and -r must be at least 1".into()));
+    }
+    let mut s = open_session(&a, n_prompt.max(1), 1)?;
+    if n_prompt + n_gen > s.n_ctx() {
+        return Err(usage(format!("-p + -n exceed the context ({})", s.n_ctx())));
+    }
+    let n_vocab = s.model.config.n_vocab as u32;
+    // Deterministic pseudo-random prompt tokens, as llama-bench uses random tokens.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let prompt: Vec<u32> = (0..n_prompt)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n_vocab as u64) as u32
+        })
+        .collect();
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        // Prefill: the prompt in one pass (chunks of the batch size), logits for the last token.
+        let mut seq = s.new_sequence();
+        seq.tokens.extend_from_slice(&prompt);
+        let t0 = Instant::now();
+        let last = n_prompt - 1;
+        s.eval(&mut seq, |p| p == last, |_, _, _| {})?;
+        pp.push(n_prompt as f64 / t0.elapsed().as_secs_f64());
+        s.release(&mut seq);
+        // Decode: n_gen single-token passes from an empty cache (as llama-bench's tg).
+        seq.tokens.clear();
+        seq.tokens.push(prompt[0]);
+        let t0 = Instant::now();
+        for i in 0..n_gen {
+            let last = seq.tokens.len() - 1;
+            let mut next = 0;
+            s.eval(
+                &mut seq,
+                |p| p == last,
+                |_, logits, _| {
+                    next = argmax(logits);
+                },
+            )?;
+            let _ = i;
+            seq.tokens.push(next);
+        }
+        tg.push(n_gen as f64 / t0.elapsed().as_secs_f64());
+        s.release(&mut seq);
+    }
+    let stats = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        (m, sd)
+    };
+    let ((ppm, pps), (tgm, tgs)) = (stats(&pp), stats(&tg));
+    if a.has("json") {
+        println!(
+            "{}",
+            json!({"threads": s.threads(), "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
+                   "prefill_tok_s": ppm, "prefill_sd": pps, "decode_tok_s": tgm, "decode_sd": tgs})
+        );
+    } else {
+        println!("| model | threads | test | t/s |");
+        println!("| --- | ---: | --- | ---: |");
+        let name = model_path(&a);
+        let name = name
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        println!(
+            "| {name} | {} | pp{n_prompt} | {ppm:.2} ± {pps:.2} |",
+            s.threads()
+        );
+        println!(
+            "| {name} | {} | tg{n_gen} | {tgm:.2} ± {tgs:.2} |",
+            s.threads()
+        );
+    }
+    Ok(())
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,107 @@
+//! Threaded matrix products over quantized weights.
+//!
+//! `runtime/` never names an instruction set: it calls the kernel table of each weight type
+//! (`TypeTraits`). A product reads each weight row once per call and multiplies it with every
+//! activation row of the batch, so a batch of T tokens costs one pass over the weights.
+
+use rayon::prelude::*;
+
+use crate::model::weights::Mat;
+
+/// A pointer that may be shared between the threads of one parallel region, each writing a
+/// disjoint set of elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: used only inside `matmul`, where every thread writes a disjoint set of indices of a
+// buffer that outlives the parallel region.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+/// The worker threads of one model instance.
+pub struct Compute {
+    pool: rayon::ThreadPool,
+    n_threads: usize,
+}
+
+impl std::fmt::Debug for Compute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compute")
+            .field("n_threads", &self.n_threads)
+            .finish()
+    }
+}
+
+impl Compute {
+    /// A pool of `n_threads` workers (at least 1).
+    pub fn new(n_threads: usize) -> Result<Compute, String> {
+        let n_threads = n_threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n_threads)
+            .thread_name(|i| format!("ember-worker-{i}"))
+            .build()
+            .map_err(|e| format!("cannot start {n_threads} worker threads: {e}"))?;
+        Ok(Compute { pool, n_threads })
+    }
+
+    /// Number of worker threads.
+    pub fn n_threads(&self) -> usize {
+        self.n_threads
+    }
+
+    /// Run `f` inside the pool (so nested parallel iterators use its workers).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    /// `out[t][r] = W[r] · act[t]` for `t < n_tok`, `r < w.rows`.
+    ///
+    /// `weights`: the bytes of `w`; `act`: `n_tok` rows of `act_row_bytes`, already quantized to
+    /// `w.kernels.vec_dot_type`; `out`: `[n_tok, w.rows]`.
+    pub fn matmul(
+        &self,
+        w: &Mat,
+        weights: &[u8],
+        act: &[u8],
+        act_row_bytes: usize,
+        n_tok: usize,
+        out: &mut [f32],
+    ) {
+        let rows = w.rows;
+        assert_eq!(
+            weights.len(),
+            rows * w.row_bytes,
+            "{}: weight bytes",
+            w.name
+        );
+        assert!(act.len() >= n_tok * act_row_bytes && out.len() >= n_tok * rows);
+        let dot = w.kernels.vec_dot;
+        let cols = w.cols;
+        // Chunks of whole rows; several per thread so uneven progress balances out.
+        let chunk = rows.div_ceil(self.n_threads * 4).max(16);
+        let n_chunks = rows.div_ceil(chunk);
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        let body = |c: usize| {
+            let out_ptr = out_ptr;
+            let r0 = c * chunk;
+            let r1 = (r0 + chunk).min(rows);
+            for r in r0..r1 {
+                let wrow = &weights[r * w.row_bytes..(r + 1) * w.row_bytes];
+                for t in 0..n_tok {
+                    let a = &act[t * act_row_bytes..(t + 1) * act_row_bytes];
+                    let y = dot(cols, wrow, a);
+                    // SAFETY: `t * rows + r < n_tok * rows <= out.len()` (asserted above), and
+                    // row `r` belongs to chunk `c` only, so no two threads write one element;
+                    // `out` is borrowed mutably for the whole call.
+                    unsafe { *out_ptr.0.add(t * rows + r) = y };
+                }
+            }
+        };
+        if n_chunks == 1 || self.n_threads == 1 {
+            (0..n_chunks).for_each(body);
+        } else {
+            self.pool
+                .install(|| (0..n_chunks).into_par_iter().for_each(body));
+        }
+    }
+}

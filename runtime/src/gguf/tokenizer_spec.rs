@@ -1,0 +1,87 @@
+//! Reads the `tokenizer.ggml.*` keys of a GGUF file into a [`TokenizerSpec`].
+
+use super::GgufFile;
+use crate::error::{Error, Result};
+use crate::tokenizer::{Tokenizer, TokenizerSpec};
+
+/// Most tokens a vocabulary may have (Gemma 3 has 262 144).
+const MAX_VOCAB: u64 = 1 << 22;
+
+fn token_id(f: &GgufFile, key: &str, n_vocab: usize) -> Result<Option<u32>> {
+    match f.get_u64(key)? {
+        None => Ok(None),
+        Some(id) if (id as usize) < n_vocab => Ok(Some(id as u32)),
+        // Some converters write -1 / u32::MAX for "none".
+        Some(id) if id == u32::MAX as u64 => Ok(None),
+        Some(id) => Err(Error::BadKey {
+            key: key.into(),
+            what: format!("token id {id} is outside the vocabulary of {n_vocab} tokens"),
+        }),
+    }
+}
+
+/// The tokenizer description stored in `f`.
+pub fn tokenizer_spec(f: &GgufFile) -> Result<TokenizerSpec> {
+    let model = f
+        .get_str("tokenizer.ggml.model")?
+        .ok_or_else(|| Error::MissingKey("tokenizer.ggml.model".into()))?
+        .to_string();
+    if f.array_len("tokenizer.ggml.tokens").unwrap_or(0) > MAX_VOCAB {
+        return Err(Error::BadKey {
+            key: "tokenizer.ggml.tokens".into(),
+            what: format!("more than {MAX_VOCAB} tokens"),
+        });
+    }
+    let tokens: Vec<String> = f
+        .get_str_array("tokenizer.ggml.tokens")?
+        .ok_or_else(|| Error::MissingKey("tokenizer.ggml.tokens".into()))?
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let n = tokens.len();
+    let token_types = f
+        .get_i32_array("tokenizer.ggml.token_type")?
+        .unwrap_or_default();
+    let scores = f
+        .get_f32_array("tokenizer.ggml.scores")?
+        .unwrap_or_default();
+    for (key, len) in [
+        ("tokenizer.ggml.token_type", token_types.len()),
+        ("tokenizer.ggml.scores", scores.len()),
+    ] {
+        if len != 0 && len != n {
+            return Err(Error::BadKey {
+                key: key.into(),
+                what: format!("{len} entries for {n} tokens"),
+            });
+        }
+    }
+    let merges = f
+        .get_str_array("tokenizer.ggml.merges")?
+        .unwrap_or_default()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    Ok(TokenizerSpec {
+        model,
+        pre: f.get_str("tokenizer.ggml.pre")?.map(str::to_owned),
+        tokens,
+        token_types,
+        scores,
+        merges,
+        bos: token_id(f, "tokenizer.ggml.bos_token_id", n)?,
+        eos: token_id(f, "tokenizer.ggml.eos_token_id", n)?,
+        eot: token_id(f, "tokenizer.ggml.eot_token_id", n)?,
+        eom: token_id(f, "tokenizer.ggml.eom_token_id", n)?,
+        unk: token_id(f, "tokenizer.ggml.unknown_token_id", n)?,
+        pad: token_id(f, "tokenizer.ggml.padding_token_id", n)?,
+        add_bos: f.get_bool("tokenizer.ggml.add_bos_token")?,
+        add_eos: f.get_bool("tokenizer.ggml.add_eos_token")?,
+        add_space_prefix: f.get_bool("tokenizer.ggml.add_space_prefix")?,
+    })
+}
+
+/// Build the model's tokenizer from `f`.
+pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
+    Tokenizer::from_spec(tokenizer_spec(f)?).map_err(|e| Error::Tokenizer(e.to_string()))
+}

@@ -1,0 +1,780 @@
+//! A GGUF writer: builds files for tests, synthetic models and models cut to fewer layers.
+//!
+//! Layout written (GGUF v3, little-endian, as specified in ggml's `docs/gguf.md`):
+//!
+//! ```text
+//! header       magic "GGUF", u32 version, u64 tensor_count, u64 kv_count      (24 bytes)
+//! kv pairs     string key, u32 value type, value                              (kv_count times)
+//! tensor infos string name, u32 n_dims, n_dims x u64 ne, u32 ggml type id,
+//!              u64 offset relative to the data section                        (tensor_count times)
+//! padding      zeros up to the next multiple of the alignment
+//! data         each tensor at its offset, every offset a multiple of the alignment,
+//!              zero padding after each tensor (the last one included)
+//! ```
+//!
+//! A string is a u64 byte length and the bytes (no terminator). An array value is a u32 element
+//! type, a u64 count and the elements; arrays may nest. `ne[0]` is the innermost (row) length.
+//!
+//! The writer checks only what it needs to lay out the data (each tensor's byte size matches its
+//! type and dims, the alignment is a power of two) and otherwise writes what it is told:
+//! duplicate keys, a `general.alignment` of the wrong type, bogus versions. That is deliberate,
+//! so malformed-file tests can build hostile input; [`GgufWriter::to_bytes_with_layout`] reports
+//! where every section starts so tests can truncate or corrupt the bytes at each boundary.
+
+use std::path::Path;
+
+use ember_kernels::GgmlType;
+
+/// The alignment GGUF uses when `general.alignment` is absent.
+pub const DEFAULT_ALIGNMENT: u32 = 32;
+
+/// Bytes in the fixed header: magic, version, tensor count, kv count.
+pub const HEADER_LEN: u64 = 24;
+
+/// The key whose u32 value sets the data alignment.
+pub const ALIGNMENT_KEY: &str = "general.alignment";
+
+/// A metadata value. The GGUF value type id of each variant is given by
+/// [`MetaValue::type_id`].
+#[derive(Clone, Debug, PartialEq)]
+#[allow(missing_docs)]
+pub enum MetaValue {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    Str(String),
+    Array(MetaArray),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+/// A metadata array: all elements of one type. `Array` holds nested arrays, whose element types
+/// may differ from one another (the spec allows it; readers may not).
+#[derive(Clone, Debug, PartialEq)]
+#[allow(missing_docs)]
+pub enum MetaArray {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    F32(Vec<f32>),
+    Bool(Vec<bool>),
+    Str(Vec<String>),
+    Array(Vec<MetaArray>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+}
+
+impl MetaValue {
+    /// The GGUF value type id: 0 u8, 1 i8, 2 u16, 3 i16, 4 u32, 5 i32, 6 f32, 7 bool, 8 string,
+    /// 9 array, 10 u64, 11 i64, 12 f64.
+    pub fn type_id(&self) -> u32 {
+        match self {
+            MetaValue::U8(_) => 0,
+            MetaValue::I8(_) => 1,
+            MetaValue::U16(_) => 2,
+            MetaValue::I16(_) => 3,
+            MetaValue::U32(_) => 4,
+            MetaValue::I32(_) => 5,
+            MetaValue::F32(_) => 6,
+            MetaValue::Bool(_) => 7,
+            MetaValue::Str(_) => 8,
+            MetaValue::Array(_) => 9,
+            MetaValue::U64(_) => 10,
+            MetaValue::I64(_) => 11,
+            MetaValue::F64(_) => 12,
+        }
+    }
+}
+
+impl MetaArray {
+    /// The GGUF value type id of the elements (see [`MetaValue::type_id`]).
+    pub fn elem_type_id(&self) -> u32 {
+        match self {
+            MetaArray::U8(_) => 0,
+            MetaArray::I8(_) => 1,
+            MetaArray::U16(_) => 2,
+            MetaArray::I16(_) => 3,
+            MetaArray::U32(_) => 4,
+            MetaArray::I32(_) => 5,
+            MetaArray::F32(_) => 6,
+            MetaArray::Bool(_) => 7,
+            MetaArray::Str(_) => 8,
+            MetaArray::Array(_) => 9,
+            MetaArray::U64(_) => 10,
+            MetaArray::I64(_) => 11,
+            MetaArray::F64(_) => 12,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            MetaArray::U8(v) => v.len(),
+            MetaArray::I8(v) => v.len(),
+            MetaArray::U16(v) => v.len(),
+            MetaArray::I16(v) => v.len(),
+            MetaArray::U32(v) => v.len(),
+            MetaArray::I32(v) => v.len(),
+            MetaArray::F32(v) => v.len(),
+            MetaArray::Bool(v) => v.len(),
+            MetaArray::Str(v) => v.len(),
+            MetaArray::Array(v) => v.len(),
+            MetaArray::U64(v) => v.len(),
+            MetaArray::I64(v) => v.len(),
+            MetaArray::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A tensor to be written.
+#[derive(Clone, Debug)]
+struct PendingTensor {
+    name: String,
+    ty: GgmlType,
+    dims: Vec<u64>,
+    data: Vec<u8>,
+}
+
+/// Where one kv pair sits in the written file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvLayout {
+    /// The key.
+    pub key: String,
+    /// Offset of the pair (the key's u64 length).
+    pub start: u64,
+    /// Offset of the u32 value type.
+    pub value_type_at: u64,
+}
+
+/// Where one tensor's info and data sit in the written file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorLayout {
+    /// The tensor's name.
+    pub name: String,
+    /// Offset of the tensor info (the name's u64 length).
+    pub info_start: u64,
+    /// Offset of the info's u32 ggml type id.
+    pub type_at: u64,
+    /// Offset of the info's u64 data offset.
+    pub offset_at: u64,
+    /// Absolute offset of the tensor's data.
+    pub data_start: u64,
+    /// Bytes of tensor data (padding excluded).
+    pub data_len: u64,
+}
+
+/// Byte offsets of every section of a written file. The header starts at 0 and is
+/// [`HEADER_LEN`] bytes; the kv pairs start right after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GgufLayout {
+    /// Each kv pair in file order (the automatic `general.alignment` one included).
+    pub kvs: Vec<KvLayout>,
+    /// Offset of the first tensor info (the end of the kv pairs).
+    pub tensor_infos_start: u64,
+    /// Each tensor in file order.
+    pub tensors: Vec<TensorLayout>,
+    /// Offset of the data section (the end of the tensor infos, rounded up to the alignment).
+    pub data_start: u64,
+    /// Length of the file.
+    pub len: u64,
+}
+
+impl GgufLayout {
+    /// Every section boundary, sorted and without duplicates: each header field, each kv pair and
+    /// its value type, each tensor info and its type and offset fields, the data section, each
+    /// tensor's data, and the end of the file. Truncating at, or corrupting from, each of these
+    /// exercises every read of a parser.
+    pub fn boundaries(&self) -> Vec<u64> {
+        let mut b = vec![0, 4, 8, 16, HEADER_LEN, self.tensor_infos_start];
+        for kv in &self.kvs {
+            b.extend([kv.start, kv.value_type_at]);
+        }
+        for t in &self.tensors {
+            b.extend([t.info_start, t.type_at, t.offset_at, t.data_start]);
+        }
+        b.extend([self.data_start, self.len]);
+        b.sort_unstable();
+        b.dedup();
+        b
+    }
+}
+
+/// Builds a GGUF file in memory. Setters return `&mut Self` to chain; nothing is checked until
+/// [`GgufWriter::to_bytes`].
+#[derive(Clone, Debug)]
+pub struct GgufWriter {
+    version: u32,
+    alignment: u32,
+    kvs: Vec<(String, MetaValue)>,
+    tensors: Vec<PendingTensor>,
+}
+
+impl Default for GgufWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_u64(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Writes a value's payload (its type id is written by the caller).
+fn put_value(out: &mut Vec<u8>, v: &MetaValue) {
+    match v {
+        MetaValue::U8(x) => out.push(*x),
+        MetaValue::I8(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::U32(x) => put_u32(out, *x),
+        MetaValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::Bool(x) => out.push(u8::from(*x)),
+        MetaValue::Str(x) => put_str(out, x),
+        MetaValue::Array(a) => put_array(out, a),
+        MetaValue::U64(x) => put_u64(out, *x),
+        MetaValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+    }
+}
+
+/// Writes an array value: element type, count, elements.
+fn put_array(out: &mut Vec<u8>, a: &MetaArray) {
+    put_u32(out, a.elem_type_id());
+    put_u64(out, a.len() as u64);
+    match a {
+        MetaArray::U8(v) => out.extend_from_slice(v),
+        MetaArray::I8(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::U16(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::I16(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::U32(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::I32(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::F32(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::Bool(v) => v.iter().for_each(|&x| out.push(u8::from(x))),
+        MetaArray::Str(v) => v.iter().for_each(|s| put_str(out, s)),
+        MetaArray::Array(v) => v.iter().for_each(|inner| put_array(out, inner)),
+        MetaArray::U64(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::I64(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        MetaArray::F64(v) => v.iter().for_each(|x| out.extend(x.to_le_bytes())),
+    }
+}
+
+/// Pads `out` with zeros to a multiple of `align` (a power of two).
+fn pad_to(out: &mut Vec<u8>, align: u64) {
+    let len = out.len() as u64;
+    out.resize(len.next_multiple_of(align) as usize, 0);
+}
+
+/// Bytes a tensor of type `ty` and dims `dims` takes, or why it cannot exist. No dims means one
+/// element.
+fn tensor_bytes(ty: GgmlType, dims: &[u64]) -> Result<u64, String> {
+    let ne0 = dims.first().copied().unwrap_or(1);
+    let block = ty.block_size() as u64;
+    if ne0 % block != 0 {
+        return Err(format!(
+            "ne[0] = {ne0} is not a multiple of the {ty} block size {block}"
+        ));
+    }
+    ty.row_bytes(ne0)
+        .and_then(|row| {
+            dims.iter()
+                .skip(1)
+                .try_fold(row, |acc, &d| acc.checked_mul(d))
+        })
+        .ok_or_else(|| format!("{ty} {dims:?} overflows u64 bytes"))
+}
+
+impl GgufWriter {
+    /// An empty GGUF v3 file with alignment 32.
+    pub fn new() -> Self {
+        GgufWriter {
+            version: 3,
+            alignment: DEFAULT_ALIGNMENT,
+            kvs: Vec::new(),
+            tensors: Vec::new(),
+        }
+    }
+
+    /// Sets the header's version field. Any value is written: 2 gives a v2 file (same layout as
+    /// v3 here), others a file a reader must refuse.
+    pub fn version(&mut self, v: u32) -> &mut Self {
+        self.version = v;
+        self
+    }
+
+    /// Sets the data alignment (a power of two, checked when writing). When it is not 32, a u32
+    /// `general.alignment` kv is appended after the other kvs, unless one was added with
+    /// [`GgufWriter::kv`]: that one is written as given, which lets a test declare a different
+    /// alignment than the layout uses.
+    pub fn alignment(&mut self, a: u32) -> &mut Self {
+        self.alignment = a;
+        self
+    }
+
+    /// Adds a kv pair, in order. Duplicate keys are written as given.
+    pub fn kv(&mut self, key: &str, v: MetaValue) -> &mut Self {
+        self.kvs.push((key.to_string(), v));
+        self
+    }
+
+    /// Adds a tensor, in order. `dims` is ggml's `ne` (`dims[0]` the row length); `data` must be
+    /// exactly the bytes the type and dims imply, which [`GgufWriter::to_bytes`] checks.
+    pub fn tensor(&mut self, name: &str, ty: GgmlType, dims: &[u64], data: Vec<u8>) -> &mut Self {
+        self.tensors.push(PendingTensor {
+            name: name.to_string(),
+            ty,
+            dims: dims.to_vec(),
+            data,
+        });
+        self
+    }
+
+    /// Replaces the type, dims and data of the tensor called `name`, keeping its place; adds it
+    /// when absent.
+    pub fn replace_tensor(
+        &mut self,
+        name: &str,
+        ty: GgmlType,
+        dims: &[u64],
+        data: Vec<u8>,
+    ) -> &mut Self {
+        match self.tensors.iter_mut().find(|t| t.name == name) {
+            Some(t) => {
+                t.ty = ty;
+                t.dims = dims.to_vec();
+                t.data = data;
+                self
+            }
+            None => self.tensor(name, ty, dims, data),
+        }
+    }
+
+    /// Removes the tensor called `name`, if present.
+    pub fn remove_tensor(&mut self, name: &str) -> &mut Self {
+        self.tensors.retain(|t| t.name != name);
+        self
+    }
+
+    /// The file's bytes.
+    ///
+    /// Errors: the alignment is not a power of two, or a tensor's data length does not match
+    /// its type and dims.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        self.to_bytes_with_layout().map(|(bytes, _)| bytes)
+    }
+
+    /// The file's bytes and the offset of every section (see [`GgufLayout`]).
+    ///
+    /// Errors: as [`GgufWriter::to_bytes`].
+    pub fn to_bytes_with_layout(&self) -> Result<(Vec<u8>, GgufLayout), String> {
+        if !self.alignment.is_power_of_two() {
+            return Err(format!(
+                "alignment {} is not a power of two; to write a bad {ALIGNMENT_KEY}, keep a valid \
+                 alignment and add the key with kv()",
+                self.alignment
+            ));
+        }
+        let align = self.alignment as u64;
+        for t in &self.tensors {
+            let want =
+                tensor_bytes(t.ty, &t.dims).map_err(|e| format!("tensor {}: {e}", t.name))?;
+            if t.data.len() as u64 != want {
+                return Err(format!(
+                    "tensor {}: data is {} bytes but {} {:?} needs {want}",
+                    t.name,
+                    t.data.len(),
+                    t.ty,
+                    t.dims
+                ));
+            }
+        }
+
+        let auto_alignment = (self.alignment != DEFAULT_ALIGNMENT
+            && !self.kvs.iter().any(|(k, _)| k == ALIGNMENT_KEY))
+        .then(|| (ALIGNMENT_KEY.to_string(), MetaValue::U32(self.alignment)));
+        let kvs: Vec<&(String, MetaValue)> = self.kvs.iter().chain(&auto_alignment).collect();
+
+        let mut out = Vec::new();
+        out.extend_from_slice(b"GGUF");
+        put_u32(&mut out, self.version);
+        put_u64(&mut out, self.tensors.len() as u64);
+        put_u64(&mut out, kvs.len() as u64);
+
+        let mut kv_layout = Vec::with_capacity(kvs.len());
+        for (key, value) in kvs {
+            let start = out.len() as u64;
+            put_str(&mut out, key);
+            let value_type_at = out.len() as u64;
+            put_u32(&mut out, value.type_id());
+            put_value(&mut out, value);
+            kv_layout.push(KvLayout {
+                key: key.clone(),
+                start,
+                value_type_at,
+            });
+        }
+
+        let tensor_infos_start = out.len() as u64;
+        let mut tensor_layout = Vec::with_capacity(self.tensors.len());
+        let mut data_offset = 0u64;
+        for t in &self.tensors {
+            let info_start = out.len() as u64;
+            put_str(&mut out, &t.name);
+            put_u32(&mut out, t.dims.len() as u32);
+            t.dims.iter().for_each(|&d| put_u64(&mut out, d));
+            let type_at = out.len() as u64;
+            put_u32(&mut out, t.ty.id());
+            let offset_at = out.len() as u64;
+            put_u64(&mut out, data_offset);
+            tensor_layout.push(TensorLayout {
+                name: t.name.clone(),
+                info_start,
+                type_at,
+                offset_at,
+                data_start: data_offset, // relative for now, made absolute below
+                data_len: t.data.len() as u64,
+            });
+            data_offset = (data_offset + t.data.len() as u64).next_multiple_of(align);
+        }
+
+        pad_to(&mut out, align);
+        let data_start = out.len() as u64;
+        for (t, layout) in self.tensors.iter().zip(&mut tensor_layout) {
+            layout.data_start += data_start;
+            out.extend_from_slice(&t.data);
+            pad_to(&mut out, align);
+        }
+
+        let layout = GgufLayout {
+            kvs: kv_layout,
+            tensor_infos_start,
+            tensors: tensor_layout,
+            data_start,
+            len: out.len() as u64,
+        };
+        Ok((out, layout))
+    }
+
+    /// Writes the file to `path`.
+    ///
+    /// Errors: those of [`GgufWriter::to_bytes`] (as `InvalidInput`) and of the write.
+    pub fn write_to(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = self
+            .to_bytes()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        std::fs::write(path, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    fn f16_bytes(values: &[f32]) -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect()
+    }
+
+    /// Bytes 0, 1, 2, ... of length `n`: recognizable and different per tensor via `seed`.
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+            .collect()
+    }
+
+    fn every_value_type() -> GgufWriter {
+        let mut w = GgufWriter::new();
+        w.alignment(64)
+            .kv("general.architecture", MetaValue::Str("llama".into()))
+            .kv("t.u8", MetaValue::U8(200))
+            .kv("t.i8", MetaValue::I8(-100))
+            .kv("t.u16", MetaValue::U16(60_000))
+            .kv("t.i16", MetaValue::I16(-30_000))
+            .kv("t.u32", MetaValue::U32(4_000_000_000))
+            .kv("t.i32", MetaValue::I32(-2_000_000_000))
+            .kv("t.f32", MetaValue::F32(0.1))
+            .kv("t.bool", MetaValue::Bool(true))
+            .kv("t.str", MetaValue::Str("héllo, 世界".into()))
+            .kv("t.u64", MetaValue::U64(u64::MAX))
+            .kv("t.i64", MetaValue::I64(i64::MIN))
+            .kv("t.f64", MetaValue::F64(-2.5e300))
+            .kv("a.u8", MetaValue::Array(MetaArray::U8(vec![1, 2, 255])))
+            .kv("a.i8", MetaValue::Array(MetaArray::I8(vec![-1, 0, 127])))
+            .kv("a.u16", MetaValue::Array(MetaArray::U16(vec![65535])))
+            .kv("a.i16", MetaValue::Array(MetaArray::I16(vec![-2, 2])))
+            .kv("a.u32", MetaValue::Array(MetaArray::U32(vec![7, 8, 9])))
+            .kv("a.i32", MetaValue::Array(MetaArray::I32(vec![-7, 0, 7])))
+            .kv("a.f32", MetaValue::Array(MetaArray::F32(vec![1.5, -0.25])))
+            .kv(
+                "a.bool",
+                MetaValue::Array(MetaArray::Bool(vec![true, false])),
+            )
+            .kv(
+                "a.str",
+                MetaValue::Array(MetaArray::Str(vec!["a".into(), "".into(), "ünï".into()])),
+            )
+            .kv("a.u64", MetaValue::Array(MetaArray::U64(vec![1 << 40])))
+            .kv("a.i64", MetaValue::Array(MetaArray::I64(vec![-(1 << 40)])))
+            .kv(
+                "a.f64",
+                MetaValue::Array(MetaArray::F64(vec![0.125, 1e-300])),
+            )
+            .kv("a.empty", MetaValue::Array(MetaArray::I32(vec![])))
+            .kv(
+                "a.nested",
+                MetaValue::Array(MetaArray::Array(vec![
+                    MetaArray::U32(vec![1, 2]),
+                    MetaArray::U32(vec![3]),
+                ])),
+            )
+            .tensor(
+                "f32",
+                GgmlType::F32,
+                &[3, 2],
+                [1.0f32, 2.0, 3.0, -4.0, 5.5, 6.0]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            )
+            .tensor(
+                "f16",
+                GgmlType::F16,
+                &[5],
+                f16_bytes(&[0.5, 1.0, -2.0, 3.0, 4.0]),
+            )
+            .tensor("q4_0", GgmlType::Q4_0, &[64, 1], pattern(36, 1))
+            .tensor("q8_0", GgmlType::Q8_0, &[32, 3], pattern(102, 2))
+            .tensor("q4_k", GgmlType::Q4_K, &[256], pattern(144, 3))
+            .tensor("q6_k", GgmlType::Q6_K, &[256, 1, 2], pattern(420, 4));
+        w
+    }
+
+    #[test]
+    fn layout_is_aligned_and_consistent() {
+        let w = every_value_type();
+        let (bytes, layout) = w.to_bytes_with_layout().unwrap();
+        assert_eq!(&bytes[..4], b"GGUF");
+        assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 3);
+        assert_eq!(u64::from_le_bytes(bytes[8..16].try_into().unwrap()), 6);
+        // 27 explicit kvs plus the automatic general.alignment, written last.
+        assert_eq!(u64::from_le_bytes(bytes[16..24].try_into().unwrap()), 28);
+        assert_eq!(layout.kvs.len(), 28);
+        assert_eq!(layout.kvs[0].start, HEADER_LEN);
+        assert_eq!(layout.kvs[27].key, ALIGNMENT_KEY);
+        assert_eq!(layout.len, bytes.len() as u64);
+        assert_eq!(layout.data_start % 64, 0);
+        for t in &layout.tensors {
+            assert_eq!(t.data_start % 64, 0, "{}", t.name);
+            let at = t.offset_at as usize;
+            let rel = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+            assert_eq!(layout.data_start + rel, t.data_start);
+        }
+        let b = layout.boundaries();
+        assert!(b.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(b.last(), Some(&(bytes.len() as u64)));
+    }
+
+    #[test]
+    fn default_alignment_writes_no_alignment_key_and_user_key_wins() {
+        let mut w = GgufWriter::new();
+        w.kv("k", MetaValue::U8(1));
+        let (_, layout) = w.to_bytes_with_layout().unwrap();
+        assert_eq!(layout.kvs.len(), 1);
+        // A test may declare a bogus alignment while the layout uses a valid one.
+        let mut w = GgufWriter::new();
+        w.alignment(64)
+            .kv(ALIGNMENT_KEY, MetaValue::Str("64".into()));
+        let (bytes, layout) = w.to_bytes_with_layout().unwrap();
+        assert_eq!(layout.kvs.len(), 1);
+        let at = layout.kvs[0].value_type_at as usize;
+        assert_eq!(bytes[at], 8, "written as the string the test asked for");
+    }
+
+    #[test]
+    fn build_errors_name_the_problem() {
+        let mut w = GgufWriter::new();
+        w.tensor("w", GgmlType::F32, &[3, 2], vec![0; 20]);
+        let e = w.to_bytes().unwrap_err();
+        assert!(e.contains("tensor w") && e.contains("24"), "{e}");
+        let mut w = GgufWriter::new();
+        w.tensor("q", GgmlType::Q4_0, &[33], vec![0; 18]);
+        assert!(w.to_bytes().unwrap_err().contains("block size 32"));
+        let mut w = GgufWriter::new();
+        w.tensor("big", GgmlType::F32, &[u64::MAX, 2], vec![]);
+        assert!(w.to_bytes().unwrap_err().contains("overflows"));
+        let mut w = GgufWriter::new();
+        w.alignment(48);
+        assert!(w.to_bytes().unwrap_err().contains("power of two"));
+        let bad = std::env::temp_dir().join("ember-unwritten.gguf");
+        let e = w.write_to(&bad).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn version_is_written_as_given() {
+        for v in [2, 3, 0xdead] {
+            let mut w = GgufWriter::new();
+            w.version(v);
+            let bytes = w.to_bytes().unwrap();
+            assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), v);
+            assert_eq!(bytes.len() as u64, HEADER_LEN.next_multiple_of(32));
+        }
+    }
+
+    /// The repository root: the runtime crate's parent.
+    fn repo_root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    fn python_has_gguf() -> bool {
+        Command::new("python3")
+            .args(["-c", "import gguf"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// What `tests/tools/check_gguf.py` must print for [`every_value_type`]'s file.
+    fn expected_summary(layout: &GgufLayout) -> Value {
+        let tensors: Vec<Value> = [
+            ("f32", 0, json!([3, 2]), 24),
+            ("f16", 1, json!([5]), 10),
+            ("q4_0", 2, json!([64, 1]), 36),
+            ("q8_0", 8, json!([32, 3]), 102),
+            ("q4_k", 12, json!([256]), 144),
+            ("q6_k", 14, json!([256, 1, 2]), 420),
+        ]
+        .into_iter()
+        .zip(&layout.tensors)
+        .map(|((name, ty, shape, n_bytes), t)| {
+            json!({
+                "name": name, "type": ty, "shape": shape, "n_bytes": n_bytes,
+                "data_offset": t.data_start,
+            })
+        })
+        .collect();
+        json!({
+            "version": 3,
+            "tensor_count": 6,
+            "kv_count": 28,
+            "alignment": 64,
+            "data_offset": layout.data_start,
+            "kvs": {
+                "general.architecture": {"types": [8], "value": "llama"},
+                "t.u8": {"types": [0], "value": 200},
+                "t.i8": {"types": [1], "value": -100},
+                "t.u16": {"types": [2], "value": 60000},
+                "t.i16": {"types": [3], "value": -30000},
+                "t.u32": {"types": [4], "value": 4_000_000_000u32},
+                "t.i32": {"types": [5], "value": -2_000_000_000},
+                "t.f32": {"types": [6], "value": 0.1f32 as f64},
+                "t.bool": {"types": [7], "value": true},
+                "t.str": {"types": [8], "value": "héllo, 世界"},
+                "t.u64": {"types": [10], "value": u64::MAX},
+                "t.i64": {"types": [11], "value": i64::MIN},
+                "t.f64": {"types": [12], "value": -2.5e300},
+                "a.u8": {"types": [9, 0], "value": [1, 2, 255]},
+                "a.i8": {"types": [9, 1], "value": [-1, 0, 127]},
+                "a.u16": {"types": [9, 2], "value": [65535]},
+                "a.i16": {"types": [9, 3], "value": [-2, 2]},
+                "a.u32": {"types": [9, 4], "value": [7, 8, 9]},
+                "a.i32": {"types": [9, 5], "value": [-7, 0, 7]},
+                "a.f32": {"types": [9, 6], "value": [1.5, -0.25]},
+                "a.bool": {"types": [9, 7], "value": [true, false]},
+                "a.str": {"types": [9, 8], "value": ["a", "", "ünï"]},
+                "a.u64": {"types": [9, 10], "value": [1u64 << 40]},
+                "a.i64": {"types": [9, 11], "value": [-(1i64 << 40)]},
+                "a.f64": {"types": [9, 12], "value": [0.125, 1e-300]},
+                // gguf-py records only the array type for an empty array.
+                "a.empty": {"types": [9], "value": []},
+                // gguf-py flattens nested arrays.
+                "a.nested": {"types": [9, 9, 4], "value": [1, 2, 3]},
+                "general.alignment": {"types": [4], "value": 64},
+            },
+            "tensors": tensors,
+        })
+    }
+
+    /// Writes a file with every value type, nested and empty arrays, alignment 64 and six tensor
+    /// types, and has gguf-py's `GGUFReader` (an independent implementation) read it back.
+    #[test]
+    fn python_gguf_reader_agrees() {
+        if !python_has_gguf() {
+            eprintln!(
+                "\n*** skipped: python gguf not installed (pip install gguf) - the GGUF writer was \
+                 NOT checked against gguf-py ***\n"
+            );
+            return;
+        }
+        let w = every_value_type();
+        let (bytes, layout) = w.to_bytes_with_layout().unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "ember-writer-{}-{:?}.gguf",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::write(&path, &bytes).unwrap();
+        let script = repo_root().join("tests/tools/check_gguf.py");
+        let out = Command::new("python3").arg(&script).arg(&path).output();
+        let _ = std::fs::remove_file(&path);
+        let out = out.unwrap();
+        assert!(
+            out.status.success(),
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut got: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+        // Tensor data is compared byte for byte, then dropped from the summary.
+        for (t, want) in got["tensors"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .zip(&w.tensors)
+        {
+            let hex: String = want.data.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(t["data"], json!(hex), "tensor {}", want.name);
+            t.as_object_mut().unwrap().remove("data");
+        }
+        let want = expected_summary(&layout);
+        assert_eq!(
+            got,
+            want,
+            "gguf-py read:\n{}\nexpected:\n{}",
+            serde_json::to_string_pretty(&got).unwrap_or_default(),
+            serde_json::to_string_pretty(&want).unwrap_or_default()
+        );
+    }
+}

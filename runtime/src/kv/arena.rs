@@ -1,0 +1,146 @@
+//! The KV arena: f16 keys and values for every block, one allocation at start-up.
+//!
+//! Layout of block `b`, for keys and values alike: `[n_layer][n_kv_head][block_size][head_dim]`,
+//! so one (layer, head) of a block is a contiguous `block_size × head_dim` tile that attention
+//! reads front to back.
+
+use half::f16;
+
+use crate::error::{Error, Result};
+
+/// Geometry of the arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLayout {
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Key/value heads.
+    pub n_kv_head: usize,
+    /// Dimension of a head.
+    pub head_dim: usize,
+    /// Token slots per block.
+    pub block_size: usize,
+}
+
+impl KvLayout {
+    /// f16 elements of one (layer, head) tile of a block.
+    pub fn tile_len(&self) -> usize {
+        self.block_size * self.head_dim
+    }
+
+    /// f16 elements of one block (keys or values).
+    pub fn block_len(&self) -> usize {
+        self.n_layer * self.n_kv_head * self.tile_len()
+    }
+
+    /// Bytes one block takes, keys and values together.
+    pub fn block_bytes(&self) -> usize {
+        2 * self.block_len() * std::mem::size_of::<f16>()
+    }
+
+    /// Blocks that fit in `bytes`.
+    pub fn blocks_for_bytes(&self, bytes: usize) -> usize {
+        bytes / self.block_bytes()
+    }
+}
+
+/// Keys and values of every block.
+pub struct KvArena {
+    layout: KvLayout,
+    n_blocks: usize,
+    k: Vec<f16>,
+    v: Vec<f16>,
+}
+
+impl std::fmt::Debug for KvArena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvArena")
+            .field("layout", &self.layout)
+            .field("n_blocks", &self.n_blocks)
+            .finish()
+    }
+}
+
+impl KvArena {
+    /// Allocate the arena: `n_blocks` blocks of `layout`. Fails cleanly (no abort) when the
+    /// memory cannot be had.
+    pub fn new(layout: KvLayout, n_blocks: usize) -> Result<KvArena> {
+        if n_blocks == 0 || layout.block_size == 0 {
+            return Err(Error::InvalidParam {
+                name: "kv_blocks",
+                what: "the KV arena needs at least one block of at least one token".into(),
+            });
+        }
+        let len = layout
+            .block_len()
+            .checked_mul(n_blocks)
+            .ok_or_else(|| Error::InvalidParam {
+                name: "kv_blocks",
+                what: format!("{n_blocks} blocks overflow the address space"),
+            })?;
+        let alloc = |what| -> Result<Vec<f16>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).map_err(|_| Error::InvalidParam {
+                name: "kv_blocks",
+                what: format!(
+                    "cannot allocate {what} of the KV arena ({} bytes)",
+                    len * std::mem::size_of::<f16>()
+                ),
+            })?;
+            v.resize(len, f16::ZERO);
+            Ok(v)
+        };
+        Ok(KvArena {
+            layout,
+            n_blocks,
+            k: alloc("keys")?,
+            v: alloc("values")?,
+        })
+    }
+
+    /// Geometry.
+    pub fn layout(&self) -> KvLayout {
+        self.layout
+    }
+
+    /// Blocks in the arena.
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    /// Bytes held (keys and values).
+    pub fn bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * std::mem::size_of::<f16>()
+    }
+
+    fn tile_start(&self, block: usize, layer: usize, head: usize) -> usize {
+        let l = &self.layout;
+        ((block * l.n_layer + layer) * l.n_kv_head + head) * l.tile_len()
+    }
+
+    /// Keys of one (block, layer, head): `[block_size][head_dim]`.
+    pub fn k_tile(&self, block: usize, layer: usize, head: usize) -> &[f16] {
+        let s = self.tile_start(block, layer, head);
+        &self.k[s..s + self.layout.tile_len()]
+    }
+
+    /// Values of one (block, layer, head): `[block_size][head_dim]`.
+    pub fn v_tile(&self, block: usize, layer: usize, head: usize) -> &[f16] {
+        let s = self.tile_start(block, layer, head);
+        &self.v[s..s + self.layout.tile_len()]
+    }
+
+    /// Store the key and value of one token slot for all KV heads of `layer`.
+    /// `k` and `v` are `[n_kv_head][head_dim]`.
+    pub fn write(&mut self, block: usize, slot: usize, layer: usize, k: &[f32], v: &[f32]) {
+        let hd = self.layout.head_dim;
+        for h in 0..self.layout.n_kv_head {
+            let s = self.tile_start(block, layer, h) + slot * hd;
+            for (dst, &src) in self.k[s..s + hd].iter_mut().zip(&k[h * hd..(h + 1) * hd]) {
+                *dst = f16::from_f32(src);
+            }
+            for (dst, &src) in self.v[s..s + hd].iter_mut().zip(&v[h * hd..(h + 1) * hd]) {
+                *dst = f16::from_f32(src);
+            }
+        }
+    }
+}

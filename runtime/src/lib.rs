@@ -1,0 +1,26 @@
+//! Ember: an embedded LLM inference runtime.
+//!
+//! Loads llama-family GGUF models (memory-mapped, never copied), keeps the KV cache in a paged
+//! block arena allocated once at start-up, and generates text on the CPU.
+//!
+//! Layering: [`gguf`] parses files; [`model`] holds weights and the forward pass;
+//! [`kv`] is the paged KV cache; [`compute`] runs products on worker threads through the kernel
+//! tables of `ember-kernels`; [`tokenizer`], [`sampler`], [`stop`] and [`chat`] turn text into
+//! tokens and back; [`session`] drives one sequence from prompt to finish.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+pub mod chat;
+pub mod compute;
+pub mod error;
+pub mod gguf;
+pub mod kv;
+pub mod model;
+pub mod perplexity;
+pub mod sampler;
+pub mod session;
+pub mod stop;
+pub mod synth;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,551 @@
+//! The forward pass of a llama-family transformer over a batch of tokens from any number of
+//! sequences, reading and writing K/V through each sequence's block table.
+//!
+//! Per layer (shapes for a batch of T tokens, E = n_embd, Hq/Hkv heads of D dims, F = n_ff):
+//! ```text
+//! xn  = rmsnorm(x) * attn_norm                      [T, E]
+//! q   = xn Wq^T (+bq)   k = xn Wk^T (+bk)   v = xn Wv^T (+bv)     [T, Hq*D], [T, Hkv*D] x2
+//! q,k = rope(q, pos), rope(k, pos)
+//! KV[seq][pos] = k, v                               (f16, in the paged arena)
+//! att = softmax(q k^T / sqrt(D)) v                  [T, Hq*D]  (causal, per sequence, GQA)
+//! x  += att Wo^T                                    [T, E]
+//! xn  = rmsnorm(x) * ffn_norm
+//! x  += (silu(xn Wg^T) * (xn Wu^T)) Wd^T            [T, F] -> [T, E]
+//! ```
+//! then `logits = (rmsnorm(x) * output_norm) Wout^T` for the rows that asked for logits.
+//!
+//! Activations are quantized before each product to the type the weight's kernel expects
+//! (Q8_1 for Q4_1, Q8_0 for Q4_0/Q8_0, Q8_K for K-quants, F16 for F16), exactly as ggml does:
+//! that rounding is part of llama.cpp's numerics and moves logits by up to ~0.5.
+//!
+//! Nothing here allocates: every buffer is in [`Scratch`], sized at start-up.
+
+use ember_kernels::reference::ops;
+use ember_kernels::traits::reference_traits;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use super::config::{Config, RopePairing, MAX_HEAD_DIM};
+use super::weights::{f32_slice, Mat, Vector};
+use super::Model;
+use crate::compute::Compute;
+use crate::error::{Error, Result};
+use crate::kv::{BlockId, KvArena};
+
+/// One token of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchToken {
+    /// Token id.
+    pub token: u32,
+    /// Position in its sequence.
+    pub pos: usize,
+    /// Index of its sequence in the `tables` argument of [`Model::forward`].
+    pub seq: usize,
+    /// Whether to compute logits for this token.
+    pub logits: bool,
+}
+
+/// Preallocated working memory of the forward pass for up to `max_tokens` tokens per batch and
+/// `max_logits` rows of logits.
+pub struct Scratch {
+    max_tokens: usize,
+    max_logits: usize,
+    n_ctx: usize,
+    /// Residual stream `[T, E]`.
+    x: Vec<f32>,
+    /// Normed input of a projection `[T, E]`.
+    xn: Vec<f32>,
+    /// Queries `[T, Hq*D]`, then the attention output in place of... (kept separate: `att`).
+    q: Vec<f32>,
+    /// Keys of the new tokens `[T, Hkv*D]`.
+    k: Vec<f32>,
+    /// Values of the new tokens `[T, Hkv*D]`.
+    v: Vec<f32>,
+    /// Attention output `[T, Hq*D]`.
+    att: Vec<f32>,
+    /// Output of a projection back to the residual width `[T, E]`.
+    proj: Vec<f32>,
+    /// FFN gate `[T, F]`.
+    gate: Vec<f32>,
+    /// FFN up `[T, F]`.
+    up: Vec<f32>,
+    /// Quantized activations `[T, row bytes]` (row bytes up to 4 × the widest input).
+    acts: Vec<u8>,
+    /// Rows of the batch that want logits.
+    logit_rows: Vec<usize>,
+    /// Normed final hidden states of those rows `[L, E]`.
+    out_x: Vec<f32>,
+    /// Logits `[L, n_vocab]`.
+    logits: Vec<f32>,
+    /// RoPE cos/sin per position and pair `[n_ctx, D/2]` each.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch")
+            .field("max_tokens", &self.max_tokens)
+            .field("max_logits", &self.max_logits)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+impl Scratch {
+    /// Allocate scratch for batches of up to `max_tokens` tokens, `max_logits` of which want
+    /// logits, at positions below `n_ctx`.
+    pub fn new(
+        model: &Model,
+        max_tokens: usize,
+        max_logits: usize,
+        n_ctx: usize,
+    ) -> Result<Scratch> {
+        let c = &model.config;
+        if max_tokens == 0 || max_logits == 0 || max_logits > max_tokens {
+            return Err(Error::InvalidParam {
+                name: "max_batch_tokens",
+                what: format!(
+                    "need 1 <= max_logits ({max_logits}) <= max_batch_tokens ({max_tokens})"
+                ),
+            });
+        }
+        if n_ctx == 0 {
+            return Err(Error::InvalidParam {
+                name: "n_ctx",
+                what: "the context must hold at least one token".into(),
+            });
+        }
+        let t = max_tokens;
+        let widest = c.n_embd.max(c.q_dim()).max(c.n_ff);
+        let (rope_cos, rope_sin) = rope_tables(c, model.rope_freqs(), n_ctx);
+        Ok(Scratch {
+            max_tokens,
+            max_logits,
+            n_ctx,
+            x: vec![0.0; t * c.n_embd],
+            xn: vec![0.0; t * c.n_embd],
+            q: vec![0.0; t * c.q_dim()],
+            k: vec![0.0; t * c.kv_dim()],
+            v: vec![0.0; t * c.kv_dim()],
+            att: vec![0.0; t * c.q_dim()],
+            proj: vec![0.0; t * c.n_embd],
+            gate: vec![0.0; t * c.n_ff],
+            up: vec![0.0; t * c.n_ff],
+            acts: vec![0; t * widest * 4],
+            logit_rows: Vec::with_capacity(max_logits),
+            out_x: vec![0.0; max_logits * c.n_embd],
+            logits: vec![0.0; max_logits * c.n_vocab],
+            rope_cos,
+            rope_sin,
+        })
+    }
+
+    /// Bytes of scratch memory.
+    pub fn bytes(&self) -> usize {
+        let f = self.x.len()
+            + self.xn.len()
+            + self.q.len()
+            + self.k.len()
+            + self.v.len()
+            + self.att.len()
+            + self.proj.len()
+            + self.gate.len()
+            + self.up.len()
+            + self.out_x.len()
+            + self.logits.len()
+            + self.rope_cos.len()
+            + self.rope_sin.len();
+        f * 4 + self.acts.len() + self.logit_rows.capacity() * 8
+    }
+
+    /// Most tokens per batch.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Most logit rows per batch.
+    pub fn max_logits(&self) -> usize {
+        self.max_logits
+    }
+
+    /// Positions covered by the RoPE tables.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Logits of the `i`-th token (in batch order) that asked for them, after [`Model::forward`].
+    pub fn logits(&self, i: usize, n_vocab: usize) -> &[f32] {
+        &self.logits[i * n_vocab..(i + 1) * n_vocab]
+    }
+
+    /// Mutable logits (samplers modify them in place).
+    pub fn logits_mut(&mut self, i: usize, n_vocab: usize) -> &mut [f32] {
+        &mut self.logits[i * n_vocab..(i + 1) * n_vocab]
+    }
+}
+
+/// cos/sin of every (position, pair), computed as ggml's `rope_cache_init` does (the angle is
+/// advanced by repeated f32 multiplication, not `powf` per pair) so positions far into the
+/// context round as llama.cpp's do.
+fn rope_tables(c: &Config, freq_factors: Option<&[f32]>, n_ctx: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = c.head_dim / 2;
+    let theta_scale = c.rope_base.powf(-2.0 / c.rope_dims as f32);
+    let mut cos = vec![0.0; n_ctx * half];
+    let mut sin = vec![0.0; n_ctx * half];
+    for p in 0..n_ctx {
+        let mut theta = p as f32;
+        for i in 0..half {
+            let ff = freq_factors.map_or(1.0, |f| f[i]);
+            let t = c.rope_freq_scale * (theta / ff);
+            cos[p * half + i] = t.cos();
+            sin[p * half + i] = t.sin();
+            theta *= theta_scale;
+        }
+    }
+    (cos, sin)
+}
+
+/// Quantize `n_tok` rows of `x` (`cols` wide) to the activation type `w` expects; returns the
+/// bytes per row.
+fn quantize_acts(w: &Mat, x: &[f32], n_tok: usize, acts: &mut [u8]) -> usize {
+    let at = reference_traits(w.kernels.vec_dot_type)
+        .expect("every supported weight type has a supported activation type");
+    let from_float = at.from_float.expect("activation types have a quantizer");
+    let rb = w
+        .kernels
+        .vec_dot_type
+        .row_bytes(w.cols as u64)
+        .expect("row length checked at load") as usize;
+    for t in 0..n_tok {
+        from_float(
+            &x[t * w.cols..(t + 1) * w.cols],
+            &mut acts[t * rb..(t + 1) * rb],
+        );
+    }
+    rb
+}
+
+impl Model {
+    fn vec(&self, v: &Vector) -> &[f32] {
+        f32_slice(self.file.bytes(), v).expect("alignment checked at load")
+    }
+
+    fn mat_bytes(&self, m: &Mat) -> &[u8] {
+        &self.file.bytes()[m.range.clone()]
+    }
+
+    pub(crate) fn rope_freqs(&self) -> Option<&[f32]> {
+        self.weights.rope_freqs.as_ref().map(|v| self.vec(v))
+    }
+
+    /// `out = x W^T` for `n_tok` rows, quantizing `x` first.
+    fn project(
+        &self,
+        cx: &Compute,
+        w: &Mat,
+        x: &[f32],
+        n_tok: usize,
+        acts: &mut [u8],
+        out: &mut [f32],
+    ) {
+        let rb = quantize_acts(w, x, n_tok, acts);
+        cx.matmul(w, self.mat_bytes(w), acts, rb, n_tok, out);
+    }
+
+    /// Run the model over `batch`. Token `i` belongs to sequence `batch[i].seq`, whose block
+    /// table is `tables[batch[i].seq]` and must already cover position `batch[i].pos`. Positions
+    /// before it must hold that sequence's K/V (earlier batches, or earlier tokens of this one).
+    ///
+    /// Returns the number of logit rows written to `scratch` (one per token with `logits`, in
+    /// batch order).
+    pub fn forward(
+        &self,
+        cx: &Compute,
+        batch: &[BatchToken],
+        tables: &[&[BlockId]],
+        kv: &mut KvArena,
+        s: &mut Scratch,
+    ) -> Result<usize> {
+        let c = &self.config;
+        let n_tok = batch.len();
+        let (e, d, hq, hkv) = (c.n_embd, c.head_dim, c.n_head, c.n_head_kv);
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        let bs = kv.layout().block_size;
+        // Validate the whole batch before touching any state.
+        if n_tok == 0 || n_tok > s.max_tokens {
+            return Err(Error::InvalidParam {
+                name: "batch",
+                what: format!("{n_tok} tokens (must be 1..={})", s.max_tokens),
+            });
+        }
+        let n_logits = batch.iter().filter(|b| b.logits).count();
+        if n_logits > s.max_logits {
+            return Err(Error::InvalidParam {
+                name: "batch",
+                what: format!("{n_logits} logit rows requested, at most {}", s.max_logits),
+            });
+        }
+        for b in batch {
+            let Some(table) = tables.get(b.seq) else {
+                return Err(Error::InvalidParam {
+                    name: "batch",
+                    what: format!("token refers to sequence {} of {}", b.seq, tables.len()),
+                });
+            };
+            if b.token as usize >= c.n_vocab {
+                return Err(Error::InvalidParam {
+                    name: "batch",
+                    what: format!(
+                        "token id {} is outside the vocabulary ({})",
+                        b.token, c.n_vocab
+                    ),
+                });
+            }
+            if b.pos >= s.n_ctx || b.pos / bs >= table.len() {
+                return Err(Error::ContextFull {
+                    n_ctx: s.n_ctx.min(table.len() * bs),
+                    requested: b.pos + 1,
+                });
+            }
+        }
+
+        // Token embeddings: x[t] = token_embd[token_t]                      [T, E]
+        let emb = &self.weights.token_embd;
+        let emb_bytes = self.mat_bytes(emb);
+        for (t, b) in batch.iter().enumerate() {
+            let row = &emb_bytes[b.token as usize * emb.row_bytes..][..emb.row_bytes];
+            (emb.kernels.to_float)(row, &mut s.x[t * e..(t + 1) * e]);
+        }
+
+        for (l, lw) in self.weights.layers.iter().enumerate() {
+            // ---- attention ----
+            let norm = self.vec(&lw.attn_norm);
+            for t in 0..n_tok {
+                ops::rms_norm(
+                    &s.x[t * e..(t + 1) * e],
+                    norm,
+                    c.rms_eps,
+                    &mut s.xn[t * e..(t + 1) * e],
+                );
+            }
+            self.project(
+                cx,
+                &lw.wq,
+                &s.xn,
+                n_tok,
+                &mut s.acts,
+                &mut s.q[..n_tok * qd],
+            );
+            self.project(
+                cx,
+                &lw.wk,
+                &s.xn,
+                n_tok,
+                &mut s.acts,
+                &mut s.k[..n_tok * kvd],
+            );
+            self.project(
+                cx,
+                &lw.wv,
+                &s.xn,
+                n_tok,
+                &mut s.acts,
+                &mut s.v[..n_tok * kvd],
+            );
+            for (bias, out, w) in [
+                (&lw.bq, &mut s.q, qd),
+                (&lw.bk, &mut s.k, kvd),
+                (&lw.bv, &mut s.v, kvd),
+            ] {
+                if let Some(bias) = bias {
+                    let bias = self.vec(bias);
+                    for row in out[..n_tok * w].chunks_exact_mut(w) {
+                        row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+                    }
+                }
+            }
+            // RoPE on every head of q and k, at each token's position.
+            let half = d / 2;
+            for (t, b) in batch.iter().enumerate() {
+                let cos = &s.rope_cos[b.pos * half..(b.pos + 1) * half];
+                let sin = &s.rope_sin[b.pos * half..(b.pos + 1) * half];
+                let heads = s.q[t * qd..(t + 1) * qd]
+                    .chunks_exact_mut(d)
+                    .chain(s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(d));
+                for head in heads {
+                    match c.rope_pairing {
+                        RopePairing::Norm => ops::rope_norm(head, cos, sin),
+                        RopePairing::Neox => ops::rope_neox(head, cos, sin),
+                    }
+                }
+                // ggml's attention converts Q to f16 to multiply it with the f16 K cache.
+                for q in &mut s.q[t * qd..(t + 1) * qd] {
+                    *q = f16::from_f32(*q).to_f32();
+                }
+            }
+            // Store the new keys and values in their slots.
+            for (t, b) in batch.iter().enumerate() {
+                let block = tables[b.seq][b.pos / bs];
+                kv.write(
+                    block.index(),
+                    b.pos % bs,
+                    l,
+                    &s.k[t * kvd..(t + 1) * kvd],
+                    &s.v[t * kvd..(t + 1) * kvd],
+                );
+            }
+            // att[t, h] = softmax(q[t,h] . K[seq_t, 0..=pos_t, h/group] / sqrt(D)) V[...]
+            let kv_ro: &KvArena = kv;
+            let q_all = &s.q;
+            let scale = 1.0 / (d as f32).sqrt();
+            let group = hq / hkv;
+            cx.install(|| {
+                s.att[..n_tok * qd]
+                    .par_chunks_mut(d)
+                    .enumerate()
+                    .for_each(|(i, out)| {
+                        let (t, h) = (i / hq, i % hq);
+                        let b = &batch[t];
+                        let q = &q_all[t * qd + h * d..t * qd + (h + 1) * d];
+                        attend(kv_ro, l, h / group, tables[b.seq], b.pos + 1, q, scale, out);
+                    })
+            });
+            self.project(
+                cx,
+                &lw.wo,
+                &s.att,
+                n_tok,
+                &mut s.acts,
+                &mut s.proj[..n_tok * e],
+            );
+            s.x[..n_tok * e]
+                .iter_mut()
+                .zip(&s.proj[..n_tok * e])
+                .for_each(|(x, p)| *x += p);
+
+            // ---- feed-forward (SwiGLU) ----
+            let norm = self.vec(&lw.ffn_norm);
+            for t in 0..n_tok {
+                ops::rms_norm(
+                    &s.x[t * e..(t + 1) * e],
+                    norm,
+                    c.rms_eps,
+                    &mut s.xn[t * e..(t + 1) * e],
+                );
+            }
+            let f = c.n_ff;
+            self.project(
+                cx,
+                &lw.w_gate,
+                &s.xn,
+                n_tok,
+                &mut s.acts,
+                &mut s.gate[..n_tok * f],
+            );
+            self.project(
+                cx,
+                &lw.w_up,
+                &s.xn,
+                n_tok,
+                &mut s.acts,
+                &mut s.up[..n_tok * f],
+            );
+            ops::silu_mul(&mut s.gate[..n_tok * f], &s.up[..n_tok * f]);
+            self.project(
+                cx,
+                &lw.w_down,
+                &s.gate,
+                n_tok,
+                &mut s.acts,
+                &mut s.proj[..n_tok * e],
+            );
+            s.x[..n_tok * e]
+                .iter_mut()
+                .zip(&s.proj[..n_tok * e])
+                .for_each(|(x, p)| *x += p);
+        }
+
+        // ---- output: logits for the rows that want them ----
+        s.logit_rows.clear();
+        s.logit_rows.extend(
+            batch
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.logits)
+                .map(|(t, _)| t),
+        );
+        let norm = self.vec(&self.weights.output_norm);
+        for (i, &t) in s.logit_rows.iter().enumerate() {
+            ops::rms_norm(
+                &s.x[t * e..(t + 1) * e],
+                norm,
+                c.rms_eps,
+                &mut s.out_x[i * e..(i + 1) * e],
+            );
+        }
+        if n_logits > 0 {
+            let out = &self.weights.output;
+            self.project(
+                cx,
+                out,
+                &s.out_x,
+                n_logits,
+                &mut s.acts,
+                &mut s.logits[..n_logits * c.n_vocab],
+            );
+        }
+        Ok(n_logits)
+    }
+}
+
+/// Causal attention of one query head over `n_pos` positions of a sequence, with an online
+/// softmax (one pass over K and V, no score buffer).
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    kv: &KvArena,
+    layer: usize,
+    kv_head: usize,
+    table: &[BlockId],
+    n_pos: usize,
+    q: &[f32],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let lay = kv.layout();
+    let (bs, d) = (lay.block_size, lay.head_dim);
+    out.fill(0.0);
+    let mut max = f32::NEG_INFINITY;
+    let mut sum = 0.0f32;
+    let mut row = [0.0f32; MAX_HEAD_DIM];
+    for (bi, block) in table.iter().enumerate() {
+        let start = bi * bs;
+        if start >= n_pos {
+            break;
+        }
+        let n = (n_pos - start).min(bs);
+        let vt = kv.v_tile(block.index(), layer, kv_head);
+        for j in 0..n {
+            // Whole-row conversions use F16C / FP16 when the CPU has them.
+            kv.k_tile(block.index(), layer, kv_head)[j * d..(j + 1) * d]
+                .convert_to_f32_slice(&mut row[..d]);
+            let dot: f32 = q.iter().zip(&row[..d]).map(|(a, b)| a * b).sum();
+            let score = dot * scale;
+            if score > max {
+                let corr = (max - score).exp();
+                sum *= corr;
+                out.iter_mut().for_each(|o| *o *= corr);
+                max = score;
+            }
+            let w = (score - max).exp();
+            sum += w;
+            vt[j * d..(j + 1) * d].convert_to_f32_slice(&mut row[..d]);
+            for (o, vv) in out.iter_mut().zip(&row[..d]) {
+                *o += w * vv;
+            }
+        }
+    }
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    out.iter_mut().for_each(|o| *o *= inv);
+}

@@ -1,0 +1,451 @@
+//! A loaded model with everything needed to run it: tokenizer, worker threads, the KV arena and
+//! scratch memory, all allocated here, once. Drives single sequences from prompt to finish
+//! (generation, perplexity); the batching engine drives many through the same pieces.
+
+use std::time::Instant;
+
+use crate::compute::Compute;
+use crate::error::{Error, Result};
+use crate::kv::{BlockPool, BlockTable, KvArena, KvLayout};
+use crate::model::{BatchToken, Model, Scratch};
+use crate::sampler::{Sampler, SamplingParams};
+use crate::stop::StopMatcher;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// How much KV cache to allocate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvBudget {
+    /// Exactly this many blocks.
+    Blocks(usize),
+    /// As many blocks as fit in this many bytes.
+    Bytes(usize),
+    /// Enough blocks for one sequence of the full context.
+    FullContext,
+}
+
+/// Start-up parameters of a [`Session`].
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Context length in tokens (0: the model's training context).
+    pub n_ctx: usize,
+    /// KV arena size.
+    pub kv_budget: KvBudget,
+    /// Token slots per KV block.
+    pub block_size: usize,
+    /// Most tokens per forward pass (longer prompts are evaluated in chunks).
+    pub max_batch_tokens: usize,
+    /// Most logit rows per forward pass.
+    pub max_logits: usize,
+    /// Worker threads (0: the number of physical cores).
+    pub threads: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            n_ctx: 4096,
+            kv_budget: KvBudget::FullContext,
+            block_size: 16,
+            max_batch_tokens: 512,
+            max_logits: 1,
+            threads: 0,
+        }
+    }
+}
+
+/// Number of physical cores (falls back to the logical count).
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // /proc/cpuinfo lists "core id" per logical CPU; count distinct (physical id, core id).
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut cores = std::collections::HashSet::new();
+    let mut phys = "";
+    for line in info.lines() {
+        if let Some(v) = line.strip_prefix("physical id") {
+            phys = v.trim_start_matches([' ', '\t', ':']);
+        } else if let Some(v) = line.strip_prefix("core id") {
+            cores.insert((
+                phys.to_string(),
+                v.trim_start_matches([' ', '\t', ':']).to_string(),
+            ));
+        }
+    }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
+}
+
+/// One sequence's tokens and KV blocks.
+#[derive(Debug)]
+pub struct Sequence {
+    /// All tokens: prompt, then generated.
+    pub tokens: Vec<u32>,
+    /// Tokens whose K/V are in the cache.
+    pub n_computed: usize,
+    /// Blocks holding them.
+    pub table: BlockTable,
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token.
+    Eos,
+    /// `max_tokens` were generated.
+    Length,
+    /// A stop string or stop token was produced.
+    Stop,
+}
+
+impl FinishReason {
+    /// Lower-case name, as printed in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Length => "length",
+            FinishReason::Stop => "stop",
+        }
+    }
+}
+
+/// What to generate.
+#[derive(Clone, Debug, Default)]
+pub struct GenerateParams {
+    /// Sampler settings.
+    pub sampling: SamplingParams,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Stop strings (not included in the output text).
+    pub stop: Vec<String>,
+    /// Extra token ids that stop generation (end-of-generation tokens always do).
+    pub stop_ids: Vec<u32>,
+    /// Keep generating past end-of-generation tokens (for reference comparisons).
+    pub ignore_eos: bool,
+}
+
+/// The result of [`Session::generate`].
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Generated token ids (the EOS or stop token included when one ended generation).
+    pub ids: Vec<u32>,
+    /// Generated text (stop string and end-of-generation token excluded).
+    pub text: String,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Prompt tokens per second.
+    pub prefill_tok_s: f64,
+    /// Generated tokens per second (after the first).
+    pub decode_tok_s: f64,
+}
+
+/// A model ready to run.
+pub struct Session {
+    /// The model.
+    pub model: Model,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    compute: Compute,
+    arena: KvArena,
+    pool: BlockPool,
+    scratch: Scratch,
+    batch: Vec<BatchToken>,
+    n_ctx: usize,
+    /// Milliseconds spent loading (set by the caller that timed it, if any).
+    pub load_ms: f64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("model", &self.model)
+            .field("arena", &self.arena)
+            .finish()
+    }
+}
+
+impl Session {
+    /// Build the tokenizer, start the workers and allocate the KV arena and scratch memory.
+    pub fn new(model: Model, cfg: &SessionConfig) -> Result<Session> {
+        let c = &model.config;
+        let n_ctx = if cfg.n_ctx == 0 {
+            c.n_ctx_train
+        } else {
+            cfg.n_ctx
+        };
+        if cfg.block_size == 0 || cfg.block_size > 4096 {
+            return Err(Error::InvalidParam {
+                name: "block_size",
+                what: format!("{} (must be 1..=4096)", cfg.block_size),
+            });
+        }
+        let layout = KvLayout {
+            n_layer: c.n_layer,
+            n_kv_head: c.n_head_kv,
+            head_dim: c.head_dim,
+            block_size: cfg.block_size,
+        };
+        let n_blocks = match cfg.kv_budget {
+            KvBudget::Blocks(n) => n,
+            KvBudget::Bytes(b) => layout.blocks_for_bytes(b),
+            KvBudget::FullContext => n_ctx.div_ceil(cfg.block_size),
+        };
+        let tokenizer = crate::gguf::tokenizer_from_gguf(&model.file)?;
+        let threads = if cfg.threads == 0 {
+            physical_cores()
+        } else {
+            cfg.threads
+        };
+        let compute = Compute::new(threads).map_err(|what| Error::InvalidParam {
+            name: "threads",
+            what,
+        })?;
+        let arena = KvArena::new(layout, n_blocks)?;
+        let scratch = Scratch::new(&model, cfg.max_batch_tokens, cfg.max_logits, n_ctx)?;
+        Ok(Session {
+            tokenizer,
+            compute,
+            arena,
+            pool: BlockPool::new(n_blocks),
+            scratch,
+            batch: Vec::with_capacity(cfg.max_batch_tokens),
+            n_ctx,
+            model,
+            load_ms: 0.0,
+        })
+    }
+
+    /// Context length in tokens.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.compute.n_threads()
+    }
+
+    /// Bytes of the KV arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.bytes()
+    }
+
+    /// Blocks in the KV arena.
+    pub fn arena_blocks(&self) -> usize {
+        self.arena.n_blocks()
+    }
+
+    /// Free blocks in the KV arena.
+    pub fn free_blocks(&self) -> usize {
+        self.pool.num_free()
+    }
+
+    /// Bytes of scratch memory.
+    pub fn scratch_bytes(&self) -> usize {
+        self.scratch.bytes()
+    }
+
+    /// A new, empty sequence. Its block table is sized for the whole context up front.
+    pub fn new_sequence(&self) -> Sequence {
+        Sequence {
+            tokens: Vec::with_capacity(self.n_ctx),
+            n_computed: 0,
+            table: BlockTable::with_capacity(self.n_ctx.div_ceil(self.arena.layout().block_size)),
+        }
+    }
+
+    /// Return a sequence's blocks to the arena.
+    pub fn release(&mut self, seq: &mut Sequence) {
+        seq.table.release(&mut self.pool);
+        seq.n_computed = 0;
+    }
+
+    /// Evaluate every token of `seq` not yet in the cache, in chunks of at most
+    /// `max_batch_tokens`. `want(pos)` says which positions need logits;
+    /// `on_logits(pos, logits, tokens)` receives them in position order, with the sequence's
+    /// tokens (the sampling history).
+    pub fn eval(
+        &mut self,
+        seq: &mut Sequence,
+        want: impl Fn(usize) -> bool,
+        mut on_logits: impl FnMut(usize, &mut [f32], &[u32]),
+    ) -> Result<()> {
+        let n = seq.tokens.len();
+        if n > self.n_ctx {
+            return Err(Error::ContextFull {
+                n_ctx: self.n_ctx,
+                requested: n,
+            });
+        }
+        let bs = self.arena.layout().block_size;
+        seq.table.ensure_capacity(&mut self.pool, n, bs)?;
+        let n_vocab = self.model.config.n_vocab;
+        while seq.n_computed < n {
+            let start = seq.n_computed;
+            // Fill a batch up to the token budget and the logit-row budget.
+            self.batch.clear();
+            let mut n_logits = 0;
+            for pos in start..n {
+                if self.batch.len() == self.scratch.max_tokens() {
+                    break;
+                }
+                let logits = want(pos);
+                if logits && n_logits == self.scratch.max_logits() {
+                    break;
+                }
+                n_logits += usize::from(logits);
+                self.batch.push(BatchToken {
+                    token: seq.tokens[pos],
+                    pos,
+                    seq: 0,
+                    logits,
+                });
+            }
+            let tables = [seq.table.blocks()];
+            self.model.forward(
+                &self.compute,
+                &self.batch,
+                &tables,
+                &mut self.arena,
+                &mut self.scratch,
+            )?;
+            let mut row = 0;
+            for b in &self.batch {
+                if b.logits {
+                    on_logits(b.pos, self.scratch.logits_mut(row, n_vocab), &seq.tokens);
+                    row += 1;
+                }
+            }
+            seq.n_computed += self.batch.len();
+        }
+        Ok(())
+    }
+
+    /// Tokenize `prompt` (special tokens parsed, BOS per the model) and generate.
+    pub fn generate_text(
+        &mut self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_piece: impl FnMut(&str),
+    ) -> Result<(Vec<u32>, Generation)> {
+        let ids = self
+            .tokenizer
+            .encode(prompt, true, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let g = self.generate(&ids, params, on_piece)?;
+        Ok((ids, g))
+    }
+
+    /// Generate a continuation of `prompt_ids`, streaming complete UTF-8 text pieces to
+    /// `on_piece`. The sequence's blocks are released at the end.
+    pub fn generate(
+        &mut self,
+        prompt_ids: &[u32],
+        params: &GenerateParams,
+        mut on_piece: impl FnMut(&str),
+    ) -> Result<Generation> {
+        if prompt_ids.is_empty() {
+            return Err(Error::InvalidParam {
+                name: "prompt",
+                what: "the prompt has no tokens (nothing to continue)".into(),
+            });
+        }
+        let n_vocab = self.model.config.n_vocab;
+        let mut sampler = Sampler::new(params.sampling.clone(), n_vocab)?;
+        let total = prompt_ids.len() + params.max_tokens;
+        if total > self.n_ctx {
+            return Err(Error::ContextFull {
+                n_ctx: self.n_ctx,
+                requested: total,
+            });
+        }
+        let mut seq = self.new_sequence();
+        seq.tokens.extend_from_slice(prompt_ids);
+        let result = self.generate_seq(&mut seq, &mut sampler, params, &mut on_piece);
+        self.release(&mut seq);
+        result
+    }
+
+    fn generate_seq(
+        &mut self,
+        seq: &mut Sequence,
+        sampler: &mut Sampler,
+        params: &GenerateParams,
+        on_piece: &mut impl FnMut(&str),
+    ) -> Result<Generation> {
+        let n_prompt = seq.tokens.len();
+        let mut stops = StopMatcher::new(&params.stop);
+        let mut decoder = StreamDecoder::new(&self.tokenizer);
+        let mut text = String::new();
+        let mut ids = Vec::with_capacity(params.max_tokens);
+        let mut finish = FinishReason::Length;
+        let t0 = Instant::now();
+        let mut t_first = None;
+        while ids.len() < params.max_tokens {
+            let last = seq.tokens.len() - 1;
+            let mut picked = None;
+            self.eval(
+                seq,
+                |p| p == last,
+                |_, logits, hist| {
+                    picked = Some(sampler.sample(logits, hist));
+                },
+            )?;
+            let next = picked.expect("eval computes logits for the last position");
+            if t_first.is_none() {
+                t_first = Some(Instant::now());
+            }
+            ids.push(next);
+            seq.tokens.push(next);
+            let eog = self.tokenizer.is_eog(next) && !params.ignore_eos;
+            if eog {
+                finish = FinishReason::Eos;
+                break;
+            }
+            if params.stop_ids.contains(&next) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            let piece = decoder.push(&self.tokenizer, next);
+            let (safe, stopped) = stops.push(piece);
+            if !safe.is_empty() {
+                on_piece(safe);
+                text.push_str(safe);
+            }
+            if stopped {
+                finish = FinishReason::Stop;
+                break;
+            }
+        }
+        if finish != FinishReason::Stop {
+            let tail = decoder.flush();
+            let (safe, _) = stops.push(&tail);
+            let safe = safe.to_string();
+            let rest = stops.finish().to_string();
+            for s in [safe, rest] {
+                if !s.is_empty() {
+                    on_piece(&s);
+                    text.push_str(&s);
+                }
+            }
+        }
+        let t_end = Instant::now();
+        let t_first = t_first.unwrap_or(t_end);
+        let prefill_s = (t_first - t0).as_secs_f64();
+        let decode_s = (t_end - t_first).as_secs_f64();
+        Ok(Generation {
+            finish_reason: finish,
+            prefill_tok_s: n_prompt as f64 / prefill_s.max(1e-9),
+            decode_tok_s: if ids.len() > 1 {
+                (ids.len() - 1) as f64 / decode_s.max(1e-9)
+            } else {
+                0.0
+            },
+            ids,
+            text,
+        })
+    }
+}

@@ -1,15 +1,572 @@
-//! TEMPORARY STUB (helper writing the real chat.rs will overwrite this file).
-#![allow(missing_docs)]
+//! Chat templates: render a GGUF's `tokenizer.chat_template` (Jinja) into a prompt string.
+//!
+//! The environment follows Hugging Face's `apply_chat_template` conventions: `trim_blocks` and
+//! `lstrip_blocks` on; globals `messages`, `add_generation_prompt`, `bos_token`, `eos_token`;
+//! functions `raise_exception(msg)` and `strftime_now(fmt)` (UTC); filter `tojson` written the
+//! way Python's `json.dumps` writes it (`", "` and `": "` separators, non-ASCII kept); and the
+//! common Python `str`/`dict` methods (`strip`, `startswith`, `split`, `items`, `get`, ...) that
+//! templates call, implemented here instead of pulling in `minijinja-contrib`.
+//!
+//! Limits: `{% break %}`/`{% continue %}` need minijinja's `loop_controls` feature, which the
+//! workspace does not enable; a template using them fails with a syntax error naming the line.
+//! Map keys iterate in sorted order (minijinja without `preserve_order`), so `tojson` of a map
+//! may order keys differently from Python.
+
+use std::fmt;
+
+use minijinja::value::{Value, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, State};
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
+    /// `"system"`, `"user"`, `"assistant"`, ...
     pub role: String,
+    /// The message text.
     pub content: String,
 }
+
+impl ChatMessage {
+    /// A message with `role` and `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Why a chat template could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChatError {
+    /// The template does not parse.
+    Syntax {
+        /// Line in the template (1-based), if known.
+        line: Option<usize>,
+        /// The parser's message.
+        what: String,
+    },
+    /// The template parsed but failed while rendering (including `raise_exception`).
+    Render {
+        /// Line in the template (1-based), if known.
+        line: Option<usize>,
+        /// What went wrong.
+        what: String,
+    },
+}
+
+impl fmt::Display for ChatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, line, what) = match self {
+            ChatError::Syntax { line, what } => ("has a syntax error", line, what),
+            ChatError::Render { line, what } => ("failed to render", line, what),
+        };
+        write!(f, "chat template {kind}")?;
+        if let Some(l) = line {
+            write!(f, " at line {l}")?;
+        }
+        write!(
+            f,
+            ": {what}; check tokenizer.chat_template in the GGUF or pass a template of your own"
+        )
+    }
+}
+
+impl std::error::Error for ChatError {}
+
+fn to_chat_error(e: &Error, syntax: bool) -> ChatError {
+    let mut what = match e.detail() {
+        Some(d) => format!("{}: {d}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    if e.kind() == ErrorKind::InvalidOperation {
+        // raise_exception: the template's own message is the useful part.
+        what = e.detail().unwrap_or("raise_exception").to_string();
+    }
+    if syntax {
+        ChatError::Syntax {
+            line: e.line(),
+            what,
+        }
+    } else {
+        ChatError::Render {
+            line: e.line(),
+            what,
+        }
+    }
+}
+
+/// Renders `template` with the Hugging Face chat-template context.
+///
+/// Errors: the template does not parse ([`ChatError::Syntax`]) or fails while rendering, for
+/// example through `raise_exception` ([`ChatError::Render`]). Never panics.
 pub fn render_chat(
-    _t: &str,
-    _m: &[ChatMessage],
-    _a: bool,
-    _b: &str,
-    _e: &str,
-) -> Result<String, String> {
-    Err("stub".into())
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String, ChatError> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_recursion_limit(200);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    env.add_filter("tojson", tojson);
+    env.set_unknown_method_callback(py_method);
+    let tmpl = env
+        .template_from_str(template)
+        .map_err(|e| to_chat_error(&e, true))?;
+    let msgs: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            Value::from_iter([
+                ("role", Value::from(m.role.as_str())),
+                ("content", Value::from(m.content.as_str())),
+            ])
+        })
+        .collect();
+    let ctx = Value::from_iter([
+        ("messages", Value::from(msgs)),
+        ("add_generation_prompt", Value::from(add_generation_prompt)),
+        ("bos_token", Value::from(bos_token)),
+        ("eos_token", Value::from(eos_token)),
+    ]);
+    tmpl.render(ctx).map_err(|e| to_chat_error(&e, false))
+}
+
+fn raise_exception(msg: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+/// `strftime_now(fmt)`: the current UTC time. Supports `%Y %m %d %e %H %M %S %B %b %A %a %y %j
+/// %p %I %%`; other directives are copied through.
+fn strftime_now(fmt: String) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format_time(secs, &fmt)
+}
+
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const DAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+/// Formats `secs` since the Unix epoch (UTC) with a strftime subset.
+fn format_time(secs: u64, fmt: &str) -> String {
+    let days = (secs / 86_400) as i64;
+    let tod = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let cum = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = cum[(month - 1) as usize] + day + i64::from(leap && month > 2);
+    let (h, m, s) = (tod / 3600, tod / 60 % 60, tod % 60);
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('e') => out.push_str(&format!("{day:2}")),
+            Some('j') => out.push_str(&format!("{yday:03}")),
+            Some('H') => out.push_str(&format!("{h:02}")),
+            Some('I') => out.push_str(&format!("{:02}", if h % 12 == 0 { 12 } else { h % 12 })),
+            Some('p') => out.push_str(if h < 12 { "AM" } else { "PM" }),
+            Some('M') => out.push_str(&format!("{m:02}")),
+            Some('S') => out.push_str(&format!("{s:02}")),
+            Some('B') => out.push_str(MONTHS[(month - 1) as usize]),
+            Some('b') => out.push_str(&MONTHS[(month - 1) as usize][..3]),
+            Some('A') => out.push_str(DAYS[weekday]),
+            Some('a') => out.push_str(&DAYS[weekday][..3]),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// `tojson` as Python's `json.dumps(x, ensure_ascii=False)`, optionally with `indent`.
+fn tojson(value: &Value, indent: Option<usize>) -> Result<Value, Error> {
+    let mut out = String::new();
+    write_json(value, indent, 0, &mut out)?;
+    Ok(Value::from_safe_string(out))
+}
+
+fn write_json_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn write_json(
+    v: &Value,
+    indent: Option<usize>,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), Error> {
+    if depth > 100 {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: value nested too deeply",
+        ));
+    }
+    let newline = |out: &mut String, d: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * d));
+        }
+    };
+    let sep = if indent.is_some() { "," } else { ", " };
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        ValueKind::Number => out.push_str(&v.to_string()),
+        ValueKind::String => write_json_str(v.as_str().unwrap_or_default(), out),
+        ValueKind::Map => {
+            out.push('{');
+            let mut first = true;
+            for key in v.try_iter()? {
+                if !first {
+                    out.push_str(sep);
+                }
+                first = false;
+                newline(out, depth + 1);
+                write_json_str(&key.to_string(), out);
+                out.push_str(": ");
+                write_json(&v.get_item(&key)?, indent, depth + 1, out)?;
+            }
+            if !first {
+                newline(out, depth);
+            }
+            out.push('}');
+        }
+        _ => match v.try_iter() {
+            Ok(items) => {
+                out.push('[');
+                let mut first = true;
+                for item in items {
+                    if !first {
+                        out.push_str(sep);
+                    }
+                    first = false;
+                    newline(out, depth + 1);
+                    write_json(&item, indent, depth + 1, out)?;
+                }
+                if !first {
+                    newline(out, depth);
+                }
+                out.push(']');
+            }
+            Err(_) => write_json_str(&v.to_string(), out),
+        },
+    }
+    Ok(())
+}
+
+fn arg_str(args: &[Value], i: usize) -> Option<String> {
+    args.get(i)
+        .filter(|v| !v.is_none() && !v.is_undefined())
+        .map(|v| v.to_string())
+}
+
+/// Python `str` and `dict` methods that chat templates call.
+fn py_method(_state: &State, value: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
+    if let Some(s) = value.as_str() {
+        return py_str_method(s, method, args);
+    }
+    if value.kind() == ValueKind::Map {
+        let pairs = || -> Result<Vec<(Value, Value)>, Error> {
+            v_iter(value)?
+                .map(|k| Ok((k.clone(), value.get_item(&k)?)))
+                .collect()
+        };
+        return match method {
+            "items" => Ok(Value::from(
+                pairs()?
+                    .into_iter()
+                    .map(|(k, v)| Value::from(vec![k, v]))
+                    .collect::<Vec<_>>(),
+            )),
+            "keys" => Ok(Value::from(v_iter(value)?.collect::<Vec<_>>())),
+            "values" => Ok(Value::from(
+                pairs()?.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            )),
+            "get" => {
+                let key = args.first().cloned().unwrap_or_default();
+                let found = value.get_item(&key)?;
+                Ok(if found.is_undefined() {
+                    args.get(1).cloned().unwrap_or(Value::from(()))
+                } else {
+                    found
+                })
+            }
+            _ => Err(Error::from(ErrorKind::UnknownMethod)),
+        };
+    }
+    Err(Error::from(ErrorKind::UnknownMethod))
+}
+
+fn v_iter(value: &Value) -> Result<impl Iterator<Item = Value>, Error> {
+    value.try_iter()
+}
+
+fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
+    let chars_arg = arg_str(args, 0);
+    let trim_set = |c: char| match &chars_arg {
+        Some(set) => set.contains(c),
+        None => c.is_whitespace(),
+    };
+    Ok(match method {
+        "strip" => Value::from(s.trim_matches(trim_set)),
+        "lstrip" => Value::from(s.trim_start_matches(trim_set)),
+        "rstrip" => Value::from(s.trim_end_matches(trim_set)),
+        "upper" => Value::from(s.to_uppercase()),
+        "lower" => Value::from(s.to_lowercase()),
+        "capitalize" => {
+            let mut cs = s.chars();
+            Value::from(match cs.next() {
+                Some(f) => f
+                    .to_uppercase()
+                    .chain(cs.flat_map(char::to_lowercase))
+                    .collect::<String>(),
+                None => String::new(),
+            })
+        }
+        "title" => {
+            let mut out = String::with_capacity(s.len());
+            let mut prev_alpha = false;
+            for c in s.chars() {
+                if prev_alpha {
+                    out.extend(c.to_lowercase());
+                } else {
+                    out.extend(c.to_uppercase());
+                }
+                prev_alpha = c.is_alphabetic();
+            }
+            Value::from(out)
+        }
+        "startswith" | "endswith" => {
+            let test = |p: &str| {
+                if method == "startswith" {
+                    s.starts_with(p)
+                } else {
+                    s.ends_with(p)
+                }
+            };
+            let arg = args.first().cloned().unwrap_or_default();
+            let hit = if arg.kind() == ValueKind::Seq {
+                arg.try_iter()?.any(|p| test(&p.to_string()))
+            } else {
+                test(&arg.to_string())
+            };
+            Value::from(hit)
+        }
+        "split" | "rsplit" => {
+            let sep = arg_str(args, 0);
+            let max = args
+                .get(1)
+                .and_then(|v| i64::try_from(v.clone()).ok())
+                .filter(|&n| n >= 0);
+            let parts: Vec<Value> = match (&sep, max) {
+                (None, _) => s.split_whitespace().map(Value::from).collect(),
+                (Some(p), _) if p.is_empty() => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidOperation,
+                        "split: empty separator",
+                    ))
+                }
+                (Some(p), None) => s.split(p.as_str()).map(Value::from).collect(),
+                (Some(p), Some(n)) if method == "split" => s
+                    .splitn(n as usize + 1, p.as_str())
+                    .map(Value::from)
+                    .collect(),
+                (Some(p), Some(n)) => {
+                    let mut v: Vec<Value> = s
+                        .rsplitn(n as usize + 1, p.as_str())
+                        .map(Value::from)
+                        .collect();
+                    v.reverse();
+                    v
+                }
+            };
+            Value::from(parts)
+        }
+        "replace" => {
+            let (from, to) = (
+                arg_str(args, 0).unwrap_or_default(),
+                arg_str(args, 1).unwrap_or_default(),
+            );
+            Value::from(s.replace(from.as_str(), &to))
+        }
+        "find" => {
+            let p = arg_str(args, 0).unwrap_or_default();
+            Value::from(
+                s.find(p.as_str())
+                    .map(|b| s[..b].chars().count() as i64)
+                    .unwrap_or(-1),
+            )
+        }
+        "count" => {
+            let p = arg_str(args, 0).unwrap_or_default();
+            Value::from(if p.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(p.as_str()).count()
+            })
+        }
+        "join" => {
+            let items = args.first().cloned().unwrap_or_default();
+            let parts: Vec<String> = items.try_iter()?.map(|v| v.to_string()).collect();
+            Value::from(parts.join(s))
+        }
+        "isdigit" => Value::from(!s.is_empty() && s.chars().all(|c| c.is_ascii_digit())),
+        "isalpha" => Value::from(!s.is_empty() && s.chars().all(char::is_alphabetic)),
+        "isspace" => Value::from(!s.is_empty() && s.chars().all(char::is_whitespace)),
+        _ => return Err(Error::from(ErrorKind::UnknownMethod)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2-135M-Instruct's `tokenizer.chat_template`, read from the GGUF.
+    const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn smollm2_system_and_user() {
+        let msgs = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi there!"),
+        ];
+        let out = render_chat(SMOLLM2, &msgs, true, "<|im_start|>", "<|im_end|>").unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn smollm2_default_system_prompt_and_no_generation_prompt() {
+        let msgs = [ChatMessage::new("user", "Hi")];
+        let out = render_chat(SMOLLM2, &msgs, false, "", "").unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        );
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let err = render_chat("{% for m in messages %}", &[], false, "", "").unwrap_err();
+        assert!(matches!(err, ChatError::Syntax { .. }), "{err}");
+        assert!(err.to_string().contains("syntax error"), "{err}");
+
+        let t = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}";
+        let err = render_chat(t, &[ChatMessage::new("system", "x")], false, "", "").unwrap_err();
+        assert!(matches!(err, ChatError::Render { .. }));
+        assert!(
+            err.to_string()
+                .contains("Conversation must start with user"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn python_compat_helpers() {
+        let t = "{{ bos_token }}{% for m in messages %}{{ m.content.strip().upper() }}|{{ m['role'].startswith('us') }}|{{ m.content.split(',') | length }}{% endfor %}{{ {'a': 1, 'b': [true, none, 'x\"y']} | tojson }}{{ eos_token }}";
+        let out = render_chat(
+            t,
+            &[ChatMessage::new("user", "  a,b  ")],
+            false,
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "<s>A,B|True|2{\"a\": 1, \"b\": [true, null, \"x\\\"y\"]}</s>"
+        );
+        assert_eq!(
+            render_chat(
+                "{{ {'k': 'v'}.items() | list | length }}{{ {'k': 'v'}.get('z', 'd') }}",
+                &[],
+                false,
+                "",
+                ""
+            )
+            .unwrap(),
+            "1d"
+        );
+        let date = render_chat("{{ strftime_now('%Y-%m-%d') }}", &[], false, "", "").unwrap();
+        assert_eq!(date.len(), 10);
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(
+            format_time(0, "%Y-%m-%d %H:%M:%S %a %j"),
+            "1970-01-01 00:00:00 Thu 001"
+        );
+        // 2024-02-29 12:34:56 UTC, a leap day.
+        assert_eq!(
+            format_time(1_709_210_096, "%d %B %Y %I %p %A %j"),
+            "29 February 2024 12 PM Thursday 060"
+        );
+    }
 }

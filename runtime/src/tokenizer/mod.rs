@@ -178,8 +178,8 @@ const FIM_TEXTS: &[(&[&str], bool)] = &[
 const ALWAYS_RENDER: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
 
 enum Model {
-    Bpe(ByteLevelBpe),
-    Spm(Spm),
+    Bpe(Box<ByteLevelBpe>),
+    Spm(Box<Spm>),
 }
 
 /// A piece of the input after special-token splitting.
@@ -294,14 +294,14 @@ impl Tokenizer {
             unk = in_range(spec.unk).or(in_range(Some(0)));
             add_bos_default = true;
             add_space_default = true;
-            Model::Spm(Spm::new(&texts, &spec.scores, unk))
+            Model::Spm(Box::new(Spm::new(&texts, &spec.scores, unk)))
         } else {
             let pre = PreConfig::from_name(spec.pre.as_deref())?;
             bos = in_range(spec.bos);
             eos = in_range(spec.eos);
             add_bos_default = pre.add_bos_default;
             add_space_default = false;
-            Model::Bpe(ByteLevelBpe::new(&texts, &spec.merges, pre)?)
+            Model::Bpe(Box::new(ByteLevelBpe::new(&texts, &spec.merges, pre)?))
         };
         let eog = Self::fix_special_attrs(
             &texts,

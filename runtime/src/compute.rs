@@ -4,23 +4,29 @@
 //! (`TypeTraits`). A product reads each weight row once per call and multiplies it with every
 //! activation row of the batch, so a batch of T tokens costs one pass over the weights.
 
-use rayon::prelude::*;
-
 use crate::model::weights::Mat;
+use crate::threadpool::{ChunkCounter, ThreadPool};
 
 /// A pointer that may be shared between the threads of one parallel region, each writing a
 /// disjoint set of elements.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: used only inside `matmul`, where every thread writes a disjoint set of indices of a
-// buffer that outlives the parallel region.
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: only used for parallel regions in which every thread writes a disjoint set of indices
+// of a buffer that outlives the region (each use states why its indices are disjoint).
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper, not the field).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// The worker threads of one model instance.
 pub struct Compute {
-    pool: rayon::ThreadPool,
+    pool: ThreadPool,
     n_threads: usize,
 }
 
@@ -36,10 +42,7 @@ impl Compute {
     /// A pool of `n_threads` workers (at least 1).
     pub fn new(n_threads: usize) -> Result<Compute, String> {
         let n_threads = n_threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n_threads)
-            .thread_name(|i| format!("ember-worker-{i}"))
-            .build()
+        let pool = ThreadPool::new(n_threads)
             .map_err(|e| format!("cannot start {n_threads} worker threads: {e}"))?;
         Ok(Compute { pool, n_threads })
     }
@@ -49,9 +52,18 @@ impl Compute {
         self.n_threads
     }
 
-    /// Run `f` inside the pool (so nested parallel iterators use its workers).
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
+    /// Call `body(i)` for every `i` in `0..n`, spread over the threads.
+    pub fn parallel_for(&self, n: usize, body: impl Fn(usize) + Sync) {
+        if n <= 1 || self.n_threads == 1 {
+            (0..n).for_each(body);
+            return;
+        }
+        let chunks = ChunkCounter::new(n);
+        self.pool.run(|_| {
+            while let Some(i) = chunks.next() {
+                body(i);
+            }
+        });
     }
 
     /// `out[t][r] = W[r] · act[t]` for `t < n_tok`, `r < w.rows`.
@@ -82,7 +94,6 @@ impl Compute {
         let n_chunks = rows.div_ceil(chunk);
         let out_ptr = SharedOut(out.as_mut_ptr());
         let body = |c: usize| {
-            let out_ptr = out_ptr;
             let r0 = c * chunk;
             let r1 = (r0 + chunk).min(rows);
             for r in r0..r1 {
@@ -93,15 +104,10 @@ impl Compute {
                     // SAFETY: `t * rows + r < n_tok * rows <= out.len()` (asserted above), and
                     // row `r` belongs to chunk `c` only, so no two threads write one element;
                     // `out` is borrowed mutably for the whole call.
-                    unsafe { *out_ptr.0.add(t * rows + r) = y };
+                    unsafe { *out_ptr.ptr().add(t * rows + r) = y };
                 }
             }
         };
-        if n_chunks == 1 || self.n_threads == 1 {
-            (0..n_chunks).for_each(body);
-        } else {
-            self.pool
-                .install(|| (0..n_chunks).into_par_iter().for_each(body));
-        }
+        self.parallel_for(n_chunks, body);
     }
 }

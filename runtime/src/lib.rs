@@ -12,6 +12,7 @@
 
 pub mod chat;
 pub mod compute;
+pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod kv;
@@ -21,6 +22,7 @@ pub mod sampler;
 pub mod session;
 pub mod stop;
 pub mod synth;
+pub mod threadpool;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

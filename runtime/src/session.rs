@@ -422,7 +422,7 @@ impl Session {
         }
         if finish != FinishReason::Stop {
             let tail = decoder.flush();
-            let (safe, _) = stops.push(&tail);
+            let (safe, _) = stops.push(tail);
             let safe = safe.to_string();
             let rest = stops.finish().to_string();
             for s in [safe, rest] {

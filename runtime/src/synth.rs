@@ -216,7 +216,7 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter> {
         .collect();
     tokens.extend((0..=255u8).map(|b| byte_symbol(b).to_string()));
     let mut types = vec![3i32; 4];
-    types.extend(std::iter::repeat(1).take(256));
+    types.extend(std::iter::repeat_n(1, 256));
     while tokens.len() < s.n_vocab {
         tokens.push(format!("<|extra_{}|>", tokens.len()));
         types.push(3);

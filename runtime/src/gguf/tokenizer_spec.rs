@@ -7,17 +7,12 @@ use crate::tokenizer::{Tokenizer, TokenizerSpec};
 /// Most tokens a vocabulary may have (Gemma 3 has 262 144).
 const MAX_VOCAB: u64 = 1 << 22;
 
+/// A special-token id; `None` when absent or outside the vocabulary (llama.cpp ignores such ids,
+/// and real files carry them: a padding id equal to the vocabulary size is common).
 fn token_id(f: &GgufFile, key: &str, n_vocab: usize) -> Result<Option<u32>> {
-    match f.get_u64(key)? {
-        None => Ok(None),
-        Some(id) if (id as usize) < n_vocab => Ok(Some(id as u32)),
-        // Some converters write -1 / u32::MAX for "none".
-        Some(id) if id == u32::MAX as u64 => Ok(None),
-        Some(id) => Err(Error::BadKey {
-            key: key.into(),
-            what: format!("token id {id} is outside the vocabulary of {n_vocab} tokens"),
-        }),
-    }
+    Ok(f.get_u64(key)?
+        .filter(|&id| id < n_vocab as u64)
+        .map(|id| id as u32))
 }
 
 /// The tokenizer description stored in `f`.

@@ -24,12 +24,11 @@ use ember_kernels::reference::ops;
 use ember_kernels::traits::reference_traits;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 
 use super::config::{Config, RopePairing, MAX_HEAD_DIM};
 use super::weights::{f32_slice, Mat, Vector};
 use super::Model;
-use crate::compute::Compute;
+use crate::compute::{Compute, SharedOut};
 use crate::error::{Error, Result};
 use crate::kv::{BlockId, KvArena};
 
@@ -401,16 +400,16 @@ impl Model {
             let q_all = &s.q;
             let scale = 1.0 / (d as f32).sqrt();
             let group = hq / hkv;
-            cx.install(|| {
-                s.att[..n_tok * qd]
-                    .par_chunks_mut(d)
-                    .enumerate()
-                    .for_each(|(i, out)| {
-                        let (t, h) = (i / hq, i % hq);
-                        let b = &batch[t];
-                        let q = &q_all[t * qd + h * d..t * qd + (h + 1) * d];
-                        attend(kv_ro, l, h / group, tables[b.seq], b.pos + 1, q, scale, out);
-                    })
+            let att_ptr = SharedOut(s.att.as_mut_ptr());
+            cx.parallel_for(n_tok * hq, |i| {
+                let (t, h) = (i / hq, i % hq);
+                let b = &batch[t];
+                let q = &q_all[t * qd + h * d..t * qd + (h + 1) * d];
+                // SAFETY: pair `i` owns `att[i*d .. (i+1)*d]`, inside `att` (n_tok*hq*d
+                // elements, checked against max_tokens above); no other pair touches it, and
+                // `s.att` is not otherwise borrowed during the region.
+                let out = unsafe { std::slice::from_raw_parts_mut(att_ptr.ptr().add(i * d), d) };
+                attend(kv_ro, l, h / group, tables[b.seq], b.pos + 1, q, scale, out);
             });
             self.project(
                 cx,

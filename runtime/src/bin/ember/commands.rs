@@ -501,3 +501,91 @@ fn argmax(v: &[f32]) -> u32 {
     }
     best as u32
 }
+
+fn parse_type(name: &str) -> Result<ember_kernels::GgmlType, CliError> {
+    ember_kernels::SUPPORTED
+        .iter()
+        .copied()
+        .find(|t| t.name().eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            usage(format!(
+                "unknown type {name:?} (supported: {})",
+                ember_kernels::supported_names()
+            ))
+        })
+}
+
+pub fn convert(raw: &[String]) -> CliResult {
+    let a = parse(
+        raw,
+        &[&[
+            val("output", Some("-o")),
+            val("type", None),
+            val("layers", None),
+        ]],
+    )?;
+    let out = a
+        .str("output")
+        .ok_or_else(|| usage("convert needs -o OUTPUT".into()))?;
+    let opts = ember::convert::ConvertOptions {
+        weight_type: a.str("type").map(parse_type).transpose()?,
+        keep_layers: a.get("layers").map_err(usage)?,
+    };
+    let file = ember::gguf::GgufFile::open(model_path(&a))?;
+    let w = ember::convert::convert(&file, &opts)?;
+    w.write_to(std::path::Path::new(out))
+        .map_err(|e| CliError::Run(format!("{out}: {e}")))?;
+    eprintln!("wrote {out}");
+    Ok(())
+}
+
+pub fn synth(raw: &[String]) -> CliResult {
+    let a = parse(
+        raw,
+        &[&[
+            val("output", Some("-o")),
+            val("arch", None),
+            val("type", None),
+            val("embd-type", None),
+            val("vocab", None),
+            val("embd", None),
+            val("layers", None),
+            val("heads", None),
+            val("kv-heads", None),
+            val("ff", None),
+            val("seed", None),
+            switch("separate-output"),
+        ]],
+    )?;
+    let out = a
+        .str("output")
+        .ok_or_else(|| usage("synth needs -o OUTPUT".into()))?;
+    let d = ember::synth::SynthSpec::default();
+    let spec = ember::synth::SynthSpec {
+        arch: a.str("arch").unwrap_or(&d.arch).to_string(),
+        n_vocab: a.get_or("vocab", d.n_vocab).map_err(usage)?,
+        n_embd: a.get_or("embd", d.n_embd).map_err(usage)?,
+        n_layer: a.get_or("layers", d.n_layer).map_err(usage)?,
+        n_head: a.get_or("heads", d.n_head).map_err(usage)?,
+        n_head_kv: a.get_or("kv-heads", d.n_head_kv).map_err(usage)?,
+        n_ff: a.get_or("ff", d.n_ff).map_err(usage)?,
+        n_ctx: a.get_or("ctx", d.n_ctx).map_err(usage)?,
+        weight_type: a
+            .str("type")
+            .map(parse_type)
+            .transpose()?
+            .unwrap_or(d.weight_type),
+        embd_type: a
+            .str("embd-type")
+            .map(parse_type)
+            .transpose()?
+            .unwrap_or(d.embd_type),
+        separate_output: a.has("separate-output"),
+        seed: a.get_or("seed", d.seed).map_err(usage)?,
+    };
+    let w = ember::synth::synth_gguf(&spec)?;
+    w.write_to(std::path::Path::new(out))
+        .map_err(|e| CliError::Run(format!("{out}: {e}")))?;
+    eprintln!("wrote {out}");
+    Ok(())
+}

@@ -26,6 +26,11 @@ commands:
                         perplexity of FILE with chunks of N tokens, as llama-perplexity
   bench [-p N] [-n N] [-r R] [--json]
                         prefill N tokens and decode N tokens from an empty cache, R times
+  convert -o OUT [--type T] [--layers N]
+                        rewrite the model: weights converted to type T, first N blocks only
+  synth -o OUT [--arch llama|qwen2] [--type T] [--embd-type T] [--vocab N] [--embd N]
+        [--layers N] [--heads N] [--kv-heads N] [--ff N] [--seed S] [--separate-output]
+                        write a synthetic model with seeded random weights
 
 common options:
   -m, --model PATH      GGUF model (default models/SmolLM2-135M-Instruct.Q4_1.gguf)
@@ -57,6 +62,8 @@ fn main() -> ExitCode {
         "info" => commands::info(rest),
         "perplexity" => commands::perplexity(rest),
         "bench" => commands::bench(rest),
+        "convert" => commands::convert(rest),
+        "synth" => commands::synth(rest),
         other => Err(commands::CliError::Usage(format!(
             "unknown command {other:?}"
         ))),

@@ -1,0 +1,107 @@
+//! After start-up, generating a token allocates nothing: a counting global allocator sees zero
+//! heap allocations during 50 decode steps of one sequence (forward pass over the paged KV
+//! arena, worker threads, sampling, streaming detokenization).
+//!
+//! This file holds a single test so that no other test thread allocates while it counts.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use ember::model::Model;
+use ember::sampler::{Sampler, SamplingParams};
+use ember::session::{KvBudget, Session, SessionConfig};
+use ember::tokenizer::StreamDecoder;
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn decode_steps_allocate_nothing() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/fetch-model.sh",
+        path.display()
+    );
+    let model = Model::load(&path).unwrap();
+    let cfg = SessionConfig {
+        n_ctx: 256,
+        kv_budget: KvBudget::FullContext,
+        block_size: 16,
+        max_batch_tokens: 64,
+        max_logits: 1,
+        threads: 2,
+    };
+    let mut s = Session::new(model, &cfg).unwrap();
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.05,
+        repeat_penalty: 1.1,
+        repeat_last_n: 64,
+        seed: 7,
+    };
+    let mut sampler = Sampler::new(params, s.model.config.n_vocab).unwrap();
+    let mut decoder = StreamDecoder::new(&s.tokenizer);
+    let prompt = s.tokenizer.encode("Once upon a time,", true, true).unwrap();
+    let mut seq = s.new_sequence();
+    seq.tokens.extend_from_slice(&prompt);
+    let mut text_bytes = 0;
+
+    let mut step = |s: &mut Session, seq: &mut ember::session::Sequence| {
+        let last = seq.tokens.len() - 1;
+        let mut next = 0;
+        s.eval(
+            seq,
+            |p| p == last,
+            |_, logits, hist| next = sampler.sample(logits, hist),
+        )
+        .unwrap();
+        seq.tokens.push(next);
+        text_bytes += decoder.push(&s.tokenizer, next).len();
+    };
+    // Warm-up: prefill and a few steps (first-touch of the arena and scratch pages).
+    for _ in 0..3 {
+        step(&mut s, &mut seq);
+    }
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..50 {
+        step(&mut s, &mut seq);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    let n = ALLOCS.load(Ordering::SeqCst);
+    assert_eq!(seq.tokens.len(), prompt.len() + 53);
+    assert!(text_bytes > 0);
+    assert_eq!(n, 0, "{n} heap allocations during 50 decode steps");
+    s.release(&mut seq);
+}

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 echo "== set-up"
 if ! python3 -c "import gguf, numpy" 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check "gguf==0.17.1" "numpy<3"
+    python3 -m pip install --quiet --disable-pip-version-check "gguf==0.19.0" "numpy<3"
 fi
 bash scripts/fetch-model.sh
 

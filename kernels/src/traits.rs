@@ -3,9 +3,11 @@
 //! pairs with.
 //!
 //! To multiply a weight row of type `ty` with an f32 activation vector, quantize the activations
-//! once with `reference_traits(vec_dot_type).from_float` (for F16 / BF16 weights that is a rounding
-//! to f16 / bf16, for Q4_0 / Q8_0 to Q8_0, Q4_1 to Q8_1, the k-quants to Q8_K), then call
-//! `vec_dot` per row. Skipping the activation quantization is not an option: the dots read
+//! once with `reference_traits(vec_dot_type).quantize_act` (for F16 / BF16 weights that is a
+//! rounding to f16 / bf16, for Q4_0 / Q8_0 to Q8_0, Q4_1 to Q8_1, the k-quants to Q8_K), then call
+//! `vec_dot` per row. `from_float` is the file format's reference quantizer (weights);
+//! `quantize_act` is what ggml-cpu applies to activations on x86, which rounds differently for
+//! Q8_0 / Q8_1. Skipping the activation quantization is not an option: the dots read
 //! activation bytes in `vec_dot_type`, and ggml's results include that rounding.
 
 use crate::reference::{float, q4_0, q4_1, q4_k, q5_k, q6_k, q8, q8_k};
@@ -30,6 +32,8 @@ pub struct TypeTraits {
     /// Quantize `src` (len multiple of block_size) into `out` (exact byte length); `None` where
     /// ggml has no simple reference quantization (Q4_K, Q5_K, Q6_K).
     pub from_float: Option<FromFloatFn>,
+    /// Quantize activations before a product (`None` for types that are never activations).
+    pub quantize_act: Option<FromFloatFn>,
     /// Dot product of one row of `n` elements: `w` in this type, `a` in `vec_dot_type`.
     pub vec_dot: VecDotFn,
 }
@@ -39,6 +43,7 @@ static F32: TypeTraits = TypeTraits {
     vec_dot_type: GgmlType::F32,
     to_float: float::dequantize_row_f32,
     from_float: Some(float::quantize_row_f32),
+    quantize_act: Some(float::quantize_row_f32),
     vec_dot: float::vec_dot_f32,
 };
 
@@ -47,6 +52,7 @@ static F16: TypeTraits = TypeTraits {
     vec_dot_type: GgmlType::F16,
     to_float: float::dequantize_row_f16,
     from_float: Some(float::quantize_row_f16),
+    quantize_act: Some(float::quantize_row_f16),
     vec_dot: float::vec_dot_f16,
 };
 
@@ -55,6 +61,7 @@ static BF16: TypeTraits = TypeTraits {
     vec_dot_type: GgmlType::BF16,
     to_float: float::dequantize_row_bf16,
     from_float: Some(float::quantize_row_bf16),
+    quantize_act: Some(float::quantize_row_bf16),
     vec_dot: float::vec_dot_bf16,
 };
 
@@ -63,6 +70,7 @@ static Q4_0: TypeTraits = TypeTraits {
     vec_dot_type: GgmlType::Q8_0,
     to_float: q4_0::dequantize_row_q4_0,
     from_float: Some(q4_0::quantize_row_q4_0),
+    quantize_act: None,
     vec_dot: q4_0::vec_dot_q4_0_q8_0,
 };
 
@@ -71,6 +79,7 @@ static Q4_1: TypeTraits = TypeTraits {
     vec_dot_type: GgmlType::Q8_1,
     to_float: q4_1::dequantize_row_q4_1,
     from_float: Some(q4_1::quantize_row_q4_1),
+    quantize_act: None,
     vec_dot: q4_1::vec_dot_q4_1_q8_1,
 };
 
@@ -79,6 +88,7 @@ static Q8_0: TypeTraits = TypeTraits {
     vec_dot_type: GgmlType::Q8_0,
     to_float: q8::dequantize_row_q8_0,
     from_float: Some(q8::quantize_row_q8_0),
+    quantize_act: Some(q8::quantize_row_q8_0_act),
     vec_dot: q8::vec_dot_q8_0_q8_0,
 };
 
@@ -87,6 +97,7 @@ static Q8_1: TypeTraits = TypeTraits {
     vec_dot_type: GgmlType::Q8_1,
     to_float: q8::dequantize_row_q8_1,
     from_float: Some(q8::quantize_row_q8_1),
+    quantize_act: Some(q8::quantize_row_q8_1_act),
     vec_dot: q8::vec_dot_q8_1_q8_1,
 };
 
@@ -95,6 +106,7 @@ static Q4_K: TypeTraits = TypeTraits {
     vec_dot_type: GgmlType::Q8_K,
     to_float: q4_k::dequantize_row_q4_k,
     from_float: None,
+    quantize_act: None,
     vec_dot: q4_k::vec_dot_q4_k_q8_k,
 };
 
@@ -103,6 +115,7 @@ static Q5_K: TypeTraits = TypeTraits {
     vec_dot_type: GgmlType::Q8_K,
     to_float: q5_k::dequantize_row_q5_k,
     from_float: None,
+    quantize_act: None,
     vec_dot: q5_k::vec_dot_q5_k_q8_k,
 };
 
@@ -111,6 +124,7 @@ static Q6_K: TypeTraits = TypeTraits {
     vec_dot_type: GgmlType::Q8_K,
     to_float: q6_k::dequantize_row_q6_k,
     from_float: None,
+    quantize_act: None,
     vec_dot: q6_k::vec_dot_q6_k_q8_k,
 };
 
@@ -119,6 +133,7 @@ static Q8_K: TypeTraits = TypeTraits {
     vec_dot_type: GgmlType::Q8_K,
     to_float: q8_k::dequantize_row_q8_k,
     from_float: Some(q8_k::quantize_row_q8_k),
+    quantize_act: Some(q8_k::quantize_row_q8_k),
     vec_dot: q8_k::vec_dot_q8_k_q8_k,
 };
 

@@ -7,7 +7,7 @@
 //! offset term: `d_w * d_a * sum(q_w * q_a) + m_w * s_a`; `s_a` is rounded to f16, which is part
 //! of ggml's result.
 
-use super::q8::{BlockQ8_1, QK8};
+use super::q8::BlockQ8_1;
 use super::{bytes, f16_le, to_f16_le, Block};
 
 /// Elements per Q4_1 block (ggml's `QK4_1`).
@@ -95,25 +95,38 @@ pub fn quantize_row_q4_1(src: &[f32], out: &mut [u8]) {
     }
 }
 
-/// Dot product of `n` Q4_1 weights with `n` Q8_1 activations (ggml's generic
-/// `ggml_vec_dot_q4_1_q8_1`: per block `(d_w * d_a) * sumi + m_w * s_a`, summed in f32).
+/// Dot product of `n` Q4_1 weights with `n` Q8_1 activations: per block
+/// `(d_w * d_a) * sumi + m_w * s_a`, summed in the order of ggml's AVX2
+/// `ggml_vec_dot_q4_1_q8_1` (8 lanes of 4 elements each, `fma` per block, reduced by
+/// [`hsum8`](crate::reference::q8::hsum8); the `m * s` terms in a separate fused f32 sum added
+/// last). See [`vec_dot_q8_0_q8_0`](crate::reference::q8::vec_dot_q8_0_q8_0) for why the order
+/// is part of the spec.
 pub fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     debug_assert_eq!(n % QK4_1, 0);
     let nb = n / QK4_1;
     let (w, a) = (&w[..nb * BlockQ4_1::SIZE], &a[..nb * BlockQ8_1::SIZE]);
-    let mut sumf = 0f32;
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
     for (wb, ab) in w
         .chunks_exact(BlockQ4_1::SIZE)
         .zip(a.chunks_exact(BlockQ8_1::SIZE))
     {
         let (x, y) = (BlockQ4_1::read(wb), BlockQ8_1::read(ab));
-        let mut sumi = 0i32;
-        for j in 0..QK8 / 2 {
-            let v0 = i32::from(x.qs[j] & 0x0f);
-            let v1 = i32::from(x.qs[j] >> 4);
-            sumi += v0 * i32::from(y.qs[j]) + v1 * i32::from(y.qs[j + QK8 / 2]);
+        // Lane l holds elements 4l..4l+3; low nibbles are elements 0..16, high 16..32.
+        let d = f16_le(x.d) * f16_le(y.d);
+        for (l, acc_l) in acc.iter_mut().enumerate() {
+            let mut li = 0i32;
+            for e in 4 * l..4 * l + 4 {
+                let w = if e < 16 {
+                    x.qs[e] & 0x0f
+                } else {
+                    x.qs[e - 16] >> 4
+                };
+                li += i32::from(w) * i32::from(y.qs[e]);
+            }
+            *acc_l = d.mul_add(li as f32, *acc_l);
         }
-        sumf += (f16_le(x.d) * f16_le(y.d)) * sumi as f32 + f16_le(x.m) * f16_le(y.s);
+        summs = f16_le(x.m).mul_add(f16_le(y.s), summs);
     }
-    sumf
+    crate::reference::q8::hsum8(&acc) + summs
 }

@@ -211,7 +211,9 @@ fn rope_tables(c: &Config, freq_factors: Option<&[f32]>, n_ctx: usize) -> (Vec<f
 fn quantize_acts(w: &Mat, x: &[f32], n_tok: usize, acts: &mut [u8]) -> usize {
     let at = reference_traits(w.kernels.vec_dot_type)
         .expect("every supported weight type has a supported activation type");
-    let from_float = at.from_float.expect("activation types have a quantizer");
+    let from_float = at
+        .quantize_act
+        .expect("activation types have an activation quantizer");
     let rb = w
         .kernels
         .vec_dot_type
@@ -499,8 +501,40 @@ impl Model {
     }
 }
 
-/// Causal attention of one query head over `n_pos` positions of a sequence, with an online
-/// softmax (one pass over K and V, no score buffer).
+/// `k · q` summed in the order of ggml's AVX2 `ggml_vec_dot_f16`: 32 elements per step into
+/// four 8-lane FMA accumulators (element `i` to accumulator `(i / 8) % 4`, lane `i % 8`), reduced
+/// as `(a0 + a2) + (a1 + a3)`, then the 8 lanes as `((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7))`,
+/// and any tail added in f64. The model's activations are quantized after attention, so the last
+/// bit of this sum decides some quantization levels: matching llama.cpp's order keeps the
+/// logits within its reference tolerance.
+fn dot_f16_order(k: &[f32], q: &[f32]) -> f32 {
+    let n32 = k.len() / 32 * 32;
+    let mut acc = [[0.0f32; 8]; 4];
+    for i in (0..n32).step_by(32) {
+        for (a, lanes) in acc.iter_mut().enumerate() {
+            for (l, v) in lanes.iter_mut().enumerate() {
+                let e = i + 8 * a + l;
+                *v = k[e].mul_add(q[e], *v);
+            }
+        }
+    }
+    let mut r = [0.0f32; 8];
+    for l in 0..8 {
+        r[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let t = [r[0] + r[4], r[1] + r[5], r[2] + r[6], r[3] + r[7]];
+    let mut sum = f64::from((t[0] + t[1]) + (t[2] + t[3]));
+    for e in n32..k.len() {
+        sum += f64::from(k[e] * q[e]);
+    }
+    sum as f32
+}
+
+/// Causal attention of one query head over `n_pos` positions of a sequence: one pass with an
+/// online softmax, as ggml's CPU flash attention (`flash_attn_ext_f16_one_chunk`) computes it,
+/// which is what llama.cpp runs by default. The query arrives rounded to f16; the weighted sum
+/// of values is kept in f16 (rounded after every position, as ggml's `VKQ16`), the running
+/// denominator in f32.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     kv: &KvArena,
@@ -524,27 +558,30 @@ fn attend(
             break;
         }
         let n = (n_pos - start).min(bs);
+        let kt = kv.k_tile(block.index(), layer, kv_head);
         let vt = kv.v_tile(block.index(), layer, kv_head);
         for j in 0..n {
             // Whole-row conversions use F16C / FP16 when the CPU has them.
-            kv.k_tile(block.index(), layer, kv_head)[j * d..(j + 1) * d]
-                .convert_to_f32_slice(&mut row[..d]);
-            let dot: f32 = q.iter().zip(&row[..d]).map(|(a, b)| a * b).sum();
-            let score = dot * scale;
+            kt[j * d..(j + 1) * d].convert_to_f32_slice(&mut row[..d]);
+            let score = dot_f16_order(&row[..d], q) * scale;
+            let (ms, vs);
             if score > max {
-                let corr = (max - score).exp();
-                sum *= corr;
-                out.iter_mut().for_each(|o| *o *= corr);
+                ms = (max - score).exp();
                 max = score;
+                vs = 1.0;
+                out.iter_mut()
+                    .for_each(|o| *o = f16::from_f32(*o * ms).to_f32());
+            } else {
+                ms = 1.0;
+                vs = (score - max).exp();
             }
-            let w = (score - max).exp();
-            sum += w;
             vt[j * d..(j + 1) * d].convert_to_f32_slice(&mut row[..d]);
-            for (o, vv) in out.iter_mut().zip(&row[..d]) {
-                *o += w * vv;
+            for (o, v) in out.iter_mut().zip(&row[..d]) {
+                *o = f16::from_f32(v.mul_add(vs, *o)).to_f32();
             }
+            sum = sum.mul_add(ms, vs);
         }
     }
-    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     out.iter_mut().for_each(|o| *o *= inv);
 }

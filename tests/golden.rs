@@ -184,6 +184,81 @@ fn greedy_matches_llama_cpp() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// llama.cpp's goldens for the same weights dequantized to F32 (`greedy_f32_activations.json`),
+/// where every product runs in plain f32: our F32 path (F32 weights, F32 activations) must give
+/// the same logits within the tolerance, with llama.cpp's ids fed back at every step.
+#[test]
+fn f32_weights_match_llama_cpp_f32_goldens() {
+    let q = model();
+    let opts = ember::convert::ConvertOptions {
+        weight_type: Some(ember_kernels::GgmlType::F32),
+        keep_layers: None,
+    };
+    let bytes = ember::convert::convert(&q.file, &opts)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    drop(q);
+    let m = Model::from_gguf(ember::gguf::GgufFile::from_bytes(bytes).unwrap()).unwrap();
+    assert_eq!(m.weights.layers[0].wq.ty, ember_kernels::GgmlType::F32);
+    let cfg = SessionConfig {
+        n_ctx: 512,
+        kv_budget: KvBudget::FullContext,
+        block_size: 16,
+        max_batch_tokens: 128,
+        max_logits: 1,
+        threads: 2,
+    };
+    let mut s = Session::new(m, &cfg).unwrap();
+    let g = golden("greedy_f32_activations.json");
+    let mut problems = Vec::new();
+    let mut worst = (0.0f32, String::new());
+    for c in g["cases"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        let gen = ids(&c["generated_ids"]);
+        let first_tie = c["top1_top2_logit_margin"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|m| m.as_f64().unwrap() < MARGIN_MIN)
+            .unwrap_or(gen.len());
+        let top5 = c["steps_top5"].as_array().unwrap();
+        let mut seq = s.new_sequence();
+        seq.tokens.extend(ids(&c["prompt_ids"]));
+        for (step, &next) in gen.iter().enumerate() {
+            let last = seq.tokens.len() - 1;
+            let ref_id = top5[step][0][0].as_u64().unwrap() as usize;
+            let ref_logit = top5[step][0][1].as_f64().unwrap() as f32;
+            let mut ours = (0, 0.0, 0.0);
+            s.eval(
+                &mut seq,
+                |p| p == last,
+                |_, logits, _| {
+                    let (id, max) = argmax(logits);
+                    ours = (id, max, logits[ref_id]);
+                },
+            )
+            .unwrap();
+            let d = (ours.1 - ref_logit).abs().max((ours.2 - ref_logit).abs());
+            if d > worst.0 {
+                worst = (d, format!("{name} step {step}"));
+            }
+            if d > LOGIT_TOL || (step < first_tie && ours.0 != next) {
+                problems.push(format!(
+                    "{name} step {step}: ours {ours:?} vs llama.cpp {next} {ref_logit}"
+                ));
+            }
+            seq.tokens.push(next);
+        }
+        s.release(&mut seq);
+    }
+    eprintln!(
+        "F32 path: largest top-1 logit difference {} at {}",
+        worst.0, worst.1
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 #[test]
 fn perplexity_matches_llama_cpp() {
     let mut s = session(512, 512, 256);

@@ -3,7 +3,7 @@
 //! Tests use them to exercise shapes and formats the real model does not have (qwen2 biases and
 //! NEOX RoPE, K-quants, F16/BF16 weights, GQA ratios), and they are small enough to travel to
 //! machines that cannot receive the real model. The vocabulary is byte-level BPE: the 256 byte
-//! symbols of GPT-2's byte-to-unicode map plus a few control tokens, no merges.
+//! symbols of GPT-2's byte-to-unicode map, a few control tokens and six merges.
 
 use ember_kernels::traits::reference_traits;
 use ember_kernels::GgmlType;
@@ -17,7 +17,7 @@ use crate::gguf::writer::{GgufWriter, MetaArray, MetaValue};
 pub struct SynthSpec {
     /// `llama` or `qwen2`.
     pub arch: String,
-    /// Vocabulary size (at least 260: 256 bytes and 4 control tokens).
+    /// Vocabulary size (at least 266: 4 control tokens, 256 bytes, 6 merges).
     pub n_vocab: usize,
     /// Model width.
     pub n_embd: usize,
@@ -45,7 +45,7 @@ impl Default for SynthSpec {
     fn default() -> Self {
         SynthSpec {
             arch: "llama".into(),
-            n_vocab: 260,
+            n_vocab: 272,
             n_embd: 64,
             n_layer: 2,
             n_head: 4,
@@ -217,6 +217,15 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter> {
     tokens.extend((0..=255u8).map(|b| byte_symbol(b).to_string()));
     let mut types = vec![3i32; 4];
     types.extend(std::iter::repeat_n(1, 256));
+    // A few merges so the BPE has something to do.
+    let merges: Vec<String> = ["t h", "h e", "i n", "e r", "a n", "\u{120} t"]
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    for m in &merges {
+        tokens.push(m.replace(' ', ""));
+        types.push(1);
+    }
     while tokens.len() < s.n_vocab {
         tokens.push(format!("<|extra_{}|>", tokens.len()));
         types.push(3);
@@ -233,7 +242,7 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter> {
         )
         .kv(
             "tokenizer.ggml.merges",
-            MetaValue::Array(MetaArray::Str(Vec::new())),
+            MetaValue::Array(MetaArray::Str(merges)),
         )
         .kv("tokenizer.ggml.bos_token_id", MetaValue::U32(1))
         .kv("tokenizer.ggml.eos_token_id", MetaValue::U32(2))

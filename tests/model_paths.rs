@@ -1,0 +1,174 @@
+//! Every weight format and both architectures through the whole model, on synthetic models:
+//! a prompt evaluated in one batch gives bit-identical logits to the same prompt fed one token
+//! at a time, and to any KV block size (the paged cache is transparent); a full arena or context
+//! is a clean error that leaves the session usable.
+
+use ember::gguf::GgufFile;
+use ember::model::Model;
+use ember::session::{GenerateParams, KvBudget, Session, SessionConfig};
+use ember::synth::{synth_gguf, SynthSpec};
+use ember::Error;
+use ember_kernels::GgmlType;
+
+fn synth(arch: &str, ty: GgmlType) -> Model {
+    let spec = SynthSpec {
+        arch: arch.into(),
+        n_embd: 256,
+        n_ff: 512,
+        n_head: 4,
+        n_head_kv: 2,
+        n_layer: 2,
+        weight_type: ty,
+        embd_type: if ty == GgmlType::F32 {
+            GgmlType::F32
+        } else {
+            GgmlType::Q8_0
+        },
+        separate_output: ty != GgmlType::Q8_0,
+        ..SynthSpec::default()
+    };
+    let bytes = synth_gguf(&spec).unwrap().to_bytes().unwrap();
+    Model::from_gguf(GgufFile::from_bytes(bytes).unwrap()).unwrap()
+}
+
+fn session(m: Model, block_size: usize, max_batch: usize, kv: KvBudget) -> Session {
+    let cfg = SessionConfig {
+        n_ctx: 128,
+        kv_budget: kv,
+        block_size,
+        max_batch_tokens: max_batch,
+        max_logits: max_batch,
+        threads: 2,
+    };
+    Session::new(m, &cfg).unwrap()
+}
+
+/// Logits at every position of `prompt`, evaluated in batches of `max_batch`.
+fn all_logits(s: &mut Session, prompt: &[u32]) -> Vec<Vec<f32>> {
+    let mut seq = s.new_sequence();
+    let mut out = Vec::new();
+    for &t in prompt {
+        seq.tokens.push(t);
+    }
+    s.eval(&mut seq, |_| true, |_, l, _| out.push(l.to_vec()))
+        .unwrap();
+    s.release(&mut seq);
+    out
+}
+
+const PROMPT: [u32; 21] = [
+    5, 90, 140, 7, 7, 200, 31, 255, 12, 100, 101, 102, 9, 44, 88, 260, 3, 1, 150, 151, 70,
+];
+
+#[test]
+fn every_format_batched_equals_incremental_and_block_size_is_transparent() {
+    let types = [
+        ("llama", GgmlType::F32),
+        ("llama", GgmlType::F16),
+        ("llama", GgmlType::BF16),
+        ("llama", GgmlType::Q4_0),
+        ("llama", GgmlType::Q4_1),
+        ("llama", GgmlType::Q8_0),
+        ("llama", GgmlType::Q4_K),
+        ("llama", GgmlType::Q5_K),
+        ("llama", GgmlType::Q6_K),
+        ("qwen2", GgmlType::Q8_0),
+        ("qwen2", GgmlType::Q4_K),
+    ];
+    for (arch, ty) in types {
+        let whole = all_logits(
+            &mut session(synth(arch, ty), 16, 32, KvBudget::FullContext),
+            &PROMPT,
+        );
+        let stepwise = all_logits(
+            &mut session(synth(arch, ty), 16, 1, KvBudget::FullContext),
+            &PROMPT,
+        );
+        let odd_blocks = all_logits(
+            &mut session(synth(arch, ty), 5, 7, KvBudget::FullContext),
+            &PROMPT,
+        );
+        assert_eq!(whole.len(), PROMPT.len());
+        for (i, ((a, b), c)) in whole.iter().zip(&stepwise).zip(&odd_blocks).enumerate() {
+            assert!(
+                a.iter().all(|x| x.is_finite()),
+                "{arch} {ty}: non-finite logits at {i}"
+            );
+            assert_eq!(
+                a, b,
+                "{arch} {ty}: batched and one-at-a-time logits differ at position {i}"
+            );
+            assert_eq!(
+                a, c,
+                "{arch} {ty}: block size 5 / batch 7 differs at position {i}"
+            );
+        }
+        // Positions see different contexts: the logits must not all be equal.
+        assert_ne!(whole[0], whole[PROMPT.len() - 1], "{arch} {ty}");
+    }
+}
+
+#[test]
+fn full_arena_and_full_context_are_clean_errors() {
+    // 2 blocks of 8 tokens: a 10-token prompt fits, 20 generated tokens do not.
+    let mut s = session(synth("llama", GgmlType::Q8_0), 8, 16, KvBudget::Blocks(2));
+    let params = GenerateParams {
+        max_tokens: 20,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let e = s.generate(&PROMPT[..10], &params, |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::KvCacheFull {
+                total_blocks: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("KV cache full"), "{e}");
+    // The failed request returned its blocks: a request that fits still runs.
+    assert_eq!(s.free_blocks(), 2);
+    let ok = GenerateParams {
+        max_tokens: 4,
+        ..params.clone()
+    };
+    assert_eq!(s.generate(&PROMPT[..10], &ok, |_| {}).unwrap().ids.len(), 4);
+
+    // Prompt + max_tokens beyond the context (128) is refused up front.
+    let mut s = session(
+        synth("llama", GgmlType::Q8_0),
+        16,
+        16,
+        KvBudget::FullContext,
+    );
+    let long = GenerateParams {
+        max_tokens: 120,
+        ..params
+    };
+    let e = s.generate(&PROMPT, &long, |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ContextFull {
+                n_ctx: 128,
+                requested: 141
+            }
+        ),
+        "{e}"
+    );
+    // Token ids outside the vocabulary are refused, not indexed.
+    let e = s
+        .generate(
+            &[100_000],
+            &GenerateParams {
+                max_tokens: 1,
+                ..Default::default()
+            },
+            |_| {},
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+}

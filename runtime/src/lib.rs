@@ -13,6 +13,7 @@
 pub mod chat;
 pub mod compute;
 pub mod convert;
+pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod kv;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::compute::Compute;
 use crate::error::{Error, Result};
-use crate::kv::{BlockPool, BlockTable, KvArena, KvLayout};
+use crate::kv::{BlockId, BlockPool, BlockTable, KvArena, KvLayout};
 use crate::model::{BatchToken, Model, Scratch};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::StopMatcher;
@@ -99,6 +99,10 @@ pub enum FinishReason {
     Length,
     /// A stop string or stop token was produced.
     Stop,
+    /// The caller cancelled the request.
+    Cancelled,
+    /// The request failed (its error is reported separately).
+    Error,
 }
 
 impl FinishReason {
@@ -108,6 +112,8 @@ impl FinishReason {
             FinishReason::Eos => "eos",
             FinishReason::Length => "length",
             FinishReason::Stop => "stop",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::Error => "error",
         }
     }
 }
@@ -188,9 +194,10 @@ impl Session {
             head_dim: c.head_dim,
             block_size: cfg.block_size,
         };
-        let n_blocks = match cfg.kv_budget {
+        // One extra block: block 0 is the pool's null block, never handed out.
+        let n_blocks = 1 + match cfg.kv_budget {
             KvBudget::Blocks(n) => n,
-            KvBudget::Bytes(b) => layout.blocks_for_bytes(b),
+            KvBudget::Bytes(b) => layout.blocks_for_bytes(b).saturating_sub(1),
             KvBudget::FullContext => n_ctx.div_ceil(cfg.block_size),
         };
         let tokenizer = crate::gguf::tokenizer_from_gguf(&model.file)?;
@@ -304,11 +311,11 @@ impl Session {
                     logits,
                 });
             }
-            let tables = [seq.table.blocks()];
+            let tables: [&[BlockId]; 1] = [seq.table.blocks()];
             self.model.forward(
                 &self.compute,
                 &self.batch,
-                &tables,
+                &tables[..],
                 &mut self.arena,
                 &mut self.scratch,
             )?;

@@ -143,4 +143,21 @@ impl KvArena {
             }
         }
     }
+
+    /// Copy the first `n_slots` token slots of block `src` into block `dst`, every layer and
+    /// head, keys and values (copy-on-write of a shared block).
+    pub fn copy_slots(&mut self, src: usize, dst: usize, n_slots: usize) {
+        let l = self.layout;
+        let n = n_slots.min(l.block_size) * l.head_dim;
+        for layer in 0..l.n_layer {
+            for h in 0..l.n_kv_head {
+                let (s, d) = (
+                    self.tile_start(src, layer, h),
+                    self.tile_start(dst, layer, h),
+                );
+                self.k.copy_within(s..s + n, d);
+                self.v.copy_within(s..s + n, d);
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ mod arena;
 mod block_pool;
 
 pub use arena::{KvArena, KvLayout};
-pub use block_pool::{BlockId, BlockPool};
+pub use block_pool::{hash_block, BlockHash, BlockId, BlockPool};
 
 use crate::error::{Error, Result};
 
@@ -75,6 +75,18 @@ impl BlockTable {
             self.blocks.push(b);
         }
         Ok(())
+    }
+
+    /// Append a block (a shared prefix block, or a fork of another table). Panics past the
+    /// capacity, which callers size from the sequence's maximum length.
+    pub fn push(&mut self, b: BlockId) {
+        assert!(self.blocks.len() < self.max_blocks, "block table overflow");
+        self.blocks.push(b);
+    }
+
+    /// Replace logical block `i` (copy-on-write).
+    pub fn replace(&mut self, i: usize, b: BlockId) {
+        self.blocks[i] = b;
     }
 
     /// Return every block to `pool`.

@@ -45,6 +45,18 @@ pub struct BatchToken {
     pub logits: bool,
 }
 
+/// Where the forward pass finds each sequence's block table (`BatchToken::seq` indexes it).
+pub trait BlockTables: Sync {
+    /// The block table of sequence `seq`, or `None` if there is no such sequence.
+    fn table(&self, seq: usize) -> Option<&[BlockId]>;
+}
+
+impl BlockTables for [&[BlockId]] {
+    fn table(&self, seq: usize) -> Option<&[BlockId]> {
+        self.get(seq).copied()
+    }
+}
+
 /// Preallocated working memory of the forward pass for up to `max_tokens` tokens per batch and
 /// `max_logits` rows of logits.
 pub struct Scratch {
@@ -179,6 +191,18 @@ impl Scratch {
         &self.logits[i * n_vocab..(i + 1) * n_vocab]
     }
 
+    /// Move the logits buffer out (no allocation), so a caller can hand rows to code that also
+    /// needs `&mut` access to its owner; give it back with [`Scratch::put_logits`] before the
+    /// next forward pass.
+    pub fn take_logits(&mut self) -> Vec<f32> {
+        std::mem::take(&mut self.logits)
+    }
+
+    /// Return the buffer taken by [`Scratch::take_logits`].
+    pub fn put_logits(&mut self, logits: Vec<f32>) {
+        self.logits = logits;
+    }
+
     /// Mutable logits (samplers modify them in place).
     pub fn logits_mut(&mut self, i: usize, n_vocab: usize) -> &mut [f32] {
         &mut self.logits[i * n_vocab..(i + 1) * n_vocab]
@@ -265,7 +289,7 @@ impl Model {
         &self,
         cx: &Compute,
         batch: &[BatchToken],
-        tables: &[&[BlockId]],
+        tables: &(impl BlockTables + ?Sized),
         kv: &mut KvArena,
         s: &mut Scratch,
     ) -> Result<usize> {
@@ -289,10 +313,13 @@ impl Model {
             });
         }
         for b in batch {
-            let Some(table) = tables.get(b.seq) else {
+            let Some(table) = tables.table(b.seq) else {
                 return Err(Error::InvalidParam {
                     name: "batch",
-                    what: format!("token refers to sequence {} of {}", b.seq, tables.len()),
+                    what: format!(
+                        "token refers to sequence {}, which has no block table",
+                        b.seq
+                    ),
                 });
             };
             if b.token as usize >= c.n_vocab {
@@ -388,7 +415,7 @@ impl Model {
             }
             // Store the new keys and values in their slots.
             for (t, b) in batch.iter().enumerate() {
-                let block = tables[b.seq][b.pos / bs];
+                let block = tables.table(b.seq).expect("checked above")[b.pos / bs];
                 kv.write(
                     block.index(),
                     b.pos % bs,
@@ -411,7 +438,8 @@ impl Model {
                 // elements, checked against max_tokens above); no other pair touches it, and
                 // `s.att` is not otherwise borrowed during the region.
                 let out = unsafe { std::slice::from_raw_parts_mut(att_ptr.ptr().add(i * d), d) };
-                attend(kv_ro, l, h / group, tables[b.seq], b.pos + 1, q, scale, out);
+                let table = tables.table(b.seq).expect("checked above");
+                attend(kv_ro, l, h / group, table, b.pos + 1, q, scale, out);
             });
             self.project(
                 cx,

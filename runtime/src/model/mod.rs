@@ -8,7 +8,7 @@ pub mod weights;
 use std::path::Path;
 
 pub use config::{Arch, Config, RopePairing};
-pub use forward::{BatchToken, Scratch};
+pub use forward::{BatchToken, BlockTables, Scratch};
 pub use weights::{Mat, Weights};
 
 use crate::error::Result;

@@ -27,9 +27,9 @@ impl From<ember::Error> for CliError {
     }
 }
 
-type CliResult = Result<(), CliError>;
+pub type CliResult = Result<(), CliError>;
 
-fn usage(e: String) -> CliError {
+pub fn usage(e: String) -> CliError {
     CliError::Usage(e)
 }
 
@@ -56,7 +56,7 @@ const SAMPLING: &[Flag] = &[
     switch("json"),
 ];
 
-fn parse(raw: &[String], extra: &[&[Flag]]) -> Result<Args, CliError> {
+pub fn parse(raw: &[String], extra: &[&[Flag]]) -> Result<Args, CliError> {
     let mut flags: Vec<Flag> = Vec::new();
     for group in std::iter::once(COMMON).chain(extra.iter().copied()) {
         for f in group {
@@ -74,7 +74,7 @@ fn model_path(a: &Args) -> PathBuf {
     PathBuf::from(a.str("model").unwrap_or(DEFAULT_MODEL))
 }
 
-fn load_model(a: &Args) -> Result<Model, CliError> {
+pub fn load_model(a: &Args) -> Result<Model, CliError> {
     let path = model_path(a);
     if !path.exists() {
         let hint = if a.str("model").is_none() {
@@ -414,6 +414,12 @@ pub fn bench(raw: &[String]) -> CliResult {
     let reps: usize = a.get_or("reps", 3).map_err(usage)?;
     if n_prompt == 0 || n_gen == 0 || reps == 0 {
         return Err(usage("-p, -n and -r must be at least 1".into()));
+    }
+    if let Some(c) = a.get::<usize>("concurrency").map_err(usage)? {
+        if c == 0 || n_gen < 2 {
+            return Err(usage("--concurrency needs C >= 1 and -n >= 2".into()));
+        }
+        return crate::batch::bench_concurrent(&a, c, n_prompt, n_gen);
     }
     let mut s = open_session(&a, n_prompt.max(1), 1)?;
     if n_prompt + n_gen > s.n_ctx() {

@@ -4,6 +4,7 @@
 //! printed as one line on stderr with exit code 1 (2 for usage errors).
 
 mod args;
+mod batch;
 mod commands;
 
 use std::process::ExitCode;
@@ -26,6 +27,12 @@ commands:
                         perplexity of FILE with chunks of N tokens, as llama-perplexity
   bench [-p N] [-n N] [-r R] [--json]
                         prefill N tokens and decode N tokens from an empty cache, R times
+  bench --concurrency C [-p N] [-n N]
+                        C sequences prefilled, then decoded together (aggregate tok/s)
+  batch --input requests.jsonl --output results.jsonl [--max-seqs S]
+        [--max-batch-tokens T] [--kv-blocks N | --kv-bytes B] [--no-prefix-cache]
+                        run a file of requests through the continuous-batching engine; each
+                        line a JSON object: id, prompt, max_tokens, temperature, seed, stop, ...
   convert -o OUT [--type T] [--layers N]
                         rewrite the model: weights converted to type T, first N blocks only
   synth -o OUT [--arch llama|qwen2] [--type T] [--embd-type T] [--vocab N] [--embd N]
@@ -63,6 +70,7 @@ fn main() -> ExitCode {
         "perplexity" => commands::perplexity(rest),
         "bench" => commands::bench(rest),
         "convert" => commands::convert(rest),
+        "batch" => batch::batch(rest),
         "synth" => commands::synth(rest),
         other => Err(commands::CliError::Usage(format!(
             "unknown command {other:?}"

@@ -1,0 +1,363 @@
+//! One engine step: schedule, run the batched forward pass, sample, retire.
+
+use std::time::Instant;
+
+use super::{Engine, SeqState, SlabTables, StepStats};
+use crate::error::Result;
+use crate::kv::{hash_block, BlockHash};
+use crate::model::BatchToken;
+use crate::session::FinishReason;
+
+/// Why a sequence could not get the blocks it needs this step.
+struct NoBlocks;
+
+impl Engine {
+    /// Blocks sequence `slot` needs to compute `k` more tokens: new blocks for the positions
+    /// beyond its table, plus one copy if the block it writes into first is shared.
+    fn blocks_needed(&self, slot: u32, k: usize) -> (usize, bool) {
+        let bs = self.cfg.block_size;
+        let seq = self.seqs[slot as usize].as_ref().expect("live sequence");
+        let have = seq.table.len();
+        let need = (seq.num_computed + k).div_ceil(bs);
+        let cow = seq.num_computed % bs != 0
+            && seq
+                .table
+                .blocks()
+                .get(seq.num_computed / bs)
+                .is_some_and(|&b| self.pool.ref_count(b) > 1);
+        (need.saturating_sub(have) + usize::from(cow), cow)
+    }
+
+    /// Give sequence `slot` the blocks for `k` more tokens, copying a shared block it is about
+    /// to write into (copy-on-write). Nothing changes on failure.
+    fn reserve(&mut self, slot: u32, k: usize) -> Result<(), NoBlocks> {
+        let (n, cow) = self.blocks_needed(slot, k);
+        if n > self.pool.num_free() {
+            return Err(NoBlocks);
+        }
+        let bs = self.cfg.block_size;
+        let (pool, arena) = (&mut self.pool, &mut self.arena);
+        let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
+        if cow {
+            let i = seq.num_computed / bs;
+            let old = seq.table.blocks()[i];
+            let new = pool.allocate().expect("free count checked");
+            arena.copy_slots(old.index(), new.index(), seq.num_computed % bs);
+            seq.table.replace(i, new);
+            pool.free(old);
+        }
+        seq.table
+            .ensure_capacity(pool, seq.num_computed + k, bs)
+            .map_err(|_| NoBlocks)
+    }
+
+    /// Free a running sequence's blocks and requeue it (at the front) to be recomputed.
+    fn preempt(&mut self, slot: u32) {
+        if let Some(p) = self.running.iter().position(|&s| s == slot) {
+            self.running.remove(p);
+        }
+        let pool = &mut self.pool;
+        let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
+        seq.table.release(pool);
+        seq.block_hashes.clear();
+        seq.num_computed = 0;
+        seq.state = SeqState::Waiting;
+        self.waiting.push_front(slot);
+        self.metrics.preemptions += 1;
+    }
+
+    /// Take the longest cached prefix of a waiting sequence's tokens (whole blocks, leaving at
+    /// least one token to compute so there are logits to sample from).
+    fn take_cached_prefix(&mut self, slot: u32) {
+        if !self.cfg.prefix_caching {
+            return;
+        }
+        let bs = self.cfg.block_size;
+        let pool = &mut self.pool;
+        let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
+        debug_assert_eq!(seq.num_computed, 0);
+        let mut parent: Option<BlockHash> = None;
+        let mut i = 0;
+        while (i + 1) * bs < seq.tokens.len() {
+            let h = hash_block(parent, &seq.tokens[i * bs..(i + 1) * bs]);
+            let Some(b) = pool.lookup(h) else { break };
+            pool.retain(b);
+            seq.table.push(b);
+            seq.block_hashes.push(h);
+            parent = Some(h);
+            i += 1;
+        }
+        seq.num_computed = i * bs;
+        self.metrics.prefix_hit_tokens += (i * bs) as u64;
+    }
+
+    /// Register the sequence's newly completed blocks in the prefix cache.
+    fn cache_full_blocks(&mut self, slot: u32) {
+        if !self.cfg.prefix_caching {
+            return;
+        }
+        let bs = self.cfg.block_size;
+        let pool = &mut self.pool;
+        let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
+        let full = seq.num_computed / bs;
+        while seq.block_hashes.len() < full {
+            let i = seq.block_hashes.len();
+            let parent = seq.block_hashes.last().copied();
+            let h = hash_block(parent, &seq.tokens[i * bs..(i + 1) * bs]);
+            pool.set_hash(seq.table.blocks()[i], h);
+            seq.block_hashes.push(h);
+        }
+    }
+
+    /// Fill this step's token budget: running sequences first (preempting the most recently
+    /// admitted when blocks run out), then waiting ones in arrival order.
+    fn schedule(&mut self, stats: &mut StepStats) {
+        self.scheduled.clear();
+        let mut budget = self.cfg.max_batch_tokens;
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let slot = self.running[i];
+            let k = self.seqs[slot as usize]
+                .as_ref()
+                .expect("running sequence")
+                .pending()
+                .min(budget);
+            loop {
+                if self.reserve(slot, k).is_ok() {
+                    self.scheduled.push((slot, k));
+                    budget -= k;
+                    i += 1;
+                    break;
+                }
+                // Most recently admitted running sequence not yet scheduled this step.
+                let victim = *self.running[i..]
+                    .iter()
+                    .max_by_key(|&&s| self.seqs[s as usize].as_ref().expect("running").admitted_at)
+                    .expect("slot itself is a candidate");
+                self.preempt(victim);
+                stats.preempted += 1;
+                if victim == slot {
+                    break;
+                }
+            }
+        }
+        if stats.preempted > 0 {
+            return;
+        }
+        while budget > 0 && self.running.len() < self.cfg.max_seqs {
+            let Some(&slot) = self.waiting.front() else {
+                break;
+            };
+            self.take_cached_prefix(slot);
+            let k = self.seqs[slot as usize]
+                .as_ref()
+                .expect("waiting sequence")
+                .pending()
+                .min(budget);
+            if self.reserve(slot, k).is_err() {
+                // Not enough blocks yet: give back the prefix and keep FCFS order.
+                let pool = &mut self.pool;
+                let seq = self.seqs[slot as usize].as_mut().expect("live");
+                seq.table.release(pool);
+                seq.block_hashes.clear();
+                seq.num_computed = 0;
+                break;
+            }
+            self.waiting.pop_front();
+            self.admissions += 1;
+            let seq = self.seqs[slot as usize].as_mut().expect("live");
+            seq.state = SeqState::Running;
+            seq.admitted_at = self.admissions;
+            self.running.push(slot);
+            self.scheduled.push((slot, k));
+            budget -= k;
+        }
+    }
+
+    /// Run one step: schedule, one forward pass over every scheduled token, sample the
+    /// sequences whose pending tokens are all computed, retire finished ones. Allocates nothing.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let mut stats = StepStats::default();
+        self.schedule(&mut stats);
+        if self.scheduled.is_empty() {
+            return Ok(stats);
+        }
+        let t0 = Instant::now();
+        self.batch.clear();
+        for &(slot, k) in &self.scheduled {
+            let seq = self.seqs[slot as usize]
+                .as_ref()
+                .expect("scheduled sequence");
+            let last = seq.tokens.len() - 1;
+            for pos in seq.num_computed..seq.num_computed + k {
+                self.batch.push(BatchToken {
+                    token: seq.tokens[pos],
+                    pos,
+                    seq: slot as usize,
+                    logits: pos == last,
+                });
+            }
+            // A decode is the one fed-back sample of a sequence past its prompt.
+            let decode = k == 1 && seq.num_computed == last && last >= seq.n_prompt;
+            stats.prefill_tokens += if decode { 0 } else { k };
+        }
+        let r = self.model.forward(
+            &self.compute,
+            &self.batch,
+            &SlabTables(&self.seqs),
+            &mut self.arena,
+            &mut self.scratch,
+        );
+        if let Err(e) = r {
+            // A forward error is an engine bug or resource failure: fail the scheduled
+            // sequences rather than retrying them forever.
+            for i in 0..self.scheduled.len() {
+                let slot = self.scheduled[i].0;
+                self.finish_seq(slot, FinishReason::Error);
+            }
+            return Err(e);
+        }
+        self.metrics.tokens_computed += self.batch.len() as u64;
+        stats.seqs = self.scheduled.len();
+        let n_vocab = self.model.config.n_vocab;
+        let mut logits = self.scratch.take_logits();
+        let mut row = 0;
+        for i in 0..self.scheduled.len() {
+            let (slot, k) = self.scheduled[i];
+            let seq = self.seqs[slot as usize]
+                .as_mut()
+                .expect("scheduled sequence");
+            seq.num_computed += k;
+            let sample = seq.num_computed == seq.tokens.len();
+            self.cache_full_blocks(slot);
+            if sample {
+                let l = &mut logits[row * n_vocab..(row + 1) * n_vocab];
+                self.sample_seq(slot, l, &mut stats);
+                row += 1;
+            }
+        }
+        self.scratch.put_logits(logits);
+        self.metrics.steps += 1;
+        self.metrics.busy_s += t0.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    /// Sample the next token of sequence `slot` from its logits row, fork its pending
+    /// siblings first if it just finished its prompt, and retire it if it is done.
+    fn sample_seq(&mut self, slot: u32, logits: &mut [f32], stats: &mut StepStats) {
+        let req = self.seqs[slot as usize].as_ref().expect("live").req as usize;
+        let has_siblings = self.requests[req].as_ref().is_some_and(|r| {
+            r.seqs.iter().any(|&s| {
+                self.seqs[s as usize]
+                    .as_ref()
+                    .is_some_and(|q| q.state == SeqState::ForkPending)
+            })
+        });
+        if has_siblings {
+            let r = self.requests[req].as_mut().expect("live request");
+            r.fork_logits.copy_from_slice(logits);
+            self.fork_siblings(slot, stats);
+        }
+        self.emit(slot, logits, stats);
+    }
+
+    /// Fork every pending sibling of `parent`: share its blocks (copy-on-write) and sample each
+    /// sibling's first token from the parent's logits.
+    fn fork_siblings(&mut self, parent: u32, stats: &mut StepStats) {
+        let req = self.seqs[parent as usize].as_ref().expect("live").req as usize;
+        let n = self.requests[req].as_ref().expect("live").seqs.len();
+        for j in 0..n {
+            let s = self.requests[req].as_ref().expect("live").seqs[j];
+            if self.seqs[s as usize].as_ref().expect("live").state != SeqState::ForkPending {
+                continue;
+            }
+            if self.running.len() == self.cfg.max_seqs {
+                // No room to run it now: it computes its prompt itself later (the prefix cache
+                // still shares the full blocks).
+                let sib = self.seqs[s as usize].as_mut().expect("live");
+                sib.state = SeqState::Waiting;
+                self.waiting.push_back(s);
+                continue;
+            }
+            let (parent_seq, sib) = two_mut(&mut self.seqs, parent as usize, s as usize);
+            for &b in parent_seq.table.blocks() {
+                self.pool.retain(b);
+                sib.table.push(b);
+            }
+            sib.block_hashes.extend_from_slice(&parent_seq.block_hashes);
+            sib.num_computed = parent_seq.num_computed;
+            self.admissions += 1;
+            sib.admitted_at = self.admissions;
+            sib.state = SeqState::Running;
+            self.running.push(s);
+            // Each sibling samples from the parent's unmodified logits (samplers modify their
+            // input in place): copy them into the request's work buffer first.
+            let r = self.requests[req].as_mut().expect("live request");
+            let mut work = std::mem::take(&mut r.fork_work);
+            work.copy_from_slice(&r.fork_logits);
+            self.emit(s, &mut work, stats);
+            self.requests[req].as_mut().expect("live request").fork_work = work;
+        }
+    }
+
+    /// Sample from `logits`, append the token to sequence `slot`, stream its text, and finish
+    /// the sequence on EOS, a stop token or string, or its length limit.
+    fn emit(&mut self, slot: u32, logits: &mut [f32], stats: &mut StepStats) {
+        let (tok, req) = {
+            let seq = self.seqs[slot as usize].as_mut().expect("live");
+            (seq.sampler.sample(logits, &seq.tokens), seq.req as usize)
+        };
+        stats.sampled += 1;
+        self.metrics.tokens_generated += 1;
+        let r = self.requests[req].as_ref().expect("live request");
+        let eog = self.tokenizer.is_eog(tok) && !r.ignore_eos;
+        let stop_id = r.stop_ids.contains(&tok);
+        let seq = self.seqs[slot as usize].as_mut().expect("live");
+        seq.tokens.push(tok);
+        seq.out.ids.push(tok);
+        let mut reason = None;
+        if eog {
+            reason = Some(FinishReason::Eos);
+        } else if stop_id {
+            reason = Some(FinishReason::Stop);
+        } else {
+            let piece = seq.decoder.push(&self.tokenizer, tok);
+            let (safe, stopped) = seq.stops.push(piece);
+            seq.out.text.push_str(safe);
+            if stopped {
+                reason = Some(FinishReason::Stop);
+            } else if seq.n_generated() >= seq.max_tokens {
+                reason = Some(FinishReason::Length);
+            }
+        }
+        if reason.is_some_and(|r| r != FinishReason::Stop) {
+            // Flush what the decoder and the stop matcher held back.
+            let tail = seq.decoder.flush();
+            let (safe, _) = seq.stops.push(tail);
+            seq.out.text.push_str(safe);
+            let rest = seq.stops.finish();
+            seq.out.text.push_str(rest);
+        }
+        seq.out.piece_ends.push(seq.out.text.len() as u32);
+        if let Some(reason) = reason {
+            self.finish_seq(slot, reason);
+            stats.finished += 1;
+        }
+    }
+}
+
+/// Two distinct elements of the slab, mutably.
+fn two_mut<T>(v: &mut [Option<T>], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b, "two_mut of one slot");
+    let (x, y) = if a < b {
+        let (l, r) = v.split_at_mut(b);
+        (&mut l[a], &mut r[0])
+    } else {
+        let (l, r) = v.split_at_mut(a);
+        (&mut r[0], &mut l[b])
+    };
+    (
+        x.as_mut().expect("live sequence"),
+        y.as_mut().expect("live sequence"),
+    )
+}

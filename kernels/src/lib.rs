@@ -5,7 +5,11 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod dispatch;
 pub mod reference;
 pub mod traits;
 pub mod types;
 pub use types::{supported_names, GgmlType, SUPPORTED};
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+mod x86_64;

@@ -200,6 +200,11 @@ impl Session {
             KvBudget::Bytes(b) => layout.blocks_for_bytes(b).saturating_sub(1),
             KvBudget::FullContext => n_ctx.div_ceil(cfg.block_size),
         };
+        // A bad EMBER_CPU request is reported at start-up, never a silent fallback.
+        ember_kernels::dispatch::select().map_err(|what| Error::InvalidParam {
+            name: "EMBER_CPU",
+            what,
+        })?;
         let tokenizer = crate::gguf::tokenizer_from_gguf(&model.file)?;
         let threads = if cfg.threads == 0 {
             physical_cores()

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 
 /// Spins before a worker goes to sleep waiting for the next job (a decode step issues jobs
 /// every few microseconds, so sleeping between them would cost more than the work).
-const SPIN_ITERS: u32 = 200_000;
+const SPIN_ITERS: u32 = 20_000;
 
 type Job = *const (dyn Fn(usize) + Sync);
 

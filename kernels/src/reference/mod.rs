@@ -17,6 +17,7 @@
 //! Length mismatches are caller bugs (shapes are checked when a model loads): they are caught by
 //! `debug_assert!` and by slice indexing. Nothing here allocates: these run for every token.
 
+pub mod attention;
 pub mod float;
 pub mod ops;
 pub mod q4_0;

@@ -6,6 +6,7 @@
 /// As ggml does: the squares are formed in f32 and summed in f64, the mean is rounded to f32,
 /// `scale = 1 / sqrtf(mean + eps)` in f32, then `out[i] = (x[i] * scale) * w[i]`.
 /// All slices have the same length.
+#[inline(always)]
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     debug_assert!(x.len() == w.len() && x.len() == out.len());
     let mut sum = 0f64;
@@ -37,6 +38,7 @@ pub fn softmax(x: &mut [f32]) {
 
 /// `gate[i] = silu(gate[i]) * up[i]` with `silu(x) = x / (1 + expf(-x))` (ggml's
 /// `ggml_vec_swiglu_f32`, the fused SwiGLU of llama-style feed-forward layers).
+#[inline(always)]
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     debug_assert_eq!(gate.len(), up.len());
     let n8 = gate.len() / 8 * 8;
@@ -52,6 +54,7 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 /// to `2^n * e^b` and a degree-5 polynomial, ~1.5 ulp), which ggml uses for SiLU on blocks of 8
 /// elements. Reproduced bit for bit (same constants, same fused operations) because the SiLU
 /// output is quantized right after, where a last-bit difference can change a level.
+#[inline(always)]
 pub fn expf_ggml(x: f32) -> f32 {
     let c = f32::from_bits;
     let z = x.mul_add(c(0x3fb8_aa3b), c(0x4b40_0000));
@@ -108,6 +111,7 @@ pub fn rope_cache(pos: f32, freq_base: f32, freq_scale: f32, cos: &mut [f32], si
 /// `x` is one head (`head_dim` elements, all rotated); `cos` and `sin` have `head_dim / 2`
 /// entries for this position (see [`rope_cache`]). `x'[2i] = x[2i] cos - x[2i+1] sin`,
 /// `x'[2i+1] = x[2i] sin + x[2i+1] cos`.
+#[inline(always)]
 pub fn rope_norm(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     debug_assert!(x.len() == 2 * cos.len() && cos.len() == sin.len());
     for ((p, &c), &s) in x.chunks_exact_mut(2).zip(cos).zip(sin) {
@@ -123,6 +127,7 @@ pub fn rope_norm(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// **Warning:** see [`rope_norm`]: using the wrong pairing silently corrupts the output.
 ///
 /// `x'[i] = x[i] cos - x[i+h] sin`, `x'[i+h] = x[i] sin + x[i+h] cos`, `h = head_dim / 2`.
+#[inline(always)]
 pub fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     debug_assert!(x.len() == 2 * cos.len() && cos.len() == sin.len());
     let (lo, hi) = x.split_at_mut(cos.len());

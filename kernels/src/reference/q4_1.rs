@@ -101,6 +101,7 @@ pub fn quantize_row_q4_1(src: &[f32], out: &mut [u8]) {
 /// [`hsum8`](crate::reference::q8::hsum8); the `m * s` terms in a separate fused f32 sum added
 /// last). See [`vec_dot_q8_0_q8_0`](crate::reference::q8::vec_dot_q8_0_q8_0) for why the order
 /// is part of the spec.
+#[inline(always)]
 pub fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     debug_assert_eq!(n % QK4_1, 0);
     let nb = n / QK4_1;

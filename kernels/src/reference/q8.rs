@@ -129,10 +129,12 @@ pub fn quantize_row_q8_0(src: &[f32], out: &mut [u8]) {
 /// f32 activations to Q8_0 blocks as ggml-cpu does on x86 before a product (`id = 127/amax`,
 /// round half to even; see [`quantize_row_q8_0`] for the file format's reference rounding).
 /// The two differ in the last bit of a few quants, which is enough to move llama.cpp's logits.
+#[inline(always)]
 pub fn quantize_row_q8_0_act(src: &[f32], out: &mut [u8]) {
     quantize_q8_0(src, out, Rounding::Act)
 }
 
+#[inline(always)]
 fn quantize_q8_0(src: &[f32], out: &mut [u8], r: Rounding) {
     debug_assert_eq!(src.len() * BlockQ8_0::SIZE, out.len() * QK8);
     for (x, o) in src
@@ -154,6 +156,7 @@ fn quantize_q8_0(src: &[f32], out: &mut [u8], r: Rounding) {
 /// reduced by [`hsum8`]. This order is the spec so that logits match llama.cpp's to the bit
 /// (activations are re-quantized after every layer, where a last-bit difference can change a
 /// quantization level).
+#[inline(always)]
 pub fn vec_dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     debug_assert_eq!(n % QK8, 0);
     let nb = n / QK8;
@@ -205,10 +208,12 @@ pub fn quantize_row_q8_1(src: &[f32], out: &mut [u8]) {
 
 /// f32 activations to Q8_1 blocks as ggml-cpu does on x86 before a Q4_1 product (see
 /// [`quantize_row_q8_0_act`]); `s = f16(d * Σqs)` with the unrounded f32 `d`.
+#[inline(always)]
 pub fn quantize_row_q8_1_act(src: &[f32], out: &mut [u8]) {
     quantize_q8_1(src, out, Rounding::Act)
 }
 
+#[inline(always)]
 fn quantize_q8_1(src: &[f32], out: &mut [u8], r: Rounding) {
     debug_assert_eq!(src.len() * BlockQ8_1::SIZE, out.len() * QK8);
     for (x, o) in src

@@ -284,6 +284,11 @@ impl Engine {
                 "the KV budget does not hold a single block",
             ));
         }
+        // A bad EMBER_CPU request is reported at start-up, never a silent fallback.
+        ember_kernels::dispatch::select().map_err(|what| Error::InvalidParam {
+            name: "EMBER_CPU",
+            what,
+        })?;
         let tokenizer = crate::gguf::tokenizer_from_gguf(&model.file)?;
         let threads = if cfg.threads == 0 {
             physical_cores()

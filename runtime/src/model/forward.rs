@@ -20,8 +20,7 @@
 //!
 //! Nothing here allocates: every buffer is in [`Scratch`], sized at start-up.
 
-use ember_kernels::reference::ops;
-use ember_kernels::traits::reference_traits;
+use ember_kernels::dispatch;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -233,7 +232,7 @@ fn rope_tables(c: &Config, freq_factors: Option<&[f32]>, n_ctx: usize) -> (Vec<f
 /// Quantize `n_tok` rows of `x` (`cols` wide) to the activation type `w` expects; returns the
 /// bytes per row.
 fn quantize_acts(w: &Mat, x: &[f32], n_tok: usize, acts: &mut [u8]) -> usize {
-    let at = reference_traits(w.kernels.vec_dot_type)
+    let at = dispatch::traits(w.kernels.vec_dot_type)
         .expect("every supported weight type has a supported activation type");
     let from_float = at
         .quantize_act
@@ -294,6 +293,7 @@ impl Model {
         s: &mut Scratch,
     ) -> Result<usize> {
         let c = &self.config;
+        let k = dispatch::ops();
         let n_tok = batch.len();
         let (e, d, hq, hkv) = (c.n_embd, c.head_dim, c.n_head, c.n_head_kv);
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
@@ -351,7 +351,7 @@ impl Model {
             // ---- attention ----
             let norm = self.vec(&lw.attn_norm);
             for t in 0..n_tok {
-                ops::rms_norm(
+                (k.rms_norm)(
                     &s.x[t * e..(t + 1) * e],
                     norm,
                     c.rms_eps,
@@ -404,8 +404,8 @@ impl Model {
                     .chain(s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(d));
                 for head in heads {
                     match c.rope_pairing {
-                        RopePairing::Norm => ops::rope_norm(head, cos, sin),
-                        RopePairing::Neox => ops::rope_neox(head, cos, sin),
+                        RopePairing::Norm => (k.rope_norm)(head, cos, sin),
+                        RopePairing::Neox => (k.rope_neox)(head, cos, sin),
                     }
                 }
                 // ggml's attention converts Q to f16 to multiply it with the f16 K cache.
@@ -457,7 +457,7 @@ impl Model {
             // ---- feed-forward (SwiGLU) ----
             let norm = self.vec(&lw.ffn_norm);
             for t in 0..n_tok {
-                ops::rms_norm(
+                (k.rms_norm)(
                     &s.x[t * e..(t + 1) * e],
                     norm,
                     c.rms_eps,
@@ -481,7 +481,7 @@ impl Model {
                 &mut s.acts,
                 &mut s.up[..n_tok * f],
             );
-            ops::silu_mul(&mut s.gate[..n_tok * f], &s.up[..n_tok * f]);
+            (k.silu_mul)(&mut s.gate[..n_tok * f], &s.up[..n_tok * f]);
             self.project(
                 cx,
                 &lw.w_down,
@@ -507,7 +507,7 @@ impl Model {
         );
         let norm = self.vec(&self.weights.output_norm);
         for (i, &t) in s.logit_rows.iter().enumerate() {
-            ops::rms_norm(
+            (k.rms_norm)(
                 &s.x[t * e..(t + 1) * e],
                 norm,
                 c.rms_eps,
@@ -529,35 +529,6 @@ impl Model {
     }
 }
 
-/// `k · q` summed in the order of ggml's AVX2 `ggml_vec_dot_f16`: 32 elements per step into
-/// four 8-lane FMA accumulators (element `i` to accumulator `(i / 8) % 4`, lane `i % 8`), reduced
-/// as `(a0 + a2) + (a1 + a3)`, then the 8 lanes as `((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7))`,
-/// and any tail added in f64. The model's activations are quantized after attention, so the last
-/// bit of this sum decides some quantization levels: matching llama.cpp's order keeps the
-/// logits within its reference tolerance.
-fn dot_f16_order(k: &[f32], q: &[f32]) -> f32 {
-    let n32 = k.len() / 32 * 32;
-    let mut acc = [[0.0f32; 8]; 4];
-    for i in (0..n32).step_by(32) {
-        for (a, lanes) in acc.iter_mut().enumerate() {
-            for (l, v) in lanes.iter_mut().enumerate() {
-                let e = i + 8 * a + l;
-                *v = k[e].mul_add(q[e], *v);
-            }
-        }
-    }
-    let mut r = [0.0f32; 8];
-    for l in 0..8 {
-        r[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
-    }
-    let t = [r[0] + r[4], r[1] + r[5], r[2] + r[6], r[3] + r[7]];
-    let mut sum = f64::from((t[0] + t[1]) + (t[2] + t[3]));
-    for e in n32..k.len() {
-        sum += f64::from(k[e] * q[e]);
-    }
-    sum as f32
-}
-
 /// Causal attention of one query head over `n_pos` positions of a sequence: one pass with an
 /// online softmax, as ggml's CPU flash attention (`flash_attn_ext_f16_one_chunk`) computes it,
 /// which is what llama.cpp runs by default. The query arrives rounded to f16; the weighted sum
@@ -574,6 +545,7 @@ fn attend(
     scale: f32,
     out: &mut [f32],
 ) {
+    let k = dispatch::ops();
     let lay = kv.layout();
     let (bs, d) = (lay.block_size, lay.head_dim);
     out.fill(0.0);
@@ -591,22 +563,19 @@ fn attend(
         for j in 0..n {
             // Whole-row conversions use F16C / FP16 when the CPU has them.
             kt[j * d..(j + 1) * d].convert_to_f32_slice(&mut row[..d]);
-            let score = dot_f16_order(&row[..d], q) * scale;
+            let score = (k.dot_f16)(&row[..d], q) * scale;
             let (ms, vs);
             if score > max {
                 ms = (max - score).exp();
                 max = score;
                 vs = 1.0;
-                out.iter_mut()
-                    .for_each(|o| *o = f16::from_f32(*o * ms).to_f32());
+                (k.scale_f16)(out, ms);
             } else {
                 ms = 1.0;
                 vs = (score - max).exp();
             }
             vt[j * d..(j + 1) * d].convert_to_f32_slice(&mut row[..d]);
-            for (o, v) in out.iter_mut().zip(&row[..d]) {
-                *o = f16::from_f32(v.mul_add(vs, *o)).to_f32();
-            }
+            (k.mad_f16)(out, &row[..d], vs);
             sum = sum.mul_add(ms, vs);
         }
     }

@@ -5,7 +5,8 @@
 
 use std::ops::Range;
 
-use ember_kernels::traits::{reference_traits, TypeTraits};
+use ember_kernels::dispatch;
+use ember_kernels::traits::TypeTraits;
 use ember_kernels::GgmlType;
 
 use super::config::{Arch, Config};
@@ -105,7 +106,7 @@ fn mat(f: &GgufFile, name: &str, rows: Option<usize>, cols: usize) -> Result<Mat
             t.shape_string()
         )));
     }
-    let kernels = reference_traits(t.ty)
+    let kernels = dispatch::traits(t.ty)
         .filter(|_| t.ty.is_supported())
         .ok_or_else(|| Error::UnsupportedType {
             tensor: name.into(),

@@ -1,0 +1,179 @@
+//! Run-time kernel selection: the CPU is detected once, and the model calls only these tables.
+//!
+//! `EMBER_CPU=scalar|avx2|neon` forces a path (for tests and measurements); asking for a path
+//! the CPU (or this build) lacks is an error from [`select`], never a silent fallback. Without
+//! the variable the best available path is used. The scalar reference is always available.
+
+use std::sync::OnceLock;
+
+use crate::reference::{attention, ops};
+use crate::traits::{reference_traits, TypeTraits};
+use crate::GgmlType;
+
+/// A kernel path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuPath {
+    /// The scalar reference (the spec).
+    Scalar,
+    /// x86_64 with AVX2, FMA and F16C (x86-64-v3).
+    Avx2,
+}
+
+impl CpuPath {
+    /// Name as accepted by `EMBER_CPU`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuPath::Scalar => "scalar",
+            CpuPath::Avx2 => "avx2",
+        }
+    }
+}
+
+/// The f32 operations of the forward pass.
+#[derive(Debug)]
+pub struct Ops {
+    /// See [`ops::rms_norm`].
+    pub rms_norm: fn(&[f32], &[f32], f32, &mut [f32]),
+    /// See [`ops::silu_mul`].
+    pub silu_mul: fn(&mut [f32], &[f32]),
+    /// See [`ops::rope_norm`].
+    pub rope_norm: fn(&mut [f32], &[f32], &[f32]),
+    /// See [`ops::rope_neox`].
+    pub rope_neox: fn(&mut [f32], &[f32], &[f32]),
+    /// See [`attention::dot_f16_order`].
+    pub dot_f16: fn(&[f32], &[f32]) -> f32,
+    /// See [`attention::scale_f16`].
+    pub scale_f16: fn(&mut [f32], f32),
+    /// See [`attention::mad_f16`].
+    pub mad_f16: fn(&mut [f32], &[f32], f32),
+}
+
+static SCALAR_OPS: Ops = Ops {
+    rms_norm: ops::rms_norm,
+    silu_mul: ops::silu_mul,
+    rope_norm: ops::rope_norm,
+    rope_neox: ops::rope_neox,
+    dot_f16: attention::dot_f16_order,
+    scale_f16: attention::scale_f16,
+    mad_f16: attention::mad_f16,
+};
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+mod avx2_tables {
+    use super::*;
+    use crate::x86_64::v3;
+
+    pub static OPS: Ops = Ops {
+        rms_norm: v3::rms_norm,
+        silu_mul: v3::silu_mul,
+        rope_norm: v3::rope_norm,
+        rope_neox: v3::rope_neox,
+        dot_f16: v3::dot_f16_order,
+        scale_f16: v3::scale_f16,
+        mad_f16: v3::mad_f16,
+    };
+
+    fn with(base: &'static TypeTraits, f: impl FnOnce(&mut TypeTraits)) -> TypeTraits {
+        let mut t = TypeTraits { ..*base };
+        f(&mut t);
+        t
+    }
+
+    pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
+        static TABLE: OnceLock<[TypeTraits; 3]> = OnceLock::new();
+        let t = TABLE.get_or_init(|| {
+            let r = |ty| reference_traits(ty).expect("reference entry");
+            [
+                with(r(GgmlType::Q4_1), |t| t.vec_dot = v3::vec_dot_q4_1_q8_1),
+                with(r(GgmlType::Q8_0), |t| {
+                    t.vec_dot = v3::vec_dot_q8_0_q8_0;
+                    t.quantize_act = Some(v3::quantize_row_q8_0_act);
+                }),
+                with(r(GgmlType::Q8_1), |t| {
+                    t.quantize_act = Some(v3::quantize_row_q8_1_act)
+                }),
+            ]
+        });
+        t.iter()
+            .find(|e| e.ty == ty)
+            .or_else(|| reference_traits(ty))
+    }
+}
+
+fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
+    let avx2 = {
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
+        {
+            false
+        }
+    };
+    match requested {
+        None | Some("") => Ok(if avx2 { CpuPath::Avx2 } else { CpuPath::Scalar }),
+        Some("scalar") => Ok(CpuPath::Scalar),
+        Some("avx2") if avx2 => Ok(CpuPath::Avx2),
+        Some("avx2") => Err(
+            "EMBER_CPU=avx2: this CPU (or this build: feature `simd`, x86_64) lacks AVX2/FMA/F16C"
+                .into(),
+        ),
+        Some("neon") => Err("EMBER_CPU=neon: the NEON kernels are not in this build".into()),
+        Some(other) => Err(format!(
+            "EMBER_CPU={other:?} is not a kernel path (scalar, avx2, neon)"
+        )),
+    }
+}
+
+static SELECTED: OnceLock<Result<CpuPath, String>> = OnceLock::new();
+
+/// The kernel path, chosen once from the CPU and `EMBER_CPU`. An error names what was asked
+/// and what is missing; callers report it at start-up.
+pub fn select() -> Result<CpuPath, String> {
+    SELECTED
+        .get_or_init(|| detect(std::env::var("EMBER_CPU").ok().as_deref()))
+        .clone()
+}
+
+fn path() -> CpuPath {
+    select().unwrap_or(CpuPath::Scalar)
+}
+
+/// The kernel table of `ty` on the selected path; `None` for types Ember cannot compute with.
+pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
+    match path() {
+        CpuPath::Scalar => reference_traits(ty),
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        CpuPath::Avx2 => avx2_tables::traits(ty),
+        #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
+        CpuPath::Avx2 => reference_traits(ty),
+    }
+}
+
+/// The f32 operations on the selected path.
+pub fn ops() -> &'static Ops {
+    match path() {
+        CpuPath::Scalar => &SCALAR_OPS,
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        CpuPath::Avx2 => &avx2_tables::OPS,
+        #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
+        CpuPath::Avx2 => &SCALAR_OPS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_checked() {
+        assert_eq!(detect(Some("scalar")), Ok(CpuPath::Scalar));
+        assert!(detect(Some("mips"))
+            .unwrap_err()
+            .contains("not a kernel path"));
+        assert!(detect(Some("neon")).is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! The per-key steps of attention over an f16 KV cache, as ggml's CPU flash attention
+//! (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`, the path llama.cpp runs by default)
+//! computes them: the query arrives rounded to f16; the weighted sum of values is an f16
+//! accumulator rounded after every key; the running denominator is f32.
+//!
+//! The model re-quantizes activations after attention, where a last-bit difference can change a
+//! quantization level, so the summation order and roundings here are part of the spec.
+
+use half::f16;
+
+/// `k · q` in the order of ggml's AVX2 `ggml_vec_dot_f16`: 32 elements per step into four
+/// 8-lane FMA accumulators (element `i` to accumulator `(i / 8) % 4`, lane `i % 8`), reduced as
+/// `(a0 + a2) + (a1 + a3)`, then the lanes as `((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7))`, and
+/// any tail added in f64.
+#[inline(always)]
+pub fn dot_f16_order(k: &[f32], q: &[f32]) -> f32 {
+    let n32 = k.len() / 32 * 32;
+    let mut acc = [[0.0f32; 8]; 4];
+    for i in (0..n32).step_by(32) {
+        for (a, lanes) in acc.iter_mut().enumerate() {
+            for (l, v) in lanes.iter_mut().enumerate() {
+                let e = i + 8 * a + l;
+                *v = k[e].mul_add(q[e], *v);
+            }
+        }
+    }
+    let mut r = [0.0f32; 8];
+    for (l, r) in r.iter_mut().enumerate() {
+        *r = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let t = [r[0] + r[4], r[1] + r[5], r[2] + r[6], r[3] + r[7]];
+    let mut sum = f64::from((t[0] + t[1]) + (t[2] + t[3]));
+    for e in n32..k.len() {
+        sum += f64::from(k[e] * q[e]);
+    }
+    sum as f32
+}
+
+/// `acc = f16(acc * s)` (ggml's `ggml_vec_scale_f16`), on f16 values held in f32.
+#[inline(always)]
+pub fn scale_f16(acc: &mut [f32], s: f32) {
+    for o in acc {
+        *o = f16::from_f32(*o * s).to_f32();
+    }
+}
+
+/// `acc = f16(fma(v, w, acc))` (ggml's `ggml_vec_mad_f16`), on f16 values held in f32.
+#[inline(always)]
+pub fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
+    for (o, x) in acc.iter_mut().zip(v) {
+        *o = f16::from_f32(x.mul_add(w, *o)).to_f32();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_f64_and_handles_tails() {
+        for n in [1, 7, 32, 33, 64, 95, 256] {
+            let k: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25).collect();
+            let q: Vec<f32> = (0..n).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5).collect();
+            let exact: f64 = k
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            assert!(
+                (f64::from(dot_f16_order(&k, &q)) - exact).abs() < 1e-4,
+                "n = {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn accumulator_is_rounded_to_f16() {
+        let mut acc = [1.0f32];
+        mad_f16(&mut acc, &[1.0], 1e-4);
+        assert_eq!(acc[0], 1.0, "1 + 1e-4 rounds back to 1 in f16");
+        scale_f16(&mut acc, 1.0 / 3.0);
+        assert_eq!(acc[0], f16::from_f32(1.0 / 3.0).to_f32());
+    }
+}

@@ -1,0 +1,9 @@
+//! x86_64 kernels, reached only through the dispatch table after the CPU was shown to have the
+//! features they are compiled for.
+//!
+//! `v3` (AVX2 + FMA + F16C, x86-64-v3): the scalar reference compiled for that ISA — the same
+//! source, so the same results bit for bit (`f32::mul_add` becomes one fused instruction
+//! instead of a libm call, `round_ties_even` one `roundss`) — plus F16C conversions for the f16
+//! attention accumulator. Hand-written AVX2 kernels replace entries of this table as they land.
+
+pub(crate) mod v3;

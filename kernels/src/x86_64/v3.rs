@@ -1,0 +1,86 @@
+//! The x86-64-v3 clones of the hot reference kernels (see the module above). Each `*_v3` is an
+//! `unsafe fn` compiled with `#[target_feature(enable = "avx2,fma,f16c")]` around the reference
+//! body (inlined); its safe wrapper is only ever installed in the dispatch table after
+//! `is_x86_feature_detected!` confirmed all three features.
+
+use std::arch::x86_64::{
+    __m256, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps,
+    _mm256_set1_ps, _mm256_storeu_ps, _MM_FROUND_TO_NEAREST_INT,
+};
+
+use crate::reference::{attention, ops, q4_1, q8};
+
+/// Wraps a reference function in a v3-compiled clone and a safe entry for the table.
+macro_rules! v3_clone {
+    ($name:ident, $inner:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?, $path:path) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $inner($($arg: $ty),*) $(-> $ret)? {
+            $path($($arg),*)
+        }
+
+        /// The reference kernel compiled for x86-64-v3.
+        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
+            // SAFETY: this entry is only installed in the dispatch table after the CPU was
+            // detected to support avx2, fma and f16c (`dispatch::select`).
+            unsafe { $inner($($arg),*) }
+        }
+    };
+}
+
+v3_clone!(vec_dot_q4_1_q8_1, vec_dot_q4_1_q8_1_v3, (n: usize, w: &[u8], a: &[u8]) -> f32, q4_1::vec_dot_q4_1_q8_1);
+v3_clone!(vec_dot_q8_0_q8_0, vec_dot_q8_0_q8_0_v3, (n: usize, w: &[u8], a: &[u8]) -> f32, q8::vec_dot_q8_0_q8_0);
+v3_clone!(quantize_row_q8_0_act, quantize_row_q8_0_act_v3, (src: &[f32], out: &mut [u8]), q8::quantize_row_q8_0_act);
+v3_clone!(quantize_row_q8_1_act, quantize_row_q8_1_act_v3, (src: &[f32], out: &mut [u8]), q8::quantize_row_q8_1_act);
+v3_clone!(rms_norm, rms_norm_v3, (x: &[f32], w: &[f32], eps: f32, out: &mut [f32]), ops::rms_norm);
+v3_clone!(silu_mul, silu_mul_v3, (gate: &mut [f32], up: &[f32]), ops::silu_mul);
+v3_clone!(rope_norm, rope_norm_v3, (x: &mut [f32], cos: &[f32], sin: &[f32]), ops::rope_norm);
+v3_clone!(rope_neox, rope_neox_v3, (x: &mut [f32], cos: &[f32], sin: &[f32]), ops::rope_neox);
+v3_clone!(dot_f16_order, dot_f16_order_v3, (k: &[f32], q: &[f32]) -> f32, attention::dot_f16_order);
+
+/// Round 8 f32 lanes to f16 and back (F16C, round to nearest even, as `half` does).
+#[inline(always)]
+fn round8_f16(v: __m256) -> __m256 {
+    // SAFETY: only called from functions compiled with f16c enabled (below).
+    unsafe { _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_f16_v3(acc: &mut [f32], s: f32) {
+    let n8 = acc.len() / 8 * 8;
+    let vs = _mm256_set1_ps(s);
+    for c in acc[..n8].chunks_exact_mut(8) {
+        // SAFETY: `c` holds exactly 8 f32; unaligned loads and stores.
+        unsafe {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), vs);
+            _mm256_storeu_ps(c.as_mut_ptr(), round8_f16(v));
+        }
+    }
+    attention::scale_f16(&mut acc[n8..], s);
+}
+
+/// `acc = f16(acc * s)` with F16C.
+pub(crate) fn scale_f16(acc: &mut [f32], s: f32) {
+    // SAFETY: installed only after avx2, fma and f16c were detected.
+    unsafe { scale_f16_v3(acc, s) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mad_f16_v3(acc: &mut [f32], v: &[f32], w: f32) {
+    let n = acc.len().min(v.len());
+    let n8 = n / 8 * 8;
+    let vw = _mm256_set1_ps(w);
+    for (c, x) in acc[..n8].chunks_exact_mut(8).zip(v[..n8].chunks_exact(8)) {
+        // SAFETY: `c` and `x` hold exactly 8 f32 each; unaligned loads and stores.
+        unsafe {
+            let r = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr()), vw, _mm256_loadu_ps(c.as_ptr()));
+            _mm256_storeu_ps(c.as_mut_ptr(), round8_f16(r));
+        }
+    }
+    attention::mad_f16(&mut acc[n8..n], &v[n8..n], w);
+}
+
+/// `acc = f16(fma(v, w, acc))` with FMA and F16C.
+pub(crate) fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
+    // SAFETY: installed only after avx2, fma and f16c were detected.
+    unsafe { mad_f16_v3(acc, v, w) }
+}

@@ -1,0 +1,117 @@
+//! The selected kernel path (AVX2 on x86-64-v3 CPUs, or whatever `EMBER_CPU` forces) equals the
+//! scalar reference bit for bit on random data of awkward lengths: the fast entries are the
+//! reference compiled for a wider ISA, and the model's numerics (matched to llama.cpp to the
+//! last bit) depend on that.
+
+use ember_kernels::dispatch::{self, CpuPath};
+use ember_kernels::reference::{attention, ops};
+use ember_kernels::traits::reference_traits;
+use ember_kernels::GgmlType;
+
+const LENGTHS: [usize; 17] = [
+    1, 2, 3, 5, 7, 8, 15, 16, 17, 31, 33, 63, 127, 129, 255, 1023, 1024,
+];
+
+struct Rng(u64);
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+    }
+}
+
+#[test]
+fn selected_path_is_reported() {
+    let p = dispatch::select().expect("EMBER_CPU is unset or valid in tests");
+    eprintln!("kernel path: {}", p.name());
+    if cfg!(all(feature = "simd", target_arch = "x86_64"))
+        && std::env::var("EMBER_CPU").is_err()
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        assert_eq!(p, CpuPath::Avx2);
+    }
+}
+
+#[test]
+fn quantized_dots_and_activation_quantizers_equal_the_reference() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for ty in [
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::F16,
+        GgmlType::F32,
+    ] {
+        let (fast, refr) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
+        let (fa, ra) = (
+            dispatch::traits(fast.vec_dot_type).unwrap(),
+            reference_traits(refr.vec_dot_type).unwrap(),
+        );
+        for &blocks in &LENGTHS[..14] {
+            let n = blocks * 32;
+            let w: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let wb = ty.row_bytes(n as u64).unwrap() as usize;
+            let ab = fast.vec_dot_type.row_bytes(n as u64).unwrap() as usize;
+            let mut wq = vec![0u8; wb];
+            (refr.from_float.unwrap())(&w, &mut wq);
+            let (mut aq_f, mut aq_r) = (vec![0u8; ab], vec![0u8; ab]);
+            (fa.quantize_act.unwrap())(&x, &mut aq_f);
+            (ra.quantize_act.unwrap())(&x, &mut aq_r);
+            assert_eq!(aq_f, aq_r, "{ty}: activation quantization, {blocks} blocks");
+            let (df, dr) = ((fast.vec_dot)(n, &wq, &aq_f), (refr.vec_dot)(n, &wq, &aq_r));
+            assert_eq!(
+                df.to_bits(),
+                dr.to_bits(),
+                "{ty}: dot over {blocks} blocks: {df} vs {dr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ops_equal_the_reference() {
+    let mut rng = Rng(42);
+    let k = dispatch::ops();
+    for &n in &LENGTHS {
+        let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+        let w: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+        let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+        (k.rms_norm)(&x, &w, 1e-5, &mut a);
+        ops::rms_norm(&x, &w, 1e-5, &mut b);
+        assert_eq!(a, b, "rms_norm {n}");
+        let (mut a, mut b) = (x.clone(), x.clone());
+        (k.silu_mul)(&mut a, &w);
+        ops::silu_mul(&mut b, &w);
+        assert_eq!(a, b, "silu_mul {n}");
+        assert_eq!(
+            (k.dot_f16)(&x, &w).to_bits(),
+            attention::dot_f16_order(&x, &w).to_bits(),
+            "dot {n}"
+        );
+        let h: Vec<f32> = x.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
+        let (mut a, mut b) = (h.clone(), h.clone());
+        (k.mad_f16)(&mut a, &w, 0.37);
+        attention::mad_f16(&mut b, &w, 0.37);
+        assert_eq!(a, b, "mad_f16 {n}");
+        (k.scale_f16)(&mut a, 0.61);
+        attention::scale_f16(&mut b, 0.61);
+        assert_eq!(a, b, "scale_f16 {n}");
+        if n % 2 == 0 {
+            let cos: Vec<f32> = (0..n / 2).map(|i| (i as f32 * 0.3).cos()).collect();
+            let sin: Vec<f32> = (0..n / 2).map(|i| (i as f32 * 0.3).sin()).collect();
+            let (mut a, mut b) = (x.clone(), x.clone());
+            (k.rope_norm)(&mut a, &cos, &sin);
+            ops::rope_norm(&mut b, &cos, &sin);
+            assert_eq!(a, b, "rope_norm {n}");
+            let (mut a, mut b) = (x.clone(), x.clone());
+            (k.rope_neox)(&mut a, &cos, &sin);
+            ops::rope_neox(&mut b, &cos, &sin);
+            assert_eq!(a, b, "rope_neox {n}");
+        }
+    }
+}

@@ -4,43 +4,14 @@
 //!
 //! This file holds a single test so that no other test thread allocates while it counts.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use ember::engine::{Engine, EngineConfig, RequestParams};
 use ember::model::Model;
 use ember::sampler::SamplingParams;
 use ember::session::KvBudget;
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::count_allocations;
 
 #[test]
 fn hundred_steps_with_eight_sequences_allocate_nothing() {
@@ -92,16 +63,14 @@ fn hundred_steps_with_eight_sequences_allocate_nothing() {
     for _ in 0..4 {
         e.step().unwrap();
     }
-    ALLOCS.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
     let mut sampled = 0;
-    for _ in 0..100 {
-        let s = e.step().unwrap();
-        assert_eq!(s.seqs, 8);
-        sampled += s.sampled;
-    }
-    COUNTING.store(false, Ordering::SeqCst);
-    let n = ALLOCS.load(Ordering::SeqCst);
+    let n = count_allocations(|| {
+        for _ in 0..100 {
+            let s = e.step().unwrap();
+            assert_eq!(s.seqs, 8);
+            sampled += s.sampled;
+        }
+    });
     assert_eq!(sampled, 800);
     assert_eq!(n, 0, "{n} heap allocations in 100 engine steps");
     for id in ids {

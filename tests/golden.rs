@@ -98,72 +98,87 @@ fn argmax(v: &[f32]) -> (u32, f32) {
     (best as u32, v[best])
 }
 
+/// Where a reference comparison went wrong, and the largest logit difference seen.
+#[derive(Default)]
+struct Report {
+    problems: Vec<String>,
+    worst: (f32, String),
+}
+
+/// The first step at which llama.cpp's own top-1/top-2 margin is below `MARGIN_MIN`.
+fn first_tie(c: &Value) -> usize {
+    c["top1_top2_logit_margin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|m| m.as_f64().unwrap() < MARGIN_MIN)
+        .unwrap_or(usize::MAX)
+}
+
+/// Feed llama.cpp's generated ids back one step at a time and check our logits at each step:
+/// the top-1 logit within `LOGIT_TOL` of llama.cpp's, and our argmax equal to llama.cpp's id
+/// before the first near-tie.
+fn teacher_forced(s: &mut Session, c: &Value, r: &mut Report) {
+    let name = c["name"].as_str().unwrap();
+    let gen = ids(&c["generated_ids"]);
+    let tie = first_tie(c);
+    let top5 = c["steps_top5"].as_array().unwrap();
+    let mut seq = s.new_sequence();
+    seq.tokens.extend(ids(&c["prompt_ids"]));
+    for (step, &next) in gen.iter().enumerate() {
+        let last = seq.tokens.len() - 1;
+        let ref_id = top5[step][0][0].as_u64().unwrap() as usize;
+        let ref_logit = top5[step][0][1].as_f64().unwrap() as f32;
+        let mut ours = (0, 0.0, 0.0);
+        s.eval(
+            &mut seq,
+            |p| p == last,
+            |_, logits, _| {
+                let (id, max) = argmax(logits);
+                ours = (id, max, logits[ref_id]);
+            },
+        )
+        .unwrap();
+        let d = (ours.1 - ref_logit).abs().max((ours.2 - ref_logit).abs());
+        if d > r.worst.0 {
+            r.worst = (d, format!("{name} step {step}"));
+        }
+        if d > LOGIT_TOL {
+            r.problems.push(format!(
+                "{name} step {step}: top-1 logit {} (ours, token {}) / {} (ours, token {ref_id}) vs llama.cpp {ref_logit}",
+                ours.1, ours.0, ours.2
+            ));
+        }
+        if step < tie && ours.0 != next {
+            r.problems.push(format!(
+                "{name} step {step}: argmax {} != llama.cpp {next}",
+                ours.0
+            ));
+        }
+        seq.tokens.push(next);
+    }
+    s.release(&mut seq);
+}
+
 #[test]
 fn greedy_matches_llama_cpp() {
     let mut s = session(512, 128, 1);
     let g = golden("greedy.json");
-    let mut problems = Vec::new();
-    let mut worst = (0.0f32, String::new());
+    let mut r = Report::default();
     for c in g["cases"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
         let prompt_ids = ids(&c["prompt_ids"]);
         let gen = ids(&c["generated_ids"]);
-        let margins: Vec<f64> = c["top1_top2_logit_margin"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m.as_f64().unwrap())
-            .collect();
-        let first_tie = margins
-            .iter()
-            .position(|&m| m < MARGIN_MIN)
-            .unwrap_or(gen.len());
-        let top5 = c["steps_top5"].as_array().unwrap();
-
         let got = s
             .tokenizer
             .encode(c["prompt"].as_str().unwrap(), true, true)
             .unwrap();
         if got != prompt_ids {
-            problems.push(format!("{name}: prompt ids {got:?} != {prompt_ids:?}"));
+            r.problems
+                .push(format!("{name}: prompt ids {got:?} != {prompt_ids:?}"));
         }
-
-        // Teacher-forced: llama.cpp's ids fed back, our logits checked at every step.
-        let mut seq = s.new_sequence();
-        seq.tokens.extend_from_slice(&prompt_ids);
-        for (step, &next) in gen.iter().enumerate() {
-            let last = seq.tokens.len() - 1;
-            let mut ours = (0, 0.0, 0.0);
-            let ref_id = top5[step][0][0].as_u64().unwrap() as usize;
-            s.eval(
-                &mut seq,
-                |p| p == last,
-                |_, logits, _| {
-                    let (id, max) = argmax(logits);
-                    ours = (id, max, logits[ref_id]);
-                },
-            )
-            .unwrap();
-            let ref_logit = top5[step][0][1].as_f64().unwrap() as f32;
-            let d = (ours.1 - ref_logit).abs().max((ours.2 - ref_logit).abs());
-            if d > worst.0 {
-                worst = (d, format!("{name} step {step}"));
-            }
-            if d > LOGIT_TOL {
-                problems.push(format!(
-                    "{name} step {step}: top-1 logit {} (ours, token {}) / {} (ours, token {ref_id}) vs llama.cpp {ref_logit}",
-                    ours.1, ours.0, ours.2
-                ));
-            }
-            if step < first_tie && ours.0 != next {
-                problems.push(format!(
-                    "{name} step {step}: argmax {} != llama.cpp {next}",
-                    ours.0
-                ));
-            }
-            seq.tokens.push(next);
-        }
-        s.release(&mut seq);
+        teacher_forced(&mut s, c, &mut r);
+        let first_tie = first_tie(c).min(gen.len());
 
         // Free-running greedy generation through the public path.
         let params = GenerateParams {
@@ -173,15 +188,18 @@ fn greedy_matches_llama_cpp() {
         };
         let out = s.generate(&prompt_ids, &params, |_| {}).unwrap();
         if out.ids[..first_tie] != gen[..first_tie] {
-            problems.push(format!(
+            r.problems.push(format!(
                 "{name}: generated {:?}\n  llama.cpp {:?} (compared up to step {first_tie})",
                 &out.ids[..first_tie],
                 &gen[..first_tie]
             ));
         }
     }
-    eprintln!("largest top-1 logit difference: {} at {}", worst.0, worst.1);
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    eprintln!(
+        "largest top-1 logit difference: {} at {}",
+        r.worst.0, r.worst.1
+    );
+    assert!(r.problems.is_empty(), "{}", r.problems.join("\n"));
 }
 
 /// llama.cpp's goldens for the same weights dequantized to F32 (`greedy_f32_activations.json`),
@@ -211,52 +229,15 @@ fn f32_weights_match_llama_cpp_f32_goldens() {
     };
     let mut s = Session::new(m, &cfg).unwrap();
     let g = golden("greedy_f32_activations.json");
-    let mut problems = Vec::new();
-    let mut worst = (0.0f32, String::new());
+    let mut r = Report::default();
     for c in g["cases"].as_array().unwrap() {
-        let name = c["name"].as_str().unwrap();
-        let gen = ids(&c["generated_ids"]);
-        let first_tie = c["top1_top2_logit_margin"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .position(|m| m.as_f64().unwrap() < MARGIN_MIN)
-            .unwrap_or(gen.len());
-        let top5 = c["steps_top5"].as_array().unwrap();
-        let mut seq = s.new_sequence();
-        seq.tokens.extend(ids(&c["prompt_ids"]));
-        for (step, &next) in gen.iter().enumerate() {
-            let last = seq.tokens.len() - 1;
-            let ref_id = top5[step][0][0].as_u64().unwrap() as usize;
-            let ref_logit = top5[step][0][1].as_f64().unwrap() as f32;
-            let mut ours = (0, 0.0, 0.0);
-            s.eval(
-                &mut seq,
-                |p| p == last,
-                |_, logits, _| {
-                    let (id, max) = argmax(logits);
-                    ours = (id, max, logits[ref_id]);
-                },
-            )
-            .unwrap();
-            let d = (ours.1 - ref_logit).abs().max((ours.2 - ref_logit).abs());
-            if d > worst.0 {
-                worst = (d, format!("{name} step {step}"));
-            }
-            if d > LOGIT_TOL || (step < first_tie && ours.0 != next) {
-                problems.push(format!(
-                    "{name} step {step}: ours {ours:?} vs llama.cpp {next} {ref_logit}"
-                ));
-            }
-            seq.tokens.push(next);
-        }
-        s.release(&mut seq);
+        teacher_forced(&mut s, c, &mut r);
     }
     eprintln!(
         "F32 path: largest top-1 logit difference {} at {}",
-        worst.0, worst.1
+        r.worst.0, r.worst.1
     );
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(r.problems.is_empty(), "{}", r.problems.join("\n"));
 }
 
 #[test]

@@ -4,43 +4,14 @@
 //!
 //! This file holds a single test so that no other test thread allocates while it counts.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use ember::model::Model;
 use ember::sampler::{Sampler, SamplingParams};
 use ember::session::{KvBudget, Session, SessionConfig};
 use ember::tokenizer::StreamDecoder;
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::count_allocations;
 
 #[test]
 fn decode_steps_allocate_nothing() {
@@ -93,13 +64,11 @@ fn decode_steps_allocate_nothing() {
     for _ in 0..3 {
         step(&mut s, &mut seq);
     }
-    ALLOCS.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
-    for _ in 0..50 {
-        step(&mut s, &mut seq);
-    }
-    COUNTING.store(false, Ordering::SeqCst);
-    let n = ALLOCS.load(Ordering::SeqCst);
+    let n = count_allocations(|| {
+        for _ in 0..50 {
+            step(&mut s, &mut seq);
+        }
+    });
     assert_eq!(seq.tokens.len(), prompt.len() + 53);
     assert!(text_bytes > 0);
     assert_eq!(n, 0, "{n} heap allocations during 50 decode steps");

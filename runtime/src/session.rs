@@ -148,6 +148,79 @@ pub struct Generation {
     pub decode_tok_s: f64,
 }
 
+/// What running a model needs besides the model, allocated once at start-up: the tokenizer,
+/// the worker threads, the KV arena and its block pool, and the forward pass's scratch.
+pub(crate) struct Resources {
+    pub tokenizer: Tokenizer,
+    pub compute: Compute,
+    pub arena: KvArena,
+    pub pool: BlockPool,
+    pub scratch: Scratch,
+}
+
+impl Resources {
+    /// `max_seqs` sizes a [`KvBudget::FullContext`] arena (one full context per sequence).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: &Model,
+        kv_budget: KvBudget,
+        block_size: usize,
+        n_ctx: usize,
+        max_seqs: usize,
+        max_batch_tokens: usize,
+        max_logits: usize,
+        threads: usize,
+    ) -> Result<Resources> {
+        let c = &model.config;
+        if block_size == 0 || block_size > 4096 {
+            return Err(Error::InvalidParam {
+                name: "block_size",
+                what: format!("{block_size} (must be 1..=4096)"),
+            });
+        }
+        let layout = KvLayout {
+            n_layer: c.n_layer,
+            n_kv_head: c.n_head_kv,
+            head_dim: c.head_dim,
+            block_size,
+        };
+        // One extra block: block 0 is the pool's null block, never handed out.
+        let n_blocks = 1 + match kv_budget {
+            KvBudget::Blocks(n) => n,
+            KvBudget::Bytes(b) => layout.blocks_for_bytes(b).saturating_sub(1),
+            KvBudget::FullContext => n_ctx.div_ceil(block_size) * max_seqs,
+        };
+        if n_blocks < 2 {
+            return Err(Error::InvalidParam {
+                name: "kv_budget",
+                what: "the KV budget does not hold a single block".into(),
+            });
+        }
+        // A bad EMBER_CPU request is reported at start-up, never a silent fallback.
+        ember_kernels::dispatch::select().map_err(|what| Error::InvalidParam {
+            name: "EMBER_CPU",
+            what,
+        })?;
+        let tokenizer = crate::gguf::tokenizer_from_gguf(&model.file)?;
+        let threads = if threads == 0 {
+            physical_cores()
+        } else {
+            threads
+        };
+        let compute = Compute::new(threads).map_err(|what| Error::InvalidParam {
+            name: "threads",
+            what,
+        })?;
+        Ok(Resources {
+            tokenizer,
+            compute,
+            arena: KvArena::new(layout, n_blocks)?,
+            pool: BlockPool::new(n_blocks),
+            scratch: Scratch::new(model, max_batch_tokens, max_logits, n_ctx)?,
+        })
+    }
+}
+
 /// A model ready to run.
 pub struct Session {
     /// The model.
@@ -182,47 +255,22 @@ impl Session {
         } else {
             cfg.n_ctx
         };
-        if cfg.block_size == 0 || cfg.block_size > 4096 {
-            return Err(Error::InvalidParam {
-                name: "block_size",
-                what: format!("{} (must be 1..=4096)", cfg.block_size),
-            });
-        }
-        let layout = KvLayout {
-            n_layer: c.n_layer,
-            n_kv_head: c.n_head_kv,
-            head_dim: c.head_dim,
-            block_size: cfg.block_size,
-        };
-        // One extra block: block 0 is the pool's null block, never handed out.
-        let n_blocks = 1 + match cfg.kv_budget {
-            KvBudget::Blocks(n) => n,
-            KvBudget::Bytes(b) => layout.blocks_for_bytes(b).saturating_sub(1),
-            KvBudget::FullContext => n_ctx.div_ceil(cfg.block_size),
-        };
-        // A bad EMBER_CPU request is reported at start-up, never a silent fallback.
-        ember_kernels::dispatch::select().map_err(|what| Error::InvalidParam {
-            name: "EMBER_CPU",
-            what,
-        })?;
-        let tokenizer = crate::gguf::tokenizer_from_gguf(&model.file)?;
-        let threads = if cfg.threads == 0 {
-            physical_cores()
-        } else {
-            cfg.threads
-        };
-        let compute = Compute::new(threads).map_err(|what| Error::InvalidParam {
-            name: "threads",
-            what,
-        })?;
-        let arena = KvArena::new(layout, n_blocks)?;
-        let scratch = Scratch::new(&model, cfg.max_batch_tokens, cfg.max_logits, n_ctx)?;
+        let r = Resources::new(
+            &model,
+            cfg.kv_budget,
+            cfg.block_size,
+            n_ctx,
+            1,
+            cfg.max_batch_tokens,
+            cfg.max_logits,
+            cfg.threads,
+        )?;
         Ok(Session {
-            tokenizer,
-            compute,
-            arena,
-            pool: BlockPool::new(n_blocks),
-            scratch,
+            tokenizer: r.tokenizer,
+            compute: r.compute,
+            arena: r.arena,
+            pool: r.pool,
+            scratch: r.scratch,
             batch: Vec::with_capacity(cfg.max_batch_tokens),
             n_ctx,
             model,

@@ -26,10 +26,10 @@ pub use sequence::{SeqOutput, SeqState};
 
 use crate::compute::Compute;
 use crate::error::{Error, Result};
-use crate::kv::{BlockId, BlockPool, BlockTable, KvArena, KvLayout};
+use crate::kv::{BlockId, BlockPool, BlockTable, KvArena};
 use crate::model::{BatchToken, BlockTables, Model, Scratch};
 use crate::sampler::{Sampler, SamplingParams};
-use crate::session::{physical_cores, FinishReason, KvBudget};
+use crate::session::{FinishReason, KvBudget, Resources};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -245,12 +245,6 @@ impl Engine {
         } else {
             cfg.n_ctx.min(c.n_ctx_train)
         };
-        if cfg.block_size == 0 || cfg.block_size > 4096 {
-            return Err(invalid(
-                "block_size",
-                format!("{} (must be 1..=4096)", cfg.block_size),
-            ));
-        }
         if cfg.max_seqs == 0 || cfg.max_requests == 0 {
             return Err(invalid(
                 "max_seqs",
@@ -266,45 +260,23 @@ impl Engine {
                 ),
             ));
         }
-        let layout = KvLayout {
-            n_layer: c.n_layer,
-            n_kv_head: c.n_head_kv,
-            head_dim: c.head_dim,
-            block_size: cfg.block_size,
-        };
-        // One extra block: block 0 is the pool's null block.
-        let n_blocks = 1 + match cfg.kv_budget {
-            KvBudget::Blocks(n) => n,
-            KvBudget::Bytes(b) => layout.blocks_for_bytes(b).saturating_sub(1),
-            KvBudget::FullContext => n_ctx.div_ceil(cfg.block_size) * cfg.max_seqs,
-        };
-        if n_blocks < 2 {
-            return Err(invalid(
-                "kv_budget",
-                "the KV budget does not hold a single block",
-            ));
-        }
-        // A bad EMBER_CPU request is reported at start-up, never a silent fallback.
-        ember_kernels::dispatch::select().map_err(|what| Error::InvalidParam {
-            name: "EMBER_CPU",
-            what,
-        })?;
-        let tokenizer = crate::gguf::tokenizer_from_gguf(&model.file)?;
-        let threads = if cfg.threads == 0 {
-            physical_cores()
-        } else {
-            cfg.threads
-        };
-        let compute = Compute::new(threads).map_err(|what| invalid("threads", what))?;
-        let arena = KvArena::new(layout, n_blocks)?;
-        let scratch = Scratch::new(&model, cfg.max_batch_tokens, cfg.max_seqs, n_ctx)?;
+        let r = Resources::new(
+            &model,
+            cfg.kv_budget,
+            cfg.block_size,
+            n_ctx,
+            cfg.max_seqs,
+            cfg.max_batch_tokens,
+            cfg.max_seqs,
+            cfg.threads,
+        )?;
         let max_total_seqs = cfg.max_requests.max(cfg.max_seqs) * 2;
         Ok(Engine {
-            tokenizer,
-            compute,
-            arena,
-            pool: BlockPool::new(n_blocks),
-            scratch,
+            tokenizer: r.tokenizer,
+            compute: r.compute,
+            arena: r.arena,
+            pool: r.pool,
+            scratch: r.scratch,
             n_ctx,
             requests: (0..cfg.max_requests).map(|_| None).collect(),
             free_requests: (0..cfg.max_requests as u32).rev().collect(),

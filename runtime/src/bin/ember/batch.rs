@@ -44,7 +44,7 @@ fn engine_config(a: &Args, default_seqs: usize) -> Result<EngineConfig, CliError
     })
 }
 
-fn stats_line(m: &Metrics, wall_s: f64) -> String {
+fn stats_line(m: &Metrics, wall_s: f64) -> Value {
     json!({
         "stats": {
             "wall_s": wall_s,
@@ -57,7 +57,6 @@ fn stats_line(m: &Metrics, wall_s: f64) -> String {
             "steps": m.steps,
         }
     })
-    .to_string()
 }
 
 fn request_params(v: &Value, line: usize) -> Result<RequestParams, CliError> {
@@ -153,10 +152,21 @@ pub fn batch(raw: &[String]) -> CliResult {
         }
     }
     let t0 = Instant::now();
+    // Arena utilization (tokens stored ÷ slots of used blocks), averaged over steps weighted by
+    // the blocks in use.
+    let (mut util_num, mut util_den) = (0.0f64, 0.0f64);
     while e.has_work() {
         e.step()?;
+        let m = e.metrics();
+        util_num += m.utilization * m.blocks_used as f64;
+        util_den += m.blocks_used as f64;
     }
     let wall = t0.elapsed().as_secs_f64();
+    let utilization = if util_den > 0.0 {
+        util_num / util_den
+    } else {
+        1.0
+    };
     let mut out =
         std::fs::File::create(output).map_err(|err| CliError::Run(format!("{output}: {err}")))?;
     for (id, rid, err) in &reqs {
@@ -184,7 +194,9 @@ pub fn batch(raw: &[String]) -> CliResult {
         };
         writeln!(out, "{v}").map_err(|err| CliError::Run(format!("{output}: {err}")))?;
     }
-    eprintln!("{}", stats_line(&e.metrics(), wall));
+    let mut stats = stats_line(&e.metrics(), wall);
+    stats["stats"]["arena_utilization"] = json!(utilization);
+    eprintln!("{stats}");
     Ok(())
 }
 

@@ -123,3 +123,39 @@ fn chat_without_template_says_so() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn batch_and_concurrent_bench_run_through_the_engine() {
+    let p = tmp("synth-batch.gguf");
+    assert!(ember(&["synth", "-o", p.to_str().unwrap()]).status.success());
+    let m = p.to_str().unwrap();
+    let o = ember(&["bench", "-m", m, "--concurrency", "4", "-p", "8", "-n", "4", "--json", "-t", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["concurrency"], 4);
+    assert!(v["decode_tok_s"].as_f64().unwrap() > 0.0);
+
+    let input = tmp("requests.jsonl");
+    let output = tmp("results.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": \"a\", \"prompt\": \"the cat\", \"max_tokens\": 5}\n\
+         {\"id\": 7, \"prompt\": \"hello\", \"max_tokens\": 3, \"temperature\": 0.8, \"seed\": 1}\n\
+         {\"id\": \"too-long\", \"prompt\": \"x\", \"max_tokens\": 100000}\n",
+    )
+    .unwrap();
+    let o = ember(&["batch", "-m", m, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "-t", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("arena_utilization"), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["id"], "a");
+    assert_eq!(lines[0]["ids"].as_array().unwrap().len(), 5);
+    assert_eq!(lines[1]["id"], 7);
+    assert_eq!(lines[2]["finish_reason"], "error");
+    assert!(lines[2]["error"].as_str().unwrap().contains("context full"), "{}", lines[2]);
+}

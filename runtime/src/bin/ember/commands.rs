@@ -402,12 +402,16 @@ pub fn perplexity(raw: &[String]) -> CliResult {
 pub fn bench(raw: &[String]) -> CliResult {
     let a = parse(
         raw,
-        &[&[
-            val("n-prompt", Some("-p")),
-            val("n-gen", Some("-n")),
-            val("reps", Some("-r")),
-            switch("json"),
-        ]],
+        &[
+            &[
+                val("n-prompt", Some("-p")),
+                val("n-gen", Some("-n")),
+                val("reps", Some("-r")),
+                val("concurrency", Some("-c")),
+                switch("json"),
+            ],
+            crate::batch::ENGINE_FLAGS,
+        ],
     )?;
     let n_prompt: usize = a.get_or("n-prompt", 512).map_err(usage)?;
     let n_gen: usize = a.get_or("n-gen", 128).map_err(usage)?;

@@ -127,9 +127,24 @@ fn chat_without_template_says_so() {
 #[test]
 fn batch_and_concurrent_bench_run_through_the_engine() {
     let p = tmp("synth-batch.gguf");
-    assert!(ember(&["synth", "-o", p.to_str().unwrap()]).status.success());
+    assert!(ember(&["synth", "-o", p.to_str().unwrap()])
+        .status
+        .success());
     let m = p.to_str().unwrap();
-    let o = ember(&["bench", "-m", m, "--concurrency", "4", "-p", "8", "-n", "4", "--json", "-t", "2"]);
+    let o = ember(&[
+        "bench",
+        "-m",
+        m,
+        "--concurrency",
+        "4",
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "--json",
+        "-t",
+        "2",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["concurrency"], 4);
@@ -144,7 +159,17 @@ fn batch_and_concurrent_bench_run_through_the_engine() {
          {\"id\": \"too-long\", \"prompt\": \"x\", \"max_tokens\": 100000}\n",
     )
     .unwrap();
-    let o = ember(&["batch", "-m", m, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "-t", "2"]);
+    let o = ember(&[
+        "batch",
+        "-m",
+        m,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "-t",
+        "2",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("arena_utilization"), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
@@ -157,5 +182,9 @@ fn batch_and_concurrent_bench_run_through_the_engine() {
     assert_eq!(lines[0]["ids"].as_array().unwrap().len(), 5);
     assert_eq!(lines[1]["id"], 7);
     assert_eq!(lines[2]["finish_reason"], "error");
-    assert!(lines[2]["error"].as_str().unwrap().contains("context full"), "{}", lines[2]);
+    assert!(
+        lines[2]["error"].as_str().unwrap().contains("context full"),
+        "{}",
+        lines[2]
+    );
 }

@@ -61,7 +61,7 @@ static SCALAR_OPS: Ops = Ops {
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 mod avx2_tables {
     use super::*;
-    use crate::x86_64::v3;
+    use crate::x86_64::{dots, v3};
 
     pub static OPS: Ops = Ops {
         rms_norm: v3::rms_norm,
@@ -84,9 +84,9 @@ mod avx2_tables {
         let t = TABLE.get_or_init(|| {
             let r = |ty| reference_traits(ty).expect("reference entry");
             [
-                with(r(GgmlType::Q4_1), |t| t.vec_dot = v3::vec_dot_q4_1_q8_1),
+                with(r(GgmlType::Q4_1), |t| t.vec_dot = dots::vec_dot_q4_1_q8_1),
                 with(r(GgmlType::Q8_0), |t| {
-                    t.vec_dot = v3::vec_dot_q8_0_q8_0;
+                    t.vec_dot = dots::vec_dot_q8_0_q8_0;
                     t.quantize_act = Some(v3::quantize_row_q8_0_act);
                 }),
                 with(r(GgmlType::Q8_1), |t| {

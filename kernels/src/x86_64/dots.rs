@@ -1,0 +1,113 @@
+//! AVX2 dot products of quantized weights with quantized activations, in exactly the lane
+//! order of the reference (which is ggml's AVX2 order): lane `l` of a block holds the integer
+//! sum of elements `4l..4l+4` (`maddubs` then `madd` with ones), accumulated per block with one
+//! FMA by the product of the two scales, the 8 lanes reduced as `hsum8`. Integer sums are exact,
+//! so the results equal the reference bit for bit (tested through the dispatch table).
+
+use std::arch::x86_64::{
+    __m256, __m256i, _mm256_and_si256, _mm256_castps256_ps128, _mm256_cvtepi32_ps,
+    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_si256, _mm256_madd_epi16,
+    _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i,
+    _mm256_setzero_ps, _mm256_sign_epi8, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_loadu_si128,
+    _mm_movehdup_ps, _mm_movehl_ps, _mm_srli_epi16,
+};
+
+use half::f16;
+
+const Q4_1_SIZE: usize = 20;
+const Q8_0_SIZE: usize = 34;
+const Q8_1_SIZE: usize = 36;
+
+#[inline(always)]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`, as the reference's `hsum8`.
+#[target_feature(enable = "avx2,fma")]
+fn hsum8(x: __m256) -> f32 {
+    let hi = _mm256_extractf128_ps::<1>(x);
+    let r = _mm_add_ps(hi, _mm256_castps256_ps128(x));
+    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
+}
+
+/// 8 lanes of `Σ u8 × i8` over 4 consecutive bytes each, as f32.
+#[target_feature(enable = "avx2,fma")]
+fn lane_sums_u8_i8(u: __m256i, s: __m256i) -> __m256 {
+    let pairs = _mm256_maddubs_epi16(u, s);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q4_1_q8_1_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
+    let low = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for i in 0..nb {
+        let x = &w[i * Q4_1_SIZE..(i + 1) * Q4_1_SIZE];
+        let y = &a[i * Q8_1_SIZE..(i + 1) * Q8_1_SIZE];
+        let d = _mm256_set1_ps(f16_at(x, 0) * f16_at(y, 0));
+        summs = f16_at(x, 2).mul_add(f16_at(y, 2), summs);
+        // SAFETY: `x[4..20]` holds 16 bytes and `y[4..36]` 32 bytes (slices bounds-checked
+        // above); unaligned loads.
+        let (packed, qy) = unsafe {
+            (
+                _mm_loadu_si128(x[4..20].as_ptr().cast()),
+                _mm256_loadu_si256(y[4..36].as_ptr().cast::<__m256i>()),
+            )
+        };
+        // Low nibbles are elements 0..16, high nibbles 16..32.
+        let qx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), low);
+        acc = _mm256_fmadd_ps(d, lane_sums_u8_i8(qx, qy), acc);
+    }
+    hsum8(acc) + summs
+}
+
+/// Q4_1 × Q8_1 with AVX2 (same result as `reference::q4_1::vec_dot_q4_1_q8_1`).
+pub(crate) fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let nb = n / 32;
+    assert!(
+        w.len() >= nb * Q4_1_SIZE && a.len() >= nb * Q8_1_SIZE,
+        "row lengths"
+    );
+    // SAFETY: installed in the dispatch table only after avx2 and fma were detected; slice
+    // lengths checked above.
+    unsafe { q4_1_q8_1_avx2(nb, w, a) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q8_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for i in 0..nb {
+        let x = &w[i * Q8_0_SIZE..(i + 1) * Q8_0_SIZE];
+        let y = &a[i * Q8_0_SIZE..(i + 1) * Q8_0_SIZE];
+        let d = _mm256_set1_ps(f16_at(x, 0) * f16_at(y, 0));
+        // SAFETY: `x[2..34]` and `y[2..34]` hold 32 bytes each; unaligned loads.
+        let (qx, qy) = unsafe {
+            (
+                _mm256_loadu_si256(x[2..34].as_ptr().cast::<__m256i>()),
+                _mm256_loadu_si256(y[2..34].as_ptr().cast::<__m256i>()),
+            )
+        };
+        // |x| as unsigned times y with x's sign: exact products while y != -128 (activation
+        // quantizers clamp to ±127).
+        let q = lane_sums_u8_i8(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
+        acc = _mm256_fmadd_ps(d, q, acc);
+    }
+    hsum8(acc)
+}
+
+/// Q8_0 × Q8_0 with AVX2 (same result as `reference::q8::vec_dot_q8_0_q8_0` for activations
+/// in ±127, which the activation quantizers guarantee).
+pub(crate) fn vec_dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let nb = n / 32;
+    assert!(
+        w.len() >= nb * Q8_0_SIZE && a.len() >= nb * Q8_0_SIZE,
+        "row lengths"
+    );
+    // SAFETY: installed in the dispatch table only after avx2 and fma were detected; slice
+    // lengths checked above.
+    unsafe { q8_0_q8_0_avx2(nb, w, a) }
+}

@@ -533,6 +533,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Return a sequence's KV blocks to the pool (full ones stay in the prefix cache) and mark
+    /// none of its tokens computed; used when it finishes, is preempted, or cannot be admitted.
+    fn drop_kv(&mut self, slot: u32) -> &mut Seq {
+        let pool = &mut self.pool;
+        let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
+        seq.table.release(pool);
+        seq.block_hashes.clear();
+        seq.num_computed = 0;
+        seq
+    }
+
     /// End a sequence: return its blocks, drop it from the queues, record the reason.
     fn finish_seq(&mut self, slot: u32, reason: FinishReason) {
         if let Some(p) = self.running.iter().position(|&s| s == slot) {
@@ -541,11 +552,7 @@ impl Engine {
         if let Some(p) = self.waiting.iter().position(|&s| s == slot) {
             self.waiting.remove(p);
         }
-        let pool = &mut self.pool;
-        let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
-        seq.table.release(pool);
-        seq.block_hashes.clear();
-        seq.num_computed = 0;
+        let seq = self.drop_kv(slot);
         seq.state = SeqState::Finished;
         seq.out.finish = Some(reason);
         // Sequences still waiting to fork from this one can never be forked: run them alone.

@@ -56,12 +56,7 @@ impl Engine {
         if let Some(p) = self.running.iter().position(|&s| s == slot) {
             self.running.remove(p);
         }
-        let pool = &mut self.pool;
-        let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
-        seq.table.release(pool);
-        seq.block_hashes.clear();
-        seq.num_computed = 0;
-        seq.state = SeqState::Waiting;
+        self.drop_kv(slot).state = SeqState::Waiting;
         self.waiting.push_front(slot);
         self.metrics.preemptions += 1;
     }
@@ -156,11 +151,7 @@ impl Engine {
                 .min(budget);
             if self.reserve(slot, k).is_err() {
                 // Not enough blocks yet: give back the prefix and keep FCFS order.
-                let pool = &mut self.pool;
-                let seq = self.seqs[slot as usize].as_mut().expect("live");
-                seq.table.release(pool);
-                seq.block_hashes.clear();
-                seq.num_computed = 0;
+                self.drop_kv(slot);
                 break;
             }
             self.waiting.pop_front();

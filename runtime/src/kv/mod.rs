@@ -89,9 +89,10 @@ impl BlockTable {
         self.blocks[i] = b;
     }
 
-    /// Return every block to `pool`.
+    /// Return every block to `pool`, last block first: the pool's free list is LRU, so a
+    /// sequence's tail blocks are evicted before its (possibly shared) leading prefix blocks.
     pub fn release(&mut self, pool: &mut BlockPool) {
-        for b in self.blocks.drain(..) {
+        for b in self.blocks.drain(..).rev() {
             pool.free(b);
         }
     }

@@ -118,7 +118,7 @@ fn admit(pool: &mut BlockPool, seqs: &mut Vec<Seq>, tokens: Vec<u32>) {
 fn grow(pool: &mut BlockPool, s: &mut Seq, more: &[u32]) {
     let len = s.tokens.len();
     let written = len / BS;
-    let cow = len % BS != 0 && pool.ref_count(s.blocks[written]) > 1;
+    let cow = !len.is_multiple_of(BS) && pool.ref_count(s.blocks[written]) > 1;
     let need = (len + more.len()).div_ceil(BS) - s.blocks.len() + usize::from(cow);
     if need > pool.num_free() {
         return;

@@ -173,7 +173,7 @@ fn parallel_samples_share_the_prompt_and_match_solo_seeds() {
         .encode("Once upon a time, in a land far away,", false, false)
         .unwrap();
     assert!(
-        prompt.len() % 16 != 0,
+        !prompt.len().is_multiple_of(16),
         "the last prompt block must be partial to exercise copy-on-write"
     );
     let sampling = SamplingParams {

@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 
 use crate::reference::{attention, ops};
+use crate::tile::TileDotFn;
 use crate::traits::{reference_traits, TypeTraits};
 use crate::GgmlType;
 
@@ -46,7 +47,13 @@ pub struct Ops {
     pub scale_f16: fn(&mut [f32], f32),
     /// See [`attention::mad_f16`].
     pub mad_f16: fn(&mut [f32], &[f32], f32),
+    /// See [`attention::attend_rows`].
+    pub attend_rows: AttendRowsFn,
 }
+
+/// Signature of [`attention::attend_rows`].
+pub type AttendRowsFn =
+    fn(&[f32], &[half::f16], &[half::f16], f32, &mut attention::OnlineSoftmax, &mut [f32]);
 
 static SCALAR_OPS: Ops = Ops {
     rms_norm: ops::rms_norm,
@@ -56,12 +63,13 @@ static SCALAR_OPS: Ops = Ops {
     dot_f16: attention::dot_f16_order,
     scale_f16: attention::scale_f16,
     mad_f16: attention::mad_f16,
+    attend_rows: attention::attend_rows,
 };
 
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 mod avx2_tables {
     use super::*;
-    use crate::x86_64::{dots, v3};
+    use crate::x86_64::{attention as x86_attention, dots, v3};
 
     pub static OPS: Ops = Ops {
         rms_norm: v3::rms_norm,
@@ -71,12 +79,43 @@ mod avx2_tables {
         dot_f16: v3::dot_f16_order,
         scale_f16: v3::scale_f16,
         mad_f16: v3::mad_f16,
+        attend_rows: x86_attention::attend_rows,
     };
 
     fn with(base: &'static TypeTraits, f: impl FnOnce(&mut TypeTraits)) -> TypeTraits {
         let mut t = TypeTraits { ..*base };
         f(&mut t);
         t
+    }
+
+    /// Every tile kernel of `ty` this CPU can run, best first, with a name.
+    pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
+        use crate::x86_64::tiles;
+        let vnni = std::arch::is_x86_feature_detected!("avxvnni");
+        let all: &[(GgmlType, bool, &'static str, TileDotFn)] = &[
+            (GgmlType::Q4_1, true, "avx-vnni", tiles::tile_q4_1_q8_1_vnni),
+            (GgmlType::Q4_1, false, "avx2", tiles::tile_q4_1_q8_1),
+            (GgmlType::Q8_0, true, "avx-vnni", tiles::tile_q8_0_q8_0_vnni),
+            (GgmlType::Q8_0, false, "avx2", tiles::tile_q8_0_q8_0),
+        ];
+        all.iter()
+            .filter(|e| e.0 == ty && (vnni || !e.1))
+            .map(|e| (e.2, e.3))
+            .collect()
+    }
+
+    pub fn tile(ty: GgmlType) -> Option<TileDotFn> {
+        static TABLE: OnceLock<Vec<(GgmlType, TileDotFn)>> = OnceLock::new();
+        TABLE
+            .get_or_init(|| {
+                crate::SUPPORTED
+                    .iter()
+                    .filter_map(|&t| tile_variants(t).first().map(|v| (t, v.1)))
+                    .collect()
+            })
+            .iter()
+            .find(|e| e.0 == ty)
+            .map(|e| e.1)
     }
 
     pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
@@ -150,6 +189,30 @@ pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
         CpuPath::Avx2 => avx2_tables::traits(ty),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
         CpuPath::Avx2 => reference_traits(ty),
+    }
+}
+
+/// The tile product of weight type `ty` on the selected path (see [`crate::tile`]); `None`
+/// where the path has none for `ty` (callers then use `traits(ty).vec_dot` per pair).
+pub fn tile(ty: GgmlType) -> Option<TileDotFn> {
+    match path() {
+        CpuPath::Scalar => None,
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        CpuPath::Avx2 => avx2_tables::tile(ty),
+        #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
+        CpuPath::Avx2 => None,
+    }
+}
+
+/// Every tile kernel of `ty` on the selected path that this CPU can run (the first is what
+/// [`tile`] returns), named; for tests and benchmarks of each variant.
+pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
+    match path() {
+        CpuPath::Scalar => Vec::new(),
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        CpuPath::Avx2 => avx2_tables::tile_variants(ty),
+        #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
+        CpuPath::Avx2 => Vec::new(),
     }
 }
 

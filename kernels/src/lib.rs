@@ -7,6 +7,7 @@
 
 pub mod dispatch;
 pub mod reference;
+pub mod tile;
 pub mod traits;
 pub mod types;
 pub use types::{supported_names, GgmlType, SUPPORTED};

@@ -115,3 +115,97 @@ fn ops_equal_the_reference() {
         }
     }
 }
+
+/// Tile products equal the reference `vec_dot` of every (row, token) pair bit for bit, on
+/// awkward row counts, token counts and lengths, with padded strides, and write nothing else.
+#[test]
+fn tile_products_equal_the_reference_dots() {
+    let mut rng = Rng(0x7e11_7e11);
+    let mut tested = 0;
+    for &ty in ember_kernels::SUPPORTED {
+        let variants = dispatch::tile_variants(ty);
+        assert_eq!(
+            dispatch::tile(ty).map(|f| f as usize),
+            variants.first().map(|v| v.1 as usize),
+            "{ty}: dispatch::tile is the first variant"
+        );
+        for (name, tile) in variants {
+            tested += 1;
+            let refr = reference_traits(ty).unwrap();
+            let act = reference_traits(refr.vec_dot_type).unwrap();
+            let bs = ty.block_size();
+            for &blocks in &[1usize, 2, 3, 5, 18, 33] {
+                let n = blocks * bs;
+                let wb = ty.row_bytes(n as u64).unwrap() as usize;
+                let ab = refr.vec_dot_type.row_bytes(n as u64).unwrap() as usize;
+                for &(nr, nt) in &[
+                    (1, 1),
+                    (1, 3),
+                    (2, 2),
+                    (3, 5),
+                    (4, 1),
+                    (5, 2),
+                    (7, 7),
+                    (17, 3),
+                ] {
+                    let (w_stride, a_stride) = (wb + 3, ab + 5);
+                    let mut wq = vec![0u8; nr * w_stride];
+                    for r in 0..nr {
+                        let row: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                        (refr.from_float.unwrap())(&row, &mut wq[r * w_stride..r * w_stride + wb]);
+                    }
+                    let mut aq = vec![0u8; nt * a_stride];
+                    for t in 0..nt {
+                        let row: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                        (act.quantize_act.unwrap())(&row, &mut aq[t * a_stride..t * a_stride + ab]);
+                    }
+                    let out_stride = nr + 2;
+                    let mut out = vec![f32::NAN; nt * out_stride];
+                    // SAFETY: `out` holds `nt * out_stride` elements, more than the largest index
+                    // `(nt - 1) * out_stride + nr - 1`, and no other thread sees it.
+                    unsafe {
+                        tile(
+                            n,
+                            &wq,
+                            w_stride,
+                            nr,
+                            &aq,
+                            a_stride,
+                            nt,
+                            out.as_mut_ptr(),
+                            out_stride,
+                        )
+                    };
+                    for t in 0..nt {
+                        for r in 0..out_stride {
+                            let got = out[t * out_stride + r];
+                            if r >= nr {
+                                assert!(
+                                    got.is_nan(),
+                                    "{ty} {name}: wrote outside the tile at ({t}, {r})"
+                                );
+                                continue;
+                            }
+                            let want = (refr.vec_dot)(
+                                n,
+                                &wq[r * w_stride..r * w_stride + wb],
+                                &aq[t * a_stride..t * a_stride + ab],
+                            );
+                            assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{ty} {name}: tile {nr}x{nt}, {blocks} blocks, ({r}, {t}): {got} vs {want}"
+                        );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if dispatch::select() == Ok(CpuPath::Avx2) {
+        assert!(
+            tested >= 2,
+            "the avx2 path has tile kernels for Q4_1 and Q8_0"
+        );
+    }
+}

@@ -4,6 +4,8 @@
 //! (`TypeTraits`). A product reads each weight row once per call and multiplies it with every
 //! activation row of the batch, so a batch of T tokens costs one pass over the weights.
 
+use ember_kernels::dispatch;
+
 use crate::model::weights::Mat;
 use crate::threadpool::{ChunkCounter, ThreadPool};
 
@@ -93,6 +95,30 @@ impl Compute {
         let chunk = rows.div_ceil(self.n_threads * 4).max(16);
         let n_chunks = rows.div_ceil(chunk);
         let out_ptr = SharedOut(out.as_mut_ptr());
+        if let Some(tile) = dispatch::tile(w.ty) {
+            let body = |c: usize| {
+                let r0 = c * chunk;
+                let r1 = (r0 + chunk).min(rows);
+                // SAFETY: the kernel writes `out[t * rows + r]` for `t < n_tok`, `r0 <= r < r1`:
+                // inside `out` (asserted above), and rows `r0..r1` belong to chunk `c` only, so
+                // no two threads touch one element; `out` is borrowed mutably for the call.
+                unsafe {
+                    tile(
+                        cols,
+                        &weights[r0 * w.row_bytes..r1 * w.row_bytes],
+                        w.row_bytes,
+                        r1 - r0,
+                        act,
+                        act_row_bytes,
+                        n_tok,
+                        out_ptr.ptr().add(r0),
+                        rows,
+                    )
+                };
+            };
+            self.parallel_for(n_chunks, body);
+            return;
+        }
         let body = |c: usize| {
             let r0 = c * chunk;
             let r1 = (r0 + chunk).min(rows);

@@ -158,8 +158,8 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter> {
     if s.n_vocab < 260
         || s.n_head == 0
         || s.n_head_kv == 0
-        || s.n_head % s.n_head_kv != 0
-        || s.n_embd % s.n_head != 0
+        || !s.n_head.is_multiple_of(s.n_head_kv)
+        || !s.n_embd.is_multiple_of(s.n_head)
     {
         return Err(Error::InvalidParam {
             name: "synth",

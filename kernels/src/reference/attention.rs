@@ -52,6 +52,74 @@ pub fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
     }
 }
 
+/// Running state of one query's online softmax: the largest score so far and the sum of
+/// `exp(score - max)` (f32, as ggml's `S` and `M`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OnlineSoftmax {
+    /// Largest score seen (`-inf` before the first key).
+    pub max: f32,
+    /// Sum of `exp(score - max)` over the keys seen.
+    pub sum: f32,
+}
+
+impl Default for OnlineSoftmax {
+    fn default() -> Self {
+        OnlineSoftmax {
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+        }
+    }
+}
+
+impl OnlineSoftmax {
+    /// Divide the accumulated values by the denominator (0 when no key was seen).
+    pub fn finish(&self, out: &mut [f32]) {
+        let inv = if self.sum == 0.0 { 0.0 } else { 1.0 / self.sum };
+        out.iter_mut().for_each(|o| *o *= inv);
+    }
+}
+
+/// One query over `n = k.len() / q.len()` consecutive keys and values (rows of `q.len()` f16
+/// elements), continuing the online softmax in `st` and the f16-rounded weighted sum in `out`:
+/// the inner loop of ggml's `flash_attn_ext_f16_one_chunk`. Per key: `s = (k · q) * scale` in
+/// [`dot_f16_order`]; a new maximum rescales `out` with [`scale_f16`] by `exp(old - new)`;
+/// then `out` += `v * exp(s - max)` with [`mad_f16`] and `sum = sum * ms + vs`.
+pub fn attend_rows(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    scale: f32,
+    st: &mut OnlineSoftmax,
+    out: &mut [f32],
+) {
+    let d = q.len();
+    let mut row = [0.0f32; 256];
+    assert!(
+        d <= row.len() && out.len() == d && k.len() == v.len() && k.len().is_multiple_of(d.max(1))
+    );
+    for (kr, vr) in k.chunks_exact(d).zip(v.chunks_exact(d)) {
+        for (r, x) in row.iter_mut().zip(kr) {
+            *r = x.to_f32();
+        }
+        let score = dot_f16_order(&row[..d], q) * scale;
+        let (ms, vs);
+        if score > st.max {
+            ms = (st.max - score).exp();
+            st.max = score;
+            vs = 1.0;
+            scale_f16(out, ms);
+        } else {
+            ms = 1.0;
+            vs = (score - st.max).exp();
+        }
+        for (r, x) in row.iter_mut().zip(vr) {
+            *r = x.to_f32();
+        }
+        mad_f16(out, &row[..d], vs);
+        st.sum = st.sum.mul_add(ms, vs);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,5 +6,7 @@
 //! instead of a libm call, `round_ties_even` one `roundss`) — plus F16C conversions for the f16
 //! attention accumulator. Hand-written AVX2 kernels replace entries of this table as they land.
 
+pub(crate) mod attention;
 pub(crate) mod dots;
+pub(crate) mod tiles;
 pub(crate) mod v3;

@@ -19,7 +19,7 @@ impl Engine {
         let seq = self.seqs[slot as usize].as_ref().expect("live sequence");
         let have = seq.table.len();
         let need = (seq.num_computed + k).div_ceil(bs);
-        let cow = seq.num_computed % bs != 0
+        let cow = !seq.num_computed.is_multiple_of(bs)
             && seq
                 .table
                 .blocks()

@@ -21,10 +21,10 @@
 //! Nothing here allocates: every buffer is in [`Scratch`], sized at start-up.
 
 use ember_kernels::dispatch;
+use ember_kernels::reference::attention::OnlineSoftmax;
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
-use super::config::{Config, RopePairing, MAX_HEAD_DIM};
+use super::config::{Config, RopePairing};
 use super::weights::{f32_slice, Mat, Vector};
 use super::Model;
 use crate::compute::{Compute, SharedOut};
@@ -545,13 +545,11 @@ fn attend(
     scale: f32,
     out: &mut [f32],
 ) {
-    let k = dispatch::ops();
+    let attend_rows = dispatch::ops().attend_rows;
     let lay = kv.layout();
     let (bs, d) = (lay.block_size, lay.head_dim);
     out.fill(0.0);
-    let mut max = f32::NEG_INFINITY;
-    let mut sum = 0.0f32;
-    let mut row = [0.0f32; MAX_HEAD_DIM];
+    let mut st = OnlineSoftmax::default();
     for (bi, block) in table.iter().enumerate() {
         let start = bi * bs;
         if start >= n_pos {
@@ -560,25 +558,7 @@ fn attend(
         let n = (n_pos - start).min(bs);
         let kt = kv.k_tile(block.index(), layer, kv_head);
         let vt = kv.v_tile(block.index(), layer, kv_head);
-        for j in 0..n {
-            // Whole-row conversions use F16C / FP16 when the CPU has them.
-            kt[j * d..(j + 1) * d].convert_to_f32_slice(&mut row[..d]);
-            let score = (k.dot_f16)(&row[..d], q) * scale;
-            let (ms, vs);
-            if score > max {
-                ms = (max - score).exp();
-                max = score;
-                vs = 1.0;
-                (k.scale_f16)(out, ms);
-            } else {
-                ms = 1.0;
-                vs = (score - max).exp();
-            }
-            vt[j * d..(j + 1) * d].convert_to_f32_slice(&mut row[..d]);
-            (k.mad_f16)(out, &row[..d], vs);
-            sum = sum.mul_add(ms, vs);
-        }
+        attend_rows(q, &kt[..n * d], &vt[..n * d], scale, &mut st, out);
     }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    out.iter_mut().for_each(|o| *o *= inv);
+    st.finish(out);
 }

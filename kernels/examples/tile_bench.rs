@@ -1,0 +1,66 @@
+//! Micro-benchmark of the tile products on the selected path (developer tool, not CI):
+//! `cargo run --release -p ember-kernels --example tile_bench`. Reports the minimum over many
+//! repetitions (robust on a busy machine) in ns per (row, token, 32-element block).
+
+use std::time::Instant;
+
+use ember_kernels::dispatch;
+use ember_kernels::traits::reference_traits;
+use ember_kernels::GgmlType;
+
+fn main() {
+    let (rows, cols) = (1536usize, 576usize);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut f = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+    };
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let t = reference_traits(ty).unwrap();
+        let at = dispatch::traits(t.vec_dot_type).unwrap();
+        let wb = ty.row_bytes(cols as u64).unwrap() as usize;
+        let ab = t.vec_dot_type.row_bytes(cols as u64).unwrap() as usize;
+        let mut w = vec![0u8; rows * wb];
+        for r in 0..rows {
+            let x: Vec<f32> = (0..cols).map(|_| f()).collect();
+            (t.from_float.unwrap())(&x, &mut w[r * wb..(r + 1) * wb]);
+        }
+        let max_tok = 512;
+        let mut a = vec![0u8; max_tok * ab];
+        for i in 0..max_tok {
+            let x: Vec<f32> = (0..cols).map(|_| f()).collect();
+            (at.quantize_act.unwrap())(&x, &mut a[i * ab..(i + 1) * ab]);
+        }
+        let dot = dispatch::traits(ty).unwrap().vec_dot;
+        for n_tok in [1usize, 4, 16, 32, 512] {
+            let mut out = vec![0f32; n_tok * rows];
+            let reps = (2048 / n_tok).max(5);
+            let pairs = (rows * n_tok * cols / 32) as f64;
+            let mut line = format!("{ty} {rows}x{cols} x {n_tok:>3} tokens, ns/block-pair:");
+            for (name, tile) in dispatch::tile_variants(ty) {
+                let mut best = f64::MAX;
+                for _ in 0..reps {
+                    let t0 = Instant::now();
+                    // SAFETY: `out` holds `n_tok * rows` elements; single thread.
+                    unsafe { tile(cols, &w, wb, rows, &a, ab, n_tok, out.as_mut_ptr(), rows) };
+                    best = best.min(t0.elapsed().as_secs_f64());
+                }
+                line += &format!(" tile/{name} {:6.3}", best * 1e9 / pairs);
+            }
+            let mut best = f64::MAX;
+            for _ in 0..reps.min(50) {
+                let t0 = Instant::now();
+                for r in 0..rows {
+                    for t in 0..n_tok {
+                        out[t * rows + r] =
+                            dot(cols, &w[r * wb..(r + 1) * wb], &a[t * ab..(t + 1) * ab]);
+                    }
+                }
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            println!("{line} vec_dot {:6.3}", best * 1e9 / pairs);
+        }
+    }
+}

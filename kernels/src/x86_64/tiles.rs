@@ -1,0 +1,322 @@
+//! AVX2 matrix products over a tile of weight rows × activation rows: each weight block is
+//! loaded and unpacked once for several activation rows, and each activation block serves
+//! several weight rows. Every (row, token) pair keeps its own 8-lane accumulator and follows the
+//! single-row dot's order exactly (same per-block FMA, same `hsum8`), so a tile's outputs equal
+//! [`super::dots`] and the reference bit for bit; only the amount of loading and unpacking
+//! changes.
+
+use std::arch::x86_64::{
+    __m256, __m256i, _mm256_and_si256, _mm256_castps256_ps128, _mm256_cvtepi32_ps,
+    _mm256_dpbusd_avx_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_si256,
+    _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi16, _mm256_set1_epi8,
+    _mm256_set1_ps, _mm256_set_m128i, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8,
+    _mm_add_ps, _mm_add_ss, _mm_cvtph_ps, _mm_cvtsi32_si128, _mm_cvtss_f32, _mm_loadu_si128,
+    _mm_movehdup_ps, _mm_movehl_ps, _mm_srli_epi16,
+};
+
+const Q4_1_SIZE: usize = 20;
+const Q8_0_SIZE: usize = 34;
+const Q8_1_SIZE: usize = 36;
+
+/// f16 at `p` (little-endian) to f32 with F16C (exact, as `half`).
+///
+/// # Safety
+/// `p..p+2` readable; the CPU has F16C.
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: two readable bytes at `p` (caller); unaligned read.
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    // SAFETY: F16C is enabled in every caller (target_feature).
+    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))) }
+}
+
+/// `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`, as the reference's `hsum8`.
+#[inline(always)]
+unsafe fn hsum8(x: __m256) -> f32 {
+    // SAFETY: AVX is enabled in every caller (target_feature).
+    unsafe {
+        let hi = _mm256_extractf128_ps::<1>(x);
+        let r = _mm_add_ps(hi, _mm256_castps256_ps128(x));
+        let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+        let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+        _mm_cvtss_f32(r)
+    }
+}
+
+/// 8 lanes of `Σ u8 × i8` over 4 consecutive bytes each, as f32.
+#[inline(always)]
+unsafe fn lane_sums(u: __m256i, s: __m256i) -> __m256 {
+    // SAFETY: AVX2 is enabled in every caller (target_feature).
+    unsafe {
+        let pairs = _mm256_maddubs_epi16(u, s);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+}
+
+/// [`lane_sums`] with AVX-VNNI.
+#[inline(always)]
+unsafe fn lane_sums_vnni(u: __m256i, s: __m256i) -> __m256 {
+    // SAFETY: AVX-VNNI is enabled in every caller (target_feature).
+    unsafe { _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)) }
+}
+
+/// The micro-kernels, instantiated for plain AVX2 and for AVX-VNNI (whose `vpdpbusd` computes
+/// the same exact lane sums as `maddubs` + `madd` — no 16-bit saturation occurs with 4-bit
+/// weights or ±127 activations — in one instruction).
+macro_rules! micro_kernels {
+    ($feat:literal, $sums:ident, $q4_1:ident, $q8_0:ident) => {
+        /// One `R × T` micro-tile of Q4_1 × Q8_1 over `nb` blocks.
+        ///
+        /// # Safety
+        /// The CPU has AVX2, FMA and F16C; `w` points at `R` rows of `nb` blocks, `w_stride` bytes
+        /// apart; `a` at `T` rows of `nb` blocks, `a_stride` apart; `out.add(t * out_stride + r)` is
+        /// writable for `t < T`, `r < R`.
+        #[target_feature(enable = $feat)]
+        unsafe fn $q4_1<const R: usize, const T: usize>(
+            nb: usize,
+            w: *const u8,
+            w_stride: usize,
+            a: *const u8,
+            a_stride: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            let low = _mm256_set1_epi8(0x0f);
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
+            let mut summs = [[0f32; T]; R];
+            for i in 0..nb {
+                let mut qy = [_mm256_set1_epi8(0); T];
+                let mut da = [_mm256_setzero_ps(); T];
+                let mut sa = [0f32; T];
+                for t in 0..T {
+                    // SAFETY: block `i` of activation row `t` is in bounds (caller).
+                    unsafe {
+                        let y = a.add(t * a_stride + i * Q8_1_SIZE);
+                        da[t] = _mm256_set1_ps(f16_at(y));
+                        sa[t] = f16_at(y.add(2));
+                        qy[t] = _mm256_loadu_si256(y.add(4).cast());
+                    }
+                }
+                for r in 0..R {
+                    // SAFETY: block `i` of weight row `r` is in bounds (caller).
+                    let (dw, mw, packed) = unsafe {
+                        let x = w.add(r * w_stride + i * Q4_1_SIZE);
+                        (
+                            _mm256_set1_ps(f16_at(x)),
+                            f16_at(x.add(2)),
+                            _mm_loadu_si128(x.add(4).cast()),
+                        )
+                    };
+                    // Low nibbles are elements 0..16, high nibbles 16..32.
+                    let qx = _mm256_and_si256(
+                        _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed),
+                        low,
+                    );
+                    for t in 0..T {
+                        summs[r][t] = mw.mul_add(sa[t], summs[r][t]);
+                        // SAFETY: AVX2 (target_feature).
+                        let s = unsafe { $sums(qx, qy[t]) };
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da[t]), s, acc[r][t]);
+                    }
+                }
+            }
+            for r in 0..R {
+                for t in 0..T {
+                    // SAFETY: AVX (target_feature); the element is writable (caller).
+                    unsafe { *out.add(t * out_stride + r) = hsum8(acc[r][t]) + summs[r][t] };
+                }
+            }
+        }
+
+        /// One `R × T` micro-tile of Q8_0 × Q8_0 over `nb` blocks (contract as the Q4_1 one).
+        #[target_feature(enable = $feat)]
+        unsafe fn $q8_0<const R: usize, const T: usize>(
+            nb: usize,
+            w: *const u8,
+            w_stride: usize,
+            a: *const u8,
+            a_stride: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
+            for i in 0..nb {
+                let mut qy = [_mm256_set1_epi8(0); T];
+                let mut da = [_mm256_setzero_ps(); T];
+                for t in 0..T {
+                    // SAFETY: block `i` of activation row `t` is in bounds (caller).
+                    unsafe {
+                        let y = a.add(t * a_stride + i * Q8_0_SIZE);
+                        da[t] = _mm256_set1_ps(f16_at(y));
+                        qy[t] = _mm256_loadu_si256(y.add(2).cast());
+                    }
+                }
+                for r in 0..R {
+                    // SAFETY: block `i` of weight row `r` is in bounds (caller).
+                    let (dw, qx) = unsafe {
+                        let x = w.add(r * w_stride + i * Q8_0_SIZE);
+                        (
+                            _mm256_set1_ps(f16_at(x)),
+                            _mm256_loadu_si256(x.add(2).cast()),
+                        )
+                    };
+                    // |x| as unsigned times y with x's sign: exact while y != -128 (activation
+                    // quantizers clamp to ±127).
+                    let ux = _mm256_sign_epi8(qx, qx);
+                    for t in 0..T {
+                        // SAFETY: AVX2 (target_feature).
+                        let s = unsafe { $sums(ux, _mm256_sign_epi8(qy[t], qx)) };
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da[t]), s, acc[r][t]);
+                    }
+                }
+            }
+            for r in 0..R {
+                for t in 0..T {
+                    // SAFETY: AVX (target_feature); the element is writable (caller).
+                    unsafe { *out.add(t * out_stride + r) = hsum8(acc[r][t]) };
+                }
+            }
+        }
+    };
+}
+
+micro_kernels!("avx2,fma,f16c", lane_sums, q4_1_micro, q8_0_micro);
+micro_kernels!(
+    "avx2,fma,f16c,avxvnni",
+    lane_sums_vnni,
+    q4_1_micro_vnni,
+    q8_0_micro_vnni
+);
+
+type Micro = unsafe fn(usize, *const u8, usize, *const u8, usize, *mut f32, usize);
+
+/// Walk an `nr × nt` product in `MR × MT` micro-tiles (smaller ones at the edges).
+///
+/// # Safety
+/// As [`crate::tile::TileDotFn`]; `micro[r - 1][t - 1]` is the `r × t` micro-kernel, and the
+/// slices hold `nr` / `nt` rows of `block_w` / `block_a`-byte blocks (checked here).
+#[allow(clippy::too_many_arguments)]
+unsafe fn walk<const MR: usize, const MT: usize>(
+    micro: &[[Micro; MT]; MR],
+    (block_w, block_a): (usize, usize),
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let nb = n / 32;
+    if nr == 0 || nt == 0 {
+        return;
+    }
+    assert!(
+        w.len() >= (nr - 1) * w_stride + nb * block_w
+            && a.len() >= (nt - 1) * a_stride + nb * block_a,
+        "tile operands too short"
+    );
+    // Tokens in groups whose activation rows fit in L1 (about 16 KiB), so that every row tile
+    // reads them from L1; the weight rows of the call stream from L2 once per group.
+    let group = (16384 / a_stride.max(1)).max(MT) / MT * MT;
+    let mut t0 = 0;
+    while t0 < nt {
+        let t1 = (t0 + group).min(nt);
+        let mut r = 0;
+        while r < nr {
+            let rr = (nr - r).min(MR);
+            let mut t = t0;
+            while t < t1 {
+                let tt = (t1 - t).min(MT);
+                // SAFETY: rows `r..r+rr` and `t..t+tt` are within the checked operands; the
+                // output elements are within the caller's region; the CPU features were
+                // detected before this kernel was installed.
+                unsafe {
+                    micro[rr - 1][tt - 1](
+                        nb,
+                        w.as_ptr().add(r * w_stride),
+                        w_stride,
+                        a.as_ptr().add(t * a_stride),
+                        a_stride,
+                        out.add(t * out_stride + r),
+                        out_stride,
+                    )
+                };
+                t += tt;
+            }
+            r += rr;
+        }
+        t0 = t1;
+    }
+}
+
+/// The `[[f::<r, t>; MT]; MR]` table of micro-kernel instances, for `MR = 4` and `MT` 2 or 3.
+macro_rules! micro_table {
+    ($f:ident, 4, 2) => {
+        [
+            [$f::<1, 1> as Micro, $f::<1, 2>],
+            [$f::<2, 1>, $f::<2, 2>],
+            [$f::<3, 1>, $f::<3, 2>],
+            [$f::<4, 1>, $f::<4, 2>],
+        ]
+    };
+    ($f:ident, 4, 3) => {
+        [
+            [$f::<1, 1> as Micro, $f::<1, 2>, $f::<1, 3>],
+            [$f::<2, 1>, $f::<2, 2>, $f::<2, 3>],
+            [$f::<3, 1>, $f::<3, 2>, $f::<3, 3>],
+            [$f::<4, 1>, $f::<4, 2>, $f::<4, 3>],
+        ]
+    };
+}
+
+/// A tile entry point over micro-kernel `$micro` in `$mr × $mt` tiles (shapes measured with
+/// `examples/tile_bench.rs`: the best that avoids register spills in 16 AVX2 registers).
+macro_rules! tile_entry {
+    ($name:ident, $micro:ident, $mr:tt x $mt:tt, $sizes:expr, $what:literal) => {
+        #[doc = concat!($what, " tile product (see [`crate::tile::TileDotFn`]).")]
+        ///
+        /// # Safety
+        /// As [`crate::tile::TileDotFn`]; installed only after the CPU features of its
+        /// micro-kernels were detected.
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $name(
+            n: usize,
+            w: &[u8],
+            w_stride: usize,
+            nr: usize,
+            a: &[u8],
+            a_stride: usize,
+            nt: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            static MICRO: [[Micro; $mt]; $mr] = micro_table!($micro, $mr, $mt);
+            // SAFETY: forwarded contract.
+            unsafe {
+                walk(
+                    &MICRO, $sizes, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
+                )
+            }
+        }
+    };
+}
+
+tile_entry!(tile_q4_1_q8_1, q4_1_micro, 4 x 3, (Q4_1_SIZE, Q8_1_SIZE), "Q4_1 × Q8_1 (AVX2)");
+tile_entry!(tile_q8_0_q8_0, q8_0_micro, 4 x 2, (Q8_0_SIZE, Q8_0_SIZE), "Q8_0 × Q8_0 (AVX2)");
+tile_entry!(
+    tile_q4_1_q8_1_vnni,
+    q4_1_micro_vnni,
+    4 x 3,
+    (Q4_1_SIZE, Q8_1_SIZE),
+    "Q4_1 × Q8_1 (AVX-VNNI)"
+);
+tile_entry!(
+    tile_q8_0_q8_0_vnni,
+    q8_0_micro_vnni,
+    4 x 2,
+    (Q8_0_SIZE, Q8_0_SIZE),
+    "Q8_0 × Q8_0 (AVX-VNNI)"
+);

@@ -26,6 +26,19 @@ impl SharedOut {
     }
 }
 
+/// Most products in one [`Compute::matmuls`] region.
+pub const MAX_JOBS: usize = 4;
+
+/// One product of [`Compute::matmuls`]: `out = act W^T`.
+pub struct MatJob<'a> {
+    /// The matrix.
+    pub w: &'a Mat,
+    /// Its bytes (`w.rows * w.row_bytes`).
+    pub weights: &'a [u8],
+    /// `[n_tok, w.rows]`.
+    pub out: &'a mut [f32],
+}
+
 /// The worker threads of one model instance.
 pub struct Compute {
     pool: ThreadPool,
@@ -81,27 +94,56 @@ impl Compute {
         n_tok: usize,
         out: &mut [f32],
     ) {
-        let rows = w.rows;
-        assert_eq!(
-            weights.len(),
-            rows * w.row_bytes,
-            "{}: weight bytes",
-            w.name
+        self.matmuls(&mut [MatJob { w, weights, out }], act, act_row_bytes, n_tok);
+    }
+
+    /// Several products of the same activations in one parallel region (Q, K and V; gate and
+    /// up): `jobs[j].out[t][r] = jobs[j].w[r] · act[t]`. Every matrix must take `act`, i.e. have
+    /// the same row length and activation type (asserted).
+    pub fn matmuls(&self, jobs: &mut [MatJob<'_>], act: &[u8], act_row_bytes: usize, n_tok: usize) {
+        let Some(first) = jobs.first() else {
+            return;
+        };
+        let (cols, act_ty) = (first.w.cols, first.w.kernels.vec_dot_type);
+        let mut n_chunks = 0;
+        let mut plan = [(0usize, 0usize, SharedOut(std::ptr::null_mut())); MAX_JOBS];
+        assert!(
+            jobs.len() <= MAX_JOBS,
+            "at most {MAX_JOBS} products per region"
         );
-        assert!(act.len() >= n_tok * act_row_bytes && out.len() >= n_tok * rows);
-        let dot = w.kernels.vec_dot;
-        let cols = w.cols;
-        // Chunks of whole rows; several per thread so uneven progress balances out.
-        let chunk = rows.div_ceil(self.n_threads * 4).max(16);
-        let n_chunks = rows.div_ceil(chunk);
-        let out_ptr = SharedOut(out.as_mut_ptr());
-        if let Some(tile) = dispatch::tile(w.ty) {
-            let body = |c: usize| {
-                let r0 = c * chunk;
-                let r1 = (r0 + chunk).min(rows);
-                // SAFETY: the kernel writes `out[t * rows + r]` for `t < n_tok`, `r0 <= r < r1`:
-                // inside `out` (asserted above), and rows `r0..r1` belong to chunk `c` only, so
-                // no two threads touch one element; `out` is borrowed mutably for the call.
+        for (j, job) in jobs.iter_mut().enumerate() {
+            let w = job.w;
+            assert_eq!(
+                job.weights.len(),
+                w.rows * w.row_bytes,
+                "{}: weight bytes",
+                w.name
+            );
+            assert!(
+                w.cols == cols && w.kernels.vec_dot_type == act_ty,
+                "{}: products of one region share their activations",
+                w.name
+            );
+            assert!(act.len() >= n_tok * act_row_bytes && job.out.len() >= n_tok * w.rows);
+            // Chunks of whole rows; several per thread so uneven progress balances out.
+            let chunk = w.rows.div_ceil(self.n_threads * 4).max(16);
+            plan[j] = (n_chunks, chunk, SharedOut(job.out.as_mut_ptr()));
+            n_chunks += w.rows.div_ceil(chunk);
+        }
+        let plan = &plan[..jobs.len()];
+        let jobs = &*jobs;
+        let body = |c: usize| {
+            let j = plan.partition_point(|p| p.0 <= c) - 1;
+            let (first_chunk, chunk, out_ptr) = plan[j];
+            let (w, weights) = (jobs[j].w, jobs[j].weights);
+            let rows = w.rows;
+            let r0 = (c - first_chunk) * chunk;
+            let r1 = (r0 + chunk).min(rows);
+            if let Some(tile) = dispatch::tile(w.ty) {
+                // SAFETY: the kernel writes `out[t * rows + r]` for `t < n_tok`,
+                // `r0 <= r < r1`: inside job `j`'s `out` (asserted above), and rows `r0..r1`
+                // of job `j` belong to chunk `c` only, so no two threads touch one element;
+                // every `out` is borrowed mutably for the whole call.
                 unsafe {
                     tile(
                         cols,
@@ -115,21 +157,15 @@ impl Compute {
                         rows,
                     )
                 };
-            };
-            self.parallel_for(n_chunks, body);
-            return;
-        }
-        let body = |c: usize| {
-            let r0 = c * chunk;
-            let r1 = (r0 + chunk).min(rows);
+                return;
+            }
+            let dot = w.kernels.vec_dot;
             for r in r0..r1 {
                 let wrow = &weights[r * w.row_bytes..(r + 1) * w.row_bytes];
                 for t in 0..n_tok {
                     let a = &act[t * act_row_bytes..(t + 1) * act_row_bytes];
                     let y = dot(cols, wrow, a);
-                    // SAFETY: `t * rows + r < n_tok * rows <= out.len()` (asserted above), and
-                    // row `r` belongs to chunk `c` only, so no two threads write one element;
-                    // `out` is borrowed mutably for the whole call.
+                    // SAFETY: as above, for the single element `t * rows + r`.
                     unsafe { *out_ptr.ptr().add(t * rows + r) = y };
                 }
             }

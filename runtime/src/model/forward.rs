@@ -27,7 +27,7 @@ use half::f16;
 use super::config::{Config, RopePairing};
 use super::weights::{f32_slice, Mat, Vector};
 use super::Model;
-use crate::compute::{Compute, SharedOut};
+use crate::compute::{Compute, MatJob, SharedOut, MAX_JOBS};
 use crate::error::{Error, Result};
 use crate::kv::{BlockId, KvArena};
 
@@ -229,9 +229,9 @@ fn rope_tables(c: &Config, freq_factors: Option<&[f32]>, n_ctx: usize) -> (Vec<f
     (cos, sin)
 }
 
-/// Quantize `n_tok` rows of `x` (`cols` wide) to the activation type `w` expects; returns the
-/// bytes per row.
-fn quantize_acts(w: &Mat, x: &[f32], n_tok: usize, acts: &mut [u8]) -> usize {
+/// Quantize `n_tok` rows of `x` (`cols` wide) to the activation type `w` expects, spread over
+/// the threads; returns the bytes per row.
+fn quantize_acts(cx: &Compute, w: &Mat, x: &[f32], n_tok: usize, acts: &mut [u8]) -> usize {
     let at = dispatch::traits(w.kernels.vec_dot_type)
         .expect("every supported weight type has a supported activation type");
     let from_float = at
@@ -242,13 +242,30 @@ fn quantize_acts(w: &Mat, x: &[f32], n_tok: usize, acts: &mut [u8]) -> usize {
         .vec_dot_type
         .row_bytes(w.cols as u64)
         .expect("row length checked at load") as usize;
-    for t in 0..n_tok {
-        from_float(
-            &x[t * w.cols..(t + 1) * w.cols],
-            &mut acts[t * rb..(t + 1) * rb],
-        );
-    }
+    let cols = w.cols;
+    assert!(x.len() >= n_tok * cols && acts.len() >= n_tok * rb);
+    let acts_ptr = SharedBytes(acts.as_mut_ptr());
+    cx.parallel_for(n_tok, |t| {
+        // SAFETY: token `t` owns bytes `t*rb .. (t+1)*rb` of `acts` (asserted in bounds); no
+        // other token writes them, and `acts` is borrowed mutably for the whole region.
+        let out = unsafe { std::slice::from_raw_parts_mut(acts_ptr.ptr().add(t * rb), rb) };
+        from_float(&x[t * cols..(t + 1) * cols], out);
+    });
     rb
+}
+
+/// A byte pointer shared by the threads of one parallel region, each writing its own range.
+#[derive(Clone, Copy)]
+struct SharedBytes(*mut u8);
+// SAFETY: used only in regions where every thread writes a disjoint range of a buffer that
+// outlives the region (see the use).
+unsafe impl Send for SharedBytes {}
+// SAFETY: as above.
+unsafe impl Sync for SharedBytes {}
+impl SharedBytes {
+    fn ptr(self) -> *mut u8 {
+        self.0
+    }
 }
 
 impl Model {
@@ -274,8 +291,38 @@ impl Model {
         acts: &mut [u8],
         out: &mut [f32],
     ) {
-        let rb = quantize_acts(w, x, n_tok, acts);
+        let rb = quantize_acts(cx, w, x, n_tok, acts);
         cx.matmul(w, self.mat_bytes(w), acts, rb, n_tok, out);
+    }
+
+    /// `out_j = x W_j^T` for several matrices of the same input: one quantization of `x` and
+    /// one parallel region when they share an activation type (the usual case), else one
+    /// [`Model::project`] each.
+    fn project_many<const N: usize>(
+        &self,
+        cx: &Compute,
+        jobs: [(&Mat, &mut [f32]); N],
+        x: &[f32],
+        n_tok: usize,
+        acts: &mut [u8],
+    ) {
+        let w0 = jobs[0].0;
+        let shared = jobs
+            .iter()
+            .all(|(w, _)| w.cols == w0.cols && w.kernels.vec_dot_type == w0.kernels.vec_dot_type);
+        if !shared || N > MAX_JOBS {
+            for (w, out) in jobs {
+                self.project(cx, w, x, n_tok, acts, out);
+            }
+            return;
+        }
+        let rb = quantize_acts(cx, w0, x, n_tok, acts);
+        let mut list = jobs.map(|(w, out)| MatJob {
+            w,
+            weights: self.mat_bytes(w),
+            out,
+        });
+        cx.matmuls(&mut list, acts, rb, n_tok);
     }
 
     /// Run the model over `batch`. Token `i` belongs to sequence `batch[i].seq`, whose block
@@ -358,29 +405,16 @@ impl Model {
                     &mut s.xn[t * e..(t + 1) * e],
                 );
             }
-            self.project(
+            self.project_many(
                 cx,
-                &lw.wq,
+                [
+                    (&lw.wq, &mut s.q[..n_tok * qd]),
+                    (&lw.wk, &mut s.k[..n_tok * kvd]),
+                    (&lw.wv, &mut s.v[..n_tok * kvd]),
+                ],
                 &s.xn,
                 n_tok,
                 &mut s.acts,
-                &mut s.q[..n_tok * qd],
-            );
-            self.project(
-                cx,
-                &lw.wk,
-                &s.xn,
-                n_tok,
-                &mut s.acts,
-                &mut s.k[..n_tok * kvd],
-            );
-            self.project(
-                cx,
-                &lw.wv,
-                &s.xn,
-                n_tok,
-                &mut s.acts,
-                &mut s.v[..n_tok * kvd],
             );
             for (bias, out, w) in [
                 (&lw.bq, &mut s.q, qd),
@@ -465,21 +499,15 @@ impl Model {
                 );
             }
             let f = c.n_ff;
-            self.project(
+            self.project_many(
                 cx,
-                &lw.w_gate,
+                [
+                    (&lw.w_gate, &mut s.gate[..n_tok * f]),
+                    (&lw.w_up, &mut s.up[..n_tok * f]),
+                ],
                 &s.xn,
                 n_tok,
                 &mut s.acts,
-                &mut s.gate[..n_tok * f],
-            );
-            self.project(
-                cx,
-                &lw.w_up,
-                &s.xn,
-                n_tok,
-                &mut s.acts,
-                &mut s.up[..n_tok * f],
             );
             (k.silu_mul)(&mut s.gate[..n_tok * f], &s.up[..n_tok * f]);
             self.project(

@@ -49,7 +49,13 @@ pub struct Ops {
     pub mad_f16: fn(&mut [f32], &[f32], f32),
     /// See [`attention::attend_rows`].
     pub attend_rows: AttendRowsFn,
+    /// See [`attention::attend_rows_group`].
+    pub attend_rows_group: AttendGroupFn,
 }
+
+/// Signature of [`attention::attend_rows_group`].
+pub type AttendGroupFn =
+    fn(&[f32], &[half::f16], &[half::f16], f32, &mut [attention::OnlineSoftmax], &mut [f32]);
 
 /// Signature of [`attention::attend_rows`].
 pub type AttendRowsFn =
@@ -64,6 +70,7 @@ static SCALAR_OPS: Ops = Ops {
     scale_f16: attention::scale_f16,
     mad_f16: attention::mad_f16,
     attend_rows: attention::attend_rows,
+    attend_rows_group: attention::attend_rows_group,
 };
 
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
@@ -80,6 +87,7 @@ mod avx2_tables {
         scale_f16: v3::scale_f16,
         mad_f16: v3::mad_f16,
         attend_rows: x86_attention::attend_rows,
+        attend_rows_group: x86_attention::attend_rows_group,
     };
 
     fn with(base: &'static TypeTraits, f: impl FnOnce(&mut TypeTraits)) -> TypeTraits {

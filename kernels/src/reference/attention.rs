@@ -120,6 +120,24 @@ pub fn attend_rows(
     }
 }
 
+/// [`attend_rows`] for `g = st.len()` queries over the same keys and values (the query heads
+/// that share one KV head under grouped-query attention): `q` and `out` hold `g` rows of
+/// `d = q.len() / g` elements. Each query's result is exactly its own [`attend_rows`].
+pub fn attend_rows_group(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    scale: f32,
+    st: &mut [OnlineSoftmax],
+    out: &mut [f32],
+) {
+    let g = st.len().max(1);
+    let d = q.len() / g;
+    for ((q, o), st) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)).zip(st) {
+        attend_rows(q, k, v, scale, st, o);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

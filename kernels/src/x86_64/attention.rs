@@ -106,6 +106,110 @@ unsafe fn attend_d<const D8: usize>(
     st.sum = sum;
 }
 
+/// [`attention::attend_rows_group`] for `d = 8 * D8`, `D8 % 4 == 0`: each key and value row is
+/// converted once for all the group's queries; the accumulators live in `out` (L1).
+///
+/// # Safety
+/// AVX2, FMA and F16C; `q.len() == out.len() == st.len() * 8 * D8`; `k.len() == v.len()`, a
+/// multiple of `8 * D8`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_group_d<const D8: usize>(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    scale: f32,
+    st: &mut [OnlineSoftmax],
+    out: &mut [f32],
+) {
+    let d = 8 * D8;
+    let n = k.len() / d;
+    let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
+    let mut w = [0f32; MAX_GROUP];
+    for j in 0..n {
+        let mut kr = [_mm256_setzero_ps(); D8];
+        for (c, kc) in kr.iter_mut().enumerate() {
+            // SAFETY: row `j < n` of `k` holds `d` elements (caller).
+            *kc = unsafe { load8(k.as_ptr().add(j * d + 8 * c)) };
+        }
+        for (g, s) in st.iter_mut().enumerate() {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (c, kc) in kr.iter().enumerate() {
+                // SAFETY: query `g` holds `d` elements at `g * d` (caller).
+                let qc = unsafe { _mm256_loadu_ps(qp.add(g * d + 8 * c)) };
+                acc[c % 4] = _mm256_fmadd_ps(*kc, qc, acc[c % 4]);
+            }
+            let r = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+            let t = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps::<1>(r));
+            let h = _mm_hadd_ps(t, t);
+            let score = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) * scale;
+            let (ms, vs);
+            if score > s.max {
+                ms = (s.max - score).exp();
+                s.max = score;
+                vs = 1.0;
+                let m = _mm256_set1_ps(ms);
+                for c in 0..D8 {
+                    // SAFETY: output row `g` holds `d` elements at `g * d` (caller).
+                    unsafe {
+                        let p = op.add(g * d + 8 * c);
+                        _mm256_storeu_ps(p, round_f16(_mm256_mul_ps(_mm256_loadu_ps(p), m)));
+                    }
+                }
+            } else {
+                ms = 1.0;
+                vs = (score - s.max).exp();
+            }
+            w[g] = vs;
+            s.sum = s.sum.mul_add(ms, vs);
+        }
+        for c in 0..D8 {
+            // SAFETY: row `j < n` of `v` holds `d` elements (caller).
+            let vc = unsafe { load8(v.as_ptr().add(j * d + 8 * c)) };
+            for (g, &wg) in w[..st.len()].iter().enumerate() {
+                // SAFETY: output row `g` holds `d` elements at `g * d` (caller); F16C.
+                unsafe {
+                    let p = op.add(g * d + 8 * c);
+                    let r = _mm256_fmadd_ps(vc, _mm256_set1_ps(wg), _mm256_loadu_ps(p));
+                    _mm256_storeu_ps(p, round_f16(r));
+                }
+            }
+        }
+    }
+}
+
+/// Most queries per group in the fused group kernel (larger groups use the reference).
+const MAX_GROUP: usize = 16;
+
+/// [`attention::attend_rows_group`] with F16C and FMA (the reference for other head sizes or
+/// groups over [`MAX_GROUP`]).
+pub(crate) fn attend_rows_group(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    scale: f32,
+    st: &mut [OnlineSoftmax],
+    out: &mut [f32],
+) {
+    let g = st.len();
+    let d = q.len().checked_div(g).unwrap_or(0);
+    assert!(
+        q.len() == g * d
+            && out.len() == q.len()
+            && k.len() == v.len()
+            && k.len().is_multiple_of(d.max(1))
+    );
+    // SAFETY: installed only after avx2, fma and f16c were detected; lengths checked above.
+    unsafe {
+        match (d, g <= MAX_GROUP) {
+            (32, true) => attend_group_d::<4>(q, k, v, scale, st, out),
+            (64, true) => attend_group_d::<8>(q, k, v, scale, st, out),
+            (128, true) => attend_group_d::<16>(q, k, v, scale, st, out),
+            (256, true) => attend_group_d::<32>(q, k, v, scale, st, out),
+            _ => attention::attend_rows_group(q, k, v, scale, st, out),
+        }
+    }
+}
+
 /// [`attention::attend_rows`] with F16C and FMA (the reference for head sizes other than 32,
 /// 64, 128, 256).
 pub(crate) fn attend_rows(

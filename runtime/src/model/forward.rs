@@ -464,17 +464,39 @@ impl Model {
             let scale = 1.0 / (d as f32).sqrt();
             let group = hq / hkv;
             let att_ptr = SharedOut(s.att.as_mut_ptr());
-            cx.parallel_for(n_tok * hq, |i| {
-                let (t, h) = (i / hq, i % hq);
-                let b = &batch[t];
-                let q = &q_all[t * qd + h * d..t * qd + (h + 1) * d];
-                // SAFETY: pair `i` owns `att[i*d .. (i+1)*d]`, inside `att` (n_tok*hq*d
-                // elements, checked against max_tokens above); no other pair touches it, and
-                // `s.att` is not otherwise borrowed during the region.
-                let out = unsafe { std::slice::from_raw_parts_mut(att_ptr.ptr().add(i * d), d) };
-                let table = tables.table(b.seq).expect("checked above");
-                attend(kv_ro, l, h / group, table, b.pos + 1, q, scale, out);
-            });
+            if n_tok * hkv >= 2 * cx.n_threads() && group <= MAX_GROUP {
+                // Enough work per KV head: the query heads of a group share each K/V row read.
+                cx.parallel_for(n_tok * hkv, |i| {
+                    let (t, kh) = (i / hkv, i % hkv);
+                    let b = &batch[t];
+                    let (h0, h1) = (kh * group, (kh + 1) * group);
+                    let q = &q_all[t * qd + h0 * d..t * qd + h1 * d];
+                    // SAFETY: item `i` owns `att[(t*hq + h0)*d .. (t*hq + h1)*d]` (heads h0..h1
+                    // of token t), inside `att` (n_tok*hq*d elements); no other item touches
+                    // it, and `s.att` is not otherwise borrowed during the region.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            att_ptr.ptr().add((t * hq + h0) * d),
+                            group * d,
+                        )
+                    };
+                    let table = tables.table(b.seq).expect("checked above");
+                    attend_group(kv_ro, l, kh, table, b.pos + 1, q, scale, out);
+                });
+            } else {
+                cx.parallel_for(n_tok * hq, |i| {
+                    let (t, h) = (i / hq, i % hq);
+                    let b = &batch[t];
+                    let q = &q_all[t * qd + h * d..t * qd + (h + 1) * d];
+                    // SAFETY: pair `i` owns `att[i*d .. (i+1)*d]`, inside `att` (n_tok*hq*d
+                    // elements, checked against max_tokens above); no other pair touches it,
+                    // and `s.att` is not otherwise borrowed during the region.
+                    let out =
+                        unsafe { std::slice::from_raw_parts_mut(att_ptr.ptr().add(i * d), d) };
+                    let table = tables.table(b.seq).expect("checked above");
+                    attend(kv_ro, l, h / group, table, b.pos + 1, q, scale, out);
+                });
+            }
             self.project(
                 cx,
                 &lw.wo,
@@ -589,4 +611,42 @@ fn attend(
         attend_rows(q, &kt[..n * d], &vt[..n * d], scale, &mut st, out);
     }
     st.finish(out);
+}
+
+/// Most query heads per KV head that [`attend_group`] takes at once.
+const MAX_GROUP: usize = 16;
+
+/// [`attend`] for the `group` query heads that share KV head `kv_head` (`q` and `out`: `group`
+/// rows of the head size): each K/V row is read once for all of them; every head's result is
+/// exactly its own [`attend`].
+#[allow(clippy::too_many_arguments)]
+fn attend_group(
+    kv: &KvArena,
+    layer: usize,
+    kv_head: usize,
+    table: &[BlockId],
+    n_pos: usize,
+    q: &[f32],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let attend_rows_group = dispatch::ops().attend_rows_group;
+    let lay = kv.layout();
+    let (bs, d) = (lay.block_size, lay.head_dim);
+    let g = q.len() / d;
+    out.fill(0.0);
+    let mut st = [OnlineSoftmax::default(); MAX_GROUP];
+    for (bi, block) in table.iter().enumerate() {
+        let start = bi * bs;
+        if start >= n_pos {
+            break;
+        }
+        let n = (n_pos - start).min(bs);
+        let kt = kv.k_tile(block.index(), layer, kv_head);
+        let vt = kv.v_tile(block.index(), layer, kv_head);
+        attend_rows_group(q, &kt[..n * d], &vt[..n * d], scale, &mut st[..g], out);
+    }
+    for (st, o) in st[..g].iter().zip(out.chunks_exact_mut(d)) {
+        st.finish(o);
+    }
 }

@@ -21,16 +21,17 @@
 #                    fetched by scripts/fetch-model.sh)
 #   --threads N      threads for both runtimes (default 2)
 #   --reps R         rounds; the table shows the median of R samples (default 5)
-#   --quick          a smoke run: 1 round, pp128 / tg32, batched at 1 and 4 sequences with
-#                    -npp 32 -ntg 16
+#   --quick          a smoke run: pp128 / tg32, batched at 1 and 4 sequences with -npp 32
+#                    -ntg 16, 1 round (unless --reps / --npl say otherwise)
 #   --bw-limit TOK_S batch-1 decode limit set by memory bandwidth (weight bytes per token /
 #                    read bandwidth; about 150 for SmolLM2-135M Q4_1 on the dev-2c machine kind):
 #                    adds a "% of bandwidth limit" column to the batch-1 decode rows
 #   --npl LIST       batched sequence counts (default 1,4,16,32)
 # Environment: LLAMA_CPP_PYTHON_VERSION (default below), BUILD_JOBS (llama.cpp build, default 2),
-# LLAMA_CMAKE_ARGS (extra cmake arguments for llama.cpp, e.g. to compare against an AVX2-only build:
-# "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"; built in a folder of
-# its own), CARGO_BUILD_JOBS as usual. EMBER_CPU is unset for the Ember runs (the run-time choice is measured).
+# LLAMA_CMAKE_ARGS (extra cmake arguments for llama.cpp, built in a folder of their own; e.g.
+# -DGGML_NATIVE=OFF for an AVX2-level build, the ISA of Ember's x86 kernels, where GGML_NATIVE would
+# use AVX-512 / VNNI), CARGO_BUILD_JOBS as usual. EMBER_CPU is unset for the Ember runs: the
+# kernel path Ember picks at run time is what is measured.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -43,10 +44,10 @@ BUILD_JOBS="${BUILD_JOBS:-2}"
 
 MODEL="models/SmolLM2-135M-Instruct.Q4_1.gguf"
 THREADS=2
-REPS=5
+REPS=""
 QUICK=0
 BW_LIMIT=""
-NPL="1,4,16,32"
+NPL=""
 N_PROMPT=512
 N_GEN=128
 NPP=128
@@ -69,20 +70,22 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer, got '$THREADS'"
-[[ "$REPS" =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive integer, got '$REPS'"
+[[ -z "$REPS" || "$REPS" =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive integer, got '$REPS'"
 [[ -z "$BW_LIMIT" || "$BW_LIMIT" =~ ^[0-9]+(\.[0-9]+)?$ ]] \
     || die "--bw-limit must be a number of tokens per second, got '$BW_LIMIT'"
-[[ "$NPL" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "--npl must be a list like 1,4,16, got '$NPL'"
+[[ -z "$NPL" || "$NPL" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "--npl must be a list like 1,4,16, got '$NPL'"
 if [[ $QUICK == 1 ]]; then
-    REPS=1; N_PROMPT=128; N_GEN=32; NPP=32; NTG=16; NPL="1,4"
+    REPS="${REPS:-1}"; NPL="${NPL:-1,4}"; N_PROMPT=128; N_GEN=32; NPP=32; NTG=16
 fi
+REPS="${REPS:-5}"
+NPL="${NPL:-1,4,16,32}"
 [[ -f "$MODEL" ]] || die "model $MODEL not found (scripts/fetch-model.sh fetches the default one)"
 MODEL="$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")"
 
 # ---------------------------------------------------------------------------------------------
 # 1. llama.cpp, from the llama-cpp-python sdist, built once under .bench/
 LLAMA_DIR="$ROOT/.bench/llama.cpp-$LLAMA_CPP_PYTHON_VERSION"
-# Extra cmake arguments (e.g. "-DGGML_NATIVE=OFF -DGGML_AVX2=ON ...") get a build folder of their own.
+# Extra cmake arguments (e.g. -DGGML_NATIVE=OFF) get a build folder of their own.
 LLAMA_BUILD="$LLAMA_DIR/build"
 if [[ -n "${LLAMA_CMAKE_ARGS:-}" ]]; then
     LLAMA_BUILD="$LLAMA_DIR/build-$(printf '%s' "$LLAMA_CMAKE_ARGS" | md5sum | cut -c1-8)"
@@ -215,17 +218,29 @@ pair() {
     fi
 }
 
-cat >"$RUNS/meta.json" <<META
-{"llama_cpp_python": "$LLAMA_CPP_PYTHON_VERSION", "model": "$MODEL", "threads": $THREADS,
- "reps": $REPS, "n_prompt": $N_PROMPT, "n_gen": $N_GEN, "npp": $NPP, "ntg": $NTG,
- "npl": [$NPL], "bw_limit": ${BW_LIMIT:-null}, "stamp": "$STAMP",
- "ember_commit": "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo -dirty)",
- "llama_build_seconds": $(cat "$LLAMA_BUILD/ember-build-seconds" 2>/dev/null || echo null),
- "llama_isa": "$(cat "$LLAMA_BUILD/ember-isa")", "llama_cmake_args": "${LLAMA_CMAKE_ARGS:-}",
- "load_before": "$(cut -d' ' -f1-3 /proc/loadavg)",
- "host": "$(hostname)", "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)",
- "nproc": $(nproc)}
-META
+# What the table states about the run (read by bench_table.py).
+M_PY="$LLAMA_CPP_PYTHON_VERSION" M_CMAKE="${LLAMA_CMAKE_ARGS:-}" \
+    M_ISA="$(cat "$LLAMA_BUILD/ember-isa")" \
+    M_BUILD_S="$(cat "$LLAMA_BUILD/ember-build-seconds" 2>/dev/null || true)" \
+    M_COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo -dirty)" \
+    M_MODEL="$MODEL" M_THREADS="$THREADS" M_REPS="$REPS" M_N_PROMPT="$N_PROMPT" M_N_GEN="$N_GEN" \
+    M_NPP="$NPP" M_NTG="$NTG" M_NPL="$NPL" M_BW="$BW_LIMIT" M_STAMP="$STAMP" \
+    M_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)" M_HOST="$(hostname)" \
+    M_CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" M_NPROC="$(nproc)" \
+    python3 - "$RUNS/meta.json" <<'PY'
+import json, os, sys
+e = os.environ
+num = lambda k: (float(e[k]) if "." in e[k] else int(e[k])) if e.get(k) else None
+json.dump({
+    "llama_cpp_python": e["M_PY"], "llama_cmake_args": e["M_CMAKE"], "llama_isa": e["M_ISA"],
+    "llama_build_seconds": num("M_BUILD_S"), "ember_commit": e["M_COMMIT"], "model": e["M_MODEL"],
+    "threads": num("M_THREADS"), "reps": num("M_REPS"), "n_prompt": num("M_N_PROMPT"),
+    "n_gen": num("M_N_GEN"), "npp": num("M_NPP"), "ntg": num("M_NTG"),
+    "npl": [int(b) for b in e["M_NPL"].split(",")], "bw_limit": num("M_BW"),
+    "stamp": e["M_STAMP"], "load_before": e["M_LOAD"], "host": e["M_HOST"], "cpu": e["M_CPU"],
+    "nproc": num("M_NPROC"),
+}, open(sys.argv[1], "w"), indent=1)
+PY
 
 echo "runs: $RUNS ($REPS rounds)" >&2
 t_start=$SECONDS

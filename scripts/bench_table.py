@@ -181,8 +181,9 @@ def table(run_dir):
                f"(both: {ntg} batched decode steps after a {npp}-token prefill per sequence)")
     if meta.get("load_before"):
         out.append(f"- load average (1/5/15 min) before: {meta['load_before']}, after: "
-                   f"{meta.get('load_after', '?')} — above 0 means other work shared the CPUs; "
-                   f"measuring took {meta.get('measure_seconds', '?')} s")
+                   f"{meta.get('load_after', '?')} (the benchmark itself adds about "
+                   f"{meta.get('threads', '?')}; more means other work shared the CPUs and the "
+                   f"figures are noisy); measuring took {meta.get('measure_seconds', '?')} s")
     if preempted:
         out.append(f"- note: Ember's engine preempted sequences {preempted} times in the "
                    "batched runs (its KV arena was too small)")

@@ -222,6 +222,40 @@ fn dots_equal_the_reference_on_edge_data() {
                     q(&x, &mut w);
                     check_dot(ty, n, &w, &quantize_act(ty, &y, what), what);
                 }
+                // Cancellation: lanes 0, 1, 2 (and the first three elements of a tail) hold
+                // +H, -H and a tiny t, lane 3 holds +H, -H, t in three successive groups of
+                // 8; only the reference's order gives exactly t (2t).
+                let (big, tiny) = if ty == GgmlType::F16 {
+                    (32768.0, 2f32.powi(-24))
+                } else {
+                    (2f32.powi(40), 2f32.powi(-40))
+                };
+                let pick = |i: usize| match (i % 8, i / 8) {
+                    (0, 0) | (3, 0) => (big, big),
+                    (1, 0) | (3, 1) => (big, -big),
+                    (2, 0) | (3, 2) => (tiny, tiny),
+                    _ => (0.0, 0.0),
+                };
+                let (x, y): (Vec<f32>, Vec<f32>) = (0..n).map(pick).unzip();
+                let mut w = vec![0u8; wb];
+                q(&x, &mut w);
+                check_dot(ty, n, &w, &quantize_act(ty, &y, "cancel"), "cancellation");
+                // Magnitudes spread so widely that the f64 sums round: catches a changed
+                // order of the lane sums.
+                let span = if ty == GgmlType::F16 {
+                    (-24, 15)
+                } else {
+                    (-60, 60)
+                };
+                let mut wide = |r: &mut Rng| {
+                    let e = span.0 + (r.byte() as i32 % (span.1 - span.0));
+                    (r.f() + 2.5) * 2f32.powi(e)
+                };
+                let x: Vec<f32> = (0..n).map(|_| wide(&mut rng)).collect();
+                let y: Vec<f32> = (0..n).map(|_| wide(&mut rng)).collect();
+                let mut w = vec![0u8; wb];
+                q(&x, &mut w);
+                check_dot(ty, n, &w, &quantize_act(ty, &y, "wide"), "wide range");
                 continue;
             }
             // Every quant at its largest, scales at the f16 maximum; activations at the
@@ -235,6 +269,18 @@ fn dots_equal_the_reference_on_edge_data() {
                 clamp_q8_0(ty, &mut a);
                 check_dot(ty, n, &w, &a, &format!("{what}, huge scales"));
             }
+            // Large integer sums (quants at 14 or 15, activations 100..128) with
+            // full-mantissa scales: the float steps round, so their order is checked.
+            let w = blocks(
+                ty,
+                n,
+                &mut rng,
+                |r, _| [0xff, 0xef, 0xfe, 0xee][r.byte() as usize % 4],
+                |r| r.f(),
+            );
+            let mut a = blocks(act, n, &mut rng, |r, _| 100 + r.byte() % 28, |r| r.f());
+            clamp_q8_0(ty, &mut a);
+            check_dot(ty, n, &w, &a, "large sums");
             // Alternating zero and random blocks, activations with outliers.
             let w = blocks(
                 ty,

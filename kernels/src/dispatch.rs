@@ -85,8 +85,14 @@ mod avx2_tables {
             let r = |ty| reference_traits(ty).expect("reference entry");
             [
                 with(r(GgmlType::F32), |t| t.vec_dot = float::vec_dot_f32),
-                with(r(GgmlType::F16), |t| t.vec_dot = float::vec_dot_f16),
-                with(r(GgmlType::BF16), |t| t.vec_dot = float::vec_dot_bf16),
+                with(r(GgmlType::F16), |t| {
+                    t.vec_dot = float::vec_dot_f16;
+                    t.quantize_act = Some(quantize::quantize_row_f16);
+                }),
+                with(r(GgmlType::BF16), |t| {
+                    t.vec_dot = float::vec_dot_bf16;
+                    t.quantize_act = Some(quantize::quantize_row_bf16);
+                }),
                 with(r(GgmlType::Q4_0), |t| t.vec_dot = q4_0::vec_dot_q4_0_q8_0),
                 with(r(GgmlType::Q4_1), |t| t.vec_dot = dots::vec_dot_q4_1_q8_1),
                 with(r(GgmlType::Q8_0), |t| {

@@ -306,12 +306,18 @@ fn dots_equal_the_reference_on_edge_data() {
 #[test]
 fn activation_quantizers_equal_the_reference() {
     let mut rng = Rng(0x5eed);
-    for act in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K] {
+    for act in [
+        GgmlType::Q8_0,
+        GgmlType::Q8_1,
+        GgmlType::Q8_K,
+        GgmlType::F16,
+        GgmlType::BF16,
+    ] {
         // A weight type whose activations are `act`.
         let ty = match act {
-            GgmlType::Q8_0 => GgmlType::Q8_0,
             GgmlType::Q8_1 => GgmlType::Q4_1,
-            _ => GgmlType::Q4_K,
+            GgmlType::Q8_K => GgmlType::Q4_K,
+            other => other,
         };
         let bs = act.block_size();
         for &len in &LENGTHS {
@@ -341,8 +347,19 @@ fn activation_quantizers_equal_the_reference() {
                 })
                 .collect();
             patterns.push(("both signs", signs));
-            // Non-finite values in some blocks (handed to the reference there).
-            let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN];
+            // Non-finite values in some blocks (handed to the reference there), and for the
+            // float formats NaNs with payloads, overflow and values just past a rounding tie.
+            let specials = [
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                -f32::NAN,
+                f32::from_bits(0x7f80_0001),
+                f32::from_bits(0xffc1_2345),
+                65520.0,
+                f32::from_bits(0x3f80_8000),
+                f32::from_bits(0x3f81_8000),
+            ];
             let mut odd: Vec<f32> = (0..n).map(|_| rng.f()).collect();
             for (b, s) in (0..len).step_by(2).zip(specials.iter().cycle()) {
                 odd[b * bs + (b * 7) % bs] = *s;

@@ -13,7 +13,7 @@ use std::arch::x86_64::{
     _mm256_setzero_pd, _mm256_slli_epi32, _mm256_storeu_pd, _mm_loadu_si128,
 };
 
-use half::f16;
+use super::f16c::f16_at;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn widen_f32(b: &[u8]) -> __m256 {
@@ -83,13 +83,7 @@ fn f32_avx2(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn f16_avx2(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    dot_lanes::<2>(
-        n,
-        w,
-        a,
-        |b| widen_f16(b),
-        |b| f16::from_le_bytes([b[0], b[1]]).to_f32(),
-    )
+    dot_lanes::<2>(n, w, a, |b| widen_f16(b), |b| f16_at(b, 0))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

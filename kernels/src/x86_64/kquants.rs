@@ -27,7 +27,7 @@ use std::arch::x86_64::{
     _mm_loadl_epi64, _mm_set1_epi32, _mm_unpacklo_epi8,
 };
 
-use half::f16;
+use super::f16c::f16_at;
 
 const Q4_K_SIZE: usize = 144;
 const Q5_K_SIZE: usize = 176;
@@ -39,17 +39,12 @@ const Q8_K_QS: usize = 4;
 const Q8_K_BSUMS: usize = 4 + 256;
 
 #[inline(always)]
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
-#[inline(always)]
 fn f32_at(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// 32 bytes of `b` from `at`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load32(b: &[u8], at: usize) -> __m256i {
     let s = &b[at..at + 32];
     // SAFETY: `s` holds exactly 32 bytes; unaligned load.
@@ -57,7 +52,7 @@ fn load32(b: &[u8], at: usize) -> __m256i {
 }
 
 /// The byte shuffle (within each 128-bit half) that puts element `l` beside element `l + 8`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn pair_shuffle() -> __m256i {
     _mm256_setr_epi8(
         0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15, //
@@ -74,7 +69,7 @@ struct Classes {
 }
 
 impl Classes {
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn new() -> Self {
         Classes {
             lo: _mm256_setzero_si256(),
@@ -84,7 +79,7 @@ impl Classes {
 
     /// Adds `s_A · pa + s_B · pb` per class, where `pa`, `pb` are `maddubs` results of two
     /// shuffled chunks and `scales` holds `[s_A, s_B]` as i16 pairs (per half).
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn add(&mut self, pa: __m256i, pb: __m256i, scales: __m256i) {
         self.lo = _mm256_add_epi32(
             self.lo,
@@ -98,7 +93,7 @@ impl Classes {
 
     /// The reference's `aux32` as f32: lane `l` is class `l` (converted with the rounding of
     /// `as f32`; exact anyway, as |aux32| < 2^24 for every k-quant).
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn to_lanes(self) -> __m256 {
         let halves = _mm256_add_epi32(
             _mm256_permute2x128_si256::<0x20>(self.lo, self.hi),
@@ -109,13 +104,13 @@ impl Classes {
 }
 
 /// `[s_A, s_B]` as an i16 pair repeated over the register.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn scale_pair(a: i16, b: i16) -> __m256i {
     _mm256_set1_epi32(i32::from(a as u16) | (i32::from(b as u16) << 16))
 }
 
 /// `[a_lo, b_lo]` repeated over the low half, `[a_hi, b_hi]` over the high half.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn scale_pairs(a_lo: i16, b_lo: i16, a_hi: i16, b_hi: i16) -> __m256i {
     let pair = |a: i16, b: i16| i32::from(a as u16) | (i32::from(b as u16) << 16);
     _mm256_set_m128i(
@@ -147,7 +142,7 @@ fn scales_mins(p: &[u8]) -> ([u8; 8], [u8; 8]) {
 }
 
 /// `Σ_j bsums[j] · mins[j / 2]` over the 16 group sums of a Q8_K block (exact).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn min_sum(y: &[u8], mins: &[u8; 8]) -> i32 {
     // SAFETY: `mins` holds 8 bytes; unaligned 8-byte load.
     let m8 = unsafe { _mm_loadl_epi64(mins.as_ptr().cast()) };
@@ -160,7 +155,7 @@ fn min_sum(y: &[u8], mins: &[u8; 8]) -> i32 {
 }
 
 /// `sumf + sums[0] + ... + sums[7]`, added in that order (the reference's final loop).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn add_lanes_in_order(mut sumf: f32, sums: __m256) -> f32 {
     let mut s = [0f32; 8];
     // SAFETY: `s` holds 8 f32; unaligned store.
@@ -171,7 +166,7 @@ fn add_lanes_in_order(mut sumf: f32, sums: __m256) -> f32 {
     sumf
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let shuf = pair_shuffle();
     let low = _mm256_set1_epi8(0x0f);
@@ -204,7 +199,7 @@ fn q4_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     add_lanes_in_order(sumf, sums)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q5_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let shuf = pair_shuffle();
     let low = _mm256_set1_epi8(0x0f);
@@ -246,12 +241,12 @@ fn q5_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
 
 /// `(q + 32) · y - 32 · y` per shuffled pair: the products of the signed Q6_K quants, exact
 /// for every i8 activation (|pairs| ≤ 16128, no saturation).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q6_pairs(q: __m256i, y: __m256i, m32: __m256i) -> __m256i {
     _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(m32, y))
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let shuf = pair_shuffle();
     let low = _mm256_set1_epi8(0x0f);
@@ -321,7 +316,8 @@ fn run(
         "row lengths"
     );
     // SAFETY: these entries are installed in the dispatch table only after avx2 and fma were
-    // detected; every slice access inside is bounds-checked.
+    // detected (and f16c, which the
+    // avx2 path requires); every slice access inside is bounds-checked.
     unsafe { kernel(nb, w, a) }
 }
 

@@ -9,6 +9,7 @@
 //! exact in any grouping, are regrouped), one file per family.
 
 pub(crate) mod dots;
+pub(crate) mod f16c;
 pub(crate) mod float;
 pub(crate) mod kquants;
 pub(crate) mod q4_0;

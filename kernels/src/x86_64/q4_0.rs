@@ -10,22 +10,17 @@
 
 use std::arch::x86_64::{
     __m256i, _mm256_add_epi32, _mm256_and_si256, _mm256_castsi256_si128, _mm256_cvtepi32_ps,
-    _mm256_cvtph_ps, _mm256_extracti128_si256, _mm256_hadd_epi32, _mm256_loadu_si256,
+    _mm256_extracti128_si256, _mm256_hadd_epi32, _mm256_loadu_ps, _mm256_loadu_si256,
     _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_permute2x128_si256,
-    _mm256_set1_epi16, _mm256_set1_epi8, _mm256_set_m128i, _mm256_storeu_ps, _mm256_sub_epi16,
-    _mm_add_epi32, _mm_cvtsi128_si32, _mm_hadd_epi32, _mm_loadu_si128, _mm_set_epi16,
+    _mm256_set1_epi16, _mm256_set1_epi8, _mm256_set_m128i, _mm256_setzero_si256, _mm256_storeu_ps,
+    _mm256_sub_epi16, _mm_add_epi32, _mm_cvtsi128_si32, _mm_hadd_epi32, _mm_loadu_si128,
     _mm_srli_epi16,
 };
 
-use half::f16;
+use super::f16c::f16_at;
 
 const Q4_0_SIZE: usize = 18;
 const Q8_0_SIZE: usize = 34;
-
-#[inline(always)]
-fn f16_bits(b: &[u8]) -> i16 {
-    i16::from_le_bytes([b[0], b[1]])
-}
 
 /// Eight i32 lanes whose total is the block's `Σ (q - 8) · y` (exact).
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -79,35 +74,21 @@ fn q4_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     for g in (0..n8).step_by(8) {
         let xs = &w[g * Q4_0_SIZE..(g + 8) * Q4_0_SIZE];
         let ys = &a[g * Q8_0_SIZE..(g + 8) * Q8_0_SIZE];
-        let lanes: [__m256i; 8] = std::array::from_fn(|k| {
-            block_lanes(
+        let mut lanes = [_mm256_setzero_si256(); 8];
+        for (k, l) in lanes.iter_mut().enumerate() {
+            *l = block_lanes(
                 &xs[k * Q4_0_SIZE..(k + 1) * Q4_0_SIZE],
                 &ys[k * Q8_0_SIZE..(k + 1) * Q8_0_SIZE],
-            )
-        });
+            );
+        }
         let sumi = _mm256_cvtepi32_ps(hsum8_i32(lanes));
-        let dx = |k: usize| f16_bits(&xs[k * Q4_0_SIZE..]);
-        let dy = |k: usize| f16_bits(&ys[k * Q8_0_SIZE..]);
-        let dxv = _mm256_cvtph_ps(_mm_set_epi16(
-            dx(7),
-            dx(6),
-            dx(5),
-            dx(4),
-            dx(3),
-            dx(2),
-            dx(1),
-            dx(0),
-        ));
-        let dyv = _mm256_cvtph_ps(_mm_set_epi16(
-            dy(7),
-            dy(6),
-            dy(5),
-            dy(4),
-            dy(3),
-            dy(2),
-            dy(1),
-            dy(0),
-        ));
+        let (mut dx, mut dy) = ([0f32; 8], [0f32; 8]);
+        for k in 0..8 {
+            dx[k] = f16_at(xs, k * Q4_0_SIZE);
+            dy[k] = f16_at(ys, k * Q8_0_SIZE);
+        }
+        // SAFETY: `dx` and `dy` hold 8 f32 each; unaligned loads.
+        let (dxv, dyv) = unsafe { (_mm256_loadu_ps(dx.as_ptr()), _mm256_loadu_ps(dy.as_ptr())) };
         let mut t = [0f32; 8];
         // SAFETY: `t` holds 8 f32; unaligned store.
         unsafe { _mm256_storeu_ps(t.as_mut_ptr(), _mm256_mul_ps(_mm256_mul_ps(sumi, dxv), dyv)) };
@@ -119,11 +100,7 @@ fn q4_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
         let x = &w[i * Q4_0_SIZE..(i + 1) * Q4_0_SIZE];
         let y = &a[i * Q8_0_SIZE..(i + 1) * Q8_0_SIZE];
         let sumi = hsum_i32(block_lanes(x, y));
-        let (dx, dy) = (
-            f16::from_le_bytes([x[0], x[1]]).to_f32(),
-            f16::from_le_bytes([y[0], y[1]]).to_f32(),
-        );
-        sumf += sumi as f32 * dx * dy;
+        sumf += sumi as f32 * f16_at(x, 0) * f16_at(y, 0);
     }
     sumf
 }

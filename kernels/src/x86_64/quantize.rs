@@ -12,19 +12,22 @@
 //! quants lie in -127..=127 and saturating packs are exact.
 
 use std::arch::x86_64::{
-    __m256, __m256i, _mm256_andnot_ps, _mm256_castps256_ps128, _mm256_castsi256_si128,
-    _mm256_cmp_ps, _mm256_cmpeq_epi32, _mm256_cvtps_epi32, _mm256_extractf128_ps,
+    __m256, __m256i, _mm256_add_epi32, _mm256_and_si256, _mm256_andnot_ps, _mm256_blendv_epi8,
+    _mm256_castps256_ps128, _mm256_castps_si256, _mm256_castsi256_si128, _mm256_cmp_ps,
+    _mm256_cmpeq_epi32, _mm256_cvtps_epi32, _mm256_cvtps_ph, _mm256_extractf128_ps,
     _mm256_extracti128_si256, _mm256_hadd_epi32, _mm256_loadu_ps, _mm256_madd_epi16,
     _mm256_maddubs_epi16, _mm256_max_ps, _mm256_min_epi32, _mm256_movemask_epi8,
     _mm256_movemask_ps, _mm256_mul_ps, _mm256_or_si256, _mm256_packs_epi16, _mm256_packs_epi32,
-    _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi16, _mm256_set1_epi32,
-    _mm256_set1_epi8, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256,
-    _mm256_storeu_si256, _mm_add_epi32, _mm_cvtsi128_si32, _mm_cvtss_f32, _mm_hadd_epi32,
-    _mm_max_ps, _mm_max_ss, _mm_movehdup_ps, _mm_movehl_ps, _mm_storeu_si128, _mm_unpackhi_epi16,
-    _mm_unpacklo_epi16, _CMP_EQ_OQ, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT,
+    _mm256_packus_epi32, _mm256_permute4x64_epi64, _mm256_permutevar8x32_epi32, _mm256_round_ps,
+    _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps, _mm256_setr_epi32,
+    _mm256_setzero_ps, _mm256_setzero_si256, _mm256_srli_epi32, _mm256_storeu_si256, _mm_add_epi32,
+    _mm_cvtsi128_si32, _mm_cvtss_f32, _mm_hadd_epi32, _mm_max_ps, _mm_max_ss, _mm_movehdup_ps,
+    _mm_movehl_ps, _mm_storeu_si128, _mm_unpackhi_epi16, _mm_unpacklo_epi16, _CMP_EQ_OQ,
+    _CMP_UNORD_Q, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT,
 };
 
-use crate::reference::{q8, q8_k, to_f16_le};
+use super::f16c::to_f16_le;
+use crate::reference::{q8, q8_k};
 
 const QK8: usize = 32;
 const Q8_0_SIZE: usize = 34;
@@ -104,15 +107,20 @@ fn store32(out: &mut [u8], at: usize, v: __m256i) {
 /// reference must handle the block.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q8_act_block(x: &[f32]) -> Option<(f32, __m256i)> {
-    let v: [__m256; 4] = std::array::from_fn(|k| load8(x, 8 * k));
+    let v = [load8(x, 0), load8(x, 8), load8(x, 16), load8(x, 24)];
     let mut m = _mm256_setzero_ps();
-    for &v in &v {
+    for v in v {
         m = _mm256_max_ps(abs(v), m);
     }
     let amax = hmax(m);
     let d = amax / 127.0;
     let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
-    let q: [__m256i; 4] = std::array::from_fn(|k| round_scaled(v[k], id));
+    let q = [
+        round_scaled(v[0], id),
+        round_scaled(v[1], id),
+        round_scaled(v[2], id),
+        round_scaled(v[3], id),
+    ];
     if bad_lanes(q) {
         return None;
     }
@@ -169,24 +177,34 @@ pub(crate) fn quantize_row_q8_1_act(src: &[f32], out: &mut [u8]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q8_k_block(x: &[f32], o: &mut [u8]) -> bool {
     let x = &x[..QK_K];
-    let mut m = [_mm256_setzero_ps(); 4];
-    for k in 0..QK_K / 8 {
-        m[k % 4] = _mm256_max_ps(abs(load8(x, 8 * k)), m[k % 4]);
+    // Four independent maxima (the maximum is exact in any order).
+    let (mut m0, mut m1, mut m2, mut m3) = (
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+    );
+    for k in (0..QK_K).step_by(32) {
+        m0 = _mm256_max_ps(abs(load8(x, k)), m0);
+        m1 = _mm256_max_ps(abs(load8(x, k + 8)), m1);
+        m2 = _mm256_max_ps(abs(load8(x, k + 16)), m2);
+        m3 = _mm256_max_ps(abs(load8(x, k + 24)), m3);
     }
-    let amax = hmax(_mm256_max_ps(
-        _mm256_max_ps(m[0], m[1]),
-        _mm256_max_ps(m[2], m[3]),
-    ));
+    let amax = hmax(_mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
     if amax == 0.0 {
         o[..Q8_K_SIZE].fill(0);
         return true;
     }
     // The reference's `max`: the first value whose magnitude is `amax`.
     let av = _mm256_set1_ps(amax);
-    let first = (0..QK_K / 8).find_map(|k| {
+    let mut first = None;
+    for k in 0..QK_K / 8 {
         let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(abs(load8(x, 8 * k)), av));
-        (hit != 0).then(|| 8 * k + hit.trailing_zeros() as usize)
-    });
+        if hit != 0 {
+            first = Some(8 * k + hit.trailing_zeros() as usize);
+            break;
+        }
+    }
     let Some(first) = first else {
         return false;
     };
@@ -195,9 +213,10 @@ fn q8_k_block(x: &[f32], o: &mut [u8]) -> bool {
     let top = _mm256_set1_epi32(127);
     let mut sums = [_mm256_setzero_si256(); 8];
     for (c, sum) in sums.iter_mut().enumerate() {
-        let q: [__m256i; 4] = std::array::from_fn(|k| {
-            _mm256_min_epi32(round_scaled(load8(x, 32 * c + 8 * k), s), top)
-        });
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (k, q) in q.iter_mut().enumerate() {
+            *q = _mm256_min_epi32(round_scaled(load8(x, 32 * c + 8 * k), s), top);
+        }
         if bad_lanes(q) {
             return false;
         }
@@ -244,4 +263,64 @@ fn q8_k_avx2(src: &[f32], out: &mut [u8]) {
 pub(crate) fn quantize_row_q8_k(src: &[f32], out: &mut [u8]) {
     // SAFETY: as `quantize_row_q8_0_act`.
     unsafe { q8_k_avx2(src, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_avx2(src: &[f32], out: &mut [u8]) {
+    let n8 = src.len() / 8 * 8;
+    for (x, o) in src[..n8].chunks_exact(8).zip(out.chunks_exact_mut(16)) {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(load8(x, 0));
+        // SAFETY: `o` holds 16 bytes; unaligned store.
+        unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), h) };
+    }
+    for (i, &x) in src.iter().enumerate().skip(n8) {
+        out[2 * i..2 * i + 2].copy_from_slice(&to_f16_le(x));
+    }
+}
+
+/// f32 to F16 bytes with F16C (same bytes as `reference::float::quantize_row_f16`, which is
+/// `half`'s conversion: this very instruction on CPUs with F16C).
+pub(crate) fn quantize_row_f16(src: &[f32], out: &mut [u8]) {
+    assert!(out.len() >= 2 * src.len(), "row lengths");
+    // SAFETY: as `quantize_row_q8_0_act`.
+    unsafe { f16_avx2(src, out) }
+}
+
+/// ggml's `GGML_FP32_TO_BF16` on 8 lanes: NaNs keep their top bits with the quiet bit set,
+/// everything else rounds to nearest even (`u + 0x7fff + ((u >> 16) & 1)`, which cannot wrap:
+/// only NaN bit patterns are that large).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bf16x8(v: __m256) -> __m256i {
+    let u = _mm256_castps_si256(v);
+    let top = _mm256_srli_epi32::<16>(u);
+    let bias = _mm256_add_epi32(
+        _mm256_set1_epi32(0x7fff),
+        _mm256_and_si256(top, _mm256_set1_epi32(1)),
+    );
+    let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(u, bias));
+    let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+    let quiet = _mm256_or_si256(top, _mm256_set1_epi32(64));
+    _mm256_blendv_epi8(rounded, quiet, nan)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bf16_avx2(src: &[f32], out: &mut [u8]) {
+    let n16 = src.len() / 16 * 16;
+    for (x, o) in src[..n16].chunks_exact(16).zip(out.chunks_exact_mut(32)) {
+        // 32 → 16 bits per 128-bit half (the values fit: no saturation), then the halves in
+        // element order.
+        let p = _mm256_packus_epi32(bf16x8(load8(x, 0)), bf16x8(load8(x, 8)));
+        store32(o, 0, _mm256_permute4x64_epi64::<0b11_01_10_00>(p));
+    }
+    let tail = &src[n16..];
+    if !tail.is_empty() {
+        crate::reference::float::quantize_row_bf16(tail, &mut out[2 * n16..2 * src.len()]);
+    }
+}
+
+/// f32 to BF16 bytes with AVX2 (same bytes as `reference::float::quantize_row_bf16`).
+pub(crate) fn quantize_row_bf16(src: &[f32], out: &mut [u8]) {
+    assert!(out.len() >= 2 * src.len(), "row lengths");
+    // SAFETY: as `quantize_row_q8_0_act`.
+    unsafe { bf16_avx2(src, out) }
 }

@@ -247,7 +247,7 @@ fn dots_equal_the_reference_on_edge_data() {
                 } else {
                     (-60, 60)
                 };
-                let mut wide = |r: &mut Rng| {
+                let wide = |r: &mut Rng| {
                     let e = span.0 + (r.byte() as i32 % (span.1 - span.0));
                     (r.f() + 2.5) * 2f32.powi(e)
                 };

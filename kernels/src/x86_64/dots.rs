@@ -12,11 +12,11 @@ use std::arch::x86_64::{
     _mm_movehdup_ps, _mm_movehl_ps, _mm_srli_epi16,
 };
 
+use super::f16c::f16_at;
+
 const Q4_1_SIZE: usize = 20;
 const Q8_0_SIZE: usize = 34;
 const Q8_1_SIZE: usize = 36;
-
-use super::f16c::f16_at;
 
 /// `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`, as the reference's `hsum8`.
 #[target_feature(enable = "avx2,fma,f16c")]

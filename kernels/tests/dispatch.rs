@@ -357,8 +357,11 @@ fn activation_quantizers_equal_the_reference() {
                 f32::from_bits(0x7f80_0001),
                 f32::from_bits(0xffc1_2345),
                 65520.0,
+                // bf16 ties (low 16 bits 0x8000) and f16 ties (1 + 2^-11, 1 + 3 · 2^-11).
                 f32::from_bits(0x3f80_8000),
                 f32::from_bits(0x3f81_8000),
+                1.0 + 2f32.powi(-11),
+                1.0 + 3.0 * 2f32.powi(-11),
             ];
             let mut odd: Vec<f32> = (0..n).map(|_| rng.f()).collect();
             for (b, s) in (0..len).step_by(2).zip(specials.iter().cycle()) {

@@ -76,7 +76,7 @@ static SCALAR_OPS: Ops = Ops {
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 mod avx2_tables {
     use super::*;
-    use crate::x86_64::{attention as x86_attention, dots, v3};
+    use crate::x86_64::{attention as x86_attention, dots, float, kquants, q4_0, quantize, v3};
 
     pub static OPS: Ops = Ops {
         rms_norm: v3::rms_norm,
@@ -127,17 +127,39 @@ mod avx2_tables {
     }
 
     pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
-        static TABLE: OnceLock<[TypeTraits; 3]> = OnceLock::new();
+        static TABLE: OnceLock<[TypeTraits; 11]> = OnceLock::new();
         let t = TABLE.get_or_init(|| {
             let r = |ty| reference_traits(ty).expect("reference entry");
             [
+                with(r(GgmlType::F32), |t| t.vec_dot = float::vec_dot_f32),
+                with(r(GgmlType::F16), |t| {
+                    t.vec_dot = float::vec_dot_f16;
+                    t.quantize_act = Some(quantize::quantize_row_f16);
+                }),
+                with(r(GgmlType::BF16), |t| {
+                    t.vec_dot = float::vec_dot_bf16;
+                    t.quantize_act = Some(quantize::quantize_row_bf16);
+                }),
+                with(r(GgmlType::Q4_0), |t| t.vec_dot = q4_0::vec_dot_q4_0_q8_0),
                 with(r(GgmlType::Q4_1), |t| t.vec_dot = dots::vec_dot_q4_1_q8_1),
                 with(r(GgmlType::Q8_0), |t| {
                     t.vec_dot = dots::vec_dot_q8_0_q8_0;
-                    t.quantize_act = Some(v3::quantize_row_q8_0_act);
+                    t.quantize_act = Some(quantize::quantize_row_q8_0_act);
                 }),
                 with(r(GgmlType::Q8_1), |t| {
-                    t.quantize_act = Some(v3::quantize_row_q8_1_act)
+                    t.quantize_act = Some(quantize::quantize_row_q8_1_act)
+                }),
+                with(r(GgmlType::Q4_K), |t| {
+                    t.vec_dot = kquants::vec_dot_q4_k_q8_k
+                }),
+                with(r(GgmlType::Q5_K), |t| {
+                    t.vec_dot = kquants::vec_dot_q5_k_q8_k
+                }),
+                with(r(GgmlType::Q6_K), |t| {
+                    t.vec_dot = kquants::vec_dot_q6_k_q8_k
+                }),
+                with(r(GgmlType::Q8_K), |t| {
+                    t.quantize_act = Some(quantize::quantize_row_q8_k)
                 }),
             ]
         });

@@ -1,7 +1,9 @@
 //! The selected kernel path (AVX2 on x86-64-v3 CPUs, or whatever `EMBER_CPU` forces) equals the
-//! scalar reference bit for bit on random data of awkward lengths: the fast entries are the
-//! reference compiled for a wider ISA, and the model's numerics (matched to llama.cpp to the
-//! last bit) depend on that.
+//! scalar reference bit for bit (tolerance zero; a NaN result only has to be a NaN) on random
+//! data, random bytes and edge data (zeros, extreme quants and scales, ties, non-finite
+//! inputs) of awkward lengths — in blocks for quantized types, in elements for float types:
+//! the fast entries reproduce the reference's float order, and the model's numerics (matched
+//! to llama.cpp to the last bit) depend on that.
 
 use ember_kernels::dispatch::{self, CpuPath};
 use ember_kernels::reference::{attention, ops};
@@ -20,6 +22,12 @@ impl Rng {
         self.0 ^= self.0 << 17;
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
     }
+    fn byte(&mut self) -> u8 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 32) as u8
+    }
 }
 
 #[test]
@@ -36,39 +44,333 @@ fn selected_path_is_reported() {
     }
 }
 
-#[test]
-fn quantized_dots_and_activation_quantizers_equal_the_reference() {
-    let mut rng = Rng(0x1234_5678_9abc_def1);
-    for ty in [
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::F16,
-        GgmlType::F32,
-    ] {
-        let (fast, refr) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
-        let (fa, ra) = (
-            dispatch::traits(fast.vec_dot_type).unwrap(),
-            reference_traits(refr.vec_dot_type).unwrap(),
+/// The weight formats and, through their `vec_dot_type`, every activation format.
+const DOT_TYPES: [GgmlType; 9] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// Bit-identical, where any NaN equals any NaN (overflowing edge data gives NaN on both paths;
+/// its payload is not part of the spec).
+fn same(x: f32, y: f32) -> bool {
+    x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())
+}
+
+fn is_float(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
+
+/// Elements in a row of `len` "lengths": blocks for quantized types, elements for float types.
+fn elems(ty: GgmlType, len: usize) -> usize {
+    if is_float(ty) {
+        len
+    } else {
+        len * ty.block_size()
+    }
+}
+
+/// The scale fields of a block: (byte offset, is f32 rather than f16).
+fn scale_fields(ty: GgmlType) -> &'static [(usize, bool)] {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q8_0 => &[(0, false)],
+        GgmlType::Q4_1 | GgmlType::Q8_1 | GgmlType::Q4_K | GgmlType::Q5_K => {
+            &[(0, false), (2, false)]
+        }
+        GgmlType::Q6_K => &[(208, false)],
+        GgmlType::Q8_K => &[(0, true)],
+        _ => &[],
+    }
+}
+
+/// `n` elements of quantized type `ty`: byte `i` from `byte(rng, i)`, then every scale field
+/// set from `scale(rng)`.
+fn blocks(
+    ty: GgmlType,
+    n: usize,
+    rng: &mut Rng,
+    mut byte: impl FnMut(&mut Rng, usize) -> u8,
+    mut scale: impl FnMut(&mut Rng) -> f32,
+) -> Vec<u8> {
+    let mut b: Vec<u8> = (0..ty.row_bytes(n as u64).unwrap() as usize)
+        .map(|i| byte(rng, i))
+        .collect();
+    for blk in b.chunks_exact_mut(ty.type_size()) {
+        for &(at, wide) in scale_fields(ty) {
+            let v = scale(rng);
+            if wide {
+                blk[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            } else {
+                blk[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+            }
+        }
+    }
+    b
+}
+
+/// Q8_0 activations never hold -128 (the quantizers clamp to ±127); the Q8_0 × Q8_0 dot
+/// relies on that (`sign_epi8`), so raw Q8_0 activation bytes are clamped.
+fn clamp_q8_0(ty: GgmlType, a: &mut [u8]) {
+    if ty == GgmlType::Q8_0 {
+        for blk in a.chunks_exact_mut(34) {
+            for q in &mut blk[2..] {
+                if *q == 0x80 {
+                    *q = 0x81;
+                }
+            }
+        }
+    }
+}
+
+/// Quantizes `x` with the selected and the reference activation quantizer of `ty`'s
+/// `vec_dot_type`, asserts the bytes are equal, and returns them.
+fn quantize_act(ty: GgmlType, x: &[f32], what: &str) -> Vec<u8> {
+    let act = reference_traits(ty).unwrap().vec_dot_type;
+    let (f, r) = (
+        dispatch::traits(act).unwrap(),
+        reference_traits(act).unwrap(),
+    );
+    let bytes = act.row_bytes(x.len() as u64).unwrap() as usize;
+    let (mut qf, mut qr) = (vec![0u8; bytes], vec![0u8; bytes]);
+    (f.quantize_act.unwrap())(x, &mut qf);
+    (r.quantize_act.unwrap())(x, &mut qr);
+    if let Some(i) = (0..bytes).find(|&i| qf[i] != qr[i]) {
+        let blk = i / act.type_size();
+        panic!(
+            "{act} activations ({what}, {} elements): byte {i} (block {blk}) is {} vs the \
+             reference's {}",
+            x.len(),
+            qf[i],
+            qr[i]
         );
-        for &blocks in &LENGTHS[..14] {
-            let n = blocks * 32;
-            let w: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+    }
+    qf
+}
+
+fn check_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8], what: &str) {
+    let (f, r) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
+    let (df, dr) = ((f.vec_dot)(n, w, a), (r.vec_dot)(n, w, a));
+    assert!(
+        same(df, dr),
+        "{ty} dot ({what}, {n} elements): {df:e} ({:#010x}) vs the reference's {dr:e} ({:#010x})",
+        df.to_bits(),
+        dr.to_bits()
+    );
+}
+
+#[test]
+fn dots_equal_the_reference_on_random_data() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for ty in DOT_TYPES {
+        let act = reference_traits(ty).unwrap().vec_dot_type;
+        for &len in &LENGTHS {
+            let n = elems(ty, len);
+            // Weights from the file format's quantizer where it has one, else random bytes.
+            let w = match reference_traits(ty).unwrap().from_float {
+                Some(q) => {
+                    let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                    let mut b = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
+                    q(&x, &mut b);
+                    b
+                }
+                None => blocks(ty, n, &mut rng, |r, _| r.byte(), |r| r.f() * 0.3),
+            };
             let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let a = quantize_act(ty, &x, "random");
+            check_dot(ty, n, &w, &a, "random");
+            if !is_float(ty) {
+                // Every bit pattern of the quants (scales kept finite), activations included.
+                let w = blocks(ty, n, &mut rng, |r, _| r.byte(), |r| r.f() * 0.3);
+                let mut a = blocks(act, n, &mut rng, |r, _| r.byte(), |r| r.f() * 0.1);
+                clamp_q8_0(ty, &mut a);
+                check_dot(ty, n, &w, &a, "random bytes");
+            }
+        }
+    }
+}
+
+#[test]
+fn dots_equal_the_reference_on_edge_data() {
+    let mut rng = Rng(0x0dd_ba11);
+    for ty in DOT_TYPES {
+        let act = reference_traits(ty).unwrap().vec_dot_type;
+        for &len in &LENGTHS {
+            let n = elems(ty, len);
+            let zeros = vec![0f32; n];
             let wb = ty.row_bytes(n as u64).unwrap() as usize;
-            let ab = fast.vec_dot_type.row_bytes(n as u64).unwrap() as usize;
-            let mut wq = vec![0u8; wb];
-            (refr.from_float.unwrap())(&w, &mut wq);
-            let (mut aq_f, mut aq_r) = (vec![0u8; ab], vec![0u8; ab]);
-            (fa.quantize_act.unwrap())(&x, &mut aq_f);
-            (ra.quantize_act.unwrap())(&x, &mut aq_r);
-            assert_eq!(aq_f, aq_r, "{ty}: activation quantization, {blocks} blocks");
-            let (df, dr) = ((fast.vec_dot)(n, &wq, &aq_f), (refr.vec_dot)(n, &wq, &aq_r));
-            assert_eq!(
-                df.to_bits(),
-                dr.to_bits(),
-                "{ty}: dot over {blocks} blocks: {df} vs {dr}"
+            // All-zero weights and activations.
+            check_dot(
+                ty,
+                n,
+                &vec![0u8; wb],
+                &quantize_act(ty, &zeros, "zeros"),
+                "zeros",
             );
+            if is_float(ty) {
+                // Huge (products overflow to ±inf, sums to NaN), tiny and subnormal values.
+                let q = reference_traits(ty).unwrap().from_float.unwrap();
+                for (what, mag) in [("huge", 3e38f32), ("f16 max", 65504.0), ("tiny", 1e-40)] {
+                    let x: Vec<f32> = (0..n).map(|_| rng.f() * mag).collect();
+                    let y: Vec<f32> = (0..n).map(|_| rng.f() * mag).collect();
+                    let mut w = vec![0u8; wb];
+                    q(&x, &mut w);
+                    check_dot(ty, n, &w, &quantize_act(ty, &y, what), what);
+                }
+                // Cancellation: lanes 0, 1, 2 (and the first three elements of a tail) hold
+                // +H, -H and a tiny t, lane 3 holds +H, -H, t in three successive groups of
+                // 8; only the reference's order gives exactly t (2t).
+                let (big, tiny) = if ty == GgmlType::F16 {
+                    (32768.0, 2f32.powi(-24))
+                } else {
+                    (2f32.powi(40), 2f32.powi(-40))
+                };
+                let pick = |i: usize| match (i % 8, i / 8) {
+                    (0, 0) | (3, 0) => (big, big),
+                    (1, 0) | (3, 1) => (big, -big),
+                    (2, 0) | (3, 2) => (tiny, tiny),
+                    _ => (0.0, 0.0),
+                };
+                let (x, y): (Vec<f32>, Vec<f32>) = (0..n).map(pick).unzip();
+                let mut w = vec![0u8; wb];
+                q(&x, &mut w);
+                check_dot(ty, n, &w, &quantize_act(ty, &y, "cancel"), "cancellation");
+                // Magnitudes spread so widely that the f64 sums round: catches a changed
+                // order of the lane sums.
+                let span = if ty == GgmlType::F16 {
+                    (-24, 15)
+                } else {
+                    (-60, 60)
+                };
+                let wide = |r: &mut Rng| {
+                    let e = span.0 + (r.byte() as i32 % (span.1 - span.0));
+                    (r.f() + 2.5) * 2f32.powi(e)
+                };
+                let x: Vec<f32> = (0..n).map(|_| wide(&mut rng)).collect();
+                let y: Vec<f32> = (0..n).map(|_| wide(&mut rng)).collect();
+                let mut w = vec![0u8; wb];
+                q(&x, &mut w);
+                check_dot(ty, n, &w, &quantize_act(ty, &y, "wide"), "wide range");
+                continue;
+            }
+            // Every quant at its largest, scales at the f16 maximum; activations at the
+            // extremes of i8 (-128 only where the activation quantizers could produce it).
+            let w = blocks(ty, n, &mut rng, |_, _| 0xff, |_| 65504.0);
+            for (what, q) in [("max × 127", 0x7fu8), ("max × -128", 0x80)] {
+                let mut a = blocks(act, n, &mut rng, |_, _| q, |_| 1.0);
+                clamp_q8_0(ty, &mut a);
+                check_dot(ty, n, &w, &a, what);
+                let mut a = blocks(act, n, &mut rng, |_, _| q, |_| 1e30);
+                clamp_q8_0(ty, &mut a);
+                check_dot(ty, n, &w, &a, &format!("{what}, huge scales"));
+            }
+            // Large integer sums (quants at 14 or 15, activations 100..128) with
+            // full-mantissa scales: the float steps round, so their order is checked.
+            let w = blocks(
+                ty,
+                n,
+                &mut rng,
+                |r, _| [0xff, 0xef, 0xfe, 0xee][r.byte() as usize % 4],
+                |r| r.f(),
+            );
+            let mut a = blocks(act, n, &mut rng, |r, _| 100 + r.byte() % 28, |r| r.f());
+            clamp_q8_0(ty, &mut a);
+            check_dot(ty, n, &w, &a, "large sums");
+            // Alternating zero and random blocks, activations with outliers.
+            let w = blocks(
+                ty,
+                n,
+                &mut rng,
+                |r, i| {
+                    if (i / ty.type_size()) % 2 == 0 {
+                        0
+                    } else {
+                        r.byte()
+                    }
+                },
+                |_| 0.01,
+            );
+            let x: Vec<f32> = (0..n)
+                .map(|i| if i % 37 == 5 { 1e4 } else { rng.f() })
+                .collect();
+            check_dot(ty, n, &w, &quantize_act(ty, &x, "outliers"), "half-zero");
+        }
+    }
+}
+
+#[test]
+fn activation_quantizers_equal_the_reference() {
+    let mut rng = Rng(0x5eed);
+    for act in [
+        GgmlType::Q8_0,
+        GgmlType::Q8_1,
+        GgmlType::Q8_K,
+        GgmlType::F16,
+        GgmlType::BF16,
+    ] {
+        // A weight type whose activations are `act`.
+        let ty = match act {
+            GgmlType::Q8_1 => GgmlType::Q4_1,
+            GgmlType::Q8_K => GgmlType::Q4_K,
+            other => other,
+        };
+        let bs = act.block_size();
+        for &len in &LENGTHS {
+            let n = len * bs;
+            let mut patterns: Vec<(&str, Vec<f32>)> = vec![
+                ("random", (0..n).map(|_| rng.f()).collect()),
+                ("zeros", vec![0.0; n]),
+                ("negative zeros", vec![-0.0; n]),
+                ("huge", (0..n).map(|_| rng.f() * 1.5e38).collect()),
+                ("subnormal", (0..n).map(|_| rng.f() * 1e-40).collect()),
+                ("tiny normal", (0..n).map(|_| rng.f() * 1e-37).collect()),
+            ];
+            // Halfway cases: amax 127 makes the scale 1, so x.5 values are ties.
+            let ties = (0..n)
+                .map(|i| match i % bs {
+                    0 => 127.0,
+                    j => (j as f32 - 60.0) + 0.5,
+                })
+                .collect();
+            patterns.push(("ties", ties));
+            // Equal magnitudes of both signs: the first one sets Q8_K's sign.
+            let signs = (0..n)
+                .map(|i| match i % 7 {
+                    3 => -5.0,
+                    5 => 5.0,
+                    _ => rng.f(),
+                })
+                .collect();
+            patterns.push(("both signs", signs));
+            // Non-finite values in some blocks (handed to the reference there), and for the
+            // float formats NaNs with payloads, overflow and values just past a rounding tie.
+            let specials = [
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                -f32::NAN,
+                f32::from_bits(0x7f80_0001),
+                f32::from_bits(0xffc1_2345),
+                65520.0,
+                // bf16 ties (low 16 bits 0x8000) and f16 ties (1 + 2^-11, 1 + 3 · 2^-11).
+                f32::from_bits(0x3f80_8000),
+                f32::from_bits(0x3f81_8000),
+                1.0 + 2f32.powi(-11),
+                1.0 + 3.0 * 2f32.powi(-11),
+            ];
+            let mut odd: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            for (b, s) in (0..len).step_by(2).zip(specials.iter().cycle()) {
+                odd[b * bs + (b * 7) % bs] = *s;
+            }
+            patterns.push(("non-finite", odd));
+            for (what, x) in &patterns {
+                quantize_act(ty, x, what);
+            }
         }
     }
 }

@@ -12,19 +12,14 @@ use std::arch::x86_64::{
     _mm_movehdup_ps, _mm_movehl_ps, _mm_srli_epi16,
 };
 
-use half::f16;
+use super::f16c::f16_at;
 
 const Q4_1_SIZE: usize = 20;
 const Q8_0_SIZE: usize = 34;
 const Q8_1_SIZE: usize = 36;
 
-#[inline(always)]
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
 /// `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`, as the reference's `hsum8`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum8(x: __m256) -> f32 {
     let hi = _mm256_extractf128_ps::<1>(x);
     let r = _mm_add_ps(hi, _mm256_castps256_ps128(x));
@@ -34,13 +29,13 @@ fn hsum8(x: __m256) -> f32 {
 }
 
 /// 8 lanes of `Σ u8 × i8` over 4 consecutive bytes each, as f32.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn lane_sums_u8_i8(u: __m256i, s: __m256i) -> __m256 {
     let pairs = _mm256_maddubs_epi16(u, s);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1_q8_1_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let low = _mm256_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
@@ -72,12 +67,12 @@ pub(crate) fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
         w.len() >= nb * Q4_1_SIZE && a.len() >= nb * Q8_1_SIZE,
         "row lengths"
     );
-    // SAFETY: installed in the dispatch table only after avx2 and fma were detected; slice
+    // SAFETY: installed in the dispatch table only after avx2, fma and f16c were detected; slice
     // lengths checked above.
     unsafe { q4_1_q8_1_avx2(nb, w, a) }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for i in 0..nb {
@@ -107,7 +102,7 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
         w.len() >= nb * Q8_0_SIZE && a.len() >= nb * Q8_0_SIZE,
         "row lengths"
     );
-    // SAFETY: installed in the dispatch table only after avx2 and fma were detected; slice
+    // SAFETY: installed in the dispatch table only after avx2, fma and f16c were detected; slice
     // lengths checked above.
     unsafe { q8_0_q8_0_avx2(nb, w, a) }
 }

@@ -4,9 +4,16 @@
 //! `v3` (AVX2 + FMA + F16C, x86-64-v3): the scalar reference compiled for that ISA — the same
 //! source, so the same results bit for bit (`f32::mul_add` becomes one fused instruction
 //! instead of a libm call, `round_ties_even` one `roundss`) — plus F16C conversions for the f16
-//! attention accumulator. Hand-written AVX2 kernels replace entries of this table as they land.
+//! attention accumulator. Hand-written AVX2 kernels replace entries of this table: each equals
+//! the reference bit for bit (it reproduces the reference's float order; only integer sums,
+//! exact in any grouping, are regrouped), one file per family.
 
 pub(crate) mod attention;
 pub(crate) mod dots;
+pub(crate) mod f16c;
+pub(crate) mod float;
+pub(crate) mod kquants;
+pub(crate) mod q4_0;
+pub(crate) mod quantize;
 pub(crate) mod tiles;
 pub(crate) mod v3;

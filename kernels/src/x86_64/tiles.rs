@@ -10,24 +10,23 @@ use std::arch::x86_64::{
     _mm256_dpbusd_avx_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_si256,
     _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi16, _mm256_set1_epi8,
     _mm256_set1_ps, _mm256_set_m128i, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8,
-    _mm_add_ps, _mm_add_ss, _mm_cvtph_ps, _mm_cvtsi32_si128, _mm_cvtss_f32, _mm_loadu_si128,
-    _mm_movehdup_ps, _mm_movehl_ps, _mm_srli_epi16,
+    _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_loadu_si128, _mm_movehdup_ps, _mm_movehl_ps,
+    _mm_srli_epi16,
 };
 
 const Q4_1_SIZE: usize = 20;
 const Q8_0_SIZE: usize = 34;
 const Q8_1_SIZE: usize = 36;
 
-/// f16 at `p` (little-endian) to f32 with F16C (exact, as `half`).
+/// f16 at `p` (little-endian) to f32 with F16C (exact, as `half`), without false register
+/// dependencies (see [`super::f16c`]).
 ///
 /// # Safety
 /// `p..p+2` readable; the CPU has F16C.
 #[inline(always)]
 unsafe fn f16_at(p: *const u8) -> f32 {
-    // SAFETY: two readable bytes at `p` (caller); unaligned read.
-    let bits = unsafe { p.cast::<u16>().read_unaligned() };
-    // SAFETY: F16C is enabled in every caller (target_feature).
-    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits)))) }
+    // SAFETY: forwarded contract.
+    unsafe { super::f16c::f16_ptr(p) }
 }
 
 /// `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`, as the reference's `hsum8`.

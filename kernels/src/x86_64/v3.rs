@@ -8,7 +8,7 @@ use std::arch::x86_64::{
     _mm256_set1_ps, _mm256_storeu_ps, _MM_FROUND_TO_NEAREST_INT,
 };
 
-use crate::reference::{attention, ops, q8};
+use crate::reference::{attention, ops};
 
 /// Wraps a reference function in a v3-compiled clone and a safe entry for the table.
 macro_rules! v3_clone {
@@ -27,8 +27,6 @@ macro_rules! v3_clone {
     };
 }
 
-v3_clone!(quantize_row_q8_0_act, quantize_row_q8_0_act_v3, (src: &[f32], out: &mut [u8]), q8::quantize_row_q8_0_act);
-v3_clone!(quantize_row_q8_1_act, quantize_row_q8_1_act_v3, (src: &[f32], out: &mut [u8]), q8::quantize_row_q8_1_act);
 v3_clone!(rms_norm, rms_norm_v3, (x: &[f32], w: &[f32], eps: f32, out: &mut [f32]), ops::rms_norm);
 v3_clone!(silu_mul, silu_mul_v3, (gate: &mut [f32], up: &[f32]), ops::silu_mul);
 v3_clone!(rope_norm, rope_norm_v3, (x: &mut [f32], cos: &[f32], sin: &[f32]), ops::rope_norm);

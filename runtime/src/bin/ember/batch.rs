@@ -218,6 +218,19 @@ pub fn bench_concurrent(a: &Args, c: usize, n_prompt: usize, n_gen: usize) -> Cl
     let n_vocab = model.config.n_vocab as u64;
     let mut e = Engine::new(model, cfg)?;
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    // Warm-up, untimed (as llama-batched-bench): one short request through prefill and decode
+    // touches the weights and the scratch before the clock starts.
+    let warm: Vec<u32> = (0..n_prompt.min(16) as u32).collect();
+    let p = RequestParams {
+        max_tokens: 2,
+        ignore_eos: true,
+        ..RequestParams::default()
+    };
+    let id = e.submit(&warm, &p)?;
+    while e.has_work() {
+        e.step()?;
+    }
+    e.release(id)?;
     let mut ids = Vec::new();
     for _ in 0..c {
         let prompt: Vec<u32> = (0..n_prompt)

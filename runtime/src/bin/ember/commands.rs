@@ -441,6 +441,17 @@ pub fn bench(raw: &[String]) -> CliResult {
         })
         .collect();
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    // Warm-up, untimed (as llama-bench): the whole prompt, then one decoded token.
+    {
+        let mut seq = s.new_sequence();
+        seq.tokens.extend_from_slice(&prompt);
+        let last = n_prompt - 1;
+        s.eval(&mut seq, |p| p == last, |_, _, _| {})?;
+        seq.tokens.push(prompt[0]);
+        let last = seq.tokens.len() - 1;
+        s.eval(&mut seq, |p| p == last, |_, _, _| {})?;
+        s.release(&mut seq);
+    }
     for _ in 0..reps {
         // Prefill: the prompt in one pass (chunks of the batch size), logits for the last token.
         let mut seq = s.new_sequence();

@@ -363,7 +363,8 @@ typedef struct ember_params {
 /**
  * Handle of a submitted request. Generation-checked: once released, the value is never valid
  * again (it is not reused by later requests), and every call given it returns
- * `EMBER_ERR_UNKNOWN_REQUEST`. 0 is never a valid id.
+ * `EMBER_ERR_UNKNOWN_REQUEST` (ids carry a 32-bit generation: an id could only come back after
+ * 2^32 further submissions).
  */
 typedef uint64_t ember_request_id;
 

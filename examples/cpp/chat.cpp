@@ -38,12 +38,12 @@ struct Message {
 // A submitted request; released when it goes out of scope.
 class Request {
   public:
-    Request(const ember_runtime *rt, ember_request_id id) : rt_(rt), id_(id) {}
-    Request(Request &&o) noexcept : rt_(o.rt_), id_(std::exchange(o.id_, 0)) {}
+    Request(const ember_runtime *rt, ember_request_id id) : rt_(rt), id_(id), live_(true) {}
+    Request(Request &&o) noexcept : rt_(o.rt_), id_(o.id_), live_(std::exchange(o.live_, false)) {}
     Request(const Request &) = delete;
     Request &operator=(const Request &) = delete;
     ~Request() {
-        if (id_ != 0) ember_release(rt_, id_);
+        if (live_) ember_release(rt_, id_);
     }
 
     // Blocks until the request finishes; returns its whole text.
@@ -71,6 +71,7 @@ class Request {
   private:
     const ember_runtime *rt_;
     ember_request_id id_;
+    bool live_;  // false once moved from
 };
 
 // A loaded model with its engine; freed (engine stopped, threads joined) when it goes out of

@@ -66,6 +66,8 @@ echo "== C ABI: test program natively, with the chat model"
 
 echo "== C ABI: 8 threads x 50 requests, random cancellations, background mode, under valgrind"
 "${vg[@]}" "$tmp/stress" "$tmp/synth.gguf"
+echo "== C ABI: the same natively, with 2 compute threads per step"
+"$tmp/stress" "$tmp/synth.gguf" 2
 
 echo "== C ABI: greedy ids through the C API equal ember generate --temp 0"
 prompts=("The capital of France is" "Once upon a time"

@@ -17,6 +17,7 @@ int main(int argc, char **argv) {
         while (ember_next(rt, id, EMBER_WAIT_FOREVER, &ev) == EMBER_OK &&
                ev.kind == EMBER_EVENT_TOKEN)
             fputs(ev.text, stdout);
+        putchar('\n');
         ember_release(rt, id);
     }
     ember_runtime_free(rt);

@@ -4,7 +4,7 @@
  * request must end with the finish reason its history allows, deliver consecutive tokens, and
  * at the end the arena must be empty and the request table released.
  *
- *   stress MODEL.gguf
+ *   stress MODEL.gguf [COMPUTE_THREADS]   (default 1: no worker threads besides the engine's)
  */
 #include <ember.h>
 
@@ -109,12 +109,12 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s MODEL.gguf\n", argv[0]);
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MODEL.gguf [COMPUTE_THREADS]\n", argv[0]);
         return 2;
     }
     ember_config c = ember_config_default();
-    c.threads = 1;
+    c.threads = argc > 2 ? (uint32_t)atoi(argv[2]) : 1;
     c.block_size = 4;
     c.kv_blocks = 40; /* ~6 full sequences: forces preemption with 16 running */
     c.max_seqs = 16;

@@ -8,8 +8,7 @@
 # Afterwards: cc app.c $(pkg-config --cflags --libs ember)   with
 #   PKG_CONFIG_PATH=PREFIX/lib/pkgconfig (unless PREFIX is a system prefix), and the loader told
 #   where libember.so is (ldconfig, LD_LIBRARY_PATH, or -Wl,-rpath,PREFIX/lib).
-# Static linking: cc app.c $(pkg-config --cflags --libs --static ember) -static-libgcc, or link
-#   PREFIX/lib/libember.a by path.
+# Static linking: cc app.c -IPREFIX/include PREFIX/lib/libember.a -lpthread -ldl -lm
 set -euo pipefail
 if [ $# -ne 1 ]; then
     echo "usage: scripts/install.sh PREFIX" >&2
@@ -33,8 +32,9 @@ install -d "$prefix/include" "$prefix/lib/pkgconfig"
 install -m 644 include/ember.h "$prefix/include/ember.h"
 install -m 755 "$libs/libember.so" "$prefix/lib/libember.so"
 install -m 644 "$libs/libember.a" "$prefix/lib/libember.a"
-# Libs.private: what the Rust standard library inside libember.a needs from the system
-# (`cargo rustc -p ember-ffi --crate-type staticlib -- --print native-static-libs`).
+# Libs.private: what the Rust standard library inside libember.a needs from the system when
+# linking statically (scripts/test-ffi.sh links examples/c/generate.c against libember.a with
+# exactly these).
 cat > "$prefix/lib/pkgconfig/ember.pc" <<PC
 prefix=$prefix
 libdir=\${prefix}/lib
@@ -44,7 +44,7 @@ Name: ember
 Description: Ember, an embedded LLM inference runtime (C API)
 Version: $version
 Libs: -L\${libdir} -lember
-Libs.private: -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+Libs.private: -lpthread -ldl -lm
 Cflags: -I\${includedir}
 PC
 echo "installed ember $version into $prefix (include/ember.h, lib/libember.{so,a}, lib/pkgconfig/ember.pc)"

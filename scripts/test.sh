@@ -18,6 +18,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # fight over the cores (spinning workers on an oversubscribed machine are slow).
 echo "== tests (default features: simd)"
 cargo test --workspace --locked -- --test-threads=1
+bash scripts/test-ffi.sh  # the C ABI: header, C/C++ programs under valgrind/ASan, greedy equality
 
 # The scalar-only build. Until the SIMD kernels land, `simd` compiles no extra code, so this pass
 # proves the feature combination builds and runs; the two slowest model tests (perplexity over

@@ -1,0 +1,191 @@
+//! Rust-side tests of the boundary: the panic guard, poisoning, and the calls on a tiny
+//! synthetic model. The C test program (`tests/c/`) covers the ABI from C.
+
+use std::ffi::{c_char, CStr, CString};
+use std::ptr;
+
+use crate::error::{guard, Failure};
+use crate::*;
+
+fn last_error() -> String {
+    // SAFETY: ember_last_error returns a NUL-terminated thread-local string.
+    unsafe { CStr::from_ptr(ember_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn synth_model() -> (tempdir::Dir, CString) {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("synth.gguf");
+    let w = ember::synth::synth_gguf(&ember::synth::SynthSpec::default()).unwrap();
+    w.write_to(&path).unwrap();
+    let c = CString::new(path.to_str().unwrap()).unwrap();
+    (dir, c)
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "ember-ffi-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn small_config() -> ember_config {
+    ember_config {
+        threads: 1,
+        kv_blocks: 64,
+        max_requests: 8,
+        max_seqs: 4,
+        ..ember_config_default()
+    }
+}
+
+fn new_runtime(path: &CString) -> *mut ember_runtime {
+    let mut rt = ptr::null_mut();
+    let cfg = small_config();
+    // SAFETY: valid path, config and out-pointer.
+    let r = unsafe { ember_runtime_new(path.as_ptr(), &cfg, &mut rt) };
+    assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
+    rt
+}
+
+#[test]
+fn version_is_semver() {
+    assert_eq!(super::version().split('.').count(), 3);
+    // SAFETY: static NUL-terminated string.
+    let v = unsafe { CStr::from_ptr(ember_version()) };
+    assert_eq!(v.to_str().unwrap(), super::version());
+}
+
+#[test]
+fn result_names_are_distinct_and_unknown_codes_are_named() {
+    let mut names = std::collections::HashSet::new();
+    for (i, c) in crate::error::ALL_RESULTS.iter().enumerate() {
+        assert_eq!(*c as u32, i as u32, "codes are dense and in order");
+        // SAFETY: static NUL-terminated string.
+        let n = unsafe { CStr::from_ptr(ember_result_str(*c as u32)) };
+        assert!(names.insert(n.to_str().unwrap().to_string()));
+    }
+    // SAFETY: static NUL-terminated string.
+    let n = unsafe { CStr::from_ptr(ember_result_str(9999)) };
+    assert_eq!(n.to_str().unwrap(), "unknown ember_result code");
+}
+
+#[test]
+fn a_panic_becomes_internal_and_sets_the_message() {
+    let r = guard(|| panic!("boom {}", 7));
+    assert_eq!(r, ember_result::EMBER_ERR_INTERNAL);
+    assert!(last_error().contains("boom 7"), "{}", last_error());
+    let r = guard(|| Err(Failure::invalid("bad thing")));
+    assert_eq!(r, ember_result::EMBER_ERR_INVALID_ARGUMENT);
+    assert_eq!(last_error(), "bad thing");
+}
+
+#[test]
+fn a_panic_holding_the_engine_poisons_the_runtime() {
+    let (_dir, path) = synth_model();
+    let rt = new_runtime(&path);
+    // SAFETY: `rt` is live.
+    let inner = unsafe { &(*rt) }.inner_for_tests();
+    let r = guard(|| {
+        inner.panic_holding_core();
+        Ok(())
+    });
+    assert_eq!(r, ember_result::EMBER_ERR_INTERNAL);
+    let prompt = c"hello";
+    let mut id = 0;
+    // SAFETY: valid arguments.
+    let r = unsafe { ember_submit(rt, prompt.as_ptr(), ptr::null(), &mut id) };
+    assert_eq!(r, ember_result::EMBER_ERR_POISONED);
+    assert_eq!(id, 0, "out-param untouched on failure");
+    let mut stats = ember_stats::default();
+    // SAFETY: valid arguments.
+    let r = unsafe { ember_get_stats(rt, &mut stats) };
+    assert_eq!(r, ember_result::EMBER_ERR_POISONED);
+    // Freeing a poisoned runtime is still fine.
+    // SAFETY: `rt` is live and freed once.
+    unsafe { ember_runtime_free(rt) };
+}
+
+#[test]
+fn greedy_through_the_abi_equals_the_engine() {
+    let (dir, path) = synth_model();
+    let rt = new_runtime(&path);
+    let prompt = c"ab";
+    let mut params = ember_params_default();
+    params.max_tokens = 12;
+    params.ignore_eos = true;
+    let mut id = 0;
+    // SAFETY: valid arguments.
+    let r = unsafe { ember_submit(rt, prompt.as_ptr(), &params, &mut id) };
+    assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
+    let mut more = true;
+    while more {
+        // SAFETY: valid arguments.
+        assert_eq!(unsafe { ember_step(rt, &mut more) }, ember_result::EMBER_OK);
+    }
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    loop {
+        let mut ev = std::mem::MaybeUninit::<ember_event>::uninit();
+        // SAFETY: valid arguments.
+        let r = unsafe { ember_next(rt, id, 0, ev.as_mut_ptr()) };
+        assert_eq!(r, ember_result::EMBER_OK);
+        // SAFETY: written on success.
+        let ev = unsafe { ev.assume_init() };
+        if ev.kind == ember_event_kind::EMBER_EVENT_FINISHED {
+            assert_eq!(ev.finish_reason, ember_finish_reason::EMBER_FINISH_LENGTH);
+            break;
+        }
+        ids.push(ev.token);
+        // SAFETY: a NUL-terminated string of `text_len` bytes.
+        let piece = unsafe { CStr::from_ptr(ev.text as *const c_char) };
+        assert_eq!(piece.to_bytes().len(), ev.text_len);
+        text.push_str(piece.to_str().unwrap());
+    }
+    // The same request straight through the engine.
+    let model = ember::model::Model::load(dir.0.join("synth.gguf")).unwrap();
+    let cfg = small_config().to_engine().unwrap();
+    let mut e = ember::engine::Engine::new(model, cfg).unwrap();
+    let want = e
+        .submit_text(
+            "ab",
+            &ember::engine::RequestParams {
+                max_tokens: 12,
+                ignore_eos: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    while e.has_work() {
+        e.step().unwrap();
+    }
+    let o = e.output(want).unwrap().next().unwrap();
+    assert_eq!(ids, o.ids);
+    assert_eq!(text, o.text);
+    // SAFETY: valid arguments; then the handle is freed once.
+    unsafe {
+        assert_eq!(ember_release(rt, id), ember_result::EMBER_OK);
+        assert_eq!(
+            ember_release(rt, id),
+            ember_result::EMBER_ERR_UNKNOWN_REQUEST
+        );
+        ember_runtime_free(rt);
+    }
+}

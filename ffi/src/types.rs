@@ -1,0 +1,373 @@
+//! The `#[repr(C)]` structs and enums of the ABI, their defaults, and their conversion into the
+//! engine's Rust types (checking every pointer and range on the way in).
+//!
+//! Enums the caller passes in are plain `uint32_t` fields (`backend`), never Rust enums: a C
+//! caller can store any value there, and an out-of-range Rust enum would be undefined
+//! behaviour. Enums Ember writes out (`ember_finish_reason`, `ember_event_kind`) are enums.
+
+use std::ffi::{c_char, CStr};
+
+use ember::engine::{EngineConfig, RequestParams};
+use ember::sampler::SamplingParams;
+use ember::session::{FinishReason, KvBudget};
+
+use crate::error::Failure;
+
+/// Compute backend of a runtime (the `backend` field of `ember_config`).
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ember_backend {
+    /// The best backend built into this library and present on this machine (today: CPU).
+    EMBER_BACKEND_AUTO = 0,
+    /// CPU SIMD kernels (AVX2/FMA or NEON, chosen at start-up; `EMBER_CPU` forces a path).
+    EMBER_BACKEND_CPU = 1,
+    /// NVIDIA GPU. Not built into this library yet: `ember_runtime_new` returns
+    /// `EMBER_ERR_UNSUPPORTED`.
+    EMBER_BACKEND_CUDA = 2,
+}
+
+/// The backend a config asks for, after `AUTO` is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Cpu,
+}
+
+/// Resolves the `backend` field. The one place that learns about new backends.
+pub(crate) fn select_backend(raw: u32) -> Result<Backend, Failure> {
+    const AUTO: u32 = ember_backend::EMBER_BACKEND_AUTO as u32;
+    const CPU: u32 = ember_backend::EMBER_BACKEND_CPU as u32;
+    const CUDA: u32 = ember_backend::EMBER_BACKEND_CUDA as u32;
+    match raw {
+        AUTO | CPU => Ok(Backend::Cpu),
+        CUDA => Err(Failure::new(
+            crate::error::ember_result::EMBER_ERR_UNSUPPORTED,
+            "backend EMBER_BACKEND_CUDA: this libember has no CUDA backend yet \
+             (use EMBER_BACKEND_CPU or EMBER_BACKEND_AUTO)",
+        )),
+        other => Err(Failure::invalid(format!(
+            "config.backend = {other} is not an ember_backend value (0 auto, 1 cpu, 2 cuda)"
+        ))),
+    }
+}
+
+/// Start-up configuration of a runtime. Get one from `ember_config_default()` and change the
+/// fields you need.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ember_config {
+    /// An `ember_backend` value. Default `EMBER_BACKEND_AUTO`.
+    pub backend: u32,
+    /// Longest sequence (prompt + generated) in tokens; 0: the model's training context.
+    /// Default 4096 (capped at the model's training context).
+    pub n_ctx: u32,
+    /// KV arena size in blocks; 0: use `kv_bytes`. Default 0.
+    pub kv_blocks: u32,
+    /// KV arena size in bytes, used when `kv_blocks` is 0. Default 256 MiB.
+    pub kv_bytes: u64,
+    /// Tokens per KV block (1..=4096). Default 16.
+    pub block_size: u32,
+    /// Most sequences running at once. Default 32.
+    pub max_seqs: u32,
+    /// Most tokens computed per engine step (at least `max_seqs`). Default 512.
+    pub max_batch_tokens: u32,
+    /// Most requests held at once (waiting, running, or finished but not yet released).
+    /// Default 256.
+    pub max_requests: u32,
+    /// Compute threads, the thread that steps the engine included: `threads - 1` worker threads
+    /// are started by `ember_runtime_new`; 1 starts none; 0: one per physical core. Default 0.
+    pub threads: u32,
+    /// Reuse the KV blocks of identical prompt prefixes. Default true.
+    pub prefix_caching: bool,
+}
+
+impl Default for ember_config {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        let kv_bytes = match d.kv_budget {
+            KvBudget::Bytes(b) => b as u64,
+            _ => 256 << 20,
+        };
+        ember_config {
+            backend: ember_backend::EMBER_BACKEND_AUTO as u32,
+            n_ctx: d.n_ctx as u32,
+            kv_blocks: 0,
+            kv_bytes,
+            block_size: d.block_size as u32,
+            max_seqs: d.max_seqs as u32,
+            max_batch_tokens: d.max_batch_tokens as u32,
+            max_requests: d.max_requests as u32,
+            threads: d.threads as u32,
+            prefix_caching: d.prefix_caching,
+        }
+    }
+}
+
+impl ember_config {
+    /// The engine configuration (ranges are checked by the engine itself).
+    pub(crate) fn to_engine(self) -> Result<EngineConfig, Failure> {
+        let kv_budget = if self.kv_blocks > 0 {
+            KvBudget::Blocks(self.kv_blocks as usize)
+        } else {
+            let b = usize::try_from(self.kv_bytes)
+                .map_err(|_| Failure::invalid("config.kv_bytes does not fit this machine"))?;
+            KvBudget::Bytes(b)
+        };
+        Ok(EngineConfig {
+            n_ctx: self.n_ctx as usize,
+            kv_budget,
+            block_size: self.block_size as usize,
+            max_seqs: self.max_seqs as usize,
+            max_batch_tokens: self.max_batch_tokens as usize,
+            max_requests: self.max_requests as usize,
+            threads: self.threads as usize,
+            prefix_caching: self.prefix_caching,
+        })
+    }
+}
+
+/// What one request asks for. Get one from `ember_params_default()` (greedy decoding, 128
+/// tokens) and change the fields you need. The pointers are read during the submit call only.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ember_params {
+    /// Most tokens to generate (at least 1). Default 128.
+    pub max_tokens: u32,
+    /// Softmax temperature, >= 0; 0 is greedy (argmax). Default 0.
+    pub temperature: f32,
+    /// Keep the `top_k` most likely tokens; 0 turns it off. Default 40.
+    pub top_k: u32,
+    /// Nucleus threshold in [0, 1]; 1 turns it off. Default 0.95.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the top one, in [0, 1]. Default 0.05.
+    pub min_p: f32,
+    /// Repetition penalty (> 0; 1 turns it off). Default 1.
+    pub repeat_penalty: f32,
+    /// Tokens of history the penalty looks at. Default 64.
+    pub repeat_last_n: u32,
+    /// Seed of the sampler's random generator. Default 0.
+    pub seed: u64,
+    /// `n_stop` NUL-terminated UTF-8 stop strings (excluded from the output text); may be NULL
+    /// when `n_stop` is 0.
+    pub stop: *const *const c_char,
+    /// Number of stop strings.
+    pub n_stop: usize,
+    /// `n_stop_ids` token ids that end generation (finish reason `EMBER_FINISH_STOP`); may be
+    /// NULL when `n_stop_ids` is 0.
+    pub stop_ids: *const u32,
+    /// Number of stop ids.
+    pub n_stop_ids: usize,
+    /// Keep generating past end-of-generation tokens. Default false.
+    pub ignore_eos: bool,
+}
+
+impl Default for ember_params {
+    fn default() -> Self {
+        let d = RequestParams::default();
+        let s = SamplingParams::default();
+        ember_params {
+            max_tokens: d.max_tokens as u32,
+            temperature: s.temperature,
+            top_k: s.top_k as u32,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            repeat_last_n: s.repeat_last_n as u32,
+            seed: s.seed,
+            stop: std::ptr::null(),
+            n_stop: 0,
+            stop_ids: std::ptr::null(),
+            n_stop_ids: 0,
+            ignore_eos: d.ignore_eos,
+        }
+    }
+}
+
+/// Most stop strings or stop ids one request may carry.
+const MAX_STOPS: usize = 1024;
+
+/// A NUL-terminated UTF-8 string argument.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string that stays valid for `'a`.
+pub(crate) unsafe fn c_str<'a>(p: *const c_char, name: &str) -> Result<&'a str, Failure> {
+    if p.is_null() {
+        return Err(Failure::null(name));
+    }
+    // SAFETY: non-NULL and NUL-terminated per the caller's contract.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str().map_err(|e| {
+        Failure::new(
+            crate::error::ember_result::EMBER_ERR_INVALID_UTF8,
+            format!("{name} is not valid UTF-8 (at byte {})", e.valid_up_to()),
+        )
+    })
+}
+
+/// A `(pointer, count)` array argument; NULL is allowed when `n` is 0.
+///
+/// # Safety
+/// `p` is NULL or points to `n` valid, initialized `T`s that stay valid for `'a`.
+pub(crate) unsafe fn c_slice<'a, T>(p: *const T, n: usize, name: &str) -> Result<&'a [T], Failure> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Failure::null(name));
+    }
+    // SAFETY: non-NULL, `n` elements per the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+impl ember_params {
+    /// The engine's request parameters.
+    ///
+    /// # Safety
+    /// `stop` and `stop_ids` follow the field docs.
+    pub(crate) unsafe fn to_request(self) -> Result<RequestParams, Failure> {
+        if self.n_stop > MAX_STOPS || self.n_stop_ids > MAX_STOPS {
+            return Err(Failure::invalid(format!(
+                "params: at most {MAX_STOPS} stop strings and {MAX_STOPS} stop ids"
+            )));
+        }
+        // SAFETY: the caller's contract on `stop` / `n_stop`.
+        let ptrs = unsafe { c_slice(self.stop, self.n_stop, "params.stop")? };
+        let mut stop = Vec::with_capacity(ptrs.len());
+        for (i, &p) in ptrs.iter().enumerate() {
+            // SAFETY: each entry is a NUL-terminated string per the field docs.
+            let s = unsafe { c_str(p, &format!("params.stop[{i}]"))? };
+            stop.push(s.to_string());
+        }
+        // SAFETY: the caller's contract on `stop_ids` / `n_stop_ids`.
+        let stop_ids = unsafe { c_slice(self.stop_ids, self.n_stop_ids, "params.stop_ids")? };
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k as usize,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n as usize,
+            seed: self.seed,
+        };
+        Ok(RequestParams {
+            sampling,
+            max_tokens: self.max_tokens as usize,
+            stop,
+            stop_ids: stop_ids.to_vec(),
+            n: 1,
+            ignore_eos: self.ignore_eos,
+        })
+    }
+}
+
+/// One message of a chat, for `ember_submit_chat`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ember_chat_message {
+    /// NUL-terminated UTF-8 role: "system", "user", "assistant", ...
+    pub role: *const c_char,
+    /// NUL-terminated UTF-8 text of the message.
+    pub content: *const c_char,
+}
+
+/// Why a request finished.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ember_finish_reason {
+    /// Not finished.
+    EMBER_FINISH_NONE = 0,
+    /// The model produced an end-of-generation token.
+    EMBER_FINISH_EOS = 1,
+    /// `max_tokens` tokens were generated.
+    EMBER_FINISH_LENGTH = 2,
+    /// A stop string or stop id was produced.
+    EMBER_FINISH_STOP = 3,
+    /// The request was cancelled (`ember_cancel`, or `ember_stop` while it was unfinished).
+    EMBER_FINISH_CANCELLED = 4,
+    /// An engine step failed while computing it.
+    EMBER_FINISH_ERROR = 5,
+}
+
+impl From<FinishReason> for ember_finish_reason {
+    fn from(r: FinishReason) -> Self {
+        match r {
+            FinishReason::Eos => ember_finish_reason::EMBER_FINISH_EOS,
+            FinishReason::Length => ember_finish_reason::EMBER_FINISH_LENGTH,
+            FinishReason::Stop => ember_finish_reason::EMBER_FINISH_STOP,
+            FinishReason::Cancelled => ember_finish_reason::EMBER_FINISH_CANCELLED,
+            FinishReason::Error => ember_finish_reason::EMBER_FINISH_ERROR,
+        }
+    }
+}
+
+/// Kind of an `ember_event`.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ember_event_kind {
+    /// A generated token: `token`, `index` and its text piece are set.
+    EMBER_EVENT_TOKEN = 1,
+    /// The request finished: `finish_reason` is set, `text` is "".
+    EMBER_EVENT_FINISHED = 2,
+}
+
+/// One event of a request, from `ember_next`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ember_event {
+    /// What happened.
+    pub kind: ember_event_kind,
+    /// The token id (`EMBER_EVENT_TOKEN`), including an end-of-generation or stop token that
+    /// ended the request.
+    pub token: u32,
+    /// Position of the token among the request's generated tokens (0-based); for
+    /// `EMBER_EVENT_FINISHED`, the number of tokens generated.
+    pub index: u32,
+    /// The text this token completes: NUL-terminated UTF-8 that never splits a code point;
+    /// possibly "" (a character still incomplete, a control token, text held back while a stop
+    /// string may be forming). Owned by the runtime: valid until the next `ember_next` or
+    /// `ember_next_text` on the same request, or its `ember_release`.
+    pub text: *const c_char,
+    /// Length of `text` in bytes, without the NUL.
+    pub text_len: usize,
+    /// Why the request finished (`EMBER_EVENT_FINISHED`); `EMBER_FINISH_NONE` otherwise.
+    pub finish_reason: ember_finish_reason,
+}
+
+/// Counters and gauges of a runtime, from `ember_get_stats`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ember_stats {
+    /// Usable blocks in the KV arena.
+    pub blocks_total: u64,
+    /// Blocks held by running requests.
+    pub blocks_used: u64,
+    /// Blocks that can be handed out (cached ones included).
+    pub blocks_free: u64,
+    /// Free blocks that still hold a cached prompt prefix.
+    pub blocks_cached: u64,
+    /// Tokens stored / token slots of the used blocks (1.0 when none is used).
+    pub utilization: f64,
+    /// Requests held (submitted and not yet released).
+    pub requests: u64,
+    /// Tokens sampled since start-up.
+    pub tokens_generated: u64,
+    /// Tokens computed by forward passes (prompts, recomputation, fed-back samples).
+    pub tokens_computed: u64,
+    /// Prompt tokens served from the prefix cache instead of computed.
+    pub prefix_hit_tokens: u64,
+    /// Sequences preempted because the arena was full.
+    pub preemptions: u64,
+    /// Engine steps that ran a forward pass.
+    pub steps: u64,
+    /// Seconds spent in engine steps.
+    pub busy_s: f64,
+    /// Sampled tokens per second of step time (`tokens_generated / busy_s`).
+    pub generated_tok_s: f64,
+}

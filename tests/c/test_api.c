@@ -1,0 +1,517 @@
+/*
+ * test_api.c: every function of include/ember.h and every misuse the header documents, each
+ * return code checked, out-parameters checked untouched on failure. Run by scripts/test-ffi.sh
+ * under valgrind.
+ *
+ *   test_api SYNTH.gguf [CHAT_MODEL.gguf]
+ *
+ * SYNTH.gguf is a tiny synthetic model (`ember synth`: no chat template); CHAT_MODEL.gguf, if
+ * given, is a model with a chat template for the ember_submit_chat success path.
+ */
+#include <ember.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0;
+
+#define CHECK(cond)                                                                     \
+    do {                                                                                \
+        if (!(cond)) {                                                                  \
+            fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n", __FILE__,     \
+                    __LINE__, #cond, ember_last_error());                               \
+            failures++;                                                                 \
+        }                                                                               \
+    } while (0)
+
+#define EXPECT(call, code)                                                              \
+    do {                                                                                \
+        ember_result r_ = (call);                                                       \
+        if (r_ != (code)) {                                                             \
+            fprintf(stderr, "%s:%d: %s returned %s, expected %s (last error: %s)\n",    \
+                    __FILE__, __LINE__, #call, ember_result_str(r_),                    \
+                    ember_result_str(code), ember_last_error());                        \
+            failures++;                                                                 \
+        }                                                                               \
+    } while (0)
+
+static const ember_request_id SENTINEL = 0xdeadbeefULL;
+
+static ember_config small_config(void) {
+    ember_config c = ember_config_default();
+    c.threads = 1;
+    c.kv_blocks = 64;
+    c.block_size = 16;
+    c.max_seqs = 4;
+    c.max_batch_tokens = 64;
+    c.max_requests = 4;
+    c.n_ctx = 256;
+    return c;
+}
+
+static ember_params params_n(uint32_t n) {
+    ember_params p = ember_params_default();
+    p.max_tokens = n;
+    p.ignore_eos = true;
+    return p;
+}
+
+/* Drive caller-driven mode until idle. */
+static void run_to_idle(ember_runtime *rt) {
+    bool more = true;
+    int guard = 0;
+    while (more && guard++ < 10000) EXPECT(ember_step(rt, &more), EMBER_OK);
+    CHECK(!more);
+}
+
+static void test_static_functions(void) {
+    const char *v = ember_version();
+    int a, b, c;
+    CHECK(v != NULL && sscanf(v, "%d.%d.%d", &a, &b, &c) == 3);
+    CHECK(strcmp(ember_result_str(EMBER_OK), "EMBER_OK") == 0);
+    CHECK(strcmp(ember_result_str(EMBER_ERR_POISONED), "EMBER_ERR_POISONED") == 0);
+    CHECK(strcmp(ember_result_str(12345), "unknown ember_result code") == 0);
+    CHECK(EMBER_OK == 0 && EMBER_ERR_INTERNAL == 19); /* stable values */
+
+    ember_config c0 = ember_config_default();
+    CHECK(c0.backend == EMBER_BACKEND_AUTO && c0.block_size == 16 && c0.max_seqs == 32);
+    CHECK(c0.kv_blocks == 0 && c0.kv_bytes == 256u << 20 && c0.prefix_caching);
+    ember_params p0 = ember_params_default();
+    CHECK(p0.max_tokens == 128 && p0.temperature == 0.0f && p0.n_stop == 0 && !p0.ignore_eos);
+    CHECK(p0.stop == NULL && p0.stop_ids == NULL);
+}
+
+static void test_create_misuse(const char *synth, const char *not_gguf) {
+    ember_runtime *rt = (ember_runtime *)&failures; /* sentinel: must stay untouched */
+    ember_runtime *const sentinel = rt;
+    ember_config c = small_config();
+
+    EXPECT(ember_runtime_new(NULL, &c, &rt), EMBER_ERR_NULL_POINTER);
+    CHECK(strstr(ember_last_error(), "model_path") != NULL);
+    EXPECT(ember_runtime_new(synth, &c, NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_runtime_new("/nonexistent/model.gguf", &c, &rt), EMBER_ERR_IO);
+    EXPECT(ember_runtime_new(not_gguf, &c, &rt), EMBER_ERR_MODEL); /* this executable */
+
+    c.backend = EMBER_BACKEND_CUDA;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_UNSUPPORTED);
+    CHECK(strstr(ember_last_error(), "CUDA") != NULL);
+    c.backend = 77;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    c = small_config();
+    c.block_size = 0;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    c = small_config();
+    c.max_seqs = 0;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    c = small_config();
+    c.max_batch_tokens = 2; /* below max_seqs */
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    CHECK(rt == sentinel);
+
+    /* AUTO and CPU both work. */
+    c = small_config();
+    c.backend = EMBER_BACKEND_CPU;
+    rt = NULL;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_OK);
+    CHECK(rt != NULL);
+    ember_runtime_free(rt);
+    ember_runtime_free(NULL); /* ignored */
+}
+
+static void test_submit_misuse(ember_runtime *rt) {
+    ember_request_id id = SENTINEL;
+    ember_params p = params_n(4);
+
+    EXPECT(ember_submit(NULL, "ab", &p, &id), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_submit(rt, NULL, &p, &id), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_submit(rt, "ab", &p, NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_submit(rt, "a\xff\xfe", &p, &id), EMBER_ERR_INVALID_UTF8);
+    EXPECT(ember_submit(rt, "", &p, &id), EMBER_ERR_INVALID_ARGUMENT); /* no tokens */
+
+    ember_params bad = p;
+    bad.temperature = -1.0f;
+    EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ember_last_error(), "temperature") != NULL);
+    bad = p;
+    bad.max_tokens = 0;
+    EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_INVALID_ARGUMENT);
+    bad = p;
+    bad.max_tokens = 100000; /* beyond the context */
+    EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_TOO_LARGE);
+    bad = p;
+    bad.n_stop = 1; /* stop == NULL */
+    EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_NULL_POINTER);
+    const char *bad_stop[] = {"ok", "\xc3"};
+    bad.stop = bad_stop;
+    bad.n_stop = 2;
+    EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_INVALID_UTF8);
+    const char *null_stop[] = {NULL};
+    bad.stop = null_stop;
+    bad.n_stop = 1;
+    EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_NULL_POINTER);
+    bad = p;
+    bad.n_stop_ids = 3; /* stop_ids == NULL */
+    EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_NULL_POINTER);
+
+    uint32_t toks[] = {10, 20, 30};
+    uint32_t oov[] = {10, 99999};
+    EXPECT(ember_submit_tokens(NULL, toks, 3, &p, &id), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_submit_tokens(rt, NULL, 3, &p, &id), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_submit_tokens(rt, toks, 3, &p, NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_submit_tokens(rt, toks, 0, &p, &id), EMBER_ERR_INVALID_ARGUMENT);
+    EXPECT(ember_submit_tokens(rt, oov, 2, &p, &id), EMBER_ERR_INVALID_ARGUMENT);
+
+    ember_chat_message msgs[] = {{"user", "hi"}};
+    ember_chat_message null_role[] = {{NULL, "hi"}};
+    EXPECT(ember_submit_chat(NULL, msgs, 1, &p, &id), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_submit_chat(rt, NULL, 1, &p, &id), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_submit_chat(rt, msgs, 1, &p, NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_submit_chat(rt, null_role, 1, &p, &id), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_submit_chat(rt, msgs, 1, &p, &id), EMBER_ERR_NO_CHAT_TEMPLATE);
+    CHECK(id == SENTINEL);
+
+    ember_stats s;
+    EXPECT(ember_get_stats(rt, &s), EMBER_OK);
+    CHECK(s.requests == 0); /* nothing was queued by the failures */
+}
+
+static void test_caller_driven(ember_runtime *rt) {
+    ember_params p = params_n(6);
+    ember_request_id id = 0, id2 = 0;
+    bool more = true;
+
+    EXPECT(ember_step(NULL, &more), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_step(rt, &more), EMBER_OK); /* nothing to do */
+    CHECK(!more);
+    EXPECT(ember_step(rt, NULL), EMBER_OK);
+
+    EXPECT(ember_submit(rt, "hello", &p, &id), EMBER_OK);
+    CHECK(id != 0);
+    uint32_t prompt[] = {104, 105, 106};
+    EXPECT(ember_submit_tokens(rt, prompt, 3, NULL, &id2), EMBER_OK); /* default params */
+    CHECK(id2 != 0 && id2 != id);
+
+    ember_event ev;
+    memset(&ev, 0xab, sizeof ev);
+    ember_event untouched = ev;
+    EXPECT(ember_next(rt, id, 0, &ev), EMBER_ERR_TIMEOUT); /* nothing computed yet */
+    EXPECT(ember_next(rt, id, 20, &ev), EMBER_ERR_TIMEOUT);
+    EXPECT(ember_next(rt, id, 0, NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_next(NULL, id, 0, &ev), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_next(rt, 12345, 0, &ev), EMBER_ERR_UNKNOWN_REQUEST);
+    CHECK(memcmp(&ev, &untouched, sizeof ev) == 0);
+
+    EXPECT(ember_step(rt, &more), EMBER_OK);
+    CHECK(more);
+    ember_stats s;
+    EXPECT(ember_get_stats(rt, &s), EMBER_OK);
+    CHECK(s.blocks_used > 0 && s.requests == 2 && s.steps == 1 && s.tokens_generated == 2);
+    CHECK(s.blocks_used + s.blocks_free == s.blocks_total && s.blocks_total == 64);
+    CHECK(s.utilization > 0.0 && s.utilization <= 1.0);
+    run_to_idle(rt);
+
+    /* Events: exactly max_tokens tokens, then FINISHED(length), repeated. */
+    char text[1024] = "";
+    size_t text_len = 0;
+    uint32_t n = 0;
+    for (;;) {
+        EXPECT(ember_next(rt, id, 0, &ev), EMBER_OK);
+        if (ev.kind == EMBER_EVENT_FINISHED) break;
+        CHECK(ev.kind == EMBER_EVENT_TOKEN && ev.index == n && ev.finish_reason == EMBER_FINISH_NONE);
+        CHECK(strlen(ev.text) == ev.text_len);
+        memcpy(text + text_len, ev.text, ev.text_len);
+        text_len += ev.text_len;
+        n++;
+    }
+    text[text_len] = 0;
+    CHECK(n == 6 && ev.index == 6 && ev.finish_reason == EMBER_FINISH_LENGTH && ev.text_len == 0);
+    EXPECT(ember_next(rt, id, 0, &ev), EMBER_OK);
+    CHECK(ev.kind == EMBER_EVENT_FINISHED && ev.finish_reason == EMBER_FINISH_LENGTH);
+
+    /* ember_next_text on the second request: too small first, nothing consumed. */
+    char small[2];
+    size_t len = 999;
+    ember_finish_reason fin = EMBER_FINISH_ERROR;
+    EXPECT(ember_next_text(rt, id2, 0, small, sizeof small, NULL, &fin), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_next_text(rt, id2, 0, small, sizeof small, &len, NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_next_text(rt, id2, 0, NULL, 5, &len, &fin), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_next_text(rt, 4242, 0, small, sizeof small, &len, &fin),
+           EMBER_ERR_UNKNOWN_REQUEST);
+    len = 999;
+    ember_result r = ember_next_text(rt, id2, 0, NULL, 0, &len, &fin);
+    CHECK(r == EMBER_ERR_BUFFER_TOO_SMALL && len != 999 && fin == EMBER_FINISH_ERROR);
+    char *big = malloc(len + 1);
+    size_t need = len;
+    EXPECT(ember_next_text(rt, id2, 0, big, need + 1, &len, &fin), EMBER_OK);
+    CHECK(len == need && strlen(big) == len);
+    CHECK(fin == EMBER_FINISH_EOS || fin == EMBER_FINISH_LENGTH); /* default params honour EOS */
+    free(big);
+    EXPECT(ember_next_text(rt, id2, 0, small, sizeof small, &len, &fin), EMBER_OK);
+    CHECK(len == 0 && small[0] == 0 && (fin == EMBER_FINISH_EOS || fin == EMBER_FINISH_LENGTH));
+
+    EXPECT(ember_release(rt, id), EMBER_OK);
+    EXPECT(ember_release(rt, id), EMBER_ERR_UNKNOWN_REQUEST); /* double release */
+    EXPECT(ember_next(rt, id, 0, &ev), EMBER_ERR_UNKNOWN_REQUEST);
+    EXPECT(ember_cancel(rt, id), EMBER_ERR_UNKNOWN_REQUEST);
+    EXPECT(ember_release(NULL, id2), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_cancel(NULL, id2), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_cancel(rt, id2), EMBER_OK); /* finished: no change */
+    EXPECT(ember_next(rt, id2, 0, &ev), EMBER_OK);
+    CHECK(ev.kind == EMBER_EVENT_FINISHED && ev.finish_reason != EMBER_FINISH_CANCELLED);
+    EXPECT(ember_release(rt, id2), EMBER_OK);
+
+    /* A stale id: its slot is reused by a new request, the old id stays invalid. */
+    ember_request_id id3 = 0;
+    EXPECT(ember_submit(rt, "xy", &p, &id3), EMBER_OK);
+    CHECK(id3 != id && id3 != id2);
+    EXPECT(ember_next(rt, id2, 0, &ev), EMBER_ERR_UNKNOWN_REQUEST);
+    /* Cancel before it runs: finished, cancelled, no tokens, blocks back. */
+    EXPECT(ember_cancel(rt, id3), EMBER_OK);
+    EXPECT(ember_next(rt, id3, 0, &ev), EMBER_OK);
+    CHECK(ev.kind == EMBER_EVENT_FINISHED && ev.finish_reason == EMBER_FINISH_CANCELLED &&
+          ev.index == 0);
+    EXPECT(ember_release(rt, id3), EMBER_OK);
+
+    /* Cancel mid-way: the tokens already generated are still delivered, then CANCELLED. */
+    EXPECT(ember_submit(rt, "mid", &p, &id3), EMBER_OK);
+    EXPECT(ember_step(rt, &more), EMBER_OK);
+    EXPECT(ember_step(rt, &more), EMBER_OK);
+    EXPECT(ember_cancel(rt, id3), EMBER_OK);
+    n = 0;
+    for (;;) {
+        EXPECT(ember_next(rt, id3, 0, &ev), EMBER_OK);
+        if (ev.kind == EMBER_EVENT_FINISHED) break;
+        n++;
+    }
+    CHECK(n == 2 && ev.finish_reason == EMBER_FINISH_CANCELLED);
+    EXPECT(ember_release(rt, id3), EMBER_OK);
+
+    /* Stop strings and stop ids. */
+    uint32_t stop_tok = 0;
+    {
+        ember_request_id probe;
+        EXPECT(ember_submit(rt, "stop", &p, &probe), EMBER_OK);
+        run_to_idle(rt);
+        EXPECT(ember_next(rt, probe, 0, &ev), EMBER_OK);
+        EXPECT(ember_next(rt, probe, 0, &ev), EMBER_OK); /* second token */
+        stop_tok = ev.token;
+        EXPECT(ember_release(rt, probe), EMBER_OK);
+        ember_params ps = p;
+        ps.stop_ids = &stop_tok;
+        ps.n_stop_ids = 1;
+        EXPECT(ember_submit(rt, "stop", &ps, &probe), EMBER_OK);
+        run_to_idle(rt);
+        n = 0;
+        do {
+            EXPECT(ember_next(rt, probe, 0, &ev), EMBER_OK);
+            if (ev.kind == EMBER_EVENT_TOKEN) n++;
+        } while (ev.kind == EMBER_EVENT_TOKEN);
+        /* Greedy is deterministic: it stops at (or before) the second token. */
+        CHECK(ev.finish_reason == EMBER_FINISH_STOP && n <= 2);
+        EXPECT(ember_release(rt, probe), EMBER_OK);
+    }
+
+    /* The request table is full at max_requests (4). */
+    ember_request_id held[4];
+    for (int i = 0; i < 4; i++) EXPECT(ember_submit(rt, "f", &p, &held[i]), EMBER_OK);
+    ember_request_id extra = SENTINEL;
+    EXPECT(ember_submit(rt, "f", &p, &extra), EMBER_ERR_FULL);
+    CHECK(extra == SENTINEL);
+    for (int i = 0; i < 4; i++) EXPECT(ember_release(rt, held[i]), EMBER_OK);
+
+    EXPECT(ember_get_stats(rt, &s), EMBER_OK);
+    CHECK(s.blocks_used == 0 && s.blocks_free == s.blocks_total && s.requests == 0);
+    CHECK(s.tokens_generated > 0 && s.busy_s > 0.0 && s.generated_tok_s > 0.0);
+    EXPECT(ember_get_stats(rt, NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_get_stats(NULL, &s), EMBER_ERR_NULL_POINTER);
+}
+
+static void test_tokenizer(ember_runtime *rt) {
+    size_t n = 999;
+    uint32_t ids[64];
+    EXPECT(ember_tokenize(NULL, "ab", true, true, ids, 64, &n), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_tokenize(rt, NULL, true, true, ids, 64, &n), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_tokenize(rt, "ab", true, true, ids, 64, NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_tokenize(rt, "\xff", true, true, ids, 64, &n), EMBER_ERR_INVALID_UTF8);
+    CHECK(n == 999);
+    const char *text = "hello, world";
+    EXPECT(ember_tokenize(rt, text, true, true, NULL, 0, &n), EMBER_ERR_BUFFER_TOO_SMALL);
+    size_t need = n;
+    CHECK(need > 0 && need <= 64);
+    EXPECT(ember_tokenize(rt, text, true, true, ids, need - 1, &n), EMBER_ERR_BUFFER_TOO_SMALL);
+    CHECK(n == need);
+    EXPECT(ember_tokenize(rt, text, true, true, ids, 64, &n), EMBER_OK);
+    CHECK(n == need);
+
+    char buf[64];
+    size_t len = 999;
+    EXPECT(ember_detokenize(NULL, ids, n, buf, sizeof buf, &len), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_detokenize(rt, NULL, n, buf, sizeof buf, &len), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_detokenize(rt, ids, n, buf, sizeof buf, NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_detokenize(rt, ids, n, NULL, 0, &len), EMBER_ERR_BUFFER_TOO_SMALL);
+    CHECK(len == strlen(text));
+    EXPECT(ember_detokenize(rt, ids, n, buf, len, &len), EMBER_ERR_BUFFER_TOO_SMALL); /* NUL */
+    EXPECT(ember_detokenize(rt, ids, n, buf, sizeof buf, &len), EMBER_OK);
+    CHECK(len == strlen(text) && strcmp(buf, text) == 0);
+    uint32_t oov = 1u << 30;
+    EXPECT(ember_detokenize(rt, &oov, 1, buf, sizeof buf, &len), EMBER_ERR_INVALID_ARGUMENT);
+    EXPECT(ember_detokenize(rt, NULL, 0, buf, sizeof buf, &len), EMBER_OK);
+    CHECK(len == 0 && buf[0] == 0);
+}
+
+struct waiter {
+    ember_runtime *rt;
+    ember_request_id id;
+    ember_result result;
+    ember_event ev;
+};
+
+static void *wait_forever(void *arg) {
+    struct waiter *w = arg;
+    for (;;) {
+        w->result = ember_next(w->rt, w->id, EMBER_WAIT_FOREVER, &w->ev);
+        if (w->result != EMBER_OK || w->ev.kind == EMBER_EVENT_FINISHED) return NULL;
+    }
+}
+
+static void test_background_and_stop(ember_runtime *rt) {
+    ember_params p = params_n(5);
+    ember_request_id id;
+    EXPECT(ember_start(NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_start(rt), EMBER_OK);
+    EXPECT(ember_start(rt), EMBER_ERR_WRONG_MODE);
+    bool more;
+    EXPECT(ember_step(rt, &more), EMBER_ERR_WRONG_MODE);
+
+    EXPECT(ember_submit(rt, "bg", &p, &id), EMBER_OK);
+    ember_event ev;
+    uint32_t n = 0;
+    for (;;) {
+        EXPECT(ember_next(rt, id, 10000, &ev), EMBER_OK);
+        if (ev.kind == EMBER_EVENT_FINISHED) break;
+        n++;
+    }
+    CHECK(n == 5 && ev.finish_reason == EMBER_FINISH_LENGTH);
+    EXPECT(ember_release(rt, id), EMBER_OK);
+
+    /* A waiter blocked on a request that a release removes wakes with UNKNOWN_REQUEST. */
+    EXPECT(ember_stop(rt), EMBER_OK);
+    EXPECT(ember_stop(rt), EMBER_ERR_STOPPED);
+    EXPECT(ember_stop(NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_submit(rt, "x", &p, &id), EMBER_ERR_STOPPED);
+    uint32_t t = 5;
+    EXPECT(ember_submit_tokens(rt, &t, 1, &p, &id), EMBER_ERR_STOPPED);
+    EXPECT(ember_step(rt, &more), EMBER_ERR_STOPPED);
+    EXPECT(ember_start(rt), EMBER_ERR_STOPPED);
+    ember_stats s;
+    EXPECT(ember_get_stats(rt, &s), EMBER_OK); /* still works */
+    size_t n_ids;
+    uint32_t ids[8];
+    EXPECT(ember_tokenize(rt, "ok", true, true, ids, 8, &n_ids), EMBER_OK);
+}
+
+/* ember_stop (caller-driven) cancels unfinished requests and wakes a thread blocked on one;
+ * ember_release wakes a blocked thread with UNKNOWN_REQUEST. */
+static void test_stop_wakes_waiters(const char *synth) {
+    ember_config c = small_config();
+    ember_runtime *rt = NULL;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_OK);
+    if (!rt) return;
+    ember_params p = params_n(8);
+    ember_request_id a, b;
+    EXPECT(ember_submit(rt, "one", &p, &a), EMBER_OK);
+    EXPECT(ember_submit(rt, "two", &p, &b), EMBER_OK);
+    bool more;
+    EXPECT(ember_step(rt, &more), EMBER_OK);
+
+    struct waiter wa = {rt, a, EMBER_ERR_INTERNAL, {0}}, wb = {rt, b, EMBER_ERR_INTERNAL, {0}};
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, wait_forever, &wa);
+    pthread_create(&tb, NULL, wait_forever, &wb);
+    EXPECT(ember_release(rt, b), EMBER_OK);
+    pthread_join(tb, NULL);
+    CHECK(wb.result == EMBER_ERR_UNKNOWN_REQUEST);
+    EXPECT(ember_stop(rt), EMBER_OK);
+    pthread_join(ta, NULL);
+    CHECK(wa.result == EMBER_OK && wa.ev.kind == EMBER_EVENT_FINISHED &&
+          wa.ev.finish_reason == EMBER_FINISH_CANCELLED && wa.ev.index == 1);
+    EXPECT(ember_release(rt, a), EMBER_OK);
+    ember_stats s;
+    EXPECT(ember_get_stats(rt, &s), EMBER_OK);
+    CHECK(s.blocks_used == 0 && s.requests == 0);
+    ember_runtime_free(rt);
+}
+
+/* Freeing a runtime with the background engine running and requests unreleased. */
+static void test_free_while_running(const char *synth) {
+    ember_config c = small_config();
+    ember_runtime *rt = NULL;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_OK);
+    if (!rt) return;
+    ember_params p = params_n(50);
+    ember_request_id id;
+    EXPECT(ember_start(rt), EMBER_OK);
+    EXPECT(ember_submit(rt, "long", &p, &id), EMBER_OK);
+    ember_event ev;
+    EXPECT(ember_next(rt, id, 10000, &ev), EMBER_OK);
+    ember_runtime_free(rt);
+}
+
+static void test_chat(const char *chat_model) {
+    ember_config c = small_config();
+    c.n_ctx = 512;
+    c.max_batch_tokens = 256;
+    ember_runtime *rt = NULL;
+    EXPECT(ember_runtime_new(chat_model, &c, &rt), EMBER_OK);
+    if (!rt) return;
+    ember_params p = ember_params_default();
+    p.max_tokens = 4;
+    ember_chat_message msgs[] = {{"system", "You are brief."}, {"user", "Say hi."}};
+    ember_request_id id = SENTINEL;
+    EXPECT(ember_submit_chat(rt, msgs, 0, &p, &id), EMBER_ERR_INVALID_ARGUMENT);
+    ember_chat_message bad[] = {{"user", "\xff"}};
+    EXPECT(ember_submit_chat(rt, bad, 1, &p, &id), EMBER_ERR_INVALID_UTF8);
+    CHECK(id == SENTINEL);
+    EXPECT(ember_submit_chat(rt, msgs, 2, &p, &id), EMBER_OK);
+    run_to_idle(rt);
+    char buf[256];
+    size_t len;
+    ember_finish_reason fin;
+    EXPECT(ember_next_text(rt, id, 0, buf, sizeof buf, &len, &fin), EMBER_OK);
+    CHECK(fin == EMBER_FINISH_LENGTH || fin == EMBER_FINISH_EOS);
+    printf("chat answer (4 tokens): \"%s\"\n", buf);
+    EXPECT(ember_release(rt, id), EMBER_OK);
+    ember_runtime_free(rt);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s SYNTH.gguf [CHAT_MODEL.gguf]\n", argv[0]);
+        return 2;
+    }
+    test_static_functions();
+    test_create_misuse(argv[1], argv[0]);
+
+    ember_config c = small_config();
+    ember_runtime *rt = NULL;
+    EXPECT(ember_runtime_new(argv[1], &c, &rt), EMBER_OK);
+    if (!rt) return 1;
+    test_submit_misuse(rt);
+    test_caller_driven(rt);
+    test_tokenizer(rt);
+    test_background_and_stop(rt);
+    ember_runtime_free(rt);
+
+    test_stop_wakes_waiters(argv[1]);
+    test_free_while_running(argv[1]);
+    if (argc > 2) test_chat(argv[2]);
+
+    if (failures) {
+        fprintf(stderr, "test_api: %d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("test_api: all checks passed\n");
+    return 0;
+}

@@ -20,10 +20,10 @@ echo "== tests (default features: simd)"
 cargo test --workspace --locked -- --test-threads=1
 bash scripts/test-ffi.sh  # the C ABI: header, C/C++ programs under valgrind/ASan, greedy equality
 
-# The scalar-only build. Until the SIMD kernels land, `simd` compiles no extra code, so this pass
-# proves the feature combination builds and runs; the two slowest model tests (perplexity over
-# 7k tokens, 32-request equivalence under three engine configurations) already ran above on the
-# same kernels and are skipped here to keep CI within its time budget.
+# The scalar-only build: the same tests on the scalar reference kernels (no SIMD code compiled),
+# so the goldens hold on every path. The two slowest model tests (perplexity over 7k tokens,
+# 32-request equivalence under three engine configurations) already ran above and their kernels
+# are covered by the scalar goldens; they are skipped here to keep CI within its time budget.
 echo "== tests (--no-default-features: scalar only)"
 cargo test --workspace --locked --no-default-features -- --test-threads=1 \
     --skip perplexity_matches_llama_cpp --skip concurrent_equals_solo

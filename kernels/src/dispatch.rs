@@ -3,10 +3,16 @@
 //! `EMBER_CPU=scalar|avx2|neon` forces a path (for tests and measurements); asking for a path
 //! the CPU (or this build) lacks is an error from [`select`], never a silent fallback. Without
 //! the variable the best available path is used. The scalar reference is always available.
+//!
+//! On aarch64, `neon` selects NEON with the dotprod extension (`sdot`) where the CPU has it and
+//! plain NEON otherwise; `neon-dotprod` requires the extension, and `neon-nodot` forces the plain
+//! NEON kernels even on a CPU with it (to test and measure that path on such a machine).
 
 use std::sync::OnceLock;
 
 use crate::reference::{attention, ops};
+#[cfg(all(feature = "simd", target_arch = "aarch64"))]
+use crate::traits::VecDotFn;
 use crate::traits::{reference_traits, TypeTraits};
 use crate::GgmlType;
 
@@ -17,6 +23,10 @@ pub enum CpuPath {
     Scalar,
     /// x86_64 with AVX2, FMA and F16C (x86-64-v3).
     Avx2,
+    /// aarch64 NEON without the dotprod extension (`vmull_s8` integer dots).
+    Neon,
+    /// aarch64 NEON with the dotprod extension (`sdot` integer dots).
+    NeonDotprod,
 }
 
 impl CpuPath {
@@ -25,6 +35,8 @@ impl CpuPath {
         match self {
             CpuPath::Scalar => "scalar",
             CpuPath::Avx2 => "avx2",
+            CpuPath::Neon => "neon-nodot",
+            CpuPath::NeonDotprod => "neon-dotprod",
         }
     }
 }
@@ -100,6 +112,62 @@ mod avx2_tables {
     }
 }
 
+#[cfg(all(feature = "simd", target_arch = "aarch64"))]
+mod neon_tables {
+    use super::*;
+    use crate::aarch64::{attention as att, ops as nops, q4_0, q4_1, q8_0, quantize};
+
+    pub static OPS: Ops = Ops {
+        rms_norm: nops::rms_norm,
+        silu_mul: nops::silu_mul,
+        rope_norm: nops::rope_norm,
+        rope_neox: nops::rope_neox,
+        dot_f16: att::dot_f16_order,
+        scale_f16: att::scale_f16,
+        mad_f16: att::mad_f16,
+    };
+
+    fn with(base: &'static TypeTraits, f: impl FnOnce(&mut TypeTraits)) -> TypeTraits {
+        let mut t = TypeTraits { ..*base };
+        f(&mut t);
+        t
+    }
+
+    /// The NEON entries; `dotprod` picks the `sdot` dots over the plain NEON ones.
+    fn table(dotprod: bool) -> [TypeTraits; 4] {
+        let r = |ty| reference_traits(ty).expect("reference entry");
+        let pick = |dot: VecDotFn, plain: VecDotFn| if dotprod { dot } else { plain };
+        [
+            with(r(GgmlType::Q4_0), |t| {
+                t.vec_dot = pick(q4_0::vec_dot_q4_0_q8_0_dotprod, q4_0::vec_dot_q4_0_q8_0)
+            }),
+            with(r(GgmlType::Q4_1), |t| {
+                t.vec_dot = pick(q4_1::vec_dot_q4_1_q8_1_dotprod, q4_1::vec_dot_q4_1_q8_1)
+            }),
+            with(r(GgmlType::Q8_0), |t| {
+                t.vec_dot = pick(q8_0::vec_dot_q8_0_q8_0_dotprod, q8_0::vec_dot_q8_0_q8_0);
+                t.quantize_act = Some(quantize::quantize_row_q8_0_act);
+            }),
+            with(r(GgmlType::Q8_1), |t| {
+                t.quantize_act = Some(quantize::quantize_row_q8_1_act)
+            }),
+        ]
+    }
+
+    pub fn traits(ty: GgmlType, dotprod: bool) -> Option<&'static TypeTraits> {
+        static DOT: OnceLock<[TypeTraits; 4]> = OnceLock::new();
+        static PLAIN: OnceLock<[TypeTraits; 4]> = OnceLock::new();
+        let t = if dotprod {
+            DOT.get_or_init(|| table(true))
+        } else {
+            PLAIN.get_or_init(|| table(false))
+        };
+        t.iter()
+            .find(|e| e.ty == ty)
+            .or_else(|| reference_traits(ty))
+    }
+}
+
 fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
     let avx2 = {
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
@@ -113,17 +181,55 @@ fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
             false
         }
     };
+    // (neon, dotprod): the NEON kernels need Advanced SIMD; the `sdot` dots also dotprod.
+    let (neon, dotprod) = {
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        {
+            let neon = std::arch::is_aarch64_feature_detected!("neon");
+            (
+                neon,
+                neon && std::arch::is_aarch64_feature_detected!("dotprod"),
+            )
+        }
+        #[cfg(not(all(feature = "simd", target_arch = "aarch64")))]
+        {
+            (false, false)
+        }
+    };
+    let best_neon = if dotprod {
+        Some(CpuPath::NeonDotprod)
+    } else if neon {
+        Some(CpuPath::Neon)
+    } else {
+        None
+    };
+    let lacks_neon = |what: &str| {
+        format!("EMBER_CPU={what}: this CPU (or this build: feature `simd`, aarch64) lacks NEON")
+    };
     match requested {
-        None | Some("") => Ok(if avx2 { CpuPath::Avx2 } else { CpuPath::Scalar }),
+        None | Some("") => Ok(if avx2 {
+            CpuPath::Avx2
+        } else {
+            best_neon.unwrap_or(CpuPath::Scalar)
+        }),
         Some("scalar") => Ok(CpuPath::Scalar),
         Some("avx2") if avx2 => Ok(CpuPath::Avx2),
         Some("avx2") => Err(
             "EMBER_CPU=avx2: this CPU (or this build: feature `simd`, x86_64) lacks AVX2/FMA/F16C"
                 .into(),
         ),
-        Some("neon") => Err("EMBER_CPU=neon: the NEON kernels are not in this build".into()),
+        Some("neon") => best_neon.ok_or_else(|| lacks_neon("neon")),
+        Some("neon-nodot") if neon => Ok(CpuPath::Neon),
+        Some("neon-nodot") => Err(lacks_neon("neon-nodot")),
+        Some("neon-dotprod") if dotprod => Ok(CpuPath::NeonDotprod),
+        Some("neon-dotprod") => Err(
+            "EMBER_CPU=neon-dotprod: this CPU (or this build: feature `simd`, aarch64) lacks \
+             NEON with the dotprod extension (EMBER_CPU=neon-nodot runs plain NEON)"
+                .into(),
+        ),
         Some(other) => Err(format!(
-            "EMBER_CPU={other:?} is not a kernel path (scalar, avx2, neon)"
+            "EMBER_CPU={other:?} is not a kernel path (scalar, avx2, neon, neon-dotprod, \
+             neon-nodot)"
         )),
     }
 }
@@ -150,6 +256,12 @@ pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
         CpuPath::Avx2 => avx2_tables::traits(ty),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
         CpuPath::Avx2 => reference_traits(ty),
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        CpuPath::Neon => neon_tables::traits(ty, false),
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        CpuPath::NeonDotprod => neon_tables::traits(ty, true),
+        #[cfg(not(all(feature = "simd", target_arch = "aarch64")))]
+        CpuPath::Neon | CpuPath::NeonDotprod => reference_traits(ty),
     }
 }
 
@@ -161,6 +273,10 @@ pub fn ops() -> &'static Ops {
         CpuPath::Avx2 => &avx2_tables::OPS,
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
         CpuPath::Avx2 => &SCALAR_OPS,
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        CpuPath::Neon | CpuPath::NeonDotprod => &neon_tables::OPS,
+        #[cfg(not(all(feature = "simd", target_arch = "aarch64")))]
+        CpuPath::Neon | CpuPath::NeonDotprod => &SCALAR_OPS,
     }
 }
 
@@ -174,6 +290,23 @@ mod tests {
         assert!(detect(Some("mips"))
             .unwrap_err()
             .contains("not a kernel path"));
-        assert!(detect(Some("neon")).is_err());
+        let neon_build = cfg!(all(feature = "simd", target_arch = "aarch64"));
+        for neon in ["neon", "neon-nodot", "neon-dotprod"] {
+            match detect(Some(neon)) {
+                Ok(p) => {
+                    assert!(neon_build, "{neon} accepted outside an aarch64 simd build");
+                    assert!(matches!(p, CpuPath::Neon | CpuPath::NeonDotprod));
+                    // Every path's name is accepted by EMBER_CPU and selects that path.
+                    assert_eq!(detect(Some(p.name())), Ok(p));
+                }
+                Err(e) => assert!(e.contains("lacks"), "{neon}: {e}"),
+            }
+        }
+        if neon_build {
+            // Every aarch64 CPU Linux runs on has Advanced SIMD.
+            assert_eq!(detect(Some("neon-nodot")), Ok(CpuPath::Neon));
+        } else {
+            assert!(detect(Some("neon")).is_err());
+        }
     }
 }

@@ -1,7 +1,10 @@
-//! The selected kernel path (AVX2 on x86-64-v3 CPUs, or whatever `EMBER_CPU` forces) equals the
-//! scalar reference bit for bit on random data of awkward lengths: the fast entries are the
-//! reference compiled for a wider ISA, and the model's numerics (matched to llama.cpp to the
-//! last bit) depend on that.
+//! The selected kernel path (AVX2 on x86-64-v3 CPUs, NEON — with `sdot` where the CPU has the
+//! dotprod extension — on aarch64, or whatever `EMBER_CPU` forces) equals the scalar reference
+//! bit for bit on random data of awkward lengths: the model's numerics (matched to llama.cpp to
+//! the last bit) depend on that.
+//!
+//! `EMBER_EXPECT_CPU=<path name>` makes `selected_path_is_reported` fail unless that path was
+//! selected (CI uses it under qemu to prove which aarch64 kernels ran).
 
 use ember_kernels::dispatch::{self, CpuPath};
 use ember_kernels::reference::{attention, ops};
@@ -26,13 +29,55 @@ impl Rng {
 fn selected_path_is_reported() {
     let p = dispatch::select().expect("EMBER_CPU is unset or valid in tests");
     eprintln!("kernel path: {}", p.name());
-    if cfg!(all(feature = "simd", target_arch = "x86_64"))
-        && std::env::var("EMBER_CPU").is_err()
-        && std::arch::is_x86_feature_detected!("avx2")
+    if let Ok(want) = std::env::var("EMBER_EXPECT_CPU") {
+        assert_eq!(p.name(), want, "EMBER_EXPECT_CPU");
+    }
+    if std::env::var("EMBER_CPU").is_ok() || !cfg!(feature = "simd") {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
         && std::arch::is_x86_feature_detected!("f16c")
     {
         assert_eq!(p, CpuPath::Avx2);
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("dotprod") {
+        assert_eq!(p, CpuPath::NeonDotprod);
+    } else {
+        assert_eq!(p, CpuPath::Neon);
+    }
+}
+
+/// Q8_0 weights may hold any byte, -128 included (only the activation quantizers promise
+/// ±127): the selected dot must still equal the reference.
+#[test]
+fn q8_0_dot_handles_every_weight_byte() {
+    let mut rng = Rng(7);
+    let (fast, refr) = (
+        dispatch::traits(GgmlType::Q8_0).unwrap(),
+        reference_traits(GgmlType::Q8_0).unwrap(),
+    );
+    for &blocks in &LENGTHS[..14] {
+        let n = blocks * 32;
+        let mut w = vec![0u8; blocks * 34];
+        for (i, b) in w.iter_mut().enumerate() {
+            *b = match i % 34 {
+                0 => 0x66, // scale 0.0019
+                1 => 0x1f,
+                j if j % 5 == 0 => 0x80, // -128
+                _ => (rng.f().to_bits() >> 7) as u8,
+            };
+        }
+        let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+        let mut a = vec![0u8; blocks * 34];
+        (reference_traits(GgmlType::Q8_0)
+            .unwrap()
+            .quantize_act
+            .unwrap())(&x, &mut a);
+        let (df, dr) = ((fast.vec_dot)(n, &w, &a), (refr.vec_dot)(n, &w, &a));
+        assert_eq!(df.to_bits(), dr.to_bits(), "{blocks} blocks: {df} vs {dr}");
     }
 }
 
@@ -113,5 +158,22 @@ fn ops_equal_the_reference() {
             ops::rope_neox(&mut b, &cos, &sin);
             assert_eq!(a, b, "rope_neox {n}");
         }
+    }
+}
+
+/// SiLU's `exp` over its whole range, the far ranges of ggml's `expf` (|n| > 126 and > 192,
+/// overflow to infinity) included: inputs in ±200, compared bit for bit.
+#[test]
+fn silu_mul_equals_the_reference_over_the_whole_exp_range() {
+    let mut rng = Rng(99);
+    let k = dispatch::ops();
+    for &n in &LENGTHS {
+        let x: Vec<f32> = (0..n).map(|_| rng.f() * 100.0).collect();
+        let u: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+        let (mut a, mut b) = (x.clone(), x.clone());
+        (k.silu_mul)(&mut a, &u);
+        ops::silu_mul(&mut b, &u);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b), "silu_mul {n}");
     }
 }

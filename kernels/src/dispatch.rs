@@ -115,7 +115,9 @@ mod avx2_tables {
 #[cfg(all(feature = "simd", target_arch = "aarch64"))]
 mod neon_tables {
     use super::*;
-    use crate::aarch64::{attention as att, ops as nops, q4_0, q4_1, q8_0, quantize};
+    use crate::aarch64::{
+        attention as att, float, ops as nops, q4_0, q4_1, q4_k, q6_k, q8_0, quantize,
+    };
 
     pub static OPS: Ops = Ops {
         rms_norm: nops::rms_norm,
@@ -134,7 +136,7 @@ mod neon_tables {
     }
 
     /// The NEON entries; `dotprod` picks the `sdot` dots over the plain NEON ones.
-    fn table(dotprod: bool) -> [TypeTraits; 4] {
+    fn table(dotprod: bool) -> [TypeTraits; 10] {
         let r = |ty| reference_traits(ty).expect("reference entry");
         let pick = |dot: VecDotFn, plain: VecDotFn| if dotprod { dot } else { plain };
         [
@@ -151,12 +153,18 @@ mod neon_tables {
             with(r(GgmlType::Q8_1), |t| {
                 t.quantize_act = Some(quantize::quantize_row_q8_1_act)
             }),
+            with(r(GgmlType::Q4_K), |t| t.vec_dot = q4_k::vec_dot_q4_k_q8_k),
+            with(r(GgmlType::Q5_K), |t| t.vec_dot = q4_k::vec_dot_q5_k_q8_k),
+            with(r(GgmlType::Q6_K), |t| t.vec_dot = q6_k::vec_dot_q6_k_q8_k),
+            with(r(GgmlType::F32), |t| t.vec_dot = float::vec_dot_f32),
+            with(r(GgmlType::F16), |t| t.vec_dot = float::vec_dot_f16),
+            with(r(GgmlType::BF16), |t| t.vec_dot = float::vec_dot_bf16),
         ]
     }
 
     pub fn traits(ty: GgmlType, dotprod: bool) -> Option<&'static TypeTraits> {
-        static DOT: OnceLock<[TypeTraits; 4]> = OnceLock::new();
-        static PLAIN: OnceLock<[TypeTraits; 4]> = OnceLock::new();
+        static DOT: OnceLock<[TypeTraits; 10]> = OnceLock::new();
+        static PLAIN: OnceLock<[TypeTraits; 10]> = OnceLock::new();
         let t = if dotprod {
             DOT.get_or_init(|| table(true))
         } else {

@@ -89,6 +89,7 @@ fn quantized_dots_and_activation_quantizers_equal_the_reference() {
         GgmlType::Q8_0,
         GgmlType::Q4_0,
         GgmlType::F16,
+        GgmlType::BF16,
         GgmlType::F32,
     ] {
         let (fast, refr) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
@@ -175,5 +176,63 @@ fn silu_mul_equals_the_reference_over_the_whole_exp_range() {
         ops::silu_mul(&mut b, &u);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&a), bits(&b), "silu_mul {n}");
+    }
+}
+
+/// Float dots over element counts that are not multiples of the vector width (the tails go to
+/// the first lanes in the reference).
+#[test]
+fn float_dots_equal_the_reference_on_awkward_lengths() {
+    let mut rng = Rng(5);
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+        let (fast, refr) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
+        for &n in &LENGTHS {
+            let w: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let bytes = ty.row_bytes(n as u64).unwrap() as usize;
+            let (mut wq, mut aq) = (vec![0u8; bytes], vec![0u8; bytes]);
+            (refr.from_float.unwrap())(&w, &mut wq);
+            (refr.quantize_act.unwrap())(&x, &mut aq);
+            let (df, dr) = ((fast.vec_dot)(n, &wq, &aq), (refr.vec_dot)(n, &wq, &aq));
+            assert_eq!(df.to_bits(), dr.to_bits(), "{ty}: dot of {n}: {df} vs {dr}");
+        }
+    }
+}
+
+/// K-quant dots on random weight blocks (every quant, scale and high-bit pattern; the f16
+/// super-block scales fixed to finite values) against Q8_K activations.
+#[test]
+fn k_quant_dots_equal_the_reference() {
+    let mut rng = Rng(0x5eed);
+    for (ty, f16_at) in [
+        (GgmlType::Q4_K, &[0usize, 2][..]),
+        (GgmlType::Q5_K, &[0, 2]),
+        (GgmlType::Q6_K, &[208]),
+    ] {
+        let (fast, refr) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
+        let act = reference_traits(refr.vec_dot_type).unwrap();
+        let size = ty.row_bytes(256).unwrap() as usize;
+        for &blocks in &LENGTHS[..9] {
+            let n = blocks * 256;
+            let mut w: Vec<u8> = (0..blocks * size)
+                .map(|_| (rng.f().to_bits() >> 5) as u8)
+                .collect();
+            for b in 0..blocks {
+                for (k, &at) in f16_at.iter().enumerate() {
+                    // 0.0123 and 0.0061 as little-endian f16.
+                    let v: [u8; 2] = if k == 0 { [0x4c, 0x22] } else { [0x43, 0x1e] };
+                    w[b * size + at..b * size + at + 2].copy_from_slice(&v);
+                }
+            }
+            let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let mut a = vec![0u8; refr.vec_dot_type.row_bytes(n as u64).unwrap() as usize];
+            (act.quantize_act.unwrap())(&x, &mut a);
+            let (df, dr) = ((fast.vec_dot)(n, &w, &a), (refr.vec_dot)(n, &w, &a));
+            assert_eq!(
+                df.to_bits(),
+                dr.to_bits(),
+                "{ty}: dot over {blocks} blocks: {df} vs {dr}"
+            );
+        }
     }
 }

@@ -26,3 +26,4 @@ cargo test --workspace --locked -- --test-threads=1
 echo "== tests (--no-default-features: scalar only)"
 cargo test --workspace --locked --no-default-features -- --test-threads=1 \
     --skip perplexity_matches_llama_cpp --skip concurrent_equals_solo
+bash scripts/test-aarch64.sh

@@ -33,6 +33,8 @@ unset EMBER_CPU
 
 echo "== aarch64: lint and cross-build"
 cargo clippy --locked --target "$TARGET" -p ember-kernels --all-targets -- -D warnings
+cargo clippy --locked --target "$TARGET" -p ember-kernels --all-targets --no-default-features \
+    -- -D warnings
 cargo test --locked --target "$TARGET" -p ember-kernels --tests --no-run
 cargo test --locked --target "$TARGET" -p ember --test golden --no-run
 echo "aarch64 set-up, lint and cross-build: $((SECONDS - t0)) s"

@@ -140,8 +140,8 @@ pub(crate) fn rope_norm(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 
 #[target_feature(enable = "neon")]
 fn rope_neox_neon(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let h = cos.len().min(sin.len()).min(x.len() / 2);
     let (lo, hi) = x.split_at_mut(cos.len().min(x.len()));
+    let h = lo.len().min(hi.len()).min(sin.len());
     let m = h / 4 * 4;
     for (((a, b), c), s) in lo[..m]
         .chunks_exact_mut(4)

@@ -27,3 +27,4 @@ bash scripts/test-ffi.sh  # the C ABI: header, C/C++ programs under valgrind/ASa
 echo "== tests (--no-default-features: scalar only)"
 cargo test --workspace --locked --no-default-features -- --test-threads=1 \
     --skip perplexity_matches_llama_cpp --skip concurrent_equals_solo
+bash scripts/test-aarch64.sh

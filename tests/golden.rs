@@ -115,17 +115,17 @@ fn first_tie(c: &Value) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// Feed llama.cpp's generated ids back one step at a time and check our logits at each step:
-/// the top-1 logit within `LOGIT_TOL` of llama.cpp's, and our argmax equal to llama.cpp's id
-/// before the first near-tie.
-fn teacher_forced(s: &mut Session, c: &Value, r: &mut Report) {
+/// Feed llama.cpp's generated ids back one step at a time (the first `steps` of them) and check
+/// our logits at each step: the top-1 logit within `LOGIT_TOL` of llama.cpp's, and our argmax
+/// equal to llama.cpp's id before the first near-tie.
+fn teacher_forced(s: &mut Session, c: &Value, steps: usize, r: &mut Report) {
     let name = c["name"].as_str().unwrap();
     let gen = ids(&c["generated_ids"]);
     let tie = first_tie(c);
     let top5 = c["steps_top5"].as_array().unwrap();
     let mut seq = s.new_sequence();
     seq.tokens.extend(ids(&c["prompt_ids"]));
-    for (step, &next) in gen.iter().enumerate() {
+    for (step, &next) in gen.iter().enumerate().take(steps) {
         let last = seq.tokens.len() - 1;
         let ref_id = top5[step][0][0].as_u64().unwrap() as usize;
         let ref_logit = top5[step][0][1].as_f64().unwrap() as f32;
@@ -177,7 +177,7 @@ fn greedy_matches_llama_cpp() {
             r.problems
                 .push(format!("{name}: prompt ids {got:?} != {prompt_ids:?}"));
         }
-        teacher_forced(&mut s, c, &mut r);
+        teacher_forced(&mut s, c, usize::MAX, &mut r);
         let first_tie = first_tie(c).min(gen.len());
 
         // Free-running greedy generation through the public path.
@@ -197,6 +197,42 @@ fn greedy_matches_llama_cpp() {
     }
     eprintln!(
         "largest top-1 logit difference: {} at {}",
+        r.worst.0, r.worst.1
+    );
+    assert!(r.problems.is_empty(), "{}", r.problems.join("\n"));
+}
+
+/// The first steps of one greedy case, teacher-forced and then free-running: a real-model check
+/// short enough for an emulator (`scripts/test-aarch64.sh` runs it under qemu on both NEON
+/// paths); `greedy_matches_llama_cpp` is the full check. With `EMBER_EXPECT_CPU` set, the
+/// selected kernel path must be that one, so the check is known to have run those kernels.
+#[test]
+fn greedy_first_steps_match_llama_cpp() {
+    const STEPS: usize = 8;
+    let path = ember_kernels::dispatch::select().expect("kernel path");
+    eprintln!("kernel path: {}", path.name());
+    if let Ok(want) = std::env::var("EMBER_EXPECT_CPU") {
+        assert_eq!(path.name(), want, "EMBER_EXPECT_CPU");
+    }
+    let mut s = session(64, 32, 1);
+    let g = golden("greedy.json");
+    let c = &g["cases"][0];
+    let mut r = Report::default();
+    teacher_forced(&mut s, c, STEPS, &mut r);
+    let gen = ids(&c["generated_ids"]);
+    let want = &gen[..STEPS.min(first_tie(c)).min(gen.len())];
+    let params = GenerateParams {
+        max_tokens: want.len(),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let out = s.generate(&ids(&c["prompt_ids"]), &params, |_| {}).unwrap();
+    if out.ids.get(..want.len()) != Some(want) {
+        r.problems
+            .push(format!("generated {:?}, llama.cpp {want:?}", out.ids));
+    }
+    eprintln!(
+        "largest top-1 logit difference in {STEPS} steps: {} at {}",
         r.worst.0, r.worst.1
     );
     assert!(r.problems.is_empty(), "{}", r.problems.join("\n"));
@@ -231,7 +267,7 @@ fn f32_weights_match_llama_cpp_f32_goldens() {
     let g = golden("greedy_f32_activations.json");
     let mut r = Report::default();
     for c in g["cases"].as_array().unwrap() {
-        teacher_forced(&mut s, c, &mut r);
+        teacher_forced(&mut s, c, usize::MAX, &mut r);
     }
     eprintln!(
         "F32 path: largest top-1 logit difference {} at {}",

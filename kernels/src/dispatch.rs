@@ -3,11 +3,17 @@
 //! `EMBER_CPU=scalar|avx2|neon` forces a path (for tests and measurements); asking for a path
 //! the CPU (or this build) lacks is an error from [`select`], never a silent fallback. Without
 //! the variable the best available path is used. The scalar reference is always available.
+//!
+//! On aarch64, `neon` selects NEON with the dotprod extension (`sdot`) where the CPU has it and
+//! plain NEON otherwise; `neon-dotprod` requires the extension, and `neon-nodot` forces the plain
+//! NEON kernels even on a CPU with it (to test and measure that path on such a machine).
 
 use std::sync::OnceLock;
 
 use crate::reference::{attention, ops};
 use crate::tile::TileDotFn;
+#[cfg(all(feature = "simd", target_arch = "aarch64"))]
+use crate::traits::VecDotFn;
 use crate::traits::{reference_traits, TypeTraits};
 use crate::GgmlType;
 
@@ -18,6 +24,10 @@ pub enum CpuPath {
     Scalar,
     /// x86_64 with AVX2, FMA and F16C (x86-64-v3).
     Avx2,
+    /// aarch64 NEON without the dotprod extension (`vmull_s8` integer dots).
+    Neon,
+    /// aarch64 NEON with the dotprod extension (`sdot` integer dots).
+    NeonDotprod,
 }
 
 impl CpuPath {
@@ -26,6 +36,8 @@ impl CpuPath {
         match self {
             CpuPath::Scalar => "scalar",
             CpuPath::Avx2 => "avx2",
+            CpuPath::Neon => "neon-nodot",
+            CpuPath::NeonDotprod => "neon-dotprod",
         }
     }
 }
@@ -169,6 +181,73 @@ mod avx2_tables {
     }
 }
 
+#[cfg(all(feature = "simd", target_arch = "aarch64"))]
+mod neon_tables {
+    use super::*;
+    use crate::aarch64::{
+        attention as att, float, ops as nops, q4_0, q4_1, q4_k, q6_k, q8_0, quantize,
+    };
+
+    pub static OPS: Ops = Ops {
+        rms_norm: nops::rms_norm,
+        silu_mul: nops::silu_mul,
+        rope_norm: nops::rope_norm,
+        rope_neox: nops::rope_neox,
+        dot_f16: att::dot_f16_order,
+        scale_f16: att::scale_f16,
+        mad_f16: att::mad_f16,
+        // No fused NEON attention kernel yet: the reference loop (scalar steps).
+        attend_rows: attention::attend_rows,
+        attend_rows_group: attention::attend_rows_group,
+    };
+
+    fn with(base: &'static TypeTraits, f: impl FnOnce(&mut TypeTraits)) -> TypeTraits {
+        let mut t = TypeTraits { ..*base };
+        f(&mut t);
+        t
+    }
+
+    /// The NEON entries; `dotprod` picks the `sdot` dots over the plain NEON ones.
+    fn table(dotprod: bool) -> [TypeTraits; 10] {
+        let r = |ty| reference_traits(ty).expect("reference entry");
+        let pick = |dot: VecDotFn, plain: VecDotFn| if dotprod { dot } else { plain };
+        [
+            with(r(GgmlType::Q4_0), |t| {
+                t.vec_dot = pick(q4_0::vec_dot_q4_0_q8_0_dotprod, q4_0::vec_dot_q4_0_q8_0)
+            }),
+            with(r(GgmlType::Q4_1), |t| {
+                t.vec_dot = pick(q4_1::vec_dot_q4_1_q8_1_dotprod, q4_1::vec_dot_q4_1_q8_1)
+            }),
+            with(r(GgmlType::Q8_0), |t| {
+                t.vec_dot = pick(q8_0::vec_dot_q8_0_q8_0_dotprod, q8_0::vec_dot_q8_0_q8_0);
+                t.quantize_act = Some(quantize::quantize_row_q8_0_act);
+            }),
+            with(r(GgmlType::Q8_1), |t| {
+                t.quantize_act = Some(quantize::quantize_row_q8_1_act)
+            }),
+            with(r(GgmlType::Q4_K), |t| t.vec_dot = q4_k::vec_dot_q4_k_q8_k),
+            with(r(GgmlType::Q5_K), |t| t.vec_dot = q4_k::vec_dot_q5_k_q8_k),
+            with(r(GgmlType::Q6_K), |t| t.vec_dot = q6_k::vec_dot_q6_k_q8_k),
+            with(r(GgmlType::F32), |t| t.vec_dot = float::vec_dot_f32),
+            with(r(GgmlType::F16), |t| t.vec_dot = float::vec_dot_f16),
+            with(r(GgmlType::BF16), |t| t.vec_dot = float::vec_dot_bf16),
+        ]
+    }
+
+    pub fn traits(ty: GgmlType, dotprod: bool) -> Option<&'static TypeTraits> {
+        static DOT: OnceLock<[TypeTraits; 10]> = OnceLock::new();
+        static PLAIN: OnceLock<[TypeTraits; 10]> = OnceLock::new();
+        let t = if dotprod {
+            DOT.get_or_init(|| table(true))
+        } else {
+            PLAIN.get_or_init(|| table(false))
+        };
+        t.iter()
+            .find(|e| e.ty == ty)
+            .or_else(|| reference_traits(ty))
+    }
+}
+
 fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
     let avx2 = {
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
@@ -182,17 +261,55 @@ fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
             false
         }
     };
+    // (neon, dotprod): the NEON kernels need Advanced SIMD; the `sdot` dots also dotprod.
+    let (neon, dotprod) = {
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        {
+            let neon = std::arch::is_aarch64_feature_detected!("neon");
+            (
+                neon,
+                neon && std::arch::is_aarch64_feature_detected!("dotprod"),
+            )
+        }
+        #[cfg(not(all(feature = "simd", target_arch = "aarch64")))]
+        {
+            (false, false)
+        }
+    };
+    let best_neon = if dotprod {
+        Some(CpuPath::NeonDotprod)
+    } else if neon {
+        Some(CpuPath::Neon)
+    } else {
+        None
+    };
+    let lacks_neon = |what: &str| {
+        format!("EMBER_CPU={what}: this CPU (or this build: feature `simd`, aarch64) lacks NEON")
+    };
     match requested {
-        None | Some("") => Ok(if avx2 { CpuPath::Avx2 } else { CpuPath::Scalar }),
+        None | Some("") => Ok(if avx2 {
+            CpuPath::Avx2
+        } else {
+            best_neon.unwrap_or(CpuPath::Scalar)
+        }),
         Some("scalar") => Ok(CpuPath::Scalar),
         Some("avx2") if avx2 => Ok(CpuPath::Avx2),
         Some("avx2") => Err(
             "EMBER_CPU=avx2: this CPU (or this build: feature `simd`, x86_64) lacks AVX2/FMA/F16C"
                 .into(),
         ),
-        Some("neon") => Err("EMBER_CPU=neon: the NEON kernels are not in this build".into()),
+        Some("neon") => best_neon.ok_or_else(|| lacks_neon("neon")),
+        Some("neon-nodot") if neon => Ok(CpuPath::Neon),
+        Some("neon-nodot") => Err(lacks_neon("neon-nodot")),
+        Some("neon-dotprod") if dotprod => Ok(CpuPath::NeonDotprod),
+        Some("neon-dotprod") => Err(
+            "EMBER_CPU=neon-dotprod: this CPU (or this build: feature `simd`, aarch64) lacks \
+             NEON with the dotprod extension (EMBER_CPU=neon-nodot runs plain NEON)"
+                .into(),
+        ),
         Some(other) => Err(format!(
-            "EMBER_CPU={other:?} is not a kernel path (scalar, avx2, neon)"
+            "EMBER_CPU={other:?} is not a kernel path (scalar, avx2, neon, neon-dotprod, \
+             neon-nodot)"
         )),
     }
 }
@@ -219,11 +336,21 @@ pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
         CpuPath::Avx2 => avx2_tables::traits(ty),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
         CpuPath::Avx2 => reference_traits(ty),
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        CpuPath::Neon => neon_tables::traits(ty, false),
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        CpuPath::NeonDotprod => neon_tables::traits(ty, true),
+        #[cfg(not(all(feature = "simd", target_arch = "aarch64")))]
+        CpuPath::Neon | CpuPath::NeonDotprod => reference_traits(ty),
     }
 }
 
 /// The tile product of weight type `ty` on the selected path (see [`crate::tile`]); `None`
 /// where the path has none for `ty` (callers then use `traits(ty).vec_dot` per pair).
+#[cfg_attr(
+    not(all(feature = "simd", target_arch = "x86_64")),
+    allow(unused_variables)
+)]
 pub fn tile(ty: GgmlType) -> Option<TileDotFn> {
     match path() {
         CpuPath::Scalar => None,
@@ -231,11 +358,16 @@ pub fn tile(ty: GgmlType) -> Option<TileDotFn> {
         CpuPath::Avx2 => avx2_tables::tile(ty),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
         CpuPath::Avx2 => None,
+        CpuPath::Neon | CpuPath::NeonDotprod => None,
     }
 }
 
 /// Every tile kernel of `ty` on the selected path that this CPU can run (the first is what
 /// [`tile`] returns), named; for tests and benchmarks of each variant.
+#[cfg_attr(
+    not(all(feature = "simd", target_arch = "x86_64")),
+    allow(unused_variables)
+)]
 pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
     match path() {
         CpuPath::Scalar => Vec::new(),
@@ -243,6 +375,7 @@ pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
         CpuPath::Avx2 => avx2_tables::tile_variants(ty),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
         CpuPath::Avx2 => Vec::new(),
+        CpuPath::Neon | CpuPath::NeonDotprod => Vec::new(),
     }
 }
 
@@ -254,6 +387,10 @@ pub fn ops() -> &'static Ops {
         CpuPath::Avx2 => &avx2_tables::OPS,
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
         CpuPath::Avx2 => &SCALAR_OPS,
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        CpuPath::Neon | CpuPath::NeonDotprod => &neon_tables::OPS,
+        #[cfg(not(all(feature = "simd", target_arch = "aarch64")))]
+        CpuPath::Neon | CpuPath::NeonDotprod => &SCALAR_OPS,
     }
 }
 
@@ -267,6 +404,23 @@ mod tests {
         assert!(detect(Some("mips"))
             .unwrap_err()
             .contains("not a kernel path"));
-        assert!(detect(Some("neon")).is_err());
+        let neon_build = cfg!(all(feature = "simd", target_arch = "aarch64"));
+        for neon in ["neon", "neon-nodot", "neon-dotprod"] {
+            match detect(Some(neon)) {
+                Ok(p) => {
+                    assert!(neon_build, "{neon} accepted outside an aarch64 simd build");
+                    assert!(matches!(p, CpuPath::Neon | CpuPath::NeonDotprod));
+                    // Every path's name is accepted by EMBER_CPU and selects that path.
+                    assert_eq!(detect(Some(p.name())), Ok(p));
+                }
+                Err(e) => assert!(e.contains("lacks"), "{neon}: {e}"),
+            }
+        }
+        if neon_build {
+            // Every aarch64 CPU Linux runs on has Advanced SIMD.
+            assert_eq!(detect(Some("neon-nodot")), Ok(CpuPath::Neon));
+        } else {
+            assert!(detect(Some("neon")).is_err());
+        }
     }
 }

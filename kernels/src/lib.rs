@@ -14,3 +14,6 @@ pub use types::{supported_names, GgmlType, SUPPORTED};
 
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 mod x86_64;
+
+#[cfg(all(feature = "simd", target_arch = "aarch64"))]
+mod aarch64;

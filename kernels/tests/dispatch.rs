@@ -1,9 +1,10 @@
-//! The selected kernel path (AVX2 on x86-64-v3 CPUs, or whatever `EMBER_CPU` forces) equals the
-//! scalar reference bit for bit (tolerance zero; a NaN result only has to be a NaN) on random
-//! data, random bytes and edge data (zeros, extreme quants and scales, ties, non-finite
-//! inputs) of awkward lengths — in blocks for quantized types, in elements for float types:
-//! the fast entries reproduce the reference's float order, and the model's numerics (matched
-//! to llama.cpp to the last bit) depend on that.
+//! The selected kernel path (AVX2 on x86-64-v3 CPUs, NEON — with `sdot` where the CPU has the
+//! dotprod extension — on aarch64, or whatever `EMBER_CPU` forces) equals the scalar reference
+//! bit for bit on random data of awkward lengths: the model's numerics (matched to llama.cpp to
+//! the last bit) depend on that.
+//!
+//! `EMBER_EXPECT_CPU=<path name>` makes `selected_path_is_reported` fail unless that path was
+//! selected (CI uses it under qemu to prove which aarch64 kernels ran).
 
 use ember_kernels::dispatch::{self, CpuPath};
 use ember_kernels::reference::{attention, ops};
@@ -34,13 +35,24 @@ impl Rng {
 fn selected_path_is_reported() {
     let p = dispatch::select().expect("EMBER_CPU is unset or valid in tests");
     eprintln!("kernel path: {}", p.name());
-    if cfg!(all(feature = "simd", target_arch = "x86_64"))
-        && std::env::var("EMBER_CPU").is_err()
-        && std::arch::is_x86_feature_detected!("avx2")
+    if let Ok(want) = std::env::var("EMBER_EXPECT_CPU") {
+        assert_eq!(p.name(), want, "EMBER_EXPECT_CPU");
+    }
+    if std::env::var("EMBER_CPU").is_ok() || !cfg!(feature = "simd") {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
         && std::arch::is_x86_feature_detected!("f16c")
     {
         assert_eq!(p, CpuPath::Avx2);
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("dotprod") {
+        assert_eq!(p, CpuPath::NeonDotprod);
+    } else {
+        assert_eq!(p, CpuPath::Neon);
     }
 }
 
@@ -582,6 +594,112 @@ fn attention_groups_equal_the_reference() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// Q8_0 weights may hold any byte, -128 included (only the activation quantizers promise
+/// ±127): the selected dot must still equal the reference.
+#[test]
+fn q8_0_dot_handles_every_weight_byte() {
+    let mut rng = Rng(7);
+    let (fast, refr) = (
+        dispatch::traits(GgmlType::Q8_0).unwrap(),
+        reference_traits(GgmlType::Q8_0).unwrap(),
+    );
+    for &blocks in &LENGTHS[..14] {
+        let n = blocks * 32;
+        let mut w = vec![0u8; blocks * 34];
+        for (i, b) in w.iter_mut().enumerate() {
+            *b = match i % 34 {
+                0 => 0x66, // scale 0.0019
+                1 => 0x1f,
+                j if j % 5 == 0 => 0x80, // -128
+                _ => (rng.f().to_bits() >> 7) as u8,
+            };
+        }
+        let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+        let mut a = vec![0u8; blocks * 34];
+        (reference_traits(GgmlType::Q8_0)
+            .unwrap()
+            .quantize_act
+            .unwrap())(&x, &mut a);
+        let (df, dr) = ((fast.vec_dot)(n, &w, &a), (refr.vec_dot)(n, &w, &a));
+        assert_eq!(df.to_bits(), dr.to_bits(), "{blocks} blocks: {df} vs {dr}");
+    }
+}
+
+/// SiLU's `exp` over its whole range, the far ranges of ggml's `expf` (|n| > 126 and > 192,
+/// overflow to infinity) included: inputs in ±200, compared bit for bit.
+#[test]
+fn silu_mul_equals_the_reference_over_the_whole_exp_range() {
+    let mut rng = Rng(99);
+    let k = dispatch::ops();
+    for &n in &LENGTHS {
+        let x: Vec<f32> = (0..n).map(|_| rng.f() * 100.0).collect();
+        let u: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+        let (mut a, mut b) = (x.clone(), x.clone());
+        (k.silu_mul)(&mut a, &u);
+        ops::silu_mul(&mut b, &u);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b), "silu_mul {n}");
+    }
+}
+
+/// Float dots over element counts that are not multiples of the vector width (the tails go to
+/// the first lanes in the reference).
+#[test]
+fn float_dots_equal_the_reference_on_awkward_lengths() {
+    let mut rng = Rng(5);
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+        let (fast, refr) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
+        for &n in &LENGTHS {
+            let w: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let bytes = ty.row_bytes(n as u64).unwrap() as usize;
+            let (mut wq, mut aq) = (vec![0u8; bytes], vec![0u8; bytes]);
+            (refr.from_float.unwrap())(&w, &mut wq);
+            (refr.quantize_act.unwrap())(&x, &mut aq);
+            let (df, dr) = ((fast.vec_dot)(n, &wq, &aq), (refr.vec_dot)(n, &wq, &aq));
+            assert_eq!(df.to_bits(), dr.to_bits(), "{ty}: dot of {n}: {df} vs {dr}");
+        }
+    }
+}
+
+/// K-quant dots on random weight blocks (every quant, scale and high-bit pattern; the f16
+/// super-block scales fixed to finite values) against Q8_K activations.
+#[test]
+fn k_quant_dots_equal_the_reference() {
+    let mut rng = Rng(0x5eed);
+    for (ty, f16_at) in [
+        (GgmlType::Q4_K, &[0usize, 2][..]),
+        (GgmlType::Q5_K, &[0, 2]),
+        (GgmlType::Q6_K, &[208]),
+    ] {
+        let (fast, refr) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
+        let act = reference_traits(refr.vec_dot_type).unwrap();
+        let size = ty.row_bytes(256).unwrap() as usize;
+        for &blocks in &LENGTHS[..9] {
+            let n = blocks * 256;
+            let mut w: Vec<u8> = (0..blocks * size)
+                .map(|_| (rng.f().to_bits() >> 5) as u8)
+                .collect();
+            for b in 0..blocks {
+                for (k, &at) in f16_at.iter().enumerate() {
+                    // 0.0123 and 0.0061 as little-endian f16.
+                    let v: [u8; 2] = if k == 0 { [0x4c, 0x22] } else { [0x43, 0x1e] };
+                    w[b * size + at..b * size + at + 2].copy_from_slice(&v);
+                }
+            }
+            let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let mut a = vec![0u8; refr.vec_dot_type.row_bytes(n as u64).unwrap() as usize];
+            (act.quantize_act.unwrap())(&x, &mut a);
+            let (df, dr) = ((fast.vec_dot)(n, &w, &a), (refr.vec_dot)(n, &w, &a));
+            assert_eq!(
+                df.to_bits(),
+                dr.to_bits(),
+                "{ty}: dot over {blocks} blocks: {df} vs {dr}"
+            );
         }
     }
 }

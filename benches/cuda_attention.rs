@@ -34,7 +34,7 @@ fn main() {
     let cold_ms = cold.compile.ms;
     drop(cold);
     let t1 = Instant::now();
-    let dev = CudaDevice::open().expect("open the CUDA device");
+    let mut dev = CudaDevice::open().expect("open the CUDA device");
     let warm_total = t1.elapsed().as_secs_f64() * 1e3;
     assert!(dev.compile.cache_hit, "second open must hit the disk cache");
     let _ = std::fs::remove_dir_all(&dir);
@@ -49,8 +49,10 @@ fn main() {
     let copy_gbs = testing::copy_bandwidth(&dev, 1 << 30, 20).expect("copy");
     println!("\ndevice-to-device copy: {copy_gbs:.0} GB/s (read + write, 1 GiB, median of 20)");
 
-    println!("\n| shape | seqs × ctx | K/V bytes | parts × len | time | GB/s | % of copy |");
-    println!("| --- | --- | ---: | --- | ---: | ---: | ---: |");
+    println!(
+        "\n| kernel | shape | seqs × ctx | K/V bytes | parts × len | time | GB/s | % of copy |"
+    );
+    println!("| --- | --- | --- | ---: | --- | ---: | ---: | ---: |");
     for (name, hq, hkv) in [
         ("SmolLM2-135M (9/3 heads, d 64)", 9, 3),
         ("Llama-3.2-1B (32/8 heads, d 64)", 32, 8),
@@ -90,7 +92,15 @@ fn main() {
         let pos: Vec<i32> = vec![(ctx - 1) as i32; n_seq];
         let row: Vec<i32> = (0..n_seq as i32).collect();
         let bytes = (n_seq * ctx * hkv * d * 2 * 2) as f64;
-        for part_len in [256usize, 512, 1024, 4096] {
+        for (general, part_len) in [
+            (true, 512usize),
+            (false, 256),
+            (false, 512),
+            (false, 1024),
+            (false, 4096),
+        ] {
+            dev.general_attention = general;
+            let kernel = if general { "general" } else { "grouped-query" };
             let n_parts = ctx.div_ceil(part_len);
             let inp = AttnInputs::new(&dev, z, &kc, &vc, &q, &tables, &pos, &row, n_parts)
                 .expect("upload");
@@ -106,7 +116,7 @@ fn main() {
             let m = median(ms);
             let gbs = bytes / (m * 1e-3) / 1e9;
             println!(
-                "| {name} | {n_seq} × {ctx} | {:.0} MiB | {n_parts} × {part_len} | {:.3} ms | {gbs:.0} | {:.0}% |",
+                "| {kernel} | {name} | {n_seq} × {ctx} | {:.0} MiB | {n_parts} × {part_len} | {:.3} ms | {gbs:.0} | {:.0}% |",
                 bytes / (1 << 20) as f64,
                 m,
                 100.0 * gbs / copy_gbs

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use ember_kernels::GgmlType;
@@ -99,6 +98,9 @@ struct Kernels {
     copy_slots: CudaFunction,
     paged_attention: CudaFunction,
     attention_reduce: CudaFunction,
+    /// Grouped-query attention by shape (head_dim, most query heads per KV head): (64, 4),
+    /// (64, 8), (128, 4), (128, 8).
+    attn_gqa: [CudaFunction; 4],
 }
 
 /// A device buffer and its address.
@@ -136,6 +138,9 @@ pub struct CudaDevice {
     pub cc: (i32, i32),
     /// Kernel compilation.
     pub compile: CompileInfo,
+    /// Always use the general attention kernel (one block per query head), not the
+    /// grouped-query one; `EMBER_CUDA_ATTN=general` at start-up, or set for comparisons.
+    pub general_attention: bool,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -302,6 +307,12 @@ impl CudaDevice {
             copy_slots: f("copy_slots")?,
             paged_attention: f("paged_attention")?,
             attention_reduce: f("attention_reduce")?,
+            attn_gqa: [
+                f("attn_gqa_d64_g4")?,
+                f("attn_gqa_d64_g8")?,
+                f("attn_gqa_d128_g4")?,
+                f("attn_gqa_d128_g8")?,
+            ],
         };
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(CudaDevice {
@@ -316,6 +327,7 @@ impl CudaDevice {
                 cache_path,
                 arch,
             },
+            general_attention: std::env::var_os("EMBER_CUDA_ATTN").is_some_and(|v| v == "general"),
         })
     }
 
@@ -397,17 +409,28 @@ impl CudaDevice {
         if grid.0 > i32::MAX as usize || grid.1 > 65535 {
             return Err(backend_err(format!("{what}: grid {grid:?} too large")));
         }
-        let cfg = LaunchConfig {
-            grid_dim: (grid.0 as u32, grid.1 as u32, 1),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = self.stream.launch_builder(f);
-        b.arg(p);
+        // The engine may be driven from another thread than the one that opened the device.
+        self.ctx
+            .bind_to_thread()
+            .map_err(drv("binding the CUDA context"))?;
+        // cuLaunchKernel directly (cudarc's launch builder allocates an argument list per
+        // launch; a step must allocate nothing): one parameter, the struct, by address.
+        let mut args = [p as *const P as *mut std::ffi::c_void];
         // SAFETY: `p` matches the kernel's one by-value parameter struct (params.rs mirrors
-        // common.cuh); every address in it was taken from a live buffer of this device, sized
-        // by the caller for the counts in `p` (each launcher's contract).
-        unsafe { b.launch(cfg) }.map_err(drv(what))?;
+        // common.cuh) and outlives the call (the driver copies parameters at launch); every
+        // address in it was taken from a live buffer of this device, sized by the caller for the
+        // counts in `p` (each launcher's contract); `f` belongs to this context.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                (grid.0 as u32, grid.1 as u32, 1),
+                (block, 1, 1),
+                0,
+                self.stream.cu_stream(),
+                &mut args,
+            )
+        }
+        .map_err(drv(what))?;
         Ok(())
     }
 
@@ -497,16 +520,36 @@ impl CudaDevice {
         )
     }
 
-    /// Paged attention (and the partition merge when `p.n_parts > 1`).
+    /// Paged attention (and the partition merge when `p.n_parts > 1`): the grouped-query
+    /// kernel (one thread block per token × KV head) for head_dim 64 and 128 with up to 8 query
+    /// heads per KV head, the general kernel (one block per token × query head) otherwise.
     pub fn attention(&self, p: &AttnParams) -> Result<()> {
         let rows = (p.n_tok * p.n_head) as usize;
-        self.launch(
-            &self.k.paged_attention,
-            (rows, p.n_parts as usize),
-            128,
-            p,
-            "paged_attention",
-        )?;
+        let group = p.n_head / p.n_head_kv.max(1);
+        let shape = match (p.head_dim, group) {
+            (64, 1..=4) => Some(0),
+            (64, 5..=8) => Some(1),
+            (128, 1..=4) => Some(2),
+            (128, 5..=8) => Some(3),
+            _ => None,
+        };
+        let gqa = shape.map(|s| &self.k.attn_gqa[s]);
+        match gqa {
+            Some(f) if !self.general_attention => self.launch(
+                f,
+                ((p.n_tok * p.n_head_kv) as usize, p.n_parts as usize),
+                128,
+                p,
+                "attn_gqa",
+            )?,
+            _ => self.launch(
+                &self.k.paged_attention,
+                (rows, p.n_parts as usize),
+                128,
+                p,
+                "paged_attention",
+            )?,
+        }
         if p.n_parts > 1 {
             self.launch(
                 &self.k.attention_reduce,

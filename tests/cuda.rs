@@ -31,7 +31,6 @@ use half::f16;
 fn device(test: &str) -> Option<CudaDevice> {
     if !driver_present() {
         println!("{test}: skipped: no CUDA driver");
-        eprintln!("{test}: skipped: no CUDA driver");
         return None;
     }
     Some(CudaDevice::open().expect("the CUDA driver is present, so the device must open"))

@@ -51,3 +51,8 @@ impl CudaBackend {
         match self.0 {}
     }
 }
+
+/// Whether this build can use a CUDA driver: never, without the `cuda` feature.
+pub fn driver_present() -> bool {
+    false
+}

@@ -117,7 +117,13 @@ impl Backend {
                     inner: Inner::Cuda(Box::new(b)),
                     note: None,
                 }),
-                Err(e) => cpu(Some(format!("CUDA not used: {e}"))),
+                Err(e) => cpu(Some(format!(
+                    "CUDA not used, running on the CPU: {}",
+                    match e {
+                        Error::Backend(m) => m,
+                        other => other.to_string(),
+                    }
+                ))),
             },
         }
     }
@@ -255,4 +261,60 @@ pub(crate) fn validate_batch(
         }
     }
     Ok(n_logits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufFile;
+    use crate::synth::{synth_gguf, SynthSpec};
+
+    #[test]
+    fn backend_kind_parses_and_prints() {
+        for k in [BackendKind::Cpu, BackendKind::Cuda, BackendKind::Auto] {
+            assert_eq!(k.to_string().parse::<BackendKind>(), Ok(k));
+        }
+        assert!("gpu".parse::<BackendKind>().is_err());
+    }
+
+    /// Without the `cuda` feature, `cuda` is a clear error and `auto` runs on the CPU saying why;
+    /// with it but no driver, the same with the driver's absence as the reason.
+    #[test]
+    fn cuda_unavailable_is_an_error_and_auto_falls_back() {
+        let bytes = synth_gguf(&SynthSpec::default())
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let m = Model::from_gguf(GgufFile::from_bytes(bytes).unwrap()).unwrap();
+        let c = &m.config;
+        let z = BackendSizes {
+            layout: KvLayout {
+                n_layer: c.n_layer,
+                n_kv_head: c.n_head_kv,
+                head_dim: c.head_dim,
+                block_size: 16,
+            },
+            n_blocks: 4,
+            max_tokens: 8,
+            max_logits: 1,
+            n_ctx: 64,
+            threads: 1,
+        };
+        let why = if cfg!(feature = "cuda") {
+            if cuda::driver_present() {
+                return; // a GPU machine: tests/cuda.rs covers it
+            }
+            "no CUDA driver"
+        } else {
+            "built without CUDA"
+        };
+        let e = Backend::new(BackendKind::Cuda, &m, z).unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+        let b = Backend::new(BackendKind::Auto, &m, z).unwrap();
+        assert_eq!(b.name(), "cpu");
+        assert!(b.note().is_some_and(|n| n.contains(why)), "{:?}", b.note());
+        let b = Backend::new(BackendKind::Cpu, &m, z).unwrap();
+        assert!(b.note().is_none());
+        assert_eq!(b.n_blocks(), 4);
+    }
 }

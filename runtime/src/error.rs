@@ -78,6 +78,9 @@ pub enum Error {
         /// Tokens requested.
         requested: usize,
     },
+    /// The compute backend could not start or failed (no CUDA driver, device out of memory,
+    /// a kernel that failed to compile or launch, a build without CUDA).
+    Backend(String),
 }
 
 impl fmt::Display for Error {
@@ -113,6 +116,7 @@ impl fmt::Display for Error {
                 f,
                 "context full: {requested} tokens requested, the context holds {n_ctx}"
             ),
+            Error::Backend(m) => write!(f, "backend: {m}"),
         }
     }
 }

@@ -4,9 +4,9 @@
 
 use std::time::Instant;
 
-use crate::compute::Compute;
+use crate::backend::{Backend, BackendKind, BackendSizes};
 use crate::error::{Error, Result};
-use crate::kv::{BlockId, BlockPool, BlockTable, KvArena, KvLayout};
+use crate::kv::{BlockId, BlockPool, BlockTable, KvLayout};
 use crate::model::{BatchToken, Model, Scratch};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::StopMatcher;
@@ -149,11 +149,11 @@ pub struct Generation {
 }
 
 /// What running a model needs besides the model, allocated once at start-up: the tokenizer,
-/// the worker threads, the KV arena and its block pool, and the forward pass's scratch.
+/// the backend (worker threads or a GPU) with its KV arena, the block pool, and the forward
+/// pass's scratch (on the host: it receives the logits whichever backend computes them).
 pub(crate) struct Resources {
     pub tokenizer: Tokenizer,
-    pub compute: Compute,
-    pub arena: KvArena,
+    pub backend: Backend,
     pub pool: BlockPool,
     pub scratch: Scratch,
 }
@@ -170,6 +170,7 @@ impl Resources {
         max_batch_tokens: usize,
         max_logits: usize,
         threads: usize,
+        backend: BackendKind,
     ) -> Result<Resources> {
         let c = &model.config;
         if block_size == 0 || block_size > 4096 {
@@ -207,16 +208,24 @@ impl Resources {
         } else {
             threads
         };
-        let compute = Compute::new(threads).map_err(|what| Error::InvalidParam {
-            name: "threads",
-            what,
-        })?;
+        let scratch = Scratch::new(model, max_batch_tokens, max_logits, n_ctx)?;
+        let backend = Backend::new(
+            backend,
+            model,
+            BackendSizes {
+                layout,
+                n_blocks,
+                max_tokens: max_batch_tokens,
+                max_logits,
+                n_ctx,
+                threads,
+            },
+        )?;
         Ok(Resources {
             tokenizer,
-            compute,
-            arena: KvArena::new(layout, n_blocks)?,
+            backend,
             pool: BlockPool::new(n_blocks),
-            scratch: Scratch::new(model, max_batch_tokens, max_logits, n_ctx)?,
+            scratch,
         })
     }
 }
@@ -227,8 +236,7 @@ pub struct Session {
     pub model: Model,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
-    compute: Compute,
-    arena: KvArena,
+    backend: Backend,
     pool: BlockPool,
     scratch: Scratch,
     batch: Vec<BatchToken>,
@@ -241,14 +249,23 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("model", &self.model)
-            .field("arena", &self.arena)
+            .field("backend", &self.backend)
             .finish()
     }
 }
 
 impl Session {
-    /// Build the tokenizer, start the workers and allocate the KV arena and scratch memory.
+    /// Build the tokenizer, start the CPU workers and allocate the KV arena and scratch memory.
     pub fn new(model: Model, cfg: &SessionConfig) -> Result<Session> {
+        Self::with_backend(model, cfg, BackendKind::Cpu)
+    }
+
+    /// [`Session::new`] on the chosen backend (the KV arena lives where the backend computes).
+    pub fn with_backend(
+        model: Model,
+        cfg: &SessionConfig,
+        backend: BackendKind,
+    ) -> Result<Session> {
         let c = &model.config;
         let n_ctx = if cfg.n_ctx == 0 {
             c.n_ctx_train
@@ -264,11 +281,11 @@ impl Session {
             cfg.max_batch_tokens,
             cfg.max_logits,
             cfg.threads,
+            backend,
         )?;
         Ok(Session {
             tokenizer: r.tokenizer,
-            compute: r.compute,
-            arena: r.arena,
+            backend: r.backend,
             pool: r.pool,
             scratch: r.scratch,
             batch: Vec::with_capacity(cfg.max_batch_tokens),
@@ -283,19 +300,24 @@ impl Session {
         self.n_ctx
     }
 
-    /// Worker threads.
+    /// Worker threads (0 when a GPU computes).
     pub fn threads(&self) -> usize {
-        self.compute.n_threads()
+        self.backend.threads()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Bytes of the KV arena.
     pub fn arena_bytes(&self) -> usize {
-        self.arena.bytes()
+        self.backend.arena_bytes()
     }
 
     /// Blocks in the KV arena.
     pub fn arena_blocks(&self) -> usize {
-        self.arena.n_blocks()
+        self.backend.n_blocks()
     }
 
     /// Free blocks in the KV arena.
@@ -313,7 +335,7 @@ impl Session {
         Sequence {
             tokens: Vec::with_capacity(self.n_ctx),
             n_computed: 0,
-            table: BlockTable::with_capacity(self.n_ctx.div_ceil(self.arena.layout().block_size)),
+            table: BlockTable::with_capacity(self.n_ctx.div_ceil(self.backend.layout().block_size)),
         }
     }
 
@@ -340,7 +362,7 @@ impl Session {
                 requested: n,
             });
         }
-        let bs = self.arena.layout().block_size;
+        let bs = self.backend.layout().block_size;
         seq.table.ensure_capacity(&mut self.pool, n, bs)?;
         let n_vocab = self.model.config.n_vocab;
         while seq.n_computed < n {
@@ -365,13 +387,8 @@ impl Session {
                 });
             }
             let tables: [&[BlockId]; 1] = [seq.table.blocks()];
-            self.model.forward(
-                &self.compute,
-                &self.batch,
-                &tables[..],
-                &mut self.arena,
-                &mut self.scratch,
-            )?;
+            self.backend
+                .forward(&self.model, &self.batch, &tables[..], &mut self.scratch)?;
             let mut row = 0;
             for b in &self.batch {
                 if b.logits {

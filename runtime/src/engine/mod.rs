@@ -24,9 +24,9 @@ use std::collections::VecDeque;
 use sequence::Seq;
 pub use sequence::{SeqOutput, SeqState};
 
-use crate::compute::Compute;
+use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
-use crate::kv::{BlockId, BlockPool, BlockTable, KvArena};
+use crate::kv::{BlockId, BlockPool, BlockTable};
 use crate::model::{BatchToken, BlockTables, Model, Scratch};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::session::{FinishReason, KvBudget, Resources};
@@ -198,8 +198,7 @@ impl BlockTables for SlabTables<'_> {
 pub struct Engine {
     model: Model,
     tokenizer: Tokenizer,
-    compute: Compute,
-    arena: KvArena,
+    backend: Backend,
     pool: BlockPool,
     scratch: Scratch,
     cfg: EngineConfig,
@@ -239,6 +238,12 @@ impl Engine {
     /// Allocate everything: the KV arena, scratch for `max_batch_tokens`, request and sequence
     /// slabs, the worker threads.
     pub fn new(model: Model, cfg: EngineConfig) -> Result<Engine> {
+        Self::with_backend(model, cfg, BackendKind::Cpu)
+    }
+
+    /// [`Engine::new`] on the chosen backend: with CUDA the KV arena and every step's forward
+    /// pass live on the GPU; the CPU schedules and samples.
+    pub fn with_backend(model: Model, cfg: EngineConfig, backend: BackendKind) -> Result<Engine> {
         let c = &model.config;
         let n_ctx = if cfg.n_ctx == 0 {
             c.n_ctx_train
@@ -269,12 +274,12 @@ impl Engine {
             cfg.max_batch_tokens,
             cfg.max_seqs,
             cfg.threads,
+            backend,
         )?;
         let max_total_seqs = cfg.max_requests.max(cfg.max_seqs) * 2;
         Ok(Engine {
             tokenizer: r.tokenizer,
-            compute: r.compute,
-            arena: r.arena,
+            backend: r.backend,
             pool: r.pool,
             scratch: r.scratch,
             n_ctx,
@@ -309,14 +314,19 @@ impl Engine {
         self.n_ctx
     }
 
-    /// Worker threads.
+    /// Worker threads (0 when a GPU computes).
     pub fn threads(&self) -> usize {
-        self.compute.n_threads()
+        self.backend.threads()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Bytes of the KV arena.
     pub fn arena_bytes(&self) -> usize {
-        self.arena.bytes()
+        self.backend.arena_bytes()
     }
 
     /// Whether any request is waiting or running.
@@ -585,7 +595,7 @@ impl Engine {
         m.blocks_cached = self.pool.num_cached();
         // Tokens stored: each used block counted once, with the fill of its fullest holder
         // (shared blocks are full prefix blocks, identical for every holder).
-        let mut fill = vec![0usize; self.arena.n_blocks()];
+        let mut fill = vec![0usize; self.backend.n_blocks()];
         for &s in &self.running {
             let seq = self.seqs[s as usize].as_ref().expect("running sequence");
             for (i, b) in seq.table.blocks().iter().enumerate() {

@@ -36,13 +36,21 @@ impl Engine {
             return Err(NoBlocks);
         }
         let bs = self.cfg.block_size;
-        let (pool, arena) = (&mut self.pool, &mut self.arena);
+        let (pool, backend) = (&mut self.pool, &mut self.backend);
         let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
         if cow {
             let i = seq.num_computed / bs;
             let old = seq.table.blocks()[i];
             let new = pool.allocate().expect("free count checked");
-            arena.copy_slots(old.index(), new.index(), seq.num_computed % bs);
+            if backend
+                .copy_slots(old.index(), new.index(), seq.num_computed % bs)
+                .is_err()
+            {
+                // A device failure here surfaces again at the step's forward pass; do not
+                // hand out a block whose contents are unknown.
+                pool.free(new);
+                return Err(NoBlocks);
+            }
             seq.table.replace(i, new);
             pool.free(old);
         }
@@ -192,11 +200,10 @@ impl Engine {
             let decode = k == 1 && seq.num_computed == last && last >= seq.n_prompt;
             stats.prefill_tokens += if decode { 0 } else { k };
         }
-        let r = self.model.forward(
-            &self.compute,
+        let r = self.backend.forward(
+            &self.model,
             &self.batch,
             &SlabTables(&self.seqs),
-            &mut self.arena,
             &mut self.scratch,
         );
         if let Err(e) = r {

@@ -211,7 +211,11 @@ impl Scratch {
 /// cos/sin of every (position, pair), computed as ggml's `rope_cache_init` does (the angle is
 /// advanced by repeated f32 multiplication, not `powf` per pair) so positions far into the
 /// context round as llama.cpp's do.
-fn rope_tables(c: &Config, freq_factors: Option<&[f32]>, n_ctx: usize) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn rope_tables(
+    c: &Config,
+    freq_factors: Option<&[f32]>,
+    n_ctx: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let half = c.head_dim / 2;
     let theta_scale = c.rope_base.powf(-2.0 / c.rope_dims as f32);
     let mut cos = vec![0.0; n_ctx * half];

@@ -10,7 +10,9 @@ use ember::session::KvBudget;
 use serde_json::{json, Value};
 
 use crate::args::{switch, val, Args, Flag};
-use crate::commands::{load_model, parse, usage, CliError, CliResult};
+use crate::commands::{
+    backend_kind, load_model, parse, report_backend, usage, CliError, CliResult,
+};
 
 pub const ENGINE_FLAGS: &[Flag] = &[
     val("max-seqs", None),
@@ -126,7 +128,8 @@ pub fn batch(raw: &[String]) -> CliResult {
         .ok_or_else(|| usage("batch needs --output FILE".into()))?;
     let cfg = engine_config(&a, 16)?;
     let model = load_model(&a)?;
-    let mut e = Engine::new(model, cfg)?;
+    let mut e = Engine::with_backend(model, cfg, backend_kind(&a)?)?;
+    report_backend(&a, e.backend());
     let file =
         std::fs::File::open(input).map_err(|err| CliError::Run(format!("{input}: {err}")))?;
     let mut reqs: Vec<(Value, Option<RequestId>, Option<String>)> = Vec::new();
@@ -216,7 +219,8 @@ pub fn bench_concurrent(a: &Args, c: usize, n_prompt: usize, n_gen: usize) -> Cl
     }
     let model = load_model(a)?;
     let n_vocab = model.config.n_vocab as u64;
-    let mut e = Engine::new(model, cfg)?;
+    let mut e = Engine::with_backend(model, cfg, backend_kind(a)?)?;
+    report_backend(a, e.backend());
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     // Warm-up, untimed (as llama-batched-bench): one short request through prefill and decode
     // touches the weights and the scratch before the clock starts.
@@ -268,7 +272,7 @@ pub fn bench_concurrent(a: &Args, c: usize, n_prompt: usize, n_gen: usize) -> Cl
     if a.has("json") {
         println!(
             "{}",
-            json!({"concurrency": c, "threads": e.threads(), "n_prompt": n_prompt, "n_gen": n_gen,
+            json!({"concurrency": c, "backend": e.backend().name(), "threads": e.threads(), "n_prompt": n_prompt, "n_gen": n_gen,
                    "prefill_tok_s": s_pp, "decode_tok_s": s_tg, "preemptions": m.preemptions})
         );
     } else {

@@ -4,6 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use ember::backend::{Backend, BackendKind};
 use ember::chat::{render_chat, ChatMessage};
 use ember::model::Model;
 use ember::sampler::SamplingParams;
@@ -39,6 +40,7 @@ const COMMON: &[Flag] = &[
     val("ctx", None),
     val("kv-blocks", None),
     val("block-size", None),
+    val("backend", None),
 ];
 
 const SAMPLING: &[Flag] = &[
@@ -123,7 +125,24 @@ fn open_session_from(
         max_logits: max_logits.clamp(1, max_batch),
         threads: a.get_or("threads", 0).map_err(usage)?,
     };
-    Ok(Session::new(model, &cfg)?)
+    let s = Session::with_backend(model, &cfg, backend_kind(a)?)?;
+    report_backend(a, s.backend());
+    Ok(s)
+}
+
+/// `--backend cpu|cuda|auto` (default cpu).
+pub fn backend_kind(a: &Args) -> Result<BackendKind, CliError> {
+    a.get_or("backend", BackendKind::Cpu).map_err(usage)
+}
+
+/// Say on stderr which backend runs when one was asked for (and why `auto` fell back).
+pub fn report_backend(a: &Args, b: &Backend) {
+    if a.str("backend").is_some() {
+        eprintln!("backend: {}", b.describe());
+        if let Some(n) = b.note() {
+            eprintln!("backend: {n}");
+        }
+    }
 }
 
 fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliError> {
@@ -490,7 +509,7 @@ pub fn bench(raw: &[String]) -> CliResult {
     if a.has("json") {
         println!(
             "{}",
-            json!({"threads": s.threads(), "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
+            json!({"backend": s.backend().name(), "threads": s.threads(), "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
                    "prefill_tok_s": ppm, "prefill_sd": pps, "decode_tok_s": tgm, "decode_sd": tgs})
         );
     } else {

@@ -45,6 +45,9 @@ common options:
   --ctx N               context length (default 4096, at most the model's)
   --kv-blocks N         KV arena size in blocks (default: enough for the context)
   --block-size B        tokens per KV block (default 16)
+  --backend cpu|cuda|auto
+                        where the forward pass runs (default cpu; cuda needs a build with
+                        --features cuda, libcuda and libnvrtc; auto falls back to the CPU)
 ";
 
 fn main() -> ExitCode {

@@ -1,0 +1,177 @@
+// Shared definitions of Ember's CUDA kernels (compiled at start-up by NVRTC, for the device's own
+// compute capability). Self-contained on purpose: no CUDA header is included, so a machine with
+// only the driver and libnvrtc (no toolkit headers) can compile these. f16 conversions use the
+// PTX `cvt` instructions directly (round to nearest even, as the CPU side's `half` crate).
+//
+// Every kernel takes one parameter struct by value; its layout is mirrored field for field by a
+// `#[repr(C)]` struct in `runtime/src/backend/cuda/params.rs` (8-byte pointers first, then 4-byte
+// integers and floats, padded to 8 bytes).
+//
+// Compiled with --fmad=false: the CPU reference never contracts `a*b+c` unless it says so
+// (`mul_add`), and activations are re-quantized after every layer, where a last-bit difference
+// can change a quantization level. Fused multiply-adds are written out as `fmaf` where the
+// reference fuses.
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+typedef unsigned long long u64;
+
+#define NEG_INF (__int_as_float(0xff800000))
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ int warp_sum_i(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Two little-endian bytes at a 2-byte aligned address.
+__device__ __forceinline__ u16 ld_u16(const u8* p) { return *(const u16*)p; }
+
+// Four bytes at a 2-byte aligned address (Q4_0 and Q8_0 blocks are 18 and 34 bytes long).
+__device__ __forceinline__ int ld_i32_a2(const u8* p) {
+    const u16* q = (const u16*)p;
+    return (int)((u32)q[0] | ((u32)q[1] << 16));
+}
+
+// ---- parameter structs (mirrored in params.rs) ----
+
+struct QuantizeParams {
+    const float* x;  // [n_rows, x_stride] f32
+    u8* y;           // [n_rows, n_cols / 32] Q8_1 blocks
+    int n_rows;
+    int n_cols;      // multiple of 32
+    int x_stride;    // elements between rows of x
+    int pad;
+};
+
+struct MatmulParams {
+    const u8* w;     // [rows, row_bytes] weight blocks as in the GGUF file
+    const u8* a;     // [n_tok, cols / 32] Q8_1 activation blocks
+    float* out;      // [n_tok, rows]
+    int rows;
+    int cols;
+    int n_tok;
+    int row_bytes;
+    int accumulate;  // 1: out += x W^T (fused residual add), 0: out = x W^T
+    int pad;
+};
+
+struct RmsNormParams {
+    const float* x;  // [*, n_cols]
+    const float* w;  // [n_cols]
+    float* out;      // [n_rows, n_cols]
+    const int* rows; // optional: out row i is the norm of x row rows[i]
+    int n_rows;
+    int n_cols;
+    float eps;
+    int pad;
+};
+
+struct SwigluParams {
+    float* gate;     // [n] in: gate projection, out: silu(gate) * up
+    const float* up; // [n]
+    int n;
+    int n_vec;       // elements computed with ggml's vectorized expf (n / 8 * 8)
+};
+
+struct BiasParams {
+    float* x;        // [n_rows, n_cols]
+    const float* b;  // [n_cols]
+    int n_rows;
+    int n_cols;
+};
+
+struct RopeKvParams {
+    float* q;            // [n_tok, n_head * head_dim]: rotated in place, rounded to f16 values
+    float* k;            // [n_tok, n_head_kv * head_dim]: rotated in place
+    const float* v;      // [n_tok, n_head_kv * head_dim]
+    u16* kc;             // key arena [n_blocks][n_layer][n_head_kv][block_size][head_dim] f16
+    u16* vc;             // value arena, same layout
+    const float* cos;    // [n_ctx, head_dim / 2]
+    const float* sin;
+    const int* tok_pos;  // [n_tok] position of each token
+    const int* tok_block;// [n_tok] physical KV block holding that position
+    int n_tok;
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    int block_size;
+    int n_layer;
+    int layer;
+    int neox;            // 1: NEOX pairing (x[i], x[i + d/2]); 0: NORM pairing (x[2i], x[2i+1])
+};
+
+struct AttnParams {
+    const float* q;      // [n_tok, n_head * head_dim] (values already rounded to f16)
+    float* out;          // [n_tok, n_head * head_dim]
+    const u16* kc;       // arenas, as in RopeKvParams
+    const u16* vc;
+    const int* tables;   // [rows, max_blocks] block tables
+    const int* tok_pos;  // [n_tok]
+    const int* tok_row;  // [n_tok] row of `tables` of each token's sequence
+    float* part_acc;     // [n_tok * n_head, n_parts, head_dim] unnormalized partial outputs
+    float* part_ms;      // [n_tok * n_head, n_parts, 2] partial (max, sum)
+    int n_tok;
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    int block_size;
+    int n_layer;
+    int layer;
+    int max_blocks;
+    int part_len;        // positions per partition (multiple of ATT_WARPS * ATT_UNROLL)
+    int n_parts;         // partitions (1: the kernel writes `out` itself)
+    float scale;
+    int pad;
+};
+
+struct ArgmaxParams {
+    const float* x;  // [n_rows, n_cols]
+    int* out;        // [n_rows]
+    int n_rows;
+    int n_cols;
+};
+
+struct CopySlotsParams {
+    u16* kc;
+    u16* vc;
+    int src;         // source block
+    int dst;         // destination block
+    int n_elems;     // elements copied per (layer, head) tile: n_slots * head_dim
+    int tile;        // elements of a tile: block_size * head_dim
+    int n_tiles;     // tiles per block: n_layer * n_head_kv
+    int pad;
+};

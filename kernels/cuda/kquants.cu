@@ -1,0 +1,164 @@
+// K-quant products (Q4_K, Q6_K weights) on Q8_K activations, as the CPU computes them: the
+// activations are quantized per 256-element super-block exactly as `quantize_row_q8_k` (f32
+// scale, 16-element group sums), so each super-block's integer sums equal the CPU's; only the
+// f32 accumulation order differs. One warp per weight row; each lane takes one 32-element group
+// of a super-block per step (8 lanes per super-block), like mmvq.cu.
+//
+// Layouts are ggml's: block_q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]} (144 B),
+// block_q6_K {u8 ql[128], qh[64]; i8 scales[16]; f16 d} (210 B),
+// block_q8_K {f32 d; i8 qs[256]; i16 bsums[16]} (292 B).
+
+#define QK_K 256
+#define Q8K_SIZE 292
+
+// f32 activations to Q8_K (ggml's quantize_row_q8_K): the value of largest magnitude (first
+// one on ties) sets iscale = -127 / max; q = min(round_half_even(iscale * x), 127); d = 1 / iscale.
+// One warp per super-block, 8 consecutive elements per lane; 4 super-blocks per thread block.
+extern "C" __global__ void quantize_q8_k(const QuantizeParams p) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int nb = p.n_cols / QK_K;
+    const int b = blockIdx.x * 4 + warp;
+    const int row = blockIdx.y;
+    if (b >= nb || row >= p.n_rows) return;
+    const float* x = p.x + (i64)row * p.x_stride + (i64)b * QK_K + lane * 8;
+    float v[8];
+    float amax = 0.0f, mx = 0.0f;
+    int idx = 0x7fffffff;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        v[i] = x[i];
+        if (fabsf(v[i]) > amax) { amax = fabsf(v[i]); mx = v[i]; idx = lane * 8 + i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float oa = __shfl_xor_sync(0xffffffffu, amax, o);
+        const float om = __shfl_xor_sync(0xffffffffu, mx, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (oa > amax || (oa == amax && oi < idx)) { amax = oa; mx = om; idx = oi; }
+    }
+    u8* blk = p.y + ((i64)row * nb + b) * Q8K_SIZE;
+    int q[8];
+    int sum = 0;
+    float d = 0.0f;
+    if (amax != 0.0f) {
+        const float iscale = -127.0f / mx;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            q[i] = min(__float2int_rn(iscale * v[i]), 127);
+            sum += q[i];
+        }
+        d = 1.0f / iscale;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) q[i] = 0;
+    }
+    u32 lo = 0, hi = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        lo |= (u32)(u8)(i8)q[i] << (8 * i);
+        hi |= (u32)(u8)(i8)q[4 + i] << (8 * i);
+    }
+    *(u32*)(blk + 4 + lane * 8) = lo;
+    *(u32*)(blk + 8 + lane * 8) = hi;
+    // Group g of 16 elements = lanes 2g and 2g+1.
+    const int gsum = sum + __shfl_xor_sync(0xffffffffu, sum, 1);
+    if ((lane & 1) == 0) *(short*)(blk + 4 + QK_K + lane) = (short)gsum;
+    if (lane == 0) *(float*)blk = d;
+}
+
+// Scale and min of group j of a Q4_K super-block (ggml's get_scale_min_k4).
+__device__ __forceinline__ void scale_min_k4(int j, const u8* q, int& sc, int& mn) {
+    if (j < 4) {
+        sc = q[j] & 63;
+        mn = q[j + 4] & 63;
+    } else {
+        sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+        mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+template <int TYPE>
+__device__ __forceinline__ void mmvq_k(const MatmulParams& p) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = blockIdx.x * MMV_WARPS + warp;
+    const int t0 = blockIdx.y * MMV_NT;
+    if (r >= p.rows) return;
+    const int nt = min(MMV_NT, p.n_tok - t0);
+    const int nsb = p.cols / QK_K;
+    const i64 a_row = (i64)nsb * Q8K_SIZE;
+    const u8* wrow = p.w + (i64)r * p.row_bytes;
+    const u8* abase = p.a + (i64)t0 * a_row;
+    float acc[MMV_NT];
+#pragma unroll
+    for (int t = 0; t < MMV_NT; ++t) acc[t] = 0.0f;
+
+    for (int k = lane; k < 8 * nsb; k += 32) {
+        const int sb = k >> 3, j = k & 7;
+        int q[8];
+        float d, dmin = 0.0f;
+        int sc0, sc1 = 0, mn = 0;
+        if (TYPE == 12) { // Q4_K
+            const u8* blk = wrow + (i64)sb * 144;
+            d = h2f(ld_u16(blk));
+            dmin = h2f(ld_u16(blk + 2));
+            scale_min_k4(j, blk + 4, sc0, mn);
+            const int* qs = (const int*)(blk + 16 + 32 * (j >> 1));
+            const int sh = 4 * (j & 1);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) q[i] = (qs[i] >> sh) & 0x0f0f0f0f;
+        } else { // Q6_K: elements 32j..32j+32 = half h, quarter qq
+            const u8* blk = wrow + (i64)sb * 210;
+            d = h2f(ld_u16(blk + 208));
+            const int h = j >> 2, qq = j & 3;
+            const u8* ql = blk + 64 * h + 32 * (qq & 1);
+            const u8* qh = blk + 128 + 32 * h;
+            const int shl = 4 * (qq >> 1), shh = 2 * qq;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int lo = (ld_i32_a2(ql + 4 * i) >> shl) & 0x0f0f0f0f;
+                const int hi = ((ld_i32_a2(qh + 4 * i) >> shh) & 0x03030303) << 4;
+                q[i] = lo | hi; // 0..63; the -32 offset is applied through the activation sums
+            }
+            sc0 = (int)(i8)blk[192 + 2 * j];
+            sc1 = (int)(i8)blk[192 + 2 * j + 1];
+        }
+#pragma unroll
+        for (int t = 0; t < MMV_NT; ++t) {
+            if (t < nt) {
+                const u8* ab = abase + t * a_row + (i64)sb * Q8K_SIZE;
+                const float da = *(const float*)ab;
+                const int* ai = (const int*)(ab + 4 + 32 * j);
+                const u32 bs = *(const u32*)(ab + 4 + QK_K + 4 * j);
+                const int bs0 = (int)(short)(bs & 0xffff), bs1 = (int)(short)(bs >> 16);
+                if (TYPE == 12) {
+                    int s = 0;
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) s = __dp4a(q[i], ai[i], s);
+                    acc[t] += (d * da) * (float)(sc0 * s);
+                    acc[t] -= (dmin * da) * (float)(mn * (bs0 + bs1));
+                } else {
+                    int s0 = 0, s1 = 0;
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) s0 = __dp4a(q[i], ai[i], s0);
+#pragma unroll
+                    for (int i = 4; i < 8; ++i) s1 = __dp4a(q[i], ai[i], s1);
+                    // (q - 32) . a = q . a - 32 * sum(a); group sums are bsums.
+                    acc[t] += (d * da) * (float)(sc0 * (s0 - 32 * bs0) + sc1 * (s1 - 32 * bs1));
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < MMV_NT; ++t) {
+        if (t < nt) {
+            const float v = warp_sum(acc[t]);
+            if (lane == 0) {
+                float* o = p.out + (i64)(t0 + t) * p.rows + r;
+                *o = p.accumulate ? *o + v : v;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q4_k(const MatmulParams p) { mmvq_k<12>(p); }
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q6_k(const MatmulParams p) { mmvq_k<14>(p); }

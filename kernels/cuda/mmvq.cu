@@ -1,0 +1,107 @@
+// Quantized matrix x activations products with int8 dp4a on Q8_1 activations (the structure of
+// llama.cpp's mmvq): out[t][r] = W[r] . a[t]. One warp per weight row, MMV_WARPS rows per thread
+// block, MMV_NT tokens per thread block (grid.y covers the batch). Two lanes share a 32-element
+// weight block (each takes 16 of its quants), so short rows (576 = 18 blocks) still keep most
+// lanes busy. Each weight block is read once per MMV_NT tokens; the per-block integer sums are
+// exact, only the f32 accumulation order differs from the CPU.
+//
+// Weight layouts are ggml's: block_q4_0 {f16 d; u8 qs[16]} (18 B), block_q4_1 {f16 d, m; u8
+// qs[16]} (20 B), block_q8_0 {f16 d; i8 qs[32]} (34 B); Q8_1 activations {f16 d, s; i8 qs[32]}.
+// In Q4 blocks the low nibbles are elements 0..15 and the high nibbles elements 16..31.
+
+#define MMV_WARPS 4
+#define MMV_NT 8
+#define TYPE_Q4_0 2
+#define TYPE_Q4_1 3
+#define TYPE_Q8_0 8
+
+template <int TYPE>
+__device__ __forceinline__ void mmvq(const MatmulParams& p) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = blockIdx.x * MMV_WARPS + warp;
+    const int t0 = blockIdx.y * MMV_NT;
+    if (r >= p.rows) return;
+    const int nt = min(MMV_NT, p.n_tok - t0);
+    const int nb = p.cols / 32;
+    const i64 a_row = (i64)nb * 36;
+    const u8* wrow = p.w + (i64)r * p.row_bytes;
+    const u8* abase = p.a + (i64)t0 * a_row;
+    float acc[MMV_NT];
+#pragma unroll
+    for (int t = 0; t < MMV_NT; ++t) acc[t] = 0.0f;
+
+    for (int k = lane; k < 2 * nb; k += 32) {
+        const int b = k >> 1, h = k & 1;
+        // q[0..4]: weight quants (as int8x4) that meet activation ints ai[0..4] below.
+        int q[4];
+        float d, m = 0.0f;
+        int aidx[4];
+        if (TYPE == TYPE_Q4_0 || TYPE == TYPE_Q4_1) {
+            const int bsz = TYPE == TYPE_Q4_0 ? 18 : 20;
+            const int qoff = TYPE == TYPE_Q4_0 ? 2 : 4;
+            const u8* blk = wrow + (i64)b * bsz;
+            d = h2f(ld_u16(blk));
+            if (TYPE == TYPE_Q4_1) m = h2f(ld_u16(blk + 2));
+            // This lane takes packed ints 2h, 2h+1: low nibbles = elements 8h..8h+8,
+            // high nibbles = elements 16+8h..16+8h+8.
+            int v0, v1;
+            if (TYPE == TYPE_Q4_0) {
+                v0 = ld_i32_a2(blk + qoff + 8 * h);
+                v1 = ld_i32_a2(blk + qoff + 8 * h + 4);
+            } else {
+                v0 = *(const int*)(blk + qoff + 8 * h);
+                v1 = *(const int*)(blk + qoff + 8 * h + 4);
+            }
+            q[0] = v0 & 0x0f0f0f0f;
+            q[1] = v1 & 0x0f0f0f0f;
+            q[2] = (v0 >> 4) & 0x0f0f0f0f;
+            q[3] = (v1 >> 4) & 0x0f0f0f0f;
+            aidx[0] = 2 * h;
+            aidx[1] = 2 * h + 1;
+            aidx[2] = 4 + 2 * h;
+            aidx[3] = 5 + 2 * h;
+        } else {
+            const u8* blk = wrow + (i64)b * 34;
+            d = h2f(ld_u16(blk));
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                q[i] = ld_i32_a2(blk + 2 + 16 * h + 4 * i);
+                aidx[i] = 4 * h + i;
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < MMV_NT; ++t) {
+            if (t < nt) {
+                const u8* ab = abase + t * a_row + (i64)b * 36;
+                const int* ai = (const int*)(ab + 4);
+                const u32 ds = *(const u32*)ab;
+                int sumi = 0;
+#pragma unroll
+                for (int i = 0; i < 4; ++i) sumi = __dp4a(q[i], ai[aidx[i]], sumi);
+                const float da = h2f((u16)(ds & 0xffff));
+                if (TYPE == TYPE_Q4_0) {
+                    int sa = 0;
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) sa = __dp4a(0x01010101, ai[aidx[i]], sa);
+                    sumi -= 8 * sa;
+                }
+                acc[t] += (float)sumi * (d * da);
+                if (TYPE == TYPE_Q4_1 && h == 0) acc[t] += m * h2f((u16)(ds >> 16));
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < MMV_NT; ++t) {
+        if (t < nt) {
+            const float v = warp_sum(acc[t]);
+            if (lane == 0) {
+                float* o = p.out + (i64)(t0 + t) * p.rows + r;
+                *o = p.accumulate ? *o + v : v;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q4_0(const MatmulParams p) { mmvq<TYPE_Q4_0>(p); }
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q4_1(const MatmulParams p) { mmvq<TYPE_Q4_1>(p); }
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q8_0(const MatmulParams p) { mmvq<TYPE_Q8_0>(p); }

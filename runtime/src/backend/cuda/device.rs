@@ -1,0 +1,604 @@
+//! The CUDA device: driver and NVRTC checks, the context and stream, the kernels compiled with
+//! NVRTC for the device's compute capability (cached on disk), device buffers, and one launcher
+//! per kernel.
+//!
+//! cudarc panics when libcuda or libnvrtc cannot be loaded, so [`CudaDevice::open`] checks that
+//! both libraries load before calling anything else, and reports a clear error instead.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
+};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use ember_kernels::GgmlType;
+
+use super::params::*;
+use crate::error::{Error, Result};
+
+/// The kernel sources, concatenated in this order into one NVRTC program.
+const SOURCES: [(&str, &str); 7] = [
+    (
+        "common.cuh",
+        include_str!("../../../../kernels/cuda/common.cuh"),
+    ),
+    (
+        "quantize.cu",
+        include_str!("../../../../kernels/cuda/quantize.cu"),
+    ),
+    ("mmvq.cu", include_str!("../../../../kernels/cuda/mmvq.cu")),
+    (
+        "kquants.cu",
+        include_str!("../../../../kernels/cuda/kquants.cu"),
+    ),
+    (
+        "elementwise.cu",
+        include_str!("../../../../kernels/cuda/elementwise.cu"),
+    ),
+    ("kv.cu", include_str!("../../../../kernels/cuda/kv.cu")),
+    (
+        "attention.cu",
+        include_str!("../../../../kernels/cuda/attention.cu"),
+    ),
+];
+
+/// Positions per attention partition (a multiple of warps × unroll of the kernel, 16).
+pub const ATT_PART_LEN: usize = 512;
+
+/// Weight types the CUDA matrix kernels take.
+pub const SUPPORTED_WEIGHTS: [GgmlType; 5] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
+
+/// Whether weights of `ty` take Q8_K activations (else Q8_1).
+pub fn takes_q8_k(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K)
+}
+
+pub(crate) fn backend_err(what: impl Into<String>) -> Error {
+    Error::Backend(what.into())
+}
+
+fn drv(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Backend(format!("{what}: {e}"))
+}
+
+/// How the kernels were obtained at start-up.
+#[derive(Clone, Debug)]
+pub struct CompileInfo {
+    /// Milliseconds spent compiling (0 when read from the cache) and loading the module.
+    pub ms: f64,
+    /// Whether the PTX came from the disk cache.
+    pub cache_hit: bool,
+    /// The cache file, if a cache folder could be used.
+    pub cache_path: Option<PathBuf>,
+    /// NVRTC target, e.g. `compute_90`.
+    pub arch: String,
+}
+
+struct Kernels {
+    quantize_q8_1: CudaFunction,
+    quantize_q8_k: CudaFunction,
+    matmul_q4_k: CudaFunction,
+    matmul_q6_k: CudaFunction,
+    matmul_q4_0: CudaFunction,
+    matmul_q4_1: CudaFunction,
+    matmul_q8_0: CudaFunction,
+    rms_norm: CudaFunction,
+    swiglu: CudaFunction,
+    add_bias: CudaFunction,
+    argmax: CudaFunction,
+    rope_kv_write: CudaFunction,
+    copy_slots: CudaFunction,
+    paged_attention: CudaFunction,
+    attention_reduce: CudaFunction,
+    /// Grouped-query attention by shape (head_dim, most query heads per KV head): (64, 4),
+    /// (64, 8), (128, 4), (128, 8).
+    attn_gqa: [CudaFunction; 4],
+}
+
+/// A device buffer and its address.
+pub struct DevBuf<T> {
+    buf: CudaSlice<T>,
+    /// Device address of element 0.
+    pub ptr: DevPtr,
+}
+
+impl<T> DevBuf<T> {
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() == 0
+    }
+
+    /// Address of element `i`.
+    pub fn at(&self, i: usize) -> DevPtr {
+        self.ptr + (i * size_of::<T>()) as u64
+    }
+}
+
+/// An open CUDA device (ordinal 0) with the kernels loaded.
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    k: Kernels,
+    /// Device name.
+    pub name: String,
+    /// Compute capability.
+    pub cc: (i32, i32),
+    /// Kernel compilation.
+    pub compile: CompileInfo,
+    /// Always use the general attention kernel (one block per query head), not the
+    /// grouped-query one; `EMBER_CUDA_ATTN=general` at start-up, or set for comparisons.
+    pub general_attention: bool,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("name", &self.name)
+            .field("cc", &self.cc)
+            .finish()
+    }
+}
+
+/// FNV-1a, 64 bits: the cache key of a kernel build.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// `$EMBER_CUDA_CACHE` (a folder, or `off`), else `$XDG_CACHE_HOME/ember/cuda`, else
+/// `~/.cache/ember/cuda`.
+fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("EMBER_CUDA_CACHE") {
+        Some(v) if v == "off" => return None,
+        Some(v) if !v.is_empty() => return Some(PathBuf::from(v)),
+        _ => {}
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(x).join("ember/cuda"));
+    }
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache/ember/cuda"))
+}
+
+/// The NVRTC version, `(major, minor)`.
+fn nvrtc_version() -> (i32, i32) {
+    let (mut a, mut b) = (0, 0);
+    // SAFETY: both pointers are valid for writes of one c_int; the library is loaded (checked
+    // by `open` before this is called).
+    let _ = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut a, &mut b) };
+    (a, b)
+}
+
+/// The concatenated kernel source.
+pub fn kernel_source() -> String {
+    let mut s = String::new();
+    for (name, src) in SOURCES {
+        s.push_str(&format!("// ---- {name} ----\n"));
+        s.push_str(src);
+        s.push('\n');
+    }
+    s
+}
+
+/// Compile the kernels for `arch` (or read them from the cache); returns PTX text.
+fn build_ptx(arch: &str) -> Result<(String, bool, Option<PathBuf>)> {
+    let src = kernel_source();
+    let options = vec![format!("--gpu-architecture={arch}"), "--std=c++14".into()];
+    let (ma, mi) = nvrtc_version();
+    let ver = format!("nvrtc {ma}.{mi}");
+    let key = fnv1a(&[
+        src.as_bytes(),
+        arch.as_bytes(),
+        options.join(" ").as_bytes(),
+        b"fmad=false",
+        ver.as_bytes(),
+    ]);
+    let path = cache_dir().map(|d| d.join(format!("ember-kernels-{key:016x}-{arch}.ptx")));
+    if let Some(p) = &path {
+        if let Ok(ptx) = std::fs::read_to_string(p) {
+            if ptx.contains(".entry") {
+                return Ok((ptx, true, path));
+            }
+        }
+    }
+    let opts = CompileOptions {
+        fmad: Some(false),
+        options,
+        name: Some("ember_kernels.cu".into()),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| {
+        backend_err(format!(
+            "NVRTC ({ver}) failed to compile the kernels for {arch}: {e:?}"
+        ))
+    })?;
+    let text = ptx.to_src();
+    if let Some(p) = &path {
+        // Best effort: a read-only home only costs the next start-up another compile.
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &text).is_ok() {
+            let _ = std::fs::rename(&tmp, p);
+        }
+    }
+    Ok((text, false, path))
+}
+
+/// Whether the CUDA driver library can be loaded (without panicking when it cannot).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the candidate library names and drops what it opened.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+impl CudaDevice {
+    /// Open device 0 and load the kernels.
+    pub fn open() -> Result<CudaDevice> {
+        if !driver_present() {
+            return Err(backend_err(
+                "no CUDA driver: libcuda.so could not be loaded (this machine has no NVIDIA \
+                 driver, or its folder is not on LD_LIBRARY_PATH / in ld.so.conf)",
+            ));
+        }
+        // SAFETY: as above, for libnvrtc.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(backend_err(
+                "the CUDA driver is present but NVRTC (libnvrtc.so) could not be loaded: install \
+                 the CUDA runtime compiler (JetPack: cuda-nvrtc; desktop: the cuda-nvrtc package \
+                 of your CUDA version) or add its folder to LD_LIBRARY_PATH",
+            ));
+        }
+        let ctx = CudaContext::new(0).map_err(drv("cannot open CUDA device 0"))?;
+        // One stream, in order: cudarc's per-buffer event tracking is not needed.
+        // SAFETY: every buffer of this device is used on `stream` only.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let name = ctx.name().map_err(drv("device name"))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(drv("compute capability"))?;
+        let arch = format!("compute_{}{}", cc.0, cc.1);
+        let t0 = Instant::now();
+        let (ptx, cache_hit, cache_path) = build_ptx(&arch)?;
+        let module = ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(drv("loading the kernel module"))?;
+        let f = |n: &str| {
+            module
+                .load_function(n)
+                .map_err(|e| backend_err(format!("kernel {n}: {e}")))
+        };
+        let k = Kernels {
+            quantize_q8_1: f("quantize_q8_1")?,
+            quantize_q8_k: f("quantize_q8_k")?,
+            matmul_q4_k: f("matmul_q4_k")?,
+            matmul_q6_k: f("matmul_q6_k")?,
+            matmul_q4_0: f("matmul_q4_0")?,
+            matmul_q4_1: f("matmul_q4_1")?,
+            matmul_q8_0: f("matmul_q8_0")?,
+            rms_norm: f("rms_norm")?,
+            swiglu: f("swiglu")?,
+            add_bias: f("add_bias")?,
+            argmax: f("argmax")?,
+            rope_kv_write: f("rope_kv_write")?,
+            copy_slots: f("copy_slots")?,
+            paged_attention: f("paged_attention")?,
+            attention_reduce: f("attention_reduce")?,
+            attn_gqa: [
+                f("attn_gqa_d64_g4")?,
+                f("attn_gqa_d64_g8")?,
+                f("attn_gqa_d128_g4")?,
+                f("attn_gqa_d128_g8")?,
+            ],
+        };
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            k,
+            name,
+            cc,
+            compile: CompileInfo {
+                ms,
+                cache_hit,
+                cache_path,
+                arch,
+            },
+            general_attention: std::env::var_os("EMBER_CUDA_ATTN").is_some_and(|v| v == "general"),
+        })
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(drv("cuMemGetInfo"))
+    }
+
+    /// A zeroed device buffer of `n` elements (at least one).
+    pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+        what: &str,
+    ) -> Result<DevBuf<T>> {
+        let buf = self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| {
+            backend_err(format!(
+                "cannot allocate {what} on the device ({} bytes): {e}",
+                n * size_of::<T>()
+            ))
+        })?;
+        let ptr = buf.device_ptr(&self.stream).0;
+        Ok(DevBuf { buf, ptr })
+    }
+
+    /// A device copy of `data`.
+    pub fn upload<T: DeviceRepr>(&self, data: &[T], what: &str) -> Result<DevBuf<T>> {
+        if data.is_empty() {
+            return Err(backend_err(format!("{what}: nothing to upload")));
+        }
+        let buf = self.stream.clone_htod(data).map_err(|e| {
+            backend_err(format!(
+                "cannot upload {what} ({} bytes): {e}",
+                std::mem::size_of_val(data)
+            ))
+        })?;
+        let ptr = buf.device_ptr(&self.stream).0;
+        Ok(DevBuf { buf, ptr })
+    }
+
+    /// Copy `src` to the start of `dst`.
+    pub fn write<T: DeviceRepr>(&self, dst: &mut DevBuf<T>, src: &[T]) -> Result<()> {
+        if src.len() > dst.len() {
+            return Err(backend_err("host-to-device copy larger than its buffer"));
+        }
+        let mut view = dst.buf.slice_mut(..src.len());
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .map_err(drv("host-to-device copy"))
+    }
+
+    /// Copy the start of `src` into `dst` and wait for it (and all earlier work).
+    pub fn read<T: DeviceRepr>(&self, src: &DevBuf<T>, dst: &mut [T]) -> Result<()> {
+        if dst.len() > src.len() {
+            return Err(backend_err("device-to-host copy larger than its buffer"));
+        }
+        let view = src.buf.slice(..dst.len());
+        self.stream
+            .memcpy_dtoh(&view, dst)
+            .map_err(drv("device-to-host copy"))?;
+        self.sync()
+    }
+
+    /// Wait for all queued work; reports errors of earlier launches.
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().map_err(drv("CUDA stream"))
+    }
+
+    fn launch<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (usize, usize),
+        block: u32,
+        p: &P,
+        what: &'static str,
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 {
+            return Ok(());
+        }
+        if grid.0 > i32::MAX as usize || grid.1 > 65535 {
+            return Err(backend_err(format!("{what}: grid {grid:?} too large")));
+        }
+        // The engine may be driven from another thread than the one that opened the device.
+        self.ctx
+            .bind_to_thread()
+            .map_err(drv("binding the CUDA context"))?;
+        // cuLaunchKernel directly (cudarc's launch builder allocates an argument list per
+        // launch; a step must allocate nothing): one parameter, the struct, by address.
+        let mut args = [p as *const P as *mut std::ffi::c_void];
+        // SAFETY: `p` matches the kernel's one by-value parameter struct (params.rs mirrors
+        // common.cuh) and outlives the call (the driver copies parameters at launch); every
+        // address in it was taken from a live buffer of this device, sized by the caller for the
+        // counts in `p` (each launcher's contract); `f` belongs to this context.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                (grid.0 as u32, grid.1 as u32, 1),
+                (block, 1, 1),
+                0,
+                self.stream.cu_stream(),
+                &mut args,
+            )
+        }
+        .map_err(drv(what))?;
+        Ok(())
+    }
+
+    /// Quantize `n_rows` rows of `n_cols` f32 (row stride `x_stride`) to Q8_1.
+    pub fn quantize_q8_1(&self, p: &QuantizeParams) -> Result<()> {
+        let nb = (p.n_cols / 32) as usize;
+        self.launch(
+            &self.k.quantize_q8_1,
+            (nb.div_ceil(8), p.n_rows as usize),
+            256,
+            p,
+            "quantize_q8_1",
+        )
+    }
+
+    /// Quantize `n_rows` rows of `n_cols` f32 (a multiple of 256) to Q8_K.
+    pub fn quantize_q8_k(&self, p: &QuantizeParams) -> Result<()> {
+        let nb = (p.n_cols / 256) as usize;
+        self.launch(
+            &self.k.quantize_q8_k,
+            (nb.div_ceil(4), p.n_rows as usize),
+            128,
+            p,
+            "quantize_q8_k",
+        )
+    }
+
+    /// `out = a W^T` (or `out += a W^T`) for a weight of type `ty` (activations in Q8_1, or
+    /// Q8_K for K-quants: see [`takes_q8_k`]).
+    pub fn matmul(&self, ty: GgmlType, p: &MatmulParams) -> Result<()> {
+        let f = match ty {
+            GgmlType::Q4_0 => &self.k.matmul_q4_0,
+            GgmlType::Q4_1 => &self.k.matmul_q4_1,
+            GgmlType::Q8_0 => &self.k.matmul_q8_0,
+            GgmlType::Q4_K => &self.k.matmul_q4_k,
+            GgmlType::Q6_K => &self.k.matmul_q6_k,
+            _ => return Err(backend_err(format!("no CUDA matrix kernel for type {ty}"))),
+        };
+        let grid = (
+            (p.rows as usize).div_ceil(4),
+            (p.n_tok as usize).div_ceil(8),
+        );
+        self.launch(f, grid, 128, p, "matmul")
+    }
+
+    /// RMSNorm of `n_rows` rows.
+    pub fn rms_norm(&self, p: &RmsNormParams) -> Result<()> {
+        self.launch(&self.k.rms_norm, (p.n_rows as usize, 1), 256, p, "rms_norm")
+    }
+
+    /// `gate = silu(gate) * up`.
+    pub fn swiglu(&self, p: &SwigluParams) -> Result<()> {
+        let grid = ((p.n as usize).div_ceil(256), 1);
+        self.launch(&self.k.swiglu, grid, 256, p, "swiglu")
+    }
+
+    /// `x[r] += b`.
+    pub fn add_bias(&self, p: &BiasParams) -> Result<()> {
+        let grid = ((p.n_cols as usize).div_ceil(256), p.n_rows as usize);
+        self.launch(&self.k.add_bias, grid, 256, p, "add_bias")
+    }
+
+    /// Row-wise argmax.
+    pub fn argmax(&self, p: &ArgmaxParams) -> Result<()> {
+        self.launch(&self.k.argmax, (p.n_rows as usize, 1), 256, p, "argmax")
+    }
+
+    /// RoPE on q and k, K/V into their slots.
+    pub fn rope_kv_write(&self, p: &RopeKvParams) -> Result<()> {
+        self.launch(
+            &self.k.rope_kv_write,
+            (p.n_tok as usize, 1),
+            128,
+            p,
+            "rope_kv_write",
+        )
+    }
+
+    /// Copy-on-write of a block's first slots.
+    pub fn copy_slots(&self, p: &CopySlotsParams) -> Result<()> {
+        self.launch(
+            &self.k.copy_slots,
+            (p.n_tiles as usize, 1),
+            256,
+            p,
+            "copy_slots",
+        )
+    }
+
+    /// Paged attention (and the partition merge when `p.n_parts > 1`): the grouped-query
+    /// kernel (one thread block per token × KV head) for head_dim 64 and 128 with up to 8 query
+    /// heads per KV head, the general kernel (one block per token × query head) otherwise.
+    pub fn attention(&self, p: &AttnParams) -> Result<()> {
+        let rows = (p.n_tok * p.n_head) as usize;
+        let group = p.n_head / p.n_head_kv.max(1);
+        let shape = match (p.head_dim, group) {
+            (64, 1..=4) => Some(0),
+            (64, 5..=8) => Some(1),
+            (128, 1..=4) => Some(2),
+            (128, 5..=8) => Some(3),
+            _ => None,
+        };
+        let gqa = shape.map(|s| &self.k.attn_gqa[s]);
+        match gqa {
+            Some(f) if !self.general_attention => self.launch(
+                f,
+                ((p.n_tok * p.n_head_kv) as usize, p.n_parts as usize),
+                128,
+                p,
+                "attn_gqa",
+            )?,
+            _ => self.launch(
+                &self.k.paged_attention,
+                (rows, p.n_parts as usize),
+                128,
+                p,
+                "paged_attention",
+            )?,
+        }
+        if p.n_parts > 1 {
+            self.launch(
+                &self.k.attention_reduce,
+                (rows, 1),
+                128,
+                p,
+                "attention_reduce",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Events for timing on the stream.
+    pub fn timer(&self) -> Result<GpuTimer> {
+        let start = self
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(drv("cuEventCreate"))?;
+        start.record(&self.stream).map_err(drv("cuEventRecord"))?;
+        Ok(GpuTimer { start })
+    }
+
+    /// Milliseconds since `t` was started, once the queued work finishes.
+    pub fn elapsed_ms(&self, t: &GpuTimer) -> Result<f32> {
+        let end = self
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(drv("cuEventCreate"))?;
+        end.record(&self.stream).map_err(drv("cuEventRecord"))?;
+        end.synchronize().map_err(drv("cuEventSynchronize"))?;
+        t.start.elapsed_ms(&end).map_err(drv("cuEventElapsedTime"))
+    }
+
+    /// Device-to-device copy of `n` elements (bandwidth reference).
+    pub fn copy_dtod<T: DeviceRepr>(
+        &self,
+        src: &DevBuf<T>,
+        dst: &mut DevBuf<T>,
+        n: usize,
+    ) -> Result<()> {
+        let s = src.buf.slice(..n);
+        let mut d = dst.buf.slice_mut(..n);
+        self.stream
+            .memcpy_dtod(&s, &mut d)
+            .map_err(drv("device-to-device copy"))
+    }
+}
+
+/// A start event on the device's stream.
+pub struct GpuTimer {
+    start: cudarc::driver::CudaEvent,
+}

@@ -1,0 +1,176 @@
+//! Kernel parameter structs, field for field the structs of `kernels/cuda/common.cuh` (device
+//! pointers as `u64`, first; then 4-byte integers and floats; padded to 8 bytes). Each kernel
+//! takes exactly one of these by value.
+
+// Field meanings are documented once, beside the CUDA structs in common.cuh.
+#![allow(missing_docs)]
+use cudarc::driver::DeviceRepr;
+
+/// A device address.
+pub type DevPtr = u64;
+
+/// `quantize_q8_1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct QuantizeParams {
+    pub x: DevPtr,
+    pub y: DevPtr,
+    pub n_rows: i32,
+    pub n_cols: i32,
+    pub x_stride: i32,
+    pub pad: i32,
+}
+
+/// `matmul_q4_0`, `matmul_q4_1`, `matmul_q8_0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulParams {
+    pub w: DevPtr,
+    pub a: DevPtr,
+    pub out: DevPtr,
+    pub rows: i32,
+    pub cols: i32,
+    pub n_tok: i32,
+    pub row_bytes: i32,
+    pub accumulate: i32,
+    pub pad: i32,
+}
+
+/// `rms_norm`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNormParams {
+    pub x: DevPtr,
+    pub w: DevPtr,
+    pub out: DevPtr,
+    /// 0, or `[n_rows]` i32 source rows.
+    pub rows: DevPtr,
+    pub n_rows: i32,
+    pub n_cols: i32,
+    pub eps: f32,
+    pub pad: i32,
+}
+
+/// `swiglu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SwigluParams {
+    pub gate: DevPtr,
+    pub up: DevPtr,
+    pub n: i32,
+    pub n_vec: i32,
+}
+
+/// `add_bias`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BiasParams {
+    pub x: DevPtr,
+    pub b: DevPtr,
+    pub n_rows: i32,
+    pub n_cols: i32,
+}
+
+/// `rope_kv_write`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RopeKvParams {
+    pub q: DevPtr,
+    pub k: DevPtr,
+    pub v: DevPtr,
+    pub kc: DevPtr,
+    pub vc: DevPtr,
+    pub cos: DevPtr,
+    pub sin: DevPtr,
+    pub tok_pos: DevPtr,
+    pub tok_block: DevPtr,
+    pub n_tok: i32,
+    pub n_head: i32,
+    pub n_head_kv: i32,
+    pub head_dim: i32,
+    pub block_size: i32,
+    pub n_layer: i32,
+    pub layer: i32,
+    pub neox: i32,
+}
+
+/// `paged_attention` and `attention_reduce`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AttnParams {
+    pub q: DevPtr,
+    pub out: DevPtr,
+    pub kc: DevPtr,
+    pub vc: DevPtr,
+    pub tables: DevPtr,
+    pub tok_pos: DevPtr,
+    pub tok_row: DevPtr,
+    pub part_acc: DevPtr,
+    pub part_ms: DevPtr,
+    pub n_tok: i32,
+    pub n_head: i32,
+    pub n_head_kv: i32,
+    pub head_dim: i32,
+    pub block_size: i32,
+    pub n_layer: i32,
+    pub layer: i32,
+    pub max_blocks: i32,
+    pub part_len: i32,
+    pub n_parts: i32,
+    pub scale: f32,
+    pub pad: i32,
+}
+
+/// `argmax`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ArgmaxParams {
+    pub x: DevPtr,
+    pub out: DevPtr,
+    pub n_rows: i32,
+    pub n_cols: i32,
+}
+
+/// `copy_slots`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CopySlotsParams {
+    pub kc: DevPtr,
+    pub vc: DevPtr,
+    pub src: i32,
+    pub dst: i32,
+    pub n_elems: i32,
+    pub tile: i32,
+    pub n_tiles: i32,
+    pub pad: i32,
+}
+
+// SAFETY: plain `#[repr(C)]` structs of integers and floats whose layout matches the CUDA
+// structs of common.cuh field for field; the kernels read them by value.
+unsafe impl DeviceRepr for QuantizeParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for MatmulParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for RmsNormParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for SwigluParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for BiasParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for RopeKvParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for AttnParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ArgmaxParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for CopySlotsParams {}
+
+const _: () = assert!(size_of::<QuantizeParams>() == 32);
+const _: () = assert!(size_of::<MatmulParams>() == 48);
+const _: () = assert!(size_of::<RmsNormParams>() == 48);
+const _: () = assert!(size_of::<SwigluParams>() == 24);
+const _: () = assert!(size_of::<BiasParams>() == 24);
+const _: () = assert!(size_of::<RopeKvParams>() == 104);
+const _: () = assert!(size_of::<AttnParams>() == 120);
+const _: () = assert!(size_of::<ArgmaxParams>() == 24);
+const _: () = assert!(size_of::<CopySlotsParams>() == 40);

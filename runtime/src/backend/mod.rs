@@ -1,0 +1,320 @@
+//! Where the forward pass runs: the CPU (worker threads over `ember-kernels`) or a CUDA GPU.
+//!
+//! A [`Backend`] owns the KV arena (in host memory for the CPU, in device memory for CUDA) and
+//! runs whole batched forward passes; the engine and the session only schedule, and read the
+//! logits back from the forward pass's [`Scratch`]. The CUDA backend exists in every build: built
+//! without the `cuda` feature it is a stub whose constructor says so ("built without CUDA"), so
+//! no call site carries a `cfg`.
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_stub.rs"]
+pub mod cuda;
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::compute::Compute;
+use crate::error::{Error, Result};
+use crate::kv::{KvArena, KvLayout};
+use crate::model::{BatchToken, BlockTables, Model, Scratch};
+
+pub use cuda::CudaBackend;
+
+/// Which backend to run on (`--backend cuda|cpu|auto`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The CPU kernels, on worker threads.
+    #[default]
+    Cpu,
+    /// A CUDA GPU (device 0); an error if there is none or the build has no CUDA support.
+    Cuda,
+    /// CUDA when it can be started, else the CPU (the reason is kept in [`Backend::note`]).
+    Auto,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(BackendKind::Cpu),
+            "cuda" => Ok(BackendKind::Cuda),
+            "auto" => Ok(BackendKind::Auto),
+            _ => Err(format!(
+                "unknown backend {s:?} (expected cpu, cuda or auto)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+            BackendKind::Auto => "auto",
+        })
+    }
+}
+
+/// Sizes a backend is built for.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct BackendSizes {
+    pub layout: KvLayout,
+    pub n_blocks: usize,
+    pub max_tokens: usize,
+    pub max_logits: usize,
+    pub n_ctx: usize,
+    pub threads: usize,
+}
+
+enum Inner {
+    Cpu { compute: Compute, arena: KvArena },
+    Cuda(Box<CudaBackend>),
+}
+
+/// A started backend with its KV arena.
+pub struct Backend {
+    inner: Inner,
+    note: Option<String>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("kind", &self.name())
+            .field("n_blocks", &self.n_blocks())
+            .finish()
+    }
+}
+
+impl Backend {
+    /// Start a backend of `kind` for `model` and allocate its KV arena.
+    pub(crate) fn new(kind: BackendKind, model: &Model, z: BackendSizes) -> Result<Backend> {
+        let cpu = |note| -> Result<Backend> {
+            let compute = Compute::new(z.threads).map_err(|what| Error::InvalidParam {
+                name: "threads",
+                what,
+            })?;
+            Ok(Backend {
+                inner: Inner::Cpu {
+                    compute,
+                    arena: KvArena::new(z.layout, z.n_blocks)?,
+                },
+                note,
+            })
+        };
+        match kind {
+            BackendKind::Cpu => cpu(None),
+            BackendKind::Cuda => Ok(Backend {
+                inner: Inner::Cuda(Box::new(CudaBackend::new(model, z)?)),
+                note: None,
+            }),
+            BackendKind::Auto => match CudaBackend::new(model, z) {
+                Ok(b) => Ok(Backend {
+                    inner: Inner::Cuda(Box::new(b)),
+                    note: None,
+                }),
+                Err(e) => cpu(Some(format!(
+                    "CUDA not used, running on the CPU: {}",
+                    match e {
+                        Error::Backend(m) => m,
+                        other => other.to_string(),
+                    }
+                ))),
+            },
+        }
+    }
+
+    /// `"cpu"` or `"cuda"`.
+    pub fn name(&self) -> &'static str {
+        match self.inner {
+            Inner::Cpu { .. } => "cpu",
+            Inner::Cuda(_) => "cuda",
+        }
+    }
+
+    /// One line about the backend (device name and compute capability for CUDA).
+    pub fn describe(&self) -> String {
+        match &self.inner {
+            Inner::Cpu { compute, .. } => format!("cpu ({} threads)", compute.n_threads()),
+            Inner::Cuda(c) => c.describe(),
+        }
+    }
+
+    /// Why `auto` fell back to the CPU, if it did.
+    pub fn note(&self) -> Option<&str> {
+        self.note.as_deref()
+    }
+
+    /// CPU worker threads (0 on CUDA, where the CPU only schedules and samples).
+    pub fn threads(&self) -> usize {
+        match &self.inner {
+            Inner::Cpu { compute, .. } => compute.n_threads(),
+            Inner::Cuda(_) => 0,
+        }
+    }
+
+    /// Bytes of the KV arena (host or device memory).
+    pub fn arena_bytes(&self) -> usize {
+        match &self.inner {
+            Inner::Cpu { arena, .. } => arena.bytes(),
+            Inner::Cuda(c) => c.arena_bytes(),
+        }
+    }
+
+    /// Blocks of the KV arena.
+    pub fn n_blocks(&self) -> usize {
+        match &self.inner {
+            Inner::Cpu { arena, .. } => arena.n_blocks(),
+            Inner::Cuda(c) => c.n_blocks(),
+        }
+    }
+
+    /// Geometry of the KV arena.
+    pub fn layout(&self) -> KvLayout {
+        match &self.inner {
+            Inner::Cpu { arena, .. } => arena.layout(),
+            Inner::Cuda(c) => c.layout(),
+        }
+    }
+
+    /// Run `model` over `batch` (see [`Model::forward`]); the logits land in `scratch`.
+    pub(crate) fn forward(
+        &mut self,
+        model: &Model,
+        batch: &[BatchToken],
+        tables: &(impl BlockTables + ?Sized),
+        scratch: &mut Scratch,
+    ) -> Result<usize> {
+        match &mut self.inner {
+            Inner::Cpu { compute, arena } => model.forward(compute, batch, tables, arena, scratch),
+            Inner::Cuda(c) => c.forward(model, batch, tables, scratch),
+        }
+    }
+
+    /// Copy the first `n_slots` slots of block `src` into block `dst` (copy-on-write).
+    pub(crate) fn copy_slots(&mut self, src: usize, dst: usize, n_slots: usize) -> Result<()> {
+        match &mut self.inner {
+            Inner::Cpu { arena, .. } => {
+                arena.copy_slots(src, dst, n_slots);
+                Ok(())
+            }
+            Inner::Cuda(c) => c.copy_slots(src, dst, n_slots),
+        }
+    }
+}
+
+/// Check a batch against the scratch sizes and the block tables before any state changes (the
+/// same checks, with the same errors, as the CPU forward pass).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn validate_batch(
+    model: &Model,
+    batch: &[BatchToken],
+    tables: &(impl BlockTables + ?Sized),
+    block_size: usize,
+    max_tokens: usize,
+    max_logits: usize,
+    n_ctx: usize,
+) -> Result<usize> {
+    let c = &model.config;
+    let n_tok = batch.len();
+    if n_tok == 0 || n_tok > max_tokens {
+        return Err(Error::InvalidParam {
+            name: "batch",
+            what: format!("{n_tok} tokens (must be 1..={max_tokens})"),
+        });
+    }
+    let n_logits = batch.iter().filter(|b| b.logits).count();
+    if n_logits > max_logits {
+        return Err(Error::InvalidParam {
+            name: "batch",
+            what: format!("{n_logits} logit rows requested, at most {max_logits}"),
+        });
+    }
+    for b in batch {
+        let Some(table) = tables.table(b.seq) else {
+            return Err(Error::InvalidParam {
+                name: "batch",
+                what: format!(
+                    "token refers to sequence {}, which has no block table",
+                    b.seq
+                ),
+            });
+        };
+        if b.token as usize >= c.n_vocab {
+            return Err(Error::InvalidParam {
+                name: "batch",
+                what: format!(
+                    "token id {} is outside the vocabulary ({})",
+                    b.token, c.n_vocab
+                ),
+            });
+        }
+        if b.pos >= n_ctx || b.pos / block_size >= table.len() {
+            return Err(Error::ContextFull {
+                n_ctx: n_ctx.min(table.len() * block_size),
+                requested: b.pos + 1,
+            });
+        }
+    }
+    Ok(n_logits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufFile;
+    use crate::synth::{synth_gguf, SynthSpec};
+
+    #[test]
+    fn backend_kind_parses_and_prints() {
+        for k in [BackendKind::Cpu, BackendKind::Cuda, BackendKind::Auto] {
+            assert_eq!(k.to_string().parse::<BackendKind>(), Ok(k));
+        }
+        assert!("gpu".parse::<BackendKind>().is_err());
+    }
+
+    /// Without the `cuda` feature, `cuda` is a clear error and `auto` runs on the CPU saying why;
+    /// with it but no driver, the same with the driver's absence as the reason.
+    #[test]
+    fn cuda_unavailable_is_an_error_and_auto_falls_back() {
+        let bytes = synth_gguf(&SynthSpec::default())
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let m = Model::from_gguf(GgufFile::from_bytes(bytes).unwrap()).unwrap();
+        let c = &m.config;
+        let z = BackendSizes {
+            layout: KvLayout {
+                n_layer: c.n_layer,
+                n_kv_head: c.n_head_kv,
+                head_dim: c.head_dim,
+                block_size: 16,
+            },
+            n_blocks: 4,
+            max_tokens: 8,
+            max_logits: 1,
+            n_ctx: 64,
+            threads: 1,
+        };
+        let why = if cfg!(feature = "cuda") {
+            if cuda::driver_present() {
+                return; // a GPU machine: tests/cuda.rs covers it
+            }
+            "no CUDA driver"
+        } else {
+            "built without CUDA"
+        };
+        let e = Backend::new(BackendKind::Cuda, &m, z).unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+        let b = Backend::new(BackendKind::Auto, &m, z).unwrap();
+        assert_eq!(b.name(), "cpu");
+        assert!(b.note().is_some_and(|n| n.contains(why)), "{:?}", b.note());
+        let b = Backend::new(BackendKind::Cpu, &m, z).unwrap();
+        assert!(b.note().is_none());
+        assert_eq!(b.n_blocks(), 4);
+    }
+}

@@ -4,7 +4,8 @@
 //! saturated to i8 as Rust's `as i8` does, and for Q8_1 `s = f16(Σq * d)` with the f32 `d`.
 //!
 //! NaN inputs: the maximum skips quiet NaNs (`vmaxnm`, like `f32::max`) and a NaN quantizes to 0
-//! (like `as i8`); a model producing NaN activations is broken either way.
+//! (like `as i8`); blocks with infinities, signaling NaNs or a scale that overflows go to the
+//! reference (see `block`).
 
 use std::arch::aarch64::{
     int8x16_t, vabsq_f32, vaddlvq_s8, vcvtnq_s32_f32, vld1q_f32, vmaxnmq_f32, vmaxnmvq_f32,
@@ -13,12 +14,18 @@ use std::arch::aarch64::{
 
 use half::f16;
 
+use crate::reference::q8;
+
 const QK8: usize = 32;
 
-/// Quantizes 32 values into `qs` (32 bytes); returns the f32 scale `d` and `Σ qs`.
+/// Quantizes 32 values into `qs` (32 bytes); returns the f32 scale `d` and `Σ qs`, or `None`
+/// when the block holds values whose handling differs between the NEON instructions and the
+/// reference's scalar code (an infinity, a signaling NaN — `vmaxnm` returns NaN for it where
+/// `f32::max` skips it — or an amax so small that `127 / amax` overflows): the caller then
+/// quantizes the block with the reference.
 #[inline]
 #[target_feature(enable = "neon")]
-fn block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
+fn block(x: &[f32], qs: &mut [u8]) -> Option<(f32, i32)> {
     let (x, qs) = (&x[..QK8], &mut qs[..QK8]);
     // SAFETY: `x` holds 32 f32 (bounds-checked above); each load reads 4 from `4 * j`.
     let v: [_; 8] = std::array::from_fn(|j| unsafe { vld1q_f32(x[4 * j..].as_ptr()) });
@@ -29,6 +36,9 @@ fn block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
     let amax = vmaxnmvq_f32(m);
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    if !(amax.is_finite() && id.is_finite()) {
+        return None;
+    }
     let q: [_; 8] = std::array::from_fn(|j| vcvtnq_s32_f32(vmulq_n_f32(v[j], id)));
     let bytes = |j: usize| -> int8x16_t {
         let h0 = vqmovn_high_s32(vqmovn_s32(q[4 * j]), q[4 * j + 1]);
@@ -42,23 +52,29 @@ fn block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
         vst1q_s8(qs.as_mut_ptr().cast(), b0);
         vst1q_s8(qs[16..].as_mut_ptr().cast(), b1);
     }
-    (d, i32::from(vaddlvq_s8(b0)) + i32::from(vaddlvq_s8(b1)))
+    Some((d, i32::from(vaddlvq_s8(b0)) + i32::from(vaddlvq_s8(b1))))
 }
 
 #[target_feature(enable = "neon")]
 fn q8_0(src: &[f32], out: &mut [u8]) {
     for (x, o) in src.chunks_exact(QK8).zip(out.chunks_exact_mut(34)) {
-        let (d, _) = block(x, &mut o[2..]);
-        o[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        match block(x, &mut o[2..]) {
+            Some((d, _)) => o[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes()),
+            None => q8::quantize_row_q8_0_act(x, o),
+        }
     }
 }
 
 #[target_feature(enable = "neon")]
 fn q8_1(src: &[f32], out: &mut [u8]) {
     for (x, o) in src.chunks_exact(QK8).zip(out.chunks_exact_mut(36)) {
-        let (d, sum) = block(x, &mut o[4..]);
-        o[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        o[2..4].copy_from_slice(&f16::from_f32(sum as f32 * d).to_le_bytes());
+        match block(x, &mut o[4..]) {
+            Some((d, sum)) => {
+                o[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+                o[2..4].copy_from_slice(&f16::from_f32(sum as f32 * d).to_le_bytes());
+            }
+            None => q8::quantize_row_q8_1_act(x, o),
+        }
     }
 }
 

@@ -138,8 +138,8 @@ pub fn vec_dot_q5_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let d = f16_le(x.d) * f16_le(y.d);
         for (l, acc_l) in acc.iter_mut().enumerate() {
             let mut li = 0i32;
-            for e in 4 * l..4 * l + 4 {
-                li += (i32::from(q[e]) - 16) * i32::from(y.qs[e]);
+            for (&qi, &ai) in q[4 * l..4 * l + 4].iter().zip(&y.qs[4 * l..4 * l + 4]) {
+                li += (i32::from(qi) - 16) * i32::from(ai);
             }
             *acc_l = d.mul_add(li as f32, *acc_l);
         }

@@ -8,9 +8,9 @@
 //!   llama.cpp's own top-1/top-2 margin is below 0.05, and free generation equal up to that
 //!   step (the four plain prompts, in CI); the full criterion (all eight cases, top-1 logit
 //!   within 0.1 at every step) is an `#[ignore]`d known failure, see its doc;
-//! - perplexity on GPL-3.txt within 1% of llama.cpp's figure (CI runs a 128-token-chunk slice;
-//!   the full 512-token-chunk run is `#[ignore]`d: `cargo test --release --test gemma3 --
-//!   --ignored`);
+//! - perplexity on GPL-3.txt with 512- and 128-token chunks within 1% of llama.cpp's figures
+//!   (`#[ignore]`d, minutes each on 2 cores: `cargo test -p ember --test gemma3 -- --ignored
+//!   gemma_`);
 //! - sliding-window attention: positions before the window are never read (poisoning them
 //!   changes nothing) while the window does change the output.
 
@@ -290,7 +290,7 @@ fn gpl_tokens(s: &Session) -> Vec<u32> {
 }
 
 fn check_perplexity(n_ctx: usize, want: f64, chunks: usize) {
-    let mut s = session_of(model(), n_ctx, n_ctx, 64);
+    let mut s = session_of(model(), n_ctx, n_ctx, n_ctx / 2);
     let tokens = gpl_tokens(&s);
     let r = ember::perplexity::perplexity(&mut s, &tokens, n_ctx, |_, _| {}).unwrap();
     let rel = (r.ppl - want).abs() / want;
@@ -310,15 +310,21 @@ fn check_perplexity(n_ctx: usize, want: f64, chunks: usize) {
     );
 }
 
+/// Measured 2026-11-27: 13.9050 vs llama.cpp's 13.8844 (0.15% apart), 14 chunks; about 4.5 CPU
+/// minutes per core on the 2-core CI machine kind, too much for CI's Gemma budget next to the
+/// greedy test, so run it by hand: `cargo test -p ember --test gemma3 -- --ignored gemma_`.
 #[test]
-fn perplexity_128_matches_llama_cpp() {
-    check_perplexity(128, LLAMA_CPP_PPL_128, 59);
+#[ignore = "about 4.5 minutes on 2 cores; run with --ignored"]
+fn gemma_perplexity_512_matches_llama_cpp() {
+    check_perplexity(512, LLAMA_CPP_PPL_512, 14);
 }
 
+/// The same text in 128-token chunks: as costly as the 512 run (about as many scored rows),
+/// so not in CI.
 #[test]
-#[ignore = "slow on 2 cores; run with --ignored"]
-fn perplexity_512_matches_llama_cpp() {
-    check_perplexity(512, LLAMA_CPP_PPL_512, 14);
+#[ignore = "as slow as the 512-token run; run with --ignored"]
+fn gemma_perplexity_128_matches_llama_cpp() {
+    check_perplexity(128, LLAMA_CPP_PPL_128, 59);
 }
 
 /// Runs `tokens` through `Model::forward` on a private arena (block size 8), then re-runs the

@@ -9,6 +9,8 @@ if ! python3 -c "import gguf, numpy" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check "gguf==0.19.0" "numpy<3"
 fi
 bash scripts/fetch-model.sh
+bash scripts/fetch-model.sh gemma3
+bash scripts/fetch-model.sh gemma3
 
 echo "== format and lint"
 cargo fmt --all -- --check

@@ -143,9 +143,9 @@ fn unknown_and_unsupported_tensor_types() {
     assert_contains(&msg, "unknown ggml type id 1234");
     assert_contains(&msg, &t.name);
 
-    // A well-formed file whose projection is Q5_0, which Ember does not compute with.
+    // A well-formed file whose projection is IQ4_NL, which Ember does not compute with.
     let mut w = synth_gguf(&SynthSpec::default()).unwrap();
-    let q5 = GgmlType::Q5_0;
+    let q5 = GgmlType::IQ4_NL;
     w.replace_tensor(
         "blk.0.attn_q.weight",
         q5,
@@ -155,7 +155,7 @@ fn unknown_and_unsupported_tensor_types() {
     let msg = load_err(w.to_bytes().unwrap());
     assert_contains(
         &msg,
-        "blk.0.attn_q.weight: type Q5_0 is not supported (supported: F32",
+        "blk.0.attn_q.weight: type IQ4_NL is not supported (supported: F32",
     );
 }
 

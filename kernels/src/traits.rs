@@ -4,13 +4,13 @@
 //!
 //! To multiply a weight row of type `ty` with an f32 activation vector, quantize the activations
 //! once with `reference_traits(vec_dot_type).quantize_act` (for F16 / BF16 weights that is a
-//! rounding to f16 / bf16, for Q4_0 / Q8_0 to Q8_0, Q4_1 to Q8_1, the k-quants to Q8_K), then call
-//! `vec_dot` per row. `from_float` is the file format's reference quantizer (weights);
+//! rounding to f16 / bf16, for Q4_0 / Q5_0 / Q8_0 to Q8_0, Q4_1 / Q5_1 to Q8_1, the k-quants to
+//! Q8_K), then call `vec_dot` per row. `from_float` is the file format's reference quantizer (weights);
 //! `quantize_act` is what ggml-cpu applies to activations on x86, which rounds differently for
 //! Q8_0 / Q8_1. Skipping the activation quantization is not an option: the dots read
 //! activation bytes in `vec_dot_type`, and ggml's results include that rounding.
 
-use crate::reference::{float, q4_0, q4_1, q4_k, q5_k, q6_k, q8, q8_k};
+use crate::reference::{float, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8, q8_k};
 use crate::GgmlType;
 
 /// Dequantizes `src`, which holds exactly `out.len() / block_size` blocks, into `out`.
@@ -83,6 +83,24 @@ static Q4_1: TypeTraits = TypeTraits {
     vec_dot: q4_1::vec_dot_q4_1_q8_1,
 };
 
+static Q5_0: TypeTraits = TypeTraits {
+    ty: GgmlType::Q5_0,
+    vec_dot_type: GgmlType::Q8_0,
+    to_float: q5_0::dequantize_row_q5_0,
+    from_float: Some(q5_0::quantize_row_q5_0),
+    quantize_act: None,
+    vec_dot: q5_0::vec_dot_q5_0_q8_0,
+};
+
+static Q5_1: TypeTraits = TypeTraits {
+    ty: GgmlType::Q5_1,
+    vec_dot_type: GgmlType::Q8_1,
+    to_float: q5_1::dequantize_row_q5_1,
+    from_float: Some(q5_1::quantize_row_q5_1),
+    quantize_act: None,
+    vec_dot: q5_1::vec_dot_q5_1_q8_1,
+};
+
 static Q8_0: TypeTraits = TypeTraits {
     ty: GgmlType::Q8_0,
     vec_dot_type: GgmlType::Q8_0,
@@ -148,6 +166,8 @@ pub fn reference_traits(ty: GgmlType) -> Option<&'static TypeTraits> {
         GgmlType::BF16 => &BF16,
         GgmlType::Q4_0 => &Q4_0,
         GgmlType::Q4_1 => &Q4_1,
+        GgmlType::Q5_0 => &Q5_0,
+        GgmlType::Q5_1 => &Q5_1,
         GgmlType::Q8_0 => &Q8_0,
         GgmlType::Q8_1 => &Q8_1,
         GgmlType::Q4_K => &Q4_K,
@@ -171,7 +191,7 @@ mod tests {
             assert!(act.from_float.is_some(), "{} cannot be quantized", act.ty);
             assert_eq!(act.vec_dot_type, act.ty);
         }
-        assert!(reference_traits(GgmlType::Q5_0).is_none());
+        assert!(reference_traits(GgmlType::Q2_K).is_none());
         assert!(reference_traits(GgmlType::IQ4_NL).is_none());
     }
 }

@@ -4,8 +4,8 @@
 //!    gguf-py cannot quantize, against the numpy transcription of ggml's reference in the fixture
 //!    generator): fixtures made by `tests/fixtures/gen_quant_fixtures.py`.
 //! 2. Every dot product agrees with the f64 dot of the dequantized operands, on rows of awkward
-//!    lengths placed at odd byte offsets; tolerance `1e-6 * sum |w_i a_i|` (plus, for Q4_1, the
-//!    f16 rounding of Q8_1's `s` field, which is part of ggml's result).
+//!    lengths placed at odd byte offsets; tolerance `1e-6 * sum |w_i a_i|` (plus, for Q4_1 and
+//!    Q5_1, the f16 rounding of Q8_1's `s` field, which is part of ggml's result).
 //! 3. Activation quantization round-trips within half a quantization step, and its side fields
 //!    (Q8_1's `s`, Q8_K's `bsums`) are what ggml stores.
 
@@ -68,7 +68,7 @@ fn f32s(b: &[u8]) -> Vec<f32> {
 #[test]
 fn dequantization_is_bit_exact_against_gguf_py() {
     for name in [
-        "F16", "BF16", "Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
+        "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
     ] {
         let data = fixture(&format!("{name}.bin"));
         let (ty, n_blocks, rest) = header(&data, b"EMBD", name);
@@ -98,7 +98,9 @@ fn dequantization_is_bit_exact_against_gguf_py() {
 
 #[test]
 fn quantization_is_bit_exact_against_gguf_py() {
-    for name in ["F16", "BF16", "Q4_0", "Q4_1", "Q8_0", "Q8_1", "Q8_K"] {
+    for name in [
+        "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q8_K",
+    ] {
         let data = fixture(&format!("{name}_quant.bin"));
         let (ty, n, rest) = header(&data, b"EMBQ", name);
         assert_eq!(ty.name(), name);
@@ -126,8 +128,8 @@ fn quantization_is_bit_exact_against_gguf_py() {
 /// (random bytes there would give NaN or huge scales).
 fn f16_fields(ty: GgmlType) -> &'static [usize] {
     match ty {
-        GgmlType::Q4_0 | GgmlType::Q8_0 => &[0],
-        GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
         GgmlType::Q6_K => &[208],
         _ => &[],
     }
@@ -158,11 +160,12 @@ fn at_offset(bytes: &[u8], off: usize) -> Vec<u8> {
     v
 }
 
-/// The f16 rounding error of Q8_1's `s` fields, weighted by Q4_1's offsets: the part of ggml's
-/// Q4_1 dot that the dequantized dot does not have.
-fn q4_1_s_rounding(w: &[u8], a: &[u8]) -> f64 {
+/// The f16 rounding error of Q8_1's `s` fields, weighted by the weights' offsets (Q4_1, Q5_1:
+/// `m` at bytes 2..4 of a `type_size`-byte block): the part of ggml's dot that the dequantized
+/// dot does not have.
+fn q8_1_s_rounding(w: &[u8], type_size: usize, a: &[u8]) -> f64 {
     let h = |b: &[u8]| f64::from(f16::from_le_bytes([b[0], b[1]]).to_f32());
-    w.chunks_exact(20)
+    w.chunks_exact(type_size)
         .zip(a.chunks_exact(36))
         .map(|(x, y)| {
             let sum: f64 = y[4..].iter().map(|&q| f64::from(q as i8)).sum();
@@ -205,8 +208,8 @@ fn dot_products_match_dequantized_f64_dot() {
                 .zip(&af)
                 .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
                 .sum();
-            let extra = if ty == GgmlType::Q4_1 {
-                1.001 * q4_1_s_rounding(&w, &a)
+            let extra = if t.vec_dot_type == GgmlType::Q8_1 {
+                1.001 * q8_1_s_rounding(&w, ty.type_size(), &a)
             } else {
                 0.0
             };

@@ -8,8 +8,9 @@
 //! reference (see `block`).
 
 use std::arch::aarch64::{
-    int8x16_t, vabsq_f32, vaddlvq_s8, vcvtnq_s32_f32, vld1q_f32, vmaxnmq_f32, vmaxnmvq_f32,
-    vmulq_n_f32, vqmovn_high_s16, vqmovn_high_s32, vqmovn_s16, vqmovn_s32, vst1q_s8,
+    int8x16_t, vabsq_f32, vaddlvq_s8, vandq_u32, vcleq_f32, vcvtnq_s32_f32, vdupq_n_f32, vld1q_f32,
+    vmaxnmq_f32, vmaxnmvq_f32, vminvq_u32, vmulq_n_f32, vqmovn_high_s16, vqmovn_high_s32,
+    vqmovn_s16, vqmovn_s32, vst1q_s8,
 };
 
 use half::f16;
@@ -29,6 +30,15 @@ fn block(x: &[f32], qs: &mut [u8]) -> Option<(f32, i32)> {
     let (x, qs) = (&x[..QK8], &mut qs[..QK8]);
     // SAFETY: `x` holds 32 f32 (bounds-checked above); each load reads 4 from `4 * j`.
     let v: [_; 8] = std::array::from_fn(|j| unsafe { vld1q_f32(x[4 * j..].as_ptr()) });
+    // Every value finite (|x| <= f32::MAX fails for infinities and NaNs of any kind)?
+    let lim = vdupq_n_f32(f32::MAX);
+    let mut fin = vcleq_f32(vabsq_f32(v[0]), lim);
+    for &vj in &v[1..] {
+        fin = vandq_u32(fin, vcleq_f32(vabsq_f32(vj), lim));
+    }
+    if vminvq_u32(fin) != u32::MAX {
+        return None;
+    }
     let mut m = vabsq_f32(v[0]);
     for &vj in &v[1..] {
         m = vmaxnmq_f32(m, vabsq_f32(vj));

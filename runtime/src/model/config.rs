@@ -13,6 +13,10 @@ pub enum Arch {
     Llama,
     /// Qwen2 / Qwen2.5: QKV biases, NEOX RoPE.
     Qwen2,
+    /// Gemma 3: embeddings scaled by sqrt(n_embd), per-head Q/K RMSNorm, post-attention and
+    /// post-FFN RMSNorms, GELU-gated FFN, NEOX RoPE, sliding-window attention on five layers of
+    /// every six with their own RoPE base.
+    Gemma3,
 }
 
 impl Arch {
@@ -21,8 +25,18 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3",
         }
     }
+}
+
+/// The activation of the gated feed-forward network: `act(x Wg^T) * (x Wu^T)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FfnAct {
+    /// SiLU (SwiGLU): llama, qwen2.
+    Silu,
+    /// GELU, tanh approximation, through ggml's f16 lookup table (GeGLU): gemma3.
+    Gelu,
 }
 
 /// How RoPE pairs the dimensions of a head.
@@ -68,6 +82,22 @@ pub struct Config {
     pub rope_pairing: RopePairing,
     /// Dimensions rotated per head (`rope.dimension_count`, usually `head_dim`).
     pub rope_dims: usize,
+    /// Sliding-window attention: on the layers `swa_layers` marks, a query at position `p` sees
+    /// only keys at positions `p - sliding_window + 1 ..= p` (llama.cpp's
+    /// `LLAMA_SWA_TYPE_STANDARD`). 0 = every layer attends to the whole context.
+    pub sliding_window: usize,
+    /// Per layer, whether it uses the sliding window `[n_layer]` (all false without one).
+    pub swa_layers: Vec<bool>,
+    /// RoPE base frequency of the sliding-window layers.
+    pub rope_base_swa: f32,
+    /// Factor applied to the token embeddings (Gemma: sqrt(n_embd); 1 = none).
+    pub embd_scale: f32,
+    /// Queries are multiplied by this before attention, whose scores are then not scaled
+    /// (Gemma: `1 / sqrt(head_dim)`, as llama.cpp's graph does it); `None`: scores are scaled by
+    /// `1 / sqrt(head_dim)`.
+    pub q_scale: Option<f32>,
+    /// Activation of the gated FFN.
+    pub ffn_act: FfnAct,
 }
 
 fn need_u(f: &GgufFile, key: &str) -> Result<usize> {
@@ -92,6 +122,7 @@ impl Config {
         let arch = match arch_name {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            "gemma3" => Arch::Gemma3,
             other => return Err(Error::UnsupportedArch(other.to_string())),
         };
         let a = arch.name();
@@ -185,6 +216,35 @@ impl Config {
                 what: format!("partial RoPE ({rope_dims} of {head_dim} dims) is not supported"),
             });
         }
+        let gemma = arch == Arch::Gemma3;
+        let sliding_window = if gemma {
+            need_u(f, &k("attention.sliding_window"))?
+        } else {
+            0
+        };
+        // llama.cpp's gemma3: pattern 6, i.e. layers 5, 11, 17, ... attend to the whole
+        // context and the others use the window (the GGUF carries no pattern key).
+        let swa_layers = (0..n_layer)
+            .map(|l| sliding_window > 0 && l % 6 < 5)
+            .collect();
+        // llama.cpp's default for gemma3's sliding layers when the file has no key.
+        let rope_base_swa = f.get_f32(&k("rope.freq_base_swa"))?.unwrap_or(10000.0);
+        if !(rope_base_swa.is_finite() && rope_base_swa > 1.0) {
+            return Err(Error::BadKey {
+                key: k("rope.freq_base_swa"),
+                what: format!("{rope_base_swa} must be a finite number above 1"),
+            });
+        }
+        if gemma {
+            for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+                if f.get_f32(&k(key))?.is_some_and(|v| v != 0.0) {
+                    return Err(Error::BadKey {
+                        key: k(key),
+                        what: "logit soft-capping is not supported".into(),
+                    });
+                }
+            }
+        }
         Ok(Config {
             arch,
             n_vocab: 0,
@@ -200,9 +260,23 @@ impl Config {
             rope_freq_scale,
             rope_pairing: match arch {
                 Arch::Llama => RopePairing::Norm,
-                Arch::Qwen2 => RopePairing::Neox,
+                Arch::Qwen2 | Arch::Gemma3 => RopePairing::Neox,
             },
             rope_dims,
+            sliding_window,
+            swa_layers,
+            rope_base_swa,
+            embd_scale: if gemma { (n_embd as f32).sqrt() } else { 1.0 },
+            // llama.cpp: 1/sqrt(head_dim) for every Gemma 3 size but 27B (62 layers), which
+            // uses 1/sqrt(n_embd / n_head).
+            q_scale: gemma.then(|| {
+                if n_layer == 62 {
+                    1.0 / ((n_embd / n_head) as f32).sqrt()
+                } else {
+                    1.0 / (head_dim as f32).sqrt()
+                }
+            }),
+            ffn_act: if gemma { FfnAct::Gelu } else { FfnAct::Silu },
         })
     }
 
@@ -214,5 +288,14 @@ impl Config {
     /// Width of all key (or value) heads together.
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
+    }
+
+    /// The first position a query at `pos` attends to in layer `layer` (0 without a window).
+    pub fn attn_start(&self, layer: usize, pos: usize) -> usize {
+        if self.swa_layers.get(layer).copied().unwrap_or(false) {
+            (pos + 1).saturating_sub(self.sliding_window)
+        } else {
+            0
+        }
     }
 }

@@ -14,6 +14,14 @@
 //! ```
 //! then `logits = (rmsnorm(x) * output_norm) Wout^T` for the rows that asked for logits.
 //!
+//! Gemma 3 (`Arch::Gemma3`) differs in these places, each switched on by the config or by the
+//! presence of its weights: `x = token_embd[tok] * sqrt(E)`; each head of q and k is
+//! RMS-normed (`attn_q_norm`, `attn_k_norm`) before RoPE; q is multiplied by `1/sqrt(D)` and the
+//! scores are not scaled again; the attention output and the FFN output are RMS-normed
+//! (`post_attention_norm`, `post_ffw_norm`) before their residual adds; the FFN is GELU-gated;
+//! sliding-window layers see only the last `sliding_window` positions (masked through the block
+//! table: blocks wholly before the window are not read) and use their own RoPE base.
+//!
 //! Activations are quantized before each product to the type the weight's kernel expects
 //! (Q8_1 for Q4_1, Q8_0 for Q4_0/Q8_0, Q8_K for K-quants, F16 for F16), exactly as ggml does:
 //! that rounding is part of llama.cpp's numerics and moves logits by up to ~0.5.
@@ -24,7 +32,7 @@ use ember_kernels::dispatch;
 use ember_kernels::reference::attention::OnlineSoftmax;
 use half::f16;
 
-use super::config::{Config, RopePairing};
+use super::config::{Config, FfnAct, RopePairing, MAX_HEAD_DIM};
 use super::weights::{f32_slice, Mat, Vector};
 use super::Model;
 use crate::compute::{Compute, MatJob, SharedOut, MAX_JOBS};
@@ -91,6 +99,9 @@ pub struct Scratch {
     /// RoPE cos/sin per position and pair `[n_ctx, D/2]` each.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
+    /// The same for the sliding-window layers' RoPE base (empty without such layers).
+    rope_cos_swa: Vec<f32>,
+    rope_sin_swa: Vec<f32>,
 }
 
 impl std::fmt::Debug for Scratch {
@@ -129,7 +140,16 @@ impl Scratch {
         }
         let t = max_tokens;
         let widest = c.n_embd.max(c.q_dim()).max(c.n_ff);
-        let (rope_cos, rope_sin) = rope_tables(c, model.rope_freqs(), n_ctx);
+        let (rope_cos, rope_sin) = rope_tables(c, c.rope_base, model.rope_freqs(), n_ctx);
+        let (rope_cos_swa, rope_sin_swa) = if c.swa_layers.contains(&true) {
+            rope_tables(c, c.rope_base_swa, model.rope_freqs(), n_ctx)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        if c.ffn_act == FfnAct::Gelu {
+            // Build the lookup table now, not in the first forward pass.
+            super::gelu::table();
+        }
         Ok(Scratch {
             max_tokens,
             max_logits,
@@ -149,6 +169,8 @@ impl Scratch {
             logits: vec![0.0; max_logits * c.n_vocab],
             rope_cos,
             rope_sin,
+            rope_cos_swa,
+            rope_sin_swa,
         })
     }
 
@@ -166,7 +188,9 @@ impl Scratch {
             + self.out_x.len()
             + self.logits.len()
             + self.rope_cos.len()
-            + self.rope_sin.len();
+            + self.rope_sin.len()
+            + self.rope_cos_swa.len()
+            + self.rope_sin_swa.len();
         f * 4 + self.acts.len() + self.logit_rows.capacity() * 8
     }
 
@@ -213,11 +237,12 @@ impl Scratch {
 /// context round as llama.cpp's do.
 pub(crate) fn rope_tables(
     c: &Config,
+    base: f32,
     freq_factors: Option<&[f32]>,
     n_ctx: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     let half = c.head_dim / 2;
-    let theta_scale = c.rope_base.powf(-2.0 / c.rope_dims as f32);
+    let theta_scale = base.powf(-2.0 / c.rope_dims as f32);
     let mut cos = vec![0.0; n_ctx * half];
     let mut sin = vec![0.0; n_ctx * half];
     for p in 0..n_ctx {
@@ -283,6 +308,23 @@ impl Model {
 
     pub(crate) fn rope_freqs(&self) -> Option<&[f32]> {
         self.weights.rope_freqs.as_ref().map(|v| self.vec(v))
+    }
+
+    /// `y = rmsnorm(y) * norm` row by row (`n_tok` rows of `n_embd`), when the layer has such a
+    /// norm (gemma3's post-attention / post-FFN norms); `tmp` is scratch of the same size.
+    fn post_norm(&self, norm: &Option<Vector>, n_tok: usize, y: &mut [f32], tmp: &mut [f32]) {
+        let Some(norm) = norm else { return };
+        let (norm, e, eps) = (self.vec(norm), self.config.n_embd, self.config.rms_eps);
+        let k = dispatch::ops();
+        tmp[..n_tok * e].copy_from_slice(&y[..n_tok * e]);
+        for t in 0..n_tok {
+            (k.rms_norm)(
+                &tmp[t * e..(t + 1) * e],
+                norm,
+                eps,
+                &mut y[t * e..(t + 1) * e],
+            );
+        }
     }
 
     /// `out = x W^T` for `n_tok` rows, quantizing `x` first.
@@ -397,6 +439,9 @@ impl Model {
             let row = &emb_bytes[b.token as usize * emb.row_bytes..][..emb.row_bytes];
             (emb.kernels.to_float)(row, &mut s.x[t * e..(t + 1) * e]);
         }
+        if c.embd_scale != 1.0 {
+            s.x[..n_tok * e].iter_mut().for_each(|x| *x *= c.embd_scale);
+        }
 
         for (l, lw) in self.weights.layers.iter().enumerate() {
             // ---- attention ----
@@ -432,11 +477,30 @@ impl Model {
                     }
                 }
             }
+            // Per-head RMSNorm of q and k (gemma3).
+            for (norm, out, w) in [
+                (&lw.attn_q_norm, &mut s.q, qd),
+                (&lw.attn_k_norm, &mut s.k, kvd),
+            ] {
+                if let Some(norm) = norm {
+                    let norm = self.vec(norm);
+                    let mut row = [0.0f32; MAX_HEAD_DIM];
+                    for head in out[..n_tok * w].chunks_exact_mut(d) {
+                        row[..d].copy_from_slice(head);
+                        (k.rms_norm)(&row[..d], norm, c.rms_eps, head);
+                    }
+                }
+            }
             // RoPE on every head of q and k, at each token's position.
             let half = d / 2;
+            let (rope_cos, rope_sin) = if c.swa_layers[l] {
+                (&s.rope_cos_swa, &s.rope_sin_swa)
+            } else {
+                (&s.rope_cos, &s.rope_sin)
+            };
             for (t, b) in batch.iter().enumerate() {
-                let cos = &s.rope_cos[b.pos * half..(b.pos + 1) * half];
-                let sin = &s.rope_sin[b.pos * half..(b.pos + 1) * half];
+                let cos = &rope_cos[b.pos * half..(b.pos + 1) * half];
+                let sin = &rope_sin[b.pos * half..(b.pos + 1) * half];
                 let heads = s.q[t * qd..(t + 1) * qd]
                     .chunks_exact_mut(d)
                     .chain(s.k[t * kvd..(t + 1) * kvd].chunks_exact_mut(d));
@@ -445,6 +509,10 @@ impl Model {
                         RopePairing::Norm => (k.rope_norm)(head, cos, sin),
                         RopePairing::Neox => (k.rope_neox)(head, cos, sin),
                     }
+                }
+                // Gemma scales q before attention (ggml_scale), not the scores.
+                if let Some(qs) = c.q_scale {
+                    s.q[t * qd..(t + 1) * qd].iter_mut().for_each(|q| *q *= qs);
                 }
                 // ggml's attention converts Q to f16 to multiply it with the f16 K cache.
                 for q in &mut s.q[t * qd..(t + 1) * qd] {
@@ -465,7 +533,10 @@ impl Model {
             // att[t, h] = softmax(q[t,h] . K[seq_t, 0..=pos_t, h/group] / sqrt(D)) V[...]
             let kv_ro: &KvArena = kv;
             let q_all = &s.q;
-            let scale = 1.0 / (d as f32).sqrt();
+            let scale = match c.q_scale {
+                Some(_) => 1.0,
+                None => 1.0 / (d as f32).sqrt(),
+            };
             let group = hq / hkv;
             let att_ptr = SharedOut(s.att.as_mut_ptr());
             if n_tok * hkv >= 2 * cx.n_threads() && group <= MAX_GROUP {
@@ -485,7 +556,8 @@ impl Model {
                         )
                     };
                     let table = tables.table(b.seq).expect("checked above");
-                    attend_group(kv_ro, l, kh, table, b.pos + 1, q, scale, out);
+                    let start = c.attn_start(l, b.pos);
+                    attend_group(kv_ro, l, kh, table, start, b.pos + 1, q, scale, out);
                 });
             } else {
                 cx.parallel_for(n_tok * hq, |i| {
@@ -498,7 +570,8 @@ impl Model {
                     let out =
                         unsafe { std::slice::from_raw_parts_mut(att_ptr.ptr().add(i * d), d) };
                     let table = tables.table(b.seq).expect("checked above");
-                    attend(kv_ro, l, h / group, table, b.pos + 1, q, scale, out);
+                    let start = c.attn_start(l, b.pos);
+                    attend(kv_ro, l, h / group, table, start, b.pos + 1, q, scale, out);
                 });
             }
             self.project(
@@ -509,12 +582,13 @@ impl Model {
                 &mut s.acts,
                 &mut s.proj[..n_tok * e],
             );
+            self.post_norm(&lw.attn_post_norm, n_tok, &mut s.proj, &mut s.xn);
             s.x[..n_tok * e]
                 .iter_mut()
                 .zip(&s.proj[..n_tok * e])
                 .for_each(|(x, p)| *x += p);
 
-            // ---- feed-forward (SwiGLU) ----
+            // ---- feed-forward (SwiGLU, or GeGLU for gemma3) ----
             let norm = self.vec(&lw.ffn_norm);
             for t in 0..n_tok {
                 (k.rms_norm)(
@@ -535,7 +609,10 @@ impl Model {
                 n_tok,
                 &mut s.acts,
             );
-            (k.silu_mul)(&mut s.gate[..n_tok * f], &s.up[..n_tok * f]);
+            match c.ffn_act {
+                FfnAct::Silu => (k.silu_mul)(&mut s.gate[..n_tok * f], &s.up[..n_tok * f]),
+                FfnAct::Gelu => super::gelu::geglu(&mut s.gate[..n_tok * f], &s.up[..n_tok * f]),
+            }
             self.project(
                 cx,
                 &lw.w_down,
@@ -544,6 +621,7 @@ impl Model {
                 &mut s.acts,
                 &mut s.proj[..n_tok * e],
             );
+            self.post_norm(&lw.ffn_post_norm, n_tok, &mut s.proj, &mut s.xn);
             s.x[..n_tok * e]
                 .iter_mut()
                 .zip(&s.proj[..n_tok * e])
@@ -583,7 +661,9 @@ impl Model {
     }
 }
 
-/// Causal attention of one query head over `n_pos` positions of a sequence: one pass with an
+/// Causal attention of one query head over positions `start .. n_pos` of a sequence (`start` > 0
+/// on sliding-window layers: blocks wholly before it are not read, positions before it in its
+/// block are skipped, exactly as ggml skips keys whose mask is -inf): one pass with an
 /// online softmax, as ggml's CPU flash attention (`flash_attn_ext_f16_one_chunk`) computes it,
 /// which is what llama.cpp runs by default. The query arrives rounded to f16; the weighted sum
 /// of values is kept in f16 (rounded after every position, as ggml's `VKQ16`), the running
@@ -594,6 +674,7 @@ fn attend(
     layer: usize,
     kv_head: usize,
     table: &[BlockId],
+    start: usize,
     n_pos: usize,
     q: &[f32],
     scale: f32,
@@ -604,15 +685,24 @@ fn attend(
     let (bs, d) = (lay.block_size, lay.head_dim);
     out.fill(0.0);
     let mut st = OnlineSoftmax::default();
-    for (bi, block) in table.iter().enumerate() {
-        let start = bi * bs;
-        if start >= n_pos {
+    for (bi, block) in table.iter().enumerate().skip(start / bs) {
+        let block_start = bi * bs;
+        if block_start >= n_pos {
             break;
         }
-        let n = (n_pos - start).min(bs);
+        // Rows `j0..n` of this block: positions `start..n_pos` (a sliding window starts late).
+        let n = (n_pos - block_start).min(bs);
+        let j0 = start.saturating_sub(block_start).min(n);
         let kt = kv.k_tile(block.index(), layer, kv_head);
         let vt = kv.v_tile(block.index(), layer, kv_head);
-        attend_rows(q, &kt[..n * d], &vt[..n * d], scale, &mut st, out);
+        attend_rows(
+            q,
+            &kt[j0 * d..n * d],
+            &vt[j0 * d..n * d],
+            scale,
+            &mut st,
+            out,
+        );
     }
     st.finish(out);
 }
@@ -629,6 +719,7 @@ fn attend_group(
     layer: usize,
     kv_head: usize,
     table: &[BlockId],
+    start: usize,
     n_pos: usize,
     q: &[f32],
     scale: f32,
@@ -640,15 +731,23 @@ fn attend_group(
     let g = q.len() / d;
     out.fill(0.0);
     let mut st = [OnlineSoftmax::default(); MAX_GROUP];
-    for (bi, block) in table.iter().enumerate() {
-        let start = bi * bs;
-        if start >= n_pos {
+    for (bi, block) in table.iter().enumerate().skip(start / bs) {
+        let block_start = bi * bs;
+        if block_start >= n_pos {
             break;
         }
-        let n = (n_pos - start).min(bs);
+        let n = (n_pos - block_start).min(bs);
+        let j0 = start.saturating_sub(block_start).min(n);
         let kt = kv.k_tile(block.index(), layer, kv_head);
         let vt = kv.v_tile(block.index(), layer, kv_head);
-        attend_rows_group(q, &kt[..n * d], &vt[..n * d], scale, &mut st[..g], out);
+        attend_rows_group(
+            q,
+            &kt[j0 * d..n * d],
+            &vt[j0 * d..n * d],
+            scale,
+            &mut st[..g],
+            out,
+        );
     }
     for (st, o) in st[..g].iter().zip(out.chunks_exact_mut(d)) {
         st.finish(o);

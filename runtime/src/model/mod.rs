@@ -1,13 +1,14 @@
-//! A llama-family model: hyper-parameters, weights (views of the mapped GGUF) and the forward
+//! A llama-family model (llama, qwen2, gemma3): hyper-parameters, weights (views of the mapped GGUF) and the forward
 //! pass.
 
 pub mod config;
 pub mod forward;
+mod gelu;
 pub mod weights;
 
 use std::path::Path;
 
-pub use config::{Arch, Config, RopePairing};
+pub use config::{Arch, Config, FfnAct, RopePairing};
 pub use forward::{BatchToken, BlockTables, Scratch};
 pub use weights::{Mat, Weights};
 

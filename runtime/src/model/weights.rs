@@ -61,8 +61,16 @@ pub struct LayerWeights {
     pub bk: Option<Vector>,
     /// Value bias.
     pub bv: Option<Vector>,
+    /// Per-head RMSNorm of the queries (gemma3) `[head_dim]`.
+    pub attn_q_norm: Option<Vector>,
+    /// Per-head RMSNorm of the keys (gemma3) `[head_dim]`.
+    pub attn_k_norm: Option<Vector>,
+    /// RMSNorm of the attention output before the residual add (gemma3) `[n_embd]`.
+    pub attn_post_norm: Option<Vector>,
     /// RMSNorm before the FFN `[n_embd]`.
     pub ffn_norm: Vector,
+    /// RMSNorm of the FFN output before the residual add (gemma3) `[n_embd]`.
+    pub ffn_post_norm: Option<Vector>,
     /// FFN gate `[n_ff, n_embd]`.
     pub w_gate: Mat,
     /// FFN up `[n_ff, n_embd]`.
@@ -185,6 +193,9 @@ impl Weights {
             None => (token_embd.clone(), true),
         };
         let qkv_bias = cfg.arch == Arch::Qwen2;
+        // Gemma's norms are stored as llama.cpp's converter writes them: (1 + w), so every norm
+        // is a plain `rmsnorm(x) * weight` here too.
+        let gemma = cfg.arch == Arch::Gemma3;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}");
@@ -193,6 +204,13 @@ impl Weights {
                     vector(f, &n(s), len).map(Some)
                 } else {
                     opt_vector(f, &n(s), len)
+                }
+            };
+            let gemma_norm = |s: &str, len| -> Result<Option<Vector>> {
+                if gemma {
+                    vector(f, &n(s), len).map(Some)
+                } else {
+                    Ok(None)
                 }
             };
             layers.push(LayerWeights {
@@ -204,7 +222,11 @@ impl Weights {
                 bq: bias("attn_q.bias", cfg.q_dim())?,
                 bk: bias("attn_k.bias", cfg.kv_dim())?,
                 bv: bias("attn_v.bias", cfg.kv_dim())?,
+                attn_q_norm: gemma_norm("attn_q_norm.weight", cfg.head_dim)?,
+                attn_k_norm: gemma_norm("attn_k_norm.weight", cfg.head_dim)?,
+                attn_post_norm: gemma_norm("post_attention_norm.weight", e)?,
                 ffn_norm: vector(f, &n("ffn_norm.weight"), e)?,
+                ffn_post_norm: gemma_norm("post_ffw_norm.weight", e)?,
                 w_gate: mat(f, &n("ffn_gate.weight"), Some(cfg.n_ff), e)?,
                 w_up: mat(f, &n("ffn_up.weight"), Some(cfg.n_ff), e)?,
                 w_down: mat(f, &n("ffn_down.weight"), Some(e), cfg.n_ff)?,

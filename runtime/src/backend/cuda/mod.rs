@@ -162,10 +162,16 @@ fn upload_vec(dev: &CudaDevice, model: &Model, v: &Vector, what: &str) -> Result
 impl CudaBackend {
     /// Open the device, upload the weights, allocate the KV arena and the scratch.
     pub(crate) fn new(model: &Model, z: BackendSizes) -> Result<CudaBackend> {
-        let dev = CudaDevice::open()?;
         let c = &model.config;
+        if c.arch == crate::model::config::Arch::Gemma3 {
+            return Err(backend_err(
+                "the gemma3 architecture runs on the CPU backend only (no CUDA kernels for its \
+                 per-head norms, GELU and sliding window yet)",
+            ));
+        }
+        let dev = CudaDevice::open()?;
         let w = &model.weights;
-        if c.n_head % c.n_head_kv != 0 {
+        if !c.n_head.is_multiple_of(c.n_head_kv) {
             return Err(backend_err("n_head must be a multiple of n_head_kv"));
         }
         // Arena and weights must fit next to each other: say so before allocating.
@@ -220,7 +226,8 @@ impl CudaBackend {
             });
         weight_bytes += output.buf.len();
         let output_norm = upload_vec(&dev, model, &w.output_norm, "output_norm")?;
-        let (cos, sin) = crate::model::forward::rope_tables(c, model.rope_freqs(), z.n_ctx.max(1));
+        let (cos, sin) =
+            crate::model::forward::rope_tables(c, c.rope_base, model.rope_freqs(), z.n_ctx.max(1));
         let rope_cos = dev.upload(&cos, "RoPE cos table")?;
         let rope_sin = dev.upload(&sin, "RoPE sin table")?;
 

@@ -213,14 +213,20 @@ pub fn generate(raw: &[String]) -> CliResult {
     Ok(())
 }
 
-/// The model's chat template, or a clear error when the file has none.
-fn chat_template(s: &Session) -> Result<String, CliError> {
+/// The chat template: the file given with `--chat-template`, else the model's
+/// `tokenizer.chat_template`, else a clear error (never a guessed template).
+fn chat_template(s: &Session, file: Option<&str>) -> Result<String, CliError> {
+    if let Some(path) = file {
+        return std::fs::read_to_string(path)
+            .map_err(|e| CliError::Run(format!("--chat-template {path}: {e}")));
+    }
     Ok(s.model
         .file
         .get_str("tokenizer.chat_template")?
         .ok_or_else(|| {
             CliError::Run(
-                "this model has no tokenizer.chat_template: use `ember generate` with a \
+                "this model has no tokenizer.chat_template (a base model?): pass a Jinja \
+                 template with --chat-template FILE, or use `ember generate` with a \
                  pre-formatted prompt"
                     .into(),
             )
@@ -235,10 +241,13 @@ fn token_text(s: &Session, id: Option<u32>) -> String {
 }
 
 pub fn chat(raw: &[String]) -> CliResult {
-    let a = parse(raw, &[SAMPLING, &[val("system", None)]])?;
+    let a = parse(
+        raw,
+        &[SAMPLING, &[val("system", None), val("chat-template", None)]],
+    )?;
     let params = generate_params(&a, 256)?;
     let mut s = open_session(&a, 512, 1)?;
-    let template = chat_template(&s)?;
+    let template = chat_template(&s, a.str("chat-template"))?;
     let (bos, eos) = (
         token_text(&s, s.tokenizer.bos()),
         token_text(&s, s.tokenizer.eos()),

@@ -18,8 +18,9 @@ commands:
   generate -p TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M] [--repeat-penalty R]
            [--seed S] [--stop STR] [--ignore-eos] [--json]
                         continue TEXT (special tokens parsed) and stream the text
-  chat [-p TEXT] [--system TEXT] [-n N] [--temp T] ...
-                        chat with the model's template: one turn with -p, interactive otherwise
+  chat [-p TEXT] [--system TEXT] [--chat-template FILE] [-n N] [--temp T] ...
+                        chat with the model's template (or FILE's, a Jinja chat template):
+                        one turn with -p, interactive otherwise
   tokenize [--json] [--no-parse-special] TEXT
                         print the token ids of TEXT
   info                  metadata, tensors and memory plan of the model

@@ -16,6 +16,9 @@ use std::arch::x86_64::{
 
 /// How far ahead (in blocks) a first pass over weight rows prefetches each row.
 const PREFETCH_BLOCKS: usize = 256;
+/// Prefetch only for products of at most this many activation rows: larger ones are
+/// compute-bound, and the prefetched lines would push their activations out of L1.
+const PREFETCH_MAX_TOKENS: usize = 32;
 
 const Q4_1_SIZE: usize = 20;
 const Q8_0_SIZE: usize = 34;
@@ -275,7 +278,7 @@ unsafe fn walk<const MR: usize, const MT: usize>(
                         a_stride,
                         out.add(t * out_stride + r),
                         out_stride,
-                        t == 0,
+                        t == 0 && nt <= PREFETCH_MAX_TOKENS,
                     )
                 };
                 t += tt;

@@ -10,7 +10,6 @@ if ! python3 -c "import gguf, numpy" 2>/dev/null; then
 fi
 bash scripts/fetch-model.sh
 bash scripts/fetch-model.sh gemma3
-bash scripts/fetch-model.sh gemma3
 
 echo "== format and lint"
 cargo fmt --all -- --check

@@ -139,7 +139,7 @@ mod avx2_tables {
     }
 
     pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
-        static TABLE: OnceLock<[TypeTraits; 11]> = OnceLock::new();
+        static TABLE: OnceLock<[TypeTraits; 13]> = OnceLock::new();
         let t = TABLE.get_or_init(|| {
             let r = |ty| reference_traits(ty).expect("reference entry");
             [
@@ -161,6 +161,8 @@ mod avx2_tables {
                 with(r(GgmlType::Q8_1), |t| {
                     t.quantize_act = Some(quantize::quantize_row_q8_1_act)
                 }),
+                with(r(GgmlType::Q5_0), |t| t.vec_dot = v3::vec_dot_q5_0_q8_0),
+                with(r(GgmlType::Q5_1), |t| t.vec_dot = v3::vec_dot_q5_1_q8_1),
                 with(r(GgmlType::Q4_K), |t| {
                     t.vec_dot = kquants::vec_dot_q4_k_q8_k
                 }),

@@ -57,12 +57,14 @@ fn selected_path_is_reported() {
 }
 
 /// The weight formats and, through their `vec_dot_type`, every activation format.
-const DOT_TYPES: [GgmlType; 9] = [
+const DOT_TYPES: [GgmlType; 11] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::Q4_K,
     GgmlType::Q5_K,
@@ -91,8 +93,8 @@ fn elems(ty: GgmlType, len: usize) -> usize {
 /// The scale fields of a block: (byte offset, is f32 rather than f16).
 fn scale_fields(ty: GgmlType) -> &'static [(usize, bool)] {
     match ty {
-        GgmlType::Q4_0 | GgmlType::Q8_0 => &[(0, false)],
-        GgmlType::Q4_1 | GgmlType::Q8_1 | GgmlType::Q4_K | GgmlType::Q5_K => {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[(0, false)],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 | GgmlType::Q4_K | GgmlType::Q5_K => {
             &[(0, false), (2, false)]
         }
         GgmlType::Q6_K => &[(208, false)],

@@ -11,17 +11,24 @@ use crate::threadpool::{ChunkCounter, ThreadPool};
 
 /// A pointer that may be shared between the threads of one parallel region, each writing a
 /// disjoint set of elements.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedOut(pub(crate) *mut f32);
+pub(crate) struct SharedOut<T = f32>(pub(crate) *mut T);
 // SAFETY: only used for parallel regions in which every thread writes a disjoint set of indices
 // of a buffer that outlives the region (each use states why its indices are disjoint).
-unsafe impl Send for SharedOut {}
+unsafe impl<T> Send for SharedOut<T> {}
 // SAFETY: as above.
-unsafe impl Sync for SharedOut {}
+unsafe impl<T> Sync for SharedOut<T> {}
 
-impl SharedOut {
+// Manual impls: a derive would require `T: Copy`; the wrapper copies only the pointer.
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
     /// The pointer (a method, so closures capture the whole `Sync` wrapper, not the field).
-    pub(crate) fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut T {
         self.0
     }
 }

@@ -273,7 +273,7 @@ fn quantize_acts(cx: &Compute, w: &Mat, x: &[f32], n_tok: usize, acts: &mut [u8]
         .expect("row length checked at load") as usize;
     let cols = w.cols;
     assert!(x.len() >= n_tok * cols && acts.len() >= n_tok * rb);
-    let acts_ptr = SharedBytes(acts.as_mut_ptr());
+    let acts_ptr = SharedOut(acts.as_mut_ptr());
     cx.parallel_for(n_tok, |t| {
         // SAFETY: token `t` owns bytes `t*rb .. (t+1)*rb` of `acts` (asserted in bounds); no
         // other token writes them, and `acts` is borrowed mutably for the whole region.
@@ -281,20 +281,6 @@ fn quantize_acts(cx: &Compute, w: &Mat, x: &[f32], n_tok: usize, acts: &mut [u8]
         from_float(&x[t * cols..(t + 1) * cols], out);
     });
     rb
-}
-
-/// A byte pointer shared by the threads of one parallel region, each writing its own range.
-#[derive(Clone, Copy)]
-struct SharedBytes(*mut u8);
-// SAFETY: used only in regions where every thread writes a disjoint range of a buffer that
-// outlives the region (see the use).
-unsafe impl Send for SharedBytes {}
-// SAFETY: as above.
-unsafe impl Sync for SharedBytes {}
-impl SharedBytes {
-    fn ptr(self) -> *mut u8 {
-        self.0
-    }
 }
 
 impl Model {
@@ -681,30 +667,38 @@ fn attend(
     out: &mut [f32],
 ) {
     let attend_rows = dispatch::ops().attend_rows;
-    let lay = kv.layout();
-    let (bs, d) = (lay.block_size, lay.head_dim);
     out.fill(0.0);
     let mut st = OnlineSoftmax::default();
+    for_each_kv_run(kv, layer, kv_head, table, start, n_pos, |k, v| {
+        attend_rows(q, k, v, scale, &mut st, out)
+    });
+    st.finish(out);
+}
+
+/// Calls `f(k, v)` with the K and V rows of positions `start..n_pos` of a sequence, one run per
+/// KV block in position order (a sliding window starts late, inside a block).
+fn for_each_kv_run(
+    kv: &KvArena,
+    layer: usize,
+    kv_head: usize,
+    table: &[BlockId],
+    start: usize,
+    n_pos: usize,
+    mut f: impl FnMut(&[f16], &[f16]),
+) {
+    let lay = kv.layout();
+    let (bs, d) = (lay.block_size, lay.head_dim);
     for (bi, block) in table.iter().enumerate().skip(start / bs) {
         let block_start = bi * bs;
         if block_start >= n_pos {
             break;
         }
-        // Rows `j0..n` of this block: positions `start..n_pos` (a sliding window starts late).
         let n = (n_pos - block_start).min(bs);
         let j0 = start.saturating_sub(block_start).min(n);
         let kt = kv.k_tile(block.index(), layer, kv_head);
         let vt = kv.v_tile(block.index(), layer, kv_head);
-        attend_rows(
-            q,
-            &kt[j0 * d..n * d],
-            &vt[j0 * d..n * d],
-            scale,
-            &mut st,
-            out,
-        );
+        f(&kt[j0 * d..n * d], &vt[j0 * d..n * d]);
     }
-    st.finish(out);
 }
 
 /// Most query heads per KV head that [`attend_group`] takes at once.
@@ -726,29 +720,13 @@ fn attend_group(
     out: &mut [f32],
 ) {
     let attend_rows_group = dispatch::ops().attend_rows_group;
-    let lay = kv.layout();
-    let (bs, d) = (lay.block_size, lay.head_dim);
+    let d = kv.layout().head_dim;
     let g = q.len() / d;
     out.fill(0.0);
     let mut st = [OnlineSoftmax::default(); MAX_GROUP];
-    for (bi, block) in table.iter().enumerate().skip(start / bs) {
-        let block_start = bi * bs;
-        if block_start >= n_pos {
-            break;
-        }
-        let n = (n_pos - block_start).min(bs);
-        let j0 = start.saturating_sub(block_start).min(n);
-        let kt = kv.k_tile(block.index(), layer, kv_head);
-        let vt = kv.v_tile(block.index(), layer, kv_head);
-        attend_rows_group(
-            q,
-            &kt[j0 * d..n * d],
-            &vt[j0 * d..n * d],
-            scale,
-            &mut st[..g],
-            out,
-        );
-    }
+    for_each_kv_run(kv, layer, kv_head, table, start, n_pos, |k, v| {
+        attend_rows_group(q, k, v, scale, &mut st[..g], out)
+    });
     for (st, o) in st[..g].iter().zip(out.chunks_exact_mut(d)) {
         st.finish(o);
     }

@@ -209,7 +209,39 @@ impl TensorInfo {
 
 enum Backing {
     Mmap(Mmap),
-    Owned(Vec<u8>),
+    Owned(AlignedBytes),
+}
+
+/// File bytes held in memory, starting on a 64-byte boundary like a mapping's page, so tensor
+/// data at aligned file offsets is aligned in memory too (a `Vec<u8>` only promises 1 byte:
+/// Miri hands out such buffers, and f32 views of the data would be refused).
+struct AlignedBytes {
+    chunks: Vec<Chunk64>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Chunk64([u8; 64]);
+
+impl AlignedBytes {
+    fn copy_of(bytes: &[u8]) -> AlignedBytes {
+        let mut chunks = vec![Chunk64([0; 64]); bytes.len().div_ceil(64)];
+        for (c, b) in chunks.iter_mut().zip(bytes.chunks(64)) {
+            c.0[..b.len()].copy_from_slice(b);
+        }
+        AlignedBytes {
+            chunks,
+            len: bytes.len(),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `Chunk64` is 64 plain bytes with no padding (repr(C), size 64), so the
+        // vector's buffer is `chunks.len() * 64` initialized bytes, and `len` never exceeds that
+        // (`copy_of` sizes it so); the slice borrows `self`.
+        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr().cast::<u8>(), self.len) }
+    }
 }
 
 /// A parsed GGUF file. Owns the mapping; metadata and tensor data borrow from it.
@@ -386,15 +418,16 @@ impl GgufFile {
         Self::parse(Backing::Mmap(map))
     }
 
-    /// Parse a GGUF image held in memory (tests, fuzzing).
+    /// Parse a GGUF image held in memory (tests, fuzzing); the bytes are copied into a
+    /// 64-byte-aligned buffer so tensor data is aligned as in a mapping.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile> {
-        Self::parse(Backing::Owned(bytes))
+        Self::parse(Backing::Owned(AlignedBytes::copy_of(&bytes)))
     }
 
     fn parse(backing: Backing) -> Result<GgufFile> {
         let buf: &[u8] = match &backing {
             Backing::Mmap(m) => m,
-            Backing::Owned(v) => v,
+            Backing::Owned(v) => v.as_slice(),
         };
         let mut c = Cursor { buf, pos: 0 };
         let magic = c.array::<4>("magic")?;
@@ -598,7 +631,7 @@ impl GgufFile {
     pub fn bytes(&self) -> &[u8] {
         match &self.backing {
             Backing::Mmap(m) => m,
-            Backing::Owned(v) => v,
+            Backing::Owned(v) => v.as_slice(),
         }
     }
 

@@ -24,6 +24,14 @@ use tokenizers::SplitDelimiterBehavior;
 
 use super::TokenizerError;
 
+/// Words whose merges the BPE model remembers: none. The `tokenizers` cache is thread-local,
+/// per tokenizer instance, and outlives the instance: every thread that encodes keeps up to
+/// 10 000 words per tokenizer until the thread exits, even after the tokenizer is dropped. An
+/// embedded host submitting from many threads, or creating and freeing runtimes on long-lived
+/// threads, would see its memory grow (the soak test measured +10 MB over 55 000 requests from 8
+/// threads before it levelled off). Merging a word again costs microseconds per prompt.
+const BPE_CACHE_WORDS: usize = 0;
+
 /// Values of `tokenizer.ggml.pre` this module implements (absent means `default`).
 pub(crate) const SUPPORTED_PRE: &[&str] = &[
     "default",
@@ -200,6 +208,7 @@ impl ByteLevelBpe {
         }
         let model = BPE::builder()
             .vocab_and_merges(vocab, pairs)
+            .cache_capacity(BPE_CACHE_WORDS)
             .ignore_merges(pre.ignore_merges)
             .build()
             .map_err(bpe_err)?;

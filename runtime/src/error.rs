@@ -81,6 +81,9 @@ pub enum Error {
     /// The compute backend could not start or failed (no CUDA driver, device out of memory,
     /// a kernel that failed to compile or launch, a build without CUDA).
     Backend(String),
+    /// The model produced or holds non-finite values (NaN weights, or an overflow inside the
+    /// forward pass): nothing can be sampled from them.
+    NonFinite(String),
 }
 
 impl fmt::Display for Error {
@@ -99,7 +102,7 @@ impl fmt::Display for Error {
             ),
             Error::UnsupportedArch(a) => write!(
                 f,
-                "model architecture {a:?} is not supported (supported: llama, qwen2)"
+                "model architecture {a:?} is not supported (supported: llama, qwen2, gemma3)"
             ),
             Error::Tokenizer(m) => write!(f, "tokenizer: {m}"),
             Error::ChatTemplate(m) => write!(f, "chat template: {m}"),
@@ -117,6 +120,7 @@ impl fmt::Display for Error {
                 "context full: {requested} tokens requested, the context holds {n_ctx}"
             ),
             Error::Backend(m) => write!(f, "backend: {m}"),
+            Error::NonFinite(m) => write!(f, "non-finite values: {m}"),
         }
     }
 }

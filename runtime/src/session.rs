@@ -464,14 +464,23 @@ impl Session {
         while ids.len() < params.max_tokens {
             let last = seq.tokens.len() - 1;
             let mut picked = None;
+            let mut nan_logits = false;
             self.eval(
                 seq,
                 |p| p == last,
                 |_, logits, hist| {
+                    nan_logits = logits.iter().any(|l| l.is_nan());
                     picked = Some(sampler.sample(logits, hist));
                 },
             )?;
             let next = picked.expect("eval computes logits for the last position");
+            if nan_logits {
+                return Err(Error::NonFinite(format!(
+                    "the logits after {} tokens hold NaN (are the model's weights finite? \
+                     `ember info --check-tensors` checks them)",
+                    seq.tokens.len()
+                )));
+            }
             if t_first.is_none() {
                 t_first = Some(Instant::now());
             }

@@ -171,6 +171,9 @@ pub struct Metrics {
     pub tokens_generated: u64,
     /// Preemptions.
     pub preemptions: u64,
+    /// Logit rows that held a NaN (non-finite weights): each ended its request with
+    /// [`FinishReason::Error`].
+    pub nan_logit_rows: u64,
     /// Engine steps that ran a forward pass.
     pub steps: u64,
     /// Seconds spent in steps.
@@ -571,7 +574,7 @@ impl Engine {
             for &s in &r.seqs {
                 let sib = self.seqs[s as usize].as_mut().expect("live sequence");
                 if sib.state == SeqState::ForkPending {
-                    sib.state = if reason == FinishReason::Cancelled {
+                    sib.state = if matches!(reason, FinishReason::Cancelled | FinishReason::Error) {
                         sib.out.finish = Some(reason);
                         SeqState::Finished
                     } else {
@@ -614,3 +617,6 @@ impl Engine {
 }
 
 mod step;
+
+#[cfg(test)]
+mod tests;

@@ -243,6 +243,15 @@ impl Engine {
     /// Sample the next token of sequence `slot` from its logits row, fork its pending
     /// siblings first if it just finished its prompt, and retire it if it is done.
     fn sample_seq(&mut self, slot: u32, logits: &mut [f32], stats: &mut StepStats) {
+        if logits.iter().any(|l| l.is_nan()) {
+            // NaN logits come from non-finite weights (or an overflow inside the model): no
+            // token can be sampled honestly from them. The request ends with an error (and its
+            // siblings waiting to fork from these logits with it) instead of emitting junk.
+            self.metrics.nan_logit_rows += 1;
+            self.finish_seq(slot, FinishReason::Error);
+            stats.finished += 1;
+            return;
+        }
         let req = self.seqs[slot as usize].as_ref().expect("live").req as usize;
         let has_siblings = self.requests[req].as_ref().is_some_and(|r| {
             r.seqs.iter().any(|&s| {

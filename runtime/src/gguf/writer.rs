@@ -373,6 +373,12 @@ impl GgufWriter {
         }
     }
 
+    /// Removes every kv pair with this key.
+    pub fn remove_kv(&mut self, key: &str) -> &mut Self {
+        self.kvs.retain(|(k, _)| k != key);
+        self
+    }
+
     /// Removes the tensor called `name`, if present.
     pub fn remove_tensor(&mut self, name: &str) -> &mut Self {
         self.tensors.retain(|t| t.name != name);

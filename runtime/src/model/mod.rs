@@ -50,6 +50,39 @@ impl Model {
         })
     }
 
+    /// Read every weight and check that it is finite (NaN or ±inf anywhere, including in the
+    /// f16 scales of quantized blocks, gives an error naming the tensor, row and column).
+    ///
+    /// Loading does not do this: it would read the whole file at start-up. A model with
+    /// non-finite weights loads, and a request whose logits come out NaN ends with an error
+    /// ([`crate::session::FinishReason::Error`] in the engine, [`crate::Error::NonFinite`] from
+    /// a session) rather than sampling from them. `ember info --check-tensors` runs this.
+    pub fn check_tensors(&self) -> Result<()> {
+        let mut row = Vec::new();
+        for t in self.file.tensors() {
+            let Some(tr) = ember_kernels::traits::reference_traits(t.ty) else {
+                continue; // not used by any supported model: from_gguf rejected it if needed
+            };
+            let n = t.ne[0] as usize;
+            let data = self.file.tensor_data(t);
+            let row_bytes = t.ty.row_bytes(n as u64).unwrap_or(0) as usize;
+            if n == 0 || row_bytes == 0 {
+                continue;
+            }
+            row.resize(n, 0.0f32);
+            for (r, src) in data.chunks_exact(row_bytes).enumerate() {
+                (tr.to_float)(src, &mut row);
+                if let Some(c) = row.iter().position(|v| !v.is_finite()) {
+                    return Err(crate::Error::NonFinite(format!(
+                        "tensor {} holds {} at row {r}, column {c}",
+                        t.name, row[c]
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes of weight data (the tensors of the file, mapped, not copied).
     pub fn weight_bytes(&self) -> usize {
         self.file.tensors().iter().map(|t| t.data.len()).sum()

@@ -188,6 +188,20 @@ impl Weights {
         let e = cfg.n_embd;
         let token_embd = mat(f, "token_embd.weight", None, e)?;
         cfg.n_vocab = token_embd.rows;
+        // Every row of the embedding (and of the output projection) must be a token the
+        // tokenizer can decode, and every token an embedding row: llama.cpp requires the same.
+        if let Some(n_tokens) = f.array_len("tokenizer.ggml.tokens") {
+            if n_tokens != cfg.n_vocab as u64 {
+                return Err(Error::BadTensor {
+                    name: "token_embd.weight".into(),
+                    what: format!(
+                        "{} rows, but the vocabulary (tokenizer.ggml.tokens) has {n_tokens} \
+                         tokens",
+                        cfg.n_vocab
+                    ),
+                });
+            }
+        }
         let (output, tied_output) = match f.tensor("output.weight") {
             Some(_) => (mat(f, "output.weight", Some(cfg.n_vocab), e)?, false),
             None => (token_embd.clone(), true),

@@ -322,7 +322,7 @@ pub fn tokenize(raw: &[String]) -> CliResult {
 }
 
 pub fn info(raw: &[String]) -> CliResult {
-    let a = parse(raw, &[])?;
+    let a = parse(raw, &[&[switch("check-tensors")]])?;
     let path = model_path(&a);
     let file = ember::gguf::GgufFile::open(&path)?;
     println!(
@@ -362,6 +362,10 @@ pub fn info(raw: &[String]) -> CliResult {
         c.n_ctx_train,
         c.rope_base
     );
+    if a.has("check-tensors") {
+        model.check_tensors()?;
+        println!("tensors checked: every weight is finite");
+    }
     let s = open_session_from(model, &a, 512, 1)?;
     println!("memory plan:");
     println!(

@@ -23,7 +23,9 @@ commands:
                         one turn with -p, interactive otherwise
   tokenize [--json] [--no-parse-special] TEXT
                         print the token ids of TEXT
-  info                  metadata, tensors and memory plan of the model
+  info [--check-tensors]
+                        metadata, tensors and memory plan of the model; --check-tensors
+                        also reads every weight and fails on NaN or infinite values
   perplexity -f FILE [-c N] [--json]
                         perplexity of FILE with chunks of N tokens, as llama-perplexity
   bench [-p N] [-n N] [-r R] [--json]

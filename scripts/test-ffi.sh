@@ -49,6 +49,8 @@ link=(-Iinclude -L"$lib" -lember -Wl,-rpath,"$PWD/$lib" -lpthread)
 cc -std=c11 "${warn[@]}" tests/c/test_api.c "${link[@]}" -o "$tmp/test_api"
 cc -std=c11 "${warn[@]}" tests/c/stress.c "${link[@]}" -o "$tmp/stress"
 cc -std=c11 "${warn[@]}" tests/c/greedy.c "${link[@]}" -o "$tmp/greedy"
+# The soak test with LeakSanitizer: it replaces malloc for the whole process, Rust included.
+cc -std=c11 "${warn[@]}" -fsanitize=leak tests/c/soak.c "${link[@]}" -o "$tmp/soak-lsan"
 cc -std=c11 "${warn[@]}" examples/c/generate.c "${link[@]}" -o "$tmp/generate"
 c++ -std=c++17 "${warn[@]}" -fsanitize=address,undefined -fno-omit-frame-pointer \
     examples/cpp/chat.cpp "${link[@]}" -o "$tmp/chat-asan"
@@ -68,6 +70,9 @@ echo "== C ABI: 8 threads x 50 requests, random cancellations, background mode, 
 "${vg[@]}" "$tmp/stress" "$tmp/synth.gguf"
 echo "== C ABI: the same natively, with 2 compute threads per step"
 "$tmp/stress" "$tmp/synth.gguf" 2
+
+echo "== C ABI: soak, short version (the full one: tests/c/soak.c, BENCHMARKS.md), LeakSanitizer"
+"$tmp/soak-lsan" "$tmp/synth.gguf" 3000 8
 
 echo "== C ABI: greedy ids through the C API equal ember generate --temp 0"
 prompts=("The capital of France is" "Once upon a time"

@@ -208,7 +208,12 @@ fn check(pool: &BlockPool, seqs: &[Seq]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // Under Miri (scripts/miri.sh) each case is interpreted: fewer cases, no persistence file.
+    #![proptest_config(ProptestConfig {
+        cases: if cfg!(miri) { 6 } else { 256 },
+        failure_persistence: if cfg!(miri) { None } else { ProptestConfig::default().failure_persistence },
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn pool_matches_sequence_model(

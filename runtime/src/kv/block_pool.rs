@@ -747,7 +747,9 @@ mod tests {
         for n_blocks in [1, 2, 3, 8, 13] {
             let mut idx = HashIndex::new(n_blocks);
             let mut model: HashMap<u64, u32> = HashMap::new();
-            for step in 0..20_000u32 {
+            // Miri interprets every step: a shorter churn still wraps and collides.
+            let steps = if cfg!(miri) { 400 } else { 20_000u32 };
+            for step in 0..steps {
                 let h = next() % 24; // few distinct keys: many hits and removals
                 if next() % 2 == 0 {
                     if idx.find(h).is_none() && model.len() + 1 < n_blocks {

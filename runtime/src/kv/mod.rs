@@ -97,3 +97,87 @@ impl BlockTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensure_capacity_takes_exactly_the_blocks_needed() {
+        let mut pool = BlockPool::new(6);
+        let mut t = BlockTable::with_capacity(4);
+        t.ensure_capacity(&mut pool, 5, 4).unwrap();
+        assert_eq!(t.len(), 2);
+        t.ensure_capacity(&mut pool, 8, 4).unwrap();
+        assert_eq!(t.len(), 2, "8 tokens still fit in 2 blocks of 4");
+        t.ensure_capacity(&mut pool, 9, 4).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(pool.num_used(), 3);
+        t.release(&mut pool);
+        assert!(t.is_empty());
+        assert_eq!(pool.num_used(), 0);
+    }
+
+    #[test]
+    fn ensure_capacity_fails_without_taking_anything() {
+        let mut pool = BlockPool::new(4); // 3 usable blocks (block 0 is the null block)
+        let mut t = BlockTable::with_capacity(8);
+        t.ensure_capacity(&mut pool, 4, 4).unwrap();
+        let e = t.ensure_capacity(&mut pool, 20, 4).unwrap_err();
+        assert!(matches!(e, Error::KvCacheFull { .. }), "{e}");
+        assert_eq!(
+            (t.len(), pool.num_used()),
+            (1, 1),
+            "nothing taken on failure"
+        );
+        let mut short = BlockTable::with_capacity(1);
+        let e = short.ensure_capacity(&mut pool, 5, 4).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ContextFull {
+                    n_ctx: 4,
+                    requested: 5
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!((short.len(), pool.num_used()), (0, 1));
+        t.release(&mut pool);
+    }
+
+    #[test]
+    fn shared_blocks_survive_one_holder_and_replace_swaps_in_place() {
+        let mut pool = BlockPool::new(8);
+        let mut a = BlockTable::with_capacity(4);
+        a.ensure_capacity(&mut pool, 8, 4).unwrap();
+        // A fork: b holds a's blocks too.
+        let mut b = BlockTable::with_capacity(4);
+        for &blk in a.blocks() {
+            pool.retain(blk);
+            b.push(blk);
+        }
+        // Copy-on-write of b's last block.
+        let old = b.blocks()[1];
+        let new = pool.allocate().unwrap();
+        b.replace(1, new);
+        pool.free(old);
+        assert_eq!(pool.ref_count(a.blocks()[0]), 2);
+        assert_eq!(pool.ref_count(a.blocks()[1]), 1);
+        assert_eq!(pool.ref_count(new), 1);
+        a.release(&mut pool);
+        assert_eq!(pool.num_used(), 2, "b's blocks stay");
+        b.release(&mut pool);
+        assert_eq!(pool.num_used(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "block table overflow")]
+    fn push_past_capacity_panics() {
+        let mut pool = BlockPool::new(4);
+        let mut t = BlockTable::with_capacity(1);
+        t.ensure_capacity(&mut pool, 1, 4).unwrap();
+        let b = pool.allocate().unwrap();
+        t.push(b);
+    }
+}

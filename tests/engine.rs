@@ -29,7 +29,7 @@ fn engine(kv_blocks: usize, max_seqs: usize, max_batch_tokens: usize) -> Engine 
         block_size: 16,
         max_seqs,
         max_batch_tokens,
-        max_requests: 64,
+        max_requests: 128,
         threads: 2,
         prefix_caching: true,
     };
@@ -126,6 +126,77 @@ fn concurrent_equals_solo_with_preemption_and_chunked_prefill() {
             assert!(m.preemptions > 0, "the small arena should force preemption");
         }
         assert_eq!(m.blocks_used, 0, "every block returned");
+    }
+}
+
+/// Arena exhaustion under load (hostile-input issue): 100 requests at once, greedy and seeded
+/// sampling mixed, in an arena of 12 blocks (192 tokens: room for about 4 of them) with all 100
+/// admitted as running sequences; every request finishes, by preemption and recompute, with
+/// exactly the ids it gives alone, and the arena is empty afterwards.
+#[test]
+fn hundred_requests_in_a_tiny_arena_equal_solo_runs() {
+    let probe = engine(8, 1, 16);
+    let ps = prompts(&probe, 100);
+    drop(probe);
+    let params: Vec<RequestParams> = (0..100)
+        .map(|i| RequestParams {
+            max_tokens: 1 + (i * 7) % 13,
+            ignore_eos: true,
+            sampling: if i % 3 == 0 {
+                SamplingParams {
+                    temperature: 0.8,
+                    top_k: 40,
+                    top_p: 0.95,
+                    min_p: 0.05,
+                    repeat_penalty: 1.1,
+                    repeat_last_n: 64,
+                    seed: 77 + i as u64,
+                }
+            } else {
+                RequestParams::default().sampling
+            },
+            ..RequestParams::default()
+        })
+        .collect();
+    let mut alone_engine = engine(256, 1, 64);
+    let alone: Vec<Vec<u32>> = ps
+        .iter()
+        .zip(&params)
+        .map(|(p, r)| {
+            let id = alone_engine.submit(p, r).unwrap();
+            run_to_end(&mut alone_engine);
+            let out = ids_of(&alone_engine, id).remove(0);
+            alone_engine.release(id).unwrap();
+            out
+        })
+        .collect();
+    drop(alone_engine);
+
+    let mut e = engine(12, 100, 128);
+    let ids: Vec<RequestId> = ps
+        .iter()
+        .zip(&params)
+        .map(|(p, r)| e.submit(p, r).unwrap())
+        .collect();
+    run_to_end(&mut e);
+    for (i, id) in ids.iter().enumerate() {
+        let out = e.output(*id).unwrap().next().unwrap();
+        assert_eq!(out.ids, alone[i], "request {i}");
+        assert_eq!(out.finish, Some(FinishReason::Length), "request {i}");
+    }
+    let m = e.metrics();
+    eprintln!(
+        "100 requests, 12-block arena: {} steps, {} preemptions, {} tokens computed for {} generated",
+        m.steps, m.preemptions, m.tokens_computed, m.tokens_generated
+    );
+    assert!(
+        m.preemptions >= 10,
+        "a 12-block arena should preempt often (got {})",
+        m.preemptions
+    );
+    assert_eq!(m.blocks_used, 0, "every block returned");
+    for id in ids {
+        e.release(id).unwrap();
     }
 }
 

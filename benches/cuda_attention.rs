@@ -1,7 +1,9 @@
 //! CUDA micro-benchmarks (run on a GPU machine; prints a Markdown table):
-//! - the paged-attention decode kernel over 64 sequences × 4096 tokens of context (one layer of
+//! - the paged-attention decode kernels over 64 sequences × 4096 tokens of context (one layer of
 //!   K/V per sequence, f16, block size 16), for SmolLM2-135M's and Llama-3.2-1B's head shapes,
-//!   as bandwidth over the unique K/V bytes read, against a measured device-to-device copy;
+//!   at several partition lengths (the forward pass's marked), as bandwidth over the
+//!   unique K/V bytes read (each byte once per KV head), against a measured device-to-device
+//!   copy (bytes read + written); the time includes the partition merge;
 //! - the start-up cost of the kernels: NVRTC compilation (empty cache) and loading from the
 //!   disk cache.
 //!
@@ -11,7 +13,7 @@
 use std::time::Instant;
 
 use ember::backend::cuda::testing::{self, AttnInputs, AttnShape};
-use ember::backend::cuda::{driver_present, CudaDevice};
+use ember::backend::cuda::{driver_present, CudaDevice, ATT_PART_LEN};
 use half::f16;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -92,15 +94,23 @@ fn main() {
         let pos: Vec<i32> = vec![(ctx - 1) as i32; n_seq];
         let row: Vec<i32> = (0..n_seq as i32).collect();
         let bytes = (n_seq * ctx * hkv * d * 2 * 2) as f64;
+        // The general kernel, and the grouped-query kernel at several partition lengths (the
+        // forward pass uses ATT_PART_LEN).
         for (general, part_len) in [
-            (true, 512usize),
+            (true, ATT_PART_LEN),
+            (false, 128usize),
             (false, 256),
             (false, 512),
             (false, 1024),
+            (false, 2048),
             (false, 4096),
         ] {
             dev.general_attention = general;
-            let kernel = if general { "general" } else { "grouped-query" };
+            let kernel = match (general, part_len == ATT_PART_LEN) {
+                (true, _) => "general",
+                (false, true) => "grouped-query (forward pass's length)",
+                (false, false) => "grouped-query",
+            };
             let n_parts = ctx.div_ceil(part_len);
             let inp = AttnInputs::new(&dev, z, &kc, &vc, &q, &tables, &pos, &row, n_parts)
                 .expect("upload");

@@ -17,7 +17,7 @@
 
 use ember::backend::cuda::testing::{self, AttnInputs, AttnShape};
 use ember::backend::cuda::{driver_present, CudaDevice};
-use ember::backend::BackendKind;
+use ember::backend::{BackendKind, CudaWeights};
 use ember::engine::{Engine, EngineConfig, RequestParams};
 use ember::gguf::GgufFile;
 use ember::model::Model;
@@ -531,6 +531,20 @@ fn paged_attention_matches_f64_reference() {
                 (bs as i32 - 1, 1),
                 (bs as i32, 1),
                 (2 * bs as i32 + 1, 1),
+                // Around the grouped-query kernels' steps (16 to 64 positions) and the partition
+                // boundaries below (16, 64, 160).
+                (15, 2),
+                (31, 2),
+                (32, 2),
+                (33, 2),
+                (63, 2),
+                (64, 2),
+                (65, 2),
+                (127, 2),
+                (128, 2),
+                (159, 2),
+                (160, 2),
+                (161, 2),
             ])
             .collect();
         let pos: Vec<i32> = toks.iter().map(|t| t.0).collect();
@@ -604,6 +618,7 @@ fn synth_model(ty: GgmlType, seed: u64) -> Model {
 
 fn session_cfg() -> SessionConfig {
     SessionConfig {
+        cuda_weights: Default::default(),
         n_ctx: 512,
         kv_budget: KvBudget::FullContext,
         block_size: 16,
@@ -751,6 +766,161 @@ fn greedy_cuda_equals_cpu_on_real_model() {
     );
 }
 
+/// With the weights read in place through a host mapping (`CudaWeights::Mapped`) the logits
+/// must be those of uploaded weights bit for bit (same kernels, same bytes), so greedy ids too.
+fn compare_mapped(make: &dyn Fn() -> Model, prompt: &[u32], n: usize, what: &str) {
+    let mapped_cfg = SessionConfig {
+        cuda_weights: CudaWeights::Mapped,
+        ..session_cfg()
+    };
+    let mut up = Session::with_backend(make(), &session_cfg(), BackendKind::Cuda).unwrap();
+    let mut mp = Session::with_backend(make(), &mapped_cfg, BackendKind::Cuda).unwrap();
+    let described = mp.backend().describe();
+    assert!(
+        described.contains("mapped from host memory"),
+        "{what}: {described}"
+    );
+    let (mut su, mut sm) = (up.new_sequence(), mp.new_sequence());
+    su.tokens.extend_from_slice(prompt);
+    sm.tokens.extend_from_slice(prompt);
+    for step in 0..n {
+        let last = su.tokens.len() - 1;
+        let (mut lu, mut lm) = (Vec::new(), Vec::new());
+        up.eval(&mut su, |p| p == last, |_, l, _| lu = l.to_vec())
+            .unwrap();
+        mp.eval(&mut sm, |p| p == last, |_, l, _| lm = l.to_vec())
+            .unwrap();
+        let differ = lu
+            .iter()
+            .zip(&lm)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{what}: step {step}: {differ} logits differ between uploaded and mapped weights"
+        );
+        let a = argmax(&lu) as u32;
+        su.tokens.push(a);
+        sm.tokens.push(a);
+    }
+    up.release(&mut su);
+    mp.release(&mut sm);
+    println!("{what}: mapped weights: {n} greedy steps, logits bit-equal to uploaded weights");
+}
+
+#[test]
+fn mapped_weights_equal_uploaded_weights() {
+    if device("mapped_weights_equal_uploaded_weights").is_none() {
+        return;
+    }
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 500).collect();
+    // In-memory files (a heap buffer, not page-aligned: the mapping widens it to pages).
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_K] {
+        compare_mapped(
+            &|| synth_model(ty, 13),
+            &prompt,
+            24,
+            &format!("synthetic {ty}"),
+        );
+    }
+    // A memory-mapped (read-only) file, as `ember` loads it.
+    match std::env::var_os("EMBER_CUDA_MODEL") {
+        Some(path) => {
+            let path = std::path::PathBuf::from(path);
+            let s = Session::new(Model::load(&path).unwrap(), &session_cfg()).unwrap();
+            let prompt = s
+                .tokenizer
+                .encode("The capital of France is", true, true)
+                .unwrap();
+            drop(s);
+            compare_mapped(
+                &|| Model::load(&path).unwrap(),
+                &prompt,
+                24,
+                &path.display().to_string(),
+            );
+        }
+        None => println!(
+            "mapped_weights_equal_uploaded_weights: real model skipped: EMBER_CUDA_MODEL not set"
+        ),
+    }
+}
+
+/// A lone decode token's step replayed from a captured graph gives the logits of the same
+/// launches made one by one, bit for bit, also when the graph is captured mid-sequence; greedy
+/// ids therefore too. (Partition boundaries: `paged_attention_matches_f64_reference`.)
+#[test]
+fn graph_replay_equals_direct_launches() {
+    if device("graph_replay_equals_direct_launches").is_none() {
+        return;
+    }
+    // A context of 4096: two attention partitions of 2048, the second empty until the
+    // sequence passes position 2048 (which it does below).
+    let cfg = SessionConfig {
+        n_ctx: 4096,
+        ..session_cfg()
+    };
+    let model = |ty| {
+        let spec = SynthSpec {
+            n_vocab: 512,
+            n_embd: 256,
+            n_layer: 2,
+            n_head: 8,
+            n_head_kv: 2,
+            n_ff: 512,
+            n_ctx: 4096,
+            weight_type: ty,
+            embd_type: ty,
+            seed: 17,
+            ..SynthSpec::default()
+        };
+        let bytes = synth_gguf(&spec).unwrap().to_bytes().unwrap();
+        Model::from_gguf(GgufFile::from_bytes(bytes).unwrap()).unwrap()
+    };
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_K] {
+        let mut direct = Session::with_backend(model(ty), &cfg, BackendKind::Cuda).unwrap();
+        direct.set_cuda_graph(false);
+        let mut graph = Session::with_backend(model(ty), &cfg, BackendKind::Cuda).unwrap();
+        let (mut sd, mut sg) = (direct.new_sequence(), graph.new_sequence());
+        let prompt: Vec<u32> = (0..2030).map(|i| (i * 53 + 7) % 500).collect();
+        sd.tokens.extend_from_slice(&prompt);
+        sg.tokens.extend_from_slice(&prompt);
+        for step in 0..40 {
+            // Off and on again once: the graph is dropped and captured anew.
+            if step == 20 {
+                graph.set_cuda_graph(false);
+                graph.set_cuda_graph(true);
+            }
+            let last = sd.tokens.len() - 1;
+            let (mut ld, mut lg) = (Vec::new(), Vec::new());
+            direct
+                .eval(&mut sd, |p| p == last, |_, l, _| ld = l.to_vec())
+                .unwrap();
+            graph
+                .eval(&mut sg, |p| p == last, |_, l, _| lg = l.to_vec())
+                .unwrap();
+            let differ = ld
+                .iter()
+                .zip(&lg)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "{ty}: step {step} (position {last}): {differ} logits differ"
+            );
+            let a = argmax(&ld) as u32;
+            sd.tokens.push(a);
+            sg.tokens.push(a);
+        }
+        direct.release(&mut sd);
+        graph.release(&mut sg);
+        println!(
+            "{ty}: 40 decode steps from a graph (positions 2029..2068), logits bit-equal to \
+             direct launches"
+        );
+    }
+}
+
 /// The engine on CUDA (many sequences per step, chunked prefill, prefix-cache hits, `n = 2`
 /// forks that copy a shared block on the device) must give each sequence exactly the ids a
 /// lone CUDA session gives it: every CUDA kernel computes a token's row the same way whatever
@@ -761,6 +931,7 @@ fn engine_on_cuda_equals_lone_cuda_sessions() {
         return;
     }
     let cfg = EngineConfig {
+        cuda_weights: Default::default(),
         n_ctx: 512,
         kv_budget: KvBudget::Blocks(200),
         block_size: 16,

@@ -24,6 +24,7 @@ fn model() -> Model {
 
 fn engine(kv_blocks: usize, max_seqs: usize, max_batch_tokens: usize) -> Engine {
     let cfg = EngineConfig {
+        cuda_weights: Default::default(),
         n_ctx: 512,
         kv_budget: KvBudget::Blocks(kv_blocks),
         block_size: 16,

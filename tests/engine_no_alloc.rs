@@ -23,6 +23,7 @@ fn hundred_steps_with_eight_sequences_allocate_nothing() {
         path.display()
     );
     let cfg = EngineConfig {
+        cuda_weights: Default::default(),
         n_ctx: 256,
         kv_budget: KvBudget::Blocks(128),
         block_size: 16,

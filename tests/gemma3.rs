@@ -47,6 +47,7 @@ fn model() -> Model {
 
 fn session_of(m: Model, n_ctx: usize, max_batch: usize, max_logits: usize) -> Session {
     let cfg = SessionConfig {
+        cuda_weights: Default::default(),
         n_ctx,
         kv_budget: KvBudget::FullContext,
         block_size: 16,

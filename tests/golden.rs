@@ -41,6 +41,7 @@ fn model() -> Model {
 
 fn session(n_ctx: usize, max_batch: usize, max_logits: usize) -> Session {
     let cfg = SessionConfig {
+        cuda_weights: Default::default(),
         n_ctx,
         kv_budget: KvBudget::FullContext,
         block_size: 16,
@@ -256,6 +257,7 @@ fn f32_weights_match_llama_cpp_f32_goldens() {
     let m = Model::from_gguf(ember::gguf::GgufFile::from_bytes(bytes).unwrap()).unwrap();
     assert_eq!(m.weights.layers[0].wq.ty, ember_kernels::GgmlType::F32);
     let cfg = SessionConfig {
+        cuda_weights: Default::default(),
         n_ctx: 512,
         kv_budget: KvBudget::FullContext,
         block_size: 16,

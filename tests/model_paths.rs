@@ -33,6 +33,7 @@ fn synth(arch: &str, ty: GgmlType) -> Model {
 
 fn session(m: Model, block_size: usize, max_batch: usize, kv: KvBudget) -> Session {
     let cfg = SessionConfig {
+        cuda_weights: Default::default(),
         n_ctx: 128,
         kv_budget: kv,
         block_size,

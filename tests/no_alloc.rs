@@ -24,6 +24,7 @@ fn decode_steps_allocate_nothing() {
     );
     let model = Model::load(&path).unwrap();
     let cfg = SessionConfig {
+        cuda_weights: Default::default(),
         n_ctx: 256,
         kv_budget: KvBudget::FullContext,
         block_size: 16,

@@ -115,6 +115,7 @@ impl ember_config {
             KvBudget::Bytes(b)
         };
         Ok(EngineConfig {
+            cuda_weights: Default::default(),
             n_ctx: self.n_ctx as usize,
             kv_budget,
             block_size: self.block_size as usize,

@@ -157,17 +157,39 @@ extern "C" __global__ void attention_reduce(const AttnParams p) {
     }
 }
 
-// ---- grouped-query variant (head_dim 64 or 128) ----
+// ---- grouped-query variant (head_dim 64 or 128, 1 to 8 query heads per KV head) ----
 //
-// One thread block per (token, KV head, partition) computes all the query heads that share the KV
-// head (GQA), so each K/V row is read once for the whole group instead of once per query head.
+// One thread block per (token, KV head, partition) computes all G query heads that share the KV
+// head (GQA), so each K/V byte is read once for the whole group instead of once per query head.
 // A position's row is split over D/8 lanes, each loading 16 bytes (8 f16) of K and of V; a warp
-// therefore covers 32/(D/8) positions per load, and each such sub-warp takes 2 consecutive
-// positions per step (4 loads of 16 bytes in flight per lane). Dot products are reduced within
-// the sub-warp; every sub-warp keeps its own online softmax per head, merged at the end through
-// shared memory. Same outputs (and partials, for attention_reduce) as paged_attention.
+// therefore covers 32/(D/8) positions per load, and each such sub-warp takes U consecutive
+// positions per step. Dot products are reduced within the sub-warp; every sub-warp keeps its own
+// online softmax per head; the sub-warps of a warp are merged by shuffles, the warps through
+// shared memory. Same outputs (and partials, for attention_reduce) as paged_attention, within
+// the tolerance of tests/cuda.rs (not bit-equal).
+//
+// Written so that the memory system, not the instruction stream, is the limit (the first
+// version reached 49% of copy bandwidth on the H100, see BENCHMARKS.md):
+// - G is a template parameter: the heads' dot products, shuffles and exponentials are
+//   independent instruction streams the compiler interleaves (a run-time `g < G` test per head
+//   serialized them behind each shuffle's latency);
+// - the next step's K/V rows (and block-table entries) are loaded before the current step is
+//   computed, so loads stay in flight while the warp computes;
+// - products and rescaled sums are explicit `fmaf` (this file is compiled with --fmad=false,
+//   where `a*b+c` is two instructions);
+// - scores are kept in log2 units (the query is pre-multiplied by scale·log2(e)), so every
+//   exponential is one `ex2.approx` (relative error ~2^-22);
+// - a softmax state starts at -FLT_MAX, not -inf, so no step needs an "empty so far" branch
+//   (2^(-FLT_MAX - m) is 0, 2^(-FLT_MAX + FLT_MAX) is 1 with a zero sum);
+// - the running maximum is raised (and the sums rescaled) only when a score exceeds it by more
+//   than RESCALE_SLACK, one branch per step for all heads;
+// - a position's block and slot advance by addition, not an integer division per position.
 
 #define AT2_WARPS 4
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+#define M_EMPTY (__int_as_float(0xff7fffff)) // -FLT_MAX
+#define RESCALE_SLACK 8.0f // log2 units: weights up to 256 between rescales
 
 struct __attribute__((aligned(16))) u32x4 {
     u32 x, y, z, w;
@@ -180,133 +202,218 @@ __device__ __forceinline__ void unpack8(const u32x4 v, float* f) {
     f[6] = h2f((u16)(v.w & 0xffff)); f[7] = h2f((u16)(v.w >> 16));
 }
 
-// U: consecutive positions per sub-warp per step (2 K and 2 V loads of 16 bytes in flight per
-// lane; 4 measured no faster on the H100, nor did ex2.approx for expf: see BENCHMARKS.md).
-template <int D, int MAXG, int U>
+// 2^x (ex2.approx.ftz: one MUFU instruction; 2^-inf = 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Where a sub-warp's U consecutive positions from j0 = (table index blk, slot) live, and which
+// of them are before `end`; their K/V rows loaded (zeros past `end`).
+template <int D, int U>
+__device__ __forceinline__ void load_rows(const AttnParams& p, const int* table, int blk, int slot,
+                                          int j0, int end, i64 head_off, i64 blk_stride,
+                                          u32x4 (&kw)[U], u32x4 (&vw)[U], bool (&ok)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        ok[u] = j0 + u < end;
+        int b = blk, r = slot + u;
+        while (r >= p.block_size) {
+            r -= p.block_size;
+            ++b;
+        }
+        if (ok[u]) {
+            const i64 off = (i64)table[b] * blk_stride + head_off + (i64)r * D;
+            kw[u] = *(const u32x4*)(p.kc + off);
+            vw[u] = *(const u32x4*)(p.vc + off);
+        } else {
+            kw[u] = u32x4{0u, 0u, 0u, 0u};
+            vw[u] = u32x4{0u, 0u, 0u, 0u};
+        }
+    }
+}
+
+// Merge the online-softmax states (m in log2 units, s, acc) of lanes `o` apart into both.
+template <int G>
+__device__ __forceinline__ void merge_xor(float (&m)[G], float (&s)[G], float (&acc)[G][8],
+                                          const int o) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        const float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
+        const float so = __shfl_xor_sync(0xffffffffu, s[g], o);
+        const float mn = fmaxf(m[g], mo);
+        const float fa = fast_exp2(m[g] - mn), fb = fast_exp2(mo - mn);
+        s[g] = fmaf(s[g], fa, so * fb);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const float ao = __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+            acc[g][e] = fmaf(acc[g][e], fa, ao * fb);
+        }
+        m[g] = mn;
+    }
+}
+
+template <int D, int G, int U>
 __device__ __forceinline__ void attn_gqa(const AttnParams& p) {
     constexpr int L = D / 8;             // lanes per position
     constexpr int P = 32 / L;            // positions per warp per load
     constexpr int SUB = AT2_WARPS * P;   // sub-warps per thread block
-    __shared__ float s_m[SUB * MAXG], s_s[SUB * MAXG];
-    __shared__ float s_acc[SUB * MAXG * D];
+    constexpr int STEP = SUB * U;        // positions per block per step
+    __shared__ float s_m[AT2_WARPS * G], s_s[AT2_WARPS * G];
+    __shared__ float s_acc[AT2_WARPS * G * D];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int sub = warp * P + lane / L; // this lane's sub-warp
     const int sl = lane % L;             // dims 8*sl .. 8*sl+8 of the head
-    const int G = p.n_head / p.n_head_kv;
     const int t = blockIdx.x / p.n_head_kv, kvh = blockIdx.x % p.n_head_kv;
     const int part = blockIdx.y;
     const int n_pos = p.tok_pos[t] + 1;
     const int start = part * p.part_len;
     const int end = min(n_pos, start + p.part_len);
+    const int bs = p.block_size;
     const int* table = p.tables + (i64)p.tok_row[t] * p.max_blocks;
 
-    float q[MAXG][8], acc[MAXG][8], m[MAXG], s[MAXG];
+    const float qs = p.scale * LOG2E;
+    float q[G][8], acc[G][8], m[G], s[G];
 #pragma unroll
-    for (int g = 0; g < MAXG; ++g) {
-        const float* qh = p.q + ((i64)t * p.n_head + kvh * G + min(g, G - 1)) * D + 8 * sl;
+    for (int g = 0; g < G; ++g) {
+        const float* qh = p.q + ((i64)t * p.n_head + kvh * G + g) * D + 8 * sl;
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-            q[g][e] = qh[e];
+            q[g][e] = qh[e] * qs;
             acc[g][e] = 0.0f;
         }
-        m[g] = NEG_INF;
+        m[g] = M_EMPTY;
         s[g] = 0.0f;
     }
-    const i64 tile = (i64)p.block_size * D;
+    const i64 tile = (i64)bs * D;
     const i64 head_off = ((i64)p.layer * p.n_head_kv + kvh) * tile + 8 * sl;
     const i64 blk_stride = (i64)p.n_layer * p.n_head_kv * tile;
 
+    // This sub-warp's first position as (table index, slot), advanced by STEP each step.
+    const int step_b = STEP / bs, step_r = STEP % bs;
+    const int sub0 = (lane / L) * U;
+    int jw = start + warp * P * U;
+    int blk = (jw + sub0) / bs, slot = (jw + sub0) % bs;
+    u32x4 kw[U], vw[U];
+    bool ok[U];
+    load_rows<D, U>(p, table, blk, slot, jw + sub0, end, head_off, blk_stride, kw, vw, ok);
+
     // The loop bound is uniform across the warp (shuffles below need every lane).
-    for (int jw = start + warp * P * U; jw < end; jw += SUB * U) {
-        const int j0 = jw + (lane / L) * U;
-        u32x4 kw[U], vw[U];
-        bool ok[U];
+    for (; jw < end; jw += STEP) {
+        // This step's rows were loaded by the previous one; load the next step's now.
+        u32x4 ck[U], cv[U];
+        bool cok[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int j = j0 + u;
-            ok[u] = j < end;
-            if (ok[u]) {
-                const i64 off = (i64)table[j / p.block_size] * blk_stride + head_off
-                              + (i64)(j % p.block_size) * D;
-                kw[u] = *(const u32x4*)(p.kc + off);
-                vw[u] = *(const u32x4*)(p.vc + off);
-            } else {
-                kw[u] = u32x4{0u, 0u, 0u, 0u};
-                vw[u] = u32x4{0u, 0u, 0u, 0u};
-            }
+            ck[u] = kw[u];
+            cv[u] = vw[u];
+            cok[u] = ok[u];
         }
+        blk += step_b;
+        slot += step_r;
+        if (slot >= bs) {
+            slot -= bs;
+            ++blk;
+        }
+        load_rows<D, U>(p, table, blk, slot, jw + STEP + sub0, end, head_off, blk_stride, kw, vw,
+                        ok);
         float kf[U][8], vf[U][8];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            unpack8(kw[u], kf[u]);
-            unpack8(vw[u], vf[u]);
+            unpack8(ck[u], kf[u]);
+            unpack8(cv[u], vf[u]);
+        }
+        float sc[G][U];
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                float dd = q[g][0] * kf[u][0];
+#pragma unroll
+                for (int e = 1; e < 8; ++e) dd = fmaf(q[g][e], kf[u][e], dd);
+                sc[g][u] = dd;
+            }
         }
 #pragma unroll
-        for (int g = 0; g < MAXG; ++g) {
-            if (g < G) {
-                float sc[U];
+        for (int o = L / 2; o > 0; o >>= 1) {
 #pragma unroll
-                for (int u = 0; u < U; ++u) {
-                    float dd = 0.0f;
+            for (int g = 0; g < G; ++g) {
 #pragma unroll
-                    for (int e = 0; e < 8; ++e) dd += q[g][e] * kf[u][e];
-                    sc[u] = dd;
-                }
+                for (int u = 0; u < U; ++u) sc[g][u] += __shfl_xor_sync(0xffffffffu, sc[g][u], o);
+            }
+        }
+        float mx[G];
+        bool grow = false;
 #pragma unroll
-                for (int o = L / 2; o > 0; o >>= 1) {
+        for (int g = 0; g < G; ++g) {
+            mx[g] = m[g];
 #pragma unroll
-                    for (int u = 0; u < U; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
-                }
-                float mx = m[g];
+            for (int u = 0; u < U; ++u) {
+                sc[g][u] = cok[u] ? sc[g][u] : NEG_INF;
+                mx[g] = fmaxf(mx[g], sc[g][u]);
+            }
+            grow = grow || mx[g] > m[g] + RESCALE_SLACK;
+        }
+        // Rescale only when a score exceeds the running maximum by more than the slack (rare
+        // after the first steps); weights are then relative to a slightly stale maximum, at
+        // most 2^RESCALE_SLACK, which the final division by the sum cancels.
+        if (grow) {
 #pragma unroll
-                for (int u = 0; u < U; ++u) {
-                    sc[u] = ok[u] ? sc[u] * p.scale : NEG_INF;
-                    mx = fmaxf(mx, sc[u]);
-                }
-                if (mx != NEG_INF) {
-                    const float ms = expf(m[g] - mx);
-                    float w[U];
-                    s[g] *= ms;
+            for (int g = 0; g < G; ++g) {
+                const float ms = fast_exp2(m[g] - mx[g]);
+                s[g] *= ms;
 #pragma unroll
-                    for (int u = 0; u < U; ++u) {
-                        w[u] = expf(sc[u] - mx);
-                        s[g] += w[u];
-                    }
+                for (int e = 0; e < 8; ++e) acc[g][e] *= ms;
+                m[g] = mx[g];
+            }
+        }
 #pragma unroll
-                    for (int e = 0; e < 8; ++e) {
-                        float a = acc[g][e] * ms;
+        for (int g = 0; g < G; ++g) {
+            float w[U];
+            float sum = s[g];
 #pragma unroll
-                        for (int u = 0; u < U; ++u) a += w[u] * vf[u][e];
-                        acc[g][e] = a;
-                    }
-                    m[g] = mx;
-                }
+            for (int u = 0; u < U; ++u) {
+                w[u] = fast_exp2(sc[g][u] - m[g]);
+                sum += w[u];
+            }
+            s[g] = sum;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                float a = acc[g][e];
+#pragma unroll
+                for (int u = 0; u < U; ++u) a = fmaf(w[u], vf[u][e], a);
+                acc[g][e] = a;
             }
         }
     }
 
+    // Sub-warps of a warp hold the same dims for different positions: merge them by shuffles,
+    // then one sub-warp per warp goes through shared memory.
 #pragma unroll
-    for (int g = 0; g < MAXG; ++g) {
-        if (sl == 0) {
-            s_m[sub * MAXG + g] = m[g];
-            s_s[sub * MAXG + g] = s[g];
+    for (int o = L; o < 32; o <<= 1) merge_xor<G>(m, s, acc, o);
+    if (lane < L) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            if (sl == 0) {
+                s_m[warp * G + g] = m[g];
+                s_s[warp * G + g] = s[g];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s_acc[(warp * G + g) * D + 8 * sl + e] = acc[g][e];
         }
-#pragma unroll
-        for (int e = 0; e < 8; ++e) s_acc[(sub * MAXG + g) * D + 8 * sl + e] = acc[g][e];
     }
     __syncthreads();
     for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
         const int g = i / D, e = i % D;
-        float mm = NEG_INF;
-        for (int k = 0; k < SUB; ++k) mm = fmaxf(mm, s_m[k * MAXG + g]);
+        float mm = M_EMPTY;
+#pragma unroll
+        for (int k = 0; k < AT2_WARPS; ++k) mm = fmaxf(mm, s_m[k * G + g]);
         float ss = 0.0f, a = 0.0f;
-        for (int k = 0; k < SUB; ++k) {
-            const float mk = s_m[k * MAXG + g];
-            if (mk != NEG_INF) {
-                const float f = expf(mk - mm);
-                ss += s_s[k * MAXG + g] * f;
-                a += s_acc[(k * MAXG + g) * D + e] * f;
-            }
+#pragma unroll
+        for (int k = 0; k < AT2_WARPS; ++k) {
+            const float f = fast_exp2(s_m[k * G + g] - mm);
+            ss = fmaf(s_s[k * G + g], f, ss);
+            a = fmaf(s_acc[(k * G + g) * D + e], f, a);
         }
         const i64 th = (i64)t * p.n_head + kvh * G + g;
         if (p.n_parts == 1) {
@@ -314,14 +421,22 @@ __device__ __forceinline__ void attn_gqa(const AttnParams& p) {
         } else {
             p.part_acc[(th * p.n_parts + part) * D + e] = a;
             if (e == 0) {
-                p.part_ms[(th * p.n_parts + part) * 2] = mm;
+                // attention_reduce works in natural-log units, -inf marking an empty partition.
+                p.part_ms[(th * p.n_parts + part) * 2] = ss > 0.0f ? mm * LN2 : NEG_INF;
                 p.part_ms[(th * p.n_parts + part) * 2 + 1] = ss;
             }
         }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32) attn_gqa_d64_g4(const AttnParams p) { attn_gqa<64, 4, 2>(p); }
-extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32) attn_gqa_d64_g8(const AttnParams p) { attn_gqa<64, 8, 2>(p); }
-extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32) attn_gqa_d128_g4(const AttnParams p) { attn_gqa<128, 4, 2>(p); }
-extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32) attn_gqa_d128_g8(const AttnParams p) { attn_gqa<128, 8, 2>(p); }
+// The kernels the backend launches, by head_dim and group size. Groups of up to 3 heads leave
+// registers for 4 positions per sub-warp per step (twice the bytes in flight) at 3 blocks per
+// SM; groups of 4 keep 2 positions at 4 blocks per SM, larger groups 2 blocks per SM
+// (BENCHMARKS.md).
+#define GQA_KERNEL(D, G, U, MINB)                                                                 \
+    extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32, MINB)                            \
+        attn_gqa_d##D##_g##G(const AttnParams p) { attn_gqa<D, G, U>(p); }
+GQA_KERNEL(64, 1, 4, 3) GQA_KERNEL(64, 2, 4, 3) GQA_KERNEL(64, 3, 4, 3) GQA_KERNEL(64, 4, 2, 4)
+GQA_KERNEL(64, 5, 2, 2) GQA_KERNEL(64, 6, 2, 2) GQA_KERNEL(64, 7, 2, 2) GQA_KERNEL(64, 8, 2, 2)
+GQA_KERNEL(128, 1, 4, 3) GQA_KERNEL(128, 2, 4, 3) GQA_KERNEL(128, 3, 4, 3) GQA_KERNEL(128, 4, 2, 4)
+GQA_KERNEL(128, 5, 2, 2) GQA_KERNEL(128, 6, 2, 2) GQA_KERNEL(128, 7, 2, 2) GQA_KERNEL(128, 8, 2, 2)

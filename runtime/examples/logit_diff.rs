@@ -16,6 +16,7 @@ fn main() {
     )
     .unwrap();
     let cfg = SessionConfig {
+        cuda_weights: Default::default(),
         n_ctx: 512,
         kv_budget: KvBudget::FullContext,
         block_size: 16,

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::backend::{Backend, BackendKind, BackendSizes};
+use crate::backend::{Backend, BackendKind, BackendSizes, CudaWeights};
 use crate::error::{Error, Result};
 use crate::kv::{BlockId, BlockPool, BlockTable, KvLayout};
 use crate::model::{BatchToken, Model, Scratch};
@@ -38,6 +38,8 @@ pub struct SessionConfig {
     pub max_logits: usize,
     /// Worker threads (0: the number of physical cores).
     pub threads: usize,
+    /// Where the CUDA backend keeps the weights (ignored by the CPU backend).
+    pub cuda_weights: CudaWeights,
 }
 
 impl Default for SessionConfig {
@@ -49,6 +51,7 @@ impl Default for SessionConfig {
             max_batch_tokens: 512,
             max_logits: 1,
             threads: 0,
+            cuda_weights: CudaWeights::Upload,
         }
     }
 }
@@ -171,6 +174,7 @@ impl Resources {
         max_logits: usize,
         threads: usize,
         backend: BackendKind,
+        cuda_weights: CudaWeights,
     ) -> Result<Resources> {
         let c = &model.config;
         if block_size == 0 || block_size > 4096 {
@@ -219,6 +223,7 @@ impl Resources {
                 max_logits,
                 n_ctx,
                 threads,
+                cuda_weights,
             },
         )?;
         Ok(Resources {
@@ -232,11 +237,13 @@ impl Resources {
 
 /// A model ready to run.
 pub struct Session {
+    // Declared (so dropped) before the model: with `CudaWeights::Mapped` it holds a device
+    // mapping of the model's file.
+    backend: Backend,
     /// The model.
     pub model: Model,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
-    backend: Backend,
     pool: BlockPool,
     scratch: Scratch,
     batch: Vec<BatchToken>,
@@ -282,6 +289,7 @@ impl Session {
             cfg.max_logits,
             cfg.threads,
             backend,
+            cfg.cuda_weights,
         )?;
         Ok(Session {
             tokenizer: r.tokenizer,
@@ -308,6 +316,12 @@ impl Session {
     /// The backend.
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// See [`Backend::set_cuda_graph`] (for comparisons).
+    #[doc(hidden)]
+    pub fn set_cuda_graph(&mut self, on: bool) {
+        self.backend.set_cuda_graph(on);
     }
 
     /// Bytes of the KV arena.

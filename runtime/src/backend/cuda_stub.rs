@@ -50,6 +50,10 @@ impl CudaBackend {
     pub(crate) fn copy_slots(&mut self, _src: usize, _dst: usize, _n_slots: usize) -> Result<()> {
         match self.0 {}
     }
+
+    pub(crate) fn set_graph(&mut self, _on: bool) {
+        match self.0 {}
+    }
 }
 
 /// Whether this build can use a CUDA driver: never, without the `cuda` feature.

@@ -58,6 +58,42 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// Where the CUDA backend keeps the weight matrices (`--cuda-weights upload|mapped`; the CPU
+/// backend ignores it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CudaWeights {
+    /// Copied into device memory once, at start-up.
+    #[default]
+    Upload,
+    /// Read in place from the memory-mapped model file, registered with the driver as
+    /// host-mapped memory (`cuMemHostRegister`): no copy and no device memory for weights. Meant
+    /// for unified-memory devices (Jetson), where host and GPU share the DRAM; on a discrete card
+    /// every weight read crosses the bus (correct, slow).
+    Mapped,
+}
+
+impl FromStr for CudaWeights {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "upload" => Ok(CudaWeights::Upload),
+            "mapped" => Ok(CudaWeights::Mapped),
+            _ => Err(format!(
+                "unknown CUDA weight placement {s:?} (expected upload or mapped)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for CudaWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CudaWeights::Upload => "upload",
+            CudaWeights::Mapped => "mapped",
+        })
+    }
+}
+
 /// Sizes a backend is built for.
 #[derive(Clone, Copy, Debug)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -68,6 +104,8 @@ pub(crate) struct BackendSizes {
     pub max_logits: usize,
     pub n_ctx: usize,
     pub threads: usize,
+    /// Where CUDA keeps the weights.
+    pub cuda_weights: CudaWeights,
 }
 
 enum Inner {
@@ -195,6 +233,16 @@ impl Backend {
         }
     }
 
+    /// Whether CUDA runs a lone decode token's step as a captured graph (default on, unless
+    /// `EMBER_CUDA_GRAPH=off` at start-up); off drops the captured graph. No effect on the CPU.
+    /// For comparisons: both ways give bit-equal logits.
+    #[doc(hidden)]
+    pub fn set_cuda_graph(&mut self, on: bool) {
+        if let Inner::Cuda(c) = &mut self.inner {
+            c.set_graph(on);
+        }
+    }
+
     /// Copy the first `n_slots` slots of block `src` into block `dst` (copy-on-write).
     pub(crate) fn copy_slots(&mut self, src: usize, dst: usize, n_slots: usize) -> Result<()> {
         match &mut self.inner {
@@ -299,6 +347,7 @@ mod tests {
             max_logits: 1,
             n_ctx: 64,
             threads: 1,
+            cuda_weights: CudaWeights::Upload,
         };
         let why = if cfg!(feature = "cuda") {
             if cuda::driver_present() {

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use sequence::Seq;
 pub use sequence::{SeqOutput, SeqState};
 
-use crate::backend::{Backend, BackendKind};
+use crate::backend::{Backend, BackendKind, CudaWeights};
 use crate::error::{Error, Result};
 use crate::kv::{BlockId, BlockPool, BlockTable};
 use crate::model::{BatchToken, BlockTables, Model, Scratch};
@@ -52,6 +52,8 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Reuse cached KV blocks of identical prompt prefixes.
     pub prefix_caching: bool,
+    /// Where the CUDA backend keeps the weights (ignored by the CPU backend).
+    pub cuda_weights: CudaWeights,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +67,7 @@ impl Default for EngineConfig {
             max_requests: 256,
             threads: 0,
             prefix_caching: true,
+            cuda_weights: CudaWeights::Upload,
         }
     }
 }
@@ -199,9 +202,11 @@ impl BlockTables for SlabTables<'_> {
 
 /// The engine. Not thread-safe by itself: drive it from one thread (the C ABI wraps it).
 pub struct Engine {
+    // Declared (so dropped) before the model: with `CudaWeights::Mapped` it holds a device
+    // mapping of the model's file.
+    backend: Backend,
     model: Model,
     tokenizer: Tokenizer,
-    backend: Backend,
     pool: BlockPool,
     scratch: Scratch,
     cfg: EngineConfig,
@@ -278,6 +283,7 @@ impl Engine {
             cfg.max_seqs,
             cfg.threads,
             backend,
+            cfg.cuda_weights,
         )?;
         let max_total_seqs = cfg.max_requests.max(cfg.max_seqs) * 2;
         Ok(Engine {

@@ -44,8 +44,14 @@ const SOURCES: [(&str, &str); 7] = [
     ),
 ];
 
-/// Positions per attention partition (a multiple of warps × unroll of the kernel, 16).
-pub const ATT_PART_LEN: usize = 512;
+/// Positions per attention partition (long contexts are split across thread blocks, as vLLM's
+/// paged attention v2 does, and merged by `attention_reduce`). One length for every batch, so
+/// that a token's attention is computed the same way whatever else is in the batch (the
+/// engine's outputs equal lone sessions', bit for bit) and a lone decode step replays from one
+/// graph. 2048 measured best of 128..4096 for 64 sequences × 4096 positions on the H100 taken
+/// over both head shapes (BENCHMARKS.md); shorter partitions cost prologues, epilogues and
+/// merges, longer ones leave small batches too few thread blocks.
+pub const ATT_PART_LEN: usize = 2048;
 
 /// Weight types the CUDA matrix kernels take.
 pub const SUPPORTED_WEIGHTS: [GgmlType; 5] = [
@@ -98,9 +104,9 @@ struct Kernels {
     copy_slots: CudaFunction,
     paged_attention: CudaFunction,
     attention_reduce: CudaFunction,
-    /// Grouped-query attention by shape (head_dim, most query heads per KV head): (64, 4),
-    /// (64, 8), (128, 4), (128, 8).
-    attn_gqa: [CudaFunction; 4],
+    /// Grouped-query attention by shape: head_dim 64 with 1..=8 query heads per KV head, then
+    /// head_dim 128 with 1..=8 (index `8 * (head_dim == 128) + group - 1`).
+    attn_gqa: Vec<CudaFunction>,
 }
 
 /// A device buffer and its address.
@@ -124,6 +130,70 @@ impl<T> DevBuf<T> {
     /// Address of element `i`.
     pub fn at(&self, i: usize) -> DevPtr {
         self.ptr + (i * size_of::<T>()) as u64
+    }
+}
+
+/// Host memory page-locked and mapped into the device's address space (`cuMemHostRegister` with
+/// `DEVICEMAP`, then `cuMemHostGetDevicePointer`): kernels read it in place. On a unified-memory
+/// Jetson that is the same DRAM the GPU computes from, so weights need no second copy; on a
+/// discrete card every read crosses the bus (correct, slow).
+///
+/// The registered range is the given bytes widened to 4 KiB boundaries: a file mapping starts on
+/// a page boundary and covers whole pages (of 4, 16 or 64 KiB, all multiples of 4 KiB), so the
+/// widened range stays inside it. The registration is undone on drop; the bytes must stay mapped
+/// until then (the backend that owns this is dropped before the model: see `Session`).
+pub struct HostMapping {
+    ctx: Arc<CudaContext>,
+    /// Registered host range (page-aligned start, length).
+    base: usize,
+    len: usize,
+    /// Host address of the first byte given to [`CudaDevice::map_host`].
+    host: usize,
+    /// Device address of `host`.
+    dev: DevPtr,
+}
+
+impl HostMapping {
+    /// Device address of the byte at host address `p`, if it lies in the mapping.
+    pub fn device_ptr(&self, p: *const u8) -> Option<DevPtr> {
+        let a = p as usize;
+        (a >= self.base && a < self.base + self.len).then(|| {
+            if a >= self.host {
+                self.dev + (a - self.host) as u64
+            } else {
+                self.dev - (self.host - a) as u64
+            }
+        })
+    }
+
+    /// Bytes registered.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is registered (never: registration of nothing is refused).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for HostMapping {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `base` is the start of a range this mapping registered and has not
+            // unregistered; no kernel reading it is in flight (the backend synchronizes its
+            // stream before its buffers and mappings are dropped, and errors are ignored here).
+            let _ = unsafe { cudarc::driver::sys::cuMemHostUnregister(self.base as *mut _) };
+        }
+    }
+}
+
+impl std::fmt::Debug for HostMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostMapping")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -275,7 +345,8 @@ impl CudaDevice {
         // One stream, in order: cudarc's per-buffer event tracking is not needed.
         // SAFETY: every buffer of this device is used on `stream` only.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
         let name = ctx.name().map_err(drv("device name"))?;
         let cc = ctx
             .compute_capability()
@@ -307,12 +378,11 @@ impl CudaDevice {
             copy_slots: f("copy_slots")?,
             paged_attention: f("paged_attention")?,
             attention_reduce: f("attention_reduce")?,
-            attn_gqa: [
-                f("attn_gqa_d64_g4")?,
-                f("attn_gqa_d64_g8")?,
-                f("attn_gqa_d128_g4")?,
-                f("attn_gqa_d128_g8")?,
-            ],
+            attn_gqa: [64, 128]
+                .iter()
+                .flat_map(|d| (1..=8).map(move |g| format!("attn_gqa_d{d}_g{g}")))
+                .map(|n| f(&n))
+                .collect::<Result<_>>()?,
         };
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(CudaDevice {
@@ -350,6 +420,66 @@ impl CudaDevice {
         })?;
         let ptr = buf.device_ptr(&self.stream).0;
         Ok(DevBuf { buf, ptr })
+    }
+
+    /// Register `bytes` (host memory the caller keeps mapped and unchanged while the result
+    /// lives) with the device and map them into its address space, read-only where the device
+    /// supports it (see [`HostMapping`]).
+    pub fn map_host(&self, bytes: &[u8], what: &str) -> Result<HostMapping> {
+        if bytes.is_empty() {
+            return Err(backend_err(format!("{what}: nothing to map")));
+        }
+        const PAGE: usize = 4096;
+        let host = bytes.as_ptr() as usize;
+        let base = host & !(PAGE - 1);
+        let len = (host + bytes.len()).next_multiple_of(PAGE) - base;
+        self.ctx
+            .bind_to_thread()
+            .map_err(drv("binding the CUDA context"))?;
+        use cudarc::driver::sys;
+        let read_only = self
+            .ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED,
+            )
+            .unwrap_or(0)
+            == 1;
+        let flags = sys::CU_MEMHOSTREGISTER_DEVICEMAP
+            | if read_only {
+                sys::CU_MEMHOSTREGISTER_READ_ONLY
+            } else {
+                0
+            };
+        // SAFETY: `base..base + len` lies within pages the caller keeps mapped (the slice's own
+        // pages: see `HostMapping`); the driver only pins and maps them, and nothing writes
+        // through the mapping (read-only where supported; the kernels never store to weights).
+        unsafe { sys::cuMemHostRegister_v2(base as *mut _, len, flags) }
+            .result()
+            .map_err(|e| {
+                backend_err(format!(
+                    "cannot map {what} ({len} bytes of host memory) into the device                      (cuMemHostRegister{}: {e}); use --cuda-weights upload",
+                    if read_only { ", read-only" } else { "" }
+                ))
+            })?;
+        let mut registered = HostMapping {
+            ctx: self.ctx.clone(),
+            base,
+            len,
+            host,
+            dev: 0,
+        };
+        let mut dptr: sys::CUdeviceptr = 0;
+        // SAFETY: `dptr` is valid for one write; `host` lies in the range registered above.
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dptr, host as *mut _, 0) }
+            .result()
+            .map_err(|e| {
+                backend_err(format!(
+                    "cannot get the device address of {what} (cuMemHostGetDevicePointer: {e}); \
+                     use --cuda-weights upload"
+                ))
+            })?;
+        registered.dev = dptr;
+        Ok(registered)
     }
 
     /// A device copy of `data`.
@@ -521,16 +651,15 @@ impl CudaDevice {
     }
 
     /// Paged attention (and the partition merge when `p.n_parts > 1`): the grouped-query
-    /// kernel (one thread block per token × KV head) for head_dim 64 and 128 with up to 8 query
-    /// heads per KV head, the general kernel (one block per token × query head) otherwise.
+    /// kernel (one thread block per token × KV head × partition) for head_dim 64 and 128 with up
+    /// to 8 query heads per KV head, the general kernel (one block per token × query head ×
+    /// partition) otherwise.
     pub fn attention(&self, p: &AttnParams) -> Result<()> {
         let rows = (p.n_tok * p.n_head) as usize;
         let group = p.n_head / p.n_head_kv.max(1);
         let shape = match (p.head_dim, group) {
-            (64, 1..=4) => Some(0),
-            (64, 5..=8) => Some(1),
-            (128, 1..=4) => Some(2),
-            (128, 5..=8) => Some(3),
+            (64, 1..=8) => Some(group as usize - 1),
+            (128, 1..=8) => Some(8 + group as usize - 1),
             _ => None,
         };
         let gqa = shape.map(|s| &self.k.attn_gqa[s]);
@@ -560,6 +689,33 @@ impl CudaDevice {
             )?;
         }
         Ok(())
+    }
+
+    /// Record the launches that follow (until [`CudaDevice::end_capture`]) into a graph instead
+    /// of running them. Nothing but kernel launches may be queued meanwhile.
+    pub fn begin_capture(&self) -> Result<()> {
+        self.stream
+            .begin_capture(
+                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+            .map_err(drv(
+                "cuStreamBeginCapture (EMBER_CUDA_GRAPH=off runs without graphs)",
+            ))
+    }
+
+    /// Stop recording: the launches since [`CudaDevice::begin_capture`] as an executable graph.
+    pub fn end_capture(&self) -> Result<cudarc::driver::CudaGraph> {
+        self.stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            .map_err(drv(
+                "cuStreamEndCapture (EMBER_CUDA_GRAPH=off runs without graphs)",
+            ))?
+            .ok_or_else(|| backend_err("cuStreamEndCapture: an empty graph"))
+    }
+
+    /// Replay a captured graph on the stream (allocates nothing).
+    pub fn launch_graph(&self, g: &cudarc::driver::CudaGraph) -> Result<()> {
+        g.launch().map_err(drv("cuGraphLaunch"))
     }
 
     /// Events for timing on the stream.

@@ -21,23 +21,29 @@ pub mod testing;
 use ember_kernels::GgmlType;
 
 use device::{backend_err, takes_q8_k, SUPPORTED_WEIGHTS};
-pub use device::{driver_present, CompileInfo, CudaDevice, DevBuf, ATT_PART_LEN};
+pub use device::{driver_present, CompileInfo, CudaDevice, DevBuf, HostMapping, ATT_PART_LEN};
 use params::*;
 
-use super::{validate_batch, BackendSizes};
+use super::{validate_batch, BackendSizes, CudaWeights};
 use crate::error::Result;
 use crate::kv::KvLayout;
 use crate::model::config::RopePairing;
 use crate::model::weights::{f32_slice, Mat, Vector};
 use crate::model::{BatchToken, BlockTables, Model, Scratch};
 
-/// A weight matrix on the device, in its file layout.
+/// A weight matrix the device reads, in its file layout: an uploaded copy, or the file's own
+/// bytes through a [`HostMapping`] (`CudaWeights::Mapped`).
 struct DevMat {
     ty: GgmlType,
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    buf: DevBuf<u8>,
+    /// Device address of the first row.
+    ptr: DevPtr,
+    /// Bytes (`rows * row_bytes`).
+    bytes: usize,
+    /// The device copy, when uploaded (None when mapped).
+    _buf: Option<DevBuf<u8>>,
 }
 
 struct DevLayer {
@@ -118,6 +124,20 @@ pub struct CudaBackend {
     max_blocks: usize,
     max_parts: usize,
     weight_bytes: usize,
+    /// Whether a lone decode token's step runs as a graph (`EMBER_CUDA_GRAPH=off` disables it).
+    use_graph: bool,
+    /// That step's graph, captured at its first use.
+    graph: Option<cudarc::driver::CudaGraph>,
+    /// The model file mapped into the device (`CudaWeights::Mapped`); declared last so that it
+    /// is unregistered after every buffer (and after the stream is synchronized, see `Drop`).
+    mapping: Option<HostMapping>,
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // No kernel may still read the weights (or any buffer) once they are released.
+        let _ = self.dev.sync();
+    }
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -129,7 +149,13 @@ impl std::fmt::Debug for CudaBackend {
     }
 }
 
-fn upload_mat(dev: &CudaDevice, model: &Model, m: &Mat) -> Result<DevMat> {
+/// The device's view of matrix `m`: a copy (`mapped` None), or its bytes inside the mapping.
+fn upload_mat(
+    dev: &CudaDevice,
+    model: &Model,
+    m: &Mat,
+    mapped: Option<&HostMapping>,
+) -> Result<DevMat> {
     if !SUPPORTED_WEIGHTS.contains(&m.ty) {
         let names: Vec<String> = SUPPORTED_WEIGHTS.iter().map(|t| t.to_string()).collect();
         return Err(backend_err(format!(
@@ -144,12 +170,26 @@ fn upload_mat(dev: &CudaDevice, model: &Model, m: &Mat) -> Result<DevMat> {
         return Err(backend_err(format!("tensor {}: too large", m.name)));
     }
     let bytes = &model.file.bytes()[m.range.clone()];
+    let (ptr, buf) = match mapped {
+        Some(map) => {
+            let ptr = map.device_ptr(bytes.as_ptr()).ok_or_else(|| {
+                backend_err(format!("tensor {}: outside the mapped file", m.name))
+            })?;
+            (ptr, None)
+        }
+        None => {
+            let buf = dev.upload(bytes, &m.name)?;
+            (buf.ptr, Some(buf))
+        }
+    };
     Ok(DevMat {
         ty: m.ty,
         rows: m.rows,
         cols: m.cols,
         row_bytes: m.row_bytes,
-        buf: dev.upload(bytes, &m.name)?,
+        ptr,
+        bytes: bytes.len(),
+        _buf: buf,
     })
 }
 
@@ -177,17 +217,24 @@ impl CudaBackend {
         // Arena and weights must fit next to each other: say so before allocating.
         let arena_bytes = z.layout.block_bytes() * z.n_blocks;
         let (free, total) = dev.mem_info()?;
-        let weights: usize = model.weight_bytes();
+        let mapped = z.cuda_weights == CudaWeights::Mapped;
+        let weights: usize = if mapped { 0 } else { model.weight_bytes() };
         if arena_bytes + weights > free {
             return Err(backend_err(format!(
                 "the KV arena ({arena_bytes} bytes) and the weights ({weights} bytes) do not fit \
                  in the device's free memory ({free} of {total} bytes): lower the KV budget"
             )));
         }
+        // Mapped: the whole file once (its tensors lie at arbitrary offsets inside it).
+        let mapping = if mapped {
+            Some(dev.map_host(model.file.bytes(), "the model file")?)
+        } else {
+            None
+        };
         let mut weight_bytes = 0;
         let mut layers = Vec::with_capacity(w.layers.len());
         for (i, l) in w.layers.iter().enumerate() {
-            let m = |x: &Mat| upload_mat(&dev, model, x);
+            let m = |x: &Mat| upload_mat(&dev, model, x, mapping.as_ref());
             let v = |x: &Vector, n: &str| upload_vec(&dev, model, x, &format!("blk.{i}.{n}"));
             let ov = |x: &Option<Vector>, n: &str| x.as_ref().map(|x| v(x, n)).transpose();
             let layer = DevLayer {
@@ -213,18 +260,18 @@ impl CudaBackend {
                 &layer.w_up,
                 &layer.w_down,
             ] {
-                weight_bytes += x.buf.len();
+                weight_bytes += x.bytes;
             }
             layers.push(layer);
         }
-        let output = upload_mat(&dev, model, &w.output)?;
+        let output = upload_mat(&dev, model, &w.output, mapping.as_ref())?;
         let any_k = takes_q8_k(output.ty)
             || layers.iter().any(|l| {
                 [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
                     .iter()
                     .any(|m| takes_q8_k(m.ty))
             });
-        weight_bytes += output.buf.len();
+        weight_bytes += output.bytes;
         let output_norm = upload_vec(&dev, model, &w.output_norm, "output_norm")?;
         let (cos, sin) =
             crate::model::forward::rope_tables(c, c.rope_base, model.rope_freqs(), z.n_ctx.max(1));
@@ -291,6 +338,9 @@ impl CudaBackend {
             max_blocks,
             max_parts,
             weight_bytes,
+            use_graph: std::env::var_os("EMBER_CUDA_GRAPH").is_none_or(|v| v != "off"),
+            graph: None,
+            mapping,
         })
     }
 
@@ -302,7 +352,7 @@ impl CudaBackend {
     pub(crate) fn describe(&self) -> String {
         let ci = &self.dev.compile;
         format!(
-            "cuda: {} (sm_{}{}), kernels {} in {:.1} ms, weights {:.1} MiB on the device",
+            "cuda: {} (sm_{}{}), kernels {} in {:.1} ms, weights {:.1} MiB {}",
             self.dev.name,
             self.dev.cc.0,
             self.dev.cc.1,
@@ -312,7 +362,12 @@ impl CudaBackend {
                 "compiled"
             },
             ci.ms,
-            self.weight_bytes as f64 / (1 << 20) as f64
+            self.weight_bytes as f64 / (1 << 20) as f64,
+            if self.mapping.is_some() {
+                "mapped from host memory"
+            } else {
+                "on the device"
+            }
         )
     }
 
@@ -326,6 +381,13 @@ impl CudaBackend {
 
     pub(crate) fn layout(&self) -> KvLayout {
         self.layout
+    }
+
+    pub(crate) fn set_graph(&mut self, on: bool) {
+        self.use_graph = on;
+        if !on {
+            self.graph = None;
+        }
     }
 
     pub(crate) fn copy_slots(&mut self, src: usize, dst: usize, n_slots: usize) -> Result<()> {
@@ -370,7 +432,7 @@ impl CudaBackend {
         self.dev.matmul(
             w.ty,
             &MatmulParams {
-                w: w.buf.ptr,
+                w: w.ptr,
                 a: if takes_q8_k(w.ty) {
                     self.s.acts_k.ptr
                 } else {
@@ -479,8 +541,7 @@ impl CudaBackend {
             self.n_ctx,
         )?;
         let n_tok = batch.len();
-        let (e, d, hq, hkv) = (c.n_embd, c.head_dim, c.n_head, c.n_head_kv);
-        let (qd, f) = (c.q_dim(), c.n_ff);
+        let e = c.n_embd;
         let (n_rows, max_pos) = self.stage_batch(model, batch, tables);
         let m = self.meta;
         let staged = m.tables + n_rows * self.max_blocks;
@@ -488,10 +549,60 @@ impl CudaBackend {
         self.dev
             .write(&mut self.s.meta, &self.host_meta[..staged])?;
 
+        // A lone decode token (one logit row) always launches every partition the context can
+        // have (those past its position are empty and change nothing), so that its launches do
+        // not depend on the position and replay from one graph.
+        let decode1 = n_tok == 1 && n_logits == 1;
+        let part_len = ATT_PART_LEN;
+        let n_parts = if decode1 {
+            self.max_parts
+        } else {
+            (max_pos + 1).div_ceil(part_len).clamp(1, self.max_parts)
+        };
+        if decode1 && self.use_graph {
+            // Captured at the first such step, replayed after: one launch instead of ~15 per
+            // layer. Its kernels read positions and block tables from `meta`, written above.
+            if self.graph.is_none() {
+                self.dev.begin_capture()?;
+                let recorded = self.launch_step(c, 1, 1, part_len, n_parts);
+                let graph = self.dev.end_capture();
+                recorded?;
+                self.graph = Some(graph?);
+            }
+            if let Some(g) = &self.graph {
+                self.dev.launch_graph(g)?;
+            }
+        } else {
+            self.launch_step(c, n_tok, n_logits, part_len, n_parts)?;
+        }
+        if n_logits == 0 {
+            self.dev.sync()?;
+            return Ok(0);
+        }
+        let mut logits = scratch.take_logits();
+        let r = self
+            .dev
+            .read(&self.s.logits, &mut logits[..n_logits * c.n_vocab]);
+        scratch.put_logits(logits);
+        r?;
+        Ok(n_logits)
+    }
+
+    /// Queue every kernel of one step over `n_tok` staged tokens (`meta`, `x`), the logits of
+    /// `n_logits` rows included; the attention split is `n_parts` × `part_len` positions.
+    fn launch_step(
+        &self,
+        c: &crate::model::config::Config,
+        n_tok: usize,
+        n_logits: usize,
+        part_len: usize,
+        n_parts: usize,
+    ) -> Result<()> {
+        let (e, d, hq, hkv) = (c.n_embd, c.head_dim, c.n_head, c.n_head_kv);
+        let (qd, f) = (c.q_dim(), c.n_ff);
+        let bs = self.layout.block_size;
+        let m = self.meta;
         let s = &self.s;
-        let n_parts = (max_pos + 1)
-            .div_ceil(ATT_PART_LEN)
-            .clamp(1, self.max_parts);
         for (l, lw) in self.layers.iter().enumerate() {
             // ---- attention ----
             self.rms_norm(s.x.ptr, &lw.attn_norm, s.xn.ptr, 0, n_tok, c.rms_eps)?;
@@ -539,7 +650,7 @@ impl CudaBackend {
                 n_layer: c.n_layer as i32,
                 layer: l as i32,
                 max_blocks: self.max_blocks as i32,
-                part_len: ATT_PART_LEN as i32,
+                part_len: part_len as i32,
                 n_parts: n_parts as i32,
                 scale: 1.0 / (d as f32).sqrt(),
                 pad: 0,
@@ -564,8 +675,7 @@ impl CudaBackend {
         }
 
         if n_logits == 0 {
-            self.dev.sync()?;
-            return Ok(0);
+            return Ok(());
         }
         self.rms_norm(
             s.x.ptr,
@@ -577,12 +687,6 @@ impl CudaBackend {
         )?;
         self.quantize(s.out_x.ptr, n_logits, e, &[&self.output])?;
         self.matmul(&self.output, s.logits.ptr, n_logits, false)?;
-        let mut logits = scratch.take_logits();
-        let r = self
-            .dev
-            .read(&self.s.logits, &mut logits[..n_logits * c.n_vocab]);
-        scratch.put_logits(logits);
-        r?;
-        Ok(n_logits)
+        Ok(())
     }
 }

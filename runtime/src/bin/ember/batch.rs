@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::args::{switch, val, Args, Flag};
 use crate::commands::{
-    backend_kind, load_model, parse, report_backend, usage, CliError, CliResult,
+    backend_kind, cuda_weights, load_model, parse, report_backend, usage, CliError, CliResult,
 };
 
 pub const ENGINE_FLAGS: &[Flag] = &[
@@ -33,6 +33,7 @@ fn engine_config(a: &Args, default_seqs: usize) -> Result<EngineConfig, CliError
     };
     let max_seqs = a.get_or("max-seqs", default_seqs).map_err(usage)?;
     Ok(EngineConfig {
+        cuda_weights: cuda_weights(a)?,
         n_ctx: a.get_or("ctx", d.n_ctx).map_err(usage)?,
         kv_budget,
         block_size: a.get_or("block-size", d.block_size).map_err(usage)?,

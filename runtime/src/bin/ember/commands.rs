@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ember::backend::{Backend, BackendKind};
+use ember::backend::{Backend, BackendKind, CudaWeights};
 use ember::chat::{render_chat, ChatMessage};
 use ember::model::Model;
 use ember::sampler::SamplingParams;
@@ -41,6 +41,7 @@ const COMMON: &[Flag] = &[
     val("kv-blocks", None),
     val("block-size", None),
     val("backend", None),
+    val("cuda-weights", None),
 ];
 
 const SAMPLING: &[Flag] = &[
@@ -115,6 +116,7 @@ fn open_session_from(
     let n_ctx = n_ctx.min(model.config.n_ctx_train);
     let max_batch = max_batch.min(n_ctx).max(1);
     let cfg = SessionConfig {
+        cuda_weights: cuda_weights(a)?,
         n_ctx,
         kv_budget: match a.get::<usize>("kv-blocks").map_err(usage)? {
             Some(n) => KvBudget::Blocks(n),
@@ -133,6 +135,10 @@ fn open_session_from(
 /// `--backend cpu|cuda|auto` (default cpu).
 pub fn backend_kind(a: &Args) -> Result<BackendKind, CliError> {
     a.get_or("backend", BackendKind::Cpu).map_err(usage)
+}
+
+pub fn cuda_weights(a: &Args) -> Result<CudaWeights, CliError> {
+    a.get_or("cuda-weights", CudaWeights::Upload).map_err(usage)
 }
 
 /// Say on stderr which backend runs when one was asked for (and why `auto` fell back).

@@ -51,6 +51,10 @@ common options:
   --backend cpu|cuda|auto
                         where the forward pass runs (default cpu; cuda needs a build with
                         --features cuda, libcuda and libnvrtc; auto falls back to the CPU)
+  --cuda-weights upload|mapped
+                        CUDA only: copy the weights to the device (default), or read them in
+                        place from the mmapped file as host-mapped memory (zero-copy on
+                        unified-memory Jetsons; slow across PCIe)
 ";
 
 fn main() -> ExitCode {

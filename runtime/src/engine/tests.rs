@@ -40,6 +40,7 @@ fn engine(kv_blocks: usize, max_seqs: usize, max_batch_tokens: usize) -> Engine 
         max_requests: 8,
         threads: 1,
         prefix_caching: true,
+        ..EngineConfig::default()
     };
     Engine::new(tiny_model(), cfg).unwrap()
 }

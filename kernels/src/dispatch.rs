@@ -89,7 +89,9 @@ static SCALAR_OPS: Ops = Ops {
 mod avx2_tables {
     use super::*;
     use crate::traits::BatchRows;
-    use crate::x86_64::{attention as x86_attention, dots, float, kquants, q4_0, quantize, v3};
+    use crate::x86_64::{
+        attention as x86_attention, dots, float, kquants, q4_0, q5_0, quantize, v3,
+    };
 
     pub static OPS: Ops = Ops {
         rms_norm: v3::rms_norm,
@@ -162,7 +164,7 @@ mod avx2_tables {
                 with(r(GgmlType::Q8_1), |t| {
                     t.quantize_act = Some(quantize::quantize_row_q8_1_act)
                 }),
-                with(r(GgmlType::Q5_0), |t| t.vec_dot = v3::vec_dot_q5_0_q8_0),
+                with(r(GgmlType::Q5_0), |t| t.vec_dot = q5_0::vec_dot_q5_0_q8_0),
                 with(r(GgmlType::Q5_1), |t| t.vec_dot = v3::vec_dot_q5_1_q8_1),
                 with(r(GgmlType::Q4_K), |t| {
                     t.vec_dot = kquants::vec_dot_q4_k_q8_k;

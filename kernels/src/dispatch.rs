@@ -120,6 +120,8 @@ mod avx2_tables {
             (GgmlType::Q4_1, false, "avx2", tiles::tile_q4_1_q8_1),
             (GgmlType::Q8_0, true, "avx-vnni", tiles::tile_q8_0_q8_0_vnni),
             (GgmlType::Q8_0, false, "avx2", tiles::tile_q8_0_q8_0),
+            (GgmlType::Q5_0, true, "avx-vnni", tiles::tile_q5_0_q8_0_vnni),
+            (GgmlType::Q5_0, false, "avx2", tiles::tile_q5_0_q8_0),
         ];
         all.iter()
             .filter(|e| e.0 == ty && (vnni || !e.1))

@@ -36,8 +36,12 @@ mkdir -p logs
 for t in "${TARGETS[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true
-    args=(-max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048
-          -artifact_prefix="artifacts/$t/" -print_final_stats=1)
+    # Inputs up to 4 KB (the GGUF seeds are larger: their size is the limit there), at full
+    # length from the start: -len_control's slow growth restarts in every fork-mode job.
+    max_len=4096
+    [ "$t" = gguf ] && max_len=32768
+    args=(-max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -max_len=$max_len
+          -len_control=0 -artifact_prefix="artifacts/$t/" -print_final_stats=1)
     [ "${FUZZ_FORK:-0}" = 1 ] && args+=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
     echo "== fuzz $t (${SECONDS_EACH}s)"
     if ! "$bin/$t" "${args[@]}" "corpus/$t" >"logs/$t.log" 2>&1; then

@@ -155,9 +155,19 @@ impl Driver {
         }
     }
 
+    /// After `ember_stop` a submit fails with `EMBER_ERR_STOPPED` or, since the arguments are
+    /// checked first, with the error of a bad argument; never `EMBER_OK`.
     fn submit_codes(&self) -> &'static [ember_result] {
         if self.stopped {
-            &[EMBER_ERR_STOPPED]
+            &[
+                EMBER_ERR_STOPPED,
+                EMBER_ERR_INVALID_UTF8,
+                EMBER_ERR_INVALID_ARGUMENT,
+                EMBER_ERR_TOO_LARGE,
+                EMBER_ERR_FULL,
+                EMBER_ERR_TOKENIZER,
+                EMBER_ERR_CHAT_TEMPLATE,
+            ]
         } else {
             &[
                 EMBER_OK,

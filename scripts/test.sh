@@ -31,6 +31,13 @@ cargo test --workspace --locked --no-default-features -- --test-threads=1 \
     --skip hundred_requests_in_a_tiny_arena
 bash scripts/test-aarch64.sh
 
+# Fuzzing smoke: the five cargo-fuzz targets of fuzz/ (GGUF reader, tokenizer, chat templates,
+# sampler, C ABI) built in one go with AddressSanitizer, then each run for 30 s from its committed
+# seeds. scripts/fuzz.sh installs the pinned cargo-fuzz if missing; README.md "Fuzzing" says how
+# to run them for longer.
+echo "== fuzz smoke (30 s per target)"
+bash scripts/fuzz.sh 30
+
 # The CUDA backend builds without a CUDA toolkit (cudarc loads libcuda / libnvrtc at run time).
 # Without a driver every CUDA test prints "skipped: no CUDA driver" (--nocapture shows it); on a
 # GPU machine the same tests compare each kernel and greedy generation with the CPU.

@@ -129,6 +129,17 @@ impl Config {
         let k = |s: &str| format!("{a}.{s}");
         let n_embd = need_u(f, &k("embedding_length"))?;
         let n_layer = need_u(f, &k("block_count"))?;
+        // Each block has tensors of its own: a count beyond the file's tensors is corrupt, and
+        // the per-layer tables sized from it must not be (a fuzzed 14-byte patch asked for 5 GB).
+        if n_layer > f.tensors().len() {
+            return Err(Error::BadKey {
+                key: k("block_count"),
+                what: format!(
+                    "{n_layer} blocks, but the file has only {} tensors (each block needs its own)",
+                    f.tensors().len()
+                ),
+            });
+        }
         let n_head = need_u(f, &k("attention.head_count"))?;
         let n_head_kv = match f.get_u64(&k("attention.head_count_kv"))? {
             Some(_) => need_u(f, &k("attention.head_count_kv"))?,

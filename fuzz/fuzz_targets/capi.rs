@@ -1,0 +1,509 @@
+//! The C ABI driven by random call sequences, in caller-driven mode, on the tiny synthetic
+//! model: submit (text, tokens, chat) with arbitrary parameters, step, next, next_text, cancel,
+//! release, stats, tokenize, detokenize and stop, on live, released and made-up ids.
+//!
+//! Properties: every call returns one of the codes its documentation lists for the situation
+//! (never `EMBER_ERR_INTERNAL` or `EMBER_ERR_POISONED`: a caught panic is a bug, and
+//! libFuzzer's panic hook aborts on it anyway); events are well formed (token ids inside the
+//! vocabulary, UTF-8 text, a finish reason exactly on `EMBER_EVENT_FINISHED`); after the
+//! sequence, stepping finishes every request in a bounded number of steps, each ends with a
+//! valid finish reason, and once all are released `ember_get_stats` shows no request and an
+//! empty arena (every block free).
+#![no_main]
+
+use std::ffi::c_char;
+use std::ptr;
+
+use arbitrary::Arbitrary;
+use ember_ffi::*;
+use libfuzzer_sys::fuzz_target;
+
+use ember_result::*;
+
+#[derive(Arbitrary, Debug)]
+struct Config {
+    n_ctx: u8,
+    kv_blocks: u8,
+    block_size: u8,
+    max_seqs: u8,
+    max_batch_tokens: u8,
+    max_requests: u8,
+    prefix_caching: bool,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Params {
+    max_tokens: u8,
+    temperature: f32,
+    top_k: u8,
+    top_p: f32,
+    min_p: f32,
+    repeat_penalty: f32,
+    repeat_last_n: u8,
+    seed: u64,
+    stop: Vec<Vec<u8>>,
+    stop_ids: Vec<u16>,
+    ignore_eos: bool,
+    /// Keep the sampling parameters in range (the raw ones are mostly rejected).
+    sane: bool,
+}
+
+/// Which request an operation names: one submitted in this run (live or released), or a
+/// made-up id.
+#[derive(Arbitrary, Debug)]
+enum Req {
+    Submitted(u8),
+    MadeUp(u64),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Submit(Vec<u8>, Params),
+    SubmitTokens(Vec<u16>, Params),
+    SubmitChat(Vec<(Vec<u8>, Vec<u8>)>, Params),
+    Step,
+    Next(Req),
+    NextText(Req, u8),
+    Cancel(Req),
+    Release(Req),
+    Stats,
+    Tokenize(Vec<u8>, bool, bool, u8),
+    Detokenize(Vec<u16>, u8),
+    Stop,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    config: Config,
+    ops: Vec<Op>,
+}
+
+/// NUL-terminated copy of `b`, cut at its first NUL (what C would see).
+fn cstr(b: &[u8]) -> Vec<u8> {
+    let mut v: Vec<u8> = b.iter().copied().take_while(|&c| c != 0).collect();
+    v.push(0);
+    v
+}
+
+fn check(code: ember_result, allowed: &[ember_result], what: &str) {
+    assert!(
+        allowed.contains(&code),
+        "{what} returned {code:?}: {}",
+        // SAFETY: a static or thread-local NUL-terminated string.
+        unsafe { std::ffi::CStr::from_ptr(ember_last_error()) }.to_string_lossy()
+    );
+}
+
+const N_VOCAB: u32 = 272;
+
+struct Driver {
+    rt: *mut ember_runtime,
+    /// Every id submitted successfully, with whether it is released.
+    ids: Vec<(ember_request_id, bool)>,
+    stopped: bool,
+}
+
+impl Driver {
+    fn id(&self, r: &Req) -> ember_request_id {
+        match *r {
+            Req::Submitted(i) if !self.ids.is_empty() => self.ids[i as usize % self.ids.len()].0,
+            Req::Submitted(i) => i as u64,
+            Req::MadeUp(v) => v,
+        }
+    }
+
+    fn known_live(&self, id: ember_request_id) -> bool {
+        self.ids.iter().any(|&(i, released)| i == id && !released)
+    }
+
+    /// `ember_params` over `p`; the stop strings live in `store` for the call.
+    fn params(
+        p: &Params,
+        store: &mut (Vec<Vec<u8>>, Vec<*const c_char>, Vec<u32>),
+    ) -> ember_params {
+        let mut e = ember_params_default();
+        e.max_tokens = (p.max_tokens % 17) as u32; // 0 is invalid: checked
+        e.temperature = p.temperature;
+        e.top_k = p.top_k as u32;
+        e.top_p = p.top_p;
+        e.min_p = p.min_p;
+        e.repeat_penalty = p.repeat_penalty;
+        if p.sane {
+            let unit = |x: f32| if x.is_finite() { x.abs().fract() } else { 0.5 };
+            e.temperature = unit(p.temperature) * 2.0;
+            e.top_p = unit(p.top_p);
+            e.min_p = unit(p.min_p);
+            e.repeat_penalty = 0.5 + unit(p.repeat_penalty);
+        }
+        e.repeat_last_n = p.repeat_last_n as u32;
+        e.seed = p.seed;
+        e.ignore_eos = p.ignore_eos;
+        store.0 = p.stop.iter().take(4).map(|s| cstr(s)).collect();
+        store.1 = store.0.iter().map(|s| s.as_ptr().cast()).collect();
+        store.2 = p.stop_ids.iter().take(4).map(|&i| i as u32).collect();
+        e.stop = store.1.as_ptr();
+        e.n_stop = store.1.len();
+        e.stop_ids = store.2.as_ptr();
+        e.n_stop_ids = store.2.len();
+        e
+    }
+
+    fn submitted(&mut self, code: ember_result, id: ember_request_id) {
+        if code == EMBER_OK {
+            assert!(!self.ids.iter().any(|&(i, _)| i == id), "id {id} reused");
+            self.ids.push((id, false));
+        }
+    }
+
+    /// After `ember_stop` a submit fails with `EMBER_ERR_STOPPED` or, since the arguments are
+    /// checked first, with the error of a bad argument; never `EMBER_OK`.
+    fn submit_codes(&self) -> &'static [ember_result] {
+        if self.stopped {
+            &[
+                EMBER_ERR_STOPPED,
+                EMBER_ERR_INVALID_UTF8,
+                EMBER_ERR_INVALID_ARGUMENT,
+                EMBER_ERR_TOO_LARGE,
+                EMBER_ERR_FULL,
+                EMBER_ERR_TOKENIZER,
+                EMBER_ERR_CHAT_TEMPLATE,
+            ]
+        } else {
+            &[
+                EMBER_OK,
+                EMBER_ERR_INVALID_UTF8,
+                EMBER_ERR_INVALID_ARGUMENT,
+                EMBER_ERR_TOO_LARGE,
+                EMBER_ERR_FULL,
+                EMBER_ERR_TOKENIZER,
+                EMBER_ERR_CHAT_TEMPLATE,
+            ]
+        }
+    }
+
+    /// One `ember_next`; returns whether the request has finished.
+    fn next(&self, id: ember_request_id) -> Option<bool> {
+        let mut ev = ember_event {
+            kind: ember_event_kind::EMBER_EVENT_TOKEN,
+            token: 0,
+            index: 0,
+            text: ptr::null(),
+            text_len: 0,
+            finish_reason: ember_finish_reason::EMBER_FINISH_NONE,
+        };
+        // SAFETY: live runtime, writable event.
+        let code = unsafe { ember_next(self.rt, id, 0, &mut ev) };
+        let live = self.known_live(id);
+        if !live {
+            check(
+                code,
+                &[EMBER_ERR_UNKNOWN_REQUEST],
+                "ember_next (unknown id)",
+            );
+            return None;
+        }
+        check(code, &[EMBER_OK, EMBER_ERR_TIMEOUT], "ember_next");
+        if code != EMBER_OK {
+            return Some(false);
+        }
+        assert!(!ev.text.is_null());
+        // SAFETY: the runtime's NUL-terminated text of `text_len` bytes.
+        let text = unsafe { std::slice::from_raw_parts(ev.text.cast::<u8>(), ev.text_len + 1) };
+        assert_eq!(text[ev.text_len], 0, "text not NUL-terminated");
+        assert!(
+            std::str::from_utf8(&text[..ev.text_len]).is_ok(),
+            "text not UTF-8"
+        );
+        match ev.kind {
+            ember_event_kind::EMBER_EVENT_TOKEN => {
+                assert_eq!(ev.finish_reason, ember_finish_reason::EMBER_FINISH_NONE);
+                assert!(ev.token < N_VOCAB, "token {} out of range", ev.token);
+                Some(false)
+            }
+            ember_event_kind::EMBER_EVENT_FINISHED => {
+                assert_ne!(ev.finish_reason, ember_finish_reason::EMBER_FINISH_NONE);
+                assert_eq!(ev.text_len, 0);
+                Some(true)
+            }
+        }
+    }
+
+    fn release(&mut self, id: ember_request_id) {
+        // SAFETY: live runtime.
+        let code = unsafe { ember_release(self.rt, id) };
+        if self.known_live(id) {
+            check(code, &[EMBER_OK], "ember_release");
+            for e in self.ids.iter_mut().filter(|e| e.0 == id) {
+                e.1 = true;
+            }
+        } else {
+            check(
+                code,
+                &[EMBER_ERR_UNKNOWN_REQUEST],
+                "ember_release (unknown id)",
+            );
+        }
+    }
+
+    fn stats(&self) -> ember_stats {
+        let mut s = ember_stats::default();
+        // SAFETY: live runtime, writable stats.
+        check(
+            unsafe { ember_get_stats(self.rt, &mut s) },
+            &[EMBER_OK],
+            "ember_get_stats",
+        );
+        assert_eq!(s.blocks_used + s.blocks_free, s.blocks_total, "{s:?}");
+        assert!(s.blocks_cached <= s.blocks_free, "{s:?}");
+        let live = self.ids.iter().filter(|e| !e.1).count() as u64;
+        assert_eq!(s.requests, live, "{s:?}");
+        s
+    }
+
+    fn run(&mut self, op: &Op) {
+        let rt = self.rt;
+        let mut store = Default::default();
+        let mut id: ember_request_id = u64::MAX;
+        match op {
+            Op::Submit(text, p) => {
+                let t = cstr(text);
+                let e = Self::params(p, &mut store);
+                // SAFETY: NUL-terminated prompt, valid params and out-param.
+                let code = unsafe { ember_submit(rt, t.as_ptr().cast(), &e, &mut id) };
+                check(code, self.submit_codes(), "ember_submit");
+                self.submitted(code, id);
+            }
+            Op::SubmitTokens(ids, p) => {
+                let ids: Vec<u32> = ids.iter().take(64).map(|&i| i as u32 % 300).collect();
+                let e = Self::params(p, &mut store);
+                // SAFETY: `ids` has `len` ids; valid params and out-param.
+                let code = unsafe { ember_submit_tokens(rt, ids.as_ptr(), ids.len(), &e, &mut id) };
+                check(code, self.submit_codes(), "ember_submit_tokens");
+                self.submitted(code, id);
+            }
+            Op::SubmitChat(msgs, p) => {
+                let strs: Vec<(Vec<u8>, Vec<u8>)> = msgs
+                    .iter()
+                    .take(8)
+                    .map(|(r, c)| (cstr(r), cstr(c)))
+                    .collect();
+                let m: Vec<ember_chat_message> = strs
+                    .iter()
+                    .map(|(r, c)| ember_chat_message {
+                        role: r.as_ptr().cast(),
+                        content: c.as_ptr().cast(),
+                    })
+                    .collect();
+                let e = Self::params(p, &mut store);
+                // SAFETY: `m` has `len` messages of NUL-terminated strings; valid params.
+                let code = unsafe { ember_submit_chat(rt, m.as_ptr(), m.len(), &e, &mut id) };
+                check(code, self.submit_codes(), "ember_submit_chat");
+                self.submitted(code, id);
+            }
+            Op::Step => {
+                let mut more = false;
+                // SAFETY: live runtime, writable flag.
+                let code = unsafe { ember_step(rt, &mut more) };
+                let ok: &[_] = if self.stopped {
+                    &[EMBER_ERR_STOPPED]
+                } else {
+                    &[EMBER_OK]
+                };
+                check(code, ok, "ember_step");
+            }
+            Op::Next(r) => {
+                self.next(self.id(r));
+            }
+            Op::NextText(r, len) => {
+                let id = self.id(r);
+                let mut buf = vec![0u8; *len as usize];
+                let (mut n, mut fin) = (usize::MAX, ember_finish_reason::EMBER_FINISH_NONE);
+                let bp = if buf.is_empty() {
+                    ptr::null_mut()
+                } else {
+                    buf.as_mut_ptr()
+                };
+                // SAFETY: `buf` has `len` bytes (NULL when 0); writable outs.
+                let code =
+                    unsafe { ember_next_text(rt, id, 0, bp.cast(), buf.len(), &mut n, &mut fin) };
+                if !self.known_live(id) {
+                    check(
+                        code,
+                        &[EMBER_ERR_UNKNOWN_REQUEST],
+                        "ember_next_text (unknown id)",
+                    );
+                    return;
+                }
+                check(
+                    code,
+                    &[EMBER_OK, EMBER_ERR_BUFFER_TOO_SMALL, EMBER_ERR_TIMEOUT],
+                    "ember_next_text",
+                );
+                if code == EMBER_OK {
+                    assert!(n < buf.len(), "{n} bytes in a {} buffer", buf.len());
+                    assert_eq!(buf[n], 0);
+                    assert!(std::str::from_utf8(&buf[..n]).is_ok(), "text not UTF-8");
+                } else if code == EMBER_ERR_BUFFER_TOO_SMALL {
+                    assert!(n >= buf.len(), "too small, yet {n} + 1 <= {}", buf.len());
+                }
+            }
+            Op::Cancel(r) => {
+                let id = self.id(r);
+                // SAFETY: live runtime.
+                let code = unsafe { ember_cancel(rt, id) };
+                let ok = if self.known_live(id) {
+                    EMBER_OK
+                } else {
+                    EMBER_ERR_UNKNOWN_REQUEST
+                };
+                check(code, &[ok], "ember_cancel");
+            }
+            Op::Release(r) => self.release(self.id(r)),
+            Op::Stats => {
+                self.stats();
+            }
+            Op::Tokenize(text, add, parse, cap) => {
+                let t = cstr(text);
+                let mut ids = vec![0u32; *cap as usize];
+                let mut n = usize::MAX;
+                let ip = if ids.is_empty() {
+                    ptr::null_mut()
+                } else {
+                    ids.as_mut_ptr()
+                };
+                // SAFETY: NUL-terminated text; `ids` has `cap` slots (NULL when 0).
+                let code = unsafe {
+                    ember_tokenize(rt, t.as_ptr().cast(), *add, *parse, ip, ids.len(), &mut n)
+                };
+                check(
+                    code,
+                    &[
+                        EMBER_OK,
+                        EMBER_ERR_BUFFER_TOO_SMALL,
+                        EMBER_ERR_INVALID_UTF8,
+                        EMBER_ERR_TOKENIZER,
+                    ],
+                    "ember_tokenize",
+                );
+                if code == EMBER_OK {
+                    assert!(n <= ids.len());
+                    assert!(ids[..n].iter().all(|&i| i < N_VOCAB));
+                } else if code == EMBER_ERR_BUFFER_TOO_SMALL {
+                    assert!(n > ids.len());
+                }
+            }
+            Op::Detokenize(ids, len) => {
+                let ids: Vec<u32> = ids.iter().take(64).map(|&i| i as u32 % 300).collect();
+                let mut buf = vec![0u8; *len as usize];
+                let mut n = usize::MAX;
+                let ip = if ids.is_empty() {
+                    ptr::null()
+                } else {
+                    ids.as_ptr()
+                };
+                let bp = if buf.is_empty() {
+                    ptr::null_mut()
+                } else {
+                    buf.as_mut_ptr()
+                };
+                // SAFETY: `ids` and `buf` as long as passed (NULL when empty).
+                let code =
+                    unsafe { ember_detokenize(rt, ip, ids.len(), bp.cast(), buf.len(), &mut n) };
+                let in_vocab = ids.iter().all(|&i| i < N_VOCAB);
+                let ok: &[_] = if in_vocab {
+                    &[EMBER_OK, EMBER_ERR_BUFFER_TOO_SMALL]
+                } else {
+                    &[EMBER_ERR_INVALID_ARGUMENT]
+                };
+                check(code, ok, "ember_detokenize");
+                if code == EMBER_OK {
+                    assert!(n < buf.len() && buf[n] == 0);
+                    assert!(std::str::from_utf8(&buf[..n]).is_ok());
+                }
+            }
+            Op::Stop => {
+                // SAFETY: live runtime.
+                let code = unsafe { ember_stop(rt) };
+                let ok = if self.stopped {
+                    EMBER_ERR_STOPPED
+                } else {
+                    EMBER_OK
+                };
+                check(code, &[ok], "ember_stop");
+                self.stopped = true;
+            }
+        }
+    }
+
+    /// Steps until no work is left, pulls every live request to its finish, releases it, and
+    /// checks that the runtime holds nothing.
+    fn drain(&mut self) {
+        let mut steps = 0;
+        loop {
+            let mut more = false;
+            // SAFETY: live runtime, writable flag.
+            let code = unsafe { ember_step(self.rt, &mut more) };
+            if self.stopped {
+                check(code, &[EMBER_ERR_STOPPED], "ember_step (stopped)");
+                break;
+            }
+            check(code, &[EMBER_OK], "ember_step (drain)");
+            if !more {
+                break;
+            }
+            steps += 1;
+            assert!(steps < 10_000, "requests never finish");
+        }
+        let live: Vec<_> = self.ids.iter().filter(|e| !e.1).map(|e| e.0).collect();
+        for id in live {
+            let mut pulls = 0;
+            while self.next(id) != Some(true) {
+                pulls += 1;
+                assert!(pulls < 1_000, "request {id} has work left after draining");
+            }
+            self.release(id);
+        }
+        let s = self.stats();
+        assert_eq!(s.requests, 0, "{s:?}");
+        assert_eq!(s.blocks_used, 0, "{s:?}");
+        assert_eq!(s.blocks_free, s.blocks_total, "{s:?}");
+    }
+}
+
+fuzz_target!(|inp: Input| {
+    let c = &inp.config;
+    let mut cfg = ember_config_default();
+    cfg.backend = ember_backend::EMBER_BACKEND_CPU as u32;
+    cfg.threads = 1;
+    cfg.n_ctx = (c.n_ctx % 80) as u32; // 0: the model's 64; above 64: capped
+    cfg.kv_blocks = (c.kv_blocks % 24) as u32 + 1;
+    cfg.block_size = (c.block_size % 9) as u32; // 0 is invalid: checked
+    cfg.max_seqs = (c.max_seqs % 5) as u32; // 0 is invalid: checked
+    cfg.max_batch_tokens = c.max_batch_tokens as u32 % 70;
+    cfg.max_requests = (c.max_requests % 9) as u32;
+    cfg.prefix_caching = c.prefix_caching;
+    let path = cstr(ember_fuzz::tiny_model_path().as_os_str().as_encoded_bytes());
+    let mut rt: *mut ember_runtime = ptr::null_mut();
+    // SAFETY: NUL-terminated path, valid config, writable out.
+    let code = unsafe { ember_runtime_new(path.as_ptr().cast(), &cfg, &mut rt) };
+    check(
+        code,
+        &[EMBER_OK, EMBER_ERR_INVALID_ARGUMENT],
+        "ember_runtime_new",
+    );
+    if code != EMBER_OK {
+        assert!(rt.is_null(), "out-param written on failure");
+        return;
+    }
+    let mut d = Driver {
+        rt,
+        ids: Vec::new(),
+        stopped: false,
+    };
+    for op in inp.ops.iter().take(64) {
+        d.run(op);
+    }
+    d.drain();
+    // SAFETY: the handle from ember_runtime_new, freed once, nothing in flight.
+    unsafe { ember_runtime_free(rt) };
+});

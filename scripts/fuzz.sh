@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Build every cargo-fuzz target (fuzz/) in one go and run each for SECONDS seconds, one after
+# the other, from a scratch copy of its committed seeds (fuzz/seeds/TARGET/ -> fuzz/corpus/TARGET/,
+# git-ignored). Installs the pinned cargo-fuzz when missing; needs the nightly toolchain.
+#
+#   bash scripts/fuzz.sh [SECONDS] [TARGET...]    # default: 30 s each, every target
+#
+# FUZZ_FORK=1 runs libFuzzer in fork mode (-fork=1 -ignore_crashes=1): it keeps going after a
+# crash and reports the count; crashes land in fuzz/artifacts/TARGET/. Logs: fuzz/logs/TARGET.log.
+# Exits non-zero when a target crashed, hung or ran out of memory.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+
+CARGO_FUZZ_VERSION=0.13.1
+SECONDS_EACH=${1:-30}
+shift || true
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(gguf tokenizer chat sampler capi)
+
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    rustup toolchain install nightly --profile minimal
+fi
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+fi
+
+# One build for all targets (they share every dependency). AddressSanitizer stays on: the C-API
+# target goes through raw pointers and the runtime has unsafe SIMD and mmap code.
+# `cargo fuzz build` has no --locked: check the committed fuzz/Cargo.lock is current first.
+cargo +nightly metadata --locked --format-version 1 >/dev/null
+cargo +nightly fuzz build
+bin=target/x86_64-unknown-linux-gnu/release
+
+status=0
+mkdir -p logs
+for t in "${TARGETS[@]}"; do
+    mkdir -p "corpus/$t" "artifacts/$t"
+    cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true
+    # Inputs up to 4 KB (the GGUF seeds are larger: their size is the limit there), at full
+    # length from the start: -len_control's slow growth restarts in every fork-mode job.
+    max_len=4096
+    [ "$t" = gguf ] && max_len=32768
+    args=(-max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -max_len=$max_len
+          -len_control=0 -artifact_prefix="artifacts/$t/" -print_final_stats=1)
+    [ "${FUZZ_FORK:-0}" = 1 ] && args+=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
+    echo "== fuzz $t (${SECONDS_EACH}s)"
+    if ! "$bin/$t" "${args[@]}" "corpus/$t" >"logs/$t.log" 2>&1; then
+        status=1
+        echo "fuzz target $t failed: see fuzz/logs/$t.log and fuzz/artifacts/$t/"
+        tail -n 40 "logs/$t.log"
+    fi
+    grep -E '^#[0-9]+' "logs/$t.log" | tail -n 1 || true
+    if ls "artifacts/$t"/* >/dev/null 2>&1; then
+        status=1
+        echo "fuzz target $t left artifacts:"; ls "artifacts/$t"
+    fi
+done
+exit $status

@@ -26,3 +26,4 @@ pub(crate) mod q4_k;
 pub(crate) mod q6_k;
 pub(crate) mod q8_0;
 pub(crate) mod quantize;
+pub(crate) mod tiles;

@@ -222,7 +222,8 @@ enum ember_backend
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
     /**
-     * The best backend built into this library and present on this machine (today: CPU).
+     * The GPU when this library is built with CUDA and a CUDA device can be started, else the
+     * CPU (why the GPU was not used is not an error).
      */
     EMBER_BACKEND_AUTO = 0,
     /**
@@ -230,8 +231,9 @@ enum ember_backend
      */
     EMBER_BACKEND_CPU = 1,
     /**
-     * NVIDIA GPU. Not built into this library yet: `ember_runtime_new` returns
-     * `EMBER_ERR_UNSUPPORTED`.
+     * NVIDIA GPU (device 0). `ember_runtime_new` returns `EMBER_ERR_UNSUPPORTED` when this
+     * library was built without CUDA (cargo feature `cuda` of `ember-ffi`), and
+     * `EMBER_ERR_ENGINE` when the GPU cannot be started (no driver, no device, out of memory).
      */
     EMBER_BACKEND_CUDA = 2,
 };
@@ -240,6 +242,34 @@ enum ember_backend
 typedef enum ember_backend ember_backend;
 #else
 typedef uint32_t ember_backend;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Where the CUDA backend keeps the weights (the `cuda_weights` field of `ember_config`;
+ * ignored by the CPU backend).
+ */
+enum ember_cuda_weights
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Copied into device memory once, at start-up.
+     */
+    EMBER_CUDA_WEIGHTS_UPLOAD = 0,
+    /**
+     * Read in place from the memory-mapped model file, registered with the driver as
+     * host-mapped memory: no copy and no device memory for weights. For unified-memory devices
+     * (Jetson), where CPU and GPU share the DRAM; on a discrete card, correct but slow.
+     */
+    EMBER_CUDA_WEIGHTS_MAPPED = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ember_cuda_weights ember_cuda_weights;
+#else
+typedef uint32_t ember_cuda_weights;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -297,6 +327,11 @@ typedef struct ember_config {
      * Reuse the KV blocks of identical prompt prefixes. Default true.
      */
     bool prefix_caching;
+    /**
+     * An `ember_cuda_weights` value (CUDA backend only). Default
+     * `EMBER_CUDA_WEIGHTS_UPLOAD`.
+     */
+    uint32_t cuda_weights;
 } ember_config;
 
 /**

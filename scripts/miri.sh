@@ -2,8 +2,7 @@
 # Miri (nightly) over the code whose bugs would be memory or aliasing bugs: the KV block pool and
 # its hash index, block tables, the engine's scheduler (on a tiny synthetic model, every forward
 # pass interpreted), the persistent thread pool with its barriers, and the block-pool property
-# tests. Called by scripts/test.sh; about 5 minutes on 2 cores, most of it building the std
-# library for Miri the first time.
+# tests. Called by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! cargo +nightly miri --version >/dev/null 2>&1; then
@@ -11,7 +10,15 @@ if ! cargo +nightly miri --version >/dev/null 2>&1; then
 fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/miri}
 cargo +nightly miri setup >/dev/null
-echo "== miri: block pool, block tables, scheduler, thread pool"
-cargo +nightly miri test --locked -p ember --lib -- kv:: engine:: threadpool::
-echo "== miri: block-pool property tests"
-cargo +nightly miri test --locked -p ember --test block_pool_props
+# Two interpreters at once (Miri runs one test at a time): the unit tests and the property tests.
+echo "== miri: block pool, block tables, scheduler, thread pool; block-pool property tests"
+cargo +nightly miri test --locked -p ember --lib --no-run
+cargo +nightly miri test --locked -p ember --test block_pool_props --no-run
+cargo +nightly miri test --locked -p ember --test block_pool_props >"$CARGO_TARGET_DIR/props.log" 2>&1 &
+props=$!
+lib_status=0
+cargo +nightly miri test --locked -p ember --lib -- kv:: engine:: threadpool:: || lib_status=$?
+props_status=0
+wait "$props" || props_status=$?
+cat "$CARGO_TARGET_DIR/props.log"
+[ "$lib_status" -eq 0 ] && [ "$props_status" -eq 0 ]

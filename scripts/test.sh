@@ -35,7 +35,9 @@ bash scripts/test-aarch64.sh
 # Without a driver every CUDA test prints "skipped: no CUDA driver" (--nocapture shows it); on a
 # GPU machine the same tests compare each kernel and greedy generation with the CPU.
 echo "== CUDA backend (--features cuda)"
-cargo clippy -p ember --features cuda --all-targets --locked -- -D warnings
+# ember-ffi too: its background engine thread needs every backend to be Send.
+cargo clippy -p ember -p ember-ffi --features ember/cuda,ember-ffi/cuda --all-targets --locked \
+    -- -D warnings
 cargo test -p ember --features cuda --locked --test cuda -- --nocapture --test-threads=1
 
 # Miri over the block pool, block tables, scheduler and thread pool (nightly; see the script).

@@ -210,7 +210,7 @@ fn check(pool: &BlockPool, seqs: &[Seq]) {
 proptest! {
     // Under Miri (scripts/miri.sh) each case is interpreted: fewer cases, no persistence file.
     #![proptest_config(ProptestConfig {
-        cases: if cfg!(miri) { 6 } else { 256 },
+        cases: if cfg!(miri) { 4 } else { 256 },
         failure_persistence: if cfg!(miri) { None } else { ProptestConfig::default().failure_persistence },
         ..ProptestConfig::default()
     })]
@@ -315,7 +315,8 @@ fn pool_methods_never_allocate() {
     let mut held: Vec<BlockId> = Vec::with_capacity(4 * N);
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
     COUNTING.with(|c| c.set(true));
-    for step in 0..200_000u32 {
+    let steps = if cfg!(miri) { 2_000 } else { 200_000u32 };
+    for step in 0..steps {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;

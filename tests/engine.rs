@@ -159,6 +159,7 @@ fn hundred_requests_in_a_tiny_arena_equal_solo_runs() {
             ..RequestParams::default()
         })
         .collect();
+    let t0 = std::time::Instant::now();
     let mut alone_engine = engine(256, 1, 64);
     let alone: Vec<Vec<u32>> = ps
         .iter()
@@ -172,6 +173,7 @@ fn hundred_requests_in_a_tiny_arena_equal_solo_runs() {
         })
         .collect();
     drop(alone_engine);
+    let t_alone = t0.elapsed();
 
     let mut e = engine(12, 100, 128);
     let ids: Vec<RequestId> = ps
@@ -187,8 +189,14 @@ fn hundred_requests_in_a_tiny_arena_equal_solo_runs() {
     }
     let m = e.metrics();
     eprintln!(
-        "100 requests, 12-block arena: {} steps, {} preemptions, {} tokens computed for {} generated",
-        m.steps, m.preemptions, m.tokens_computed, m.tokens_generated
+        "100 requests, 12-block arena: {} steps, {} preemptions, {} tokens computed for {} \
+         generated; solo runs {:?}, all {:?}",
+        m.steps,
+        m.preemptions,
+        m.tokens_computed,
+        m.tokens_generated,
+        t_alone,
+        t0.elapsed()
     );
     assert!(
         m.preemptions >= 10,

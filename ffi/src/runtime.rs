@@ -31,7 +31,6 @@ use ember::tokenizer::Tokenizer;
 use crate::error::{ember_result, Failure};
 use crate::types::{
     ember_config, ember_event, ember_event_kind, ember_finish_reason, ember_stats, select_backend,
-    Backend,
 };
 
 /// How the engine is driven.
@@ -244,9 +243,7 @@ pub(crate) struct Runtime {
 impl Runtime {
     /// Load the model and allocate everything (see `ember_runtime_new`).
     pub fn new(path: &Path, cfg: &ember_config) -> Result<Runtime, Failure> {
-        match select_backend(cfg.backend)? {
-            Backend::Cpu => {}
-        }
+        let backend = select_backend(cfg.backend)?;
         let engine_cfg = cfg.to_engine()?;
         let model = Model::load(path)?;
         let tokenizer = ember::gguf::tokenizer_from_gguf(&model.file)?;
@@ -265,7 +262,7 @@ impl Runtime {
             });
         let n_vocab = model.config.n_vocab;
         let max_requests = engine_cfg.max_requests;
-        let engine = Engine::new(model, engine_cfg)?;
+        let engine = Engine::with_backend(model, engine_cfg, backend)?;
         Ok(Runtime {
             shared: Arc::new(Shared {
                 core: Mutex::new(Core {

@@ -7,6 +7,7 @@
 
 use std::ffi::{c_char, CStr};
 
+use ember::backend::{BackendKind, CudaWeights};
 use ember::engine::{EngineConfig, RequestParams};
 use ember::sampler::SamplingParams;
 use ember::session::{FinishReason, KvBudget};
@@ -18,35 +19,59 @@ use crate::error::Failure;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ember_backend {
-    /// The best backend built into this library and present on this machine (today: CPU).
+    /// The GPU when this library is built with CUDA and a CUDA device can be started, else the
+    /// CPU (why the GPU was not used is not an error).
     EMBER_BACKEND_AUTO = 0,
     /// CPU SIMD kernels (AVX2/FMA or NEON, chosen at start-up; `EMBER_CPU` forces a path).
     EMBER_BACKEND_CPU = 1,
-    /// NVIDIA GPU. Not built into this library yet: `ember_runtime_new` returns
-    /// `EMBER_ERR_UNSUPPORTED`.
+    /// NVIDIA GPU (device 0). `ember_runtime_new` returns `EMBER_ERR_UNSUPPORTED` when this
+    /// library was built without CUDA (cargo feature `cuda` of `ember-ffi`), and
+    /// `EMBER_ERR_ENGINE` when the GPU cannot be started (no driver, no device, out of memory).
     EMBER_BACKEND_CUDA = 2,
 }
 
-/// The backend a config asks for, after `AUTO` is resolved.
+/// Where the CUDA backend keeps the weights (the `cuda_weights` field of `ember_config`;
+/// ignored by the CPU backend).
+#[allow(non_camel_case_types)]
+#[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Backend {
-    Cpu,
+pub enum ember_cuda_weights {
+    /// Copied into device memory once, at start-up.
+    EMBER_CUDA_WEIGHTS_UPLOAD = 0,
+    /// Read in place from the memory-mapped model file, registered with the driver as
+    /// host-mapped memory: no copy and no device memory for weights. For unified-memory devices
+    /// (Jetson), where CPU and GPU share the DRAM; on a discrete card, correct but slow.
+    EMBER_CUDA_WEIGHTS_MAPPED = 1,
 }
 
 /// Resolves the `backend` field. The one place that learns about new backends.
-pub(crate) fn select_backend(raw: u32) -> Result<Backend, Failure> {
+pub(crate) fn select_backend(raw: u32) -> Result<BackendKind, Failure> {
     const AUTO: u32 = ember_backend::EMBER_BACKEND_AUTO as u32;
     const CPU: u32 = ember_backend::EMBER_BACKEND_CPU as u32;
     const CUDA: u32 = ember_backend::EMBER_BACKEND_CUDA as u32;
     match raw {
-        AUTO | CPU => Ok(Backend::Cpu),
+        AUTO => Ok(BackendKind::Auto),
+        CPU => Ok(BackendKind::Cpu),
+        CUDA if cfg!(feature = "cuda") => Ok(BackendKind::Cuda),
         CUDA => Err(Failure::new(
             crate::error::ember_result::EMBER_ERR_UNSUPPORTED,
-            "backend EMBER_BACKEND_CUDA: this libember has no CUDA backend yet \
-             (use EMBER_BACKEND_CPU or EMBER_BACKEND_AUTO)",
+            "backend EMBER_BACKEND_CUDA: this libember was built without CUDA (build ember-ffi \
+             with --features cuda; EMBER_BACKEND_AUTO falls back to the CPU)",
         )),
         other => Err(Failure::invalid(format!(
             "config.backend = {other} is not an ember_backend value (0 auto, 1 cpu, 2 cuda)"
+        ))),
+    }
+}
+
+fn select_cuda_weights(raw: u32) -> Result<CudaWeights, Failure> {
+    const UPLOAD: u32 = ember_cuda_weights::EMBER_CUDA_WEIGHTS_UPLOAD as u32;
+    const MAPPED: u32 = ember_cuda_weights::EMBER_CUDA_WEIGHTS_MAPPED as u32;
+    match raw {
+        UPLOAD => Ok(CudaWeights::Upload),
+        MAPPED => Ok(CudaWeights::Mapped),
+        other => Err(Failure::invalid(format!(
+            "config.cuda_weights = {other} is not an ember_cuda_weights value (0 upload, 1 mapped)"
         ))),
     }
 }
@@ -80,6 +105,9 @@ pub struct ember_config {
     pub threads: u32,
     /// Reuse the KV blocks of identical prompt prefixes. Default true.
     pub prefix_caching: bool,
+    /// An `ember_cuda_weights` value (CUDA backend only). Default
+    /// `EMBER_CUDA_WEIGHTS_UPLOAD`.
+    pub cuda_weights: u32,
 }
 
 impl Default for ember_config {
@@ -100,6 +128,7 @@ impl Default for ember_config {
             max_requests: d.max_requests as u32,
             threads: d.threads as u32,
             prefix_caching: d.prefix_caching,
+            cuda_weights: ember_cuda_weights::EMBER_CUDA_WEIGHTS_UPLOAD as u32,
         }
     }
 }
@@ -115,7 +144,7 @@ impl ember_config {
             KvBudget::Bytes(b)
         };
         Ok(EngineConfig {
-            cuda_weights: Default::default(),
+            cuda_weights: select_cuda_weights(self.cuda_weights)?,
             n_ctx: self.n_ctx as usize,
             kv_budget,
             block_size: self.block_size as usize,

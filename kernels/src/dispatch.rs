@@ -88,7 +88,10 @@ static SCALAR_OPS: Ops = Ops {
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 mod avx2_tables {
     use super::*;
-    use crate::x86_64::{attention as x86_attention, dots, float, kquants, q4_0, quantize, v3};
+    use crate::traits::BatchRows;
+    use crate::x86_64::{
+        attention as x86_attention, dots, float, kquants, q4_0, q5_0, quantize, v3,
+    };
 
     pub static OPS: Ops = Ops {
         rms_norm: v3::rms_norm,
@@ -117,6 +120,8 @@ mod avx2_tables {
             (GgmlType::Q4_1, false, "avx2", tiles::tile_q4_1_q8_1),
             (GgmlType::Q8_0, true, "avx-vnni", tiles::tile_q8_0_q8_0_vnni),
             (GgmlType::Q8_0, false, "avx2", tiles::tile_q8_0_q8_0),
+            (GgmlType::Q5_0, true, "avx-vnni", tiles::tile_q5_0_q8_0_vnni),
+            (GgmlType::Q5_0, false, "avx2", tiles::tile_q5_0_q8_0),
         ];
         all.iter()
             .filter(|e| e.0 == ty && (vnni || !e.1))
@@ -161,16 +166,19 @@ mod avx2_tables {
                 with(r(GgmlType::Q8_1), |t| {
                     t.quantize_act = Some(quantize::quantize_row_q8_1_act)
                 }),
-                with(r(GgmlType::Q5_0), |t| t.vec_dot = v3::vec_dot_q5_0_q8_0),
+                with(r(GgmlType::Q5_0), |t| t.vec_dot = q5_0::vec_dot_q5_0_q8_0),
                 with(r(GgmlType::Q5_1), |t| t.vec_dot = v3::vec_dot_q5_1_q8_1),
                 with(r(GgmlType::Q4_K), |t| {
-                    t.vec_dot = kquants::vec_dot_q4_k_q8_k
+                    t.vec_dot = kquants::vec_dot_q4_k_q8_k;
+                    t.vec_dot_batched = Some((BatchRows::FullQuads, kquants::vec_dot_q4_k_q8_k_x4));
                 }),
                 with(r(GgmlType::Q5_K), |t| {
                     t.vec_dot = kquants::vec_dot_q5_k_q8_k
                 }),
                 with(r(GgmlType::Q6_K), |t| {
-                    t.vec_dot = kquants::vec_dot_q6_k_q8_k
+                    t.vec_dot = kquants::vec_dot_q6_k_q8_k;
+                    t.vec_dot_batched =
+                        Some((BatchRows::AllFrom(8), kquants::vec_dot_q6_k_q8_k_tiled));
                 }),
                 with(r(GgmlType::Q8_K), |t| {
                     t.quantize_act = Some(quantize::quantize_row_q8_k)
@@ -186,9 +194,7 @@ mod avx2_tables {
 #[cfg(all(feature = "simd", target_arch = "aarch64"))]
 mod neon_tables {
     use super::*;
-    use crate::aarch64::{
-        attention as att, float, ops as nops, q4_0, q4_1, q4_k, q6_k, q8_0, quantize,
-    };
+    use crate::aarch64::{attention as att, float, ops as nops, q4_0, q4_1, q4_k, q8_0, quantize};
 
     pub static OPS: Ops = Ops {
         rms_norm: nops::rms_norm,
@@ -210,7 +216,7 @@ mod neon_tables {
     }
 
     /// The NEON entries; `dotprod` picks the `sdot` dots over the plain NEON ones.
-    fn table(dotprod: bool) -> [TypeTraits; 10] {
+    fn table(dotprod: bool) -> [TypeTraits; 8] {
         let r = |ty| reference_traits(ty).expect("reference entry");
         let pick = |dot: VecDotFn, plain: VecDotFn| if dotprod { dot } else { plain };
         [
@@ -227,9 +233,7 @@ mod neon_tables {
             with(r(GgmlType::Q8_1), |t| {
                 t.quantize_act = Some(quantize::quantize_row_q8_1_act)
             }),
-            with(r(GgmlType::Q4_K), |t| t.vec_dot = q4_k::vec_dot_q4_k_q8_k),
             with(r(GgmlType::Q5_K), |t| t.vec_dot = q4_k::vec_dot_q5_k_q8_k),
-            with(r(GgmlType::Q6_K), |t| t.vec_dot = q6_k::vec_dot_q6_k_q8_k),
             with(r(GgmlType::F32), |t| t.vec_dot = float::vec_dot_f32),
             with(r(GgmlType::F16), |t| t.vec_dot = float::vec_dot_f16),
             with(r(GgmlType::BF16), |t| t.vec_dot = float::vec_dot_bf16),
@@ -237,8 +241,8 @@ mod neon_tables {
     }
 
     pub fn traits(ty: GgmlType, dotprod: bool) -> Option<&'static TypeTraits> {
-        static DOT: OnceLock<[TypeTraits; 10]> = OnceLock::new();
-        static PLAIN: OnceLock<[TypeTraits; 10]> = OnceLock::new();
+        static DOT: OnceLock<[TypeTraits; 8]> = OnceLock::new();
+        static PLAIN: OnceLock<[TypeTraits; 8]> = OnceLock::new();
         let t = if dotprod {
             DOT.get_or_init(|| table(true))
         } else {

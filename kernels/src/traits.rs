@@ -36,6 +36,33 @@ pub struct TypeTraits {
     pub quantize_act: Option<FromFloatFn>,
     /// Dot product of one row of `n` elements: `w` in this type, `a` in `vec_dot_type`.
     pub vec_dot: VecDotFn,
+    /// The dot llama.cpp's x86 backend uses instead of `vec_dot` for some rows of a product of
+    /// several activation rows, where it rounds differently (`None`: `vec_dot` for all rows).
+    pub vec_dot_batched: Option<(BatchRows, VecDotFn)>,
+}
+
+/// Which rows of an `n`-row product take a type's batched dot (see
+/// [`TypeTraits::vec_dot_batched`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchRows {
+    /// Rows `0 .. n - n % 4`: those ggml's repacked kernels take four at a time (the rest go
+    /// one by one). Q4_K (`gemm_q4_K_8x8_q8_K`).
+    FullQuads,
+    /// Every row once `n` reaches the bound: ggml's tiled k-quant matmul, taken from 8 rows.
+    /// Q6_K.
+    AllFrom(usize),
+}
+
+impl TypeTraits {
+    /// The dot for row `t` of an `n_rows`-row product.
+    #[inline]
+    pub fn dot_for_row(&self, t: usize, n_rows: usize) -> VecDotFn {
+        match self.vec_dot_batched {
+            Some((BatchRows::FullQuads, f)) if t < n_rows - n_rows % 4 => f,
+            Some((BatchRows::AllFrom(m), f)) if n_rows >= m => f,
+            _ => self.vec_dot,
+        }
+    }
 }
 
 static F32: TypeTraits = TypeTraits {
@@ -45,6 +72,7 @@ static F32: TypeTraits = TypeTraits {
     from_float: Some(float::quantize_row_f32),
     quantize_act: Some(float::quantize_row_f32),
     vec_dot: float::vec_dot_f32,
+    vec_dot_batched: None,
 };
 
 static F16: TypeTraits = TypeTraits {
@@ -54,6 +82,7 @@ static F16: TypeTraits = TypeTraits {
     from_float: Some(float::quantize_row_f16),
     quantize_act: Some(float::quantize_row_f16),
     vec_dot: float::vec_dot_f16,
+    vec_dot_batched: None,
 };
 
 static BF16: TypeTraits = TypeTraits {
@@ -63,6 +92,7 @@ static BF16: TypeTraits = TypeTraits {
     from_float: Some(float::quantize_row_bf16),
     quantize_act: Some(float::quantize_row_bf16),
     vec_dot: float::vec_dot_bf16,
+    vec_dot_batched: None,
 };
 
 static Q4_0: TypeTraits = TypeTraits {
@@ -72,6 +102,7 @@ static Q4_0: TypeTraits = TypeTraits {
     from_float: Some(q4_0::quantize_row_q4_0),
     quantize_act: None,
     vec_dot: q4_0::vec_dot_q4_0_q8_0,
+    vec_dot_batched: None,
 };
 
 static Q4_1: TypeTraits = TypeTraits {
@@ -81,6 +112,7 @@ static Q4_1: TypeTraits = TypeTraits {
     from_float: Some(q4_1::quantize_row_q4_1),
     quantize_act: None,
     vec_dot: q4_1::vec_dot_q4_1_q8_1,
+    vec_dot_batched: None,
 };
 
 static Q5_0: TypeTraits = TypeTraits {
@@ -90,6 +122,7 @@ static Q5_0: TypeTraits = TypeTraits {
     from_float: Some(q5_0::quantize_row_q5_0),
     quantize_act: None,
     vec_dot: q5_0::vec_dot_q5_0_q8_0,
+    vec_dot_batched: None,
 };
 
 static Q5_1: TypeTraits = TypeTraits {
@@ -99,6 +132,7 @@ static Q5_1: TypeTraits = TypeTraits {
     from_float: Some(q5_1::quantize_row_q5_1),
     quantize_act: None,
     vec_dot: q5_1::vec_dot_q5_1_q8_1,
+    vec_dot_batched: None,
 };
 
 static Q8_0: TypeTraits = TypeTraits {
@@ -108,6 +142,7 @@ static Q8_0: TypeTraits = TypeTraits {
     from_float: Some(q8::quantize_row_q8_0),
     quantize_act: Some(q8::quantize_row_q8_0_act),
     vec_dot: q8::vec_dot_q8_0_q8_0,
+    vec_dot_batched: None,
 };
 
 static Q8_1: TypeTraits = TypeTraits {
@@ -117,6 +152,7 @@ static Q8_1: TypeTraits = TypeTraits {
     from_float: Some(q8::quantize_row_q8_1),
     quantize_act: Some(q8::quantize_row_q8_1_act),
     vec_dot: q8::vec_dot_q8_1_q8_1,
+    vec_dot_batched: None,
 };
 
 static Q4_K: TypeTraits = TypeTraits {
@@ -126,6 +162,7 @@ static Q4_K: TypeTraits = TypeTraits {
     from_float: None,
     quantize_act: None,
     vec_dot: q4_k::vec_dot_q4_k_q8_k,
+    vec_dot_batched: Some((BatchRows::FullQuads, q4_k::vec_dot_q4_k_q8_k_x4)),
 };
 
 static Q5_K: TypeTraits = TypeTraits {
@@ -135,6 +172,7 @@ static Q5_K: TypeTraits = TypeTraits {
     from_float: None,
     quantize_act: None,
     vec_dot: q5_k::vec_dot_q5_k_q8_k,
+    vec_dot_batched: None,
 };
 
 static Q6_K: TypeTraits = TypeTraits {
@@ -144,6 +182,7 @@ static Q6_K: TypeTraits = TypeTraits {
     from_float: None,
     quantize_act: None,
     vec_dot: q6_k::vec_dot_q6_k_q8_k,
+    vec_dot_batched: Some((BatchRows::AllFrom(8), q6_k::vec_dot_q6_k_q8_k_tiled)),
 };
 
 static Q8_K: TypeTraits = TypeTraits {
@@ -153,6 +192,7 @@ static Q8_K: TypeTraits = TypeTraits {
     from_float: Some(q8_k::quantize_row_q8_k),
     quantize_act: Some(q8_k::quantize_row_q8_k),
     vec_dot: q8_k::vec_dot_q8_k_q8_k,
+    vec_dot_batched: None,
 };
 
 /// The reference table entry of `ty`; None for types Ember cannot compute with.

@@ -167,15 +167,29 @@ fn quantize_act(ty: GgmlType, x: &[f32], what: &str) -> Vec<u8> {
     qf
 }
 
+/// The dot and, where the type has one, its batched variant (same batch rule as the reference's).
 fn check_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8], what: &str) {
     let (f, r) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
-    let (df, dr) = ((f.vec_dot)(n, w, a), (r.vec_dot)(n, w, a));
-    assert!(
-        same(df, dr),
-        "{ty} dot ({what}, {n} elements): {df:e} ({:#010x}) vs the reference's {dr:e} ({:#010x})",
-        df.to_bits(),
-        dr.to_bits()
+    assert_eq!(
+        f.vec_dot_batched.map(|b| b.0),
+        r.vec_dot_batched.map(|b| b.0),
+        "{ty}: batch rule"
     );
+    let pairs = [(f.vec_dot, r.vec_dot, "")].into_iter().chain(
+        f.vec_dot_batched
+            .zip(r.vec_dot_batched)
+            .map(|(f, r)| (f.1, r.1, " batched")),
+    );
+    for (fd, rd, kind) in pairs {
+        let (df, dr) = (fd(n, w, a), rd(n, w, a));
+        assert!(
+            same(df, dr),
+            "{ty}{kind} dot ({what}, {n} elements): {df:e} ({:#010x}) vs the reference's {dr:e} \
+             ({:#010x})",
+            df.to_bits(),
+            dr.to_bits()
+        );
+    }
 }
 
 #[test]
@@ -685,7 +699,7 @@ fn k_quant_dots_equal_the_reference() {
         (GgmlType::Q5_K, &[0, 2]),
         (GgmlType::Q6_K, &[208]),
     ] {
-        let (fast, refr) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
+        let refr = reference_traits(ty).unwrap();
         let act = reference_traits(refr.vec_dot_type).unwrap();
         let size = ty.row_bytes(256).unwrap() as usize;
         for &blocks in &LENGTHS[..9] {
@@ -703,12 +717,7 @@ fn k_quant_dots_equal_the_reference() {
             let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
             let mut a = vec![0u8; refr.vec_dot_type.row_bytes(n as u64).unwrap() as usize];
             (act.quantize_act.unwrap())(&x, &mut a);
-            let (df, dr) = ((fast.vec_dot)(n, &w, &a), (refr.vec_dot)(n, &w, &a));
-            assert_eq!(
-                df.to_bits(),
-                dr.to_bits(),
-                "{ty}: dot over {blocks} blocks: {df} vs {dr}"
-            );
+            check_dot(ty, n, &w, &a, "random k-quant blocks");
         }
     }
 }

@@ -166,12 +166,12 @@ impl Compute {
                 };
                 return;
             }
-            let dot = w.kernels.vec_dot;
             for r in r0..r1 {
                 let wrow = &weights[r * w.row_bytes..(r + 1) * w.row_bytes];
                 for t in 0..n_tok {
                     let a = &act[t * act_row_bytes..(t + 1) * act_row_bytes];
-                    let y = dot(cols, wrow, a);
+                    // llama.cpp rounds some rows of a batch differently (k-quant gemm kernels).
+                    let y = w.kernels.dot_for_row(t, n_tok)(cols, wrow, a);
                     // SAFETY: as above, for the single element `t * rows + r`.
                     unsafe { *out_ptr.ptr().add(t * rows + r) = y };
                 }

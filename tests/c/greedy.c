@@ -4,11 +4,15 @@
  * space-separated. scripts/test-ffi.sh compares them with `ember generate --temp 0 --json`.
  *
  *   greedy MODEL.gguf N_TOKENS PROMPT...
+ *
+ * EMBER_BACKEND=cpu|cuda|auto and EMBER_CUDA_WEIGHTS=upload|mapped choose the backend (default
+ * auto, upload): scripts/device-ffi.sh compares the GPU's ids with the CPU's.
  */
 #include <ember.h>
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int main(int argc, char **argv) {
     if (argc < 4) {
@@ -18,6 +22,11 @@ int main(int argc, char **argv) {
     int n_prompts = argc - 3;
     ember_config c = ember_config_default();
     c.kv_bytes = 64u << 20;
+    const char *backend = getenv("EMBER_BACKEND");
+    if (backend && strcmp(backend, "cpu") == 0) c.backend = EMBER_BACKEND_CPU;
+    if (backend && strcmp(backend, "cuda") == 0) c.backend = EMBER_BACKEND_CUDA;
+    const char *weights = getenv("EMBER_CUDA_WEIGHTS");
+    if (weights && strcmp(weights, "mapped") == 0) c.cuda_weights = EMBER_CUDA_WEIGHTS_MAPPED;
     ember_runtime *rt = NULL;
     if (ember_runtime_new(argv[1], &c, &rt) != EMBER_OK) {
         fprintf(stderr, "create: %s\n", ember_last_error());

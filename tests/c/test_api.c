@@ -77,6 +77,7 @@ static void test_static_functions(void) {
 
     ember_config c0 = ember_config_default();
     CHECK(c0.backend == EMBER_BACKEND_AUTO && c0.block_size == 16 && c0.max_seqs == 32);
+    CHECK(c0.cuda_weights == EMBER_CUDA_WEIGHTS_UPLOAD);
     CHECK(c0.kv_blocks == 0 && c0.kv_bytes == 256u << 20 && c0.prefix_caching);
     ember_params p0 = ember_params_default();
     CHECK(p0.max_tokens == 128 && p0.temperature == 0.0f && p0.n_stop == 0 && !p0.ignore_eos);
@@ -99,6 +100,10 @@ static void test_create_misuse(const char *synth, const char *not_gguf) {
     CHECK(strstr(ember_last_error(), "CUDA") != NULL);
     c.backend = 77;
     EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    c = small_config();
+    c.cuda_weights = 5;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ember_last_error(), "cuda_weights") != NULL);
     c = small_config();
     c.block_size = 0;
     EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);

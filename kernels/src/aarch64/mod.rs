@@ -12,7 +12,7 @@
 //! tail) the reference runs that part.
 //!
 //! One file per family: `q4_0`, `q4_1`, `q8_0` (dots, each with a dotprod and a plain NEON
-//! variant), `q4_k` (Q4_K and Q5_K), `q6_k`, `float` (F32 / F16 / BF16 dots), `quantize`
+//! variant), `q4_k` (Q5_K; Q4_K and Q6_K use the reference), `float` (F32 / F16 / BF16 dots), `quantize`
 //! (Q8_0 / Q8_1 activation quantizers), `ops` (RMSNorm, SiLU×mul, RoPE), `attention` (the f16
 //! attention accumulator helpers), and `lanes` (what the dots share).
 
@@ -23,7 +23,6 @@ pub(crate) mod ops;
 pub(crate) mod q4_0;
 pub(crate) mod q4_1;
 pub(crate) mod q4_k;
-pub(crate) mod q6_k;
 pub(crate) mod q8_0;
 pub(crate) mod quantize;
 pub(crate) mod tiles;

@@ -153,15 +153,12 @@ fn rope_neox_neon(x: &mut [f32], cos: &[f32], sin: &[f32]) {
         unsafe {
             let (x0, x1) = (vld1q_f32(a.as_ptr()), vld1q_f32(b.as_ptr()));
             let (c, s) = (vld1q_f32(c.as_ptr()), vld1q_f32(s.as_ptr()));
-            // x0 * c - x1 * s and x0 * s + x1 * c, nothing fused.
+            // x0.mul_add(c, -(x1 * s)) and x0.mul_add(s, x1 * c).
             vst1q_f32(
                 a.as_mut_ptr(),
-                vsubq_f32(vmulq_f32(x0, c), vmulq_f32(x1, s)),
+                vfmaq_f32(vnegq_f32(vmulq_f32(x1, s)), x0, c),
             );
-            vst1q_f32(
-                b.as_mut_ptr(),
-                vaddq_f32(vmulq_f32(x0, s), vmulq_f32(x1, c)),
-            );
+            vst1q_f32(b.as_mut_ptr(), vfmaq_f32(vmulq_f32(x1, c), x0, s));
         }
     }
     for (((a, b), &c), &s) in lo[m..h]
@@ -171,8 +168,8 @@ fn rope_neox_neon(x: &mut [f32], cos: &[f32], sin: &[f32]) {
         .zip(&sin[m..h])
     {
         let (x0, x1) = (*a, *b);
-        *a = x0 * c - x1 * s;
-        *b = x0 * s + x1 * c;
+        *a = x0.mul_add(c, -(x1 * s));
+        *b = x0.mul_add(s, x1 * c);
     }
 }
 

@@ -1,8 +1,9 @@
-//! Q4_K and Q5_K × Q8_K with NEON, equal to `reference::q4_k::vec_dot_q4_k_q8_k` and
-//! `reference::q5_k::vec_dot_q5_k_q8_k` bit for bit: the quants are unpacked 16 at a time, the
-//! lane integer sums (`KAux`) are exact, and the float steps are the reference's. No dotprod
-//! variant: the reference's lanes collect elements `≡ l (mod 8)`, which `sdot`'s groups of 4
-//! consecutive bytes do not give without a byte shuffle per vector.
+//! Q5_K × Q8_K with NEON, equal to `reference::q5_k::vec_dot_q5_k_q8_k` bit for bit: the quants
+//! are unpacked 16 at a time, the lane integer sums (`KAux`) are exact, and the float steps are
+//! the reference's. No dotprod variant: the reference's lanes collect elements `≡ l (mod 8)`,
+//! which `sdot`'s groups of 4 consecutive bytes do not give without a byte shuffle per vector.
+//! (Q4_K and Q6_K have no NEON kernel: their reference now follows llama.cpp's x86 kernels,
+//! whose float order a NEON port has yet to reproduce; the NEON table uses the reference.)
 
 use std::arch::aarch64::{
     int8x16_t, uint8x16_t, vandq_u8, vdupq_n_u8, vorrq_u8, vreinterpretq_s8_u8,
@@ -12,7 +13,6 @@ use std::arch::aarch64::{
 use super::lanes::{f16_at, load_i8, KAux, KSums};
 use crate::reference::q4_k::{scales_mins_k4, K_SCALE_SIZE};
 
-const Q4_K_SIZE: usize = 144;
 const Q5_K_SIZE: usize = 176;
 const Q8_K_SIZE: usize = 292;
 
@@ -84,26 +84,6 @@ fn block(
 }
 
 #[target_feature(enable = "neon")]
-fn q4_k_neon(w: &[u8], a: &[u8]) -> f32 {
-    let mut sums = KSums::zero();
-    let mut sumf = 0f32;
-    for (x, y) in w.chunks_exact(Q4_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
-        let scales: &[u8; K_SCALE_SIZE] = x[4..16].try_into().expect("12 scale bytes");
-        let m = block(
-            f16_at(x, 0),
-            f16_at(x, 2),
-            scales,
-            None,
-            &x[16..144],
-            y,
-            &mut sums,
-        );
-        sumf -= m;
-    }
-    sums.fold(sumf)
-}
-
-#[target_feature(enable = "neon")]
 fn q5_k_neon(w: &[u8], a: &[u8]) -> f32 {
     let mut sums = KSums::zero();
     let mut sumf = 0f32;
@@ -121,14 +101,6 @@ fn q5_k_neon(w: &[u8], a: &[u8]) -> f32 {
         sumf -= m;
     }
     sums.fold(sumf)
-}
-
-/// Q4_K × Q8_K with NEON (same result as the reference).
-pub(crate) fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let nb = n / 256;
-    let (w, a) = (&w[..nb * Q4_K_SIZE], &a[..nb * Q8_K_SIZE]);
-    // SAFETY: installed in the dispatch table only after neon was detected.
-    unsafe { q4_k_neon(w, a) }
 }
 
 /// Q5_K × Q8_K with NEON (same result as the reference).

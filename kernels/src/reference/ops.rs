@@ -126,15 +126,17 @@ pub fn rope_norm(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 ///
 /// **Warning:** see [`rope_norm`]: using the wrong pairing silently corrupts the output.
 ///
-/// `x'[i] = x[i] cos - x[i+h] sin`, `x'[i+h] = x[i] sin + x[i+h] cos`, `h = head_dim / 2`.
+/// `x'[i] = x[i] cos - x[i+h] sin`, `x'[i+h] = x[i] sin + x[i+h] cos`, `h = head_dim / 2`, with
+/// the same fused multiply-adds as [`rope_norm`]: ggml rotates both pairings with one function
+/// (`rotate_pairs`), which the compiler contracts the same way.
 #[inline(always)]
 pub fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     debug_assert!(x.len() == 2 * cos.len() && cos.len() == sin.len());
     let (lo, hi) = x.split_at_mut(cos.len());
     for (((a, b), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(cos).zip(sin) {
         let (x0, x1) = (*a, *b);
-        *a = x0 * c - x1 * s;
-        *b = x0 * s + x1 * c;
+        *a = x0.mul_add(c, -(x1 * s));
+        *b = x0.mul_add(s, x1 * c);
     }
 }
 

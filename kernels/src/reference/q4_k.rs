@@ -11,7 +11,7 @@
 //! No quantization here: ggml's `quantize_row_q4_K_ref` is an iterative search whose output is a
 //! model-file concern, not an inference one.
 
-use super::q8_k::{accumulate_lanes, BlockQ8K};
+use super::q8_k::BlockQ8K;
 use super::{bytes, f16_le, Block, QK_K};
 
 /// Bytes of packed 6-bit scales and minimums in Q4_K and Q5_K (ggml's `K_SCALE_SIZE`).
@@ -103,39 +103,76 @@ pub fn dequantize_row_q4_k(src: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Dot product of `n` Q4_K weights with `n` Q8_K activations (ggml's generic
-/// `ggml_vec_dot_q4_K_q8_K`: integer group sums; the scale terms in 8 f32 lanes, the minimum
-/// terms via `bsums` in one f32 sum, the lanes added last).
+/// Dot product of `n` Q4_K weights with `n` Q8_K activations, in the float order of the kernel
+/// llama.cpp runs for one activation row on x86 (AVX2): its CPU backend repacks every Q4_K
+/// matrix with a multiple of 8 rows into `block_q4_Kx8` and multiplies a single row (decode,
+/// or the last `n % 4` rows of a batch) with `ggml_gemv_q4_K_8x8_q8_K`. Per super-block the
+/// scaled quant sum and the minimum sum are exact integers; each goes into its own f32
+/// accumulator with one fused multiply-add by `d_w * d_a` (resp. `dmin_w * d_a`), and the result
+/// is the difference of the two accumulators. Rows taken four at a time round differently:
+/// [`vec_dot_q4_k_q8_k_x4`]. (ggml's generic dot rounds in yet another order; the last bits
+/// differ and, through the next activation quantization, Gemma 3's top logits move by up to
+/// ~0.5.)
 pub fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     debug_assert_eq!(n % QK_K, 0);
     let nb = n / QK_K;
     let (w, a) = (&w[..nb * BlockQ4K::SIZE], &a[..nb * BlockQ8K::SIZE]);
-    let mut sums = [0f32; 8];
-    let mut sumf = 0f32;
+    let (mut acc, mut acc_min) = (0f32, 0f32);
     for (wb, ab) in w
         .chunks_exact(BlockQ4K::SIZE)
         .zip(a.chunks_exact(BlockQ8K::SIZE))
     {
         let (x, y) = (BlockQ4K::read(wb), BlockQ8K::read(ab));
-        let mut q = [0i8; QK_K];
-        for c in 0..QK_K / 64 {
-            for l in 0..32 {
-                q[64 * c + l] = (x.qs[32 * c + l] & 0x0f) as i8;
-                q[64 * c + 32 + l] = (x.qs[32 * c + l] >> 4) as i8;
-            }
-        }
         let (sc, mn) = scales_mins_k4(&x.scales);
-        let bsums = y.group_sums();
+        let mut sumi = 0i32;
+        for c in 0..QK_K / 64 {
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for l in 0..32 {
+                lo += i32::from(x.qs[32 * c + l] & 0x0f) * i32::from(y.qs[64 * c + l]);
+                hi += i32::from(x.qs[32 * c + l] >> 4) * i32::from(y.qs[64 * c + 32 + l]);
+            }
+            sumi += sc[2 * c] * lo + sc[2 * c + 1] * hi;
+        }
         let mut summ = 0i32;
-        for (j, &s) in bsums.iter().enumerate() {
+        for (j, &s) in y.group_sums().iter().enumerate() {
             summ += i32::from(s) * mn[j / 2];
         }
         let ya = y.scale();
-        accumulate_lanes(&q, &y, &sc, f16_le(x.d) * ya, &mut sums);
-        sumf -= (f16_le(x.dmin) * ya) * summ as f32;
+        acc = (sumi as f32).mul_add(f16_le(x.d) * ya, acc);
+        acc_min = (summ as f32).mul_add(f16_le(x.dmin) * ya, acc_min);
     }
-    for s in sums {
-        sumf += s;
+    acc - acc_min
+}
+
+/// [`vec_dot_q4_k_q8_k`] in the float order of `ggml_gemm_q4_K_8x8_q8_K` (AVX2), which llama.cpp
+/// uses for the activation rows of a batch it takes four at a time: the fused multiply-adds go
+/// per 64 elements (a pair of sub-blocks) instead of per super-block.
+pub fn vec_dot_q4_k_q8_k_x4(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    debug_assert_eq!(n % QK_K, 0);
+    let nb = n / QK_K;
+    let (w, a) = (&w[..nb * BlockQ4K::SIZE], &a[..nb * BlockQ8K::SIZE]);
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (wb, ab) in w
+        .chunks_exact(BlockQ4K::SIZE)
+        .zip(a.chunks_exact(BlockQ8K::SIZE))
+    {
+        let (x, y) = (BlockQ4K::read(wb), BlockQ8K::read(ab));
+        let (sc, mn) = scales_mins_k4(&x.scales);
+        let bsums = y.group_sums();
+        let ya = y.scale();
+        let (d, dmin) = (f16_le(x.d) * ya, f16_le(x.dmin) * ya);
+        for c in 0..QK_K / 64 {
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for l in 0..32 {
+                lo += i32::from(x.qs[32 * c + l] & 0x0f) * i32::from(y.qs[64 * c + l]);
+                hi += i32::from(x.qs[32 * c + l] >> 4) * i32::from(y.qs[64 * c + 32 + l]);
+            }
+            let sumi = sc[2 * c] * lo + sc[2 * c + 1] * hi;
+            let summ = (i32::from(bsums[4 * c]) + i32::from(bsums[4 * c + 1])) * mn[2 * c]
+                + (i32::from(bsums[4 * c + 2]) + i32::from(bsums[4 * c + 3])) * mn[2 * c + 1];
+            acc = (sumi as f32).mul_add(d, acc);
+            acc_min = (summ as f32).mul_add(dmin, acc_min);
+        }
     }
-    sumf
+    acc - acc_min
 }

@@ -9,7 +9,7 @@
 //!
 //! No quantization here (ggml's `quantize_row_q6_K_ref` is an iterative search).
 
-use super::q8_k::{accumulate_lanes, BlockQ8K};
+use super::q8_k::BlockQ8K;
 use super::{bytes, f16_le, signed_bytes, Block, QK_K};
 
 /// A Q6_K block, same bit layout as ggml's `block_q6_K` (the scale `d` comes last).
@@ -84,13 +84,19 @@ pub fn dequantize_row_q6_k(src: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Dot product of `n` Q6_K weights with `n` Q8_K activations (ggml's generic
-/// `ggml_vec_dot_q6_K_q8_K`: integer group sums, the scale terms in 8 f32 lanes added last).
+/// Dot product of `n` Q6_K weights with `n` Q8_K activations, in the float order of ggml's AVX2
+/// `ggml_vec_dot_q6_K_q8_K` (what llama.cpp runs on x86; Q6_K is not repacked there). Per
+/// super-block, lane `l` (of 8) holds the exact integer
+/// `Σ sc[e / 16] · (q[e] + 32) · y[e]` over the elements with `(e % 32) / 4 == l`, minus
+/// `32 · (bsums[2l] · sc[2l] + bsums[2l + 1] · sc[2l + 1])` (the offset, applied through the
+/// group sums of *other* elements: only the lane total over the block is meaningful); then
+/// `acc[l] = fma(d_a · d_w, lane, acc[l])`, and the lanes are added at the end as
+/// `((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`.
 pub fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     debug_assert_eq!(n % QK_K, 0);
     let nb = n / QK_K;
     let (w, a) = (&w[..nb * BlockQ6K::SIZE], &a[..nb * BlockQ8K::SIZE]);
-    let mut sums = [0f32; 8];
+    let mut acc = [0f32; 8];
     for (wb, ab) in w
         .chunks_exact(BlockQ6K::SIZE)
         .zip(a.chunks_exact(BlockQ8K::SIZE))
@@ -98,11 +104,49 @@ pub fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let (x, y) = (BlockQ6K::read(wb), BlockQ8K::read(ab));
         let q = unpack(&x);
         let sc = x.scales.map(i32::from);
-        accumulate_lanes(&q, &y, &sc, f16_le(x.d) * y.scale(), &mut sums);
+        let bsums = y.group_sums();
+        let mut lanes = [0i32; 8];
+        for (e, (&q, &y)) in q.iter().zip(&y.qs).enumerate() {
+            lanes[(e % 32) / 4] += sc[e / 16] * ((i32::from(q) + 32) * i32::from(y));
+        }
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            let sub =
+                i32::from(bsums[2 * l]) * sc[2 * l] + i32::from(bsums[2 * l + 1]) * sc[2 * l + 1];
+            *lane -= sub << 5;
+        }
+        let d = y.scale() * f16_le(x.d);
+        for (a, &lane) in acc.iter_mut().zip(&lanes) {
+            *a = d.mul_add(lane as f32, *a);
+        }
     }
-    let mut sumf = 0f32;
-    for s in sums {
-        sumf += s;
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// [`vec_dot_q6_k_q8_k`] in the float order of ggml's tiled k-quant matmul (AVX2
+/// `tiled_run_microtile`), which llama.cpp takes for Q6_K products of 8 or more activation
+/// rows: per super-block the exact integer `Σ sc · (q - 32) · y`, scaled by the weight's `d`
+/// (rounded), then `acc = fma(that, d_a, acc)`.
+pub fn vec_dot_q6_k_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    debug_assert_eq!(n % QK_K, 0);
+    let nb = n / QK_K;
+    let (w, a) = (&w[..nb * BlockQ6K::SIZE], &a[..nb * BlockQ8K::SIZE]);
+    let mut acc = 0f32;
+    for (wb, ab) in w
+        .chunks_exact(BlockQ6K::SIZE)
+        .zip(a.chunks_exact(BlockQ8K::SIZE))
+    {
+        let (x, y) = (BlockQ6K::read(wb), BlockQ8K::read(ab));
+        let q = unpack(&x);
+        let mut sumi = 0i32;
+        for (g, (qg, yg)) in q.chunks_exact(16).zip(y.qs.chunks_exact(16)).enumerate() {
+            let s: i32 = qg
+                .iter()
+                .zip(yg)
+                .map(|(&q, &y)| i32::from(q) * i32::from(y))
+                .sum();
+            sumi += i32::from(x.scales[g]) * s;
+        }
+        acc = (f16_le(x.d) * sumi as f32).mul_add(y.scale(), acc);
     }
-    sumf
+    acc
 }

@@ -1,30 +1,36 @@
 //! AVX2 Q4_K, Q5_K and Q6_K × Q8_K dots, equal bit for bit to the reference
 //! (`reference::q{4,5,6}_k`).
 //!
-//! The reference follows ggml's generic k-quant dots: per super-block, lane `l` of the integer
-//! accumulator `aux32[8]` holds `Σ scale(e) · q[e] · y[e]` over the elements `e ≡ l (mod 8)`; then
-//! `sums[l] += d · aux32[l]` (a multiply and an add, not fused), and at the end
-//! `sumf += sums[0]; ...; sumf += sums[7]` after the per-block minimum terms. Integer sums are
-//! exact in any grouping, so the integer work may be arranged freely as long as every element
-//! lands in its lane; the float steps are the reference's, in its order.
+//! Integer sums are exact in any grouping, so the integer work may be arranged freely; only the
+//! float steps must be the reference's, in its order. Those differ per type, because the
+//! reference copies what llama.cpp runs on x86 for each:
 //!
-//! The arrangement: within each 128-bit half of a 32-element chunk a byte shuffle puts element
-//! `l` next to element `l + 8`, so `maddubs` leaves i16 lane `l` (of each half) holding lane
-//! class `l`. Two chunks A and B are interleaved i16-wise (`unpacklo` / `unpackhi`) and `madd`
-//! with their scales `[s_A, s_B, ...]` gives i32 lanes of classes 0..4 (low unpack) and 4..8
-//! (high unpack) in both halves; the halves are added once per super-block. Per super-block
-//! this costs a few shuffles more than ggml's AVX2 kernel (which sums pairs of neighbours and
-//! so rounds in another order), and nothing per element.
+//! - Q4_K (the repacked `gemv` / `gemm_q4_K_8x8_q8_K`): one exact integer sum per super-block
+//!   (per 64 elements for the four-row variant) and one scalar fused multiply-add; here the
+//!   integer sums come from `maddubs` / `madd` and a horizontal add.
+//! - Q6_K (ggml's AVX2 `vec_dot_q6_K_q8_K`, and its tiled matmul for 8+ rows, which only
+//!   needs the lanes' total): 8 i32 lanes, lane `l` holding the bytes
+//!   `4l..4l+4` of every 32-element chunk, which is exactly what `maddubs` then `madd` with the
+//!   group scales leave in i32 lane `l`; one vector fused multiply-add per super-block.
+//! - Q5_K (ggml's generic dot, not checked against llama.cpp's AVX2 one): lane `l` of the
+//!   integer accumulator `aux32[8]` holds `Σ scale(e) · q[e] · y[e]` over the elements
+//!   `e ≡ l (mod 8)`; then `sums[l] += d · aux32[l]` (not fused), and at the end
+//!   `sumf += sums[0]; ...; sumf += sums[7]` after the per-block minimum terms. Within each
+//!   128-bit half of a 32-element chunk a byte shuffle puts element `l` next to element `l + 8`,
+//!   so `maddubs` leaves i16 lane `l` (of each half) holding lane class `l`; two chunks are
+//!   interleaved i16-wise and `madd` with their scales gives i32 lanes of classes 0..4 (low
+//!   unpack) and 4..8 (high unpack) in both halves.
 
 use std::arch::x86_64::{
-    __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256, _mm256_castsi256_si128,
-    _mm256_cvtepi32_ps, _mm256_cvtepu8_epi16, _mm256_extracti128_si256, _mm256_loadu_si256,
-    _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256,
-    _mm256_permute2x128_si256, _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps,
-    _mm256_set_m128i, _mm256_setr_epi8, _mm256_setzero_ps, _mm256_setzero_si256,
-    _mm256_shuffle_epi8, _mm256_slli_epi16, _mm256_srli_epi16, _mm256_storeu_ps, _mm256_sub_epi16,
+    __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256,
+    _mm256_castsi256_si128, _mm256_cvtepi32_ps, _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16,
+    _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_loadu_si256, _mm256_madd_epi16,
+    _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256, _mm256_permute2x128_si256,
+    _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i,
+    _mm256_setr_epi8, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_shuffle_epi8,
+    _mm256_slli_epi16, _mm256_slli_epi32, _mm256_srli_epi16, _mm256_storeu_ps, _mm256_sub_epi32,
     _mm256_unpackhi_epi16, _mm256_unpacklo_epi16, _mm_add_epi32, _mm_cvtsi128_si32, _mm_hadd_epi32,
-    _mm_loadl_epi64, _mm_set1_epi32, _mm_unpacklo_epi8,
+    _mm_loadl_epi64, _mm_loadu_si128, _mm_set1_epi16, _mm_unpacklo_epi8,
 };
 
 use super::f16c::f16_at;
@@ -109,16 +115,6 @@ fn scale_pair(a: i16, b: i16) -> __m256i {
     _mm256_set1_epi32(i32::from(a as u16) | (i32::from(b as u16) << 16))
 }
 
-/// `[a_lo, b_lo]` repeated over the low half, `[a_hi, b_hi]` over the high half.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn scale_pairs(a_lo: i16, b_lo: i16, a_hi: i16, b_hi: i16) -> __m256i {
-    let pair = |a: i16, b: i16| i32::from(a as u16) | (i32::from(b as u16) << 16);
-    _mm256_set_m128i(
-        _mm_set1_epi32(pair(a_hi, b_hi)),
-        _mm_set1_epi32(pair(a_lo, b_lo)),
-    )
-}
-
 /// The eight 6-bit scales and eight 6-bit minimums of Q4_K / Q5_K (the same values as the
 /// reference's `scale_min_k4`, unpacked 4 bytes at a time as ggml's AVX2 kernels do).
 #[inline(always)]
@@ -166,37 +162,78 @@ fn add_lanes_in_order(mut sumf: f32, sums: __m256) -> f32 {
     sumf
 }
 
+/// Sum of the eight i32 lanes (exact: integer).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_hadd_epi32(s, s);
+    _mm_cvtsi128_si32(_mm_hadd_epi32(s, s))
+}
+
+/// The scaled quant sums of the four 64-element chunks of a Q4_K super-block `x` with the Q8_K
+/// block `y`, as i32 lanes (chunk `c`: `sc[2c] · Σ lo-nibble · y + sc[2c+1] · Σ hi-nibble · y`
+/// over its lanes; |pairs| ≤ 2 · 15 · 128, no `maddubs` saturation).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_chunks(x: &[u8], y: &[u8], sc: &[u8; 8]) -> [__m256i; 4] {
+    let low = _mm256_set1_epi8(0x0f);
+    let mut out = [_mm256_setzero_si256(); 4];
+    for (c, o) in out.iter_mut().enumerate() {
+        let packed = load32(x, 16 + 32 * c);
+        let qa = _mm256_and_si256(packed, low);
+        let qb = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low);
+        let pa = _mm256_maddubs_epi16(qa, load32(y, Q8_K_QS + 64 * c));
+        let pb = _mm256_maddubs_epi16(qb, load32(y, Q8_K_QS + 64 * c + 32));
+        *o = _mm256_add_epi32(
+            _mm256_madd_epi16(pa, _mm256_set1_epi16(i16::from(sc[2 * c]))),
+            _mm256_madd_epi16(pb, _mm256_set1_epi16(i16::from(sc[2 * c + 1]))),
+        );
+    }
+    out
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
-    let shuf = pair_shuffle();
-    let low = _mm256_set1_epi8(0x0f);
-    let mut sums = _mm256_setzero_ps();
-    let mut sumf = 0f32;
+    let (mut acc, mut acc_min) = (0f32, 0f32);
     for i in 0..nb {
         let x = &w[i * Q4_K_SIZE..(i + 1) * Q4_K_SIZE];
         let y = &a[i * Q8_K_SIZE..(i + 1) * Q8_K_SIZE];
         let ya = f32_at(y, 0);
         let (sc, mn) = scales_mins(&x[4..16]);
+        let [c0, c1, c2, c3] = q4_k_chunks(x, y, &sc);
+        let sumi = hsum_i32(_mm256_add_epi32(
+            _mm256_add_epi32(c0, c1),
+            _mm256_add_epi32(c2, c3),
+        ));
         let summ = min_sum(y, &mn);
-        let mut acc = Classes::new();
-        for c in 0..4 {
-            // Chunk c of 32 bytes: group 2c in the low nibbles, group 2c + 1 in the high.
-            let packed = _mm256_shuffle_epi8(load32(x, 16 + 32 * c), shuf);
-            let qa = _mm256_and_si256(packed, low);
-            let qb = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low);
-            let ya_c = _mm256_shuffle_epi8(load32(y, Q8_K_QS + 64 * c), shuf);
-            let yb_c = _mm256_shuffle_epi8(load32(y, Q8_K_QS + 64 * c + 32), shuf);
-            acc.add(
-                _mm256_maddubs_epi16(qa, ya_c),
-                _mm256_maddubs_epi16(qb, yb_c),
-                scale_pair(i16::from(sc[2 * c]), i16::from(sc[2 * c + 1])),
-            );
-        }
-        let d = f16_at(x, 0) * ya;
-        sums = _mm256_add_ps(sums, _mm256_mul_ps(_mm256_set1_ps(d), acc.to_lanes()));
-        sumf -= (f16_at(x, 2) * ya) * summ as f32;
+        acc = (sumi as f32).mul_add(f16_at(x, 0) * ya, acc);
+        acc_min = (summ as f32).mul_add(f16_at(x, 2) * ya, acc_min);
     }
-    add_lanes_in_order(sumf, sums)
+    acc - acc_min
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_q8_k_x4_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for i in 0..nb {
+        let x = &w[i * Q4_K_SIZE..(i + 1) * Q4_K_SIZE];
+        let y = &a[i * Q8_K_SIZE..(i + 1) * Q8_K_SIZE];
+        let ya = f32_at(y, 0);
+        let (d, dmin) = (f16_at(x, 0) * ya, f16_at(x, 2) * ya);
+        let (sc, mn) = scales_mins(&x[4..16]);
+        let bs = |j: usize| {
+            i32::from(i16::from_le_bytes([
+                y[Q8_K_BSUMS + 2 * j],
+                y[Q8_K_BSUMS + 2 * j + 1],
+            ]))
+        };
+        for (c, v) in q4_k_chunks(x, y, &sc).into_iter().enumerate() {
+            let summ = (bs(4 * c) + bs(4 * c + 1)) * i32::from(mn[2 * c])
+                + (bs(4 * c + 2) + bs(4 * c + 3)) * i32::from(mn[2 * c + 1]);
+            acc = (hsum_i32(v) as f32).mul_add(d, acc);
+            acc_min = (summ as f32).mul_add(dmin, acc_min);
+        }
+    }
+    acc - acc_min
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -239,66 +276,107 @@ fn q5_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     add_lanes_in_order(sumf, sums)
 }
 
-/// `(q + 32) · y - 32 · y` per shuffled pair: the products of the signed Q6_K quants, exact
-/// for every i8 activation (|pairs| ≤ 16128, no saturation).
+/// The two scales of 32-element chunk `ci` of a Q6_K block as i16 lanes: `sc[2ci]` for its
+/// first 16 elements (low half), `sc[2ci + 1]` for the rest.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_pairs(q: __m256i, y: __m256i, m32: __m256i) -> __m256i {
-    _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(m32, y))
+fn q6_scales(x: &[u8], ci: usize) -> __m256i {
+    let s = |g: usize| i16::from(x[192 + g] as i8);
+    _mm256_set_m128i(_mm_set1_epi16(s(2 * ci + 1)), _mm_set1_epi16(s(2 * ci)))
+}
+
+/// The 6-bit quants of a Q6_K super-block `x` as 8 vectors of 32 unsigned bytes (`q + 32`,
+/// 0..64): vector `4h + k` holds elements `128h + 32k ..+ 32` in order.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_quants(x: &[u8]) -> [__m256i; 8] {
+    let low = _mm256_set1_epi8(0x0f);
+    let top2 = _mm256_set1_epi8(0x30);
+    let mut q = [_mm256_setzero_si256(); 8];
+    for h in 0..2 {
+        let ql0 = load32(x, 64 * h);
+        let ql1 = load32(x, 64 * h + 32);
+        let qh = load32(x, 128 + 32 * h);
+        q[4 * h] = _mm256_or_si256(
+            _mm256_and_si256(ql0, low),
+            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), top2),
+        );
+        q[4 * h + 1] = _mm256_or_si256(
+            _mm256_and_si256(ql1, low),
+            _mm256_and_si256(_mm256_slli_epi16::<2>(qh), top2),
+        );
+        q[4 * h + 2] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
+            _mm256_and_si256(qh, top2),
+        );
+        q[4 * h + 3] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(qh), top2),
+        );
+    }
+    q
+}
+
+/// `Σ sc[e / 16] · u[e] · y[e]` of a Q6_K super-block into 8 i32 lanes (lane `l`: the bytes
+/// `4l..4l+4` of every 32-element chunk), for unsigned `u` (at most 63 for no `maddubs`
+/// saturation: |pairs| ≤ 2 · 63 · 128).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_scaled_sum(x: &[u8], y: &[u8], u: &[__m256i; 8]) -> __m256i {
+    let mut sumi = _mm256_setzero_si256();
+    for (ci, &uc) in u.iter().enumerate() {
+        let p = _mm256_maddubs_epi16(uc, load32(y, Q8_K_QS + 32 * ci));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(q6_scales(x, ci), p));
+    }
+    sumi
+}
+
+/// The 8 integer lanes of one Q6_K super-block `x` with the Q8_K block `y`, as
+/// `reference::q6_k::vec_dot_q6_k_q8_k` defines them: the `-32` offset comes from `y`'s group
+/// sums, lane `l` taking `32 · (bsums[2l] · sc[2l] + bsums[2l+1] · sc[2l+1])`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_lanes(x: &[u8], y: &[u8]) -> __m256i {
+    // SAFETY: bytes 192..208 of `x` are the 16 scales; unaligned 16-byte load.
+    let scales = unsafe { _mm_loadu_si128(x[192..208].as_ptr().cast::<__m128i>()) };
+    let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(
+        load32(y, Q8_K_BSUMS),
+        _mm256_cvtepi8_epi16(scales),
+    ));
+    _mm256_sub_epi32(q6_scaled_sum(x, y, &q6_quants(x)), offset)
+}
+
+/// The exact `Σ sc · (q - 32) · y` of one Q6_K super-block, the offset taken from `y`'s own
+/// quants (as ggml's tiled kernel does), not from its group sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_block_sum(x: &[u8], y: &[u8]) -> i32 {
+    let with_offset = q6_scaled_sum(x, y, &q6_quants(x));
+    let ones = q6_scaled_sum(x, y, &[_mm256_set1_epi8(1); 8]);
+    hsum_i32(with_offset) - 32 * hsum_i32(ones)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
-    let shuf = pair_shuffle();
-    let low = _mm256_set1_epi8(0x0f);
-    let top2 = _mm256_set1_epi8(0x30);
-    let m32 = _mm256_set1_epi8(32);
-    let mut sums = _mm256_setzero_ps();
+    let mut acc = _mm256_setzero_ps();
     for i in 0..nb {
         let x = &w[i * Q6_K_SIZE..(i + 1) * Q6_K_SIZE];
         let y = &a[i * Q8_K_SIZE..(i + 1) * Q8_K_SIZE];
-        let s = |g: usize| i16::from(x[192 + g] as i8);
-        let mut acc = Classes::new();
-        for h in 0..2 {
-            let ql0 = _mm256_shuffle_epi8(load32(x, 64 * h), shuf);
-            let ql1 = _mm256_shuffle_epi8(load32(x, 64 * h + 32), shuf);
-            let qh = _mm256_shuffle_epi8(load32(x, 128 + 32 * h), shuf);
-            // Elements l, l + 32, l + 64, l + 96 of this half, offset by +32 (0..64).
-            let q0 = _mm256_or_si256(
-                _mm256_and_si256(ql0, low),
-                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), top2),
-            );
-            let q1 = _mm256_or_si256(
-                _mm256_and_si256(ql1, low),
-                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), top2),
-            );
-            let q2 = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
-                _mm256_and_si256(qh, top2),
-            );
-            let q3 = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), top2),
-            );
-            let yq = |j: usize| _mm256_shuffle_epi8(load32(y, Q8_K_QS + 128 * h + 32 * j), shuf);
-            let p = [
-                q6_pairs(q0, yq(0), m32),
-                q6_pairs(q1, yq(1), m32),
-                q6_pairs(q2, yq(2), m32),
-                q6_pairs(q3, yq(3), m32),
-            ];
-            // Chunk j covers groups 8h + 2j (its low half) and 8h + 2j + 1 (its high half).
-            let g = 8 * h;
-            acc.add(p[0], p[1], scale_pairs(s(g), s(g + 2), s(g + 1), s(g + 3)));
-            acc.add(
-                p[2],
-                p[3],
-                scale_pairs(s(g + 4), s(g + 6), s(g + 5), s(g + 7)),
-            );
-        }
-        let d = f16_at(x, 208) * f32_at(y, 0);
-        sums = _mm256_add_ps(sums, _mm256_mul_ps(_mm256_set1_ps(d), acc.to_lanes()));
+        let d = f32_at(y, 0) * f16_at(x, 208);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q6_lanes(x, y)), acc);
     }
-    add_lanes_in_order(0.0, sums)
+    // ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), the reference's order.
+    let mut l = [0f32; 8];
+    // SAFETY: `l` holds 8 f32; unaligned store.
+    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_q8_k_tiled_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = 0f32;
+    for i in 0..nb {
+        let x = &w[i * Q6_K_SIZE..(i + 1) * Q6_K_SIZE];
+        let y = &a[i * Q8_K_SIZE..(i + 1) * Q8_K_SIZE];
+        let sumi = q6_block_sum(x, y);
+        acc = (f16_at(x, 208) * sumi as f32).mul_add(f32_at(y, 0), acc);
+    }
+    acc
 }
 
 /// Checks the row lengths and runs `kernel` (an AVX2 + FMA function) on `nb` super-blocks.
@@ -326,6 +404,12 @@ pub(crate) fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     run(n, w, a, Q4_K_SIZE, q4_k_q8_k_avx2)
 }
 
+/// Q4_K × Q8_K with AVX2 in the four-row order (same result as
+/// `reference::q4_k::vec_dot_q4_k_q8_k_x4`).
+pub(crate) fn vec_dot_q4_k_q8_k_x4(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    run(n, w, a, Q4_K_SIZE, q4_k_q8_k_x4_avx2)
+}
+
 /// Q5_K × Q8_K with AVX2 (same result as `reference::q5_k::vec_dot_q5_k_q8_k`).
 pub(crate) fn vec_dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     run(n, w, a, Q5_K_SIZE, q5_k_q8_k_avx2)
@@ -334,4 +418,10 @@ pub(crate) fn vec_dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
 /// Q6_K × Q8_K with AVX2 (same result as `reference::q6_k::vec_dot_q6_k_q8_k`).
 pub(crate) fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     run(n, w, a, Q6_K_SIZE, q6_k_q8_k_avx2)
+}
+
+/// Q6_K × Q8_K with AVX2 in the tiled order (same result as
+/// `reference::q6_k::vec_dot_q6_k_q8_k_tiled`).
+pub(crate) fn vec_dot_q6_k_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    run(n, w, a, Q6_K_SIZE, q6_k_q8_k_tiled_avx2)
 }

@@ -14,6 +14,7 @@ pub(crate) mod f16c;
 pub(crate) mod float;
 pub(crate) mod kquants;
 pub(crate) mod q4_0;
+pub(crate) mod q5_0;
 pub(crate) mod quantize;
 pub(crate) mod tiles;
 pub(crate) mod v3;

@@ -6,12 +6,13 @@
 //! changes.
 
 use std::arch::x86_64::{
-    __m256, __m256i, _mm256_and_si256, _mm256_castps256_ps128, _mm256_cvtepi32_ps,
-    _mm256_dpbusd_avx_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_si256,
-    _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi16, _mm256_set1_epi8,
-    _mm256_set1_ps, _mm256_set_m128i, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8,
-    _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_loadu_si128, _mm_movehdup_ps, _mm_movehl_ps,
-    _mm_prefetch, _mm_srli_epi16, _MM_HINT_T0,
+    __m256, __m256i, _mm256_and_si256, _mm256_castps256_ps128, _mm256_cmpeq_epi8,
+    _mm256_cvtepi32_ps, _mm256_dpbusd_avx_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps,
+    _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256,
+    _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi64x, _mm256_set1_epi8, _mm256_set1_ps,
+    _mm256_set_m128i, _mm256_setr_epi8, _mm256_setzero_ps, _mm256_setzero_si256,
+    _mm256_shuffle_epi8, _mm256_sign_epi8, _mm256_sub_epi32, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32,
+    _mm_loadu_si128, _mm_movehdup_ps, _mm_movehl_ps, _mm_prefetch, _mm_srli_epi16, _MM_HINT_T0,
 };
 
 /// How far ahead (in blocks) a first pass over weight rows prefetches each row.
@@ -21,6 +22,7 @@ const PREFETCH_BLOCKS: usize = 256;
 const PREFETCH_MAX_TOKENS: usize = 32;
 
 const Q4_1_SIZE: usize = 20;
+const Q5_0_SIZE: usize = 22;
 const Q8_0_SIZE: usize = 34;
 const Q8_1_SIZE: usize = 36;
 
@@ -65,11 +67,59 @@ unsafe fn lane_sums_vnni(u: __m256i, s: __m256i) -> __m256 {
     unsafe { _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)) }
 }
 
+/// [`lane_sums`] before the conversion to f32 (exact i32 lanes; no `maddubs` saturation for
+/// `u` ≤ 63).
+#[inline(always)]
+unsafe fn lane_sums_i(u: __m256i, s: __m256i) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller (target_feature).
+    unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
+}
+
+/// [`lane_sums_i`] with AVX-VNNI.
+#[inline(always)]
+unsafe fn lane_sums_vnni_i(u: __m256i, s: __m256i) -> __m256i {
+    // SAFETY: AVX-VNNI is enabled in every caller (target_feature).
+    unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s) }
+}
+
+/// The 32 quants of the Q5_0 block at `x` as unsigned bytes `0..32` in element order (low
+/// nibbles are elements 0..16, high nibbles 16..32, bit `j` of `qh` the fifth bit of element
+/// `j`; same bit layout as ggml's `block_q5_0`).
+///
+/// # Safety
+/// `x..x+22` readable; the CPU has AVX2.
+#[inline(always)]
+unsafe fn q5_0_quants(x: *const u8) -> __m256i {
+    // SAFETY: forwarded contract (reads bytes 2..22 of the block; unaligned loads).
+    unsafe {
+        let qh = x.add(2).cast::<u32>().read_unaligned();
+        let packed = _mm_loadu_si128(x.add(6).cast());
+        let nibbles = _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed),
+            _mm256_set1_epi8(0x0f),
+        );
+        // Byte j takes byte j / 8 of qh, keeps its bit j % 8, and becomes 0x10 where it is set.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(qh as i32),
+            _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+            ),
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+        let fifth = _mm256_and_si256(
+            _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit),
+            _mm256_set1_epi8(0x10),
+        );
+        _mm256_or_si256(nibbles, fifth)
+    }
+}
+
 /// The micro-kernels, instantiated for plain AVX2 and for AVX-VNNI (whose `vpdpbusd` computes
 /// the same exact lane sums as `maddubs` + `madd` — no 16-bit saturation occurs with 4-bit
 /// weights or ±127 activations — in one instruction).
 macro_rules! micro_kernels {
-    ($feat:literal, $sums:ident, $q4_1:ident, $q8_0:ident) => {
+    ($feat:literal, $sums:ident, $sums_i:ident, $q4_1:ident, $q8_0:ident, $q5_0:ident) => {
         /// One `R × T` micro-tile of Q4_1 × Q8_1 over `nb` blocks; `prefetch` asks for
         /// software prefetches ahead in each weight row (set on the first pass over the rows,
         /// which reads them from memory: hardware prefetching alone left decode at about a third
@@ -213,15 +263,88 @@ macro_rules! micro_kernels {
                 }
             }
         }
+
+        /// One `R × T` micro-tile of Q5_0 × Q8_0 over `nb` blocks (contract as the Q4_1 one):
+        /// `(q - 16) · y` as `q · y` minus `16 · y` (exact for every i8 activation), the second
+        /// part once per activation block.
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $q5_0<const R: usize, const T: usize>(
+            nb: usize,
+            w: *const u8,
+            w_stride: usize,
+            a: *const u8,
+            a_stride: usize,
+            out: *mut f32,
+            out_stride: usize,
+            prefetch: bool,
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
+            for i in 0..nb {
+                let mut qy = [_mm256_set1_epi8(0); T];
+                let mut da = [_mm256_setzero_ps(); T];
+                let mut off = [_mm256_setzero_si256(); T];
+                for t in 0..T {
+                    // SAFETY: block `i` of activation row `t` is in bounds (caller); AVX2.
+                    unsafe {
+                        let y = a.add(t * a_stride + i * Q8_0_SIZE);
+                        da[t] = _mm256_set1_ps(f16_at(y));
+                        qy[t] = _mm256_loadu_si256(y.add(2).cast());
+                        off[t] = $sums_i(_mm256_set1_epi8(16), qy[t]);
+                    }
+                }
+                for r in 0..R {
+                    if prefetch {
+                        // As in the Q4_1 kernel. (A prefetch of any address is harmless:
+                        // wrapping arithmetic, no access.)
+                        {
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                w.wrapping_add(r * w_stride + (i + PREFETCH_BLOCKS) * Q5_0_SIZE)
+                                    .cast(),
+                            )
+                        };
+                    }
+                    // SAFETY: block `i` of weight row `r` is in bounds (caller); AVX2.
+                    let (dw, qx) = unsafe {
+                        let x = w.add(r * w_stride + i * Q5_0_SIZE);
+                        (_mm256_set1_ps(f16_at(x)), q5_0_quants(x))
+                    };
+                    for t in 0..T {
+                        // SAFETY: AVX2 (target_feature).
+                        let s = unsafe { _mm256_sub_epi32($sums_i(qx, qy[t]), off[t]) };
+                        acc[r][t] = _mm256_fmadd_ps(
+                            _mm256_mul_ps(dw, da[t]),
+                            _mm256_cvtepi32_ps(s),
+                            acc[r][t],
+                        );
+                    }
+                }
+            }
+            for r in 0..R {
+                for t in 0..T {
+                    // SAFETY: AVX (target_feature); the element is writable (caller).
+                    unsafe { *out.add(t * out_stride + r) = hsum8(acc[r][t]) };
+                }
+            }
+        }
     };
 }
 
-micro_kernels!("avx2,fma,f16c", lane_sums, q4_1_micro, q8_0_micro);
+micro_kernels!(
+    "avx2,fma,f16c",
+    lane_sums,
+    lane_sums_i,
+    q4_1_micro,
+    q8_0_micro,
+    q5_0_micro
+);
 micro_kernels!(
     "avx2,fma,f16c,avxvnni",
     lane_sums_vnni,
+    lane_sums_vnni_i,
     q4_1_micro_vnni,
-    q8_0_micro_vnni
+    q8_0_micro_vnni,
+    q5_0_micro_vnni
 );
 
 type Micro = unsafe fn(usize, *const u8, usize, *const u8, usize, *mut f32, usize, bool);
@@ -343,6 +466,14 @@ macro_rules! tile_entry {
 
 tile_entry!(tile_q4_1_q8_1, q4_1_micro, 4 x 3, (Q4_1_SIZE, Q8_1_SIZE), "Q4_1 × Q8_1 (AVX2)");
 tile_entry!(tile_q8_0_q8_0, q8_0_micro, 4 x 2, (Q8_0_SIZE, Q8_0_SIZE), "Q8_0 × Q8_0 (AVX2)");
+tile_entry!(tile_q5_0_q8_0, q5_0_micro, 4 x 2, (Q5_0_SIZE, Q8_0_SIZE), "Q5_0 × Q8_0 (AVX2)");
+tile_entry!(
+    tile_q5_0_q8_0_vnni,
+    q5_0_micro_vnni,
+    4 x 2,
+    (Q5_0_SIZE, Q8_0_SIZE),
+    "Q5_0 × Q8_0 (AVX-VNNI)"
+);
 tile_entry!(
     tile_q4_1_q8_1_vnni,
     q4_1_micro_vnni,

@@ -8,7 +8,7 @@ use std::arch::x86_64::{
     _mm256_set1_ps, _mm256_storeu_ps, _MM_FROUND_TO_NEAREST_INT,
 };
 
-use crate::reference::{attention, ops, q5_0, q5_1};
+use crate::reference::{attention, ops, q5_1};
 
 /// Wraps a reference function in a v3-compiled clone and a safe entry for the table.
 macro_rules! v3_clone {
@@ -27,9 +27,8 @@ macro_rules! v3_clone {
     };
 }
 
-// Q5_0 / Q5_1 (Gemma 3's 640-wide projections): the reference dots compiled for x86-64-v3 until
-// hand-written kernels land (several times the baseline-x86-64 build; same bits by construction).
-v3_clone!(vec_dot_q5_0_q8_0, vec_dot_q5_0_q8_0_v3, (n: usize, w: &[u8], a: &[u8]) -> f32, q5_0::vec_dot_q5_0_q8_0);
+// Q5_1: the reference dot compiled for x86-64-v3 until a hand-written kernel lands (several
+// times the baseline-x86-64 build; same bits by construction). Q5_0 has one (`q5_0.rs`).
 v3_clone!(vec_dot_q5_1_q8_1, vec_dot_q5_1_q8_1_v3, (n: usize, w: &[u8], a: &[u8]) -> f32, q5_1::vec_dot_q5_1_q8_1);
 v3_clone!(rms_norm, rms_norm_v3, (x: &[f32], w: &[f32], eps: f32, out: &mut [f32]), ops::rms_norm);
 v3_clone!(silu_mul, silu_mul_v3, (gate: &mut [f32], up: &[f32]), ops::silu_mul);

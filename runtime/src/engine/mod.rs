@@ -624,5 +624,11 @@ impl Engine {
 
 mod step;
 
+// The C API steps an engine on a background thread: every backend must be `Send`.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Engine>();
+};
+
 #[cfg(test)]
 mod tests;

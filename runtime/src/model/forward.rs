@@ -568,15 +568,32 @@ impl Model {
                 &mut s.acts,
                 &mut s.proj[..n_tok * e],
             );
-            self.post_norm(&lw.attn_post_norm, n_tok, &mut s.proj, &mut s.xn);
-            s.x[..n_tok * e]
+            // From here on the last layer keeps only the rows that want logits, as llama.cpp
+            // does (`inp_out_ids`): the other rows' FFN output is never read, and the smaller
+            // product also takes the k-quant kernels llama.cpp takes for it.
+            let n_rows = if l + 1 == c.n_layer {
+                let mut i = 0;
+                for (t, _) in batch.iter().enumerate().filter(|(_, b)| b.logits) {
+                    s.proj.copy_within(t * e..(t + 1) * e, i * e);
+                    s.x.copy_within(t * e..(t + 1) * e, i * e);
+                    i += 1;
+                }
+                i
+            } else {
+                n_tok
+            };
+            if n_rows == 0 {
+                break;
+            }
+            self.post_norm(&lw.attn_post_norm, n_rows, &mut s.proj, &mut s.xn);
+            s.x[..n_rows * e]
                 .iter_mut()
-                .zip(&s.proj[..n_tok * e])
+                .zip(&s.proj[..n_rows * e])
                 .for_each(|(x, p)| *x += p);
 
             // ---- feed-forward (SwiGLU, or GeGLU for gemma3) ----
             let norm = self.vec(&lw.ffn_norm);
-            for t in 0..n_tok {
+            for t in 0..n_rows {
                 (k.rms_norm)(
                     &s.x[t * e..(t + 1) * e],
                     norm,
@@ -588,29 +605,29 @@ impl Model {
             self.project_many(
                 cx,
                 [
-                    (&lw.w_gate, &mut s.gate[..n_tok * f]),
-                    (&lw.w_up, &mut s.up[..n_tok * f]),
+                    (&lw.w_gate, &mut s.gate[..n_rows * f]),
+                    (&lw.w_up, &mut s.up[..n_rows * f]),
                 ],
                 &s.xn,
-                n_tok,
+                n_rows,
                 &mut s.acts,
             );
             match c.ffn_act {
-                FfnAct::Silu => (k.silu_mul)(&mut s.gate[..n_tok * f], &s.up[..n_tok * f]),
-                FfnAct::Gelu => super::gelu::geglu(&mut s.gate[..n_tok * f], &s.up[..n_tok * f]),
+                FfnAct::Silu => (k.silu_mul)(&mut s.gate[..n_rows * f], &s.up[..n_rows * f]),
+                FfnAct::Gelu => super::gelu::geglu(&mut s.gate[..n_rows * f], &s.up[..n_rows * f]),
             }
             self.project(
                 cx,
                 &lw.w_down,
                 &s.gate,
-                n_tok,
+                n_rows,
                 &mut s.acts,
-                &mut s.proj[..n_tok * e],
+                &mut s.proj[..n_rows * e],
             );
-            self.post_norm(&lw.ffn_post_norm, n_tok, &mut s.proj, &mut s.xn);
-            s.x[..n_tok * e]
+            self.post_norm(&lw.ffn_post_norm, n_rows, &mut s.proj, &mut s.xn);
+            s.x[..n_rows * e]
                 .iter_mut()
-                .zip(&s.proj[..n_tok * e])
+                .zip(&s.proj[..n_rows * e])
                 .for_each(|(x, p)| *x += p);
         }
 
@@ -624,9 +641,10 @@ impl Model {
                 .map(|(t, _)| t),
         );
         let norm = self.vec(&self.weights.output_norm);
-        for (i, &t) in s.logit_rows.iter().enumerate() {
+        // The last layer left the logit rows first in `x`, in batch order.
+        for i in 0..s.logit_rows.len() {
             (k.rms_norm)(
-                &s.x[t * e..(t + 1) * e],
+                &s.x[i * e..(i + 1) * e],
                 norm,
                 c.rms_eps,
                 &mut s.out_x[i * e..(i + 1) * e],

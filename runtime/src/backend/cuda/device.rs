@@ -704,18 +704,19 @@ impl CudaDevice {
     }
 
     /// Stop recording: the launches since [`CudaDevice::begin_capture`] as an executable graph.
-    pub fn end_capture(&self) -> Result<cudarc::driver::CudaGraph> {
+    pub fn end_capture(&self) -> Result<Graph> {
         self.stream
             .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
             .map_err(drv(
                 "cuStreamEndCapture (EMBER_CUDA_GRAPH=off runs without graphs)",
             ))?
+            .map(Graph)
             .ok_or_else(|| backend_err("cuStreamEndCapture: an empty graph"))
     }
 
     /// Replay a captured graph on the stream (allocates nothing).
-    pub fn launch_graph(&self, g: &cudarc::driver::CudaGraph) -> Result<()> {
-        g.launch().map_err(drv("cuGraphLaunch"))
+    pub fn launch_graph(&self, g: &Graph) -> Result<()> {
+        g.0.launch().map_err(drv("cuGraphLaunch"))
     }
 
     /// Events for timing on the stream.
@@ -758,3 +759,15 @@ impl CudaDevice {
 pub struct GpuTimer {
     start: cudarc::driver::CudaEvent,
 }
+
+/// A captured, instantiated CUDA graph that may move to another thread with the backend that
+/// owns it (the C API steps its engine on a background thread).
+pub struct Graph(cudarc::driver::CudaGraph);
+
+// SAFETY: `CudaGraph` is `!Send` only because it holds the raw driver handles `CUgraph` and
+// `CUgraphExec`. Those are process-wide driver objects, not tied to the thread that created
+// them: cudarc makes the graph's context current on the calling thread before every launch
+// (`CudaGraph::launch` calls `bind_to_thread`), and destroying them needs no current context.
+// The graph is owned by one backend and used through `&mut` access to it, never from two
+// threads at once (no `Sync`).
+unsafe impl Send for Graph {}

@@ -127,7 +127,7 @@ pub struct CudaBackend {
     /// Whether a lone decode token's step runs as a graph (`EMBER_CUDA_GRAPH=off` disables it).
     use_graph: bool,
     /// That step's graph, captured at its first use.
-    graph: Option<cudarc::driver::CudaGraph>,
+    graph: Option<device::Graph>,
     /// The model file mapped into the device (`CudaWeights::Mapped`); declared last so that it
     /// is unregistered after every buffer (and after the stream is synchronized, see `Drop`).
     mapping: Option<HostMapping>,

@@ -354,7 +354,7 @@ pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
 /// The tile product of weight type `ty` on the selected path (see [`crate::tile`]); `None`
 /// where the path has none for `ty` (callers then use `traits(ty).vec_dot` per pair).
 #[cfg_attr(
-    not(all(feature = "simd", target_arch = "x86_64")),
+    not(all(feature = "simd", any(target_arch = "x86_64", target_arch = "aarch64"))),
     allow(unused_variables)
 )]
 pub fn tile(ty: GgmlType) -> Option<TileDotFn> {
@@ -364,6 +364,11 @@ pub fn tile(ty: GgmlType) -> Option<TileDotFn> {
         CpuPath::Avx2 => avx2_tables::tile(ty),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
         CpuPath::Avx2 => None,
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        CpuPath::Neon => crate::aarch64::tiles::best(ty, false),
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        CpuPath::NeonDotprod => crate::aarch64::tiles::best(ty, true),
+        #[cfg(not(all(feature = "simd", target_arch = "aarch64")))]
         CpuPath::Neon | CpuPath::NeonDotprod => None,
     }
 }
@@ -371,7 +376,7 @@ pub fn tile(ty: GgmlType) -> Option<TileDotFn> {
 /// Every tile kernel of `ty` on the selected path that this CPU can run (the first is what
 /// [`tile`] returns), named; for tests and benchmarks of each variant.
 #[cfg_attr(
-    not(all(feature = "simd", target_arch = "x86_64")),
+    not(all(feature = "simd", any(target_arch = "x86_64", target_arch = "aarch64"))),
     allow(unused_variables)
 )]
 pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
@@ -381,6 +386,11 @@ pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
         CpuPath::Avx2 => avx2_tables::tile_variants(ty),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
         CpuPath::Avx2 => Vec::new(),
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        CpuPath::Neon => crate::aarch64::tiles::variants(ty, false),
+        #[cfg(all(feature = "simd", target_arch = "aarch64"))]
+        CpuPath::NeonDotprod => crate::aarch64::tiles::variants(ty, true),
+        #[cfg(not(all(feature = "simd", target_arch = "aarch64")))]
         CpuPath::Neon | CpuPath::NeonDotprod => Vec::new(),
     }
 }

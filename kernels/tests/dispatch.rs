@@ -477,6 +477,8 @@ fn tile_products_equal_the_reference_dots() {
                     (5, 2),
                     (7, 7),
                     (17, 3),
+                    // More tokens than one L1 group of 33-block activation rows (12 to 14).
+                    (5, 29),
                 ] {
                     let (w_stride, a_stride) = (wb + 3, ab + 5);
                     let mut wq = vec![0u8; nr * w_stride];
@@ -532,12 +534,17 @@ fn tile_products_equal_the_reference_dots() {
             }
         }
     }
-    if dispatch::select() == Ok(CpuPath::Avx2) {
-        assert!(
-            tested >= 2,
-            "the avx2 path has tile kernels for Q4_1 and Q8_0"
-        );
-    }
+    // Q4_1 and Q8_0 at least: on NEON with dotprod, the `sdot` and the plain NEON variants.
+    let expected = match dispatch::select() {
+        Ok(CpuPath::Avx2 | CpuPath::Neon) => 2,
+        Ok(CpuPath::NeonDotprod) => 4,
+        _ => 0,
+    };
+    assert!(
+        tested >= expected,
+        "{:?}: {tested} tile kernels tested, expected at least {expected} (Q4_1 and Q8_0)",
+        dispatch::select()
+    );
 }
 
 /// The fused attention kernel equals the reference step by step: same output bits and the same

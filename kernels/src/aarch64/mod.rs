@@ -25,3 +25,4 @@ pub(crate) mod q4_1;
 pub(crate) mod q4_k;
 pub(crate) mod q8_0;
 pub(crate) mod quantize;
+pub(crate) mod tiles;

@@ -3,13 +3,14 @@
 // rope_cache_init order), so the rotation is the CPU's to the bit.
 //
 // Warning: NORM and NEOX pairing are not interchangeable; the wrong one corrupts the output
-// silently. NORM rotates (x[2i], x[2i+1]) with fused multiply-adds as the CPU reference does;
-// NEOX rotates (x[i], x[i + d/2]) with separate multiplies, also as the reference does.
+// silently. NORM rotates (x[2i], x[2i+1]), NEOX rotates (x[i], x[i + d/2]), both with the
+// fused multiply-adds of the CPU reference (ggml's one `rotate_pairs`, contracted by the
+// compiler the same way for both pairings).
 __device__ __forceinline__ void rope_pair(float* h, int i, int half, int neox, float c, float s) {
     if (neox) {
         const float x0 = h[i], x1 = h[i + half];
-        h[i] = x0 * c - x1 * s;
-        h[i + half] = x0 * s + x1 * c;
+        h[i] = fmaf(x0, c, -(x1 * s));
+        h[i + half] = fmaf(x0, s, x1 * c);
     } else {
         const float x0 = h[2 * i], x1 = h[2 * i + 1];
         h[2 * i] = fmaf(x0, c, -(x1 * s));

@@ -10,7 +10,8 @@
 //!
 //! Tolerances (stated per test): Q8_1 and Q8_K quantization, RoPE + K/V store and SwiGLU on
 //! whole blocks of 8 are bit-exact; RMSNorm within 1e-6 relative (the f64 sum is reduced in
-//! another order); matrix products within 1e-5 of Σ|w·a| (f32 accumulation order differs);
+//! another order); matrix products of every weight type within 1e-5 of Σ|w·a| (f32
+//! accumulation order differs; for F32, F16 and BF16 the CPU also accumulates in f64);
 //! attention within 2e-4 (1e-4 × max|v|) of an f64 reference; greedy argmax equal at every step
 //! except at most 3 near-ties (CPU top-2 gap under 1% of the logit range, see [`MARGIN_REL`]),
 //! logits within 5% of their range; engine on CUDA equal to lone CUDA sessions, id for id.
@@ -23,7 +24,7 @@ use ember::gguf::GgufFile;
 use ember::model::Model;
 use ember::session::{GenerateParams, KvBudget, Session, SessionConfig};
 use ember::synth::{synth_gguf, SynthSpec};
-use ember_kernels::reference::{ops, q4_0, q4_1, q4_k, q6_k, q8, q8_k};
+use ember_kernels::reference::{float, ops, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8, q8_k};
 use ember_kernels::GgmlType;
 use half::f16;
 
@@ -125,18 +126,23 @@ fn random_weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> (Vec
     for r in 0..rows {
         let (src, dst) = (&x[r * cols..(r + 1) * cols], &mut w[r * rb..(r + 1) * rb]);
         match ty {
+            GgmlType::F32 => float::quantize_row_f32(src, dst),
+            GgmlType::F16 => float::quantize_row_f16(src, dst),
+            GgmlType::BF16 => float::quantize_row_bf16(src, dst),
             GgmlType::Q4_0 => q4_0::quantize_row_q4_0(src, dst),
             GgmlType::Q4_1 => q4_1::quantize_row_q4_1(src, dst),
+            GgmlType::Q5_0 => q5_0::quantize_row_q5_0(src, dst),
+            GgmlType::Q5_1 => q5_1::quantize_row_q5_1(src, dst),
             GgmlType::Q8_0 => q8::quantize_row_q8_0(src, dst),
-            GgmlType::Q4_K | GgmlType::Q6_K => {
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
                 dst.iter_mut().for_each(|b| *b = rng.u64() as u8);
                 for blk in dst.chunks_exact_mut(ty.type_size()) {
                     let d = 0.02 * (0.5 + rng.f().abs());
-                    if ty == GgmlType::Q4_K {
+                    if ty == GgmlType::Q6_K {
+                        blk[208..210].copy_from_slice(&h(d / 4.0));
+                    } else {
                         blk[..2].copy_from_slice(&h(d));
                         blk[2..4].copy_from_slice(&h(0.02 * rng.f().abs()));
-                    } else {
-                        blk[208..210].copy_from_slice(&h(d / 4.0));
                     }
                 }
             }
@@ -144,10 +150,16 @@ fn random_weights(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> (Vec
         }
         let out = &mut deq[r * cols..(r + 1) * cols];
         match ty {
+            GgmlType::F32 => float::dequantize_row_f32(dst, out),
+            GgmlType::F16 => float::dequantize_row_f16(dst, out),
+            GgmlType::BF16 => float::dequantize_row_bf16(dst, out),
             GgmlType::Q4_0 => q4_0::dequantize_row_q4_0(dst, out),
             GgmlType::Q4_1 => q4_1::dequantize_row_q4_1(dst, out),
+            GgmlType::Q5_0 => q5_0::dequantize_row_q5_0(dst, out),
+            GgmlType::Q5_1 => q5_1::dequantize_row_q5_1(dst, out),
             GgmlType::Q8_0 => q8::dequantize_row_q8_0(dst, out),
             GgmlType::Q4_K => q4_k::dequantize_row_q4_k(dst, out),
+            GgmlType::Q5_K => q5_k::dequantize_row_q5_k(dst, out),
             GgmlType::Q6_K => q6_k::dequantize_row_q6_k(dst, out),
             _ => unreachable!(),
         }
@@ -162,22 +174,88 @@ fn q8_1_to_q8_0(a: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// How the CPU sees one activation row for a weight type: the bytes its dot reads (Q8_1, Q8_0,
+/// Q8_K, f32, f16 or bf16) and their f32 values.
+fn cpu_acts(ty: GgmlType, x: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let n = x.len();
+    let mut f = vec![0f32; n];
+    let b = match ty {
+        GgmlType::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => {
+            let mut b = vec![0u8; 2 * n];
+            float::quantize_row_f16(x, &mut b);
+            b
+        }
+        GgmlType::BF16 => {
+            let mut b = vec![0u8; 2 * n];
+            float::quantize_row_bf16(x, &mut b);
+            b
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            let mut b = vec![0u8; n / 256 * 292];
+            q8_k::quantize_row_q8_k(x, &mut b);
+            b
+        }
+        _ => quantize_act_cpu(x, 1, n),
+    };
+    match ty {
+        GgmlType::F32 => f.copy_from_slice(x),
+        GgmlType::F16 => float::dequantize_row_f16(&b, &mut f),
+        GgmlType::BF16 => float::dequantize_row_bf16(&b, &mut f),
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => q8_k::dequantize_row_q8_k(&b, &mut f),
+        _ => q8::dequantize_row_q8_1(&b, &mut f),
+    }
+    (b, f)
+}
+
+/// The CPU reference dot of one weight row with one activation row from [`cpu_acts`].
+fn cpu_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
+    match ty {
+        GgmlType::F32 => float::vec_dot_f32(n, w, a),
+        GgmlType::F16 => float::vec_dot_f16(n, w, a),
+        GgmlType::BF16 => float::vec_dot_bf16(n, w, a),
+        GgmlType::Q4_0 => q4_0::vec_dot_q4_0_q8_0(n, w, &q8_1_to_q8_0(a)),
+        GgmlType::Q4_1 => q4_1::vec_dot_q4_1_q8_1(n, w, a),
+        GgmlType::Q5_0 => q5_0::vec_dot_q5_0_q8_0(n, w, &q8_1_to_q8_0(a)),
+        GgmlType::Q5_1 => q5_1::vec_dot_q5_1_q8_1(n, w, a),
+        GgmlType::Q8_0 => q8::vec_dot_q8_0_q8_0(n, w, &q8_1_to_q8_0(a)),
+        GgmlType::Q4_K => q4_k::vec_dot_q4_k_q8_k(n, w, a),
+        GgmlType::Q5_K => q5_k::vec_dot_q5_k_q8_k(n, w, a),
+        GgmlType::Q6_K => q6_k::vec_dot_q6_k_q8_k(n, w, a),
+        _ => unreachable!(),
+    }
+}
+
+/// Every weight type the CUDA backend takes.
+const ALL_WEIGHTS: [GgmlType; 11] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
 #[test]
 fn matmul_matches_cpu_dots() {
     let Some(dev) = device("matmul_matches_cpu_dots") else {
         return;
     };
     let mut rng = Rng(2);
-    let mut worst = 0f64;
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4_K,
-        GgmlType::Q6_K,
-    ] {
-        let kq = matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K);
+    for ty in ALL_WEIGHTS {
+        let mut worst = 0f64;
+        // Shapes whose rows are not whole blocks of `ty` are skipped; the odd widths exercise
+        // the float kernels' one-element path (the others take 8 elements per load).
         for &(rows, cols, n_tok) in &[
+            (1, 1, 1),
+            (2, 7, 3),
+            (5, 33, 2),
+            (3, 100, 9),
             (1, 32, 1),
             (3, 64, 2),
             (5, 96, 7),
@@ -189,23 +267,19 @@ fn matmul_matches_cpu_dots() {
             (9, 768, 11),
             (64, 8192, 1),
         ] {
-            if kq && cols % 256 != 0 {
+            if ty.row_bytes(cols as u64).is_none() {
                 continue;
             }
             let (w, wf) = random_weights(&mut rng, ty, rows, cols);
             let x = rng.vec(n_tok * cols, 2.0);
-            let acts = if kq {
-                let rb = cols / 256 * 292;
-                let mut a = vec![0u8; n_tok * rb];
-                for t in 0..n_tok {
-                    q8_k::quantize_row_q8_k(
-                        &x[t * cols..(t + 1) * cols],
-                        &mut a[t * rb..(t + 1) * rb],
-                    );
+            let per_tok: Vec<(Vec<u8>, Vec<f32>)> =
+                x.chunks_exact(cols).map(|xt| cpu_acts(ty, xt)).collect();
+            // What the kernel reads: the f32 rows for float weights, else the quantized rows.
+            let acts: Vec<u8> = match ty {
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                    x.iter().flat_map(|v| v.to_le_bytes()).collect()
                 }
-                a
-            } else {
-                quantize_act_cpu(&x, n_tok, cols)
+                _ => per_tok.iter().flat_map(|(b, _)| b.clone()).collect(),
             };
             let init = rng.vec(n_tok * rows, 1.0);
             for accumulate in [false, true] {
@@ -221,32 +295,16 @@ fn matmul_matches_cpu_dots() {
                 )
                 .unwrap();
                 let rb = w.len() / rows;
-                let arb = if kq { cols / 256 * 292 } else { cols / 32 * 36 };
-                let mut af = vec![0f32; cols];
-                for t in 0..n_tok {
-                    let a = &acts[t * arb..(t + 1) * arb];
-                    let a0 = if kq {
-                        q8_k::dequantize_row_q8_k(a, &mut af);
-                        Vec::new()
-                    } else {
-                        q8::dequantize_row_q8_1(a, &mut af);
-                        q8_1_to_q8_0(a)
-                    };
+                for (t, (a, af)) in per_tok.iter().enumerate() {
                     for r in 0..rows {
                         let wr = &w[r * rb..(r + 1) * rb];
-                        let mut cpu = match ty {
-                            GgmlType::Q4_0 => q4_0::vec_dot_q4_0_q8_0(cols, wr, &a0),
-                            GgmlType::Q4_1 => q4_1::vec_dot_q4_1_q8_1(cols, wr, a),
-                            GgmlType::Q4_K => q4_k::vec_dot_q4_k_q8_k(cols, wr, a),
-                            GgmlType::Q6_K => q6_k::vec_dot_q6_k_q8_k(cols, wr, a),
-                            _ => q8::vec_dot_q8_0_q8_0(cols, wr, &a0),
-                        };
+                        let mut cpu = cpu_dot(ty, cols, wr, a);
                         if accumulate {
                             cpu += init[t * rows + r];
                         }
                         let scale: f64 = wf[r * cols..(r + 1) * cols]
                             .iter()
-                            .zip(&af)
+                            .zip(af)
                             .map(|(&a, &b)| f64::from(a * b).abs())
                             .sum::<f64>()
                             + if accumulate {
@@ -266,8 +324,8 @@ fn matmul_matches_cpu_dots() {
                 }
             }
         }
+        println!("matmul {ty}: worst |gpu-cpu| / sum|w*a| = {worst:.3e}");
     }
-    println!("matmul: worst |gpu-cpu| / sum|w*a| = {worst:.3e}");
 }
 
 #[test]
@@ -726,12 +784,7 @@ fn greedy_cuda_equals_cpu_on_synthetic_models() {
     // its logits move by 5-9% of their range under last-bit differences (measured on the H100),
     // so greedy agreement says nothing there. The Q6_K kernels are checked against the CPU dot
     // by `matmul_matches_cpu_dots` and its activations by `quantize_q8_k_is_bit_exact`.
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4_K,
-    ] {
+    for ty in ALL_WEIGHTS.into_iter().filter(|&t| t != GgmlType::Q6_K) {
         compare_greedy(
             &|| synth_model(ty, 11),
             &prompt,
@@ -994,13 +1047,17 @@ fn engine_on_cuda_equals_lone_cuda_sessions() {
     );
 }
 
+/// Every weight type a model may hold (the CPU's list) has a CUDA kernel, and this file tests
+/// each one (`ALL_WEIGHTS`): a model the CPU loads is never refused for its weight types. (No
+/// device needed: the lists are constants.)
 #[test]
-fn cuda_backend_refuses_unsupported_weights_clearly() {
-    if device("cuda_backend_refuses_unsupported_weights_clearly").is_none() {
-        return;
+fn cuda_backend_takes_every_weight_type() {
+    let mut cpu = ember_kernels::SUPPORTED.to_vec();
+    let mut gpu = ember::backend::cuda::device::SUPPORTED_WEIGHTS.to_vec();
+    let mut tested = ALL_WEIGHTS.to_vec();
+    for v in [&mut cpu, &mut gpu, &mut tested] {
+        v.sort_by_key(|t| t.to_string());
     }
-    let m = synth_model(GgmlType::F16, 1);
-    let e = Session::with_backend(m, &session_cfg(), BackendKind::Cuda).unwrap_err();
-    let msg = e.to_string();
-    assert!(msg.contains("not supported by the CUDA backend"), "{msg}");
+    assert_eq!(gpu, cpu);
+    assert_eq!(tested, cpu);
 }

@@ -79,7 +79,7 @@ struct QuantizeParams {
 
 struct MatmulParams {
     const u8* w;     // [rows, row_bytes] weight blocks as in the GGUF file
-    const u8* a;     // [n_tok, cols / 32] Q8_1 activation blocks
+    const u8* a;     // [n_tok, cols / 32] Q8_1 blocks (Q8_K: cols / 256; F32/F16/BF16 weights: f32 [n_tok, cols])
     float* out;      // [n_tok, rows]
     int rows;
     int cols;

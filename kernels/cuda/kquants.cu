@@ -1,10 +1,12 @@
-// K-quant products (Q4_K, Q6_K weights) on Q8_K activations, as the CPU computes them: the
+// K-quant products (Q4_K, Q5_K, Q6_K weights) on Q8_K activations, as the CPU computes them: the
 // activations are quantized per 256-element super-block exactly as `quantize_row_q8_k` (f32
 // scale, 16-element group sums), so each super-block's integer sums equal the CPU's; only the
 // f32 accumulation order differs. One warp per weight row; each lane takes one 32-element group
 // of a super-block per step (8 lanes per super-block), like mmvq.cu.
 //
 // Layouts are ggml's: block_q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]} (144 B),
+// block_q5_K {f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]} (176 B: Q4_K's scales and
+// nibbles, and the fifth bit of element l of group g in bit g of qh[l]),
 // block_q6_K {u8 ql[128], qh[64]; i8 scales[16]; f16 d} (210 B),
 // block_q8_K {f32 d; i8 qs[256]; i16 bsums[16]} (292 B).
 
@@ -97,15 +99,21 @@ __device__ __forceinline__ void mmvq_k(const MatmulParams& p) {
         int q[8];
         float d, dmin = 0.0f;
         int sc0, sc1 = 0, mn = 0;
-        if (TYPE == 12) { // Q4_K
-            const u8* blk = wrow + (i64)sb * 144;
+        if (TYPE == 12 || TYPE == 13) { // Q4_K, Q5_K
+            const int bsz = TYPE == 12 ? 144 : 176, qoff = TYPE == 12 ? 16 : 48;
+            const u8* blk = wrow + (i64)sb * bsz;
             d = h2f(ld_u16(blk));
             dmin = h2f(ld_u16(blk + 2));
             scale_min_k4(j, blk + 4, sc0, mn);
-            const int* qs = (const int*)(blk + 16 + 32 * (j >> 1));
+            const int* qs = (const int*)(blk + qoff + 32 * (j >> 1));
             const int sh = 4 * (j & 1);
 #pragma unroll
             for (int i = 0; i < 8; ++i) q[i] = (qs[i] >> sh) & 0x0f0f0f0f;
+            if (TYPE == 13) {
+                const int* qh = (const int*)(blk + 16);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) q[i] |= ((qh[i] >> j) & 0x01010101) << 4;
+            }
         } else { // Q6_K: elements 32j..32j+32 = half h, quarter qq
             const u8* blk = wrow + (i64)sb * 210;
             d = h2f(ld_u16(blk + 208));
@@ -130,7 +138,7 @@ __device__ __forceinline__ void mmvq_k(const MatmulParams& p) {
                 const int* ai = (const int*)(ab + 4 + 32 * j);
                 const u32 bs = *(const u32*)(ab + 4 + QK_K + 4 * j);
                 const int bs0 = (int)(short)(bs & 0xffff), bs1 = (int)(short)(bs >> 16);
-                if (TYPE == 12) {
+                if (TYPE == 12 || TYPE == 13) {
                     int s = 0;
 #pragma unroll
                     for (int i = 0; i < 8; ++i) s = __dp4a(q[i], ai[i], s);
@@ -161,4 +169,5 @@ __device__ __forceinline__ void mmvq_k(const MatmulParams& p) {
 }
 
 extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q4_k(const MatmulParams p) { mmvq_k<12>(p); }
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q5_k(const MatmulParams p) { mmvq_k<13>(p); }
 extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q6_k(const MatmulParams p) { mmvq_k<14>(p); }

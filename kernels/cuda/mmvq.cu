@@ -6,14 +6,23 @@
 // exact, only the f32 accumulation order differs from the CPU.
 //
 // Weight layouts are ggml's: block_q4_0 {f16 d; u8 qs[16]} (18 B), block_q4_1 {f16 d, m; u8
-// qs[16]} (20 B), block_q8_0 {f16 d; i8 qs[32]} (34 B); Q8_1 activations {f16 d, s; i8 qs[32]}.
-// In Q4 blocks the low nibbles are elements 0..15 and the high nibbles elements 16..31.
+// qs[16]} (20 B), block_q5_0 {f16 d; u8 qh[4]; u8 qs[16]} (22 B), block_q5_1 {f16 d, m; u8 qh[4];
+// u8 qs[16]} (24 B), block_q8_0 {f16 d; i8 qs[32]} (34 B); Q8_1 activations {f16 d, s; i8 qs[32]}.
+// In Q4 and Q5 blocks the low nibbles are elements 0..15 and the high nibbles elements 16..31;
+// the fifth bit of Q5 element i is bit i of the little-endian u32 qh.
 
 #define MMV_WARPS 4
 #define MMV_NT 8
 #define TYPE_Q4_0 2
 #define TYPE_Q4_1 3
+#define TYPE_Q5_0 6
+#define TYPE_Q5_1 7
 #define TYPE_Q8_0 8
+
+// Bits 0..3 of b moved to bit 4 of bytes 0..3 (the fifth bit of four Q5 quants).
+__device__ __forceinline__ int q5_high4(u32 b) {
+    return (int)(((b & 1u) << 4) | ((b & 2u) << 11) | ((b & 4u) << 18) | ((b & 8u) << 25));
+}
 
 template <int TYPE>
 __device__ __forceinline__ void mmvq(const MatmulParams& p) {
@@ -36,16 +45,17 @@ __device__ __forceinline__ void mmvq(const MatmulParams& p) {
         int q[4];
         float d, m = 0.0f;
         int aidx[4];
-        if (TYPE == TYPE_Q4_0 || TYPE == TYPE_Q4_1) {
-            const int bsz = TYPE == TYPE_Q4_0 ? 18 : 20;
-            const int qoff = TYPE == TYPE_Q4_0 ? 2 : 4;
+        if (TYPE != TYPE_Q8_0) {
+            // Block size and offset of qs; Q5 blocks have qh just before qs.
+            const int bsz = TYPE == TYPE_Q4_0 ? 18 : TYPE == TYPE_Q4_1 ? 20 : TYPE == TYPE_Q5_0 ? 22 : 24;
+            const int qoff = TYPE == TYPE_Q4_0 ? 2 : TYPE == TYPE_Q4_1 ? 4 : TYPE == TYPE_Q5_0 ? 6 : 8;
             const u8* blk = wrow + (i64)b * bsz;
             d = h2f(ld_u16(blk));
-            if (TYPE == TYPE_Q4_1) m = h2f(ld_u16(blk + 2));
+            if (TYPE == TYPE_Q4_1 || TYPE == TYPE_Q5_1) m = h2f(ld_u16(blk + 2));
             // This lane takes packed ints 2h, 2h+1: low nibbles = elements 8h..8h+8,
             // high nibbles = elements 16+8h..16+8h+8.
             int v0, v1;
-            if (TYPE == TYPE_Q4_0) {
+            if (TYPE == TYPE_Q4_0 || TYPE == TYPE_Q5_0) { // 18- and 22-byte blocks: 2-byte aligned
                 v0 = ld_i32_a2(blk + qoff + 8 * h);
                 v1 = ld_i32_a2(blk + qoff + 8 * h + 4);
             } else {
@@ -56,6 +66,13 @@ __device__ __forceinline__ void mmvq(const MatmulParams& p) {
             q[1] = v1 & 0x0f0f0f0f;
             q[2] = (v0 >> 4) & 0x0f0f0f0f;
             q[3] = (v1 >> 4) & 0x0f0f0f0f;
+            if (TYPE == TYPE_Q5_0 || TYPE == TYPE_Q5_1) {
+                const u32 qh = (u32)ld_i32_a2(blk + qoff - 4);
+                q[0] |= q5_high4(qh >> (8 * h));
+                q[1] |= q5_high4(qh >> (8 * h + 4));
+                q[2] |= q5_high4(qh >> (16 + 8 * h));
+                q[3] |= q5_high4(qh >> (20 + 8 * h));
+            }
             aidx[0] = 2 * h;
             aidx[1] = 2 * h + 1;
             aidx[2] = 4 + 2 * h;
@@ -79,14 +96,16 @@ __device__ __forceinline__ void mmvq(const MatmulParams& p) {
 #pragma unroll
                 for (int i = 0; i < 4; ++i) sumi = __dp4a(q[i], ai[aidx[i]], sumi);
                 const float da = h2f((u16)(ds & 0xffff));
-                if (TYPE == TYPE_Q4_0) {
+                if (TYPE == TYPE_Q4_0 || TYPE == TYPE_Q5_0) { // x = d * (q - 8) or d * (q - 16)
                     int sa = 0;
 #pragma unroll
                     for (int i = 0; i < 4; ++i) sa = __dp4a(0x01010101, ai[aidx[i]], sa);
-                    sumi -= 8 * sa;
+                    sumi -= (TYPE == TYPE_Q4_0 ? 8 : 16) * sa;
                 }
                 acc[t] += (float)sumi * (d * da);
-                if (TYPE == TYPE_Q4_1 && h == 0) acc[t] += m * h2f((u16)(ds >> 16));
+                // x = d * q + m: the offset meets the block's activation sum s once.
+                if ((TYPE == TYPE_Q4_1 || TYPE == TYPE_Q5_1) && h == 0)
+                    acc[t] += m * h2f((u16)(ds >> 16));
             }
         }
     }
@@ -104,4 +123,6 @@ __device__ __forceinline__ void mmvq(const MatmulParams& p) {
 
 extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q4_0(const MatmulParams p) { mmvq<TYPE_Q4_0>(p); }
 extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q4_1(const MatmulParams p) { mmvq<TYPE_Q4_1>(p); }
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q5_0(const MatmulParams p) { mmvq<TYPE_Q5_0>(p); }
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q5_1(const MatmulParams p) { mmvq<TYPE_Q5_1>(p); }
 extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q8_0(const MatmulParams p) { mmvq<TYPE_Q8_0>(p); }

@@ -19,7 +19,7 @@ use super::params::*;
 use crate::error::{Error, Result};
 
 /// The kernel sources, concatenated in this order into one NVRTC program.
-const SOURCES: [(&str, &str); 7] = [
+const SOURCES: [(&str, &str); 8] = [
     (
         "common.cuh",
         include_str!("../../../../kernels/cuda/common.cuh"),
@@ -29,6 +29,10 @@ const SOURCES: [(&str, &str); 7] = [
         include_str!("../../../../kernels/cuda/quantize.cu"),
     ),
     ("mmvq.cu", include_str!("../../../../kernels/cuda/mmvq.cu")),
+    (
+        "mmv_float.cu",
+        include_str!("../../../../kernels/cuda/mmv_float.cu"),
+    ),
     (
         "kquants.cu",
         include_str!("../../../../kernels/cuda/kquants.cu"),
@@ -53,18 +57,51 @@ const SOURCES: [(&str, &str); 7] = [
 /// merges, longer ones leave small batches too few thread blocks.
 pub const ATT_PART_LEN: usize = 2048;
 
-/// Weight types the CUDA matrix kernels take.
-pub const SUPPORTED_WEIGHTS: [GgmlType; 5] = [
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q6_K,
+/// Weight types the CUDA matrix kernels take, and each one's kernel.
+const MATMUL_KERNELS: [(GgmlType, &str); 11] = [
+    (GgmlType::F32, "matmul_f32"),
+    (GgmlType::F16, "matmul_f16"),
+    (GgmlType::BF16, "matmul_bf16"),
+    (GgmlType::Q4_0, "matmul_q4_0"),
+    (GgmlType::Q4_1, "matmul_q4_1"),
+    (GgmlType::Q5_0, "matmul_q5_0"),
+    (GgmlType::Q5_1, "matmul_q5_1"),
+    (GgmlType::Q8_0, "matmul_q8_0"),
+    (GgmlType::Q4_K, "matmul_q4_k"),
+    (GgmlType::Q5_K, "matmul_q5_k"),
+    (GgmlType::Q6_K, "matmul_q6_k"),
 ];
 
-/// Whether weights of `ty` take Q8_K activations (else Q8_1).
-pub fn takes_q8_k(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K)
+/// Weight types the CUDA matrix kernels take.
+pub const SUPPORTED_WEIGHTS: [GgmlType; 11] = {
+    let mut t = [GgmlType::F32; 11];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = MATMUL_KERNELS[i].0;
+        i += 1;
+    }
+    t
+};
+
+/// The activations a weight type's kernel reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acts {
+    /// The f32 rows themselves (F32, F16, BF16 weights; the kernels round to f16 / bf16 as
+    /// they read, as the CPU's dots do).
+    F32,
+    /// Q8_1 blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+    Q8_1,
+    /// Q8_K super-blocks of 256 (K-quants).
+    Q8K,
+}
+
+/// The activations weights of `ty` take.
+pub fn acts_of(ty: GgmlType) -> Acts {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Acts::F32,
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => Acts::Q8K,
+        _ => Acts::Q8_1,
+    }
 }
 
 pub(crate) fn backend_err(what: impl Into<String>) -> Error {
@@ -91,11 +128,8 @@ pub struct CompileInfo {
 struct Kernels {
     quantize_q8_1: CudaFunction,
     quantize_q8_k: CudaFunction,
-    matmul_q4_k: CudaFunction,
-    matmul_q6_k: CudaFunction,
-    matmul_q4_0: CudaFunction,
-    matmul_q4_1: CudaFunction,
-    matmul_q8_0: CudaFunction,
+    /// One per weight type, in the order of `MATMUL_KERNELS`.
+    matmul: Vec<CudaFunction>,
     rms_norm: CudaFunction,
     swiglu: CudaFunction,
     add_bias: CudaFunction,
@@ -365,11 +399,10 @@ impl CudaDevice {
         let k = Kernels {
             quantize_q8_1: f("quantize_q8_1")?,
             quantize_q8_k: f("quantize_q8_k")?,
-            matmul_q4_k: f("matmul_q4_k")?,
-            matmul_q6_k: f("matmul_q6_k")?,
-            matmul_q4_0: f("matmul_q4_0")?,
-            matmul_q4_1: f("matmul_q4_1")?,
-            matmul_q8_0: f("matmul_q8_0")?,
+            matmul: MATMUL_KERNELS
+                .iter()
+                .map(|(_, n)| f(n))
+                .collect::<Result<_>>()?,
             rms_norm: f("rms_norm")?,
             swiglu: f("swiglu")?,
             add_bias: f("add_bias")?,
@@ -588,22 +621,17 @@ impl CudaDevice {
         )
     }
 
-    /// `out = a W^T` (or `out += a W^T`) for a weight of type `ty` (activations in Q8_1, or
-    /// Q8_K for K-quants: see [`takes_q8_k`]).
+    /// `out = a W^T` (or `out += a W^T`) for a weight of type `ty`; `p.a` holds the
+    /// activations [`acts_of`] `ty` names (f32 rows, Q8_1 or Q8_K).
     pub fn matmul(&self, ty: GgmlType, p: &MatmulParams) -> Result<()> {
-        let f = match ty {
-            GgmlType::Q4_0 => &self.k.matmul_q4_0,
-            GgmlType::Q4_1 => &self.k.matmul_q4_1,
-            GgmlType::Q8_0 => &self.k.matmul_q8_0,
-            GgmlType::Q4_K => &self.k.matmul_q4_k,
-            GgmlType::Q6_K => &self.k.matmul_q6_k,
-            _ => return Err(backend_err(format!("no CUDA matrix kernel for type {ty}"))),
+        let Some(i) = MATMUL_KERNELS.iter().position(|(t, _)| *t == ty) else {
+            return Err(backend_err(format!("no CUDA matrix kernel for type {ty}")));
         };
         let grid = (
             (p.rows as usize).div_ceil(4),
             (p.n_tok as usize).div_ceil(8),
         );
-        self.launch(f, grid, 128, p, "matmul")
+        self.launch(&self.k.matmul[i], grid, 128, p, "matmul")
     }
 
     /// RMSNorm of `n_rows` rows.

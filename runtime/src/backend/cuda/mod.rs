@@ -11,7 +11,8 @@
 //!
 //! Per step and layer: rms_norm → quantize_q8_1 → matmul q, k, v (+ biases) → rope_kv_write →
 //! paged_attention → quantize → matmul o (+= into x) → rms_norm → quantize → matmul gate, up →
-//! swiglu → quantize → matmul down (+= into x).
+//! swiglu → quantize → matmul down (+= into x). "Quantize" makes the activations the weights
+//! take: Q8_1 (Q4_0 .. Q8_0), Q8_K (K-quants), or nothing (F32, F16, BF16 read the f32 rows).
 
 pub mod device;
 pub mod params;
@@ -20,7 +21,7 @@ pub mod testing;
 
 use ember_kernels::GgmlType;
 
-use device::{backend_err, takes_q8_k, SUPPORTED_WEIGHTS};
+use device::{acts_of, backend_err, Acts, SUPPORTED_WEIGHTS};
 pub use device::{driver_present, CompileInfo, CudaDevice, DevBuf, HostMapping, ATT_PART_LEN};
 use params::*;
 
@@ -265,11 +266,11 @@ impl CudaBackend {
             layers.push(layer);
         }
         let output = upload_mat(&dev, model, &w.output, mapping.as_ref())?;
-        let any_k = takes_q8_k(output.ty)
+        let any_k = acts_of(output.ty) == Acts::Q8K
             || layers.iter().any(|l| {
                 [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
                     .iter()
-                    .any(|m| takes_q8_k(m.ty))
+                    .any(|m| acts_of(m.ty) == Acts::Q8K)
             });
         weight_bytes += output.bytes;
         let output_norm = upload_vec(&dev, model, &w.output_norm, "output_norm")?;
@@ -408,7 +409,7 @@ impl CudaBackend {
     }
 
     /// Quantize `n_rows` rows of `x` (`n_cols` wide) to the activation types the weights in
-    /// `mats` take (Q8_1 and/or Q8_K).
+    /// `mats` take (Q8_1 and/or Q8_K; nothing for float weights, which read `x` itself).
     fn quantize(&self, x: u64, n_rows: usize, n_cols: usize, mats: &[&DevMat]) -> Result<()> {
         let p = |y| QuantizeParams {
             x,
@@ -418,25 +419,26 @@ impl CudaBackend {
             x_stride: n_cols as i32,
             pad: 0,
         };
-        if mats.iter().any(|m| !takes_q8_k(m.ty)) {
+        if mats.iter().any(|m| acts_of(m.ty) == Acts::Q8_1) {
             self.dev.quantize_q8_1(&p(self.s.acts.ptr))?;
         }
-        if mats.iter().any(|m| takes_q8_k(m.ty)) {
+        if mats.iter().any(|m| acts_of(m.ty) == Acts::Q8K) {
             self.dev.quantize_q8_k(&p(self.s.acts_k.ptr))?;
         }
         Ok(())
     }
 
-    /// `out (+)= acts W^T` for `n_tok` rows of already quantized activations.
-    fn matmul(&self, w: &DevMat, out: u64, n_tok: usize, accumulate: bool) -> Result<()> {
+    /// `out (+)= x W^T` for `n_tok` rows of `x` (f32, `w.cols` wide), already quantized by
+    /// [`CudaBackend::quantize`] where `w` takes quantized activations.
+    fn matmul(&self, w: &DevMat, x: u64, out: u64, n_tok: usize, accumulate: bool) -> Result<()> {
         self.dev.matmul(
             w.ty,
             &MatmulParams {
                 w: w.ptr,
-                a: if takes_q8_k(w.ty) {
-                    self.s.acts_k.ptr
-                } else {
-                    self.s.acts.ptr
+                a: match acts_of(w.ty) {
+                    Acts::F32 => x,
+                    Acts::Q8_1 => self.s.acts.ptr,
+                    Acts::Q8K => self.s.acts_k.ptr,
                 },
                 out,
                 rows: w.rows as i32,
@@ -607,9 +609,9 @@ impl CudaBackend {
             // ---- attention ----
             self.rms_norm(s.x.ptr, &lw.attn_norm, s.xn.ptr, 0, n_tok, c.rms_eps)?;
             self.quantize(s.xn.ptr, n_tok, e, &[&lw.wq, &lw.wk, &lw.wv])?;
-            self.matmul(&lw.wq, s.q.ptr, n_tok, false)?;
-            self.matmul(&lw.wk, s.k.ptr, n_tok, false)?;
-            self.matmul(&lw.wv, s.v.ptr, n_tok, false)?;
+            self.matmul(&lw.wq, s.xn.ptr, s.q.ptr, n_tok, false)?;
+            self.matmul(&lw.wk, s.xn.ptr, s.k.ptr, n_tok, false)?;
+            self.matmul(&lw.wv, s.xn.ptr, s.v.ptr, n_tok, false)?;
             self.bias(s.q.ptr, &lw.bq, n_tok)?;
             self.bias(s.k.ptr, &lw.bk, n_tok)?;
             self.bias(s.v.ptr, &lw.bv, n_tok)?;
@@ -656,13 +658,13 @@ impl CudaBackend {
                 pad: 0,
             })?;
             self.quantize(s.att.ptr, n_tok, qd, &[&lw.wo])?;
-            self.matmul(&lw.wo, s.x.ptr, n_tok, true)?;
+            self.matmul(&lw.wo, s.att.ptr, s.x.ptr, n_tok, true)?;
 
             // ---- feed-forward (SwiGLU) ----
             self.rms_norm(s.x.ptr, &lw.ffn_norm, s.xn.ptr, 0, n_tok, c.rms_eps)?;
             self.quantize(s.xn.ptr, n_tok, e, &[&lw.w_gate, &lw.w_up])?;
-            self.matmul(&lw.w_gate, s.gate.ptr, n_tok, false)?;
-            self.matmul(&lw.w_up, s.up.ptr, n_tok, false)?;
+            self.matmul(&lw.w_gate, s.xn.ptr, s.gate.ptr, n_tok, false)?;
+            self.matmul(&lw.w_up, s.xn.ptr, s.up.ptr, n_tok, false)?;
             let n = n_tok * f;
             self.dev.swiglu(&SwigluParams {
                 gate: s.gate.ptr,
@@ -671,7 +673,7 @@ impl CudaBackend {
                 n_vec: (n / 8 * 8) as i32,
             })?;
             self.quantize(s.gate.ptr, n_tok, f, &[&lw.w_down])?;
-            self.matmul(&lw.w_down, s.x.ptr, n_tok, true)?;
+            self.matmul(&lw.w_down, s.gate.ptr, s.x.ptr, n_tok, true)?;
         }
 
         if n_logits == 0 {
@@ -686,7 +688,7 @@ impl CudaBackend {
             c.rms_eps,
         )?;
         self.quantize(s.out_x.ptr, n_logits, e, &[&self.output])?;
-        self.matmul(&self.output, s.logits.ptr, n_logits, false)?;
+        self.matmul(&self.output, s.out_x.ptr, s.logits.ptr, n_logits, false)?;
         Ok(())
     }
 }

@@ -21,7 +21,8 @@ pub struct QuantizeParams {
     pub pad: i32,
 }
 
-/// `matmul_q4_0`, `matmul_q4_1`, `matmul_q8_0`.
+/// Every `matmul_*` kernel (`a`: f32 rows for F32 / F16 / BF16 weights, Q8_1 or Q8_K blocks
+/// for quantized ones).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct MatmulParams {

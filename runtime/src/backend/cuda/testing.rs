@@ -45,7 +45,7 @@ pub fn quantize_q8_k(dev: &CudaDevice, x: &[f32], n_rows: usize, n_cols: usize) 
 }
 
 /// `out[t][r] = W[r] . a[t]`: `w` is `rows` rows of `ty` blocks, `acts` `n_tok` rows of Q8_1
-/// (Q8_K for K-quant weights).
+/// (Q8_K for K-quant weights, little-endian f32 for F32, F16 and BF16 weights).
 /// With `init`, the output starts from it and the product is added (`accumulate`).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(

@@ -13,7 +13,7 @@
  * -fsanitize=leak by scripts/test-ffi.sh, so a leak anywhere in the process (the Rust library
  * allocates with the same malloc) fails the run at exit.
  */
-#include <ember.h>
+#include "harness.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -44,13 +44,6 @@ struct result {
     int abandoned, text_pulls, chats, refused;
 };
 
-static uint64_t next_rand(uint64_t *s) {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
 static long rss_now_kib(void) {
     FILE *f = fopen("/proc/self/statm", "r");
     long pages = 0, resident = 0;
@@ -59,13 +52,6 @@ static long rss_now_kib(void) {
     fclose(f);
     return resident < 0 ? -1 : resident * (sysconf(_SC_PAGESIZE) / 1024);
 }
-
-#define FAIL(res, ...)                                                  \
-    do {                                                                \
-        fprintf(stderr, __VA_ARGS__);                                   \
-        fprintf(stderr, " (last error: %s)\n", ember_last_error());     \
-        (res)->failures++;                                              \
-    } while (0)
 
 static const char *const WORDS[] = {
     "the", "cat", "sat", "on", "a", "mat", "héllo", "日本", "🙂", "\n", "  ", "<|im_end|>",
@@ -313,12 +299,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "create: %s\n", ember_last_error());
         return 1;
     }
-    size_t n;
-    if (ember_tokenize(rt, "<|endoftext|><|im_end|>", false, true, eog_ids, 2, &n) != EMBER_OK ||
-        n != 2) {
-        fprintf(stderr, "cannot find the end-of-generation ids: %s\n", ember_last_error());
-        return 1;
-    }
+    if (!find_eog_ids(rt, eog_ids)) return 1;
     {
         /* Chat submissions only where the model has a template. */
         ember_chat_message m = {"user", "hi"};
@@ -371,12 +352,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%d of %d requests accounted for\n", ended, total_requests);
         total.failures++;
     }
-    if (s.blocks_used != 0 || s.blocks_free != s.blocks_total || s.requests != 0) {
-        fprintf(stderr, "arena not empty: %llu used, %llu free of %llu, %llu requests\n",
-                (unsigned long long)s.blocks_used, (unsigned long long)s.blocks_free,
-                (unsigned long long)s.blocks_total, (unsigned long long)s.requests);
-        total.failures++;
-    }
+    if (!arena_is_empty(&s)) total.failures++;
     if (total.by_reason[EMBER_FINISH_CANCELLED] == 0 || total.by_reason[EMBER_FINISH_LENGTH] == 0 ||
         (total_requests >= 200 && (total.abandoned == 0 || s.preemptions == 0))) {
         fprintf(stderr, "the mix was not exercised\n");

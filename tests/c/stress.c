@@ -6,7 +6,7 @@
  *
  *   stress MODEL.gguf [COMPUTE_THREADS]   (default 1: no worker threads besides the engine's)
  */
-#include <ember.h>
+#include "harness.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -22,20 +22,6 @@ static uint32_t eog_ids[2]; /* the synthetic vocabulary's end-of-generation toke
 struct result {
     int index, failures, cancelled, length, eos, stop;
 };
-
-static uint64_t next_rand(uint64_t *s) {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
-#define FAIL(res, ...)                                                  \
-    do {                                                                \
-        fprintf(stderr, __VA_ARGS__);                                   \
-        fprintf(stderr, " (last error: %s)\n", ember_last_error());     \
-        (res)->failures++;                                              \
-    } while (0)
 
 static void *worker(void *arg) {
     struct result *res = arg;
@@ -125,12 +111,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "create: %s\n", ember_last_error());
         return 1;
     }
-    size_t n;
-    if (ember_tokenize(rt, "<|endoftext|><|im_end|>", false, true, eog_ids, 2, &n) != EMBER_OK ||
-        n != 2) {
-        fprintf(stderr, "cannot find the end-of-generation ids: %s\n", ember_last_error());
-        return 1;
-    }
+    if (!find_eog_ids(rt, eog_ids)) return 1;
     if (ember_start(rt) != EMBER_OK) return 1;
 
     pthread_t th[THREADS];
@@ -155,12 +136,7 @@ int main(int argc, char **argv) {
            (unsigned long long)s.steps, (unsigned long long)s.preemptions,
            (unsigned long long)s.tokens_generated);
     if (total.length + total.eos + total.cancelled != THREADS * PER_THREAD) total.failures++;
-    if (s.blocks_used != 0 || s.blocks_free != s.blocks_total || s.requests != 0) {
-        fprintf(stderr, "arena not empty: %llu used, %llu free of %llu, %llu requests\n",
-                (unsigned long long)s.blocks_used, (unsigned long long)s.blocks_free,
-                (unsigned long long)s.blocks_total, (unsigned long long)s.requests);
-        total.failures++;
-    }
+    if (!arena_is_empty(&s)) total.failures++;
     if (total.cancelled == 0 || total.length == 0) total.failures++; /* the mix was exercised */
     if (ember_stop(rt) != EMBER_OK) total.failures++;
     ember_runtime_free(rt);

@@ -1,6 +1,6 @@
 //! Run-time kernel selection: the CPU is detected once, and the model calls only these tables.
 //!
-//! `EMBER_CPU=scalar|avx2|neon` forces a path (for tests and measurements); asking for a path
+//! `EMBER_CPU=scalar|avx2|avx512|neon` forces a path (for tests and measurements); asking for a path
 //! the CPU (or this build) lacks is an error from [`select`], never a silent fallback. Without
 //! the variable the best available path is used. The scalar reference is always available.
 //!
@@ -24,6 +24,9 @@ pub enum CpuPath {
     Scalar,
     /// x86_64 with AVX2, FMA and F16C (x86-64-v3).
     Avx2,
+    /// The AVX2 path plus AVX-512 (F, BW, VL, DQ, VNNI) tile products: the same results bit for
+    /// bit, with two (row, token) pairs per 512-bit register in prefill and batched decode.
+    Avx512,
     /// aarch64 NEON without the dotprod extension (`vmull_s8` integer dots).
     Neon,
     /// aarch64 NEON with the dotprod extension (`sdot` integer dots).
@@ -36,6 +39,7 @@ impl CpuPath {
         match self {
             CpuPath::Scalar => "scalar",
             CpuPath::Avx2 => "avx2",
+            CpuPath::Avx512 => "avx512",
             CpuPath::Neon => "neon-nodot",
             CpuPath::NeonDotprod => "neon-dotprod",
         }
@@ -111,10 +115,19 @@ mod avx2_tables {
         t
     }
 
-    /// Every tile kernel of `ty` this CPU can run, best first, with a name.
-    pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
-        use crate::x86_64::tiles;
+    /// Every tile kernel of `ty` this CPU can run, best first, with a name; the AVX-512 ones
+    /// only with `avx512` (the AVX-512 path).
+    pub fn tile_variants(ty: GgmlType, avx512: bool) -> Vec<(&'static str, TileDotFn)> {
+        use crate::x86_64::{tiles, tiles512};
         let vnni = std::arch::is_x86_feature_detected!("avxvnni");
+        let wide: &[(GgmlType, &'static str, TileDotFn)] = &[
+            (GgmlType::Q4_1, "avx512-vnni", tiles512::tile_q4_1_q8_1),
+            (GgmlType::Q8_0, "avx512-vnni", tiles512::tile_q8_0_q8_0),
+        ];
+        let wide = wide
+            .iter()
+            .filter(|e| avx512 && e.0 == ty)
+            .map(|e| (e.1, e.2));
         let all: &[(GgmlType, bool, &'static str, TileDotFn)] = &[
             (GgmlType::Q4_1, true, "avx-vnni", tiles::tile_q4_1_q8_1_vnni),
             (GgmlType::Q4_1, false, "avx2", tiles::tile_q4_1_q8_1),
@@ -123,19 +136,22 @@ mod avx2_tables {
             (GgmlType::Q5_0, true, "avx-vnni", tiles::tile_q5_0_q8_0_vnni),
             (GgmlType::Q5_0, false, "avx2", tiles::tile_q5_0_q8_0),
         ];
-        all.iter()
-            .filter(|e| e.0 == ty && (vnni || !e.1))
-            .map(|e| (e.2, e.3))
-            .collect()
+        wide.chain(
+            all.iter()
+                .filter(|e| e.0 == ty && (vnni || !e.1))
+                .map(|e| (e.2, e.3)),
+        )
+        .collect()
     }
 
-    pub fn tile(ty: GgmlType) -> Option<TileDotFn> {
-        static TABLE: OnceLock<Vec<(GgmlType, TileDotFn)>> = OnceLock::new();
-        TABLE
+    pub fn tile(ty: GgmlType, avx512: bool) -> Option<TileDotFn> {
+        type Table = Vec<(GgmlType, TileDotFn)>;
+        static TABLES: [OnceLock<Table>; 2] = [OnceLock::new(), OnceLock::new()];
+        TABLES[usize::from(avx512)]
             .get_or_init(|| {
                 crate::SUPPORTED
                     .iter()
-                    .filter_map(|&t| tile_variants(t).first().map(|v| (t, v.1)))
+                    .filter_map(|&t| tile_variants(t, avx512).first().map(|v| (t, v.1)))
                     .collect()
             })
             .iter()
@@ -255,16 +271,17 @@ mod neon_tables {
 }
 
 fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
-    let avx2 = {
+    let (avx2, avx512) = {
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         {
-            std::arch::is_x86_feature_detected!("avx2")
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
+                && std::arch::is_x86_feature_detected!("f16c");
+            (avx2, avx2 && crate::x86_64::tiles512::available())
         }
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
         {
-            false
+            (false, false)
         }
     };
     // (neon, dotprod): the NEON kernels need Advanced SIMD; the `sdot` dots also dotprod.
@@ -293,7 +310,9 @@ fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
         format!("EMBER_CPU={what}: this CPU (or this build: feature `simd`, aarch64) lacks NEON")
     };
     match requested {
-        None | Some("") => Ok(if avx2 {
+        None | Some("") => Ok(if avx512 {
+            CpuPath::Avx512
+        } else if avx2 {
             CpuPath::Avx2
         } else {
             best_neon.unwrap_or(CpuPath::Scalar)
@@ -302,6 +321,12 @@ fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
         Some("avx2") if avx2 => Ok(CpuPath::Avx2),
         Some("avx2") => Err(
             "EMBER_CPU=avx2: this CPU (or this build: feature `simd`, x86_64) lacks AVX2/FMA/F16C"
+                .into(),
+        ),
+        Some("avx512") if avx512 => Ok(CpuPath::Avx512),
+        Some("avx512") => Err(
+            "EMBER_CPU=avx512: this CPU (or this build: feature `simd`, x86_64) lacks one of \
+             AVX-512 F/BW/VL/DQ/VNNI (EMBER_CPU=avx2 runs the AVX2 path)"
                 .into(),
         ),
         Some("neon") => best_neon.ok_or_else(|| lacks_neon("neon")),
@@ -314,8 +339,8 @@ fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
                 .into(),
         ),
         Some(other) => Err(format!(
-            "EMBER_CPU={other:?} is not a kernel path (scalar, avx2, neon, neon-dotprod, \
-             neon-nodot)"
+            "EMBER_CPU={other:?} is not a kernel path (scalar, avx2, avx512, neon, \
+             neon-dotprod, neon-nodot)"
         )),
     }
 }
@@ -339,9 +364,9 @@ pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
     match path() {
         CpuPath::Scalar => reference_traits(ty),
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        CpuPath::Avx2 => avx2_tables::traits(ty),
+        CpuPath::Avx2 | CpuPath::Avx512 => avx2_tables::traits(ty),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
-        CpuPath::Avx2 => reference_traits(ty),
+        CpuPath::Avx2 | CpuPath::Avx512 => reference_traits(ty),
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
         CpuPath::Neon => neon_tables::traits(ty, false),
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
@@ -361,9 +386,11 @@ pub fn tile(ty: GgmlType) -> Option<TileDotFn> {
     match path() {
         CpuPath::Scalar => None,
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        CpuPath::Avx2 => avx2_tables::tile(ty),
+        CpuPath::Avx2 => avx2_tables::tile(ty, false),
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        CpuPath::Avx512 => avx2_tables::tile(ty, true),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
-        CpuPath::Avx2 => None,
+        CpuPath::Avx2 | CpuPath::Avx512 => None,
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
         CpuPath::Neon => crate::aarch64::tiles::best(ty, false),
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
@@ -383,9 +410,11 @@ pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
     match path() {
         CpuPath::Scalar => Vec::new(),
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        CpuPath::Avx2 => avx2_tables::tile_variants(ty),
+        CpuPath::Avx2 => avx2_tables::tile_variants(ty, false),
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        CpuPath::Avx512 => avx2_tables::tile_variants(ty, true),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
-        CpuPath::Avx2 => Vec::new(),
+        CpuPath::Avx2 | CpuPath::Avx512 => Vec::new(),
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
         CpuPath::Neon => crate::aarch64::tiles::variants(ty, false),
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
@@ -400,9 +429,9 @@ pub fn ops() -> &'static Ops {
     match path() {
         CpuPath::Scalar => &SCALAR_OPS,
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        CpuPath::Avx2 => &avx2_tables::OPS,
+        CpuPath::Avx2 | CpuPath::Avx512 => &avx2_tables::OPS,
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
-        CpuPath::Avx2 => &SCALAR_OPS,
+        CpuPath::Avx2 | CpuPath::Avx512 => &SCALAR_OPS,
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
         CpuPath::Neon | CpuPath::NeonDotprod => &neon_tables::OPS,
         #[cfg(not(all(feature = "simd", target_arch = "aarch64")))]

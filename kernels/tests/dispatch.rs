@@ -46,7 +46,19 @@ fn selected_path_is_reported() {
         && std::arch::is_x86_feature_detected!("fma")
         && std::arch::is_x86_feature_detected!("f16c")
     {
-        assert_eq!(p, CpuPath::Avx2);
+        let avx512 = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni"];
+        let has = |f: &str| match f {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
+            "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
+            "avx512dq" => std::arch::is_x86_feature_detected!("avx512dq"),
+            _ => std::arch::is_x86_feature_detected!("avx512vnni"),
+        };
+        if avx512.iter().all(|f| has(f)) {
+            assert_eq!(p, CpuPath::Avx512);
+        } else {
+            assert_eq!(p, CpuPath::Avx2);
+        }
     }
     #[cfg(target_arch = "aarch64")]
     if std::arch::is_aarch64_feature_detected!("dotprod") {
@@ -537,6 +549,8 @@ fn tile_products_equal_the_reference_dots() {
     // Q4_1 and Q8_0 at least: on NEON with dotprod, the `sdot` and the plain NEON variants.
     let expected = match dispatch::select() {
         Ok(CpuPath::Avx2 | CpuPath::Neon) => 2,
+        // The AVX-512 tiles and, after them, the AVX2 ones.
+        Ok(CpuPath::Avx512) => 4,
         Ok(CpuPath::NeonDotprod) => 4,
         _ => 0,
     };

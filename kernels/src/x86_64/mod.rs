@@ -17,4 +17,5 @@ pub(crate) mod q4_0;
 pub(crate) mod q5_0;
 pub(crate) mod quantize;
 pub(crate) mod tiles;
+pub(crate) mod tiles512;
 pub(crate) mod v3;

@@ -16,10 +16,10 @@ use std::arch::x86_64::{
 };
 
 /// How far ahead (in blocks) a first pass over weight rows prefetches each row.
-const PREFETCH_BLOCKS: usize = 256;
+pub(super) const PREFETCH_BLOCKS: usize = 256;
 /// Prefetch only for products of at most this many activation rows: larger ones are
 /// compute-bound, and the prefetched lines would push their activations out of L1.
-const PREFETCH_MAX_TOKENS: usize = 32;
+pub(super) const PREFETCH_MAX_TOKENS: usize = 32;
 
 const Q4_1_SIZE: usize = 20;
 const Q5_0_SIZE: usize = 22;
@@ -39,7 +39,7 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 
 /// `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`, as the reference's `hsum8`.
 #[inline(always)]
-unsafe fn hsum8(x: __m256) -> f32 {
+pub(super) unsafe fn hsum8(x: __m256) -> f32 {
     // SAFETY: AVX is enabled in every caller (target_feature).
     unsafe {
         let hi = _mm256_extractf128_ps::<1>(x);

@@ -1,0 +1,485 @@
+//! AVX-512 tile products (F, BW, VL and VNNI): the AVX2 tiles of [`super::tiles`] with two
+//! (row, token) pairs in each 512-bit register.
+//!
+//! The 256-bit tiles keep one 8-lane accumulator per pair and spend about ten instructions per
+//! pair and block: the AVX2 path is bound by instruction count, not by the arithmetic units.
+//! Here the low half of a register holds pair (r, t) and the high half pair (r, t + 1): the
+//! weight block is unpacked once into both halves, the two tokens' quants are loaded side by
+//! side, and one `vpdpbusd` / convert / scale / FMA sequence serves both pairs. Every lane does
+//! exactly what the same lane of the 8-lane kernel does — the same exact integer lane sums,
+//! conversion, scale product `dw · da` and FMA, block after block — and each half is reduced by
+//! the same `hsum8`, so the outputs equal the AVX2 tiles and the reference bit for bit.
+//!
+//! Two further savings, also exact:
+//! - the activation scales of a group of tokens are converted from f16 once per group into a
+//!   block-major f32 buffer on the stack (instead of once per row tile);
+//! - Q4_1's `m · s` term, a sequential FMA chain per pair in the reference, runs for 8 tokens at
+//!   once in a 256-bit register (one lane per token, the same chain in each lane).
+//!
+//! Q8_0 weights are signed, and `vpdpbusd` multiplies unsigned by signed bytes: the weight is
+//! offset to `x + 128` (an XOR with 0x80) and the accumulation starts from `-128 · Σy` of the
+//! lane, which gives `Σ x·y` exactly in i32.
+
+use std::arch::x86_64::{
+    __m256, __m512, __m512i, _mm256_cvtph_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256,
+    _mm256_set1_epi16, _mm256_setzero_ps, _mm256_storeu_ps, _mm512_and_si512,
+    _mm512_broadcast_i32x4, _mm512_broadcast_i64x4, _mm512_castps512_ps256, _mm512_castsi256_si512,
+    _mm512_cvtepi32_ps, _mm512_cvtph_ps, _mm512_dpbusd_epi32, _mm512_extractf32x8_ps,
+    _mm512_fmadd_ps, _mm512_inserti64x4, _mm512_mask_broadcastss_ps, _mm512_mask_srli_epi16,
+    _mm512_mul_ps, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
+    _mm512_sub_epi32, _mm512_xor_si512, _mm_load_ss, _mm_loadu_si128, _mm_prefetch, _mm_set1_epi16,
+    _MM_HINT_T0,
+};
+use std::mem::MaybeUninit;
+
+use super::tiles::{hsum8, PREFETCH_BLOCKS, PREFETCH_MAX_TOKENS};
+use crate::tile::TileDotFn;
+
+const Q4_1_SIZE: usize = 20;
+const Q8_0_SIZE: usize = 34;
+const Q8_1_SIZE: usize = 36;
+
+/// Capacity of the per-group scale buffer, in f32 (32 KiB on the stack).
+const SCALES_CAP: usize = 8192;
+/// Padding after the scale buffer's last block: a micro-tile loads 8 tokens' scales of a block
+/// whatever its token count.
+const SCALES_PAD: usize = 8;
+
+/// Whether this CPU runs the kernels of this file (the features in their `target_feature`).
+pub(crate) fn available() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512vnni")
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+}
+
+/// The f16 at `p` broadcast to 16 f32 lanes (exact).
+///
+/// # Safety
+/// `p..p+2` readable; the CPU has AVX-512F.
+#[inline(always)]
+unsafe fn f16x16_at(p: *const u8) -> __m512 {
+    // SAFETY: forwarded contract (an unaligned 2-byte read).
+    unsafe { _mm512_cvtph_ps(_mm256_set1_epi16(p.cast::<i16>().read_unaligned())) }
+}
+
+/// The f16 at `p` broadcast to 8 f32 lanes (exact).
+///
+/// # Safety
+/// `p..p+2` readable; the CPU has F16C.
+#[inline(always)]
+unsafe fn f16x8_at(p: *const u8) -> __m256 {
+    // SAFETY: forwarded contract (an unaligned 2-byte read).
+    unsafe { _mm256_cvtph_ps(_mm_set1_epi16(p.cast::<i16>().read_unaligned())) }
+}
+
+/// Where a micro-tile finds its tokens' converted scales: `d[i * stride + t]` is the f32 `d` of
+/// block `i` of the tile's token `t`, `s` likewise (Q8_1's `s`; unused for Q8_0).
+#[derive(Clone, Copy)]
+struct Scales {
+    d: *const f32,
+    s: *const f32,
+    stride: usize,
+}
+
+/// The quants of tokens `2p` and `2p + 1` of block `i` side by side (the second is token `2p`
+/// again where `2p + 1 == tt`), and their `d` in the matching halves.
+///
+/// # Safety
+/// Tokens `< tt` have block `i` readable at `a + t * a_stride + i * block + qs` (32 bytes) and
+/// their scales in `sc`; the CPU has AVX-512F.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn token_pair(
+    a: *const u8,
+    a_stride: usize,
+    block: usize,
+    qs: usize,
+    sc: Scales,
+    i: usize,
+    p: usize,
+    tt: usize,
+) -> (__m512i, __m512) {
+    let t0 = 2 * p;
+    let t1 = if t0 + 1 < tt { t0 + 1 } else { t0 };
+    // SAFETY: both tokens are `< tt` (caller's bounds); unaligned loads.
+    unsafe {
+        let y0 = a.add(t0 * a_stride + i * block + qs);
+        let y1 = a.add(t1 * a_stride + i * block + qs);
+        let q = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_loadu_si256(y0.cast())),
+            _mm256_loadu_si256(y1.cast()),
+        );
+        let d = sc.d.add(i * sc.stride);
+        let da =
+            _mm512_mask_broadcastss_ps(_mm512_set1_ps(*d.add(t0)), 0xff00, _mm_load_ss(d.add(t1)));
+        (q, da)
+    }
+}
+
+/// Store the two halves of pair register `acc` (tokens `2p`, `2p + 1` of row `r`), plus
+/// `extra[t]`, where the token exists.
+///
+/// # Safety
+/// As the micro-kernels' `out` contract.
+#[inline(always)]
+unsafe fn store_pair(
+    acc: __m512,
+    extra: &[f32; 8],
+    p: usize,
+    tt: usize,
+    r: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let t0 = 2 * p;
+    // SAFETY: AVX-512DQ (caller's target features); `(t, r)` with `t < tt` is writable.
+    unsafe {
+        *out.add(t0 * out_stride + r) = hsum8(_mm512_castps512_ps256(acc)) + extra[t0];
+        if t0 + 1 < tt {
+            *out.add((t0 + 1) * out_stride + r) =
+                hsum8(_mm512_extractf32x8_ps::<1>(acc)) + extra[t0 + 1];
+        }
+    }
+}
+
+/// One `R × tt` micro-tile of Q4_1 × Q8_1 (`tt` in `2P - 1 ..= 2P` tokens) over `nb` blocks.
+///
+/// # Safety
+/// The CPU has the features of this file; `w` points at `R` rows of `nb` blocks, `w_stride`
+/// bytes apart; `a` at `tt` rows of `nb` blocks, `a_stride` apart; `sc` holds the scales of
+/// those blocks and tokens, with 8 readable entries from every `i * stride`;
+/// `out.add(t * out_stride + r)` is writable for `t < tt`, `r < R`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q4_1_micro<const R: usize, const P: usize>(
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    a: *const u8,
+    a_stride: usize,
+    tt: usize,
+    sc: Scales,
+    out: *mut f32,
+    out_stride: usize,
+    prefetch: bool,
+) {
+    let low = _mm512_set1_epi8(0x0f);
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    let mut summs = [_mm256_setzero_ps(); R];
+    for i in 0..nb {
+        let mut qy = [_mm512_setzero_si512(); P];
+        let mut da = [_mm512_setzero_ps(); P];
+        for p in 0..P {
+            // SAFETY: the tokens and block are in bounds (caller).
+            (qy[p], da[p]) = unsafe { token_pair(a, a_stride, Q8_1_SIZE, 4, sc, i, p, tt) };
+        }
+        // SAFETY: 8 entries are readable from `i * stride` (caller).
+        let sa = unsafe { _mm256_loadu_ps(sc.s.add(i * sc.stride)) };
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            if prefetch {
+                // As in the AVX2 tiles: the first pass over the weight rows reads them from
+                // memory. (A prefetch of any address is harmless: wrapping arithmetic.)
+                _mm_prefetch::<_MM_HINT_T0>(
+                    w.wrapping_add(r * w_stride + (i + PREFETCH_BLOCKS) * Q4_1_SIZE)
+                        .cast(),
+                );
+            }
+            // SAFETY: block `i` of weight row `r` is in bounds (caller).
+            let (dw, mw, packed) = unsafe {
+                let x = w.add(r * w_stride + i * Q4_1_SIZE);
+                (
+                    f16x16_at(x),
+                    f16x8_at(x.add(2)),
+                    _mm512_broadcast_i32x4(_mm_loadu_si128(x.add(4).cast())),
+                )
+            };
+            // 128-bit lanes 0 and 2 keep the low nibbles (elements 0..16), lanes 1 and 3 take
+            // the high ones (16..32): the block's 32 quants in order, once per half.
+            let qx = _mm512_and_si512(
+                _mm512_mask_srli_epi16::<4>(packed, 0xff00_ff00, packed),
+                low,
+            );
+            summs[r] = _mm256_fmadd_ps(mw, sa, summs[r]);
+            for p in 0..P {
+                let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy[p]));
+                acc_r[p] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da[p]), s, acc_r[p]);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        let mut m = [0f32; 8];
+        // SAFETY: `m` holds 8 floats.
+        unsafe { _mm256_storeu_ps(m.as_mut_ptr(), summs[r]) };
+        for (p, &acc_rp) in acc_r.iter().enumerate() {
+            // SAFETY: forwarded `out` contract.
+            unsafe { store_pair(acc_rp, &m, p, tt, r, out, out_stride) };
+        }
+    }
+}
+
+/// One `R × tt` micro-tile of Q8_0 × Q8_0 (contract as [`q4_1_micro`]; `sc.s` unused).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q8_0_micro<const R: usize, const P: usize>(
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    a: *const u8,
+    a_stride: usize,
+    tt: usize,
+    sc: Scales,
+    out: *mut f32,
+    out_stride: usize,
+    prefetch: bool,
+) {
+    let bias = _mm512_set1_epi8(0x80u8 as i8);
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    for i in 0..nb {
+        let mut qy = [_mm512_setzero_si512(); P];
+        let mut da = [_mm512_setzero_ps(); P];
+        let mut start = [_mm512_setzero_si512(); P];
+        for p in 0..P {
+            // SAFETY: the tokens and block are in bounds (caller).
+            (qy[p], da[p]) = unsafe { token_pair(a, a_stride, Q8_0_SIZE, 2, sc, i, p, tt) };
+            // -128 · Σy per lane: the correction for the weights' +128 offset.
+            start[p] = _mm512_sub_epi32(
+                _mm512_setzero_si512(),
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, qy[p]),
+            );
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            if prefetch {
+                // As in the Q4_1 kernel. (A prefetch of any address is harmless.)
+                _mm_prefetch::<_MM_HINT_T0>(
+                    w.wrapping_add(r * w_stride + (i + PREFETCH_BLOCKS) * Q8_0_SIZE)
+                        .cast(),
+                );
+            }
+            // SAFETY: block `i` of weight row `r` is in bounds (caller).
+            let (dw, qx) = unsafe {
+                let x = w.add(r * w_stride + i * Q8_0_SIZE);
+                (
+                    f16x16_at(x),
+                    _mm512_xor_si512(
+                        _mm512_broadcast_i64x4(_mm256_loadu_si256(x.add(2).cast())),
+                        bias,
+                    ),
+                )
+            };
+            for p in 0..P {
+                let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[p], qx, qy[p]));
+                acc_r[p] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da[p]), s, acc_r[p]);
+            }
+        }
+    }
+    let zero = [0f32; 8];
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (p, &acc_rp) in acc_r.iter().enumerate() {
+            // SAFETY: forwarded `out` contract.
+            unsafe { store_pair(acc_rp, &zero, p, tt, r, out, out_stride) };
+        }
+    }
+}
+
+type Micro =
+    unsafe fn(usize, *const u8, usize, *const u8, usize, usize, Scales, *mut f32, usize, bool);
+
+/// The shape of one weight format's blocks and activation blocks.
+struct Format {
+    block_w: usize,
+    block_a: usize,
+    /// Whether the activation blocks carry an `s` (Q8_1) after `d`.
+    has_s: bool,
+}
+
+/// Walk an `nr × nt` product in `MR × 2·MP` micro-tiles (smaller ones at the edges), tokens in
+/// groups whose scales are converted once. Returns `false`, computing nothing, when a group of
+/// `2·MP` tokens' scales would not fit the stack buffer (rows of more than 16 384 elements);
+/// the caller then uses a 256-bit tile.
+///
+/// # Safety
+/// As [`TileDotFn`]; `micro[r - 1][p - 1]` is the `r × 2p` micro-kernel; the CPU has the
+/// features of this file.
+#[allow(clippy::too_many_arguments)]
+unsafe fn walk<const MR: usize, const MP: usize>(
+    micro: &[[Micro; MP]; MR],
+    fmt: Format,
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) -> bool {
+    let nb = n / 32;
+    let mt = 2 * MP;
+    let lanes = if fmt.has_s { 2 } else { 1 };
+    let max_group = (SCALES_CAP - lanes * SCALES_PAD) / (lanes * nb.max(1));
+    if max_group < mt {
+        return false;
+    }
+    if nr == 0 || nt == 0 {
+        return true;
+    }
+    assert!(
+        w.len() >= (nr - 1) * w_stride + nb * fmt.block_w
+            && a.len() >= (nt - 1) * a_stride + nb * fmt.block_a,
+        "tile operands too short"
+    );
+    // Tokens in groups whose activation rows fit in L1 (about 16 KiB), as the AVX2 tiles, and
+    // whose scales fit the buffer.
+    let group = ((16384 / a_stride.max(1)).max(mt) / mt * mt)
+        .min(max_group / mt * mt)
+        .min(nt.div_ceil(mt) * mt);
+    let mut buf = MaybeUninit::<[f32; SCALES_CAP]>::uninit();
+    let buf = buf.as_mut_ptr().cast::<f32>();
+    let mut t0 = 0;
+    while t0 < nt {
+        let t1 = (t0 + group).min(nt);
+        // Scales of tokens t0..t1, block-major, zeros after the group's last token and in the
+        // padding (loaded, never used).
+        let (d, s) = (buf, buf.wrapping_add(nb * group + SCALES_PAD));
+        let used = lanes * (nb * group + SCALES_PAD);
+        for k in 0..used {
+            // SAFETY: `used <= SCALES_CAP` (group ≤ max_group); writes initialize the buffer.
+            unsafe { buf.add(k).write(0.0) };
+        }
+        for t in t0..t1 {
+            for i in 0..nb {
+                let blk = &a[t * a_stride + i * fmt.block_a..];
+                let at = i * group + (t - t0);
+                // SAFETY: `at < nb * group` inside the buffer; F16C (caller's features);
+                // `blk` holds the block's 2-byte scales (length checked above).
+                unsafe {
+                    d.add(at).write(super::f16c::f16_at(blk, 0));
+                    if fmt.has_s {
+                        s.add(at).write(super::f16c::f16_at(blk, 2));
+                    }
+                }
+            }
+        }
+        let mut r = 0;
+        while r < nr {
+            let rr = (nr - r).min(MR);
+            let mut t = t0;
+            while t < t1 {
+                let tt = (t1 - t).min(mt);
+                let sc = Scales {
+                    d: d.wrapping_add(t - t0),
+                    s: s.wrapping_add(t - t0),
+                    stride: group,
+                };
+                // SAFETY: rows `r..r+rr` and tokens `t..t+tt` are within the checked operands;
+                // their scales are in the initialized buffer, with 8 entries from each block's
+                // start (`t - t0 + 8 <= group + SCALES_PAD`); the output elements are within
+                // the caller's region; the CPU's features were checked before installation.
+                unsafe {
+                    micro[rr - 1][tt.div_ceil(2) - 1](
+                        nb,
+                        w.as_ptr().add(r * w_stride),
+                        w_stride,
+                        a.as_ptr().add(t * a_stride),
+                        a_stride,
+                        tt,
+                        sc,
+                        out.add(t * out_stride + r),
+                        out_stride,
+                        t == 0 && nt <= PREFETCH_MAX_TOKENS,
+                    )
+                };
+                t += tt;
+            }
+            r += rr;
+        }
+        t0 = t1;
+    }
+    true
+}
+
+/// The `[[f::<r, p>; MP]; MR]` table of micro-kernel instances for `MR = 4`, `MP = 4`.
+macro_rules! micro_table {
+    ($f:ident) => {
+        [
+            [$f::<1, 1> as Micro, $f::<1, 2>, $f::<1, 3>, $f::<1, 4>],
+            [$f::<2, 1>, $f::<2, 2>, $f::<2, 3>, $f::<2, 4>],
+            [$f::<3, 1>, $f::<3, 2>, $f::<3, 3>, $f::<3, 4>],
+            [$f::<4, 1>, $f::<4, 2>, $f::<4, 3>, $f::<4, 4>],
+        ]
+    };
+}
+
+/// Q4_1 × Q8_1 tile product (see [`TileDotFn`]); rows longer than 16 384 elements go to the
+/// AVX2 tile.
+///
+/// # Safety
+/// As [`TileDotFn`]; installed only after [`available`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_q4_1_q8_1(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    static MICRO: [[Micro; 4]; 4] = micro_table!(q4_1_micro);
+    let fmt = Format {
+        block_w: Q4_1_SIZE,
+        block_a: Q8_1_SIZE,
+        has_s: true,
+    };
+    // SAFETY: forwarded contract.
+    unsafe {
+        if !walk(
+            &MICRO, fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
+        ) {
+            let fallback: TileDotFn = super::tiles::tile_q4_1_q8_1;
+            fallback(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
+        }
+    }
+}
+
+/// Q8_0 × Q8_0 tile product (see [`TileDotFn`]); rows longer than 32 768 elements go to the
+/// AVX2 tile.
+///
+/// # Safety
+/// As [`TileDotFn`]; installed only after [`available`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_q8_0_q8_0(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    static MICRO: [[Micro; 4]; 4] = micro_table!(q8_0_micro);
+    let fmt = Format {
+        block_w: Q8_0_SIZE,
+        block_a: Q8_0_SIZE,
+        has_s: false,
+    };
+    // SAFETY: forwarded contract.
+    unsafe {
+        if !walk(
+            &MICRO, fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
+        ) {
+            let fallback: TileDotFn = super::tiles::tile_q8_0_q8_0;
+            fallback(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
+        }
+    }
+}

@@ -297,6 +297,32 @@ struct Format {
     has_s: bool,
 }
 
+/// Convert the scales of one token's `nb` activation blocks (`row`) to `d[i * stride]` and,
+/// for Q8_1, `s[i * stride]`.
+///
+/// # Safety
+/// `d` (and `s` when `fmt.has_s`) writable at every `i * stride`, `i < nb`; the CPU has F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn token_scales(
+    row: &[u8],
+    nb: usize,
+    fmt: &Format,
+    d: *mut f32,
+    s: *mut f32,
+    stride: usize,
+) {
+    for i in 0..nb {
+        let blk = &row[i * fmt.block_a..i * fmt.block_a + 4];
+        // SAFETY: in bounds (caller); `f16_at` needs F16C (enabled here).
+        unsafe {
+            d.add(i * stride).write(super::f16c::f16_at(blk, 0));
+            if fmt.has_s {
+                s.add(i * stride).write(super::f16c::f16_at(blk, 2));
+            }
+        }
+    }
+}
+
 /// Walk an `nr × nt` product in `MR × 2·MP` micro-tiles (smaller ones at the edges), tokens in
 /// groups whose scales are converted once. Returns `false`, computing nothing, when a group of
 /// `2·MP` tokens' scales would not fit the stack buffer (rows of more than 16 384 elements);
@@ -308,7 +334,7 @@ struct Format {
 #[allow(clippy::too_many_arguments)]
 unsafe fn walk<const MR: usize, const MP: usize>(
     micro: &[[Micro; MP]; MR],
-    fmt: Format,
+    fmt: &Format,
     n: usize,
     w: &[u8],
     w_stride: usize,
@@ -353,18 +379,18 @@ unsafe fn walk<const MR: usize, const MP: usize>(
             unsafe { buf.add(k).write(0.0) };
         }
         for t in t0..t1 {
-            for i in 0..nb {
-                let blk = &a[t * a_stride + i * fmt.block_a..];
-                let at = i * group + (t - t0);
-                // SAFETY: `at < nb * group` inside the buffer; F16C (caller's features);
-                // `blk` holds the block's 2-byte scales (length checked above).
-                unsafe {
-                    d.add(at).write(super::f16c::f16_at(blk, 0));
-                    if fmt.has_s {
-                        s.add(at).write(super::f16c::f16_at(blk, 2));
-                    }
-                }
-            }
+            // SAFETY: `d`, `s` hold `nb * group` entries (`used <= SCALES_CAP`); F16C was
+            // checked before installation.
+            unsafe {
+                token_scales(
+                    &a[t * a_stride..],
+                    nb,
+                    fmt,
+                    d.add(t - t0),
+                    s.add(t - t0),
+                    group,
+                )
+            };
         }
         let mut r = 0;
         while r < nr {
@@ -442,7 +468,7 @@ pub(crate) unsafe fn tile_q4_1_q8_1(
     // SAFETY: forwarded contract.
     unsafe {
         if !walk(
-            &MICRO, fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
+            &MICRO, &fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
         ) {
             let fallback: TileDotFn = super::tiles::tile_q4_1_q8_1;
             fallback(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
@@ -476,7 +502,7 @@ pub(crate) unsafe fn tile_q8_0_q8_0(
     // SAFETY: forwarded contract.
     unsafe {
         if !walk(
-            &MICRO, fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
+            &MICRO, &fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
         ) {
             let fallback: TileDotFn = super::tiles::tile_q8_0_q8_0;
             fallback(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);

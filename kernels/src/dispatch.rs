@@ -109,6 +109,13 @@ mod avx2_tables {
         attend_rows_group: x86_attention::attend_rows_group,
     };
 
+    /// The AVX2 operations with the AVX-512 attention kernels.
+    pub static OPS512: Ops = Ops {
+        attend_rows: crate::x86_64::attention512::attend_rows,
+        attend_rows_group: crate::x86_64::attention512::attend_rows_group,
+        ..OPS
+    };
+
     fn with(base: &'static TypeTraits, f: impl FnOnce(&mut TypeTraits)) -> TypeTraits {
         let mut t = TypeTraits { ..*base };
         f(&mut t);
@@ -424,12 +431,31 @@ pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
     }
 }
 
+/// Every attention kernel pair (`attend_rows`, `attend_rows_group`) on the selected path that
+/// this CPU can run, named, the selected one ([`ops`]) first; for tests and benchmarks.
+pub fn attention_variants() -> Vec<(&'static str, AttendRowsFn, AttendGroupFn)> {
+    let selected = ops();
+    let mut v = vec![(
+        path().name(),
+        selected.attend_rows,
+        selected.attend_rows_group,
+    )];
+    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+    if path() == CpuPath::Avx512 {
+        let o = &avx2_tables::OPS;
+        v.push(("avx2", o.attend_rows, o.attend_rows_group));
+    }
+    v
+}
+
 /// The f32 operations on the selected path.
 pub fn ops() -> &'static Ops {
     match path() {
         CpuPath::Scalar => &SCALAR_OPS,
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        CpuPath::Avx2 | CpuPath::Avx512 => &avx2_tables::OPS,
+        CpuPath::Avx2 => &avx2_tables::OPS,
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        CpuPath::Avx512 => &avx2_tables::OPS512,
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
         CpuPath::Avx2 | CpuPath::Avx512 => &SCALAR_OPS,
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]

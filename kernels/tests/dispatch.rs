@@ -569,25 +569,26 @@ fn attention_rows_equal_the_reference() {
     use ember_kernels::reference::attention::OnlineSoftmax;
     use half::f16;
     let mut rng = Rng(0xa77e_0001);
-    let fast = dispatch::ops().attend_rows;
-    for d in [32usize, 48, 64, 128, 256] {
-        for &n in &LENGTHS[..12] {
-            let q: Vec<f32> = (0..d).map(|_| f16::from_f32(rng.f()).to_f32()).collect();
-            let k: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
-            let v: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
-            let (mut sa, mut sb) = (OnlineSoftmax::default(), OnlineSoftmax::default());
-            let (mut oa, mut ob) = (vec![0f32; d], vec![0f32; d]);
-            // Two calls: the second continues the state (a later KV block).
-            let split = n / 2 * d;
-            for (ks, vs) in [(&k[..split], &v[..split]), (&k[split..], &v[split..])] {
-                fast(&q, ks, vs, 0.125, &mut sa, &mut oa);
-                attention::attend_rows(&q, ks, vs, 0.125, &mut sb, &mut ob);
-                assert_eq!(sa, sb, "softmax state, d {d}, n {n}");
-                assert_eq!(
-                    oa.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                    ob.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                    "output, d {d}, n {n}"
-                );
+    for (name, fast, _) in dispatch::attention_variants() {
+        for d in [32usize, 48, 64, 128, 256] {
+            for &n in &LENGTHS[..12] {
+                let q: Vec<f32> = (0..d).map(|_| f16::from_f32(rng.f()).to_f32()).collect();
+                let k: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
+                let v: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
+                let (mut sa, mut sb) = (OnlineSoftmax::default(), OnlineSoftmax::default());
+                let (mut oa, mut ob) = (vec![0f32; d], vec![0f32; d]);
+                // Two calls: the second continues the state (a later KV block).
+                let split = n / 2 * d;
+                for (ks, vs) in [(&k[..split], &v[..split]), (&k[split..], &v[split..])] {
+                    fast(&q, ks, vs, 0.125, &mut sa, &mut oa);
+                    attention::attend_rows(&q, ks, vs, 0.125, &mut sb, &mut ob);
+                    assert_eq!(sa, sb, "{name}: softmax state, d {d}, n {n}");
+                    assert_eq!(
+                        oa.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        ob.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        "{name}: output, d {d}, n {n}"
+                    );
+                }
             }
         }
     }
@@ -599,36 +600,37 @@ fn attention_groups_equal_the_reference() {
     use ember_kernels::reference::attention::OnlineSoftmax;
     use half::f16;
     let mut rng = Rng(0xa77e_0002);
-    let fast = dispatch::ops().attend_rows_group;
-    for d in [32usize, 48, 64, 128, 256] {
-        for g in [1usize, 2, 3, 4, 7] {
-            for &n in &LENGTHS[..10] {
-                let q: Vec<f32> = (0..g * d)
-                    .map(|_| f16::from_f32(rng.f()).to_f32())
-                    .collect();
-                let k: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
-                let v: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
-                let mut sa = vec![OnlineSoftmax::default(); g];
-                let mut oa = vec![0f32; g * d];
-                let split = n / 2 * d;
-                for (ks, vs) in [(&k[..split], &v[..split]), (&k[split..], &v[split..])] {
-                    fast(&q, ks, vs, 0.125, &mut sa, &mut oa);
-                }
-                for h in 0..g {
-                    let (mut sb, mut ob) = (OnlineSoftmax::default(), vec![0f32; d]);
-                    let qh = &q[h * d..(h + 1) * d];
+    for (name, _, fast) in dispatch::attention_variants() {
+        for d in [32usize, 48, 64, 128, 256] {
+            for g in [1usize, 2, 3, 4, 5, 7, 9] {
+                for &n in &LENGTHS[..10] {
+                    let q: Vec<f32> = (0..g * d)
+                        .map(|_| f16::from_f32(rng.f()).to_f32())
+                        .collect();
+                    let k: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
+                    let v: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
+                    let mut sa = vec![OnlineSoftmax::default(); g];
+                    let mut oa = vec![0f32; g * d];
+                    let split = n / 2 * d;
                     for (ks, vs) in [(&k[..split], &v[..split]), (&k[split..], &v[split..])] {
-                        attention::attend_rows(qh, ks, vs, 0.125, &mut sb, &mut ob);
+                        fast(&q, ks, vs, 0.125, &mut sa, &mut oa);
                     }
-                    assert_eq!(sa[h], sb, "state, d {d}, g {g}, n {n}, head {h}");
-                    assert_eq!(
-                        oa[h * d..(h + 1) * d]
-                            .iter()
-                            .map(|x| x.to_bits())
-                            .collect::<Vec<_>>(),
-                        ob.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                        "output, d {d}, g {g}, n {n}, head {h}"
-                    );
+                    for h in 0..g {
+                        let (mut sb, mut ob) = (OnlineSoftmax::default(), vec![0f32; d]);
+                        let qh = &q[h * d..(h + 1) * d];
+                        for (ks, vs) in [(&k[..split], &v[..split]), (&k[split..], &v[split..])] {
+                            attention::attend_rows(qh, ks, vs, 0.125, &mut sb, &mut ob);
+                        }
+                        assert_eq!(sa[h], sb, "{name}: state, d {d}, g {g}, n {n}, head {h}");
+                        assert_eq!(
+                            oa[h * d..(h + 1) * d]
+                                .iter()
+                                .map(|x| x.to_bits())
+                                .collect::<Vec<_>>(),
+                            ob.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            "{name}: output, d {d}, g {g}, n {n}, head {h}"
+                        );
+                    }
                 }
             }
         }

@@ -9,6 +9,7 @@
 //! exact in any grouping, are regrouped), one file per family.
 
 pub(crate) mod attention;
+pub(crate) mod attention512;
 pub(crate) mod dots;
 pub(crate) mod f16c;
 pub(crate) mod float;

@@ -1,0 +1,217 @@
+//! Attention of up to four queries over f16 keys and values with AVX-512: the AVX2 kernel of
+//! [`super::attention`] in 16-lane registers, with the queries' f16 accumulators kept in
+//! registers across the keys of a call. Same operations in the same order as
+//! [`attention::attend_rows`] (ggml's `flash_attn_ext_f16_one_chunk`), so the same bits:
+//!
+//! - the score `k · q` follows `dot_f16_order`: for each 32 elements, lanes 0..8 of the first
+//!   register are its accumulator 0, lanes 8..16 accumulator 1, and the second register holds
+//!   accumulators 2 and 3; then `(a0 + a2) + (a1 + a3)` and the same final additions;
+//! - the online softmax is the reference's scalar code;
+//! - the weighted sum is rounded to f16 after every key (`vcvtps2ph` / `vcvtph2ps`, nearest
+//!   even), as ggml's `VKQ16`.
+
+use std::arch::x86_64::{
+    __m512, _mm256_add_ps, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_loadu_si256,
+    _mm512_add_ps, _mm512_castps512_ps256, _mm512_cvtph_ps, _mm512_cvtps_ph,
+    _mm512_extractf32x8_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_storeu_ps, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_hadd_ps,
+    _mm_movehdup_ps, _MM_FROUND_TO_NEAREST_INT,
+};
+
+use half::f16;
+
+use crate::reference::attention::OnlineSoftmax;
+
+/// `v` rounded to f16 and back (nearest even).
+#[inline(always)]
+unsafe fn round_f16(v: __m512) -> __m512 {
+    // SAFETY: AVX-512F is enabled in every caller (target_feature).
+    unsafe { _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)) }
+}
+
+/// 16 f16 at `p` as f32.
+///
+/// # Safety
+/// `p..p+16` readable; AVX-512F enabled in the caller.
+#[inline(always)]
+unsafe fn load16(p: *const f16) -> __m512 {
+    // SAFETY: 32 readable bytes (caller); unaligned load.
+    unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+}
+
+/// `G` queries of `d = 16 * D16` elements (`D16` even) over the `n` keys and values of one call,
+/// continuing `st` and `out` (`G` rows each).
+///
+/// # Safety
+/// The CPU has the features of this file; `q` and `out` hold `G * 16 * D16` elements, `st` `G`
+/// states; `k` and `v` hold `n * 16 * D16` elements.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn attend<const G: usize, const D16: usize>(
+    q: *const f32,
+    k: *const f16,
+    v: *const f16,
+    n: usize,
+    scale: f32,
+    st: &mut [OnlineSoftmax],
+    out: *mut f32,
+) {
+    let d = 16 * D16;
+    let mut o = [[_mm512_setzero_ps(); D16]; G];
+    for (g, og) in o.iter_mut().enumerate() {
+        for (c, oc) in og.iter_mut().enumerate() {
+            // SAFETY: `out` holds `G * d` elements (caller).
+            *oc = unsafe { _mm512_loadu_ps(out.add(g * d + 16 * c)) };
+        }
+    }
+    let mut w = [0f32; G];
+    for j in 0..n {
+        let mut kr = [_mm512_setzero_ps(); D16];
+        for (c, kc) in kr.iter_mut().enumerate() {
+            // SAFETY: key row `j < n` holds `d` elements (caller).
+            *kc = unsafe { load16(k.add(j * d + 16 * c)) };
+        }
+        for g in 0..G {
+            // Accumulators [a0 | a1] and [a2 | a3] of dot_f16_order.
+            let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for c in (0..D16).step_by(2) {
+                // SAFETY: query `g` holds `d` elements at `g * d` (caller).
+                let (q0, q1) = unsafe {
+                    (
+                        _mm512_loadu_ps(q.add(g * d + 16 * c)),
+                        _mm512_loadu_ps(q.add(g * d + 16 * c + 16)),
+                    )
+                };
+                lo = _mm512_fmadd_ps(kr[c], q0, lo);
+                hi = _mm512_fmadd_ps(kr[c + 1], q1, hi);
+            }
+            // [a0 + a2 | a1 + a3] -> r = (a0 + a2) + (a1 + a3) -> [r0+r4, .., r3+r7] ->
+            // (t0 + t1) + (t2 + t3).
+            let s = _mm512_add_ps(lo, hi);
+            let r = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps::<1>(s));
+            let t = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps::<1>(r));
+            let h = _mm_hadd_ps(t, t);
+            let score = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) * scale;
+            let s = &mut st[g];
+            let (ms, vs);
+            if score > s.max {
+                ms = (s.max - score).exp();
+                s.max = score;
+                vs = 1.0;
+                let m = _mm512_set1_ps(ms);
+                for oc in o[g].iter_mut() {
+                    // SAFETY: AVX-512F (target_feature).
+                    *oc = unsafe { round_f16(_mm512_mul_ps(*oc, m)) };
+                }
+            } else {
+                ms = 1.0;
+                vs = (score - s.max).exp();
+            }
+            w[g] = vs;
+            s.sum = s.sum.mul_add(ms, vs);
+        }
+        for c in 0..D16 {
+            // SAFETY: value row `j < n` holds `d` elements (caller).
+            let vc = unsafe { load16(v.add(j * d + 16 * c)) };
+            for (og, &wg) in o.iter_mut().zip(&w) {
+                // SAFETY: AVX-512F (target_feature).
+                og[c] = unsafe { round_f16(_mm512_fmadd_ps(vc, _mm512_set1_ps(wg), og[c])) };
+            }
+        }
+    }
+    for (g, og) in o.iter().enumerate() {
+        for (c, oc) in og.iter().enumerate() {
+            // SAFETY: `out` holds `G * d` elements (caller).
+            unsafe { _mm512_storeu_ps(out.add(g * d + 16 * c), *oc) };
+        }
+    }
+}
+
+type Kernel =
+    unsafe fn(*const f32, *const f16, *const f16, usize, f32, &mut [OnlineSoftmax], *mut f32);
+
+/// The kernel for `g` queries (at most 4, fewer for large heads so that the accumulators fit in
+/// registers) of head size `d`, or `None` where the AVX2 kernel serves.
+fn kernel(d: usize, g: usize) -> Option<(Kernel, usize)> {
+    macro_rules! by_g {
+        ($d16:literal, $max:literal) => {{
+            let k: [Kernel; $max] = {
+                let all: [Kernel; 4] = [
+                    attend::<1, $d16>,
+                    attend::<2, $d16>,
+                    attend::<3, $d16>,
+                    attend::<4, $d16>,
+                ];
+                let mut k = [all[0]; $max];
+                k.copy_from_slice(&all[..$max]);
+                k
+            };
+            let take = g.min($max);
+            Some((k[take - 1], take))
+        }};
+    }
+    if g == 0 {
+        return None;
+    }
+    match d {
+        32 => by_g!(2, 4),
+        64 => by_g!(4, 4),
+        128 => by_g!(8, 2),
+        256 => by_g!(16, 1),
+        _ => None,
+    }
+}
+
+/// [`crate::reference::attention::attend_rows_group`] with AVX-512 (queries in chunks of up to
+/// four; the AVX2 kernel for head sizes other than 32, 64, 128, 256).
+pub(crate) fn attend_rows_group(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    scale: f32,
+    st: &mut [OnlineSoftmax],
+    out: &mut [f32],
+) {
+    let g = st.len();
+    let d = q.len().checked_div(g).unwrap_or(0);
+    assert!(
+        q.len() == g * d
+            && out.len() == q.len()
+            && k.len() == v.len()
+            && k.len().is_multiple_of(d.max(1))
+    );
+    if kernel(d, g).is_none() {
+        return super::attention::attend_rows_group(q, k, v, scale, st, out);
+    }
+    let n = k.len() / d;
+    let mut h = 0;
+    while h < g {
+        let (f, take) = kernel(d, g - h).expect("a kernel for this head size");
+        // SAFETY: installed only on the AVX-512 path (after `tiles512::available()`, the same
+        // features); queries `h..h+take` and their outputs
+        // and states are in bounds (lengths checked above); `k`, `v` hold `n` rows of `d`.
+        unsafe {
+            f(
+                q.as_ptr().add(h * d),
+                k.as_ptr(),
+                v.as_ptr(),
+                n,
+                scale,
+                &mut st[h..h + take],
+                out.as_mut_ptr().add(h * d),
+            )
+        };
+        h += take;
+    }
+}
+
+/// [`crate::reference::attention::attend_rows`] with AVX-512 (one query).
+pub(crate) fn attend_rows(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    scale: f32,
+    st: &mut OnlineSoftmax,
+    out: &mut [f32],
+) {
+    attend_rows_group(q, k, v, scale, std::slice::from_mut(st), out)
+}

@@ -217,7 +217,10 @@ mod avx2_tables {
 #[cfg(all(feature = "simd", target_arch = "aarch64"))]
 mod neon_tables {
     use super::*;
-    use crate::aarch64::{attention as att, float, ops as nops, q4_0, q4_1, q4_k, q8_0, quantize};
+    use crate::aarch64::{
+        attention as att, float, kquants, ops as nops, q4_0, q4_1, q4_k, q8_0, quantize,
+    };
+    use crate::traits::BatchRows;
 
     pub static OPS: Ops = Ops {
         rms_norm: nops::rms_norm,
@@ -239,7 +242,7 @@ mod neon_tables {
     }
 
     /// The NEON entries; `dotprod` picks the `sdot` dots over the plain NEON ones.
-    fn table(dotprod: bool) -> [TypeTraits; 8] {
+    fn table(dotprod: bool) -> [TypeTraits; 10] {
         let r = |ty| reference_traits(ty).expect("reference entry");
         let pick = |dot: VecDotFn, plain: VecDotFn| if dotprod { dot } else { plain };
         [
@@ -256,7 +259,27 @@ mod neon_tables {
             with(r(GgmlType::Q8_1), |t| {
                 t.quantize_act = Some(quantize::quantize_row_q8_1_act)
             }),
+            with(r(GgmlType::Q4_K), |t| {
+                t.vec_dot = pick(kquants::vec_dot_q4_k_q8k_dotprod, kquants::vec_dot_q4_k_q8k);
+                t.vec_dot_batched = Some((
+                    BatchRows::FullQuads,
+                    pick(
+                        kquants::vec_dot_q4_k_q8k_x4_dotprod,
+                        kquants::vec_dot_q4_k_q8k_x4,
+                    ),
+                ));
+            }),
             with(r(GgmlType::Q5_K), |t| t.vec_dot = q4_k::vec_dot_q5_k_q8_k),
+            with(r(GgmlType::Q6_K), |t| {
+                t.vec_dot = pick(kquants::vec_dot_q6_k_q8k_dotprod, kquants::vec_dot_q6_k_q8k);
+                t.vec_dot_batched = Some((
+                    BatchRows::AllFrom(8),
+                    pick(
+                        kquants::vec_dot_q6_k_q8k_tiled_dotprod,
+                        kquants::vec_dot_q6_k_q8k_tiled,
+                    ),
+                ));
+            }),
             with(r(GgmlType::F32), |t| t.vec_dot = float::vec_dot_f32),
             with(r(GgmlType::F16), |t| t.vec_dot = float::vec_dot_f16),
             with(r(GgmlType::BF16), |t| t.vec_dot = float::vec_dot_bf16),
@@ -264,8 +287,8 @@ mod neon_tables {
     }
 
     pub fn traits(ty: GgmlType, dotprod: bool) -> Option<&'static TypeTraits> {
-        static DOT: OnceLock<[TypeTraits; 8]> = OnceLock::new();
-        static PLAIN: OnceLock<[TypeTraits; 8]> = OnceLock::new();
+        static DOT: OnceLock<[TypeTraits; 10]> = OnceLock::new();
+        static PLAIN: OnceLock<[TypeTraits; 10]> = OnceLock::new();
         let t = if dotprod {
             DOT.get_or_init(|| table(true))
         } else {
@@ -435,6 +458,7 @@ pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
 /// this CPU can run, named, the selected one ([`ops`]) first; for tests and benchmarks.
 pub fn attention_variants() -> Vec<(&'static str, AttendRowsFn, AttendGroupFn)> {
     let selected = ops();
+    #[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(unused_mut))]
     let mut v = vec![(
         path().name(),
         selected.attend_rows,

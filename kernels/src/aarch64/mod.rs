@@ -12,12 +12,14 @@
 //! tail) the reference runs that part.
 //!
 //! One file per family: `q4_0`, `q4_1`, `q8_0` (dots, each with a dotprod and a plain NEON
-//! variant), `q4_k` (Q5_K; Q4_K and Q6_K use the reference), `float` (F32 / F16 / BF16 dots), `quantize`
+//! variant), `kquants` (Q4_K and Q6_K in the reference's llama.cpp-x86 float orders, dotprod and
+//! plain), `q4_k` (Q5_K), `float` (F32 / F16 / BF16 dots), `quantize`
 //! (Q8_0 / Q8_1 activation quantizers), `ops` (RMSNorm, SiLU×mul, RoPE), `attention` (the f16
 //! attention accumulator helpers), and `lanes` (what the dots share).
 
 pub(crate) mod attention;
 pub(crate) mod float;
+pub(crate) mod kquants;
 mod lanes;
 pub(crate) mod ops;
 pub(crate) mod q4_0;

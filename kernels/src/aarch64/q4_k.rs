@@ -2,8 +2,7 @@
 //! are unpacked 16 at a time, the lane integer sums (`KAux`) are exact, and the float steps are
 //! the reference's. No dotprod variant: the reference's lanes collect elements `≡ l (mod 8)`,
 //! which `sdot`'s groups of 4 consecutive bytes do not give without a byte shuffle per vector.
-//! (Q4_K and Q6_K have no NEON kernel: their reference now follows llama.cpp's x86 kernels,
-//! whose float order a NEON port has yet to reproduce; the NEON table uses the reference.)
+//! (Q4_K and Q6_K, whose reference follows llama.cpp's x86 kernels, are in `kquants`.)
 
 use std::arch::aarch64::{
     int8x16_t, uint8x16_t, vandq_u8, vdupq_n_u8, vorrq_u8, vreinterpretq_s8_u8,

@@ -1,0 +1,250 @@
+//! Q4_K and Q6_K × Q8_K with NEON, equal to the reference bit for bit in each of its float
+//! orders (which follow llama.cpp's x86 kernels, see `reference::q4_k` and `reference::q6_k`):
+//! the integer sums of a super-block are exact in any grouping, so they are formed with `sdot`
+//! (or `vmull_s8` + pairwise adds without dotprod) and the few float steps per super-block are
+//! the reference's, in its order.
+//!
+//! - Q4_K, one row (`vec_dot_q4_k_q8_k`): the block's scaled quant sum and minimum sum, one FMA
+//!   each into two scalar accumulators; four rows (`_x4`): the same per 64 elements.
+//! - Q6_K, one row (`vec_dot_q6_k_q8_k`): 8 integer lanes (lane `l` = elements with
+//!   `(e % 32) / 4 == l`, exactly the lanes of a 16-byte `sdot` over each 16-element group), one
+//!   FMA per lane and block, reduced as `hsum8`; from 8 rows (`_tiled`): one exact sum per block.
+
+use std::arch::aarch64::{
+    int32x4_t, int8x16_t, uint8x16_t, vaddq_s32, vaddvq_s32, vandq_u8, vdupq_n_s32, vdupq_n_u8,
+    vld1q_s32, vld1q_u8, vmlaq_n_s32, vorrq_u8, vreinterpretq_s8_u8, vshlq_n_u8, vshrq_n_u8,
+    vsubq_s32, vsubq_u8,
+};
+
+use super::lanes::{f16_at, load_i8, sdot4, sums4, Acc8};
+use crate::reference::q4_k::{scales_mins_k4, K_SCALE_SIZE};
+
+const Q4_K_SIZE: usize = 144;
+const Q6_K_SIZE: usize = 210;
+const Q8_K_SIZE: usize = 292;
+/// Offset of a Q8_K block's 16 group sums (i16).
+const Q8_K_BSUMS: usize = 260;
+
+/// 16 unsigned bytes from the start of `b` (which holds at least 16).
+#[inline]
+#[target_feature(enable = "neon")]
+fn load_u8(b: &[u8]) -> uint8x16_t {
+    let b = &b[..16];
+    // SAFETY: `b` holds 16 bytes (bounds-checked above); NEON byte loads have no alignment
+    // requirement.
+    unsafe { vld1q_u8(b.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "neon")]
+fn s8(v: uint8x16_t) -> int8x16_t {
+    vreinterpretq_s8_u8(v)
+}
+
+/// The Q8_K block's f32 scale and its 16 group sums.
+#[inline]
+fn q8k_head(y: &[u8]) -> (f32, [i32; 16]) {
+    let d = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+    let mut b = [0i32; 16];
+    for (j, s) in y[Q8_K_BSUMS..Q8_K_SIZE].chunks_exact(2).enumerate() {
+        b[j] = i32::from(i16::from_le_bytes([s[0], s[1]]));
+    }
+    (d, b)
+}
+
+/// Scales and minimums of a Q4_K block.
+#[inline]
+fn q4k_scales(x: &[u8]) -> ([i32; 8], [i32; 8]) {
+    let mut s = [0u8; K_SCALE_SIZE];
+    s.copy_from_slice(&x[4..4 + K_SCALE_SIZE]);
+    scales_mins_k4(&s)
+}
+
+/// The dots for one way of forming 4-byte lane sums (`$dot4`: `sdot4` or `sums4`), compiled
+/// for `$feat`.
+macro_rules! kquant_dots {
+    ($m:ident, $feat:literal, $dot4:ident) => {
+        mod $m {
+            use super::*;
+
+            /// `[Σ lo nibbles × y, Σ hi nibbles × y]` of each 64-element chunk `c` of one Q4_K ×
+            /// Q8_K super-block (low nibbles of `qs[32c..32c+32]` are elements `64c..64c+32`, high
+            /// nibbles `64c+32..64c+64`).
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn q4k_chunk_sums(x: &[u8], y: &[u8]) -> [[i32; 2]; 4] {
+                let low = vdupq_n_u8(0x0f);
+                let mut r = [[0i32; 2]; 4];
+                for (c, rc) in r.iter_mut().enumerate() {
+                    let (q0, q1) = (load_u8(&x[16 + 32 * c..]), load_u8(&x[32 + 32 * c..]));
+                    let yb = 4 + 64 * c;
+                    let lo = vaddq_s32(
+                        $dot4(s8(vandq_u8(q0, low)), load_i8(&y[yb..])),
+                        $dot4(s8(vandq_u8(q1, low)), load_i8(&y[yb + 16..])),
+                    );
+                    let hi = vaddq_s32(
+                        $dot4(s8(vshrq_n_u8::<4>(q0)), load_i8(&y[yb + 32..])),
+                        $dot4(s8(vshrq_n_u8::<4>(q1)), load_i8(&y[yb + 48..])),
+                    );
+                    *rc = [vaddvq_s32(lo), vaddvq_s32(hi)];
+                }
+                r
+            }
+
+            #[target_feature(enable = $feat)]
+            pub(super) fn q4k(w: &[u8], a: &[u8]) -> f32 {
+                let (mut acc, mut acc_min) = (0f32, 0f32);
+                for (x, y) in w.chunks_exact(Q4_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
+                    let (sc, mn) = q4k_scales(x);
+                    let (ya, bsums) = q8k_head(y);
+                    let parts = q4k_chunk_sums(x, y);
+                    let mut sumi = 0i32;
+                    for (c, p) in parts.iter().enumerate() {
+                        sumi += sc[2 * c] * p[0] + sc[2 * c + 1] * p[1];
+                    }
+                    let mut summ = 0i32;
+                    for (j, &s) in bsums.iter().enumerate() {
+                        summ += s * mn[j / 2];
+                    }
+                    acc = (sumi as f32).mul_add(f16_at(x, 0) * ya, acc);
+                    acc_min = (summ as f32).mul_add(f16_at(x, 2) * ya, acc_min);
+                }
+                acc - acc_min
+            }
+
+            #[target_feature(enable = $feat)]
+            pub(super) fn q4k_x4(w: &[u8], a: &[u8]) -> f32 {
+                let (mut acc, mut acc_min) = (0f32, 0f32);
+                for (x, y) in w.chunks_exact(Q4_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
+                    let (sc, mn) = q4k_scales(x);
+                    let (ya, b) = q8k_head(y);
+                    let (d, dmin) = (f16_at(x, 0) * ya, f16_at(x, 2) * ya);
+                    let parts = q4k_chunk_sums(x, y);
+                    for (c, p) in parts.iter().enumerate() {
+                        let sumi = sc[2 * c] * p[0] + sc[2 * c + 1] * p[1];
+                        let summ = (b[4 * c] + b[4 * c + 1]) * mn[2 * c]
+                            + (b[4 * c + 2] + b[4 * c + 3]) * mn[2 * c + 1];
+                        acc = (sumi as f32).mul_add(d, acc);
+                        acc_min = (summ as f32).mul_add(dmin, acc_min);
+                    }
+                }
+                acc - acc_min
+            }
+
+            /// The 8 integer lanes of one Q6_K × Q8_K super-block: lane `4 * (g % 2) + j` gets
+            /// `sc[g] · Σ (q + 32) · y` (`sc[g] · Σ q · y` when `CENTERED`) over bytes `4j..4j+4` of each
+            /// 16-element group `g` (returned as lanes 0..4 and 4..8).
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn q6k_lanes<const CENTERED: bool>(x: &[u8], y: &[u8]) -> [int32x4_t; 2] {
+                let (low, two) = (vdupq_n_u8(0x0f), vdupq_n_u8(0x03));
+                let mut lanes = [vdupq_n_s32(0); 2];
+                for h in 0..2 {
+                    let (ql, qh) = (&x[64 * h..], &x[128 + 32 * h..]);
+                    for lc in [0, 16] {
+                        let (l0, l1, hb) = (
+                            load_u8(&ql[lc..]),
+                            load_u8(&ql[32 + lc..]),
+                            load_u8(&qh[lc..]),
+                        );
+                        // Elements l, l + 32, l + 64, l + 96 (l = lc..lc + 16) of this half, 0..64.
+                        let quads = [
+                            vorrq_u8(vandq_u8(l0, low), vshlq_n_u8::<4>(vandq_u8(hb, two))),
+                            vorrq_u8(
+                                vandq_u8(l1, low),
+                                vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(hb), two)),
+                            ),
+                            vorrq_u8(
+                                vshrq_n_u8::<4>(l0),
+                                vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(hb), two)),
+                            ),
+                            vorrq_u8(vshrq_n_u8::<4>(l1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(hb))),
+                        ];
+                        for (k, &u) in quads.iter().enumerate() {
+                            let e = 128 * h + 32 * k + lc;
+                            let g = e / 16;
+                            let sc = i32::from(x[192 + g] as i8);
+                            let q = if CENTERED {
+                                s8(vsubq_u8(u, vdupq_n_u8(32)))
+                            } else {
+                                s8(u)
+                            };
+                            let s = $dot4(q, load_i8(&y[4 + e..]));
+                            lanes[g % 2] = vmlaq_n_s32(lanes[g % 2], s, sc);
+                        }
+                    }
+                }
+                lanes
+            }
+
+            #[target_feature(enable = $feat)]
+            pub(super) fn q6k(w: &[u8], a: &[u8]) -> f32 {
+                let mut acc = Acc8::zero();
+                for (x, y) in w.chunks_exact(Q6_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
+                    let (ya, b) = q8k_head(y);
+                    let [mut lo, mut hi] = q6k_lanes::<false>(x, y);
+                    // Lane l loses 32 · (bsums[2l] · sc[2l] + bsums[2l + 1] · sc[2l + 1]).
+                    let mut sub = [0i32; 8];
+                    for (l, s) in sub.iter_mut().enumerate() {
+                        let sc = |g: usize| i32::from(x[192 + g] as i8);
+                        *s = (b[2 * l] * sc(2 * l) + b[2 * l + 1] * sc(2 * l + 1)) << 5;
+                    }
+                    // SAFETY: `sub` holds 8 i32; NEON loads have no alignment requirement.
+                    unsafe {
+                        lo = vsubq_s32(lo, vld1q_s32(sub.as_ptr()));
+                        hi = vsubq_s32(hi, vld1q_s32(sub[4..].as_ptr()));
+                    }
+                    acc = acc.fma(lo, hi, ya * f16_at(x, 208));
+                }
+                acc.hsum()
+            }
+
+            #[target_feature(enable = $feat)]
+            pub(super) fn q6k_tiled(w: &[u8], a: &[u8]) -> f32 {
+                let mut acc = 0f32;
+                for (x, y) in w.chunks_exact(Q6_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
+                    let ya = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+                    // The quants with their offset (-32..32): the exact `Σ sc · (q - 32) · y`, as the
+                    // reference forms it (from the quants, not the group sums).
+                    let [lo, hi] = q6k_lanes::<true>(x, y);
+                    let sumi = vaddvq_s32(vaddq_s32(lo, hi));
+                    acc = (f16_at(x, 208) * sumi as f32).mul_add(ya, acc);
+                }
+                acc
+            }
+        }
+    };
+}
+
+kquant_dots!(dotprod, "neon,dotprod", sdot4);
+kquant_dots!(plain, "neon", sums4);
+
+/// The `n / 256` super-blocks of each row (a short row is a caller bug, as in the reference).
+fn rows<'a, 'b>(n: usize, size: usize, w: &'a [u8], a: &'b [u8]) -> (&'a [u8], &'b [u8]) {
+    let nb = n / 256;
+    (&w[..nb * size], &a[..nb * Q8_K_SIZE])
+}
+
+/// One public entry per kernel: `$name(n, w, a)` calls `$f` on the row's blocks.
+macro_rules! entries {
+    ($($name:ident = $f:path, $size:expr, $what:literal;)*) => {$(
+        #[doc = concat!($what, " (same result as the reference).")]
+        pub(crate) fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let (w, a) = rows(n, $size, w, a);
+            // SAFETY: installed in the dispatch table only after the CPU features of `$f`
+            // (neon, plus dotprod for the `_dotprod` kernels) were detected.
+            unsafe { $f(w, a) }
+        }
+    )*};
+}
+
+entries! {
+    vec_dot_q4_k_q8k_dotprod = dotprod::q4k, Q4_K_SIZE, "Q4_K × Q8_K, one row, `sdot`";
+    vec_dot_q4_k_q8k = plain::q4k, Q4_K_SIZE, "Q4_K × Q8_K, one row, plain NEON";
+    vec_dot_q4_k_q8k_x4_dotprod = dotprod::q4k_x4, Q4_K_SIZE, "Q4_K × Q8_K, rows by four, `sdot`";
+    vec_dot_q4_k_q8k_x4 = plain::q4k_x4, Q4_K_SIZE, "Q4_K × Q8_K, rows by four, plain NEON";
+    vec_dot_q6_k_q8k_dotprod = dotprod::q6k, Q6_K_SIZE, "Q6_K × Q8_K, one row, `sdot`";
+    vec_dot_q6_k_q8k = plain::q6k, Q6_K_SIZE, "Q6_K × Q8_K, one row, plain NEON";
+    vec_dot_q6_k_q8k_tiled_dotprod = dotprod::q6k_tiled, Q6_K_SIZE, "Q6_K × Q8_K, from 8 rows, `sdot`";
+    vec_dot_q6_k_q8k_tiled = plain::q6k_tiled, Q6_K_SIZE, "Q6_K × Q8_K, from 8 rows, plain NEON";
+}

@@ -230,9 +230,8 @@ mod neon_tables {
         dot_f16: att::dot_f16_order,
         scale_f16: att::scale_f16,
         mad_f16: att::mad_f16,
-        // No fused NEON attention kernel yet: the reference loop (scalar steps).
-        attend_rows: attention::attend_rows,
-        attend_rows_group: attention::attend_rows_group,
+        attend_rows: att::attend_rows,
+        attend_rows_group: att::attend_rows_group,
     };
 
     fn with(base: &'static TypeTraits, f: impl FnOnce(&mut TypeTraits)) -> TypeTraits {

@@ -130,6 +130,7 @@ mod avx2_tables {
         let wide: &[(GgmlType, &'static str, TileDotFn)] = &[
             (GgmlType::Q4_1, "avx512-vnni", tiles512::tile_q4_1_q8_1),
             (GgmlType::Q8_0, "avx512-vnni", tiles512::tile_q8_0_q8_0),
+            (GgmlType::Q5_0, "avx512-vnni", tiles512::tile_q5_0_q8_0),
         ];
         let wide = wide
             .iter()

@@ -89,7 +89,7 @@ unsafe fn lane_sums_vnni_i(u: __m256i, s: __m256i) -> __m256i {
 /// # Safety
 /// `x..x+22` readable; the CPU has AVX2.
 #[inline(always)]
-unsafe fn q5_0_quants(x: *const u8) -> __m256i {
+pub(super) unsafe fn q5_0_quants(x: *const u8) -> __m256i {
     // SAFETY: forwarded contract (reads bytes 2..22 of the block; unaligned loads).
     unsafe {
         let qh = x.add(2).cast::<u32>().read_unaligned();

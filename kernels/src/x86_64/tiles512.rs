@@ -32,10 +32,11 @@ use std::arch::x86_64::{
 };
 use std::mem::MaybeUninit;
 
-use super::tiles::{hsum8, PREFETCH_BLOCKS, PREFETCH_MAX_TOKENS};
+use super::tiles::{hsum8, q5_0_quants, PREFETCH_BLOCKS, PREFETCH_MAX_TOKENS};
 use crate::tile::TileDotFn;
 
 const Q4_1_SIZE: usize = 20;
+const Q5_0_SIZE: usize = 22;
 const Q8_0_SIZE: usize = 34;
 const Q8_1_SIZE: usize = 36;
 
@@ -222,10 +223,13 @@ unsafe fn q4_1_micro<const R: usize, const P: usize>(
     }
 }
 
-/// One `R × tt` micro-tile of Q8_0 × Q8_0 (contract as [`q4_1_micro`]; `sc.s` unused).
+/// One `R × tt` micro-tile of Q8_0 × Q8_0 or, with `Q5`, Q5_0 × Q8_0 (contract as
+/// [`q4_1_micro`]; `sc.s` unused). Both make the weight quants unsigned — Q8_0's `x + 128` (an
+/// XOR), Q5_0's stored `q + 16` (0..32, the AVX2 tile's unpacking) — and start each lane's
+/// `vpdpbusd` from minus that offset times the lane's `Σy`: `Σ x·y` exactly in i32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn q8_0_micro<const R: usize, const P: usize>(
+unsafe fn q8_0_micro<const R: usize, const P: usize, const Q5: bool>(
     nb: usize,
     w: *const u8,
     w_stride: usize,
@@ -237,7 +241,8 @@ unsafe fn q8_0_micro<const R: usize, const P: usize>(
     out_stride: usize,
     prefetch: bool,
 ) {
-    let bias = _mm512_set1_epi8(0x80u8 as i8);
+    let block_w = if Q5 { Q5_0_SIZE } else { Q8_0_SIZE };
+    let bias = _mm512_set1_epi8(if Q5 { 16 } else { 0x80u8 as i8 });
     let mut acc = [[_mm512_setzero_ps(); P]; R];
     for i in 0..nb {
         let mut qy = [_mm512_setzero_si512(); P];
@@ -246,7 +251,7 @@ unsafe fn q8_0_micro<const R: usize, const P: usize>(
         for p in 0..P {
             // SAFETY: the tokens and block are in bounds (caller).
             (qy[p], da[p]) = unsafe { token_pair(a, a_stride, Q8_0_SIZE, 2, sc, i, p, tt) };
-            // -128 · Σy per lane: the correction for the weights' +128 offset.
+            // -offset · Σy per lane: the correction for the weights' offset.
             start[p] = _mm512_sub_epi32(
                 _mm512_setzero_si512(),
                 _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, qy[p]),
@@ -256,20 +261,22 @@ unsafe fn q8_0_micro<const R: usize, const P: usize>(
             if prefetch {
                 // As in the Q4_1 kernel. (A prefetch of any address is harmless.)
                 _mm_prefetch::<_MM_HINT_T0>(
-                    w.wrapping_add(r * w_stride + (i + PREFETCH_BLOCKS) * Q8_0_SIZE)
+                    w.wrapping_add(r * w_stride + (i + PREFETCH_BLOCKS) * block_w)
                         .cast(),
                 );
             }
             // SAFETY: block `i` of weight row `r` is in bounds (caller).
             let (dw, qx) = unsafe {
-                let x = w.add(r * w_stride + i * Q8_0_SIZE);
-                (
-                    f16x16_at(x),
+                let x = w.add(r * w_stride + i * block_w);
+                let qx = if Q5 {
+                    _mm512_broadcast_i64x4(q5_0_quants(x))
+                } else {
                     _mm512_xor_si512(
                         _mm512_broadcast_i64x4(_mm256_loadu_si256(x.add(2).cast())),
                         bias,
-                    ),
-                )
+                    )
+                };
+                (f16x16_at(x), qx)
             };
             for p in 0..P {
                 let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[p], qx, qy[p]));
@@ -432,12 +439,12 @@ unsafe fn walk<const MR: usize, const MP: usize>(
 
 /// The `[[f::<r, p>; MP]; MR]` table of micro-kernel instances for `MR = 4`, `MP = 4`.
 macro_rules! micro_table {
-    ($f:ident) => {
+    ($f:ident $(, $extra:tt)?) => {
         [
-            [$f::<1, 1> as Micro, $f::<1, 2>, $f::<1, 3>, $f::<1, 4>],
-            [$f::<2, 1>, $f::<2, 2>, $f::<2, 3>, $f::<2, 4>],
-            [$f::<3, 1>, $f::<3, 2>, $f::<3, 3>, $f::<3, 4>],
-            [$f::<4, 1>, $f::<4, 2>, $f::<4, 3>, $f::<4, 4>],
+            [$f::<1, 1 $(, $extra)?> as Micro, $f::<1, 2 $(, $extra)?>, $f::<1, 3 $(, $extra)?>, $f::<1, 4 $(, $extra)?>],
+            [$f::<2, 1 $(, $extra)?>, $f::<2, 2 $(, $extra)?>, $f::<2, 3 $(, $extra)?>, $f::<2, 4 $(, $extra)?>],
+            [$f::<3, 1 $(, $extra)?>, $f::<3, 2 $(, $extra)?>, $f::<3, 3 $(, $extra)?>, $f::<3, 4 $(, $extra)?>],
+            [$f::<4, 1 $(, $extra)?>, $f::<4, 2 $(, $extra)?>, $f::<4, 3 $(, $extra)?>, $f::<4, 4 $(, $extra)?>],
         ]
     };
 }
@@ -493,7 +500,7 @@ pub(crate) unsafe fn tile_q8_0_q8_0(
     out: *mut f32,
     out_stride: usize,
 ) {
-    static MICRO: [[Micro; 4]; 4] = micro_table!(q8_0_micro);
+    static MICRO: [[Micro; 4]; 4] = micro_table!(q8_0_micro, false);
     let fmt = Format {
         block_w: Q8_0_SIZE,
         block_a: Q8_0_SIZE,
@@ -505,6 +512,40 @@ pub(crate) unsafe fn tile_q8_0_q8_0(
             &MICRO, &fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
         ) {
             let fallback: TileDotFn = super::tiles::tile_q8_0_q8_0;
+            fallback(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
+        }
+    }
+}
+
+/// Q5_0 × Q8_0 tile product (see [`TileDotFn`]); rows longer than 32 768 elements go to the
+/// AVX2 tile.
+///
+/// # Safety
+/// As [`TileDotFn`]; installed only after [`available`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_q5_0_q8_0(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    static MICRO: [[Micro; 4]; 4] = micro_table!(q8_0_micro, true);
+    let fmt = Format {
+        block_w: Q5_0_SIZE,
+        block_a: Q8_0_SIZE,
+        has_s: false,
+    };
+    // SAFETY: forwarded contract.
+    unsafe {
+        if !walk(
+            &MICRO, &fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
+        ) {
+            let fallback: TileDotFn = super::tiles::tile_q5_0_q8_0;
             fallback(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
         }
     }

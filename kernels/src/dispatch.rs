@@ -125,12 +125,13 @@ mod avx2_tables {
     /// Every tile kernel of `ty` this CPU can run, best first, with a name; the AVX-512 ones
     /// only with `avx512` (the AVX-512 path).
     pub fn tile_variants(ty: GgmlType, avx512: bool) -> Vec<(&'static str, TileDotFn)> {
-        use crate::x86_64::{tiles, tiles512};
+        use crate::x86_64::{tiles, tiles512, tiles512_k};
         let vnni = std::arch::is_x86_feature_detected!("avxvnni");
         let wide: &[(GgmlType, &'static str, TileDotFn)] = &[
             (GgmlType::Q4_1, "avx512-vnni", tiles512::tile_q4_1_q8_1),
             (GgmlType::Q8_0, "avx512-vnni", tiles512::tile_q8_0_q8_0),
             (GgmlType::Q5_0, "avx512-vnni", tiles512::tile_q5_0_q8_0),
+            (GgmlType::Q4_K, "avx512-vnni", tiles512_k::tile_q4_k_q8_k),
         ];
         let wide = wide
             .iter()

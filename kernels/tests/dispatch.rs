@@ -458,7 +458,7 @@ fn ops_equal_the_reference() {
     }
 }
 
-/// Tile products equal the reference `vec_dot` of every (row, token) pair bit for bit, on
+/// Tile products equal the reference dot of every (row, token) pair (`dot_for_row`) bit for bit, on
 /// awkward row counts, token counts and lengths, with padded strides, and write nothing else.
 #[test]
 fn tile_products_equal_the_reference_dots() {
@@ -486,8 +486,11 @@ fn tile_products_equal_the_reference_dots() {
                     (2, 2),
                     (3, 5),
                     (4, 1),
+                    (4, 4),
                     (5, 2),
                     (7, 7),
+                    (6, 8),
+                    (9, 13),
                     (17, 3),
                     // More tokens than one L1 group of 33-block activation rows (12 to 14).
                     (5, 29),
@@ -495,8 +498,21 @@ fn tile_products_equal_the_reference_dots() {
                     let (w_stride, a_stride) = (wb + 3, ab + 5);
                     let mut wq = vec![0u8; nr * w_stride];
                     for r in 0..nr {
-                        let row: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-                        (refr.from_float.unwrap())(&row, &mut wq[r * w_stride..r * w_stride + wb]);
+                        let dst = &mut wq[r * w_stride..r * w_stride + wb];
+                        match refr.from_float {
+                            Some(q) => {
+                                let row: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                                q(&row, dst);
+                            }
+                            // k-quants (no reference quantizer): random blocks.
+                            None => dst.copy_from_slice(&crate::blocks(
+                                ty,
+                                n,
+                                &mut rng,
+                                |g: &mut Rng, _| g.byte(),
+                                |g: &mut Rng| g.f() * 0.3,
+                            )),
+                        }
                     }
                     let mut aq = vec![0u8; nt * a_stride];
                     for t in 0..nt {
@@ -530,7 +546,7 @@ fn tile_products_equal_the_reference_dots() {
                                 );
                                 continue;
                             }
-                            let want = (refr.vec_dot)(
+                            let want = refr.dot_for_row(t, nt)(
                                 n,
                                 &wq[r * w_stride..r * w_stride + wb],
                                 &aq[t * a_stride..t * a_stride + ab],

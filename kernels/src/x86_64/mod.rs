@@ -19,4 +19,5 @@ pub(crate) mod q5_0;
 pub(crate) mod quantize;
 pub(crate) mod tiles;
 pub(crate) mod tiles512;
+pub(crate) mod tiles512_k;
 pub(crate) mod v3;

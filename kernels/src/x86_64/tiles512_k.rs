@@ -1,0 +1,338 @@
+//! AVX-512 tile product of Q4_K weights with Q8_K activations, in the float order llama.cpp
+//! gives each token of a batch: tokens `0 .. nt - nt % 4` take the order of its repacked
+//! four-row gemm (`reference::q4_k::vec_dot_q4_k_q8_k_x4`: one FMA per 64 elements into the
+//! quant sum, one into the minimum sum), the last `nt % 4` tokens the single-row order (the
+//! AVX2 dot, per pair). So each output equals `dot_for_row(t, nt)` of its pair, bit for bit.
+//!
+//! Tokens go by fours ("quads"). For a group of quads the activation quants are laid out once,
+//! 16 elements of each of the four tokens side by side in one 64-byte row, so one `vpdpbusd`
+//! of a weight row's 16 quants (broadcast to the four 128-bit lanes) with that row forms four
+//! lanes of partial sums for each of the four tokens. Per 64-element chunk the two 32-element
+//! sub-blocks' sums are scaled by their 6-bit scales (`vpmulld`), the four lanes of each token
+//! are reduced, and the chunk sums of a 4-row × 4-token micro-tile are transposed so that one
+//! 16-lane register holds chunk `c` of all 16 pairs: the float steps (convert, FMA by `d_w ·
+//! d_a`; the minimum term likewise) then run for 16 pairs at once, in the reference's order.
+//! Every integer is exact (at most 15 · 128 · 64 · 63 in magnitude), so only the float order
+//! matters, and it is the reference's lane by lane.
+
+use std::arch::x86_64::{
+    __m512i, _mm256_cvtph_ps, _mm512_add_epi32, _mm512_and_si512, _mm512_broadcast_f32x4,
+    _mm512_broadcast_i32x4, _mm512_castps256_ps512, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32,
+    _mm512_fmadd_ps, _mm512_loadu_si512, _mm512_mul_ps, _mm512_mullo_epi32,
+    _mm512_permutexvar_epi32, _mm512_permutexvar_ps, _mm512_set1_epi32, _mm512_set1_epi8,
+    _mm512_setr_epi32, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_shuffle_i32x4,
+    _mm512_srli_epi16, _mm512_storeu_ps, _mm512_sub_ps, _mm512_unpackhi_epi32,
+    _mm512_unpackhi_epi64, _mm512_unpacklo_epi32, _mm512_unpacklo_epi64, _mm_loadu_ps,
+    _mm_loadu_si128, _mm_set_epi32, _mm_storeu_si128,
+};
+use std::mem::MaybeUninit;
+
+use crate::reference::q4_k::{scales_mins_k4, K_SCALE_SIZE};
+
+const Q4_K_SIZE: usize = 144;
+const Q8_K_SIZE: usize = 292;
+const Q8_K_QS: usize = 4;
+const Q8_K_BSUMS: usize = 260;
+
+/// Bytes of the laid-out activations per quad and super-block: 16 rows of 64 quant bytes, the
+/// four tokens' f32 scales, and 8 × 4 i32 pair sums of their group sums.
+const QUAD_BLOCK: usize = 16 * 64 + 16 + 128;
+/// Stack buffer for one group of quads (32 KiB, as the other AVX-512 tiles).
+const BUF: usize = 32768;
+
+#[repr(C, align(64))]
+struct Buf([u8; BUF]);
+
+/// Where the laid-out quad `q`, block `b` lives in the buffer of a group of `nb`-block rows.
+#[inline(always)]
+fn quad_block(buf: *mut u8, nb: usize, q: usize, b: usize) -> *mut u8 {
+    buf.wrapping_add((q * nb + b) * QUAD_BLOCK)
+}
+
+/// Lay out tokens `t..t + 4` of `a` (rows `a_stride` apart, `nb` Q8_K blocks) as quad `q`.
+///
+/// # Safety
+/// The quad's `nb` blocks fit in `buf`; the CPU has AVX-512F.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn lay_out_quad(a: &[u8], a_stride: usize, t: usize, nb: usize, buf: *mut u8, q: usize) {
+    for b in 0..nb {
+        let dst = quad_block(buf, nb, q, b);
+        for k in 0..4 {
+            let y = &a[(t + k) * a_stride + b * Q8_K_SIZE..][..Q8_K_SIZE];
+            // SAFETY: `y` holds a whole Q8_K block (bounds-checked slice); `dst` holds
+            // QUAD_BLOCK bytes inside the buffer (caller); unaligned 16-byte moves.
+            unsafe {
+                for s in 0..16 {
+                    let v = _mm_loadu_si128(y.as_ptr().add(Q8_K_QS + 16 * s).cast());
+                    _mm_storeu_si128(dst.add(64 * s + 16 * k).cast(), v);
+                }
+                dst.add(1024 + 4 * k)
+                    .cast::<[u8; 4]>()
+                    .write_unaligned([y[0], y[1], y[2], y[3]]);
+                for j in 0..8 {
+                    let bs = |g: usize| {
+                        i32::from(i16::from_le_bytes([
+                            y[Q8_K_BSUMS + 2 * g],
+                            y[Q8_K_BSUMS + 2 * g + 1],
+                        ]))
+                    };
+                    dst.add(1040 + 16 * j + 4 * k)
+                        .cast::<i32>()
+                        .write_unaligned(bs(2 * j) + bs(2 * j + 1));
+                }
+            }
+        }
+    }
+}
+
+/// Exact sums of the four 32-bit lanes of each 128-bit lane of `v[c]`, as lane `4t + c` (`t`
+/// the 128-bit lane).
+#[inline(always)]
+unsafe fn reduce4(v: [__m512i; 4]) -> __m512i {
+    // SAFETY: AVX-512F is enabled in every caller (target_feature).
+    unsafe {
+        let u0 = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(v[0], v[1]),
+            _mm512_unpackhi_epi32(v[0], v[1]),
+        );
+        let u1 = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(v[2], v[3]),
+            _mm512_unpackhi_epi32(v[2], v[3]),
+        );
+        _mm512_add_epi32(_mm512_unpacklo_epi64(u0, u1), _mm512_unpackhi_epi64(u0, u1))
+    }
+}
+
+/// One micro-tile: 4 weight row slots (`rows`; slots past the tile repeat its first row and are
+/// not stored) × `Q` quads over `nb` super-blocks; `out_rows` rows are stored, token `4q + t`
+/// of the tile at `out + (4q + t) * out_stride + r`.
+///
+/// # Safety
+/// The CPU has the features below; every slot has `nb` readable blocks; quads `q0..q0 + Q` of
+/// `buf` are laid out; the output elements are writable.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q4_k_micro<const Q: usize>(
+    nb: usize,
+    rows: [*const u8; 4],
+    out_rows: usize,
+    buf: *mut u8,
+    q0: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let low = _mm512_set1_epi8(0x0f);
+    // Lane 4t + c -> lane 4c + t.
+    let to_chunk_major = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    // [d0, dmin0, d1, dmin1, ..] -> d_r (resp. dmin_r) in 128-bit lane r.
+    let d_idx = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    let dmin_idx = _mm512_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7);
+    let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    let mut acc = [_mm512_setzero_ps(); Q];
+    let mut acc_min = [_mm512_setzero_ps(); Q];
+    for b in 0..nb {
+        // Integer chunk sums, lane 4t + c, per quad and row slot.
+        let mut sums = [[_mm512_setzero_si512(); 4]; Q];
+        let mut mins = [[0i32; 4]; 8];
+        let mut dd = [0i32; 4];
+        for (r, &row) in rows.iter().enumerate() {
+            // SAFETY: block `b` of each slot is readable (caller).
+            let x = unsafe { std::slice::from_raw_parts(row.add(b * Q4_K_SIZE), Q4_K_SIZE) };
+            let mut packed_scales = [0u8; K_SCALE_SIZE];
+            packed_scales.copy_from_slice(&x[4..4 + K_SCALE_SIZE]);
+            let (sc, mn) = scales_mins_k4(&packed_scales);
+            for (j, m) in mn.iter().enumerate() {
+                mins[j][r] = *m;
+            }
+            dd[r] = i32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+            let mut v = [[_mm512_setzero_si512(); 4]; Q];
+            for c in 0..4 {
+                // SAFETY: 16-byte loads inside the block.
+                let (p0, p1) = unsafe {
+                    (
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(x.as_ptr().add(16 + 32 * c).cast())),
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(x.as_ptr().add(32 + 32 * c).cast())),
+                    )
+                };
+                // Elements 64c + 16j .. + 16, j = 0..4.
+                let qj = [
+                    _mm512_and_si512(p0, low),
+                    _mm512_and_si512(p1, low),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(p0), low),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(p1), low),
+                ];
+                let (s_lo, s_hi) = (
+                    _mm512_set1_epi32(sc[2 * c]),
+                    _mm512_set1_epi32(sc[2 * c + 1]),
+                );
+                for (q, vq) in v.iter_mut().enumerate() {
+                    let y = quad_block(buf, nb, q0 + q, b);
+                    // SAFETY: the quad's laid-out rows are in the buffer (caller).
+                    let ys =
+                        |j: usize| unsafe { _mm512_loadu_si512(y.add(64 * (4 * c + j)).cast()) };
+                    let z = _mm512_setzero_si512();
+                    let lo =
+                        _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, qj[0], ys(0)), qj[1], ys(1));
+                    let hi =
+                        _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, qj[2], ys(2)), qj[3], ys(3));
+                    vq[c] = _mm512_add_epi32(
+                        _mm512_mullo_epi32(lo, s_lo),
+                        _mm512_mullo_epi32(hi, s_hi),
+                    );
+                }
+            }
+            for q in 0..Q {
+                // SAFETY: AVX-512F (target_feature).
+                sums[q][r] = unsafe { reduce4(v[q]) };
+            }
+        }
+        // Row scales: d_r and dmin_r in 128-bit lane r.
+        let dpair = _mm256_cvtph_ps(_mm_set_epi32(dd[3], dd[2], dd[1], dd[0]));
+        let dw = _mm512_permutexvar_ps(d_idx, _mm512_castps256_ps512(dpair));
+        let dminw = _mm512_permutexvar_ps(dmin_idx, _mm512_castps256_ps512(dpair));
+        // Minimum j of row r in 128-bit lane r.
+        let mut mn = [_mm512_setzero_si512(); 8];
+        for (j, m) in mn.iter_mut().enumerate() {
+            let col = _mm_set_epi32(mins[j][3], mins[j][2], mins[j][1], mins[j][0]);
+            *m = _mm512_permutexvar_epi32(spread, _mm512_broadcast_i32x4(col));
+        }
+        for q in 0..Q {
+            let y = quad_block(buf, nb, q0 + q, b);
+            // Lane 4c + t per row, then chunk c of every pair (lane 4r + t) in x[c].
+            let p = sums[q].map(|s| _mm512_permutexvar_epi32(to_chunk_major, s));
+            let a01 = _mm512_shuffle_i32x4::<0b01_00_01_00>(p[0], p[1]);
+            let a23 = _mm512_shuffle_i32x4::<0b01_00_01_00>(p[2], p[3]);
+            let c01 = _mm512_shuffle_i32x4::<0b11_10_11_10>(p[0], p[1]);
+            let c23 = _mm512_shuffle_i32x4::<0b11_10_11_10>(p[2], p[3]);
+            let x = [
+                _mm512_shuffle_i32x4::<0b10_00_10_00>(a01, a23),
+                _mm512_shuffle_i32x4::<0b11_01_11_01>(a01, a23),
+                _mm512_shuffle_i32x4::<0b10_00_10_00>(c01, c23),
+                _mm512_shuffle_i32x4::<0b11_01_11_01>(c01, c23),
+            ];
+            // SAFETY: the quad's scales and pair sums follow its quants in the buffer.
+            let (ya, bv) = unsafe {
+                let ya = _mm512_broadcast_f32x4(_mm_loadu_ps(y.add(1024).cast()));
+                let bv: [__m512i; 8] = std::array::from_fn(|j| {
+                    _mm512_broadcast_i32x4(_mm_loadu_si128(y.add(1040 + 16 * j).cast()))
+                });
+                (ya, bv)
+            };
+            let (d, dmin) = (_mm512_mul_ps(dw, ya), _mm512_mul_ps(dminw, ya));
+            for (c, &xc) in x.iter().enumerate() {
+                let summ = _mm512_add_epi32(
+                    _mm512_mullo_epi32(bv[2 * c], mn[2 * c]),
+                    _mm512_mullo_epi32(bv[2 * c + 1], mn[2 * c + 1]),
+                );
+                acc[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(xc), d, acc[q]);
+                acc_min[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(summ), dmin, acc_min[q]);
+            }
+        }
+    }
+    for q in 0..Q {
+        let mut res = [0f32; 16];
+        // SAFETY: `res` holds 16 floats.
+        unsafe { _mm512_storeu_ps(res.as_mut_ptr(), _mm512_sub_ps(acc[q], acc_min[q])) };
+        for r in 0..out_rows {
+            for t in 0..4 {
+                // SAFETY: the caller's output region holds these elements.
+                unsafe { *out.add((4 * q + t) * out_stride + r) = res[4 * r + t] };
+            }
+        }
+    }
+}
+
+type Dot = fn(usize, &[u8], &[u8]) -> f32;
+
+/// Q4_K × Q8_K tile product (see [`crate::tile::TileDotFn`]; each output equals the
+/// reference's `dot_for_row(t, nt)`). Rows of more than 28 super-blocks (7 168 elements), whose
+/// laid-out quad would not fit the stack buffer, take the per-pair dots.
+///
+/// # Safety
+/// As [`crate::tile::TileDotFn`]; installed only after `tiles512::available()`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_q4_k_q8_k(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let nb = n / 256;
+    if nr == 0 || nt == 0 {
+        return;
+    }
+    assert!(
+        w.len() >= (nr - 1) * w_stride + nb * Q4_K_SIZE
+            && a.len() >= (nt - 1) * a_stride + nb * Q8_K_SIZE,
+        "tile operands too short"
+    );
+    let quads = nt / 4;
+    let per_pair = |t: usize, dot: Dot| {
+        for r in 0..nr {
+            let y = dot(n, &w[r * w_stride..], &a[t * a_stride..]);
+            // SAFETY: `(t, r)` is in the caller's output region.
+            unsafe { *out.add(t * out_stride + r) = y };
+        }
+    };
+    let max_quads = BUF / (QUAD_BLOCK * nb.max(1));
+    if max_quads == 0 {
+        for t in 0..nt {
+            let x4 = t < 4 * quads;
+            per_pair(
+                t,
+                if x4 {
+                    super::kquants::vec_dot_q4_k_q8_k_x4
+                } else {
+                    super::kquants::vec_dot_q4_k_q8_k
+                },
+            );
+        }
+        return;
+    }
+    for t in 4 * quads..nt {
+        per_pair(t, super::kquants::vec_dot_q4_k_q8_k);
+    }
+    let mut buf = MaybeUninit::<Buf>::uninit();
+    let buf = buf.as_mut_ptr().cast::<u8>();
+    let mut g0 = 0;
+    while g0 < quads {
+        let g1 = (g0 + max_quads).min(quads);
+        for q in g0..g1 {
+            // SAFETY: quad `q - g0 < max_quads` fits the buffer; features checked at
+            // installation; tokens `4q..4q + 4 < nt` are in `a` (asserted).
+            unsafe { lay_out_quad(a, a_stride, 4 * q, nb, buf, q - g0) };
+        }
+        let mut r = 0;
+        while r < nr {
+            let rr = (nr - r).min(4);
+            let slot = |k: usize| {
+                w.as_ptr()
+                    .wrapping_add((r + if k < rr { k } else { 0 }) * w_stride)
+            };
+            let rows = [slot(0), slot(1), slot(2), slot(3)];
+            let mut q = g0;
+            while q < g1 {
+                let two = q + 1 < g1;
+                // SAFETY: row slots are rows of `w` with `nb` blocks (asserted); quads
+                // `q - g0 ..` are laid out; outputs `(4q + t, r + k)` are in the caller's
+                // region; the CPU's features were checked before installation.
+                unsafe {
+                    let o = out.add(4 * q * out_stride + r);
+                    if two {
+                        q4_k_micro::<2>(nb, rows, rr, buf, q - g0, o, out_stride);
+                    } else {
+                        q4_k_micro::<1>(nb, rows, rr, buf, q - g0, o, out_stride);
+                    }
+                }
+                q += if two { 2 } else { 1 };
+            }
+            r += rr;
+        }
+        g0 = g1;
+    }
+}

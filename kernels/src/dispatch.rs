@@ -132,6 +132,7 @@ mod avx2_tables {
             (GgmlType::Q8_0, "avx512-vnni", tiles512::tile_q8_0_q8_0),
             (GgmlType::Q5_0, "avx512-vnni", tiles512::tile_q5_0_q8_0),
             (GgmlType::Q4_K, "avx512-vnni", tiles512_k::tile_q4_k_q8_k),
+            (GgmlType::Q6_K, "avx512-vnni", tiles512_k::tile_q6_k_q8_k),
         ];
         let wide = wide
             .iter()

@@ -1,8 +1,13 @@
-//! AVX-512 tile product of Q4_K weights with Q8_K activations, in the float order llama.cpp
-//! gives each token of a batch: tokens `0 .. nt - nt % 4` take the order of its repacked
-//! four-row gemm (`reference::q4_k::vec_dot_q4_k_q8_k_x4`: one FMA per 64 elements into the
-//! quant sum, one into the minimum sum), the last `nt % 4` tokens the single-row order (the
-//! AVX2 dot, per pair). So each output equals `dot_for_row(t, nt)` of its pair, bit for bit.
+//! AVX-512 tile products of Q4_K and Q6_K weights with Q8_K activations, in the float orders
+//! llama.cpp gives the tokens of a batch, so each output equals `dot_for_row(t, nt)` of its
+//! pair, bit for bit:
+//! - Q4_K: tokens `0 .. nt - nt % 4` take the order of its repacked four-row gemm
+//!   (`reference::q4_k::vec_dot_q4_k_q8_k_x4`: one FMA per 64 elements into the quant sum, one
+//!   into the minimum sum), the last `nt % 4` tokens the single-row order (the AVX2 dot, per
+//!   pair);
+//! - Q6_K: from 8 tokens, every token takes the tiled order
+//!   (`reference::q6_k::vec_dot_q6_k_q8_k_tiled`: one exact sum per super-block, scaled by `d_w`,
+//!   then one FMA by `d_a`), the last `nt % 4` per pair; below 8 tokens, the single-row dot.
 //!
 //! Tokens go by fours ("quads"). For a group of quads the activation quants are laid out once,
 //! 16 elements of each of the four tokens side by side in one 64-byte row, so one `vpdpbusd`
@@ -14,16 +19,24 @@
 //! d_a`; the minimum term likewise) then run for 16 pairs at once, in the reference's order.
 //! Every integer is exact (at most 15 · 128 · 64 · 63 in magnitude), so only the float order
 //! matters, and it is the reference's lane by lane.
+//!
+//! Q6_K's 16-element groups each have their own scale, so each 16-element step is scaled as it
+//! is summed: the activations are laid out as `y + 128` (unsigned) and the weights as `q - 32`
+//! (signed), `vpmaddubsw` forms exact 16-bit pair sums (at most 2 · 255 · 32) and `vpdpwssd`
+//! multiplies them by the group scale into the 32-bit lanes; the `128 · Σ sc · (q - 32)` this
+//! adds is a property of the weight row, formed once per row and block and subtracted.
 
 use std::arch::x86_64::{
     __m512i, _mm256_cvtph_ps, _mm512_add_epi32, _mm512_and_si512, _mm512_broadcast_f32x4,
     _mm512_broadcast_i32x4, _mm512_castps256_ps512, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32,
-    _mm512_fmadd_ps, _mm512_loadu_si512, _mm512_mul_ps, _mm512_mullo_epi32,
-    _mm512_permutexvar_epi32, _mm512_permutexvar_ps, _mm512_set1_epi32, _mm512_set1_epi8,
-    _mm512_setr_epi32, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_shuffle_i32x4,
-    _mm512_srli_epi16, _mm512_storeu_ps, _mm512_sub_ps, _mm512_unpackhi_epi32,
-    _mm512_unpackhi_epi64, _mm512_unpacklo_epi32, _mm512_unpacklo_epi64, _mm_loadu_ps,
-    _mm_loadu_si128, _mm_set_epi32, _mm_storeu_si128,
+    _mm512_dpwssd_epi32, _mm512_fmadd_ps, _mm512_loadu_si512, _mm512_maddubs_epi16, _mm512_mul_ps,
+    _mm512_mullo_epi32, _mm512_or_si512, _mm512_permutexvar_epi32, _mm512_permutexvar_ps,
+    _mm512_set1_epi16, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_setr_epi32, _mm512_setzero_ps,
+    _mm512_setzero_si512, _mm512_shuffle_i32x4, _mm512_slli_epi16, _mm512_srli_epi16,
+    _mm512_storeu_ps, _mm512_storeu_si512, _mm512_sub_epi32, _mm512_sub_epi8, _mm512_sub_ps,
+    _mm512_unpackhi_epi32, _mm512_unpackhi_epi64, _mm512_unpacklo_epi32, _mm512_unpacklo_epi64,
+    _mm_cvtph_ps, _mm_loadu_ps, _mm_loadu_si128, _mm_set1_epi8, _mm_set_epi32, _mm_storeu_si128,
+    _mm_xor_si128,
 };
 use std::mem::MaybeUninit;
 
@@ -49,12 +62,21 @@ fn quad_block(buf: *mut u8, nb: usize, q: usize, b: usize) -> *mut u8 {
     buf.wrapping_add((q * nb + b) * QUAD_BLOCK)
 }
 
-/// Lay out tokens `t..t + 4` of `a` (rows `a_stride` apart, `nb` Q8_K blocks) as quad `q`.
+/// Lay out tokens `t..t + 4` of `a` (rows `a_stride` apart, `nb` Q8_K blocks) as quad `q`;
+/// with `FLIP` the quants become `y + 128` (unsigned) and the pair sums are left out.
 ///
 /// # Safety
 /// The quad's `nb` blocks fit in `buf`; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-unsafe fn lay_out_quad(a: &[u8], a_stride: usize, t: usize, nb: usize, buf: *mut u8, q: usize) {
+unsafe fn lay_out_quad<const FLIP: bool>(
+    a: &[u8],
+    a_stride: usize,
+    t: usize,
+    nb: usize,
+    buf: *mut u8,
+    q: usize,
+) {
+    let flip = _mm_set1_epi8(0x80u8 as i8);
     for b in 0..nb {
         let dst = quad_block(buf, nb, q, b);
         for k in 0..4 {
@@ -64,11 +86,15 @@ unsafe fn lay_out_quad(a: &[u8], a_stride: usize, t: usize, nb: usize, buf: *mut
             unsafe {
                 for s in 0..16 {
                     let v = _mm_loadu_si128(y.as_ptr().add(Q8_K_QS + 16 * s).cast());
+                    let v = if FLIP { _mm_xor_si128(v, flip) } else { v };
                     _mm_storeu_si128(dst.add(64 * s + 16 * k).cast(), v);
                 }
                 dst.add(1024 + 4 * k)
                     .cast::<[u8; 4]>()
                     .write_unaligned([y[0], y[1], y[2], y[3]]);
+                if FLIP {
+                    continue;
+                }
                 for j in 0..8 {
                     let bs = |g: usize| {
                         i32::from(i16::from_le_bytes([
@@ -305,7 +331,7 @@ pub(crate) unsafe fn tile_q4_k_q8_k(
         for q in g0..g1 {
             // SAFETY: quad `q - g0 < max_quads` fits the buffer; features checked at
             // installation; tokens `4q..4q + 4 < nt` are in `a` (asserted).
-            unsafe { lay_out_quad(a, a_stride, 4 * q, nb, buf, q - g0) };
+            unsafe { lay_out_quad::<false>(a, a_stride, 4 * q, nb, buf, q - g0) };
         }
         let mut r = 0;
         while r < nr {
@@ -327,6 +353,204 @@ pub(crate) unsafe fn tile_q4_k_q8_k(
                         q4_k_micro::<2>(nb, rows, rr, buf, q - g0, o, out_stride);
                     } else {
                         q4_k_micro::<1>(nb, rows, rr, buf, q - g0, o, out_stride);
+                    }
+                }
+                q += if two { 2 } else { 1 };
+            }
+            r += rr;
+        }
+        g0 = g1;
+    }
+}
+
+const Q6_K_SIZE: usize = 210;
+
+/// One Q6_K micro-tile (tiled order): 4 weight row slots × `Q` quads over `nb` super-blocks
+/// (contract as [`q4_k_micro`]; quads laid out by `lay_out_quad::<true>`). Lanes here are
+/// `4t + r` (token `t` in 128-bit lane `t`).
+///
+/// # Safety
+/// As [`q4_k_micro`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q6_k_micro<const Q: usize>(
+    nb: usize,
+    rows: [*const u8; 4],
+    out_rows: usize,
+    buf: *mut u8,
+    q0: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let (low, top) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+    let (ones, off) = (_mm512_set1_epi8(1), _mm512_set1_epi8(32));
+    // Token t's scale over 128-bit lane t.
+    let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    let mut acc = [_mm512_setzero_ps(); Q];
+    for b in 0..nb {
+        // Per quad and row slot: 4 lanes of partial sums per token (128-bit lane t).
+        let mut part = [[_mm512_setzero_si512(); 4]; Q];
+        let mut corr = [0i32; 4];
+        let mut dw16 = [0i32; 4];
+        for (r, &row) in rows.iter().enumerate() {
+            // SAFETY: block `b` of each slot is readable (caller).
+            let x = unsafe { std::slice::from_raw_parts(row.add(b * Q6_K_SIZE), Q6_K_SIZE) };
+            dw16[r] = i32::from(u16::from_le_bytes([x[208], x[209]]));
+            let mut c = _mm512_setzero_si512();
+            for h in 0..2 {
+                for lc in [0, 16] {
+                    // SAFETY: 16-byte loads inside the block.
+                    let (l0, l1, hb) = unsafe {
+                        let p = x.as_ptr();
+                        let b16 =
+                            |o: usize| _mm512_broadcast_i32x4(_mm_loadu_si128(p.add(o).cast()));
+                        (
+                            b16(64 * h + lc),
+                            b16(64 * h + 32 + lc),
+                            b16(128 + 32 * h + lc),
+                        )
+                    };
+                    // Elements 128h + 32k + lc .. + 16 (low 4 bits, then the 2 high bits).
+                    let quads = [
+                        (_mm512_and_si512(l0, low), _mm512_slli_epi16::<4>(hb)),
+                        (_mm512_and_si512(l1, low), _mm512_slli_epi16::<2>(hb)),
+                        (_mm512_and_si512(_mm512_srli_epi16::<4>(l0), low), hb),
+                        (
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(l1), low),
+                            _mm512_srli_epi16::<2>(hb),
+                        ),
+                    ];
+                    for (k, &(lo4, hi2)) in quads.iter().enumerate() {
+                        let u = _mm512_or_si512(lo4, _mm512_and_si512(hi2, top));
+                        let qk = _mm512_sub_epi8(u, off);
+                        let group = (128 * h + 32 * k + lc) / 16;
+                        let sc = _mm512_set1_epi16(i16::from(x[192 + group] as i8));
+                        // The row's Σ sc · (q - 32), one 16-element group at a time.
+                        c = _mm512_dpwssd_epi32(c, _mm512_maddubs_epi16(ones, qk), sc);
+                        for (q, pq) in part.iter_mut().enumerate() {
+                            let y = quad_block(buf, nb, q0 + q, b);
+                            // SAFETY: the quad's laid-out rows are in the buffer (caller).
+                            let ys = unsafe { _mm512_loadu_si512(y.add(64 * group).cast()) };
+                            pq[r] = _mm512_dpwssd_epi32(pq[r], _mm512_maddubs_epi16(ys, qk), sc);
+                        }
+                    }
+                }
+            }
+            // Every 128-bit lane of `c` holds the same sums (broadcast weights): lane 0's four.
+            let mut lanes = [0i32; 16];
+            // SAFETY: `lanes` holds 16 i32.
+            unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), c) };
+            corr[r] = (lanes[0] + lanes[1] + lanes[2] + lanes[3]) << 7;
+        }
+        // d_r and the correction at position r of every 128-bit lane.
+        let dw = _mm512_broadcast_f32x4(_mm_cvtph_ps(_mm_set_epi32(
+            0,
+            0,
+            (dw16[3] << 16) | dw16[2],
+            (dw16[1] << 16) | dw16[0],
+        )));
+        let corr = _mm512_broadcast_i32x4(_mm_set_epi32(corr[3], corr[2], corr[1], corr[0]));
+        for (q, accq) in acc.iter_mut().enumerate() {
+            let y = quad_block(buf, nb, q0 + q, b);
+            // Lane 4t + r: the pair's exact Σ sc · (q - 32) · y.
+            // SAFETY: AVX-512F (target_feature).
+            let sumi = _mm512_sub_epi32(unsafe { reduce4(part[q]) }, corr);
+            // SAFETY: the quad's scales follow its quants in the buffer.
+            let ya = unsafe {
+                _mm512_permutexvar_ps(
+                    spread,
+                    _mm512_broadcast_f32x4(_mm_loadu_ps(y.add(1024).cast())),
+                )
+            };
+            *accq = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_cvtepi32_ps(sumi)), ya, *accq);
+        }
+    }
+    for (q, accq) in acc.iter().enumerate() {
+        let mut res = [0f32; 16];
+        // SAFETY: `res` holds 16 floats.
+        unsafe { _mm512_storeu_ps(res.as_mut_ptr(), *accq) };
+        for r in 0..out_rows {
+            for t in 0..4 {
+                // SAFETY: the caller's output region holds these elements.
+                unsafe { *out.add((4 * q + t) * out_stride + r) = res[4 * t + r] };
+            }
+        }
+    }
+}
+
+/// Q6_K × Q8_K tile product (see [`crate::tile::TileDotFn`]; each output equals the
+/// reference's `dot_for_row(t, nt)`): below 8 tokens the single-row dot per pair; rows of more
+/// than 28 super-blocks take the per-pair dots.
+///
+/// # Safety
+/// As [`crate::tile::TileDotFn`]; installed only after `tiles512::available()`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_q6_k_q8_k(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let nb = n / 256;
+    if nr == 0 || nt == 0 {
+        return;
+    }
+    assert!(
+        w.len() >= (nr - 1) * w_stride + nb * Q6_K_SIZE
+            && a.len() >= (nt - 1) * a_stride + nb * Q8_K_SIZE,
+        "tile operands too short"
+    );
+    let per_pair = |t: usize, dot: Dot| {
+        for r in 0..nr {
+            let y = dot(n, &w[r * w_stride..], &a[t * a_stride..]);
+            // SAFETY: `(t, r)` is in the caller's output region.
+            unsafe { *out.add(t * out_stride + r) = y };
+        }
+    };
+    let max_quads = BUF / (QUAD_BLOCK * nb.max(1));
+    let tiled = nt >= 8;
+    let quads = if tiled && max_quads > 0 { nt / 4 } else { 0 };
+    let dot: Dot = if tiled {
+        super::kquants::vec_dot_q6_k_q8_k_tiled
+    } else {
+        super::kquants::vec_dot_q6_k_q8_k
+    };
+    for t in 4 * quads..nt {
+        per_pair(t, dot);
+    }
+    let mut buf = MaybeUninit::<Buf>::uninit();
+    let buf = buf.as_mut_ptr().cast::<u8>();
+    let mut g0 = 0;
+    while g0 < quads {
+        let g1 = (g0 + max_quads).min(quads);
+        for q in g0..g1 {
+            // SAFETY: quad `q - g0 < max_quads` fits the buffer; features checked at
+            // installation; tokens `4q..4q + 4 <= nt` are in `a` (asserted).
+            unsafe { lay_out_quad::<true>(a, a_stride, 4 * q, nb, buf, q - g0) };
+        }
+        let mut r = 0;
+        while r < nr {
+            let rr = (nr - r).min(4);
+            let slot = |k: usize| {
+                w.as_ptr()
+                    .wrapping_add((r + if k < rr { k } else { 0 }) * w_stride)
+            };
+            let rows = [slot(0), slot(1), slot(2), slot(3)];
+            let mut q = g0;
+            while q < g1 {
+                let two = q + 1 < g1;
+                // SAFETY: as in `tile_q4_k_q8_k`.
+                unsafe {
+                    let o = out.add(4 * q * out_stride + r);
+                    if two {
+                        q6_k_micro::<2>(nb, rows, rr, buf, q - g0, o, out_stride);
+                    } else {
+                        q6_k_micro::<1>(nb, rows, rr, buf, q - g0, o, out_stride);
                     }
                 }
                 q += if two { 2 } else { 1 };

@@ -31,3 +31,94 @@ pub type TileDotFn = unsafe fn(
     out: *mut f32,
     out_stride: usize,
 );
+
+/// `nb = n / 32` after checking that `w` holds `nr` rows of `nb` `block_w`-byte blocks
+/// (`w_stride` apart) and `a` holds `nt` rows of `block_a`-byte blocks (`a_stride` apart): the
+/// bounds every tile driver relies on (too short operands panic, as [`TileDotFn`] says).
+#[cfg_attr(
+    not(all(feature = "simd", any(target_arch = "x86_64", target_arch = "aarch64"))),
+    allow(dead_code)
+)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_operands(
+    nb: usize,
+    (block_w, block_a): (usize, usize),
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+) {
+    assert!(
+        (nr == 0 || w.len() >= (nr - 1) * w_stride + nb * block_w)
+            && (nt == 0 || a.len() >= (nt - 1) * a_stride + nb * block_a),
+        "tile operands too short"
+    );
+}
+
+/// A micro-kernel of [`walk`]: its `R × T` outputs `out[t * out_stride + r]` over `nb` blocks of
+/// the weight rows at `w` (`w_stride` apart) and activation rows at `a` (`a_stride` apart); the
+/// flag asks for software prefetches ahead in the weight rows (the first pass over them).
+#[cfg(all(feature = "simd", any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) type Micro = unsafe fn(usize, *const u8, usize, *const u8, usize, *mut f32, usize, bool);
+
+/// The tile driver of the 32-element block formats: walks an `nr × nt` product in `MR × MT`
+/// micro-tiles (`micro[r - 1][t - 1]` is the `r × t` kernel, used at the edges), tokens in
+/// groups whose activation rows fit in about 16 KiB of L1, so that every row tile reads them
+/// from L1 while the weight rows of the call stream from L2 once per group. Prefetching is asked
+/// for on the first pass over the rows when `nt <= prefetch_max_tokens`.
+///
+/// # Safety
+/// As [`TileDotFn`]; the CPU has the features of the micro-kernels; `blocks` are the bytes per
+/// block of a weight row and of an activation row.
+#[cfg(all(feature = "simd", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn walk<const MR: usize, const MT: usize>(
+    micro: &[[Micro; MT]; MR],
+    blocks: (usize, usize),
+    prefetch_max_tokens: usize,
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let nb = n / 32;
+    check_operands(nb, blocks, w, w_stride, nr, a, a_stride, nt);
+    let group = (16384 / a_stride.max(1)).max(MT) / MT * MT;
+    let mut t0 = 0;
+    while t0 < nt {
+        let t1 = (t0 + group).min(nt);
+        let mut r = 0;
+        while r < nr {
+            let rr = (nr - r).min(MR);
+            let mut t = t0;
+            while t < t1 {
+                let tt = (t1 - t).min(MT);
+                // SAFETY: rows `r..r+rr` and `t..t+tt` are within the checked operands; the
+                // output elements are within the caller's region; the CPU has the
+                // micro-kernels' features (caller).
+                unsafe {
+                    micro[rr - 1][tt - 1](
+                        nb,
+                        w.as_ptr().add(r * w_stride),
+                        w_stride,
+                        a.as_ptr().add(t * a_stride),
+                        a_stride,
+                        out.add(t * out_stride + r),
+                        out_stride,
+                        t == 0 && nt <= prefetch_max_tokens,
+                    )
+                };
+                t += tt;
+            }
+            r += rr;
+        }
+        t0 = t1;
+    }
+}

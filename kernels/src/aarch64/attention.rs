@@ -179,12 +179,8 @@ unsafe fn attend_group_d<const D32: usize>(
             let r_hi = vaddq_f32(vaddq_f32(acc[1], acc[5]), vaddq_f32(acc[3], acc[7]));
             let t = vaddq_f32(r_lo, r_hi);
             let p = vpaddq_f32(t, t);
-            let score = (vgetq_lane_f32::<0>(p) + vgetq_lane_f32::<1>(p)) * scale;
-            let (ms, vs);
-            if score > s.max {
-                ms = (s.max - score).exp();
-                s.max = score;
-                vs = 1.0;
+            let (rescale, vs) = s.push((vgetq_lane_f32::<0>(p) + vgetq_lane_f32::<1>(p)) * scale);
+            if let Some(ms) = rescale {
                 for i in 0..d / 4 {
                     // SAFETY: output row `g` holds `d` elements at `g * d` (caller).
                     unsafe {
@@ -192,12 +188,8 @@ unsafe fn attend_group_d<const D32: usize>(
                         vst1q_f32(p, round_f16(vmulq_n_f32(vld1q_f32(p), ms)));
                     }
                 }
-            } else {
-                ms = 1.0;
-                vs = (score - s.max).exp();
             }
             w[g] = vs;
-            s.sum = s.sum.mul_add(ms, vs);
         }
         for (c, rc) in row.iter_mut().enumerate() {
             for h in 0..4 {
@@ -234,14 +226,7 @@ pub(crate) fn attend_rows_group(
     st: &mut [OnlineSoftmax],
     out: &mut [f32],
 ) {
-    let g = st.len();
-    let d = q.len().checked_div(g).unwrap_or(0);
-    assert!(
-        q.len() == g * d
-            && out.len() == q.len()
-            && k.len() == v.len()
-            && k.len().is_multiple_of(d.max(1))
-    );
+    let (g, d) = attention::group_shape(q, k, v, st, out);
     // SAFETY: installed only after neon was detected; lengths checked above.
     unsafe {
         match (d, g <= MAX_GROUP) {

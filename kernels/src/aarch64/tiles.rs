@@ -25,7 +25,7 @@ use std::arch::aarch64::{
 use std::arch::asm;
 
 use super::lanes::{sdot4, sums4, Acc8};
-use crate::tile::TileDotFn;
+use crate::tile::{walk, Micro, TileDotFn};
 use crate::GgmlType;
 
 const Q4_1_SIZE: usize = 20;
@@ -248,15 +248,15 @@ unsafe fn q8_0_body<S: LaneSums, const R: usize, const T: usize>(
     }
 }
 
-/// A micro-kernel: `(nb, w, w_stride, a, a_stride, out, out_stride)`, contract as
-/// [`q4_1_body`].
-type Micro = unsafe fn(usize, *const u8, usize, *const u8, usize, *mut f32, usize);
+// The micro-kernels below have `crate::tile::Micro`'s signature (contract as the bodies'; the
+// prefetch flag is unused: no software prefetch on NEON yet).
 
 /// [`q4_1_body`] with `sdot`.
 ///
 /// # Safety
 /// As [`q4_1_body`]; the CPU has neon and dotprod.
 #[target_feature(enable = "neon,dotprod")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn q4_1_dotprod<const R: usize, const T: usize>(
     nb: usize,
     w: *const u8,
@@ -265,6 +265,7 @@ unsafe fn q4_1_dotprod<const R: usize, const T: usize>(
     a_stride: usize,
     out: *mut f32,
     out_stride: usize,
+    _prefetch: bool,
 ) {
     // SAFETY: forwarded contract; `Sdot` needs exactly the features this function has.
     unsafe { q4_1_body::<Sdot, R, T>(nb, w, w_stride, a, a_stride, out, out_stride) }
@@ -275,6 +276,7 @@ unsafe fn q4_1_dotprod<const R: usize, const T: usize>(
 /// # Safety
 /// As [`q4_1_body`]; the CPU has neon.
 #[target_feature(enable = "neon")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn q4_1_neon<const R: usize, const T: usize>(
     nb: usize,
     w: *const u8,
@@ -283,6 +285,7 @@ unsafe fn q4_1_neon<const R: usize, const T: usize>(
     a_stride: usize,
     out: *mut f32,
     out_stride: usize,
+    _prefetch: bool,
 ) {
     // SAFETY: forwarded contract; `Mull` needs only neon.
     unsafe { q4_1_body::<Mull, R, T>(nb, w, w_stride, a, a_stride, out, out_stride) }
@@ -293,6 +296,7 @@ unsafe fn q4_1_neon<const R: usize, const T: usize>(
 /// # Safety
 /// As [`q8_0_body`]; the CPU has neon and dotprod.
 #[target_feature(enable = "neon,dotprod")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn q8_0_dotprod<const R: usize, const T: usize>(
     nb: usize,
     w: *const u8,
@@ -301,6 +305,7 @@ unsafe fn q8_0_dotprod<const R: usize, const T: usize>(
     a_stride: usize,
     out: *mut f32,
     out_stride: usize,
+    _prefetch: bool,
 ) {
     // SAFETY: forwarded contract; `Sdot` needs exactly the features this function has.
     unsafe { q8_0_body::<Sdot, R, T>(nb, w, w_stride, a, a_stride, out, out_stride) }
@@ -311,6 +316,7 @@ unsafe fn q8_0_dotprod<const R: usize, const T: usize>(
 /// # Safety
 /// As [`q8_0_body`]; the CPU has neon.
 #[target_feature(enable = "neon")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn q8_0_neon<const R: usize, const T: usize>(
     nb: usize,
     w: *const u8,
@@ -319,6 +325,7 @@ unsafe fn q8_0_neon<const R: usize, const T: usize>(
     a_stride: usize,
     out: *mut f32,
     out_stride: usize,
+    _prefetch: bool,
 ) {
     // SAFETY: forwarded contract; `Mull` needs only neon.
     unsafe { q8_0_body::<Mull, R, T>(nb, w, w_stride, a, a_stride, out, out_stride) }
@@ -373,12 +380,12 @@ impl Kernels for Q8_0Neon {
     const BLOCKS: (usize, usize) = (Q8_0_SIZE, Q8_0_SIZE);
 }
 
-/// The tile product of `K` (see [`crate::tile::TileDotFn`]): the `nr × nt` product walked in
-/// `MR × MT` micro-tiles, smaller ones at the edges.
+/// The tile product of `K` (see [`crate::tile::TileDotFn`]): [`crate::tile::walk`] over its
+/// micro-kernels (no software prefetch on NEON; Cortex-A53 class cores are built with 8 to 64
+/// KiB of L1 data cache, the 16 KiB token groups of the walk not measured on one).
 ///
 /// # Safety
-/// As [`crate::tile::TileDotFn`]; the CPU has the features of `K`'s micro-kernels. (Too short
-/// operands panic: checked here.)
+/// As [`crate::tile::TileDotFn`]; the CPU has the features of `K`'s micro-kernels.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<K: Kernels>(
     n: usize,
@@ -391,49 +398,22 @@ unsafe fn tile<K: Kernels>(
     out: *mut f32,
     out_stride: usize,
 ) {
-    let (block_w, block_a) = K::BLOCKS;
-    let nb = n / 32;
-    if nr == 0 || nt == 0 {
-        return;
-    }
-    assert!(
-        w.len() >= (nr - 1) * w_stride + nb * block_w
-            && a.len() >= (nt - 1) * a_stride + nb * block_a,
-        "tile operands too short"
-    );
-    // Tokens in groups whose activation rows fit in 16 KiB of L1 (as the AVX2 tiles; Cortex-A53
-    // class cores are built with 8 to 64 KiB of L1 data cache: not measured on one), so that
-    // every row tile reads them from L1; the weight rows of the call stream from L2 once per
-    // group.
-    let group = (16384 / a_stride.max(1)).max(MT) / MT * MT;
-    let mut t0 = 0;
-    while t0 < nt {
-        let t1 = (t0 + group).min(nt);
-        let mut r = 0;
-        while r < nr {
-            let rr = (nr - r).min(MR);
-            let mut t = t0;
-            while t < t1 {
-                let tt = (t1 - t).min(MT);
-                // SAFETY: rows `r..r+rr` and `t..t+tt` are within the checked operands; the
-                // output elements are within the caller's region; the CPU has the micro-kernel's
-                // features (caller).
-                unsafe {
-                    K::MICRO[rr - 1][tt - 1](
-                        nb,
-                        w.as_ptr().add(r * w_stride),
-                        w_stride,
-                        a.as_ptr().add(t * a_stride),
-                        a_stride,
-                        out.add(t * out_stride + r),
-                        out_stride,
-                    )
-                };
-                t += tt;
-            }
-            r += rr;
-        }
-        t0 = t1;
+    // SAFETY: forwarded contract.
+    unsafe {
+        walk(
+            &K::MICRO,
+            K::BLOCKS,
+            0,
+            n,
+            w,
+            w_stride,
+            nr,
+            a,
+            a_stride,
+            nt,
+            out,
+            out_stride,
+        )
     }
 }
 

@@ -72,6 +72,24 @@ impl Default for OnlineSoftmax {
 }
 
 impl OnlineSoftmax {
+    /// Take the next key's `score`, as ggml does: when it exceeds the running maximum, the
+    /// maximum moves to it, the key's weight is 1 and the accumulated values must be rescaled
+    /// by `exp(old max - score)` (returned as `Some`); otherwise the weight is
+    /// `exp(score - max)`. The denominator is updated here. Returns (rescale, weight).
+    #[inline(always)]
+    pub fn push(&mut self, score: f32) -> (Option<f32>, f32) {
+        let grew = score > self.max;
+        let (ms, vs) = if grew {
+            let ms = (self.max - score).exp();
+            self.max = score;
+            (ms, 1.0)
+        } else {
+            (1.0, (score - self.max).exp())
+        };
+        self.sum = self.sum.mul_add(ms, vs);
+        (grew.then_some(ms), vs)
+    }
+
     /// Divide the accumulated values by the denominator (0 when no key was seen).
     pub fn finish(&self, out: &mut [f32]) {
         let inv = if self.sum == 0.0 { 0.0 } else { 1.0 / self.sum };
@@ -101,23 +119,39 @@ pub fn attend_rows(
         for (r, x) in row.iter_mut().zip(kr) {
             *r = x.to_f32();
         }
-        let score = dot_f16_order(&row[..d], q) * scale;
-        let (ms, vs);
-        if score > st.max {
-            ms = (st.max - score).exp();
-            st.max = score;
-            vs = 1.0;
+        let (rescale, vs) = st.push(dot_f16_order(&row[..d], q) * scale);
+        if let Some(ms) = rescale {
             scale_f16(out, ms);
-        } else {
-            ms = 1.0;
-            vs = (score - st.max).exp();
         }
         for (r, x) in row.iter_mut().zip(vr) {
             *r = x.to_f32();
         }
         mad_f16(out, &row[..d], vs);
-        st.sum = st.sum.mul_add(ms, vs);
     }
+}
+
+/// `(g, d)`: the query count (`st.len()`) and head size of an [`attend_rows_group`] call,
+/// after checking its operands' lengths (a mismatch is a caller bug: panics).
+#[cfg_attr(
+    not(all(feature = "simd", any(target_arch = "x86_64", target_arch = "aarch64"))),
+    allow(dead_code)
+)]
+pub(crate) fn group_shape(
+    q: &[f32],
+    k: &[f16],
+    v: &[f16],
+    st: &[OnlineSoftmax],
+    out: &[f32],
+) -> (usize, usize) {
+    let g = st.len();
+    let d = q.len().checked_div(g).unwrap_or(0);
+    assert!(
+        q.len() == g * d
+            && out.len() == q.len()
+            && k.len() == v.len()
+            && k.len().is_multiple_of(d.max(1))
+    );
+    (g, d)
 }
 
 /// [`attend_rows`] for `g = st.len()` queries over the same keys and values (the query heads

@@ -55,7 +55,6 @@ unsafe fn attend_d<const D8: usize>(
             o[c] = _mm256_loadu_ps(out.as_ptr().add(8 * c));
         }
     }
-    let (mut max, mut sum) = (st.max, st.sum);
     let n = k.len() / d;
     for j in 0..n {
         // k · q: chunk c of 8 elements into accumulator c % 4 (dot_f16_order).
@@ -70,20 +69,13 @@ unsafe fn attend_d<const D8: usize>(
         let t = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps::<1>(r));
         let h = _mm_hadd_ps(t, t);
         let dot = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-        let score = dot * scale;
-        let (ms, vs);
-        if score > max {
-            ms = (max - score).exp();
-            max = score;
-            vs = 1.0;
+        let (rescale, vs) = st.push(dot * scale);
+        if let Some(ms) = rescale {
             let m = _mm256_set1_ps(ms);
             for oc in o.iter_mut() {
                 // SAFETY: F16C (target_feature).
                 *oc = unsafe { round_f16(_mm256_mul_ps(*oc, m)) };
             }
-        } else {
-            ms = 1.0;
-            vs = (score - max).exp();
         }
         let w = _mm256_set1_ps(vs);
         for (c, oc) in o.iter_mut().enumerate() {
@@ -96,14 +88,11 @@ unsafe fn attend_d<const D8: usize>(
                 ))
             };
         }
-        sum = sum.mul_add(ms, vs);
     }
     for (c, oc) in o.iter().enumerate() {
         // SAFETY: `out` holds `d` elements (caller).
         unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *oc) };
     }
-    st.max = max;
-    st.sum = sum;
 }
 
 /// [`attention::attend_rows_group`] for `d = 8 * D8`, `D8 % 4 == 0`: each key and value row is
@@ -141,12 +130,8 @@ unsafe fn attend_group_d<const D8: usize>(
             let r = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
             let t = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps::<1>(r));
             let h = _mm_hadd_ps(t, t);
-            let score = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) * scale;
-            let (ms, vs);
-            if score > s.max {
-                ms = (s.max - score).exp();
-                s.max = score;
-                vs = 1.0;
+            let (rescale, vs) = s.push(_mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) * scale);
+            if let Some(ms) = rescale {
                 let m = _mm256_set1_ps(ms);
                 for c in 0..D8 {
                     // SAFETY: output row `g` holds `d` elements at `g * d` (caller).
@@ -155,12 +140,8 @@ unsafe fn attend_group_d<const D8: usize>(
                         _mm256_storeu_ps(p, round_f16(_mm256_mul_ps(_mm256_loadu_ps(p), m)));
                     }
                 }
-            } else {
-                ms = 1.0;
-                vs = (score - s.max).exp();
             }
             w[g] = vs;
-            s.sum = s.sum.mul_add(ms, vs);
         }
         for c in 0..D8 {
             // SAFETY: row `j < n` of `v` holds `d` elements (caller).
@@ -190,14 +171,7 @@ pub(crate) fn attend_rows_group(
     st: &mut [OnlineSoftmax],
     out: &mut [f32],
 ) {
-    let g = st.len();
-    let d = q.len().checked_div(g).unwrap_or(0);
-    assert!(
-        q.len() == g * d
-            && out.len() == q.len()
-            && k.len() == v.len()
-            && k.len().is_multiple_of(d.max(1))
-    );
+    let (g, d) = attention::group_shape(q, k, v, st, out);
     // SAFETY: installed only after avx2, fma and f16c were detected; lengths checked above.
     unsafe {
         match (d, g <= MAX_GROUP) {

@@ -20,7 +20,7 @@ use std::arch::x86_64::{
 
 use half::f16;
 
-use crate::reference::attention::OnlineSoftmax;
+use crate::reference::attention::{self, OnlineSoftmax};
 
 /// `v` rounded to f16 and back (nearest even).
 #[inline(always)]
@@ -90,24 +90,16 @@ unsafe fn attend<const G: usize, const D16: usize>(
             let r = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps::<1>(s));
             let t = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps::<1>(r));
             let h = _mm_hadd_ps(t, t);
-            let score = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) * scale;
-            let s = &mut st[g];
-            let (ms, vs);
-            if score > s.max {
-                ms = (s.max - score).exp();
-                s.max = score;
-                vs = 1.0;
+            let (rescale, vs) =
+                st[g].push(_mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h))) * scale);
+            if let Some(ms) = rescale {
                 let m = _mm512_set1_ps(ms);
                 for oc in o[g].iter_mut() {
                     // SAFETY: AVX-512F (target_feature).
                     *oc = unsafe { round_f16(_mm512_mul_ps(*oc, m)) };
                 }
-            } else {
-                ms = 1.0;
-                vs = (score - s.max).exp();
             }
             w[g] = vs;
-            s.sum = s.sum.mul_add(ms, vs);
         }
         for c in 0..D16 {
             // SAFETY: value row `j < n` holds `d` elements (caller).
@@ -171,14 +163,7 @@ pub(crate) fn attend_rows_group(
     st: &mut [OnlineSoftmax],
     out: &mut [f32],
 ) {
-    let g = st.len();
-    let d = q.len().checked_div(g).unwrap_or(0);
-    assert!(
-        q.len() == g * d
-            && out.len() == q.len()
-            && k.len() == v.len()
-            && k.len().is_multiple_of(d.max(1))
-    );
+    let (g, d) = attention::group_shape(q, k, v, st, out);
     if kernel(d, g).is_none() {
         return super::attention::attend_rows_group(q, k, v, scale, st, out);
     }

@@ -347,70 +347,7 @@ micro_kernels!(
     q5_0_micro_vnni
 );
 
-type Micro = unsafe fn(usize, *const u8, usize, *const u8, usize, *mut f32, usize, bool);
-
-/// Walk an `nr × nt` product in `MR × MT` micro-tiles (smaller ones at the edges).
-///
-/// # Safety
-/// As [`crate::tile::TileDotFn`]; `micro[r - 1][t - 1]` is the `r × t` micro-kernel, and the
-/// slices hold `nr` / `nt` rows of `block_w` / `block_a`-byte blocks (checked here).
-#[allow(clippy::too_many_arguments)]
-unsafe fn walk<const MR: usize, const MT: usize>(
-    micro: &[[Micro; MT]; MR],
-    (block_w, block_a): (usize, usize),
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    a: &[u8],
-    a_stride: usize,
-    nt: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    let nb = n / 32;
-    if nr == 0 || nt == 0 {
-        return;
-    }
-    assert!(
-        w.len() >= (nr - 1) * w_stride + nb * block_w
-            && a.len() >= (nt - 1) * a_stride + nb * block_a,
-        "tile operands too short"
-    );
-    // Tokens in groups whose activation rows fit in L1 (about 16 KiB), so that every row tile
-    // reads them from L1; the weight rows of the call stream from L2 once per group.
-    let group = (16384 / a_stride.max(1)).max(MT) / MT * MT;
-    let mut t0 = 0;
-    while t0 < nt {
-        let t1 = (t0 + group).min(nt);
-        let mut r = 0;
-        while r < nr {
-            let rr = (nr - r).min(MR);
-            let mut t = t0;
-            while t < t1 {
-                let tt = (t1 - t).min(MT);
-                // SAFETY: rows `r..r+rr` and `t..t+tt` are within the checked operands; the
-                // output elements are within the caller's region; the CPU features were
-                // detected before this kernel was installed.
-                unsafe {
-                    micro[rr - 1][tt - 1](
-                        nb,
-                        w.as_ptr().add(r * w_stride),
-                        w_stride,
-                        a.as_ptr().add(t * a_stride),
-                        a_stride,
-                        out.add(t * out_stride + r),
-                        out_stride,
-                        t == 0 && nt <= PREFETCH_MAX_TOKENS,
-                    )
-                };
-                t += tt;
-            }
-            r += rr;
-        }
-        t0 = t1;
-    }
-}
+use crate::tile::{walk, Micro};
 
 /// The `[[f::<r, t>; MT]; MR]` table of micro-kernel instances, for `MR = 4` and `MT` 2 or 3.
 macro_rules! micro_table {
@@ -457,7 +394,18 @@ macro_rules! tile_entry {
             // SAFETY: forwarded contract.
             unsafe {
                 walk(
-                    &MICRO, $sizes, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
+                    &MICRO,
+                    $sizes,
+                    PREFETCH_MAX_TOKENS,
+                    n,
+                    w,
+                    w_stride,
+                    nr,
+                    a,
+                    a_stride,
+                    nt,
+                    out,
+                    out_stride,
                 )
             }
         }

@@ -362,10 +362,15 @@ unsafe fn walk<const MR: usize, const MP: usize>(
     if nr == 0 || nt == 0 {
         return true;
     }
-    assert!(
-        w.len() >= (nr - 1) * w_stride + nb * fmt.block_w
-            && a.len() >= (nt - 1) * a_stride + nb * fmt.block_a,
-        "tile operands too short"
+    crate::tile::check_operands(
+        nb,
+        (fmt.block_w, fmt.block_a),
+        w,
+        w_stride,
+        nr,
+        a,
+        a_stride,
+        nt,
     );
     // Tokens in groups whose activation rows fit in L1 (about 16 KiB), as the AVX2 tiles, and
     // whose scales fit the buffer.
@@ -449,104 +454,78 @@ macro_rules! micro_table {
     };
 }
 
-/// Q4_1 × Q8_1 tile product (see [`TileDotFn`]); rows longer than 16 384 elements go to the
-/// AVX2 tile.
-///
-/// # Safety
-/// As [`TileDotFn`]; installed only after [`available`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_q4_1_q8_1(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    a: &[u8],
-    a_stride: usize,
-    nt: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    static MICRO: [[Micro; 4]; 4] = micro_table!(q4_1_micro);
-    let fmt = Format {
-        block_w: Q4_1_SIZE,
-        block_a: Q8_1_SIZE,
-        has_s: true,
-    };
-    // SAFETY: forwarded contract.
-    unsafe {
-        if !walk(
-            &MICRO, &fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
+/// A tile entry point: [`walk`] over micro-kernel table `$micro` for blocks of format `$fmt`,
+/// or the AVX2 tile `$fallback` for rows too long for the scale buffer.
+macro_rules! tile_entry {
+    ($name:ident, $micro:expr, $fmt:expr, $fallback:path, $what:literal) => {
+        #[doc = concat!($what, " tile product (see [`TileDotFn`]); rows too long for the scale")]
+        #[doc = "buffer go to the AVX2 tile."]
+        ///
+        /// # Safety
+        /// As [`TileDotFn`]; installed only after [`available`].
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $name(
+            n: usize,
+            w: &[u8],
+            w_stride: usize,
+            nr: usize,
+            a: &[u8],
+            a_stride: usize,
+            nt: usize,
+            out: *mut f32,
+            out_stride: usize,
         ) {
-            let fallback: TileDotFn = super::tiles::tile_q4_1_q8_1;
-            fallback(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
+            static MICRO: [[Micro; 4]; 4] = $micro;
+            // SAFETY: forwarded contract.
+            unsafe {
+                if !walk(
+                    &MICRO, &$fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
+                ) {
+                    let fallback: TileDotFn = $fallback;
+                    fallback(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
+                }
+            }
         }
-    }
+    };
 }
 
-/// Q8_0 × Q8_0 tile product (see [`TileDotFn`]); rows longer than 32 768 elements go to the
-/// AVX2 tile.
-///
-/// # Safety
-/// As [`TileDotFn`]; installed only after [`available`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_q8_0_q8_0(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    a: &[u8],
-    a_stride: usize,
-    nt: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    static MICRO: [[Micro; 4]; 4] = micro_table!(q8_0_micro, false);
-    let fmt = Format {
-        block_w: Q8_0_SIZE,
-        block_a: Q8_0_SIZE,
-        has_s: false,
-    };
-    // SAFETY: forwarded contract.
-    unsafe {
-        if !walk(
-            &MICRO, &fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
-        ) {
-            let fallback: TileDotFn = super::tiles::tile_q8_0_q8_0;
-            fallback(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
-        }
-    }
-}
+/// Q4_1 weights, Q8_1 activations (with their `s`).
+const Q4_1_FMT: Format = Format {
+    block_w: Q4_1_SIZE,
+    block_a: Q8_1_SIZE,
+    has_s: true,
+};
+/// Q8_0 weights and activations.
+const Q8_0_FMT: Format = Format {
+    block_w: Q8_0_SIZE,
+    block_a: Q8_0_SIZE,
+    has_s: false,
+};
+/// Q5_0 weights, Q8_0 activations.
+const Q5_0_FMT: Format = Format {
+    block_w: Q5_0_SIZE,
+    block_a: Q8_0_SIZE,
+    has_s: false,
+};
 
-/// Q5_0 × Q8_0 tile product (see [`TileDotFn`]); rows longer than 32 768 elements go to the
-/// AVX2 tile.
-///
-/// # Safety
-/// As [`TileDotFn`]; installed only after [`available`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_q5_0_q8_0(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    a: &[u8],
-    a_stride: usize,
-    nt: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    static MICRO: [[Micro; 4]; 4] = micro_table!(q8_0_micro, true);
-    let fmt = Format {
-        block_w: Q5_0_SIZE,
-        block_a: Q8_0_SIZE,
-        has_s: false,
-    };
-    // SAFETY: forwarded contract.
-    unsafe {
-        if !walk(
-            &MICRO, &fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
-        ) {
-            let fallback: TileDotFn = super::tiles::tile_q5_0_q8_0;
-            fallback(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
-        }
-    }
-}
+tile_entry!(
+    tile_q4_1_q8_1,
+    micro_table!(q4_1_micro),
+    Q4_1_FMT,
+    super::tiles::tile_q4_1_q8_1,
+    "Q4_1 × Q8_1"
+);
+tile_entry!(
+    tile_q8_0_q8_0,
+    micro_table!(q8_0_micro, false),
+    Q8_0_FMT,
+    super::tiles::tile_q8_0_q8_0,
+    "Q8_0 × Q8_0"
+);
+tile_entry!(
+    tile_q5_0_q8_0,
+    micro_table!(q8_0_micro, true),
+    Q5_0_FMT,
+    super::tiles::tile_q5_0_q8_0,
+    "Q5_0 × Q8_0"
+);

@@ -27,7 +27,7 @@
 //! adds is a property of the weight row, formed once per row and block and subtracted.
 
 use std::arch::x86_64::{
-    __m512i, _mm256_cvtph_ps, _mm512_add_epi32, _mm512_and_si512, _mm512_broadcast_f32x4,
+    __m512, __m512i, _mm256_cvtph_ps, _mm512_add_epi32, _mm512_and_si512, _mm512_broadcast_f32x4,
     _mm512_broadcast_i32x4, _mm512_castps256_ps512, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32,
     _mm512_dpwssd_epi32, _mm512_fmadd_ps, _mm512_loadu_si512, _mm512_maddubs_epi16, _mm512_mul_ps,
     _mm512_mullo_epi32, _mm512_or_si512, _mm512_permutexvar_epi32, _mm512_permutexvar_ps,
@@ -41,6 +41,7 @@ use std::arch::x86_64::{
 use std::mem::MaybeUninit;
 
 use crate::reference::q4_k::{scales_mins_k4, K_SCALE_SIZE};
+use crate::traits::BatchRows;
 
 const Q4_K_SIZE: usize = 144;
 const Q8_K_SIZE: usize = 292;
@@ -256,110 +257,43 @@ unsafe fn q4_k_micro<const Q: usize>(
         }
     }
     for q in 0..Q {
-        let mut res = [0f32; 16];
-        // SAFETY: `res` holds 16 floats.
-        unsafe { _mm512_storeu_ps(res.as_mut_ptr(), _mm512_sub_ps(acc[q], acc_min[q])) };
-        for r in 0..out_rows {
-            for t in 0..4 {
-                // SAFETY: the caller's output region holds these elements.
-                unsafe { *out.add((4 * q + t) * out_stride + r) = res[4 * r + t] };
-            }
-        }
+        // SAFETY: forwarded `out` contract.
+        unsafe {
+            store_quad(
+                _mm512_sub_ps(acc[q], acc_min[q]),
+                false,
+                q,
+                out_rows,
+                out,
+                out_stride,
+            )
+        };
     }
 }
 
-type Dot = fn(usize, &[u8], &[u8]) -> f32;
-
-/// Q4_K × Q8_K tile product (see [`crate::tile::TileDotFn`]; each output equals the
-/// reference's `dot_for_row(t, nt)`). Rows of more than 28 super-blocks (7 168 elements), whose
-/// laid-out quad would not fit the stack buffer, take the per-pair dots.
+/// Store quad `q`'s 16 pair results (lane `4r + t`, or `4t + r` when `token_major`) for the
+/// first `out_rows` rows: token `4q + t` of the tile at `out + (4q + t) * out_stride + r`.
 ///
 /// # Safety
-/// As [`crate::tile::TileDotFn`]; installed only after `tiles512::available()`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_q4_k_q8_k(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    a: &[u8],
-    a_stride: usize,
-    nt: usize,
+/// The output elements are writable; the CPU has AVX-512F.
+#[inline(always)]
+unsafe fn store_quad(
+    res: __m512,
+    token_major: bool,
+    q: usize,
+    out_rows: usize,
     out: *mut f32,
     out_stride: usize,
 ) {
-    let nb = n / 256;
-    if nr == 0 || nt == 0 {
-        return;
-    }
-    assert!(
-        w.len() >= (nr - 1) * w_stride + nb * Q4_K_SIZE
-            && a.len() >= (nt - 1) * a_stride + nb * Q8_K_SIZE,
-        "tile operands too short"
-    );
-    let quads = nt / 4;
-    let per_pair = |t: usize, dot: Dot| {
-        for r in 0..nr {
-            let y = dot(n, &w[r * w_stride..], &a[t * a_stride..]);
-            // SAFETY: `(t, r)` is in the caller's output region.
-            unsafe { *out.add(t * out_stride + r) = y };
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 floats; AVX-512F (caller).
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), res) };
+    for r in 0..out_rows {
+        for t in 0..4 {
+            let lane = if token_major { 4 * t + r } else { 4 * r + t };
+            // SAFETY: the caller's output region holds these elements.
+            unsafe { *out.add((4 * q + t) * out_stride + r) = lanes[lane] };
         }
-    };
-    let max_quads = BUF / (QUAD_BLOCK * nb.max(1));
-    if max_quads == 0 {
-        for t in 0..nt {
-            let x4 = t < 4 * quads;
-            per_pair(
-                t,
-                if x4 {
-                    super::kquants::vec_dot_q4_k_q8_k_x4
-                } else {
-                    super::kquants::vec_dot_q4_k_q8_k
-                },
-            );
-        }
-        return;
-    }
-    for t in 4 * quads..nt {
-        per_pair(t, super::kquants::vec_dot_q4_k_q8_k);
-    }
-    let mut buf = MaybeUninit::<Buf>::uninit();
-    let buf = buf.as_mut_ptr().cast::<u8>();
-    let mut g0 = 0;
-    while g0 < quads {
-        let g1 = (g0 + max_quads).min(quads);
-        for q in g0..g1 {
-            // SAFETY: quad `q - g0 < max_quads` fits the buffer; features checked at
-            // installation; tokens `4q..4q + 4 < nt` are in `a` (asserted).
-            unsafe { lay_out_quad::<false>(a, a_stride, 4 * q, nb, buf, q - g0) };
-        }
-        let mut r = 0;
-        while r < nr {
-            let rr = (nr - r).min(4);
-            let slot = |k: usize| {
-                w.as_ptr()
-                    .wrapping_add((r + if k < rr { k } else { 0 }) * w_stride)
-            };
-            let rows = [slot(0), slot(1), slot(2), slot(3)];
-            let mut q = g0;
-            while q < g1 {
-                let two = q + 1 < g1;
-                // SAFETY: row slots are rows of `w` with `nb` blocks (asserted); quads
-                // `q - g0 ..` are laid out; outputs `(4q + t, r + k)` are in the caller's
-                // region; the CPU's features were checked before installation.
-                unsafe {
-                    let o = out.add(4 * q * out_stride + r);
-                    if two {
-                        q4_k_micro::<2>(nb, rows, rr, buf, q - g0, o, out_stride);
-                    } else {
-                        q4_k_micro::<1>(nb, rows, rr, buf, q - g0, o, out_stride);
-                    }
-                }
-                q += if two { 2 } else { 1 };
-            }
-            r += rr;
-        }
-        g0 = g1;
     }
 }
 
@@ -465,27 +399,44 @@ unsafe fn q6_k_micro<const Q: usize>(
             *accq = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_cvtepi32_ps(sumi)), ya, *accq);
         }
     }
-    for (q, accq) in acc.iter().enumerate() {
-        let mut res = [0f32; 16];
-        // SAFETY: `res` holds 16 floats.
-        unsafe { _mm512_storeu_ps(res.as_mut_ptr(), *accq) };
-        for r in 0..out_rows {
-            for t in 0..4 {
-                // SAFETY: the caller's output region holds these elements.
-                unsafe { *out.add((4 * q + t) * out_stride + r) = res[4 * t + r] };
-            }
-        }
+    for (q, &accq) in acc.iter().enumerate() {
+        // SAFETY: forwarded `out` contract.
+        unsafe { store_quad(accq, true, q, out_rows, out, out_stride) };
     }
 }
 
-/// Q6_K × Q8_K tile product (see [`crate::tile::TileDotFn`]; each output equals the
-/// reference's `dot_for_row(t, nt)`): below 8 tokens the single-row dot per pair; rows of more
-/// than 28 super-blocks take the per-pair dots.
+/// A micro-kernel of [`drive`]: `(nb, row slots, rows stored, buffer, first quad, out,
+/// out_stride)`, as [`q4_k_micro`].
+type KMicro = unsafe fn(usize, [*const u8; 4], usize, *mut u8, usize, *mut f32, usize);
+/// A per-pair dot (`n`, weight row, activation row).
+type Dot = fn(usize, &[u8], &[u8]) -> f32;
+/// A quad layout: `(a, a_stride, first token, nb, buffer, quad)`.
+type LayOut = unsafe fn(&[u8], usize, usize, usize, *mut u8, usize);
+
+/// What the driver needs of a k-quant format.
+struct KFormat {
+    /// Bytes per weight super-block.
+    block_w: usize,
+    /// Which tokens take the batched order (llama.cpp's rule, as `TypeTraits::vec_dot_batched`).
+    rule: BatchRows,
+    /// The per-pair dots in the batched and the single-row order.
+    batched: Dot,
+    single: Dot,
+    /// Lays out a quad of tokens for the micro-kernels.
+    lay_out: LayOut,
+    /// The micro-kernels for one and for two quads.
+    micro: [KMicro; 2],
+}
+
+/// The tile driver of the k-quants: the tokens that take the batched order go by quads through
+/// `f.micro` (in groups whose laid-out activations fit the stack buffer), every other token —
+/// and every token when a laid-out quad would not fit — through the per-pair dot of its order.
 ///
 /// # Safety
-/// As [`crate::tile::TileDotFn`]; installed only after `tiles512::available()`.
+/// As [`crate::tile::TileDotFn`]; the CPU has the features of this file.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_q6_k_q8_k(
+unsafe fn drive(
+    f: &KFormat,
     n: usize,
     w: &[u8],
     w_stride: usize,
@@ -497,31 +448,25 @@ pub(crate) unsafe fn tile_q6_k_q8_k(
     out_stride: usize,
 ) {
     let nb = n / 256;
+    crate::tile::check_operands(nb, (f.block_w, Q8_K_SIZE), w, w_stride, nr, a, a_stride, nt);
     if nr == 0 || nt == 0 {
         return;
     }
-    assert!(
-        w.len() >= (nr - 1) * w_stride + nb * Q6_K_SIZE
-            && a.len() >= (nt - 1) * a_stride + nb * Q8_K_SIZE,
-        "tile operands too short"
-    );
-    let per_pair = |t: usize, dot: Dot| {
+    let batched = |t: usize| match f.rule {
+        BatchRows::FullQuads => t < nt - nt % 4,
+        BatchRows::AllFrom(m) => nt >= m,
+    };
+    let n_batched = (0..nt).filter(|&t| batched(t)).count();
+    let max_quads = BUF / (QUAD_BLOCK * nb.max(1));
+    // The batched tokens come first (FullQuads) or are all of them (AllFrom).
+    let quads = if max_quads > 0 { n_batched / 4 } else { 0 };
+    for t in 4 * quads..nt {
+        let dot = if batched(t) { f.batched } else { f.single };
         for r in 0..nr {
             let y = dot(n, &w[r * w_stride..], &a[t * a_stride..]);
             // SAFETY: `(t, r)` is in the caller's output region.
             unsafe { *out.add(t * out_stride + r) = y };
         }
-    };
-    let max_quads = BUF / (QUAD_BLOCK * nb.max(1));
-    let tiled = nt >= 8;
-    let quads = if tiled && max_quads > 0 { nt / 4 } else { 0 };
-    let dot: Dot = if tiled {
-        super::kquants::vec_dot_q6_k_q8_k_tiled
-    } else {
-        super::kquants::vec_dot_q6_k_q8_k
-    };
-    for t in 4 * quads..nt {
-        per_pair(t, dot);
     }
     let mut buf = MaybeUninit::<Buf>::uninit();
     let buf = buf.as_mut_ptr().cast::<u8>();
@@ -530,8 +475,8 @@ pub(crate) unsafe fn tile_q6_k_q8_k(
         let g1 = (g0 + max_quads).min(quads);
         for q in g0..g1 {
             // SAFETY: quad `q - g0 < max_quads` fits the buffer; features checked at
-            // installation; tokens `4q..4q + 4 <= nt` are in `a` (asserted).
-            unsafe { lay_out_quad::<true>(a, a_stride, 4 * q, nb, buf, q - g0) };
+            // installation; tokens `4q..4q + 4 <= nt` are in `a` (checked).
+            unsafe { (f.lay_out)(a, a_stride, 4 * q, nb, buf, q - g0) };
         }
         let mut r = 0;
         while r < nr {
@@ -543,20 +488,78 @@ pub(crate) unsafe fn tile_q6_k_q8_k(
             let rows = [slot(0), slot(1), slot(2), slot(3)];
             let mut q = g0;
             while q < g1 {
-                let two = q + 1 < g1;
-                // SAFETY: as in `tile_q4_k_q8_k`.
+                let take = (g1 - q).min(2);
+                // SAFETY: row slots are rows of `w` with `nb` blocks (checked); quads
+                // `q - g0 ..` are laid out; outputs `(4q + t, r + k)` are in the caller's
+                // region; the CPU's features were checked before installation.
                 unsafe {
-                    let o = out.add(4 * q * out_stride + r);
-                    if two {
-                        q6_k_micro::<2>(nb, rows, rr, buf, q - g0, o, out_stride);
-                    } else {
-                        q6_k_micro::<1>(nb, rows, rr, buf, q - g0, o, out_stride);
-                    }
-                }
-                q += if two { 2 } else { 1 };
+                    (f.micro[take - 1])(
+                        nb,
+                        rows,
+                        rr,
+                        buf,
+                        q - g0,
+                        out.add(4 * q * out_stride + r),
+                        out_stride,
+                    )
+                };
+                q += take;
             }
             r += rr;
         }
         g0 = g1;
     }
 }
+
+/// A k-quant tile entry point over [`drive`].
+macro_rules! k_entry {
+    ($name:ident, $fmt:expr, $what:literal) => {
+        #[doc = concat!($what, " × Q8_K tile product (see [`crate::tile::TileDotFn`]); each")]
+        #[doc = "output equals the reference's `dot_for_row(t, nt)` of its pair. Rows of more"]
+        #[doc = "than 28 super-blocks (7 168 elements), whose laid-out quad would not fit the"]
+        #[doc = "stack buffer, take the per-pair dots."]
+        ///
+        /// # Safety
+        /// As [`crate::tile::TileDotFn`]; installed only after `tiles512::available()`.
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $name(
+            n: usize,
+            w: &[u8],
+            w_stride: usize,
+            nr: usize,
+            a: &[u8],
+            a_stride: usize,
+            nt: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { drive(&$fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
+        }
+    };
+}
+
+k_entry!(
+    tile_q4_k_q8_k,
+    KFormat {
+        block_w: Q4_K_SIZE,
+        rule: BatchRows::FullQuads,
+        batched: super::kquants::vec_dot_q4_k_q8_k_x4,
+        single: super::kquants::vec_dot_q4_k_q8_k,
+        lay_out: lay_out_quad::<false>,
+        micro: [q4_k_micro::<1>, q4_k_micro::<2>],
+    },
+    "Q4_K"
+);
+k_entry!(
+    tile_q6_k_q8_k,
+    KFormat {
+        block_w: Q6_K_SIZE,
+        rule: BatchRows::AllFrom(8),
+        batched: super::kquants::vec_dot_q6_k_q8_k_tiled,
+        single: super::kquants::vec_dot_q6_k_q8_k,
+        lay_out: lay_out_quad::<true>,
+        micro: [q6_k_micro::<1>, q6_k_micro::<2>],
+    },
+    "Q6_K"
+);

@@ -29,6 +29,10 @@ struct Shared {
     /// Workers that have not yet finished the current job.
     pending: AtomicUsize,
     shutdown: AtomicBool,
+    /// Workers inside the sleeping section (under `sleep_lock`, about to wait or waiting): `run`
+    /// takes the lock and signals `wake` only when this is non-zero, so a busy decode step
+    /// (workers spinning) costs no lock and no futex system call per parallel region.
+    sleepers: AtomicUsize,
     sleep_lock: Mutex<()>,
     wake: Condvar,
 }
@@ -66,6 +70,7 @@ impl ThreadPool {
             generation: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -123,12 +128,16 @@ impl ThreadPool {
         // reached 0, and workers read it only after a generation bump, which happens below.
         unsafe { *s.job.get() = Some(job) };
         s.pending.store(self.n_threads - 1, Ordering::Relaxed);
-        {
-            // Bump under the lock so a worker about to sleep cannot miss the wake-up.
-            let _g = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
-            s.generation.fetch_add(1, Ordering::Release);
+        // A worker about to sleep cannot miss the bump: it counts itself in `sleepers` and then
+        // re-reads `generation`, both SeqCst, while this side bumps `generation` and then reads
+        // `sleepers`, both SeqCst. In their single total order either the worker's re-read sees
+        // the bump (it does not wait), or the read here sees the sleeper and takes the lock,
+        // which the worker holds from its re-read until it is waiting: the signal reaches it.
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            drop(s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner()));
+            s.wake.notify_all();
         }
-        s.wake.notify_all();
         f(0);
         let mut spins = 0u32;
         while s.pending.load(Ordering::Acquire) != 0 {
@@ -158,11 +167,17 @@ fn worker(s: &Shared, tid: usize) {
                 std::hint::spin_loop();
             } else {
                 let guard = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
-                if s.generation.load(Ordering::Acquire) == seen
-                    && !s.shutdown.load(Ordering::Acquire)
+                // See `run` for why counting in before the re-read makes the wake-up certain.
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                let guard = if s.generation.load(Ordering::SeqCst) == seen
+                    && !s.shutdown.load(Ordering::SeqCst)
                 {
-                    drop(s.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
-                }
+                    s.wake.wait(guard).unwrap_or_else(|e| e.into_inner())
+                } else {
+                    guard
+                };
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
+                drop(guard);
                 spins = 0;
             }
         };
@@ -240,6 +255,35 @@ mod tests {
             });
         }
         assert_eq!(hits.load(Ordering::Relaxed), 3000);
+    }
+
+    /// Jobs far apart let the workers fall asleep; each must still be woken for the next job
+    /// (a missed wake-up hangs `run`: the watchdog turns that into a failure).
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "sleeps and long spins; the protocol's memory safety is covered above"
+    )]
+    fn sleeping_workers_wake_for_every_job() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = ThreadPool::new(3).unwrap();
+            let hits = AtomicUsize::new(0);
+            for i in 0..40 {
+                if i % 4 == 0 {
+                    // Longer than the spin phase: the workers go to sleep.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                pool.run(|_| {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            tx.send(hits.load(Ordering::Relaxed)).unwrap();
+        });
+        let hits = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a worker missed its wake-up: ThreadPool::run never returned");
+        assert_eq!(hits, 120);
     }
 
     #[test]

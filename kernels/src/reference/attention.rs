@@ -6,6 +6,7 @@
 //! The model re-quantizes activations after attention, where a last-bit difference can change a
 //! quantization level, so the summation order and roundings here are part of the spec.
 
+use super::expf::expf;
 use half::f16;
 
 /// `k · q` in the order of ggml's AVX2 `ggml_vec_dot_f16`: 32 elements per step into four
@@ -75,16 +76,17 @@ impl OnlineSoftmax {
     /// Take the next key's `score`, as ggml does: when it exceeds the running maximum, the
     /// maximum moves to it, the key's weight is 1 and the accumulated values must be rescaled
     /// by `exp(old max - score)` (returned as `Some`); otherwise the weight is
-    /// `exp(score - max)`. The denominator is updated here. Returns (rescale, weight).
+    /// `exp(score - max)`. The denominator is updated here. Returns (rescale, weight). The
+    /// exponential is [`expf`] (glibc's, on every platform).
     #[inline(always)]
     pub fn push(&mut self, score: f32) -> (Option<f32>, f32) {
         let grew = score > self.max;
         let (ms, vs) = if grew {
-            let ms = (self.max - score).exp();
+            let ms = expf(self.max - score);
             self.max = score;
             (ms, 1.0)
         } else {
-            (1.0, (score - self.max).exp())
+            (1.0, expf(score - self.max))
         };
         self.sum = self.sum.mul_add(ms, vs);
         (grew.then_some(ms), vs)

@@ -18,6 +18,7 @@
 //! `debug_assert!` and by slice indexing. Nothing here allocates: these run for every token.
 
 pub mod attention;
+pub mod expf;
 pub mod float;
 pub mod ops;
 pub mod q4_0;

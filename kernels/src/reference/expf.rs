@@ -112,7 +112,10 @@ mod tests {
         assert_eq!(UNDERFLOW.to_bits(), 0xc2cff1b4);
         for (i, &t) in TAB.iter().enumerate() {
             let p = f64::from_bits(t.wrapping_add((i as u64) << 47));
-            assert!((p - 2f64.powf(i as f64 / 32.0)).abs() <= f64::EPSILON, "entry {i}");
+            assert!(
+                (p - 2f64.powf(i as f64 / 32.0)).abs() <= f64::EPSILON,
+                "entry {i}"
+            );
         }
     }
 

@@ -24,7 +24,7 @@ bash scripts/test-ffi.sh  # the C ABI: header, C/C++ programs under valgrind/ASa
 # On a CPU with AVX-512 the run above took the `avx512` path (AVX-512 tiles and attention);
 # the AVX2 path's kernels and greedy goldens run here too, so every x86 path is checked on the
 # models (the kernel tests compare every variant with the reference either way).
-if grep -qw avx512vnni /proc/cpuinfo 2>/dev/null; then
+if grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null; then
     echo "== tests on the AVX2 path (EMBER_CPU=avx2)"
     EMBER_CPU=avx2 EMBER_EXPECT_CPU=avx2 cargo test --locked -p ember-kernels --test dispatch
     EMBER_CPU=avx2 EMBER_EXPECT_CPU=avx2 cargo test --locked -p ember --test golden --test gemma3 \

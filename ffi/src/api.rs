@@ -292,7 +292,9 @@ pub unsafe extern "C" fn ember_submit_chat(
 /// workers started by `ember_runtime_new` (`threads - 1` of them, none with `threads = 1`)
 /// help with the forward pass. Does nothing when no request is waiting or running.
 /// `out_has_work` may be NULL; on success it receives whether requests are still waiting or
-/// running.
+/// running. The step runs on the calling thread's stack: give that thread at least 256 KiB
+/// (the CPU kernels keep buffers of up to 32 KiB there; a whole step of the CLI on SmolLM2 and
+/// Gemma 3 was measured to fit in a 64 KiB stack, not in 40 KiB).
 ///
 /// Returns `EMBER_OK`; `EMBER_ERR_NULL_POINTER` (`rt`); `EMBER_ERR_WRONG_MODE` (the background
 /// engine runs); `EMBER_ERR_STOPPED`; `EMBER_ERR_ENGINE` (the step failed: the requests it

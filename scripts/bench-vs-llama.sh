@@ -16,7 +16,7 @@
 #      (and prints it); raw outputs stay beside it in .bench/runs/<date>/.
 #
 # Usage: scripts/bench-vs-llama.sh [--model PATH] [--threads N] [--reps R] [--quick]
-#                                  [--bw-limit TOK_S] [--npl LIST]
+#                                  [--bw-limit TOK_S] [--npl LIST] [--ember-cpu PATH]
 #   --model PATH     GGUF model (default models/SmolLM2-135M-Instruct.Q4_1.gguf,
 #                    fetched by scripts/fetch-model.sh)
 #   --threads N      threads for both runtimes (default 2)
@@ -27,11 +27,14 @@
 #                    read bandwidth; about 150 for SmolLM2-135M Q4_1 on the dev-2c machine kind):
 #                    adds a "% of bandwidth limit" column to the batch-1 decode rows
 #   --npl LIST       batched sequence counts (default 1,4,16,32)
+#   --ember-cpu PATH run Ember with EMBER_CPU=PATH (e.g. avx2 on an AVX-512 machine, to compare
+#                    with an AVX2 build of llama.cpp: LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF
+#                    -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"); the table says which
 # Environment: LLAMA_CPP_PYTHON_VERSION (default below), BUILD_JOBS (llama.cpp build, default 2),
 # LLAMA_CMAKE_ARGS (extra cmake arguments for llama.cpp, built in a folder of their own; e.g.
 # -DGGML_NATIVE=OFF for an AVX2-level build, the ISA of Ember's x86 kernels, where GGML_NATIVE would
-# use AVX-512 / VNNI), CARGO_BUILD_JOBS as usual. EMBER_CPU is unset for the Ember runs: the
-# kernel path Ember picks at run time is what is measured.
+# use AVX-512 / VNNI), CARGO_BUILD_JOBS as usual. EMBER_CPU is unset for the Ember runs unless
+# --ember-cpu sets it: by default the kernel path Ember picks at run time is what is measured.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -48,6 +51,7 @@ REPS=""
 QUICK=0
 BW_LIMIT=""
 NPL=""
+EMBER_CPU_PATH=""
 N_PROMPT=512
 N_GEN=128
 NPP=128
@@ -63,6 +67,7 @@ while [[ $# -gt 0 ]]; do
         --reps) need_val "$@"; REPS="$2"; shift 2 ;;
         --bw-limit) need_val "$@"; BW_LIMIT="$2"; shift 2 ;;
         --npl) need_val "$@"; NPL="$2"; shift 2 ;;
+        --ember-cpu) need_val "$@"; EMBER_CPU_PATH="$2"; shift 2 ;;
         --quick) QUICK=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
@@ -168,6 +173,10 @@ TARGET_DIR="$(cargo metadata --format-version 1 --no-deps \
 EMBER="$TARGET_DIR/release/ember"
 [[ -x "$EMBER" ]] || die "ember binary not found at $EMBER"
 unset EMBER_CPU
+if [[ -n "$EMBER_CPU_PATH" ]]; then
+    export EMBER_CPU="$EMBER_CPU_PATH"
+    "$EMBER" info -m "$MODEL" >/dev/null || die "EMBER_CPU=$EMBER_CPU_PATH is refused on this machine"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 3. Interleaved runs
@@ -225,6 +234,7 @@ M_PY="$LLAMA_CPP_PYTHON_VERSION" M_CMAKE="${LLAMA_CMAKE_ARGS:-}" \
     M_COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo -dirty)" \
     M_MODEL="$MODEL" M_THREADS="$THREADS" M_REPS="$REPS" M_N_PROMPT="$N_PROMPT" M_N_GEN="$N_GEN" \
     M_NPP="$NPP" M_NTG="$NTG" M_NPL="$NPL" M_BW="$BW_LIMIT" M_STAMP="$STAMP" \
+    M_EMBER_CPU="$EMBER_CPU_PATH" \
     M_LOAD="$(cut -d' ' -f1-3 /proc/loadavg)" M_HOST="$(hostname)" \
     M_CPU="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" M_NPROC="$(nproc)" \
     python3 - "$RUNS/meta.json" <<'PY'
@@ -238,7 +248,7 @@ json.dump({
     "n_gen": num("M_N_GEN"), "npp": num("M_NPP"), "ntg": num("M_NTG"),
     "npl": [int(b) for b in e["M_NPL"].split(",")], "bw_limit": num("M_BW"),
     "stamp": e["M_STAMP"], "load_before": e["M_LOAD"], "host": e["M_HOST"], "cpu": e["M_CPU"],
-    "nproc": num("M_NPROC"),
+    "nproc": num("M_NPROC"), "ember_cpu": e.get("M_EMBER_CPU", ""),
 }, open(sys.argv[1], "w"), indent=1)
 PY
 

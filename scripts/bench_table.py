@@ -166,7 +166,9 @@ def table(run_dir):
         out.append(f"- llama.cpp extra cmake arguments: `{meta['llama_cmake_args']}`")
     if meta.get("llama_build_seconds") is not None:
         out.append(f"- llama.cpp build time (2 targets): {meta['llama_build_seconds']} s")
-    out.append(f"- Ember: {meta.get('ember_commit', '?')}, release build, EMBER_CPU unset")
+    ember_cpu = meta.get("ember_cpu") or ""
+    path = f"EMBER_CPU={ember_cpu}" if ember_cpu else "EMBER_CPU unset"
+    out.append(f"- Ember: {meta.get('ember_commit', '?')}, release build, {path}")
     n_rounds = len({r for _, r in samples})
     out.append(f"- {n_rounds} round(s), llama.cpp and Ember back to back for each measurement, "
                "the order alternating between rounds; cells: median (min–max) tok/s; ratio: "

@@ -248,88 +248,36 @@ unsafe fn q8_0_body<S: LaneSums, const R: usize, const T: usize>(
     }
 }
 
-// The micro-kernels below have `crate::tile::Micro`'s signature (contract as the bodies'; the
-// prefetch flag is unused: no software prefetch on NEON yet).
-
-/// [`q4_1_body`] with `sdot`.
-///
-/// # Safety
-/// As [`q4_1_body`]; the CPU has neon and dotprod.
-#[target_feature(enable = "neon,dotprod")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn q4_1_dotprod<const R: usize, const T: usize>(
-    nb: usize,
-    w: *const u8,
-    w_stride: usize,
-    a: *const u8,
-    a_stride: usize,
-    out: *mut f32,
-    out_stride: usize,
-    _prefetch: bool,
-) {
-    // SAFETY: forwarded contract; `Sdot` needs exactly the features this function has.
-    unsafe { q4_1_body::<Sdot, R, T>(nb, w, w_stride, a, a_stride, out, out_stride) }
+/// A micro-kernel (`crate::tile::Micro`'s signature; the prefetch flag is unused: no software
+/// prefetch on NEON yet): `$body` with the lane sums of `$sums`, compiled for `$feat`.
+macro_rules! micro {
+    ($name:ident, $body:ident, $sums:ty, $feat:literal, $what:literal) => {
+        #[doc = concat!("[`", stringify!($body), "`] with ", $what, ".")]
+        ///
+        /// # Safety
+        #[doc = concat!("As [`", stringify!($body), "`]; the CPU has ", $feat, ".")]
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<const R: usize, const T: usize>(
+            nb: usize,
+            w: *const u8,
+            w_stride: usize,
+            a: *const u8,
+            a_stride: usize,
+            out: *mut f32,
+            out_stride: usize,
+            _prefetch: bool,
+        ) {
+            // SAFETY: forwarded contract; the lane sums need no feature beyond `$feat`.
+            unsafe { $body::<$sums, R, T>(nb, w, w_stride, a, a_stride, out, out_stride) }
+        }
+    };
 }
 
-/// [`q4_1_body`] with plain NEON.
-///
-/// # Safety
-/// As [`q4_1_body`]; the CPU has neon.
-#[target_feature(enable = "neon")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn q4_1_neon<const R: usize, const T: usize>(
-    nb: usize,
-    w: *const u8,
-    w_stride: usize,
-    a: *const u8,
-    a_stride: usize,
-    out: *mut f32,
-    out_stride: usize,
-    _prefetch: bool,
-) {
-    // SAFETY: forwarded contract; `Mull` needs only neon.
-    unsafe { q4_1_body::<Mull, R, T>(nb, w, w_stride, a, a_stride, out, out_stride) }
-}
-
-/// [`q8_0_body`] with `sdot`.
-///
-/// # Safety
-/// As [`q8_0_body`]; the CPU has neon and dotprod.
-#[target_feature(enable = "neon,dotprod")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn q8_0_dotprod<const R: usize, const T: usize>(
-    nb: usize,
-    w: *const u8,
-    w_stride: usize,
-    a: *const u8,
-    a_stride: usize,
-    out: *mut f32,
-    out_stride: usize,
-    _prefetch: bool,
-) {
-    // SAFETY: forwarded contract; `Sdot` needs exactly the features this function has.
-    unsafe { q8_0_body::<Sdot, R, T>(nb, w, w_stride, a, a_stride, out, out_stride) }
-}
-
-/// [`q8_0_body`] with plain NEON.
-///
-/// # Safety
-/// As [`q8_0_body`]; the CPU has neon.
-#[target_feature(enable = "neon")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn q8_0_neon<const R: usize, const T: usize>(
-    nb: usize,
-    w: *const u8,
-    w_stride: usize,
-    a: *const u8,
-    a_stride: usize,
-    out: *mut f32,
-    out_stride: usize,
-    _prefetch: bool,
-) {
-    // SAFETY: forwarded contract; `Mull` needs only neon.
-    unsafe { q8_0_body::<Mull, R, T>(nb, w, w_stride, a, a_stride, out, out_stride) }
-}
+micro!(q4_1_dotprod, q4_1_body, Sdot, "neon,dotprod", "`sdot`");
+micro!(q4_1_neon, q4_1_body, Mull, "neon", "plain NEON");
+micro!(q8_0_dotprod, q8_0_body, Sdot, "neon,dotprod", "`sdot`");
+micro!(q8_0_neon, q8_0_body, Mull, "neon", "plain NEON");
 
 /// `[[f::<r, t>; MT]; MR]`: the `r × t` instance of micro-kernel `f` at `[r - 1][t - 1]`.
 macro_rules! micro_table {

@@ -5,11 +5,9 @@
 //! so the results equal the reference bit for bit (tested through the dispatch table).
 
 use std::arch::x86_64::{
-    __m256, __m256i, _mm256_and_si256, _mm256_castps256_ps128, _mm256_cvtepi32_ps,
-    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_si256, _mm256_madd_epi16,
-    _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i,
-    _mm256_setzero_ps, _mm256_sign_epi8, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_loadu_si128,
-    _mm_movehdup_ps, _mm_movehl_ps, _mm_srli_epi16,
+    __m256, __m256i, _mm256_and_si256, _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_loadu_si256,
+    _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_set1_epi8, _mm256_set1_ps,
+    _mm256_set_m128i, _mm256_setzero_ps, _mm256_sign_epi8, _mm_loadu_si128, _mm_srli_epi16,
 };
 
 use super::f16c::f16_at;
@@ -17,16 +15,6 @@ use super::f16c::f16_at;
 const Q4_1_SIZE: usize = 20;
 const Q8_0_SIZE: usize = 34;
 const Q8_1_SIZE: usize = 36;
-
-/// `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`, as the reference's `hsum8`.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum8(x: __m256) -> f32 {
-    let hi = _mm256_extractf128_ps::<1>(x);
-    let r = _mm_add_ps(hi, _mm256_castps256_ps128(x));
-    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    _mm_cvtss_f32(r)
-}
 
 /// 8 lanes of `Σ u8 × i8` over 4 consecutive bytes each, as f32.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -57,7 +45,8 @@ unsafe fn q4_1_q8_1_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
         let qx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), low);
         acc = _mm256_fmadd_ps(d, lane_sums_u8_i8(qx, qy), acc);
     }
-    hsum8(acc) + summs
+    // SAFETY: AVX (target_feature).
+    unsafe { super::tiles::hsum8(acc) + summs }
 }
 
 /// Q4_1 × Q8_1 with AVX2 (same result as `reference::q4_1::vec_dot_q4_1_q8_1`).
@@ -91,7 +80,8 @@ unsafe fn q8_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
         let q = lane_sums_u8_i8(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
         acc = _mm256_fmadd_ps(d, q, acc);
     }
-    hsum8(acc)
+    // SAFETY: AVX (target_feature).
+    unsafe { super::tiles::hsum8(acc) }
 }
 
 /// Q8_0 × Q8_0 with AVX2 (same result as `reference::q8::vec_dot_q8_0_q8_0` for activations

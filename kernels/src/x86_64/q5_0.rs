@@ -9,11 +9,10 @@
 //! `madd` with ones the reference's four-element lanes.
 
 use std::arch::x86_64::{
-    __m256, __m256i, _mm256_add_ps, _mm256_and_si256, _mm256_castps256_ps128, _mm256_cmpeq_epi8,
-    _mm256_cvtepi32_ps, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_si256,
-    _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_or_si256, _mm256_set1_epi16, _mm256_set1_epi32,
-    _mm256_set1_epi64x, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128, _mm256_set_m128i,
-    _mm256_setr_epi8, _mm256_setzero_ps, _mm256_shuffle_epi8, _mm256_storeu_ps, _mm256_sub_epi16,
+    __m256i, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_cvtepi32_ps, _mm256_fmadd_ps,
+    _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_or_si256,
+    _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi64x, _mm256_set1_epi8, _mm256_set1_ps,
+    _mm256_set_m128i, _mm256_setr_epi8, _mm256_setzero_ps, _mm256_shuffle_epi8, _mm256_sub_epi16,
     _mm_loadu_si128, _mm_srli_epi16,
 };
 
@@ -22,20 +21,37 @@ use super::f16c::f16_at;
 const Q5_0_SIZE: usize = 22;
 const Q8_0_SIZE: usize = 34;
 
-/// `0x10` in byte `j` where bit `j` of `qh` is set, else 0.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn fifth_bits(qh: u32) -> __m256i {
-    // Byte j takes byte j / 8 of qh, then keeps only its bit j % 8.
-    let spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(qh as i32),
-        _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
-            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
-        ),
-    );
-    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
-    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+/// The 32 quants of the Q5_0 block at `x` as unsigned bytes `0..32` in element order (low
+/// nibbles are elements 0..16, high nibbles 16..32, bit `j` of `qh` the fifth bit of element
+/// `j`; same bit layout as ggml's `block_q5_0`).
+///
+/// # Safety
+/// `x..x+22` readable; the CPU has AVX2.
+#[inline(always)]
+pub(super) unsafe fn q5_0_quants(x: *const u8) -> __m256i {
+    // SAFETY: forwarded contract (reads bytes 2..22 of the block; unaligned loads).
+    unsafe {
+        let qh = x.add(2).cast::<u32>().read_unaligned();
+        let packed = _mm_loadu_si128(x.add(6).cast());
+        let nibbles = _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed),
+            _mm256_set1_epi8(0x0f),
+        );
+        // Byte j takes byte j / 8 of qh, keeps its bit j % 8, and becomes 0x10 where it is set.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(qh as i32),
+            _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+            ),
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+        let fifth = _mm256_and_si256(
+            _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit),
+            _mm256_set1_epi8(0x10),
+        );
+        _mm256_or_si256(nibbles, fifth)
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -45,20 +61,14 @@ fn q5_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
         let x = &w[i * Q5_0_SIZE..(i + 1) * Q5_0_SIZE];
         let y = &a[i * Q8_0_SIZE..(i + 1) * Q8_0_SIZE];
         let d = f16_at(x, 0) * f16_at(y, 0);
-        let qh = u32::from_le_bytes([x[2], x[3], x[4], x[5]]);
-        // SAFETY: `x[6..22]` holds 16 bytes and `y[2..34]` 32 bytes (slice bounds checked);
-        // unaligned loads.
-        let (packed, qy) = unsafe {
+        // SAFETY: `x` holds the block's 22 bytes and `y[2..34]` 32 bytes (slice bounds
+        // checked); AVX2 (target_feature); unaligned loads.
+        let (qx, qy) = unsafe {
             (
-                _mm_loadu_si128(x[6..22].as_ptr().cast()),
+                q5_0_quants(x.as_ptr()),
                 _mm256_loadu_si256(y[2..34].as_ptr().cast::<__m256i>()),
             )
         };
-        let nibbles = _mm256_and_si256(
-            _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed),
-            _mm256_set1_epi8(0x0f),
-        );
-        let qx = _mm256_or_si256(nibbles, fifth_bits(qh));
         let pairs = _mm256_sub_epi16(
             _mm256_maddubs_epi16(qx, qy),
             _mm256_maddubs_epi16(_mm256_set1_epi8(16), qy),
@@ -66,20 +76,8 @@ fn q5_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
         let lanes = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
     }
-    hsum8(acc)
-}
-
-/// `((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`, the reference's `hsum8`.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum8(acc: __m256) -> f32 {
-    let r = _mm256_add_ps(
-        acc,
-        _mm256_set_m128(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc)),
-    );
-    let mut l = [0f32; 8];
-    // SAFETY: `l` holds 8 f32; unaligned store.
-    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), r) };
-    (l[0] + l[2]) + (l[1] + l[3])
+    // SAFETY: AVX (target_feature).
+    unsafe { super::tiles::hsum8(acc) }
 }
 
 /// Q5_0 × Q8_0 with AVX2 (same result as `reference::q5_0::vec_dot_q5_0_q8_0`).

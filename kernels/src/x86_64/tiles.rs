@@ -5,14 +5,14 @@
 //! [`super::dots`] and the reference bit for bit; only the amount of loading and unpacking
 //! changes.
 
+use super::q5_0::q5_0_quants;
 use std::arch::x86_64::{
-    __m256, __m256i, _mm256_and_si256, _mm256_castps256_ps128, _mm256_cmpeq_epi8,
-    _mm256_cvtepi32_ps, _mm256_dpbusd_avx_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps,
-    _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256,
-    _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi64x, _mm256_set1_epi8, _mm256_set1_ps,
-    _mm256_set_m128i, _mm256_setr_epi8, _mm256_setzero_ps, _mm256_setzero_si256,
-    _mm256_shuffle_epi8, _mm256_sign_epi8, _mm256_sub_epi32, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32,
-    _mm_loadu_si128, _mm_movehdup_ps, _mm_movehl_ps, _mm_prefetch, _mm_srli_epi16, _MM_HINT_T0,
+    __m256, __m256i, _mm256_and_si256, _mm256_castps256_ps128, _mm256_cvtepi32_ps,
+    _mm256_dpbusd_avx_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_si256,
+    _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi16, _mm256_set1_epi8,
+    _mm256_set1_ps, _mm256_set_m128i, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8,
+    _mm256_sub_epi32, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_loadu_si128, _mm_movehdup_ps,
+    _mm_movehl_ps, _mm_prefetch, _mm_srli_epi16, _MM_HINT_T0,
 };
 
 /// How far ahead (in blocks) a first pass over weight rows prefetches each row.
@@ -80,39 +80,6 @@ unsafe fn lane_sums_i(u: __m256i, s: __m256i) -> __m256i {
 unsafe fn lane_sums_vnni_i(u: __m256i, s: __m256i) -> __m256i {
     // SAFETY: AVX-VNNI is enabled in every caller (target_feature).
     unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s) }
-}
-
-/// The 32 quants of the Q5_0 block at `x` as unsigned bytes `0..32` in element order (low
-/// nibbles are elements 0..16, high nibbles 16..32, bit `j` of `qh` the fifth bit of element
-/// `j`; same bit layout as ggml's `block_q5_0`).
-///
-/// # Safety
-/// `x..x+22` readable; the CPU has AVX2.
-#[inline(always)]
-pub(super) unsafe fn q5_0_quants(x: *const u8) -> __m256i {
-    // SAFETY: forwarded contract (reads bytes 2..22 of the block; unaligned loads).
-    unsafe {
-        let qh = x.add(2).cast::<u32>().read_unaligned();
-        let packed = _mm_loadu_si128(x.add(6).cast());
-        let nibbles = _mm256_and_si256(
-            _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed),
-            _mm256_set1_epi8(0x0f),
-        );
-        // Byte j takes byte j / 8 of qh, keeps its bit j % 8, and becomes 0x10 where it is set.
-        let spread = _mm256_shuffle_epi8(
-            _mm256_set1_epi32(qh as i32),
-            _mm256_setr_epi8(
-                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
-                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
-            ),
-        );
-        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
-        let fifth = _mm256_and_si256(
-            _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit),
-            _mm256_set1_epi8(0x10),
-        );
-        _mm256_or_si256(nibbles, fifth)
-    }
 }
 
 /// The micro-kernels, instantiated for plain AVX2 and for AVX-VNNI (whose `vpdpbusd` computes

@@ -32,7 +32,8 @@ use std::arch::x86_64::{
 };
 use std::mem::MaybeUninit;
 
-use super::tiles::{hsum8, q5_0_quants, PREFETCH_BLOCKS, PREFETCH_MAX_TOKENS};
+use super::q5_0::q5_0_quants;
+use super::tiles::{hsum8, PREFETCH_BLOCKS, PREFETCH_MAX_TOKENS};
 use crate::tile::TileDotFn;
 
 const Q4_1_SIZE: usize = 20;

@@ -103,6 +103,21 @@ pub fn dequantize_row_q4_k(src: &[u8], out: &mut [f32]) {
     }
 }
 
+/// The exact scaled quant sum of each 64-element chunk `c` of a Q4_K × Q8_K super-block:
+/// `sc[2c] · Σ lo nibbles · y + sc[2c + 1] · Σ hi nibbles · y` (the low nibbles of
+/// `qs[32c..32c + 32]` are elements `64c..64c + 32`, the high ones the next 32).
+#[inline(always)]
+fn chunk_sums(x: &BlockQ4K, y: &BlockQ8K, sc: &[i32; 8]) -> [i32; QK_K / 64] {
+    std::array::from_fn(|c| {
+        let (mut lo, mut hi) = (0i32, 0i32);
+        for l in 0..32 {
+            lo += i32::from(x.qs[32 * c + l] & 0x0f) * i32::from(y.qs[64 * c + l]);
+            hi += i32::from(x.qs[32 * c + l] >> 4) * i32::from(y.qs[64 * c + 32 + l]);
+        }
+        sc[2 * c] * lo + sc[2 * c + 1] * hi
+    })
+}
+
 /// Dot product of `n` Q4_K weights with `n` Q8_K activations, in the float order of the kernel
 /// llama.cpp runs for one activation row on x86 (AVX2): its CPU backend repacks every Q4_K
 /// matrix with a multiple of 8 rows into `block_q4_Kx8` and multiplies a single row (decode,
@@ -124,15 +139,7 @@ pub fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
     {
         let (x, y) = (BlockQ4K::read(wb), BlockQ8K::read(ab));
         let (sc, mn) = scales_mins_k4(&x.scales);
-        let mut sumi = 0i32;
-        for c in 0..QK_K / 64 {
-            let (mut lo, mut hi) = (0i32, 0i32);
-            for l in 0..32 {
-                lo += i32::from(x.qs[32 * c + l] & 0x0f) * i32::from(y.qs[64 * c + l]);
-                hi += i32::from(x.qs[32 * c + l] >> 4) * i32::from(y.qs[64 * c + 32 + l]);
-            }
-            sumi += sc[2 * c] * lo + sc[2 * c + 1] * hi;
-        }
+        let sumi: i32 = chunk_sums(&x, &y, &sc).iter().sum();
         let mut summ = 0i32;
         for (j, &s) in y.group_sums().iter().enumerate() {
             summ += i32::from(s) * mn[j / 2];
@@ -161,13 +168,7 @@ pub fn vec_dot_q4_k_q8_k_x4(n: usize, w: &[u8], a: &[u8]) -> f32 {
         let bsums = y.group_sums();
         let ya = y.scale();
         let (d, dmin) = (f16_le(x.d) * ya, f16_le(x.dmin) * ya);
-        for c in 0..QK_K / 64 {
-            let (mut lo, mut hi) = (0i32, 0i32);
-            for l in 0..32 {
-                lo += i32::from(x.qs[32 * c + l] & 0x0f) * i32::from(y.qs[64 * c + l]);
-                hi += i32::from(x.qs[32 * c + l] >> 4) * i32::from(y.qs[64 * c + 32 + l]);
-            }
-            let sumi = sc[2 * c] * lo + sc[2 * c + 1] * hi;
+        for (c, &sumi) in chunk_sums(&x, &y, &sc).iter().enumerate() {
             let summ = (i32::from(bsums[4 * c]) + i32::from(bsums[4 * c + 1])) * mn[2 * c]
                 + (i32::from(bsums[4 * c + 2]) + i32::from(bsums[4 * c + 3])) * mn[2 * c + 1];
             acc = (sumi as f32).mul_add(d, acc);

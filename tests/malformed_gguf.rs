@@ -329,12 +329,14 @@ fn nan_and_inf_weights_are_reported_not_sampled() {
         }
         w.replace_tensor("output_norm.weight", GgmlType::F32, &[64], v);
     });
-    let m = Model::from_gguf(GgufFile::from_bytes(nan_norm.clone()).unwrap()).unwrap();
-    let e = m.check_tensors().unwrap_err();
+    // 1-D tensors (norms, biases, RoPE factors) are read at load: a NaN norm weight would
+    // otherwise reach the logits through quantized activations, where it becomes 0, and give
+    // fluent garbage instead of an error.
+    let e = Model::from_gguf(GgufFile::from_bytes(nan_norm.clone()).unwrap()).unwrap_err();
     assert!(matches!(e, Error::NonFinite(_)), "{e:?}");
     assert_contains(
         &e.to_string(),
-        "tensor output_norm.weight holds NaN at row 0, column 5",
+        "tensor output_norm.weight holds NaN at element 5",
     );
 
     // An infinite f16 scale in a quantized block (Q8_0: the scale is the block's first 2 bytes).
@@ -345,14 +347,14 @@ fn nan_and_inf_weights_are_reported_not_sampled() {
         v[row * 3 + 34..row * 3 + 36].copy_from_slice(&0x7c00u16.to_le_bytes()); // +inf
         w.replace_tensor("blk.1.attn_q.weight", q8, &[64, 64], v);
     });
-    let m = Model::from_gguf(GgufFile::from_bytes(inf_scale).unwrap()).unwrap();
+    let m = Model::from_gguf(GgufFile::from_bytes(inf_scale.clone()).unwrap()).unwrap();
     let msg = m.check_tensors().unwrap_err().to_string();
     assert_contains(&msg, "tensor blk.1.attn_q.weight holds");
     assert_contains(&msg, "at row 3, column 32");
 
     // The same through the CLI: `ember info` loads the file; `--check-tensors` fails on it.
     let path = std::env::temp_dir().join(format!("ember-nan-{}.gguf", std::process::id()));
-    std::fs::write(&path, &nan_norm).unwrap();
+    std::fs::write(&path, &inf_scale).unwrap();
     let info = |check: bool| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ember"));
         c.args(["info", "-m", path.to_str().unwrap()]);
@@ -363,6 +365,14 @@ fn nan_and_inf_weights_are_reported_not_sampled() {
     };
     assert!(info(false).status.success());
     let o = info(true);
+    assert_eq!(o.status.code(), Some(1));
+    assert_contains(
+        &String::from_utf8_lossy(&o.stderr),
+        "tensor blk.1.attn_q.weight holds",
+    );
+    // The NaN norm fails at load, with or without --check-tensors.
+    std::fs::write(&path, &nan_norm).unwrap();
+    let o = info(false);
     assert_eq!(o.status.code(), Some(1));
     assert_contains(
         &String::from_utf8_lossy(&o.stderr),

@@ -123,6 +123,18 @@ pub fn convert(f: &GgufFile, opts: &ConvertOptions) -> Result<GgufWriter> {
         .get_str("general.architecture")?
         .unwrap_or_default()
         .to_string();
+    if let Some(n) = opts.keep_layers {
+        let blocks = f.get_u64(&format!("{arch}.block_count"))?.unwrap_or(0);
+        if n == 0 || n as u64 > blocks {
+            return Err(Error::InvalidParam {
+                name: "layers",
+                what: format!(
+                    "{n}: the model has {blocks} blocks; keep 1..={blocks} (a file with no \
+                     block, or with blocks it does not hold, would not load)"
+                ),
+            });
+        }
+    }
     let mut w = GgufWriter::new();
     for (key, v) in f.metadata() {
         if key == "general.alignment" {

@@ -82,6 +82,19 @@ pub fn physical_cores() -> usize {
     }
 }
 
+/// The worker threads a request for `requested` gets: 0 means the physical cores; more threads
+/// than the machine runs at once (`available_parallelism`) are capped to it, because spinning
+/// workers that outnumber the cores make every parallel region wait for a descheduled thread
+/// (measured: `--threads 1000` on 2 cores gave no token in 60 s).
+pub fn effective_threads(requested: usize) -> usize {
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if requested == 0 {
+        physical_cores()
+    } else {
+        requested.min(available)
+    }
+}
+
 /// One sequence's tokens and KV blocks.
 #[derive(Debug)]
 pub struct Sequence {
@@ -189,30 +202,45 @@ impl Resources {
             head_dim: c.head_dim,
             block_size,
         };
-        // One extra block: block 0 is the pool's null block, never handed out.
-        let n_blocks = 1 + match kv_budget {
-            KvBudget::Blocks(n) => n,
-            KvBudget::Bytes(b) => layout.blocks_for_bytes(b).saturating_sub(1),
-            KvBudget::FullContext => n_ctx.div_ceil(block_size) * max_seqs,
+        // One extra block: block 0 is the pool's null block, never handed out. Every size here
+        // comes from the caller: checked arithmetic, so an absurd budget is reported as what
+        // it is, not wrapped into "no block".
+        let too_big = |what: String| Error::InvalidParam {
+            name: "kv_budget",
+            what,
         };
-        if n_blocks < 2 {
-            return Err(Error::InvalidParam {
-                name: "kv_budget",
-                what: "the KV budget does not hold a single block".into(),
-            });
+        let n_blocks = match kv_budget {
+            KvBudget::Blocks(n) => n.checked_add(1),
+            KvBudget::Bytes(b) => Some(layout.blocks_for_bytes(b).max(1)),
+            KvBudget::FullContext => n_ctx
+                .div_ceil(block_size)
+                .checked_mul(max_seqs)
+                .and_then(|n| n.checked_add(1)),
         }
+        .ok_or_else(|| too_big(format!("{kv_budget:?} overflows the address space")))?;
+        if n_blocks < 2 {
+            return Err(too_big("the KV budget does not hold a single block".into()));
+        }
+        layout
+            .block_bytes()
+            .checked_mul(n_blocks)
+            .filter(|&b| b <= isize::MAX as usize)
+            .ok_or_else(|| {
+                too_big(format!(
+                    "{} blocks of {} bytes overflow the address space",
+                    n_blocks - 1,
+                    layout.block_bytes()
+                ))
+            })?;
         // A bad EMBER_CPU request is reported at start-up, never a silent fallback.
         ember_kernels::dispatch::select().map_err(|what| Error::InvalidParam {
             name: "EMBER_CPU",
             what,
         })?;
         let tokenizer = crate::gguf::tokenizer_from_gguf(&model.file)?;
-        let threads = if threads == 0 {
-            physical_cores()
-        } else {
-            threads
-        };
-        let scratch = Scratch::new(model, max_batch_tokens, max_logits, n_ctx)?;
+        let threads = effective_threads(threads);
+        // The arena first: it is the large allocation a budget can make fail, and it fails
+        // cleanly before the scratch (RoPE tables of the whole context) is computed.
         let backend = Backend::new(
             backend,
             model,
@@ -226,6 +254,9 @@ impl Resources {
                 cuda_weights,
             },
         )?;
+        // RoPE tables only for positions a sequence can reach: its blocks come from the arena.
+        let reachable = (n_blocks - 1).saturating_mul(block_size);
+        let scratch = Scratch::new(model, max_batch_tokens, max_logits, n_ctx.min(reachable))?;
         Ok(Resources {
             tokenizer,
             backend,
@@ -416,17 +447,33 @@ impl Session {
     }
 
     /// Tokenize `prompt` (special tokens parsed, BOS per the model) and generate.
+    ///
+    /// A prompt whose byte length alone shows it cannot fit the context is refused before it
+    /// is tokenized ([`Error::ContextFull`] with the fewest tokens it could encode to), so a
+    /// huge text costs neither the time nor the memory of tokenizing it.
     pub fn generate_text(
         &mut self,
         prompt: &str,
         params: &GenerateParams,
-        on_piece: impl FnMut(&str),
+        mut on_piece: impl FnMut(&str),
     ) -> Result<(Vec<u32>, Generation)> {
-        let ids = self
-            .tokenizer
-            .encode(prompt, true, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let g = self.generate(&ids, params, on_piece)?;
+        self.generate_text_until(prompt, params, |p| {
+            on_piece(p);
+            true
+        })
+    }
+
+    /// [`Session::generate_text`] with a callback that can stop generation: when `on_piece`
+    /// returns false (its reader went away, say), generation ends at once with
+    /// [`FinishReason::Cancelled`].
+    pub fn generate_text_until(
+        &mut self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_piece: impl FnMut(&str) -> bool,
+    ) -> Result<(Vec<u32>, Generation)> {
+        let ids = encode_prompt(&self.tokenizer, prompt, self.n_ctx)?;
+        let g = self.generate_until(&ids, params, on_piece)?;
         Ok((ids, g))
     }
 
@@ -438,6 +485,20 @@ impl Session {
         params: &GenerateParams,
         mut on_piece: impl FnMut(&str),
     ) -> Result<Generation> {
+        self.generate_until(prompt_ids, params, |p| {
+            on_piece(p);
+            true
+        })
+    }
+
+    /// [`Session::generate`] with a callback that can stop generation (see
+    /// [`Session::generate_text_until`]).
+    pub fn generate_until(
+        &mut self,
+        prompt_ids: &[u32],
+        params: &GenerateParams,
+        mut on_piece: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
         if prompt_ids.is_empty() {
             return Err(Error::InvalidParam {
                 name: "prompt",
@@ -446,7 +507,8 @@ impl Session {
         }
         let n_vocab = self.model.config.n_vocab;
         let mut sampler = Sampler::new(params.sampling.clone(), n_vocab)?;
-        let total = prompt_ids.len() + params.max_tokens;
+        // Checked: `max_tokens` is the caller's number (`-n 18446744073709551615`).
+        let total = prompt_ids.len().saturating_add(params.max_tokens);
         if total > self.n_ctx {
             return Err(Error::ContextFull {
                 n_ctx: self.n_ctx,
@@ -465,13 +527,14 @@ impl Session {
         seq: &mut Sequence,
         sampler: &mut Sampler,
         params: &GenerateParams,
-        on_piece: &mut impl FnMut(&str),
+        on_piece: &mut impl FnMut(&str) -> bool,
     ) -> Result<Generation> {
         let n_prompt = seq.tokens.len();
         let mut stops = StopMatcher::new(&params.stop);
         let mut decoder = StreamDecoder::new(&self.tokenizer);
         let mut text = String::new();
-        let mut ids = Vec::with_capacity(params.max_tokens);
+        // At most the context (checked by the caller): never a capacity from the caller's number.
+        let mut ids = Vec::with_capacity(params.max_tokens.min(self.n_ctx));
         let mut finish = FinishReason::Length;
         let t0 = Instant::now();
         let mut t_first = None;
@@ -512,23 +575,29 @@ impl Session {
             let piece = decoder.push(&self.tokenizer, next);
             let (safe, stopped) = stops.push(piece);
             if !safe.is_empty() {
-                on_piece(safe);
                 text.push_str(safe);
+                if !on_piece(safe) {
+                    finish = FinishReason::Cancelled;
+                    break;
+                }
             }
             if stopped {
                 finish = FinishReason::Stop;
                 break;
             }
         }
-        if finish != FinishReason::Stop {
+        if !matches!(finish, FinishReason::Stop | FinishReason::Cancelled) {
             let tail = decoder.flush();
             let (safe, _) = stops.push(tail);
             let safe = safe.to_string();
             let rest = stops.finish().to_string();
             for s in [safe, rest] {
                 if !s.is_empty() {
-                    on_piece(&s);
                     text.push_str(&s);
+                    if !on_piece(&s) {
+                        finish = FinishReason::Cancelled;
+                        break;
+                    }
                 }
             }
         }
@@ -548,4 +617,20 @@ impl Session {
             text,
         })
     }
+}
+
+/// Tokenize `prompt` (special tokens parsed, BOS per the model) for a context of `n_ctx`
+/// tokens. Refused before tokenizing when the byte length alone shows it cannot fit: no token
+/// covers more bytes than the longest token piece, so a text of `b` bytes needs at least
+/// `b / max_piece` tokens ([`Error::ContextFull`] reports that bound).
+pub(crate) fn encode_prompt(tok: &Tokenizer, prompt: &str, n_ctx: usize) -> Result<Vec<u32>> {
+    let fewest = prompt.len().div_ceil(tok.max_piece_len().max(1));
+    if fewest > n_ctx {
+        return Err(Error::ContextFull {
+            n_ctx,
+            requested: fewest,
+        });
+    }
+    tok.encode(prompt, true, true)
+        .map_err(|e| Error::Tokenizer(e.to_string()))
 }

@@ -166,6 +166,49 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter> {
             what: format!("inconsistent shape {s:?}"),
         });
     }
+    // Every count is written as a u32 key, and the whole file is built in memory: bound the
+    // shape before generating anything (`--embd 2^40` would abort in an allocation, `--layers
+    // 2^32` would loop for hours).
+    let dims = [
+        s.n_vocab,
+        s.n_embd,
+        s.n_layer,
+        s.n_head,
+        s.n_head_kv,
+        s.n_ff,
+        s.n_ctx,
+    ];
+    let params = (|| {
+        let hd = s.n_embd / s.n_head;
+        let (e, qd, kvd) = (
+            s.n_embd,
+            s.n_head.checked_mul(hd)?,
+            s.n_head_kv.checked_mul(hd)?,
+        );
+        let attn = e.checked_mul(qd.checked_mul(2)?.checked_add(kvd.checked_mul(2)?)?)?;
+        let ffn = e.checked_mul(s.n_ff)?.checked_mul(3)?;
+        let layer = attn.checked_add(ffn)?;
+        let embd = s
+            .n_vocab
+            .checked_mul(e)?
+            .checked_mul(1 + usize::from(s.separate_output))?;
+        layer.checked_mul(s.n_layer)?.checked_add(embd)
+    })();
+    const MAX_PARAMS: usize = 1 << 32;
+    const MAX_LAYERS: usize = 4096;
+    if dims.iter().any(|&d| d > u32::MAX as usize)
+        || s.n_layer > MAX_LAYERS
+        || params.is_none_or(|p| p > MAX_PARAMS)
+    {
+        return Err(Error::InvalidParam {
+            name: "synth",
+            what: format!(
+                "shape too large: at most {MAX_LAYERS} layers and {MAX_PARAMS} parameters \
+                 ({})",
+                params.map_or("overflow".into(), |p| format!("{p} requested"))
+            ),
+        });
+    }
     if s.arch != "llama" && s.arch != "qwen2" {
         return Err(Error::UnsupportedArch(s.arch.clone()));
     }

@@ -345,10 +345,9 @@ impl Engine {
 
     /// Tokenize `prompt` (special tokens parsed, BOS per the model) and submit it.
     pub fn submit_text(&mut self, prompt: &str, params: &RequestParams) -> Result<RequestId> {
-        let ids = self
-            .tokenizer
-            .encode(prompt, true, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        // Refused from its byte length alone when it cannot fit (no time or memory spent
+        // tokenizing a huge text).
+        let ids = crate::session::encode_prompt(&self.tokenizer, prompt, self.n_ctx)?;
         self.submit(&ids, params)
     }
 

@@ -488,11 +488,30 @@ impl GgufWriter {
     /// Writes the file to `path`.
     ///
     /// Errors: those of [`GgufWriter::to_bytes`] (as `InvalidInput`) and of the write.
+    ///
+    /// The bytes go to a temporary file beside `path` (`.NAME.tmp-PID`), which is then renamed
+    /// over `path`: a reader never sees a half-written file, a failed write leaves `path` as it
+    /// was, and a file that is mapped by another process (or is this process's own input)
+    /// keeps its old contents for as long as it is mapped instead of changing under it.
     pub fn write_to(&self, path: &Path) -> std::io::Result<()> {
         let bytes = self
             .to_bytes()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        std::fs::write(path, bytes)
+        let name = path.file_name().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the output path names no file",
+            )
+        })?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 }
 

@@ -207,6 +207,14 @@ impl Config {
                     });
                 }
                 rope_freq_scale = 1.0 / factor;
+                // A subnormal factor (1e-45) passes the test above but its inverse is inf:
+                // every angle would be garbage.
+                if !rope_freq_scale.is_finite() {
+                    return Err(Error::BadKey {
+                        key: k("rope.scaling.factor"),
+                        what: format!("{factor} is too small (its inverse is not finite)"),
+                    });
+                }
             }
             // Llama 3.1-style scaling is carried by the `rope_freqs.weight` tensor.
             Some("llama3") => {}

@@ -140,9 +140,9 @@ impl Scratch {
         }
         let t = max_tokens;
         let widest = c.n_embd.max(c.q_dim()).max(c.n_ff);
-        let (rope_cos, rope_sin) = rope_tables(c, c.rope_base, model.rope_freqs(), n_ctx);
+        let (rope_cos, rope_sin) = rope_tables(c, c.rope_base, model.rope_freqs(), n_ctx)?;
         let (rope_cos_swa, rope_sin_swa) = if c.swa_layers.contains(&true) {
-            rope_tables(c, c.rope_base_swa, model.rope_freqs(), n_ctx)
+            rope_tables(c, c.rope_base_swa, model.rope_freqs(), n_ctx)?
         } else {
             (Vec::new(), Vec::new())
         };
@@ -150,23 +150,27 @@ impl Scratch {
             // Build the lookup table now, not in the first forward pass.
             super::gelu::table();
         }
+        let mut logit_rows = Vec::new();
+        logit_rows
+            .try_reserve_exact(max_logits)
+            .map_err(|_| alloc_error("logit rows", max_logits, 8))?;
         Ok(Scratch {
             max_tokens,
             max_logits,
             n_ctx,
-            x: vec![0.0; t * c.n_embd],
-            xn: vec![0.0; t * c.n_embd],
-            q: vec![0.0; t * c.q_dim()],
-            k: vec![0.0; t * c.kv_dim()],
-            v: vec![0.0; t * c.kv_dim()],
-            att: vec![0.0; t * c.q_dim()],
-            proj: vec![0.0; t * c.n_embd],
-            gate: vec![0.0; t * c.n_ff],
-            up: vec![0.0; t * c.n_ff],
-            acts: vec![0; t * widest * 4],
-            logit_rows: Vec::with_capacity(max_logits),
-            out_x: vec![0.0; max_logits * c.n_embd],
-            logits: vec![0.0; max_logits * c.n_vocab],
+            x: zeroed("x", t, c.n_embd)?,
+            xn: zeroed("xn", t, c.n_embd)?,
+            q: zeroed("q", t, c.q_dim())?,
+            k: zeroed("k", t, c.kv_dim())?,
+            v: zeroed("v", t, c.kv_dim())?,
+            att: zeroed("att", t, c.q_dim())?,
+            proj: zeroed("proj", t, c.n_embd)?,
+            gate: zeroed("gate", t, c.n_ff)?,
+            up: zeroed("up", t, c.n_ff)?,
+            acts: zeroed("acts", t, widest.saturating_mul(4))?,
+            logit_rows,
+            out_x: zeroed("out_x", max_logits, c.n_embd)?,
+            logits: zeroed("logits", max_logits, c.n_vocab)?,
             rope_cos,
             rope_sin,
             rope_cos_swa,
@@ -240,11 +244,11 @@ pub(crate) fn rope_tables(
     base: f32,
     freq_factors: Option<&[f32]>,
     n_ctx: usize,
-) -> (Vec<f32>, Vec<f32>) {
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let half = c.head_dim / 2;
     let theta_scale = base.powf(-2.0 / c.rope_dims as f32);
-    let mut cos = vec![0.0; n_ctx * half];
-    let mut sin = vec![0.0; n_ctx * half];
+    let mut cos: Vec<f32> = zeroed("rope_cos", n_ctx, half)?;
+    let mut sin: Vec<f32> = zeroed("rope_sin", n_ctx, half)?;
     for p in 0..n_ctx {
         let mut theta = p as f32;
         for i in 0..half {
@@ -255,7 +259,49 @@ pub(crate) fn rope_tables(
             theta *= theta_scale;
         }
     }
-    (cos, sin)
+    // Finite base, scale and frequency factors are checked at load, but their product can
+    // still overflow far into a long context: refuse instead of rotating by NaN.
+    if let Some(p) = cos.iter().chain(&sin).position(|v| !v.is_finite()) {
+        return Err(Error::BadKey {
+            key: "rope".into(),
+            what: format!(
+                "the RoPE angle of position {} is not finite (rope.freq_base {base}, \
+                 scale {}): the model's RoPE parameters are broken",
+                p % cos.len().max(1) / half.max(1),
+                c.rope_freq_scale
+            ),
+        });
+    }
+    Ok((cos, sin))
+}
+
+/// A zeroed buffer of `rows * cols` elements, allocated fallibly: its size comes from the
+/// caller's configuration (`max_batch_tokens`, the context), so an absurd value is an error
+/// naming the buffer, never an abort.
+fn zeroed<T: Copy + Default>(name: &str, rows: usize, cols: usize) -> Result<Vec<T>> {
+    let elem = std::mem::size_of::<T>();
+    let len = rows
+        .checked_mul(cols)
+        .filter(|n| {
+            n.checked_mul(elem)
+                .is_some_and(|b| b <= isize::MAX as usize)
+        })
+        .ok_or_else(|| alloc_error(name, rows, cols.saturating_mul(elem)))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| alloc_error(name, rows, cols.saturating_mul(elem)))?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+fn alloc_error(name: &str, rows: usize, row_bytes: usize) -> Error {
+    Error::InvalidParam {
+        name: "max_batch_tokens",
+        what: format!(
+            "cannot allocate the scratch buffer {name} ({rows} rows of {row_bytes} bytes): \
+             lower max_batch_tokens or the context"
+        ),
+    }
 }
 
 /// Quantize `n_tok` rows of `x` (`cols` wide) to the activation type `w` expects, spread over

@@ -43,11 +43,27 @@ impl Model {
     pub fn from_gguf(file: GgufFile) -> Result<Model> {
         let mut config = Config::from_gguf(&file)?;
         let weights = Weights::from_gguf(&file, &mut config)?;
-        Ok(Model {
+        let model = Model {
             file,
             config,
             weights,
-        })
+        };
+        model.check_vectors()?;
+        // The RoPE frequency factors (a few dozen floats) divide every angle: a zero or NaN
+        // would rotate everything into garbage silently, so they are read at load.
+        if let Some(f) = model.rope_freqs() {
+            if let Some(i) = f.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(crate::Error::BadTensor {
+                    name: "rope_freqs.weight".into(),
+                    what: format!(
+                        "frequency factor {i} is {}; every factor must be a positive finite \
+                         number",
+                        f[i]
+                    ),
+                });
+            }
+        }
+        Ok(model)
     }
 
     /// Read every weight and check that it is finite (NaN or ±inf anywhere, including in the
@@ -78,6 +94,32 @@ impl Model {
                         t.name, row[c]
                     )));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the 1-D tensors (norm weights, biases, RoPE frequency factors) for non-finite
+    /// values. They are a few thousand floats, read at load: a NaN norm weight would otherwise
+    /// reach the logits through quantized activations (where ggml's quantizer turns NaN into
+    /// 0) and produce fluent garbage instead of an error.
+    fn check_vectors(&self) -> Result<()> {
+        for t in self.file.tensors().iter().filter(|t| t.n_dims == 1) {
+            let Some(tr) = ember_kernels::traits::reference_traits(t.ty) else {
+                continue;
+            };
+            let n = t.ne[0] as usize;
+            if t.ty.row_bytes(n as u64).unwrap_or(0) as usize != t.data.len() {
+                continue; // Weights::from_gguf has checked every tensor the model uses
+            }
+            let mut row = vec![0.0f32; n];
+            (tr.to_float)(self.file.tensor_data(t), &mut row);
+            if let Some(c) = row.iter().position(|v| !v.is_finite()) {
+                return Err(crate::Error::NonFinite(format!(
+                    "tensor {} holds {} at element {c} (norm weights and biases are checked at \
+                     load)",
+                    t.name, row[c]
+                )));
             }
         }
         Ok(())

@@ -1,5 +1,13 @@
 //! `ember batch` (a JSONL file of requests through the continuous-batching engine) and
 //! `ember bench --concurrency C` (aggregate prefill and decode throughput with C sequences).
+//!
+//! `ember batch` streams: input lines are read and submitted while the engine has room for
+//! more requests (any number of lines; at most `max_requests` are held at once), and each
+//! request's result line is written and flushed as soon as it finishes, so results come in
+//! completion order (each carries its `id`) and an interrupted run keeps every line it wrote.
+//! A malformed line (bad JSON, a wrong type, an unknown field, a missing prompt, invalid
+//! UTF-8) gets an error line of its own; every other line still runs; the exit status is 1 if
+//! any request failed.
 
 use std::io::{BufRead, Write};
 use std::time::Instant;
@@ -9,9 +17,10 @@ use ember::sampler::SamplingParams;
 use ember::session::KvBudget;
 use serde_json::{json, Value};
 
-use crate::args::{switch, val, Args, Flag};
+use crate::args::{path, switch, val, Args, Flag};
 use crate::commands::{
-    backend_kind, cuda_weights, load_model, parse, report_backend, usage, CliError, CliResult,
+    backend_kind, cuda_weights, load_model, parse, report_backend, threads, usage, CliError,
+    CliResult,
 };
 
 pub const ENGINE_FLAGS: &[Flag] = &[
@@ -20,6 +29,10 @@ pub const ENGINE_FLAGS: &[Flag] = &[
     val("kv-bytes", None),
     switch("no-prefix-cache"),
 ];
+
+/// Most sequences decoded together (`--max-seqs`, `bench --concurrency`): far beyond what a
+/// device runs at once, and small enough that the per-sequence tables sized from it are cheap.
+pub const MAX_SEQS: usize = 1 << 16;
 
 fn engine_config(a: &Args, default_seqs: usize) -> Result<EngineConfig, CliError> {
     let d = EngineConfig::default();
@@ -32,6 +45,9 @@ fn engine_config(a: &Args, default_seqs: usize) -> Result<EngineConfig, CliError
         (None, None) => d.kv_budget,
     };
     let max_seqs = a.get_or("max-seqs", default_seqs).map_err(usage)?;
+    if max_seqs == 0 || max_seqs > MAX_SEQS {
+        return Err(usage(format!("--max-seqs must be 1..={MAX_SEQS}")));
+    }
     Ok(EngineConfig {
         cuda_weights: cuda_weights(a)?,
         n_ctx: a.get_or("ctx", d.n_ctx).map_err(usage)?,
@@ -42,7 +58,7 @@ fn engine_config(a: &Args, default_seqs: usize) -> Result<EngineConfig, CliError
             .get_or("max-batch-tokens", d.max_batch_tokens.max(max_seqs))
             .map_err(usage)?,
         max_requests: d.max_requests,
-        threads: a.get_or("threads", 0).map_err(usage)?,
+        threads: threads(a)?,
         prefix_caching: !a.has("no-prefix-cache"),
     })
 }
@@ -62,27 +78,62 @@ fn stats_line(m: &Metrics, wall_s: f64) -> Value {
     })
 }
 
-fn request_params(v: &Value, line: usize) -> Result<RequestParams, CliError> {
-    let bad = |what: &str| CliError::Run(format!("input line {line}: {what}"));
+/// The fields a request line may hold; any other is an error (a misspelt `"temprature"` would
+/// otherwise be ignored silently).
+const FIELDS: &[&str] = &[
+    "id",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "seed",
+    "stop",
+    "n",
+    "ignore_eos",
+];
+
+/// One input line as a request: its prompt and parameters, or what is wrong with it.
+fn request(v: &Value) -> Result<(String, RequestParams), String> {
+    let obj = v
+        .as_object()
+        .ok_or("a request line must be a JSON object")?;
+    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown field {k:?} (fields: {})",
+            FIELDS.join(", ")
+        ));
+    }
     let d = SamplingParams::default();
-    let f = |k: &str, dflt: f32| -> Result<f32, CliError> {
-        match v.get(k) {
+    let f = |k: &str, dflt: f32| -> Result<f32, String> {
+        match obj.get(k) {
             None | Some(Value::Null) => Ok(dflt),
             Some(x) => x
                 .as_f64()
                 .map(|x| x as f32)
-                .ok_or_else(|| bad(&format!("{k} must be a number"))),
+                .ok_or_else(|| format!("{k} must be a number")),
         }
     };
-    let u = |k: &str, dflt: u64| -> Result<u64, CliError> {
-        match v.get(k) {
+    let u = |k: &str, dflt: u64| -> Result<u64, String> {
+        match obj.get(k) {
             None | Some(Value::Null) => Ok(dflt),
             Some(x) => x
                 .as_u64()
-                .ok_or_else(|| bad(&format!("{k} must be a non-negative integer"))),
+                .ok_or_else(|| format!("{k} must be a non-negative integer")),
         }
     };
-    let stop = match v.get("stop") {
+    let size = |k: &str, dflt: usize| -> Result<usize, String> {
+        usize::try_from(u(k, dflt as u64)?).map_err(|_| format!("{k} is too large"))
+    };
+    let prompt = match obj.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err("prompt must be a string".into()),
+        None => return Err("\"prompt\" (a string) is required".into()),
+    };
+    let stop = match obj.get("stop") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a
@@ -90,80 +141,184 @@ fn request_params(v: &Value, line: usize) -> Result<RequestParams, CliError> {
             .map(|s| {
                 s.as_str()
                     .map(str::to_string)
-                    .ok_or_else(|| bad("stop must hold strings"))
+                    .ok_or_else(|| "stop must hold strings".to_string())
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(bad("stop must be a string or an array of strings")),
+        Some(_) => return Err("stop must be a string or an array of strings".into()),
     };
-    Ok(RequestParams {
-        sampling: SamplingParams {
-            temperature: f("temperature", 0.0)?,
-            top_k: u("top_k", d.top_k as u64)? as usize,
-            top_p: f("top_p", d.top_p)?,
-            min_p: f("min_p", d.min_p)?,
-            repeat_penalty: f("repeat_penalty", d.repeat_penalty)?,
-            repeat_last_n: d.repeat_last_n,
-            seed: u("seed", 0)?,
+    let ignore_eos = match obj.get("ignore_eos") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err("ignore_eos must be true or false".into()),
+    };
+    Ok((
+        prompt,
+        RequestParams {
+            sampling: SamplingParams {
+                temperature: f("temperature", 0.0)?,
+                top_k: size("top_k", d.top_k)?,
+                top_p: f("top_p", d.top_p)?,
+                min_p: f("min_p", d.min_p)?,
+                repeat_penalty: f("repeat_penalty", d.repeat_penalty)?,
+                repeat_last_n: size("repeat_last_n", d.repeat_last_n)?,
+                seed: u("seed", 0)?,
+            },
+            max_tokens: size("max_tokens", 128)?,
+            stop,
+            stop_ids: Vec::new(),
+            n: size("n", 1)?,
+            ignore_eos,
         },
-        max_tokens: u("max_tokens", 128)? as usize,
-        stop,
-        stop_ids: Vec::new(),
-        n: u("n", 1)? as usize,
-        ignore_eos: v
-            .get("ignore_eos")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-    })
+    ))
 }
 
-pub fn batch(raw: &[String]) -> CliResult {
+/// The result line of a finished request.
+fn result_line(e: &Engine, id: &Value, rid: RequestId) -> Result<(Value, bool), CliError> {
+    let outs: Vec<_> = e.output(rid)?.collect();
+    let reason = |o: &ember::engine::SeqOutput| o.finish.map_or("error", |f| f.as_str());
+    let failed = outs.iter().any(|o| reason(o) == "error");
+    let o = outs[0];
+    let mut v = json!({
+        "id": id,
+        "ids": o.ids,
+        "text": o.text,
+        "finish_reason": reason(o),
+    });
+    if outs.len() > 1 {
+        v["choices"] = outs
+            .iter()
+            .map(|o| json!({"ids": o.ids, "text": o.text, "finish_reason": reason(o)}))
+            .collect();
+    }
+    Ok((v, failed))
+}
+
+fn error_line(id: &Value, line: usize, err: &str) -> Value {
+    json!({"id": id, "line": line, "ids": [], "text": "", "finish_reason": "error", "error": err})
+}
+
+/// Where `ember batch` writes: each result line is flushed at once, so what finished before an
+/// interruption (SIGINT, SIGTERM, a crash) is on disk.
+struct Results {
+    file: std::io::BufWriter<std::fs::File>,
+    name: std::path::PathBuf,
+    written: usize,
+    failed: usize,
+}
+
+impl Results {
+    fn write(&mut self, v: &Value, failed: bool) -> Result<(), CliError> {
+        writeln!(self.file, "{v}")
+            .and_then(|()| self.file.flush())
+            .map_err(|err| CliError::Run(format!("{}: {err}", self.name.display())))?;
+        self.written += 1;
+        self.failed += usize::from(failed);
+        Ok(())
+    }
+}
+
+pub fn batch(raw: &[std::ffi::OsString]) -> CliResult {
     let a = parse(
         raw,
-        &[&[val("input", None), val("output", None)], ENGINE_FLAGS],
+        &[&[path("input", None), path("output", None)], ENGINE_FLAGS],
     )?;
     let input = a
-        .str("input")
+        .path("input")
         .ok_or_else(|| usage("batch needs --input FILE".into()))?;
     let output = a
-        .str("output")
+        .path("output")
         .ok_or_else(|| usage("batch needs --output FILE".into()))?;
     let cfg = engine_config(&a, 16)?;
+    let max_requests = cfg.max_requests;
     let model = load_model(&a)?;
     let mut e = Engine::with_backend(model, cfg, backend_kind(&a)?)?;
     report_backend(&a, e.backend());
-    let file =
-        std::fs::File::open(input).map_err(|err| CliError::Run(format!("{input}: {err}")))?;
-    let mut reqs: Vec<(Value, Option<RequestId>, Option<String>)> = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|err| CliError::Run(format!("{input}: {err}")))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(&line)
-            .map_err(|err| CliError::Run(format!("{input} line {}: {err}", i + 1)))?;
-        let id = v.get("id").cloned().unwrap_or(json!(i));
-        let prompt = v.get("prompt").and_then(Value::as_str).ok_or_else(|| {
-            CliError::Run(format!(
-                "{input} line {}: \"prompt\" (a string) is required",
-                i + 1
-            ))
-        })?;
-        let params = request_params(&v, i + 1)?;
-        // A request the engine refuses gets an error line; the others still run.
-        match e.submit_text(prompt, &params) {
-            Ok(rid) => reqs.push((id, Some(rid), None)),
-            Err(err) => reqs.push((id, None, Some(err.to_string()))),
-        }
-    }
+    let file = std::fs::File::open(&input)
+        .map_err(|err| CliError::Run(format!("{}: {err}", input.display())))?;
+    let mut lines = std::io::BufReader::new(file);
+    let mut out = Results {
+        file: std::io::BufWriter::new(
+            std::fs::File::create(&output)
+                .map_err(|err| CliError::Run(format!("{}: {err}", output.display())))?,
+        ),
+        name: output.clone(),
+        written: 0,
+        failed: 0,
+    };
+    // Requests in the engine: (their id for the output, the engine's id).
+    let mut running: Vec<(Value, RequestId)> = Vec::with_capacity(max_requests);
+    let (mut line_no, mut eof) = (0usize, false);
+    let mut buf = Vec::new();
     let t0 = Instant::now();
     // Arena utilization (tokens stored ÷ slots of used blocks), averaged over steps weighted by
     // the blocks in use.
     let (mut util_num, mut util_den) = (0.0f64, 0.0f64);
-    while e.has_work() {
+    loop {
+        // Submit lines while the engine holds fewer than `max_requests` requests.
+        while !eof && running.len() < max_requests {
+            buf.clear();
+            let n = lines
+                .read_until(b'\n', &mut buf)
+                .map_err(|err| CliError::Run(format!("{}: {err}", input.display())))?;
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            line_no += 1;
+            let text = match std::str::from_utf8(&buf) {
+                Ok(t) => t.trim_start_matches('\u{feff}').trim(),
+                Err(_) => {
+                    out.write(
+                        &error_line(&json!(line_no - 1), line_no, "the line is not valid UTF-8"),
+                        true,
+                    )?;
+                    continue;
+                }
+            };
+            if text.is_empty() {
+                continue;
+            }
+            let default_id = json!(line_no - 1);
+            let v: Value = match serde_json::from_str(text) {
+                Ok(v) => v,
+                Err(err) => {
+                    out.write(
+                        &error_line(&default_id, line_no, &format!("bad JSON: {err}")),
+                        true,
+                    )?;
+                    continue;
+                }
+            };
+            let id = v.get("id").cloned().unwrap_or(default_id);
+            let submitted = request(&v).and_then(|(prompt, params)| {
+                e.submit_text(&prompt, &params)
+                    .map_err(|err| err.to_string())
+            });
+            match submitted {
+                Ok(rid) => running.push((id, rid)),
+                Err(err) => out.write(&error_line(&id, line_no, &err), true)?,
+            }
+        }
+        if !e.has_work() && running.is_empty() {
+            break;
+        }
         e.step()?;
         let m = e.metrics();
         util_num += m.utilization * m.blocks_used as f64;
         util_den += m.blocks_used as f64;
+        // Write and release what finished, freeing its request slot for the next line.
+        let mut i = 0;
+        while i < running.len() {
+            let rid = running[i].1;
+            if e.is_finished(rid)? {
+                let (id, rid) = running.swap_remove(i);
+                let (v, failed) = result_line(&e, &id, rid)?;
+                out.write(&v, failed)?;
+                e.release(rid)?;
+            } else {
+                i += 1;
+            }
+        }
     }
     let wall = t0.elapsed().as_secs_f64();
     let utilization = if util_den > 0.0 {
@@ -171,54 +326,51 @@ pub fn batch(raw: &[String]) -> CliResult {
     } else {
         1.0
     };
-    let mut out =
-        std::fs::File::create(output).map_err(|err| CliError::Run(format!("{output}: {err}")))?;
-    for (id, rid, err) in &reqs {
-        let v = match (rid, err) {
-            (Some(rid), _) => {
-                let outs: Vec<_> = e.output(*rid)?.collect();
-                let o = outs[0];
-                let mut v = json!({
-                    "id": id,
-                    "ids": o.ids,
-                    "text": o.text,
-                    "finish_reason": o.finish.map_or("error", |f| f.as_str()),
-                });
-                if outs.len() > 1 {
-                    v["choices"] = outs
-                        .iter()
-                        .map(|o| json!({"ids": o.ids, "text": o.text, "finish_reason": o.finish.map_or("error", |f| f.as_str())}))
-                        .collect();
-                }
-                v
-            }
-            (None, err) => {
-                json!({"id": id, "ids": [], "text": "", "finish_reason": "error", "error": err})
-            }
-        };
-        writeln!(out, "{v}").map_err(|err| CliError::Run(format!("{output}: {err}")))?;
-    }
     let mut stats = stats_line(&e.metrics(), wall);
     stats["stats"]["arena_utilization"] = json!(utilization);
+    stats["stats"]["requests"] = json!(out.written);
+    stats["stats"]["failed"] = json!(out.failed);
     eprintln!("{stats}");
+    if out.failed > 0 {
+        return Err(CliError::Run(format!(
+            "{} of {} requests failed (their lines in {} say why)",
+            out.failed,
+            out.written,
+            output.display()
+        )));
+    }
     Ok(())
 }
 
 /// llama-batched-bench-style measurement: C sequences with `n_prompt`-token prompts are
 /// prefilled together (S_PP), then decode `n_gen` tokens each together (S_TG).
 pub fn bench_concurrent(a: &Args, c: usize, n_prompt: usize, n_gen: usize) -> CliResult {
+    if c == 0 || c > MAX_SEQS {
+        return Err(usage(format!("--concurrency must be 1..={MAX_SEQS}")));
+    }
     let mut cfg = engine_config(a, c)?;
     cfg.max_seqs = c;
     cfg.max_batch_tokens = cfg.max_batch_tokens.max(c);
     cfg.prefix_caching = false;
+    let model = load_model(a)?;
+    let n_ctx_train = model.config.n_ctx_train;
+    if n_prompt.saturating_add(n_gen) >= n_ctx_train {
+        return Err(usage(format!(
+            "-p + -n must stay below the model's context ({n_ctx_train})"
+        )));
+    }
     cfg.n_ctx = n_prompt + n_gen + 1;
-    let bs = cfg.block_size;
+    let bs = cfg.block_size.max(1);
     if a.get::<usize>("kv-blocks").map_err(usage)?.is_none()
         && a.get::<usize>("kv-bytes").map_err(usage)?.is_none()
     {
-        cfg.kv_budget = KvBudget::Blocks(c * (n_prompt + n_gen).div_ceil(bs) + c);
+        let blocks = (n_prompt + n_gen)
+            .div_ceil(bs)
+            .checked_add(1)
+            .and_then(|b| b.checked_mul(c))
+            .ok_or_else(|| usage("--concurrency × context overflows".into()))?;
+        cfg.kv_budget = KvBudget::Blocks(blocks);
     }
-    let model = load_model(a)?;
     let n_vocab = model.config.n_vocab as u64;
     let mut e = Engine::with_backend(model, cfg, backend_kind(a)?)?;
     report_backend(a, e.backend());
@@ -270,17 +422,17 @@ pub fn bench_concurrent(a: &Args, c: usize, n_prompt: usize, n_gen: usize) -> Cl
     let m = e.metrics();
     let s_pp = (c * n_prompt) as f64 / t_pp;
     let s_tg = (c * (n_gen - 1)) as f64 / t_tg.max(1e-9);
-    if a.has("json") {
-        println!(
-            "{}",
-            json!({"concurrency": c, "backend": e.backend().name(), "threads": e.threads(), "n_prompt": n_prompt, "n_gen": n_gen,
-                   "prefill_tok_s": s_pp, "decode_tok_s": s_tg, "preemptions": m.preemptions})
-        );
-    } else {
-        println!("| PP | TG | B | S_PP t/s | S_TG t/s |");
-        println!("| ---: | ---: | ---: | ---: | ---: |");
-        println!("| {n_prompt} | {n_gen} | {c} | {s_pp:.2} | {s_tg:.2} |");
-    }
-    let _ = std::io::stdout().flush();
-    Ok(())
+    crate::output::print(|o| {
+        if a.has("json") {
+            return writeln!(
+                o,
+                "{}",
+                json!({"concurrency": c, "backend": e.backend().name(), "threads": e.threads(), "n_prompt": n_prompt, "n_gen": n_gen,
+                       "prefill_tok_s": s_pp, "decode_tok_s": s_tg, "preemptions": m.preemptions})
+            );
+        }
+        writeln!(o, "| PP | TG | B | S_PP t/s | S_TG t/s |")?;
+        writeln!(o, "| ---: | ---: | ---: | ---: | ---: |")?;
+        writeln!(o, "| {n_prompt} | {n_gen} | {c} | {s_pp:.2} | {s_tg:.2} |")
+    })
 }

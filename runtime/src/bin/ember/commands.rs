@@ -1,5 +1,6 @@
 //! The subcommands of `ember`.
 
+use std::ffi::OsString;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,15 +12,18 @@ use ember::sampler::SamplingParams;
 use ember::session::{GenerateParams, KvBudget, Session, SessionConfig};
 use serde_json::json;
 
-use crate::args::{switch, val, Args, Flag};
+use crate::args::{path, switch, val, Args, Flag};
+use crate::output::{self, Stdout};
 
 /// Default model path, relative to the working directory (where `scripts/fetch-model.sh` puts it).
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// A failed command: bad usage (exit 2) or a run-time error (exit 1).
+/// A failed command: bad usage (exit 2), a run-time error (exit 1), or stdout closed by its
+/// reader (quiet exit, status 141 as after SIGPIPE).
 pub enum CliError {
     Usage(String),
     Run(String),
+    BrokenPipe,
 }
 
 impl From<ember::Error> for CliError {
@@ -35,7 +39,7 @@ pub fn usage(e: String) -> CliError {
 }
 
 const COMMON: &[Flag] = &[
-    val("model", Some("-m")),
+    path("model", Some("-m")),
     val("threads", Some("-t")),
     val("ctx", None),
     val("kv-blocks", None),
@@ -59,7 +63,7 @@ const SAMPLING: &[Flag] = &[
     switch("json"),
 ];
 
-pub fn parse(raw: &[String], extra: &[&[Flag]]) -> Result<Args, CliError> {
+pub fn parse(raw: &[OsString], extra: &[&[Flag]]) -> Result<Args, CliError> {
     let mut flags: Vec<Flag> = Vec::new();
     for group in std::iter::once(COMMON).chain(extra.iter().copied()) {
         for f in group {
@@ -67,6 +71,7 @@ pub fn parse(raw: &[String], extra: &[&[Flag]]) -> Result<Args, CliError> {
                 long: f.long,
                 short: f.short,
                 takes_value: f.takes_value,
+                path: f.path,
             });
         }
     }
@@ -74,13 +79,27 @@ pub fn parse(raw: &[String], extra: &[&[Flag]]) -> Result<Args, CliError> {
 }
 
 fn model_path(a: &Args) -> PathBuf {
-    PathBuf::from(a.str("model").unwrap_or(DEFAULT_MODEL))
+    a.path("model")
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL))
+}
+
+/// `--threads N` (0 or absent: the physical cores). More than the machine runs at once is
+/// capped by the library (spinning workers on shared cores stall each other); say so.
+pub fn threads(a: &Args) -> Result<usize, CliError> {
+    let n: usize = a.get_or("threads", 0).map_err(usage)?;
+    let used = ember::session::effective_threads(n);
+    if n > used {
+        eprintln!(
+            "ember: --threads {n} exceeds the {used} CPUs this process may use; using {used}"
+        );
+    }
+    Ok(n)
 }
 
 pub fn load_model(a: &Args) -> Result<Model, CliError> {
     let path = model_path(a);
     if !path.exists() {
-        let hint = if a.str("model").is_none() {
+        let hint = if a.path("model").is_none() {
             " (run scripts/fetch-model.sh to fetch the default model)"
         } else {
             ""
@@ -125,7 +144,7 @@ fn open_session_from(
         block_size: a.get_or("block-size", 16).map_err(usage)?,
         max_batch_tokens: max_batch,
         max_logits: max_logits.clamp(1, max_batch),
-        threads: a.get_or("threads", 0).map_err(usage)?,
+        threads: threads(a)?,
     };
     let s = Session::with_backend(model, &cfg, backend_kind(a)?)?;
     report_backend(a, s.backend());
@@ -177,7 +196,7 @@ fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliErro
     })
 }
 
-pub fn generate(raw: &[String]) -> CliResult {
+pub fn generate(raw: &[OsString]) -> CliResult {
     let a = parse(raw, &[SAMPLING])?;
     let prompt = a
         .str("prompt")
@@ -187,13 +206,10 @@ pub fn generate(raw: &[String]) -> CliResult {
     let params = generate_params(&a, 128)?;
     let json_out = a.has("json");
     let mut s = open_session(&a, 512, 1)?;
-    let mut out = std::io::stdout().lock();
-    let (prompt_ids, g) = s.generate_text(&prompt, &params, |piece| {
-        if !json_out {
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-        }
-    })?;
+    let mut out = Stdout::new();
+    // Streaming stops at the first failed write (a reader that went away, a full disk).
+    let (prompt_ids, g) =
+        s.generate_text_until(&prompt, &params, |piece| json_out || out.stream(piece))?;
     if json_out {
         let v = json!({
             "prompt_ids": prompt_ids,
@@ -204,9 +220,12 @@ pub fn generate(raw: &[String]) -> CliResult {
             "decode_tok_s": g.decode_tok_s,
             "load_ms": s.load_ms,
         });
-        let _ = writeln!(out, "{v}");
+        out.stream(&format!("{v}\n"));
     } else {
-        let _ = writeln!(out);
+        out.stream("\n");
+    }
+    out.finish()?;
+    if !json_out {
         eprintln!(
             "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, finish: {}]",
             prompt_ids.len(),
@@ -221,10 +240,10 @@ pub fn generate(raw: &[String]) -> CliResult {
 
 /// The chat template: the file given with `--chat-template`, else the model's
 /// `tokenizer.chat_template`, else a clear error (never a guessed template).
-fn chat_template(s: &Session, file: Option<&str>) -> Result<String, CliError> {
+fn chat_template(s: &Session, file: Option<PathBuf>) -> Result<String, CliError> {
     if let Some(path) = file {
-        return std::fs::read_to_string(path)
-            .map_err(|e| CliError::Run(format!("--chat-template {path}: {e}")));
+        return std::fs::read_to_string(&path)
+            .map_err(|e| CliError::Run(format!("--chat-template {}: {e}", path.display())));
     }
     Ok(s.model
         .file
@@ -240,20 +259,61 @@ fn chat_template(s: &Session, file: Option<&str>) -> Result<String, CliError> {
         .to_string())
 }
 
+/// Read one line of at most `limit` bytes from `input` (without its newline); `None` at end of
+/// input. A longer line is an error and is not kept in memory past `limit` (a 50 MB line on
+/// stdin would otherwise be read whole before the context check).
+fn read_line_bounded(input: &mut impl BufRead, limit: usize) -> Result<Option<String>, CliError> {
+    let mut line = Vec::new();
+    loop {
+        let buf = input
+            .fill_buf()
+            .map_err(|e| CliError::Run(format!("reading stdin: {e}")))?;
+        if buf.is_empty() {
+            if line.is_empty() {
+                return Ok(None);
+            }
+            break;
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > limit.saturating_add(1) {
+            return Err(CliError::Run(format!(
+                "an input line is longer than {limit} bytes, more than the context can hold"
+            )));
+        }
+        line.extend_from_slice(&buf[..take]);
+        input.consume(take);
+        if done {
+            break;
+        }
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|_| CliError::Run("an input line is not valid UTF-8".into()))
+}
+
 fn token_text(s: &Session, id: Option<u32>) -> String {
     id.and_then(|i| s.tokenizer.token_text(i))
         .unwrap_or("")
         .to_string()
 }
 
-pub fn chat(raw: &[String]) -> CliResult {
+pub fn chat(raw: &[OsString]) -> CliResult {
     let a = parse(
         raw,
-        &[SAMPLING, &[val("system", None), val("chat-template", None)]],
+        &[
+            SAMPLING,
+            &[val("system", None), path("chat-template", None)],
+        ],
     )?;
     let params = generate_params(&a, 256)?;
     let mut s = open_session(&a, 512, 1)?;
-    let template = chat_template(&s, a.str("chat-template"))?;
+    let template = chat_template(&s, a.path("chat-template"))?;
     let (bos, eos) = (
         token_text(&s, s.tokenizer.bos()),
         token_text(&s, s.tokenizer.eos()),
@@ -265,18 +325,17 @@ pub fn chat(raw: &[String]) -> CliResult {
             content: sys.into(),
         });
     }
+    // No line can be longer than the context's worth of the longest token pieces.
+    let line_limit = s.n_ctx().saturating_mul(s.tokenizer.max_piece_len().max(1));
     let one_shot = a.str("prompt").map(str::to_string);
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut stdin = std::io::stdin().lock();
     loop {
         let user = match &one_shot {
             Some(p) => p.clone(),
             None => {
                 eprint!("> ");
-                let _ = std::io::stderr().flush();
-                match lines.next() {
-                    Some(Ok(l)) => l,
-                    Some(Err(e)) => return Err(CliError::Run(format!("reading stdin: {e}"))),
+                match read_line_bounded(&mut stdin, line_limit)? {
+                    Some(l) => l,
                     None => return Ok(()),
                 }
             }
@@ -287,12 +346,10 @@ pub fn chat(raw: &[String]) -> CliResult {
         });
         let prompt = render_chat(&template, &messages, true, &bos, &eos)
             .map_err(|e| CliError::Run(format!("chat template: {e}")))?;
-        let mut out = std::io::stdout().lock();
-        let (_, g) = s.generate_text(&prompt, &params, |piece| {
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-        })?;
-        let _ = writeln!(out);
+        let mut out = Stdout::new();
+        let (_, g) = s.generate_text_until(&prompt, &params, |piece| out.stream(piece))?;
+        out.stream("\n");
+        out.finish()?;
         messages.push(ChatMessage {
             role: "assistant".into(),
             content: g.text,
@@ -303,7 +360,7 @@ pub fn chat(raw: &[String]) -> CliResult {
     }
 }
 
-pub fn tokenize(raw: &[String]) -> CliResult {
+pub fn tokenize(raw: &[OsString]) -> CliResult {
     let a = parse(raw, &[&[switch("json"), switch("no-parse-special")]])?;
     let text = a
         .positional
@@ -314,36 +371,43 @@ pub fn tokenize(raw: &[String]) -> CliResult {
     let ids = tok
         .encode(text, true, !a.has("no-parse-special"))
         .map_err(|e| CliError::Run(e.to_string()))?;
-    if a.has("json") {
-        println!("{}", json!({ "ids": ids }));
-    } else {
-        for id in ids {
-            println!(
-                "{id:>7} -> {:?}",
-                String::from_utf8_lossy(tok.token_bytes(id))
-            );
+    output::print(|o| {
+        if a.has("json") {
+            writeln!(o, "{}", json!({ "ids": ids }))
+        } else {
+            ids.iter().try_for_each(|&id| {
+                writeln!(
+                    o,
+                    "{id:>7} -> {:?}",
+                    String::from_utf8_lossy(tok.token_bytes(id))
+                )
+            })
         }
-    }
-    Ok(())
+    })
 }
 
-pub fn info(raw: &[String]) -> CliResult {
+pub fn info(raw: &[OsString]) -> CliResult {
     let a = parse(raw, &[&[switch("check-tensors")]])?;
     let path = model_path(&a);
     let file = ember::gguf::GgufFile::open(&path)?;
-    println!(
+    // Every line goes through `w!`: the first failed write ends the command (`| head -1`).
+    let mut o = std::io::stdout().lock();
+    macro_rules! w {
+        ($($t:tt)*) => { writeln!(o, $($t)*).map_err(output::write_error)? };
+    }
+    w!(
         "file: {} ({} bytes, GGUF v{})",
         path.display(),
         file.file_size(),
         file.version()
     );
-    println!("\nmetadata ({} keys):", file.metadata().count());
+    w!("\nmetadata ({} keys):", file.metadata().count());
     for (k, v) in file.metadata() {
-        println!("  {k:<44} {}", file.display_value(v));
+        w!("  {k:<44} {}", file.display_value(v));
     }
-    println!("\ntensors ({}):", file.tensors().len());
+    w!("\ntensors ({}):", file.tensors().len());
     for t in file.tensors() {
-        println!(
+        w!(
             "  {:<32} {:<6} {:<16} {:>10} bytes at {}",
             t.name,
             t.ty.name(),
@@ -354,7 +418,7 @@ pub fn info(raw: &[String]) -> CliResult {
     }
     let model = Model::from_gguf(file)?;
     let c = model.config.clone();
-    println!(
+    w!(
         "\nmodel: {} | {} layers, n_embd {}, {} heads / {} KV heads (head dim {}), n_ff {}, vocab {}, \
          context {}, rope base {}",
         c.arch.name(),
@@ -370,39 +434,46 @@ pub fn info(raw: &[String]) -> CliResult {
     );
     if a.has("check-tensors") {
         model.check_tensors()?;
-        println!("tensors checked: every weight is finite");
+        w!("tensors checked: every weight is finite");
     }
+    o.flush().map_err(output::write_error)?;
     let s = open_session_from(model, &a, 512, 1)?;
-    println!("memory plan:");
-    println!(
+    w!("memory plan:");
+    w!(
         "  weights mapped   {:>12} bytes (not copied)",
         s.model.weight_bytes()
     );
-    println!(
+    w!(
         "  KV arena         {:>12} bytes ({} blocks of {} tokens, context {})",
         s.arena_bytes(),
         s.arena_blocks(),
         a.get_or("block-size", 16usize).map_err(usage)?,
         s.n_ctx()
     );
-    println!("  scratch          {:>12} bytes", s.scratch_bytes());
-    Ok(())
+    w!("  scratch          {:>12} bytes", s.scratch_bytes());
+    o.flush().map_err(output::write_error)
 }
 
-pub fn perplexity(raw: &[String]) -> CliResult {
+pub fn perplexity(raw: &[OsString]) -> CliResult {
     let a = parse(
         raw,
         &[&[
-            val("file", Some("-f")),
+            path("file", Some("-f")),
             val("chunk", Some("-c")),
             switch("json"),
         ]],
     )?;
     let file = a
-        .str("file")
+        .path("file")
         .ok_or_else(|| usage("perplexity needs -f FILE".into()))?;
-    let text = std::fs::read_to_string(file).map_err(|e| CliError::Run(format!("{file}: {e}")))?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| CliError::Run(format!("{}: {e}", file.display())))?;
     let c: usize = a.get_or("chunk", 512).map_err(usage)?;
+    if c < 2 {
+        return Err(usage(
+            "-c must be at least 2 (the second half of a chunk is scored)".into(),
+        ));
+    }
     let mut s = open_session(&a, c, c / 2 + 1)?;
     if s.n_ctx() < c {
         return Err(usage(format!("-c {c} exceeds the context ({})", s.n_ctx())));
@@ -417,27 +488,30 @@ pub fn perplexity(raw: &[String]) -> CliResult {
             eprint!("[{}]{p:.4},", i + 1);
         }
     })?;
-    if json_out {
-        println!(
-            "{}",
-            json!({"ppl": r.ppl, "ppl_err": r.ppl_err, "chunks": r.chunks, "tokens": tokens.len(),
-                   "scored": r.scored, "tok_s": r.tok_s})
-        );
-    } else {
-        eprintln!();
-        println!(
-            "Final estimate: PPL = {:.4} +/- {:.5} ({} chunks of {c}, {} tokens, {:.1} tok/s)",
-            r.ppl,
-            r.ppl_err,
-            r.chunks,
-            tokens.len(),
-            r.tok_s
-        );
-    }
-    Ok(())
+    output::print(|o| {
+        if json_out {
+            writeln!(
+                o,
+                "{}",
+                json!({"ppl": r.ppl, "ppl_err": r.ppl_err, "chunks": r.chunks, "tokens": tokens.len(),
+                       "scored": r.scored, "tok_s": r.tok_s})
+            )
+        } else {
+            eprintln!();
+            writeln!(
+                o,
+                "Final estimate: PPL = {:.4} +/- {:.5} ({} chunks of {c}, {} tokens, {:.1} tok/s)",
+                r.ppl,
+                r.ppl_err,
+                r.chunks,
+                tokens.len(),
+                r.tok_s
+            )
+        }
+    })
 }
 
-pub fn bench(raw: &[String]) -> CliResult {
+pub fn bench(raw: &[OsString]) -> CliResult {
     let a = parse(
         raw,
         &[
@@ -464,7 +538,7 @@ pub fn bench(raw: &[String]) -> CliResult {
         return crate::batch::bench_concurrent(&a, c, n_prompt, n_gen);
     }
     let mut s = open_session(&a, n_prompt.max(1), 1)?;
-    if n_prompt + n_gen > s.n_ctx() {
+    if n_prompt.saturating_add(n_gen) > s.n_ctx() {
         return Err(usage(format!("-p + -n exceed the context ({})", s.n_ctx())));
     }
     let n_vocab = s.model.config.n_vocab as u32;
@@ -525,30 +599,33 @@ pub fn bench(raw: &[String]) -> CliResult {
         (m, sd)
     };
     let ((ppm, pps), (tgm, tgs)) = (stats(&pp), stats(&tg));
-    if a.has("json") {
-        println!(
-            "{}",
-            json!({"backend": s.backend().name(), "threads": s.threads(), "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
-                   "prefill_tok_s": ppm, "prefill_sd": pps, "decode_tok_s": tgm, "decode_sd": tgs})
-        );
-    } else {
-        println!("| model | threads | test | t/s |");
-        println!("| --- | ---: | --- | ---: |");
+    output::print(|o| {
+        if a.has("json") {
+            return writeln!(
+                o,
+                "{}",
+                json!({"backend": s.backend().name(), "threads": s.threads(), "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
+                       "prefill_tok_s": ppm, "prefill_sd": pps, "decode_tok_s": tgm, "decode_sd": tgs})
+            );
+        }
+        writeln!(o, "| model | threads | test | t/s |")?;
+        writeln!(o, "| --- | ---: | --- | ---: |")?;
         let name = model_path(&a);
         let name = name
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
-        println!(
+        writeln!(
+            o,
             "| {name} | {} | pp{n_prompt} | {ppm:.2} ± {pps:.2} |",
             s.threads()
-        );
-        println!(
+        )?;
+        writeln!(
+            o,
             "| {name} | {} | tg{n_gen} | {tgm:.2} ± {tgs:.2} |",
             s.threads()
-        );
-    }
-    Ok(())
+        )
+    })
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -574,35 +651,55 @@ fn parse_type(name: &str) -> Result<ember_kernels::GgmlType, CliError> {
         })
 }
 
-pub fn convert(raw: &[String]) -> CliResult {
+pub fn convert(raw: &[OsString]) -> CliResult {
     let a = parse(
         raw,
         &[&[
-            val("output", Some("-o")),
+            path("output", Some("-o")),
             val("type", None),
             val("layers", None),
         ]],
     )?;
     let out = a
-        .str("output")
+        .path("output")
         .ok_or_else(|| usage("convert needs -o OUTPUT".into()))?;
+    let input = model_path(&a);
+    // Writing over the input while it is mapped (here, or by anyone else) would pull the
+    // pages out from under the readers: refuse, whatever the spelling of the path.
+    if same_file(&input, &out) {
+        return Err(usage(format!(
+            "-o {} is the input model itself: write to another file",
+            out.display()
+        )));
+    }
     let opts = ember::convert::ConvertOptions {
         weight_type: a.str("type").map(parse_type).transpose()?,
         keep_layers: a.get("layers").map_err(usage)?,
     };
-    let file = ember::gguf::GgufFile::open(model_path(&a))?;
+    let file = ember::gguf::GgufFile::open(&input)?;
     let w = ember::convert::convert(&file, &opts)?;
-    w.write_to(std::path::Path::new(out))
-        .map_err(|e| CliError::Run(format!("{out}: {e}")))?;
-    eprintln!("wrote {out}");
+    // Written to a temporary file beside OUT, then renamed over it (GgufWriter::write_to).
+    w.write_to(&out)
+        .map_err(|e| CliError::Run(format!("{}: {e}", out.display())))?;
+    eprintln!("wrote {}", out.display());
     Ok(())
 }
 
-pub fn synth(raw: &[String]) -> CliResult {
+/// Whether `a` and `b` name the same existing file (same device and inode, so hard links and
+/// other spellings count).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+pub fn synth(raw: &[OsString]) -> CliResult {
     let a = parse(
         raw,
         &[&[
-            val("output", Some("-o")),
+            path("output", Some("-o")),
             val("arch", None),
             val("type", None),
             val("embd-type", None),
@@ -617,7 +714,7 @@ pub fn synth(raw: &[String]) -> CliResult {
         ]],
     )?;
     let out = a
-        .str("output")
+        .path("output")
         .ok_or_else(|| usage("synth needs -o OUTPUT".into()))?;
     let d = ember::synth::SynthSpec::default();
     let spec = ember::synth::SynthSpec {
@@ -643,8 +740,8 @@ pub fn synth(raw: &[String]) -> CliResult {
         seed: a.get_or("seed", d.seed).map_err(usage)?,
     };
     let w = ember::synth::synth_gguf(&spec)?;
-    w.write_to(std::path::Path::new(out))
-        .map_err(|e| CliError::Run(format!("{out}: {e}")))?;
-    eprintln!("wrote {out}");
+    w.write_to(&out)
+        .map_err(|e| CliError::Run(format!("{}: {e}", out.display())))?;
+    eprintln!("wrote {}", out.display());
     Ok(())
 }

@@ -3,9 +3,26 @@
 //! Subcommands: `generate`, `chat`, `tokenize`, `info`, `perplexity`, `bench`. Every error is
 //! printed as one line on stderr with exit code 1 (2 for usage errors).
 
+// Messages to stderr never panic: `eprintln!` would panic when stderr is closed or full
+// (`ember ... 2>&-`), so this crate's `eprintln!`/`eprint!` (defined before the modules, which
+// therefore use it) write and ignore the error, as there is nowhere left to report it.
+macro_rules! eprintln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+macro_rules! eprint {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod args;
 mod batch;
 mod commands;
+mod output;
 
 use std::process::ExitCode;
 
@@ -58,21 +75,28 @@ common options:
 ";
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // OS strings: a non-UTF-8 argument is a usage error (or, for a path, just works), never
+    // the panic of `std::env::args`.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let Some(cmd) = argv.first() else {
         eprint!("{USAGE}");
         return ExitCode::from(2);
     };
-    if cmd == "-h" || cmd == "--help" || cmd == "help" {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    if argv.iter().any(|a| a == "-h" || a == "--help") {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
+    let help = |a: &std::ffi::OsString| a == "-h" || a == "--help";
+    if help(cmd) || cmd == "help" || argv.iter().any(help) {
+        return match output::print(|o| std::io::Write::write_all(o, USAGE.as_bytes())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => exit(e),
+        };
     }
     let rest = &argv[1..];
-    let r = match cmd.as_str() {
+    let Some(cmd) = cmd.to_str() else {
+        return exit(commands::CliError::Usage(format!(
+            "unknown command {:?}",
+            cmd.to_string_lossy()
+        )));
+    };
+    let r = match cmd {
         "generate" => commands::generate(rest),
         "chat" => commands::chat(rest),
         "tokenize" => commands::tokenize(rest),
@@ -88,13 +112,23 @@ fn main() -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(commands::CliError::Usage(m)) => {
+        Err(e) => exit(e),
+    }
+}
+
+/// Report `e` and choose the exit status: 2 for usage errors, 1 for run-time errors; a closed
+/// stdout (a reader like `head` that has read enough) ends the program quietly with the status
+/// a SIGPIPE would give, as other Unix tools do.
+fn exit(e: commands::CliError) -> ExitCode {
+    match e {
+        commands::CliError::Usage(m) => {
             eprintln!("ember: {m}\n\n{USAGE}");
             ExitCode::from(2)
         }
-        Err(commands::CliError::Run(m)) => {
+        commands::CliError::Run(m) => {
             eprintln!("ember: error: {m}");
             ExitCode::from(1)
         }
+        commands::CliError::BrokenPipe => ExitCode::from(141),
     }
 }

@@ -170,21 +170,575 @@ fn batch_and_concurrent_bench_run_through_the_engine() {
         "-t",
         "2",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    // One request failed (it cannot fit the context): its error line is written, the others
+    // run, and the exit status says that something failed.
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("arena_utilization"), "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+    assert!(
+        stderr(&o).contains("1 of 3 requests failed"),
+        "{}",
+        stderr(&o)
+    );
+    let lines = result_lines(&output);
+    assert_eq!(lines.len(), 3);
+    // Lines come in completion order, each with its id.
+    let by_id = |id: serde_json::Value| lines.iter().find(|l| l["id"] == id).unwrap();
+    assert_eq!(by_id("a".into())["ids"].as_array().unwrap().len(), 5);
+    assert_eq!(by_id(7.into())["ids"].as_array().unwrap().len(), 3);
+    let long = by_id("too-long".into());
+    assert_eq!(long["finish_reason"], "error");
+    assert!(
+        long["error"].as_str().unwrap().contains("context full"),
+        "{long}"
+    );
+}
+
+fn result_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 3);
-    assert_eq!(lines[0]["id"], "a");
-    assert_eq!(lines[0]["ids"].as_array().unwrap().len(), 5);
-    assert_eq!(lines[1]["id"], 7);
-    assert_eq!(lines[2]["finish_reason"], "error");
-    assert!(
-        lines[2]["error"].as_str().unwrap().contains("context full"),
-        "{}",
-        lines[2]
+        .collect()
+}
+
+// ---- Hostile input (issue 16): one test per row of its table, numbered as there. ----
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::process::Stdio;
+
+/// `ember` with arguments that may not be UTF-8.
+fn ember_os(args: &[&OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run ember")
+}
+
+/// `ember` under `sh -c` with a shell prefix (redirections, `ulimit`).
+fn ember_sh(prefix: &str, args: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{prefix} exec '{}' {args}",
+            env!("CARGO_BIN_EXE_ember")
+        ))
+        .current_dir(repo())
+        .output()
+        .expect("run sh")
+}
+
+/// A small synthetic model shared by the tests below (written once per test process).
+fn synth_model() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let p = tmp("hostile-synth.gguf");
+        let o = ember(&["synth", "-o", p.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        p
+    })
+    .clone()
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// Row 1: a non-UTF-8 argument is a usage error naming the flag; a non-UTF-8 path just works.
+#[test]
+fn row01_non_utf8_arguments() {
+    let bad = OsStr::from_bytes(b"\xff");
+    for (args, flag) in [
+        (vec![os("generate"), os("-p"), bad], "--prompt"),
+        (
+            vec![os("generate"), os("-p"), os("x"), os("--stop"), bad],
+            "--stop",
+        ),
+        (vec![os("tokenize"), bad], "positional argument"),
+        (
+            vec![
+                os("generate"),
+                os("-p"),
+                os("x"),
+                OsStr::from_bytes(b"--temp=\xff"),
+            ],
+            "--temp",
+        ),
+    ] {
+        let o = ember_os(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(flag), "{}", stderr(&o));
+        assert!(stderr(&o).contains("not valid UTF-8"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+    // A model path with a non-UTF-8 byte: copied there, it loads and generates.
+    let dir = tmp("paths");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut name = dir.into_os_string();
+    name.push(OsStr::from_bytes(b"/model-\xff.gguf"));
+    std::fs::copy(synth_model(), &name).unwrap();
+    let o = ember_os(&[
+        os("generate"),
+        os("-m"),
+        &name,
+        os("-p"),
+        os("abc"),
+        os("-n"),
+        os("2"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(&name).unwrap();
+}
+
+/// Row 2: a `max_tokens` that would wrap `prompt + max_tokens` is "context full", not a panic.
+#[test]
+fn row02_huge_max_tokens() {
+    let m = synth_model();
+    let m = m.to_str().unwrap();
+    let o = ember(&["generate", "-m", m, "-p", "x", "-n", "18446744073709551615"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("context full"), "{}", stderr(&o));
+    // In a batch line: that request gets its line, the others run.
+    let (input, output) = (tmp("row02.jsonl"), tmp("row02.out.jsonl"));
+    std::fs::write(
+        &input,
+        "{\"id\": \"huge\", \"prompt\": \"x\", \"max_tokens\": 18446744073709551615}\n\
+         {\"id\": \"ok\", \"prompt\": \"x\", \"max_tokens\": 2}\n",
+    )
+    .unwrap();
+    let o = ember(&[
+        "batch",
+        "-m",
+        m,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "-t",
+        "1",
+    ]);
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    let lines = result_lines(&output);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ok = lines.iter().find(|l| l["id"] == "ok").unwrap();
+    assert_eq!(ok["ids"].as_array().unwrap().len(), 2);
+    assert!(lines.iter().any(|l| l["id"] == "huge"));
+}
+
+/// Row 3: absurd thread and sequence counts are usage errors or capped, never a panic.
+#[test]
+fn row03_absurd_counts() {
+    let m = synth_model();
+    let m = m.to_str().unwrap();
+    let max = "18446744073709551615";
+    for args in [
+        vec!["bench", "-m", m, "--concurrency", max, "-p", "4", "-n", "2"],
+        vec![
+            "batch",
+            "-m",
+            m,
+            "--max-seqs",
+            max,
+            "--input",
+            "x",
+            "--output",
+            "y",
+        ],
+    ] {
+        let o = ember(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("must be 1..="), "{}", stderr(&o));
+    }
+    // --threads 2^64-1: capped to the CPUs there are, with a warning; it still generates.
+    let o = ember(&[
+        "generate",
+        "-m",
+        m,
+        "-p",
+        "abc",
+        "-n",
+        "2",
+        "--threads",
+        max,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("exceeds the"), "{}", stderr(&o));
+}
+
+/// Row 4: stdout closed early or full. A closed pipe ends the command quietly (status 141,
+/// as SIGPIPE would) at the first write; a full disk is an error, status 1.
+#[test]
+fn row04_stdout_closed_or_full() {
+    let m = synth_model();
+    let m = m.to_str().unwrap();
+    // `ember info | head -c 1`: the reader goes away after one byte.
+    for args in [
+        vec!["info", "-m", m],
+        vec!["generate", "-m", m, "-p", "abc", "-n", "60", "--ignore-eos"],
+        vec!["tokenize", "-m", m, "abc abc abc"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(&args)
+            .current_dir(repo())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut one = [0u8; 1];
+        out.read_exact(&mut one).unwrap();
+        drop(out);
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("error"), "{}", stderr(&o));
+    }
+    for cmd in [
+        format!("info -m '{m}'"),
+        format!("tokenize -m '{m}' abc"),
+        format!("generate -m '{m}' -p abc -n 4"),
+        format!("generate -m '{m}' -p abc -n 4 --json"),
+    ] {
+        let o = ember_sh("", &format!("{cmd} > /dev/full"));
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {}", stderr(&o));
+        assert!(stderr(&o).contains("writing to stdout"), "{}", stderr(&o));
+    }
+}
+
+/// Row 8: a context of 2^24 positions: the KV budget is checked before anything large is
+/// computed, so under a memory limit the answer is an error, not an abort.
+#[test]
+fn row08_huge_context_fails_before_allocating() {
+    let p = tmp("row08-ctx.gguf");
+    let o = ember(&[
+        "synth",
+        "-o",
+        p.to_str().unwrap(),
+        "--ctx",
+        "16777216",
+        "--embd",
+        "1024",
+        "--heads",
+        "16",
+        "--kv-heads",
+        "16",
+        "--layers",
+        "4",
+        "--ff",
+        "256",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let args = format!(
+        "generate -m '{}' --ctx 16777216 -p hi -n 1 -t 1",
+        p.display()
     );
+    let o = ember_sh("ulimit -v 3000000;", &args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("KV arena"), "{}", stderr(&o));
+    // With a small arena the same context runs: RoPE tables cover the reachable positions.
+    let o = ember_sh("ulimit -v 3000000;", &format!("{args} --kv-blocks 64"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(&p).unwrap();
+}
+
+/// Row 9: a 50 MB prompt is refused from its byte length, at once and in bounded memory
+/// (before: 4.3 GB and 39 s of tokenizing) — in a batch line and on chat's stdin.
+#[test]
+fn row09_huge_prompts_are_refused_from_their_length() {
+    let (input, output) = (tmp("row09.jsonl"), tmp("row09.out.jsonl"));
+    let big = "word ".repeat(10 << 20);
+    std::fs::write(
+        &input,
+        format!("{{\"id\": \"big\", \"prompt\": \"{big}\"}}\n{{\"id\": \"ok\", \"prompt\": \"hi\", \"max_tokens\": 2}}\n"),
+    )
+    .unwrap();
+    let o = ember_sh(
+        "ulimit -v 1500000;",
+        &format!(
+            "batch --input '{}' --output '{}' -t 1",
+            input.display(),
+            output.display()
+        ),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let lines = result_lines(&output);
+    let big = lines.iter().find(|l| l["id"] == "big").unwrap();
+    assert!(
+        big["error"].as_str().unwrap().contains("context full"),
+        "{big}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l["id"] == "ok" && l["finish_reason"] == "length"));
+
+    // chat: a 50 MB line on stdin.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 1500000; exec '{}' chat -t 1",
+            env!("CARGO_BIN_EXE_ember")
+        ))
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let line = "a".repeat(50 << 20);
+    // The reader may stop early: a write error here is expected.
+    let _ = stdin.write_all(line.as_bytes());
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("longer than"), "{}", stderr(&o));
+}
+
+/// Row 10: far more threads than cores are capped with a warning, and generation runs.
+#[test]
+fn row10_threads_beyond_the_cores_are_capped() {
+    let m = synth_model();
+    let o = ember(&[
+        "generate",
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        "abc",
+        "-n",
+        "3",
+        "--threads",
+        "1000",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--threads 1000 exceeds"),
+        "{}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ids"].as_array().unwrap().len(), 3);
+}
+
+/// Rows 11 and 12: more requests than the engine holds at once all run; a malformed line gets
+/// an error line of its own and every other line is processed; the exit status is 1.
+#[test]
+fn row11_12_batch_streams_and_reports_bad_lines() {
+    let m = synth_model();
+    let (input, output) = (tmp("row11.jsonl"), tmp("row11.out.jsonl"));
+    let mut text: Vec<u8> = b"\xef\xbb\xbf".to_vec(); // a BOM before the first line
+    for i in 0..300 {
+        text.extend(format!("{{\"id\": {i}, \"prompt\": \"p{i}\", \"max_tokens\": 1}}\n").bytes());
+    }
+    let bad: [(&[u8], &str); 8] = [
+        (b"not json", "bad JSON"),
+        (b"{\"prompt\": 5}", "prompt must be a string"),
+        (b"{\"max_tokens\": 5}", "\"prompt\" (a string) is required"),
+        (
+            b"{\"prompt\": \"x\", \"temprature\": 1}",
+            "unknown field \"temprature\"",
+        ),
+        (
+            b"{\"prompt\": \"x\", \"ignore_eos\": \"yes\"}",
+            "ignore_eos must be true or false",
+        ),
+        (b"{\"prompt\": \"\xff\"}", "not valid UTF-8"),
+        (b"[1, 2]", "must be a JSON object"),
+        (&[b'['; 200], "recursion limit"),
+    ];
+    for (line, _) in bad {
+        text.extend_from_slice(line);
+        text.push(b'\n');
+    }
+    std::fs::write(&input, text).unwrap();
+    let o = ember(&[
+        "batch",
+        "-m",
+        m.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "-t",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("8 of 308 requests failed"),
+        "{}",
+        stderr(&o)
+    );
+    let lines = result_lines(&output);
+    assert_eq!(lines.len(), 308);
+    for i in 0..300 {
+        let l = lines.iter().find(|l| l["id"] == i).unwrap();
+        assert_eq!(l["ids"].as_array().unwrap().len(), 1, "{l}");
+    }
+    for (k, (_, want)) in bad.iter().enumerate() {
+        let line_no = 301 + k;
+        let l = lines.iter().find(|l| l["line"] == line_no).unwrap();
+        assert_eq!(l["finish_reason"], "error");
+        assert!(l["error"].as_str().unwrap().contains(want), "{l}");
+    }
+}
+
+/// Row 13: an interrupted batch keeps what finished: result lines are written and flushed as
+/// each request finishes.
+#[test]
+fn row13_interrupted_batch_keeps_finished_results() {
+    // The real model: the long requests take tens of seconds, so the interruption lands
+    // while they run.
+    let (input, output) = (tmp("row13.jsonl"), tmp("row13.out.jsonl"));
+    let mut text = String::new();
+    for i in 0..64 {
+        let n = if i < 4 { 1 } else { 400 };
+        text += &format!(
+            "{{\"id\": {i}, \"prompt\": \"p\", \"max_tokens\": {n}, \"ignore_eos\": true}}\n"
+        );
+    }
+    std::fs::write(&input, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "batch",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "-t",
+            "1",
+        ])
+        .current_dir(repo())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) for the four one-token requests to be written, then interrupt.
+    let mut written = 0;
+    for _ in 0..600 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        written = std::fs::read_to_string(&output).map_or(0, |s| s.lines().count());
+        if written >= 4 {
+            break;
+        }
+    }
+    assert!(
+        written >= 4,
+        "the finished requests were not written while running"
+    );
+    // SIGINT, as Ctrl-C would send it.
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(2),
+        "not interrupted while running: {status:?}"
+    );
+    let lines = result_lines(&output);
+    for i in 0..4 {
+        assert!(
+            lines.iter().any(|l| l["id"] == i),
+            "request {i} lost: {lines:?}"
+        );
+    }
+}
+
+/// Row 14: `convert` refuses a layer count the model does not have, and its own input as
+/// output; it writes through a temporary file.
+#[test]
+fn row14_convert_refuses_bad_layers_and_its_input() {
+    let m = synth_model();
+    let m = m.to_str().unwrap();
+    let out = tmp("row14.gguf");
+    for layers in ["0", "1000"] {
+        let o = ember(&[
+            "convert",
+            "-m",
+            m,
+            "-o",
+            out.to_str().unwrap(),
+            "--layers",
+            layers,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("keep 1..=2"), "{}", stderr(&o));
+        assert!(!out.exists());
+    }
+    let before = std::fs::read(m).unwrap();
+    let alias = format!("{}/../{}", tmp("x").parent().unwrap().display(), {
+        let p = PathBuf::from(m);
+        format!(
+            "{}/{}",
+            p.parent().unwrap().file_name().unwrap().to_str().unwrap(),
+            p.file_name().unwrap().to_str().unwrap()
+        )
+    });
+    for o_path in [m, alias.as_str()] {
+        let o = ember(&["convert", "-m", m, "-o", o_path, "--layers", "1"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is the input model itself"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(std::fs::read(m).unwrap(), before, "the input was changed");
+    let o = ember(&[
+        "convert",
+        "-m",
+        m,
+        "-o",
+        out.to_str().unwrap(),
+        "--layers",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ember(&[
+        "generate",
+        "-m",
+        out.to_str().unwrap(),
+        "-p",
+        "abc",
+        "-n",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// Smaller items: an arena budget of 2^64-1 blocks is reported as too large (it used to wrap
+/// to "does not hold a single block"); `synth` bounds its shape instead of aborting or looping.
+#[test]
+fn smaller_items_kv_blocks_and_synth_bounds() {
+    let m = synth_model();
+    let o = ember(&[
+        "generate",
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        "x",
+        "--kv-blocks",
+        "18446744073709551615",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("does not hold a single block"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("overflows"), "{}", stderr(&o));
+    let out = tmp("too-big.gguf");
+    for args in [["--embd", "1099511627776"], ["--layers", "4294967296"]] {
+        let o = ember(&["synth", "-o", out.to_str().unwrap(), args[0], args[1]]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("shape too large"), "{}", stderr(&o));
+    }
 }

@@ -466,3 +466,61 @@ fn errors_are_typed() {
     let e = GgufFile::from_bytes(b"GGUF".to_vec()).unwrap_err();
     assert!(matches!(e, Error::Gguf { offset: 4, .. }), "{e:?}");
 }
+
+/// Issue 16, row 15: RoPE parameters whose derived values are not finite are load errors
+/// (they produced fluent garbage before), and a value of the wrong type is shown as a value.
+#[test]
+fn non_finite_rope_parameters_are_load_errors() {
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    // Head dim 16 (64 / 4 heads): rope_freqs holds 8 factors.
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            with_spec(|w| {
+                w.kv("llama.rope.scaling.type", MetaValue::Str("linear".into()))
+                    .kv("llama.rope.scaling.factor", MetaValue::F32(1e-45));
+            }),
+            "llama.rope.scaling.factor: 0.000000000000000000000000000000000000000000001 is too small",
+        ),
+        (
+            with_spec(|w| {
+                w.tensor("rope_freqs.weight", GgmlType::F32, &[8], f32s(&[0.0; 8]));
+            }),
+            "tensor rope_freqs.weight: frequency factor 0 is 0",
+        ),
+        (
+            with_spec(|w| {
+                let mut v = [1.0f32; 8];
+                v[3] = f32::NAN;
+                w.tensor("rope_freqs.weight", GgmlType::F32, &[8], f32s(&v));
+            }),
+            "tensor rope_freqs.weight holds NaN at element 3",
+        ),
+        (
+            with_spec(|w| {
+                w.remove_kv("llama.rope.freq_base")
+                    .kv("llama.rope.freq_base", MetaValue::Str("10000".into()));
+            }),
+            "llama.rope.freq_base: expected a number, found the string \"10000\"",
+        ),
+    ];
+    for (bytes, want) in cases {
+        assert_contains(&load_err(bytes), want);
+    }
+    // A finite scale whose angles overflow far into the context: refused when the RoPE
+    // tables are built, never rotated by NaN.
+    let bytes = with_spec(|w| {
+        w.kv("llama.rope.scaling.type", MetaValue::Str("linear".into()))
+            .kv("llama.rope.scaling.factor", MetaValue::F32(1e-37));
+    });
+    let m = Model::from_gguf(GgufFile::from_bytes(bytes).unwrap()).unwrap();
+    let e = ember::session::Session::new(
+        m,
+        &ember::session::SessionConfig {
+            n_ctx: 256,
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert_contains(&e.to_string(), "RoPE angle of position");
+}

@@ -706,7 +706,14 @@ impl GgufFile {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                Self::bad(key, format!("expected a non-negative integer, found {v:?}"))
+                Self::bad(
+                    key,
+                    format!(
+                        "expected a non-negative integer, found the {} {}",
+                        v.type_name(),
+                        self.short_value(v)
+                    ),
+                )
             }),
         }
     }
@@ -715,10 +722,16 @@ impl GgufFile {
     pub fn get_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(|f| Some(f as f32))
-                .ok_or_else(|| Self::bad(key, format!("expected a number, found {v:?}"))),
+            Some(v) => v.as_f64().map(|f| Some(f as f32)).ok_or_else(|| {
+                Self::bad(
+                    key,
+                    format!(
+                        "expected a number, found the {} {}",
+                        v.type_name(),
+                        self.short_value(v)
+                    ),
+                )
+            }),
         }
     }
 
@@ -805,6 +818,15 @@ impl GgufFile {
         match self.get(key) {
             Some(Value::Array { len, .. }) => Some(*len),
             _ => None,
+        }
+    }
+
+    /// [`GgufFile::display_value`] cut to 64 characters, for error messages.
+    fn short_value(&self, v: &Value) -> String {
+        let d = self.display_value(v);
+        match d.char_indices().nth(64) {
+            Some((i, _)) => format!("{}...", &d[..i]),
+            None => d,
         }
     }
 

@@ -122,7 +122,7 @@ fn main() -> ExitCode {
 fn exit(e: commands::CliError) -> ExitCode {
     match e {
         commands::CliError::Usage(m) => {
-            eprintln!("ember: {m}\n\n{USAGE}");
+            eprintln!("ember: {m}\n(`ember --help` lists the commands and their options)");
             ExitCode::from(2)
         }
         commands::CliError::Run(m) => {

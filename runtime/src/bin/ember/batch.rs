@@ -9,7 +9,7 @@
 //! UTF-8) gets an error line of its own; every other line still runs; the exit status is 1 if
 //! any request failed.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::time::Instant;
 
 use ember::engine::{Engine, EngineConfig, Metrics, RequestId, RequestParams};
@@ -248,7 +248,6 @@ pub fn batch(raw: &[std::ffi::OsString]) -> CliResult {
     // Requests in the engine: (their id for the output, the engine's id).
     let mut running: Vec<(Value, RequestId)> = Vec::with_capacity(max_requests);
     let (mut line_no, mut eof) = (0usize, false);
-    let mut buf = Vec::new();
     let t0 = Instant::now();
     // Arena utilization (tokens stored ÷ slots of used blocks), averaged over steps weighted by
     // the blocks in use.
@@ -256,14 +255,27 @@ pub fn batch(raw: &[std::ffi::OsString]) -> CliResult {
     loop {
         // Submit lines while the engine holds fewer than `max_requests` requests.
         while !eof && running.len() < max_requests {
-            buf.clear();
-            let n = lines
-                .read_until(b'\n', &mut buf)
+            let line = crate::input::read_line(&mut lines, crate::input::MAX_BATCH_LINE)
                 .map_err(|err| CliError::Run(format!("{}: {err}", input.display())))?;
-            if n == 0 {
-                eof = true;
-                break;
-            }
+            let buf = match line {
+                crate::input::Line::Bytes(b) => b,
+                crate::input::Line::Eof => {
+                    eof = true;
+                    break;
+                }
+                crate::input::Line::TooLong => {
+                    // Not JSONL (or not a request): report it and read no further, since
+                    // finding the next line could mean reading without end (`/dev/zero`).
+                    line_no += 1;
+                    let why = format!(
+                        "the line is longer than {} bytes: the rest of the input is not read",
+                        crate::input::MAX_BATCH_LINE
+                    );
+                    out.write(&error_line(&json!(line_no - 1), line_no, &why), true)?;
+                    eof = true;
+                    break;
+                }
+            };
             line_no += 1;
             let text = match std::str::from_utf8(&buf) {
                 Ok(t) => t.trim_start_matches('\u{feff}').trim(),

@@ -1,7 +1,7 @@
 //! The subcommands of `ember`.
 
 use std::ffi::OsString;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -242,8 +242,7 @@ pub fn generate(raw: &[OsString]) -> CliResult {
 /// `tokenizer.chat_template`, else a clear error (never a guessed template).
 fn chat_template(s: &Session, file: Option<PathBuf>) -> Result<String, CliError> {
     if let Some(path) = file {
-        return std::fs::read_to_string(&path)
-            .map_err(|e| CliError::Run(format!("--chat-template {}: {e}", path.display())));
+        return crate::input::read_text(&path, crate::input::MAX_TEMPLATE_BYTES, "--chat-template");
     }
     Ok(s.model
         .file
@@ -257,44 +256,6 @@ fn chat_template(s: &Session, file: Option<PathBuf>) -> Result<String, CliError>
             )
         })?
         .to_string())
-}
-
-/// Read one line of at most `limit` bytes from `input` (without its newline); `None` at end of
-/// input. A longer line is an error and is not kept in memory past `limit` (a 50 MB line on
-/// stdin would otherwise be read whole before the context check).
-fn read_line_bounded(input: &mut impl BufRead, limit: usize) -> Result<Option<String>, CliError> {
-    let mut line = Vec::new();
-    loop {
-        let buf = input
-            .fill_buf()
-            .map_err(|e| CliError::Run(format!("reading stdin: {e}")))?;
-        if buf.is_empty() {
-            if line.is_empty() {
-                return Ok(None);
-            }
-            break;
-        }
-        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (buf.len(), false),
-        };
-        if line.len() + take > limit.saturating_add(1) {
-            return Err(CliError::Run(format!(
-                "an input line is longer than {limit} bytes, more than the context can hold"
-            )));
-        }
-        line.extend_from_slice(&buf[..take]);
-        input.consume(take);
-        if done {
-            break;
-        }
-    }
-    if line.last() == Some(&b'\n') {
-        line.pop();
-    }
-    String::from_utf8(line)
-        .map(Some)
-        .map_err(|_| CliError::Run("an input line is not valid UTF-8".into()))
 }
 
 fn token_text(s: &Session, id: Option<u32>) -> String {
@@ -334,9 +295,18 @@ pub fn chat(raw: &[OsString]) -> CliResult {
             Some(p) => p.clone(),
             None => {
                 eprint!("> ");
-                match read_line_bounded(&mut stdin, line_limit)? {
-                    Some(l) => l,
-                    None => return Ok(()),
+                let line = crate::input::read_line(&mut stdin, line_limit)
+                    .map_err(|e| CliError::Run(format!("reading stdin: {e}")))?;
+                match line {
+                    crate::input::Line::Bytes(l) => String::from_utf8(l)
+                        .map_err(|_| CliError::Run("an input line is not valid UTF-8".into()))?,
+                    crate::input::Line::TooLong => {
+                        return Err(CliError::Run(format!(
+                            "an input line is longer than {line_limit} bytes, more than the \
+                             context can hold"
+                        )))
+                    }
+                    crate::input::Line::Eof => return Ok(()),
                 }
             }
         };
@@ -466,8 +436,7 @@ pub fn perplexity(raw: &[OsString]) -> CliResult {
     let file = a
         .path("file")
         .ok_or_else(|| usage("perplexity needs -f FILE".into()))?;
-    let text = std::fs::read_to_string(&file)
-        .map_err(|e| CliError::Run(format!("{}: {e}", file.display())))?;
+    let text = crate::input::read_text(&file, crate::input::MAX_TEXT_BYTES, "-f")?;
     let c: usize = a.get_or("chunk", 512).map_err(usage)?;
     if c < 2 {
         return Err(usage(

@@ -22,6 +22,7 @@ macro_rules! eprint {
 mod args;
 mod batch;
 mod commands;
+mod input;
 mod output;
 
 use std::process::ExitCode;

@@ -352,6 +352,7 @@ fn row03_absurd_counts() {
         assert!(stderr(&o).contains("must be 1..="), "{}", stderr(&o));
     }
     // --threads 2^64-1: capped to the CPUs there are, with a warning; it still generates.
+    // --threads: values past the machine's CPUs are capped (row 10), absurd ones refused.
     let o = ember(&[
         "generate",
         "-m",
@@ -363,8 +364,12 @@ fn row03_absurd_counts() {
         "--threads",
         max,
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("exceeds the"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--threads must be 0..=1024"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Row 4: stdout closed early or full. A closed pipe ends the command quietly (status 141,

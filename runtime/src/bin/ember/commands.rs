@@ -83,10 +83,18 @@ fn model_path(a: &Args) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL))
 }
 
+/// Largest `--threads` accepted; values up to it beyond the machine's CPUs are capped.
+const MAX_THREADS: usize = 1024;
+
 /// `--threads N` (0 or absent: the physical cores). More than the machine runs at once is
 /// capped by the library (spinning workers on shared cores stall each other); say so.
 pub fn threads(a: &Args) -> Result<usize, CliError> {
     let n: usize = a.get_or("threads", 0).map_err(usage)?;
+    if n > MAX_THREADS {
+        return Err(usage(format!(
+            "--threads must be 0..={MAX_THREADS} (0: the physical cores)"
+        )));
+    }
     let used = ember::session::effective_threads(n);
     if n > used {
         eprintln!(

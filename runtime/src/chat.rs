@@ -12,10 +12,22 @@
 //! Map keys iterate in sorted order (minijinja without `preserve_order`), so `tojson` of a map
 //! may order keys differently from Python.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
+use minijinja::machinery::{
+    make_string_output, CompiledTemplate, TemplateConfig, Vm, WhitespaceConfig,
+};
 use minijinja::value::{Value, ValueKind};
-use minijinja::{Environment, Error, ErrorKind, State};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, State};
+
+mod guard;
+
+pub use guard::{
+    FUEL, MAX_CREATED_BYTES, MAX_OUTPUT_BYTES, MAX_PRINT_DEPTH, RECURSION_LIMIT,
+    RENDER_STACK_BYTES, RESERVED_PREFIX,
+};
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +66,13 @@ pub enum ChatError {
         /// What went wrong.
         what: String,
     },
+    /// The template exceeded one of the render limits (see the module docs); `what` names it.
+    Limit {
+        /// Line in the template (1-based), if known.
+        line: Option<usize>,
+        /// Which limit, with its value.
+        what: String,
+    },
 }
 
 impl fmt::Display for ChatError {
@@ -61,6 +80,7 @@ impl fmt::Display for ChatError {
         let (kind, line, what) = match self {
             ChatError::Syntax { line, what } => ("has a syntax error", line, what),
             ChatError::Render { line, what } => ("failed to render", line, what),
+            ChatError::Limit { line, what } => ("hit a limit", line, what),
         };
         write!(f, "chat template {kind}")?;
         if let Some(l) = line {
@@ -84,6 +104,15 @@ fn to_chat_error(e: &Error, syntax: bool) -> ChatError {
         // raise_exception: the template's own message is the useful part.
         what = e.detail().unwrap_or("raise_exception").to_string();
     }
+    if e.kind() == ErrorKind::OutOfFuel {
+        what = guard::fuel_message();
+    }
+    if what.starts_with(guard::LIMIT_MSG) {
+        return ChatError::Limit {
+            line: e.line(),
+            what: what.trim_start_matches("chat template ").to_string(),
+        };
+    }
     if syntax {
         ChatError::Syntax {
             line: e.line(),
@@ -99,8 +128,10 @@ fn to_chat_error(e: &Error, syntax: bool) -> ChatError {
 
 /// Renders `template` with the Hugging Face chat-template context.
 ///
-/// Errors: the template does not parse ([`ChatError::Syntax`]) or fails while rendering, for
-/// example through `raise_exception` ([`ChatError::Render`]). Never panics.
+/// The render runs on a thread of its own (stack [`RENDER_STACK_BYTES`]) under the limits in
+/// the module docs. Errors: the template does not parse ([`ChatError::Syntax`]), fails while
+/// rendering, for example through `raise_exception` ([`ChatError::Render`]), or exceeds a
+/// limit ([`ChatError::Limit`]). Never panics.
 pub fn render_chat(
     template: &str,
     messages: &[ChatMessage],
@@ -108,17 +139,73 @@ pub fn render_chat(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String, ChatError> {
+    if let Some(at) = template.find(RESERVED_PREFIX) {
+        return Err(ChatError::Syntax {
+            line: Some(template[..at].matches('\n').count() + 1),
+            what: format!("names starting with `{RESERVED_PREFIX}` are reserved for Ember"),
+        });
+    }
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("ember-chat-template".into())
+            .stack_size(RENDER_STACK_BYTES)
+            .spawn_scoped(scope, || {
+                render_here(
+                    template,
+                    messages,
+                    add_generation_prompt,
+                    bos_token,
+                    eos_token,
+                )
+            })
+            .map_err(|e| ChatError::Render {
+                line: None,
+                what: format!("cannot start the template thread: {e}"),
+            })?;
+        worker.join().unwrap_or_else(|_| {
+            Err(ChatError::Render {
+                line: None,
+                what: "the template renderer panicked".into(),
+            })
+        })
+    })
+}
+
+/// [`render_chat`] on the current thread: every value the template builds is created and
+/// dropped here.
+fn render_here(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String, ChatError> {
     let mut env = Environment::new();
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
-    env.set_recursion_limit(200);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.add_filter("tojson", tojson);
     env.set_unknown_method_callback(py_method);
-    let tmpl = env
-        .template_from_str(template)
+    guard::install(&mut env);
+    let config = TemplateConfig {
+        syntax_config: Default::default(),
+        ws_config: WhitespaceConfig {
+            keep_trailing_newline: false,
+            lstrip_blocks: true,
+            trim_blocks: true,
+        },
+        default_auto_escape: Arc::new(|_: &str| AutoEscape::None),
+    };
+    let compiled = CompiledTemplate::new("chat_template", template, &config)
         .map_err(|e| to_chat_error(&e, true))?;
+    let instructions =
+        guard::rewrite(&compiled.instructions).map_err(|e| to_chat_error(&e, true))?;
+    let mut blocks = BTreeMap::new();
+    for (name, block) in &compiled.blocks {
+        blocks.insert(
+            *name,
+            guard::rewrite(block).map_err(|e| to_chat_error(&e, true))?,
+        );
+    }
     let msgs: Vec<Value> = messages
         .iter()
         .map(|m| {
@@ -134,7 +221,12 @@ pub fn render_chat(
         ("bos_token", Value::from(bos_token)),
         ("eos_token", Value::from(eos_token)),
     ]);
-    tmpl.render(ctx).map_err(|e| to_chat_error(&e, false))
+    let mut text = String::new();
+    let mut out = make_string_output(&mut text);
+    let vm = Vm::new(&env);
+    vm.eval(&instructions, ctx, &blocks, &mut out, AutoEscape::None)
+        .map_err(|e| to_chat_error(&e, false))?;
+    Ok(text)
 }
 
 fn raise_exception(msg: String) -> Result<Value, Error> {
@@ -259,6 +351,7 @@ fn write_json(
     depth: usize,
     out: &mut String,
 ) -> Result<(), Error> {
+    guard::check_len(out.len())?;
     if depth > 100 {
         return Err(Error::new(
             ErrorKind::InvalidOperation,
@@ -318,10 +411,21 @@ fn write_json(
     Ok(())
 }
 
-fn arg_str(args: &[Value], i: usize) -> Option<String> {
-    args.get(i)
-        .filter(|v| !v.is_none() && !v.is_undefined())
-        .map(|v| v.to_string())
+/// Argument `i` as a string; `None` if absent, none or undefined. A list or map argument is
+/// printed only if its printed size is within the limits.
+fn arg_str(args: &[Value], i: usize) -> Result<Option<String>, Error> {
+    match args.get(i).filter(|v| !v.is_none() && !v.is_undefined()) {
+        Some(v) => {
+            if !matches!(
+                v.kind(),
+                ValueKind::String | ValueKind::Number | ValueKind::Bool
+            ) {
+                guard::checked_display_size(v, "a method argument")?;
+            }
+            Ok(Some(v.to_string()))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Python `str` and `dict` methods that chat templates call.
@@ -366,7 +470,7 @@ fn v_iter(value: &Value) -> Result<impl Iterator<Item = Value>, Error> {
 }
 
 fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
-    let chars_arg = arg_str(args, 0);
+    let chars_arg = arg_str(args, 0)?;
     let trim_set = |c: char| match &chars_arg {
         Some(set) => set.contains(c),
         None => c.is_whitespace(),
@@ -417,7 +521,7 @@ fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
             Value::from(hit)
         }
         "split" | "rsplit" => {
-            let sep = arg_str(args, 0);
+            let sep = arg_str(args, 0)?;
             let max = args
                 .get(1)
                 .and_then(|v| i64::try_from(v.clone()).ok())
@@ -448,13 +552,14 @@ fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
         }
         "replace" => {
             let (from, to) = (
-                arg_str(args, 0).unwrap_or_default(),
-                arg_str(args, 1).unwrap_or_default(),
+                arg_str(args, 0)?.unwrap_or_default(),
+                arg_str(args, 1)?.unwrap_or_default(),
             );
+            guard::check_replace(s, &from, &to, None)?;
             Value::from(s.replace(from.as_str(), &to))
         }
         "find" => {
-            let p = arg_str(args, 0).unwrap_or_default();
+            let p = arg_str(args, 0)?.unwrap_or_default();
             Value::from(
                 s.find(p.as_str())
                     .map(|b| s[..b].chars().count() as i64)
@@ -462,7 +567,7 @@ fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
             )
         }
         "count" => {
-            let p = arg_str(args, 0).unwrap_or_default();
+            let p = arg_str(args, 0)?.unwrap_or_default();
             Value::from(if p.is_empty() {
                 s.chars().count() + 1
             } else {
@@ -471,8 +576,21 @@ fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
         }
         "join" => {
             let items = args.first().cloned().unwrap_or_default();
-            let parts: Vec<String> = items.try_iter()?.map(|v| v.to_string()).collect();
-            Value::from(parts.join(s))
+            let mut out = String::new();
+            for (i, v) in items.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(s);
+                }
+                if !matches!(
+                    v.kind(),
+                    ValueKind::String | ValueKind::Number | ValueKind::Bool
+                ) {
+                    guard::checked_display_size(&v, "`join` items")?;
+                }
+                out.push_str(&v.to_string());
+                guard::check_len(out.len())?;
+            }
+            Value::from(out)
         }
         "isdigit" => Value::from(!s.is_empty() && s.chars().all(|c| c.is_ascii_digit())),
         "isalpha" => Value::from(!s.is_empty() && s.chars().all(char::is_alphabetic)),

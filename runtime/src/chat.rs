@@ -157,6 +157,7 @@ pub fn render_chat(
                     bos_token,
                     eos_token,
                 )
+                .map(|(text, _fuel)| text)
             })
             .map_err(|e| ChatError::Render {
                 line: None,
@@ -171,15 +172,15 @@ pub fn render_chat(
     })
 }
 
-/// [`render_chat`] on the current thread: every value the template builds is created and
-/// dropped here.
+/// [`render_chat`] on the current thread, also returning the fuel used: every value the
+/// template builds is created and dropped here.
 fn render_here(
     template: &str,
     messages: &[ChatMessage],
     add_generation_prompt: bool,
     bos_token: &str,
     eos_token: &str,
-) -> Result<String, ChatError> {
+) -> Result<(String, u64), ChatError> {
     let mut env = Environment::new();
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
@@ -224,9 +225,12 @@ fn render_here(
     let mut text = String::new();
     let mut out = make_string_output(&mut text);
     let vm = Vm::new(&env);
-    vm.eval(&instructions, ctx, &blocks, &mut out, AutoEscape::None)
+    let (_, state) = vm
+        .eval(&instructions, ctx, &blocks, &mut out, AutoEscape::None)
         .map_err(|e| to_chat_error(&e, false))?;
-    Ok(text)
+    let fuel_used = state.fuel_levels().map_or(0, |(used, _)| used);
+    drop(state);
+    Ok((text, fuel_used))
 }
 
 fn raise_exception(msg: String) -> Result<Value, Error> {
@@ -673,6 +677,209 @@ mod tests {
         );
         let date = render_chat("{{ strftime_now('%Y-%m-%d') }}", &[], false, "", "").unwrap();
         assert_eq!(date.len(), 10);
+    }
+
+    /// Renders `t` with no messages and returns the limit error (the test fails on anything
+    /// else), checking that it names `limit` and came back within two seconds.
+    fn limit_hit(t: &str, limit: &str) -> String {
+        let t0 = std::time::Instant::now();
+        let r = render_chat(t, &[ChatMessage::new("user", "hi")], true, "", "");
+        let dt = t0.elapsed();
+        let err = match r {
+            Err(e @ ChatError::Limit { .. }) => e.to_string(),
+            other => panic!(
+                "{t}: expected a limit error, got {:?}",
+                other.map(|s| s.len())
+            ),
+        };
+        assert!(err.contains(limit), "{t}: {err}");
+        assert!(dt.as_secs_f64() < 2.0, "{t}: took {dt:?}");
+        eprintln!("{:>8.1} ms  {err}", dt.as_secs_f64() * 1e3);
+        err
+    }
+
+    const NS: &str = "{% set ns = namespace(v=[], s='ab') %}";
+
+    #[test]
+    fn deep_nesting_printed_compared_dropped() {
+        // Printing refuses values nested past MAX_PRINT_DEPTH; the loop runs out of fuel
+        // first for the larger counts, and the deep value is then dropped on the render thread.
+        let deep =
+            format!("{NS}{{% for i in range(100000) %}}{{% set ns.v = [ns.v] %}}{{% endfor %}}");
+        limit_hit(&format!("{deep}{{{{ ns.v }}}}"), "levels of nesting");
+        let cmp = render_chat(
+            &format!("{deep}{{{{ ns.v == [ns.v] }}}}"),
+            &[],
+            false,
+            "",
+            "",
+        );
+        assert_eq!(cmp, Ok("False".to_string()));
+        let d2000 =
+            format!("{NS}{{% for i in range(2000) %}}{{% set ns.v = [ns.v] %}}{{% endfor %}}");
+        limit_hit(&format!("{d2000}{{{{ ns.v }}}}"), "levels of nesting");
+        limit_hit(&format!("{d2000}{{{{ ns.v ~ 'x' }}}}"), "levels of nesting");
+        limit_hit(
+            &format!("{d2000}{{{{ ns.v | string }}}}"),
+            "levels of nesting",
+        );
+        // Nested namespaces and dicts.
+        let t = "{% set ns = namespace(v=none) %}{% for i in range(100000) %}{% set ns.v = namespace(v=ns.v) %}{% endfor %}{{ ns.v }}";
+        limit_hit(t, "levels of nesting");
+        let t = "{% set ns = namespace(v={}) %}{% for i in range(100000) %}{% set ns.v = {'k': ns.v} %}{% endfor %}{{ ns.v == {'k': ns.v} }}";
+        assert_eq!(render_chat(t, &[], false, "", ""), Ok("False".to_string()));
+    }
+
+    #[test]
+    fn deepest_fuel_allows_is_compared_and_dropped() {
+        // 40 levels a statement (the parser limits nesting) build the deepest value the fuel
+        // allows; two of them are compared, then dropped, on the render thread's stack.
+        let mut wrap = String::from("ns.a");
+        let mut wrap_b = String::from("ns.b");
+        for _ in 0..40 {
+            wrap = format!("[{wrap}]");
+            wrap_b = format!("[{wrap_b}]");
+        }
+        let iters = FUEL / 100;
+        let t = format!(
+            "{{% set ns = namespace(a=[], b=[]) %}}{{% for i in range({}) %}}{{% for j in range(100) %}}{{% set ns.a = {wrap} %}}{{% set ns.b = {wrap_b} %}}{{% endfor %}}{{% endfor %}}{{{{ ns.a == ns.b }}}}{{{{ ns.a < ns.b }}}}",
+            iters / 100
+        );
+        let r = render_chat(&t, &[], false, "", "");
+        assert!(matches!(r, Ok(_) | Err(ChatError::Limit { .. })), "{r:?}");
+        eprintln!("{:?}", r.map(|s| s.len()));
+        // And one that runs out of fuel while nesting.
+        let t = format!(
+            "{{% set ns = namespace(a=[], b=[]) %}}{{% for i in range(100000) %}}{{% for j in range(100) %}}{{% set ns.a = {wrap} %}}{{% endfor %}}{{% endfor %}}"
+        );
+        limit_hit(&t, "work limit");
+    }
+
+    #[test]
+    fn doubling_hits_a_limit() {
+        let lp = "{% for i in range(100) %}";
+        for t in [
+            format!("{NS}{lp}{{% set ns.s = ns.s ~ ns.s %}}{{% endfor %}}{{{{ ns.s }}}}"),
+            format!("{NS}{lp}{{% set ns.s = ns.s + ns.s %}}{{% endfor %}}{{{{ ns.s }}}}"),
+            format!("{NS}{lp}{{% set ns.s = ns.s * 2 %}}{{% endfor %}}{{{{ ns.s }}}}"),
+            format!("{NS}{lp}{{% set ns.s = 2 * ns.s %}}{{% endfor %}}"),
+            format!("{NS}{lp}{{% set ns.v = ns.v + ns.v + [1] %}}{{% endfor %}}{{{{ ns.v | list | length }}}}"),
+            format!("{NS}{{{{ ([1] * 1000000000000) | list | length }}}}"),
+            format!("{NS}{{{{ 'ab' * 1000000000000 }}}}"),
+            format!("{{% set s = 'ab' %}}{}{{{{ s }}}}", "{% set s = s ~ s %}".repeat(40)),
+            format!("{{% set s = 'ab' %}}{}{{{{ s }}}}", "{% set s = s + s %}".repeat(40)),
+        ] {
+            let err = limit_hit(&t, "limit");
+            assert!(err.contains("memory limit") || err.contains("output limit"), "{t}: {err}");
+        }
+    }
+
+    #[test]
+    fn captures_hit_the_output_limit() {
+        let mac = "{% macro d(s) %}{{ s }}{{ s }}{% endmacro %}";
+        limit_hit(
+            &format!(
+                "{mac}{NS}{{% for i in range(100) %}}{{% set ns.s = d(ns.s) %}}{{% endfor %}}"
+            ),
+            "output limit (4 MiB)",
+        );
+        limit_hit(
+            &format!("{NS}{{% for i in range(100) %}}{{% set c %}}{{{{ ns.s }}}}{{{{ ns.s }}}}{{% endset %}}{{% set ns.s = c %}}{{% endfor %}}"),
+            "output limit (4 MiB)",
+        );
+        limit_hit(
+            &format!("{NS}{{% for i in range(100) %}}{{% filter upper %}}{{{{ ns.s }}}}{{{{ ns.s }}}}{{% endfilter %}}{{% set ns.s = ns.s ~ ns.s %}}{{% endfor %}}"),
+            "limit",
+        );
+        // Plain output: a long loop of text.
+        limit_hit(
+            &format!(
+                "{{% for i in range(100000) %}}{}{{% endfor %}}",
+                "0123456789".repeat(100)
+            ),
+            "output limit (4 MiB)",
+        );
+    }
+
+    #[test]
+    fn one_call_bombs_hit_a_limit() {
+        let big = "{% set ns = namespace(s='a' * 1000000) %}";
+        for t in [
+            format!("{big}{{{{ ns.s | replace('a', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa') | length }}}}"),
+            format!("{big}{{{{ ns.s.replace('a', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa') | length }}}}"),
+            format!("{NS}{{% for i in range(40) %}}{{% set ns.s = ns.s.replace('a', 'aaaa') %}}{{% endfor %}}"),
+            format!("{NS}{{% for i in range(40) %}}{{% set ns.s = ns.s | replace('a', 'aaaa') %}}{{% endfor %}}"),
+            format!("{big}{{{{ range(100000) | join(ns.s) | length }}}}"),
+            format!("{big}{{{{ ns.s.join(range(100000)) | length }}}}"),
+            "{% set ns = namespace(s='a\\n' * 1000000) %}{{ ns.s | indent(100) | length }}".to_string(),
+            "{{ 'a\n' * 100000 | indent(width=1000000000000) | length }}".to_string(),
+            "{{ '%1000000000000s' | format('x') | length }}".to_string(),
+            "{{ [1] | batch(1000000000000, 0) | list | length }}".to_string(),
+            "{{ [1] | slice(1000000000000, 0) | list | length }}".to_string(),
+            format!("{NS}{{% for i in range(30) %}}{{% set ns.v = [ns.v, ns.v] %}}{{% endfor %}}{{{{ ns.v | tojson | length }}}}"),
+            format!("{NS}{{% for i in range(30) %}}{{% set ns.v = [ns.v, ns.v] %}}{{% endfor %}}{{{{ ns.v | join(',') | length }}}}"),
+            format!("{NS}{{% for i in range(30) %}}{{% set ns.v = [ns.v, ns.v] %}}{{% endfor %}}{{{{ ns.v }}}}"),
+        ] {
+            let err = limit_hit(&t, "limit");
+            assert!(!err.contains("work limit"), "{t}: {err}");
+        }
+        // `center` is not a builtin here (minijinja-contrib has it): a clear error, no work.
+        let err = render_chat("{{ 'a' | center(1000000000000) }}", &[], false, "", "").unwrap_err();
+        assert!(err.to_string().contains("center"), "{err}");
+    }
+
+    #[test]
+    fn nested_loops_run_out_of_fuel() {
+        limit_hit(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% for k in range(100000) %}{% endfor %}{% endfor %}{% endfor %}",
+            "work limit (fuel 2000000 instructions)",
+        );
+    }
+
+    #[test]
+    fn reserved_names_are_refused() {
+        let err = render_chat(
+            "{{ 1 }}\n{% macro __ember_emit(x) %}{% endmacro %}",
+            &[],
+            false,
+            "",
+            "",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ChatError::Syntax { line: Some(2), .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("__ember_"), "{err}");
+    }
+
+    #[test]
+    fn control_flow_survives_the_rewrite() {
+        let t = "{% macro m(x, y=2) %}<{{ x ~ y }}>{% endmacro %}{% for i in range(4) if i != 1 %}{{ loop.index }}{{ m(i) }}{% if i > 2 and not false or none %}!{% else %}?{% endif %}{% endfor %}{% set c %}{{ 'x' * 3 }}{% endset %}{{ c | upper }}{{ [1, 2] + [3] }}{{ 1 + 2 * 3 }}{{ 'a' + 'b' }}{{ m('q') if true else 'no' }}{% filter lower %}AB{% endfilter %}{{ ('%s-%d' | format('a', 3)) }}{{ ['a', 'b'] | join('/') }}{{ 'a\nb' | indent(2, true) }}{{ 'abca' | replace('a', 'x') }}";
+        let out = render_chat(t, &[], false, "", "").unwrap();
+        assert_eq!(
+            out,
+            "1<02>?2<22>?3<32>!XXX[1, 2, 3]7ab<q2>aba-3a/b  a\n  bxbcx"
+        );
+    }
+
+    /// Fuel the real templates use, printed for the record (`-- --nocapture`).
+    #[test]
+    fn fuel_of_real_templates() {
+        let gemma = include_str!("../../tests/golden/gemma3/chat_template.jinja");
+        for (name, t) in [("SmolLM2", SMOLLM2), ("Gemma 3", gemma)] {
+            for n in [2usize, 100, 1000] {
+                let msgs: Vec<ChatMessage> = (0..n)
+                    .map(|i| {
+                        let role = if i % 2 == 0 { "user" } else { "assistant" };
+                        ChatMessage::new(role, format!("message number {i}"))
+                    })
+                    .collect();
+                let (_, fuel) = render_here(t, &msgs, true, "<bos>", "<eos>").unwrap();
+                eprintln!("{name}: {n} messages use {fuel} fuel");
+                assert!(fuel * 20 <= FUEL, "{name} {n}: {fuel}");
+            }
+        }
     }
 
     #[test]

@@ -199,6 +199,14 @@ pub(super) fn rewrite<'s>(old: &Instructions<'s>) -> Result<Instructions<'s>, Er
                 push(call);
                 push(Instruction::CallFunction(MADE, Some(1)));
             }
+            Instruction::LoadConst(v) if held_bytes(&v) > MAX_CREATED_BYTES => {
+                // Constant folding (`[1] * 10**12`) builds lazy sequences at compile time.
+                return Err(limit_error(format!(
+                    "memory limit ({} MiB) with a constant at line {}",
+                    mib(MAX_CREATED_BYTES),
+                    line.unwrap_or(0)
+                )));
+            }
             Instruction::Jump(t) => _ = push(Instruction::Jump(map(&t))),
             Instruction::JumpIfFalse(t) => _ = push(Instruction::JumpIfFalse(map(&t))),
             Instruction::JumpIfFalseOrPop(t) => _ = push(Instruction::JumpIfFalseOrPop(map(&t))),
@@ -460,6 +468,19 @@ fn install_filters(env: &mut Environment<'_>, budget: &Arc<Budget>) {
             indent.call(state, &call)
         },
     );
+    let b = budget.clone();
+    env.add_filter("list", move |state: &State, v: &Value| {
+        if let Some(n) = v.len() {
+            b.add_created(n as u64 * SLOT_BYTES)?;
+            return minijinja::filters::list(state, v.clone());
+        }
+        let mut items = Vec::new();
+        for item in v.try_iter()? {
+            b.add_created(SLOT_BYTES)?;
+            items.push(item);
+        }
+        Ok(Value::from(items))
+    });
     let b = budget.clone();
     env.add_filter("string", move |state: &State, v: &Value| {
         if !matches!(v.kind(), ValueKind::String) {

@@ -7,7 +7,36 @@
 //! common Python `str`/`dict` methods (`strip`, `startswith`, `split`, `items`, `get`, ...) that
 //! templates call, implemented here instead of pulling in `minijinja-contrib`.
 //!
-//! Limits: `{% break %}`/`{% continue %}` need minijinja's `loop_controls` feature, which the
+//! # Limits (a template is hostile input)
+//!
+//! A template from a GGUF or `--chat-template` may try to exhaust the process. Every render is
+//! bounded; at a bound it stops with [`ChatError::Limit`], whose message names the limit:
+//!
+//! | limit | value | what hits it |
+//! |---|---|---|
+//! | work ([`FUEL`]) | 2 000 000 instructions | nested `range(100000)` loops; any long loop |
+//! | output ([`MAX_OUTPUT_BYTES`]) | 4 MiB written, captures included | macro or `{% set %}`/`{% filter %}` block doubling; long text loops |
+//! | memory ([`MAX_CREATED_BYTES`]) | 64 MiB of strings and list slots created | `s ~ s`, `s + s`, `s * n`, `[x] * n`, `replace`/`join`/`indent`/`format`/`batch`/`slice`/`list` bombs |
+//! | print depth ([`MAX_PRINT_DEPTH`]) | 1000 levels | printing, `~`, `join`, `string` of deeply nested values |
+//! | recursion ([`RECURSION_LIMIT`]) | 200 (a macro call costs 4) | recursive macros |
+//!
+//! Real templates are far below them: SmolLM2's template runs 34 017 instructions for a
+//! 1000-message chat and Gemma 3's 43 011. Nesting deeper than the print depth can still be
+//! built (each level costs an instruction) and is compared and dropped on the render thread,
+//! whose stack ([`RENDER_STACK_BYTES`], 1 GiB reserved, touched only as deep as used) holds the
+//! deepest value the fuel allows. A limit-hitting render returns in well under a second (36 ms
+//! for the nested loops, 2-90 ms for the size limits). How the limits are enforced: `guard.rs`.
+//! Names starting with `__ember_` are reserved (a syntax error).
+//!
+//! Not bounded: minijinja folds constant expressions while compiling, before any hook runs, so
+//! `'a' * 99999999` (minijinja's own cap is 100 MB a string) builds its string at compile time;
+//! chains of such constants joined with `~` can reach several hundred MB. And builtin
+//! filters that convert a list or map argument with Rust's `to_string` (`upper`, `trim`, ...)
+//! print it unchecked: a list that shares itself (`[v, v]` doubled 30 times, cheap to build)
+//! passed straight to one of them still allocates its full printed form. Output, `~`, `join`,
+//! `string`, `format`, `replace`, `indent`, `tojson` and the Python methods check first.
+//!
+//! Other limits: `{% break %}`/`{% continue %}` need minijinja's `loop_controls` feature, which the
 //! workspace does not enable; a template using them fails with a syntax error naming the line.
 //! Map keys iterate in sorted order (minijinja without `preserve_order`), so `tojson` of a map
 //! may order keys differently from Python.
@@ -355,7 +384,7 @@ fn write_json(
     depth: usize,
     out: &mut String,
 ) -> Result<(), Error> {
-    guard::check_len(out.len())?;
+    guard::check_json_len(out.len())?;
     if depth > 100 {
         return Err(Error::new(
             ErrorKind::InvalidOperation,

@@ -423,7 +423,8 @@ fn install_filters(env: &mut Environment<'_>, budget: &Arc<Budget>) {
                 None => None,
             };
             let sep_len = sep.as_ref().map_or(0, |s| s.as_str().len()) as u64;
-            let left = b.created_left();
+            // A joined string longer than the output limit could never be written.
+            let left = b.created_left().min(MAX_OUTPUT_BYTES);
             let size = match v.kind() {
                 ValueKind::String => held_bytes(v) * (sep_len + 1),
                 _ => {
@@ -567,6 +568,17 @@ pub(super) fn check_len(n: usize) -> Result<(), Error> {
         return Err(limit_error(format!(
             "memory limit ({} MiB of strings and lists created)",
             mib(MAX_CREATED_BYTES)
+        )));
+    }
+    Ok(())
+}
+
+/// Fails if `tojson`'s text has grown past [`MAX_OUTPUT_BYTES`] (it could never be written).
+pub(super) fn check_json_len(n: usize) -> Result<(), Error> {
+    if n as u64 > MAX_OUTPUT_BYTES {
+        return Err(limit_error(format!(
+            "output limit ({} MiB) in `tojson`",
+            mib(MAX_OUTPUT_BYTES)
         )));
     }
     Ok(())

@@ -4,10 +4,15 @@
 //! Llama 3 style one and one that leans on the Python-compatibility helpers (`tojson`,
 //! `strip`, `split`, `raise_exception`, ...). Messages, roles, BOS/EOS texts are arbitrary.
 //!
-//! Properties: `render_chat` returns `Ok` or a `ChatError` with a message (never a panic or a
-//! hang); the output is bounded, linear in the input (each message and special text is
-//! written a bounded number of times, `tojson` escaping at most six bytes per byte); every
-//! message's content appears in the output of the SmolLM2 template verbatim.
+//! The template varies too: arbitrary text, or one assembled from fragments (loops, `set`,
+//! `~`/`+`/`*` doubling, macros, captures, filters, deep nesting) that aim at the render
+//! limits.
+//!
+//! Properties: `render_chat` returns `Ok` or a `ChatError` with a message (never a panic, an
+//! abort or a hang); for the fixed templates the output is bounded, linear in the input (each
+//! message and special text is written a bounded number of times, `tojson` escaping at most
+//! six bytes per byte) and every message's content appears in the output of the SmolLM2
+//! template verbatim; for any template the output is at most `MAX_OUTPUT_BYTES`.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -25,9 +30,56 @@ const TEMPLATES: [&str; 4] = [
     HELPERS,
 ];
 
+/// Pieces of hostile templates; `{}` in a fragment is replaced by the next fragment.
+const FRAGMENTS: [&str; 16] = [
+    "{% for i in range(100000) %}{}{% endfor %}",
+    "{% set ns.s = ns.s ~ ns.s %}",
+    "{% set ns.s = ns.s + ns.s %}",
+    "{% set ns.s = ns.s * 3 %}",
+    "{% set ns.v = [ns.v, ns.v] %}",
+    "{% set ns.v = [[ns.v]] %}",
+    "{{ ns.s }}",
+    "{{ ns.v }}",
+    "{% set ns.s = d(ns.s) %}",
+    "{% set c %}{{ ns.s }}{{ ns.s }}{% endset %}{% set ns.s = c %}",
+    "{% filter upper %}{}{% endfilter %}",
+    "{% set ns.s = ns.s | replace('a', 'aaaa') %}",
+    "{% set ns.s = ns.s.replace('a', 'aaaa') %}",
+    "{{ ns.v | tojson | length }}{{ ns.v == ns.v }}",
+    "{{ ns.v | join(ns.s) | length }}",
+    "{% if ns.s | length > 10 %}{}{% else %}{}{% endif %}",
+];
+
+const PRELUDE: &str =
+    "{% macro d(s) %}{{ s }}{{ s }}{% endmacro %}{% set ns = namespace(s='ab', v=[]) %}";
+
+/// A template from `PRELUDE` and fragments chosen by `picks` (at most 32).
+fn assemble(picks: &[u8]) -> String {
+    let mut out = String::from(PRELUDE);
+    let mut holes = 0usize;
+    for &p in picks.iter().take(32) {
+        let frag = FRAGMENTS[p as usize % FRAGMENTS.len()];
+        if holes > 0 && out.contains("{}") {
+            out = out.replacen("{}", frag, 1);
+            holes -= 1;
+        } else {
+            out.push_str(frag);
+        }
+        holes += frag.matches("{}").count();
+    }
+    out.replace("{}", "")
+}
+
+#[derive(Arbitrary, Debug)]
+enum TemplateChoice {
+    Fixed(u8),
+    Text(String),
+    Fragments(Vec<u8>),
+}
+
 #[derive(Arbitrary, Debug)]
 struct Input {
-    template: u8,
+    template: TemplateChoice,
     messages: Vec<(String, String)>,
     add_generation_prompt: bool,
     bos: String,
@@ -35,7 +87,11 @@ struct Input {
 }
 
 fuzz_target!(|inp: Input| {
-    let template = TEMPLATES[inp.template as usize % TEMPLATES.len()];
+    let template = match &inp.template {
+        TemplateChoice::Fixed(i) => TEMPLATES[*i as usize % TEMPLATES.len()],
+        TemplateChoice::Text(t) => return any_template(t, &inp),
+        TemplateChoice::Fragments(p) => return any_template(&assemble(p), &inp),
+    };
     let msgs: Vec<ChatMessage> = inp
         .messages
         .iter()
@@ -63,3 +119,23 @@ fuzz_target!(|inp: Input| {
         Err(e) => assert!(!e.to_string().is_empty()),
     }
 });
+
+/// Any template: `Ok` within the output limit or an error with a message.
+fn any_template(template: &str, inp: &Input) {
+    let msgs: Vec<ChatMessage> = inp
+        .messages
+        .iter()
+        .take(8)
+        .map(|(r, c)| ChatMessage::new(r.as_str(), c.as_str()))
+        .collect();
+    match render_chat(
+        template,
+        &msgs,
+        inp.add_generation_prompt,
+        &inp.bos,
+        &inp.eos,
+    ) {
+        Ok(out) => assert!(out.len() as u64 <= ember::chat::MAX_OUTPUT_BYTES),
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}

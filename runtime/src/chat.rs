@@ -7,15 +7,56 @@
 //! common Python `str`/`dict` methods (`strip`, `startswith`, `split`, `items`, `get`, ...) that
 //! templates call, implemented here instead of pulling in `minijinja-contrib`.
 //!
-//! Limits: `{% break %}`/`{% continue %}` need minijinja's `loop_controls` feature, which the
+//! # Limits (a template is hostile input)
+//!
+//! A template from a GGUF or `--chat-template` may try to exhaust the process. Every render is
+//! bounded; at a bound it stops with [`ChatError::Limit`], whose message names the limit:
+//!
+//! | limit | value | what hits it |
+//! |---|---|---|
+//! | work ([`FUEL`]) | 2 000 000 instructions | nested `range(100000)` loops; any long loop |
+//! | output ([`MAX_OUTPUT_BYTES`]) | 4 MiB written, captures included | macro or `{% set %}`/`{% filter %}` block doubling; long text loops |
+//! | memory ([`MAX_CREATED_BYTES`]) | 64 MiB of strings and list slots created | `s ~ s`, `s + s`, `s * n`, `[x] * n`, `replace`/`join`/`indent`/`format`/`batch`/`slice`/`list` bombs |
+//! | print depth ([`MAX_PRINT_DEPTH`]) | 1000 levels | printing, `~`, `join`, `string` of deeply nested values |
+//! | recursion ([`RECURSION_LIMIT`]) | 200 (a macro call costs 4) | recursive macros |
+//!
+//! Real templates are far below them: SmolLM2's template runs 34 017 instructions for a
+//! 1000-message chat and Gemma 3's 43 011. Nesting deeper than the print depth can still be
+//! built (each level costs an instruction) and is compared and dropped on the render thread,
+//! whose stack ([`RENDER_STACK_BYTES`], 1 GiB reserved, touched only as deep as used) holds the
+//! deepest value the fuel allows. A limit-hitting render returns in well under a second (36 ms
+//! for the nested loops, 2-90 ms for the size limits). How the limits are enforced: `guard.rs`.
+//! Names starting with `__ember_` are reserved (a syntax error).
+//!
+//! Not bounded: minijinja folds constant expressions while compiling, before any hook runs, so
+//! `'a' * 99999999` (minijinja's own cap is 100 MB a string) builds its string at compile time;
+//! chains of such constants joined with `~` can reach several hundred MB. And builtin
+//! filters that convert a list or map argument with Rust's `to_string` (`upper`, `trim`, ...)
+//! print it unchecked: a list that shares itself (`[v, v]` doubled 30 times, cheap to build)
+//! passed straight to one of them still allocates its full printed form. Output, `~`, `join`,
+//! `string`, `format`, `replace`, `indent`, `tojson` and the Python methods check first.
+//!
+//! Other limits: `{% break %}`/`{% continue %}` need minijinja's `loop_controls` feature, which the
 //! workspace does not enable; a template using them fails with a syntax error naming the line.
 //! Map keys iterate in sorted order (minijinja without `preserve_order`), so `tojson` of a map
 //! may order keys differently from Python.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
+use minijinja::machinery::{
+    make_string_output, CompiledTemplate, TemplateConfig, Vm, WhitespaceConfig,
+};
 use minijinja::value::{Value, ValueKind};
-use minijinja::{Environment, Error, ErrorKind, State};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, State};
+
+mod guard;
+
+pub use guard::{
+    FUEL, MAX_CREATED_BYTES, MAX_OUTPUT_BYTES, MAX_PRINT_DEPTH, RECURSION_LIMIT,
+    RENDER_STACK_BYTES, RESERVED_PREFIX,
+};
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +95,13 @@ pub enum ChatError {
         /// What went wrong.
         what: String,
     },
+    /// The template exceeded one of the render limits (see the module docs); `what` names it.
+    Limit {
+        /// Line in the template (1-based), if known.
+        line: Option<usize>,
+        /// Which limit, with its value.
+        what: String,
+    },
 }
 
 impl fmt::Display for ChatError {
@@ -61,6 +109,7 @@ impl fmt::Display for ChatError {
         let (kind, line, what) = match self {
             ChatError::Syntax { line, what } => ("has a syntax error", line, what),
             ChatError::Render { line, what } => ("failed to render", line, what),
+            ChatError::Limit { line, what } => ("hit a limit", line, what),
         };
         write!(f, "chat template {kind}")?;
         if let Some(l) = line {
@@ -84,6 +133,15 @@ fn to_chat_error(e: &Error, syntax: bool) -> ChatError {
         // raise_exception: the template's own message is the useful part.
         what = e.detail().unwrap_or("raise_exception").to_string();
     }
+    if e.kind() == ErrorKind::OutOfFuel {
+        what = guard::fuel_message();
+    }
+    if what.starts_with(guard::LIMIT_MSG) {
+        return ChatError::Limit {
+            line: e.line(),
+            what: what.trim_start_matches("chat template ").to_string(),
+        };
+    }
     if syntax {
         ChatError::Syntax {
             line: e.line(),
@@ -99,8 +157,10 @@ fn to_chat_error(e: &Error, syntax: bool) -> ChatError {
 
 /// Renders `template` with the Hugging Face chat-template context.
 ///
-/// Errors: the template does not parse ([`ChatError::Syntax`]) or fails while rendering, for
-/// example through `raise_exception` ([`ChatError::Render`]). Never panics.
+/// The render runs on a thread of its own (stack [`RENDER_STACK_BYTES`]) under the limits in
+/// the module docs. Errors: the template does not parse ([`ChatError::Syntax`]), fails while
+/// rendering, for example through `raise_exception` ([`ChatError::Render`]), or exceeds a
+/// limit ([`ChatError::Limit`]). Never panics.
 pub fn render_chat(
     template: &str,
     messages: &[ChatMessage],
@@ -108,17 +168,74 @@ pub fn render_chat(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String, ChatError> {
+    if let Some(at) = template.find(RESERVED_PREFIX) {
+        return Err(ChatError::Syntax {
+            line: Some(template[..at].matches('\n').count() + 1),
+            what: format!("names starting with `{RESERVED_PREFIX}` are reserved for Ember"),
+        });
+    }
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("ember-chat-template".into())
+            .stack_size(RENDER_STACK_BYTES)
+            .spawn_scoped(scope, || {
+                render_here(
+                    template,
+                    messages,
+                    add_generation_prompt,
+                    bos_token,
+                    eos_token,
+                )
+                .map(|(text, _fuel)| text)
+            })
+            .map_err(|e| ChatError::Render {
+                line: None,
+                what: format!("cannot start the template thread: {e}"),
+            })?;
+        worker.join().unwrap_or_else(|_| {
+            Err(ChatError::Render {
+                line: None,
+                what: "the template renderer panicked".into(),
+            })
+        })
+    })
+}
+
+/// [`render_chat`] on the current thread, also returning the fuel used: every value the
+/// template builds is created and dropped here.
+fn render_here(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<(String, u64), ChatError> {
     let mut env = Environment::new();
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
-    env.set_recursion_limit(200);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     env.add_filter("tojson", tojson);
     env.set_unknown_method_callback(py_method);
-    let tmpl = env
-        .template_from_str(template)
+    guard::install(&mut env);
+    let config = TemplateConfig {
+        syntax_config: Default::default(),
+        ws_config: WhitespaceConfig {
+            keep_trailing_newline: false,
+            lstrip_blocks: true,
+            trim_blocks: true,
+        },
+        default_auto_escape: Arc::new(|_: &str| AutoEscape::None),
+    };
+    let compiled = CompiledTemplate::new("chat_template", template, &config)
         .map_err(|e| to_chat_error(&e, true))?;
+    let instructions =
+        guard::rewrite(&compiled.instructions).map_err(|e| to_chat_error(&e, true))?;
+    let mut blocks = BTreeMap::new();
+    for (name, block) in &compiled.blocks {
+        blocks.insert(
+            *name,
+            guard::rewrite(block).map_err(|e| to_chat_error(&e, true))?,
+        );
+    }
     let msgs: Vec<Value> = messages
         .iter()
         .map(|m| {
@@ -134,7 +251,15 @@ pub fn render_chat(
         ("bos_token", Value::from(bos_token)),
         ("eos_token", Value::from(eos_token)),
     ]);
-    tmpl.render(ctx).map_err(|e| to_chat_error(&e, false))
+    let mut text = String::new();
+    let mut out = make_string_output(&mut text);
+    let vm = Vm::new(&env);
+    let (_, state) = vm
+        .eval(&instructions, ctx, &blocks, &mut out, AutoEscape::None)
+        .map_err(|e| to_chat_error(&e, false))?;
+    let fuel_used = state.fuel_levels().map_or(0, |(used, _)| used);
+    drop(state);
+    Ok((text, fuel_used))
 }
 
 fn raise_exception(msg: String) -> Result<Value, Error> {
@@ -259,6 +384,7 @@ fn write_json(
     depth: usize,
     out: &mut String,
 ) -> Result<(), Error> {
+    guard::check_json_len(out.len())?;
     if depth > 100 {
         return Err(Error::new(
             ErrorKind::InvalidOperation,
@@ -318,10 +444,21 @@ fn write_json(
     Ok(())
 }
 
-fn arg_str(args: &[Value], i: usize) -> Option<String> {
-    args.get(i)
-        .filter(|v| !v.is_none() && !v.is_undefined())
-        .map(|v| v.to_string())
+/// Argument `i` as a string; `None` if absent, none or undefined. A list or map argument is
+/// printed only if its printed size is within the limits.
+fn arg_str(args: &[Value], i: usize) -> Result<Option<String>, Error> {
+    match args.get(i).filter(|v| !v.is_none() && !v.is_undefined()) {
+        Some(v) => {
+            if !matches!(
+                v.kind(),
+                ValueKind::String | ValueKind::Number | ValueKind::Bool
+            ) {
+                guard::checked_display_size(v, "a method argument")?;
+            }
+            Ok(Some(v.to_string()))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Python `str` and `dict` methods that chat templates call.
@@ -366,7 +503,7 @@ fn v_iter(value: &Value) -> Result<impl Iterator<Item = Value>, Error> {
 }
 
 fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
-    let chars_arg = arg_str(args, 0);
+    let chars_arg = arg_str(args, 0)?;
     let trim_set = |c: char| match &chars_arg {
         Some(set) => set.contains(c),
         None => c.is_whitespace(),
@@ -417,7 +554,7 @@ fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
             Value::from(hit)
         }
         "split" | "rsplit" => {
-            let sep = arg_str(args, 0);
+            let sep = arg_str(args, 0)?;
             let max = args
                 .get(1)
                 .and_then(|v| i64::try_from(v.clone()).ok())
@@ -448,13 +585,14 @@ fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
         }
         "replace" => {
             let (from, to) = (
-                arg_str(args, 0).unwrap_or_default(),
-                arg_str(args, 1).unwrap_or_default(),
+                arg_str(args, 0)?.unwrap_or_default(),
+                arg_str(args, 1)?.unwrap_or_default(),
             );
+            guard::check_replace(s, &from, &to, None)?;
             Value::from(s.replace(from.as_str(), &to))
         }
         "find" => {
-            let p = arg_str(args, 0).unwrap_or_default();
+            let p = arg_str(args, 0)?.unwrap_or_default();
             Value::from(
                 s.find(p.as_str())
                     .map(|b| s[..b].chars().count() as i64)
@@ -462,7 +600,7 @@ fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
             )
         }
         "count" => {
-            let p = arg_str(args, 0).unwrap_or_default();
+            let p = arg_str(args, 0)?.unwrap_or_default();
             Value::from(if p.is_empty() {
                 s.chars().count() + 1
             } else {
@@ -471,8 +609,21 @@ fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
         }
         "join" => {
             let items = args.first().cloned().unwrap_or_default();
-            let parts: Vec<String> = items.try_iter()?.map(|v| v.to_string()).collect();
-            Value::from(parts.join(s))
+            let mut out = String::new();
+            for (i, v) in items.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(s);
+                }
+                if !matches!(
+                    v.kind(),
+                    ValueKind::String | ValueKind::Number | ValueKind::Bool
+                ) {
+                    guard::checked_display_size(&v, "`join` items")?;
+                }
+                out.push_str(&v.to_string());
+                guard::check_len(out.len())?;
+            }
+            Value::from(out)
         }
         "isdigit" => Value::from(!s.is_empty() && s.chars().all(|c| c.is_ascii_digit())),
         "isalpha" => Value::from(!s.is_empty() && s.chars().all(char::is_alphabetic)),
@@ -555,6 +706,209 @@ mod tests {
         );
         let date = render_chat("{{ strftime_now('%Y-%m-%d') }}", &[], false, "", "").unwrap();
         assert_eq!(date.len(), 10);
+    }
+
+    /// Renders `t` with no messages and returns the limit error (the test fails on anything
+    /// else), checking that it names `limit` and came back within two seconds.
+    fn limit_hit(t: &str, limit: &str) -> String {
+        let t0 = std::time::Instant::now();
+        let r = render_chat(t, &[ChatMessage::new("user", "hi")], true, "", "");
+        let dt = t0.elapsed();
+        let err = match r {
+            Err(e @ ChatError::Limit { .. }) => e.to_string(),
+            other => panic!(
+                "{t}: expected a limit error, got {:?}",
+                other.map(|s| s.len())
+            ),
+        };
+        assert!(err.contains(limit), "{t}: {err}");
+        assert!(dt.as_secs_f64() < 2.0, "{t}: took {dt:?}");
+        eprintln!("{:>8.1} ms  {err}", dt.as_secs_f64() * 1e3);
+        err
+    }
+
+    const NS: &str = "{% set ns = namespace(v=[], s='ab') %}";
+
+    #[test]
+    fn deep_nesting_printed_compared_dropped() {
+        // Printing refuses values nested past MAX_PRINT_DEPTH; the loop runs out of fuel
+        // first for the larger counts, and the deep value is then dropped on the render thread.
+        let deep =
+            format!("{NS}{{% for i in range(100000) %}}{{% set ns.v = [ns.v] %}}{{% endfor %}}");
+        limit_hit(&format!("{deep}{{{{ ns.v }}}}"), "levels of nesting");
+        let cmp = render_chat(
+            &format!("{deep}{{{{ ns.v == [ns.v] }}}}"),
+            &[],
+            false,
+            "",
+            "",
+        );
+        assert_eq!(cmp, Ok("False".to_string()));
+        let d2000 =
+            format!("{NS}{{% for i in range(2000) %}}{{% set ns.v = [ns.v] %}}{{% endfor %}}");
+        limit_hit(&format!("{d2000}{{{{ ns.v }}}}"), "levels of nesting");
+        limit_hit(&format!("{d2000}{{{{ ns.v ~ 'x' }}}}"), "levels of nesting");
+        limit_hit(
+            &format!("{d2000}{{{{ ns.v | string }}}}"),
+            "levels of nesting",
+        );
+        // Nested namespaces and dicts.
+        let t = "{% set ns = namespace(v=none) %}{% for i in range(100000) %}{% set ns.v = namespace(v=ns.v) %}{% endfor %}{{ ns.v }}";
+        limit_hit(t, "levels of nesting");
+        let t = "{% set ns = namespace(v={}) %}{% for i in range(100000) %}{% set ns.v = {'k': ns.v} %}{% endfor %}{{ ns.v == {'k': ns.v} }}";
+        assert_eq!(render_chat(t, &[], false, "", ""), Ok("False".to_string()));
+    }
+
+    #[test]
+    fn deepest_fuel_allows_is_compared_and_dropped() {
+        // 40 levels a statement (the parser limits nesting) build the deepest value the fuel
+        // allows; two of them are compared, then dropped, on the render thread's stack.
+        let mut wrap = String::from("ns.a");
+        let mut wrap_b = String::from("ns.b");
+        for _ in 0..40 {
+            wrap = format!("[{wrap}]");
+            wrap_b = format!("[{wrap_b}]");
+        }
+        let iters = FUEL / 100;
+        let t = format!(
+            "{{% set ns = namespace(a=[], b=[]) %}}{{% for i in range({}) %}}{{% for j in range(100) %}}{{% set ns.a = {wrap} %}}{{% set ns.b = {wrap_b} %}}{{% endfor %}}{{% endfor %}}{{{{ ns.a == ns.b }}}}{{{{ ns.a < ns.b }}}}",
+            iters / 100
+        );
+        let r = render_chat(&t, &[], false, "", "");
+        assert!(matches!(r, Ok(_) | Err(ChatError::Limit { .. })), "{r:?}");
+        eprintln!("{:?}", r.map(|s| s.len()));
+        // And one that runs out of fuel while nesting.
+        let t = format!(
+            "{{% set ns = namespace(a=[], b=[]) %}}{{% for i in range(100000) %}}{{% for j in range(100) %}}{{% set ns.a = {wrap} %}}{{% endfor %}}{{% endfor %}}"
+        );
+        limit_hit(&t, "work limit");
+    }
+
+    #[test]
+    fn doubling_hits_a_limit() {
+        let lp = "{% for i in range(100) %}";
+        for t in [
+            format!("{NS}{lp}{{% set ns.s = ns.s ~ ns.s %}}{{% endfor %}}{{{{ ns.s }}}}"),
+            format!("{NS}{lp}{{% set ns.s = ns.s + ns.s %}}{{% endfor %}}{{{{ ns.s }}}}"),
+            format!("{NS}{lp}{{% set ns.s = ns.s * 2 %}}{{% endfor %}}{{{{ ns.s }}}}"),
+            format!("{NS}{lp}{{% set ns.s = 2 * ns.s %}}{{% endfor %}}"),
+            format!("{NS}{lp}{{% set ns.v = ns.v + ns.v + [1] %}}{{% endfor %}}{{{{ ns.v | list | length }}}}"),
+            format!("{NS}{{{{ ([1] * 1000000000000) | list | length }}}}"),
+            format!("{NS}{{{{ 'ab' * 1000000000000 }}}}"),
+            format!("{{% set s = 'ab' %}}{}{{{{ s }}}}", "{% set s = s ~ s %}".repeat(40)),
+            format!("{{% set s = 'ab' %}}{}{{{{ s }}}}", "{% set s = s + s %}".repeat(40)),
+        ] {
+            let err = limit_hit(&t, "limit");
+            assert!(err.contains("memory limit") || err.contains("output limit"), "{t}: {err}");
+        }
+    }
+
+    #[test]
+    fn captures_hit_the_output_limit() {
+        let mac = "{% macro d(s) %}{{ s }}{{ s }}{% endmacro %}";
+        limit_hit(
+            &format!(
+                "{mac}{NS}{{% for i in range(100) %}}{{% set ns.s = d(ns.s) %}}{{% endfor %}}"
+            ),
+            "output limit (4 MiB)",
+        );
+        limit_hit(
+            &format!("{NS}{{% for i in range(100) %}}{{% set c %}}{{{{ ns.s }}}}{{{{ ns.s }}}}{{% endset %}}{{% set ns.s = c %}}{{% endfor %}}"),
+            "output limit (4 MiB)",
+        );
+        limit_hit(
+            &format!("{NS}{{% for i in range(100) %}}{{% filter upper %}}{{{{ ns.s }}}}{{{{ ns.s }}}}{{% endfilter %}}{{% set ns.s = ns.s ~ ns.s %}}{{% endfor %}}"),
+            "limit",
+        );
+        // Plain output: a long loop of text.
+        limit_hit(
+            &format!(
+                "{{% for i in range(100000) %}}{}{{% endfor %}}",
+                "0123456789".repeat(100)
+            ),
+            "output limit (4 MiB)",
+        );
+    }
+
+    #[test]
+    fn one_call_bombs_hit_a_limit() {
+        let big = "{% set ns = namespace(s='a' * 1000000) %}";
+        for t in [
+            format!("{big}{{{{ ns.s | replace('a', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa') | length }}}}"),
+            format!("{big}{{{{ ns.s.replace('a', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa') | length }}}}"),
+            format!("{NS}{{% for i in range(40) %}}{{% set ns.s = ns.s.replace('a', 'aaaa') %}}{{% endfor %}}"),
+            format!("{NS}{{% for i in range(40) %}}{{% set ns.s = ns.s | replace('a', 'aaaa') %}}{{% endfor %}}"),
+            format!("{big}{{{{ range(100000) | join(ns.s) | length }}}}"),
+            format!("{big}{{{{ ns.s.join(range(100000)) | length }}}}"),
+            "{% set ns = namespace(s='a\\n' * 1000000) %}{{ ns.s | indent(100) | length }}".to_string(),
+            "{{ 'a\n' * 100000 | indent(width=1000000000000) | length }}".to_string(),
+            "{{ '%1000000000000s' | format('x') | length }}".to_string(),
+            "{{ [1] | batch(1000000000000, 0) | list | length }}".to_string(),
+            "{{ [1] | slice(1000000000000, 0) | list | length }}".to_string(),
+            format!("{NS}{{% for i in range(30) %}}{{% set ns.v = [ns.v, ns.v] %}}{{% endfor %}}{{{{ ns.v | tojson | length }}}}"),
+            format!("{NS}{{% for i in range(30) %}}{{% set ns.v = [ns.v, ns.v] %}}{{% endfor %}}{{{{ ns.v | join(',') | length }}}}"),
+            format!("{NS}{{% for i in range(30) %}}{{% set ns.v = [ns.v, ns.v] %}}{{% endfor %}}{{{{ ns.v }}}}"),
+        ] {
+            let err = limit_hit(&t, "limit");
+            assert!(!err.contains("work limit"), "{t}: {err}");
+        }
+        // `center` is not a builtin here (minijinja-contrib has it): a clear error, no work.
+        let err = render_chat("{{ 'a' | center(1000000000000) }}", &[], false, "", "").unwrap_err();
+        assert!(err.to_string().contains("center"), "{err}");
+    }
+
+    #[test]
+    fn nested_loops_run_out_of_fuel() {
+        limit_hit(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% for k in range(100000) %}{% endfor %}{% endfor %}{% endfor %}",
+            "work limit (fuel 2000000 instructions)",
+        );
+    }
+
+    #[test]
+    fn reserved_names_are_refused() {
+        let err = render_chat(
+            "{{ 1 }}\n{% macro __ember_emit(x) %}{% endmacro %}",
+            &[],
+            false,
+            "",
+            "",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ChatError::Syntax { line: Some(2), .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("__ember_"), "{err}");
+    }
+
+    #[test]
+    fn control_flow_survives_the_rewrite() {
+        let t = "{% macro m(x, y=2) %}<{{ x ~ y }}>{% endmacro %}{% for i in range(4) if i != 1 %}{{ loop.index }}{{ m(i) }}{% if i > 2 and not false or none %}!{% else %}?{% endif %}{% endfor %}{% set c %}{{ 'x' * 3 }}{% endset %}{{ c | upper }}{{ [1, 2] + [3] }}{{ 1 + 2 * 3 }}{{ 'a' + 'b' }}{{ m('q') if true else 'no' }}{% filter lower %}AB{% endfilter %}{{ ('%s-%d' | format('a', 3)) }}{{ ['a', 'b'] | join('/') }}{{ 'a\nb' | indent(2, true) }}{{ 'abca' | replace('a', 'x') }}";
+        let out = render_chat(t, &[], false, "", "").unwrap();
+        assert_eq!(
+            out,
+            "1<02>?2<22>?3<32>!XXX[1, 2, 3]7ab<q2>aba-3a/b  a\n  bxbcx"
+        );
+    }
+
+    /// Fuel the real templates use, printed for the record (`-- --nocapture`).
+    #[test]
+    fn fuel_of_real_templates() {
+        let gemma = include_str!("../../tests/golden/gemma3/chat_template.jinja");
+        for (name, t) in [("SmolLM2", SMOLLM2), ("Gemma 3", gemma)] {
+            for n in [2usize, 100, 1000] {
+                let msgs: Vec<ChatMessage> = (0..n)
+                    .map(|i| {
+                        let role = if i % 2 == 0 { "user" } else { "assistant" };
+                        ChatMessage::new(role, format!("message number {i}"))
+                    })
+                    .collect();
+                let (_, fuel) = render_here(t, &msgs, true, "<bos>", "<eos>").unwrap();
+                eprintln!("{name}: {n} messages use {fuel} fuel");
+                assert!(fuel * 20 <= FUEL, "{name} {n}: {fuel}");
+            }
+        }
     }
 
     #[test]

@@ -189,11 +189,26 @@ impl Resources {
             head_dim: c.head_dim,
             block_size,
         };
-        // One extra block: block 0 is the pool's null block, never handed out.
-        let n_blocks = 1 + match kv_budget {
-            KvBudget::Blocks(n) => n,
-            KvBudget::Bytes(b) => layout.blocks_for_bytes(b).saturating_sub(1),
-            KvBudget::FullContext => n_ctx.div_ceil(block_size) * max_seqs,
+        // One extra block: block 0 is the pool's null block, never handed out. Checked: a
+        // count near `usize::MAX` must be reported as too large, not wrap to "no block".
+        let overflow = |what: String| Error::InvalidParam {
+            name: "kv_blocks",
+            what: format!("{what} overflow the address space: give a smaller KV budget"),
+        };
+        let n_blocks = match kv_budget {
+            KvBudget::Blocks(n) => n
+                .checked_add(1)
+                .ok_or_else(|| overflow(format!("{n} blocks")))?,
+            KvBudget::Bytes(b) => 1 + layout.blocks_for_bytes(b).saturating_sub(1),
+            KvBudget::FullContext => n_ctx
+                .div_ceil(block_size)
+                .checked_mul(max_seqs)
+                .and_then(|n| n.checked_add(1))
+                .ok_or_else(|| {
+                    overflow(format!(
+                        "{max_seqs} full contexts of {n_ctx} tokens (one per sequence)"
+                    ))
+                })?,
         };
         if n_blocks < 2 {
             return Err(Error::InvalidParam {

@@ -140,9 +140,9 @@ impl Scratch {
         }
         let t = max_tokens;
         let widest = c.n_embd.max(c.q_dim()).max(c.n_ff);
-        let (rope_cos, rope_sin) = rope_tables(c, c.rope_base, model.rope_freqs(), n_ctx);
+        let (rope_cos, rope_sin) = rope_tables(c, c.rope_base, model.rope_freqs(), n_ctx)?;
         let (rope_cos_swa, rope_sin_swa) = if c.swa_layers.contains(&true) {
-            rope_tables(c, c.rope_base_swa, model.rope_freqs(), n_ctx)
+            rope_tables(c, c.rope_base_swa, model.rope_freqs(), n_ctx)?
         } else {
             (Vec::new(), Vec::new())
         };
@@ -150,23 +150,29 @@ impl Scratch {
             // Build the lookup table now, not in the first forward pass.
             super::gelu::table();
         }
+        let per_token = |cols: usize| zeroed(t, cols, "max_batch_tokens");
+        let per_logit = |cols: usize| zeroed(max_logits, cols, "max_seqs");
+        let mut logit_rows = Vec::new();
+        logit_rows
+            .try_reserve_exact(max_logits)
+            .map_err(|_| scratch_too_large("max_seqs", max_logits, 1))?;
         Ok(Scratch {
             max_tokens,
             max_logits,
             n_ctx,
-            x: vec![0.0; t * c.n_embd],
-            xn: vec![0.0; t * c.n_embd],
-            q: vec![0.0; t * c.q_dim()],
-            k: vec![0.0; t * c.kv_dim()],
-            v: vec![0.0; t * c.kv_dim()],
-            att: vec![0.0; t * c.q_dim()],
-            proj: vec![0.0; t * c.n_embd],
-            gate: vec![0.0; t * c.n_ff],
-            up: vec![0.0; t * c.n_ff],
-            acts: vec![0; t * widest * 4],
-            logit_rows: Vec::with_capacity(max_logits),
-            out_x: vec![0.0; max_logits * c.n_embd],
-            logits: vec![0.0; max_logits * c.n_vocab],
+            x: per_token(c.n_embd)?,
+            xn: per_token(c.n_embd)?,
+            q: per_token(c.q_dim())?,
+            k: per_token(c.kv_dim())?,
+            v: per_token(c.kv_dim())?,
+            att: per_token(c.q_dim())?,
+            proj: per_token(c.n_embd)?,
+            gate: per_token(c.n_ff)?,
+            up: per_token(c.n_ff)?,
+            acts: zeroed(t, widest.saturating_mul(4), "max_batch_tokens")?,
+            logit_rows,
+            out_x: per_logit(c.n_embd)?,
+            logits: per_logit(c.n_vocab)?,
             rope_cos,
             rope_sin,
             rope_cos_swa,
@@ -240,11 +246,11 @@ pub(crate) fn rope_tables(
     base: f32,
     freq_factors: Option<&[f32]>,
     n_ctx: usize,
-) -> (Vec<f32>, Vec<f32>) {
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let half = c.head_dim / 2;
     let theta_scale = base.powf(-2.0 / c.rope_dims as f32);
-    let mut cos = vec![0.0; n_ctx * half];
-    let mut sin = vec![0.0; n_ctx * half];
+    let mut cos = zeroed(n_ctx, half, "n_ctx")?;
+    let mut sin = zeroed(n_ctx, half, "n_ctx")?;
     for p in 0..n_ctx {
         let mut theta = p as f32;
         for i in 0..half {
@@ -255,7 +261,29 @@ pub(crate) fn rope_tables(
             theta *= theta_scale;
         }
     }
-    (cos, sin)
+    Ok((cos, sin))
+}
+
+fn scratch_too_large(name: &'static str, rows: usize, cols: usize) -> Error {
+    Error::InvalidParam {
+        name,
+        what: format!(
+            "{rows} rows of {cols} elements of scratch memory cannot be allocated: lower {name}"
+        ),
+    }
+}
+
+/// A zeroed `[rows, cols]` buffer, allocated fallibly: `rows` comes from the caller's
+/// configuration (`name`), and a size the machine cannot hold is an error, never an abort.
+fn zeroed<T: Clone + Default>(rows: usize, cols: usize, name: &'static str) -> Result<Vec<T>> {
+    let len = rows
+        .checked_mul(cols)
+        .ok_or_else(|| scratch_too_large(name, rows, cols))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| scratch_too_large(name, rows, cols))?;
+    v.resize(len, T::default());
+    Ok(v)
 }
 
 /// Quantize `n_tok` rows of `x` (`cols` wide) to the activation type `w` expects, spread over

@@ -275,7 +275,7 @@ impl CudaBackend {
         weight_bytes += output.bytes;
         let output_norm = upload_vec(&dev, model, &w.output_norm, "output_norm")?;
         let (cos, sin) =
-            crate::model::forward::rope_tables(c, c.rope_base, model.rope_freqs(), z.n_ctx.max(1));
+            crate::model::forward::rope_tables(c, c.rope_base, model.rope_freqs(), z.n_ctx.max(1))?;
         let rope_cos = dev.upload(&cos, "RoPE cos table")?;
         let rope_sin = dev.upload(&sin, "RoPE sin table")?;
 

@@ -210,6 +210,17 @@ impl Resources {
                     ))
                 })?,
         };
+        // Block ids are `u32` (the pool asserts it): refuse more before allocating the arena.
+        if n_blocks > u32::MAX as usize {
+            return Err(Error::InvalidParam {
+                name: "kv_blocks",
+                what: format!(
+                    "{} blocks (at most {}: block ids are 32-bit): give a smaller KV budget",
+                    n_blocks - 1,
+                    u32::MAX - 1
+                ),
+            });
+        }
         if n_blocks < 2 {
             return Err(Error::InvalidParam {
                 name: "kv_budget",

@@ -233,9 +233,14 @@ fn absurd_configs_are_errors_not_aborts() {
     refused(none, "max_requests");
     // `usize::MAX` blocks (plus the null block) overflow; they used to wrap to "no block".
     refused(config(KvBudget::Blocks(usize::MAX), 4, 64), "overflow");
+    // Past the 32-bit block ids: refused before the arena is asked for.
     refused(
         config(KvBudget::Blocks(usize::MAX - 1), 4, 64),
-        "overflow the address space",
+        "block ids are 32-bit",
+    );
+    refused(
+        config(KvBudget::Blocks(u32::MAX as usize), 4, 64),
+        "block ids are 32-bit",
     );
 }
 

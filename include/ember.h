@@ -27,8 +27,14 @@
  * engine step to end.
  *
  * Strings: all strings passed in are NUL-terminated UTF-8 (EMBER_ERR_INVALID_UTF8 otherwise)
- * and are only read during the call. Strings returned are owned by the library; each function
- * says how long they stay valid. Never free them.
+ * and are only read during the call, except the model path of ember_runtime_new: its bytes go
+ * to the operating system unchanged (POSIX paths are bytes). Strings returned are owned by the
+ * library; each function says how long they stay valid. Never free them. Generated text may
+ * contain U+0000: its length is the one returned beside it (text_len, *out_len), never strlen.
+ *
+ * Buffers: a (pointer, capacity) out-buffer may be (NULL, 0) to ask for the size needed
+ * (EMBER_ERR_BUFFER_TOO_SMALL reports it); NULL with a capacity above 0 is
+ * EMBER_ERR_NULL_POINTER, checked before any other work.
  */
 
 #ifndef EMBER_H
@@ -99,8 +105,9 @@ enum ember_result
      */
     EMBER_ERR_FULL = 10,
     /**
-     * The request can never fit: prompt + `max_tokens` exceed the context or the whole KV
-     * arena.
+     * The request can never fit: its prompt leaves no room in the context, prompt +
+     * `max_tokens` exceed the context, or it needs more blocks than the whole KV arena holds
+     * (the message gives both counts).
      */
     EMBER_ERR_TOO_LARGE = 11,
     /**
@@ -294,7 +301,8 @@ typedef struct ember_config {
      */
     uint32_t n_ctx;
     /**
-     * KV arena size in blocks; 0: use `kv_bytes`. Default 0.
+     * KV arena size in blocks; 0: use `kv_bytes`. Default 0. A size whose memory cannot be
+     * allocated is `EMBER_ERR_INVALID_ARGUMENT` (as for `kv_bytes`), never an abort.
      */
     uint32_t kv_blocks;
     /**
@@ -306,16 +314,18 @@ typedef struct ember_config {
      */
     uint32_t block_size;
     /**
-     * Most sequences running at once. Default 32.
+     * Most sequences running at once (1..=65536). Default 32.
      */
     uint32_t max_seqs;
     /**
-     * Most tokens computed per engine step (at least `max_seqs`). Default 512.
+     * Most tokens computed per engine step (`max_seqs..=1048576`; the forward pass's scratch
+     * memory is sized for it). A value above `n_ctx × max_seqs` is lowered to that (a step
+     * never has more tokens to compute). Default 512.
      */
     uint32_t max_batch_tokens;
     /**
-     * Most requests held at once (waiting, running, or finished but not yet released).
-     * Default 256.
+     * Most requests held at once (waiting, running, or finished but not yet released;
+     * 1..=1048576). Default 256.
      */
     uint32_t max_requests;
     /**
@@ -340,7 +350,11 @@ typedef struct ember_config {
  */
 typedef struct ember_params {
     /**
-     * Most tokens to generate (at least 1). Default 128.
+     * Most tokens to generate (at least 1). Default 128. A value of the context length
+     * (`n_ctx`) or more means "until the context is full": it is lowered to the room the prompt
+     * leaves, and the request finishes with `EMBER_FINISH_LENGTH` when the context is full
+     * (`UINT32_MAX` is a fine way to say it). Below the context, it is taken literally: prompt +
+     * `max_tokens` beyond the context is `EMBER_ERR_TOO_LARGE`.
      */
     uint32_t max_tokens;
     /**
@@ -436,14 +450,16 @@ typedef struct ember_event {
      */
     uint32_t index;
     /**
-     * The text this token completes: NUL-terminated UTF-8 that never splits a code point;
+     * The text this token completes: UTF-8 that never splits a code point, followed by a NUL;
      * possibly "" (a character still incomplete, a control token, text held back while a stop
-     * string may be forming). Owned by the runtime: valid until the next `ember_next` or
-     * `ember_next_text` on the same request, or its `ember_release`.
+     * string may be forming). It may itself contain U+0000 (a model can generate a NUL byte):
+     * use `text_len` for its length, e.g. `fwrite(text, 1, text_len, f)`, never `strlen` or
+     * `fputs`. Owned by the runtime: valid until the next `ember_next` or `ember_next_text` on
+     * the same request, or its `ember_release`.
      */
     const char *text;
     /**
-     * Length of `text` in bytes, without the NUL.
+     * Length of `text` in bytes, without the terminating NUL (the authoritative length).
      */
     size_t text_len;
     /**
@@ -554,15 +570,21 @@ struct ember_params ember_params_default(void);
  * `config` may be NULL (defaults). On success `*out` receives the handle; free it with
  * `ember_runtime_free`.
  *
+ * `model_path` is the one string argument that need not be UTF-8: its bytes are handed to the
+ * operating system unchanged, as `fopen` would (POSIX paths are byte strings). Only where paths
+ * are not bytes (Windows) must it be UTF-8, else `EMBER_ERR_INVALID_UTF8`.
+ *
  * Returns `EMBER_OK`; `EMBER_ERR_NULL_POINTER` (`model_path` or `out` NULL);
- * `EMBER_ERR_INVALID_ARGUMENT` (a config field out of range); `EMBER_ERR_UNSUPPORTED` (backend
- * not built in: CUDA); `EMBER_ERR_IO` (cannot read the file); `EMBER_ERR_MODEL` (malformed or
- * unsupported model); `EMBER_ERR_TOKENIZER`; `EMBER_ERR_INTERNAL`.
+ * `EMBER_ERR_INVALID_ARGUMENT` (a config field out of range, the message says which and its
+ * bound; also a size whose memory cannot be allocated); `EMBER_ERR_UNSUPPORTED` (backend not
+ * built in: CUDA); `EMBER_ERR_IO` (cannot read the file); `EMBER_ERR_MODEL` (malformed or
+ * unsupported model); `EMBER_ERR_TOKENIZER`; `EMBER_ERR_INVALID_UTF8` (non-POSIX systems
+ * only, see above); `EMBER_ERR_INTERNAL`.
  * On failure `*out` is untouched and nothing is left allocated.
  *
  * # Safety
- * `model_path` is a NUL-terminated path; `config` is NULL or points to an `ember_config`;
- * `out` points to writable storage for a pointer.
+ * `model_path` is a NUL-terminated path (bytes, see above); `config` is NULL or points to an
+ * `ember_config`; `out` points to writable storage for a pointer.
  */
 ember_result ember_runtime_new(const char *model_path,
                                const struct ember_config *config,
@@ -587,7 +609,9 @@ void ember_runtime_free(struct ember_runtime *rt);
  *
  * Returns `EMBER_OK`; `EMBER_ERR_NULL_POINTER`; `EMBER_ERR_INVALID_UTF8` (prompt or a stop
  * string); `EMBER_ERR_INVALID_ARGUMENT` (empty prompt, a parameter out of range);
- * `EMBER_ERR_TOO_LARGE` (prompt + `max_tokens` exceed the context or the KV arena);
+ * `EMBER_ERR_TOO_LARGE` (the prompt leaves no room in the context, prompt + `max_tokens`
+ * exceed it while `max_tokens` is below the context, or the request needs more blocks than
+ * the whole KV arena holds);
  * `EMBER_ERR_FULL` (`max_requests` held: release some); `EMBER_ERR_STOPPED`;
  * `EMBER_ERR_TOKENIZER`; `EMBER_ERR_POISONED`; `EMBER_ERR_INTERNAL`.
  * On failure nothing is queued and `*out_id` is untouched.
@@ -692,6 +716,10 @@ ember_result ember_stop(const struct ember_runtime *rt);
  * including one released while waiting); `EMBER_ERR_POISONED`; `EMBER_ERR_INTERNAL`.
  * On failure `*out` is untouched and nothing is consumed.
  *
+ * `out->text` may contain U+0000 (a model can generate a NUL byte): its length is
+ * `out->text_len`, not the position of the first NUL. Write it with
+ * `fwrite(ev.text, 1, ev.text_len, f)`, not `fputs`.
+ *
  * `out->text` is owned by the runtime and valid until the next `ember_next` /
  * `ember_next_text` on the same request or its release: pull one request from one thread at a
  * time (different requests may be pulled from different threads concurrently).
@@ -709,12 +737,18 @@ ember_result ember_next(const struct ember_runtime *rt,
  * finished, then copies the text of all its unpulled tokens into `buf` (NUL-terminated) and
  * marks them pulled. `*out_len` receives the text length (without the NUL) and
  * `*out_finish` the finish reason if the request has finished and everything is pulled, else
- * `EMBER_FINISH_NONE`. The text may be "" (tokens that complete no character yet).
+ * `EMBER_FINISH_NONE`. The text may be "" (tokens that complete no character yet), and it may
+ * contain U+0000: its length is `*out_len`, not the position of the first NUL.
+ *
+ * Buffer checks, as in `ember_tokenize` and `ember_detokenize`: a NULL `buf` with
+ * `buf_len > 0` is `EMBER_ERR_NULL_POINTER`, reported before anything else is done; `buf` NULL
+ * with `buf_len == 0` asks for the size (`EMBER_ERR_BUFFER_TOO_SMALL` once there is text or a
+ * finish to report, since even "" needs its NUL).
  *
  * Returns `EMBER_OK`; `EMBER_ERR_BUFFER_TOO_SMALL`: the text needs `*out_len + 1` bytes;
  * only `*out_len` is written and nothing is consumed (call again with a larger buffer);
- * `EMBER_ERR_TIMEOUT`; `EMBER_ERR_NULL_POINTER` (`buf` may be NULL only when `buf_len` is 0);
- * `EMBER_ERR_UNKNOWN_REQUEST`; `EMBER_ERR_POISONED`; `EMBER_ERR_INTERNAL`.
+ * `EMBER_ERR_TIMEOUT`; `EMBER_ERR_NULL_POINTER`; `EMBER_ERR_UNKNOWN_REQUEST`;
+ * `EMBER_ERR_POISONED`; `EMBER_ERR_INTERNAL`.
  *
  * # Safety
  * `rt` is a live handle; `buf` points to `buf_len` writable bytes (or is NULL with
@@ -773,10 +807,13 @@ ember_result ember_get_stats(const struct ember_runtime *rt, struct ember_stats 
  * asks; `parse_special`: turn special-token texts (`<|im_start|>`) into their ids (both true
  * is what `ember_submit` does). Writes up to `cap` ids to `ids` and the count to `*out_n`.
  *
+ * Buffer checks, as in `ember_detokenize` and `ember_next_text`: a NULL `ids` with `cap > 0`
+ * is `EMBER_ERR_NULL_POINTER`, reported before anything else is done; `ids` NULL with
+ * `cap == 0` asks for the size.
+ *
  * Returns `EMBER_OK`; `EMBER_ERR_BUFFER_TOO_SMALL`: `*out_n` receives the number of ids
- * needed and `ids` is untouched (pass `cap = 0`, `ids = NULL` to ask for the size);
- * `EMBER_ERR_NULL_POINTER`; `EMBER_ERR_INVALID_UTF8`; `EMBER_ERR_TOKENIZER`;
- * `EMBER_ERR_INTERNAL`. Never waits for an engine step.
+ * needed and `ids` is untouched; `EMBER_ERR_NULL_POINTER`; `EMBER_ERR_INVALID_UTF8`;
+ * `EMBER_ERR_TOKENIZER`; `EMBER_ERR_INTERNAL`. Never waits for an engine step.
  *
  * # Safety
  * `rt` is a live handle; `text` is NUL-terminated; `ids` points to `cap` writable ids (or is
@@ -793,7 +830,11 @@ ember_result ember_tokenize(const struct ember_runtime *rt,
 /**
  * The text of `n_ids` token ids (control tokens render as nothing; bytes that form no valid
  * UTF-8 become U+FFFD), NUL-terminated into `buf`; `*out_len` receives its length without
- * the NUL.
+ * the NUL. The text may contain U+0000 (token `<0x00>`): its length is `*out_len`.
+ *
+ * Buffer checks, as in `ember_tokenize` and `ember_next_text`: a NULL `buf` with
+ * `buf_len > 0` is `EMBER_ERR_NULL_POINTER`, reported before anything else is done; `buf`
+ * NULL with `buf_len == 0` asks for the size.
  *
  * Returns `EMBER_OK`; `EMBER_ERR_BUFFER_TOO_SMALL`: the text needs `*out_len + 1` bytes, only
  * `*out_len` is written; `EMBER_ERR_INVALID_ARGUMENT` (an id outside the vocabulary);

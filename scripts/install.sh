@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install libember for C/C++: include/ember.h, libember.so, libember.a and a pkg-config file.
+# Install libember for C/C++: include/ember.h, libember.so, libember.a, a pkg-config file, and
+# share/ember/valgrind.supp (the tokenizer's process-lifetime caches, which valgrind reports as
+# "possibly lost": run your program with valgrind --suppressions=PREFIX/share/ember/valgrind.supp).
 #
 #   scripts/install.sh PREFIX
 #
@@ -28,10 +30,11 @@ for f in libember.so libember.a; do
 done
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 
-install -d "$prefix/include" "$prefix/lib/pkgconfig"
+install -d "$prefix/include" "$prefix/lib/pkgconfig" "$prefix/share/ember"
 install -m 644 include/ember.h "$prefix/include/ember.h"
 install -m 755 "$libs/libember.so" "$prefix/lib/libember.so"
 install -m 644 "$libs/libember.a" "$prefix/lib/libember.a"
+install -m 644 tests/c/valgrind.supp "$prefix/share/ember/valgrind.supp"
 # Libs.private: what the Rust standard library inside libember.a needs from the system when
 # linking statically (scripts/test-ffi.sh links examples/c/generate.c against libember.a with
 # exactly these).
@@ -47,4 +50,4 @@ Libs: -L\${libdir} -lember
 Libs.private: -lpthread -ldl -lm
 Cflags: -I\${includedir}
 PC
-echo "installed ember $version into $prefix (include/ember.h, lib/libember.{so,a}, lib/pkgconfig/ember.pc)"
+echo "installed ember $version into $prefix (include/ember.h, lib/libember.{so,a}, lib/pkgconfig/ember.pc, share/ember/valgrind.supp)"

@@ -105,5 +105,7 @@ export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
 cc -std=c11 "${warn[@]}" examples/c/minimal.c $(pkg-config --cflags --libs ember) \
     -Wl,-rpath,"$tmp/prefix/lib" -o "$tmp/minimal"
 "$tmp/minimal" "$MODEL"
+# The installed suppressions are the ones every valgrind run above used.
+cmp tests/c/valgrind.supp "$tmp/prefix/share/ember/valgrind.supp"
 
 echo "== C ABI: ok ($((SECONDS - t_start)) s)"

@@ -16,7 +16,7 @@ int main(int argc, char **argv) {
         ember_event ev;
         while (ember_next(rt, id, EMBER_WAIT_FOREVER, &ev) == EMBER_OK &&
                ev.kind == EMBER_EVENT_TOKEN)
-            fputs(ev.text, stdout);
+            fwrite(ev.text, 1, ev.text_len, stdout); /* text may hold U+0000: use text_len */
         putchar('\n');
         ember_release(rt, id);
     }

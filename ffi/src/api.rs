@@ -106,15 +106,21 @@ pub extern "C" fn ember_params_default() -> ember_params {
 /// `config` may be NULL (defaults). On success `*out` receives the handle; free it with
 /// `ember_runtime_free`.
 ///
+/// `model_path` is the one string argument that need not be UTF-8: its bytes are handed to the
+/// operating system unchanged, as `fopen` would (POSIX paths are byte strings). Only where paths
+/// are not bytes (Windows) must it be UTF-8, else `EMBER_ERR_INVALID_UTF8`.
+///
 /// Returns `EMBER_OK`; `EMBER_ERR_NULL_POINTER` (`model_path` or `out` NULL);
-/// `EMBER_ERR_INVALID_ARGUMENT` (a config field out of range); `EMBER_ERR_UNSUPPORTED` (backend
-/// not built in: CUDA); `EMBER_ERR_IO` (cannot read the file); `EMBER_ERR_MODEL` (malformed or
-/// unsupported model); `EMBER_ERR_TOKENIZER`; `EMBER_ERR_INTERNAL`.
+/// `EMBER_ERR_INVALID_ARGUMENT` (a config field out of range, the message says which and its
+/// bound; also a size whose memory cannot be allocated); `EMBER_ERR_UNSUPPORTED` (backend not
+/// built in: CUDA); `EMBER_ERR_IO` (cannot read the file); `EMBER_ERR_MODEL` (malformed or
+/// unsupported model); `EMBER_ERR_TOKENIZER`; `EMBER_ERR_INVALID_UTF8` (non-POSIX systems
+/// only, see above); `EMBER_ERR_INTERNAL`.
 /// On failure `*out` is untouched and nothing is left allocated.
 ///
 /// # Safety
-/// `model_path` is a NUL-terminated path; `config` is NULL or points to an `ember_config`;
-/// `out` points to writable storage for a pointer.
+/// `model_path` is a NUL-terminated path (bytes, see above); `config` is NULL or points to an
+/// `ember_config`; `out` points to writable storage for a pointer.
 #[no_mangle]
 pub unsafe extern "C" fn ember_runtime_new(
     model_path: *const c_char,
@@ -172,7 +178,9 @@ pub unsafe extern "C" fn ember_runtime_free(rt: *mut ember_runtime) {
 ///
 /// Returns `EMBER_OK`; `EMBER_ERR_NULL_POINTER`; `EMBER_ERR_INVALID_UTF8` (prompt or a stop
 /// string); `EMBER_ERR_INVALID_ARGUMENT` (empty prompt, a parameter out of range);
-/// `EMBER_ERR_TOO_LARGE` (prompt + `max_tokens` exceed the context or the KV arena);
+/// `EMBER_ERR_TOO_LARGE` (the prompt leaves no room in the context, prompt + `max_tokens`
+/// exceed it while `max_tokens` is below the context, or the request needs more blocks than
+/// the whole KV arena holds);
 /// `EMBER_ERR_FULL` (`max_requests` held: release some); `EMBER_ERR_STOPPED`;
 /// `EMBER_ERR_TOKENIZER`; `EMBER_ERR_POISONED`; `EMBER_ERR_INTERNAL`.
 /// On failure nothing is queued and `*out_id` is untouched.
@@ -367,6 +375,10 @@ pub unsafe extern "C" fn ember_stop(rt: *const ember_runtime) -> ember_result {
 /// including one released while waiting); `EMBER_ERR_POISONED`; `EMBER_ERR_INTERNAL`.
 /// On failure `*out` is untouched and nothing is consumed.
 ///
+/// `out->text` may contain U+0000 (a model can generate a NUL byte): its length is
+/// `out->text_len`, not the position of the first NUL. Write it with
+/// `fwrite(ev.text, 1, ev.text_len, f)`, not `fputs`.
+///
 /// `out->text` is owned by the runtime and valid until the next `ember_next` /
 /// `ember_next_text` on the same request or its release: pull one request from one thread at a
 /// time (different requests may be pulled from different threads concurrently).
@@ -395,12 +407,18 @@ pub unsafe extern "C" fn ember_next(
 /// finished, then copies the text of all its unpulled tokens into `buf` (NUL-terminated) and
 /// marks them pulled. `*out_len` receives the text length (without the NUL) and
 /// `*out_finish` the finish reason if the request has finished and everything is pulled, else
-/// `EMBER_FINISH_NONE`. The text may be "" (tokens that complete no character yet).
+/// `EMBER_FINISH_NONE`. The text may be "" (tokens that complete no character yet), and it may
+/// contain U+0000: its length is `*out_len`, not the position of the first NUL.
+///
+/// Buffer checks, as in `ember_tokenize` and `ember_detokenize`: a NULL `buf` with
+/// `buf_len > 0` is `EMBER_ERR_NULL_POINTER`, reported before anything else is done; `buf` NULL
+/// with `buf_len == 0` asks for the size (`EMBER_ERR_BUFFER_TOO_SMALL` once there is text or a
+/// finish to report, since even "" needs its NUL).
 ///
 /// Returns `EMBER_OK`; `EMBER_ERR_BUFFER_TOO_SMALL`: the text needs `*out_len + 1` bytes;
 /// only `*out_len` is written and nothing is consumed (call again with a larger buffer);
-/// `EMBER_ERR_TIMEOUT`; `EMBER_ERR_NULL_POINTER` (`buf` may be NULL only when `buf_len` is 0);
-/// `EMBER_ERR_UNKNOWN_REQUEST`; `EMBER_ERR_POISONED`; `EMBER_ERR_INTERNAL`.
+/// `EMBER_ERR_TIMEOUT`; `EMBER_ERR_NULL_POINTER`; `EMBER_ERR_UNKNOWN_REQUEST`;
+/// `EMBER_ERR_POISONED`; `EMBER_ERR_INTERNAL`.
 ///
 /// # Safety
 /// `rt` is a live handle; `buf` points to `buf_len` writable bytes (or is NULL with
@@ -520,10 +538,13 @@ pub unsafe extern "C" fn ember_get_stats(
 /// asks; `parse_special`: turn special-token texts (`<|im_start|>`) into their ids (both true
 /// is what `ember_submit` does). Writes up to `cap` ids to `ids` and the count to `*out_n`.
 ///
+/// Buffer checks, as in `ember_detokenize` and `ember_next_text`: a NULL `ids` with `cap > 0`
+/// is `EMBER_ERR_NULL_POINTER`, reported before anything else is done; `ids` NULL with
+/// `cap == 0` asks for the size.
+///
 /// Returns `EMBER_OK`; `EMBER_ERR_BUFFER_TOO_SMALL`: `*out_n` receives the number of ids
-/// needed and `ids` is untouched (pass `cap = 0`, `ids = NULL` to ask for the size);
-/// `EMBER_ERR_NULL_POINTER`; `EMBER_ERR_INVALID_UTF8`; `EMBER_ERR_TOKENIZER`;
-/// `EMBER_ERR_INTERNAL`. Never waits for an engine step.
+/// needed and `ids` is untouched; `EMBER_ERR_NULL_POINTER`; `EMBER_ERR_INVALID_UTF8`;
+/// `EMBER_ERR_TOKENIZER`; `EMBER_ERR_INTERNAL`. Never waits for an engine step.
 ///
 /// # Safety
 /// `rt` is a live handle; `text` is NUL-terminated; `ids` points to `cap` writable ids (or is
@@ -543,6 +564,9 @@ pub unsafe extern "C" fn ember_tokenize(
         // SAFETY: the contract of this function.
         let rt = unsafe { runtime(rt)? };
         need(out_n, "out_n")?;
+        if cap > 0 {
+            need(ids, "ids")?;
+        }
         // SAFETY: NUL-terminated per the contract.
         let text = unsafe { c_str(text, "text")? };
         let toks = rt.tokenize(text, add_special, parse_special)?;
@@ -554,8 +578,8 @@ pub unsafe extern "C" fn ember_tokenize(
             ));
         }
         if !toks.is_empty() {
-            need(ids, "ids")?;
-            // SAFETY: `cap >= toks.len()` writable ids per the contract.
+            // SAFETY: `ids` is non-NULL (`cap >= toks.len() > 0`, checked above) with `cap`
+            // writable ids per the contract.
             unsafe { std::ptr::copy_nonoverlapping(toks.as_ptr(), ids, toks.len()) };
         }
         // SAFETY: checked non-NULL.
@@ -571,7 +595,11 @@ pub unsafe extern "C" fn ember_tokenize(
 
 /// The text of `n_ids` token ids (control tokens render as nothing; bytes that form no valid
 /// UTF-8 become U+FFFD), NUL-terminated into `buf`; `*out_len` receives its length without
-/// the NUL.
+/// the NUL. The text may contain U+0000 (token `<0x00>`): its length is `*out_len`.
+///
+/// Buffer checks, as in `ember_tokenize` and `ember_next_text`: a NULL `buf` with
+/// `buf_len > 0` is `EMBER_ERR_NULL_POINTER`, reported before anything else is done; `buf`
+/// NULL with `buf_len == 0` asks for the size.
 ///
 /// Returns `EMBER_OK`; `EMBER_ERR_BUFFER_TOO_SMALL`: the text needs `*out_len + 1` bytes, only
 /// `*out_len` is written; `EMBER_ERR_INVALID_ARGUMENT` (an id outside the vocabulary);
@@ -594,6 +622,9 @@ pub unsafe extern "C" fn ember_detokenize(
         // SAFETY: the contract of this function.
         let rt = unsafe { runtime(rt)? };
         need(out_len, "out_len")?;
+        if buf_len > 0 {
+            need(buf, "buf")?;
+        }
         // SAFETY: `n_ids` ids per the contract.
         let ids = unsafe { c_slice(ids, n_ids, "ids")? };
         let text = rt.detokenize(ids)?;
@@ -607,8 +638,8 @@ pub unsafe extern "C" fn ember_detokenize(
                 ),
             ));
         }
-        need(buf, "buf")?;
-        // SAFETY: `buf_len >= text.len() + 1` writable bytes per the contract.
+        // SAFETY: `buf` is non-NULL (`buf_len >= text.len() + 1 > 0`, checked above) with
+        // `buf_len >= text.len() + 1` writable bytes per the contract.
         unsafe {
             std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
             buf.add(text.len()).write(0);

@@ -39,8 +39,9 @@ pub enum ember_result {
     EMBER_ERR_BUFFER_TOO_SMALL = 9,
     /// The request table is full (`max_requests` requests held): release finished requests.
     EMBER_ERR_FULL = 10,
-    /// The request can never fit: prompt + `max_tokens` exceed the context or the whole KV
-    /// arena.
+    /// The request can never fit: its prompt leaves no room in the context, prompt +
+    /// `max_tokens` exceed the context, or it needs more blocks than the whole KV arena holds
+    /// (the message gives both counts).
     EMBER_ERR_TOO_LARGE = 11,
     /// The call does not fit the driving mode: `ember_step` while the background engine runs,
     /// or `ember_start` when it already runs.
@@ -185,7 +186,9 @@ impl From<ember::Error> for Failure {
                 name: "request", ..
             } => EMBER_ERR_FULL,
             E::InvalidParam { .. } => EMBER_ERR_INVALID_ARGUMENT,
-            E::KvCacheFull { .. } | E::ContextFull { .. } => EMBER_ERR_TOO_LARGE,
+            E::KvCacheFull { .. } | E::ContextFull { .. } | E::PromptTooLong { .. } => {
+                EMBER_ERR_TOO_LARGE
+            }
             _ => EMBER_ERR_ENGINE,
         };
         Failure::new(code, e.to_string())

@@ -66,15 +66,24 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(max_tokens: usize) -> Stream {
-        Stream {
-            ids: Vec::with_capacity(max_tokens),
+    /// A stream with room for `max_tokens` tokens: the caller's count, already accepted by the
+    /// engine, capped at the context here (the engine never generates more), and reserved
+    /// fallibly.
+    fn new(max_tokens: usize, n_ctx: usize) -> Result<Stream, Failure> {
+        let n = max_tokens.min(n_ctx);
+        let no_memory = || Failure::invalid(format!("cannot allocate the stream of {n} tokens"));
+        let mut ids = Vec::new();
+        ids.try_reserve_exact(n).map_err(|_| no_memory())?;
+        let mut piece_ends = Vec::new();
+        piece_ends.try_reserve_exact(n).map_err(|_| no_memory())?;
+        Ok(Stream {
+            ids,
             text: String::new(),
-            piece_ends: Vec::with_capacity(max_tokens),
+            piece_ends,
             finish: None,
             cursor: 0,
             piece: Vec::with_capacity(64),
-        }
+        })
     }
 
     /// Copy what the engine produced since the last sync.
@@ -262,7 +271,15 @@ impl Runtime {
             });
         let n_vocab = model.config.n_vocab;
         let max_requests = engine_cfg.max_requests;
+        // The engine checks `max_requests` against its bound (ember::engine::MAX_REQUESTS)
+        // before it allocates anything; the map is reserved fallibly all the same.
         let engine = Engine::with_backend(model, engine_cfg, backend)?;
+        let mut streams = HashMap::new();
+        streams.try_reserve(max_requests).map_err(|_| {
+            Failure::invalid(format!(
+                "config.max_requests = {max_requests}: cannot allocate the request table"
+            ))
+        })?;
         Ok(Runtime {
             shared: Arc::new(Shared {
                 core: Mutex::new(Core {
@@ -274,7 +291,7 @@ impl Runtime {
                 queued: AtomicUsize::new(0),
                 handoff: Mutex::new(()),
                 handoff_cv: Condvar::new(),
-                streams: Mutex::new(HashMap::with_capacity(max_requests)),
+                streams: Mutex::new(streams),
                 progress: Condvar::new(),
                 poisoned: AtomicBool::new(false),
             }),
@@ -330,9 +347,10 @@ impl Runtime {
         if core.mode == Mode::Stopped {
             return Err(Failure::stopped());
         }
+        let stream = Stream::new(params.max_tokens, core.engine.n_ctx())?;
         let id = core.engine.submit(prompt, params)?;
         let mut streams = self.shared.lock_streams()?;
-        streams.insert(id.to_u64(), Stream::new(params.max_tokens));
+        streams.insert(id.to_u64(), stream);
         drop(streams);
         if core.mode == Mode::Background {
             self.shared.work.notify_one();

@@ -87,18 +87,21 @@ pub struct ember_config {
     /// Longest sequence (prompt + generated) in tokens; 0: the model's training context.
     /// Default 4096 (capped at the model's training context).
     pub n_ctx: u32,
-    /// KV arena size in blocks; 0: use `kv_bytes`. Default 0.
+    /// KV arena size in blocks; 0: use `kv_bytes`. Default 0. A size whose memory cannot be
+    /// allocated is `EMBER_ERR_INVALID_ARGUMENT` (as for `kv_bytes`), never an abort.
     pub kv_blocks: u32,
     /// KV arena size in bytes, used when `kv_blocks` is 0. Default 256 MiB.
     pub kv_bytes: u64,
     /// Tokens per KV block (1..=4096). Default 16.
     pub block_size: u32,
-    /// Most sequences running at once. Default 32.
+    /// Most sequences running at once (1..=65536). Default 32.
     pub max_seqs: u32,
-    /// Most tokens computed per engine step (at least `max_seqs`). Default 512.
+    /// Most tokens computed per engine step (`max_seqs..=1048576`; the forward pass's scratch
+    /// memory is sized for it). A value above `n_ctx × max_seqs` is lowered to that (a step
+    /// never has more tokens to compute). Default 512.
     pub max_batch_tokens: u32,
-    /// Most requests held at once (waiting, running, or finished but not yet released).
-    /// Default 256.
+    /// Most requests held at once (waiting, running, or finished but not yet released;
+    /// 1..=1048576). Default 256.
     pub max_requests: u32,
     /// Compute threads, the thread that steps the engine included: `threads - 1` worker threads
     /// are started by `ember_runtime_new`; 1 starts none; 0: one per physical core. Default 0.
@@ -163,7 +166,11 @@ impl ember_config {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ember_params {
-    /// Most tokens to generate (at least 1). Default 128.
+    /// Most tokens to generate (at least 1). Default 128. A value of the context length
+    /// (`n_ctx`) or more means "until the context is full": it is lowered to the room the prompt
+    /// leaves, and the request finishes with `EMBER_FINISH_LENGTH` when the context is full
+    /// (`UINT32_MAX` is a fine way to say it). Below the context, it is taken literally: prompt +
+    /// `max_tokens` beyond the context is `EMBER_ERR_TOO_LARGE`.
     pub max_tokens: u32,
     /// Softmax temperature, >= 0; 0 is greedy (argmax). Default 0.
     pub temperature: f32,
@@ -358,12 +365,14 @@ pub struct ember_event {
     /// Position of the token among the request's generated tokens (0-based); for
     /// `EMBER_EVENT_FINISHED`, the number of tokens generated.
     pub index: u32,
-    /// The text this token completes: NUL-terminated UTF-8 that never splits a code point;
+    /// The text this token completes: UTF-8 that never splits a code point, followed by a NUL;
     /// possibly "" (a character still incomplete, a control token, text held back while a stop
-    /// string may be forming). Owned by the runtime: valid until the next `ember_next` or
-    /// `ember_next_text` on the same request, or its `ember_release`.
+    /// string may be forming). It may itself contain U+0000 (a model can generate a NUL byte):
+    /// use `text_len` for its length, e.g. `fwrite(text, 1, text_len, f)`, never `strlen` or
+    /// `fputs`. Owned by the runtime: valid until the next `ember_next` or `ember_next_text` on
+    /// the same request, or its `ember_release`.
     pub text: *const c_char,
-    /// Length of `text` in bytes, without the NUL.
+    /// Length of `text` in bytes, without the terminating NUL (the authoritative length).
     pub text_len: usize,
     /// Why the request finished (`EMBER_EVENT_FINISHED`); `EMBER_FINISH_NONE` otherwise.
     pub finish_reason: ember_finish_reason,

@@ -29,6 +29,10 @@ struct Config {
     max_batch_tokens: u8,
     max_requests: u8,
     prefix_caching: bool,
+    /// Bit `i` replaces size field `i` with a value near its type's maximum (see `extreme`).
+    extreme: u8,
+    /// How far below the maximum.
+    below_max: u8,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -46,6 +50,8 @@ struct Params {
     ignore_eos: bool,
     /// Keep the sampling parameters in range (the raw ones are mostly rejected).
     sane: bool,
+    /// `max_tokens` near `u32::MAX` ("until the context is full") instead of 0..=16.
+    huge_max_tokens: bool,
 }
 
 /// Which request an operation names: one submitted in this run (live or released), or a
@@ -122,7 +128,11 @@ impl Driver {
         store: &mut (Vec<Vec<u8>>, Vec<*const c_char>, Vec<u32>),
     ) -> ember_params {
         let mut e = ember_params_default();
-        e.max_tokens = (p.max_tokens % 17) as u32; // 0 is invalid: checked
+        e.max_tokens = if p.huge_max_tokens {
+            u32::MAX - u32::from(p.max_tokens) // lowered to the room the context leaves
+        } else {
+            (p.max_tokens % 17) as u32 // 0 is invalid: checked
+        };
         e.temperature = p.temperature;
         e.top_k = p.top_k as u32;
         e.top_p = p.top_p;
@@ -470,6 +480,38 @@ impl Driver {
     }
 }
 
+/// Sizes near their type's maximum, which used to abort the process in an allocation: each one
+/// must be refused (`EMBER_ERR_INVALID_ARGUMENT`) before anything is allocated from it. Only
+/// values the engine refuses up front are chosen: an arena the bounds allow but the machine
+/// cannot hold (`kv_blocks` just below `u32::MAX`) is refused too, but only after the allocator
+/// was asked, which libFuzzer's `-malloc_limit_mb` reports as a crash.
+fn extreme(cfg: &mut ember_config, c: &Config) {
+    let near_u32 = u32::MAX - u32::from(c.below_max);
+    if c.extreme & 1 != 0 {
+        cfg.max_batch_tokens = near_u32;
+    }
+    if c.extreme & 2 != 0 {
+        cfg.max_requests = near_u32;
+    }
+    if c.extreme & 4 != 0 {
+        cfg.max_seqs = near_u32;
+    }
+    if c.extreme & 8 != 0 {
+        cfg.kv_blocks = u32::MAX; // one more than block ids hold, with the null block
+    }
+    if c.extreme & 16 != 0 {
+        cfg.kv_blocks = 0;
+        cfg.kv_bytes = u64::MAX >> (c.below_max % 8); // at least 2^56 bytes
+    }
+    if c.extreme & 32 != 0 {
+        // Just past the engine's bounds (ember::engine::MAX_SEQS, MAX_BATCH_TOKENS,
+        // MAX_REQUESTS).
+        cfg.max_seqs = (1 << 16) + 1;
+        cfg.max_batch_tokens = (1 << 20) + 1;
+        cfg.max_requests = (1 << 20) + 1;
+    }
+}
+
 fuzz_target!(|inp: Input| {
     let c = &inp.config;
     let mut cfg = ember_config_default();
@@ -482,6 +524,7 @@ fuzz_target!(|inp: Input| {
     cfg.max_batch_tokens = c.max_batch_tokens as u32 % 70;
     cfg.max_requests = (c.max_requests % 9) as u32;
     cfg.prefix_caching = c.prefix_caching;
+    extreme(&mut cfg, c);
     let path = cstr(ember_fuzz::tiny_model_path().as_os_str().as_encoded_bytes());
     let mut rt: *mut ember_runtime = ptr::null_mut();
     // SAFETY: NUL-terminated path, valid config, writable out.

@@ -105,7 +105,37 @@ fn check(bytes: Vec<u8>) {
             }
         }
     }
-    let _ = Model::from_gguf(f);
+    if let Ok(m) = Model::from_gguf(f) {
+        loaded_model_is_sane(&m);
+    }
+}
+
+/// A model that loads has finite RoPE parameters and finite 1-D tensors (norms, biases,
+/// frequency factors), and its RoPE tables either build finite or are refused with an error
+/// (issue 16, row 15: such values used to give fluent garbage).
+fn loaded_model_is_sane(m: &Model) {
+    let c = &m.config;
+    for (what, v) in [
+        ("rope_base", c.rope_base),
+        ("rope_freq_scale", c.rope_freq_scale),
+        ("rope_base_swa", c.rope_base_swa),
+        ("rms_eps", c.rms_eps),
+    ] {
+        assert!(v.is_finite(), "{what} = {v} loaded");
+    }
+    for t in m.file.tensors().iter().filter(|t| t.n_dims == 1) {
+        let Some(tr) = ember_kernels::traits::reference_traits(t.ty) else {
+            continue;
+        };
+        let n = t.ne[0] as usize;
+        if t.ty.row_bytes(n as u64).unwrap_or(0) as usize != t.data.len() || n > 1 << 16 {
+            continue;
+        }
+        let mut row = vec![0.0f32; n];
+        (tr.to_float)(m.file.tensor_data(t), &mut row);
+        assert!(row.iter().all(|v| v.is_finite()), "{} loaded non-finite", t.name);
+    }
+    let _ = ember::model::Scratch::new(m, 1, 1, c.n_ctx_train.clamp(1, 64));
 }
 
 /// Whether this tokenizer description is new to this process. Building a tokenizer (its

@@ -71,6 +71,13 @@ pub enum Error {
         /// Blocks the request needs in all.
         needed_blocks: usize,
     },
+    /// A prompt leaves no room in the context for a single generated token.
+    PromptTooLong {
+        /// Tokens in the prompt.
+        n_prompt: usize,
+        /// The context length in tokens.
+        n_ctx: usize,
+    },
     /// A sequence would exceed the model's or the engine's context length.
     ContextFull {
         /// The context length in tokens.
@@ -110,10 +117,24 @@ impl fmt::Display for Error {
             Error::KvCacheFull {
                 total_blocks,
                 needed_blocks,
+            } if needed_blocks > total_blocks => write!(
+                f,
+                "KV cache full: the request needs {needed_blocks} blocks and the whole arena \
+                 holds {total_blocks}, so it can never fit this arena (give the arena a larger \
+                 budget, or ask for fewer tokens or samples)"
+            ),
+            Error::KvCacheFull {
+                total_blocks,
+                needed_blocks,
             } => write!(
                 f,
                 "KV cache full: the sequence needs {needed_blocks} blocks in all, the arena has \
                  {total_blocks} and none is free (give the arena a larger budget)"
+            ),
+            Error::PromptTooLong { n_prompt, n_ctx } => write!(
+                f,
+                "prompt of {n_prompt} tokens does not fit the context of {n_ctx} (it must leave \
+                 room for at least one generated token): shorten the prompt or raise n_ctx"
             ),
             Error::ContextFull { n_ctx, requested } => write!(
                 f,

@@ -202,32 +202,51 @@ impl Resources {
             head_dim: c.head_dim,
             block_size,
         };
-        // One extra block: block 0 is the pool's null block, never handed out. Every size here
-        // comes from the caller: checked arithmetic, so an absurd budget is reported as what
-        // it is, not wrapped into "no block".
-        let too_big = |what: String| Error::InvalidParam {
-            name: "kv_budget",
-            what,
+        // One extra block: block 0 is the pool's null block, never handed out. Checked: a
+        // count near `usize::MAX` must be reported as too large, not wrap to "no block".
+        let overflow = |what: String| Error::InvalidParam {
+            name: "kv_blocks",
+            what: format!("{what} overflow the address space: give a smaller KV budget"),
         };
         let n_blocks = match kv_budget {
-            KvBudget::Blocks(n) => n.checked_add(1),
-            KvBudget::Bytes(b) => Some(layout.blocks_for_bytes(b).max(1)),
+            KvBudget::Blocks(n) => n
+                .checked_add(1)
+                .ok_or_else(|| overflow(format!("{n} blocks")))?,
+            KvBudget::Bytes(b) => 1 + layout.blocks_for_bytes(b).saturating_sub(1),
             KvBudget::FullContext => n_ctx
                 .div_ceil(block_size)
                 .checked_mul(max_seqs)
-                .and_then(|n| n.checked_add(1)),
+                .and_then(|n| n.checked_add(1))
+                .ok_or_else(|| {
+                    overflow(format!(
+                        "{max_seqs} full contexts of {n_ctx} tokens (one per sequence)"
+                    ))
+                })?,
+        };
+        // Block ids are `u32` (the pool asserts it): refuse more before allocating the arena.
+        if n_blocks > u32::MAX as usize {
+            return Err(Error::InvalidParam {
+                name: "kv_blocks",
+                what: format!(
+                    "{} blocks (at most {}: block ids are 32-bit): give a smaller KV budget",
+                    n_blocks - 1,
+                    u32::MAX - 1
+                ),
+            });
         }
-        .ok_or_else(|| too_big(format!("{kv_budget:?} overflows the address space")))?;
         if n_blocks < 2 {
-            return Err(too_big("the KV budget does not hold a single block".into()));
+            return Err(Error::InvalidParam {
+                name: "kv_budget",
+                what: "the KV budget does not hold a single block".into(),
+            });
         }
         layout
             .block_bytes()
             .checked_mul(n_blocks)
             .filter(|&b| b <= isize::MAX as usize)
             .ok_or_else(|| {
-                too_big(format!(
-                    "{} blocks of {} bytes overflow the address space",
+                overflow(format!(
+                    "{} blocks of {} bytes",
                     n_blocks - 1,
                     layout.block_bytes()
                 ))

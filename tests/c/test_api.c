@@ -113,6 +113,34 @@ static void test_create_misuse(const char *synth, const char *not_gguf) {
     c = small_config();
     c.max_batch_tokens = 2; /* below max_seqs */
     EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    /* Sizes at their type's maximum: refused with the bound, never an abort in an allocation. */
+    c = small_config();
+    c.max_batch_tokens = UINT32_MAX;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ember_last_error(), "max_batch_tokens") != NULL);
+    CHECK(strstr(ember_last_error(), "1048576") != NULL);
+    c = small_config();
+    c.max_requests = UINT32_MAX;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ember_last_error(), "max_requests") != NULL);
+    CHECK(strstr(ember_last_error(), "1048576") != NULL);
+    c = small_config();
+    c.max_seqs = UINT32_MAX;
+    c.max_batch_tokens = UINT32_MAX;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ember_last_error(), "max_seqs") != NULL);
+    CHECK(strstr(ember_last_error(), "65536") != NULL);
+    c = small_config();
+    c.max_seqs = UINT32_MAX; /* max_batch_tokens stays below it */
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    c = small_config();
+    c.kv_blocks = UINT32_MAX;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ember_last_error(), "kv_blocks") != NULL);
+    c = small_config();
+    c.kv_blocks = 0;
+    c.kv_bytes = 1ull << 50; /* 1 PiB */
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_ERR_INVALID_ARGUMENT);
     CHECK(rt == sentinel);
 
     /* AUTO and CPU both work. */
@@ -143,8 +171,9 @@ static void test_submit_misuse(ember_runtime *rt) {
     bad.max_tokens = 0;
     EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_INVALID_ARGUMENT);
     bad = p;
-    bad.max_tokens = 100000; /* beyond the context */
+    bad.max_tokens = 255; /* below the context (256), but beyond it with the prompt */
     EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_TOO_LARGE);
+    CHECK(strstr(ember_last_error(), "context") != NULL);
     bad = p;
     bad.n_stop = 1; /* stop == NULL */
     EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_NULL_POINTER);
@@ -225,7 +254,7 @@ static void test_caller_driven(ember_runtime *rt) {
         EXPECT(ember_next(rt, id, 0, &ev), EMBER_OK);
         if (ev.kind == EMBER_EVENT_FINISHED) break;
         CHECK(ev.kind == EMBER_EVENT_TOKEN && ev.index == n && ev.finish_reason == EMBER_FINISH_NONE);
-        CHECK(strlen(ev.text) == ev.text_len);
+        CHECK(ev.text[ev.text_len] == 0); /* NUL-terminated; text_len is the length */
         memcpy(text + text_len, ev.text, ev.text_len);
         text_len += ev.text_len;
         n++;
@@ -349,6 +378,13 @@ static void test_tokenizer(ember_runtime *rt) {
     CHECK(n == need);
     EXPECT(ember_tokenize(rt, text, true, true, ids, 64, &n), EMBER_OK);
     CHECK(n == need);
+    /* NULL with a capacity is a NULL pointer, whatever the size: checked first, as in
+     * ember_detokenize and ember_next_text. */
+    n = 999;
+    EXPECT(ember_tokenize(rt, text, true, true, NULL, 1, &n), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_tokenize(rt, text, true, true, NULL, 64, &n), EMBER_ERR_NULL_POINTER);
+    CHECK(n == 999);
+    n = need;
 
     char buf[64];
     size_t len = 999;
@@ -358,6 +394,10 @@ static void test_tokenizer(ember_runtime *rt) {
     EXPECT(ember_detokenize(rt, ids, n, NULL, 0, &len), EMBER_ERR_BUFFER_TOO_SMALL);
     CHECK(len == strlen(text));
     EXPECT(ember_detokenize(rt, ids, n, buf, len, &len), EMBER_ERR_BUFFER_TOO_SMALL); /* NUL */
+    size_t len_before = len;
+    EXPECT(ember_detokenize(rt, ids, n, NULL, 1, &len), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_detokenize(rt, ids, n, NULL, sizeof buf, &len), EMBER_ERR_NULL_POINTER);
+    CHECK(len == len_before);
     EXPECT(ember_detokenize(rt, ids, n, buf, sizeof buf, &len), EMBER_OK);
     CHECK(len == strlen(text) && strcmp(buf, text) == 0);
     uint32_t oov = 1u << 30;
@@ -464,6 +504,60 @@ static void test_free_while_running(const char *synth) {
     ember_runtime_free(rt);
 }
 
+/* max_tokens = UINT32_MAX generates until the context is full; a prompt longer than the context
+ * and a request larger than the whole arena are refused with messages that say so. */
+static void test_request_limits(const char *synth) {
+    ember_config c = small_config();
+    c.n_ctx = 32;
+    c.block_size = 4;
+    c.kv_blocks = 8; /* exactly one full context */
+    c.max_seqs = 2;
+    c.max_batch_tokens = 100000; /* lowered to n_ctx x max_seqs, not refused */
+    ember_runtime *rt = NULL;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_OK);
+    if (!rt) return;
+    size_t n_prompt = 0;
+    uint32_t ids[8];
+    EXPECT(ember_tokenize(rt, "ab", true, true, ids, 8, &n_prompt), EMBER_OK);
+
+    ember_params p = params_n(UINT32_MAX);
+    ember_request_id id = SENTINEL;
+    EXPECT(ember_submit(rt, "ab", &p, &id), EMBER_OK);
+    run_to_idle(rt);
+    ember_event ev;
+    uint32_t tokens = 0;
+    for (;;) {
+        EXPECT(ember_next(rt, id, 0, &ev), EMBER_OK);
+        if (ev.kind != EMBER_EVENT_TOKEN) break;
+        tokens++;
+    }
+    CHECK(ev.kind == EMBER_EVENT_FINISHED && ev.finish_reason == EMBER_FINISH_LENGTH);
+    CHECK(tokens == 32 - n_prompt && ev.index == tokens);
+    EXPECT(ember_release(rt, id), EMBER_OK);
+
+    char long_prompt[512] = "";
+    for (int i = 0; i < 40; i++) strcat(long_prompt, "ab cd ");
+    id = SENTINEL;
+    EXPECT(ember_submit(rt, long_prompt, &p, &id), EMBER_ERR_TOO_LARGE);
+    CHECK(strstr(ember_last_error(), "does not fit the context of 32") != NULL);
+    CHECK(id == SENTINEL);
+    ember_runtime_free(rt);
+
+    c.kv_blocks = 2; /* 8 tokens: a 20-token answer can never fit */
+    rt = NULL;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_OK);
+    if (!rt) return;
+    p = params_n(20);
+    EXPECT(ember_submit(rt, "ab", &p, &id), EMBER_ERR_TOO_LARGE);
+    CHECK(strstr(ember_last_error(), "can never fit this arena") != NULL);
+    CHECK(strstr(ember_last_error(), "none is free") == NULL);
+    CHECK(id == SENTINEL);
+    ember_stats s;
+    EXPECT(ember_get_stats(rt, &s), EMBER_OK);
+    CHECK(s.blocks_used == 0 && s.requests == 0);
+    ember_runtime_free(rt);
+}
+
 static void test_chat(const char *chat_model) {
     ember_config c = small_config();
     c.n_ctx = 512;
@@ -511,6 +605,7 @@ int main(int argc, char **argv) {
 
     test_stop_wakes_waiters(argv[1]);
     test_free_while_running(argv[1]);
+    test_request_limits(argv[1]);
     if (argc > 2) test_chat(argv[2]);
 
     if (failures) {

@@ -42,11 +42,13 @@ pub struct EngineConfig {
     pub kv_budget: KvBudget,
     /// Token slots per KV block.
     pub block_size: usize,
-    /// Most sequences running at once.
+    /// Most sequences running at once (1..=[`MAX_SEQS`]).
     pub max_seqs: usize,
-    /// Most tokens computed per step.
+    /// Most tokens computed per step (`max_seqs..=`[`MAX_BATCH_TOKENS`]; lowered to
+    /// `n_ctx × max_seqs` when above it).
     pub max_batch_tokens: usize,
-    /// Most requests held at once (waiting, running, or finished but not yet released).
+    /// Most requests held at once (waiting, running, or finished but not yet released;
+    /// 1..=[`MAX_REQUESTS`]).
     pub max_requests: usize,
     /// Worker threads (0: physical cores).
     pub threads: usize,
@@ -242,6 +244,94 @@ fn invalid(name: &'static str, what: impl Into<String>) -> Error {
     }
 }
 
+/// Most requests an engine holds at once (`EngineConfig::max_requests`). Request and sequence
+/// slots are `u32` and every held request costs a slab entry whether used or not; a million
+/// requests in flight is far beyond what one edge device serves, and the bound keeps every
+/// slab size (at most `2 × MAX_REQUESTS` sequence slots) far from overflowing anything.
+pub const MAX_REQUESTS: usize = 1 << 20;
+
+/// Most sequences running at once (`EngineConfig::max_seqs`). Each one takes a row of
+/// `n_vocab` logits in the forward pass's scratch (a 49k-token vocabulary: 192 KiB a row) and
+/// at least one KV block; 65 536 of them is past any arena an edge device holds.
+pub const MAX_SEQS: usize = 1 << 16;
+
+/// Most tokens per step (`EngineConfig::max_batch_tokens`): the forward pass's scratch holds
+/// every activation of that many tokens, about 30 KiB a token for the smallest supported model,
+/// so 2^20 tokens already ask for 32 GiB. A budget above `n_ctx × max_seqs` is lowered to it
+/// (a step never has more tokens to compute than its running sequences hold).
+pub const MAX_BATCH_TOKENS: usize = 1 << 20;
+
+/// Checks the sizes of `cfg` before anything is allocated from them. Every bound is stated in
+/// the message.
+fn check_limits(cfg: &EngineConfig) -> Result<()> {
+    if cfg.max_seqs == 0 || cfg.max_seqs > MAX_SEQS {
+        return Err(invalid(
+            "max_seqs",
+            format!("{} (must be 1..={MAX_SEQS})", cfg.max_seqs),
+        ));
+    }
+    if cfg.max_requests == 0 || cfg.max_requests > MAX_REQUESTS {
+        return Err(invalid(
+            "max_requests",
+            format!("{} (must be 1..={MAX_REQUESTS})", cfg.max_requests),
+        ));
+    }
+    if cfg.max_batch_tokens < cfg.max_seqs {
+        return Err(invalid(
+            "max_batch_tokens",
+            format!(
+                "{} is below max_seqs ({}): every running sequence needs a token per step",
+                cfg.max_batch_tokens, cfg.max_seqs
+            ),
+        ));
+    }
+    if cfg.max_batch_tokens > MAX_BATCH_TOKENS {
+        return Err(invalid(
+            "max_batch_tokens",
+            format!(
+                "{} (must be max_seqs..={MAX_BATCH_TOKENS}: the forward pass's scratch is sized \
+                 for this many tokens)",
+                cfg.max_batch_tokens
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn alloc_failed(name: &'static str, n: usize) -> Error {
+    invalid(
+        name,
+        format!("cannot allocate {n} entries: lower {name} or free memory"),
+    )
+}
+
+/// An empty `Vec` with room for exactly `n` elements, allocated fallibly: sizes come from the
+/// caller's configuration, and a size the machine cannot hold is an error, not an abort.
+fn slab<T>(n: usize, name: &'static str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| alloc_failed(name, n))?;
+    Ok(v)
+}
+
+fn reserve_failed(max_tokens: usize) -> Error {
+    invalid(
+        "max_tokens",
+        format!("cannot allocate the output of {max_tokens} tokens: ask for fewer"),
+    )
+}
+
+/// An empty `Vec` with room for `n` elements of a sequence (`n` bounded by the context).
+fn reserved<T>(n: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| reserve_failed(n))?;
+    Ok(v)
+}
+
+/// `n` as a `u32` slot count (bounded by [`MAX_REQUESTS`] before this is called).
+fn slot_u32(n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| invalid("max_requests", format!("{n} slots exceed u32")))
+}
+
 impl Engine {
     /// Allocate everything: the KV arena, scratch for `max_batch_tokens`, request and sequence
     /// slabs, the worker threads.
@@ -258,21 +348,10 @@ impl Engine {
         } else {
             cfg.n_ctx.min(c.n_ctx_train)
         };
-        if cfg.max_seqs == 0 || cfg.max_requests == 0 {
-            return Err(invalid(
-                "max_seqs",
-                "max_seqs and max_requests must be at least 1",
-            ));
-        }
-        if cfg.max_batch_tokens < cfg.max_seqs {
-            return Err(invalid(
-                "max_batch_tokens",
-                format!(
-                    "{} is below max_seqs ({}): every running sequence needs a token per step",
-                    cfg.max_batch_tokens, cfg.max_seqs
-                ),
-            ));
-        }
+        check_limits(&cfg)?;
+        // Lossless: a step never has more tokens to compute than its sequences can hold.
+        let mut cfg = cfg;
+        cfg.max_batch_tokens = cfg.max_batch_tokens.min(n_ctx.saturating_mul(cfg.max_seqs));
         let r = Resources::new(
             &model,
             cfg.kv_budget,
@@ -285,22 +364,41 @@ impl Engine {
             backend,
             cfg.cuda_weights,
         )?;
-        let max_total_seqs = cfg.max_requests.max(cfg.max_seqs) * 2;
+        // Both bounded by `check_limits` (at most 2 × MAX_REQUESTS slots), so the arithmetic and
+        // the `u32` slot numbers cannot overflow; the allocations can still fail and are
+        // reported, never aborted on.
+        let max_total_seqs = cfg
+            .max_requests
+            .max(cfg.max_seqs)
+            .checked_mul(2)
+            .ok_or_else(|| invalid("max_requests", "the sequence slab overflows"))?;
+        let mut requests = slab::<Option<Request>>(cfg.max_requests, "max_requests")?;
+        requests.extend((0..cfg.max_requests).map(|_| None));
+        let mut free_requests = slab::<u32>(cfg.max_requests, "max_requests")?;
+        free_requests.extend((0..slot_u32(cfg.max_requests)?).rev());
+        let mut seqs = slab::<Option<Seq>>(max_total_seqs, "max_requests")?;
+        seqs.extend((0..max_total_seqs).map(|_| None));
+        let mut free_seqs = slab::<u32>(max_total_seqs, "max_requests")?;
+        free_seqs.extend((0..slot_u32(max_total_seqs)?).rev());
+        let mut waiting = VecDeque::new();
+        waiting
+            .try_reserve_exact(max_total_seqs)
+            .map_err(|_| alloc_failed("max_requests", max_total_seqs))?;
         Ok(Engine {
             tokenizer: r.tokenizer,
             backend: r.backend,
             pool: r.pool,
             scratch: r.scratch,
             n_ctx,
-            requests: (0..cfg.max_requests).map(|_| None).collect(),
-            free_requests: (0..cfg.max_requests as u32).rev().collect(),
+            requests,
+            free_requests,
             request_generation: 0,
-            seqs: (0..max_total_seqs).map(|_| None).collect(),
-            free_seqs: (0..max_total_seqs as u32).rev().collect(),
-            waiting: VecDeque::with_capacity(max_total_seqs),
-            running: Vec::with_capacity(cfg.max_seqs),
-            scheduled: Vec::with_capacity(cfg.max_seqs),
-            batch: Vec::with_capacity(cfg.max_batch_tokens),
+            seqs,
+            free_seqs,
+            waiting,
+            running: slab(cfg.max_seqs, "max_seqs")?,
+            scheduled: slab(cfg.max_seqs, "max_seqs")?,
+            batch: slab(cfg.max_batch_tokens, "max_batch_tokens")?,
             admissions: 0,
             metrics: Metrics::default(),
             model,
@@ -351,9 +449,16 @@ impl Engine {
         self.submit(&ids, params)
     }
 
-    /// Queue a request. Refused (nothing queued) when it can never fit: prompt + `max_tokens`
-    /// beyond the context, or more blocks than the whole arena; or when the request table is
+    /// Queue a request. Refused (nothing queued) when it can never fit: a prompt that leaves no
+    /// room in the context ([`Error::PromptTooLong`]), prompt + `max_tokens` beyond the context
+    /// ([`Error::ContextFull`]), or more blocks than the whole arena holds
+    /// ([`Error::KvCacheFull`] with `needed_blocks > total_blocks`); or when the request table is
     /// full.
+    ///
+    /// A `max_tokens` of `n_ctx` or more can never be generated after a prompt: it means "until
+    /// the context is full" and is lowered to the room the prompt leaves (the request then
+    /// finishes with [`FinishReason::Length`] when the context is full). Below `n_ctx`, it is
+    /// taken literally and prompt + `max_tokens` must fit.
     pub fn submit(&mut self, prompt: &[u32], params: &RequestParams) -> Result<RequestId> {
         let n_vocab = self.model.config.n_vocab;
         if prompt.is_empty() {
@@ -375,17 +480,15 @@ impl Engine {
             return Err(invalid("max_tokens", "must be at least 1"));
         }
         params.sampling.validate()?;
-        let total = prompt.len() + params.max_tokens;
-        if total > self.n_ctx {
-            return Err(Error::ContextFull {
-                n_ctx: self.n_ctx,
-                requested: total,
-            });
-        }
+        let max_tokens = self.max_tokens_for(prompt.len(), params.max_tokens)?;
+        // Both at most `n_ctx` now: nothing below can overflow (`n <= max_seqs`).
+        let total = prompt.len() + max_tokens;
         let bs = self.cfg.block_size;
-        let need =
-            total.div_ceil(bs) + (params.n - 1) * params.max_tokens.div_ceil(bs).saturating_add(1);
+        let need = total.div_ceil(bs).saturating_add(
+            (params.n - 1).saturating_mul(max_tokens.div_ceil(bs).saturating_add(1)),
+        );
         if need > self.pool.num_blocks() {
+            // Reported as "can never fit this arena" (needed > total), even when it is empty.
             return Err(Error::KvCacheFull {
                 total_blocks: self.pool.num_blocks(),
                 needed_blocks: need,
@@ -413,7 +516,7 @@ impl Engine {
                 seed: params.sampling.seed.wrapping_add(i as u64),
                 ..params.sampling.clone()
             };
-            let seq = match self.new_seq(slot, prompt, params, sampling) {
+            let seq = match self.new_seq(slot, prompt, params, max_tokens, sampling) {
                 Ok(s) => s,
                 Err(e) => {
                     for s in seq_slots.drain(..) {
@@ -458,35 +561,64 @@ impl Engine {
         })
     }
 
+    /// The tokens a request of a `n_prompt`-token prompt may generate when it asks for
+    /// `max_tokens` (see [`Engine::submit`]). Checked arithmetic: `max_tokens` is the caller's
+    /// and may be anything up to `usize::MAX`.
+    fn max_tokens_for(&self, n_prompt: usize, max_tokens: usize) -> Result<usize> {
+        if n_prompt >= self.n_ctx {
+            return Err(Error::PromptTooLong {
+                n_prompt,
+                n_ctx: self.n_ctx,
+            });
+        }
+        let room = self.n_ctx - n_prompt;
+        if max_tokens >= self.n_ctx {
+            return Ok(room);
+        }
+        if max_tokens > room {
+            return Err(Error::ContextFull {
+                n_ctx: self.n_ctx,
+                requested: n_prompt + max_tokens,
+            });
+        }
+        Ok(max_tokens)
+    }
+
+    /// A new sequence; `max_tokens` is the checked count of [`Engine::max_tokens_for`], so
+    /// every reservation here is bounded by the context.
     fn new_seq(
         &self,
         req: u32,
         prompt: &[u32],
         params: &RequestParams,
+        max_tokens: usize,
         sampling: SamplingParams,
     ) -> Result<Seq> {
-        let total = prompt.len() + params.max_tokens;
-        let mut tokens = Vec::with_capacity(total);
+        let total = prompt.len() + max_tokens;
+        let mut tokens = reserved(total)?;
         tokens.extend_from_slice(prompt);
         let max_blocks = total.div_ceil(self.cfg.block_size);
         let piece = self.tokenizer.max_piece_len().max(4);
+        let mut text = String::new();
+        text.try_reserve_exact(max_tokens.saturating_mul(piece).saturating_add(8))
+            .map_err(|_| reserve_failed(max_tokens))?;
         Ok(Seq {
             req,
             tokens,
             n_prompt: prompt.len(),
-            max_tokens: params.max_tokens,
+            max_tokens,
             num_computed: 0,
             table: BlockTable::with_capacity(max_blocks),
-            block_hashes: Vec::with_capacity(max_blocks),
+            block_hashes: reserved(max_blocks)?,
             admitted_at: 0,
             state: SeqState::Waiting,
             sampler: Sampler::new(sampling, self.model.config.n_vocab)?,
             decoder: StreamDecoder::new(&self.tokenizer),
             stops: StopMatcher::new(&params.stop),
             out: SeqOutput {
-                ids: Vec::with_capacity(params.max_tokens),
-                text: String::with_capacity(params.max_tokens * piece + 8),
-                piece_ends: Vec::with_capacity(params.max_tokens),
+                ids: reserved(max_tokens)?,
+                text,
+                piece_ends: reserved(max_tokens)?,
                 finish: None,
             },
         })

@@ -178,3 +178,155 @@ fn cancel_and_release_return_blocks() {
     assert_eq!((m.blocks_used, m.blocks_free), (0, m.blocks_total));
     assert!(!e.has_work());
 }
+
+fn config(kv_budget: KvBudget, max_seqs: usize, max_batch_tokens: usize) -> EngineConfig {
+    EngineConfig {
+        n_ctx: 32,
+        kv_budget,
+        block_size: 4,
+        max_seqs,
+        max_batch_tokens,
+        max_requests: 8,
+        threads: 1,
+        ..EngineConfig::default()
+    }
+}
+
+/// Sizes near their type's maximum are refused with a message that states the bound, before
+/// anything is allocated from them (they used to abort the process in an allocation).
+#[test]
+fn absurd_configs_are_errors_not_aborts() {
+    let refused = |cfg: EngineConfig, want: &str| {
+        let e = Engine::new(tiny_model(), cfg.clone()).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidParam { .. }),
+            "{cfg:?}: {e} is not InvalidParam"
+        );
+        assert!(
+            e.to_string().contains(want),
+            "{cfg:?}: {e:?} lacks {want:?}"
+        );
+    };
+    let huge = [u32::MAX as usize, usize::MAX, usize::MAX / 2 + 1];
+    for n in huge {
+        refused(config(KvBudget::Blocks(16), 4, n), "max_batch_tokens");
+        refused(config(KvBudget::Blocks(16), n, n), "max_seqs");
+        let requests = EngineConfig {
+            max_requests: n,
+            ..config(KvBudget::Blocks(16), 4, 64)
+        };
+        refused(requests, &format!("must be 1..={MAX_REQUESTS}"));
+    }
+    refused(
+        config(KvBudget::Blocks(16), MAX_SEQS + 1, MAX_SEQS + 1),
+        &format!("must be 1..={MAX_SEQS}"),
+    );
+    refused(
+        config(KvBudget::Blocks(16), 4, MAX_BATCH_TOKENS + 1),
+        &format!("max_seqs..={MAX_BATCH_TOKENS}"),
+    );
+    refused(config(KvBudget::Blocks(16), 0, 64), "max_seqs");
+    let none = EngineConfig {
+        max_requests: 0,
+        ..config(KvBudget::Blocks(16), 4, 64)
+    };
+    refused(none, "max_requests");
+    // `usize::MAX` blocks (plus the null block) overflow; they used to wrap to "no block".
+    refused(config(KvBudget::Blocks(usize::MAX), 4, 64), "overflow");
+    // Past the 32-bit block ids: refused before the arena is asked for.
+    refused(
+        config(KvBudget::Blocks(usize::MAX - 1), 4, 64),
+        "block ids are 32-bit",
+    );
+    refused(
+        config(KvBudget::Blocks(u32::MAX as usize), 4, 64),
+        "block ids are 32-bit",
+    );
+}
+
+/// A token budget above `n_ctx × max_seqs` can never be used: it is lowered, not allocated.
+#[test]
+fn batch_budget_is_lowered_to_what_the_sequences_hold() {
+    let e = Engine::new(tiny_model(), config(KvBudget::Blocks(16), 2, 100_000)).unwrap();
+    assert_eq!(e.cfg.max_batch_tokens, 64, "n_ctx 32 × 2 sequences");
+    assert_eq!(e.scratch.max_tokens(), 64);
+}
+
+/// `max_tokens = usize::MAX` (or anything from `n_ctx` up) generates until the context is full:
+/// the same ids as the exact count, finish reason `Length`; no arithmetic wraps, nothing is
+/// reserved from the caller's count.
+#[test]
+fn huge_max_tokens_runs_until_the_context_is_full() {
+    let prompt: Vec<u32> = (0..5).map(|k| 30 + 11 * k).collect();
+    let run = |max_tokens| {
+        let mut e = engine(16, 2, 64);
+        let id = e.submit(&prompt, &greedy(max_tokens)).unwrap();
+        run_to_end(&mut e);
+        let out = e.output(id).unwrap().next().unwrap();
+        let (ids, finish) = (out.ids.clone(), out.finish);
+        e.release(id).unwrap();
+        assert_eq!(e.metrics().blocks_used, 0);
+        (ids, finish)
+    };
+    let (exact, _) = run(32 - 5);
+    assert_eq!(exact.len(), 27);
+    for max_tokens in [usize::MAX, usize::MAX - 4, u32::MAX as usize, 32] {
+        let (ids, finish) = run(max_tokens);
+        assert_eq!(ids, exact, "max_tokens {max_tokens}");
+        assert_eq!(finish, Some(FinishReason::Length), "{max_tokens}");
+    }
+    // Below the context, max_tokens is literal: beyond the room the prompt leaves, refused.
+    let mut e = engine(16, 2, 64);
+    let err = e.submit(&prompt, &greedy(31)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ContextFull {
+                n_ctx: 32,
+                requested: 36
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// A prompt that leaves no room, and a request larger than the whole arena, are refused with
+/// messages that say so (the latter used to read "none is free" on an empty arena).
+#[test]
+fn requests_that_can_never_fit_say_why() {
+    let mut e = engine(3, 2, 64);
+    let long = vec![7u32; 32];
+    let err = e.submit(&long, &greedy(usize::MAX)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PromptTooLong {
+                n_prompt: 32,
+                n_ctx: 32
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("prompt of 32 tokens does not fit the context of 32"),
+        "{err}"
+    );
+    // 5 + 20 tokens: 7 blocks of 4; the arena holds 3.
+    let err = e.submit(&[1, 2, 3, 4, 5], &greedy(20)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::KvCacheFull {
+                total_blocks: 3,
+                needed_blocks: 7
+            }
+        ),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("can never fit this arena"), "{msg}");
+    assert!(!msg.contains("none is free"), "{msg}");
+    assert_eq!(e.metrics().blocks_used, 0);
+    assert!(!e.has_work());
+}

@@ -150,27 +150,29 @@ impl Scratch {
             // Build the lookup table now, not in the first forward pass.
             super::gelu::table();
         }
+        let per_token = |cols: usize| zeroed(t, cols, "max_batch_tokens");
+        let per_logit = |cols: usize| zeroed(max_logits, cols, "max_seqs");
         let mut logit_rows = Vec::new();
         logit_rows
             .try_reserve_exact(max_logits)
-            .map_err(|_| alloc_error("logit rows", max_logits, 8))?;
+            .map_err(|_| scratch_too_large("max_seqs", max_logits, 1))?;
         Ok(Scratch {
             max_tokens,
             max_logits,
             n_ctx,
-            x: zeroed("x", t, c.n_embd)?,
-            xn: zeroed("xn", t, c.n_embd)?,
-            q: zeroed("q", t, c.q_dim())?,
-            k: zeroed("k", t, c.kv_dim())?,
-            v: zeroed("v", t, c.kv_dim())?,
-            att: zeroed("att", t, c.q_dim())?,
-            proj: zeroed("proj", t, c.n_embd)?,
-            gate: zeroed("gate", t, c.n_ff)?,
-            up: zeroed("up", t, c.n_ff)?,
-            acts: zeroed("acts", t, widest.saturating_mul(4))?,
+            x: per_token(c.n_embd)?,
+            xn: per_token(c.n_embd)?,
+            q: per_token(c.q_dim())?,
+            k: per_token(c.kv_dim())?,
+            v: per_token(c.kv_dim())?,
+            att: per_token(c.q_dim())?,
+            proj: per_token(c.n_embd)?,
+            gate: per_token(c.n_ff)?,
+            up: per_token(c.n_ff)?,
+            acts: zeroed(t, widest.saturating_mul(4), "max_batch_tokens")?,
             logit_rows,
-            out_x: zeroed("out_x", max_logits, c.n_embd)?,
-            logits: zeroed("logits", max_logits, c.n_vocab)?,
+            out_x: per_logit(c.n_embd)?,
+            logits: per_logit(c.n_vocab)?,
             rope_cos,
             rope_sin,
             rope_cos_swa,
@@ -247,8 +249,8 @@ pub(crate) fn rope_tables(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let half = c.head_dim / 2;
     let theta_scale = base.powf(-2.0 / c.rope_dims as f32);
-    let mut cos: Vec<f32> = zeroed("rope_cos", n_ctx, half)?;
-    let mut sin: Vec<f32> = zeroed("rope_sin", n_ctx, half)?;
+    let mut cos = zeroed(n_ctx, half, "n_ctx")?;
+    let mut sin = zeroed(n_ctx, half, "n_ctx")?;
     for p in 0..n_ctx {
         let mut theta = p as f32;
         for i in 0..half {
@@ -275,33 +277,26 @@ pub(crate) fn rope_tables(
     Ok((cos, sin))
 }
 
-/// A zeroed buffer of `rows * cols` elements, allocated fallibly: its size comes from the
-/// caller's configuration (`max_batch_tokens`, the context), so an absurd value is an error
-/// naming the buffer, never an abort.
-fn zeroed<T: Copy + Default>(name: &str, rows: usize, cols: usize) -> Result<Vec<T>> {
-    let elem = std::mem::size_of::<T>();
-    let len = rows
-        .checked_mul(cols)
-        .filter(|n| {
-            n.checked_mul(elem)
-                .is_some_and(|b| b <= isize::MAX as usize)
-        })
-        .ok_or_else(|| alloc_error(name, rows, cols.saturating_mul(elem)))?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| alloc_error(name, rows, cols.saturating_mul(elem)))?;
-    v.resize(len, T::default());
-    Ok(v)
-}
-
-fn alloc_error(name: &str, rows: usize, row_bytes: usize) -> Error {
+fn scratch_too_large(name: &'static str, rows: usize, cols: usize) -> Error {
     Error::InvalidParam {
-        name: "max_batch_tokens",
+        name,
         what: format!(
-            "cannot allocate the scratch buffer {name} ({rows} rows of {row_bytes} bytes): \
-             lower max_batch_tokens or the context"
+            "{rows} rows of {cols} elements of scratch memory cannot be allocated: lower {name}"
         ),
     }
+}
+
+/// A zeroed `[rows, cols]` buffer, allocated fallibly: `rows` comes from the caller's
+/// configuration (`name`), and a size the machine cannot hold is an error, never an abort.
+fn zeroed<T: Clone + Default>(rows: usize, cols: usize, name: &'static str) -> Result<Vec<T>> {
+    let len = rows
+        .checked_mul(cols)
+        .ok_or_else(|| scratch_too_large(name, rows, cols))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| scratch_too_large(name, rows, cols))?;
+    v.resize(len, T::default());
+    Ok(v)
 }
 
 /// Quantize `n_tok` rows of `x` (`cols` wide) to the activation type `w` expects, spread over

@@ -166,11 +166,10 @@ impl ember_config {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ember_params {
-    /// Most tokens to generate (at least 1). Default 128. A value of the context length
-    /// (`n_ctx`) or more means "until the context is full": it is lowered to the room the prompt
-    /// leaves, and the request finishes with `EMBER_FINISH_LENGTH` when the context is full
-    /// (`UINT32_MAX` is a fine way to say it). Below the context, it is taken literally: prompt +
-    /// `max_tokens` beyond the context is `EMBER_ERR_TOO_LARGE`.
+    /// Most tokens to generate (at least 1). Default 128. Taken literally, whatever its size:
+    /// prompt + `max_tokens` beyond the context is `EMBER_ERR_TOO_LARGE` (so is `UINT32_MAX`;
+    /// nothing wraps). To generate until the context is full, ask for the room the prompt
+    /// leaves: `n_ctx` minus the prompt's token count (`ember_tokenize`).
     pub max_tokens: u32,
     /// Softmax temperature, >= 0; 0 is greedy (argmax). Default 0.
     pub temperature: f32,

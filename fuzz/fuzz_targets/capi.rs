@@ -50,7 +50,7 @@ struct Params {
     ignore_eos: bool,
     /// Keep the sampling parameters in range (the raw ones are mostly rejected).
     sane: bool,
-    /// `max_tokens` near `u32::MAX` ("until the context is full") instead of 0..=16.
+    /// `max_tokens` near `u32::MAX` (refused as too large, never wrapped) instead of 0..=16.
     huge_max_tokens: bool,
 }
 
@@ -129,7 +129,7 @@ impl Driver {
     ) -> ember_params {
         let mut e = ember_params_default();
         e.max_tokens = if p.huge_max_tokens {
-            u32::MAX - u32::from(p.max_tokens) // lowered to the room the context leaves
+            u32::MAX - u32::from(p.max_tokens) // EMBER_ERR_TOO_LARGE: checked arithmetic
         } else {
             (p.max_tokens % 17) as u32 // 0 is invalid: checked
         };

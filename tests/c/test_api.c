@@ -171,7 +171,7 @@ static void test_submit_misuse(ember_runtime *rt) {
     bad.max_tokens = 0;
     EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_INVALID_ARGUMENT);
     bad = p;
-    bad.max_tokens = 255; /* below the context (256), but beyond it with the prompt */
+    bad.max_tokens = 100000; /* beyond the context */
     EXPECT(ember_submit(rt, "ab", &bad, &id), EMBER_ERR_TOO_LARGE);
     CHECK(strstr(ember_last_error(), "context") != NULL);
     bad = p;
@@ -504,8 +504,9 @@ static void test_free_while_running(const char *synth) {
     ember_runtime_free(rt);
 }
 
-/* max_tokens = UINT32_MAX generates until the context is full; a prompt longer than the context
- * and a request larger than the whole arena are refused with messages that say so. */
+/* max_tokens = UINT32_MAX is EMBER_ERR_TOO_LARGE (taken literally, nothing wraps) and the room
+ * the prompt leaves runs to the end of the context; a prompt longer than the context and a
+ * request larger than the whole arena are refused with messages that say so. */
 static void test_request_limits(const char *synth) {
     ember_config c = small_config();
     c.n_ctx = 32;
@@ -522,6 +523,10 @@ static void test_request_limits(const char *synth) {
 
     ember_params p = params_n(UINT32_MAX);
     ember_request_id id = SENTINEL;
+    EXPECT(ember_submit(rt, "ab", &p, &id), EMBER_ERR_TOO_LARGE);
+    CHECK(id == SENTINEL);
+    CHECK(strstr(ember_last_error(), "context full") != NULL);
+    p = params_n((uint32_t)(32 - n_prompt));
     EXPECT(ember_submit(rt, "ab", &p, &id), EMBER_OK);
     run_to_idle(rt);
     ember_event ev;

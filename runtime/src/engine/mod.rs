@@ -455,10 +455,9 @@ impl Engine {
     /// ([`Error::KvCacheFull`] with `needed_blocks > total_blocks`); or when the request table is
     /// full.
     ///
-    /// A `max_tokens` of `n_ctx` or more can never be generated after a prompt: it means "until
-    /// the context is full" and is lowered to the room the prompt leaves (the request then
-    /// finishes with [`FinishReason::Length`] when the context is full). Below `n_ctx`, it is
-    /// taken literally and prompt + `max_tokens` must fit.
+    /// `max_tokens` is taken literally, whatever its size (checked arithmetic: `usize::MAX` is
+    /// [`Error::ContextFull`], as a session's `generate` says it): prompt + `max_tokens` must
+    /// fit the context.
     pub fn submit(&mut self, prompt: &[u32], params: &RequestParams) -> Result<RequestId> {
         let n_vocab = self.model.config.n_vocab;
         if prompt.is_empty() {
@@ -571,14 +570,10 @@ impl Engine {
                 n_ctx: self.n_ctx,
             });
         }
-        let room = self.n_ctx - n_prompt;
-        if max_tokens >= self.n_ctx {
-            return Ok(room);
-        }
-        if max_tokens > room {
+        if max_tokens > self.n_ctx - n_prompt {
             return Err(Error::ContextFull {
                 n_ctx: self.n_ctx,
-                requested: n_prompt + max_tokens,
+                requested: n_prompt.saturating_add(max_tokens),
             });
         }
         Ok(max_tokens)

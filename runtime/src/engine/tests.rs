@@ -252,42 +252,27 @@ fn batch_budget_is_lowered_to_what_the_sequences_hold() {
     assert_eq!(e.scratch.max_tokens(), 64);
 }
 
-/// `max_tokens = usize::MAX` (or anything from `n_ctx` up) generates until the context is full:
-/// the same ids as the exact count, finish reason `Length`; no arithmetic wraps, nothing is
-/// reserved from the caller's count.
+/// `max_tokens` up to `usize::MAX` is taken literally with checked arithmetic: beyond the room
+/// the prompt leaves it is `ContextFull` (never a wrap, never a reservation of the caller's
+/// count); the exact room runs to the end of the context.
 #[test]
-fn huge_max_tokens_runs_until_the_context_is_full() {
+fn huge_max_tokens_are_context_full_not_a_wrap() {
     let prompt: Vec<u32> = (0..5).map(|k| 30 + 11 * k).collect();
-    let run = |max_tokens| {
-        let mut e = engine(16, 2, 64);
-        let id = e.submit(&prompt, &greedy(max_tokens)).unwrap();
-        run_to_end(&mut e);
-        let out = e.output(id).unwrap().next().unwrap();
-        let (ids, finish) = (out.ids.clone(), out.finish);
-        e.release(id).unwrap();
-        assert_eq!(e.metrics().blocks_used, 0);
-        (ids, finish)
-    };
-    let (exact, _) = run(32 - 5);
-    assert_eq!(exact.len(), 27);
-    for max_tokens in [usize::MAX, usize::MAX - 4, u32::MAX as usize, 32] {
-        let (ids, finish) = run(max_tokens);
-        assert_eq!(ids, exact, "max_tokens {max_tokens}");
-        assert_eq!(finish, Some(FinishReason::Length), "{max_tokens}");
-    }
-    // Below the context, max_tokens is literal: beyond the room the prompt leaves, refused.
     let mut e = engine(16, 2, 64);
-    let err = e.submit(&prompt, &greedy(31)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::ContextFull {
-                n_ctx: 32,
-                requested: 36
-            }
-        ),
-        "{err}"
-    );
+    let id = e.submit(&prompt, &greedy(32 - 5)).unwrap();
+    run_to_end(&mut e);
+    let out = e.output(id).unwrap().next().unwrap();
+    assert_eq!(out.ids.len(), 27);
+    assert_eq!(out.finish, Some(FinishReason::Length));
+    e.release(id).unwrap();
+    for max_tokens in [usize::MAX, usize::MAX - 4, u32::MAX as usize, 32, 28] {
+        let err = e.submit(&prompt, &greedy(max_tokens)).unwrap_err();
+        assert!(
+            matches!(err, Error::ContextFull { n_ctx: 32, requested } if requested == 5usize.saturating_add(max_tokens)),
+            "max_tokens {max_tokens}: {err}"
+        );
+    }
+    assert_eq!(e.metrics().blocks_used, 0);
 }
 
 /// A prompt that leaves no room, and a request larger than the whole arena, are refused with

@@ -19,6 +19,15 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `o` exited with `code` and its stderr says `want` (and nothing panicked).
+#[track_caller]
+fn expect_exit(o: &Output, code: i32, want: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{err}");
+    assert!(err.contains(want), "stderr lacks {want:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ember-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -71,29 +80,17 @@ fn malformed_model_is_a_clear_error() {
     let p = tmp("bad.gguf");
     std::fs::write(&p, b"GGUF\x03\x00\x00\x00\xff\xff").unwrap();
     let o = ember(&["info", "-m", p.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("malformed GGUF at offset 8: file truncated"),
-        "{}",
-        stderr(&o)
-    );
+    expect_exit(&o, 1, "malformed GGUF at offset 8: file truncated");
     let o = ember(&["generate", "-m", "/nonexistent.gguf", "-p", "x"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("/nonexistent.gguf not found"),
-        "{}",
-        stderr(&o)
-    );
+    expect_exit(&o, 1, "/nonexistent.gguf not found");
 }
 
 #[test]
 fn bad_parameters_are_usage_errors() {
     let o = ember(&["generate", "-p", "x", "--temp", "-1"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("temperature"), "{}", stderr(&o));
+    expect_exit(&o, 2, "temperature");
     let o = ember(&["generate", "-p", "x", "--top-k", "many"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--top-k"), "{}", stderr(&o));
+    expect_exit(&o, 2, "--top-k");
     let o = ember(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
 }
@@ -104,12 +101,7 @@ fn chat_without_template_says_so() {
     let o = ember(&["synth", "-o", p.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = ember(&["chat", "-m", p.to_str().unwrap(), "-p", "hi"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("no tokenizer.chat_template"),
-        "{}",
-        stderr(&o)
-    );
+    expect_exit(&o, 1, "no tokenizer.chat_template");
     // The synthetic model itself loads and generates.
     let o = ember(&[
         "generate",
@@ -159,21 +151,10 @@ fn batch_and_concurrent_bench_run_through_the_engine() {
          {\"id\": \"too-long\", \"prompt\": \"x\", \"max_tokens\": 100000}\n",
     )
     .unwrap();
-    let o = ember(&[
-        "batch",
-        "-m",
-        m,
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "-t",
-        "2",
-    ]);
+    let o = run_batch(m, &input, &output, 2);
     // One request failed (it cannot fit the context): its error line is written, the others
     // run, and the exit status says that something failed.
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("arena_utilization"), "{}", stderr(&o));
+    expect_exit(&o, 1, "arena_utilization");
     assert!(
         stderr(&o).contains("1 of 3 requests failed"),
         "{}",
@@ -191,6 +172,27 @@ fn batch_and_concurrent_bench_run_through_the_engine() {
         long["error"].as_str().unwrap().contains("context full"),
         "{long}"
     );
+}
+
+/// `ember batch -m MODEL --input IN --output OUT -t THREADS`.
+fn run_batch(
+    model: &str,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    threads: u32,
+) -> Output {
+    let t = threads.to_string();
+    ember(&[
+        "batch",
+        "-m",
+        model,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "-t",
+        &t,
+    ])
 }
 
 fn result_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
@@ -268,8 +270,7 @@ fn row01_non_utf8_arguments() {
         ),
     ] {
         let o = ember_os(&args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains(flag), "{}", stderr(&o));
+        expect_exit(&o, 2, flag);
         assert!(stderr(&o).contains("not valid UTF-8"), "{}", stderr(&o));
         assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     }
@@ -298,8 +299,7 @@ fn row02_huge_max_tokens() {
     let m = synth_model();
     let m = m.to_str().unwrap();
     let o = ember(&["generate", "-m", m, "-p", "x", "-n", "18446744073709551615"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("context full"), "{}", stderr(&o));
+    expect_exit(&o, 1, "context full");
     // In a batch line: that request gets its line, the others run.
     let (input, output) = (tmp("row02.jsonl"), tmp("row02.out.jsonl"));
     std::fs::write(
@@ -308,17 +308,7 @@ fn row02_huge_max_tokens() {
          {\"id\": \"ok\", \"prompt\": \"x\", \"max_tokens\": 2}\n",
     )
     .unwrap();
-    let o = ember(&[
-        "batch",
-        "-m",
-        m,
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "-t",
-        "1",
-    ]);
+    let o = run_batch(m, &input, &output, 1);
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     let lines = result_lines(&output);
     assert_eq!(lines.len(), 2, "{lines:?}");
@@ -348,8 +338,7 @@ fn row03_absurd_counts() {
         ],
     ] {
         let o = ember(&args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains("must be 1..="), "{}", stderr(&o));
+        expect_exit(&o, 2, "must be 1..=");
     }
     // --threads 2^64-1: capped to the CPUs there are, with a warning; it still generates.
     // --threads: values past the machine's CPUs are capped (row 10), absurd ones refused.
@@ -364,12 +353,7 @@ fn row03_absurd_counts() {
         "--threads",
         max,
     ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("--threads must be 0..=1024"),
-        "{}",
-        stderr(&o)
-    );
+    expect_exit(&o, 2, "--threads must be 0..=1024");
 }
 
 /// Row 4: stdout closed early or full. A closed pipe ends the command quietly (status 141,
@@ -403,8 +387,7 @@ fn row04_stdout_closed_or_full() {
         format!("generate -m '{m}' -p abc -n 4 --json"),
     ] {
         let o = ember_sh("", &format!("{cmd} > /dev/full"));
-        assert_eq!(o.status.code(), Some(1), "{cmd}: {}", stderr(&o));
-        assert!(stderr(&o).contains("writing to stdout"), "{}", stderr(&o));
+        expect_exit(&o, 1, "writing to stdout");
     }
 }
 
@@ -436,8 +419,7 @@ fn row08_huge_context_fails_before_allocating() {
         p.display()
     );
     let o = ember_sh("ulimit -v 3000000;", &args);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("KV arena"), "{}", stderr(&o));
+    expect_exit(&o, 1, "KV arena");
     // With a small arena the same context runs: RoPE tables cover the reachable positions.
     let o = ember_sh("ulimit -v 3000000;", &format!("{args} --kv-blocks 64"));
     assert!(o.status.success(), "{}", stderr(&o));
@@ -493,8 +475,7 @@ fn row09_huge_prompts_are_refused_from_their_length() {
     let _ = stdin.write_all(line.as_bytes());
     drop(stdin);
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("longer than"), "{}", stderr(&o));
+    expect_exit(&o, 1, "longer than");
 }
 
 /// Row 10: far more threads than cores are capped with a warning, and generation runs.
@@ -554,23 +535,8 @@ fn row11_12_batch_streams_and_reports_bad_lines() {
         text.push(b'\n');
     }
     std::fs::write(&input, text).unwrap();
-    let o = ember(&[
-        "batch",
-        "-m",
-        m.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "-t",
-        "2",
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("8 of 308 requests failed"),
-        "{}",
-        stderr(&o)
-    );
+    let o = run_batch(m.to_str().unwrap(), &input, &output, 2);
+    expect_exit(&o, 1, "8 of 308 requests failed");
     let lines = result_lines(&output);
     assert_eq!(lines.len(), 308);
     for i in 0..300 {
@@ -664,8 +630,7 @@ fn row14_convert_refuses_bad_layers_and_its_input() {
             "--layers",
             layers,
         ]);
-        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-        assert!(stderr(&o).contains("keep 1..=2"), "{}", stderr(&o));
+        expect_exit(&o, 1, "keep 1..=2");
         assert!(!out.exists());
     }
     let before = std::fs::read(m).unwrap();
@@ -679,12 +644,7 @@ fn row14_convert_refuses_bad_layers_and_its_input() {
     });
     for o_path in [m, alias.as_str()] {
         let o = ember(&["convert", "-m", m, "-o", o_path, "--layers", "1"]);
-        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-        assert!(
-            stderr(&o).contains("is the input model itself"),
-            "{}",
-            stderr(&o)
-        );
+        expect_exit(&o, 2, "is the input model itself");
     }
     assert_eq!(std::fs::read(m).unwrap(), before, "the input was changed");
     let o = ember(&[
@@ -735,12 +695,15 @@ fn smaller_items_kv_blocks_and_synth_bounds() {
         "{}",
         stderr(&o)
     );
-    assert!(stderr(&o).contains("overflow the address space"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("overflow the address space"),
+        "{}",
+        stderr(&o)
+    );
     let out = tmp("too-big.gguf");
     for args in [["--embd", "1099511627776"], ["--layers", "4294967296"]] {
         let o = ember(&["synth", "-o", out.to_str().unwrap(), args[0], args[1]]);
-        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-        assert!(stderr(&o).contains("shape too large"), "{}", stderr(&o));
+        expect_exit(&o, 1, "shape too large");
     }
 }
 
@@ -782,7 +745,6 @@ fn endless_inputs_are_read_only_up_to_their_bound() {
         ),
     ] {
         let o = ember(&args);
-        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+        expect_exit(&o, 1, want);
     }
 }

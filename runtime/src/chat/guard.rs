@@ -16,7 +16,10 @@
 //! - every function, method, object or filter call is followed by `__ember_made`, which counts
 //!   the size of a string or sequence it returned into the same counter;
 //! - the builtins that can blow up in one call (`replace`, `join`, `indent`, `format`,
-//!   `string`, `batch`, `slice`) are replaced by versions that check the size first.
+//!   `string`, `batch`, `slice`) are replaced by versions that check the size first, and the
+//!   builtins that print a list or map argument (`upper`, `trim`, `escape`, `pprint`, ...)
+//!   measure it first ([`install_printing`]);
+//! - constant folding at compile time is bounded before compiling, in `fold.rs`.
 //!
 //! Depth: a value nested N deep costs N native stack frames to print, compare or drop. Printing
 //! and `~` refuse values nested deeper than [`MAX_PRINT_DEPTH`] (measured without recursion);

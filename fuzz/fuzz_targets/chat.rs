@@ -31,7 +31,7 @@ const TEMPLATES: [&str; 4] = [
 ];
 
 /// Pieces of hostile templates; `{}` in a fragment is replaced by the next fragment.
-const FRAGMENTS: [&str; 16] = [
+const FRAGMENTS: [&str; 20] = [
     "{% for i in range(100000) %}{}{% endfor %}",
     "{% set ns.s = ns.s ~ ns.s %}",
     "{% set ns.s = ns.s + ns.s %}",
@@ -48,6 +48,12 @@ const FRAGMENTS: [&str; 16] = [
     "{{ ns.v | tojson | length }}{{ ns.v == ns.v }}",
     "{{ ns.v | join(ns.s) | length }}",
     "{% if ns.s | length > 10 %}{}{% else %}{}{% endif %}",
+    // Constants folded at compile time, alone and joined.
+    "{{ ('a' * 99999999 ~ 'ab' * (10**7) * 10) | length }}",
+    "{% set ns.s = ['a' * 10**7, 'b' * 10**7] ~ ns.s %}",
+    // Builtins that print a list or map argument.
+    "{{ ns.v | upper | length }}{{ ns.v | trim | length }}",
+    "{{ ns.v | pprint | length }}{{ ns.v is startingwith('x') }}",
 ];
 
 const PRELUDE: &str =

@@ -19,6 +19,7 @@
 //! | memory ([`MAX_CREATED_BYTES`]) | 64 MiB of strings and list slots created | `s ~ s`, `s + s`, `s * n`, `[x] * n`, `replace`/`join`/`indent`/`format`/`batch`/`slice`/`list` bombs |
 //! | print depth ([`MAX_PRINT_DEPTH`]) | 1000 levels | printing, `~`, `join`, `string` of deeply nested values |
 //! | recursion ([`RECURSION_LIMIT`]) | 200 (a macro call costs 4) | recursive macros |
+//! | compile ([`MAX_FOLD_WORK`]) | 64 Mi nodes and bytes of constant folding | operator chains of tens of thousands of terms |
 //!
 //! Real templates are far below them: SmolLM2's template runs 34 017 instructions for a
 //! 1000-message chat and Gemma 3's 43 011. Nesting deeper than the print depth can still be
@@ -28,13 +29,22 @@
 //! for the nested loops, 2-90 ms for the size limits). How the limits are enforced: `guard.rs`.
 //! Names starting with `__ember_` are reserved (a syntax error).
 //!
-//! Not bounded: minijinja folds constant expressions while compiling, before any hook runs, so
-//! `'a' * 99999999` (minijinja's own cap is 100 MB a string) builds its string at compile time;
-//! chains of such constants joined with `~` can reach several hundred MB. And builtin
-//! filters that convert a list or map argument with Rust's `to_string` (`upper`, `trim`, ...)
-//! print it unchecked: a list that shares itself (`[v, v]` doubled 30 times, cheap to build)
-//! passed straight to one of them still allocates its full printed form. Output, `~`, `join`,
-//! `string`, `format`, `replace`, `indent`, `tojson` and the Python methods check first.
+//! Constant folding: minijinja folds constant expressions while compiling, before any hook
+//! runs (`'a' * 99999999` is a 100 MB string, `[1] * 10**12 ~ ''` prints a trillion items).
+//! `fold.rs` bounds every folded value from the parsed template without building it and
+//! refuses the template (memory limit) if one folded constant, or all of them together, would
+//! pass [`MAX_CREATED_BYTES`], in under 4 ms for the tests' templates.
+//!
+//! Printing builtins: `upper`, `lower`, `title`, `capitalize`, `trim`, `escape`/`e`, `safe`,
+//! `split`, `lines`, `pprint` and the tests `startingwith`, `endingwith`, `in` measure a list
+//! or map argument with the bounded printer before minijinja's builtin prints it (a list that
+//! shares itself, `[v, v]` doubled 30 times, is refused in about 0.2 s). Output, `~`, `join`,
+//! `string`, `format`, `replace`, `indent`, `tojson` and the Python methods check too.
+//!
+//! Still unbounded: the `in` operator (`x in 'text'`, not the `is in` test) prints a list or
+//! map on its left with `to_string` when the right side is a string.
+//! A template's own `raise_exception('recursion limit exceeded')` is reported as the recursion
+//! limit.
 //!
 //! Other limits: `{% break %}`/`{% continue %}` need minijinja's `loop_controls` feature, which the
 //! workspace does not enable; a template using them fails with a syntax error naming the line.
@@ -43,16 +53,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 
-use minijinja::machinery::{
-    make_string_output, CompiledTemplate, TemplateConfig, Vm, WhitespaceConfig,
-};
+use minijinja::machinery::{make_string_output, parse, CodeGenerator, Vm, WhitespaceConfig};
 use minijinja::value::{Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State};
 
+mod fold;
 mod guard;
 
+pub use fold::MAX_FOLD_WORK;
 pub use guard::{
     FUEL, MAX_CREATED_BYTES, MAX_OUTPUT_BYTES, MAX_PRINT_DEPTH, RECURSION_LIMIT,
     RENDER_STACK_BYTES, RESERVED_PREFIX,
@@ -129,6 +138,14 @@ fn to_chat_error(e: &Error, syntax: bool) -> ChatError {
         Some(d) => format!("{}: {d}", e.kind()),
         None => e.kind().to_string(),
     };
+    if e.kind() == ErrorKind::InvalidOperation && e.detail() == Some("recursion limit exceeded") {
+        return ChatError::Limit {
+            line: e.line(),
+            what: format!(
+                "recursion limit ({RECURSION_LIMIT} levels; a macro call costs 4) exceeded"
+            ),
+        };
+    }
     if e.kind() == ErrorKind::InvalidOperation {
         // raise_exception: the template's own message is the useful part.
         what = e.detail().unwrap_or("raise_exception").to_string();
@@ -201,6 +218,9 @@ pub fn render_chat(
     })
 }
 
+/// The template's name in minijinja's errors.
+const NAME: &str = "chat_template";
+
 /// [`render_chat`] on the current thread, also returning the fuel used: every value the
 /// template builds is created and dropped here.
 fn render_here(
@@ -216,21 +236,20 @@ fn render_here(
     env.add_filter("tojson", tojson);
     env.set_unknown_method_callback(py_method);
     guard::install(&mut env);
-    let config = TemplateConfig {
-        syntax_config: Default::default(),
-        ws_config: WhitespaceConfig {
-            keep_trailing_newline: false,
-            lstrip_blocks: true,
-            trim_blocks: true,
-        },
-        default_auto_escape: Arc::new(|_: &str| AutoEscape::None),
+    let ws = WhitespaceConfig {
+        keep_trailing_newline: false,
+        lstrip_blocks: true,
+        trim_blocks: true,
     };
-    let compiled = CompiledTemplate::new("chat_template", template, &config)
-        .map_err(|e| to_chat_error(&e, true))?;
-    let instructions =
-        guard::rewrite(&compiled.instructions).map_err(|e| to_chat_error(&e, true))?;
+    // Parsed once: the fold check walks the tree, then the code generator compiles it.
+    let ast = parse(template, NAME, Default::default(), ws).map_err(|e| to_chat_error(&e, true))?;
+    fold::check(&ast).map_err(|e| to_chat_error(&e, true))?;
+    let mut codegen = CodeGenerator::new(NAME, template);
+    codegen.compile_stmt(&ast);
+    let (compiled, compiled_blocks) = codegen.finish();
+    let instructions = guard::rewrite(&compiled).map_err(|e| to_chat_error(&e, true))?;
     let mut blocks = BTreeMap::new();
-    for (name, block) in &compiled.blocks {
+    for (name, block) in &compiled_blocks {
         blocks.insert(
             *name,
             guard::rewrite(block).map_err(|e| to_chat_error(&e, true))?,
@@ -633,294 +652,4 @@ fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// SmolLM2-135M-Instruct's `tokenizer.chat_template`, read from the GGUF.
-    const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
-    #[test]
-    fn smollm2_system_and_user() {
-        let msgs = [
-            ChatMessage::new("system", "Be brief."),
-            ChatMessage::new("user", "Hi there!"),
-        ];
-        let out = render_chat(SMOLLM2, &msgs, true, "<|im_start|>", "<|im_end|>").unwrap();
-        assert_eq!(
-            out,
-            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\n"
-        );
-    }
-
-    #[test]
-    fn smollm2_default_system_prompt_and_no_generation_prompt() {
-        let msgs = [ChatMessage::new("user", "Hi")];
-        let out = render_chat(SMOLLM2, &msgs, false, "", "").unwrap();
-        assert_eq!(
-            out,
-            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-        );
-    }
-
-    #[test]
-    fn errors_are_clear() {
-        let err = render_chat("{% for m in messages %}", &[], false, "", "").unwrap_err();
-        assert!(matches!(err, ChatError::Syntax { .. }), "{err}");
-        assert!(err.to_string().contains("syntax error"), "{err}");
-
-        let t = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}";
-        let err = render_chat(t, &[ChatMessage::new("system", "x")], false, "", "").unwrap_err();
-        assert!(matches!(err, ChatError::Render { .. }));
-        assert!(
-            err.to_string()
-                .contains("Conversation must start with user"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn python_compat_helpers() {
-        let t = "{{ bos_token }}{% for m in messages %}{{ m.content.strip().upper() }}|{{ m['role'].startswith('us') }}|{{ m.content.split(',') | length }}{% endfor %}{{ {'a': 1, 'b': [true, none, 'x\"y']} | tojson }}{{ eos_token }}";
-        let out = render_chat(
-            t,
-            &[ChatMessage::new("user", "  a,b  ")],
-            false,
-            "<s>",
-            "</s>",
-        )
-        .unwrap();
-        assert_eq!(
-            out,
-            "<s>A,B|True|2{\"a\": 1, \"b\": [true, null, \"x\\\"y\"]}</s>"
-        );
-        assert_eq!(
-            render_chat(
-                "{{ {'k': 'v'}.items() | list | length }}{{ {'k': 'v'}.get('z', 'd') }}",
-                &[],
-                false,
-                "",
-                ""
-            )
-            .unwrap(),
-            "1d"
-        );
-        let date = render_chat("{{ strftime_now('%Y-%m-%d') }}", &[], false, "", "").unwrap();
-        assert_eq!(date.len(), 10);
-    }
-
-    /// Renders `t` with no messages and returns the limit error (the test fails on anything
-    /// else), checking that it names `limit` and came back within two seconds.
-    fn limit_hit(t: &str, limit: &str) -> String {
-        let t0 = std::time::Instant::now();
-        let r = render_chat(t, &[ChatMessage::new("user", "hi")], true, "", "");
-        let dt = t0.elapsed();
-        let err = match r {
-            Err(e @ ChatError::Limit { .. }) => e.to_string(),
-            other => panic!(
-                "{t}: expected a limit error, got {:?}",
-                other.map(|s| s.len())
-            ),
-        };
-        assert!(err.contains(limit), "{t}: {err}");
-        assert!(dt.as_secs_f64() < 2.0, "{t}: took {dt:?}");
-        eprintln!("{:>8.1} ms  {err}", dt.as_secs_f64() * 1e3);
-        err
-    }
-
-    const NS: &str = "{% set ns = namespace(v=[], s='ab') %}";
-
-    #[test]
-    fn deep_nesting_printed_compared_dropped() {
-        // Printing refuses values nested past MAX_PRINT_DEPTH; the loop runs out of fuel
-        // first for the larger counts, and the deep value is then dropped on the render thread.
-        let deep =
-            format!("{NS}{{% for i in range(100000) %}}{{% set ns.v = [ns.v] %}}{{% endfor %}}");
-        limit_hit(&format!("{deep}{{{{ ns.v }}}}"), "levels of nesting");
-        let cmp = render_chat(
-            &format!("{deep}{{{{ ns.v == [ns.v] }}}}"),
-            &[],
-            false,
-            "",
-            "",
-        );
-        assert_eq!(cmp, Ok("False".to_string()));
-        let d2000 =
-            format!("{NS}{{% for i in range(2000) %}}{{% set ns.v = [ns.v] %}}{{% endfor %}}");
-        limit_hit(&format!("{d2000}{{{{ ns.v }}}}"), "levels of nesting");
-        limit_hit(&format!("{d2000}{{{{ ns.v ~ 'x' }}}}"), "levels of nesting");
-        limit_hit(
-            &format!("{d2000}{{{{ ns.v | string }}}}"),
-            "levels of nesting",
-        );
-        // Nested namespaces and dicts.
-        let t = "{% set ns = namespace(v=none) %}{% for i in range(100000) %}{% set ns.v = namespace(v=ns.v) %}{% endfor %}{{ ns.v }}";
-        limit_hit(t, "levels of nesting");
-        let t = "{% set ns = namespace(v={}) %}{% for i in range(100000) %}{% set ns.v = {'k': ns.v} %}{% endfor %}{{ ns.v == {'k': ns.v} }}";
-        assert_eq!(render_chat(t, &[], false, "", ""), Ok("False".to_string()));
-    }
-
-    #[test]
-    fn deepest_fuel_allows_is_compared_and_dropped() {
-        // 40 levels a statement (the parser limits nesting) build the deepest value the fuel
-        // allows; two of them are compared, then dropped, on the render thread's stack.
-        let mut wrap = String::from("ns.a");
-        let mut wrap_b = String::from("ns.b");
-        for _ in 0..40 {
-            wrap = format!("[{wrap}]");
-            wrap_b = format!("[{wrap_b}]");
-        }
-        let iters = FUEL / 100;
-        let t = format!(
-            "{{% set ns = namespace(a=[], b=[]) %}}{{% for i in range({}) %}}{{% for j in range(100) %}}{{% set ns.a = {wrap} %}}{{% set ns.b = {wrap_b} %}}{{% endfor %}}{{% endfor %}}{{{{ ns.a == ns.b }}}}{{{{ ns.a < ns.b }}}}",
-            iters / 100
-        );
-        let r = render_chat(&t, &[], false, "", "");
-        assert!(matches!(r, Ok(_) | Err(ChatError::Limit { .. })), "{r:?}");
-        eprintln!("{:?}", r.map(|s| s.len()));
-        // And one that runs out of fuel while nesting.
-        let t = format!(
-            "{{% set ns = namespace(a=[], b=[]) %}}{{% for i in range(100000) %}}{{% for j in range(100) %}}{{% set ns.a = {wrap} %}}{{% endfor %}}{{% endfor %}}"
-        );
-        limit_hit(&t, "work limit");
-    }
-
-    #[test]
-    fn doubling_hits_a_limit() {
-        let lp = "{% for i in range(100) %}";
-        for t in [
-            format!("{NS}{lp}{{% set ns.s = ns.s ~ ns.s %}}{{% endfor %}}{{{{ ns.s }}}}"),
-            format!("{NS}{lp}{{% set ns.s = ns.s + ns.s %}}{{% endfor %}}{{{{ ns.s }}}}"),
-            format!("{NS}{lp}{{% set ns.s = ns.s * 2 %}}{{% endfor %}}{{{{ ns.s }}}}"),
-            format!("{NS}{lp}{{% set ns.s = 2 * ns.s %}}{{% endfor %}}"),
-            format!("{NS}{lp}{{% set ns.v = ns.v + ns.v + [1] %}}{{% endfor %}}{{{{ ns.v | list | length }}}}"),
-            format!("{NS}{{{{ ([1] * 1000000000000) | list | length }}}}"),
-            format!("{NS}{{{{ 'ab' * 1000000000000 }}}}"),
-            format!("{{% set s = 'ab' %}}{}{{{{ s }}}}", "{% set s = s ~ s %}".repeat(40)),
-            format!("{{% set s = 'ab' %}}{}{{{{ s }}}}", "{% set s = s + s %}".repeat(40)),
-        ] {
-            let err = limit_hit(&t, "limit");
-            assert!(err.contains("memory limit") || err.contains("output limit"), "{t}: {err}");
-        }
-    }
-
-    #[test]
-    fn captures_hit_the_output_limit() {
-        let mac = "{% macro d(s) %}{{ s }}{{ s }}{% endmacro %}";
-        limit_hit(
-            &format!(
-                "{mac}{NS}{{% for i in range(100) %}}{{% set ns.s = d(ns.s) %}}{{% endfor %}}"
-            ),
-            "output limit (4 MiB)",
-        );
-        limit_hit(
-            &format!("{NS}{{% for i in range(100) %}}{{% set c %}}{{{{ ns.s }}}}{{{{ ns.s }}}}{{% endset %}}{{% set ns.s = c %}}{{% endfor %}}"),
-            "output limit (4 MiB)",
-        );
-        limit_hit(
-            &format!("{NS}{{% for i in range(100) %}}{{% filter upper %}}{{{{ ns.s }}}}{{{{ ns.s }}}}{{% endfilter %}}{{% set ns.s = ns.s ~ ns.s %}}{{% endfor %}}"),
-            "limit",
-        );
-        // Plain output: a long loop of text.
-        limit_hit(
-            &format!(
-                "{{% for i in range(100000) %}}{}{{% endfor %}}",
-                "0123456789".repeat(100)
-            ),
-            "output limit (4 MiB)",
-        );
-    }
-
-    #[test]
-    fn one_call_bombs_hit_a_limit() {
-        let big = "{% set ns = namespace(s='a' * 1000000) %}";
-        for t in [
-            format!("{big}{{{{ ns.s | replace('a', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa') | length }}}}"),
-            format!("{big}{{{{ ns.s.replace('a', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa') | length }}}}"),
-            format!("{NS}{{% for i in range(40) %}}{{% set ns.s = ns.s.replace('a', 'aaaa') %}}{{% endfor %}}"),
-            format!("{NS}{{% for i in range(40) %}}{{% set ns.s = ns.s | replace('a', 'aaaa') %}}{{% endfor %}}"),
-            format!("{big}{{{{ range(100000) | join(ns.s) | length }}}}"),
-            format!("{big}{{{{ ns.s.join(range(100000)) | length }}}}"),
-            "{% set ns = namespace(s='a\\n' * 1000000) %}{{ ns.s | indent(100) | length }}".to_string(),
-            "{{ 'a\n' * 100000 | indent(width=1000000000000) | length }}".to_string(),
-            "{{ '%1000000000000s' | format('x') | length }}".to_string(),
-            "{{ [1] | batch(1000000000000, 0) | list | length }}".to_string(),
-            "{{ [1] | slice(1000000000000, 0) | list | length }}".to_string(),
-            format!("{NS}{{% for i in range(30) %}}{{% set ns.v = [ns.v, ns.v] %}}{{% endfor %}}{{{{ ns.v | tojson | length }}}}"),
-            format!("{NS}{{% for i in range(30) %}}{{% set ns.v = [ns.v, ns.v] %}}{{% endfor %}}{{{{ ns.v | join(',') | length }}}}"),
-            format!("{NS}{{% for i in range(30) %}}{{% set ns.v = [ns.v, ns.v] %}}{{% endfor %}}{{{{ ns.v }}}}"),
-        ] {
-            let err = limit_hit(&t, "limit");
-            assert!(!err.contains("work limit"), "{t}: {err}");
-        }
-        // `center` is not a builtin here (minijinja-contrib has it): a clear error, no work.
-        let err = render_chat("{{ 'a' | center(1000000000000) }}", &[], false, "", "").unwrap_err();
-        assert!(err.to_string().contains("center"), "{err}");
-    }
-
-    #[test]
-    fn nested_loops_run_out_of_fuel() {
-        limit_hit(
-            "{% for i in range(100000) %}{% for j in range(100000) %}{% for k in range(100000) %}{% endfor %}{% endfor %}{% endfor %}",
-            "work limit (fuel 2000000 instructions)",
-        );
-    }
-
-    #[test]
-    fn reserved_names_are_refused() {
-        let err = render_chat(
-            "{{ 1 }}\n{% macro __ember_emit(x) %}{% endmacro %}",
-            &[],
-            false,
-            "",
-            "",
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, ChatError::Syntax { line: Some(2), .. }),
-            "{err}"
-        );
-        assert!(err.to_string().contains("__ember_"), "{err}");
-    }
-
-    #[test]
-    fn control_flow_survives_the_rewrite() {
-        let t = "{% macro m(x, y=2) %}<{{ x ~ y }}>{% endmacro %}{% for i in range(4) if i != 1 %}{{ loop.index }}{{ m(i) }}{% if i > 2 and not false or none %}!{% else %}?{% endif %}{% endfor %}{% set c %}{{ 'x' * 3 }}{% endset %}{{ c | upper }}{{ [1, 2] + [3] }}{{ 1 + 2 * 3 }}{{ 'a' + 'b' }}{{ m('q') if true else 'no' }}{% filter lower %}AB{% endfilter %}{{ ('%s-%d' | format('a', 3)) }}{{ ['a', 'b'] | join('/') }}{{ 'a\nb' | indent(2, true) }}{{ 'abca' | replace('a', 'x') }}";
-        let out = render_chat(t, &[], false, "", "").unwrap();
-        assert_eq!(
-            out,
-            "1<02>?2<22>?3<32>!XXX[1, 2, 3]7ab<q2>aba-3a/b  a\n  bxbcx"
-        );
-    }
-
-    /// Fuel the real templates use, printed for the record (`-- --nocapture`).
-    #[test]
-    fn fuel_of_real_templates() {
-        let gemma = include_str!("../../tests/golden/gemma3/chat_template.jinja");
-        for (name, t) in [("SmolLM2", SMOLLM2), ("Gemma 3", gemma)] {
-            for n in [2usize, 100, 1000] {
-                let msgs: Vec<ChatMessage> = (0..n)
-                    .map(|i| {
-                        let role = if i % 2 == 0 { "user" } else { "assistant" };
-                        ChatMessage::new(role, format!("message number {i}"))
-                    })
-                    .collect();
-                let (_, fuel) = render_here(t, &msgs, true, "<bos>", "<eos>").unwrap();
-                eprintln!("{name}: {n} messages use {fuel} fuel");
-                assert!(fuel * 20 <= FUEL, "{name} {n}: {fuel}");
-            }
-        }
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(
-            format_time(0, "%Y-%m-%d %H:%M:%S %a %j"),
-            "1970-01-01 00:00:00 Thu 001"
-        );
-        // 2024-02-29 12:34:56 UTC, a leap day.
-        assert_eq!(
-            format_time(1_709_210_096, "%d %B %Y %I %p %A %j"),
-            "29 February 2024 12 PM Thursday 060"
-        );
-    }
-}
+mod tests;

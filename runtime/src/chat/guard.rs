@@ -16,7 +16,10 @@
 //! - every function, method, object or filter call is followed by `__ember_made`, which counts
 //!   the size of a string or sequence it returned into the same counter;
 //! - the builtins that can blow up in one call (`replace`, `join`, `indent`, `format`,
-//!   `string`, `batch`, `slice`) are replaced by versions that check the size first.
+//!   `string`, `batch`, `slice`) are replaced by versions that check the size first, and the
+//!   builtins that print a list or map argument (`upper`, `trim`, `escape`, `pprint`, ...)
+//!   measure it first ([`install_printing`]);
+//! - constant folding at compile time is bounded before compiling, in `fold.rs`.
 //!
 //! Depth: a value nested N deep costs N native stack frames to print, compare or drop. Printing
 //! and `~` refuse values nested deeper than [`MAX_PRINT_DEPTH`] (measured without recursion);
@@ -28,6 +31,7 @@
 //! so that it cannot shadow them. Everything here depends on minijinja's unstable machinery
 //! API, which is why the workspace pins minijinja to one exact version.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -123,7 +127,7 @@ impl Budget {
     }
 }
 
-fn limit_error(what: String) -> Error {
+pub(super) fn limit_error(what: String) -> Error {
     Error::new(ErrorKind::InvalidOperation, format!("{LIMIT_MSG}{what}"))
 }
 
@@ -390,6 +394,97 @@ pub(super) fn install(env: &mut Environment<'_>) {
     });
 
     install_filters(env, &budget);
+    install_printing(env, &budget);
+}
+
+/// Builtin filters and tests that turn a list or map argument into text with `to_string`
+/// (`upper`, `trim`, `escape`, ..., `x is startingwith(y)`): a list that shares itself, cheap
+/// to build, prints to gigabytes. Each such argument is measured first by the bounded,
+/// depth-checked [`display_size`] (up to the output limit, like `join`: measuring costs about
+/// 50 ns an item) and counted as created; then minijinja's own builtin runs,
+/// so behaviour is unchanged. `pprint` prints with `{:#?}` (indented), so its text is also
+/// written through a writer that stops at the budget.
+fn install_printing(env: &mut Environment<'_>, budget: &Arc<Budget>) {
+    use minijinja::{filters as f, tests as t};
+    let filters = [
+        ("safe", Value::from_function(f::safe)),
+        ("escape", Value::from_function(f::escape)),
+        ("e", Value::from_function(f::escape)),
+        ("lower", Value::from_function(f::lower)),
+        ("upper", Value::from_function(f::upper)),
+        ("title", Value::from_function(f::title)),
+        ("capitalize", Value::from_function(f::capitalize)),
+        ("trim", Value::from_function(f::trim)),
+        ("split", Value::from_function(f::split)),
+        ("lines", Value::from_function(f::lines)),
+    ];
+    for (name, builtin) in filters {
+        let b = budget.clone();
+        env.add_filter(name, move |state: &State, args: Rest<Value>| {
+            check_printed(&b, &args, name)?;
+            builtin.call(state, &args)
+        });
+    }
+    let tests = [
+        ("startingwith", Value::from_function(t::is_startingwith)),
+        ("endingwith", Value::from_function(t::is_endingwith)),
+        ("in", Value::from_function(t::is_in)),
+    ];
+    for (name, builtin) in tests {
+        let b = budget.clone();
+        env.add_test(name, move |state: &State, args: Rest<Value>| {
+            check_printed(&b, &args, name)?;
+            Ok::<bool, Error>(builtin.call(state, &args)?.is_true())
+        });
+    }
+    let b = budget.clone();
+    env.add_filter("pprint", move |v: &Value| -> Result<Value, Error> {
+        check_printed(&b, std::slice::from_ref(v), "pprint")?;
+        let mut out = Capped {
+            text: String::new(),
+            cap: b.created_left().min(MAX_OUTPUT_BYTES) as usize,
+        };
+        if fmt::write(&mut out, format_args!("{v:#?}")).is_err() {
+            return Err(limit_error(format!(
+                "output limit ({} MiB) in `pprint`",
+                mib(MAX_OUTPUT_BYTES)
+            )));
+        }
+        b.add_created(out.text.len() as u64)?;
+        Ok(Value::from(out.text))
+    });
+}
+
+/// Measures (and counts as created) every list or map in `args`; fails past the budget or
+/// [`MAX_PRINT_DEPTH`].
+fn check_printed(b: &Budget, args: &[Value], name: &str) -> Result<(), Error> {
+    for a in args {
+        if matches!(
+            a.kind(),
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+        ) {
+            let what = format!("`{name}` of a list or map");
+            let left = b.created_left().min(MAX_OUTPUT_BYTES);
+            b.add_created(display_size(a, left, &what)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// A `fmt::Write` that fails once its text would pass `cap` bytes.
+struct Capped {
+    text: String,
+    cap: usize,
+}
+
+impl fmt::Write for Capped {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.text.len() + s.len() > self.cap {
+            return Err(fmt::Error);
+        }
+        self.text.push_str(s);
+        Ok(())
+    }
 }
 
 /// The builtin filters that can allocate without bound in one call, size-checked.

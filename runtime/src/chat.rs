@@ -36,13 +36,12 @@
 //! pass [`MAX_CREATED_BYTES`], in under 4 ms for the tests' templates.
 //!
 //! Printing builtins: `upper`, `lower`, `title`, `capitalize`, `trim`, `escape`/`e`, `safe`,
-//! `split`, `lines`, `pprint` and the tests `startingwith`, `endingwith`, `in` measure a list
-//! or map argument with the bounded printer before minijinja's builtin prints it (a list that
-//! shares itself, `[v, v]` doubled 30 times, is refused in about 0.2 s). Output, `~`, `join`,
-//! `string`, `format`, `replace`, `indent`, `tojson` and the Python methods check too.
+//! `split`, `lines`, `pprint`, the tests `startingwith`, `endingwith`, `in`, and the `in`
+//! operator (`x in 'text'` prints a non-string `x` to search for it) measure a list or map
+//! argument with the bounded printer before minijinja prints it (a list that shares itself,
+//! `[v, v]` doubled 30 times, is refused in about 0.2 s). Output, `~`, `join`, `string`,
+//! `format`, `replace`, `indent`, `tojson` and the Python methods check too.
 //!
-//! Still unbounded: the `in` operator (`x in 'text'`, not the `is in` test) prints a list or
-//! map on its left with `to_string` when the right side is a string.
 //! A template's own `raise_exception('recursion limit exceeded')` is reported as the recursion
 //! limit.
 //!

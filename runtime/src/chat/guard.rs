@@ -77,6 +77,7 @@ const RAW: &str = "__ember_raw";
 const CONCAT: &str = "__ember_concat";
 const ADD: &str = "__ember_add";
 const MUL: &str = "__ember_mul";
+const IN: &str = "__ember_in";
 const MADE: &str = "__ember_made";
 
 /// Prefix of every limit error's message; chat.rs turns such errors into `ChatError::Limit`.
@@ -140,7 +141,11 @@ pub(super) fn fuel_message() -> String {
 fn expansion_len(instr: &Instruction<'_>) -> u32 {
     match instr {
         Instruction::EmitRaw(_) => 4,
-        Instruction::Add | Instruction::Mul | Instruction::StringConcat => 3,
+        Instruction::Add
+        | Instruction::Mul
+        | Instruction::StringConcat
+        | Instruction::In
+        | Instruction::CompareAndPreserve(_) => 3,
         Instruction::Emit
         | Instruction::CallFunction(..)
         | Instruction::CallMethod(..)
@@ -187,11 +192,16 @@ pub(super) fn rewrite<'s>(old: &Instructions<'s>) -> Result<Instructions<'s>, Er
                 push(Instruction::CallFunction(EMIT, Some(1)));
                 push(Instruction::Emit);
             }
-            op @ (Instruction::Add | Instruction::Mul | Instruction::StringConcat) => {
+            op @ (Instruction::Add
+            | Instruction::Mul
+            | Instruction::StringConcat
+            | Instruction::In
+            | Instruction::CompareAndPreserve(_)) => {
                 let hook = match op {
                     Instruction::Add => ADD,
                     Instruction::Mul => MUL,
-                    _ => CONCAT,
+                    Instruction::StringConcat => CONCAT,
+                    _ => IN,
                 };
                 push(Instruction::CallFunction(hook, Some(2)));
                 push(Instruction::UnpackList(2));
@@ -385,6 +395,16 @@ pub(super) fn install(env: &mut Environment<'_>) {
             (held_bytes(&x), times(&y))
         };
         b.add_created(held.saturating_mul(n))?;
+        Ok(Value::from(vec![y, x]))
+    });
+    // `x in 'text'` (and chained comparisons, which share the instruction for `in`) prints a
+    // non-string `x` to search for it: measure it first, up to the output limit.
+    let b = budget.clone();
+    env.add_function(IN, move |x: Value, y: Value| -> Result<Value, Error> {
+        if y.kind() == ValueKind::String && x.kind() != ValueKind::String {
+            let left = MAX_OUTPUT_BYTES.saturating_sub(b.output.load(Ordering::Relaxed));
+            b.add_created(display_size(&x, left, "`in` operands")?)?;
+        }
         Ok(Value::from(vec![y, x]))
     });
     let b = budget.clone();

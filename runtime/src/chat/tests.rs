@@ -353,6 +353,19 @@ fn printing_filters_bound_shared_lists() {
         "limit",
     );
     limit_hit(&format!("{share}{{{{ ns.v is in('abc') }}}}"), "limit");
+    // The `in` operator prints a non-string left side to search a string for it.
+    limit_hit(&format!("{share}{{{{ ns.v in 'abc' }}}}"), "limit");
+    limit_hit(&format!("{share}{{{{ ns.v not in 'abc' }}}}"), "limit");
+    limit_hit(
+        &format!("{share}{{{{ 'a' < 'b' in 'abc' }}}}{{{{ ns.v in 'x' }}}}"),
+        "limit",
+    );
+    // Ordinary `in`, `not in` and chained comparisons keep minijinja's answers.
+    let t = "{{ 'b' in 'abc' }}{{ 1 in [1, 2] }}{{ 'k' in {'k': 1} }}{{ 3 not in [1] }}{{ 1 < 2 < 3 }}{{ 1 < 3 < 2 }}{{ [1] in 'x[1]y' }}";
+    assert_eq!(
+        render_chat(t, &[], false, "", ""),
+        Ok("TrueTrueTrueTrueTrueFalseTrue".to_string())
+    );
     // Ordinary inputs behave as minijinja's builtins.
     let t = "{{ 'hello wORLD' | title }}|{{ ' a ' | trim }}|{{ 'xaxx' | trim('x') }}|{{ '<a>' | e }}|{{ [1, 'a'] | upper }}|{{ 'a b' | split | length }}|{{ 'a\nb' | lines | list }}|{{ 'ab' is startingwith('a') }}|{{ {'k': [1]} | pprint }}|{{ 'abc' | capitalize }}";
     assert_eq!(

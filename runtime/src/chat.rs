@@ -15,14 +15,15 @@
 //! | limit | value | what hits it |
 //! |---|---|---|
 //! | work ([`FUEL`]) | 2 000 000 instructions | nested `range(100000)` loops; any long loop |
+//! | scanning ([`MAX_SCANNED_BYTES`]) | 128 MiB of operands handed to comparisons, `in`, tests and calls | `'x' in content`, `content \| length`, `items \| max` in a loop over a large value |
 //! | output ([`MAX_OUTPUT_BYTES`]) | 4 MiB written, captures included | macro or `{% set %}`/`{% filter %}` block doubling; long text loops |
 //! | memory ([`MAX_CREATED_BYTES`]) | 64 MiB of strings and list slots created | `s ~ s`, `s + s`, `s * n`, `[x] * n`, `replace`/`join`/`indent`/`format`/`batch`/`slice`/`list` bombs |
 //! | print depth ([`MAX_PRINT_DEPTH`]) | 1000 levels | printing, `~`, `join`, `string` of deeply nested values |
 //! | recursion ([`RECURSION_LIMIT`]) | 200 (a macro call costs 4) | recursive macros |
 //! | compile ([`MAX_FOLD_WORK`]) | 64 Mi nodes and bytes of constant folding | operator chains of tens of thousands of terms |
 //!
-//! Real templates are far below them: SmolLM2's template runs 34 017 instructions for a
-//! 1000-message chat and Gemma 3's 43 011. Nesting deeper than the print depth can still be
+//! Real templates are far below them: SmolLM2's template runs 34 019 instructions for a
+//! 1000-message chat and Gemma 3's 49 013. Nesting deeper than the print depth can still be
 //! built (each level costs an instruction) and is compared and dropped on the render thread,
 //! whose stack ([`RENDER_STACK_BYTES`], 1 GiB reserved, touched only as deep as used) holds the
 //! deepest value the fuel allows. A limit-hitting render returns in well under a second (36 ms
@@ -62,7 +63,7 @@ mod guard;
 
 pub use fold::MAX_FOLD_WORK;
 pub use guard::{
-    FUEL, MAX_CREATED_BYTES, MAX_OUTPUT_BYTES, MAX_PRINT_DEPTH, RECURSION_LIMIT,
+    FUEL, MAX_CREATED_BYTES, MAX_OUTPUT_BYTES, MAX_PRINT_DEPTH, MAX_SCANNED_BYTES, RECURSION_LIMIT,
     RENDER_STACK_BYTES, RESERVED_PREFIX,
 };
 

@@ -15,6 +15,10 @@
 //!   (`UnpackList(2)`) to the original instruction, so Jinja's semantics are unchanged;
 //! - every function, method, object or filter call is followed by `__ember_made`, which counts
 //!   the size of a string or sequence it returned into the same counter;
+//! - every comparison, `in`, test and call is preceded by `__ember_scan` (or `__ember_in`),
+//!   which adds the sizes of its operands to a "bytes scanned" counter
+//!   ([`MAX_SCANNED_BYTES`]): one instruction can walk a whole string or list, so fuel alone
+//!   would let `'x' in content` in a loop run for minutes;
 //! - the builtins that can blow up in one call (`replace`, `join`, `indent`, `format`,
 //!   `string`, `batch`, `slice`) are replaced by versions that check the size first, and the
 //!   builtins that print a list or map argument (`upper`, `trim`, `escape`, `pprint`, ...)
@@ -40,8 +44,8 @@ use minijinja::value::{Rest, StringInput, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
 
 /// Instructions one render may execute (minijinja's fuel). SmolLM2's and Gemma 3's templates
-/// use 34 017 and 43 011 for a 1000-message chat after the rewrite (chat.rs's
-/// `fuel_of_real_templates`): the limit is 46x Gemma's.
+/// use 34 019 and 49 013 for a 1000-message chat after the rewrite (chat.rs's
+/// `fuel_of_real_templates`): the limit is 40x Gemma's.
 pub const FUEL: u64 = 2_000_000;
 
 /// Bytes a render may write, counting text captured by macros and `{% set %}`/`{% filter %}`
@@ -52,6 +56,15 @@ pub const MAX_OUTPUT_BYTES: u64 = 4 << 20;
 /// (sequences count 16 bytes a slot). Generous against [`MAX_OUTPUT_BYTES`] because templates
 /// transform each message a few times before writing it.
 pub const MAX_CREATED_BYTES: u64 = 64 << 20;
+
+/// Bytes of operands a render may hand to comparisons, `in` and calls (functions, methods,
+/// filters, tests), summed over every such instruction: fuel counts instructions, but one
+/// instruction can scan a whole string or list (`'x' in content`, `content | length`, `items |
+/// max`), so a loop of cheap instructions over a large value would otherwise run for minutes
+/// within its fuel. Real templates hand each message to a few calls: a 1000-message chat
+/// scans a few times its own size (a prompt is at most a few MiB). The costliest scan in the
+/// tests (`count` of a one-byte pattern over 1 MB, in a loop) reaches the limit in about 1 s.
+pub const MAX_SCANNED_BYTES: u64 = 128 << 20;
 
 /// Deepest value that may be printed or joined with `~` (Python's default recursion limit is
 /// 1000 too).
@@ -78,6 +91,7 @@ const CONCAT: &str = "__ember_concat";
 const ADD: &str = "__ember_add";
 const MUL: &str = "__ember_mul";
 const IN: &str = "__ember_in";
+const SCAN: &str = "__ember_scan";
 const MADE: &str = "__ember_made";
 
 /// Prefix of every limit error's message; chat.rs turns such errors into `ChatError::Limit`.
@@ -92,6 +106,7 @@ fn mib(n: u64) -> u64 {
 struct Budget {
     output: AtomicU64,
     created: AtomicU64,
+    scanned: AtomicU64,
 }
 
 impl Budget {
@@ -123,6 +138,20 @@ impl Budget {
         Ok(())
     }
 
+    fn add_scanned(&self, n: u64) -> Result<(), Error> {
+        let total = self
+            .scanned
+            .fetch_add(n, Ordering::Relaxed)
+            .saturating_add(n);
+        if total > MAX_SCANNED_BYTES {
+            return Err(limit_error(format!(
+                "work limit ({} MiB of operands scanned by comparisons and calls)",
+                mib(MAX_SCANNED_BYTES)
+            )));
+        }
+        Ok(())
+    }
+
     fn created_left(&self) -> u64 {
         MAX_CREATED_BYTES.saturating_sub(self.created.load(Ordering::Relaxed))
     }
@@ -145,14 +174,28 @@ fn expansion_len(instr: &Instruction<'_>) -> u32 {
         | Instruction::Mul
         | Instruction::StringConcat
         | Instruction::In
-        | Instruction::CompareAndPreserve(_) => 3,
-        Instruction::Emit
-        | Instruction::CallFunction(..)
+        | Instruction::CompareAndPreserve(_)
+        | Instruction::Eq
+        | Instruction::Ne
+        | Instruction::Lt
+        | Instruction::Lte
+        | Instruction::Gt
+        | Instruction::Gte
+        | Instruction::PerformTest(..) => 3,
+        Instruction::CallFunction(..)
         | Instruction::CallMethod(..)
         | Instruction::CallObject(..)
-        | Instruction::ApplyFilter(..) => 2,
+        | Instruction::ApplyFilter(..) => 4,
+        Instruction::Emit => 2,
         _ => 1,
     }
+}
+
+/// How many stack values the scan hook takes before a call of `args` arguments: all of them,
+/// or, when the count is not fixed (`None`: the arguments were spread into one list), that
+/// list.
+fn scan_args(args: Option<u16>) -> u16 {
+    args.unwrap_or(1)
 }
 
 /// Returns `old` with the size hooks inserted (see the module docs). Every instruction index
@@ -207,10 +250,36 @@ pub(super) fn rewrite<'s>(old: &Instructions<'s>) -> Result<Instructions<'s>, Er
                 push(Instruction::UnpackList(2));
                 push(op);
             }
+            cmp @ (Instruction::Eq
+            | Instruction::Ne
+            | Instruction::Lt
+            | Instruction::Lte
+            | Instruction::Gt
+            | Instruction::Gte) => {
+                push(Instruction::CallFunction(SCAN, Some(2)));
+                push(Instruction::UnpackList(2));
+                push(cmp);
+            }
+            Instruction::PerformTest(name, args, local) => {
+                let n = scan_args(args);
+                push(Instruction::CallFunction(SCAN, Some(n)));
+                push(Instruction::UnpackList(n as usize));
+                push(Instruction::PerformTest(name, args, local));
+            }
             call @ (Instruction::CallFunction(..)
             | Instruction::CallMethod(..)
             | Instruction::CallObject(..)
             | Instruction::ApplyFilter(..)) => {
+                let args = match call {
+                    Instruction::CallFunction(_, a)
+                    | Instruction::CallMethod(_, a)
+                    | Instruction::CallObject(a)
+                    | Instruction::ApplyFilter(_, a, _) => a,
+                    _ => unreachable!("matched above"),
+                };
+                let n = scan_args(args);
+                push(Instruction::CallFunction(SCAN, Some(n)));
+                push(Instruction::UnpackList(n as usize));
                 push(call);
                 push(Instruction::CallFunction(MADE, Some(1)));
             }
@@ -405,7 +474,18 @@ pub(super) fn install(env: &mut Environment<'_>) {
             let left = MAX_OUTPUT_BYTES.saturating_sub(b.output.load(Ordering::Relaxed));
             b.add_created(display_size(&x, left, "`in` operands")?)?;
         }
+        b.add_scanned(held_bytes(&x).saturating_add(held_bytes(&y)))?;
         Ok(Value::from(vec![y, x]))
+    });
+    // Comparisons and every call first charge their operands' sizes to the scan budget, then
+    // hand them back unchanged (reversed, as `UnpackList` restores them).
+    let b = budget.clone();
+    env.add_function(SCAN, move |args: Rest<Value>| -> Result<Value, Error> {
+        let n = args
+            .iter()
+            .fold(0u64, |n, v| n.saturating_add(held_bytes(v)));
+        b.add_scanned(n)?;
+        Ok(Value::from(args.0.into_iter().rev().collect::<Vec<_>>()))
     });
     let b = budget.clone();
     env.add_function(MADE, move |v: Value| -> Result<Value, Error> {

@@ -95,6 +95,14 @@ mod tests {
         let mut r = std::io::Cursor::new(b"abcd\nabcde\n".to_vec());
         assert!(matches!(read_line(&mut r, 4).unwrap(), Line::Bytes(b) if b == b"abcd"));
         assert!(matches!(read_line(&mut r, 4).unwrap(), Line::TooLong));
+        // Nothing past the limit was consumed: the caller stops reading there.
+        assert!(matches!(read_line(&mut r, 4).unwrap(), Line::TooLong));
+        let mut r = std::io::Cursor::new(b"ab
+
+c".to_vec());
+        assert!(matches!(read_line(&mut r, 4).unwrap(), Line::Bytes(b) if b == b"ab"));
+        assert!(matches!(read_line(&mut r, 4).unwrap(), Line::Bytes(b) if b.is_empty()));
+        assert!(matches!(read_line(&mut r, 4).unwrap(), Line::Bytes(b) if b == b"c"));
         assert!(matches!(read_line(&mut r, 4).unwrap(), Line::Eof));
     }
 }

@@ -97,9 +97,7 @@ mod tests {
         assert!(matches!(read_line(&mut r, 4).unwrap(), Line::TooLong));
         // Nothing past the limit was consumed: the caller stops reading there.
         assert!(matches!(read_line(&mut r, 4).unwrap(), Line::TooLong));
-        let mut r = std::io::Cursor::new(b"ab
-
-c".to_vec());
+        let mut r = std::io::Cursor::new(b"ab\n\nc".to_vec());
         assert!(matches!(read_line(&mut r, 4).unwrap(), Line::Bytes(b) if b == b"ab"));
         assert!(matches!(read_line(&mut r, 4).unwrap(), Line::Bytes(b) if b.is_empty()));
         assert!(matches!(read_line(&mut r, 4).unwrap(), Line::Bytes(b) if b == b"c"));

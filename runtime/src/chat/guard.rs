@@ -109,47 +109,32 @@ struct Budget {
     scanned: AtomicU64,
 }
 
+/// Add `n` to `counter`; past `max`, the limit error that `what` names (given the limit in MiB).
+fn charge(counter: &AtomicU64, n: u64, max: u64, what: fn(u64) -> String) -> Result<(), Error> {
+    let total = counter.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+    if total > max {
+        return Err(limit_error(what(mib(max))));
+    }
+    Ok(())
+}
+
 impl Budget {
     fn add_output(&self, n: u64) -> Result<(), Error> {
-        let total = self
-            .output
-            .fetch_add(n, Ordering::Relaxed)
-            .saturating_add(n);
-        if total > MAX_OUTPUT_BYTES {
-            return Err(limit_error(format!(
-                "output limit ({} MiB)",
-                mib(MAX_OUTPUT_BYTES)
-            )));
-        }
-        Ok(())
+        charge(&self.output, n, MAX_OUTPUT_BYTES, |m| {
+            format!("output limit ({m} MiB)")
+        })
     }
 
     fn add_created(&self, n: u64) -> Result<(), Error> {
-        let total = self
-            .created
-            .fetch_add(n, Ordering::Relaxed)
-            .saturating_add(n);
-        if total > MAX_CREATED_BYTES {
-            return Err(limit_error(format!(
-                "memory limit ({} MiB of strings and lists created)",
-                mib(MAX_CREATED_BYTES)
-            )));
-        }
-        Ok(())
+        charge(&self.created, n, MAX_CREATED_BYTES, |m| {
+            format!("memory limit ({m} MiB of strings and lists created)")
+        })
     }
 
     fn add_scanned(&self, n: u64) -> Result<(), Error> {
-        let total = self
-            .scanned
-            .fetch_add(n, Ordering::Relaxed)
-            .saturating_add(n);
-        if total > MAX_SCANNED_BYTES {
-            return Err(limit_error(format!(
-                "work limit ({} MiB of operands scanned by comparisons and calls)",
-                mib(MAX_SCANNED_BYTES)
-            )));
-        }
-        Ok(())
+        charge(&self.scanned, n, MAX_SCANNED_BYTES, |m| {
+            format!("work limit ({m} MiB of operands scanned by comparisons and calls)")
+        })
     }
 
     fn created_left(&self) -> u64 {

@@ -98,19 +98,8 @@ fuzz_target!(|inp: Input| {
         TemplateChoice::Text(t) => return any_template(t, &inp),
         TemplateChoice::Fragments(p) => return any_template(&assemble(p), &inp),
     };
-    let msgs: Vec<ChatMessage> = inp
-        .messages
-        .iter()
-        .take(32)
-        .map(|(r, c)| ChatMessage::new(r.as_str(), c.as_str()))
-        .collect();
-    match render_chat(
-        template,
-        &msgs,
-        inp.add_generation_prompt,
-        &inp.bos,
-        &inp.eos,
-    ) {
+    let (msgs, rendered) = render(template, &inp, 32);
+    match rendered {
         Ok(out) => {
             let msg_bytes: usize = msgs.iter().map(|m| m.role.len() + m.content.len()).sum();
             let fixed = template.len() + inp.bos.len() + inp.eos.len() + 64;
@@ -126,21 +115,31 @@ fuzz_target!(|inp: Input| {
     }
 });
 
-/// Any template: `Ok` within the output limit or an error with a message.
-fn any_template(template: &str, inp: &Input) {
+/// Render `template` with the input's first `take` messages; the messages and the result.
+fn render(
+    template: &str,
+    inp: &Input,
+    take: usize,
+) -> (Vec<ChatMessage>, Result<String, ember::chat::ChatError>) {
     let msgs: Vec<ChatMessage> = inp
         .messages
         .iter()
-        .take(8)
+        .take(take)
         .map(|(r, c)| ChatMessage::new(r.as_str(), c.as_str()))
         .collect();
-    match render_chat(
+    let r = render_chat(
         template,
         &msgs,
         inp.add_generation_prompt,
         &inp.bos,
         &inp.eos,
-    ) {
+    );
+    (msgs, r)
+}
+
+/// Any template: `Ok` within the output limit or an error with a message.
+fn any_template(template: &str, inp: &Input) {
+    match render(template, inp, 8).1 {
         Ok(out) => assert!(out.len() as u64 <= ember::chat::MAX_OUTPUT_BYTES),
         Err(e) => assert!(!e.to_string().is_empty()),
     }

@@ -133,7 +133,11 @@ fn loaded_model_is_sane(m: &Model) {
         }
         let mut row = vec![0.0f32; n];
         (tr.to_float)(m.file.tensor_data(t), &mut row);
-        assert!(row.iter().all(|v| v.is_finite()), "{} loaded non-finite", t.name);
+        assert!(
+            row.iter().all(|v| v.is_finite()),
+            "{} loaded non-finite",
+            t.name
+        );
     }
     let _ = ember::model::Scratch::new(m, 1, 1, c.n_ctx_train.clamp(1, 64));
 }

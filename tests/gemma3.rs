@@ -329,6 +329,7 @@ fn last_logits_with_poison(
     tokens: &[u32],
     poison: impl Fn(&mut ember::kv::KvArena, &[ember::kv::BlockId]),
 ) -> (Vec<f32>, Vec<f32>) {
+    use ember::backend::CpuExecutor;
     use ember::kv::{BlockId, KvArena, KvLayout};
     use ember::model::{BatchToken, Scratch};
     let c = &m.config;
@@ -358,12 +359,12 @@ fn last_logits_with_poison(
             logits: pos == last,
         })
         .collect();
-    m.forward(&cx, &batch, &tables[..], &mut kv, &mut s)
-        .unwrap();
+    let mut ex = CpuExecutor::new(m, &cx, &mut kv, &mut s);
+    m.forward(&mut ex, &batch, &tables[..]).unwrap();
     let before = s.logits(0, c.n_vocab).to_vec();
     poison(&mut kv, &table);
-    m.forward(&cx, &batch[last..], &tables[..], &mut kv, &mut s)
-        .unwrap();
+    let mut ex = CpuExecutor::new(m, &cx, &mut kv, &mut s);
+    m.forward(&mut ex, &batch[last..], &tables[..]).unwrap();
     (before, s.logits(0, c.n_vocab).to_vec())
 }
 

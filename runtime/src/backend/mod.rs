@@ -6,11 +6,13 @@
 //! without the `cuda` feature it is a stub whose constructor says so ("built without CUDA"), so
 //! no call site carries a `cfg`.
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "cuda_stub.rs"]
 pub mod cuda;
+pub(crate) mod gelu;
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::kv::{KvArena, KvLayout};
 use crate::model::{BatchToken, BlockTables, Model, Scratch};
 
+pub use cpu::CpuExecutor;
 pub use cuda::CudaBackend;
 
 /// Which backend to run on (`--backend cuda|cpu|auto`).
@@ -228,7 +231,11 @@ impl Backend {
         scratch: &mut Scratch,
     ) -> Result<usize> {
         match &mut self.inner {
-            Inner::Cpu { compute, arena } => model.forward(compute, batch, tables, arena, scratch),
+            Inner::Cpu { compute, arena } => model.forward(
+                &mut CpuExecutor::new(model, compute, arena, scratch),
+                batch,
+                tables,
+            ),
             Inner::Cuda(c) => c.forward(model, batch, tables, scratch),
         }
     }
@@ -253,62 +260,6 @@ impl Backend {
             Inner::Cuda(c) => c.copy_slots(src, dst, n_slots),
         }
     }
-}
-
-/// Check a batch against the scratch sizes and the block tables before any state changes (the
-/// same checks, with the same errors, as the CPU forward pass).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(crate) fn validate_batch(
-    model: &Model,
-    batch: &[BatchToken],
-    tables: &(impl BlockTables + ?Sized),
-    block_size: usize,
-    max_tokens: usize,
-    max_logits: usize,
-    n_ctx: usize,
-) -> Result<usize> {
-    let c = &model.config;
-    let n_tok = batch.len();
-    if n_tok == 0 || n_tok > max_tokens {
-        return Err(Error::InvalidParam {
-            name: "batch",
-            what: format!("{n_tok} tokens (must be 1..={max_tokens})"),
-        });
-    }
-    let n_logits = batch.iter().filter(|b| b.logits).count();
-    if n_logits > max_logits {
-        return Err(Error::InvalidParam {
-            name: "batch",
-            what: format!("{n_logits} logit rows requested, at most {max_logits}"),
-        });
-    }
-    for b in batch {
-        let Some(table) = tables.table(b.seq) else {
-            return Err(Error::InvalidParam {
-                name: "batch",
-                what: format!(
-                    "token refers to sequence {}, which has no block table",
-                    b.seq
-                ),
-            });
-        };
-        if b.token as usize >= c.n_vocab {
-            return Err(Error::InvalidParam {
-                name: "batch",
-                what: format!(
-                    "token id {} is outside the vocabulary ({})",
-                    b.token, c.n_vocab
-                ),
-            });
-        }
-        if b.pos >= n_ctx || b.pos / block_size >= table.len() {
-            return Err(Error::ContextFull {
-                n_ctx: n_ctx.min(table.len() * block_size),
-                requested: b.pos + 1,
-            });
-        }
-    }
-    Ok(n_logits)
 }
 
 #[cfg(test)]

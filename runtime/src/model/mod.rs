@@ -2,14 +2,16 @@
 //! pass.
 
 pub mod config;
+pub mod executor;
 pub mod forward;
-mod gelu;
+pub mod scratch;
 pub mod weights;
 
 use std::path::Path;
 
 pub use config::{Arch, Config, FfnAct, RopePairing};
-pub use forward::{BatchToken, BlockTables, Scratch};
+pub use executor::{Act, BatchToken, BlockTables, Executor, Limits, Out, RopeTable, Step};
+pub use scratch::Scratch;
 pub use weights::{Mat, Weights};
 
 use crate::error::Result;
@@ -64,6 +66,13 @@ impl Model {
             }
         }
         Ok(model)
+    }
+
+    /// The per-dimension RoPE frequency divisors (Llama 3.1-style scaling), if the model has
+    /// them `[head_dim / 2]`.
+    pub fn rope_freqs(&self) -> Option<&[f32]> {
+        let v = self.weights.rope_freqs.as_ref()?;
+        Some(weights::f32_slice(self.file.bytes(), v).expect("alignment checked at load"))
     }
 
     /// Read every weight and check that it is finite (NaN or ±inf anywhere, including in the

@@ -10,7 +10,7 @@ OUT=${OUT:-$D/logs}
 mkdir -p "$OUT" /tmp/ember-m
 export EMBER_CUDA_CACHE=/tmp/ember-cuda-cache
 for f in "$D"/*.gz; do [ -e "$f" ] && gunzip -kf "$f"; done
-chmod +x "$D"/ember "$D"/cuda-tests "$D"/cuda-bench 2>/dev/null
+chmod +x "$D"/ember "$D"/ember-prev "$D"/cuda-tests "$D"/cuda-bench 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 echo "== tests"
@@ -27,7 +27,13 @@ echo "memcheck exit (tiny): ${PIPESTATUS[0]}"
 "$SAN" --tool memcheck --error-exitcode 9 "$D"/ember generate -m $D/smollm2-8l.gguf --backend cuda \
     -p "The capital of France is" -n 8 --ignore-eos --ctx 1100 2>&1 | tail -6 | tee -a "$OUT/memcheck.log"
 echo "memcheck exit (8-layer): ${PIPESTATUS[0]}"
+"$D"/ember synth -o /tmp/ember-m/tiny-gemma3.gguf --arch gemma3 --type q8_0 --embd-type q8_0 \
+    --vocab 512 --embd 512 --layers 6 --heads 2 --kv-heads 1 --ff 768 --window 16 2>/dev/null
+"$SAN" --tool memcheck --error-exitcode 9 "$D"/ember generate -m /tmp/ember-m/tiny-gemma3.gguf \
+    --backend cuda -p "hello world" -n 40 --ignore-eos --ctx 256 2>&1 | tail -6 | tee -a "$OUT/memcheck.log"
+echo "memcheck exit (gemma3): ${PIPESTATUS[0]}"
 
+[ -n "${SKIP_BENCH:-}" ] && { echo "== done (SKIP_BENCH)"; exit 0; }
 echo "== attention bandwidth and start-up"
 "$D"/cuda-bench 2>&1 | tee "$OUT/bench-attention.md"
 
@@ -37,12 +43,20 @@ synth /tmp/ember-m/smollm2-q4_0.gguf q4_0 --vocab 49152 --embd 576 --layers 30 -
 synth /tmp/ember-m/llama1b-q4_0.gguf q4_0 --vocab 128256 --embd 2048 --layers 16 --heads 32 --kv-heads 8 --ff 8192
 synth /tmp/ember-m/llama1b-q4_k.gguf q4_k --vocab 128256 --embd 2048 --layers 16 --heads 32 --kv-heads 8 --ff 8192
 ls -la /tmp/ember-m
+# With a previous build's binary beside this one (`ember-prev`), both run in the same call,
+# interleaved, ROUNDS times (before/after on one machine).
+BINS=ember
+[ -x "$D"/ember-prev ] && BINS="ember ember-prev"
+for r in $(seq "${ROUNDS:-1}"); do
 for m in smollm2-q4_0 llama1b-q4_0 llama1b-q4_k; do
+    for b in $BINS; do
     for c in 1 16 64; do
-        timeout 120 "$D"/ember bench -m /tmp/ember-m/$m.gguf --backend cuda --concurrency $c -p 32 -n 128 \
-            --json 2>/dev/null | sed "s/^/$m c=$c /" | tee -a "$OUT/bench-decode.txt"
+        timeout 120 "$D"/$b bench -m /tmp/ember-m/$m.gguf --backend cuda --concurrency $c -p 32 -n 128 \
+            --json 2>/dev/null | sed "s/^/$b r$r $m c=$c /" | tee -a "$OUT/bench-decode.txt"
     done
-    timeout 120 "$D"/ember bench -m /tmp/ember-m/$m.gguf --backend cuda -p 512 -n 128 -r 2 --json 2>/dev/null \
-        | sed "s/^/$m single /" | tee -a "$OUT/bench-decode.txt"
+    timeout 120 "$D"/$b bench -m /tmp/ember-m/$m.gguf --backend cuda -p 512 -n 128 -r 2 --json 2>/dev/null \
+        | sed "s/^/$b r$r $m single /" | tee -a "$OUT/bench-decode.txt"
+    done
+done
 done
 echo "== done"

@@ -1,4 +1,4 @@
-//! Every weight format and both architectures through the whole model, on synthetic models:
+//! Every weight format and every architecture (llama, qwen2, gemma3) through the whole model, on synthetic models:
 //! a prompt evaluated in one batch gives bit-identical logits to the same prompt fed one token
 //! at a time (for Q4_K and Q6_K, whose batched products round as llama.cpp's do, within 1e-3 of
 //! the largest logit), and to any KV block size (the paged cache is transparent); a full arena
@@ -26,6 +26,8 @@ fn synth(arch: &str, ty: GgmlType) -> Model {
             GgmlType::Q8_0
         },
         separate_output: ty != GgmlType::Q8_0,
+        // gemma3: a window shorter than the prompt, across blocks of 5 and 16.
+        sliding_window: 8,
         ..SynthSpec::default()
     };
     let bytes = synth_gguf(&spec).unwrap().to_bytes().unwrap();
@@ -76,6 +78,8 @@ fn every_format_batched_equals_incremental_and_block_size_is_transparent() {
         ("llama", GgmlType::Q6_K),
         ("qwen2", GgmlType::Q8_0),
         ("qwen2", GgmlType::Q4_K),
+        ("gemma3", GgmlType::Q8_0),
+        ("gemma3", GgmlType::Q4_K),
     ];
     for (arch, ty) in types {
         let whole = all_logits(

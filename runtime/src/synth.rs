@@ -39,6 +39,9 @@ pub struct SynthSpec {
     pub separate_output: bool,
     /// RNG seed.
     pub seed: u64,
+    /// Sliding window of gemma3's local layers (five of every six; ignored by other
+    /// architectures).
+    pub sliding_window: usize,
 }
 
 impl Default for SynthSpec {
@@ -56,6 +59,7 @@ impl Default for SynthSpec {
             embd_type: GgmlType::Q8_0,
             separate_output: false,
             seed: 1,
+            sliding_window: 32,
         }
     }
 }
@@ -209,8 +213,18 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter> {
             ),
         });
     }
-    if s.arch != "llama" && s.arch != "qwen2" {
+    if !["llama", "qwen2", "gemma3"].contains(&s.arch.as_str()) {
         return Err(Error::UnsupportedArch(s.arch.clone()));
+    }
+    let gemma = s.arch == "gemma3";
+    if gemma && (s.sliding_window == 0 || s.sliding_window > u32::MAX as usize) {
+        return Err(Error::InvalidParam {
+            name: "synth",
+            what: format!(
+                "gemma3 needs a sliding window of 1..=2^32-1 positions, not {}",
+                s.sliding_window
+            ),
+        });
     }
     let mut rng = Rng(s.seed);
     let hd = s.n_embd / s.n_head;
@@ -251,7 +265,18 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter> {
             &format!("{a}.attention.layer_norm_rms_epsilon"),
             MetaValue::F32(1e-5),
         )
-        .kv(&format!("{a}.rope.freq_base"), MetaValue::F32(10000.0));
+        // Gemma 3's global layers rotate with a base of a million, its local ones with 10 000
+        // (llama.cpp's default for `rope.freq_base_swa`): two tables, so a mix-up shows.
+        .kv(
+            &format!("{a}.rope.freq_base"),
+            MetaValue::F32(if gemma { 1e6 } else { 1e4 }),
+        );
+    if gemma {
+        w.kv(
+            &format!("{a}.attention.sliding_window"),
+            MetaValue::U32(s.sliding_window as u32),
+        );
+    }
     // Vocabulary: control tokens 0..4, then the 256 byte symbols, then filler tokens.
     let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
         .iter()
@@ -348,6 +373,33 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter> {
                 GgmlType::F32,
                 &[kvd],
                 f32s(&mut rng, kvd, 0.0, 0.1),
+            );
+        }
+        if gemma {
+            let hd = hd as u64;
+            w.tensor(
+                &n("attn_q_norm.weight"),
+                GgmlType::F32,
+                &[hd],
+                f32s(&mut rng, hd, 1.0, 0.2),
+            );
+            w.tensor(
+                &n("attn_k_norm.weight"),
+                GgmlType::F32,
+                &[hd],
+                f32s(&mut rng, hd, 1.0, 0.2),
+            );
+            w.tensor(
+                &n("post_attention_norm.weight"),
+                GgmlType::F32,
+                &[e],
+                f32s(&mut rng, e, 1.0, 0.2),
+            );
+            w.tensor(
+                &n("post_ffw_norm.weight"),
+                GgmlType::F32,
+                &[e],
+                f32s(&mut rng, e, 1.0, 0.2),
             );
         }
         w.tensor(

@@ -23,7 +23,7 @@ fn gelu_f32(x: f32) -> f32 {
 static TABLE: OnceLock<Box<[u16]>> = OnceLock::new();
 
 /// The f16 GELU table indexed by the bits of an f16 input (built once; 128 KiB).
-pub(crate) fn table() -> &'static [u16] {
+pub fn table() -> &'static [u16] {
     TABLE.get_or_init(|| {
         (0..=u16::MAX)
             .map(|bits| f16::from_f32(gelu_f32(f16::from_bits(bits).to_f32())).to_bits())
@@ -32,7 +32,7 @@ pub(crate) fn table() -> &'static [u16] {
 }
 
 /// `gate[i] = gelu(gate[i]) * up[i]` (ggml's `ggml_vec_geglu_f32` with `GGML_GELU_FP16`).
-pub(crate) fn geglu(gate: &mut [f32], up: &[f32]) {
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
     let t = table();
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;

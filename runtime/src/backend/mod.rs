@@ -12,7 +12,7 @@ pub mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "cuda_stub.rs"]
 pub mod cuda;
-pub(crate) mod gelu;
+pub mod gelu;
 
 use std::fmt;
 use std::str::FromStr;

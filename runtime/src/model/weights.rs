@@ -182,7 +182,56 @@ pub fn f32_slice<'a>(bytes: &'a [u8], v: &Vector) -> Option<&'a [f32]> {
     (pre.is_empty() && post.is_empty() && mid.len() == v.len).then_some(mid)
 }
 
+impl LayerWeights {
+    /// The layer's matrices (the products of its forward pass).
+    pub fn matrices(&self) -> [&Mat; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
+
+    /// The layer's f32 vectors that it has (norm weights and biases).
+    pub fn vectors(&self) -> impl Iterator<Item = &Vector> {
+        [
+            Some(&self.attn_norm),
+            self.bq.as_ref(),
+            self.bk.as_ref(),
+            self.bv.as_ref(),
+            self.attn_q_norm.as_ref(),
+            self.attn_k_norm.as_ref(),
+            self.attn_post_norm.as_ref(),
+            Some(&self.ffn_norm),
+            self.ffn_post_norm.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 impl Weights {
+    /// Every matrix the forward pass multiplies with (not the embedding table, whose rows are
+    /// looked up, unless it is also the tied output).
+    pub fn matrices(&self) -> impl Iterator<Item = &Mat> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.matrices())
+            .chain([&self.output])
+    }
+
+    /// Every f32 vector the forward pass reads (norm weights and biases).
+    pub fn vectors(&self) -> impl Iterator<Item = &Vector> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.vectors())
+            .chain([&self.output_norm])
+    }
+
     /// Find and check every tensor the architecture needs. Sets `cfg.n_vocab`.
     pub fn from_gguf(f: &GgufFile, cfg: &mut Config) -> Result<Weights> {
         let e = cfg.n_embd;

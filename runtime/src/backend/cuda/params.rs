@@ -1,4 +1,4 @@
-//! Kernel parameter structs, field for field the structs of `kernels/cuda/common.cuh` (device
+//! Kernel parameter structs, field for field the structs of `kernels/common.cuh` (device
 //! pointers as `u64`, first; then 4-byte integers and floats; padded to 8 bytes). Each kernel
 //! takes exactly one of these by value.
 
@@ -93,6 +93,8 @@ pub struct RopeKvParams {
     pub n_layer: i32,
     pub layer: i32,
     pub neox: i32,
+    pub q_scale: f32,
+    pub pad: i32,
 }
 
 /// `paged_attention` and `attention_reduce`.
@@ -119,7 +121,7 @@ pub struct AttnParams {
     pub part_len: i32,
     pub n_parts: i32,
     pub scale: f32,
-    pub pad: i32,
+    pub window: i32,
 }
 
 /// `argmax`.
@@ -128,6 +130,38 @@ pub struct AttnParams {
 pub struct ArgmaxParams {
     pub x: DevPtr,
     pub out: DevPtr,
+    pub n_rows: i32,
+    pub n_cols: i32,
+}
+
+/// `add`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AddParams {
+    pub x: DevPtr,
+    pub y: DevPtr,
+    pub n: i32,
+    pub pad: i32,
+}
+
+/// `geglu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GegluParams {
+    pub gate: DevPtr,
+    pub up: DevPtr,
+    pub table: DevPtr,
+    pub n: i32,
+    pub pad: i32,
+}
+
+/// `gather_rows`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GatherParams {
+    pub src: DevPtr,
+    pub dst: DevPtr,
+    pub rows: DevPtr,
     pub n_rows: i32,
     pub n_cols: i32,
 }
@@ -165,13 +199,22 @@ unsafe impl DeviceRepr for AttnParams {}
 unsafe impl DeviceRepr for ArgmaxParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for CopySlotsParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for AddParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for GegluParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for GatherParams {}
 
 const _: () = assert!(size_of::<QuantizeParams>() == 32);
 const _: () = assert!(size_of::<MatmulParams>() == 48);
 const _: () = assert!(size_of::<RmsNormParams>() == 48);
 const _: () = assert!(size_of::<SwigluParams>() == 24);
 const _: () = assert!(size_of::<BiasParams>() == 24);
-const _: () = assert!(size_of::<RopeKvParams>() == 104);
+const _: () = assert!(size_of::<RopeKvParams>() == 112);
 const _: () = assert!(size_of::<AttnParams>() == 120);
 const _: () = assert!(size_of::<ArgmaxParams>() == 24);
 const _: () = assert!(size_of::<CopySlotsParams>() == 40);
+const _: () = assert!(size_of::<AddParams>() == 24);
+const _: () = assert!(size_of::<GegluParams>() == 32);
+const _: () = assert!(size_of::<GatherParams>() == 32);

@@ -128,6 +128,23 @@ pub fn swiglu(dev: &CudaDevice, gate: &[f32], up: &[f32]) -> Result<Vec<f32>> {
     Ok(h)
 }
 
+/// `gate = gelu(gate) * up` on the device, with the CPU's f16 GELU table.
+pub fn geglu(dev: &CudaDevice, gate: &[f32], up: &[f32]) -> Result<Vec<f32>> {
+    let g = dev.upload(gate, "gate")?;
+    let u = dev.upload(up, "up")?;
+    let table = dev.upload(crate::backend::gelu::table(), "GELU table")?;
+    dev.geglu(&GegluParams {
+        gate: g.ptr,
+        up: u.ptr,
+        table: table.ptr,
+        n: gate.len() as i32,
+        pad: 0,
+    })?;
+    let mut h = vec![0f32; gate.len()];
+    dev.read(&g, &mut h)?;
+    Ok(h)
+}
+
 /// Row-wise argmax of `x` (`n_cols` per row).
 pub fn argmax(dev: &CudaDevice, x: &[f32], n_cols: usize) -> Result<Vec<i32>> {
     let n_rows = x.len() / n_cols;
@@ -178,6 +195,8 @@ pub struct AttnInputs {
     part_ms: DevBuf<f32>,
     shape: AttnShape,
     n_tok: usize,
+    /// Sliding window (0: none): each query sees only its last `window` positions.
+    pub window: usize,
 }
 
 impl AttnInputs {
@@ -210,6 +229,7 @@ impl AttnInputs {
             part_ms: dev.alloc(n_tok * shape.n_head * max_parts * 2, "part_ms")?,
             shape,
             n_tok,
+            window: 0,
         })
     }
 
@@ -238,7 +258,7 @@ impl AttnInputs {
             part_len: part_len as i32,
             n_parts: n_parts as i32,
             scale: 1.0 / (z.head_dim as f32).sqrt(),
-            pad: 0,
+            window: self.window as i32,
         })
     }
 
@@ -314,6 +334,8 @@ pub fn rope_kv_write(
         n_layer: z.n_layer as i32,
         layer: z.layer as i32,
         neox: i32::from(neox),
+        q_scale: 1.0,
+        pad: 0,
     })?;
     let mut o = RopeKvOut {
         q: vec![0.0; q.len()],

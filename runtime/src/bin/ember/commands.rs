@@ -687,6 +687,7 @@ pub fn synth(raw: &[OsString]) -> CliResult {
             val("kv-heads", None),
             val("ff", None),
             val("seed", None),
+            val("window", None),
             switch("separate-output"),
         ]],
     )?;
@@ -715,6 +716,7 @@ pub fn synth(raw: &[OsString]) -> CliResult {
             .unwrap_or(d.embd_type),
         separate_output: a.has("separate-output"),
         seed: a.get_or("seed", d.seed).map_err(usage)?,
+        sliding_window: a.get_or("window", d.sliding_window).map_err(usage)?,
     };
     let w = ember::synth::synth_gguf(&spec)?;
     w.write_to(&out)

@@ -56,8 +56,9 @@ commands:
                         line a JSON object: id, prompt, max_tokens, temperature, seed, stop, ...
   convert -o OUT [--type T] [--layers N]
                         rewrite the model: weights converted to type T, first N blocks only
-  synth -o OUT [--arch llama|qwen2] [--type T] [--embd-type T] [--vocab N] [--embd N]
+  synth -o OUT [--arch llama|qwen2|gemma3] [--type T] [--embd-type T] [--vocab N] [--embd N]
         [--layers N] [--heads N] [--kv-heads N] [--ff N] [--seed S] [--separate-output]
+        [--window N]            (gemma3's sliding window, default 32)
                         write a synthetic model with seeded random weights
 
 common options:

@@ -132,6 +132,8 @@ struct RopeKvParams {
     int n_layer;
     int layer;
     int neox;            // 1: NEOX pairing (x[i], x[i + d/2]); 0: NORM pairing (x[2i], x[2i+1])
+    float q_scale;       // q is multiplied by this after RoPE, before its f16 rounding
+    int pad;
 };
 
 struct AttnParams {
@@ -155,12 +157,35 @@ struct AttnParams {
     int part_len;        // positions per partition (multiple of ATT_WARPS * ATT_UNROLL)
     int n_parts;         // partitions (1: the kernel writes `out` itself)
     float scale;
-    int pad;
+    int window;          // > 0: a query at position p sees only positions p - window + 1 ..= p
 };
 
 struct ArgmaxParams {
     const float* x;  // [n_rows, n_cols]
     int* out;        // [n_rows]
+    int n_rows;
+    int n_cols;
+};
+
+struct AddParams {
+    float* x;        // [n]: x += y
+    const float* y;  // [n]
+    int n;
+    int pad;
+};
+
+struct GegluParams {
+    float* gate;        // [n]: gate = gelu(gate) * up
+    const float* up;    // [n]
+    const u16* table;   // [65536] f16 GELU of every f16 input (the CPU's table)
+    int n;
+    int pad;
+};
+
+struct GatherParams {
+    const float* src;   // [>= max(rows) + 1, n_cols]
+    float* dst;         // [n_rows, n_cols]: dst[r] = src[rows[r]]
+    const int* rows;    // [n_rows]
     int n_rows;
     int n_cols;
 };

@@ -1,5 +1,6 @@
 // Paged attention over the f16 KV arena, for decode and prefill alike: one thread block per
-// (token, query head), walking the token's block table up to its own position (causal), so a
+// (token, query head), walking the token's block table up to its own position (causal; from
+// `window` positions back on sliding-window layers, as the CPU's `attn_start`), so a
 // prefill chunk is a batch of queries of one sequence and a decode step a batch of one query per
 // sequence. Long contexts are split into partitions of `part_len` positions (grid.y), each
 // writing an unnormalized partial output and its (max, sum); `attention_reduce` combines them,
@@ -24,8 +25,9 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention(con
     const int kvh = h / (p.n_head / p.n_head_kv);
     const int d = p.head_dim, half = d / 2;
     const int n_pos = p.tok_pos[t] + 1;
-    const int start = part * p.part_len;
-    const int end = min(n_pos, start + p.part_len);
+    // This partition's positions, from the window's first on sliding-window layers.
+    const int start = max(part * p.part_len, p.window > 0 ? n_pos - p.window : 0);
+    const int end = min(n_pos, part * p.part_len + p.part_len);
     const int* table = p.tables + (i64)p.tok_row[t] * p.max_blocks;
     const float* q = p.q + (i64)th * d;
 
@@ -267,8 +269,9 @@ __device__ __forceinline__ void attn_gqa(const AttnParams& p) {
     const int t = blockIdx.x / p.n_head_kv, kvh = blockIdx.x % p.n_head_kv;
     const int part = blockIdx.y;
     const int n_pos = p.tok_pos[t] + 1;
-    const int start = part * p.part_len;
-    const int end = min(n_pos, start + p.part_len);
+    // This partition's positions, from the window's first on sliding-window layers.
+    const int start = max(part * p.part_len, p.window > 0 ? n_pos - p.window : 0);
+    const int end = min(n_pos, part * p.part_len + p.part_len);
     const int bs = p.block_size;
     const int* table = p.tables + (i64)p.tok_row[t] * p.max_blocks;
 

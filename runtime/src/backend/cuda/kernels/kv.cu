@@ -32,10 +32,11 @@ extern "C" __global__ void rope_kv_write(const RopeKvParams p) {
         const int h = i / half, j = i % half;
         float* qh = q + h * d;
         rope_pair(qh, j, half, p.neox, cs[j], sn[j]);
-        // ggml's attention multiplies an f16 copy of Q with the f16 K cache.
+        // Gemma scales q here (1 otherwise); ggml's attention multiplies an f16 copy of Q with
+        // the f16 K cache.
         const int a = p.neox ? j : 2 * j, b = p.neox ? j + half : 2 * j + 1;
-        qh[a] = h2f(f2h(qh[a]));
-        qh[b] = h2f(f2h(qh[b]));
+        qh[a] = h2f(f2h(qh[a] * p.q_scale));
+        qh[b] = h2f(f2h(qh[b] * p.q_scale));
     }
     const i64 tile = (i64)p.block_size * d;
     const i64 base = ((i64)p.tok_block[t] * p.n_layer + p.layer) * p.n_head_kv * tile

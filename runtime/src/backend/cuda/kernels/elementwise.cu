@@ -1,4 +1,4 @@
-// RMSNorm, SwiGLU, bias add, argmax: the small kernels of the forward pass, each computing what
+// RMSNorm, SwiGLU, GeGLU, adds, row gathers, argmax: the small kernels of the forward pass, each computing what
 // the CPU reference (`ember_kernels::reference::ops`) computes, in the same f32 operations.
 
 // out = (x * (1 / sqrt(mean(x^2) + eps))) * w, the sum of squares accumulated in double as ggml
@@ -52,6 +52,34 @@ extern "C" __global__ void swiglu(const SwigluParams p) {
     const float g = p.gate[i];
     const float e = i < p.n_vec ? expf_ggml(0.0f - g) : expf(-g);
     p.gate[i] = g / (1.0f + e) * p.up[i];
+}
+
+// gate = gelu(gate) * up as ggml's CPU computes it (GGML_GELU_FP16): the input rounded to f16
+// and looked up in the CPU's f16 table (`backend/gelu.rs`, uploaded), x <= -10 giving 0 and
+// x >= 10 giving x, so the result is the CPU's to the bit.
+extern "C" __global__ void geglu(const GegluParams p) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= p.n) return;
+    const float x = p.gate[i];
+    p.gate[i] = x <= -10.0f ? 0.0f
+              : x >= 10.0f  ? x * p.up[i]
+                            : h2f(p.table[f2h(x)]) * p.up[i];
+}
+
+// x += y (a residual add).
+extern "C" __global__ void add(const AddParams p) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < p.n) p.x[i] += p.y[i];
+}
+
+// dst[r] = src[rows[r]] (the rows that want logits, moved to the front of another buffer).
+// One thread block per row.
+extern "C" __global__ void gather_rows(const GatherParams p) {
+    const int r = blockIdx.x;
+    if (r >= p.n_rows) return;
+    const float* s = p.src + (i64)p.rows[r] * p.n_cols;
+    float* d = p.dst + (i64)r * p.n_cols;
+    for (int i = threadIdx.x; i < p.n_cols; i += blockDim.x) d[i] = s[i];
 }
 
 // x[r] += b (qwen2's q/k/v biases).

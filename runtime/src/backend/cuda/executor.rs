@@ -1,0 +1,406 @@
+//! The forward pass's operations as CUDA kernels on the backend's stream.
+//!
+//! A step stages its batch on the host (embeddings, positions, KV blocks, block-table rows,
+//! logit rows), copies it up, then queues one or a few kernels per operation. A lone decode
+//! token (one token, one logit row) launches the same kernels at every position (attention
+//! always over every partition the context can have; those past the position are empty), so
+//! its step is captured into a graph the first time and replayed after: one launch instead of
+//! ~15 per layer. Its kernels read positions and block tables from the staged description.
+
+use super::device::backend_err;
+use super::launch::{acts_of, Acts};
+use super::params::*;
+use super::{CudaBackend, DevMat, Mode, ATT_PART_LEN};
+use crate::error::Result;
+use crate::model::config::FfnAct;
+use crate::model::weights::{Mat, Vector};
+use crate::model::{Act, BlockTables, Executor, Limits, Model, Out, RopeTable, Scratch, Step};
+
+/// One step's view of the CUDA backend, with the host logits it fills.
+pub(super) struct CudaExecutor<'a> {
+    b: &'a mut CudaBackend,
+    file: &'a [u8],
+    host: &'a mut Scratch,
+}
+
+impl<'a> CudaExecutor<'a> {
+    pub(super) fn new(b: &'a mut CudaBackend, model: &'a Model, host: &'a mut Scratch) -> Self {
+        CudaExecutor {
+            b,
+            file: model.file.bytes(),
+            host,
+        }
+    }
+
+    /// Whether operations are already in the replayed graph.
+    fn replaying(&self) -> bool {
+        self.b.mode == Mode::Replay
+    }
+
+    fn mat(&self, m: &Mat) -> Result<&DevMat> {
+        self.b
+            .mats
+            .get(&m.range.start)
+            .ok_or_else(|| backend_err(format!("tensor {} is not on the device", m.name)))
+    }
+
+    fn vec(&self, v: &Vector) -> Result<DevPtr> {
+        self.b
+            .vecs
+            .get(&v.range.start)
+            .map(|b| b.ptr)
+            .ok_or_else(|| backend_err("a norm or bias vector is not on the device"))
+    }
+
+    fn ptr(&self, a: Act) -> DevPtr {
+        self.b.s.buf(a).ptr
+    }
+
+    /// Quantize `rows` rows of `x` (`cols` wide) to Q8_1 and/or Q8_K (float weights read `x`
+    /// itself).
+    fn quantize(&self, x: DevPtr, rows: usize, cols: usize, q8_1: bool, q8_k: bool) -> Result<()> {
+        let b = &*self.b;
+        let p = |y| QuantizeParams {
+            x,
+            y,
+            n_rows: rows as i32,
+            n_cols: cols as i32,
+            x_stride: cols as i32,
+            pad: 0,
+        };
+        if q8_1 {
+            b.dev.quantize_q8_1(&p(b.s.acts.ptr))?;
+        }
+        if q8_k {
+            b.dev.quantize_q8_k(&p(b.s.acts_k.ptr))?;
+        }
+        Ok(())
+    }
+
+    /// Describe the batch on the host: positions, KV blocks, table rows, logit rows. Returns
+    /// (table rows used, largest position).
+    fn stage<T: BlockTables + ?Sized>(&mut self, step: &Step<'_, T>) -> (usize, usize) {
+        let b = &mut *self.b;
+        let bs = b.layout.block_size;
+        let m = b.meta;
+        let (mut n_rows, mut max_pos, mut n_logits) = (0, 0, 0);
+        for (t, tok) in step.batch.iter().enumerate() {
+            let table = step.table_of(t);
+            if t == 0 || tok.seq != step.batch[t - 1].seq {
+                let dst = &mut b.host_meta[m.tables + n_rows * b.max_blocks..];
+                for (d, blk) in dst.iter_mut().zip(table.iter().take(b.max_blocks)) {
+                    *d = blk.index() as i32;
+                }
+                n_rows += 1;
+            }
+            b.host_meta[m.pos + t] = tok.pos as i32;
+            b.host_meta[m.block + t] = table[tok.pos / bs].index() as i32;
+            b.host_meta[m.row + t] = (n_rows - 1) as i32;
+            if tok.logits {
+                b.host_meta[m.logit_rows + n_logits] = t as i32;
+                n_logits += 1;
+            }
+            max_pos = max_pos.max(tok.pos);
+        }
+        (n_rows, max_pos)
+    }
+}
+
+impl Executor for CudaExecutor<'_> {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_tokens: self.b.max_tokens.min(self.host.max_tokens()),
+            max_logits: self.b.max_logits.min(self.host.max_logits()),
+            n_ctx: self.b.n_ctx.min(self.host.n_ctx()),
+            block_size: self.b.layout.block_size,
+        }
+    }
+
+    fn begin<T: BlockTables + ?Sized>(&mut self, step: &Step<'_, T>) -> Result<()> {
+        let (n_rows, max_pos) = self.stage(step);
+        let b = &mut *self.b;
+        let n_tok = step.batch.len();
+        let n_logits = step.batch.iter().filter(|t| t.logits).count();
+        b.n_tok = n_tok;
+        b.n_logits = n_logits;
+        let decode1 = n_tok == 1 && n_logits == 1;
+        b.n_parts = if decode1 {
+            b.max_parts
+        } else {
+            (max_pos + 1).div_ceil(ATT_PART_LEN).clamp(1, b.max_parts)
+        };
+        let staged = b.meta.tables + n_rows * b.max_blocks;
+        b.dev.write(&mut b.s.meta, &b.host_meta[..staged])?;
+        b.mode = Mode::Direct;
+        Ok(())
+    }
+
+    fn embed<T: BlockTables + ?Sized>(
+        &mut self,
+        step: &Step<'_, T>,
+        table: &Mat,
+        scale: f32,
+    ) -> Result<()> {
+        // Looked up on the host (the CPU's own conversion), then copied up.
+        let b = &mut *self.b;
+        let e = table.cols;
+        let bytes = &self.file[table.range.clone()];
+        let n = step.batch.len() * e;
+        for (t, tok) in step.batch.iter().enumerate() {
+            let row = &bytes[tok.token as usize * table.row_bytes..][..table.row_bytes];
+            (table.kernels.to_float)(row, &mut b.host_x[t * e..(t + 1) * e]);
+        }
+        if scale != 1.0 {
+            b.host_x[..n].iter_mut().for_each(|x| *x *= scale);
+        }
+        b.dev.write(&mut b.s.x, &b.host_x[..n])?;
+        // Everything after this is kernel launches: a lone decode step is a graph.
+        if b.use_graph && b.n_tok == 1 && b.n_logits == 1 {
+            if b.graph.is_some() {
+                b.mode = Mode::Replay;
+            } else {
+                b.dev.begin_capture()?;
+                b.mode = Mode::Capture;
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&mut self, src: Act, dst: Act, w: &Vector, rows: usize) -> Result<()> {
+        if self.replaying() {
+            return Ok(());
+        }
+        self.b.dev.rms_norm(&RmsNormParams {
+            x: self.ptr(src),
+            w: self.vec(w)?,
+            out: self.ptr(dst),
+            rows: 0,
+            n_rows: rows as i32,
+            n_cols: w.len as i32,
+            eps: self.b.dims.rms_eps,
+            pad: 0,
+        })
+    }
+
+    fn matmul(&mut self, jobs: &[(&Mat, Out)], src: Act, rows: usize) -> Result<()> {
+        let Some(&(w0, _)) = jobs.first() else {
+            return Ok(());
+        };
+        if self.replaying() {
+            return Ok(());
+        }
+        // One quantization of `src` per activation type the products take.
+        let x = self.ptr(src);
+        let (mut q8_1, mut q8_k) = (false, false);
+        for (w, _) in jobs {
+            match acts_of(self.mat(w)?.ty) {
+                Acts::F32 => {}
+                Acts::Q8_1 => q8_1 = true,
+                Acts::Q8K => q8_k = true,
+            }
+        }
+        self.quantize(x, rows, w0.cols, q8_1, q8_k)?;
+        for (w, out) in jobs {
+            let dm = self.mat(w)?;
+            let (dst, accumulate) = match *out {
+                Out::Set(a) => (a, false),
+                Out::Add(a) => (a, true),
+            };
+            self.b.dev.matmul(
+                dm.ty,
+                &MatmulParams {
+                    w: dm.ptr,
+                    a: match acts_of(dm.ty) {
+                        Acts::F32 => x,
+                        Acts::Q8_1 => self.b.s.acts.ptr,
+                        Acts::Q8K => self.b.s.acts_k.ptr,
+                    },
+                    out: self.ptr(dst),
+                    rows: dm.rows as i32,
+                    cols: dm.cols as i32,
+                    n_tok: rows as i32,
+                    row_bytes: dm.row_bytes as i32,
+                    accumulate: i32::from(accumulate),
+                    pad: 0,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn add_bias(&mut self, dst: Act, bias: &Vector, rows: usize) -> Result<()> {
+        if self.replaying() {
+            return Ok(());
+        }
+        self.b.dev.add_bias(&BiasParams {
+            x: self.ptr(dst),
+            b: self.vec(bias)?,
+            n_rows: rows as i32,
+            n_cols: bias.len as i32,
+        })
+    }
+
+    fn add(&mut self, dst: Act, src: Act, rows: usize) -> Result<()> {
+        if self.replaying() {
+            return Ok(());
+        }
+        self.b.dev.add(&AddParams {
+            x: self.ptr(dst),
+            y: self.ptr(src),
+            n: (rows * self.b.dims.width(dst)) as i32,
+            pad: 0,
+        })
+    }
+
+    fn rope_and_store_kv<T: BlockTables + ?Sized>(
+        &mut self,
+        _step: &Step<'_, T>,
+        layer: usize,
+        table: RopeTable,
+        q_scale: f32,
+    ) -> Result<()> {
+        if self.replaying() {
+            return Ok(());
+        }
+        let b = &*self.b;
+        let (cos, sin) = match (table, &b.rope_swa) {
+            (RopeTable::Local, Some((c, s))) => (c.ptr, s.ptr),
+            (RopeTable::Local, None) => {
+                return Err(backend_err("no sliding-window RoPE table for this model"))
+            }
+            (RopeTable::Global, _) => (b.rope_cos.ptr, b.rope_sin.ptr),
+        };
+        let (m, s, z) = (b.meta, &b.s, b.dims);
+        b.dev.rope_kv_write(&RopeKvParams {
+            q: s.q.ptr,
+            k: s.k.ptr,
+            v: s.v.ptr,
+            kc: b.kc.ptr,
+            vc: b.vc.ptr,
+            cos,
+            sin,
+            tok_pos: s.meta.at(m.pos),
+            tok_block: s.meta.at(m.block),
+            n_tok: b.n_tok as i32,
+            n_head: z.n_head as i32,
+            n_head_kv: z.n_head_kv as i32,
+            head_dim: z.head_dim as i32,
+            block_size: b.layout.block_size as i32,
+            n_layer: z.n_layer as i32,
+            layer: layer as i32,
+            neox: i32::from(z.neox),
+            q_scale,
+            pad: 0,
+        })
+    }
+
+    fn attend<T: BlockTables + ?Sized>(
+        &mut self,
+        _step: &Step<'_, T>,
+        layer: usize,
+        window: usize,
+        scale: f32,
+    ) -> Result<()> {
+        if self.replaying() {
+            return Ok(());
+        }
+        let b = &*self.b;
+        let (m, s, z) = (b.meta, &b.s, b.dims);
+        b.dev.attention(&AttnParams {
+            q: s.q.ptr,
+            out: s.att.ptr,
+            kc: b.kc.ptr,
+            vc: b.vc.ptr,
+            tables: s.meta.at(m.tables),
+            tok_pos: s.meta.at(m.pos),
+            tok_row: s.meta.at(m.row),
+            part_acc: s.part_acc.ptr,
+            part_ms: s.part_ms.ptr,
+            n_tok: b.n_tok as i32,
+            n_head: z.n_head as i32,
+            n_head_kv: z.n_head_kv as i32,
+            head_dim: z.head_dim as i32,
+            block_size: b.layout.block_size as i32,
+            n_layer: z.n_layer as i32,
+            layer: layer as i32,
+            max_blocks: b.max_blocks as i32,
+            part_len: ATT_PART_LEN as i32,
+            n_parts: b.n_parts as i32,
+            scale,
+            window: window.min(i32::MAX as usize) as i32,
+        })
+    }
+
+    fn gated_act(&mut self, act: FfnAct, rows: usize) -> Result<()> {
+        if self.replaying() {
+            return Ok(());
+        }
+        let b = &*self.b;
+        let n = rows * b.dims.ff;
+        match act {
+            FfnAct::Silu => b.dev.swiglu(&SwigluParams {
+                gate: b.s.gate.ptr,
+                up: b.s.up.ptr,
+                n: n as i32,
+                n_vec: (n / 8 * 8) as i32,
+            }),
+            FfnAct::Gelu => {
+                let table = b
+                    .gelu
+                    .as_ref()
+                    .ok_or_else(|| backend_err("no GELU table for this model"))?;
+                b.dev.geglu(&GegluParams {
+                    gate: b.s.gate.ptr,
+                    up: b.s.up.ptr,
+                    table: table.ptr,
+                    n: n as i32,
+                    pad: 0,
+                })
+            }
+        }
+    }
+
+    fn keep_rows<T: BlockTables + ?Sized>(&mut self, _step: &Step<'_, T>) -> Result<usize> {
+        let b = &mut *self.b;
+        let (n_tok, n_logits) = (b.n_tok, b.n_logits);
+        // Every row wants logits (decode): they are already in place.
+        if n_logits == n_tok || n_logits == 0 || b.mode == Mode::Replay {
+            return Ok(n_logits);
+        }
+        // Gathered into `xn` (free here), then copied back to the front of `x`.
+        let e = b.dims.embd;
+        b.dev.gather_rows(&GatherParams {
+            src: b.s.x.ptr,
+            dst: b.s.xn.ptr,
+            rows: b.s.meta.at(b.meta.logit_rows),
+            n_rows: n_logits as i32,
+            n_cols: e as i32,
+        })?;
+        b.dev.copy_dtod(&b.s.xn, &mut b.s.x, n_logits * e)?;
+        Ok(n_logits)
+    }
+
+    fn finish(&mut self, n_logits: usize) -> Result<()> {
+        let b = &mut *self.b;
+        match b.mode {
+            Mode::Direct => {}
+            Mode::Capture => {
+                let graph = b.dev.end_capture()?;
+                b.mode = Mode::Replay;
+                b.dev.launch_graph(b.graph.insert(graph))?;
+            }
+            Mode::Replay => {
+                let graph = b.graph.as_ref().expect("replaying a captured graph");
+                b.dev.launch_graph(graph)?;
+            }
+        }
+        if n_logits == 0 {
+            return b.dev.sync();
+        }
+        let n = n_logits * b.dims.vocab;
+        let mut logits = self.host.take_logits();
+        let r = b.dev.read(&b.s.logits, &mut logits[..n]);
+        self.host.put_logits(logits);
+        r
+    }
+}

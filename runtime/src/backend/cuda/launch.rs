@@ -1,0 +1,309 @@
+//! One launcher per kernel: the compiled module's functions, the grid each kernel is launched
+//! with, and the weight types the matrix kernels take.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaModule, DeviceRepr};
+use ember_kernels::GgmlType;
+
+use super::device::{backend_err, drv, CudaDevice};
+use super::params::*;
+use crate::error::Result;
+
+/// Positions per attention partition (long contexts are split across thread blocks, as vLLM's
+/// paged attention v2 does, and merged by `attention_reduce`). One length for every batch, so
+/// that a token's attention is computed the same way whatever else is in the batch (the
+/// engine's outputs equal lone sessions', bit for bit) and a lone decode step replays from one
+/// graph. 2048 measured best of 128..4096 for 64 sequences × 4096 positions on the H100 taken
+/// over both head shapes (BENCHMARKS.md); shorter partitions cost prologues, epilogues and
+/// merges, longer ones leave small batches too few thread blocks.
+pub const ATT_PART_LEN: usize = 2048;
+
+/// Weight types the CUDA matrix kernels take, and each one's kernel.
+const MATMUL_KERNELS: [(GgmlType, &str); 11] = [
+    (GgmlType::F32, "matmul_f32"),
+    (GgmlType::F16, "matmul_f16"),
+    (GgmlType::BF16, "matmul_bf16"),
+    (GgmlType::Q4_0, "matmul_q4_0"),
+    (GgmlType::Q4_1, "matmul_q4_1"),
+    (GgmlType::Q5_0, "matmul_q5_0"),
+    (GgmlType::Q5_1, "matmul_q5_1"),
+    (GgmlType::Q8_0, "matmul_q8_0"),
+    (GgmlType::Q4_K, "matmul_q4_k"),
+    (GgmlType::Q5_K, "matmul_q5_k"),
+    (GgmlType::Q6_K, "matmul_q6_k"),
+];
+
+/// Weight types the CUDA matrix kernels take.
+pub const SUPPORTED_WEIGHTS: [GgmlType; 11] = {
+    let mut t = [GgmlType::F32; 11];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = MATMUL_KERNELS[i].0;
+        i += 1;
+    }
+    t
+};
+
+/// The activations a weight type's kernel reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acts {
+    /// The f32 rows themselves (F32, F16, BF16 weights; the kernels round to f16 / bf16 as
+    /// they read, as the CPU's dots do).
+    F32,
+    /// Q8_1 blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+    Q8_1,
+    /// Q8_K super-blocks of 256 (K-quants).
+    Q8K,
+}
+
+/// The activations weights of `ty` take.
+pub fn acts_of(ty: GgmlType) -> Acts {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Acts::F32,
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => Acts::Q8K,
+        _ => Acts::Q8_1,
+    }
+}
+
+pub(super) struct Kernels {
+    quantize_q8_1: CudaFunction,
+    quantize_q8_k: CudaFunction,
+    /// One per weight type, in the order of `MATMUL_KERNELS`.
+    matmul: Vec<CudaFunction>,
+    rms_norm: CudaFunction,
+    swiglu: CudaFunction,
+    geglu: CudaFunction,
+    add: CudaFunction,
+    gather_rows: CudaFunction,
+    add_bias: CudaFunction,
+    argmax: CudaFunction,
+    rope_kv_write: CudaFunction,
+    copy_slots: CudaFunction,
+    paged_attention: CudaFunction,
+    attention_reduce: CudaFunction,
+    /// Grouped-query attention by shape: head_dim 64 with 1..=8 query heads per KV head, then
+    /// head_dim 128 with 1..=8 (index `8 * (head_dim == 128) + group - 1`).
+    attn_gqa: Vec<CudaFunction>,
+}
+
+impl Kernels {
+    /// Look every kernel up in the loaded module.
+    pub(super) fn load(module: &Arc<CudaModule>) -> Result<Kernels> {
+        let f = |n: &str| {
+            module
+                .load_function(n)
+                .map_err(|e| backend_err(format!("kernel {n}: {e}")))
+        };
+        Ok(Kernels {
+            quantize_q8_1: f("quantize_q8_1")?,
+            quantize_q8_k: f("quantize_q8_k")?,
+            matmul: MATMUL_KERNELS
+                .iter()
+                .map(|(_, n)| f(n))
+                .collect::<Result<_>>()?,
+            rms_norm: f("rms_norm")?,
+            swiglu: f("swiglu")?,
+            geglu: f("geglu")?,
+            add: f("add")?,
+            gather_rows: f("gather_rows")?,
+            add_bias: f("add_bias")?,
+            argmax: f("argmax")?,
+            rope_kv_write: f("rope_kv_write")?,
+            copy_slots: f("copy_slots")?,
+            paged_attention: f("paged_attention")?,
+            attention_reduce: f("attention_reduce")?,
+            attn_gqa: [64, 128]
+                .iter()
+                .flat_map(|d| (1..=8).map(move |g| format!("attn_gqa_d{d}_g{g}")))
+                .map(|n| f(&n))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+impl CudaDevice {
+    fn launch<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (usize, usize),
+        block: u32,
+        p: &P,
+        what: &'static str,
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 {
+            return Ok(());
+        }
+        if grid.0 > i32::MAX as usize || grid.1 > 65535 {
+            return Err(backend_err(format!("{what}: grid {grid:?} too large")));
+        }
+        // The engine may be driven from another thread than the one that opened the device.
+        self.ctx
+            .bind_to_thread()
+            .map_err(drv("binding the CUDA context"))?;
+        // cuLaunchKernel directly (cudarc's launch builder allocates an argument list per
+        // launch; a step must allocate nothing): one parameter, the struct, by address.
+        let mut args = [p as *const P as *mut std::ffi::c_void];
+        // SAFETY: `p` matches the kernel's one by-value parameter struct (params.rs mirrors
+        // common.cuh) and outlives the call (the driver copies parameters at launch); every
+        // address in it was taken from a live buffer of this device, sized by the caller for the
+        // counts in `p` (each launcher's contract); `f` belongs to this context.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                (grid.0 as u32, grid.1 as u32, 1),
+                (block, 1, 1),
+                0,
+                self.stream.cu_stream(),
+                &mut args,
+            )
+        }
+        .map_err(drv(what))?;
+        Ok(())
+    }
+
+    /// Quantize `n_rows` rows of `n_cols` f32 (row stride `x_stride`) to Q8_1.
+    pub fn quantize_q8_1(&self, p: &QuantizeParams) -> Result<()> {
+        let nb = (p.n_cols / 32) as usize;
+        self.launch(
+            &self.k.quantize_q8_1,
+            (nb.div_ceil(8), p.n_rows as usize),
+            256,
+            p,
+            "quantize_q8_1",
+        )
+    }
+
+    /// Quantize `n_rows` rows of `n_cols` f32 (a multiple of 256) to Q8_K.
+    pub fn quantize_q8_k(&self, p: &QuantizeParams) -> Result<()> {
+        let nb = (p.n_cols / 256) as usize;
+        self.launch(
+            &self.k.quantize_q8_k,
+            (nb.div_ceil(4), p.n_rows as usize),
+            128,
+            p,
+            "quantize_q8_k",
+        )
+    }
+
+    /// `out = a W^T` (or `out += a W^T`) for a weight of type `ty`; `p.a` holds the
+    /// activations [`acts_of`] `ty` names (f32 rows, Q8_1 or Q8_K).
+    pub fn matmul(&self, ty: GgmlType, p: &MatmulParams) -> Result<()> {
+        let Some(i) = MATMUL_KERNELS.iter().position(|(t, _)| *t == ty) else {
+            return Err(backend_err(format!("no CUDA matrix kernel for type {ty}")));
+        };
+        let grid = (
+            (p.rows as usize).div_ceil(4),
+            (p.n_tok as usize).div_ceil(8),
+        );
+        self.launch(&self.k.matmul[i], grid, 128, p, "matmul")
+    }
+
+    /// RMSNorm of `n_rows` rows.
+    pub fn rms_norm(&self, p: &RmsNormParams) -> Result<()> {
+        self.launch(&self.k.rms_norm, (p.n_rows as usize, 1), 256, p, "rms_norm")
+    }
+
+    /// `gate = silu(gate) * up`.
+    pub fn swiglu(&self, p: &SwigluParams) -> Result<()> {
+        let grid = ((p.n as usize).div_ceil(256), 1);
+        self.launch(&self.k.swiglu, grid, 256, p, "swiglu")
+    }
+
+    /// `gate = gelu(gate) * up` (the f16 table lookup).
+    pub fn geglu(&self, p: &GegluParams) -> Result<()> {
+        let grid = ((p.n as usize).div_ceil(256), 1);
+        self.launch(&self.k.geglu, grid, 256, p, "geglu")
+    }
+
+    /// `x += y`.
+    pub fn add(&self, p: &AddParams) -> Result<()> {
+        let grid = ((p.n as usize).div_ceil(256), 1);
+        self.launch(&self.k.add, grid, 256, p, "add")
+    }
+
+    /// `dst[r] = src[rows[r]]`.
+    pub fn gather_rows(&self, p: &GatherParams) -> Result<()> {
+        self.launch(
+            &self.k.gather_rows,
+            (p.n_rows as usize, 1),
+            256,
+            p,
+            "gather_rows",
+        )
+    }
+
+    /// `x[r] += b`.
+    pub fn add_bias(&self, p: &BiasParams) -> Result<()> {
+        let grid = ((p.n_cols as usize).div_ceil(256), p.n_rows as usize);
+        self.launch(&self.k.add_bias, grid, 256, p, "add_bias")
+    }
+
+    /// Row-wise argmax.
+    pub fn argmax(&self, p: &ArgmaxParams) -> Result<()> {
+        self.launch(&self.k.argmax, (p.n_rows as usize, 1), 256, p, "argmax")
+    }
+
+    /// RoPE on q and k, K/V into their slots.
+    pub fn rope_kv_write(&self, p: &RopeKvParams) -> Result<()> {
+        self.launch(
+            &self.k.rope_kv_write,
+            (p.n_tok as usize, 1),
+            128,
+            p,
+            "rope_kv_write",
+        )
+    }
+
+    /// Copy-on-write of a block's first slots.
+    pub fn copy_slots(&self, p: &CopySlotsParams) -> Result<()> {
+        self.launch(
+            &self.k.copy_slots,
+            (p.n_tiles as usize, 1),
+            256,
+            p,
+            "copy_slots",
+        )
+    }
+
+    /// Paged attention (and the partition merge when `p.n_parts > 1`): the grouped-query
+    /// kernel (one thread block per token × KV head × partition) for head_dim 64 and 128 with up
+    /// to 8 query heads per KV head, the general kernel (one block per token × query head ×
+    /// partition) otherwise.
+    pub fn attention(&self, p: &AttnParams) -> Result<()> {
+        let rows = (p.n_tok * p.n_head) as usize;
+        let group = p.n_head / p.n_head_kv.max(1);
+        let shape = match (p.head_dim, group) {
+            (64, 1..=8) => Some(group as usize - 1),
+            (128, 1..=8) => Some(8 + group as usize - 1),
+            _ => None,
+        };
+        let gqa = shape.map(|s| &self.k.attn_gqa[s]);
+        match gqa {
+            Some(f) if !self.general_attention => self.launch(
+                f,
+                ((p.n_tok * p.n_head_kv) as usize, p.n_parts as usize),
+                128,
+                p,
+                "attn_gqa",
+            )?,
+            _ => self.launch(
+                &self.k.paged_attention,
+                (rows, p.n_parts as usize),
+                128,
+                p,
+                "paged_attention",
+            )?,
+        }
+        if p.n_parts > 1 {
+            self.launch(
+                &self.k.attention_reduce,
+                (rows, 1),
+                128,
+                p,
+                "attention_reduce",
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use cudarc::nvrtc::CompileOptions;
 
-use super::device::backend_err;
+use super::error::backend_err;
 use crate::error::Result;
 
 /// The kernel sources, concatenated in this order into one NVRTC program.

@@ -11,17 +11,10 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, 
 use cudarc::nvrtc::Ptx;
 
 use super::compile::{build_ptx, CompileInfo};
-use super::launch::Kernels;
+use super::error::{backend_err, drv};
+use super::module::Kernels;
 use super::params::DevPtr;
-use crate::error::{Error, Result};
-
-pub(crate) fn backend_err(what: impl Into<String>) -> Error {
-    Error::Backend(what.into())
-}
-
-pub(super) fn drv(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
-    move |e| Error::Backend(format!("{what}: {e}"))
-}
+use crate::error::Result;
 
 /// A device buffer and its address.
 pub struct DevBuf<T> {

@@ -7,8 +7,8 @@
 //! its step is captured into a graph the first time and replayed after: one launch instead of
 //! ~15 per layer. Its kernels read positions and block tables from the staged description.
 
-use super::device::backend_err;
-use super::launch::{acts_of, Acts};
+use super::error::backend_err;
+use super::module::{acts_of, Acts};
 use super::params::*;
 use super::{CudaBackend, DevMat, Mode, ATT_PART_LEN};
 use crate::error::Result;

@@ -1,12 +1,12 @@
-//! One launcher per kernel: the compiled module's functions, the grid each kernel is launched
-//! with, and the weight types the matrix kernels take.
+//! One launcher per kernel: the grid and block each kernel is launched with, and the one
+//! launch path (`cuLaunchKernel` with the parameter struct, allocating nothing).
 
-use std::sync::Arc;
-
-use cudarc::driver::{CudaFunction, CudaModule, DeviceRepr};
+use cudarc::driver::{CudaFunction, DeviceRepr};
 use ember_kernels::GgmlType;
 
-use super::device::{backend_err, drv, CudaDevice};
+use super::device::CudaDevice;
+use super::error::{backend_err, drv};
+use super::module::MATMUL_KERNELS;
 use super::params::*;
 use crate::error::Result;
 
@@ -18,109 +18,6 @@ use crate::error::Result;
 /// over both head shapes (BENCHMARKS.md); shorter partitions cost prologues, epilogues and
 /// merges, longer ones leave small batches too few thread blocks.
 pub const ATT_PART_LEN: usize = 2048;
-
-/// Weight types the CUDA matrix kernels take, and each one's kernel.
-const MATMUL_KERNELS: [(GgmlType, &str); 11] = [
-    (GgmlType::F32, "matmul_f32"),
-    (GgmlType::F16, "matmul_f16"),
-    (GgmlType::BF16, "matmul_bf16"),
-    (GgmlType::Q4_0, "matmul_q4_0"),
-    (GgmlType::Q4_1, "matmul_q4_1"),
-    (GgmlType::Q5_0, "matmul_q5_0"),
-    (GgmlType::Q5_1, "matmul_q5_1"),
-    (GgmlType::Q8_0, "matmul_q8_0"),
-    (GgmlType::Q4_K, "matmul_q4_k"),
-    (GgmlType::Q5_K, "matmul_q5_k"),
-    (GgmlType::Q6_K, "matmul_q6_k"),
-];
-
-/// Weight types the CUDA matrix kernels take.
-pub const SUPPORTED_WEIGHTS: [GgmlType; 11] = {
-    let mut t = [GgmlType::F32; 11];
-    let mut i = 0;
-    while i < t.len() {
-        t[i] = MATMUL_KERNELS[i].0;
-        i += 1;
-    }
-    t
-};
-
-/// The activations a weight type's kernel reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Acts {
-    /// The f32 rows themselves (F32, F16, BF16 weights; the kernels round to f16 / bf16 as
-    /// they read, as the CPU's dots do).
-    F32,
-    /// Q8_1 blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
-    Q8_1,
-    /// Q8_K super-blocks of 256 (K-quants).
-    Q8K,
-}
-
-/// The activations weights of `ty` take.
-pub fn acts_of(ty: GgmlType) -> Acts {
-    match ty {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Acts::F32,
-        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => Acts::Q8K,
-        _ => Acts::Q8_1,
-    }
-}
-
-pub(super) struct Kernels {
-    quantize_q8_1: CudaFunction,
-    quantize_q8_k: CudaFunction,
-    /// One per weight type, in the order of `MATMUL_KERNELS`.
-    matmul: Vec<CudaFunction>,
-    rms_norm: CudaFunction,
-    swiglu: CudaFunction,
-    geglu: CudaFunction,
-    add: CudaFunction,
-    gather_rows: CudaFunction,
-    add_bias: CudaFunction,
-    argmax: CudaFunction,
-    rope_kv_write: CudaFunction,
-    copy_slots: CudaFunction,
-    paged_attention: CudaFunction,
-    attention_reduce: CudaFunction,
-    /// Grouped-query attention by shape: head_dim 64 with 1..=8 query heads per KV head, then
-    /// head_dim 128 with 1..=8 (index `8 * (head_dim == 128) + group - 1`).
-    attn_gqa: Vec<CudaFunction>,
-}
-
-impl Kernels {
-    /// Look every kernel up in the loaded module.
-    pub(super) fn load(module: &Arc<CudaModule>) -> Result<Kernels> {
-        let f = |n: &str| {
-            module
-                .load_function(n)
-                .map_err(|e| backend_err(format!("kernel {n}: {e}")))
-        };
-        Ok(Kernels {
-            quantize_q8_1: f("quantize_q8_1")?,
-            quantize_q8_k: f("quantize_q8_k")?,
-            matmul: MATMUL_KERNELS
-                .iter()
-                .map(|(_, n)| f(n))
-                .collect::<Result<_>>()?,
-            rms_norm: f("rms_norm")?,
-            swiglu: f("swiglu")?,
-            geglu: f("geglu")?,
-            add: f("add")?,
-            gather_rows: f("gather_rows")?,
-            add_bias: f("add_bias")?,
-            argmax: f("argmax")?,
-            rope_kv_write: f("rope_kv_write")?,
-            copy_slots: f("copy_slots")?,
-            paged_attention: f("paged_attention")?,
-            attention_reduce: f("attention_reduce")?,
-            attn_gqa: [64, 128]
-                .iter()
-                .flat_map(|d| (1..=8).map(move |g| format!("attn_gqa_d{d}_g{g}")))
-                .map(|n| f(&n))
-                .collect::<Result<_>>()?,
-        })
-    }
-}
 
 impl CudaDevice {
     fn launch<P: DeviceRepr>(

@@ -14,13 +14,15 @@
 //! captured into a graph the first time and replayed after (see `executor.rs`).
 //!
 //! Layout: `device.rs` (context, buffers, copies, graphs), `compile.rs` (NVRTC and its cache),
-//! `launch.rs` (one launcher per kernel), `params.rs` (the kernels' parameter structs),
+//! `module.rs` (the kernels it holds), `launch.rs` (one launcher per kernel), `error.rs`, `params.rs` (the kernels' parameter structs),
 //! `executor.rs` (the operations), `kernels/` (the CUDA C sources, compiled at start-up).
 
 mod compile;
 pub mod device;
+mod error;
 mod executor;
-pub mod launch;
+mod launch;
+pub mod module;
 pub mod params;
 #[doc(hidden)]
 pub mod testing;
@@ -31,10 +33,11 @@ use std::collections::HashMap;
 use ember_kernels::GgmlType;
 
 pub use compile::{kernel_source, CompileInfo};
-use device::backend_err;
 pub use device::{driver_present, CudaDevice, DevBuf, HostMapping};
-use launch::{acts_of, Acts};
-pub use launch::{ATT_PART_LEN, SUPPORTED_WEIGHTS};
+use error::backend_err;
+pub use launch::ATT_PART_LEN;
+pub use module::SUPPORTED_WEIGHTS;
+use module::{acts_of, Acts};
 use params::*;
 
 use super::{BackendSizes, CudaWeights};

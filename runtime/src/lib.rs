@@ -1,12 +1,16 @@
 //! Ember: an embedded LLM inference runtime.
 //!
-//! Loads llama-family GGUF models (memory-mapped, never copied), keeps the KV cache in a paged
-//! block arena allocated once at start-up, and generates text on the CPU.
+//! Loads llama-family and Gemma 3 GGUF models (memory-mapped, never copied), keeps the KV cache
+//! in a paged block arena allocated once at start-up, and generates text on the CPU or a CUDA
+//! GPU.
 //!
-//! Layering: [`gguf`] parses files; [`model`] holds weights and the forward pass;
-//! [`kv`] is the paged KV cache; [`compute`] runs products on worker threads through the kernel
-//! tables of `ember-kernels`; [`tokenizer`], [`sampler`], [`stop`] and [`chat`] turn text into
-//! tokens and back; [`session`] drives one sequence from prompt to finish.
+//! Layering (ARCHITECTURE.md at the repository root says the rule at each boundary): [`gguf`]
+//! parses files; [`model`] knows the architectures and holds the one forward pass, written
+//! against the [`model::Executor`] trait; [`backend`] implements that trait on the CPU (worker
+//! threads of [`compute`] over the kernel tables of `ember-kernels`) and on CUDA; [`kv`] is the
+//! paged KV cache; [`engine`] schedules requests into batched steps; [`tokenizer`],
+//! [`sampler`], [`stop`] and [`chat`] turn text into tokens and back; [`session`] drives one
+//! sequence from prompt to finish.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 

@@ -1,8 +1,9 @@
 //! Where the forward pass runs: the CPU (worker threads over `ember-kernels`) or a CUDA GPU.
 //!
 //! A [`Backend`] owns the KV arena (in host memory for the CPU, in device memory for CUDA) and
-//! runs whole batched forward passes; the engine and the session only schedule, and read the
-//! logits back from the forward pass's [`Scratch`]. The CUDA backend exists in every build: built
+//! runs the model's one forward pass ([`Model::forward`]) through its executor
+//! ([`cpu::CpuExecutor`], or the CUDA backend's); the engine and the session only schedule, and
+//! read the logits back from the forward pass's [`Scratch`]. The CUDA backend exists in every build: built
 //! without the `cuda` feature it is a stub whose constructor says so ("built without CUDA"), so
 //! no call site carries a `cfg`.
 

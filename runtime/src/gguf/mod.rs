@@ -5,7 +5,7 @@
 //! (name, dims, ggml type, offset relative to the data section), padding to `general.alignment`
 //! (default 32), then the tensor data.
 //!
-//! Invariants established by [`GgufFile::parse`] before anything is handed out:
+//! Invariants established by `GgufFile::parse` before anything is handed out:
 //! - every read is bounds- and overflow-checked; counts are capped by what the remaining bytes
 //!   could possibly hold, so a huge count fails before any allocation;
 //! - strings are valid UTF-8 (keys and tensor names always; string values when read);

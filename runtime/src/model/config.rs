@@ -42,7 +42,7 @@ pub enum FfnAct {
 /// How RoPE pairs the dimensions of a head.
 ///
 /// Getting this wrong does not fail loudly: the model runs and produces fluent-looking garbage.
-/// `Norm` rotates (x[2i], x[2i+1]); `Neox` rotates (x[i], x[i + d/2]).
+/// `Norm` rotates `(x[2i], x[2i+1])`; `Neox` rotates `(x[i], x[i + d/2])`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopePairing {
     /// Adjacent pairs (ggml `GGML_ROPE_TYPE_NORM`), used by `llama`.

@@ -2,9 +2,9 @@
 //! llama.cpp's `llama_vocab` ids exactly.
 //!
 //! Two vocabulary types are supported:
-//! - `gpt2`: byte-level BPE ([`bpe`]), with the pre-tokenizer regexes chosen by
+//! - `gpt2`: byte-level BPE (`bpe.rs`), with the pre-tokenizer regexes chosen by
 //!   `tokenizer.ggml.pre`;
-//! - `llama`: SentencePiece BPE with byte fallback ([`spm`]).
+//! - `llama`: SentencePiece BPE with byte fallback (`spm.rs`).
 //!
 //! Encoding first splits special tokens out of the text, then runs the model on each plain
 //! fragment, as llama.cpp's `tokenizer_st_partition` does: control (type 3) and unknown (type 2)

@@ -270,6 +270,70 @@ fn upload_vec(dev: &CudaDevice, model: &Model, v: &Vector, what: &str) -> Result
     dev.upload(s, what)
 }
 
+/// Every matrix and vector the forward pass reads, on the device (or mapped), by file offset;
+/// and the bytes of matrices uploaded.
+#[allow(clippy::type_complexity)]
+fn upload_weights(
+    dev: &CudaDevice,
+    model: &Model,
+    mapping: Option<&HostMapping>,
+) -> Result<(HashMap<usize, DevMat>, HashMap<usize, DevBuf<f32>>, usize)> {
+    let mut mats = HashMap::new();
+    let mut weight_bytes = 0;
+    for m in model.weights.matrices() {
+        if let Entry::Vacant(slot) = mats.entry(m.range.start) {
+            let dm = upload_mat(dev, model, m, mapping)?;
+            weight_bytes += dm.bytes;
+            slot.insert(dm);
+        }
+    }
+    let mut vecs = HashMap::new();
+    for v in model.weights.vectors() {
+        if let Entry::Vacant(slot) = vecs.entry(v.range.start) {
+            slot.insert(upload_vec(dev, model, v, "a norm or bias")?);
+        }
+    }
+    Ok((mats, vecs, weight_bytes))
+}
+
+impl DevScratch {
+    /// Scratch for batches of `z.max_tokens` tokens and `z.max_logits` logit rows.
+    fn new(
+        dev: &CudaDevice,
+        c: &crate::model::Config,
+        z: BackendSizes,
+        any_k: bool,
+        max_parts: usize,
+        meta_len: usize,
+    ) -> Result<DevScratch> {
+        let t = z.max_tokens;
+        let (e, qd, kvd, f) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        let widest = e.max(qd).max(f);
+        let parts = if max_parts > 1 { max_parts } else { 0 };
+        Ok(DevScratch {
+            x: dev.alloc(t * e, "scratch x")?,
+            xn: dev.alloc(t * e, "scratch xn")?,
+            q: dev.alloc(t * qd, "scratch q")?,
+            k: dev.alloc(t * kvd, "scratch k")?,
+            v: dev.alloc(t * kvd, "scratch v")?,
+            att: dev.alloc(t * qd, "scratch att")?,
+            proj: dev.alloc(t * e, "scratch proj")?,
+            gate: dev.alloc(t * f, "scratch gate")?,
+            up: dev.alloc(t * f, "scratch up")?,
+            acts: dev.alloc(t * (widest / 32) * 36, "scratch activations")?,
+            acts_k: dev.alloc(
+                if any_k { t * (widest / 256) * 292 } else { 0 },
+                "scratch activations (Q8_K)",
+            )?,
+            out_x: dev.alloc(z.max_logits * e, "scratch out_x")?,
+            logits: dev.alloc(z.max_logits * c.n_vocab, "scratch logits")?,
+            part_acc: dev.alloc(t * c.n_head * parts * c.head_dim, "attention partitions")?,
+            part_ms: dev.alloc(t * c.n_head * parts * 2, "attention partitions")?,
+            meta: dev.alloc(meta_len, "batch description")?,
+        })
+    }
+}
+
 impl CudaBackend {
     /// Open the device, upload the weights, allocate the KV arena and the scratch.
     pub(crate) fn new(model: &Model, z: BackendSizes) -> Result<CudaBackend> {
@@ -295,21 +359,7 @@ impl CudaBackend {
         } else {
             None
         };
-        let mut mats = HashMap::new();
-        let mut weight_bytes = 0;
-        for m in model.weights.matrices() {
-            if let Entry::Vacant(slot) = mats.entry(m.range.start) {
-                let dm = upload_mat(&dev, model, m, mapping.as_ref())?;
-                weight_bytes += dm.bytes;
-                slot.insert(dm);
-            }
-        }
-        let mut vecs = HashMap::new();
-        for v in model.weights.vectors() {
-            if let Entry::Vacant(slot) = vecs.entry(v.range.start) {
-                slot.insert(upload_vec(&dev, model, v, "a norm or bias")?);
-            }
-        }
+        let (mats, vecs, weight_bytes) = upload_weights(&dev, model, mapping.as_ref())?;
         let any_k = mats.values().any(|m| acts_of(m.ty) == Acts::Q8K);
         let n_ctx = z.n_ctx.max(1);
         let rope = crate::model::scratch::rope_tables;
@@ -336,7 +386,6 @@ impl CudaBackend {
 
         let t = z.max_tokens;
         let (e, qd, kvd, f) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
-        let widest = e.max(qd).max(f);
         let max_blocks = z.n_ctx.div_ceil(z.layout.block_size);
         let max_parts = z.n_ctx.div_ceil(ATT_PART_LEN).max(1);
         let meta = Meta {
@@ -347,28 +396,7 @@ impl CudaBackend {
             tables: 3 * t + z.max_logits,
         };
         let meta_len = meta.tables + t * max_blocks;
-        let parts = if max_parts > 1 { max_parts } else { 0 };
-        let s = DevScratch {
-            x: dev.alloc(t * e, "scratch x")?,
-            xn: dev.alloc(t * e, "scratch xn")?,
-            q: dev.alloc(t * qd, "scratch q")?,
-            k: dev.alloc(t * kvd, "scratch k")?,
-            v: dev.alloc(t * kvd, "scratch v")?,
-            att: dev.alloc(t * qd, "scratch att")?,
-            proj: dev.alloc(t * e, "scratch proj")?,
-            gate: dev.alloc(t * f, "scratch gate")?,
-            up: dev.alloc(t * f, "scratch up")?,
-            acts: dev.alloc(t * (widest / 32) * 36, "scratch activations")?,
-            acts_k: dev.alloc(
-                if any_k { t * (widest / 256) * 292 } else { 0 },
-                "scratch activations (Q8_K)",
-            )?,
-            out_x: dev.alloc(z.max_logits * e, "scratch out_x")?,
-            logits: dev.alloc(z.max_logits * c.n_vocab, "scratch logits")?,
-            part_acc: dev.alloc(t * c.n_head * parts * c.head_dim, "attention partitions")?,
-            part_ms: dev.alloc(t * c.n_head * parts * 2, "attention partitions")?,
-            meta: dev.alloc(meta_len, "batch description")?,
-        };
+        let s = DevScratch::new(&dev, c, z, any_k, max_parts, meta_len)?;
         dev.sync()?;
         Ok(CudaBackend {
             dev,

@@ -44,7 +44,10 @@ fn decode_steps_allocate_nothing() {
     };
     let mut sampler = Sampler::new(params, s.model().config.n_vocab).unwrap();
     let mut decoder = StreamDecoder::new(s.tokenizer());
-    let prompt = s.tokenizer().encode("Once upon a time,", true, true).unwrap();
+    let prompt = s
+        .tokenizer()
+        .encode("Once upon a time,", true, true)
+        .unwrap();
     let mut seq = s.new_sequence();
     seq.tokens.extend_from_slice(&prompt);
     let mut text_bytes = 0;

@@ -9,8 +9,8 @@ use std::ffi::{c_char, CStr};
 
 use ember::backend::{BackendKind, CudaWeights};
 use ember::engine::{EngineConfig, RequestParams};
-use ember::sampler::SamplingParams;
 use ember::engine::{FinishReason, KvBudget};
+use ember::sampler::SamplingParams;
 
 use crate::error::Failure;
 

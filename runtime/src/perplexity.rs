@@ -6,8 +6,8 @@
 //! `first + 1 .. n_ctx - 1` (so `n_ctx - first - 1` tokens per chunk). The figure is
 //! `exp(mean NLL)` over all scored tokens; the log-softmax sums in f64 as llama.cpp does.
 
-use crate::error::{Error, Result};
 use crate::engine::Engine;
+use crate::error::{Error, Result};
 use crate::session::Session;
 
 /// Outcome of [`perplexity`].

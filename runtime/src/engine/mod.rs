@@ -630,6 +630,8 @@ const _: fn() = || {
 };
 
 #[cfg(test)]
+mod score_tests;
+#[cfg(test)]
 mod tests;
 
 /// Tokenize `prompt` (special tokens parsed, BOS per the model) for a context of `n_ctx`

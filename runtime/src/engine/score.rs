@@ -93,7 +93,10 @@ impl Engine {
         let n_ctx = self.n_ctx;
         let seq = self.seqs[s as usize].as_mut().expect("live sequence");
         if !seq.scoring {
-            return Err(invalid("request", "tokens can only be appended to a scoring request"));
+            return Err(invalid(
+                "request",
+                "tokens can only be appended to a scoring request",
+            ));
         }
         if seq.out.finish.is_some() {
             return Err(invalid("request", "the request has finished"));
@@ -118,7 +121,8 @@ impl Engine {
         let r = self.request(id)?;
         Ok(r.seqs.iter().all(|&s| {
             let q = self.seqs[s as usize].as_ref().expect("live sequence");
-            q.out.finish.is_some() || (q.scoring && q.state == SeqState::Running && q.pending() == 0)
+            q.out.finish.is_some()
+                || (q.scoring && q.state == SeqState::Running && q.pending() == 0)
         }))
     }
 

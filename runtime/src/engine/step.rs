@@ -266,7 +266,9 @@ impl Engine {
         on_row: &mut impl FnMut(LogitsRow<'_>),
     ) -> usize {
         let n_vocab = self.model.config.n_vocab;
-        let seq = self.seqs[slot as usize].as_ref().expect("scheduled sequence");
+        let seq = self.seqs[slot as usize]
+            .as_ref()
+            .expect("scheduled sequence");
         if !seq.scoring {
             return row;
         }
@@ -285,7 +287,9 @@ impl Engine {
         for pos in a..b.max(a) {
             let l = &mut logits[row * n_vocab..(row + 1) * n_vocab];
             row += 1;
-            let seq = self.seqs[slot as usize].as_mut().expect("scheduled sequence");
+            let seq = self.seqs[slot as usize]
+                .as_mut()
+                .expect("scheduled sequence");
             if seq.out.finish.is_some() {
                 continue;
             }
@@ -311,7 +315,12 @@ impl Engine {
             // NaN logits come from non-finite weights (or an overflow inside the model): the
             // request ends with an error (and its siblings waiting to fork from these logits
             // with it) instead of emitting junk.
-            let pos = self.seqs[slot as usize].as_ref().expect("live").tokens.len() - 1;
+            let pos = self.seqs[slot as usize]
+                .as_ref()
+                .expect("live")
+                .tokens
+                .len()
+                - 1;
             self.fail_nan(slot, pos);
             stats.finished += 1;
             return;

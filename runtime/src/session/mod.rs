@@ -241,7 +241,10 @@ impl Session {
         let n = seq.tokens.len();
         let n_ctx = self.n_ctx();
         if n > n_ctx {
-            return Err(Error::ContextFull { n_ctx, requested: n });
+            return Err(Error::ContextFull {
+                n_ctx,
+                requested: n,
+            });
         }
         let start = seq.n_computed;
         if n < start {

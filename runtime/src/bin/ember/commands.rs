@@ -9,9 +9,7 @@ use ember::backend::{Backend, BackendKind, CudaWeights};
 use ember::chat::{render_chat, ChatMessage};
 use ember::model::Model;
 use ember::sampler::SamplingParams;
-use ember::session::{
-    FinishReason, GenerateParams, Generation, KvBudget, Session, SessionConfig,
-};
+use ember::session::{FinishReason, GenerateParams, Generation, KvBudget, Session, SessionConfig};
 use serde_json::json;
 
 use crate::args::{path, switch, val, Args, Flag};
@@ -305,7 +303,9 @@ pub fn chat(raw: &[OsString]) -> CliResult {
         });
     }
     // No line can be longer than the context's worth of the longest token pieces.
-    let line_limit = s.n_ctx().saturating_mul(s.tokenizer().max_piece_len().max(1));
+    let line_limit = s
+        .n_ctx()
+        .saturating_mul(s.tokenizer().max_piece_len().max(1));
     let one_shot = a.str("prompt").map(str::to_string);
     let mut stdin = std::io::stdin().lock();
     loop {

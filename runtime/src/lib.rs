@@ -6,7 +6,8 @@
 //! Layering: [`gguf`] parses files; [`model`] holds weights and the forward pass;
 //! [`kv`] is the paged KV cache; [`compute`] runs products on worker threads through the kernel
 //! tables of `ember-kernels`; [`tokenizer`], [`sampler`], [`stop`] and [`chat`] turn text into
-//! tokens and back; [`session`] drives one sequence from prompt to finish.
+//! tokens and back; [`engine`] is the only driver (generation and scoring requests, continuous
+//! batching); [`session`] is a convenience over an engine with one sequence.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 

@@ -13,7 +13,15 @@
 //! - when a running sequence needs a block and none is free, the most recently admitted
 //!   sequence is preempted: its blocks are freed (full ones stay in the prefix cache), its
 //!   generated tokens kept, and it is requeued at the front to be recomputed;
-//! - one forward pass per step over all scheduled tokens of all sequences.
+//! - one forward pass per step over all scheduled tokens of all sequences;
+//! - besides generation requests, scoring requests ([`Engine::submit_scoring`], `score.rs`):
+//!   logits at chosen positions for the caller, no sampling, the KV cache held between
+//!   [`Engine::append`]s. Perplexity, `ember bench` and [`Session`](crate::session::Session)
+//!   evaluation are scoring requests: the engine is the only driver.
+//!
+//! One NaN rule, for both kinds: a logits row holding NaN is never sampled from or handed out;
+//! its request ends with [`FinishReason::Error`] and [`Error::NonFinite`] in
+//! [`SeqOutput::error`].
 //!
 //! Everything is allocated by [`Engine::new`] and [`Engine::submit`]; `step` allocates nothing.
 

@@ -10,7 +10,7 @@ use crate::tokenizer::Tokenizer;
 
 use super::KvBudget;
 
-/// Start-up parameters of an [`Engine`].
+/// Start-up parameters of an [`Engine`](super::Engine).
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     /// Longest sequence (prompt + generated) in tokens; 0: the model's training context.

@@ -186,7 +186,7 @@ impl Engine {
 
     /// [`Engine::step`], handing every logits row a scoring request asked for to `on_row`, in
     /// position order per request. A row holding a NaN is not handed out: it ends its request
-    /// with [`FinishReason::Error`] ([`Engine::fail_nan`]). Allocates nothing.
+    /// with [`FinishReason::Error`] and `Error::NonFinite` as its cause. Allocates nothing.
     pub fn step_with(&mut self, mut on_row: impl FnMut(LogitsRow<'_>)) -> Result<StepStats> {
         let mut stats = StepStats::default();
         self.schedule(&mut stats);

@@ -247,3 +247,27 @@ fn a_session_evaluates_through_scoring_requests() {
     s.release(&mut seq);
     assert_eq!(s.free_blocks(), s.arena_blocks() - 1);
 }
+
+#[test]
+fn a_scoring_request_never_holds_back_samples() {
+    // Two logits rows per step; the scorer runs first and wants 13 rows, the generation request
+    // after it must still sample every step.
+    let mut e = engine(32, 2, 16);
+    let id = e.submit_scoring(&TOKENS, 0..TOKENS.len()).unwrap();
+    e.step().unwrap();
+    let g = e.submit(&TOKENS[..3], &greedy(4)).unwrap();
+    let mut steps = 0;
+    while !e.is_finished(g).unwrap() {
+        let s = e.step().unwrap();
+        assert_eq!(s.sampled, 1, "step {steps} sampled nothing");
+        steps += 1;
+    }
+    assert_eq!(steps, 4);
+    assert!(
+        !e.is_idle(id).unwrap(),
+        "the scorer had rows left to compute"
+    );
+    run_to_end(&mut e);
+    e.release(id).unwrap();
+    e.release(g).unwrap();
+}

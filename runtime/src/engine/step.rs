@@ -123,7 +123,15 @@ impl Engine {
         while i < self.running.len() && budget > 0 {
             let slot = self.running[i];
             let seq = self.seqs[slot as usize].as_ref().expect("running sequence");
-            let k = seq.fit_rows(seq.pending().min(budget), rows);
+            // A scoring request leaves a row for each sequence after it (running, or waiting to
+            // be admitted), so its many rows never hold back their samples; it keeps at least
+            // one (`rows >= max_seqs >= 1`).
+            let keep = if seq.scoring {
+                (self.running.len() - i - 1 + self.waiting.len()).min(rows.saturating_sub(1))
+            } else {
+                0
+            };
+            let k = seq.fit_rows(seq.pending().min(budget), rows.saturating_sub(keep));
             if k == 0 {
                 // Idle (a computed scoring request) or no logits row left this step.
                 i += 1;

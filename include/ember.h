@@ -208,7 +208,8 @@ enum ember_finish_reason
      */
     EMBER_FINISH_CANCELLED = 4,
     /**
-     * An engine step failed while computing it.
+     * An engine step failed while computing it, or its logits held a NaN (non-finite weights:
+     * `ember info --check-tensors` finds them); the tokens before it are still pulled.
      */
     EMBER_FINISH_ERROR = 5,
 };
@@ -406,6 +407,14 @@ typedef struct ember_params {
      * Keep generating past end-of-generation tokens. Default false.
      */
     bool ignore_eos;
+    /**
+     * Sequences to sample from the prompt (parallel sampling): sequence `i` uses seed
+     * `seed + i` and they share the prompt's KV blocks. Pull sequence `i` with
+     * `ember_next_seq` / `ember_next_text_seq` (`ember_next` pulls sequence 0). 1..=`max_seqs`
+     * of the runtime's config, else `EMBER_ERR_INVALID_ARGUMENT`; 0 is taken as 1 (a struct
+     * zeroed by a caller that does not know this field). Default 1.
+     */
+    uint32_t n;
 } ember_params;
 
 /**
@@ -604,10 +613,12 @@ void ember_runtime_free(struct ember_runtime *rt);
  * Submit a text prompt (UTF-8; special tokens such as `<|im_start|>` are parsed; BOS is added
  * as the model asks), exactly as `ember generate -p TEXT` tokenizes it. `params` may be NULL
  * (defaults). On success `*out_id` receives the request id; pull its events with `ember_next`
- * and release it with `ember_release`.
+ * (with `params.n > 1`, sequence `i` with `ember_next_seq`) and release it with
+ * `ember_release`.
  *
  * Returns `EMBER_OK`; `EMBER_ERR_NULL_POINTER`; `EMBER_ERR_INVALID_UTF8` (prompt or a stop
- * string); `EMBER_ERR_INVALID_ARGUMENT` (empty prompt, a parameter out of range);
+ * string); `EMBER_ERR_INVALID_ARGUMENT` (empty prompt, a parameter out of range, `n` above
+ * the config's `max_seqs`);
  * `EMBER_ERR_TOO_LARGE` (the prompt leaves no room in the context, prompt + `max_tokens`
  * exceed it while `max_tokens` is below the context, or the request needs more blocks than
  * the whole KV arena holds);
@@ -732,6 +743,23 @@ ember_result ember_next(const struct ember_runtime *rt,
                         struct ember_event *out);
 
 /**
+ * `ember_next` for sequence `seq` of a request submitted with `params.n > 1` (sequence 0 is
+ * what `ember_next` pulls). Each sequence has its own events, ending with its own
+ * `EMBER_EVENT_FINISHED`; pull each from one thread at a time.
+ *
+ * Returns as `ember_next`, and `EMBER_ERR_INVALID_ARGUMENT` when `seq` is not below the
+ * request's `n`. On failure `*out` is untouched and nothing is consumed.
+ *
+ * # Safety
+ * `rt` is a live handle; `out` is writable.
+ */
+ember_result ember_next_seq(const struct ember_runtime *rt,
+                            ember_request_id id,
+                            uint32_t seq,
+                            uint32_t timeout_ms,
+                            struct ember_event *out);
+
+/**
  * Text-only pull: waits like `ember_next` until the request has unpulled tokens or has
  * finished, then copies the text of all its unpulled tokens into `buf` (NUL-terminated) and
  * marks them pulled. `*out_len` receives the text length (without the NUL) and
@@ -760,6 +788,25 @@ ember_result ember_next_text(const struct ember_runtime *rt,
                              size_t buf_len,
                              size_t *out_len,
                              ember_finish_reason *out_finish);
+
+/**
+ * `ember_next_text` for sequence `seq` of a request submitted with `params.n > 1`.
+ *
+ * Returns as `ember_next_text`, and `EMBER_ERR_INVALID_ARGUMENT` when `seq` is not below the
+ * request's `n`. On failure nothing is consumed and only `*out_len` may be written (on
+ * `EMBER_ERR_BUFFER_TOO_SMALL`).
+ *
+ * # Safety
+ * As `ember_next_text`.
+ */
+ember_result ember_next_text_seq(const struct ember_runtime *rt,
+                                 ember_request_id id,
+                                 uint32_t seq,
+                                 uint32_t timeout_ms,
+                                 char *buf,
+                                 size_t buf_len,
+                                 size_t *out_len,
+                                 ember_finish_reason *out_finish);
 
 /**
  * Cancel a request: its KV blocks are returned at once and, if unfinished, it finishes with

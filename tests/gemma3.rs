@@ -227,7 +227,7 @@ fn greedy(cases: impl Fn(&str) -> bool, check_logits: bool) {
         let prompt_ids = ids(&c["prompt_ids"]);
         let gen = ids(&c["generated_ids"]);
         let got = s
-            .tokenizer
+            .tokenizer()
             .encode(c["prompt"].as_str().unwrap(), true, true)
             .unwrap();
         if got != prompt_ids {
@@ -273,7 +273,7 @@ fn greedy_matches_llama_cpp() {
 
 fn gpl_tokens(s: &Session) -> Vec<u32> {
     let text = std::fs::read_to_string(repo().join("tests/golden/GPL-3.txt")).unwrap();
-    let tokens = s.tokenizer.encode(&text, true, false).unwrap();
+    let tokens = s.tokenizer().encode(&text, true, false).unwrap();
     assert_eq!(
         tokens.len(),
         7563,

@@ -171,7 +171,7 @@ fn greedy_matches_llama_cpp() {
         let prompt_ids = ids(&c["prompt_ids"]);
         let gen = ids(&c["generated_ids"]);
         let got = s
-            .tokenizer
+            .tokenizer()
             .encode(c["prompt"].as_str().unwrap(), true, true)
             .unwrap();
         if got != prompt_ids {
@@ -282,7 +282,7 @@ fn f32_weights_match_llama_cpp_f32_goldens() {
 fn perplexity_matches_llama_cpp() {
     let mut s = session(512, 512, 256);
     let text = std::fs::read_to_string(repo().join("tests/golden/GPL-3.txt")).unwrap();
-    let tokens = s.tokenizer.encode(&text, true, false).unwrap();
+    let tokens = s.tokenizer().encode(&text, true, false).unwrap();
     assert_eq!(
         tokens.len(),
         7639,

@@ -42,9 +42,12 @@ fn decode_steps_allocate_nothing() {
         repeat_last_n: 64,
         seed: 7,
     };
-    let mut sampler = Sampler::new(params, s.model.config.n_vocab).unwrap();
-    let mut decoder = StreamDecoder::new(&s.tokenizer);
-    let prompt = s.tokenizer.encode("Once upon a time,", true, true).unwrap();
+    let mut sampler = Sampler::new(params, s.model().config.n_vocab).unwrap();
+    let mut decoder = StreamDecoder::new(s.tokenizer());
+    let prompt = s
+        .tokenizer()
+        .encode("Once upon a time,", true, true)
+        .unwrap();
     let mut seq = s.new_sequence();
     seq.tokens.extend_from_slice(&prompt);
     let mut text_bytes = 0;
@@ -59,7 +62,7 @@ fn decode_steps_allocate_nothing() {
         )
         .unwrap();
         seq.tokens.push(next);
-        text_bytes += decoder.push(&s.tokenizer, next).len();
+        text_bytes += decoder.push(s.tokenizer(), next).len();
     };
     // Warm-up: prefill and a few steps (first-touch of the arena and scratch pages).
     for _ in 0..3 {

@@ -174,10 +174,12 @@ pub unsafe extern "C" fn ember_runtime_free(rt: *mut ember_runtime) {
 /// Submit a text prompt (UTF-8; special tokens such as `<|im_start|>` are parsed; BOS is added
 /// as the model asks), exactly as `ember generate -p TEXT` tokenizes it. `params` may be NULL
 /// (defaults). On success `*out_id` receives the request id; pull its events with `ember_next`
-/// and release it with `ember_release`.
+/// (with `params.n > 1`, sequence `i` with `ember_next_seq`) and release it with
+/// `ember_release`.
 ///
 /// Returns `EMBER_OK`; `EMBER_ERR_NULL_POINTER`; `EMBER_ERR_INVALID_UTF8` (prompt or a stop
-/// string); `EMBER_ERR_INVALID_ARGUMENT` (empty prompt, a parameter out of range);
+/// string); `EMBER_ERR_INVALID_ARGUMENT` (empty prompt, a parameter out of range, `n` above
+/// the config's `max_seqs`);
 /// `EMBER_ERR_TOO_LARGE` (the prompt leaves no room in the context, prompt + `max_tokens`
 /// exceed it while `max_tokens` is below the context, or the request needs more blocks than
 /// the whole KV arena holds);
@@ -392,11 +394,32 @@ pub unsafe extern "C" fn ember_next(
     timeout_ms: u32,
     out: *mut ember_event,
 ) -> ember_result {
+    // SAFETY: the same contract.
+    unsafe { ember_next_seq(rt, id, 0, timeout_ms, out) }
+}
+
+/// `ember_next` for sequence `seq` of a request submitted with `params.n > 1` (sequence 0 is
+/// what `ember_next` pulls). Each sequence has its own events, ending with its own
+/// `EMBER_EVENT_FINISHED`; pull each from one thread at a time.
+///
+/// Returns as `ember_next`, and `EMBER_ERR_INVALID_ARGUMENT` when `seq` is not below the
+/// request's `n`. On failure `*out` is untouched and nothing is consumed.
+///
+/// # Safety
+/// `rt` is a live handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ember_next_seq(
+    rt: *const ember_runtime,
+    id: ember_request_id,
+    seq: u32,
+    timeout_ms: u32,
+    out: *mut ember_event,
+) -> ember_result {
     guard(|| {
         // SAFETY: the contract of this function.
         let rt = unsafe { runtime(rt)? };
         need(out, "out")?;
-        let ev = rt.next(id, timeout(timeout_ms))?;
+        let ev = rt.next(id, seq as usize, timeout(timeout_ms))?;
         // SAFETY: checked non-NULL.
         unsafe { put(out, ev) };
         Ok(())
@@ -433,6 +456,30 @@ pub unsafe extern "C" fn ember_next_text(
     out_len: *mut usize,
     out_finish: *mut ember_finish_reason,
 ) -> ember_result {
+    // SAFETY: the same contract.
+    unsafe { ember_next_text_seq(rt, id, 0, timeout_ms, buf, buf_len, out_len, out_finish) }
+}
+
+/// `ember_next_text` for sequence `seq` of a request submitted with `params.n > 1`.
+///
+/// Returns as `ember_next_text`, and `EMBER_ERR_INVALID_ARGUMENT` when `seq` is not below the
+/// request's `n`. On failure nothing is consumed and only `*out_len` may be written (on
+/// `EMBER_ERR_BUFFER_TOO_SMALL`).
+///
+/// # Safety
+/// As `ember_next_text`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn ember_next_text_seq(
+    rt: *const ember_runtime,
+    id: ember_request_id,
+    seq: u32,
+    timeout_ms: u32,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+    out_finish: *mut ember_finish_reason,
+) -> ember_result {
     let mut too_small = None;
     let r = guard(|| {
         // SAFETY: the contract of this function.
@@ -446,7 +493,7 @@ pub unsafe extern "C" fn ember_next_text(
             // SAFETY: `buf_len` writable bytes per the contract.
             unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), buf_len) }
         };
-        match rt.next_text(id, timeout(timeout_ms), buf) {
+        match rt.next_text(id, seq as usize, timeout(timeout_ms), buf) {
             Ok((len, finish)) => {
                 // SAFETY: both checked non-NULL.
                 unsafe {

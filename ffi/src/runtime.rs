@@ -23,9 +23,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ember::chat::{render_chat, ChatMessage};
-use ember::engine::{Engine, RequestId, RequestParams};
+use ember::engine::{Engine, FinishReason, RequestId, RequestParams};
 use ember::model::Model;
-use ember::session::FinishReason;
 use ember::tokenizer::Tokenizer;
 
 use crate::error::{ember_result, Failure};
@@ -86,12 +85,12 @@ impl Stream {
         })
     }
 
-    /// Copy what the engine produced since the last sync.
-    fn sync(&mut self, engine: &Engine, id: RequestId) {
+    /// Copy what sequence `seq` of the request produced since the last sync.
+    fn sync(&mut self, engine: &Engine, id: RequestId, seq: usize) {
         let Ok(mut outs) = engine.output(id) else {
             return;
         };
-        let Some(o) = outs.next() else { return };
+        let Some(o) = outs.nth(seq) else { return };
         self.ids.extend_from_slice(&o.ids[self.ids.len()..]);
         self.piece_ends
             .extend_from_slice(&o.piece_ends[self.piece_ends.len()..]);
@@ -126,7 +125,8 @@ struct Shared {
     queued: AtomicUsize,
     handoff: Mutex<()>,
     handoff_cv: Condvar,
-    streams: Mutex<HashMap<u64, Stream>>,
+    /// One stream per sequence of each request (`n` of them).
+    streams: Mutex<HashMap<u64, Vec<Stream>>>,
     /// Signalled (under `streams`) whenever a stream changes or the runtime is poisoned.
     progress: Condvar,
     /// The background thread panicked.
@@ -148,7 +148,7 @@ impl Shared {
         r.map_err(|_| Failure::poisoned())
     }
 
-    fn lock_streams(&self) -> Result<MutexGuard<'_, HashMap<u64, Stream>>, Failure> {
+    fn lock_streams(&self) -> Result<MutexGuard<'_, HashMap<u64, Vec<Stream>>>, Failure> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(Failure::poisoned());
         }
@@ -177,9 +177,11 @@ impl Shared {
     /// Copy every unfinished request's new output out of the engine and wake the pullers.
     fn sync_all(&self, core: &Core) -> Result<(), Failure> {
         let mut streams = self.lock_streams()?;
-        for (&id, s) in streams.iter_mut() {
-            if s.finish.is_none() {
-                s.sync(&core.engine, RequestId::from_u64(id));
+        for (&id, seqs) in streams.iter_mut() {
+            for (i, s) in seqs.iter_mut().enumerate() {
+                if s.finish.is_none() {
+                    s.sync(&core.engine, RequestId::from_u64(id), i);
+                }
             }
         }
         drop(streams);
@@ -347,7 +349,11 @@ impl Runtime {
         if core.mode == Mode::Stopped {
             return Err(Failure::stopped());
         }
-        let stream = Stream::new(params.max_tokens, core.engine.n_ctx())?;
+        // Bounded: the engine refuses `n` above `max_seqs` (checked again by `submit`).
+        let n = params.n.min(ember::engine::MAX_SEQS);
+        let stream = (0..n)
+            .map(|_| Stream::new(params.max_tokens, core.engine.n_ctx()))
+            .collect::<Result<Vec<_>, _>>()?;
         let id = core.engine.submit(prompt, params)?;
         let mut streams = self.shared.lock_streams()?;
         streams.insert(id.to_u64(), stream);
@@ -465,20 +471,27 @@ impl Runtime {
         Ok(())
     }
 
-    /// Wait until request `id` has an undelivered token or has finished, then let `take` read
-    /// (and consume) from its stream. `None`: wait forever.
+    /// Wait until sequence `seq` of request `id` has an undelivered token or has finished, then
+    /// let `take` read (and consume) from its stream. `None`: wait forever.
     fn wait_stream<T>(
         &self,
         id: u64,
+        seq: usize,
         timeout: Option<Duration>,
         take: impl FnOnce(&mut Stream) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut streams = self.shared.lock_streams()?;
         loop {
-            let s = streams
+            let seqs = streams
                 .get_mut(&id)
                 .ok_or_else(|| Failure::unknown_request(id))?;
+            let n = seqs.len();
+            let s = seqs.get_mut(seq).ok_or_else(|| {
+                Failure::invalid(format!(
+                    "request {id:#x} has {n} sequence(s): index {seq} is out of range"
+                ))
+            })?;
             if s.cursor < s.ids.len() || s.finish.is_some() {
                 return take(s);
             }
@@ -509,9 +522,14 @@ impl Runtime {
         }
     }
 
-    /// The next event of request `id`.
-    pub fn next(&self, id: u64, timeout: Option<Duration>) -> Result<ember_event, Failure> {
-        self.wait_stream(id, timeout, |s| {
+    /// The next event of sequence `seq` of request `id`.
+    pub fn next(
+        &self,
+        id: u64,
+        seq: usize,
+        timeout: Option<Duration>,
+    ) -> Result<ember_event, Failure> {
+        self.wait_stream(id, seq, timeout, |s| {
             if s.cursor < s.ids.len() {
                 let i = s.cursor;
                 let (start, end) = (s.piece_start(i), s.piece_ends[i] as usize);
@@ -539,17 +557,19 @@ impl Runtime {
         })
     }
 
-    /// All undelivered text of request `id` into `buf` (with a NUL), consuming its tokens.
-    /// Returns the text length and the finish reason once everything is delivered; on a too
-    /// small buffer returns `Err((needed length, failure))` without consuming.
+    /// All undelivered text of sequence `seq` of request `id` into `buf` (with a NUL),
+    /// consuming its tokens. Returns the text length and the finish reason once everything is
+    /// delivered; on a too small buffer returns `Err((needed length, failure))` without
+    /// consuming.
     pub fn next_text(
         &self,
         id: u64,
+        seq: usize,
         timeout: Option<Duration>,
         buf: &mut [u8],
     ) -> Result<(usize, ember_finish_reason), (Option<usize>, Failure)> {
         let mut needed = None;
-        let r = self.wait_stream(id, timeout, |s| {
+        let r = self.wait_stream(id, seq, timeout, |s| {
             let start = s.piece_start(s.cursor);
             let text = &s.text.as_bytes()[start..];
             if text.len() + 1 > buf.len() {

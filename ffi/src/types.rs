@@ -9,8 +9,8 @@ use std::ffi::{c_char, CStr};
 
 use ember::backend::{BackendKind, CudaWeights};
 use ember::engine::{EngineConfig, RequestParams};
+use ember::engine::{FinishReason, KvBudget};
 use ember::sampler::SamplingParams;
-use ember::session::{FinishReason, KvBudget};
 
 use crate::error::Failure;
 
@@ -197,6 +197,12 @@ pub struct ember_params {
     pub n_stop_ids: usize,
     /// Keep generating past end-of-generation tokens. Default false.
     pub ignore_eos: bool,
+    /// Sequences to sample from the prompt (parallel sampling): sequence `i` uses seed
+    /// `seed + i` and they share the prompt's KV blocks. Pull sequence `i` with
+    /// `ember_next_seq` / `ember_next_text_seq` (`ember_next` pulls sequence 0). 1..=`max_seqs`
+    /// of the runtime's config, else `EMBER_ERR_INVALID_ARGUMENT`; 0 is taken as 1 (a struct
+    /// zeroed by a caller that does not know this field). Default 1.
+    pub n: u32,
 }
 
 impl Default for ember_params {
@@ -217,6 +223,7 @@ impl Default for ember_params {
             stop_ids: std::ptr::null(),
             n_stop_ids: 0,
             ignore_eos: d.ignore_eos,
+            n: d.n as u32,
         }
     }
 }
@@ -292,7 +299,7 @@ impl ember_params {
             max_tokens: self.max_tokens as usize,
             stop,
             stop_ids: stop_ids.to_vec(),
-            n: 1,
+            n: (self.n as usize).max(1),
             ignore_eos: self.ignore_eos,
         })
     }
@@ -324,7 +331,8 @@ pub enum ember_finish_reason {
     EMBER_FINISH_STOP = 3,
     /// The request was cancelled (`ember_cancel`, or `ember_stop` while it was unfinished).
     EMBER_FINISH_CANCELLED = 4,
-    /// An engine step failed while computing it.
+    /// An engine step failed while computing it, or its logits held a NaN (non-finite weights:
+    /// `ember info --check-tensors` finds them); the tokens before it are still pulled.
     EMBER_FINISH_ERROR = 5,
 }
 

@@ -11,6 +11,7 @@
 //! empty arena (every block free).
 #![no_main]
 
+use std::collections::HashMap;
 use std::ffi::c_char;
 use std::ptr;
 
@@ -48,6 +49,8 @@ struct Params {
     stop: Vec<Vec<u8>>,
     stop_ids: Vec<u16>,
     ignore_eos: bool,
+    /// Parallel samples (`% 6`: 0 means 1; above the config's `max_seqs` is refused).
+    n: u8,
     /// Keep the sampling parameters in range (the raw ones are mostly rejected).
     sane: bool,
     /// `max_tokens` near `u32::MAX` (refused as too large, never wrapped) instead of 0..=16.
@@ -68,7 +71,8 @@ enum Op {
     SubmitTokens(Vec<u16>, Params),
     SubmitChat(Vec<(Vec<u8>, Vec<u8>)>, Params),
     Step,
-    Next(Req),
+    /// `ember_next_seq` of sequence `u8 % 4`.
+    Next(Req, u8),
     NextText(Req, u8),
     Cancel(Req),
     Release(Req),
@@ -106,6 +110,8 @@ struct Driver {
     rt: *mut ember_runtime,
     /// Every id submitted successfully, with whether it is released.
     ids: Vec<(ember_request_id, bool)>,
+    /// Sequences (`params.n`, 0 taken as 1) of each id submitted successfully.
+    n: HashMap<ember_request_id, u32>,
     stopped: bool,
 }
 
@@ -148,6 +154,7 @@ impl Driver {
         e.repeat_last_n = p.repeat_last_n as u32;
         e.seed = p.seed;
         e.ignore_eos = p.ignore_eos;
+        e.n = u32::from(p.n % 6);
         store.0 = p.stop.iter().take(4).map(|s| cstr(s)).collect();
         store.1 = store.0.iter().map(|s| s.as_ptr().cast()).collect();
         store.2 = p.stop_ids.iter().take(4).map(|&i| i as u32).collect();
@@ -158,10 +165,11 @@ impl Driver {
         e
     }
 
-    fn submitted(&mut self, code: ember_result, id: ember_request_id) {
+    fn submitted(&mut self, code: ember_result, id: ember_request_id, p: &ember_params) {
         if code == EMBER_OK {
             assert!(!self.ids.iter().any(|&(i, _)| i == id), "id {id} reused");
             self.ids.push((id, false));
+            self.n.insert(id, p.n.max(1));
         }
     }
 
@@ -191,8 +199,9 @@ impl Driver {
         }
     }
 
-    /// One `ember_next`; returns whether the request has finished.
-    fn next(&self, id: ember_request_id) -> Option<bool> {
+    /// One `ember_next_seq` of sequence `seq`; returns whether that sequence has finished
+    /// (`None` for an unknown id or a sequence the request does not have).
+    fn next(&self, id: ember_request_id, seq: u32) -> Option<bool> {
         let mut ev = ember_event {
             kind: ember_event_kind::EMBER_EVENT_TOKEN,
             token: 0,
@@ -202,7 +211,7 @@ impl Driver {
             finish_reason: ember_finish_reason::EMBER_FINISH_NONE,
         };
         // SAFETY: live runtime, writable event.
-        let code = unsafe { ember_next(self.rt, id, 0, &mut ev) };
+        let code = unsafe { ember_next_seq(self.rt, id, seq, 0, &mut ev) };
         let live = self.known_live(id);
         if !live {
             check(
@@ -210,6 +219,11 @@ impl Driver {
                 &[EMBER_ERR_UNKNOWN_REQUEST],
                 "ember_next (unknown id)",
             );
+            return None;
+        }
+        let n = self.n.get(&id).copied().unwrap_or(1);
+        if seq >= n {
+            check(code, &[EMBER_ERR_INVALID_ARGUMENT], "ember_next_seq (no such sequence)");
             return None;
         }
         check(code, &[EMBER_OK, EMBER_ERR_TIMEOUT], "ember_next");
@@ -281,7 +295,7 @@ impl Driver {
                 // SAFETY: NUL-terminated prompt, valid params and out-param.
                 let code = unsafe { ember_submit(rt, t.as_ptr().cast(), &e, &mut id) };
                 check(code, self.submit_codes(), "ember_submit");
-                self.submitted(code, id);
+                self.submitted(code, id, &e);
             }
             Op::SubmitTokens(ids, p) => {
                 let ids: Vec<u32> = ids.iter().take(64).map(|&i| i as u32 % 300).collect();
@@ -289,7 +303,7 @@ impl Driver {
                 // SAFETY: `ids` has `len` ids; valid params and out-param.
                 let code = unsafe { ember_submit_tokens(rt, ids.as_ptr(), ids.len(), &e, &mut id) };
                 check(code, self.submit_codes(), "ember_submit_tokens");
-                self.submitted(code, id);
+                self.submitted(code, id, &e);
             }
             Op::SubmitChat(msgs, p) => {
                 let strs: Vec<(Vec<u8>, Vec<u8>)> = msgs
@@ -308,7 +322,7 @@ impl Driver {
                 // SAFETY: `m` has `len` messages of NUL-terminated strings; valid params.
                 let code = unsafe { ember_submit_chat(rt, m.as_ptr(), m.len(), &e, &mut id) };
                 check(code, self.submit_codes(), "ember_submit_chat");
-                self.submitted(code, id);
+                self.submitted(code, id, &e);
             }
             Op::Step => {
                 let mut more = false;
@@ -321,8 +335,8 @@ impl Driver {
                 };
                 check(code, ok, "ember_step");
             }
-            Op::Next(r) => {
-                self.next(self.id(r));
+            Op::Next(r, seq) => {
+                self.next(self.id(r), u32::from(seq % 4));
             }
             Op::NextText(r, len) => {
                 let id = self.id(r);
@@ -466,10 +480,12 @@ impl Driver {
         }
         let live: Vec<_> = self.ids.iter().filter(|e| !e.1).map(|e| e.0).collect();
         for id in live {
-            let mut pulls = 0;
-            while self.next(id) != Some(true) {
-                pulls += 1;
-                assert!(pulls < 1_000, "request {id} has work left after draining");
+            for seq in 0..self.n.get(&id).copied().unwrap_or(1) {
+                let mut pulls = 0;
+                while self.next(id, seq) != Some(true) {
+                    pulls += 1;
+                    assert!(pulls < 1_000, "request {id} has work left after draining");
+                }
             }
             self.release(id);
         }
@@ -541,6 +557,7 @@ fuzz_target!(|inp: Input| {
     let mut d = Driver {
         rt,
         ids: Vec::new(),
+        n: HashMap::new(),
         stopped: false,
     };
     for op in inp.ops.iter().take(64) {

@@ -8,9 +8,9 @@
 //! parses files; [`model`] knows the architectures and holds the one forward pass, written
 //! against the [`model::Executor`] trait; [`backend`] implements that trait on the CPU (worker
 //! threads of [`compute`] over the kernel tables of `ember-kernels`) and on CUDA; [`kv`] is the
-//! paged KV cache; [`engine`] schedules requests into batched steps; [`tokenizer`],
-//! [`sampler`], [`stop`] and [`chat`] turn text into tokens and back; [`session`] drives one
-//! sequence from prompt to finish.
+//! paged KV cache; [`engine`] is the only driver (generation and scoring requests,
+//! continuous batching); [`tokenizer`], [`sampler`], [`stop`] and [`chat`] turn text into tokens
+//! and back; [`session`] is a convenience over an engine with one sequence.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 

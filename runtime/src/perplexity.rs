@@ -6,6 +6,7 @@
 //! `first + 1 .. n_ctx - 1` (so `n_ctx - first - 1` tokens per chunk). The figure is
 //! `exp(mean NLL)` over all scored tokens; the log-softmax sums in f64 as llama.cpp does.
 
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::session::Session;
 
@@ -31,10 +32,23 @@ fn log_softmax(logits: &[f32], token: u32) -> f64 {
     f64::from(logits[token as usize] - max) - sum.ln()
 }
 
-/// Perplexity of `tokens` with chunks of `n_ctx` tokens. `on_chunk(i, ppl_so_far)` is called
-/// after each chunk.
+/// Perplexity of `tokens` with chunks of `n_ctx` tokens, on a session's engine. `on_chunk(i,
+/// ppl_so_far)` is called after each chunk.
 pub fn perplexity(
     session: &mut Session,
+    tokens: &[u32],
+    n_ctx: usize,
+    on_chunk: impl FnMut(usize, f64),
+) -> Result<Perplexity> {
+    perplexity_on(session.engine_mut(), tokens, n_ctx, on_chunk)
+}
+
+/// [`perplexity`] on an engine: each chunk is one scoring request (the logits at positions
+/// `first .. n_ctx - 1`, nothing sampled). A NaN logits row fails the whole figure with
+/// [`Error::NonFinite`] (the engine's one NaN rule). Its steps may share forward passes with
+/// other requests of the engine.
+pub fn perplexity_on(
+    engine: &mut Engine,
     tokens: &[u32],
     n_ctx: usize,
     mut on_chunk: impl FnMut(usize, f64),
@@ -57,32 +71,26 @@ pub fn perplexity(
     }
     let n_chunks = tokens.len() / n_ctx;
     let first = n_ctx / 2;
-    let bos = session
-        .tokenizer
-        .add_bos()
-        .then(|| session.tokenizer.bos())
-        .flatten();
+    let tok = engine.tokenizer();
+    let bos = tok.add_bos().then(|| tok.bos()).flatten();
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
     let t0 = std::time::Instant::now();
-    let mut seq = session.new_sequence();
+    let mut chunk = Vec::with_capacity(n_ctx);
     for i in 0..n_chunks {
-        let chunk = &tokens[i * n_ctx..(i + 1) * n_ctx];
-        seq.tokens.clear();
-        seq.tokens.extend_from_slice(chunk);
+        chunk.clear();
+        chunk.extend_from_slice(&tokens[i * n_ctx..(i + 1) * n_ctx]);
         if let Some(b) = bos {
-            seq.tokens[0] = b;
+            chunk[0] = b;
         }
-        let r = session.eval(
-            &mut seq,
-            |p| p >= first && p + 1 < n_ctx,
-            |p, logits, _| {
-                let lp = log_softmax(logits, chunk[p + 1]);
-                nll -= lp;
-                nll2 += lp * lp;
-                count += 1;
-            },
-        );
-        session.release(&mut seq);
+        let id = engine.submit_scoring(&chunk, first..n_ctx - 1)?;
+        let target = &tokens[i * n_ctx..(i + 1) * n_ctx];
+        let r = score(engine, id, |pos, logits| {
+            let lp = log_softmax(logits, target[pos + 1]);
+            nll -= lp;
+            nll2 += lp * lp;
+            count += 1;
+        });
+        engine.release(id)?;
         r?;
         on_chunk(i, (nll / count as f64).exp());
     }
@@ -101,4 +109,29 @@ pub fn perplexity(
         scored: count,
         tok_s: (n_chunks * n_ctx) as f64 / t0.elapsed().as_secs_f64().max(1e-9),
     })
+}
+
+/// Step `engine` until scoring request `id` is computed, handing its rows to `on_row`.
+fn score(
+    engine: &mut Engine,
+    id: crate::engine::RequestId,
+    mut on_row: impl FnMut(usize, &[f32]),
+) -> Result<()> {
+    while !engine.is_idle(id)? {
+        engine.step_with(|row| {
+            if row.request == id {
+                on_row(row.pos, row.logits);
+            }
+        })?;
+    }
+    let failed = engine
+        .output(id)?
+        .any(|o| o.finish == Some(crate::engine::FinishReason::Error));
+    if failed {
+        return Err(engine
+            .take_output(id, 0)?
+            .error
+            .unwrap_or_else(|| Error::NonFinite("a logits row holds NaN".into())));
+    }
+    Ok(())
 }

@@ -362,6 +362,70 @@ static void test_caller_driven(ember_runtime *rt) {
     EXPECT(ember_get_stats(NULL, &s), EMBER_ERR_NULL_POINTER);
 }
 
+/* Pull every token of sequence `seq` of `id` (already computed); returns the count. */
+static uint32_t pull_seq(ember_runtime *rt, ember_request_id id, uint32_t seq, uint32_t *ids,
+                         uint32_t cap, ember_finish_reason *finish) {
+    ember_event ev;
+    uint32_t n = 0;
+    for (;;) {
+        EXPECT(ember_next_seq(rt, id, seq, 0, &ev), EMBER_OK);
+        if (ev.kind == EMBER_EVENT_FINISHED) break;
+        CHECK(ev.index == n);
+        if (n < cap) ids[n] = ev.token;
+        n++;
+    }
+    *finish = ev.finish_reason;
+    return n;
+}
+
+/* params.n: n sampled sequences of one prompt, each pulled on its own; sequence i equals a
+ * lone request with seed + i. */
+static void test_parallel_samples(ember_runtime *rt) {
+    ember_params p = params_n(6);
+    p.temperature = 0.9f;
+    p.top_k = 0;
+    p.seed = 11;
+    p.n = 5; /* above max_seqs (4) */
+    ember_request_id id = 0, solo = 0;
+    EXPECT(ember_submit(rt, "hello", &p, &id), EMBER_ERR_INVALID_ARGUMENT);
+    CHECK(id == 0);
+    p.n = 3;
+    EXPECT(ember_submit(rt, "hello", &p, &id), EMBER_OK);
+    run_to_idle(rt);
+    uint32_t got[3][8];
+    ember_finish_reason f;
+    for (uint32_t i = 0; i < 3; i++) {
+        CHECK(pull_seq(rt, id, i, got[i], 8, &f) == 6);
+        CHECK(f == EMBER_FINISH_LENGTH);
+    }
+    ember_event ev;
+    EXPECT(ember_next_seq(rt, id, 3, 0, &ev), EMBER_ERR_INVALID_ARGUMENT);
+    EXPECT(ember_next(rt, id, 0, &ev), EMBER_OK); /* sequence 0, already pulled */
+    CHECK(ev.kind == EMBER_EVENT_FINISHED);
+    char buf[16];
+    size_t len = 99;
+    EXPECT(ember_next_text_seq(rt, id, 7, 0, buf, sizeof buf, &len, &f), EMBER_ERR_INVALID_ARGUMENT);
+    CHECK(len == 99);
+    EXPECT(ember_next_text_seq(rt, id, 2, 0, buf, sizeof buf, &len, &f), EMBER_OK);
+    CHECK(len == 0 && f == EMBER_FINISH_LENGTH);
+    EXPECT(ember_release(rt, id), EMBER_OK);
+
+    p.n = 1;
+    p.seed = 12; /* sequence 1 of the request above */
+    EXPECT(ember_submit(rt, "hello", &p, &solo), EMBER_OK);
+    run_to_idle(rt);
+    uint32_t alone[8];
+    CHECK(pull_seq(rt, solo, 0, alone, 8, &f) == 6);
+    CHECK(memcmp(alone, got[1], 6 * sizeof alone[0]) == 0);
+    EXPECT(ember_release(rt, solo), EMBER_OK);
+
+    p.n = 0; /* a zeroed field: one sequence */
+    EXPECT(ember_submit(rt, "hello", &p, &solo), EMBER_OK);
+    run_to_idle(rt);
+    EXPECT(ember_next_seq(rt, solo, 1, 0, &ev), EMBER_ERR_INVALID_ARGUMENT);
+    EXPECT(ember_release(rt, solo), EMBER_OK);
+}
+
 static void test_tokenizer(ember_runtime *rt) {
     size_t n = 999;
     uint32_t ids[64];
@@ -604,6 +668,7 @@ int main(int argc, char **argv) {
     if (!rt) return 1;
     test_submit_misuse(rt);
     test_caller_driven(rt);
+    test_parallel_samples(rt);
     test_tokenizer(rt);
     test_background_and_stop(rt);
     ember_runtime_free(rt);

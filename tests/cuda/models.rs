@@ -203,7 +203,7 @@ fn greedy_cuda_equals_cpu_on_real_model() {
     let m = Model::load(&path).unwrap();
     let s = Session::new(m, &session_cfg()).unwrap();
     let prompt = s
-        .tokenizer
+        .tokenizer()
         .encode("The history of the printing press begins", true, true)
         .unwrap();
     drop(s);
@@ -278,7 +278,7 @@ fn mapped_weights_equal_uploaded_weights() {
             let path = std::path::PathBuf::from(path);
             let s = Session::new(Model::load(&path).unwrap(), &session_cfg()).unwrap();
             let prompt = s
-                .tokenizer
+                .tokenizer()
                 .encode("The capital of France is", true, true)
                 .unwrap();
             drop(s);

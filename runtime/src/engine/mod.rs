@@ -13,119 +13,44 @@
 //! - when a running sequence needs a block and none is free, the most recently admitted
 //!   sequence is preempted: its blocks are freed (full ones stay in the prefix cache), its
 //!   generated tokens kept, and it is requeued at the front to be recomputed;
-//! - one forward pass per step over all scheduled tokens of all sequences.
+//! - one forward pass per step over all scheduled tokens of all sequences;
+//! - besides generation requests, scoring requests ([`Engine::submit_scoring`], `score.rs`):
+//!   logits at chosen positions for the caller, no sampling, the KV cache held between
+//!   [`Engine::append`]s. Perplexity, `ember bench` and [`Session`](crate::session::Session)
+//!   evaluation are scoring requests: the engine is the only driver.
+//!
+//! One NaN rule, for both kinds: a logits row holding NaN is never sampled from or handed out;
+//! its request ends with [`FinishReason::Error`] and [`Error::NonFinite`] in
+//! [`SeqOutput::error`].
 //!
 //! Everything is allocated by [`Engine::new`] and [`Engine::submit`]; `step` allocates nothing.
 
+mod config;
+mod request;
+mod score;
 mod sequence;
+mod step;
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
+use config::{
+    alloc_failed, check_limits, invalid, reserve_failed, reserved, slab, slot_u32, Resources,
+};
+pub use config::{
+    effective_threads, physical_cores, EngineConfig, MAX_BATCH_TOKENS, MAX_REQUESTS, MAX_SEQS,
+};
+pub use request::{FinishReason, KvBudget, LogitsRow, RequestId, RequestParams};
 use sequence::Seq;
 pub use sequence::{SeqOutput, SeqState};
 
-use crate::backend::{Backend, BackendKind, CudaWeights};
+use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
 use crate::kv::{BlockId, BlockPool, BlockTable};
 use crate::model::{BatchToken, BlockTables, Model, Scratch};
 use crate::sampler::{Sampler, SamplingParams};
-use crate::session::{FinishReason, KvBudget, Resources};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
-
-/// Start-up parameters of an [`Engine`].
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// Longest sequence (prompt + generated) in tokens; 0: the model's training context.
-    pub n_ctx: usize,
-    /// KV arena size.
-    pub kv_budget: KvBudget,
-    /// Token slots per KV block.
-    pub block_size: usize,
-    /// Most sequences running at once (1..=[`MAX_SEQS`]).
-    pub max_seqs: usize,
-    /// Most tokens computed per step (`max_seqs..=`[`MAX_BATCH_TOKENS`]; lowered to
-    /// `n_ctx × max_seqs` when above it).
-    pub max_batch_tokens: usize,
-    /// Most requests held at once (waiting, running, or finished but not yet released;
-    /// 1..=[`MAX_REQUESTS`]).
-    pub max_requests: usize,
-    /// Worker threads (0: physical cores).
-    pub threads: usize,
-    /// Reuse cached KV blocks of identical prompt prefixes.
-    pub prefix_caching: bool,
-    /// Where the CUDA backend keeps the weights (ignored by the CPU backend).
-    pub cuda_weights: CudaWeights,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            n_ctx: 4096,
-            kv_budget: KvBudget::Bytes(256 << 20),
-            block_size: 16,
-            max_seqs: 32,
-            max_batch_tokens: 512,
-            max_requests: 256,
-            threads: 0,
-            prefix_caching: true,
-            cuda_weights: CudaWeights::Upload,
-        }
-    }
-}
-
-/// What one request asks for.
-#[derive(Clone, Debug)]
-pub struct RequestParams {
-    /// Sampler settings (sequence `i` of the request uses seed `seed + i`).
-    pub sampling: SamplingParams,
-    /// Most tokens to generate per sequence.
-    pub max_tokens: usize,
-    /// Stop strings (excluded from the output text).
-    pub stop: Vec<String>,
-    /// Token ids that stop generation, besides the model's end-of-generation tokens.
-    pub stop_ids: Vec<u32>,
-    /// Number of sequences to sample from the prompt (parallel sampling).
-    pub n: usize,
-    /// Keep generating past end-of-generation tokens.
-    pub ignore_eos: bool,
-}
-
-impl Default for RequestParams {
-    fn default() -> Self {
-        RequestParams {
-            sampling: SamplingParams::default(),
-            max_tokens: 128,
-            stop: Vec::new(),
-            stop_ids: Vec::new(),
-            n: 1,
-            ignore_eos: false,
-        }
-    }
-}
-
-/// Handle of a submitted request. Generation-checked: a handle of a released request never
-/// refers to a later one that reuses its slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RequestId {
-    slot: u32,
-    generation: u32,
-}
-
-impl RequestId {
-    /// A stable 64-bit encoding (for the C ABI).
-    pub fn to_u64(self) -> u64 {
-        (u64::from(self.generation) << 32) | u64::from(self.slot)
-    }
-
-    /// Inverse of [`RequestId::to_u64`].
-    pub fn from_u64(v: u64) -> RequestId {
-        RequestId {
-            slot: v as u32,
-            generation: (v >> 32) as u32,
-        }
-    }
-}
 
 #[derive(Debug)]
 struct Request {
@@ -237,101 +162,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn invalid(name: &'static str, what: impl Into<String>) -> Error {
-    Error::InvalidParam {
-        name,
-        what: what.into(),
-    }
-}
-
-/// Most requests an engine holds at once (`EngineConfig::max_requests`). Request and sequence
-/// slots are `u32` and every held request costs a slab entry whether used or not; a million
-/// requests in flight is far beyond what one edge device serves, and the bound keeps every
-/// slab size (at most `2 × MAX_REQUESTS` sequence slots) far from overflowing anything.
-pub const MAX_REQUESTS: usize = 1 << 20;
-
-/// Most sequences running at once (`EngineConfig::max_seqs`). Each one takes a row of
-/// `n_vocab` logits in the forward pass's scratch (a 49k-token vocabulary: 192 KiB a row) and
-/// at least one KV block; 65 536 of them is past any arena an edge device holds.
-pub const MAX_SEQS: usize = 1 << 16;
-
-/// Most tokens per step (`EngineConfig::max_batch_tokens`): the forward pass's scratch holds
-/// every activation of that many tokens, about 30 KiB a token for the smallest supported model,
-/// so 2^20 tokens already ask for 32 GiB. A budget above `n_ctx × max_seqs` is lowered to it
-/// (a step never has more tokens to compute than its running sequences hold).
-pub const MAX_BATCH_TOKENS: usize = 1 << 20;
-
-/// Checks the sizes of `cfg` before anything is allocated from them. Every bound is stated in
-/// the message.
-fn check_limits(cfg: &EngineConfig) -> Result<()> {
-    if cfg.max_seqs == 0 || cfg.max_seqs > MAX_SEQS {
-        return Err(invalid(
-            "max_seqs",
-            format!("{} (must be 1..={MAX_SEQS})", cfg.max_seqs),
-        ));
-    }
-    if cfg.max_requests == 0 || cfg.max_requests > MAX_REQUESTS {
-        return Err(invalid(
-            "max_requests",
-            format!("{} (must be 1..={MAX_REQUESTS})", cfg.max_requests),
-        ));
-    }
-    if cfg.max_batch_tokens < cfg.max_seqs {
-        return Err(invalid(
-            "max_batch_tokens",
-            format!(
-                "{} is below max_seqs ({}): every running sequence needs a token per step",
-                cfg.max_batch_tokens, cfg.max_seqs
-            ),
-        ));
-    }
-    if cfg.max_batch_tokens > MAX_BATCH_TOKENS {
-        return Err(invalid(
-            "max_batch_tokens",
-            format!(
-                "{} (must be max_seqs..={MAX_BATCH_TOKENS}: the forward pass's scratch is sized \
-                 for this many tokens)",
-                cfg.max_batch_tokens
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn alloc_failed(name: &'static str, n: usize) -> Error {
-    invalid(
-        name,
-        format!("cannot allocate {n} entries: lower {name} or free memory"),
-    )
-}
-
-/// An empty `Vec` with room for exactly `n` elements, allocated fallibly: sizes come from the
-/// caller's configuration, and a size the machine cannot hold is an error, not an abort.
-fn slab<T>(n: usize, name: &'static str) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| alloc_failed(name, n))?;
-    Ok(v)
-}
-
-fn reserve_failed(max_tokens: usize) -> Error {
-    invalid(
-        "max_tokens",
-        format!("cannot allocate the output of {max_tokens} tokens: ask for fewer"),
-    )
-}
-
-/// An empty `Vec` with room for `n` elements of a sequence (`n` bounded by the context).
-fn reserved<T>(n: usize) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| reserve_failed(n))?;
-    Ok(v)
-}
-
-/// `n` as a `u32` slot count (bounded by [`MAX_REQUESTS`] before this is called).
-fn slot_u32(n: usize) -> Result<u32> {
-    u32::try_from(n).map_err(|_| invalid("max_requests", format!("{n} slots exceed u32")))
-}
-
 impl Engine {
     /// Allocate everything: the KV arena, scratch for `max_batch_tokens`, request and sequence
     /// slabs, the worker threads.
@@ -342,6 +172,22 @@ impl Engine {
     /// [`Engine::new`] on the chosen backend: with CUDA the KV arena and every step's forward
     /// pass live on the GPU; the CPU schedules and samples.
     pub fn with_backend(model: Model, cfg: EngineConfig, backend: BackendKind) -> Result<Engine> {
+        let rows = cfg.max_seqs;
+        Self::open(model, cfg, backend, rows)
+    }
+
+    /// [`Engine::with_backend`] with room for `logit_rows` logits rows per step (at least
+    /// `max_seqs`: every running sequence may sample in one step). Scoring requests use the
+    /// rows beyond that to score many positions per forward pass (a [`Session`] sizes it from
+    /// `SessionConfig::max_logits`).
+    ///
+    /// [`Session`]: crate::session::Session
+    pub(crate) fn open(
+        model: Model,
+        cfg: EngineConfig,
+        backend: BackendKind,
+        logit_rows: usize,
+    ) -> Result<Engine> {
         let c = &model.config;
         let n_ctx = if cfg.n_ctx == 0 {
             c.n_ctx_train
@@ -359,7 +205,7 @@ impl Engine {
             n_ctx,
             cfg.max_seqs,
             cfg.max_batch_tokens,
-            cfg.max_seqs,
+            logit_rows.max(cfg.max_seqs),
             cfg.threads,
             backend,
             cfg.cuda_weights,
@@ -436,16 +282,43 @@ impl Engine {
         self.backend.arena_bytes()
     }
 
-    /// Whether any request is waiting or running.
+    /// Blocks in the KV arena (the pool's null block included).
+    pub fn arena_blocks(&self) -> usize {
+        self.backend.n_blocks()
+    }
+
+    /// Bytes of the forward pass's scratch memory.
+    pub fn scratch_bytes(&self) -> usize {
+        self.scratch.bytes()
+    }
+
+    /// Turn prefix caching on or off for requests admitted from now on.
+    pub fn set_prefix_caching(&mut self, on: bool) {
+        self.cfg.prefix_caching = on;
+    }
+
+    /// See [`Backend::set_cuda_graph`] (for comparisons).
+    #[doc(hidden)]
+    pub fn set_cuda_graph(&mut self, on: bool) {
+        self.backend.set_cuda_graph(on);
+    }
+
+    /// Whether any request is waiting, or running with tokens to compute (an idle scoring
+    /// request is no work until tokens are appended to it).
     pub fn has_work(&self) -> bool {
-        !self.running.is_empty() || !self.waiting.is_empty()
+        !self.waiting.is_empty()
+            || self.running.iter().any(|&s| {
+                self.seqs[s as usize]
+                    .as_ref()
+                    .is_some_and(|q| q.pending() > 0)
+            })
     }
 
     /// Tokenize `prompt` (special tokens parsed, BOS per the model) and submit it.
     pub fn submit_text(&mut self, prompt: &str, params: &RequestParams) -> Result<RequestId> {
         // Refused from its byte length alone when it cannot fit (no time or memory spent
         // tokenizing a huge text).
-        let ids = crate::session::encode_prompt(&self.tokenizer, prompt, self.n_ctx)?;
+        let ids = encode_prompt(&self.tokenizer, prompt, self.n_ctx)?;
         self.submit(&ids, params)
     }
 
@@ -511,11 +384,14 @@ impl Engine {
         self.request_generation = self.request_generation.wrapping_add(1);
         let mut seq_slots = Vec::with_capacity(params.n);
         for i in 0..params.n {
-            let sampling = SamplingParams {
-                seed: params.sampling.seed.wrapping_add(i as u64),
-                ..params.sampling.clone()
+            let params_i = RequestParams {
+                sampling: SamplingParams {
+                    seed: params.sampling.seed.wrapping_add(i as u64),
+                    ..params.sampling.clone()
+                },
+                ..params.clone()
             };
-            let seq = match self.new_seq(slot, prompt, params, max_tokens, sampling) {
+            let seq = match self.new_seq(slot, prompt, &params_i, max_tokens, total) {
                 Ok(s) => s,
                 Err(e) => {
                     for s in seq_slots.drain(..) {
@@ -580,19 +456,19 @@ impl Engine {
     }
 
     /// A new sequence; `max_tokens` is the checked count of [`Engine::max_tokens_for`], so
-    /// every reservation here is bounded by the context.
+    /// every reservation here is bounded by the context. `capacity` is the most tokens it may
+    /// ever hold (prompt + `max_tokens`, or the context for a scoring sequence).
     fn new_seq(
         &self,
         req: u32,
         prompt: &[u32],
         params: &RequestParams,
         max_tokens: usize,
-        sampling: SamplingParams,
+        capacity: usize,
     ) -> Result<Seq> {
-        let total = prompt.len() + max_tokens;
-        let mut tokens = reserved(total)?;
+        let mut tokens = reserved(capacity)?;
         tokens.extend_from_slice(prompt);
-        let max_blocks = total.div_ceil(self.cfg.block_size);
+        let max_blocks = capacity.div_ceil(self.cfg.block_size);
         let piece = self.tokenizer.max_piece_len().max(4);
         let mut text = String::new();
         text.try_reserve_exact(max_tokens.saturating_mul(piece).saturating_add(8))
@@ -607,7 +483,7 @@ impl Engine {
             block_hashes: reserved(max_blocks)?,
             admitted_at: 0,
             state: SeqState::Waiting,
-            sampler: Sampler::new(sampling, self.model.config.n_vocab)?,
+            sampler: Sampler::new(params.sampling.clone(), self.model.config.n_vocab)?,
             decoder: StreamDecoder::new(&self.tokenizer),
             stops: StopMatcher::new(&params.stop),
             out: SeqOutput {
@@ -615,7 +491,14 @@ impl Engine {
                 text,
                 piece_ends: reserved(max_tokens)?,
                 finish: None,
+                error: None,
+                submitted: Instant::now(),
+                first_token: None,
+                last_token: None,
+                n_prompt: prompt.len(),
             },
+            scoring: false,
+            rows: 0..0,
         })
     }
 
@@ -748,8 +631,6 @@ impl Engine {
     }
 }
 
-mod step;
-
 // The C API steps an engine on a background thread: every backend must be `Send`.
 const _: fn() = || {
     fn send<T: Send>() {}
@@ -757,4 +638,22 @@ const _: fn() = || {
 };
 
 #[cfg(test)]
+mod score_tests;
+#[cfg(test)]
 mod tests;
+
+/// Tokenize `prompt` (special tokens parsed, BOS per the model) for a context of `n_ctx`
+/// tokens. Refused before tokenizing when the byte length alone shows it cannot fit: no token
+/// covers more bytes than the longest token piece, so a text of `b` bytes needs at least
+/// `b / max_piece` tokens ([`Error::ContextFull`] reports that bound).
+pub(crate) fn encode_prompt(tok: &Tokenizer, prompt: &str, n_ctx: usize) -> Result<Vec<u32>> {
+    let fewest = prompt.len().div_ceil(tok.max_piece_len().max(1));
+    if fewest > n_ctx {
+        return Err(Error::ContextFull {
+            n_ctx,
+            requested: fewest,
+        });
+    }
+    tok.encode(prompt, true, true)
+        .map_err(|e| Error::Tokenizer(e.to_string()))
+}

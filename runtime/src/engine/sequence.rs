@@ -1,10 +1,19 @@
 //! One sequence of a request: its tokens, how many are in the KV cache, its blocks, its sampler
 //! and its output. Everything a sequence will ever need is allocated when it is created (at
 //! submit), so stepping it allocates nothing.
+//!
+//! A sequence either samples (a generation request: logits of its last token only) or scores
+//! (a scoring request: the logits of a range of positions go to the caller, nothing is sampled,
+//! and once computed it holds its KV cache, idle, until more tokens are appended or it is
+//! released).
 
+use std::ops::Range;
+use std::time::Instant;
+
+use super::FinishReason;
+use crate::error::Error;
 use crate::kv::{BlockHash, BlockTable};
 use crate::sampler::Sampler;
-use crate::session::FinishReason;
 use crate::stop::StopMatcher;
 use crate::tokenizer::StreamDecoder;
 
@@ -34,6 +43,36 @@ pub struct SeqOutput {
     pub piece_ends: Vec<u32>,
     /// Why it ended, once it has.
     pub finish: Option<FinishReason>,
+    /// What went wrong when `finish` is [`FinishReason::Error`] (for a NaN logits row,
+    /// [`Error::NonFinite`]).
+    pub error: Option<Error>,
+    /// When the request was submitted.
+    pub submitted: Instant,
+    /// When its first token was sampled.
+    pub first_token: Option<Instant>,
+    /// When its last token was sampled.
+    pub last_token: Option<Instant>,
+    /// Prompt length in tokens.
+    pub n_prompt: usize,
+}
+
+impl SeqOutput {
+    /// Prompt tokens per second: the prompt over the time from submission to the first token
+    /// (queueing included when other requests ran first).
+    pub fn prefill_tok_s(&self) -> f64 {
+        let t = self.first_token.unwrap_or_else(Instant::now) - self.submitted;
+        self.n_prompt as f64 / t.as_secs_f64().max(1e-9)
+    }
+
+    /// Generated tokens per second after the first (0 with fewer than two tokens).
+    pub fn decode_tok_s(&self) -> f64 {
+        match (self.first_token, self.last_token) {
+            (Some(a), Some(b)) if self.ids.len() > 1 => {
+                (self.ids.len() - 1) as f64 / (b - a).as_secs_f64().max(1e-9)
+            }
+            _ => 0.0,
+        }
+    }
 }
 
 /// A sequence and its private state.
@@ -65,12 +104,60 @@ pub(crate) struct Seq {
     pub stops: StopMatcher,
     /// Produced output.
     pub out: SeqOutput,
+    /// A scoring sequence (samples nothing; holds its KV cache when computed).
+    pub scoring: bool,
+    /// Positions whose logits rows go to the caller (scoring only; its start moves past each
+    /// row handed out, so a recomputation after preemption never hands a row out twice).
+    pub rows: Range<usize>,
 }
 
 impl Seq {
     /// Tokens still to be computed before the next sample.
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.num_computed
+    }
+
+    /// Whether position `pos` gets a logits row when computed (`last`: the last token).
+    pub fn wants_row(&self, pos: usize, last: usize) -> bool {
+        if self.scoring {
+            self.rows.contains(&pos)
+        } else {
+            pos == last
+        }
+    }
+
+    /// Logits rows computing the next `k` tokens produces.
+    pub fn rows_for(&self, k: usize) -> usize {
+        let (a, b) = (self.num_computed, self.num_computed + k);
+        if self.scoring {
+            b.min(self.rows.end).saturating_sub(a.max(self.rows.start))
+        } else {
+            usize::from(k > 0 && b == self.tokens.len())
+        }
+    }
+
+    /// The most of `k` tokens to compute with at most `rows` logits rows.
+    pub fn fit_rows(&self, k: usize, rows: usize) -> usize {
+        if self.rows_for(k) <= rows {
+            return k;
+        }
+        if self.scoring {
+            // Stop just before the first row that does not fit.
+            self.rows.start.max(self.num_computed) + rows - self.num_computed
+        } else {
+            k.min(self.pending() - 1)
+        }
+    }
+
+    /// First position that must be computed (not taken from the prefix cache): the first row
+    /// wanted, and always the last token.
+    pub fn first_needed(&self) -> usize {
+        let last = self.tokens.len() - 1;
+        if self.scoring {
+            self.rows.start.min(last)
+        } else {
+            last
+        }
     }
 
     /// Number of generated tokens.

@@ -2,11 +2,10 @@
 
 use std::time::Instant;
 
-use super::{Engine, SeqState, SlabTables, StepStats};
+use super::{Engine, FinishReason, LogitsRow, RequestId, SeqState, SlabTables, StepStats};
 use crate::error::Result;
 use crate::kv::{hash_block, BlockHash};
 use crate::model::BatchToken;
-use crate::session::FinishReason;
 
 /// Why a sequence could not get the blocks it needs this step.
 struct NoBlocks;
@@ -70,7 +69,8 @@ impl Engine {
     }
 
     /// Take the longest cached prefix of a waiting sequence's tokens (whole blocks, leaving at
-    /// least one token to compute so there are logits to sample from).
+    /// least one token to compute so there are logits to sample from, and every position whose
+    /// logits a scoring request wants).
     fn take_cached_prefix(&mut self, slot: u32) {
         if !self.cfg.prefix_caching {
             return;
@@ -81,7 +81,8 @@ impl Engine {
         debug_assert_eq!(seq.num_computed, 0);
         let mut parent: Option<BlockHash> = None;
         let mut i = 0;
-        while (i + 1) * bs < seq.tokens.len() {
+        let limit = seq.first_needed();
+        while (i + 1) * bs <= limit {
             let h = hash_block(parent, &seq.tokens[i * bs..(i + 1) * bs]);
             let Some(b) = pool.lookup(h) else { break };
             pool.retain(b);
@@ -117,16 +118,29 @@ impl Engine {
     fn schedule(&mut self, stats: &mut StepStats) {
         self.scheduled.clear();
         let mut budget = self.cfg.max_batch_tokens;
+        let mut rows = self.scratch.max_logits();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let slot = self.running[i];
-            let k = self.seqs[slot as usize]
-                .as_ref()
-                .expect("running sequence")
-                .pending()
-                .min(budget);
+            let seq = self.seqs[slot as usize].as_ref().expect("running sequence");
+            // A scoring request leaves a row for each sequence after it (running, or waiting to
+            // be admitted), so its many rows never hold back their samples; it keeps at least
+            // one (`rows >= max_seqs >= 1`).
+            let keep = if seq.scoring {
+                (self.running.len() - i - 1 + self.waiting.len()).min(rows.saturating_sub(1))
+            } else {
+                0
+            };
+            let k = seq.fit_rows(seq.pending().min(budget), rows.saturating_sub(keep));
+            if k == 0 {
+                // Idle (a computed scoring request) or no logits row left this step.
+                i += 1;
+                continue;
+            }
             loop {
                 if self.reserve(slot, k).is_ok() {
+                    let seq = self.seqs[slot as usize].as_ref().expect("running sequence");
+                    rows -= seq.rows_for(k);
                     self.scheduled.push((slot, k));
                     budget -= k;
                     i += 1;
@@ -152,12 +166,9 @@ impl Engine {
                 break;
             };
             self.take_cached_prefix(slot);
-            let k = self.seqs[slot as usize]
-                .as_ref()
-                .expect("waiting sequence")
-                .pending()
-                .min(budget);
-            if self.reserve(slot, k).is_err() {
+            let seq = self.seqs[slot as usize].as_ref().expect("waiting sequence");
+            let k = seq.fit_rows(seq.pending().min(budget), rows);
+            if k == 0 || self.reserve(slot, k).is_err() {
                 // Not enough blocks yet: give back the prefix and keep FCFS order.
                 self.drop_kv(slot);
                 break;
@@ -165,6 +176,7 @@ impl Engine {
             self.waiting.pop_front();
             self.admissions += 1;
             let seq = self.seqs[slot as usize].as_mut().expect("live");
+            rows -= seq.rows_for(k);
             seq.state = SeqState::Running;
             seq.admitted_at = self.admissions;
             self.running.push(slot);
@@ -175,7 +187,15 @@ impl Engine {
 
     /// Run one step: schedule, one forward pass over every scheduled token, sample the
     /// sequences whose pending tokens are all computed, retire finished ones. Allocates nothing.
+    /// Rows of scoring requests are dropped (use [`Engine::step_with`] to receive them).
     pub fn step(&mut self) -> Result<StepStats> {
+        self.step_with(|_| {})
+    }
+
+    /// [`Engine::step`], handing every logits row a scoring request asked for to `on_row`, in
+    /// position order per request. A row holding a NaN is not handed out: it ends its request
+    /// with [`FinishReason::Error`] and `Error::NonFinite` as its cause. Allocates nothing.
+    pub fn step_with(&mut self, mut on_row: impl FnMut(LogitsRow<'_>)) -> Result<StepStats> {
         let mut stats = StepStats::default();
         self.schedule(&mut stats);
         if self.scheduled.is_empty() {
@@ -193,7 +213,7 @@ impl Engine {
                     token: seq.tokens[pos],
                     pos,
                     seq: slot as usize,
-                    logits: pos == last,
+                    logits: seq.wants_row(pos, last),
                 });
             }
             // A decode is the one fed-back sample of a sequence past its prompt.
@@ -225,13 +245,16 @@ impl Engine {
             let seq = self.seqs[slot as usize]
                 .as_mut()
                 .expect("scheduled sequence");
+            let from = seq.num_computed;
             seq.num_computed += k;
-            let sample = seq.num_computed == seq.tokens.len();
+            let sample = !seq.scoring && seq.num_computed == seq.tokens.len();
             self.cache_full_blocks(slot);
             if sample {
                 let l = &mut logits[row * n_vocab..(row + 1) * n_vocab];
                 self.sample_seq(slot, l, &mut stats);
                 row += 1;
+            } else {
+                row = self.hand_out_rows(slot, from..from + k, &mut logits, row, &mut on_row);
             }
         }
         self.scratch.put_logits(logits);
@@ -240,15 +263,73 @@ impl Engine {
         Ok(stats)
     }
 
+    /// Hand the rows a scoring sequence wanted among the just-computed positions `computed`
+    /// (starting at logits row `row`) to `on_row`; returns the next row.
+    fn hand_out_rows(
+        &mut self,
+        slot: u32,
+        computed: std::ops::Range<usize>,
+        logits: &mut [f32],
+        mut row: usize,
+        on_row: &mut impl FnMut(LogitsRow<'_>),
+    ) -> usize {
+        let n_vocab = self.model.config.n_vocab;
+        let seq = self.seqs[slot as usize]
+            .as_ref()
+            .expect("scheduled sequence");
+        if !seq.scoring {
+            return row;
+        }
+        let req = seq.req;
+        let request = RequestId {
+            slot: req,
+            generation: self.requests[req as usize]
+                .as_ref()
+                .expect("live request")
+                .generation,
+        };
+        let (a, b) = (
+            computed.start.max(seq.rows.start),
+            computed.end.min(seq.rows.end),
+        );
+        for pos in a..b.max(a) {
+            let l = &mut logits[row * n_vocab..(row + 1) * n_vocab];
+            row += 1;
+            let seq = self.seqs[slot as usize]
+                .as_mut()
+                .expect("scheduled sequence");
+            if seq.out.finish.is_some() {
+                continue;
+            }
+            seq.rows.start = pos + 1;
+            if l.iter().any(|x| x.is_nan()) {
+                self.fail_nan(slot, pos);
+                continue;
+            }
+            on_row(LogitsRow {
+                request,
+                pos,
+                logits: l,
+                tokens: &seq.tokens,
+            });
+        }
+        row
+    }
+
     /// Sample the next token of sequence `slot` from its logits row, fork its pending
     /// siblings first if it just finished its prompt, and retire it if it is done.
     fn sample_seq(&mut self, slot: u32, logits: &mut [f32], stats: &mut StepStats) {
         if logits.iter().any(|l| l.is_nan()) {
-            // NaN logits come from non-finite weights (or an overflow inside the model): no
-            // token can be sampled honestly from them. The request ends with an error (and its
-            // siblings waiting to fork from these logits with it) instead of emitting junk.
-            self.metrics.nan_logit_rows += 1;
-            self.finish_seq(slot, FinishReason::Error);
+            // NaN logits come from non-finite weights (or an overflow inside the model): the
+            // request ends with an error (and its siblings waiting to fork from these logits
+            // with it) instead of emitting junk.
+            let pos = self.seqs[slot as usize]
+                .as_ref()
+                .expect("live")
+                .tokens
+                .len()
+                - 1;
+            self.fail_nan(slot, pos);
             stats.finished += 1;
             return;
         }
@@ -322,6 +403,9 @@ impl Engine {
         let seq = self.seqs[slot as usize].as_mut().expect("live");
         seq.tokens.push(tok);
         seq.out.ids.push(tok);
+        let now = Instant::now();
+        seq.out.first_token.get_or_insert(now);
+        seq.out.last_token = Some(now);
         let mut reason = None;
         if eog {
             reason = Some(FinishReason::Eos);

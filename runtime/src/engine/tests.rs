@@ -8,7 +8,7 @@ use super::*;
 use crate::gguf::GgufFile;
 use crate::synth::{synth_gguf, SynthSpec};
 
-fn tiny_model() -> Model {
+pub(super) fn tiny_model() -> Model {
     // Written once per test binary: under Miri, generating the weights is the slow part.
     static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let bytes = BYTES.get_or_init(|| {
@@ -30,7 +30,7 @@ fn tiny_model() -> Model {
     Model::from_gguf(GgufFile::from_bytes(bytes.clone()).unwrap()).unwrap()
 }
 
-fn engine(kv_blocks: usize, max_seqs: usize, max_batch_tokens: usize) -> Engine {
+pub(super) fn engine(kv_blocks: usize, max_seqs: usize, max_batch_tokens: usize) -> Engine {
     let cfg = EngineConfig {
         n_ctx: 32,
         kv_budget: KvBudget::Blocks(kv_blocks),
@@ -45,7 +45,7 @@ fn engine(kv_blocks: usize, max_seqs: usize, max_batch_tokens: usize) -> Engine 
     Engine::new(tiny_model(), cfg).unwrap()
 }
 
-fn greedy(max_tokens: usize) -> RequestParams {
+pub(super) fn greedy(max_tokens: usize) -> RequestParams {
     RequestParams {
         max_tokens,
         ignore_eos: true,
@@ -53,7 +53,7 @@ fn greedy(max_tokens: usize) -> RequestParams {
     }
 }
 
-fn run_to_end(e: &mut Engine) -> usize {
+pub(super) fn run_to_end(e: &mut Engine) -> usize {
     let mut steps = 0;
     while e.has_work() {
         e.step().unwrap();

@@ -79,9 +79,9 @@ impl Model {
     /// f16 scales of quantized blocks, gives an error naming the tensor, row and column).
     ///
     /// Loading does not do this: it would read the whole file at start-up. A model with
-    /// non-finite weights loads, and a request whose logits come out NaN ends with an error
-    /// ([`crate::session::FinishReason::Error`] in the engine, [`crate::Error::NonFinite`] from
-    /// a session) rather than sampling from them. `ember info --check-tensors` runs this.
+    /// non-finite weights loads, and a request whose logits come out NaN ends with
+    /// [`crate::engine::FinishReason::Error`] and [`crate::Error::NonFinite`] as its cause (the
+    /// engine's one NaN rule) rather than sampling from them. `ember info --check-tensors` runs this.
     pub fn check_tensors(&self) -> Result<()> {
         let mut row = Vec::new();
         for t in self.file.tensors() {

@@ -172,7 +172,7 @@ fn request(v: &Value) -> Result<(String, RequestParams), String> {
     ))
 }
 
-/// The result line of a finished request.
+/// The result line of a finished request (with `error` when a sequence failed).
 fn result_line(e: &Engine, id: &Value, rid: RequestId) -> Result<(Value, bool), CliError> {
     let outs: Vec<_> = e.output(rid)?.collect();
     let reason = |o: &ember::engine::SeqOutput| o.finish.map_or("error", |f| f.as_str());
@@ -184,6 +184,11 @@ fn result_line(e: &Engine, id: &Value, rid: RequestId) -> Result<(Value, bool), 
         "text": o.text,
         "finish_reason": reason(o),
     });
+    // The cause of a failed sequence (a NaN logits row: the engine's one NaN rule), worded as
+    // the error lines of requests that could not start.
+    if let Some(err) = outs.iter().find_map(|o| o.error.as_ref()) {
+        v["error"] = json!(err.to_string());
+    }
     if outs.len() > 1 {
         v["choices"] = outs
             .iter()

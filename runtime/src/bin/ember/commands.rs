@@ -9,7 +9,7 @@ use ember::backend::{Backend, BackendKind, CudaWeights};
 use ember::chat::{render_chat, ChatMessage};
 use ember::model::Model;
 use ember::sampler::SamplingParams;
-use ember::session::{GenerateParams, KvBudget, Session, SessionConfig};
+use ember::session::{FinishReason, GenerateParams, Generation, KvBudget, Session, SessionConfig};
 use serde_json::json;
 
 use crate::args::{path, switch, val, Args, Flag};
@@ -200,6 +200,7 @@ fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliErro
             .map(|s| vec![s.to_string()])
             .unwrap_or_default(),
         stop_ids: Vec::new(),
+        n: 1,
         ignore_eos: a.has("ignore-eos"),
     })
 }
@@ -223,9 +224,9 @@ pub fn generate(raw: &[OsString]) -> CliResult {
             "prompt_ids": prompt_ids,
             "ids": g.ids,
             "text": g.text,
-            "finish_reason": g.finish_reason.as_str(),
-            "prefill_tok_s": g.prefill_tok_s,
-            "decode_tok_s": g.decode_tok_s,
+            "finish_reason": finish_str(&g),
+            "prefill_tok_s": g.prefill_tok_s(),
+            "decode_tok_s": g.decode_tok_s(),
             "load_ms": s.load_ms,
         });
         out.stream(&format!("{v}\n"));
@@ -237,13 +238,18 @@ pub fn generate(raw: &[OsString]) -> CliResult {
         eprintln!(
             "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, finish: {}]",
             prompt_ids.len(),
-            g.prefill_tok_s,
+            g.prefill_tok_s(),
             g.ids.len(),
-            g.decode_tok_s,
-            g.finish_reason.as_str()
+            g.decode_tok_s(),
+            finish_str(&g)
         );
     }
     Ok(())
+}
+
+/// The finish reason of a generation (always set once `generate` returns).
+fn finish_str(g: &Generation) -> &'static str {
+    g.finish.map_or("error", FinishReason::as_str)
 }
 
 /// The chat template: the file given with `--chat-template`, else the model's
@@ -252,7 +258,7 @@ fn chat_template(s: &Session, file: Option<PathBuf>) -> Result<String, CliError>
     if let Some(path) = file {
         return crate::input::read_text(&path, crate::input::MAX_TEMPLATE_BYTES, "--chat-template");
     }
-    Ok(s.model
+    Ok(s.model()
         .file
         .get_str("tokenizer.chat_template")?
         .ok_or_else(|| {
@@ -267,7 +273,7 @@ fn chat_template(s: &Session, file: Option<PathBuf>) -> Result<String, CliError>
 }
 
 fn token_text(s: &Session, id: Option<u32>) -> String {
-    id.and_then(|i| s.tokenizer.token_text(i))
+    id.and_then(|i| s.tokenizer().token_text(i))
         .unwrap_or("")
         .to_string()
 }
@@ -282,10 +288,12 @@ pub fn chat(raw: &[OsString]) -> CliResult {
     )?;
     let params = generate_params(&a, 256)?;
     let mut s = open_session(&a, 512, 1)?;
+    // Each turn's prompt starts with the previous turns: their cached KV blocks are reused.
+    s.set_prefix_caching(true);
     let template = chat_template(&s, a.path("chat-template"))?;
     let (bos, eos) = (
-        token_text(&s, s.tokenizer.bos()),
-        token_text(&s, s.tokenizer.eos()),
+        token_text(&s, s.tokenizer().bos()),
+        token_text(&s, s.tokenizer().eos()),
     );
     let mut messages = Vec::new();
     if let Some(sys) = a.str("system") {
@@ -295,7 +303,9 @@ pub fn chat(raw: &[OsString]) -> CliResult {
         });
     }
     // No line can be longer than the context's worth of the longest token pieces.
-    let line_limit = s.n_ctx().saturating_mul(s.tokenizer.max_piece_len().max(1));
+    let line_limit = s
+        .n_ctx()
+        .saturating_mul(s.tokenizer().max_piece_len().max(1));
     let one_shot = a.str("prompt").map(str::to_string);
     let mut stdin = std::io::stdin().lock();
     loop {
@@ -419,7 +429,7 @@ pub fn info(raw: &[OsString]) -> CliResult {
     w!("memory plan:");
     w!(
         "  weights mapped   {:>12} bytes (not copied)",
-        s.model.weight_bytes()
+        s.model().weight_bytes()
     );
     w!(
         "  KV arena         {:>12} bytes ({} blocks of {} tokens, context {})",
@@ -456,7 +466,7 @@ pub fn perplexity(raw: &[OsString]) -> CliResult {
         return Err(usage(format!("-c {c} exceeds the context ({})", s.n_ctx())));
     }
     let tokens = s
-        .tokenizer
+        .tokenizer()
         .encode(&text, true, false)
         .map_err(|e| CliError::Run(e.to_string()))?;
     let json_out = a.has("json");
@@ -518,7 +528,7 @@ pub fn bench(raw: &[OsString]) -> CliResult {
     if n_prompt.saturating_add(n_gen) > s.n_ctx() {
         return Err(usage(format!("-p + -n exceed the context ({})", s.n_ctx())));
     }
-    let n_vocab = s.model.config.n_vocab as u32;
+    let n_vocab = s.model().config.n_vocab as u32;
     // Deterministic pseudo-random prompt tokens, as llama-bench uses random tokens.
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let prompt: Vec<u32> = (0..n_prompt)

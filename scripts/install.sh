@@ -36,7 +36,7 @@ install -m 755 "$libs/libember.so" "$prefix/lib/libember.so"
 install -m 644 "$libs/libember.a" "$prefix/lib/libember.a"
 install -m 644 tests/c/valgrind.supp "$prefix/share/ember/valgrind.supp"
 # Libs.private: what the Rust standard library inside libember.a needs from the system when
-# linking statically (scripts/test-ffi.sh links examples/c/generate.c against libember.a with
+# linking statically (scripts/ci/test-ffi.sh links examples/c/generate.c against libember.a with
 # exactly these).
 cat > "$prefix/lib/pkgconfig/ember.pc" <<PC
 prefix=$prefix

@@ -19,7 +19,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # fight over the cores (spinning workers on an oversubscribed machine are slow).
 echo "== tests (default features: simd)"
 cargo test --workspace --locked -- --test-threads=1
-bash scripts/test-ffi.sh  # the C ABI: header, C/C++ programs under valgrind/ASan, greedy equality
+bash scripts/ci/test-ffi.sh  # the C ABI: header, C/C++ programs under valgrind/ASan, greedy equality
 
 # On a CPU with AVX-512 the run above took the `avx512` path (AVX-512 tiles and attention);
 # the AVX2 path's kernels and greedy goldens run here too, so every x86 path is checked on the
@@ -39,14 +39,14 @@ echo "== tests (--no-default-features: scalar only)"
 cargo test --workspace --locked --no-default-features -- --test-threads=1 \
     --skip perplexity_matches_llama_cpp --skip concurrent_equals_solo \
     --skip hundred_requests_in_a_tiny_arena
-bash scripts/test-aarch64.sh
+bash scripts/ci/test-aarch64.sh
 
 # Fuzzing smoke: the five cargo-fuzz targets of fuzz/ (GGUF reader, tokenizer, chat templates,
 # sampler, C ABI) built in one go with AddressSanitizer, then each run for 30 s from its committed
-# seeds. scripts/fuzz.sh installs the pinned cargo-fuzz if missing; README.md "Fuzzing" says how
+# seeds. scripts/ci/fuzz.sh installs the pinned cargo-fuzz if missing; README.md "Fuzzing" says how
 # to run them for longer.
 echo "== fuzz smoke (30 s per target)"
-bash scripts/fuzz.sh 30
+bash scripts/ci/fuzz.sh 30
 
 # The CUDA backend builds without a CUDA toolkit (cudarc loads libcuda / libnvrtc at run time).
 # Without a driver every CUDA test prints "skipped: no CUDA driver" (--nocapture shows it); on a
@@ -58,4 +58,4 @@ cargo clippy -p ember -p ember-ffi --features ember/cuda,ember-ffi/cuda --all-ta
 cargo test -p ember --features cuda --locked --test cuda -- --nocapture --test-threads=1
 
 # Miri over the block pool, block tables, scheduler and thread pool (nightly; see the script).
-bash scripts/miri.sh
+bash scripts/ci/miri.sh

@@ -1,5 +1,5 @@
 //! The C ABI of Ember: `libember.so` / `libember.a`, header `include/ember.h` (generated from
-//! this crate by cbindgen; `scripts/test-ffi.sh` fails when the checked-in header is stale).
+//! this crate by cbindgen; `scripts/ci/test-ffi.sh` fails when the checked-in header is stale).
 //!
 //! Shape, after rustls-ffi and llama.h: an opaque runtime handle; `#[repr(C)]` config and
 //! request-parameter structs with `*_default()` getters; a numbered result enum that is never

@@ -1,12 +1,12 @@
 /*
  * greedy.c: greedy completions of several prompts through the C API, all submitted at once and
  * batched by the engine in caller-driven mode. Prints one line per prompt: the generated ids,
- * space-separated. scripts/test-ffi.sh compares them with `ember generate --temp 0 --json`.
+ * space-separated. scripts/ci/test-ffi.sh compares them with `ember generate --temp 0 --json`.
  *
  *   greedy MODEL.gguf N_TOKENS PROMPT...
  *
  * EMBER_BACKEND=cpu|cuda|auto and EMBER_CUDA_WEIGHTS=upload|mapped choose the backend (default
- * auto, upload): scripts/device-ffi.sh compares the GPU's ids with the CPU's.
+ * auto, upload): scripts/device/device-ffi.sh compares the GPU's ids with the CPU's.
  */
 #include <ember.h>
 

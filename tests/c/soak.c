@@ -10,7 +10,7 @@
  *   soak MODEL.gguf [REQUESTS [CLIENT_THREADS [RSS_CSV]]]   (defaults 10000, 8, none)
  *
  * Prints the RSS curve (requests completed, KiB); exits non-zero on any failure. Built with
- * -fsanitize=leak by scripts/test-ffi.sh, so a leak anywhere in the process (the Rust library
+ * -fsanitize=leak by scripts/ci/test-ffi.sh, so a leak anywhere in the process (the Rust library
  * allocates with the same malloc) fails the run at exit.
  */
 #include "harness.h"

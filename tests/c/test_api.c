@@ -1,6 +1,6 @@
 /*
  * test_api.c: every function of include/ember.h and every misuse the header documents, each
- * return code checked, out-parameters checked untouched on failure. Run by scripts/test-ffi.sh
+ * return code checked, out-parameters checked untouched on failure. Run by scripts/ci/test-ffi.sh
  * under valgrind.
  *
  *   test_api SYNTH.gguf [CHAT_MODEL.gguf]

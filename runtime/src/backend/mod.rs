@@ -303,7 +303,7 @@ mod tests {
         };
         let why = if cfg!(feature = "cuda") {
             if cuda::driver_present() {
-                return; // a GPU machine: tests/cuda.rs covers it
+                return; // a GPU machine: runtime/tests/cuda/ covers it
             }
             "no CUDA driver"
         } else {

@@ -1,4 +1,4 @@
-//! Scheduler unit tests on a tiny synthetic model: small enough for Miri (`scripts/miri.sh`),
+//! Scheduler unit tests on a tiny synthetic model: small enough for Miri (`scripts/ci/miri.sh`),
 //! which interprets every forward pass. They check the scheduler's bookkeeping — preemption
 //! and recompute, chunked prefill, prefix sharing, forks with copy-on-write, cancellation,
 //! release — by its observable results: outputs equal to runs in a roomy engine, and every

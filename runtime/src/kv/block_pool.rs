@@ -35,7 +35,7 @@
 //!
 //! [`BlockPool::new`] allocates everything: the metadata array and a fixed open-addressing hash
 //! index of at least `2 × n_blocks` slots. No other method allocates (the engine counts heap
-//! allocations per step and expects zero; `tests/block_pool_props.rs` proves it with a counting
+//! allocations per step and expects zero; `runtime/tests/block_pool_props.rs` proves it with a counting
 //! allocator). The index is our own rather than `std::collections::HashMap` because the standard
 //! map gives no such guarantee: under insert/remove churn its tombstones use up the spare
 //! capacity, and it then rehashes in place only while the item count is at most half its

@@ -2,7 +2,7 @@
 //! kernels on one stream, over a KV arena in device memory. It knows no architecture: the model
 //! code drives it exactly as it drives the CPU (same activation quantization, same RoPE tables,
 //! same f16 KV arena layout, same GELU table), so outputs agree with the CPU reference to
-//! rounding (tests/cuda.rs).
+//! rounding (runtime/tests/cuda/).
 //!
 //! Memory is taken once, at start-up: the weight matrices are uploaded as they are in the GGUF
 //! file (ggml block layouts), or read in place from the mapped file (`CudaWeights::Mapped`); the

@@ -1,5 +1,5 @@
 //! Host-slice wrappers of single kernels, for tests and benchmarks that compare each kernel with
-//! the CPU reference (`tests/cuda.rs`, `ember bench-cuda`). Each call uploads its inputs,
+//! the CPU reference (`runtime/tests/cuda/`, `benches/cuda_attention.rs`). Each call uploads its inputs,
 //! launches one kernel and reads the output back; nothing here is used by the forward pass.
 
 use ember_kernels::GgmlType;

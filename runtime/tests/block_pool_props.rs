@@ -208,7 +208,7 @@ fn check(pool: &BlockPool, seqs: &[Seq]) {
 }
 
 proptest! {
-    // Under Miri (scripts/miri.sh) each case is interpreted: fewer cases, no persistence file.
+    // Under Miri (scripts/ci/miri.sh) each case is interpreted: fewer cases, no persistence file.
     #![proptest_config(ProptestConfig {
         cases: if cfg!(miri) { 4 } else { 256 },
         failure_persistence: if cfg!(miri) { None } else { ProptestConfig::default().failure_persistence },

@@ -13,56 +13,25 @@
 //! - sliding-window attention: positions before the window are never read (poisoning them
 //!   changes nothing) while the window does change the output.
 
-use std::path::PathBuf;
+#[path = "support/golden.rs"]
+mod harness;
 
 use ember::model::Model;
-use ember::session::{GenerateParams, KvBudget, Session, SessionConfig};
-use serde_json::Value;
+use ember::session::Session;
+use harness::{ids, repo, session_of, Golden};
 
-const LOGIT_TOL: f32 = 0.1;
-const MARGIN_MIN: f64 = 0.05;
+/// llama.cpp's outputs for Gemma 3 270M Q4_K_M.
+const GEMMA3: Golden = Golden {
+    dir: "tests/golden/gemma3",
+    model: "gemma-3-270m-q4_k_m.gguf",
+    fetch: "scripts/fetch-model.sh gemma3",
+};
 /// llama-perplexity -c 512 / -c 128 on GPL-3.txt (tests/golden/gemma3/README.md).
 const LLAMA_CPP_PPL_512: f64 = 13.8844;
 const LLAMA_CPP_PPL_128: f64 = 18.4950;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn golden(name: &str) -> Value {
-    let p = repo().join("tests/golden/gemma3").join(name);
-    serde_json::from_str(&std::fs::read_to_string(&p).expect("golden file")).expect("golden JSON")
-}
-
 fn model() -> Model {
-    let p = repo().join("models/gemma-3-270m-q4_k_m.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-model.sh gemma3 (scripts/test.sh does)",
-        p.display()
-    );
-    Model::load(&p).expect("load model")
-}
-
-fn session_of(m: Model, n_ctx: usize, max_batch: usize, max_logits: usize) -> Session {
-    let cfg = SessionConfig {
-        cuda_weights: Default::default(),
-        n_ctx,
-        kv_budget: KvBudget::FullContext,
-        block_size: 16,
-        max_batch_tokens: max_batch,
-        max_logits,
-        threads: 2,
-    };
-    Session::new(m, &cfg).expect("session")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
+    GEMMA3.model()
 }
 
 #[test]
@@ -113,150 +82,7 @@ fn model_facts_match_llama_cpp() {
 
 #[test]
 fn tokenization_matches_llama_cpp() {
-    let f = ember::gguf::GgufFile::open(repo().join("models/gemma-3-270m-q4_k_m.gguf"))
-        .expect("run scripts/fetch-model.sh gemma3");
-    let tok = ember::gguf::tokenizer_from_gguf(&f).expect("tokenizer");
-    let g = golden("tokenize.json");
-    let mut failures = Vec::new();
-    let cases = g["cases"].as_array().unwrap();
-    for c in cases {
-        let text = c["text"].as_str().unwrap();
-        for (key, parse_special) in [("ids_parse_special", true), ("ids_no_parse_special", false)] {
-            let want = ids(&c[key]);
-            let got = tok.encode(text, true, parse_special).expect("encode");
-            if got != want {
-                failures.push(format!(
-                    "case {} {key}: {text:?}\n  want {want:?}\n  got  {got:?}",
-                    c["index"]
-                ));
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} tokenizations differ:\n{}",
-        failures.len(),
-        2 * cases.len(),
-        failures.join("\n")
-    );
-}
-
-fn argmax(v: &[f32]) -> (u32, f32) {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    (best as u32, v[best])
-}
-
-/// Where a reference comparison went wrong, and the largest logit difference seen.
-#[derive(Default)]
-struct Report {
-    problems: Vec<String>,
-    worst: (f32, String),
-}
-
-/// The first step at which llama.cpp's own top-1/top-2 margin is below `MARGIN_MIN`.
-fn first_tie(c: &Value) -> usize {
-    c["top1_top2_logit_margin"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|m| m.as_f64().unwrap() < MARGIN_MIN)
-        .unwrap_or(usize::MAX)
-}
-
-/// Feed llama.cpp's generated ids back one step at a time and check our logits at each step:
-/// the top-1 logit within `LOGIT_TOL` of llama.cpp's, and our argmax equal to llama.cpp's id
-/// before the first near-tie.
-fn teacher_forced(s: &mut Session, c: &Value, check_logits: bool, r: &mut Report) {
-    let name = c["name"].as_str().unwrap();
-    let gen = ids(&c["generated_ids"]);
-    let tie = first_tie(c);
-    let top5 = c["steps_top5"].as_array().unwrap();
-    let mut seq = s.new_sequence();
-    seq.tokens.extend(ids(&c["prompt_ids"]));
-    for (step, &next) in gen.iter().enumerate() {
-        let last = seq.tokens.len() - 1;
-        let ref_id = top5[step][0][0].as_u64().unwrap() as usize;
-        let ref_logit = top5[step][0][1].as_f64().unwrap() as f32;
-        let mut ours = (0, 0.0, 0.0);
-        s.eval(
-            &mut seq,
-            |p| p == last,
-            |_, logits, _| {
-                let (id, max) = argmax(logits);
-                ours = (id, max, logits[ref_id]);
-            },
-        )
-        .unwrap();
-        let d = (ours.1 - ref_logit).abs().max((ours.2 - ref_logit).abs());
-        if d > r.worst.0 {
-            r.worst = (d, format!("{name} step {step}"));
-        }
-        if check_logits && d > LOGIT_TOL {
-            r.problems.push(format!(
-                "{name} step {step}: top-1 logit {} (ours, token {}) / {} (ours, token {ref_id}) vs llama.cpp {ref_logit}",
-                ours.1, ours.0, ours.2
-            ));
-        }
-        if step < tie && ours.0 != next {
-            r.problems.push(format!(
-                "{name} step {step}: argmax {} != llama.cpp {next}",
-                ours.0
-            ));
-        }
-        seq.tokens.push(next);
-    }
-    s.release(&mut seq);
-}
-
-/// Runs the greedy goldens whose case name passes `cases`; `check_logits` adds the top-1 logit
-/// tolerance to the id checks.
-fn greedy(cases: impl Fn(&str) -> bool, check_logits: bool) {
-    let mut s = session_of(model(), 512, 128, 1);
-    let g = golden("greedy.json");
-    let mut r = Report::default();
-    for c in g["cases"].as_array().unwrap() {
-        let name = c["name"].as_str().unwrap();
-        if !cases(name) {
-            continue;
-        }
-        let prompt_ids = ids(&c["prompt_ids"]);
-        let gen = ids(&c["generated_ids"]);
-        let got = s
-            .tokenizer()
-            .encode(c["prompt"].as_str().unwrap(), true, true)
-            .unwrap();
-        if got != prompt_ids {
-            r.problems
-                .push(format!("{name}: prompt ids {got:?} != {prompt_ids:?}"));
-        }
-        teacher_forced(&mut s, c, check_logits, &mut r);
-        let first_tie = first_tie(c).min(gen.len());
-
-        // Free-running greedy generation through the public path.
-        let params = GenerateParams {
-            max_tokens: gen.len(),
-            ignore_eos: true,
-            ..Default::default()
-        };
-        let out = s.generate(&prompt_ids, &params, |_| {}).unwrap();
-        if out.ids[..first_tie] != gen[..first_tie] {
-            r.problems.push(format!(
-                "{name}: generated {:?}\n  llama.cpp {:?} (compared up to step {first_tie})",
-                &out.ids[..first_tie],
-                &gen[..first_tie]
-            ));
-        }
-    }
-    eprintln!(
-        "largest top-1 logit difference: {} at {}",
-        r.worst.0, r.worst.1
-    );
-    assert!(r.problems.is_empty(), "{}", r.problems.join("\n"));
+    harness::tokenization(&GEMMA3);
 }
 
 /// The full criterion on all eight cases: prompt ids exact, the top-1 logit within 0.1
@@ -268,7 +94,8 @@ fn greedy(cases: impl Fn(&str) -> bool, check_logits: bool) {
 /// logit rows only. About 3 minutes on 2 cores.
 #[test]
 fn greedy_matches_llama_cpp() {
-    greedy(|_| true, true);
+    let mut s = session_of(model(), 512, 128, 1);
+    harness::greedy(&GEMMA3, &mut s, |_| true, true);
 }
 
 fn gpl_tokens(s: &Session) -> Vec<u32> {
@@ -285,22 +112,7 @@ fn gpl_tokens(s: &Session) -> Vec<u32> {
 fn check_perplexity(n_ctx: usize, want: f64, chunks: usize) {
     let mut s = session_of(model(), n_ctx, n_ctx, n_ctx / 2);
     let tokens = gpl_tokens(&s);
-    let r = ember::perplexity::perplexity(&mut s, &tokens, n_ctx, |_, _| {}).unwrap();
-    let rel = (r.ppl - want).abs() / want;
-    eprintln!(
-        "perplexity -c {n_ctx}: {:.4} (llama.cpp {want}), {:.3}% off, {} chunks, {:.1} tok/s",
-        r.ppl,
-        rel * 100.0,
-        r.chunks,
-        r.tok_s
-    );
-    assert_eq!(r.chunks, chunks);
-    assert!(
-        rel < 0.01,
-        "perplexity {} differs from llama.cpp's {want} by {:.3}%",
-        r.ppl,
-        rel * 100.0
-    );
+    harness::perplexity(&mut s, &tokens, n_ctx, want, chunks);
 }
 
 /// Measured 2026-11-27: 13.9004 vs llama.cpp's 13.8844 (0.12% apart; not exact because for 64+
@@ -440,7 +252,7 @@ fn chat_template_file_renders_gemma_turns() {
         std::fs::read_to_string(repo().join("tests/golden/gemma3/chat_template.jinja")).unwrap();
     let msgs = [ember::chat::ChatMessage::new("user", "Hi")];
     let text = ember::chat::render_chat(&template, &msgs, true, "<bos>", "<eos>").unwrap();
-    let g = golden("tokenize.json");
+    let g = GEMMA3.json("tokenize.json");
     let case = &g["cases"][35];
     assert_eq!(text, case["text"].as_str().unwrap());
     let f = ember::gguf::GgufFile::open(repo().join("models/gemma-3-270m-q4_k_m.gguf")).unwrap();

@@ -3,13 +3,13 @@
 # the other, from a scratch copy of its committed seeds (fuzz/seeds/TARGET/ -> fuzz/corpus/TARGET/,
 # git-ignored). Installs the pinned cargo-fuzz when missing; needs the nightly toolchain.
 #
-#   bash scripts/fuzz.sh [SECONDS] [TARGET...]    # default: 30 s each, every target
+#   bash scripts/ci/fuzz.sh [SECONDS] [TARGET...]    # default: 30 s each, every target
 #
 # FUZZ_FORK=1 runs libFuzzer in fork mode (-fork=1 -ignore_crashes=1): it keeps going after a
 # crash and reports the count; crashes land in fuzz/artifacts/TARGET/. Logs: fuzz/logs/TARGET.log.
 # Exits non-zero when a target crashed, hung or ran out of memory.
 set -euo pipefail
-cd "$(dirname "$0")/../fuzz"
+cd "$(dirname "$0")/../../fuzz"
 
 CARGO_FUZZ_VERSION=0.13.1
 SECONDS_EACH=${1:-30}

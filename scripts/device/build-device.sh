@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build the CUDA binaries for a GPU machine that has no Rust toolchain, and pack them with the
-# test model into dev-out/ (git-ignored): the `ember` CLI, the CUDA test binary (tests/cuda.rs)
+# test model into dev-out/ (git-ignored): the `ember` CLI, the CUDA test binary (runtime/tests/cuda/)
 # and the attention benchmark, stripped and gzipped to stay under the machine's upload cap.
-# Then run scripts/device-run.sh there.
+# Then run scripts/device/device-run.sh there.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
 mkdir -p dev-out
 cargo build --release -p ember --features cuda --bin ember

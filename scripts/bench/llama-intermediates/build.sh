@@ -2,9 +2,9 @@
 # Build `dump` (dump.cpp) against the llama.cpp of .bench/ with ggml-cpu recompiled for
 # x86-64-v3 (-march=haswell): the goldens come from an AVX2 machine, and the AVX-512 build of
 # .bench/ (GGML_NATIVE on this host) gives other logits. Reads .bench/ only; builds in $OUT.
-# Usage: scripts/llama-intermediates/build.sh [OUT=/tmp/llama-intermediates]
+# Usage: scripts/bench/llama-intermediates/build.sh [OUT=/tmp/llama-intermediates]
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 OUT=${1:-/tmp/llama-intermediates}
 LL=$(pwd)/.bench/llama.cpp-0.3.36
 SRC=$LL/src/vendor/llama.cpp
@@ -24,7 +24,7 @@ for e in json.load(open(cc)):
     subprocess.run(cmd, shell=True, check=True, cwd=out)
 PY
 ar rcs "$OUT/cpu/libggml-cpu.a" "$OUT"/cpu/*.o
-g++ -O2 -std=c++17 -I"$SRC/include" -I"$SRC/ggml/include" scripts/llama-intermediates/dump.cpp \
+g++ -O2 -std=c++17 -I"$SRC/include" -I"$SRC/ggml/include" scripts/bench/llama-intermediates/dump.cpp \
     "$B/src/libllama.a" "$B/ggml/src/libggml.a" "$OUT/cpu/libggml-cpu.a" \
     "$B/ggml/src/libggml-base.a" -fopenmp -lpthread -ldl -o "$OUT/dump"
 echo "built $OUT/dump"

@@ -4,7 +4,7 @@
 # AddressSanitizer where valgrind is too slow), and greedy output through the C API equals
 # `ember generate --temp 0`. Called by scripts/test.sh; needs the model (scripts/fetch-model.sh).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 t_start=$SECONDS
 CBINDGEN_VERSION=0.29.4
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the CUDA backend needs checked on a GPU machine, in one go, from the stripped
 # binaries in a folder (first argument, default dev-out; built elsewhere by
-# scripts/build-device.sh, as this machine needs no Rust): kernel and model tests,
+# scripts/device/build-device.sh, as this machine needs no Rust): kernel and model tests,
 # compute-sanitizer memcheck on a short run, the attention and start-up benchmark, and decode
 # throughput on synthetic models. Logs go to $OUT (or <folder>/logs).
 set -uo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Parse the raw outputs of scripts/bench-vs-llama.sh and write the side-by-side table.
+"""Parse the raw outputs of scripts/bench/bench-vs-llama.sh and write the side-by-side table.
 
     bench_table.py show FILE   one line with the figures of one raw output (progress)
     bench_table.py table DIR   the Markdown table for a run directory (medians over rounds)

@@ -4,7 +4,7 @@
 # pass interpreted), the persistent thread pool with its barriers, and the block-pool property
 # tests. Called by scripts/test.sh.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 if ! cargo +nightly miri --version >/dev/null 2>&1; then
     rustup component add miri rust-src --toolchain nightly
 fi

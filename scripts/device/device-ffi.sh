@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The C API on the CUDA backend, on a GPU machine that has no Rust toolchain.
-#   scripts/device-ffi.sh build   # here: libember.so with --features cuda, the C test programs,
+#   scripts/device/device-ffi.sh build   # here: libember.so with --features cuda, the C test programs,
 #                                 # a synthetic model and SmolLM2 cut to 8 layers, in dev-out/ffi
-#   scripts/device-ffi.sh run     # there: greedy ids on CUDA (uploaded and mapped weights) equal
+#   scripts/device/device-ffi.sh run     # there: greedy ids on CUDA (uploaded and mapped weights) equal
 #                                 # the CPU's; the 8-thread stress test and a short soak in
 #                                 # background mode on the GPU; logs in $OUT (or dev-out/ffi/logs)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 D=dev-out/ffi
 case "${1:-}" in
 build)
@@ -34,7 +34,7 @@ run)
     prompts=("The capital of France is" "Once upon a time" "def fibonacci(n):")
     fail=0
     # Equality is asserted on the real (8-layer) model only: the synthetic model's random logits
-    # are nearly flat, so CPU and GPU arithmetic may pick different ids at near-ties (tests/cuda.rs
+    # are nearly flat, so CPU and GPU arithmetic may pick different ids at near-ties (runtime/tests/cuda/models.rs
     # checks synthetic models with the margin rule); its ids are kept in the logs for reference.
     m=smollm2-8l
     EMBER_BACKEND=cpu "$D/greedy" "$D/$m.gguf" 24 "${prompts[@]}" >"$OUT/greedy-$m-cpu.txt"

@@ -15,7 +15,7 @@
 #   4. writes the medians over rounds as one Markdown table to .bench/side-by-side-<date>.md
 #      (and prints it); raw outputs stay beside it in .bench/runs/<date>/.
 #
-# Usage: scripts/bench-vs-llama.sh [--model PATH] [--threads N] [--reps R] [--quick]
+# Usage: scripts/bench/bench-vs-llama.sh [--model PATH] [--threads N] [--reps R] [--quick]
 #                                  [--bw-limit TOK_S] [--npl LIST] [--ember-cpu PATH]
 #   --model PATH     GGUF model (default models/SmolLM2-135M-Instruct.Q4_1.gguf,
 #                    fetched by scripts/fetch-model.sh)
@@ -37,7 +37,7 @@
 # --ember-cpu sets it: by default the kernel path Ember picks at run time is what is measured.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
 
 # llama-cpp-python 0.3.36 vendors llama.cpp 0c1e57098, the version the goldens in

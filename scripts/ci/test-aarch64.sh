@@ -6,7 +6,7 @@
 # (EMBER_EXPECT_CPU), so a detection bug cannot silently test the wrong kernels.
 # Called by scripts/test.sh; runs alone too. Installs what it needs (apt, rustup target).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 TARGET=aarch64-unknown-linux-gnu
 SYSROOT=/usr/aarch64-linux-gnu

@@ -5,7 +5,7 @@
 # attention benchmark (and, when cuda-bench-prev.gz is there, a previous build's, for
 # before/after in one call), uploaded vs mapped `ember generate` on the 8-layer model, batch-1
 # decode with the CUDA graph on and off (skip with SKIP_DECODE=1), and ncu on the grouped-query
-# kernels. Run on the GPU machine from a folder holding the outputs of scripts/build-device.sh
+# kernels. Run on the GPU machine from a folder holding the outputs of scripts/device/build-device.sh
 # plus kernels/ (a copy of kernels/cuda): `bash device-attn.sh <folder>`. Logs go to $OUT.
 set -uo pipefail
 D=${1:-.}

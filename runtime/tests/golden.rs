@@ -1,0 +1,110 @@
+//! The real model against llama.cpp's reference outputs (`tests/golden/`, copied from
+//! `shared/golden/`, produced by llama.cpp 0c1e57098 on SmolLM2-135M-Instruct Q4_1).
+//!
+//! - tokenization: ids equal, with and without special-token parsing;
+//! - greedy decoding: llama.cpp's 64 generated ids are fed back one step at a time (so every
+//!   step sees llama.cpp's context) and at each step our top-1 logit must be within 0.1 of
+//!   llama.cpp's, and our argmax must equal llama.cpp's up to the first step where llama.cpp's
+//!   own top-1/top-2 margin is below 0.05 (a near-tie that any rounding can flip); then free
+//!   generation through `Session::generate` must produce the same ids up to that step;
+//! - perplexity on GPL-3.txt with 512-token chunks within 1% of llama.cpp's figure.
+
+#[path = "support/golden.rs"]
+mod harness;
+
+use ember::model::Model;
+use ember::session::{KvBudget, Session, SessionConfig};
+use harness::{free_running, session_of, teacher_forced, Golden, Report};
+
+/// llama.cpp's outputs for SmolLM2-135M-Instruct Q4_1.
+const SMOLLM2: Golden = Golden {
+    dir: "tests/golden",
+    model: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    fetch: "scripts/fetch-model.sh",
+};
+/// llama-perplexity -c 512 on GPL-3.txt (tests/golden/README.llama.cpp.md).
+const LLAMA_CPP_PPL_512: f64 = 18.3459;
+
+fn session(n_ctx: usize, max_batch: usize, max_logits: usize) -> Session {
+    session_of(SMOLLM2.model(), n_ctx, max_batch, max_logits)
+}
+
+#[test]
+fn tokenization_matches_llama_cpp() {
+    harness::tokenization(&SMOLLM2);
+}
+
+#[test]
+fn greedy_matches_llama_cpp() {
+    let mut s = session(512, 128, 1);
+    harness::greedy(&SMOLLM2, &mut s, |_| true, true);
+}
+
+/// The first steps of one greedy case, teacher-forced and then free-running: a real-model check
+/// short enough for an emulator (`scripts/ci/test-aarch64.sh` runs it under qemu on both NEON
+/// paths); `greedy_matches_llama_cpp` is the full check. With `EMBER_EXPECT_CPU` set, the
+/// selected kernel path must be that one, so the check is known to have run those kernels.
+#[test]
+fn greedy_first_steps_match_llama_cpp() {
+    const STEPS: usize = 8;
+    let path = ember_kernels::dispatch::select().expect("kernel path");
+    eprintln!("kernel path: {}", path.name());
+    if let Ok(want) = std::env::var("EMBER_EXPECT_CPU") {
+        assert_eq!(path.name(), want, "EMBER_EXPECT_CPU");
+    }
+    let mut s = session(64, 32, 1);
+    let g = SMOLLM2.json("greedy.json");
+    let c = &g["cases"][0];
+    let mut r = Report::default();
+    teacher_forced(&mut s, c, STEPS, true, &mut r);
+    free_running(&mut s, c, STEPS, &mut r);
+    r.finish(&format!("{STEPS} steps"));
+}
+
+/// llama.cpp's goldens for the same weights dequantized to F32 (`greedy_f32_activations.json`),
+/// where every product runs in plain f32: our F32 path (F32 weights, F32 activations) must give
+/// the same logits within the tolerance, with llama.cpp's ids fed back at every step.
+#[test]
+fn f32_weights_match_llama_cpp_f32_goldens() {
+    let q = SMOLLM2.model();
+    let opts = ember::convert::ConvertOptions {
+        weight_type: Some(ember_kernels::GgmlType::F32),
+        keep_layers: None,
+    };
+    let bytes = ember::convert::convert(&q.file, &opts)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    drop(q);
+    let m = Model::from_gguf(ember::gguf::GgufFile::from_bytes(bytes).unwrap()).unwrap();
+    assert_eq!(m.weights.layers[0].wq.ty, ember_kernels::GgmlType::F32);
+    let cfg = SessionConfig {
+        cuda_weights: Default::default(),
+        n_ctx: 512,
+        kv_budget: KvBudget::FullContext,
+        block_size: 16,
+        max_batch_tokens: 128,
+        max_logits: 1,
+        threads: 2,
+    };
+    let mut s = Session::new(m, &cfg).unwrap();
+    let g = SMOLLM2.json("greedy_f32_activations.json");
+    let mut r = Report::default();
+    for c in g["cases"].as_array().unwrap() {
+        teacher_forced(&mut s, c, usize::MAX, true, &mut r);
+    }
+    r.finish("F32 path");
+}
+
+#[test]
+fn perplexity_matches_llama_cpp() {
+    let mut s = session(512, 512, 256);
+    let text = std::fs::read_to_string(harness::repo().join("tests/golden/GPL-3.txt")).unwrap();
+    let tokens = s.tokenizer().encode(&text, true, false).unwrap();
+    assert_eq!(
+        tokens.len(),
+        7639,
+        "GPL-3.txt token count (llama.cpp: 7639)"
+    );
+    harness::perplexity(&mut s, &tokens, 512, LLAMA_CPP_PPL_512, 14);
+}

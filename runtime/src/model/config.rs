@@ -113,6 +113,101 @@ fn need_u(f: &GgufFile, key: &str) -> Result<usize> {
         })
 }
 
+/// RoPE: base frequency, frequency scale (linear scaling) and rotated dimensions (all of them).
+fn rope_params(
+    f: &GgufFile,
+    k: &dyn Fn(&str) -> String,
+    head_dim: usize,
+) -> Result<(f32, f32, usize)> {
+    let rope_base = f.get_f32(&k("rope.freq_base"))?.unwrap_or(10000.0);
+    if !(rope_base.is_finite() && rope_base > 1.0) {
+        return Err(Error::BadKey {
+            key: k("rope.freq_base"),
+            what: format!("{rope_base} must be a finite number above 1"),
+        });
+    }
+    let mut rope_freq_scale = 1.0;
+    match f.get_str(&k("rope.scaling.type"))? {
+        None | Some("none") => {}
+        Some("linear") => {
+            let factor = f.get_f32(&k("rope.scaling.factor"))?.unwrap_or(1.0);
+            if !(factor.is_finite() && factor > 0.0) {
+                return Err(Error::BadKey {
+                    key: k("rope.scaling.factor"),
+                    what: format!("{factor} must be a positive number"),
+                });
+            }
+            rope_freq_scale = 1.0 / factor;
+            // A subnormal factor (1e-45) passes the test above but its inverse is inf:
+            // every angle would be garbage.
+            if !rope_freq_scale.is_finite() {
+                return Err(Error::BadKey {
+                    key: k("rope.scaling.factor"),
+                    what: format!("{factor} is too small (its inverse is not finite)"),
+                });
+            }
+        }
+        // Llama 3.1-style scaling is carried by the `rope_freqs.weight` tensor.
+        Some("llama3") => {}
+        Some(other) => {
+            return Err(Error::BadKey {
+                key: k("rope.scaling.type"),
+                what: format!("RoPE scaling {other:?} is not supported (none, linear, llama3)"),
+            })
+        }
+    }
+    let rope_dims = match f.get_u64(&k("rope.dimension_count"))? {
+        Some(_) => need_u(f, &k("rope.dimension_count"))?,
+        None => head_dim,
+    };
+    if rope_dims != head_dim {
+        return Err(Error::BadKey {
+            key: k("rope.dimension_count"),
+            what: format!("partial RoPE ({rope_dims} of {head_dim} dims) is not supported"),
+        });
+    }
+    Ok((rope_base, rope_freq_scale, rope_dims))
+}
+
+/// Gemma 3's sliding window: its length, which layers use it, their RoPE base; and a refusal of
+/// logit soft-capping, which is not implemented.
+fn gemma_params(
+    f: &GgufFile,
+    k: &dyn Fn(&str) -> String,
+    n_layer: usize,
+    gemma: bool,
+) -> Result<(usize, Vec<bool>, f32)> {
+    let sliding_window = if gemma {
+        need_u(f, &k("attention.sliding_window"))?
+    } else {
+        0
+    };
+    // llama.cpp's gemma3: pattern 6, i.e. layers 5, 11, 17, ... attend to the whole
+    // context and the others use the window (the GGUF carries no pattern key).
+    let swa_layers = (0..n_layer)
+        .map(|l| sliding_window > 0 && l % 6 < 5)
+        .collect();
+    // llama.cpp's default for gemma3's sliding layers when the file has no key.
+    let rope_base_swa = f.get_f32(&k("rope.freq_base_swa"))?.unwrap_or(10000.0);
+    if !(rope_base_swa.is_finite() && rope_base_swa > 1.0) {
+        return Err(Error::BadKey {
+            key: k("rope.freq_base_swa"),
+            what: format!("{rope_base_swa} must be a finite number above 1"),
+        });
+    }
+    if gemma {
+        for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+            if f.get_f32(&k(key))?.is_some_and(|v| v != 0.0) {
+                return Err(Error::BadKey {
+                    key: k(key),
+                    what: "logit soft-capping is not supported".into(),
+                });
+            }
+        }
+    }
+    Ok((sliding_window, swa_layers, rope_base_swa))
+}
+
 impl Config {
     /// Read the hyper-parameters; `n_vocab` is taken from the embedding tensor by the caller.
     pub fn from_gguf(f: &GgufFile) -> Result<Config> {
@@ -188,82 +283,9 @@ impl Config {
                 what: format!("{rms_eps} is not a finite non-negative number"),
             });
         }
-        let rope_base = f.get_f32(&k("rope.freq_base"))?.unwrap_or(10000.0);
-        if !(rope_base.is_finite() && rope_base > 1.0) {
-            return Err(Error::BadKey {
-                key: k("rope.freq_base"),
-                what: format!("{rope_base} must be a finite number above 1"),
-            });
-        }
-        let mut rope_freq_scale = 1.0;
-        match f.get_str(&k("rope.scaling.type"))? {
-            None | Some("none") => {}
-            Some("linear") => {
-                let factor = f.get_f32(&k("rope.scaling.factor"))?.unwrap_or(1.0);
-                if !(factor.is_finite() && factor > 0.0) {
-                    return Err(Error::BadKey {
-                        key: k("rope.scaling.factor"),
-                        what: format!("{factor} must be a positive number"),
-                    });
-                }
-                rope_freq_scale = 1.0 / factor;
-                // A subnormal factor (1e-45) passes the test above but its inverse is inf:
-                // every angle would be garbage.
-                if !rope_freq_scale.is_finite() {
-                    return Err(Error::BadKey {
-                        key: k("rope.scaling.factor"),
-                        what: format!("{factor} is too small (its inverse is not finite)"),
-                    });
-                }
-            }
-            // Llama 3.1-style scaling is carried by the `rope_freqs.weight` tensor.
-            Some("llama3") => {}
-            Some(other) => {
-                return Err(Error::BadKey {
-                    key: k("rope.scaling.type"),
-                    what: format!("RoPE scaling {other:?} is not supported (none, linear, llama3)"),
-                })
-            }
-        }
-        let rope_dims = match f.get_u64(&k("rope.dimension_count"))? {
-            Some(_) => need_u(f, &k("rope.dimension_count"))?,
-            None => head_dim,
-        };
-        if rope_dims != head_dim {
-            return Err(Error::BadKey {
-                key: k("rope.dimension_count"),
-                what: format!("partial RoPE ({rope_dims} of {head_dim} dims) is not supported"),
-            });
-        }
+        let (rope_base, rope_freq_scale, rope_dims) = rope_params(f, &k, head_dim)?;
         let gemma = arch == Arch::Gemma3;
-        let sliding_window = if gemma {
-            need_u(f, &k("attention.sliding_window"))?
-        } else {
-            0
-        };
-        // llama.cpp's gemma3: pattern 6, i.e. layers 5, 11, 17, ... attend to the whole
-        // context and the others use the window (the GGUF carries no pattern key).
-        let swa_layers = (0..n_layer)
-            .map(|l| sliding_window > 0 && l % 6 < 5)
-            .collect();
-        // llama.cpp's default for gemma3's sliding layers when the file has no key.
-        let rope_base_swa = f.get_f32(&k("rope.freq_base_swa"))?.unwrap_or(10000.0);
-        if !(rope_base_swa.is_finite() && rope_base_swa > 1.0) {
-            return Err(Error::BadKey {
-                key: k("rope.freq_base_swa"),
-                what: format!("{rope_base_swa} must be a finite number above 1"),
-            });
-        }
-        if gemma {
-            for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
-                if f.get_f32(&k(key))?.is_some_and(|v| v != 0.0) {
-                    return Err(Error::BadKey {
-                        key: k(key),
-                        what: "logit soft-capping is not supported".into(),
-                    });
-                }
-            }
-        }
+        let (sliding_window, swa_layers, rope_base_swa) = gemma_params(f, &k, n_layer, gemma)?;
         Ok(Config {
             arch,
             n_vocab: 0,

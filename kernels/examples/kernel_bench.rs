@@ -13,7 +13,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use ember_kernels::dispatch;
+use ember_kernels::dispatch::KernelSet;
 use ember_kernels::GgmlType;
 
 const N: usize = 4096;
@@ -45,14 +45,17 @@ fn time(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let path = match dispatch::select() {
-        Ok(p) => p,
+    let ks = match KernelSet::detect() {
+        Ok(k) => k,
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(2);
         }
     };
-    println!("path: {} (ns per 1024 elements, rows of {N})", path.name());
+    println!(
+        "path: {} (ns per 1024 elements, rows of {N})",
+        ks.path().name()
+    );
     let mut s = 0x2545_f491_4f6c_dd1du64;
     let x: Vec<f32> = (0..N)
         .map(|_| {
@@ -74,8 +77,8 @@ fn main() {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
     ] {
-        let t = dispatch::traits(ty).expect("supported type");
-        let act = dispatch::traits(t.vec_dot_type).expect("activation type");
+        let t = ks.traits(ty).expect("supported type");
+        let act = ks.traits(t.vec_dot_type).expect("activation type");
         // Weights: random bytes with small f16 scales where the format has no quantizer.
         let wb = ty.row_bytes(N as u64).unwrap() as usize;
         let mut w = vec![0u8; wb];

@@ -4,11 +4,12 @@
 
 use std::time::Instant;
 
-use ember_kernels::dispatch;
+use ember_kernels::dispatch::KernelSet;
 use ember_kernels::traits::reference_traits;
 use ember_kernels::GgmlType;
 
 fn main() {
+    let ks = KernelSet::detect().expect("EMBER_CPU names a path this CPU has");
     let (rows, cols) = (1536usize, 576usize);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut f = || {
@@ -19,7 +20,7 @@ fn main() {
     };
     for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
         let t = reference_traits(ty).unwrap();
-        let at = dispatch::traits(t.vec_dot_type).unwrap();
+        let at = ks.traits(t.vec_dot_type).unwrap();
         let wb = ty.row_bytes(cols as u64).unwrap() as usize;
         let ab = t.vec_dot_type.row_bytes(cols as u64).unwrap() as usize;
         let mut w = vec![0u8; rows * wb];
@@ -33,13 +34,13 @@ fn main() {
             let x: Vec<f32> = (0..cols).map(|_| f()).collect();
             (at.quantize_act.unwrap())(&x, &mut a[i * ab..(i + 1) * ab]);
         }
-        let dot = dispatch::traits(ty).unwrap().vec_dot;
+        let dot = ks.traits(ty).unwrap().vec_dot;
         for n_tok in [1usize, 4, 16, 32, 512] {
             let mut out = vec![0f32; n_tok * rows];
             let reps = (2048 / n_tok).max(5);
             let pairs = (rows * n_tok * cols / 32) as f64;
             let mut line = format!("{ty} {rows}x{cols} x {n_tok:>3} tokens, ns/block-pair:");
-            for (name, tile) in dispatch::tile_variants(ty) {
+            for (name, tile) in ks.tile_variants(ty) {
                 let mut best = f64::MAX;
                 for _ in 0..reps {
                     let t0 = Instant::now();

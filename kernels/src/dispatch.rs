@@ -1,7 +1,9 @@
-//! Run-time kernel selection: the CPU is detected once, and the model calls only these tables.
+//! Run-time kernel selection: a [`KernelSet`] is one path's kernels as a value, detected from
+//! the CPU (or built for a named path); the runtime holds one and calls only its tables.
 //!
-//! `EMBER_CPU=scalar|avx2|avx512|neon` forces a path (for tests and measurements); asking for a path
-//! the CPU (or this build) lacks is an error from [`select`], never a silent fallback. Without
+//! `EMBER_CPU=scalar|avx2|avx512|neon` forces the path [`KernelSet::detect`] picks (for
+//! measurements); asking for a path the CPU (or this build) lacks is an error, never a silent
+//! fallback. Tests build every available set with [`KernelSet::available`] instead. Without
 //! the variable the best available path is used. The scalar reference is always available.
 //!
 //! On aarch64, `neon` selects NEON with the dotprod extension (`sdot`) where the CPU has it and
@@ -379,21 +381,113 @@ fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
 
 static SELECTED: OnceLock<Result<CpuPath, String>> = OnceLock::new();
 
-/// The kernel path, chosen once from the CPU and `EMBER_CPU`. An error names what was asked
-/// and what is missing; callers report it at start-up.
+/// The kernel path chosen from the CPU and `EMBER_CPU` (once per process). An error names what
+/// was asked and what is missing; callers report it at start-up.
 pub fn select() -> Result<CpuPath, String> {
     SELECTED
         .get_or_init(|| detect(std::env::var("EMBER_CPU").ok().as_deref()))
         .clone()
 }
 
-fn path() -> CpuPath {
-    select().unwrap_or(CpuPath::Scalar)
+/// One kernel path's kernels, as a value: the f32 operations, each weight type's table
+/// (dequantize, quantize-activations, dot) and tile products. Whoever computes holds one (the
+/// runtime's worker threads do), so tests can run every path this CPU has in one process, and
+/// a hot loop reads its kernels from the value it was given instead of a global.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSet {
+    path: CpuPath,
+    ops: &'static Ops,
 }
 
-/// The kernel table of `ty` on the selected path; `None` for types Ember cannot compute with.
-pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
-    match path() {
+impl PartialEq for KernelSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+impl Eq for KernelSet {}
+
+impl KernelSet {
+    /// The best path this CPU and build can run, or the one `EMBER_CPU` names (an error when
+    /// the CPU or build lacks it: never a silent fallback).
+    pub fn detect() -> Result<KernelSet, String> {
+        select().map(KernelSet::of)
+    }
+
+    /// The scalar reference (the spec), available everywhere.
+    pub fn reference() -> KernelSet {
+        KernelSet::of(CpuPath::Scalar)
+    }
+
+    /// Path `path`, if this CPU and build can run it.
+    pub fn for_path(path: CpuPath) -> Result<KernelSet, String> {
+        detect(Some(path.name())).map(KernelSet::of)
+    }
+
+    /// Every path this CPU and build can run, the reference first.
+    pub fn available() -> Vec<KernelSet> {
+        [
+            CpuPath::Scalar,
+            CpuPath::Avx2,
+            CpuPath::Avx512,
+            CpuPath::Neon,
+            CpuPath::NeonDotprod,
+        ]
+        .into_iter()
+        .filter_map(|p| KernelSet::for_path(p).ok())
+        .collect()
+    }
+
+    fn of(path: CpuPath) -> KernelSet {
+        KernelSet {
+            path,
+            ops: path_ops(path),
+        }
+    }
+
+    /// The path.
+    pub fn path(self) -> CpuPath {
+        self.path
+    }
+
+    /// The f32 operations.
+    pub fn ops(self) -> &'static Ops {
+        self.ops
+    }
+
+    /// The kernel table of `ty`; `None` for types Ember cannot compute with.
+    pub fn traits(self, ty: GgmlType) -> Option<&'static TypeTraits> {
+        path_traits(self.path, ty)
+    }
+
+    /// The tile product of weight type `ty` (see [`crate::tile`]); `None` where the path has
+    /// none for `ty` (callers then use `traits(ty).vec_dot` per pair).
+    pub fn tile(self, ty: GgmlType) -> Option<TileDotFn> {
+        path_tile(self.path, ty)
+    }
+
+    /// Every tile kernel of `ty` on this path that this CPU can run (the first is what
+    /// [`KernelSet::tile`] returns), named; for tests and benchmarks of each variant.
+    pub fn tile_variants(self, ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
+        path_tile_variants(self.path, ty)
+    }
+
+    /// Every attention kernel pair (`attend_rows`, `attend_rows_group`) on this path that this
+    /// CPU can run, named, this set's own ([`KernelSet::ops`]) first.
+    pub fn attention_variants(self) -> Vec<(&'static str, AttendRowsFn, AttendGroupFn)> {
+        let own = self.ops;
+        #[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(unused_mut))]
+        let mut v = vec![(self.path.name(), own.attend_rows, own.attend_rows_group)];
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        if self.path == CpuPath::Avx512 {
+            let o = &avx2_tables::OPS;
+            v.push(("avx2", o.attend_rows, o.attend_rows_group));
+        }
+        v
+    }
+}
+
+fn path_traits(path: CpuPath, ty: GgmlType) -> Option<&'static TypeTraits> {
+    match path {
         CpuPath::Scalar => reference_traits(ty),
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         CpuPath::Avx2 | CpuPath::Avx512 => avx2_tables::traits(ty),
@@ -408,14 +502,12 @@ pub fn traits(ty: GgmlType) -> Option<&'static TypeTraits> {
     }
 }
 
-/// The tile product of weight type `ty` on the selected path (see [`crate::tile`]); `None`
-/// where the path has none for `ty` (callers then use `traits(ty).vec_dot` per pair).
 #[cfg_attr(
     not(all(feature = "simd", any(target_arch = "x86_64", target_arch = "aarch64"))),
     allow(unused_variables)
 )]
-pub fn tile(ty: GgmlType) -> Option<TileDotFn> {
-    match path() {
+fn path_tile(path: CpuPath, ty: GgmlType) -> Option<TileDotFn> {
+    match path {
         CpuPath::Scalar => None,
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         CpuPath::Avx2 => avx2_tables::tile(ty, false),
@@ -432,14 +524,12 @@ pub fn tile(ty: GgmlType) -> Option<TileDotFn> {
     }
 }
 
-/// Every tile kernel of `ty` on the selected path that this CPU can run (the first is what
-/// [`tile`] returns), named; for tests and benchmarks of each variant.
 #[cfg_attr(
     not(all(feature = "simd", any(target_arch = "x86_64", target_arch = "aarch64"))),
     allow(unused_variables)
 )]
-pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
-    match path() {
+fn path_tile_variants(path: CpuPath, ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
+    match path {
         CpuPath::Scalar => Vec::new(),
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         CpuPath::Avx2 => avx2_tables::tile_variants(ty, false),
@@ -456,27 +546,8 @@ pub fn tile_variants(ty: GgmlType) -> Vec<(&'static str, TileDotFn)> {
     }
 }
 
-/// Every attention kernel pair (`attend_rows`, `attend_rows_group`) on the selected path that
-/// this CPU can run, named, the selected one ([`ops`]) first; for tests and benchmarks.
-pub fn attention_variants() -> Vec<(&'static str, AttendRowsFn, AttendGroupFn)> {
-    let selected = ops();
-    #[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(unused_mut))]
-    let mut v = vec![(
-        path().name(),
-        selected.attend_rows,
-        selected.attend_rows_group,
-    )];
-    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-    if path() == CpuPath::Avx512 {
-        let o = &avx2_tables::OPS;
-        v.push(("avx2", o.attend_rows, o.attend_rows_group));
-    }
-    v
-}
-
-/// The f32 operations on the selected path.
-pub fn ops() -> &'static Ops {
-    match path() {
+fn path_ops(path: CpuPath) -> &'static Ops {
+    match path {
         CpuPath::Scalar => &SCALAR_OPS,
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         CpuPath::Avx2 => &avx2_tables::OPS,

@@ -8,7 +8,7 @@
 //! order, `TypeTraits::dot_for_row(t, nt)` — (the tile only changes how often operands are
 //! loaded), so callers may use either.
 //!
-//! Tile kernels exist for the SIMD paths; [`crate::dispatch::tile`] returns `None` where a type
+//! Tile kernels exist for the SIMD paths; [`crate::dispatch::KernelSet::tile`] returns `None` where a type
 //! has none, and the caller falls back to `vec_dot` per pair.
 
 /// `out[t * out_stride + r] = dot_for_row(t, nt)(n, w[r * w_stride..], a[t * a_stride..])`

@@ -1,12 +1,12 @@
-//! The selected kernel path (AVX2 on x86-64-v3 CPUs, NEON — with `sdot` where the CPU has the
-//! dotprod extension — on aarch64, or whatever `EMBER_CPU` forces) equals the scalar reference
-//! bit for bit on random data of awkward lengths: the model's numerics (matched to llama.cpp to
-//! the last bit) depend on that.
+//! Every kernel set this CPU and build can run (`KernelSet::available`: scalar, AVX2 and
+//! AVX-512 on an AVX-512 machine; plain NEON and NEON with `sdot` on aarch64 with dotprod),
+//! all in one process, equals the scalar reference bit for bit on random data of awkward
+//! lengths: the model's numerics (matched to llama.cpp to the last bit) depend on that.
 //!
 //! `EMBER_EXPECT_CPU=<path name>` makes `selected_path_is_reported` fail unless that path was
 //! selected (CI uses it under qemu to prove which aarch64 kernels ran).
 
-use ember_kernels::dispatch::{self, CpuPath};
+use ember_kernels::dispatch::{self, CpuPath, KernelSet};
 use ember_kernels::reference::{attention, ops};
 use ember_kernels::traits::reference_traits;
 use ember_kernels::GgmlType;
@@ -156,12 +156,9 @@ fn clamp_q8_0(ty: GgmlType, a: &mut [u8]) {
 
 /// Quantizes `x` with the selected and the reference activation quantizer of `ty`'s
 /// `vec_dot_type`, asserts the bytes are equal, and returns them.
-fn quantize_act(ty: GgmlType, x: &[f32], what: &str) -> Vec<u8> {
+fn quantize_act(ks: KernelSet, ty: GgmlType, x: &[f32], what: &str) -> Vec<u8> {
     let act = reference_traits(ty).unwrap().vec_dot_type;
-    let (f, r) = (
-        dispatch::traits(act).unwrap(),
-        reference_traits(act).unwrap(),
-    );
+    let (f, r) = (ks.traits(act).unwrap(), reference_traits(act).unwrap());
     let bytes = act.row_bytes(x.len() as u64).unwrap() as usize;
     let (mut qf, mut qr) = (vec![0u8; bytes], vec![0u8; bytes]);
     (f.quantize_act.unwrap())(x, &mut qf);
@@ -180,8 +177,8 @@ fn quantize_act(ty: GgmlType, x: &[f32], what: &str) -> Vec<u8> {
 }
 
 /// The dot and, where the type has one, its batched variant (same batch rule as the reference's).
-fn check_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8], what: &str) {
-    let (f, r) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
+fn check_dot(ks: KernelSet, ty: GgmlType, n: usize, w: &[u8], a: &[u8], what: &str) {
+    let (f, r) = (ks.traits(ty).unwrap(), reference_traits(ty).unwrap());
     assert_eq!(
         f.vec_dot_batched.map(|b| b.0),
         r.vec_dot_batched.map(|b| b.0),
@@ -206,30 +203,33 @@ fn check_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8], what: &str) {
 
 #[test]
 fn dots_equal_the_reference_on_random_data() {
-    let mut rng = Rng(0x1234_5678_9abc_def1);
-    for ty in DOT_TYPES {
-        let act = reference_traits(ty).unwrap().vec_dot_type;
-        for &len in &LENGTHS {
-            let n = elems(ty, len);
-            // Weights from the file format's quantizer where it has one, else random bytes.
-            let w = match reference_traits(ty).unwrap().from_float {
-                Some(q) => {
-                    let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-                    let mut b = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
-                    q(&x, &mut b);
-                    b
+    for ks in KernelSet::available() {
+        eprintln!("kernel set {}", ks.path().name());
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for ty in DOT_TYPES {
+            let act = reference_traits(ty).unwrap().vec_dot_type;
+            for &len in &LENGTHS {
+                let n = elems(ty, len);
+                // Weights from the file format's quantizer where it has one, else random bytes.
+                let w = match reference_traits(ty).unwrap().from_float {
+                    Some(q) => {
+                        let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                        let mut b = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
+                        q(&x, &mut b);
+                        b
+                    }
+                    None => blocks(ty, n, &mut rng, |r, _| r.byte(), |r| r.f() * 0.3),
+                };
+                let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                let a = quantize_act(ks, ty, &x, "random");
+                check_dot(ks, ty, n, &w, &a, "random");
+                if !is_float(ty) {
+                    // Every bit pattern of the quants (scales kept finite), activations included.
+                    let w = blocks(ty, n, &mut rng, |r, _| r.byte(), |r| r.f() * 0.3);
+                    let mut a = blocks(act, n, &mut rng, |r, _| r.byte(), |r| r.f() * 0.1);
+                    clamp_q8_0(ty, &mut a);
+                    check_dot(ks, ty, n, &w, &a, "random bytes");
                 }
-                None => blocks(ty, n, &mut rng, |r, _| r.byte(), |r| r.f() * 0.3),
-            };
-            let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-            let a = quantize_act(ty, &x, "random");
-            check_dot(ty, n, &w, &a, "random");
-            if !is_float(ty) {
-                // Every bit pattern of the quants (scales kept finite), activations included.
-                let w = blocks(ty, n, &mut rng, |r, _| r.byte(), |r| r.f() * 0.3);
-                let mut a = blocks(act, n, &mut rng, |r, _| r.byte(), |r| r.f() * 0.1);
-                clamp_q8_0(ty, &mut a);
-                check_dot(ty, n, &w, &a, "random bytes");
             }
         }
     }
@@ -237,179 +237,207 @@ fn dots_equal_the_reference_on_random_data() {
 
 #[test]
 fn dots_equal_the_reference_on_edge_data() {
-    let mut rng = Rng(0x0dd_ba11);
-    for ty in DOT_TYPES {
-        let act = reference_traits(ty).unwrap().vec_dot_type;
-        for &len in &LENGTHS {
-            let n = elems(ty, len);
-            let zeros = vec![0f32; n];
-            let wb = ty.row_bytes(n as u64).unwrap() as usize;
-            // All-zero weights and activations.
-            check_dot(
-                ty,
-                n,
-                &vec![0u8; wb],
-                &quantize_act(ty, &zeros, "zeros"),
-                "zeros",
-            );
-            if is_float(ty) {
-                // Huge (products overflow to ±inf, sums to NaN), tiny and subnormal values.
-                let q = reference_traits(ty).unwrap().from_float.unwrap();
-                for (what, mag) in [("huge", 3e38f32), ("f16 max", 65504.0), ("tiny", 1e-40)] {
-                    let x: Vec<f32> = (0..n).map(|_| rng.f() * mag).collect();
-                    let y: Vec<f32> = (0..n).map(|_| rng.f() * mag).collect();
+    for ks in KernelSet::available() {
+        eprintln!("kernel set {}", ks.path().name());
+        let mut rng = Rng(0x0dd_ba11);
+        for ty in DOT_TYPES {
+            let act = reference_traits(ty).unwrap().vec_dot_type;
+            for &len in &LENGTHS {
+                let n = elems(ty, len);
+                let zeros = vec![0f32; n];
+                let wb = ty.row_bytes(n as u64).unwrap() as usize;
+                // All-zero weights and activations.
+                check_dot(
+                    ks,
+                    ty,
+                    n,
+                    &vec![0u8; wb],
+                    &quantize_act(ks, ty, &zeros, "zeros"),
+                    "zeros",
+                );
+                if is_float(ty) {
+                    // Huge (products overflow to ±inf, sums to NaN), tiny and subnormal values.
+                    let q = reference_traits(ty).unwrap().from_float.unwrap();
+                    for (what, mag) in [("huge", 3e38f32), ("f16 max", 65504.0), ("tiny", 1e-40)] {
+                        let x: Vec<f32> = (0..n).map(|_| rng.f() * mag).collect();
+                        let y: Vec<f32> = (0..n).map(|_| rng.f() * mag).collect();
+                        let mut w = vec![0u8; wb];
+                        q(&x, &mut w);
+                        check_dot(ks, ty, n, &w, &quantize_act(ks, ty, &y, what), what);
+                    }
+                    // Cancellation: lanes 0, 1, 2 (and the first three elements of a tail) hold
+                    // +H, -H and a tiny t, lane 3 holds +H, -H, t in three successive groups of
+                    // 8; only the reference's order gives exactly t (2t).
+                    let (big, tiny) = if ty == GgmlType::F16 {
+                        (32768.0, 2f32.powi(-24))
+                    } else {
+                        (2f32.powi(40), 2f32.powi(-40))
+                    };
+                    let pick = |i: usize| match (i % 8, i / 8) {
+                        (0, 0) | (3, 0) => (big, big),
+                        (1, 0) | (3, 1) => (big, -big),
+                        (2, 0) | (3, 2) => (tiny, tiny),
+                        _ => (0.0, 0.0),
+                    };
+                    let (x, y): (Vec<f32>, Vec<f32>) = (0..n).map(pick).unzip();
                     let mut w = vec![0u8; wb];
                     q(&x, &mut w);
-                    check_dot(ty, n, &w, &quantize_act(ty, &y, what), what);
-                }
-                // Cancellation: lanes 0, 1, 2 (and the first three elements of a tail) hold
-                // +H, -H and a tiny t, lane 3 holds +H, -H, t in three successive groups of
-                // 8; only the reference's order gives exactly t (2t).
-                let (big, tiny) = if ty == GgmlType::F16 {
-                    (32768.0, 2f32.powi(-24))
-                } else {
-                    (2f32.powi(40), 2f32.powi(-40))
-                };
-                let pick = |i: usize| match (i % 8, i / 8) {
-                    (0, 0) | (3, 0) => (big, big),
-                    (1, 0) | (3, 1) => (big, -big),
-                    (2, 0) | (3, 2) => (tiny, tiny),
-                    _ => (0.0, 0.0),
-                };
-                let (x, y): (Vec<f32>, Vec<f32>) = (0..n).map(pick).unzip();
-                let mut w = vec![0u8; wb];
-                q(&x, &mut w);
-                check_dot(ty, n, &w, &quantize_act(ty, &y, "cancel"), "cancellation");
-                // Magnitudes spread so widely that the f64 sums round: catches a changed
-                // order of the lane sums.
-                let span = if ty == GgmlType::F16 {
-                    (-24, 15)
-                } else {
-                    (-60, 60)
-                };
-                let wide = |r: &mut Rng| {
-                    let e = span.0 + (r.byte() as i32 % (span.1 - span.0));
-                    (r.f() + 2.5) * 2f32.powi(e)
-                };
-                let x: Vec<f32> = (0..n).map(|_| wide(&mut rng)).collect();
-                let y: Vec<f32> = (0..n).map(|_| wide(&mut rng)).collect();
-                let mut w = vec![0u8; wb];
-                q(&x, &mut w);
-                check_dot(ty, n, &w, &quantize_act(ty, &y, "wide"), "wide range");
-                continue;
-            }
-            // Every quant at its largest, scales at the f16 maximum; activations at the
-            // extremes of i8 (-128 only where the activation quantizers could produce it).
-            let w = blocks(ty, n, &mut rng, |_, _| 0xff, |_| 65504.0);
-            for (what, q) in [("max × 127", 0x7fu8), ("max × -128", 0x80)] {
-                let mut a = blocks(act, n, &mut rng, |_, _| q, |_| 1.0);
-                clamp_q8_0(ty, &mut a);
-                check_dot(ty, n, &w, &a, what);
-                let mut a = blocks(act, n, &mut rng, |_, _| q, |_| 1e30);
-                clamp_q8_0(ty, &mut a);
-                check_dot(ty, n, &w, &a, &format!("{what}, huge scales"));
-            }
-            // Large integer sums (quants at 14 or 15, activations 100..128) with
-            // full-mantissa scales: the float steps round, so their order is checked.
-            let w = blocks(
-                ty,
-                n,
-                &mut rng,
-                |r, _| [0xff, 0xef, 0xfe, 0xee][r.byte() as usize % 4],
-                |r| r.f(),
-            );
-            let mut a = blocks(act, n, &mut rng, |r, _| 100 + r.byte() % 28, |r| r.f());
-            clamp_q8_0(ty, &mut a);
-            check_dot(ty, n, &w, &a, "large sums");
-            // Alternating zero and random blocks, activations with outliers.
-            let w = blocks(
-                ty,
-                n,
-                &mut rng,
-                |r, i| {
-                    if (i / ty.type_size()) % 2 == 0 {
-                        0
+                    check_dot(
+                        ks,
+                        ty,
+                        n,
+                        &w,
+                        &quantize_act(ks, ty, &y, "cancel"),
+                        "cancellation",
+                    );
+                    // Magnitudes spread so widely that the f64 sums round: catches a changed
+                    // order of the lane sums.
+                    let span = if ty == GgmlType::F16 {
+                        (-24, 15)
                     } else {
-                        r.byte()
-                    }
-                },
-                |_| 0.01,
-            );
-            let x: Vec<f32> = (0..n)
-                .map(|i| if i % 37 == 5 { 1e4 } else { rng.f() })
-                .collect();
-            check_dot(ty, n, &w, &quantize_act(ty, &x, "outliers"), "half-zero");
+                        (-60, 60)
+                    };
+                    let wide = |r: &mut Rng| {
+                        let e = span.0 + (r.byte() as i32 % (span.1 - span.0));
+                        (r.f() + 2.5) * 2f32.powi(e)
+                    };
+                    let x: Vec<f32> = (0..n).map(|_| wide(&mut rng)).collect();
+                    let y: Vec<f32> = (0..n).map(|_| wide(&mut rng)).collect();
+                    let mut w = vec![0u8; wb];
+                    q(&x, &mut w);
+                    check_dot(
+                        ks,
+                        ty,
+                        n,
+                        &w,
+                        &quantize_act(ks, ty, &y, "wide"),
+                        "wide range",
+                    );
+                    continue;
+                }
+                // Every quant at its largest, scales at the f16 maximum; activations at the
+                // extremes of i8 (-128 only where the activation quantizers could produce it).
+                let w = blocks(ty, n, &mut rng, |_, _| 0xff, |_| 65504.0);
+                for (what, q) in [("max × 127", 0x7fu8), ("max × -128", 0x80)] {
+                    let mut a = blocks(act, n, &mut rng, |_, _| q, |_| 1.0);
+                    clamp_q8_0(ty, &mut a);
+                    check_dot(ks, ty, n, &w, &a, what);
+                    let mut a = blocks(act, n, &mut rng, |_, _| q, |_| 1e30);
+                    clamp_q8_0(ty, &mut a);
+                    check_dot(ks, ty, n, &w, &a, &format!("{what}, huge scales"));
+                }
+                // Large integer sums (quants at 14 or 15, activations 100..128) with
+                // full-mantissa scales: the float steps round, so their order is checked.
+                let w = blocks(
+                    ty,
+                    n,
+                    &mut rng,
+                    |r, _| [0xff, 0xef, 0xfe, 0xee][r.byte() as usize % 4],
+                    |r| r.f(),
+                );
+                let mut a = blocks(act, n, &mut rng, |r, _| 100 + r.byte() % 28, |r| r.f());
+                clamp_q8_0(ty, &mut a);
+                check_dot(ks, ty, n, &w, &a, "large sums");
+                // Alternating zero and random blocks, activations with outliers.
+                let w = blocks(
+                    ty,
+                    n,
+                    &mut rng,
+                    |r, i| {
+                        if (i / ty.type_size()) % 2 == 0 {
+                            0
+                        } else {
+                            r.byte()
+                        }
+                    },
+                    |_| 0.01,
+                );
+                let x: Vec<f32> = (0..n)
+                    .map(|i| if i % 37 == 5 { 1e4 } else { rng.f() })
+                    .collect();
+                check_dot(
+                    ks,
+                    ty,
+                    n,
+                    &w,
+                    &quantize_act(ks, ty, &x, "outliers"),
+                    "half-zero",
+                );
+            }
         }
     }
 }
 
 #[test]
 fn activation_quantizers_equal_the_reference() {
-    let mut rng = Rng(0x5eed);
-    for act in [
-        GgmlType::Q8_0,
-        GgmlType::Q8_1,
-        GgmlType::Q8_K,
-        GgmlType::F16,
-        GgmlType::BF16,
-    ] {
-        // A weight type whose activations are `act`.
-        let ty = match act {
-            GgmlType::Q8_1 => GgmlType::Q4_1,
-            GgmlType::Q8_K => GgmlType::Q4_K,
-            other => other,
-        };
-        let bs = act.block_size();
-        for &len in &LENGTHS {
-            let n = len * bs;
-            let mut patterns: Vec<(&str, Vec<f32>)> = vec![
-                ("random", (0..n).map(|_| rng.f()).collect()),
-                ("zeros", vec![0.0; n]),
-                ("negative zeros", vec![-0.0; n]),
-                ("huge", (0..n).map(|_| rng.f() * 1.5e38).collect()),
-                ("subnormal", (0..n).map(|_| rng.f() * 1e-40).collect()),
-                ("tiny normal", (0..n).map(|_| rng.f() * 1e-37).collect()),
-            ];
-            // Halfway cases: amax 127 makes the scale 1, so x.5 values are ties.
-            let ties = (0..n)
-                .map(|i| match i % bs {
-                    0 => 127.0,
-                    j => (j as f32 - 60.0) + 0.5,
-                })
-                .collect();
-            patterns.push(("ties", ties));
-            // Equal magnitudes of both signs: the first one sets Q8_K's sign.
-            let signs = (0..n)
-                .map(|i| match i % 7 {
-                    3 => -5.0,
-                    5 => 5.0,
-                    _ => rng.f(),
-                })
-                .collect();
-            patterns.push(("both signs", signs));
-            // Non-finite values in some blocks (handed to the reference there), and for the
-            // float formats NaNs with payloads, overflow and values just past a rounding tie.
-            let specials = [
-                f32::NAN,
-                f32::INFINITY,
-                f32::NEG_INFINITY,
-                -f32::NAN,
-                f32::from_bits(0x7f80_0001),
-                f32::from_bits(0xffc1_2345),
-                65520.0,
-                // bf16 ties (low 16 bits 0x8000) and f16 ties (1 + 2^-11, 1 + 3 · 2^-11).
-                f32::from_bits(0x3f80_8000),
-                f32::from_bits(0x3f81_8000),
-                1.0 + 2f32.powi(-11),
-                1.0 + 3.0 * 2f32.powi(-11),
-            ];
-            let mut odd: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-            for (b, s) in (0..len).step_by(2).zip(specials.iter().cycle()) {
-                odd[b * bs + (b * 7) % bs] = *s;
-            }
-            patterns.push(("non-finite", odd));
-            for (what, x) in &patterns {
-                quantize_act(ty, x, what);
+    for ks in KernelSet::available() {
+        eprintln!("kernel set {}", ks.path().name());
+        let mut rng = Rng(0x5eed);
+        for act in [
+            GgmlType::Q8_0,
+            GgmlType::Q8_1,
+            GgmlType::Q8_K,
+            GgmlType::F16,
+            GgmlType::BF16,
+        ] {
+            // A weight type whose activations are `act`.
+            let ty = match act {
+                GgmlType::Q8_1 => GgmlType::Q4_1,
+                GgmlType::Q8_K => GgmlType::Q4_K,
+                other => other,
+            };
+            let bs = act.block_size();
+            for &len in &LENGTHS {
+                let n = len * bs;
+                let mut patterns: Vec<(&str, Vec<f32>)> = vec![
+                    ("random", (0..n).map(|_| rng.f()).collect()),
+                    ("zeros", vec![0.0; n]),
+                    ("negative zeros", vec![-0.0; n]),
+                    ("huge", (0..n).map(|_| rng.f() * 1.5e38).collect()),
+                    ("subnormal", (0..n).map(|_| rng.f() * 1e-40).collect()),
+                    ("tiny normal", (0..n).map(|_| rng.f() * 1e-37).collect()),
+                ];
+                // Halfway cases: amax 127 makes the scale 1, so x.5 values are ties.
+                let ties = (0..n)
+                    .map(|i| match i % bs {
+                        0 => 127.0,
+                        j => (j as f32 - 60.0) + 0.5,
+                    })
+                    .collect();
+                patterns.push(("ties", ties));
+                // Equal magnitudes of both signs: the first one sets Q8_K's sign.
+                let signs = (0..n)
+                    .map(|i| match i % 7 {
+                        3 => -5.0,
+                        5 => 5.0,
+                        _ => rng.f(),
+                    })
+                    .collect();
+                patterns.push(("both signs", signs));
+                // Non-finite values in some blocks (handed to the reference there), and for the
+                // float formats NaNs with payloads, overflow and values just past a rounding tie.
+                let specials = [
+                    f32::NAN,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                    -f32::NAN,
+                    f32::from_bits(0x7f80_0001),
+                    f32::from_bits(0xffc1_2345),
+                    65520.0,
+                    // bf16 ties (low 16 bits 0x8000) and f16 ties (1 + 2^-11, 1 + 3 · 2^-11).
+                    f32::from_bits(0x3f80_8000),
+                    f32::from_bits(0x3f81_8000),
+                    1.0 + 2f32.powi(-11),
+                    1.0 + 3.0 * 2f32.powi(-11),
+                ];
+                let mut odd: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                for (b, s) in (0..len).step_by(2).zip(specials.iter().cycle()) {
+                    odd[b * bs + (b * 7) % bs] = *s;
+                }
+                patterns.push(("non-finite", odd));
+                for (what, x) in &patterns {
+                    quantize_act(ks, ty, x, what);
+                }
             }
         }
     }
@@ -417,43 +445,46 @@ fn activation_quantizers_equal_the_reference() {
 
 #[test]
 fn ops_equal_the_reference() {
-    let mut rng = Rng(42);
-    let k = dispatch::ops();
-    for &n in &LENGTHS {
-        let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-        let w: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-        let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
-        (k.rms_norm)(&x, &w, 1e-5, &mut a);
-        ops::rms_norm(&x, &w, 1e-5, &mut b);
-        assert_eq!(a, b, "rms_norm {n}");
-        let (mut a, mut b) = (x.clone(), x.clone());
-        (k.silu_mul)(&mut a, &w);
-        ops::silu_mul(&mut b, &w);
-        assert_eq!(a, b, "silu_mul {n}");
-        assert_eq!(
-            (k.dot_f16)(&x, &w).to_bits(),
-            attention::dot_f16_order(&x, &w).to_bits(),
-            "dot {n}"
-        );
-        let h: Vec<f32> = x.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
-        let (mut a, mut b) = (h.clone(), h.clone());
-        (k.mad_f16)(&mut a, &w, 0.37);
-        attention::mad_f16(&mut b, &w, 0.37);
-        assert_eq!(a, b, "mad_f16 {n}");
-        (k.scale_f16)(&mut a, 0.61);
-        attention::scale_f16(&mut b, 0.61);
-        assert_eq!(a, b, "scale_f16 {n}");
-        if n % 2 == 0 {
-            let cos: Vec<f32> = (0..n / 2).map(|i| (i as f32 * 0.3).cos()).collect();
-            let sin: Vec<f32> = (0..n / 2).map(|i| (i as f32 * 0.3).sin()).collect();
+    for ks in KernelSet::available() {
+        eprintln!("kernel set {}", ks.path().name());
+        let mut rng = Rng(42);
+        let k = ks.ops();
+        for &n in &LENGTHS {
+            let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let w: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+            (k.rms_norm)(&x, &w, 1e-5, &mut a);
+            ops::rms_norm(&x, &w, 1e-5, &mut b);
+            assert_eq!(a, b, "rms_norm {n}");
             let (mut a, mut b) = (x.clone(), x.clone());
-            (k.rope_norm)(&mut a, &cos, &sin);
-            ops::rope_norm(&mut b, &cos, &sin);
-            assert_eq!(a, b, "rope_norm {n}");
-            let (mut a, mut b) = (x.clone(), x.clone());
-            (k.rope_neox)(&mut a, &cos, &sin);
-            ops::rope_neox(&mut b, &cos, &sin);
-            assert_eq!(a, b, "rope_neox {n}");
+            (k.silu_mul)(&mut a, &w);
+            ops::silu_mul(&mut b, &w);
+            assert_eq!(a, b, "silu_mul {n}");
+            assert_eq!(
+                (k.dot_f16)(&x, &w).to_bits(),
+                attention::dot_f16_order(&x, &w).to_bits(),
+                "dot {n}"
+            );
+            let h: Vec<f32> = x.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
+            let (mut a, mut b) = (h.clone(), h.clone());
+            (k.mad_f16)(&mut a, &w, 0.37);
+            attention::mad_f16(&mut b, &w, 0.37);
+            assert_eq!(a, b, "mad_f16 {n}");
+            (k.scale_f16)(&mut a, 0.61);
+            attention::scale_f16(&mut b, 0.61);
+            assert_eq!(a, b, "scale_f16 {n}");
+            if n % 2 == 0 {
+                let cos: Vec<f32> = (0..n / 2).map(|i| (i as f32 * 0.3).cos()).collect();
+                let sin: Vec<f32> = (0..n / 2).map(|i| (i as f32 * 0.3).sin()).collect();
+                let (mut a, mut b) = (x.clone(), x.clone());
+                (k.rope_norm)(&mut a, &cos, &sin);
+                ops::rope_norm(&mut b, &cos, &sin);
+                assert_eq!(a, b, "rope_norm {n}");
+                let (mut a, mut b) = (x.clone(), x.clone());
+                (k.rope_neox)(&mut a, &cos, &sin);
+                ops::rope_neox(&mut b, &cos, &sin);
+                assert_eq!(a, b, "rope_neox {n}");
+            }
         }
     }
 }
@@ -462,119 +493,125 @@ fn ops_equal_the_reference() {
 /// awkward row counts, token counts and lengths, with padded strides, and write nothing else.
 #[test]
 fn tile_products_equal_the_reference_dots() {
-    let mut rng = Rng(0x7e11_7e11);
-    let mut tested = 0;
-    for &ty in ember_kernels::SUPPORTED {
-        let variants = dispatch::tile_variants(ty);
-        assert_eq!(
-            dispatch::tile(ty).map(|f| f as usize),
-            variants.first().map(|v| v.1 as usize),
-            "{ty}: dispatch::tile is the first variant"
-        );
-        for (name, tile) in variants {
-            tested += 1;
-            let refr = reference_traits(ty).unwrap();
-            let act = reference_traits(refr.vec_dot_type).unwrap();
-            let bs = ty.block_size();
-            for &blocks in &[1usize, 2, 3, 5, 18, 33] {
-                let n = blocks * bs;
-                let wb = ty.row_bytes(n as u64).unwrap() as usize;
-                let ab = refr.vec_dot_type.row_bytes(n as u64).unwrap() as usize;
-                for &(nr, nt) in &[
-                    (1, 1),
-                    (1, 3),
-                    (2, 2),
-                    (3, 5),
-                    (4, 1),
-                    (4, 4),
-                    (5, 2),
-                    (7, 7),
-                    (6, 8),
-                    (9, 13),
-                    (17, 3),
-                    // More tokens than one L1 group of 33-block activation rows (12 to 14).
-                    (5, 29),
-                ] {
-                    let (w_stride, a_stride) = (wb + 3, ab + 5);
-                    let mut wq = vec![0u8; nr * w_stride];
-                    for r in 0..nr {
-                        let dst = &mut wq[r * w_stride..r * w_stride + wb];
-                        match refr.from_float {
-                            Some(q) => {
-                                let row: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-                                q(&row, dst);
+    for ks in KernelSet::available() {
+        eprintln!("kernel set {}", ks.path().name());
+        let mut rng = Rng(0x7e11_7e11);
+        let mut tested = 0;
+        for &ty in ember_kernels::SUPPORTED {
+            let variants = ks.tile_variants(ty);
+            assert_eq!(
+                ks.tile(ty).map(|f| f as usize),
+                variants.first().map(|v| v.1 as usize),
+                "{ty}: KernelSet::tile is the first variant"
+            );
+            for (name, tile) in variants {
+                tested += 1;
+                let refr = reference_traits(ty).unwrap();
+                let act = reference_traits(refr.vec_dot_type).unwrap();
+                let bs = ty.block_size();
+                for &blocks in &[1usize, 2, 3, 5, 18, 33] {
+                    let n = blocks * bs;
+                    let wb = ty.row_bytes(n as u64).unwrap() as usize;
+                    let ab = refr.vec_dot_type.row_bytes(n as u64).unwrap() as usize;
+                    for &(nr, nt) in &[
+                        (1, 1),
+                        (1, 3),
+                        (2, 2),
+                        (3, 5),
+                        (4, 1),
+                        (4, 4),
+                        (5, 2),
+                        (7, 7),
+                        (6, 8),
+                        (9, 13),
+                        (17, 3),
+                        // More tokens than one L1 group of 33-block activation rows (12 to 14).
+                        (5, 29),
+                    ] {
+                        let (w_stride, a_stride) = (wb + 3, ab + 5);
+                        let mut wq = vec![0u8; nr * w_stride];
+                        for r in 0..nr {
+                            let dst = &mut wq[r * w_stride..r * w_stride + wb];
+                            match refr.from_float {
+                                Some(q) => {
+                                    let row: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                                    q(&row, dst);
+                                }
+                                // k-quants (no reference quantizer): random blocks.
+                                None => dst.copy_from_slice(&crate::blocks(
+                                    ty,
+                                    n,
+                                    &mut rng,
+                                    |g: &mut Rng, _| g.byte(),
+                                    |g: &mut Rng| g.f() * 0.3,
+                                )),
                             }
-                            // k-quants (no reference quantizer): random blocks.
-                            None => dst.copy_from_slice(&crate::blocks(
-                                ty,
-                                n,
-                                &mut rng,
-                                |g: &mut Rng, _| g.byte(),
-                                |g: &mut Rng| g.f() * 0.3,
-                            )),
                         }
-                    }
-                    let mut aq = vec![0u8; nt * a_stride];
-                    for t in 0..nt {
-                        let row: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-                        (act.quantize_act.unwrap())(&row, &mut aq[t * a_stride..t * a_stride + ab]);
-                    }
-                    let out_stride = nr + 2;
-                    let mut out = vec![f32::NAN; nt * out_stride];
-                    // SAFETY: `out` holds `nt * out_stride` elements, more than the largest index
-                    // `(nt - 1) * out_stride + nr - 1`, and no other thread sees it.
-                    unsafe {
-                        tile(
-                            n,
-                            &wq,
-                            w_stride,
-                            nr,
-                            &aq,
-                            a_stride,
-                            nt,
-                            out.as_mut_ptr(),
-                            out_stride,
-                        )
-                    };
-                    for t in 0..nt {
-                        for r in 0..out_stride {
-                            let got = out[t * out_stride + r];
-                            if r >= nr {
-                                assert!(
-                                    got.is_nan(),
-                                    "{ty} {name}: wrote outside the tile at ({t}, {r})"
-                                );
-                                continue;
-                            }
-                            let want = refr.dot_for_row(t, nt)(
-                                n,
-                                &wq[r * w_stride..r * w_stride + wb],
-                                &aq[t * a_stride..t * a_stride + ab],
+                        let mut aq = vec![0u8; nt * a_stride];
+                        for t in 0..nt {
+                            let row: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                            (act.quantize_act.unwrap())(
+                                &row,
+                                &mut aq[t * a_stride..t * a_stride + ab],
                             );
-                            assert_eq!(
+                        }
+                        let out_stride = nr + 2;
+                        let mut out = vec![f32::NAN; nt * out_stride];
+                        // SAFETY: `out` holds `nt * out_stride` elements, more than the largest index
+                        // `(nt - 1) * out_stride + nr - 1`, and no other thread sees it.
+                        unsafe {
+                            tile(
+                                n,
+                                &wq,
+                                w_stride,
+                                nr,
+                                &aq,
+                                a_stride,
+                                nt,
+                                out.as_mut_ptr(),
+                                out_stride,
+                            )
+                        };
+                        for t in 0..nt {
+                            for r in 0..out_stride {
+                                let got = out[t * out_stride + r];
+                                if r >= nr {
+                                    assert!(
+                                        got.is_nan(),
+                                        "{ty} {name}: wrote outside the tile at ({t}, {r})"
+                                    );
+                                    continue;
+                                }
+                                let want = refr.dot_for_row(t, nt)(
+                                    n,
+                                    &wq[r * w_stride..r * w_stride + wb],
+                                    &aq[t * a_stride..t * a_stride + ab],
+                                );
+                                assert_eq!(
                             got.to_bits(),
                             want.to_bits(),
                             "{ty} {name}: tile {nr}x{nt}, {blocks} blocks, ({r}, {t}): {got} vs {want}"
                         );
+                            }
                         }
                     }
                 }
             }
         }
+        // Q4_1 and Q8_0 at least: on NEON with dotprod, the `sdot` and the plain NEON variants.
+        let expected = match Ok::<_, ()>(ks.path()) {
+            Ok(CpuPath::Avx2 | CpuPath::Neon) => 2,
+            // The AVX-512 tiles and, after them, the AVX2 ones.
+            Ok(CpuPath::Avx512) => 4,
+            Ok(CpuPath::NeonDotprod) => 4,
+            _ => 0,
+        };
+        assert!(
+            tested >= expected,
+            "{:?}: {tested} tile kernels tested, expected at least {expected} (Q4_1 and Q8_0)",
+            ks.path()
+        );
     }
-    // Q4_1 and Q8_0 at least: on NEON with dotprod, the `sdot` and the plain NEON variants.
-    let expected = match dispatch::select() {
-        Ok(CpuPath::Avx2 | CpuPath::Neon) => 2,
-        // The AVX-512 tiles and, after them, the AVX2 ones.
-        Ok(CpuPath::Avx512) => 4,
-        Ok(CpuPath::NeonDotprod) => 4,
-        _ => 0,
-    };
-    assert!(
-        tested >= expected,
-        "{:?}: {tested} tile kernels tested, expected at least {expected} (Q4_1 and Q8_0)",
-        dispatch::select()
-    );
 }
 
 /// The fused attention kernel equals the reference step by step: same output bits and the same
@@ -582,28 +619,31 @@ fn tile_products_equal_the_reference_dots() {
 /// it specializes and one it does not.
 #[test]
 fn attention_rows_equal_the_reference() {
-    use ember_kernels::reference::attention::OnlineSoftmax;
-    use half::f16;
-    let mut rng = Rng(0xa77e_0001);
-    for (name, fast, _) in dispatch::attention_variants() {
-        for d in [32usize, 48, 64, 128, 256] {
-            for &n in &LENGTHS[..12] {
-                let q: Vec<f32> = (0..d).map(|_| f16::from_f32(rng.f()).to_f32()).collect();
-                let k: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
-                let v: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
-                let (mut sa, mut sb) = (OnlineSoftmax::default(), OnlineSoftmax::default());
-                let (mut oa, mut ob) = (vec![0f32; d], vec![0f32; d]);
-                // Two calls: the second continues the state (a later KV block).
-                let split = n / 2 * d;
-                for (ks, vs) in [(&k[..split], &v[..split]), (&k[split..], &v[split..])] {
-                    fast(&q, ks, vs, 0.125, &mut sa, &mut oa);
-                    attention::attend_rows(&q, ks, vs, 0.125, &mut sb, &mut ob);
-                    assert_eq!(sa, sb, "{name}: softmax state, d {d}, n {n}");
-                    assert_eq!(
-                        oa.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                        ob.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                        "{name}: output, d {d}, n {n}"
-                    );
+    for ks in KernelSet::available() {
+        eprintln!("kernel set {}", ks.path().name());
+        use ember_kernels::reference::attention::OnlineSoftmax;
+        use half::f16;
+        let mut rng = Rng(0xa77e_0001);
+        for (name, fast, _) in ks.attention_variants() {
+            for d in [32usize, 48, 64, 128, 256] {
+                for &n in &LENGTHS[..12] {
+                    let q: Vec<f32> = (0..d).map(|_| f16::from_f32(rng.f()).to_f32()).collect();
+                    let k: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
+                    let v: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
+                    let (mut sa, mut sb) = (OnlineSoftmax::default(), OnlineSoftmax::default());
+                    let (mut oa, mut ob) = (vec![0f32; d], vec![0f32; d]);
+                    // Two calls: the second continues the state (a later KV block).
+                    let split = n / 2 * d;
+                    for (ks, vs) in [(&k[..split], &v[..split]), (&k[split..], &v[split..])] {
+                        fast(&q, ks, vs, 0.125, &mut sa, &mut oa);
+                        attention::attend_rows(&q, ks, vs, 0.125, &mut sb, &mut ob);
+                        assert_eq!(sa, sb, "{name}: softmax state, d {d}, n {n}");
+                        assert_eq!(
+                            oa.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            ob.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                            "{name}: output, d {d}, n {n}"
+                        );
+                    }
                 }
             }
         }
@@ -613,39 +653,43 @@ fn attention_rows_equal_the_reference() {
 /// The grouped attention kernel (query heads sharing a KV head) equals the reference per query.
 #[test]
 fn attention_groups_equal_the_reference() {
-    use ember_kernels::reference::attention::OnlineSoftmax;
-    use half::f16;
-    let mut rng = Rng(0xa77e_0002);
-    for (name, _, fast) in dispatch::attention_variants() {
-        for d in [32usize, 48, 64, 128, 256] {
-            for g in [1usize, 2, 3, 4, 5, 7, 9] {
-                for &n in &LENGTHS[..10] {
-                    let q: Vec<f32> = (0..g * d)
-                        .map(|_| f16::from_f32(rng.f()).to_f32())
-                        .collect();
-                    let k: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
-                    let v: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
-                    let mut sa = vec![OnlineSoftmax::default(); g];
-                    let mut oa = vec![0f32; g * d];
-                    let split = n / 2 * d;
-                    for (ks, vs) in [(&k[..split], &v[..split]), (&k[split..], &v[split..])] {
-                        fast(&q, ks, vs, 0.125, &mut sa, &mut oa);
-                    }
-                    for h in 0..g {
-                        let (mut sb, mut ob) = (OnlineSoftmax::default(), vec![0f32; d]);
-                        let qh = &q[h * d..(h + 1) * d];
+    for ks in KernelSet::available() {
+        eprintln!("kernel set {}", ks.path().name());
+        use ember_kernels::reference::attention::OnlineSoftmax;
+        use half::f16;
+        let mut rng = Rng(0xa77e_0002);
+        for (name, _, fast) in ks.attention_variants() {
+            for d in [32usize, 48, 64, 128, 256] {
+                for g in [1usize, 2, 3, 4, 5, 7, 9] {
+                    for &n in &LENGTHS[..10] {
+                        let q: Vec<f32> = (0..g * d)
+                            .map(|_| f16::from_f32(rng.f()).to_f32())
+                            .collect();
+                        let k: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
+                        let v: Vec<f16> = (0..n * d).map(|_| f16::from_f32(rng.f())).collect();
+                        let mut sa = vec![OnlineSoftmax::default(); g];
+                        let mut oa = vec![0f32; g * d];
+                        let split = n / 2 * d;
                         for (ks, vs) in [(&k[..split], &v[..split]), (&k[split..], &v[split..])] {
-                            attention::attend_rows(qh, ks, vs, 0.125, &mut sb, &mut ob);
+                            fast(&q, ks, vs, 0.125, &mut sa, &mut oa);
                         }
-                        assert_eq!(sa[h], sb, "{name}: state, d {d}, g {g}, n {n}, head {h}");
-                        assert_eq!(
-                            oa[h * d..(h + 1) * d]
-                                .iter()
-                                .map(|x| x.to_bits())
-                                .collect::<Vec<_>>(),
-                            ob.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                            "{name}: output, d {d}, g {g}, n {n}, head {h}"
-                        );
+                        for h in 0..g {
+                            let (mut sb, mut ob) = (OnlineSoftmax::default(), vec![0f32; d]);
+                            let qh = &q[h * d..(h + 1) * d];
+                            for (ks, vs) in [(&k[..split], &v[..split]), (&k[split..], &v[split..])]
+                            {
+                                attention::attend_rows(qh, ks, vs, 0.125, &mut sb, &mut ob);
+                            }
+                            assert_eq!(sa[h], sb, "{name}: state, d {d}, g {g}, n {n}, head {h}");
+                            assert_eq!(
+                                oa[h * d..(h + 1) * d]
+                                    .iter()
+                                    .map(|x| x.to_bits())
+                                    .collect::<Vec<_>>(),
+                                ob.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                                "{name}: output, d {d}, g {g}, n {n}, head {h}"
+                            );
+                        }
                     }
                 }
             }
@@ -657,30 +701,33 @@ fn attention_groups_equal_the_reference() {
 /// ±127): the selected dot must still equal the reference.
 #[test]
 fn q8_0_dot_handles_every_weight_byte() {
-    let mut rng = Rng(7);
-    let (fast, refr) = (
-        dispatch::traits(GgmlType::Q8_0).unwrap(),
-        reference_traits(GgmlType::Q8_0).unwrap(),
-    );
-    for &blocks in &LENGTHS[..14] {
-        let n = blocks * 32;
-        let mut w = vec![0u8; blocks * 34];
-        for (i, b) in w.iter_mut().enumerate() {
-            *b = match i % 34 {
-                0 => 0x66, // scale 0.0019
-                1 => 0x1f,
-                j if j % 5 == 0 => 0x80, // -128
-                _ => (rng.f().to_bits() >> 7) as u8,
-            };
+    for ks in KernelSet::available() {
+        eprintln!("kernel set {}", ks.path().name());
+        let mut rng = Rng(7);
+        let (fast, refr) = (
+            ks.traits(GgmlType::Q8_0).unwrap(),
+            reference_traits(GgmlType::Q8_0).unwrap(),
+        );
+        for &blocks in &LENGTHS[..14] {
+            let n = blocks * 32;
+            let mut w = vec![0u8; blocks * 34];
+            for (i, b) in w.iter_mut().enumerate() {
+                *b = match i % 34 {
+                    0 => 0x66, // scale 0.0019
+                    1 => 0x1f,
+                    j if j % 5 == 0 => 0x80, // -128
+                    _ => (rng.f().to_bits() >> 7) as u8,
+                };
+            }
+            let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let mut a = vec![0u8; blocks * 34];
+            (reference_traits(GgmlType::Q8_0)
+                .unwrap()
+                .quantize_act
+                .unwrap())(&x, &mut a);
+            let (df, dr) = ((fast.vec_dot)(n, &w, &a), (refr.vec_dot)(n, &w, &a));
+            assert_eq!(df.to_bits(), dr.to_bits(), "{blocks} blocks: {df} vs {dr}");
         }
-        let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-        let mut a = vec![0u8; blocks * 34];
-        (reference_traits(GgmlType::Q8_0)
-            .unwrap()
-            .quantize_act
-            .unwrap())(&x, &mut a);
-        let (df, dr) = ((fast.vec_dot)(n, &w, &a), (refr.vec_dot)(n, &w, &a));
-        assert_eq!(df.to_bits(), dr.to_bits(), "{blocks} blocks: {df} vs {dr}");
     }
 }
 
@@ -688,16 +735,19 @@ fn q8_0_dot_handles_every_weight_byte() {
 /// overflow to infinity) included: inputs in ±200, compared bit for bit.
 #[test]
 fn silu_mul_equals_the_reference_over_the_whole_exp_range() {
-    let mut rng = Rng(99);
-    let k = dispatch::ops();
-    for &n in &LENGTHS {
-        let x: Vec<f32> = (0..n).map(|_| rng.f() * 100.0).collect();
-        let u: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-        let (mut a, mut b) = (x.clone(), x.clone());
-        (k.silu_mul)(&mut a, &u);
-        ops::silu_mul(&mut b, &u);
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&a), bits(&b), "silu_mul {n}");
+    for ks in KernelSet::available() {
+        eprintln!("kernel set {}", ks.path().name());
+        let mut rng = Rng(99);
+        let k = ks.ops();
+        for &n in &LENGTHS {
+            let x: Vec<f32> = (0..n).map(|_| rng.f() * 100.0).collect();
+            let u: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+            let (mut a, mut b) = (x.clone(), x.clone());
+            (k.silu_mul)(&mut a, &u);
+            ops::silu_mul(&mut b, &u);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "silu_mul {n}");
+        }
     }
 }
 
@@ -705,18 +755,21 @@ fn silu_mul_equals_the_reference_over_the_whole_exp_range() {
 /// the first lanes in the reference).
 #[test]
 fn float_dots_equal_the_reference_on_awkward_lengths() {
-    let mut rng = Rng(5);
-    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
-        let (fast, refr) = (dispatch::traits(ty).unwrap(), reference_traits(ty).unwrap());
-        for &n in &LENGTHS {
-            let w: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-            let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-            let bytes = ty.row_bytes(n as u64).unwrap() as usize;
-            let (mut wq, mut aq) = (vec![0u8; bytes], vec![0u8; bytes]);
-            (refr.from_float.unwrap())(&w, &mut wq);
-            (refr.quantize_act.unwrap())(&x, &mut aq);
-            let (df, dr) = ((fast.vec_dot)(n, &wq, &aq), (refr.vec_dot)(n, &wq, &aq));
-            assert_eq!(df.to_bits(), dr.to_bits(), "{ty}: dot of {n}: {df} vs {dr}");
+    for ks in KernelSet::available() {
+        eprintln!("kernel set {}", ks.path().name());
+        let mut rng = Rng(5);
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+            let (fast, refr) = (ks.traits(ty).unwrap(), reference_traits(ty).unwrap());
+            for &n in &LENGTHS {
+                let w: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                let bytes = ty.row_bytes(n as u64).unwrap() as usize;
+                let (mut wq, mut aq) = (vec![0u8; bytes], vec![0u8; bytes]);
+                (refr.from_float.unwrap())(&w, &mut wq);
+                (refr.quantize_act.unwrap())(&x, &mut aq);
+                let (df, dr) = ((fast.vec_dot)(n, &wq, &aq), (refr.vec_dot)(n, &wq, &aq));
+                assert_eq!(df.to_bits(), dr.to_bits(), "{ty}: dot of {n}: {df} vs {dr}");
+            }
         }
     }
 }
@@ -725,31 +778,34 @@ fn float_dots_equal_the_reference_on_awkward_lengths() {
 /// super-block scales fixed to finite values) against Q8_K activations.
 #[test]
 fn k_quant_dots_equal_the_reference() {
-    let mut rng = Rng(0x5eed);
-    for (ty, f16_at) in [
-        (GgmlType::Q4_K, &[0usize, 2][..]),
-        (GgmlType::Q5_K, &[0, 2]),
-        (GgmlType::Q6_K, &[208]),
-    ] {
-        let refr = reference_traits(ty).unwrap();
-        let act = reference_traits(refr.vec_dot_type).unwrap();
-        let size = ty.row_bytes(256).unwrap() as usize;
-        for &blocks in &LENGTHS[..9] {
-            let n = blocks * 256;
-            let mut w: Vec<u8> = (0..blocks * size)
-                .map(|_| (rng.f().to_bits() >> 5) as u8)
-                .collect();
-            for b in 0..blocks {
-                for (k, &at) in f16_at.iter().enumerate() {
-                    // 0.0123 and 0.0061 as little-endian f16.
-                    let v: [u8; 2] = if k == 0 { [0x4c, 0x22] } else { [0x43, 0x1e] };
-                    w[b * size + at..b * size + at + 2].copy_from_slice(&v);
+    for ks in KernelSet::available() {
+        eprintln!("kernel set {}", ks.path().name());
+        let mut rng = Rng(0x5eed);
+        for (ty, f16_at) in [
+            (GgmlType::Q4_K, &[0usize, 2][..]),
+            (GgmlType::Q5_K, &[0, 2]),
+            (GgmlType::Q6_K, &[208]),
+        ] {
+            let refr = reference_traits(ty).unwrap();
+            let act = reference_traits(refr.vec_dot_type).unwrap();
+            let size = ty.row_bytes(256).unwrap() as usize;
+            for &blocks in &LENGTHS[..9] {
+                let n = blocks * 256;
+                let mut w: Vec<u8> = (0..blocks * size)
+                    .map(|_| (rng.f().to_bits() >> 5) as u8)
+                    .collect();
+                for b in 0..blocks {
+                    for (k, &at) in f16_at.iter().enumerate() {
+                        // 0.0123 and 0.0061 as little-endian f16.
+                        let v: [u8; 2] = if k == 0 { [0x4c, 0x22] } else { [0x43, 0x1e] };
+                        w[b * size + at..b * size + at + 2].copy_from_slice(&v);
+                    }
                 }
+                let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                let mut a = vec![0u8; refr.vec_dot_type.row_bytes(n as u64).unwrap() as usize];
+                (act.quantize_act.unwrap())(&x, &mut a);
+                check_dot(ks, ty, n, &w, &a, "random k-quant blocks");
             }
-            let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-            let mut a = vec![0u8; refr.vec_dot_type.row_bytes(n as u64).unwrap() as usize];
-            (act.quantize_act.unwrap())(&x, &mut a);
-            check_dot(ty, n, &w, &a, "random k-quant blocks");
         }
     }
 }

@@ -1,10 +1,12 @@
 //! Threaded matrix products over quantized weights.
 //!
 //! `runtime/` never names an instruction set: it calls the kernel table of each weight type
-//! (`TypeTraits`). A product reads each weight row once per call and multiplies it with every
+//! (`TypeTraits`) in the [`KernelSet`] the pool was built with. A product reads each weight row once per call and multiplies it with every
 //! activation row of the batch, so a batch of T tokens costs one pass over the weights.
 
-use ember_kernels::dispatch;
+use ember_kernels::dispatch::KernelSet;
+use ember_kernels::tile::TileDotFn;
+use ember_kernels::traits::TypeTraits;
 
 use crate::model::weights::Mat;
 use crate::threadpool::{ChunkCounter, ThreadPool};
@@ -50,6 +52,7 @@ pub struct MatJob<'a> {
 pub struct Compute {
     pool: ThreadPool,
     n_threads: usize,
+    kernels: KernelSet,
 }
 
 impl std::fmt::Debug for Compute {
@@ -61,12 +64,21 @@ impl std::fmt::Debug for Compute {
 }
 
 impl Compute {
-    /// A pool of `n_threads` workers (at least 1).
-    pub fn new(n_threads: usize) -> Result<Compute, String> {
+    /// A pool of `n_threads` workers (at least 1) computing with `kernels`.
+    pub fn new(n_threads: usize, kernels: KernelSet) -> Result<Compute, String> {
         let n_threads = n_threads.max(1);
         let pool = ThreadPool::new(n_threads)
             .map_err(|e| format!("cannot start {n_threads} worker threads: {e}"))?;
-        Ok(Compute { pool, n_threads })
+        Ok(Compute {
+            pool,
+            n_threads,
+            kernels,
+        })
+    }
+
+    /// The kernels every product and operation of this pool uses.
+    pub fn kernels(&self) -> KernelSet {
+        self.kernels
     }
 
     /// Number of worker threads.
@@ -91,7 +103,7 @@ impl Compute {
     /// `out[t][r] = W[r] · act[t]` for `t < n_tok`, `r < w.rows`.
     ///
     /// `weights`: the bytes of `w`; `act`: `n_tok` rows of `act_row_bytes`, already quantized to
-    /// `w.kernels.vec_dot_type`; `out`: `[n_tok, w.rows]`.
+    /// `w.act_type`; `out`: `[n_tok, w.rows]`.
     pub fn matmul(
         &self,
         w: &Mat,
@@ -111,9 +123,11 @@ impl Compute {
         let Some(first) = jobs.first() else {
             return;
         };
-        let (cols, act_ty) = (first.w.cols, first.w.kernels.vec_dot_type);
+        let (cols, act_ty) = (first.w.cols, first.w.act_type);
         let mut n_chunks = 0;
         let mut plan = [(0usize, 0usize, SharedOut(std::ptr::null_mut())); MAX_JOBS];
+        // Each job's kernels, looked up once per call (not per row).
+        let mut kern: [Option<(Option<TileDotFn>, &TypeTraits)>; MAX_JOBS] = [None; MAX_JOBS];
         assert!(
             jobs.len() <= MAX_JOBS,
             "at most {MAX_JOBS} products per region"
@@ -127,7 +141,7 @@ impl Compute {
                 w.name
             );
             assert!(
-                w.cols == cols && w.kernels.vec_dot_type == act_ty,
+                w.cols == cols && w.act_type == act_ty,
                 "{}: products of one region share their activations",
                 w.name
             );
@@ -135,6 +149,11 @@ impl Compute {
             // Chunks of whole rows; several per thread so uneven progress balances out.
             let chunk = w.rows.div_ceil(self.n_threads * 4).max(16);
             plan[j] = (n_chunks, chunk, SharedOut(job.out.as_mut_ptr()));
+            let traits = self
+                .kernels
+                .traits(w.ty)
+                .expect("weight types are checked at load");
+            kern[j] = Some((self.kernels.tile(w.ty), traits));
             n_chunks += w.rows.div_ceil(chunk);
         }
         let plan = &plan[..jobs.len()];
@@ -146,7 +165,8 @@ impl Compute {
             let rows = w.rows;
             let r0 = (c - first_chunk) * chunk;
             let r1 = (r0 + chunk).min(rows);
-            if let Some(tile) = dispatch::tile(w.ty) {
+            let (tile, traits) = kern[j].expect("planned above");
+            if let Some(tile) = tile {
                 // SAFETY: the kernel writes `out[t * rows + r]` for `t < n_tok`,
                 // `r0 <= r < r1`: inside job `j`'s `out` (asserted above), and rows `r0..r1`
                 // of job `j` belong to chunk `c` only, so no two threads touch one element;
@@ -171,7 +191,7 @@ impl Compute {
                 for t in 0..n_tok {
                     let a = &act[t * act_row_bytes..(t + 1) * act_row_bytes];
                     // llama.cpp rounds some rows of a batch differently (k-quant gemm kernels).
-                    let y = w.kernels.dot_for_row(t, n_tok)(cols, wrow, a);
+                    let y = traits.dot_for_row(t, n_tok)(cols, wrow, a);
                     // SAFETY: as above, for the single element `t * rows + r`.
                     unsafe { *out_ptr.ptr().add(t * rows + r) = y };
                 }

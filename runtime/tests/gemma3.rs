@@ -158,7 +158,8 @@ fn last_logits_with_poison(
     // identity.
     let table: Vec<BlockId> = (1..=n_blocks as u32).rev().map(BlockId).collect();
     let tables: [&[BlockId]; 1] = [&table];
-    let cx = ember::compute::Compute::new(2).unwrap();
+    let ks = ember_kernels::dispatch::KernelSet::detect().unwrap();
+    let cx = ember::compute::Compute::new(2, ks).unwrap();
     let mut s = Scratch::new(m, tokens.len(), 1, tokens.len()).unwrap();
     let last = tokens.len() - 1;
     let batch: Vec<BatchToken> = tokens

@@ -103,7 +103,9 @@ fn every_format_batched_equals_incremental_and_block_size_is_transparent() {
         // kernels' dispatch tests, against llama.cpp in tests/gemma3.rs): for them batching
         // changes the last bits, which the activation quantization can enlarge, so batched and
         // one-at-a-time logits are compared within 1e-3 of the row's largest logit instead.
-        let batch_rounding = ember_kernels::dispatch::traits(ty)
+        let batch_rounding = ember_kernels::dispatch::KernelSet::detect()
+            .unwrap()
+            .traits(ty)
             .unwrap()
             .vec_dot_batched
             .is_some();
@@ -205,4 +207,99 @@ fn full_arena_and_full_context_are_clean_errors() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+}
+
+/// Every kernel set this CPU and build can run (scalar, AVX2 and AVX-512 here; the NEON sets on
+/// aarch64), in one process, gives the reference's logits bit for bit through the whole model:
+/// prefill and decode, llama and gemma3 (GELU, sliding window), every weight format with a
+/// SIMD kernel.
+#[test]
+fn every_kernel_set_gives_the_reference_logits() {
+    use ember::backend::CpuExecutor;
+    use ember::compute::Compute;
+    use ember::kv::{BlockId, KvArena, KvLayout};
+    use ember::model::{BatchToken, Scratch};
+    use ember_kernels::dispatch::KernelSet;
+
+    let sets = KernelSet::available();
+    eprintln!(
+        "kernel sets: {:?}",
+        sets.iter().map(|k| k.path().name()).collect::<Vec<_>>()
+    );
+    let cases = [
+        ("llama", GgmlType::Q4_0),
+        ("llama", GgmlType::Q4_1),
+        ("llama", GgmlType::Q5_0),
+        ("llama", GgmlType::Q8_0),
+        ("llama", GgmlType::F16),
+        ("llama", GgmlType::Q4_K),
+        ("llama", GgmlType::Q6_K),
+        ("gemma3", GgmlType::Q8_0),
+    ];
+    for (arch, ty) in cases {
+        let m = synth(arch, ty);
+        let c = &m.config;
+        let bs = 16;
+        let layout = KvLayout {
+            n_layer: c.n_layer,
+            n_kv_head: c.n_head_kv,
+            head_dim: c.head_dim,
+            block_size: bs,
+        };
+        let n_blocks = PROMPT.len().div_ceil(bs) + 1;
+        let table: Vec<BlockId> = (1..=n_blocks as u32).map(BlockId).collect();
+        let tables: [&[BlockId]; 1] = [&table];
+        // The prompt in one batch (every row's logits), then one decode token.
+        let logits_of = |ks: KernelSet| -> Vec<f32> {
+            let cx = Compute::new(2, ks).unwrap();
+            let mut kv = KvArena::new(layout, n_blocks + 1).unwrap();
+            let mut s = Scratch::new(&m, PROMPT.len(), PROMPT.len(), 64).unwrap();
+            let batch: Vec<BatchToken> = PROMPT
+                .iter()
+                .enumerate()
+                .map(|(pos, &token)| BatchToken {
+                    token,
+                    pos,
+                    seq: 0,
+                    logits: true,
+                })
+                .collect();
+            let mut out = Vec::new();
+            let n = m
+                .forward(
+                    &mut CpuExecutor::new(&m, &cx, &mut kv, &mut s),
+                    &batch[..PROMPT.len() - 1],
+                    &tables[..],
+                )
+                .unwrap();
+            for i in 0..n {
+                out.extend_from_slice(s.logits(i, c.n_vocab));
+            }
+            let last = &batch[PROMPT.len() - 1..];
+            m.forward(
+                &mut CpuExecutor::new(&m, &cx, &mut kv, &mut s),
+                last,
+                &tables[..],
+            )
+            .unwrap();
+            out.extend_from_slice(s.logits(0, c.n_vocab));
+            out
+        };
+        let want = logits_of(KernelSet::reference());
+        for &ks in &sets {
+            let got = logits_of(ks);
+            let diff = got
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert!(
+                diff.is_none(),
+                "{arch} {ty} on {}: logit {} is {} (reference {})",
+                ks.path().name(),
+                diff.unwrap(),
+                got[diff.unwrap()],
+                want[diff.unwrap()]
+            );
+        }
+    }
 }

@@ -18,6 +18,8 @@ pub mod gelu;
 use std::fmt;
 use std::str::FromStr;
 
+use ember_kernels::dispatch::KernelSet;
+
 use crate::compute::Compute;
 use crate::error::{Error, Result};
 use crate::kv::{KvArena, KvLayout};
@@ -110,6 +112,8 @@ pub(crate) struct BackendSizes {
     pub threads: usize,
     /// Where CUDA keeps the weights.
     pub cuda_weights: CudaWeights,
+    /// The CPU kernels (the CPU backend computes with them).
+    pub kernels: KernelSet,
 }
 
 enum Inner {
@@ -136,10 +140,11 @@ impl Backend {
     /// Start a backend of `kind` for `model` and allocate its KV arena.
     pub(crate) fn new(kind: BackendKind, model: &Model, z: BackendSizes) -> Result<Backend> {
         let cpu = |note| -> Result<Backend> {
-            let compute = Compute::new(z.threads).map_err(|what| Error::InvalidParam {
-                name: "threads",
-                what,
-            })?;
+            let compute =
+                Compute::new(z.threads, z.kernels).map_err(|what| Error::InvalidParam {
+                    name: "threads",
+                    what,
+                })?;
             Ok(Backend {
                 inner: Inner::Cpu {
                     compute,
@@ -300,6 +305,7 @@ mod tests {
             n_ctx: 64,
             threads: 1,
             cuda_weights: CudaWeights::Upload,
+            kernels: KernelSet::reference(),
         };
         let why = if cfg!(feature = "cuda") {
             if cuda::driver_present() {

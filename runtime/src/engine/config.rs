@@ -273,10 +273,11 @@ impl Resources {
                 ))
             })?;
         // A bad EMBER_CPU request is reported at start-up, never a silent fallback.
-        ember_kernels::dispatch::select().map_err(|what| Error::InvalidParam {
-            name: "EMBER_CPU",
-            what,
-        })?;
+        let kernels =
+            ember_kernels::dispatch::KernelSet::detect().map_err(|what| Error::InvalidParam {
+                name: "EMBER_CPU",
+                what,
+            })?;
         let tokenizer = crate::gguf::tokenizer_from_gguf(&model.file)?;
         let threads = effective_threads(threads);
         // The arena first: it is the large allocation a budget can make fail, and it fails
@@ -292,6 +293,7 @@ impl Resources {
                 n_ctx,
                 threads,
                 cuda_weights,
+                kernels,
             },
         )?;
         // RoPE tables only for positions a sequence can reach: its blocks come from the arena.

@@ -1,12 +1,11 @@
 //! The model's weights: typed views of tensors in the memory-mapped GGUF, checked at load.
 //!
 //! Nothing here copies weight data: a [`Mat`] records the byte range of a tensor in the file and
-//! the kernel table of its type; `f32` vectors (norms, biases) are reinterpreted in place.
+//! its type (the kernels that compute with it belong to the executor); `f32` vectors (norms, biases) are reinterpreted in place.
 
 use std::ops::Range;
 
-use ember_kernels::dispatch;
-use ember_kernels::traits::TypeTraits;
+use ember_kernels::traits::reference_traits;
 use ember_kernels::GgmlType;
 
 use super::config::{Arch, Config};
@@ -29,8 +28,9 @@ pub struct Mat {
     pub row_bytes: usize,
     /// Byte range of the tensor in the file.
     pub range: Range<usize>,
-    /// Kernels of `ty`.
-    pub kernels: &'static TypeTraits,
+    /// The activation type its dot products take (ggml's `vec_dot_type`, fixed by the format:
+    /// the same on every kernel path).
+    pub act_type: GgmlType,
 }
 
 /// An f32 vector (norm weight or bias), by byte range in the file.
@@ -114,7 +114,7 @@ fn mat(f: &GgufFile, name: &str, rows: Option<usize>, cols: usize) -> Result<Mat
             t.shape_string()
         )));
     }
-    let kernels = dispatch::traits(t.ty)
+    let format = reference_traits(t.ty)
         .filter(|_| t.ty.is_supported())
         .ok_or_else(|| Error::UnsupportedType {
             tensor: name.into(),
@@ -130,7 +130,7 @@ fn mat(f: &GgufFile, name: &str, rows: Option<usize>, cols: usize) -> Result<Mat
         cols,
         row_bytes: row_bytes as usize,
         range: t.data.clone(),
-        kernels,
+        act_type: format.vec_dot_type,
     })
 }
 

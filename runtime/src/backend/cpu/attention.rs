@@ -1,7 +1,7 @@
 //! Attention on the CPU: causal, paged, one pass with an online softmax per query head (or per
 //! group of query heads sharing a KV head), reading each sequence's K/V through its block table.
 
-use ember_kernels::dispatch;
+use ember_kernels::dispatch::Ops;
 use ember_kernels::reference::attention::OnlineSoftmax;
 use half::f16;
 
@@ -16,6 +16,7 @@ use crate::kv::{BlockId, KvArena};
 /// denominator in f32.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attend(
+    ops: &Ops,
     kv: &KvArena,
     layer: usize,
     kv_head: usize,
@@ -26,7 +27,7 @@ pub(super) fn attend(
     scale: f32,
     out: &mut [f32],
 ) {
-    let attend_rows = dispatch::ops().attend_rows;
+    let attend_rows = ops.attend_rows;
     out.fill(0.0);
     let mut st = OnlineSoftmax::default();
     for_each_kv_run(kv, layer, kv_head, table, start, n_pos, |k, v| {
@@ -69,6 +70,7 @@ pub(super) const MAX_GROUP: usize = 16;
 /// exactly its own [`attend`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attend_group(
+    ops: &Ops,
     kv: &KvArena,
     layer: usize,
     kv_head: usize,
@@ -79,7 +81,7 @@ pub(super) fn attend_group(
     scale: f32,
     out: &mut [f32],
 ) {
-    let attend_rows_group = dispatch::ops().attend_rows_group;
+    let attend_rows_group = ops.attend_rows_group;
     let d = kv.layout().head_dim;
     let g = q.len() / d;
     out.fill(0.0);

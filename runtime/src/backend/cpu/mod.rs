@@ -8,7 +8,6 @@
 
 mod attention;
 
-use ember_kernels::dispatch;
 use half::f16;
 
 use super::gelu;
@@ -64,14 +63,16 @@ impl<'a> CpuExecutor<'a> {
     /// Quantize `rows` rows of `src` to the activation type `w` expects, spread over the
     /// threads, into `Scratch::acts`; returns the bytes per row.
     fn quantize_acts(&mut self, w: &Mat, src: Act, rows: usize) -> usize {
-        let at = dispatch::traits(w.kernels.vec_dot_type)
+        let at = self
+            .cx
+            .kernels()
+            .traits(w.act_type)
             .expect("every supported weight type has a supported activation type");
         let from_float = at
             .quantize_act
             .expect("activation types have an activation quantizer");
         let rb = w
-            .kernels
-            .vec_dot_type
+            .act_type
             .row_bytes(w.cols as u64)
             .expect("row length checked at load") as usize;
         let cols = w.cols;
@@ -95,7 +96,7 @@ impl<'a> CpuExecutor<'a> {
         let w0 = jobs[0].0;
         let shared = jobs
             .iter()
-            .all(|(w, _)| w.cols == w0.cols && w.kernels.vec_dot_type == w0.kernels.vec_dot_type);
+            .all(|(w, _)| w.cols == w0.cols && w.act_type == w0.act_type);
         if !shared || N > MAX_JOBS {
             for job in jobs {
                 self.matmul_n([job], src, rows);
@@ -158,9 +159,15 @@ impl Executor for CpuExecutor<'_> {
     ) -> Result<()> {
         let e = table.cols;
         let bytes = self.mat_bytes(table);
+        let to_float = self
+            .cx
+            .kernels()
+            .traits(table.ty)
+            .expect("weight types are checked at load")
+            .to_float;
         for (t, b) in step.batch.iter().enumerate() {
             let row = &bytes[b.token as usize * table.row_bytes..][..table.row_bytes];
-            (table.kernels.to_float)(row, &mut self.s.x[t * e..(t + 1) * e]);
+            to_float(row, &mut self.s.x[t * e..(t + 1) * e]);
         }
         if scale != 1.0 {
             let n = step.batch.len() * e;
@@ -171,7 +178,7 @@ impl Executor for CpuExecutor<'_> {
 
     fn rms_norm(&mut self, src: Act, dst: Act, w: &Vector, rows: usize) -> Result<()> {
         let (norm, n, eps) = (self.vec(w), w.len, self.rms_eps);
-        let rms_norm = dispatch::ops().rms_norm;
+        let rms_norm = self.cx.kernels().ops().rms_norm;
         let mut out = self.s.take(dst);
         if src == dst {
             let tmp = &mut self.s.tmp[..n];
@@ -230,7 +237,7 @@ impl Executor for CpuExecutor<'_> {
         table: RopeTable,
         q_scale: f32,
     ) -> Result<()> {
-        let k = dispatch::ops();
+        let k = self.cx.kernels().ops();
         let s = &mut *self.s;
         let (qd, kvd) = (s.width(Act::Q), s.width(Act::K));
         let d = qd / self.n_head;
@@ -295,6 +302,7 @@ impl Executor for CpuExecutor<'_> {
             }
         };
         let att_ptr = SharedOut(s.att.as_mut_ptr());
+        let ops = self.cx.kernels().ops();
         if n_tok * hkv >= 2 * self.cx.n_threads() && group <= attention::MAX_GROUP {
             // Enough work per KV head: the query heads of a group share each K/V row read.
             self.cx.parallel_for(n_tok * hkv, |i| {
@@ -311,6 +319,7 @@ impl Executor for CpuExecutor<'_> {
                 };
                 let table = step.table_of(t);
                 attention::attend_group(
+                    ops,
                     kv,
                     layer,
                     kh,
@@ -333,6 +342,7 @@ impl Executor for CpuExecutor<'_> {
                 let out = unsafe { std::slice::from_raw_parts_mut(att_ptr.ptr().add(i * d), d) };
                 let table = step.table_of(t);
                 attention::attend(
+                    ops,
                     kv,
                     layer,
                     h / group,
@@ -352,7 +362,7 @@ impl Executor for CpuExecutor<'_> {
         let n = rows * self.s.width(Act::Gate);
         let (gate, up) = (&mut self.s.gate[..n], &self.s.up[..n]);
         match act {
-            FfnAct::Silu => (dispatch::ops().silu_mul)(gate, up),
+            FfnAct::Silu => (self.cx.kernels().ops().silu_mul)(gate, up),
             FfnAct::Gelu => gelu::geglu(gate, up),
         }
         Ok(())

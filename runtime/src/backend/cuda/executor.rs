@@ -146,9 +146,12 @@ impl Executor for CudaExecutor<'_> {
         let e = table.cols;
         let bytes = &self.file[table.range.clone()];
         let n = step.batch.len() * e;
+        let to_float = ember_kernels::traits::reference_traits(table.ty)
+            .expect("weight types are checked at load")
+            .to_float;
         for (t, tok) in step.batch.iter().enumerate() {
             let row = &bytes[tok.token as usize * table.row_bytes..][..table.row_bytes];
-            (table.kernels.to_float)(row, &mut b.host_x[t * e..(t + 1) * e]);
+            to_float(row, &mut b.host_x[t * e..(t + 1) * e]);
         }
         if scale != 1.0 {
             b.host_x[..n].iter_mut().for_each(|x| *x *= scale);

@@ -223,7 +223,7 @@ mod avx2_tables {
 mod neon_tables {
     use super::*;
     use crate::aarch64::{
-        attention as att, float, kquants, ops as nops, q4_0, q4_1, q4_k, q8_0, quantize,
+        attention as att, float, kquants, ops as nops, q4_0, q4_1, q5_k, q8_0, quantize,
     };
     use crate::traits::BatchRows;
 
@@ -273,7 +273,7 @@ mod neon_tables {
                     ),
                 ));
             }),
-            with(r(GgmlType::Q5_K), |t| t.vec_dot = q4_k::vec_dot_q5_k_q8_k),
+            with(r(GgmlType::Q5_K), |t| t.vec_dot = q5_k::vec_dot_q5_k_q8_k),
             with(r(GgmlType::Q6_K), |t| {
                 t.vec_dot = pick(kquants::vec_dot_q6_k_q8k_dotprod, kquants::vec_dot_q6_k_q8k);
                 t.vec_dot_batched = Some((

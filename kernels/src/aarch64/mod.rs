@@ -13,7 +13,7 @@
 //!
 //! One file per family: `q4_0`, `q4_1`, `q8_0` (dots, each with a dotprod and a plain NEON
 //! variant), `kquants` (Q4_K and Q6_K in the reference's llama.cpp-x86 float orders, dotprod and
-//! plain), `q4_k` (Q5_K), `float` (F32 / F16 / BF16 dots), `quantize`
+//! plain), `q5_k` (Q5_K), `float` (F32 / F16 / BF16 dots), `quantize`
 //! (Q8_0 / Q8_1 activation quantizers), `ops` (RMSNorm, SiLU×mul, RoPE), `attention` (the f16
 //! attention accumulator helpers), and `lanes` (what the dots share).
 
@@ -24,7 +24,7 @@ mod lanes;
 pub(crate) mod ops;
 pub(crate) mod q4_0;
 pub(crate) mod q4_1;
-pub(crate) mod q4_k;
+pub(crate) mod q5_k;
 pub(crate) mod q8_0;
 pub(crate) mod quantize;
 pub(crate) mod tiles;

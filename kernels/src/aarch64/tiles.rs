@@ -54,6 +54,9 @@ struct Sdot;
 struct Mull;
 
 impl LaneSums for Sdot {
+    /// # Safety
+    /// The CPU must have NEON (and the dotprod extension for the `sdot` variant); called only
+    /// from the tile kernels that require it.
     #[inline(always)]
     unsafe fn sums(a: int8x16_t, b: int8x16_t) -> int32x4_t {
         // SAFETY: the CPU has neon and dotprod (this method's contract).
@@ -62,6 +65,9 @@ impl LaneSums for Sdot {
 }
 
 impl LaneSums for Mull {
+    /// # Safety
+    /// The CPU must have NEON (and the dotprod extension for the `sdot` variant); called only
+    /// from the tile kernels that require it.
     #[inline(always)]
     unsafe fn sums(a: int8x16_t, b: int8x16_t) -> int32x4_t {
         // SAFETY: the CPU has neon (this method's contract).

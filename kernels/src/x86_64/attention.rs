@@ -14,6 +14,8 @@ use half::f16;
 
 use crate::reference::attention::{self, OnlineSoftmax};
 
+/// # Safety
+/// The CPU must have AVX2 and F16C; called only from kernels that enable them.
 #[inline(always)]
 unsafe fn round_f16(v: __m256) -> __m256 {
     // SAFETY: F16C is enabled in every caller (target_feature).

@@ -23,6 +23,9 @@ use half::f16;
 use crate::reference::attention::{self, OnlineSoftmax};
 
 /// `v` rounded to f16 and back (nearest even).
+///
+/// # Safety
+/// The CPU must have AVX-512 F (and F16C); called only from kernels that enable them.
 #[inline(always)]
 unsafe fn round_f16(v: __m512) -> __m512 {
     // SAFETY: AVX-512F is enabled in every caller (target_feature).

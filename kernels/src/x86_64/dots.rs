@@ -23,6 +23,9 @@ fn lane_sums_u8_i8(u: __m256i, s: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C (the caller checked it through the kernel set); the
+/// blocks are read through bounds-checked slices.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_1_q8_1_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let low = _mm256_set1_epi8(0x0f);
@@ -61,6 +64,9 @@ pub(crate) fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     unsafe { q4_1_q8_1_avx2(nb, w, a) }
 }
 
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C (the caller checked it through the kernel set); the
+/// blocks are read through bounds-checked slices.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();

@@ -38,6 +38,9 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 }
 
 /// `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`, as the reference's `hsum8`.
+///
+/// # Safety
+/// The CPU must have AVX2; called only from kernels that enable it.
 #[inline(always)]
 pub(super) unsafe fn hsum8(x: __m256) -> f32 {
     // SAFETY: AVX is enabled in every caller (target_feature).
@@ -51,6 +54,9 @@ pub(super) unsafe fn hsum8(x: __m256) -> f32 {
 }
 
 /// 8 lanes of `Σ u8 × i8` over 4 consecutive bytes each, as f32.
+///
+/// # Safety
+/// The CPU must have AVX2; called only from kernels that enable it.
 #[inline(always)]
 unsafe fn lane_sums(u: __m256i, s: __m256i) -> __m256 {
     // SAFETY: AVX2 is enabled in every caller (target_feature).
@@ -61,6 +67,9 @@ unsafe fn lane_sums(u: __m256i, s: __m256i) -> __m256 {
 }
 
 /// [`lane_sums`] with AVX-VNNI.
+///
+/// # Safety
+/// The CPU must have AVX-VNNI; called only from kernels that enable it.
 #[inline(always)]
 unsafe fn lane_sums_vnni(u: __m256i, s: __m256i) -> __m256 {
     // SAFETY: AVX-VNNI is enabled in every caller (target_feature).
@@ -69,6 +78,9 @@ unsafe fn lane_sums_vnni(u: __m256i, s: __m256i) -> __m256 {
 
 /// [`lane_sums`] before the conversion to f32 (exact i32 lanes; no `maddubs` saturation for
 /// `u` ≤ 63).
+///
+/// # Safety
+/// The CPU must have AVX2; called only from kernels that enable it.
 #[inline(always)]
 unsafe fn lane_sums_i(u: __m256i, s: __m256i) -> __m256i {
     // SAFETY: AVX2 is enabled in every caller (target_feature).
@@ -76,6 +88,9 @@ unsafe fn lane_sums_i(u: __m256i, s: __m256i) -> __m256i {
 }
 
 /// [`lane_sums_i`] with AVX-VNNI.
+///
+/// # Safety
+/// The CPU must have AVX-VNNI; called only from kernels that enable it.
 #[inline(always)]
 unsafe fn lane_sums_vnni_i(u: __m256i, s: __m256i) -> __m256i {
     // SAFETY: AVX-VNNI is enabled in every caller (target_feature).
@@ -168,6 +183,10 @@ macro_rules! micro_kernels {
         }
 
         /// One `R × T` micro-tile of Q8_0 × Q8_0 over `nb` blocks (contract as the Q4_1 one).
+        ///
+        /// # Safety
+        /// As the Q4_1 micro-tile's: the CPU has the features `$feat` names, and every pointer is
+        /// valid for the `R` weight rows, `T` activation rows and `R × T` outputs it addresses.
         #[target_feature(enable = $feat)]
         #[allow(clippy::too_many_arguments)]
         unsafe fn $q8_0<const R: usize, const T: usize>(
@@ -234,6 +253,10 @@ macro_rules! micro_kernels {
         /// One `R × T` micro-tile of Q5_0 × Q8_0 over `nb` blocks (contract as the Q4_1 one):
         /// `(q - 16) · y` as `q · y` minus `16 · y` (exact for every i8 activation), the second
         /// part once per activation block.
+        ///
+        /// # Safety
+        /// As the Q4_1 micro-tile's: the CPU has the features `$feat` names, and every pointer is
+        /// valid for the `R` weight rows, `T` activation rows and `R × T` outputs it addresses.
         #[target_feature(enable = $feat)]
         #[allow(clippy::too_many_arguments)]
         unsafe fn $q5_0<const R: usize, const T: usize>(

@@ -228,6 +228,10 @@ unsafe fn q4_1_micro<const R: usize, const P: usize>(
 /// [`q4_1_micro`]; `sc.s` unused). Both make the weight quants unsigned — Q8_0's `x + 128` (an
 /// XOR), Q5_0's stored `q + 16` (0..32, the AVX2 tile's unpacking) — and start each lane's
 /// `vpdpbusd` from minus that offset times the lane's `Σy`: `Σ x·y` exactly in i32.
+///
+/// # Safety
+/// As [`q4_1_micro`]'s: the CPU has the AVX-512 features enabled here, and every pointer is
+/// valid for the `R` weight rows, the activation rows and the `R × tt` outputs it addresses.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn q8_0_micro<const R: usize, const P: usize, const Q5: bool>(

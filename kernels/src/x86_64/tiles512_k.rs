@@ -114,6 +114,9 @@ unsafe fn lay_out_quad<const FLIP: bool>(
 
 /// Exact sums of the four 32-bit lanes of each 128-bit lane of `v[c]`, as lane `4t + c` (`t`
 /// the 128-bit lane).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW; called only from kernels that enable them.
 #[inline(always)]
 unsafe fn reduce4(v: [__m512i; 4]) -> __m512i {
     // SAFETY: AVX-512F is enabled in every caller (target_feature).

@@ -13,6 +13,9 @@ use crate::reference::{attention, ops, q5_1};
 /// Wraps a reference function in a v3-compiled clone and a safe entry for the table.
 macro_rules! v3_clone {
     ($name:ident, $inner:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?, $path:path) => {
+        /// # Safety
+        /// The CPU must have AVX2, FMA and F16C: reached only through the safe wrapper above, which
+        /// the kernel set hands out only on such CPUs.
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $inner($($arg: $ty),*) $(-> $ret)? {
             $path($($arg),*)
@@ -43,6 +46,8 @@ fn round8_f16(v: __m256) -> __m256 {
     unsafe { _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)) }
 }
 
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C (the kernel set checked it).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scale_f16_v3(acc: &mut [f32], s: f32) {
     let n8 = acc.len() / 8 * 8;
@@ -63,6 +68,8 @@ pub(crate) fn scale_f16(acc: &mut [f32], s: f32) {
     unsafe { scale_f16_v3(acc, s) }
 }
 
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C (the kernel set checked it).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn mad_f16_v3(acc: &mut [f32], v: &[f32], w: f32) {
     let n = acc.len().min(v.len());

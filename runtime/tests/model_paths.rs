@@ -303,3 +303,46 @@ fn every_kernel_set_gives_the_reference_logits() {
         }
     }
 }
+
+/// `ember chat`'s path: a session with prefix caching on prefills a second turn (the first
+/// turn's prompt and reply, then new tokens) only past the blocks the first turn left, and
+/// generates exactly what a session without the cache generates.
+#[test]
+fn a_second_turn_reuses_the_first_turns_blocks() {
+    let turn1: Vec<u32> = PROMPT.iter().chain(&PROMPT).copied().collect(); // 42 tokens
+    let params = GenerateParams {
+        max_tokens: 8,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let run = |cached: bool| {
+        let mut s = session(
+            synth("llama", GgmlType::Q8_0),
+            16,
+            32,
+            KvBudget::FullContext,
+        );
+        s.set_prefix_caching(cached);
+        let first = s.generate(&turn1, &params, |_| {}).unwrap();
+        let before = s.engine().metrics().prefix_hit_tokens;
+        let turn2: Vec<u32> = turn1
+            .iter()
+            .chain(&first.ids)
+            .chain(&[7, 8, 9])
+            .copied()
+            .collect();
+        let second = s.generate(&turn2, &params, |_| {}).unwrap();
+        let hits = s.engine().metrics().prefix_hit_tokens - before;
+        (first.ids, second.ids, hits, turn2.len())
+    };
+    let (a1, a2, hits, n2) = run(true);
+    let (b1, b2, no_hits, _) = run(false);
+    assert_eq!((a1, a2), (b1, b2), "the prefix cache changed the output");
+    assert_eq!(no_hits, 0);
+    // Turn 1 computed its 42 prompt tokens and 7 of its 8 replies (the last is sampled, not
+    // fed back): 49 tokens, so 3 full blocks of 16 are reusable by turn 2.
+    assert_eq!(
+        hits, 48,
+        "turn 2 ({n2} tokens) took {hits} tokens from the cache"
+    );
+}

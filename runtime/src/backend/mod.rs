@@ -19,10 +19,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use ember_kernels::dispatch::KernelSet;
+use ember_kernels::traits::ToFloatFn;
 
 use crate::compute::Compute;
 use crate::error::{Error, Result};
 use crate::kv::{KvArena, KvLayout};
+use crate::model::weights::Mat;
 use crate::model::{BatchToken, BlockTables, Model, Scratch};
 
 pub use cpu::CpuExecutor;
@@ -265,6 +267,27 @@ impl Backend {
             }
             Inner::Cuda(c) => c.copy_slots(src, dst, n_slots),
         }
+    }
+}
+
+/// `out[t] = table[batch[t].token] * scale`: the embedding lookup every backend does on the
+/// host, each row converted from the table's format by `to_float` (`file`: the mapped model).
+pub(crate) fn embed_rows(
+    file: &[u8],
+    table: &Mat,
+    to_float: ToFloatFn,
+    batch: &[BatchToken],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let e = table.cols;
+    let bytes = &file[table.range.clone()];
+    for (t, b) in batch.iter().enumerate() {
+        let row = &bytes[b.token as usize * table.row_bytes..][..table.row_bytes];
+        to_float(row, &mut out[t * e..(t + 1) * e]);
+    }
+    if scale != 1.0 {
+        out[..batch.len() * e].iter_mut().for_each(|x| *x *= scale);
     }
 }
 

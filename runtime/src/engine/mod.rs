@@ -163,6 +163,33 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// Check that a request needing `need` blocks and `n_seqs` sequences can ever be admitted,
+    /// and take a request slot for it (nothing changes on error).
+    pub(crate) fn take_request_slot(&mut self, need: usize, n_seqs: usize) -> Result<u32> {
+        if need > self.pool.num_blocks() {
+            // Reported as "can never fit this arena" (needed > total), even when it is empty.
+            return Err(Error::KvCacheFull {
+                total_blocks: self.pool.num_blocks(),
+                needed_blocks: need,
+            });
+        }
+        if self.free_seqs.len() < n_seqs {
+            return Err(invalid(
+                "request",
+                "too many sequences in flight: release finished requests first",
+            ));
+        }
+        self.free_requests.pop().ok_or_else(|| {
+            invalid(
+                "request",
+                format!(
+                    "{} requests are held: release finished requests first",
+                    self.cfg.max_requests
+                ),
+            )
+        })
+    }
+
     /// Allocate everything: the KV arena, scratch for `max_batch_tokens`, request and sequence
     /// slabs, the worker threads.
     pub fn new(model: Model, cfg: EngineConfig) -> Result<Engine> {
@@ -359,28 +386,7 @@ impl Engine {
         let need = total.div_ceil(bs).saturating_add(
             (params.n - 1).saturating_mul(max_tokens.div_ceil(bs).saturating_add(1)),
         );
-        if need > self.pool.num_blocks() {
-            // Reported as "can never fit this arena" (needed > total), even when it is empty.
-            return Err(Error::KvCacheFull {
-                total_blocks: self.pool.num_blocks(),
-                needed_blocks: need,
-            });
-        }
-        if self.free_seqs.len() < params.n {
-            return Err(invalid(
-                "request",
-                "too many sequences in flight: release finished requests first",
-            ));
-        }
-        let Some(slot) = self.free_requests.pop() else {
-            return Err(invalid(
-                "request",
-                format!(
-                    "{} requests are held: release finished requests first",
-                    self.cfg.max_requests
-                ),
-            ));
-        };
+        let slot = self.take_request_slot(need, params.n)?;
         self.request_generation = self.request_generation.wrapping_add(1);
         let mut seq_slots = Vec::with_capacity(params.n);
         for i in 0..params.n {

@@ -32,27 +32,7 @@ impl Engine {
         }
         check_rows(&rows, 0, tokens.len())?;
         let need = tokens.len().div_ceil(self.cfg.block_size);
-        if need > self.pool.num_blocks() {
-            return Err(Error::KvCacheFull {
-                total_blocks: self.pool.num_blocks(),
-                needed_blocks: need,
-            });
-        }
-        if self.free_seqs.is_empty() {
-            return Err(invalid(
-                "request",
-                "too many sequences in flight: release finished requests first",
-            ));
-        }
-        let Some(slot) = self.free_requests.pop() else {
-            return Err(invalid(
-                "request",
-                format!(
-                    "{} requests are held: release finished requests first",
-                    self.cfg.max_requests
-                ),
-            ));
-        };
+        let slot = self.take_request_slot(need, 1)?;
         let params = RequestParams {
             max_tokens: 0,
             ..RequestParams::default()

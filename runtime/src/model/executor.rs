@@ -15,7 +15,7 @@
 //! type its weight's kernel expects (as ggml does), rounds queries to f16 before attention, and
 //! stores K/V as f16, so the CPU reference and the GPU agree to rounding.
 
-use super::config::FfnAct;
+use super::config::{Config, FfnAct};
 use super::weights::{Mat, Vector};
 use crate::error::Result;
 use crate::kv::BlockId;
@@ -87,6 +87,40 @@ pub enum Act {
     OutX,
     /// Logits `[L, n_vocab]`.
     Logits,
+}
+
+/// Row widths of a model's activation buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Widths {
+    embd: usize,
+    q: usize,
+    kv: usize,
+    ff: usize,
+    vocab: usize,
+}
+
+impl Widths {
+    /// The widths of `c`'s buffers.
+    pub fn of(c: &Config) -> Widths {
+        Widths {
+            embd: c.n_embd,
+            q: c.q_dim(),
+            kv: c.kv_dim(),
+            ff: c.n_ff,
+            vocab: c.n_vocab,
+        }
+    }
+
+    /// Elements in a row of `a`.
+    pub fn of_act(self, a: Act) -> usize {
+        match a {
+            Act::X | Act::Xn | Act::Proj | Act::OutX => self.embd,
+            Act::Q | Act::Att => self.q,
+            Act::K | Act::V => self.kv,
+            Act::Gate | Act::Up => self.ff,
+            Act::Logits => self.vocab,
+        }
+    }
 }
 
 /// Where a product's result goes.

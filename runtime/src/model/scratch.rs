@@ -6,7 +6,7 @@
 //! configuration and is allocated fallibly, so an absurd batch size is an error, not an abort.
 
 use super::config::{Config, FfnAct};
-use super::executor::Act;
+use super::executor::{Act, Widths};
 use super::Model;
 use crate::error::{Error, Result};
 
@@ -115,13 +115,7 @@ impl Scratch {
             up: per_token(c.n_ff)?,
             acts: zeroed(t, widest.saturating_mul(4), "max_batch_tokens")?,
             tmp: zeroed(1, c.n_embd.max(c.head_dim), "n_embd")?,
-            widths: Widths {
-                embd: c.n_embd,
-                q: c.q_dim(),
-                kv: c.kv_dim(),
-                ff: c.n_ff,
-                vocab: c.n_vocab,
-            },
+            widths: Widths::of(c),
             out_x: per_logit(c.n_embd)?,
             logits: per_logit(c.n_vocab)?,
             rope_cos,
@@ -251,27 +245,10 @@ fn zeroed<T: Clone + Default>(rows: usize, cols: usize, name: &'static str) -> R
     Ok(v)
 }
 
-/// Row widths of the activation buffers.
-#[derive(Clone, Copy, Debug)]
-struct Widths {
-    embd: usize,
-    q: usize,
-    kv: usize,
-    ff: usize,
-    vocab: usize,
-}
-
 impl Scratch {
     /// Row width of buffer `a`.
     pub(crate) fn width(&self, a: Act) -> usize {
-        let w = self.widths;
-        match a {
-            Act::X | Act::Xn | Act::Proj | Act::OutX => w.embd,
-            Act::Q | Act::Att => w.q,
-            Act::K | Act::V => w.kv,
-            Act::Gate | Act::Up => w.ff,
-            Act::Logits => w.vocab,
-        }
+        self.widths.of_act(a)
     }
 
     /// Buffer `a`.

@@ -56,10 +56,6 @@ impl<'a> CpuExecutor<'a> {
         f32_slice(self.file, v).expect("alignment checked at load")
     }
 
-    fn mat_bytes(&self, m: &Mat) -> &'a [u8] {
-        &self.file[m.range.clone()]
-    }
-
     /// Quantize `rows` rows of `src` to the activation type `w` expects, spread over the
     /// threads, into `Scratch::acts`; returns the bytes per row.
     fn quantize_acts(&mut self, w: &Mat, src: Act, rows: usize) -> usize {
@@ -157,22 +153,13 @@ impl Executor for CpuExecutor<'_> {
         table: &Mat,
         scale: f32,
     ) -> Result<()> {
-        let e = table.cols;
-        let bytes = self.mat_bytes(table);
         let to_float = self
             .cx
             .kernels()
             .traits(table.ty)
             .expect("weight types are checked at load")
             .to_float;
-        for (t, b) in step.batch.iter().enumerate() {
-            let row = &bytes[b.token as usize * table.row_bytes..][..table.row_bytes];
-            to_float(row, &mut self.s.x[t * e..(t + 1) * e]);
-        }
-        if scale != 1.0 {
-            let n = step.batch.len() * e;
-            self.s.x[..n].iter_mut().for_each(|x| *x *= scale);
-        }
+        super::embed_rows(self.file, table, to_float, step.batch, scale, &mut self.s.x);
         Ok(())
     }
 

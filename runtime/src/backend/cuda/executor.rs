@@ -143,19 +143,11 @@ impl Executor for CudaExecutor<'_> {
     ) -> Result<()> {
         // Looked up on the host (the CPU's own conversion), then copied up.
         let b = &mut *self.b;
-        let e = table.cols;
-        let bytes = &self.file[table.range.clone()];
-        let n = step.batch.len() * e;
+        let n = step.batch.len() * table.cols;
         let to_float = ember_kernels::traits::reference_traits(table.ty)
             .expect("weight types are checked at load")
             .to_float;
-        for (t, tok) in step.batch.iter().enumerate() {
-            let row = &bytes[tok.token as usize * table.row_bytes..][..table.row_bytes];
-            to_float(row, &mut b.host_x[t * e..(t + 1) * e]);
-        }
-        if scale != 1.0 {
-            b.host_x[..n].iter_mut().for_each(|x| *x *= scale);
-        }
+        crate::backend::embed_rows(self.file, table, to_float, step.batch, scale, &mut b.host_x);
         b.dev.write(&mut b.s.x, &b.host_x[..n])?;
         // Everything after this is kernel launches: a lone decode step is a graph.
         if b.use_graph && b.n_tok == 1 && b.n_logits == 1 {

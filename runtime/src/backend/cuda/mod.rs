@@ -44,6 +44,7 @@ use super::{BackendSizes, CudaWeights};
 use crate::error::Result;
 use crate::kv::KvLayout;
 use crate::model::config::FfnAct;
+use crate::model::executor::Widths;
 use crate::model::weights::{f32_slice, Mat, Vector};
 use crate::model::{Act, BatchToken, BlockTables, Model, Scratch};
 
@@ -126,9 +127,8 @@ struct Meta {
 /// Row widths of the activation buffers, and the model's hyper-parameters the kernels take.
 #[derive(Clone, Copy, Debug)]
 struct Dims {
+    widths: Widths,
     embd: usize,
-    q: usize,
-    kv: usize,
     ff: usize,
     vocab: usize,
     n_head: usize,
@@ -141,13 +141,7 @@ struct Dims {
 
 impl Dims {
     fn width(&self, a: Act) -> usize {
-        match a {
-            Act::X | Act::Xn | Act::Proj | Act::OutX => self.embd,
-            Act::Q | Act::Att => self.q,
-            Act::K | Act::V => self.kv,
-            Act::Gate | Act::Up => self.ff,
-            Act::Logits => self.vocab,
-        }
+        self.widths.of_act(a)
     }
 }
 
@@ -385,7 +379,7 @@ impl CudaBackend {
         let vc = dev.alloc::<u16>(kv_len, "the KV arena (values)")?;
 
         let t = z.max_tokens;
-        let (e, qd, kvd, f) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        let (e, f) = (c.n_embd, c.n_ff);
         let max_blocks = z.n_ctx.div_ceil(z.layout.block_size);
         let max_parts = z.n_ctx.div_ceil(ATT_PART_LEN).max(1);
         let meta = Meta {
@@ -411,9 +405,8 @@ impl CudaBackend {
             layout: z.layout,
             n_blocks: z.n_blocks,
             dims: Dims {
+                widths: Widths::of(c),
                 embd: e,
-                q: qd,
-                kv: kvd,
                 ff: f,
                 vocab: c.n_vocab,
                 n_head: c.n_head,

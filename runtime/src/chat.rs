@@ -608,7 +608,7 @@ fn py_str_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> 
                 arg_str(args, 1)?.unwrap_or_default(),
             );
             guard::check_replace(s, &from, &to, None)?;
-            Value::from(s.replace(from.as_str(), &to))
+            Value::from(guard::replace_str(s, &from, &to, None))
         }
         "find" => {
             let p = arg_str(args, 0)?.unwrap_or_default();

@@ -433,3 +433,52 @@ fn scanning_large_values_in_a_loop_is_bounded() {
         Ok("[\"a\", \"b-c\"]xbcx[1, 3, 5]1,2,3x12TrueTrueTrue".to_string())
     );
 }
+
+/// fuzz target `chat`, 2026-12-03: the slowest inputs of a 13-minute run (8-19 s each under
+/// AddressSanitizer and coverage tracing, which fails the CI smoke run's 10 s timeout). None
+/// hangs: each ends at a limit or renders, and the native time is printed (`--nocapture`).
+/// The `replace('a', 'aaaa')` loop searched its one-byte pattern with the general substring
+/// search twice per call (size check, then the replacement); it now uses `memchr`.
+#[test]
+fn slowest_fuzz_inputs_end() {
+    const PRELUDE: &str =
+        "{% macro d(s) %}{{ s }}{{ s }}{% endmacro %}{% set ns = namespace(s='ab', v=[]) %}";
+    let rep = "{% set ns.s = ns.s | replace('a', 'aaaa') %}";
+    let pprint = "{{ ns.v | pprint | length }}{{ ns.v is startingwith('x') }}";
+    let nest = "{% set ns.v = [[ns.v]] %}";
+    let cases = [
+        (
+            format!("{{% for i in range(100000) %}}{rep}{{% endfor %}}{rep}{rep}"),
+            Some("memory limit"),
+        ),
+        (
+            format!("{{% for i in range(100000) %}}{pprint}{{% endfor %}}{rep}{rep}"),
+            None,
+        ),
+        (
+            format!(
+                "{{% for i in range(100000) %}}{nest}{{% endfor %}}{}{{{{ ns.v }}}}",
+                nest.repeat(27)
+            ),
+            Some("limit"),
+        ),
+        (
+            "{% if ns.s | length > 10 %}{% else %}{% for i in range(100000) %}{% if ns.s | length > 10 %}{% set ns.v = [ns.v, ns.v] %}{% else %}{% endif %}{% endfor %}{% endif %}".to_string(),
+            None,
+        ),
+    ];
+    for (body, limit) in cases {
+        let t = format!("{PRELUDE}{body}");
+        let t0 = std::time::Instant::now();
+        let r = render_chat(&t, &[], false, "\u{b}", "");
+        let dt = t0.elapsed().as_secs_f64() * 1e3;
+        match (&r, limit) {
+            (Err(e @ ChatError::Limit { .. }), Some(l)) => {
+                assert!(e.to_string().contains(l), "{body}: {e}")
+            }
+            (Ok(_), None) | (Err(ChatError::Limit { .. }), None) => {}
+            _ => panic!("{body}: {:?}", r.map(|s| s.len())),
+        }
+        eprintln!("{dt:>8.1} ms  {:?}", r.map(|s| s.len()));
+    }
+}

@@ -5,6 +5,7 @@
  *
  * Model of use:
  *   ember_runtime_new()       load a GGUF model, allocate the KV arena (once)
+ *   ember_get_model_info()    its architecture, context, vocabulary, EOG ids, arena capacity
  *   ember_submit*()           queue a request -> ember_request_id
  *   ember_step()  or          caller-driven: one engine step on your thread (no threads made)
  *   ember_start()/ember_stop() background: one internal thread steps the engine
@@ -534,6 +535,66 @@ typedef struct ember_stats {
     double generated_tok_s;
 } ember_stats;
 
+/**
+ * What a runtime was built with, from `ember_get_model_info`. The strings and the id array
+ * belong to the runtime: they stay valid, unchanged, until `ember_runtime_free`.
+ */
+typedef struct ember_model_info {
+    /**
+     * The architecture (GGUF `general.architecture`): "llama", "qwen2" or "gemma3".
+     * NUL-terminated.
+     */
+    const char *architecture;
+    /**
+     * The model's name (GGUF `general.name`), "" when the file has none. NUL-terminated UTF-8;
+     * a NUL byte inside the name is written as U+FFFD.
+     */
+    const char *name;
+    /**
+     * The effective context: the most tokens one sequence holds, prompt and generated ones
+     * together (`config.n_ctx`, or the model's training context when that was 0).
+     */
+    uint32_t n_ctx;
+    /**
+     * The context the model was trained with (GGUF `*.context_length`).
+     */
+    uint32_t n_ctx_train;
+    /**
+     * Vocabulary size: every token id is below it.
+     */
+    uint32_t n_vocab;
+    /**
+     * Transformer blocks.
+     */
+    uint32_t n_layer;
+    /**
+     * Tokens per KV block.
+     */
+    uint32_t block_size;
+    /**
+     * Usable blocks of the KV arena.
+     */
+    uint64_t kv_blocks;
+    /**
+     * Tokens the KV arena holds over all sequences (`kv_blocks × block_size`): with K/V stored
+     * as f16, what the arena's byte budget bought.
+     */
+    uint64_t kv_capacity_tokens;
+    /**
+     * Bytes of the KV arena.
+     */
+    uint64_t kv_bytes;
+    /**
+     * End-of-generation token ids, ascending (EOS, end-of-turn and the like): generation stops
+     * at any of them unless `ignore_eos`. `n_eog` of them; NULL when `n_eog` is 0.
+     */
+    const uint32_t *eog_ids;
+    /**
+     * Number of ids in `eog_ids`.
+     */
+    size_t n_eog;
+} ember_model_info;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -847,6 +908,20 @@ ember_result ember_release(const struct ember_runtime *rt, ember_request_id id);
  * `rt` is a live handle; `out` is writable.
  */
 ember_result ember_get_stats(const struct ember_runtime *rt, struct ember_stats *out);
+
+/**
+ * What the runtime was built with: architecture and name, the effective context, vocabulary
+ * size, end-of-generation ids and the KV arena's capacity (see `struct ember_model_info`).
+ * The strings and the id array stay valid until `ember_runtime_free`. Never waits for an
+ * engine step; callable from any thread, also on a poisoned runtime (the facts are fixed at
+ * start-up).
+ *
+ * Returns `EMBER_OK`; `EMBER_ERR_NULL_POINTER` (`*out` untouched).
+ *
+ * # Safety
+ * `rt` is a live handle; `out` is writable.
+ */
+ember_result ember_get_model_info(const struct ember_runtime *rt, struct ember_model_info *out);
 
 /**
  * Tokenize UTF-8 `text` with the model's tokenizer. `add_special`: add BOS/EOS as the model

@@ -11,7 +11,7 @@ use crate::error::{ember_result, guard, guard_value, last_error_ptr, Failure};
 use crate::runtime::Runtime;
 use crate::types::{
     c_slice, c_str, ember_chat_message, ember_config, ember_event, ember_finish_reason,
-    ember_params, ember_stats,
+    ember_model_info, ember_params, ember_stats,
 };
 
 /// An Ember runtime: a loaded model, its KV arena and the batching engine. Opaque; create it
@@ -577,6 +577,31 @@ pub unsafe extern "C" fn ember_get_stats(
         let s = rt.stats()?;
         // SAFETY: checked non-NULL.
         unsafe { put(out, s) };
+        Ok(())
+    })
+}
+
+/// What the runtime was built with: architecture and name, the effective context, vocabulary
+/// size, end-of-generation ids and the KV arena's capacity (see `struct ember_model_info`).
+/// The strings and the id array stay valid until `ember_runtime_free`. Never waits for an
+/// engine step; callable from any thread, also on a poisoned runtime (the facts are fixed at
+/// start-up).
+///
+/// Returns `EMBER_OK`; `EMBER_ERR_NULL_POINTER` (`*out` untouched).
+///
+/// # Safety
+/// `rt` is a live handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ember_get_model_info(
+    rt: *const ember_runtime,
+    out: *mut ember_model_info,
+) -> ember_result {
+    guard(|| {
+        // SAFETY: the contract of this function.
+        let rt = unsafe { runtime(rt)? };
+        need(out, "out")?;
+        // SAFETY: checked non-NULL.
+        unsafe { put(out, rt.model_info()) };
         Ok(())
     })
 }

@@ -15,7 +15,7 @@
 //! sees it and reports `EMBER_ERR_POISONED`, as does a panic of the background thread.
 
 use std::collections::HashMap;
-use std::ffi::c_char;
+use std::ffi::{c_char, CString};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -29,7 +29,8 @@ use ember::tokenizer::Tokenizer;
 
 use crate::error::{ember_result, Failure};
 use crate::types::{
-    ember_config, ember_event, ember_event_kind, ember_finish_reason, ember_stats, select_backend,
+    ember_config, ember_event, ember_event_kind, ember_finish_reason, ember_model_info,
+    ember_stats, select_backend,
 };
 
 /// How the engine is driven.
@@ -249,6 +250,73 @@ pub(crate) struct Runtime {
     tokenizer: Tokenizer,
     chat: Option<Chat>,
     n_vocab: usize,
+    info: Info,
+}
+
+/// What `ember_get_model_info` reports: fixed at start-up, so asking never waits for a step.
+/// (The report itself holds pointers into this; kept here as owned values, the runtime stays
+/// `Send + Sync`.)
+struct Info {
+    architecture: CString,
+    name: CString,
+    eog: Vec<u32>,
+    /// `n_ctx`, `n_ctx_train`, `n_vocab`, `n_layer`, `block_size`.
+    dims: [u32; 5],
+    kv_blocks: u64,
+    kv_bytes: u64,
+}
+
+impl Info {
+    fn new(engine: &Engine, tokenizer: &Tokenizer) -> Result<Info, Failure> {
+        let model = engine.model();
+        let c = &model.config;
+        let name = model.file.get_str("general.name")?.unwrap_or("");
+        let dim = |what: &str, n: usize| {
+            u32::try_from(n).map_err(|_| Failure::invalid(format!("{what} = {n} exceeds 32 bits")))
+        };
+        Ok(Info {
+            architecture: c_string(c.arch.name()),
+            name: c_string(name),
+            eog: tokenizer.eog_ids().to_vec(),
+            dims: [
+                dim("n_ctx", engine.n_ctx())?,
+                dim("the training context", c.n_ctx_train)?,
+                dim("n_vocab", c.n_vocab)?,
+                dim("n_layer", c.n_layer)?,
+                dim("block_size", engine.block_size())?,
+            ],
+            kv_blocks: engine.kv_blocks() as u64,
+            kv_bytes: engine.arena_bytes() as u64,
+        })
+    }
+
+    /// The report, pointing into `self`.
+    fn report(&self) -> ember_model_info {
+        let [n_ctx, n_ctx_train, n_vocab, n_layer, block_size] = self.dims;
+        ember_model_info {
+            architecture: self.architecture.as_ptr(),
+            name: self.name.as_ptr(),
+            n_ctx,
+            n_ctx_train,
+            n_vocab,
+            n_layer,
+            block_size,
+            kv_blocks: self.kv_blocks,
+            kv_capacity_tokens: self.kv_blocks.saturating_mul(u64::from(block_size)),
+            kv_bytes: self.kv_bytes,
+            eog_ids: if self.eog.is_empty() {
+                std::ptr::null()
+            } else {
+                self.eog.as_ptr()
+            },
+            n_eog: self.eog.len(),
+        }
+    }
+}
+
+/// `s` as a C string, a NUL inside it written as U+FFFD.
+fn c_string(s: &str) -> CString {
+    CString::new(s.replace('\0', "\u{FFFD}")).unwrap_or_default()
 }
 
 impl Runtime {
@@ -276,6 +344,7 @@ impl Runtime {
         // The engine checks `max_requests` against its bound (ember::engine::MAX_REQUESTS)
         // before it allocates anything; the map is reserved fallibly all the same.
         let engine = Engine::with_backend(model, engine_cfg, backend)?;
+        let info = Info::new(&engine, &tokenizer)?;
         let mut streams = HashMap::new();
         streams.try_reserve(max_requests).map_err(|_| {
             Failure::invalid(format!(
@@ -301,7 +370,13 @@ impl Runtime {
             tokenizer,
             chat,
             n_vocab,
+            info,
         })
+    }
+
+    /// What the runtime was built with (pointers into `self`).
+    pub fn model_info(&self) -> ember_model_info {
+        self.info.report()
     }
 
     /// Tokenize `text` as `ember generate` does (special tokens parsed, BOS per the model).

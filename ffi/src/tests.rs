@@ -118,6 +118,14 @@ fn a_panic_holding_the_engine_poisons_the_runtime() {
     // SAFETY: valid arguments.
     let r = unsafe { ember_get_stats(rt, &mut stats) };
     assert_eq!(r, ember_result::EMBER_ERR_POISONED);
+    // What the runtime was built with is still reported.
+    let mut info = std::mem::MaybeUninit::<ember_model_info>::uninit();
+    // SAFETY: valid arguments.
+    let r = unsafe { ember_get_model_info(rt, info.as_mut_ptr()) };
+    assert_eq!(r, ember_result::EMBER_OK);
+    // SAFETY: written on EMBER_OK; its strings live as long as `rt`.
+    let arch = unsafe { CStr::from_ptr(info.assume_init().architecture) };
+    assert_eq!(arch, c"llama");
     // Freeing a poisoned runtime is still fine.
     // SAFETY: `rt` is live and freed once.
     unsafe { ember_runtime_free(rt) };

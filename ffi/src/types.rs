@@ -385,6 +385,43 @@ pub struct ember_event {
     pub finish_reason: ember_finish_reason,
 }
 
+/// What a runtime was built with, from `ember_get_model_info`. The strings and the id array
+/// belong to the runtime: they stay valid, unchanged, until `ember_runtime_free`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ember_model_info {
+    /// The architecture (GGUF `general.architecture`): "llama", "qwen2" or "gemma3".
+    /// NUL-terminated.
+    pub architecture: *const c_char,
+    /// The model's name (GGUF `general.name`), "" when the file has none. NUL-terminated UTF-8;
+    /// a NUL byte inside the name is written as U+FFFD.
+    pub name: *const c_char,
+    /// The effective context: the most tokens one sequence holds, prompt and generated ones
+    /// together (`config.n_ctx`, or the model's training context when that was 0).
+    pub n_ctx: u32,
+    /// The context the model was trained with (GGUF `*.context_length`).
+    pub n_ctx_train: u32,
+    /// Vocabulary size: every token id is below it.
+    pub n_vocab: u32,
+    /// Transformer blocks.
+    pub n_layer: u32,
+    /// Tokens per KV block.
+    pub block_size: u32,
+    /// Usable blocks of the KV arena.
+    pub kv_blocks: u64,
+    /// Tokens the KV arena holds over all sequences (`kv_blocks × block_size`): with K/V stored
+    /// as f16, what the arena's byte budget bought.
+    pub kv_capacity_tokens: u64,
+    /// Bytes of the KV arena.
+    pub kv_bytes: u64,
+    /// End-of-generation token ids, ascending (EOS, end-of-turn and the like): generation stops
+    /// at any of them unless `ignore_eos`. `n_eog` of them; NULL when `n_eog` is 0.
+    pub eog_ids: *const u32,
+    /// Number of ids in `eog_ids`.
+    pub n_eog: usize,
+}
+
 /// Counters and gauges of a runtime, from `ember_get_stats`.
 #[allow(non_camel_case_types)]
 #[repr(C)]

@@ -1,6 +1,7 @@
 //! The C ABI driven by random call sequences, in caller-driven mode, on the tiny synthetic
 //! model: submit (text, tokens, chat) with arbitrary parameters, step, next, next_text, cancel,
-//! release, stats, tokenize, detokenize and stop, on live, released and made-up ids.
+//! release, stats, tokenize, detokenize and stop, on live, released and made-up ids; model info
+//! once.
 //!
 //! Properties: every call returns one of the codes its documentation lists for the situation
 //! (never `EMBER_ERR_INTERNAL` or `EMBER_ERR_POISONED`: a caught panic is a bug, and
@@ -284,6 +285,28 @@ impl Driver {
         s
     }
 
+    /// `ember_get_model_info` agrees with the stats: the arena's blocks and capacity, and
+    /// end-of-generation ids ascending inside the vocabulary.
+    fn info(&self) {
+        let mut i = std::mem::MaybeUninit::<ember_model_info>::uninit();
+        // SAFETY: live runtime, writable out.
+        let code = unsafe { ember_get_model_info(self.rt, i.as_mut_ptr()) };
+        check(code, &[EMBER_OK], "ember_get_model_info");
+        // SAFETY: written on EMBER_OK.
+        let i = unsafe { i.assume_init() };
+        let s = self.stats();
+        assert_eq!(i.kv_blocks, s.blocks_total);
+        assert_eq!(i.kv_capacity_tokens, i.kv_blocks * u64::from(i.block_size));
+        let eog = if i.n_eog == 0 {
+            &[][..]
+        } else {
+            // SAFETY: the runtime's array of `n_eog` ids, alive while the runtime is.
+            unsafe { std::slice::from_raw_parts(i.eog_ids, i.n_eog) }
+        };
+        assert!(eog.iter().all(|&e| e < i.n_vocab), "{eog:?}");
+        assert!(eog.windows(2).all(|w| w[0] < w[1]), "{eog:?}");
+    }
+
     fn run(&mut self, op: &Op) {
         let rt = self.rt;
         let mut store = Default::default();
@@ -560,6 +583,7 @@ fuzz_target!(|inp: Input| {
         n: HashMap::new(),
         stopped: false,
     };
+    d.info();
     for op in inp.ops.iter().take(64) {
         d.run(op);
     }

@@ -211,6 +211,45 @@ static void test_submit_misuse(ember_runtime *rt) {
     CHECK(s.requests == 0); /* nothing was queued by the failures */
 }
 
+/* ember_get_model_info: the facts agree with what the runtime does with them. */
+static void test_model_info(ember_runtime *rt) {
+    ember_model_info info, untouched;
+    memset(&info, 0x5a, sizeof info);
+    memcpy(&untouched, &info, sizeof info);
+    EXPECT(ember_get_model_info(NULL, &info), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_get_model_info(rt, NULL), EMBER_ERR_NULL_POINTER);
+    CHECK(memcmp(&info, &untouched, sizeof info) == 0);
+
+    EXPECT(ember_get_model_info(rt, &info), EMBER_OK);
+    CHECK(info.architecture && strcmp(info.architecture, "llama") == 0);
+    CHECK(info.name && strncmp(info.name, "ember-synth", 11) == 0);
+    CHECK(info.n_ctx == 256); /* small_config's */
+    CHECK(info.block_size == 16);
+    CHECK(info.n_layer >= 1 && info.n_ctx_train >= 1 && info.kv_bytes > 0);
+    CHECK(info.kv_capacity_tokens == info.kv_blocks * info.block_size);
+    ember_stats s;
+    EXPECT(ember_get_stats(rt, &s), EMBER_OK);
+    CHECK(info.kv_blocks == s.blocks_total);
+    /* End-of-generation ids: at least EOS, ascending, all in the vocabulary. */
+    CHECK(info.n_eog >= 1 && info.eog_ids != NULL);
+    for (size_t i = 0; info.eog_ids && i < info.n_eog; i++) {
+        CHECK(info.eog_ids[i] < info.n_vocab);
+        if (i > 0) CHECK(info.eog_ids[i - 1] < info.eog_ids[i]);
+    }
+    /* n_vocab is the bound the engine checks token ids against. */
+    ember_params p = params_n(1);
+    ember_request_id id = SENTINEL;
+    uint32_t last = info.n_vocab - 1, past = info.n_vocab;
+    EXPECT(ember_submit_tokens(rt, &past, 1, &p, &id), EMBER_ERR_INVALID_ARGUMENT);
+    CHECK(id == SENTINEL);
+    EXPECT(ember_submit_tokens(rt, &last, 1, &p, &id), EMBER_OK);
+    EXPECT(ember_release(rt, id), EMBER_OK);
+    /* The strings and ids are the runtime's: the same pointers every time. */
+    ember_model_info again;
+    EXPECT(ember_get_model_info(rt, &again), EMBER_OK);
+    CHECK(again.name == info.name && again.eog_ids == info.eog_ids);
+}
+
 static void test_caller_driven(ember_runtime *rt) {
     ember_params p = params_n(6);
     ember_request_id id = 0, id2 = 0;
@@ -634,6 +673,19 @@ static void test_chat(const char *chat_model) {
     ember_runtime *rt = NULL;
     EXPECT(ember_runtime_new(chat_model, &c, &rt), EMBER_OK);
     if (!rt) return;
+    /* SmolLM2: its vocabulary, and <|im_end|> (which ends a chat turn) among the EOG ids. */
+    ember_model_info info;
+    EXPECT(ember_get_model_info(rt, &info), EMBER_OK);
+    CHECK(strcmp(info.architecture, "llama") == 0 && info.n_vocab == 49152);
+    uint32_t im_end[4];
+    size_t n = 0;
+    EXPECT(ember_tokenize(rt, "<|im_end|>", false, true, im_end, 4, &n), EMBER_OK);
+    bool found = false;
+    for (size_t i = 0; n == 1 && i < info.n_eog; i++) found |= info.eog_ids[i] == im_end[0];
+    CHECK(n == 1 && found);
+    printf("model: %s (%s), n_ctx %u, vocabulary %u, %zu EOG ids, KV arena %llu tokens\n",
+           info.name, info.architecture, info.n_ctx, info.n_vocab, info.n_eog,
+           (unsigned long long)info.kv_capacity_tokens);
     ember_params p = ember_params_default();
     p.max_tokens = 4;
     ember_chat_message msgs[] = {{"system", "You are brief."}, {"user", "Say hi."}};
@@ -667,6 +719,7 @@ int main(int argc, char **argv) {
     EXPECT(ember_runtime_new(argv[1], &c, &rt), EMBER_OK);
     if (!rt) return 1;
     test_submit_misuse(rt);
+    test_model_info(rt);
     test_caller_driven(rt);
     test_parallel_samples(rt);
     test_tokenizer(rt);

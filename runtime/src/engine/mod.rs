@@ -304,6 +304,17 @@ impl Engine {
         &self.backend
     }
 
+    /// Tokens per KV block.
+    pub fn block_size(&self) -> usize {
+        self.cfg.block_size
+    }
+
+    /// Usable blocks of the KV arena (the pool's null block excluded); times
+    /// [`block_size`](Self::block_size), the tokens the arena holds over all sequences.
+    pub fn kv_blocks(&self) -> usize {
+        self.pool.num_blocks()
+    }
+
     /// Bytes of the KV arena.
     pub fn arena_bytes(&self) -> usize {
         self.backend.arena_bytes()

@@ -77,9 +77,9 @@ section "aarch64 (cross-build, qemu)"
 bash scripts/ci/test-aarch64.sh
 
 # Fuzzing smoke: the five cargo-fuzz targets of fuzz/ (GGUF reader, tokenizer, chat templates,
-# sampler, C ABI) built in one go with AddressSanitizer, then each run for 30 s from its committed
-# seeds. scripts/ci/fuzz.sh installs the pinned cargo-fuzz if missing; README.md "Fuzzing" says how
-# to run them for longer.
+# sampler, C ABI) built in one go with AddressSanitizer, then each run for 30 s (one per core at
+# a time) from its committed seeds. scripts/ci/fuzz.sh installs the pinned cargo-fuzz if missing;
+# README.md "Fuzzing" says how to run them for longer.
 section "fuzz smoke (30 s per target)"
 bash scripts/ci/fuzz.sh 30
 

@@ -10,18 +10,24 @@ if ! cargo +nightly miri --version >/dev/null 2>&1; then
 fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/miri}
 cargo +nightly miri setup >/dev/null
-# Two interpreters at once (Miri runs one test at a time): the unit tests and the property tests.
+# Two interpreters at once, one per core (Miri runs one test at a time, ~30 s per engine built
+# and seconds per interpreted step): the two longest engine tests in one, the other scheduler
+# tests, the pool and thread-pool tests and the property tests in the other. Not the engine's
+# scoring tests: those run whole forward passes (1-2 min each interpreted) over the same
+# scheduler code, and the native run checks their results.
 echo "== miri: block pool, block tables, scheduler, thread pool; block-pool property tests"
 cargo +nightly miri test --locked -p ember --lib --no-run
 cargo +nightly miri test --locked -p ember --test block_pool_props --no-run
-cargo +nightly miri test --locked -p ember --test block_pool_props >"$CARGO_TARGET_DIR/props.log" 2>&1 &
-props=$!
-lib_status=0
-# The engine's scheduler tests, not its scoring tests: those run whole forward passes (1-2 min
-# each interpreted) over the same scheduler code, and the native run checks their results.
+long=(engine::tests::preemption_and_chunked_prefill_match_a_roomy_engine
+      engine::tests::prefix_cache_and_forks_share_blocks_safely)
+cargo +nightly miri test --locked -p ember --lib -- "${long[@]}" \
+    >"$CARGO_TARGET_DIR/long.log" 2>&1 &
+long_pid=$!
+rest_status=0
 cargo +nightly miri test --locked -p ember --lib -- kv:: engine:: threadpool:: \
-    --skip engine::score_tests || lib_status=$?
-props_status=0
-wait "$props" || props_status=$?
-cat "$CARGO_TARGET_DIR/props.log"
-[ "$lib_status" -eq 0 ] && [ "$props_status" -eq 0 ]
+    --skip engine::score_tests --skip "${long[0]}" --skip "${long[1]}" || rest_status=$?
+cargo +nightly miri test --locked -p ember --test block_pool_props || rest_status=$?
+long_status=0
+wait "$long_pid" || long_status=$?
+cat "$CARGO_TARGET_DIR/long.log"
+[ "$rest_status" -eq 0 ] && [ "$long_status" -eq 0 ]

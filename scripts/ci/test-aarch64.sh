@@ -31,12 +31,17 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 # The default path selection is under test: nothing may force one.
 unset EMBER_CPU
 
+# Dependencies (tokenizers, regex, serde...) at opt-level 1: their code is not under test here
+# and the golden check spends its time in Ember's kernels; this saves about a minute of the
+# cross build (4 min -> 3) for no measurable change in the run (15-16 s under qemu).
+DEPS_O1=(--config 'profile.test.package."*".opt-level=1')
+
 echo "== aarch64: lint and cross-build"
 cargo clippy --locked --target "$TARGET" -p ember-kernels --all-targets -- -D warnings
 cargo clippy --locked --target "$TARGET" -p ember-kernels --all-targets --no-default-features \
     -- -D warnings
-cargo test --locked --target "$TARGET" -p ember-kernels --tests --no-run
-cargo test --locked --target "$TARGET" -p ember --test golden --no-run
+cargo test --locked "${DEPS_O1[@]}" --target "$TARGET" -p ember-kernels --tests --no-run
+cargo test --locked "${DEPS_O1[@]}" --target "$TARGET" -p ember --test golden --no-run
 echo "aarch64 set-up, lint and cross-build: $((SECONDS - t0)) s"
 
 for cpu in max:neon-dotprod cortex-a53:neon-nodot; do
@@ -45,8 +50,8 @@ for cpu in max:neon-dotprod cortex-a53:neon-nodot; do
     echo "== aarch64: qemu -cpu $model (must select the $path kernels)"
     t=$SECONDS
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $SYSROOT -cpu $model"
-    EMBER_EXPECT_CPU=$path cargo test --locked --target "$TARGET" -p ember-kernels --tests
-    EMBER_EXPECT_CPU=$path cargo test --locked --target "$TARGET" -p ember --test golden -- \
+    EMBER_EXPECT_CPU=$path cargo test --locked "${DEPS_O1[@]}" --target "$TARGET" -p ember-kernels --tests
+    EMBER_EXPECT_CPU=$path cargo test --locked "${DEPS_O1[@]}" --target "$TARGET" -p ember --test golden -- \
         --exact greedy_first_steps_match_llama_cpp --nocapture
     echo "qemu -cpu $model: $((SECONDS - t)) s"
 done

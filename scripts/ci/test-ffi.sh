@@ -36,10 +36,11 @@ if ! diff -u include/ember.h "$tmp/ember.h"; then
 fi
 
 echo "== C ABI: libraries"
-# The `test` profile (opt-level 3, like release) reuses the dependencies `cargo test` just built:
-# a release build would compile the whole dependency tree again.
-cargo build --locked --profile test -p ember-ffi
-cargo build --locked --profile test -p ember --bin ember
+# The `test` profile (opt-level 3, like release) and the whole workspace, as `cargo test
+# --workspace` builds it: the same features on every crate, so after the test run only the
+# C libraries' final step is new (`-p ember-ffi` alone gave the kernels and the runtime other
+# features, and the CLI others still: both were compiled again, 70 s of CI).
+cargo build --locked --profile test --workspace
 lib=target/debug
 ember_bin=target/debug/ember
 

@@ -53,6 +53,16 @@
 #define EMBER_WAIT_FOREVER UINT32_MAX
 
 /**
+ * `ember_params.context_policy`: refuse a chat that does not fit the context.
+ */
+#define EMBER_CONTEXT_ERROR 0
+
+/**
+ * `ember_params.context_policy`: leave out a chat's oldest turns until it fits.
+ */
+#define EMBER_CONTEXT_TRUNCATE 1
+
+/**
  * Result of every fallible `ember_*` function. Values are stable and never renumbered.
  */
 enum ember_result
@@ -416,6 +426,18 @@ typedef struct ember_params {
      * zeroed by a caller that does not know this field). Default 1.
      */
     uint32_t n;
+    /**
+     * What `ember_submit_chat` does when the messages and `max_tokens` do not fit the
+     * context: `EMBER_CONTEXT_ERROR` (0, the default) refuses with `EMBER_ERR_TOO_LARGE`;
+     * `EMBER_CONTEXT_TRUNCATE` leaves out the oldest whole turns (the leading system
+     * messages stay, the prompt begins again at a user message, the last message is always
+     * kept; the caller's array is not touched) and, if the system messages and the last turn
+     * alone leave less than `max_tokens`, lowers `max_tokens` to the room left
+     * (`EMBER_ERR_TOO_LARGE` only when they leave none). `ember_submit` and
+     * `ember_submit_tokens` have no turns and ignore it. Other values:
+     * `EMBER_ERR_INVALID_ARGUMENT`.
+     */
+    uint32_t context_policy;
 } ember_params;
 
 /**
@@ -713,6 +735,10 @@ ember_result ember_submit_tokens(const struct ember_runtime *rt,
 /**
  * Submit a chat: `n_messages` role/content messages rendered with the model's chat template
  * (`tokenizer.chat_template`, generation prompt added), then tokenized as `ember_submit` does.
+ * A chat that outgrows the context is refused (`EMBER_ERR_TOO_LARGE`) or has its oldest turns
+ * left out, as `params.context_policy` says. With the runtime's prefix cache on, resubmitting
+ * a conversation with one more turn computes only what the earlier turns' cached KV blocks do
+ * not cover.
  * Otherwise as `ember_submit`; also `EMBER_ERR_NO_CHAT_TEMPLATE` (the model has none),
  * `EMBER_ERR_CHAT_TEMPLATE` (the template failed on these messages),
  * `EMBER_ERR_INVALID_ARGUMENT` (`n_messages == 0`).

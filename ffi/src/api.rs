@@ -256,6 +256,10 @@ pub unsafe extern "C" fn ember_submit_tokens(
 
 /// Submit a chat: `n_messages` role/content messages rendered with the model's chat template
 /// (`tokenizer.chat_template`, generation prompt added), then tokenized as `ember_submit` does.
+/// A chat that outgrows the context is refused (`EMBER_ERR_TOO_LARGE`) or has its oldest turns
+/// left out, as `params.context_policy` says. With the runtime's prefix cache on, resubmitting
+/// a conversation with one more turn computes only what the earlier turns' cached KV blocks do
+/// not cover.
 /// Otherwise as `ember_submit`; also `EMBER_ERR_NO_CHAT_TEMPLATE` (the model has none),
 /// `EMBER_ERR_CHAT_TEMPLATE` (the template failed on these messages),
 /// `EMBER_ERR_INVALID_ARGUMENT` (`n_messages == 0`).
@@ -286,11 +290,13 @@ pub unsafe extern "C" fn ember_submit_chat(
             let content = unsafe { c_str(m.content, &format!("messages[{i}].content"))? };
             chat.push(ChatMessage::new(role, content));
         }
-        // SAFETY: `params` per the contract.
-        let p = unsafe { request_params(params)? };
-        let prompt = rt.render_chat(&chat)?;
-        let ids = rt.tokenize(&prompt, true, true)?;
-        let id = rt.submit(&ids, &p)?;
+        // SAFETY: NULL or valid per the contract.
+        let raw = unsafe { params.as_ref() }.copied().unwrap_or_default();
+        // SAFETY: the arrays of `raw` are valid per the contract.
+        let mut p = unsafe { raw.to_request()? };
+        let fitted = rt.fit_chat(&chat, p.max_tokens, raw.policy()?)?;
+        p.max_tokens = fitted.max_tokens;
+        let id = rt.submit(&fitted.ids, &p)?;
         // SAFETY: checked non-NULL.
         unsafe { put(out_id, id) };
         Ok(())

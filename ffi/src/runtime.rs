@@ -22,9 +22,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ember::chat::{render_chat, ChatMessage};
+use ember::chat::ChatMessage;
 use ember::engine::{Engine, FinishReason, RequestId, RequestParams};
 use ember::model::Model;
+use ember::session::{fit_chat, ChatFormat, ChatPrompt, ContextPolicy};
 use ember::tokenizer::Tokenizer;
 
 use crate::error::{ember_result, Failure};
@@ -402,8 +403,15 @@ impl Runtime {
         Ok(self.tokenizer.decode(ids))
     }
 
-    /// Render `messages` with the model's chat template (generation prompt added).
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, Failure> {
+    /// Render `messages` with the model's chat template (generation prompt added) and
+    /// tokenize them for a reply of up to `max_tokens` in this runtime's context, under
+    /// `policy` (`ember::session::fit_chat`: which turns are left out, and the room left).
+    pub fn fit_chat(
+        &self,
+        messages: &[ChatMessage],
+        max_tokens: usize,
+        policy: ContextPolicy,
+    ) -> Result<ChatPrompt, Failure> {
         let chat = self.chat.as_ref().ok_or_else(|| {
             Failure::new(
                 ember_result::EMBER_ERR_NO_CHAT_TEMPLATE,
@@ -411,11 +419,20 @@ impl Runtime {
                  ember_submit",
             )
         })?;
-        if messages.is_empty() {
-            return Err(Failure::invalid("the chat has no messages"));
-        }
-        render_chat(&chat.template, messages, true, &chat.bos, &chat.eos)
-            .map_err(|e| Failure::new(ember_result::EMBER_ERR_CHAT_TEMPLATE, e.to_string()))
+        let format = ChatFormat {
+            template: &chat.template,
+            bos_token: &chat.bos,
+            eos_token: &chat.eos,
+        };
+        let n_ctx = self.info.dims[0] as usize;
+        Ok(fit_chat(
+            &format,
+            messages,
+            &self.tokenizer,
+            n_ctx,
+            max_tokens,
+            policy,
+        )?)
     }
 
     /// Queue a request for `prompt` (token ids).

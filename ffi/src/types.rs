@@ -11,6 +11,7 @@ use ember::backend::{BackendKind, CudaWeights};
 use ember::engine::{EngineConfig, RequestParams};
 use ember::engine::{FinishReason, KvBudget};
 use ember::sampler::SamplingParams;
+use ember::session::ContextPolicy;
 
 use crate::error::Failure;
 
@@ -203,7 +204,22 @@ pub struct ember_params {
     /// of the runtime's config, else `EMBER_ERR_INVALID_ARGUMENT`; 0 is taken as 1 (a struct
     /// zeroed by a caller that does not know this field). Default 1.
     pub n: u32,
+    /// What `ember_submit_chat` does when the messages and `max_tokens` do not fit the
+    /// context: `EMBER_CONTEXT_ERROR` (0, the default) refuses with `EMBER_ERR_TOO_LARGE`;
+    /// `EMBER_CONTEXT_TRUNCATE` leaves out the oldest whole turns (the leading system
+    /// messages stay, the prompt begins again at a user message, the last message is always
+    /// kept; the caller's array is not touched) and, if the system messages and the last turn
+    /// alone leave less than `max_tokens`, lowers `max_tokens` to the room left
+    /// (`EMBER_ERR_TOO_LARGE` only when they leave none). `ember_submit` and
+    /// `ember_submit_tokens` have no turns and ignore it. Other values:
+    /// `EMBER_ERR_INVALID_ARGUMENT`.
+    pub context_policy: u32,
 }
+
+/// `ember_params.context_policy`: refuse a chat that does not fit the context.
+pub const EMBER_CONTEXT_ERROR: u32 = 0;
+/// `ember_params.context_policy`: leave out a chat's oldest turns until it fits.
+pub const EMBER_CONTEXT_TRUNCATE: u32 = 1;
 
 impl Default for ember_params {
     fn default() -> Self {
@@ -224,6 +240,7 @@ impl Default for ember_params {
             n_stop_ids: 0,
             ignore_eos: d.ignore_eos,
             n: d.n as u32,
+            context_policy: EMBER_CONTEXT_ERROR,
         }
     }
 }
@@ -265,11 +282,23 @@ pub(crate) unsafe fn c_slice<'a, T>(p: *const T, n: usize, name: &str) -> Result
 }
 
 impl ember_params {
+    /// `context_policy` as the runtime's type.
+    pub(crate) fn policy(&self) -> Result<ContextPolicy, Failure> {
+        match self.context_policy {
+            EMBER_CONTEXT_ERROR => Ok(ContextPolicy::Error),
+            EMBER_CONTEXT_TRUNCATE => Ok(ContextPolicy::Truncate),
+            v => Err(Failure::invalid(format!(
+                "params.context_policy = {v} (EMBER_CONTEXT_ERROR or EMBER_CONTEXT_TRUNCATE)"
+            ))),
+        }
+    }
+
     /// The engine's request parameters.
     ///
     /// # Safety
     /// `stop` and `stop_ids` follow the field docs.
     pub(crate) unsafe fn to_request(self) -> Result<RequestParams, Failure> {
+        self.policy()?;
         if self.n_stop > MAX_STOPS || self.n_stop_ids > MAX_STOPS {
             return Err(Failure::invalid(format!(
                 "params: at most {MAX_STOPS} stop strings and {MAX_STOPS} stop ids"

@@ -156,6 +156,8 @@ impl Driver {
         e.seed = p.seed;
         e.ignore_eos = p.ignore_eos;
         e.n = u32::from(p.n % 6);
+        // 0, 1 or 2: error, truncate, and a value that is EMBER_ERR_INVALID_ARGUMENT.
+        e.context_policy = u32::from(p.n / 6 % 3);
         store.0 = p.stop.iter().take(4).map(|s| cstr(s)).collect();
         store.1 = store.0.iter().map(|s| s.as_ptr().cast()).collect();
         store.2 = p.stop_ids.iter().take(4).map(|&i| i as u32).collect();

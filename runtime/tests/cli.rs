@@ -95,6 +95,49 @@ fn bad_parameters_are_usage_errors() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// A chat longer than its context: under the default policy the oldest turns are left out
+/// (said on stderr) and every line gets a reply; under `--context-policy error` the turn that
+/// does not fit ends the chat with "context full" after the replies that did.
+#[test]
+fn a_chat_longer_than_its_context_truncates_or_refuses() {
+    let lines = b"Name a color.\nName a fruit.\nName a city.\nName an animal.\nBye.\n";
+    let run = |policy: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["chat", "--ctx", "80", "-n", "8", "-t", "2", "--ignore-eos"])
+            .args(["--system", "Be brief.", "--context-policy", policy])
+            .current_dir(repo())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A usage error exits before reading: then the write may fail with a broken pipe.
+        let _ = std::io::Write::write_all(&mut c.stdin.take().unwrap(), lines);
+        c.wait_with_output().unwrap()
+    };
+    let o = run("truncate");
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("left out to fit the context of 80 tokens"),
+        "{err}"
+    );
+    let replies = String::from_utf8_lossy(&o.stdout).lines().count();
+    assert!(replies >= 5, "one reply per line: {replies}\n{err}");
+
+    let o = run("error");
+    expect_exit(&o, 1, "context full");
+    let replies = String::from_utf8_lossy(&o.stdout).lines().count();
+    assert!(replies >= 2, "the turns that fit were answered: {replies}");
+
+    let o = run("shift");
+    expect_exit(
+        &o,
+        2,
+        "--context-policy \"shift\": expected error or truncate",
+    );
+}
+
 #[test]
 fn chat_without_template_says_so() {
     let p = tmp("synth.gguf");

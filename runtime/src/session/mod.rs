@@ -21,6 +21,9 @@ use crate::tokenizer::Tokenizer;
 pub use crate::engine::{
     effective_threads, physical_cores, FinishReason, KvBudget, RequestParams, SeqOutput,
 };
+pub use conversation::{
+    fit_chat, ChatFormat, ChatPrompt, ContextPolicy, Conversation, Turn, TurnPrompt,
+};
 
 /// What to generate: the engine's [`RequestParams`] (one parameters type everywhere).
 pub type GenerateParams = RequestParams;
@@ -328,4 +331,5 @@ impl Session {
     }
 }
 
+mod conversation;
 mod generate;

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ember::backend::{Backend, BackendKind, CudaWeights};
-use ember::chat::{render_chat, ChatMessage};
 use ember::model::Model;
 use ember::sampler::SamplingParams;
-use ember::session::{FinishReason, GenerateParams, Generation, KvBudget, Session, SessionConfig};
+use ember::session::{
+    ContextPolicy, Conversation, FinishReason, GenerateParams, Generation, KvBudget, Session,
+    SessionConfig,
+};
 use serde_json::json;
 
 use crate::args::{path, switch, val, Args, Flag};
@@ -272,36 +274,32 @@ fn chat_template(s: &Session, file: Option<PathBuf>) -> Result<String, CliError>
         .to_string())
 }
 
-fn token_text(s: &Session, id: Option<u32>) -> String {
-    id.and_then(|i| s.tokenizer().token_text(i))
-        .unwrap_or("")
-        .to_string()
-}
-
 pub fn chat(raw: &[OsString]) -> CliResult {
     let a = parse(
         raw,
         &[
             SAMPLING,
-            &[val("system", None), path("chat-template", None)],
+            &[
+                val("system", None),
+                path("chat-template", None),
+                val("context-policy", None),
+            ],
         ],
     )?;
     let params = generate_params(&a, 256)?;
+    let policy: ContextPolicy = match a.str("context-policy") {
+        Some(p) => p.parse().map_err(|_| {
+            usage(format!(
+                "--context-policy {p:?}: expected error or truncate"
+            ))
+        })?,
+        None => ContextPolicy::Truncate,
+    };
     let mut s = open_session(&a, 512, 1)?;
-    // Each turn's prompt starts with the previous turns: their cached KV blocks are reused.
-    s.set_prefix_caching(true);
     let template = chat_template(&s, a.path("chat-template"))?;
-    let (bos, eos) = (
-        token_text(&s, s.tokenizer().bos()),
-        token_text(&s, s.tokenizer().eos()),
-    );
-    let mut messages = Vec::new();
-    if let Some(sys) = a.str("system") {
-        messages.push(ChatMessage {
-            role: "system".into(),
-            content: sys.into(),
-        });
-    }
+    // Each turn's prompt starts with the earlier turns: their cached KV blocks are reused.
+    let mut conversation =
+        Conversation::for_tokenizer(template, s.tokenizer(), a.str("system"), policy);
     // No line can be longer than the context's worth of the longest token pieces.
     let line_limit = s
         .n_ctx()
@@ -328,20 +326,22 @@ pub fn chat(raw: &[OsString]) -> CliResult {
                 }
             }
         };
-        messages.push(ChatMessage {
-            role: "user".into(),
-            content: user,
-        });
-        let prompt = render_chat(&template, &messages, true, &bos, &eos)
-            .map_err(|e| CliError::Run(format!("chat template: {e}")))?;
         let mut out = Stdout::new();
-        let (_, g) = s.generate_text_until(&prompt, &params, |piece| out.stream(piece))?;
+        let turn = conversation.reply(&mut s, &user, &params, |piece| out.stream(piece))?;
         out.stream("\n");
         out.finish()?;
-        messages.push(ChatMessage {
-            role: "assistant".into(),
-            content: g.text,
-        });
+        if turn.dropped_turns > 0 {
+            eprintln!(
+                "[context: the {} oldest turn{} left out to fit the context of {} tokens]",
+                turn.dropped_turns,
+                if turn.dropped_turns == 1 {
+                    " was"
+                } else {
+                    "s were"
+                },
+                s.n_ctx()
+            );
+        }
         if one_shot.is_some() {
             return Ok(());
         }

@@ -1,0 +1,225 @@
+//! Conversations on a small synthetic model (byte-level tokenizer: about one token per byte of
+//! these messages) with a plain template, in a context of 96 tokens.
+
+use super::*;
+use crate::engine::KvBudget;
+use crate::gguf::GgufFile;
+use crate::model::Model;
+use crate::session::{FinishReason, SessionConfig};
+use crate::synth::{synth_gguf, SynthSpec};
+
+const TEMPLATE: &str = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}\
+                        {% if add_generation_prompt %}assistant:{% endif %}";
+const N_CTX: usize = 96;
+const BLOCK: usize = 8;
+
+fn session() -> Session {
+    let bytes = synth_gguf(&SynthSpec::default())
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let model = Model::from_gguf(GgufFile::from_bytes(bytes).unwrap()).unwrap();
+    let cfg = SessionConfig {
+        n_ctx: N_CTX,
+        kv_budget: KvBudget::FullContext,
+        block_size: BLOCK,
+        max_batch_tokens: 64,
+        threads: 1,
+        ..SessionConfig::default()
+    };
+    Session::new(model, &cfg).unwrap()
+}
+
+fn params(max_tokens: usize) -> RequestParams {
+    RequestParams {
+        max_tokens,
+        ignore_eos: true,
+        ..RequestParams::default()
+    }
+}
+
+fn conversation(policy: ContextPolicy) -> Conversation {
+    Conversation::new(TEMPLATE, "", "", Some("be brief"), policy)
+}
+
+/// Messages after the system message alternate user, assistant.
+fn assert_alternates(c: &Conversation) {
+    let roles: Vec<&str> = c.messages().iter().map(|m| m.role.as_str()).collect();
+    assert_eq!(roles[0], "system");
+    for pair in roles[1..].chunks(2) {
+        assert_eq!(pair, ["user", "assistant"], "{roles:?}");
+    }
+}
+
+/// Tokens `a` and `b` share from the start.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// A chat far longer than the context never fails under `Truncate`: the system message stays,
+/// the oldest turns go first, every prompt leaves room for the reply, and a turn that drops
+/// nothing takes the earlier turns' full blocks from the prefix cache.
+#[test]
+fn truncate_keeps_the_system_message_and_drops_the_oldest_turns() {
+    let mut s = session();
+    let mut c = conversation(ContextPolicy::Truncate);
+    let mut dropped_any = false;
+    let mut previous: Option<Vec<u32>> = None;
+    for i in 0..10 {
+        let user = format!("question {i}?");
+        let p = c.prompt(s.tokenizer(), N_CTX, 12, &user).unwrap();
+        assert!(p.ids.len() + p.max_tokens <= N_CTX);
+        assert_eq!(p.max_tokens, 12);
+        let turn = c.reply(&mut s, &user, &params(12), |_| true).unwrap();
+        assert_eq!(turn.prompt_tokens, p.ids.len());
+        assert_eq!(turn.dropped_turns, p.dropped_turns);
+        assert_eq!(turn.generation.ids.len(), 12);
+        if turn.dropped_turns == 0 {
+            if let Some(prev) = &previous {
+                // The previous turn's prompt is (nearly: the tokenizer may merge across its
+                // end) a prefix of this one; its full blocks are reused.
+                let want = common_prefix(prev, &p.ids) / BLOCK * BLOCK;
+                assert!(
+                    turn.cached_tokens >= want && turn.cached_tokens < p.ids.len(),
+                    "turn {i}: {} of {} prompt tokens cached, want at least {want}",
+                    turn.cached_tokens,
+                    p.ids.len()
+                );
+            }
+        }
+        eprintln!(
+            "turn {i}: {} prompt tokens, {} cached, {} turns dropped",
+            turn.prompt_tokens, turn.cached_tokens, turn.dropped_turns
+        );
+        dropped_any |= turn.dropped_turns > 0;
+        previous = Some(p.ids);
+        assert_alternates(&c);
+        let last = c.messages().last().unwrap();
+        assert_eq!(last.content, turn.generation.text);
+        assert_eq!(c.messages()[c.messages().len() - 2].content, user);
+    }
+    assert!(dropped_any, "ten turns of ~30 tokens must outgrow 96");
+    assert_eq!(c.messages()[0], ChatMessage::new("system", "be brief"));
+    // The kept turns are the latest ones, in order.
+    let users: Vec<&str> = c.messages()[1..]
+        .iter()
+        .step_by(2)
+        .map(|m| m.content.as_str())
+        .collect();
+    let n = users.len();
+    let want: Vec<String> = (10 - n..10).map(|i| format!("question {i}?")).collect();
+    assert_eq!(users, want);
+}
+
+/// Under `Error` the turn that would overflow is refused with `ContextFull`, and the
+/// conversation is as it was: the next, shorter request still works.
+#[test]
+fn error_policy_refuses_and_changes_nothing() {
+    let mut s = session();
+    let mut c = conversation(ContextPolicy::Error);
+    let err = loop {
+        let before = c.messages().to_vec();
+        match c.reply(&mut s, "and then?", &params(12), |_| true) {
+            Ok(t) => assert_eq!(t.dropped_turns, 0),
+            Err(e) => {
+                assert_eq!(
+                    c.messages(),
+                    &before[..],
+                    "a refused turn changed the history"
+                );
+                break e;
+            }
+        }
+    };
+    assert!(
+        matches!(err, Error::ContextFull { n_ctx: N_CTX, requested } if requested > N_CTX),
+        "{err}"
+    );
+}
+
+/// A message that cannot fit even alone is `PromptTooLong` under `Truncate` and changes
+/// nothing; when the system message and the new one leave less than `max_tokens`, the reply
+/// gets the room there is and ends with `Length`.
+#[test]
+fn what_cannot_fit_is_refused_and_a_short_room_is_used() {
+    let mut s = session();
+    let mut c = conversation(ContextPolicy::Truncate);
+    c.reply(&mut s, "hi", &params(8), |_| true).unwrap();
+    let before = c.messages().to_vec();
+    let huge = "x".repeat(4 * N_CTX);
+    let err = c.reply(&mut s, &huge, &params(8), |_| true).unwrap_err();
+    assert!(
+        matches!(err, Error::PromptTooLong { n_ctx: N_CTX, .. }),
+        "{err}"
+    );
+    assert_eq!(c.messages(), &before[..]);
+
+    let long = "y".repeat(50);
+    let p = c.prompt(s.tokenizer(), N_CTX, 50, &long).unwrap();
+    assert_eq!(p.dropped_turns, 1, "the one earlier turn goes first");
+    assert!(
+        p.max_tokens < 50 && p.ids.len() + p.max_tokens == N_CTX,
+        "{p:?}"
+    );
+    let turn = c.reply(&mut s, &long, &params(50), |_| true).unwrap();
+    assert_eq!(turn.generation.ids.len(), p.max_tokens);
+    assert_eq!(turn.generation.finish, Some(FinishReason::Length));
+    assert_eq!(c.messages().len(), 3, "system, the long message, its reply");
+}
+
+#[test]
+fn policies_parse_by_name() {
+    assert_eq!(
+        "error".parse::<ContextPolicy>().unwrap(),
+        ContextPolicy::Error
+    );
+    assert_eq!(
+        "truncate".parse::<ContextPolicy>().unwrap(),
+        ContextPolicy::Truncate
+    );
+    let e = "shift".parse::<ContextPolicy>().unwrap_err().to_string();
+    assert!(e.contains("expected error or truncate"), "{e}");
+}
+
+/// `fit_chat` on a chat that does not alternate: the kept history begins at a user message,
+/// both leading system messages stay, the prompt is exactly the kept messages rendered; under
+/// `Error` the whole chat is refused.
+#[test]
+fn fit_chat_cuts_at_user_messages() {
+    let s = session();
+    let m = ChatMessage::new;
+    let long = |c: char| c.to_string().repeat(30);
+    let chat = [
+        m("system", "a"),
+        m("system", "b"),
+        m("user", &long('u')),
+        m("assistant", "x"),
+        m("assistant", "y"),
+        m("user", &long('v')),
+        m("tool", "z"),
+        m("user", "q"),
+    ];
+    let format = ChatFormat {
+        template: TEMPLATE,
+        bos_token: "",
+        eos_token: "",
+    };
+    let tok = s.tokenizer();
+    let p = fit_chat(&format, &chat, tok, N_CTX, 8, ContextPolicy::Truncate).unwrap();
+    assert_eq!(p.dropped_messages, 3, "cut at the second user message");
+    assert_eq!(p.max_tokens, 8);
+    let kept: Vec<ChatMessage> = chat[..2].iter().chain(&chat[5..]).cloned().collect();
+    let text = render_chat(TEMPLATE, &kept, true, "", "").unwrap();
+    assert_eq!(p.ids, tok.encode(&text, true, true).unwrap());
+
+    let all = fit_chat(&format, &chat, tok, 4096, 8, ContextPolicy::Error).unwrap();
+    assert_eq!(all.dropped_messages, 0);
+    assert!(all.ids.len() + 8 > N_CTX, "the whole chat must not fit 96");
+    let err = fit_chat(&format, &chat, tok, N_CTX, 8, ContextPolicy::Error).unwrap_err();
+    assert!(
+        matches!(err, Error::ContextFull { n_ctx: N_CTX, requested } if requested == all.ids.len() + 8),
+        "{err}"
+    );
+    let none = fit_chat(&format, &[], tok, N_CTX, 8, ContextPolicy::Truncate).unwrap_err();
+    assert!(matches!(none, Error::InvalidParam { .. }), "{none}");
+}

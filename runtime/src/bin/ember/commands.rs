@@ -283,6 +283,7 @@ pub fn chat(raw: &[OsString]) -> CliResult {
                 val("system", None),
                 path("chat-template", None),
                 val("context-policy", None),
+                switch("verbose"),
             ],
         ],
     )?;
@@ -330,6 +331,21 @@ pub fn chat(raw: &[OsString]) -> CliResult {
         let turn = conversation.reply(&mut s, &user, &params, |piece| out.stream(piece))?;
         out.stream("\n");
         out.finish()?;
+        if a.has("verbose") {
+            let g = &turn.generation;
+            let first_ms = g
+                .first_token
+                .map_or(0.0, |t| (t - g.submitted).as_secs_f64() * 1e3);
+            eprintln!(
+                "[{} prompt tokens, {} of them from the cache; first token after {first_ms:.1} \
+                 ms; {} generated at {:.1} tok/s, finish: {}]",
+                turn.prompt_tokens,
+                turn.cached_tokens,
+                g.ids.len(),
+                g.decode_tok_s(),
+                finish_str(g)
+            );
+        }
         if turn.dropped_turns > 0 {
             eprintln!(
                 "[context: the {} oldest turn{} left out to fit the context of {} tokens]",

@@ -37,11 +37,12 @@ commands:
            [--seed S] [--stop STR] [--ignore-eos] [--json]
                         continue TEXT (special tokens parsed) and stream the text
   chat [-p TEXT] [--system TEXT] [--chat-template FILE] [--context-policy error|truncate]
-       [-n N] [--temp T] ...
+       [--verbose] [-n N] [--temp T] ...
                         chat with the model's template (or FILE's, a Jinja chat template):
                         one turn with -p, interactive otherwise; each turn reuses the KV of
                         the earlier ones; when the history outgrows the context, truncate
-                        (the default) leaves the oldest turns out, keeping --system
+                        (the default) leaves the oldest turns out, keeping --system;
+                        --verbose: prompt tokens, cached tokens and timings per turn
   tokenize [--json] [--no-parse-special] TEXT
                         print the token ids of TEXT
   info [--check-tensors]

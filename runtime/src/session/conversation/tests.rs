@@ -14,13 +14,17 @@ const N_CTX: usize = 96;
 const BLOCK: usize = 8;
 
 fn session() -> Session {
+    session_with_ctx(N_CTX)
+}
+
+fn session_with_ctx(n_ctx: usize) -> Session {
     let bytes = synth_gguf(&SynthSpec::default())
         .unwrap()
         .to_bytes()
         .unwrap();
     let model = Model::from_gguf(GgufFile::from_bytes(bytes).unwrap()).unwrap();
     let cfg = SessionConfig {
-        n_ctx: N_CTX,
+        n_ctx,
         kv_budget: KvBudget::FullContext,
         block_size: BLOCK,
         max_batch_tokens: 64,
@@ -222,4 +226,35 @@ fn fit_chat_cuts_at_user_messages() {
     );
     let none = fit_chat(&format, &[], tok, N_CTX, 8, ContextPolicy::Truncate).unwrap_err();
     assert!(matches!(none, Error::InvalidParam { .. }), "{none}");
+}
+
+/// Six scripted turns (a context big enough that nothing is dropped): every reply has exactly
+/// the ids of generating from the whole history in a fresh session without the cache, and
+/// each turn computes only its new tokens: at most what it does not share with the previous
+/// turn's prompt and reply, plus the rest of a partly filled block.
+#[test]
+fn six_turns_equal_fresh_runs_and_prefill_only_new_tokens() {
+    let mut s = session_with_ctx(256);
+    let mut c = conversation(ContextPolicy::Error);
+    let mut previous: Vec<u32> = Vec::new();
+    for i in 0..6 {
+        let user = format!("go {i}");
+        let p = c.prompt(s.tokenizer(), 256, 6, &user).unwrap();
+        let turn = c.reply(&mut s, &user, &params(6), |_| true).unwrap();
+        assert_eq!(turn.dropped_turns, 0);
+        let mut fresh = session_with_ctx(256);
+        let want = fresh.generate(&p.ids, &params(6), |_| {}).unwrap();
+        assert_eq!(turn.generation.ids, want.ids, "turn {i}");
+        let computed = turn.prompt_tokens - turn.cached_tokens;
+        let new = p.ids.len() - common_prefix(&previous, &p.ids);
+        eprintln!(
+            "turn {i}: {} prompt tokens, {computed} computed, {new} not in the previous sequence",
+            turn.prompt_tokens
+        );
+        assert!(
+            computed <= new + BLOCK,
+            "turn {i}: computed {computed} prompt tokens, only {new} are new"
+        );
+        previous = p.ids.iter().chain(&turn.generation.ids).copied().collect();
+    }
 }

@@ -197,3 +197,75 @@ fn greedy_through_the_abi_equals_the_engine() {
         ember_runtime_free(rt);
     }
 }
+
+/// `params.n = 3` through the ABI: each sequence pulled with `ember_next_seq` has the ids the
+/// engine gives the same request (seeds `seed + i`), a sequence past `n` is refused, and `n`
+/// above `max_seqs` is `EMBER_ERR_INVALID_ARGUMENT`.
+#[test]
+fn parallel_samples_through_the_abi_equal_the_engine() {
+    let (dir, path) = synth_model();
+    let rt = new_runtime(&path);
+    let mut params = ember_params_default();
+    params.max_tokens = 6;
+    params.ignore_eos = true;
+    // Flat enough for the synthetic model's peaked logits to give way.
+    params.temperature = 5.0;
+    params.top_k = 0;
+    params.top_p = 1.0;
+    params.min_p = 0.0;
+    params.seed = 11;
+    params.n = 5; // max_seqs is 4
+    let mut id = 0;
+    // SAFETY: valid arguments.
+    let r = unsafe { ember_submit(rt, c"ab".as_ptr(), &params, &mut id) };
+    assert_eq!(r, ember_result::EMBER_ERR_INVALID_ARGUMENT);
+    params.n = 3;
+    // SAFETY: valid arguments.
+    let r = unsafe { ember_submit(rt, c"ab".as_ptr(), &params, &mut id) };
+    assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
+    let mut more = true;
+    while more {
+        // SAFETY: valid arguments.
+        assert_eq!(unsafe { ember_step(rt, &mut more) }, ember_result::EMBER_OK);
+    }
+    let mut got = Vec::new();
+    for seq in 0..3 {
+        let mut ids = Vec::new();
+        loop {
+            let mut ev = std::mem::MaybeUninit::<ember_event>::uninit();
+            // SAFETY: valid arguments.
+            let r = unsafe { ember_next_seq(rt, id, seq, 0, ev.as_mut_ptr()) };
+            assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
+            // SAFETY: written on success.
+            let ev = unsafe { ev.assume_init() };
+            if ev.kind == ember_event_kind::EMBER_EVENT_FINISHED {
+                assert_eq!(ev.finish_reason, ember_finish_reason::EMBER_FINISH_LENGTH);
+                break;
+            }
+            ids.push(ev.token);
+        }
+        got.push(ids);
+    }
+    let mut ev = std::mem::MaybeUninit::<ember_event>::uninit();
+    // SAFETY: valid arguments.
+    let r = unsafe { ember_next_seq(rt, id, 3, 0, ev.as_mut_ptr()) };
+    assert_eq!(r, ember_result::EMBER_ERR_INVALID_ARGUMENT);
+
+    let model = ember::model::Model::load(dir.0.join("synth.gguf")).unwrap();
+    let mut e = ember::engine::Engine::new(model, small_config().to_engine().unwrap()).unwrap();
+    // SAFETY: no pointers in these params (no stop strings or ids).
+    let want = e
+        .submit_text("ab", &unsafe { params.to_request() }.unwrap())
+        .unwrap();
+    while e.has_work() {
+        e.step().unwrap();
+    }
+    let want: Vec<Vec<u32>> = e.output(want).unwrap().map(|o| o.ids.clone()).collect();
+    assert_eq!(got, want);
+    assert_ne!(got[0], got[1], "seeds 11 and 12 at temperature 5 diverge");
+    // SAFETY: valid arguments; then the handle is freed once.
+    unsafe {
+        assert_eq!(ember_release(rt, id), ember_result::EMBER_OK);
+        ember_runtime_free(rt);
+    }
+}

@@ -459,6 +459,41 @@ fn nan_and_inf_weights_are_reported_not_sampled() {
     }
     let m = eng.metrics();
     assert_eq!((m.nan_logit_rows, m.blocks_used), (1, 0));
+
+    // ...and `ember batch` writes that request's result line with `finish_reason` "error" and
+    // the cause in `error`, and exits 1 (a request failed).
+    let dir = std::env::temp_dir().join(format!("ember-nan-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (model_path, input, output) = (dir.join("m.gguf"), dir.join("in"), dir.join("out"));
+    std::fs::write(&model_path, &nan_output).unwrap();
+    std::fs::write(
+        &input,
+        "{\"id\": \"a\", \"prompt\": \"hi\", \"max_tokens\": 4}\n",
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["batch", "-t", "1", "-m", model_path.to_str().unwrap()])
+        .args([
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&output).unwrap().trim()).unwrap();
+    assert_eq!(line["id"], "a");
+    assert_eq!(line["finish_reason"], "error");
+    assert_eq!(line["ids"], serde_json::json!([]));
+    assert_contains(line["error"].as_str().unwrap(), "hold NaN");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

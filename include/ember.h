@@ -431,7 +431,9 @@ typedef struct ember_params {
      * context: `EMBER_CONTEXT_ERROR` (0, the default) refuses with `EMBER_ERR_TOO_LARGE`;
      * `EMBER_CONTEXT_TRUNCATE` leaves out the oldest whole turns (the leading system
      * messages stay, the prompt begins again at a user message, the last message is always
-     * kept; the caller's array is not touched) and, if the system messages and the last turn
+     * kept; the caller's array is not touched), enough for the prompt to take at most half
+     * the context, so that the next turns reuse the kept turns' cached KV; if the system
+     * messages and the last turn
      * alone leave less than `max_tokens`, lowers `max_tokens` to the room left
      * (`EMBER_ERR_TOO_LARGE` only when they leave none). `ember_submit` and
      * `ember_submit_tokens` have no turns and ignore it. Other values:

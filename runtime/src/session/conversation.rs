@@ -22,8 +22,10 @@ pub enum ContextPolicy {
     /// Refuse the turn with [`Error::ContextFull`]; the conversation is unchanged.
     Error,
     /// Drop the oldest whole turns (a user message and the reply to it; never the system
-    /// message) until the prompt and `max_tokens` fit, and prefill the shortened history
-    /// again. When the system message and the new message alone leave less room than
+    /// message) until the prompt and `max_tokens` fit, and then until the prompt takes at most
+    /// half the context (so the next turns append to the cached history rather than each
+    /// prefilling it again; see [`fit_chat`]). When the system message and the new message
+    /// alone leave less room than
     /// `max_tokens`, the reply gets the room there is (it ends with
     /// [`FinishReason::Length`](super::FinishReason::Length) if it fills it); when they leave
     /// none, the turn is refused with [`Error::PromptTooLong`].
@@ -247,7 +249,10 @@ pub struct ChatPrompt {
 ///
 /// [`ContextPolicy::Truncate`] leaves out whole turns from the front: the leading system
 /// messages stay, the kept history begins at a user message, and the last message is always
-/// kept; if even that leaves less room than `max_tokens`, the reply gets the room left
+/// kept. When it has to leave turns out, it leaves out enough for the prompt to take at most
+/// half the context (as llama.cpp's context shift discards half), so that the next turns
+/// reuse the kept turns' KV instead of each prefilling the whole history again. If even the
+/// last turn alone leaves less room than `max_tokens`, the reply gets the room left
 /// ([`ChatPrompt::max_tokens`]), and if it leaves none, the result is
 /// [`Error::PromptTooLong`]. [`ContextPolicy::Error`] gives [`Error::ContextFull`] when the
 /// whole chat and `max_tokens` do not fit. Also [`Error::ChatTemplate`] and
@@ -275,9 +280,9 @@ pub fn fit_chat(
     if *cuts.last().unwrap_or(&0) < last {
         cuts.push(last);
     }
-    let mut k = 0;
-    loop {
-        let cut = cuts[k];
+    // The first cut that fits, kept while truncation looks for a shorter one.
+    let mut fitted: Option<ChatPrompt> = None;
+    for (k, &cut) in cuts.iter().enumerate() {
         let kept: Vec<ChatMessage> = messages[..n_system.min(cut)]
             .iter()
             .chain(&messages[cut..])
@@ -288,13 +293,6 @@ pub fn fit_chat(
         let dropped = cut - n_system.min(cut);
         // The prompt's tokens, or, when its bytes alone cannot fit, the fewest it needs.
         let (ids, n_prompt) = match encode_prompt(tokenizer, &text, n_ctx) {
-            Ok(ids) if ids.len().saturating_add(max_tokens) <= n_ctx => {
-                return Ok(ChatPrompt {
-                    ids,
-                    dropped_messages: dropped,
-                    max_tokens,
-                })
-            }
             Ok(ids) => {
                 let n = ids.len();
                 (Some(ids), n)
@@ -302,6 +300,24 @@ pub fn fit_chat(
             Err(Error::ContextFull { requested, .. }) => (None, requested),
             Err(e) => return Err(e),
         };
+        if n_prompt.saturating_add(max_tokens) <= n_ctx {
+            let p = ChatPrompt {
+                ids: ids.unwrap_or_default(),
+                dropped_messages: dropped,
+                max_tokens,
+            };
+            // Having to leave turns out, leave out enough for the prompt to fill at most half
+            // the context: the turns that follow then append to what is cached, rather than
+            // each leaving one more turn out and prefilling the whole history again.
+            if k == 0 || n_prompt <= n_ctx / 2 {
+                return Ok(p);
+            }
+            fitted = Some(p);
+            continue;
+        }
+        if fitted.is_some() {
+            break; // fewer messages rendered longer: keep the cut that fit
+        }
         if policy == ContextPolicy::Error {
             return Err(Error::ContextFull {
                 n_ctx,
@@ -309,7 +325,6 @@ pub fn fit_chat(
             });
         }
         if k + 1 < cuts.len() {
-            k += 1;
             continue;
         }
         // Only the system messages and the last turn are left: the reply gets the room there
@@ -323,6 +338,7 @@ pub fn fit_chat(
             _ => Err(Error::PromptTooLong { n_prompt, n_ctx }),
         };
     }
+    fitted.ok_or(Error::PromptTooLong { n_prompt: 0, n_ctx })
 }
 
 #[cfg(test)]

@@ -186,20 +186,21 @@ fn policies_parse_by_name() {
 }
 
 /// `fit_chat` on a chat that does not alternate: the kept history begins at a user message,
-/// both leading system messages stay, the prompt is exactly the kept messages rendered; under
-/// `Error` the whole chat is refused.
+/// both leading system messages stay, the prompt is exactly the kept messages rendered, and
+/// truncation goes on until the prompt takes at most half the context; under `Error` the whole
+/// chat is refused.
 #[test]
 fn fit_chat_cuts_at_user_messages() {
     let s = session();
     let m = ChatMessage::new;
-    let long = |c: char| c.to_string().repeat(30);
+    let long = "u".repeat(60);
     let chat = [
         m("system", "a"),
         m("system", "b"),
-        m("user", &long('u')),
+        m("user", &long),
         m("assistant", "x"),
         m("assistant", "y"),
-        m("user", &long('v')),
+        m("user", "v"),
         m("tool", "z"),
         m("user", "q"),
     ];
@@ -209,21 +210,37 @@ fn fit_chat_cuts_at_user_messages() {
         eos_token: "",
     };
     let tok = s.tokenizer();
-    let p = fit_chat(&format, &chat, tok, N_CTX, 8, ContextPolicy::Truncate).unwrap();
-    assert_eq!(p.dropped_messages, 3, "cut at the second user message");
-    assert_eq!(p.max_tokens, 8);
-    let kept: Vec<ChatMessage> = chat[..2].iter().chain(&chat[5..]).cloned().collect();
-    let text = render_chat(TEMPLATE, &kept, true, "", "").unwrap();
-    assert_eq!(p.ids, tok.encode(&text, true, true).unwrap());
+    let fit = |n_ctx, policy| fit_chat(&format, &chat, tok, n_ctx, 8, policy);
+    let rendered = |kept: &[ChatMessage]| {
+        tok.encode(
+            &render_chat(TEMPLATE, kept, true, "", "").unwrap(),
+            true,
+            true,
+        )
+        .unwrap()
+    };
+    let all = rendered(&chat);
+    let from_v: Vec<ChatMessage> = chat[..2].iter().chain(&chat[5..]).cloned().collect();
+    let from_q: Vec<ChatMessage> = chat[..2].iter().chain(&chat[7..]).cloned().collect();
+    let (from_v, from_q) = (rendered(&from_v), rendered(&from_q));
+    eprintln!("{} / {} / {} tokens", all.len(), from_v.len(), from_q.len());
+    // 128: the whole chat does not fit; from the second user message on it does, in half.
+    assert!(all.len() + 8 > 128 && from_v.len() <= 64);
+    let p = fit(128, ContextPolicy::Truncate).unwrap();
+    assert_eq!((p.dropped_messages, p.max_tokens), (3, 8));
+    assert_eq!(p.ids, from_v);
+    // 96: the same cut fits but takes more than half: the next user message is the cut.
+    assert!(from_v.len() + 8 <= 96 && from_v.len() > 48);
+    let p = fit(96, ContextPolicy::Truncate).unwrap();
+    assert_eq!(p.dropped_messages, 5);
+    assert_eq!(p.ids, from_q);
 
-    let all = fit_chat(&format, &chat, tok, 4096, 8, ContextPolicy::Error).unwrap();
-    assert_eq!(all.dropped_messages, 0);
-    assert!(all.ids.len() + 8 > N_CTX, "the whole chat must not fit 96");
-    let err = fit_chat(&format, &chat, tok, N_CTX, 8, ContextPolicy::Error).unwrap_err();
+    let err = fit(128, ContextPolicy::Error).unwrap_err();
     assert!(
-        matches!(err, Error::ContextFull { n_ctx: N_CTX, requested } if requested == all.ids.len() + 8),
+        matches!(err, Error::ContextFull { n_ctx: 128, requested } if requested == all.len() + 8),
         "{err}"
     );
+    assert_eq!(fit(4096, ContextPolicy::Error).unwrap().ids, all);
     let none = fit_chat(&format, &[], tok, N_CTX, 8, ContextPolicy::Truncate).unwrap_err();
     assert!(matches!(none, Error::InvalidParam { .. }), "{none}");
 }

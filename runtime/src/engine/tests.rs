@@ -81,7 +81,12 @@ fn prompts() -> Vec<Vec<u32>> {
 /// into chunks, give exactly what they give in a roomy engine; every block comes back.
 #[test]
 fn preemption_and_chunked_prefill_match_a_roomy_engine() {
-    let ps = prompts();
+    // Under Miri, which interprets every forward pass, three of the four prompts (still 8
+    // blocks of 4 for an arena of 5) and the arena case only.
+    let mut ps = prompts();
+    if cfg!(miri) {
+        ps.truncate(3);
+    }
     let run = |blocks, seqs, budget| {
         let mut e = engine(blocks, seqs, budget);
         let ids: Vec<RequestId> = ps
@@ -105,7 +110,6 @@ fn preemption_and_chunked_prefill_match_a_roomy_engine() {
     assert_eq!(p0, 0);
     // 5 blocks of 4 tokens: the four sequences (7 to 13 tokens, 12 blocks in all) cannot all
     // stay; then the same with prompts prefilled in chunks (4 tokens a step).
-    // (Under Miri, which interprets every forward pass, the arena case only.)
     let budgets: &[usize] = if cfg!(miri) { &[64] } else { &[64, 4] };
     for &budget in budgets {
         let (tight, p1) = run(5, 4, budget);

@@ -91,6 +91,14 @@ pub enum Error {
     /// The model produced or holds non-finite values (NaN weights, or an overflow inside the
     /// forward pass): nothing can be sampled from them.
     NonFinite(String),
+    /// A prompt cache file cannot be used: written for another model, KV type or block size,
+    /// or damaged or truncated. Nothing was loaded from it.
+    PromptCache {
+        /// The file.
+        path: PathBuf,
+        /// What does not match, or where it is damaged.
+        what: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -142,6 +150,12 @@ impl fmt::Display for Error {
             ),
             Error::Backend(m) => write!(f, "backend: {m}"),
             Error::NonFinite(m) => write!(f, "non-finite values: {m}"),
+            Error::PromptCache { path, what } => write!(
+                f,
+                "prompt cache {}: {what}; nothing was loaded from it (delete the file to \
+                 write a new one)",
+                path.display()
+            ),
         }
     }
 }

@@ -14,7 +14,10 @@ cargo +nightly miri setup >/dev/null
 # and seconds per interpreted step): the two longest engine tests in one, the other scheduler
 # tests, the pool and thread-pool tests and the property tests in the other. Not the engine's
 # scoring tests: those run whole forward passes (1-2 min each interpreted) over the same
-# scheduler code, and the native run checks their results.
+# scheduler code, and the native run checks their results. Nor the prompt cache's engine tests
+# (safe code over the same pool calls; each builds engines, minutes interpreted): the arena's
+# block copies they rely on have their own small test in kv::, and the native run checks
+# every damaged byte; nor the cache file's checksum tests (integer arithmetic, no unsafe).
 echo "== miri: block pool, block tables, scheduler, thread pool; block-pool property tests"
 cargo +nightly miri test --locked -p ember --lib --no-run
 cargo +nightly miri test --locked -p ember --test block_pool_props --no-run
@@ -25,7 +28,8 @@ cargo +nightly miri test --locked -p ember --lib -- "${long[@]}" \
 long_pid=$!
 rest_status=0
 cargo +nightly miri test --locked -p ember --lib -- kv:: engine:: threadpool:: \
-    --skip engine::score_tests --skip "${long[0]}" --skip "${long[1]}" || rest_status=$?
+    --skip engine::score_tests --skip engine::prompt_cache_tests --skip kv::cache_file \
+    --skip "${long[0]}" --skip "${long[1]}" || rest_status=$?
 cargo +nightly miri test --locked -p ember --test block_pool_props || rest_status=$?
 long_status=0
 wait "$long_pid" || long_status=$?

@@ -32,6 +32,14 @@ echo "memcheck exit (8-layer): ${PIPESTATUS[0]}"
 "$SAN" --tool memcheck --error-exitcode 9 "$D"/ember generate -m /tmp/ember-m/tiny-gemma3.gguf \
     --backend cuda -p "hello world" -n 40 --ignore-eos --ctx 256 2>&1 | tail -6 | tee -a "$OUT/memcheck.log"
 echo "memcheck exit (gemma3): ${PIPESTATUS[0]}"
+# A prompt cache written from device memory, then loaded back into it.
+rm -f /tmp/ember-m/tiny.kvc
+for pass in save load; do
+    "$SAN" --tool memcheck --error-exitcode 9 "$D"/ember generate -m /tmp/ember-m/tiny-q4_0.gguf \
+        --backend cuda -p "$(printf 'hello world %.0s' $(seq 20))" -n 8 --ignore-eos --ctx 600 \
+        --prompt-cache /tmp/ember-m/tiny.kvc --json 2>&1 | tail -4 | tee -a "$OUT/memcheck.log"
+    echo "memcheck exit (prompt cache $pass): ${PIPESTATUS[0]}"
+done
 
 [ -n "${SKIP_BENCH:-}" ] && { echo "== done (SKIP_BENCH)"; exit 0; }
 echo "== attention bandwidth and start-up"

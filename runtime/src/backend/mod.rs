@@ -258,6 +258,33 @@ impl Backend {
         }
     }
 
+    /// Copy block `b`'s keys and values (f16 bits, `[n_layer][n_kv_head][block_size][head_dim]`
+    /// each, [`KvLayout::block_len`] elements) into `k` and `v`.
+    pub(crate) fn read_block(&self, b: usize, k: &mut [u16], v: &mut [u16]) -> Result<()> {
+        check_block(self.layout(), self.n_blocks(), b, k.len(), v.len())?;
+        match &self.inner {
+            Inner::Cpu { arena, .. } => {
+                let (ks, vs) = arena.block_bits(b);
+                k.copy_from_slice(ks);
+                v.copy_from_slice(vs);
+                Ok(())
+            }
+            Inner::Cuda(c) => c.read_block(b, k, v),
+        }
+    }
+
+    /// Overwrite block `b` with keys and values laid out as [`Backend::read_block`] gives them.
+    pub(crate) fn write_block(&mut self, b: usize, k: &[u16], v: &[u16]) -> Result<()> {
+        check_block(self.layout(), self.n_blocks(), b, k.len(), v.len())?;
+        match &mut self.inner {
+            Inner::Cpu { arena, .. } => {
+                arena.set_block_bits(b, k, v);
+                Ok(())
+            }
+            Inner::Cuda(c) => c.write_block(b, k, v),
+        }
+    }
+
     /// Copy the first `n_slots` slots of block `src` into block `dst` (copy-on-write).
     pub(crate) fn copy_slots(&mut self, src: usize, dst: usize, n_slots: usize) -> Result<()> {
         match &mut self.inner {
@@ -268,6 +295,17 @@ impl Backend {
             Inner::Cuda(c) => c.copy_slots(src, dst, n_slots),
         }
     }
+}
+
+/// A block copy's arguments: a block of the arena, buffers of one block each.
+fn check_block(layout: KvLayout, n_blocks: usize, b: usize, k: usize, v: usize) -> Result<()> {
+    if b >= n_blocks || k != layout.block_len() || v != layout.block_len() {
+        return Err(Error::Backend(format!(
+            "block copy: block {b} of {n_blocks}, buffers of {k} and {v} elements for blocks of {}",
+            layout.block_len()
+        )));
+    }
+    Ok(())
 }
 
 /// `out[t] = table[batch[t].token] * scale`: the embedding lookup every backend does on the

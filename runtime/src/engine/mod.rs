@@ -26,6 +26,7 @@
 //! Everything is allocated by [`Engine::new`] and [`Engine::submit`]; `step` allocates nothing.
 
 mod config;
+mod prompt_cache;
 mod request;
 mod score;
 mod sequence;
@@ -40,6 +41,7 @@ use config::{
 pub use config::{
     effective_threads, physical_cores, EngineConfig, MAX_BATCH_TOKENS, MAX_REQUESTS, MAX_SEQS,
 };
+pub use prompt_cache::PromptCacheLoad;
 pub use request::{FinishReason, KvBudget, LogitsRow, RequestId, RequestParams};
 use sequence::Seq;
 pub use sequence::{SeqOutput, SeqState};
@@ -513,6 +515,7 @@ impl Engine {
                 first_token: None,
                 last_token: None,
                 n_prompt: prompt.len(),
+                n_cached: 0,
             },
             scoring: false,
             rows: 0..0,
@@ -541,6 +544,15 @@ impl Engine {
                 .expect("a request's sequences live until it is released")
                 .out
         }))
+    }
+
+    /// The prompt of a request (its token ids).
+    pub fn prompt(&self, id: RequestId) -> Result<&[u32]> {
+        let r = self.request(id)?;
+        let seq = self.seqs[r.seqs[0] as usize]
+            .as_ref()
+            .expect("a request's sequences live until it is released");
+        Ok(&seq.tokens[..seq.n_prompt])
     }
 
     /// Whether every sequence of the request has finished.
@@ -654,6 +666,8 @@ const _: fn() = || {
     send::<Engine>();
 };
 
+#[cfg(test)]
+mod prompt_cache_tests;
 #[cfg(test)]
 mod score_tests;
 #[cfg(test)]

@@ -125,6 +125,7 @@ impl Engine {
             first_token: seq.out.first_token,
             last_token: seq.out.last_token,
             n_prompt: seq.out.n_prompt,
+            n_cached: seq.out.n_cached,
         };
         Ok(std::mem::replace(&mut seq.out, empty))
     }

@@ -54,6 +54,9 @@ pub struct SeqOutput {
     pub last_token: Option<Instant>,
     /// Prompt length in tokens.
     pub n_prompt: usize,
+    /// Prompt tokens taken from the prefix cache (a prompt cache file loaded into it, or an
+    /// earlier request) instead of computed, at the admission that computed the prompt.
+    pub n_cached: usize,
 }
 
 impl SeqOutput {

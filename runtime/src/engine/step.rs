@@ -92,6 +92,9 @@ impl Engine {
             i += 1;
         }
         seq.num_computed = i * bs;
+        if seq.out.first_token.is_none() {
+            seq.out.n_cached = (i * bs).min(seq.out.n_prompt);
+        }
         self.metrics.prefix_hit_tokens += (i * bs) as u64;
     }
 

@@ -5,6 +5,7 @@
 //! reads front to back.
 
 use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use crate::error::{Error, Result};
 
@@ -144,6 +145,30 @@ impl KvArena {
         }
     }
 
+    /// Range of block `b` in `k` and `v`.
+    fn block_range(&self, b: usize) -> std::ops::Range<usize> {
+        let n = self.layout.block_len();
+        b * n..(b + 1) * n
+    }
+
+    /// Keys and values of block `b` as f16 bits, each `[n_layer][n_kv_head][block_size]
+    /// [head_dim]`.
+    pub fn block_bits(&self, b: usize) -> (&[u16], &[u16]) {
+        let r = self.block_range(b);
+        (
+            self.k[r.clone()].reinterpret_cast(),
+            self.v[r].reinterpret_cast(),
+        )
+    }
+
+    /// Overwrite block `b` with keys and values as f16 bits (see [`KvArena::block_bits`]).
+    /// Panics unless both are one block long.
+    pub fn set_block_bits(&mut self, b: usize, k: &[u16], v: &[u16]) {
+        let r = self.block_range(b);
+        self.k[r.clone()].copy_from_slice(k.reinterpret_cast::<f16>());
+        self.v[r].copy_from_slice(v.reinterpret_cast::<f16>());
+    }
+
     /// Copy the first `n_slots` token slots of block `src` into block `dst`, every layer and
     /// head, keys and values (copy-on-write of a shared block).
     pub fn copy_slots(&mut self, src: usize, dst: usize, n_slots: usize) {
@@ -159,5 +184,35 @@ impl KvArena {
                 self.v.copy_within(s..s + n, d);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_bits_round_trip_one_block_and_touch_no_other() {
+        let layout = KvLayout {
+            n_layer: 2,
+            n_kv_head: 2,
+            head_dim: 4,
+            block_size: 3,
+        };
+        let mut a = KvArena::new(layout, 3).unwrap();
+        let kv: Vec<f32> = (0..8).map(|i| i as f32 * 0.5 - 1.0).collect();
+        a.write(1, 2, 1, &kv, &kv);
+        let n = layout.block_len();
+        let (k, v) = a.block_bits(1);
+        let (k, v) = (k.to_vec(), v.to_vec());
+        // Layer 1, head 1, slot 2: the last head_dim elements of the block.
+        assert_eq!(f16::from_bits(k[n - 1]).to_f32(), 2.5);
+        assert_eq!(f16::from_bits(v[n - 4]).to_f32(), 1.0);
+        a.set_block_bits(2, &k, &v);
+        assert_eq!(a.block_bits(2), (&k[..], &v[..]));
+        assert!(
+            a.block_bits(0).0.iter().all(|&x| x == 0),
+            "block 0 untouched"
+        );
     }
 }

@@ -7,6 +7,7 @@
 
 mod arena;
 mod block_pool;
+pub mod cache_file;
 
 pub use arena::{KvArena, KvLayout};
 pub use block_pool::{hash_block, BlockHash, BlockId, BlockPool};

@@ -146,5 +146,6 @@ fn nothing_generated(n_prompt: usize) -> Generation {
         first_token: None,
         last_token: None,
         n_prompt,
+        n_cached: 0,
     }
 }

@@ -443,6 +443,74 @@ fn engine_on_cuda_equals_lone_cuda_sessions() {
     );
 }
 
+/// Prompt cache files through device memory: a cache written by the CPU engine, loaded into a
+/// CUDA engine and saved again from it, is byte for byte the same file (the blocks went to the
+/// device and back unchanged); a CUDA engine that loads a cache written on CUDA gives the ids of
+/// computing the prompt, with the prompt's full blocks taken from the cache.
+#[test]
+fn prompt_cache_files_round_trip_through_the_device() {
+    if device("prompt_cache_files_round_trip_through_the_device").is_none() {
+        return;
+    }
+    let cfg = EngineConfig {
+        cuda_weights: Default::default(),
+        n_ctx: 512,
+        kv_budget: KvBudget::Blocks(64),
+        block_size: 16,
+        max_seqs: 2,
+        max_batch_tokens: 64,
+        max_requests: 4,
+        threads: 2,
+        prefix_caching: true,
+    };
+    let prompt: Vec<u32> = (0..75).map(|i| (i * 29 + 3) % 500).collect();
+    let params = RequestParams {
+        max_tokens: 16,
+        ignore_eos: true,
+        ..RequestParams::default()
+    };
+    let dir = std::env::temp_dir().join(format!("ember-cuda-pc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |e: &mut Engine| {
+        let id = e.submit(&prompt, &params).unwrap();
+        while e.has_work() {
+            e.step().unwrap();
+        }
+        let o = e.output(id).unwrap().next().unwrap();
+        let r = (o.ids.clone(), o.n_cached);
+        e.release(id).unwrap();
+        r
+    };
+    let model = || synth_model(GgmlType::Q8_0, 11);
+
+    let mut cpu = Engine::with_backend(model(), cfg.clone(), BackendKind::Cpu).unwrap();
+    run(&mut cpu);
+    let from_cpu = dir.join("cpu.kvc");
+    assert_eq!(cpu.save_prompt_cache(&from_cpu, &prompt).unwrap(), 64);
+    let mut gpu = Engine::with_backend(model(), cfg.clone(), BackendKind::Cuda).unwrap();
+    assert_eq!(gpu.load_prompt_cache(&from_cpu).unwrap().loaded_tokens, 64);
+    let back = dir.join("back.kvc");
+    assert_eq!(gpu.save_prompt_cache(&back, &prompt).unwrap(), 64);
+    assert!(
+        std::fs::read(&from_cpu).unwrap() == std::fs::read(&back).unwrap(),
+        "the blocks came back from the device changed"
+    );
+
+    let mut gpu = Engine::with_backend(model(), cfg.clone(), BackendKind::Cuda).unwrap();
+    let (want, cached) = run(&mut gpu);
+    assert_eq!(cached, 0);
+    let from_gpu = dir.join("gpu.kvc");
+    assert_eq!(gpu.save_prompt_cache(&from_gpu, &prompt).unwrap(), 64);
+    let mut fresh = Engine::with_backend(model(), cfg, BackendKind::Cuda).unwrap();
+    assert_eq!(
+        fresh.load_prompt_cache(&from_gpu).unwrap().loaded_tokens,
+        64
+    );
+    assert_eq!(run(&mut fresh), (want, 64));
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("prompt cache: 64 of 75 prompt tokens loaded on CUDA, ids equal");
+}
+
 /// Every weight type a model may hold (the CPU's list) has a CUDA kernel, and this file tests
 /// each one (`ALL_WEIGHTS`): a model the CPU loads is never refused for its weight types. (No
 /// device needed: the lists are constants.)

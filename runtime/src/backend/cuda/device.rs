@@ -305,6 +305,31 @@ impl CudaDevice {
         self.sync()
     }
 
+    /// Copy `src[at..at + dst.len()]` into `dst` and wait for it (and all earlier work).
+    pub fn read_at<T: DeviceRepr>(&self, src: &DevBuf<T>, at: usize, dst: &mut [T]) -> Result<()> {
+        let end = at
+            .checked_add(dst.len())
+            .filter(|&e| e <= src.len())
+            .ok_or_else(|| backend_err("device-to-host copy past the end of its buffer"))?;
+        let view = src.buf.slice(at..end);
+        self.stream
+            .memcpy_dtoh(&view, dst)
+            .map_err(drv("device-to-host copy"))?;
+        self.sync()
+    }
+
+    /// Copy `src` into `dst[at..at + src.len()]`.
+    pub fn write_at<T: DeviceRepr>(&self, dst: &mut DevBuf<T>, at: usize, src: &[T]) -> Result<()> {
+        let end = at
+            .checked_add(src.len())
+            .filter(|&e| e <= dst.len())
+            .ok_or_else(|| backend_err("host-to-device copy past the end of its buffer"))?;
+        let mut view = dst.buf.slice_mut(at..end);
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .map_err(drv("host-to-device copy"))
+    }
+
     /// Wait for all queued work; reports errors of earlier launches.
     pub fn sync(&self) -> Result<()> {
         self.stream.synchronize().map_err(drv("CUDA stream"))

@@ -499,6 +499,23 @@ impl CudaBackend {
         })
     }
 
+    /// Copy block `b` of the arena to the host (f16 bits; lengths checked by the caller).
+    pub(crate) fn read_block(&self, b: usize, k: &mut [u16], v: &mut [u16]) -> Result<()> {
+        let at = b * self.layout.block_len();
+        self.dev.read_at(&self.kc, at, k)?;
+        self.dev.read_at(&self.vc, at, v)
+    }
+
+    /// Overwrite block `b` of the arena from the host (f16 bits; lengths checked by the
+    /// caller). Ordered on the stream before every later step.
+    pub(crate) fn write_block(&mut self, b: usize, k: &[u16], v: &[u16]) -> Result<()> {
+        let at = b * self.layout.block_len();
+        self.dev.write_at(&mut self.kc, at, k)?;
+        self.dev.write_at(&mut self.vc, at, v)?;
+        // The host buffers are the caller's and may be reused at once.
+        self.dev.sync()
+    }
+
     /// Run `model` over `batch` on the device; see [`Model::forward`].
     pub(crate) fn forward(
         &mut self,

@@ -791,3 +791,110 @@ fn endless_inputs_are_read_only_up_to_their_bound() {
         expect_exit(&o, 1, want);
     }
 }
+
+/// `--prompt-cache`: the first run writes the prompt's full blocks, the next loads them and
+/// computes only the rest with the same ids; a damaged, truncated or foreign file is refused.
+#[test]
+fn prompt_cache_files_reuse_the_prompt_and_refuse_bad_files() {
+    let prompt = format!(
+        "{}Question: what should I pack for a day in the mountains?",
+        "You are a careful assistant running on a small device. ".repeat(5)
+    );
+    let cache = tmp("smollm2.prompt-cache");
+    let _ = std::fs::remove_file(&cache);
+    let run = |cache: Option<&std::path::Path>| {
+        let mut args = vec!["generate", "-p", &prompt, "-n", "8", "-t", "2", "--json"];
+        if let Some(c) = cache {
+            args.extend(["--prompt-cache", c.to_str().unwrap()]);
+        }
+        ember(&args)
+    };
+    let json = |o: &Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let plain = json(&run(None));
+    let n_prompt = plain["prompt_ids"].as_array().unwrap().len();
+    assert!(n_prompt > 64, "{n_prompt} prompt tokens");
+    let first = json(&run(Some(&cache)));
+    assert_eq!(first["ids"], plain["ids"]);
+    assert_eq!(first["cached_prompt_tokens"], 0);
+    assert!(cache.exists(), "the first run writes the cache");
+    let second = json(&run(Some(&cache)));
+    assert_eq!(
+        second["ids"], plain["ids"],
+        "ids equal those without a cache"
+    );
+    // Every full block but one token to compute.
+    let want = (n_prompt - 1) / 16 * 16;
+    assert_eq!(second["cached_prompt_tokens"], want);
+
+    let bytes = std::fs::read(&cache).unwrap();
+    let damaged = tmp("damaged.prompt-cache");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x01;
+    std::fs::write(&damaged, &flipped).unwrap();
+    expect_exit(&run(Some(&damaged)), 1, "damaged");
+    std::fs::write(&damaged, &bytes[..bytes.len() - 100]).unwrap();
+    expect_exit(&run(Some(&damaged)), 1, "truncated");
+    assert_eq!(
+        std::fs::read(&damaged).unwrap().len(),
+        bytes.len() - 100,
+        "a refused file is left as it is"
+    );
+
+    // A cache written by the Gemma 3 model.
+    let gemma = repo().join("models/gemma-3-270m-q4_k_m.gguf");
+    let foreign = tmp("gemma.prompt-cache");
+    let _ = std::fs::remove_file(&foreign);
+    let o = ember(&[
+        "generate",
+        "-m",
+        gemma.to_str().unwrap(),
+        "-p",
+        &prompt,
+        "-n",
+        "1",
+        "-t",
+        "2",
+        "--prompt-cache",
+        foreign.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    expect_exit(&run(Some(&foreign)), 1, "written for another model");
+
+    // Chat: the first turn's prompt (the long system prompt) is what a restart reuses.
+    let chat_cache = tmp("chat.prompt-cache");
+    let _ = std::fs::remove_file(&chat_cache);
+    let system = "You are a careful assistant running on a small device. ".repeat(6);
+    let chat = |user: &str| {
+        let o = ember(&[
+            "chat",
+            "--system",
+            &system,
+            "-p",
+            user,
+            "-n",
+            "4",
+            "-t",
+            "2",
+            "--verbose",
+            "--prompt-cache",
+            chat_cache.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    assert!(chat("Hello!").contains(", 0 of them from the cache"));
+    let again = chat("What is the weather like?");
+    let cached: usize = again
+        .split(", ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cached count in {again}"));
+    assert!(
+        cached >= 64,
+        "a restarted chat reuses the system prompt: {again}"
+    );
+}

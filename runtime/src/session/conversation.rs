@@ -66,6 +66,8 @@ pub struct TurnPrompt {
 pub struct Turn {
     /// The reply (its text is now the conversation's last message).
     pub generation: Generation,
+    /// This turn's prompt: the rendered history and new message, tokenized.
+    pub prompt_ids: Vec<u32>,
     /// Tokens in this turn's prompt.
     pub prompt_tokens: usize,
     /// Prompt tokens whose KV came from the prefix cache (not computed again).
@@ -208,13 +210,12 @@ impl Conversation {
             max_tokens: p.max_tokens,
             ..params.clone()
         };
-        let hits_before = session.engine().metrics().prefix_hit_tokens;
         let generation = session.generate_until(&p.ids, &params, on_piece)?;
-        let cached = session.engine().metrics().prefix_hit_tokens - hits_before;
         self.commit(p.dropped_turns, user, &generation.text);
         Ok(Turn {
             prompt_tokens: p.ids.len(),
-            cached_tokens: usize::try_from(cached).unwrap_or(usize::MAX),
+            cached_tokens: generation.n_cached,
+            prompt_ids: p.ids,
             dropped_turns: p.dropped_turns,
             generation,
         })

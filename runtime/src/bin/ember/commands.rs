@@ -208,7 +208,7 @@ fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliErro
 }
 
 pub fn generate(raw: &[OsString]) -> CliResult {
-    let a = parse(raw, &[SAMPLING])?;
+    let a = parse(raw, &[SAMPLING, &[path("prompt-cache", None)]])?;
     let prompt = a
         .str("prompt")
         .or(a.positional.first().map(String::as_str))
@@ -217,19 +217,23 @@ pub fn generate(raw: &[OsString]) -> CliResult {
     let params = generate_params(&a, 128)?;
     let json_out = a.has("json");
     let mut s = open_session(&a, 512, 1)?;
+    let cache = PromptCache::open(&a, &mut s)?;
     let mut out = Stdout::new();
     // Streaming stops at the first failed write (a reader that went away, a full disk).
     let (prompt_ids, g) =
         s.generate_text_until(&prompt, &params, |piece| json_out || out.stream(piece))?;
+    cache.save(&s, &prompt_ids)?;
     if json_out {
         let v = json!({
             "prompt_ids": prompt_ids,
             "ids": g.ids,
             "text": g.text,
             "finish_reason": finish_str(&g),
+            "cached_prompt_tokens": g.n_cached,
             "prefill_tok_s": g.prefill_tok_s(),
             "decode_tok_s": g.decode_tok_s(),
             "load_ms": s.load_ms,
+            "prompt_cache_load_ms": cache.load_ms,
         });
         out.stream(&format!("{v}\n"));
     } else {
@@ -237,8 +241,13 @@ pub fn generate(raw: &[OsString]) -> CliResult {
     }
     out.finish()?;
     if !json_out {
+        let cached = if cache.path.is_some() {
+            format!(" ({} from the prompt cache)", g.n_cached)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, finish: {}]",
+            "[{} prompt tokens{cached} at {:.1} tok/s, {} generated at {:.1} tok/s, finish: {}]",
             prompt_ids.len(),
             g.prefill_tok_s(),
             g.ids.len(),
@@ -247,6 +256,56 @@ pub fn generate(raw: &[OsString]) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// `--prompt-cache FILE`: loaded into the prefix cache before the first prompt when the file
+/// exists; written after the first prompt when it does not.
+struct PromptCache {
+    path: Option<PathBuf>,
+    /// Whether to write the file after the first prompt (it did not exist).
+    save: bool,
+    load_ms: f64,
+}
+
+impl PromptCache {
+    fn open(a: &Args, s: &mut Session) -> Result<PromptCache, CliError> {
+        let Some(path) = a.path("prompt-cache") else {
+            return Ok(PromptCache {
+                path: None,
+                save: false,
+                load_ms: 0.0,
+            });
+        };
+        // The cache's blocks are found through the prefix cache.
+        s.set_prefix_caching(true);
+        let t0 = Instant::now();
+        let save = !path.exists();
+        if !save {
+            s.engine_mut().load_prompt_cache(&path)?;
+        }
+        Ok(PromptCache {
+            path: Some(path),
+            save,
+            load_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Write the file for `prompt` if it did not exist (the prompt's blocks are still in the
+    /// prefix cache right after it ran).
+    fn save(&self, s: &Session, prompt: &[u32]) -> Result<(), CliError> {
+        let Some(path) = self.path.as_deref().filter(|_| self.save) else {
+            return Ok(());
+        };
+        let n = s.engine().save_prompt_cache(path, prompt)?;
+        if n == 0 {
+            eprintln!(
+                "[prompt cache: the prompt fills no block of {} tokens; {} not written]",
+                s.engine().block_size(),
+                path.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The finish reason of a generation (always set once `generate` returns).
@@ -283,6 +342,7 @@ pub fn chat(raw: &[OsString]) -> CliResult {
                 val("system", None),
                 path("chat-template", None),
                 val("context-policy", None),
+                path("prompt-cache", None),
                 switch("verbose"),
             ],
         ],
@@ -297,6 +357,7 @@ pub fn chat(raw: &[OsString]) -> CliResult {
         None => ContextPolicy::Truncate,
     };
     let mut s = open_session(&a, 512, 1)?;
+    let mut cache = PromptCache::open(&a, &mut s)?;
     let template = chat_template(&s, a.path("chat-template"))?;
     // Each turn's prompt starts with the earlier turns: their cached KV blocks are reused.
     let mut conversation =
@@ -331,6 +392,9 @@ pub fn chat(raw: &[OsString]) -> CliResult {
         let turn = conversation.reply(&mut s, &user, &params, |piece| out.stream(piece))?;
         out.stream("\n");
         out.finish()?;
+        // The first turn's prompt (the system prompt, mostly) is what a restart can reuse.
+        cache.save(&s, &turn.prompt_ids)?;
+        cache.save = false;
         if a.has("verbose") {
             let g = &turn.generation;
             let first_ms = g

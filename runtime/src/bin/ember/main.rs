@@ -34,14 +34,18 @@ usage: ember <command> [options]
 
 commands:
   generate -p TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M] [--repeat-penalty R]
-           [--seed S] [--stop STR] [--ignore-eos] [--json]
-                        continue TEXT (special tokens parsed) and stream the text
+           [--seed S] [--stop STR] [--ignore-eos] [--prompt-cache FILE] [--json]
+                        continue TEXT (special tokens parsed) and stream the text;
+                        --prompt-cache: the prompt's KV blocks are loaded from FILE if it
+                        exists (only the rest of the prompt is computed), else saved to it
   chat [-p TEXT] [--system TEXT] [--chat-template FILE] [--context-policy error|truncate]
-       [--verbose] [-n N] [--temp T] ...
+       [--prompt-cache FILE] [--verbose] [-n N] [--temp T] ...
                         chat with the model's template (or FILE's, a Jinja chat template):
                         one turn with -p, interactive otherwise; each turn reuses the KV of
                         the earlier ones; when the history outgrows the context, truncate
                         (the default) leaves the oldest turns out, keeping --system;
+                        --prompt-cache: as for generate, with the first turn's prompt (a
+                        long --system prompt is computed once, not at every start);
                         --verbose: prompt tokens, cached tokens and timings per turn
   tokenize [--json] [--no-parse-special] TEXT
                         print the token ids of TEXT

@@ -62,12 +62,15 @@ pub enum ember_result {
     /// An internal error (a bug) was caught at the boundary. The runtime stays usable unless
     /// later calls report `EMBER_ERR_POISONED`.
     EMBER_ERR_INTERNAL = 19,
+    /// The prompt cache file cannot be used: written for another model, KV type or block
+    /// size, or damaged or truncated (the message says which). Nothing was loaded from it.
+    EMBER_ERR_PROMPT_CACHE = 20,
 }
 
 use ember_result::*;
 
 /// Every code, in numeric order.
-pub(crate) const ALL_RESULTS: [ember_result; 20] = [
+pub(crate) const ALL_RESULTS: [ember_result; 21] = [
     EMBER_OK,
     EMBER_ERR_NULL_POINTER,
     EMBER_ERR_INVALID_ARGUMENT,
@@ -88,6 +91,7 @@ pub(crate) const ALL_RESULTS: [ember_result; 20] = [
     EMBER_ERR_ENGINE,
     EMBER_ERR_POISONED,
     EMBER_ERR_INTERNAL,
+    EMBER_ERR_PROMPT_CACHE,
 ];
 
 impl ember_result {
@@ -115,6 +119,7 @@ impl ember_result {
                 EMBER_ERR_ENGINE => b"EMBER_ERR_ENGINE\0",
                 EMBER_ERR_POISONED => b"EMBER_ERR_POISONED\0",
                 EMBER_ERR_INTERNAL => b"EMBER_ERR_INTERNAL\0",
+                EMBER_ERR_PROMPT_CACHE => b"EMBER_ERR_PROMPT_CACHE\0",
             },
             None => b"unknown ember_result code\0",
         }
@@ -181,6 +186,7 @@ impl From<ember::Error> for Failure {
             | E::UnsupportedType { .. }
             | E::UnsupportedArch(_) => EMBER_ERR_MODEL,
             E::Tokenizer(_) => EMBER_ERR_TOKENIZER,
+            E::PromptCache { .. } => EMBER_ERR_PROMPT_CACHE,
             E::ChatTemplate(_) => EMBER_ERR_CHAT_TEMPLATE,
             E::InvalidParam {
                 name: "request", ..

@@ -456,6 +456,27 @@ impl Runtime {
         Ok(id.to_u64())
     }
 
+    /// Load a prompt cache file into the engine's prefix cache; returns the tokens loaded.
+    pub fn prompt_cache_load(&self, path: &Path) -> Result<usize, Failure> {
+        let mut core = self.shared.lock_core()?;
+        if core.mode == Mode::Stopped {
+            return Err(Failure::stopped());
+        }
+        Ok(core.engine.load_prompt_cache(path)?.loaded_tokens)
+    }
+
+    /// Save the cached full blocks of request `id`'s prompt to a prompt cache file; returns
+    /// the tokens saved (0: none computed yet, no file written).
+    pub fn prompt_cache_save(&self, id: u64, path: &Path) -> Result<usize, Failure> {
+        let core = self.shared.lock_core()?;
+        if !self.shared.lock_streams()?.contains_key(&id) {
+            return Err(Failure::unknown_request(id));
+        }
+        let engine = &core.engine;
+        let prompt = engine.prompt(RequestId::from_u64(id))?;
+        Ok(engine.save_prompt_cache(path, prompt)?)
+    }
+
     /// One engine step on the caller's thread; returns whether work remains.
     pub fn step(&self) -> Result<bool, Failure> {
         let mut core = self.shared.lock_core()?;

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int failures = 0;
 
@@ -74,6 +75,7 @@ static void test_static_functions(void) {
     CHECK(strcmp(ember_result_str(EMBER_ERR_POISONED), "EMBER_ERR_POISONED") == 0);
     CHECK(strcmp(ember_result_str(12345), "unknown ember_result code") == 0);
     CHECK(EMBER_OK == 0 && EMBER_ERR_INTERNAL == 19); /* stable values */
+    CHECK(EMBER_ERR_PROMPT_CACHE == 20);
 
     ember_config c0 = ember_config_default();
     CHECK(c0.backend == EMBER_BACKEND_AUTO && c0.block_size == 16 && c0.max_seqs == 32);
@@ -793,6 +795,100 @@ static void test_chat_context_policy(const char *chat_model) {
     ember_runtime_free(rt);
 }
 
+/* Pull every token of sequence 0 of `id` (already computed) into `ids`; returns the count. */
+static size_t pull_ids(ember_runtime *rt, ember_request_id id, uint32_t *ids, size_t cap) {
+    ember_event ev;
+    size_t n = 0;
+    for (;;) {
+        EXPECT(ember_next(rt, id, 0, &ev), EMBER_OK);
+        if (ev.kind != EMBER_EVENT_TOKEN) break;
+        if (n < cap) ids[n] = ev.token;
+        n++;
+    }
+    return n;
+}
+
+/* A prompt cache saved by one runtime and loaded by a fresh one gives the same tokens with the
+ * prompt's full blocks taken from the cache; a damaged file and misuse are refused with the
+ * out-parameter untouched. */
+static void test_prompt_cache(const char *synth) {
+    char path[256], damaged[300];
+    snprintf(path, sizeof path, "/tmp/ember-test-api-%d.kvc", (int)getpid());
+    snprintf(damaged, sizeof damaged, "%s.damaged", path);
+    remove(path);
+    uint32_t prompt[40];
+    for (int i = 0; i < 40; i++) prompt[i] = (uint32_t)(10 + (i * 7) % 90);
+    ember_params p = params_n(5);
+    ember_config c = small_config();
+
+    ember_runtime *rt = NULL;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_OK);
+    if (!rt) return;
+    size_t n = 777;
+    EXPECT(ember_prompt_cache_load(rt, path, &n), EMBER_ERR_IO); /* not written yet */
+    CHECK(n == 777);
+    ember_request_id id = 0;
+    EXPECT(ember_submit_tokens(rt, prompt, 40, &p, &id), EMBER_OK);
+    EXPECT(ember_prompt_cache_save(rt, id, path, &n), EMBER_OK); /* nothing computed yet */
+    CHECK(n == 0 && access(path, F_OK) != 0);
+    run_to_idle(rt);
+    uint32_t want[8];
+    CHECK(pull_ids(rt, id, want, 8) == 5);
+    n = 777;
+    EXPECT(ember_prompt_cache_save(rt, id, NULL, &n), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_prompt_cache_save(NULL, id, path, &n), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_prompt_cache_save(rt, 12345, path, &n), EMBER_ERR_UNKNOWN_REQUEST);
+    EXPECT(ember_prompt_cache_save(rt, id, "/nonexistent-dir/x.kvc", &n), EMBER_ERR_IO);
+    CHECK(n == 777);
+    EXPECT(ember_prompt_cache_save(rt, id, path, &n), EMBER_OK);
+    CHECK(n == 32); /* two full blocks of 16 */
+    EXPECT(ember_release(rt, id), EMBER_OK);
+    EXPECT(ember_prompt_cache_save(rt, id, path, NULL), EMBER_ERR_UNKNOWN_REQUEST);
+    ember_runtime_free(rt);
+
+    /* A damaged copy: one byte flipped in the middle. */
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    if (!f) return;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *bytes = malloc((size_t)len);
+    CHECK(bytes && fread(bytes, 1, (size_t)len, f) == (size_t)len);
+    fclose(f);
+    bytes[len / 2] ^= 0x20;
+    f = fopen(damaged, "wb");
+    CHECK(f && fwrite(bytes, 1, (size_t)len, f) == (size_t)len);
+    if (f) fclose(f);
+    free(bytes);
+
+    rt = NULL;
+    EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_OK);
+    if (!rt) return;
+    n = 777;
+    EXPECT(ember_prompt_cache_load(rt, damaged, &n), EMBER_ERR_PROMPT_CACHE);
+    CHECK(n == 777 && strstr(ember_last_error(), "damaged") != NULL);
+    EXPECT(ember_prompt_cache_load(rt, NULL, &n), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_prompt_cache_load(NULL, path, &n), EMBER_ERR_NULL_POINTER);
+    ember_stats s;
+    EXPECT(ember_get_stats(rt, &s), EMBER_OK);
+    CHECK(s.blocks_cached == 0 && s.blocks_used == 0);
+    EXPECT(ember_prompt_cache_load(rt, path, &n), EMBER_OK);
+    CHECK(n == 32);
+    EXPECT(ember_get_stats(rt, &s), EMBER_OK);
+    CHECK(s.blocks_cached == 2);
+    EXPECT(ember_submit_tokens(rt, prompt, 40, &p, &id), EMBER_OK);
+    run_to_idle(rt);
+    uint32_t got[8];
+    CHECK(pull_ids(rt, id, got, 8) == 5 && memcmp(got, want, sizeof(uint32_t) * 5) == 0);
+    EXPECT(ember_get_stats(rt, &s), EMBER_OK);
+    CHECK(s.prefix_hit_tokens == 32);
+    EXPECT(ember_release(rt, id), EMBER_OK);
+    ember_runtime_free(rt);
+    remove(path);
+    remove(damaged);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s SYNTH.gguf [CHAT_MODEL.gguf]\n", argv[0]);
@@ -816,6 +912,7 @@ int main(int argc, char **argv) {
     test_stop_wakes_waiters(argv[1]);
     test_free_while_running(argv[1]);
     test_request_limits(argv[1]);
+    test_prompt_cache(argv[1]);
     if (argc > 2) test_chat(argv[2]);
     if (argc > 2) test_chat_context_policy(argv[2]);
 

@@ -1,7 +1,8 @@
 //! The C ABI driven by random call sequences, in caller-driven mode, on the tiny synthetic
 //! model: submit (text, tokens, chat) with arbitrary parameters, step, next, next_text, cancel,
-//! release, stats, tokenize, detokenize and stop, on live, released and made-up ids; model info
-//! once.
+//! release, stats, tokenize, detokenize and stop, on live, released and made-up ids; prompt
+//! cache files saved from requests and loaded back whole or damaged (a flipped byte or a cut is
+//! always `EMBER_ERR_PROMPT_CACHE`); model info once.
 //!
 //! Properties: every call returns one of the codes its documentation lists for the situation
 //! (never `EMBER_ERR_INTERNAL` or `EMBER_ERR_POISONED`: a caught panic is a bug, and
@@ -81,6 +82,14 @@ enum Op {
     Tokenize(Vec<u8>, bool, bool, u8),
     Detokenize(Vec<u16>, u8),
     Stop,
+    /// `ember_prompt_cache_save` of a request to this process's cache file.
+    SaveCache(Req),
+    /// `ember_prompt_cache_load` of that file (missing until a save wrote it), damaged first:
+    /// `flip.1` xor-ed into byte `flip.0 % len`, then cut to `cut % (len + 1)` bytes.
+    LoadCache {
+        flip: Option<(u32, u8)>,
+        cut: Option<u32>,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -114,6 +123,15 @@ struct Driver {
     /// Sequences (`params.n`, 0 taken as 1) of each id submitted successfully.
     n: HashMap<ember_request_id, u32>,
     stopped: bool,
+    prefix_caching: bool,
+}
+
+/// This process's prompt cache file (`.damaged`: the copy a load reads).
+fn cache_path(suffix: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "ember-fuzz-capi-{}.kvc{suffix}",
+        std::process::id()
+    ))
 }
 
 impl Driver {
@@ -226,7 +244,11 @@ impl Driver {
         }
         let n = self.n.get(&id).copied().unwrap_or(1);
         if seq >= n {
-            check(code, &[EMBER_ERR_INVALID_ARGUMENT], "ember_next_seq (no such sequence)");
+            check(
+                code,
+                &[EMBER_ERR_INVALID_ARGUMENT],
+                "ember_next_seq (no such sequence)",
+            );
             return None;
         }
         check(code, &[EMBER_OK, EMBER_ERR_TIMEOUT], "ember_next");
@@ -408,6 +430,64 @@ impl Driver {
                 check(code, &[ok], "ember_cancel");
             }
             Op::Release(r) => self.release(self.id(r)),
+            Op::SaveCache(r) => {
+                let id = self.id(r);
+                let p = cstr(cache_path("").as_os_str().as_encoded_bytes());
+                let mut n = usize::MAX;
+                // SAFETY: live runtime, NUL-terminated path, writable out.
+                let code = unsafe { ember_prompt_cache_save(rt, id, p.as_ptr().cast(), &mut n) };
+                let want = if !self.known_live(id) {
+                    EMBER_ERR_UNKNOWN_REQUEST
+                } else if !self.prefix_caching {
+                    EMBER_ERR_INVALID_ARGUMENT
+                } else {
+                    EMBER_OK
+                };
+                check(code, &[want], "ember_prompt_cache_save");
+                if code != EMBER_OK {
+                    assert_eq!(n, usize::MAX, "out-param written on failure");
+                }
+            }
+            Op::LoadCache { flip, cut } => {
+                let mut damaged = false;
+                let target = match std::fs::read(cache_path("")) {
+                    Err(_) => cache_path(""),
+                    Ok(mut bytes) => {
+                        let len = bytes.len();
+                        if let Some((at, x)) = *flip {
+                            bytes[at as usize % len] ^= x;
+                            damaged |= x != 0;
+                        }
+                        if let Some(c) = *cut {
+                            let c = c as usize % (len + 1);
+                            bytes.truncate(c);
+                            damaged |= c < len;
+                        }
+                        std::fs::write(cache_path(".damaged"), &bytes).unwrap();
+                        cache_path(".damaged")
+                    }
+                };
+                let missing = !target.exists();
+                let p = cstr(target.as_os_str().as_encoded_bytes());
+                let mut n = usize::MAX;
+                // SAFETY: live runtime, NUL-terminated path, writable out.
+                let code = unsafe { ember_prompt_cache_load(rt, p.as_ptr().cast(), &mut n) };
+                let want = if self.stopped {
+                    EMBER_ERR_STOPPED
+                } else if missing {
+                    EMBER_ERR_IO
+                } else if !self.prefix_caching {
+                    EMBER_ERR_INVALID_ARGUMENT
+                } else if damaged {
+                    EMBER_ERR_PROMPT_CACHE
+                } else {
+                    EMBER_OK
+                };
+                check(code, &[want], "ember_prompt_cache_load");
+                if code != EMBER_OK {
+                    assert_eq!(n, usize::MAX, "out-param written on failure");
+                }
+            }
             Op::Stats => {
                 self.stats();
             }
@@ -584,7 +664,10 @@ fuzz_target!(|inp: Input| {
         ids: Vec::new(),
         n: HashMap::new(),
         stopped: false,
+        prefix_caching: cfg.prefix_caching,
     };
+    // A file left by an earlier input was written under another configuration.
+    let _ = std::fs::remove_file(cache_path(""));
     d.info();
     for op in inp.ops.iter().take(64) {
         d.run(op);

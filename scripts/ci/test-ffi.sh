@@ -15,6 +15,7 @@ command -v cc >/dev/null || missing+=(gcc)
 command -v c++ >/dev/null || missing+=(g++)
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v readelf >/dev/null || missing+=(binutils)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -42,6 +43,11 @@ echo "== C ABI: libraries"
 # features, and the CLI others still: both were compiled again, 70 s of CI).
 cargo build --locked --profile test --workspace
 lib=target/debug
+# What programs linked with -lember load (the library's SONAME, ffi/build.rs): in the build
+# directory as scripts/install.sh makes it in a prefix.
+soname=$(readelf -d "$lib/libember.so" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
+case "$soname" in libember.so.[0-9]*) ;; *) echo "libember.so: bad SONAME '$soname'" >&2; exit 1 ;; esac
+ln -sfn libember.so "$lib/$soname"
 ember_bin=target/debug/ember
 
 echo "== C ABI: compile (the header as C11 and C++17, -Wall -Wextra -Werror -pedantic)"
@@ -106,6 +112,10 @@ export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
 cc -std=c11 "${warn[@]}" examples/c/minimal.c $(pkg-config --cflags --libs ember) \
     -Wl,-rpath,"$tmp/prefix/lib" -o "$tmp/minimal"
 "$tmp/minimal" "$MODEL"
+# It loads the library by its SONAME, which the prefix links to the versioned file.
+readelf -d "$tmp/minimal" | grep -q "Shared library: \[$soname\]"
+[ "$(readlink "$tmp/prefix/lib/libember.so")" = "$soname" ]
+[ -f "$tmp/prefix/lib/$(readlink "$tmp/prefix/lib/$soname")" ]
 # The installed suppressions are the ones every valgrind run above used.
 cmp tests/c/valgrind.supp "$tmp/prefix/share/ember/valgrind.supp"
 

@@ -30,6 +30,9 @@ run)
     OUT=${OUT:-$D/logs}
     mkdir -p "$OUT"
     for f in "$D"/*.gz; do [ -e "$f" ] && gunzip -kf "$f"; done
+    # The programs load the library by its SONAME (ffi/build.rs).
+    soname=$(readelf -d "$D/libember.so" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
+    ln -sfn libember.so "$D/$soname"
     export EMBER_CUDA_CACHE=/tmp/ember-cuda-cache
     prompts=("The capital of France is" "Once upon a time" "def fibonacci(n):")
     fail=0

@@ -898,3 +898,83 @@ fn prompt_cache_files_reuse_the_prompt_and_refuse_bad_files() {
         "a restarted chat reuses the system prompt: {again}"
     );
 }
+
+/// `--version`; `EMBER_MODEL` names the default model; without `--seed` every run draws a new
+/// seed, `--json` prints it and `--seed` with it reproduces the run.
+#[test]
+fn version_ember_model_and_random_seeds() {
+    let o = ember(&["--version"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        v.starts_with(&format!(
+            "ember {} (cpu kernels: ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{v}"
+    );
+
+    let with_env = |model: &std::path::Path, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(args)
+            .env("EMBER_MODEL", model)
+            .current_dir(repo())
+            .output()
+            .expect("run ember")
+    };
+    let o = with_env(
+        std::path::Path::new("/nonexistent.gguf"),
+        &["generate", "-p", "x"],
+    );
+    expect_exit(&o, 1, "named by the EMBER_MODEL environment variable");
+
+    let model = synth_model();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "generate", "-p", "a b c", "-n", "12", "--temp", "1.5", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = with_env(&model, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let runs: Vec<serde_json::Value> = (0..3).map(|_| run(&[])).collect();
+    let seeds: Vec<u64> = runs.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
+    assert!(
+        seeds[0] != seeds[1] && seeds[1] != seeds[2],
+        "seeds {seeds:?}"
+    );
+    let again = run(&["--seed", &seeds[1].to_string()]);
+    assert_eq!(again["seed"], seeds[1]);
+    assert_eq!(again["ids"], runs[1]["ids"], "--seed reproduces the run");
+}
+
+/// `ember info`: the summary first, the tensor table only with `--tensors`.
+#[test]
+fn info_summary_first_and_tensors_on_request() {
+    let m = synth_model();
+    let m = m.to_str().unwrap();
+    let text = |args: &[&str]| {
+        let o = ember(args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let out = text(&["info", "-m", m]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[1].starts_with("model: llama"), "{out}");
+    assert!(lines[2].starts_with("parameters: "), "{out}");
+    assert!(lines[3].starts_with("weights: "), "{out}");
+    assert!(lines[4].starts_with("compute: cpu"), "{out}");
+    assert!(
+        out.contains("memory plan:") && out.contains("metadata ("),
+        "{out}"
+    );
+    assert!(
+        out.contains("tensors: `ember info --tensors` lists them"),
+        "{out}"
+    );
+    assert!(!out.contains("token_embd.weight"), "{out}");
+    let all = text(&["info", "-m", m, "--tensors"]);
+    assert!(all.contains("token_embd.weight"), "{all}");
+    assert!(all.starts_with(&out[..out.find("metadata (").unwrap()]));
+}

@@ -80,8 +80,15 @@ pub fn parse(raw: &[OsString], extra: &[&[Flag]]) -> Result<Args, CliError> {
     Args::parse(raw, &flags).map_err(usage)
 }
 
+/// `-m PATH`, else the `EMBER_MODEL` environment variable (when set and not empty), else the
+/// default model relative to the current directory.
 fn model_path(a: &Args) -> PathBuf {
     a.path("model")
+        .or_else(|| {
+            std::env::var_os("EMBER_MODEL")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
         .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL))
 }
 
@@ -109,10 +116,14 @@ pub fn threads(a: &Args) -> Result<usize, CliError> {
 pub fn load_model(a: &Args) -> Result<Model, CliError> {
     let path = model_path(a);
     if !path.exists() {
-        let hint = if a.path("model").is_none() {
-            " (run scripts/fetch-model.sh to fetch the default model)"
-        } else {
+        let from_env = std::env::var_os("EMBER_MODEL").is_some_and(|v| !v.is_empty());
+        let hint = if a.path("model").is_some() {
             ""
+        } else if from_env {
+            " (named by the EMBER_MODEL environment variable)"
+        } else {
+            " (run scripts/fetch-model.sh to fetch the default model, or name one with -m or \
+             EMBER_MODEL)"
         };
         return Err(CliError::Run(format!(
             "model file {} not found{hint}",
@@ -191,7 +202,10 @@ fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliErro
             .get_or("repeat-penalty", d.repeat_penalty)
             .map_err(usage)?,
         repeat_last_n: a.get_or("repeat-last-n", d.repeat_last_n).map_err(usage)?,
-        seed: a.get_or("seed", d.seed).map_err(usage)?,
+        seed: match a.get::<u64>("seed").map_err(usage)? {
+            Some(s) => s,
+            None => random_seed(),
+        },
     };
     sampling.validate().map_err(|e| usage(e.to_string()))?;
     Ok(GenerateParams {
@@ -205,6 +219,39 @@ fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliErro
         n: 1,
         ignore_eos: a.has("ignore-eos"),
     })
+}
+
+/// What `ember --version` prints after "ember ": the version, the CPU kernel path this machine
+/// gets, and whether the CUDA backend is built in.
+pub fn version_line() -> String {
+    let cpu = match ember_kernels::dispatch::KernelSet::detect() {
+        Ok(k) => k.path().name().to_string(),
+        Err(e) => format!("none ({e})"),
+    };
+    let cuda = if cfg!(feature = "cuda") {
+        "built in"
+    } else {
+        "not built (--features cuda)"
+    };
+    format!(
+        "{} (cpu kernels: {cpu}; simd: {}; cuda: {cuda})",
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(feature = "simd") { "on" } else { "off" }
+    )
+}
+
+/// A seed for a run without `--seed` (as llama.cpp's `--seed -1`): different every run;
+/// `--json` prints it, and `--seed` with it reproduces the run. From the standard library's
+/// randomly keyed hasher (seeded by the OS), mixed with the time and the process id.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 pub fn generate(raw: &[OsString]) -> CliResult {
@@ -229,6 +276,7 @@ pub fn generate(raw: &[OsString]) -> CliResult {
             "ids": g.ids,
             "text": g.text,
             "finish_reason": finish_str(&g),
+            "seed": params.sampling.seed,
             "cached_prompt_tokens": g.n_cached,
             "prefill_tok_s": g.prefill_tok_s(),
             "decode_tok_s": g.decode_tok_s(),
@@ -455,7 +503,7 @@ pub fn tokenize(raw: &[OsString]) -> CliResult {
 }
 
 pub fn info(raw: &[OsString]) -> CliResult {
-    let a = parse(raw, &[&[switch("check-tensors")]])?;
+    let a = parse(raw, &[&[switch("check-tensors"), switch("tensors")]])?;
     let path = model_path(&a);
     let file = ember::gguf::GgufFile::open(&path)?;
     // Every line goes through `w!`: the first failed write ends the command (`| head -1`).
@@ -469,27 +517,27 @@ pub fn info(raw: &[OsString]) -> CliResult {
         file.file_size(),
         file.version()
     );
-    w!("\nmetadata ({} keys):", file.metadata().count());
-    for (k, v) in file.metadata() {
-        w!("  {k:<44} {}", file.display_value(v));
-    }
-    w!("\ntensors ({}):", file.tensors().len());
-    for t in file.tensors() {
-        w!(
-            "  {:<32} {:<6} {:<16} {:>10} bytes at {}",
-            t.name,
-            t.ty.name(),
-            t.shape_string(),
-            t.data.len(),
-            t.data.start
-        );
-    }
-    let model = Model::from_gguf(file)?;
+    let model = match Model::from_gguf(file) {
+        Ok(m) => m,
+        Err(e) => {
+            // A model Ember cannot run: what the file holds says why.
+            let file = ember::gguf::GgufFile::open(&path)?;
+            write_listing(&mut o, &file, true)?;
+            return Err(e.into());
+        }
+    };
     let c = model.config.clone();
+    let name = model
+        .file
+        .get_str("general.name")
+        .ok()
+        .flatten()
+        .map(str::to_string);
     w!(
-        "\nmodel: {} | {} layers, n_embd {}, {} heads / {} KV heads (head dim {}), n_ff {}, vocab {}, \
-         context {}, rope base {}",
+        "model: {}{} | {} layers, n_embd {}, {} heads / {} KV heads (head dim {}), n_ff {}, \
+         vocab {}, context {}, rope base {}",
         c.arch.name(),
+        name.map(|n| format!(" {n:?}")).unwrap_or_default(),
         c.n_layer,
         c.n_embd,
         c.n_head,
@@ -500,26 +548,95 @@ pub fn info(raw: &[OsString]) -> CliResult {
         c.n_ctx_train,
         c.rope_base
     );
+    let tensors = model.file.tensors();
+    let params: u64 = tensors.iter().map(|t| t.n_elements()).sum();
+    w!(
+        "parameters: {:.2} M in {} tensors",
+        params as f64 / 1e6,
+        tensors.len()
+    );
+    // The quantization mix: tensors and bytes per type, largest share first.
+    let mut mix: Vec<(&str, usize, usize)> = Vec::new();
+    for t in tensors {
+        match mix.iter_mut().find(|m| m.0 == t.ty.name()) {
+            Some(m) => {
+                m.1 += 1;
+                m.2 += t.data.len();
+            }
+            None => mix.push((t.ty.name(), 1, t.data.len())),
+        }
+    }
+    mix.sort_by_key(|m| std::cmp::Reverse(m.2));
+    let mix: Vec<String> = mix
+        .iter()
+        .map(|(ty, n, bytes)| format!("{ty} × {n} ({:.1} MiB)", *bytes as f64 / MIB))
+        .collect();
+    w!("weights: {}", mix.join(", "));
     if a.has("check-tensors") {
         model.check_tensors()?;
         w!("tensors checked: every weight is finite");
     }
     o.flush().map_err(output::write_error)?;
     let s = open_session_from(model, &a, 512, 1)?;
+    let kernels = match s.backend().name() {
+        "cpu" => match ember_kernels::dispatch::KernelSet::detect() {
+            Ok(k) => format!(", {} kernels", k.path().name()),
+            Err(e) => format!(", kernels: {e}"),
+        },
+        _ => String::new(),
+    };
+    w!("compute: {}{kernels}", s.backend().describe());
     w!("memory plan:");
     w!(
         "  weights mapped   {:>12} bytes (not copied)",
         s.model().weight_bytes()
     );
     w!(
-        "  KV arena         {:>12} bytes ({} blocks of {} tokens, context {})",
+        "  KV arena         {:>12} bytes ({} blocks of {} tokens, context {}; {} tokens of f16 \
+         K/V, the null block aside)",
         s.arena_bytes(),
         s.arena_blocks(),
-        a.get_or("block-size", 16usize).map_err(usage)?,
-        s.n_ctx()
+        s.engine().block_size(),
+        s.n_ctx(),
+        s.arena_blocks().saturating_sub(1) * s.engine().block_size()
     );
     w!("  scratch          {:>12} bytes", s.scratch_bytes());
+    write_listing(&mut o, &s.model().file, a.has("tensors"))?;
     o.flush().map_err(output::write_error)
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The metadata of `file`, then its tensor table when `tensors` is set (else a line saying how
+/// to get it).
+fn write_listing(
+    o: &mut impl Write,
+    file: &ember::gguf::GgufFile,
+    tensors: bool,
+) -> Result<(), CliError> {
+    let mut w = |line: String| writeln!(o, "{line}").map_err(output::write_error);
+    w(format!("\nmetadata ({} keys):", file.metadata().count()))?;
+    for (k, v) in file.metadata() {
+        w(format!("  {k:<44} {}", file.display_value(v)))?;
+    }
+    if !tensors {
+        return w(format!(
+            "\n{} tensors: `ember info --tensors` lists them",
+            file.tensors().len()
+        ));
+    }
+    w(format!("\ntensors ({}):", file.tensors().len()))?;
+    for t in file.tensors() {
+        w(format!(
+            "  {:<32} {:<6} {:<16} {:>10} bytes at {}",
+            t.name,
+            t.ty.name(),
+            t.shape_string(),
+            t.data.len(),
+            t.data.start
+        ))?;
+    }
+    Ok(())
 }
 
 pub fn perplexity(raw: &[OsString]) -> CliResult {

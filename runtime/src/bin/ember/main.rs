@@ -31,6 +31,7 @@ const USAGE: &str = "\
 ember: embedded LLM inference runtime
 
 usage: ember <command> [options]
+       ember --version
 
 commands:
   generate -p TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M] [--repeat-penalty R]
@@ -49,9 +50,11 @@ commands:
                         --verbose: prompt tokens, cached tokens and timings per turn
   tokenize [--json] [--no-parse-special] TEXT
                         print the token ids of TEXT
-  info [--check-tensors]
-                        metadata, tensors and memory plan of the model; --check-tensors
-                        also reads every weight and fails on NaN or infinite values
+  info [--tensors] [--check-tensors]
+                        summary of the model (shape, parameters, quantization mix, compute,
+                        memory plan), then its metadata; --tensors: the tensor table;
+                        --check-tensors also reads every weight and fails on NaN or
+                        infinite values
   perplexity -f FILE [-c N] [--json]
                         perplexity of FILE with chunks of N tokens, as llama-perplexity
   bench [-p N] [-n N] [-r R] [--json]
@@ -70,7 +73,8 @@ commands:
                         write a synthetic model with seeded random weights
 
 common options:
-  -m, --model PATH      GGUF model (default models/SmolLM2-135M-Instruct.Q4_1.gguf)
+  -m, --model PATH      GGUF model (default: $EMBER_MODEL if set, else
+                        models/SmolLM2-135M-Instruct.Q4_1.gguf)
   -t, --threads N       worker threads (default: physical cores)
   --ctx N               context length (default 4096, at most the model's)
   --kv-blocks N         KV arena size in blocks (default: enough for the context)
@@ -92,6 +96,13 @@ fn main() -> ExitCode {
         eprint!("{USAGE}");
         return ExitCode::from(2);
     };
+    if cmd == "--version" || cmd == "-V" || cmd == "version" {
+        let line = format!("ember {}\n", commands::version_line());
+        return match output::print(|o| std::io::Write::write_all(o, line.as_bytes())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => exit(e),
+        };
+    }
     let help = |a: &std::ffi::OsString| a == "-h" || a == "--help";
     if help(cmd) || cmd == "help" || argv.iter().any(help) {
         return match output::print(|o| std::io::Write::write_all(o, USAGE.as_bytes())) {

@@ -41,6 +41,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --no-default-features -- -D warnings
 cargo clippy --workspace --all-targets --locked --features ember/cuda,ember-ffi/cuda -- -D warnings
+# The Rust API's documentation builds without a warning (broken links included), CUDA modules too.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p ember -p ember-kernels --features ember/cuda
 
 # Model tests each start their own worker threads: run tests one at a time so they do not
 # fight over the cores (spinning workers on an oversubscribed machine are slow).

@@ -84,7 +84,7 @@ impl CudaDevice {
     }
 
     /// `out = a W^T` (or `out += a W^T`) for a weight of type `ty`; `p.a` holds the
-    /// activations [`acts_of`] `ty` names (f32 rows, Q8_1 or Q8_K).
+    /// activations [`acts_of`](super::module::acts_of) `ty` names (f32 rows, Q8_1 or Q8_K).
     pub fn matmul(&self, ty: GgmlType, p: &MatmulParams) -> Result<()> {
         let Some(i) = MATMUL_KERNELS.iter().position(|(t, _)| *t == ty) else {
             return Err(backend_err(format!("no CUDA matrix kernel for type {ty}")));

@@ -84,6 +84,7 @@ pub mod stop;
 pub mod synth;
 pub mod threadpool;
 pub mod tokenizer;
+mod zeroed;
 
 pub use backend::BackendKind;
 pub use engine::{

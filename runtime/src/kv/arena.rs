@@ -78,17 +78,15 @@ impl KvArena {
                 name: "kv_blocks",
                 what: format!("{n_blocks} blocks overflow the address space"),
             })?;
+        // Zero pages from the OS, mapped as blocks are first written (crate::zeroed).
         let alloc = |what| -> Result<Vec<f16>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(len).map_err(|_| Error::InvalidParam {
+            crate::zeroed::zeroed_vec(len).ok_or_else(|| Error::InvalidParam {
                 name: "kv_blocks",
                 what: format!(
                     "cannot allocate {what} of the KV arena ({} bytes)",
-                    len * std::mem::size_of::<f16>()
+                    len.saturating_mul(std::mem::size_of::<f16>())
                 ),
-            })?;
-            v.resize(len, f16::ZERO);
-            Ok(v)
+            })
         };
         Ok(KvArena {
             layout,

@@ -234,15 +234,15 @@ fn scratch_too_large(name: &'static str, rows: usize, cols: usize) -> Error {
 
 /// A zeroed `[rows, cols]` buffer, allocated fallibly: `rows` comes from the caller's
 /// configuration (`name`), and a size the machine cannot hold is an error, never an abort.
-fn zeroed<T: Clone + Default>(rows: usize, cols: usize, name: &'static str) -> Result<Vec<T>> {
-    let len = rows
-        .checked_mul(cols)
-        .ok_or_else(|| scratch_too_large(name, rows, cols))?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| scratch_too_large(name, rows, cols))?;
-    v.resize(len, T::default());
-    Ok(v)
+/// Zero pages from the OS: rows a step never reaches are never mapped (crate::zeroed).
+fn zeroed<T: crate::zeroed::ZeroBits>(
+    rows: usize,
+    cols: usize,
+    name: &'static str,
+) -> Result<Vec<T>> {
+    rows.checked_mul(cols)
+        .and_then(crate::zeroed::zeroed_vec)
+        .ok_or_else(|| scratch_too_large(name, rows, cols))
 }
 
 impl Scratch {

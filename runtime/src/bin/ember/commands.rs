@@ -303,7 +303,16 @@ pub fn generate(raw: &[OsString]) -> CliResult {
             finish_str(&g)
         );
     }
+    exiting(s);
     Ok(())
+}
+
+/// The command is done and the process exits next: skip the session's destructors (the
+/// tokenizer's 49k-entry maps, the arena, joining the workers: about a tenth of a short
+/// `generate` under perf); the operating system takes the memory, mappings and threads back at
+/// once. Only for owned state with nothing left to flush (stdout is flushed before).
+fn exiting(s: Session) {
+    std::mem::forget(s);
 }
 
 /// `--prompt-cache FILE`: loaded into the prefix cache before the first prompt when the file
@@ -432,7 +441,10 @@ pub fn chat(raw: &[OsString]) -> CliResult {
                              context can hold"
                         )))
                     }
-                    crate::input::Line::Eof => return Ok(()),
+                    crate::input::Line::Eof => {
+                        exiting(s);
+                        return Ok(());
+                    }
                 }
             }
         };
@@ -471,6 +483,7 @@ pub fn chat(raw: &[OsString]) -> CliResult {
             );
         }
         if one_shot.is_some() {
+            exiting(s);
             return Ok(());
         }
     }

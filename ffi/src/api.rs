@@ -573,6 +573,30 @@ pub unsafe extern "C" fn ember_release(
     })
 }
 
+/// A prompt cache call: `call` on the runtime and the path, its token count written to
+/// `out_tokens` (when not NULL) on success only.
+///
+/// # Safety
+/// `rt` is NULL or a live handle; `path` is NULL or NUL-terminated; `out_tokens` is NULL or
+/// writable.
+unsafe fn cache_file_call(
+    rt: *const ember_runtime,
+    path: *const c_char,
+    out_tokens: *mut usize,
+    call: impl FnOnce(&Runtime, &std::path::Path) -> Result<usize, Failure>,
+) -> Result<(), Failure> {
+    // SAFETY: NULL or a live handle per the contract.
+    let rt = unsafe { runtime(rt)? };
+    // SAFETY: NULL or NUL-terminated per the contract.
+    let path = unsafe { c_path(path, "path") }?;
+    let n = call(rt, &path)?;
+    if !out_tokens.is_null() {
+        // SAFETY: non-NULL, writable per the contract.
+        unsafe { put(out_tokens, n) };
+    }
+    Ok(())
+}
+
 /// Load a prompt cache file — written by `ember_prompt_cache_save` or by `ember generate/chat
 /// --prompt-cache` with the same model file and block size — into the runtime's prefix cache:
 /// a later request whose prompt starts with the tokens it holds (typically a long system
@@ -602,18 +626,8 @@ pub unsafe extern "C" fn ember_prompt_cache_load(
     path: *const c_char,
     out_tokens: *mut usize,
 ) -> ember_result {
-    guard(|| {
-        // SAFETY: the contract of this function.
-        let rt = unsafe { runtime(rt)? };
-        // SAFETY: NULL or NUL-terminated per the contract.
-        let path = unsafe { c_path(path, "path") }?;
-        let n = rt.prompt_cache_load(&path)?;
-        if !out_tokens.is_null() {
-            // SAFETY: non-NULL, writable per the contract.
-            unsafe { put(out_tokens, n) };
-        }
-        Ok(())
-    })
+    // SAFETY: the contract of this function.
+    guard(|| unsafe { cache_file_call(rt, path, out_tokens, |rt, p| rt.prompt_cache_load(p)) })
 }
 
 /// Save the KV blocks of request `id`'s prompt — its leading full blocks of `block_size`
@@ -642,18 +656,8 @@ pub unsafe extern "C" fn ember_prompt_cache_save(
     path: *const c_char,
     out_tokens: *mut usize,
 ) -> ember_result {
-    guard(|| {
-        // SAFETY: the contract of this function.
-        let rt = unsafe { runtime(rt)? };
-        // SAFETY: NULL or NUL-terminated per the contract.
-        let path = unsafe { c_path(path, "path") }?;
-        let n = rt.prompt_cache_save(id, &path)?;
-        if !out_tokens.is_null() {
-            // SAFETY: non-NULL, writable per the contract.
-            unsafe { put(out_tokens, n) };
-        }
-        Ok(())
-    })
+    // SAFETY: the contract of this function.
+    guard(|| unsafe { cache_file_call(rt, path, out_tokens, |rt, p| rt.prompt_cache_save(id, p)) })
 }
 
 /// Counters and gauges: KV arena blocks (total, used, free, cached), utilization, requests

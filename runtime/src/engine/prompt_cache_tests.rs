@@ -2,7 +2,9 @@
 //! computing the prompt, and every kind of damage is refused with the pool left as it was.
 //! (Not run under Miri, see scripts/ci/miri.sh.)
 
-use super::tests::{engine, greedy, run_to_end, tiny_model};
+use std::path::Path;
+
+use super::tests::{engine, greedy, run_to_end, tiny_model, tiny_spec};
 use super::*;
 use crate::gguf::GgufFile;
 use crate::synth::{synth_gguf, SynthSpec};
@@ -34,8 +36,6 @@ fn saved() -> (Vec<u8>, Vec<u32>) {
 fn load(e: &mut Engine, bytes: &[u8]) -> Result<PromptCacheLoad> {
     e.read_prompt_cache(&mut &bytes[..], bytes.len() as u64, Path::new("mem"))
 }
-
-use std::path::Path;
 
 #[test]
 fn a_loaded_cache_gives_the_ids_of_computing_the_prompt() {
@@ -135,16 +135,8 @@ fn a_cache_of_another_model_or_block_size_is_refused() {
     let (bytes, _) = saved();
     let other = {
         let spec = SynthSpec {
-            n_embd: 8,
-            n_layer: 1,
-            n_head: 2,
-            n_head_kv: 1,
-            n_ff: 16,
-            n_ctx: 64,
-            weight_type: ember_kernels::GgmlType::F32,
-            embd_type: ember_kernels::GgmlType::F32,
             seed: 99,
-            ..SynthSpec::default()
+            ..tiny_spec()
         };
         let b = synth_gguf(&spec).unwrap().to_bytes().unwrap();
         Model::from_gguf(GgufFile::from_bytes(b).unwrap()).unwrap()

@@ -153,16 +153,8 @@ fn misuse_is_refused_and_changes_nothing() {
 #[test]
 fn a_nan_row_ends_the_request_with_its_cause() {
     let spec = crate::synth::SynthSpec {
-        n_embd: 8,
-        n_layer: 1,
-        n_head: 2,
-        n_head_kv: 1,
-        n_ff: 16,
-        n_ctx: 64,
-        weight_type: ember_kernels::GgmlType::F32,
-        embd_type: ember_kernels::GgmlType::F32,
         separate_output: true,
-        ..crate::synth::SynthSpec::default()
+        ..super::tests::tiny_spec()
     };
     let mut w = crate::synth::synth_gguf(&spec).unwrap();
     let n_vocab = spec.n_vocab;

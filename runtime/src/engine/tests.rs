@@ -8,25 +8,26 @@ use super::*;
 use crate::gguf::GgufFile;
 use crate::synth::{synth_gguf, SynthSpec};
 
+/// The tiny model's shape: f32 weights allow a width of 8 (quantized blocks need 32): Miri
+/// interprets every multiply-add, and the scheduler does not care how wide the model is.
+pub(super) fn tiny_spec() -> SynthSpec {
+    SynthSpec {
+        n_embd: 8,
+        n_layer: 1,
+        n_head: 2,
+        n_head_kv: 1,
+        n_ff: 16,
+        n_ctx: 64,
+        weight_type: ember_kernels::GgmlType::F32,
+        embd_type: ember_kernels::GgmlType::F32,
+        ..SynthSpec::default()
+    }
+}
+
 pub(super) fn tiny_model() -> Model {
     // Written once per test binary: under Miri, generating the weights is the slow part.
     static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    let bytes = BYTES.get_or_init(|| {
-        // f32 weights allow a width of 8 (quantized blocks need 32): Miri interprets every
-        // multiply-add, and the scheduler does not care how wide the model is.
-        let spec = SynthSpec {
-            n_embd: 8,
-            n_layer: 1,
-            n_head: 2,
-            n_head_kv: 1,
-            n_ff: 16,
-            n_ctx: 64,
-            weight_type: ember_kernels::GgmlType::F32,
-            embd_type: ember_kernels::GgmlType::F32,
-            ..SynthSpec::default()
-        };
-        synth_gguf(&spec).unwrap().to_bytes().unwrap()
-    });
+    let bytes = BYTES.get_or_init(|| synth_gguf(&tiny_spec()).unwrap().to_bytes().unwrap());
     Model::from_gguf(GgufFile::from_bytes(bytes.clone()).unwrap()).unwrap()
 }
 

@@ -16,11 +16,13 @@
 
 mod api;
 mod error;
+mod prompt_cache;
 mod runtime;
 mod types;
 
 pub use api::*;
 pub use error::ember_result;
+pub use prompt_cache::*;
 pub use types::{
     ember_backend, ember_chat_message, ember_config, ember_cuda_weights, ember_event,
     ember_event_kind, ember_finish_reason, ember_model_info, ember_params, ember_stats,

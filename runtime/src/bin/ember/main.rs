@@ -22,6 +22,7 @@ macro_rules! eprint {
 mod args;
 mod batch;
 mod commands;
+mod info;
 mod input;
 mod output;
 
@@ -97,7 +98,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     if cmd == "--version" || cmd == "-V" || cmd == "version" {
-        let line = format!("ember {}\n", commands::version_line());
+        let line = format!("ember {}\n", info::version_line());
         return match output::print(|o| std::io::Write::write_all(o, line.as_bytes())) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => exit(e),
@@ -121,7 +122,7 @@ fn main() -> ExitCode {
         "generate" => commands::generate(rest),
         "chat" => commands::chat(rest),
         "tokenize" => commands::tokenize(rest),
-        "info" => commands::info(rest),
+        "info" => info::info(rest),
         "perplexity" => commands::perplexity(rest),
         "bench" => commands::bench(rest),
         "convert" => commands::convert(rest),

@@ -445,6 +445,21 @@ typedef struct ember_params {
      * `EMBER_ERR_INVALID_ARGUMENT`.
      */
     uint32_t context_policy;
+    /**
+     * NUL-terminated GBNF grammar (llama.cpp's syntax, matching starts at rule `root`) the
+     * output must follow: only tokens that keep the text a prefix of the grammar's language
+     * are sampled, and end of generation only once it is complete. NULL (the default) for
+     * none. A grammar that does not compile is `EMBER_ERR_INVALID_ARGUMENT`, with the line,
+     * column and cause in `ember_last_error`. At most one of `grammar` and `json_schema`.
+     */
+    const char *grammar;
+    /**
+     * NUL-terminated JSON Schema (JSON text) the output must be a document of: compiled into
+     * a grammar as `grammar` is (the supported keywords are listed in the README). NULL (the
+     * default) for none; an unsupported keyword or malformed schema is
+     * `EMBER_ERR_INVALID_ARGUMENT` naming it in `ember_last_error`.
+     */
+    const char *json_schema;
 } ember_params;
 
 /**

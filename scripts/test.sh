@@ -30,6 +30,10 @@ section "set-up"
 if ! python3 -c "import gguf, numpy" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check "gguf==0.19.0" "numpy<3"
 fi
+# An independent JSON Schema validator for the schema-constrained outputs (runtime/tests/json_schema.rs).
+if ! python3 -c "import jsonschema" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check "jsonschema==4.23.0"
+fi
 bash scripts/fetch-model.sh
 bash scripts/fetch-model.sh gemma3
 

@@ -6,10 +6,12 @@
 //! behaviour. Enums Ember writes out (`ember_finish_reason`, `ember_event_kind`) are enums.
 
 use std::ffi::{c_char, CStr};
+use std::sync::Arc;
 
 use ember::backend::{BackendKind, CudaWeights};
 use ember::engine::{EngineConfig, RequestParams};
 use ember::engine::{FinishReason, KvBudget};
+use ember::grammar::Grammar;
 use ember::sampler::SamplingParams;
 use ember::session::ContextPolicy;
 
@@ -216,6 +218,17 @@ pub struct ember_params {
     /// `ember_submit_tokens` have no turns and ignore it. Other values:
     /// `EMBER_ERR_INVALID_ARGUMENT`.
     pub context_policy: u32,
+    /// NUL-terminated GBNF grammar (llama.cpp's syntax, matching starts at rule `root`) the
+    /// output must follow: only tokens that keep the text a prefix of the grammar's language
+    /// are sampled, and end of generation only once it is complete. NULL (the default) for
+    /// none. A grammar that does not compile is `EMBER_ERR_INVALID_ARGUMENT`, with the line,
+    /// column and cause in `ember_last_error`. At most one of `grammar` and `json_schema`.
+    pub grammar: *const c_char,
+    /// NUL-terminated JSON Schema (JSON text) the output must be a document of: compiled into
+    /// a grammar as `grammar` is (the supported keywords are listed in the README). NULL (the
+    /// default) for none; an unsupported keyword or malformed schema is
+    /// `EMBER_ERR_INVALID_ARGUMENT` naming it in `ember_last_error`.
+    pub json_schema: *const c_char,
 }
 
 /// `ember_params.context_policy`: refuse a chat that does not fit the context.
@@ -243,6 +256,8 @@ impl Default for ember_params {
             ignore_eos: d.ignore_eos,
             n: d.n as u32,
             context_policy: EMBER_CONTEXT_ERROR,
+            grammar: std::ptr::null(),
+            json_schema: std::ptr::null(),
         }
     }
 }
@@ -325,6 +340,8 @@ impl ember_params {
             repeat_last_n: self.repeat_last_n as usize,
             seed: self.seed,
         };
+        // SAFETY: the caller's contract on `grammar` and `json_schema`.
+        let grammar = unsafe { self.grammar()? };
         Ok(RequestParams {
             sampling,
             max_tokens: self.max_tokens as usize,
@@ -332,7 +349,36 @@ impl ember_params {
             stop_ids: stop_ids.to_vec(),
             n: (self.n as usize).max(1),
             ignore_eos: self.ignore_eos,
+            grammar,
         })
+    }
+
+    /// `grammar` or `json_schema`, compiled.
+    ///
+    /// # Safety
+    /// Each is NULL or a NUL-terminated string.
+    unsafe fn grammar(&self) -> Result<Option<Arc<Grammar>>, Failure> {
+        let compiled = match (self.grammar.is_null(), self.json_schema.is_null()) {
+            (true, true) => return Ok(None),
+            (false, false) => {
+                return Err(Failure::invalid(
+                    "params: set one of grammar and json_schema, not both",
+                ))
+            }
+            (false, true) => {
+                // SAFETY: non-NULL, NUL-terminated per the caller's contract.
+                let text = unsafe { c_str(self.grammar, "params.grammar")? };
+                Grammar::parse(text)
+                    .map_err(|e| Failure::invalid(format!("params.grammar: {e}")))?
+            }
+            (true, false) => {
+                // SAFETY: as above.
+                let text = unsafe { c_str(self.json_schema, "params.json_schema")? };
+                Grammar::from_json_schema(text)
+                    .map_err(|e| Failure::invalid(format!("params.json_schema: {e}")))?
+            }
+        };
+        Ok(Some(Arc::new(compiled)))
     }
 }
 

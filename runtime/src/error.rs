@@ -91,6 +91,9 @@ pub enum Error {
     /// The model produced or holds non-finite values (NaN weights, or an overflow inside the
     /// forward pass): nothing can be sampled from them.
     NonFinite(String),
+    /// A grammar-constrained request reached a point where no token of the vocabulary can
+    /// continue the grammar (and it is not complete), or the model's logits allowed none.
+    Grammar(String),
     /// A prompt cache file cannot be used: written for another model, KV type or block size,
     /// or damaged or truncated. Nothing was loaded from it.
     PromptCache {
@@ -150,6 +153,7 @@ impl fmt::Display for Error {
             ),
             Error::Backend(m) => write!(f, "backend: {m}"),
             Error::NonFinite(m) => write!(f, "non-finite values: {m}"),
+            Error::Grammar(m) => write!(f, "grammar: {m}"),
             Error::PromptCache { path, what } => write!(
                 f,
                 "prompt cache {}: {what}; nothing was loaded from it (delete the file to \

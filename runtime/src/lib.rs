@@ -75,6 +75,7 @@ pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod grammar;
 pub mod kv;
 pub mod model;
 pub mod perplexity;

@@ -26,6 +26,8 @@
 //! Everything is allocated by [`Engine::new`] and [`Engine::submit`]; `step` allocates nothing.
 
 mod config;
+#[cfg(test)]
+mod grammar_tests;
 mod prompt_cache;
 mod request;
 mod score;
@@ -33,6 +35,7 @@ mod sequence;
 mod step;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use config::{
@@ -48,6 +51,7 @@ pub use sequence::{SeqOutput, SeqState};
 
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
+use crate::grammar::{GrammarMatcher, VocabTrie};
 use crate::kv::{BlockId, BlockPool, BlockTable};
 use crate::model::{BatchToken, BlockTables, Model, Scratch};
 use crate::sampler::{Sampler, SamplingParams};
@@ -143,6 +147,8 @@ pub struct Engine {
     requests: Vec<Option<Request>>,
     free_requests: Vec<u32>,
     request_generation: u32,
+    /// The vocabulary's byte trie, built by the first request with a grammar.
+    vocab_trie: Option<Arc<VocabTrie>>,
     seqs: Vec<Option<Seq>>,
     free_seqs: Vec<u32>,
     waiting: VecDeque<u32>,
@@ -268,6 +274,7 @@ impl Engine {
             requests,
             free_requests,
             request_generation: 0,
+            vocab_trie: None,
             seqs,
             free_seqs,
             waiting,
@@ -393,6 +400,9 @@ impl Engine {
         }
         params.sampling.validate()?;
         let max_tokens = self.max_tokens_for(prompt.len(), params.max_tokens)?;
+        if params.grammar.is_some() && self.vocab_trie.is_none() {
+            self.vocab_trie = Some(Arc::new(VocabTrie::new(&self.tokenizer, n_vocab)));
+        }
         // Both at most `n_ctx` now: nothing below can overflow (`n <= max_seqs`).
         let total = prompt.len() + max_tokens;
         let bs = self.cfg.block_size;
@@ -505,6 +515,11 @@ impl Engine {
             sampler: Sampler::new(params.sampling.clone(), self.model.config.n_vocab)?,
             decoder: StreamDecoder::new(&self.tokenizer),
             stops: StopMatcher::new(&params.stop),
+            grammar: match (&params.grammar, &self.vocab_trie) {
+                (Some(g), Some(t)) => Some(GrammarMatcher::new(Arc::clone(g), Arc::clone(t))),
+                (Some(_), None) => unreachable!("submit builds the trie first"),
+                (None, _) => None,
+            },
             out: SeqOutput {
                 ids: reserved(max_tokens)?,
                 text,

@@ -5,6 +5,9 @@
 //! The CLI (through [`Session`](crate::session::Session)), `ember batch`, the C ABI and the
 //! fuzzers all speak it; nothing else describes a request.
 
+use std::sync::Arc;
+
+use crate::grammar::Grammar;
 use crate::sampler::SamplingParams;
 
 /// How much KV cache to allocate.
@@ -60,8 +63,14 @@ pub struct RequestParams {
     pub stop_ids: Vec<u32>,
     /// Number of sequences to sample from the prompt (parallel sampling).
     pub n: usize,
-    /// Keep generating past end-of-generation tokens (for reference comparisons).
+    /// Keep generating past end-of-generation tokens (for reference comparisons). A grammar
+    /// overrides it: once the grammar is complete, end of generation ends the sequence.
     pub ignore_eos: bool,
+    /// Constrain the output to this grammar ([`Grammar::parse`], [`Grammar::from_json_schema`]):
+    /// only tokens that keep the text a prefix of the grammar's language are sampled, and
+    /// end of generation only once the grammar is complete. Each sequence (`n > 1`) has its
+    /// own grammar state; preemption keeps it.
+    pub grammar: Option<Arc<Grammar>>,
 }
 
 impl Default for RequestParams {
@@ -73,6 +82,7 @@ impl Default for RequestParams {
             stop_ids: Vec::new(),
             n: 1,
             ignore_eos: false,
+            grammar: None,
         }
     }
 }

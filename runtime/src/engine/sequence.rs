@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use super::FinishReason;
 use crate::error::Error;
+use crate::grammar::GrammarMatcher;
 use crate::kv::{BlockHash, BlockTable};
 use crate::sampler::Sampler;
 use crate::stop::StopMatcher;
@@ -105,6 +106,8 @@ pub(crate) struct Seq {
     pub decoder: StreamDecoder,
     /// Stop-string matcher.
     pub stops: StopMatcher,
+    /// Where the sequence is in its request's grammar, if it has one.
+    pub grammar: Option<GrammarMatcher>,
     /// Produced output.
     pub out: SeqOutput,
     /// A scoring sequence (samples nothing; holds its KV cache when computed).

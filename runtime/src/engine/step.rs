@@ -2,8 +2,9 @@
 
 use std::time::Instant;
 
+use super::sequence::Seq;
 use super::{Engine, FinishReason, LogitsRow, RequestId, SeqState, SlabTables, StepStats};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv::{hash_block, BlockHash};
 use crate::model::BatchToken;
 
@@ -396,12 +397,25 @@ impl Engine {
     fn emit(&mut self, slot: u32, logits: &mut [f32], stats: &mut StepStats) {
         let (tok, req) = {
             let seq = self.seqs[slot as usize].as_mut().expect("live");
-            (seq.sampler.sample(logits, &seq.tokens), seq.req as usize)
+            let tok = match &mut seq.grammar {
+                None => Some(seq.sampler.sample(logits, &seq.tokens)),
+                Some(g) => seq
+                    .sampler
+                    .sample_constrained(logits, &seq.tokens, g)
+                    .filter(|&t| g.accept(t)),
+            };
+            (tok, seq.req as usize)
+        };
+        let Some(tok) = tok else {
+            self.fail_grammar(slot);
+            stats.finished += 1;
+            return;
         };
         stats.sampled += 1;
         self.metrics.tokens_generated += 1;
         let r = self.requests[req].as_ref().expect("live request");
-        let eog = self.tokenizer.is_eog(tok) && !r.ignore_eos;
+        let eog =
+            self.tokenizer.is_eog(tok) && !(r.ignore_eos && seq_has_no_grammar(&self.seqs, slot));
         let stop_id = r.stop_ids.contains(&tok);
         let seq = self.seqs[slot as usize].as_mut().expect("live");
         seq.tokens.push(tok);
@@ -440,6 +454,19 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Ends sequence `slot` with [`FinishReason::Error`]: its grammar allows no token.
+    fn fail_grammar(&mut self, slot: u32) {
+        self.finish_seq(slot, FinishReason::Error);
+        let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
+        seq.out.error = Some(Error::Grammar(format!(
+            "after {} generated tokens no token can continue the grammar (is it \
+             satisfiable with this vocabulary?)",
+            seq.n_generated()
+        )));
+    }
+}
+
 /// Two distinct elements of the slab, mutably.
 fn two_mut<T>(v: &mut [Option<T>], a: usize, b: usize) -> (&mut T, &mut T) {
     assert_ne!(a, b, "two_mut of one slot");
@@ -454,4 +481,11 @@ fn two_mut<T>(v: &mut [Option<T>], a: usize, b: usize) -> (&mut T, &mut T) {
         x.as_mut().expect("live sequence"),
         y.as_mut().expect("live sequence"),
     )
+}
+
+/// Whether sequence `slot` generates without a grammar (`ignore_eos` applies only then).
+fn seq_has_no_grammar(seqs: &[Option<Seq>], slot: u32) -> bool {
+    seqs[slot as usize]
+        .as_ref()
+        .is_some_and(|s| s.grammar.is_none())
 }

@@ -13,6 +13,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use ember::engine::{Engine, EngineConfig, Metrics, RequestId, RequestParams};
+use ember::grammar::Grammar;
 use ember::sampler::SamplingParams;
 use ember::session::KvBudget;
 use serde_json::{json, Value};
@@ -94,6 +95,8 @@ const FIELDS: &[&str] = &[
     "stop",
     "n",
     "ignore_eos",
+    "grammar",
+    "json_schema",
 ];
 
 /// One input line as a request: its prompt and parameters, or what is wrong with it.
@@ -168,8 +171,28 @@ fn request(v: &Value) -> Result<(String, RequestParams), String> {
             stop_ids: Vec::new(),
             n: size("n", 1)?,
             ignore_eos,
+            grammar: line_grammar(obj)?,
         },
     ))
+}
+
+/// The line's `"grammar"` (GBNF text) or `"json_schema"` (a schema, or its text), compiled.
+fn line_grammar(
+    obj: &serde_json::Map<String, Value>,
+) -> Result<Option<std::sync::Arc<Grammar>>, String> {
+    let g = match (obj.get("grammar"), obj.get("json_schema")) {
+        (None | Some(Value::Null), None | Some(Value::Null)) => return Ok(None),
+        (Some(_), Some(_)) => return Err("give one of grammar and json_schema".into()),
+        (Some(Value::String(t)), _) => Grammar::parse(t).map_err(|e| format!("grammar: {e}"))?,
+        (Some(_), _) => return Err("grammar must be a string (GBNF)".into()),
+        (_, Some(Value::String(t))) => {
+            Grammar::from_json_schema(t).map_err(|e| format!("json_schema: {e}"))?
+        }
+        (_, Some(v)) => {
+            Grammar::from_json_schema(&v.to_string()).map_err(|e| format!("json_schema: {e}"))?
+        }
+    };
+    Ok(Some(std::sync::Arc::new(g)))
 }
 
 /// The result line of a finished request (with `error` when a sequence failed).

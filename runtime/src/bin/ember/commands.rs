@@ -3,9 +3,11 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ember::backend::{Backend, BackendKind, CudaWeights};
+use ember::grammar::Grammar;
 use ember::model::Model;
 use ember::sampler::SamplingParams;
 use ember::session::{
@@ -61,6 +63,9 @@ const SAMPLING: &[Flag] = &[
     val("repeat-last-n", None),
     val("seed", None),
     val("stop", None),
+    val("grammar", None),
+    path("grammar-file", None),
+    val("json-schema", None),
     switch("ignore-eos"),
     switch("json"),
 ];
@@ -218,7 +223,44 @@ fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliErro
         stop_ids: Vec::new(),
         n: 1,
         ignore_eos: a.has("ignore-eos"),
+        grammar: grammar(a)?,
     })
+}
+
+/// The grammar of `--grammar TEXT`, `--grammar-file FILE` or `--json-schema FILE|TEXT` (at
+/// most one of them), compiled.
+fn grammar(a: &Args) -> Result<Option<Arc<Grammar>>, CliError> {
+    let given = ["grammar", "grammar-file", "json-schema"]
+        .into_iter()
+        .filter(|f| a.has(f))
+        .collect::<Vec<_>>();
+    if given.len() > 1 {
+        return Err(usage(format!(
+            "--{} and --{} both constrain the output: give one",
+            given[0], given[1]
+        )));
+    }
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| usage(format!("cannot read {}: {e}", p.display())))
+    };
+    let compiled = if let Some(text) = a.str("grammar") {
+        Grammar::parse(text).map_err(|e| usage(format!("--grammar: {e}")))?
+    } else if let Some(p) = a.path("grammar-file") {
+        let text = read(&p)?;
+        Grammar::parse(&text).map_err(|e| usage(format!("{}: {e}", p.display())))?
+    } else if let Some(s) = a.str("json-schema") {
+        // Schema text when it looks like JSON, else a file name.
+        let t = s.trim_start();
+        let text = if t.starts_with('{') || t == "true" {
+            s.to_string()
+        } else {
+            read(std::path::Path::new(s))?
+        };
+        Grammar::from_json_schema(&text).map_err(|e| usage(format!("--json-schema: {e}")))?
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(compiled)))
 }
 
 /// A seed for a run without `--seed` (as llama.cpp's `--seed -1`): different every run;

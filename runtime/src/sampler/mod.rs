@@ -30,6 +30,10 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+mod constrained;
+
+pub use constrained::{Constraint, LAZY_CHECKS};
+
 /// How the next token is chosen. [`SamplingParams::default`] is greedy decoding.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {

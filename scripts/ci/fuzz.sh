@@ -15,7 +15,7 @@ CARGO_FUZZ_VERSION=0.13.1
 SECONDS_EACH=${1:-30}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(gguf tokenizer chat sampler capi)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(gguf tokenizer chat sampler grammar capi)
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     rustup toolchain install nightly --profile minimal

@@ -114,6 +114,11 @@ pub struct Metrics {
     pub steps: u64,
     /// Seconds spent in steps.
     pub busy_s: f64,
+    /// Tokens sampled under a grammar.
+    pub grammar_tokens: u64,
+    /// Seconds spent choosing them and advancing their grammars (part of `busy_s`): the cost
+    /// of constrained sampling over plain sampling's.
+    pub grammar_s: f64,
 }
 
 impl Metrics {

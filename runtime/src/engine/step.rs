@@ -399,10 +399,16 @@ impl Engine {
             let seq = self.seqs[slot as usize].as_mut().expect("live");
             let tok = match &mut seq.grammar {
                 None => Some(seq.sampler.sample(logits, &seq.tokens)),
-                Some(g) => seq
-                    .sampler
-                    .sample_constrained(logits, &seq.tokens, g)
-                    .filter(|&t| g.accept(t)),
+                Some(g) => {
+                    let t0 = Instant::now();
+                    let tok = seq
+                        .sampler
+                        .sample_constrained(logits, &seq.tokens, g)
+                        .filter(|&t| g.accept(t));
+                    self.metrics.grammar_tokens += 1;
+                    self.metrics.grammar_s += t0.elapsed().as_secs_f64();
+                    tok
+                }
             };
             (tok, seq.req as usize)
         };

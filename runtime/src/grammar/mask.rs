@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use super::{Grammar, Stacks};
+use super::{Grammar, Nodes, Stacks, NIL};
 use crate::tokenizer::Tokenizer;
 
 /// Masks remembered per sequence.
@@ -204,11 +204,11 @@ impl Utf8 {
     }
 }
 
-/// One level of the trie walk: the stacks after the bytes so far live in `levels[owner]` (a
-/// partial character does not change them), and the partial character.
+/// One level of the trie walk: the stacks after the bytes so far (their top nodes) live in
+/// `levels[owner]` (a partial character does not change them), and the partial character.
 #[derive(Clone, Debug, Default)]
 struct Level {
-    stacks: Stacks,
+    tops: Vec<u32>,
     owner: usize,
     utf8: Utf8,
 }
@@ -228,8 +228,12 @@ pub struct GrammarMatcher {
     pub(super) trie: Arc<VocabTrie>,
     stacks: Stacks,
     utf8: Utf8,
-    /// Walk scratch, one level per byte depth (level 0 is the current state).
+    /// Walk scratch, one level per byte depth (level 0 is the current state), and the nodes
+    /// of their stacks.
     levels: Vec<Level>,
+    nodes: Nodes,
+    /// Scratch of the one-token check.
+    run_stacks: [Stacks; 2],
     work: Vec<u32>,
     key: Vec<u32>,
     cache: Vec<CacheEntry>,
@@ -252,6 +256,8 @@ impl GrammarMatcher {
             stacks,
             utf8: Utf8::default(),
             levels: Vec::new(),
+            nodes: Nodes::default(),
+            run_stacks: Default::default(),
             work,
             key: Vec::new(),
             cache: Vec::new(),
@@ -294,26 +300,23 @@ impl GrammarMatcher {
 
     /// Runs `bytes` from the current state; keeps the result when `commit`.
     fn run(&mut self, bytes: &[u8], commit: bool) -> bool {
-        self.ensure_levels(2);
-        let [a, b] = &mut self.levels[..2] else {
-            unreachable!("two levels")
-        };
-        a.stacks.copy_from(&self.stacks);
+        let [a, b] = &mut self.run_stacks;
+        a.copy_from(&self.stacks);
         let mut utf8 = self.utf8;
         for &byte in bytes {
             match utf8.push(byte) {
                 Byte::Invalid => return false,
                 Byte::Partial(u) => {
-                    if !may_continue(&self.grammar, &a.stacks, u) {
+                    let tops = (0..a.len()).filter_map(|i| a.get(i).last().copied());
+                    if !may_continue(&self.grammar, tops, u) {
                         return false;
                     }
                     utf8 = u;
                 }
                 Byte::Char(c) => {
-                    self.grammar
-                        .advance(&a.stacks, c, &mut self.work, &mut b.stacks);
-                    std::mem::swap(&mut a.stacks, &mut b.stacks);
-                    if a.stacks.is_empty() {
+                    self.grammar.advance(a, c, &mut self.work, b);
+                    std::mem::swap(a, b);
+                    if a.is_empty() {
                         return false;
                     }
                     utf8 = Utf8::default();
@@ -321,7 +324,7 @@ impl GrammarMatcher {
             }
         }
         if commit {
-            std::mem::swap(&mut self.stacks, &mut a.stacks);
+            std::mem::swap(&mut self.stacks, a);
             self.utf8 = utf8;
         }
         true
@@ -397,9 +400,17 @@ impl GrammarMatcher {
             }
         }
         self.ensure_levels(1);
-        self.levels[0].stacks.copy_from(&self.stacks);
-        self.levels[0].owner = 0;
-        self.levels[0].utf8 = self.utf8;
+        self.nodes.truncate(0);
+        let mut tops = std::mem::take(&mut self.levels[0].tops);
+        tops.clear();
+        for i in 0..self.stacks.len() {
+            tops.push(self.nodes.push_stack(self.stacks.get(i)));
+        }
+        self.levels[0] = Level {
+            tops,
+            owner: 0,
+            utf8: self.utf8,
+        };
         let trie = Arc::clone(&self.trie);
         self.walk(&trie, 0, 0, bits);
     }
@@ -416,19 +427,25 @@ impl GrammarMatcher {
             let (here, below) = self.levels.split_at_mut(depth + 1);
             let owner = here[depth].owner;
             let next = &mut below[0];
+            // The nodes this edge pushes are popped when its subtree is done.
+            let mark = self.nodes.len();
             match here[depth].utf8.push(trie.edge_byte[e]) {
                 Byte::Invalid => continue,
                 Byte::Partial(u) => {
-                    if !may_continue(&self.grammar, &here[owner].stacks, u) {
+                    let nodes = &self.nodes;
+                    let tops = here[owner].tops.iter().filter(|&&t| t != NIL);
+                    let tops = tops.map(|&t| nodes.pos[t as usize]);
+                    if !may_continue(&self.grammar, tops, u) {
                         continue;
                     }
                     next.owner = owner;
                     next.utf8 = u;
                 }
                 Byte::Char(c) => {
-                    self.grammar
-                        .advance(&here[owner].stacks, c, &mut self.work, &mut next.stacks);
-                    if next.stacks.is_empty() {
+                    let (grammar, nodes) = (&self.grammar, &mut self.nodes);
+                    grammar.advance_nodes(&here[owner].tops, c, nodes, &mut next.tops);
+                    if next.tops.is_empty() {
+                        self.nodes.truncate(mark);
                         continue;
                     }
                     next.owner = depth + 1;
@@ -443,6 +460,7 @@ impl GrammarMatcher {
                 bits[id as usize / 64] |= 1 << (id % 64);
             }
             self.walk(trie, child, depth + 1, bits);
+            self.nodes.truncate(mark);
         }
     }
 }
@@ -457,13 +475,9 @@ impl crate::sampler::Constraint for GrammarMatcher {
     }
 }
 
-/// Whether some stack's next character set may hold a character starting with `u`.
-fn may_continue(g: &Grammar, stacks: &Stacks, u: Utf8) -> bool {
+/// Whether some stack's next character set (at positions `tops`) may hold a character
+/// starting with `u`.
+fn may_continue(g: &Grammar, mut tops: impl Iterator<Item = u32>, u: Utf8) -> bool {
     let (lo, hi) = u.range();
-    (0..stacks.len()).any(|i| {
-        stacks
-            .get(i)
-            .last()
-            .is_some_and(|&p| g.may_match(p, lo, hi))
-    })
+    tops.any(|p| g.may_match(p, lo, hi))
 }

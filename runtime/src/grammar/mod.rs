@@ -30,6 +30,11 @@ pub use mask::{GrammarMatcher, VocabTrie};
 /// narrows what may be generated, never lets through text the grammar rejects.
 const MAX_STACKS: usize = 256;
 
+/// Most expansion steps per character. Nullable rules can make the paths of one expansion
+/// exponential in the grammar's size (`a ::= b b`, `b ::= c c | ""`, ...); past the budget the
+/// remaining paths are dropped, which again only narrows what may be generated.
+const MAX_EXPANSIONS: u32 = 1 << 16;
+
 /// A compiled grammar. Build one with [`Grammar::parse`] or [`Grammar::from_json_schema`];
 /// share it between requests (it is immutable).
 #[derive(Clone, Debug)]
@@ -146,6 +151,10 @@ impl Grammar {
     /// `work` is unchanged on return. Recursion depth is bounded by the parser's limit on
     /// leading rule references.
     fn expand(&self, work: &mut Vec<u32>, out: &mut Stacks) {
+        if out.spent >= MAX_EXPANSIONS {
+            return;
+        }
+        out.spent += 1;
         let Some(&pos) = work.last() else {
             out.add(work);
             return;
@@ -223,17 +232,134 @@ impl Grammar {
     }
 }
 
+/// The empty stack of [`Nodes`].
+const NIL: u32 = u32::MAX;
+
+/// Parse stacks as linked nodes, for the mask walk: node `i` is an element position and the
+/// node under it, and a stack is its top node ([`NIL`]: empty). Advancing one stack pushes a
+/// node or two instead of copying it; the walk pops the nodes of a subtree when it leaves it.
+#[derive(Debug, Default)]
+struct Nodes {
+    pos: Vec<u32>,
+    parent: Vec<u32>,
+}
+
+impl Nodes {
+    fn len(&self) -> usize {
+        self.pos.len()
+    }
+
+    fn truncate(&mut self, n: usize) {
+        self.pos.truncate(n);
+        self.parent.truncate(n);
+    }
+
+    /// A node for `pos` over `parent`, reusing one pushed since `since` with the same
+    /// content (so that the stacks of one advance compare equal by index).
+    fn push(&mut self, pos: u32, parent: u32, since: usize) -> u32 {
+        for i in since..self.len() {
+            if self.pos[i] == pos && self.parent[i] == parent {
+                return i as u32;
+            }
+        }
+        self.pos.push(pos);
+        self.parent.push(parent);
+        (self.len() - 1) as u32
+    }
+
+    /// The nodes of flat stack `s` (bottom first); its top.
+    fn push_stack(&mut self, s: &[u32]) -> u32 {
+        let since = self.len();
+        s.iter()
+            .fold(NIL, |parent, &pos| self.push(pos, parent, since))
+    }
+}
+
+impl Grammar {
+    /// [`Grammar::expand`] over [`Nodes`]: adds to `out` the tops of every stack node `n`
+    /// expands to.
+    fn expand_node(
+        &self,
+        n: u32,
+        nodes: &mut Nodes,
+        since: usize,
+        out: &mut Vec<u32>,
+        spent: &mut u32,
+    ) {
+        if *spent >= MAX_EXPANSIONS {
+            return;
+        }
+        *spent += 1;
+        let add = |out: &mut Vec<u32>, n| {
+            if out.len() < MAX_STACKS && !out.contains(&n) {
+                out.push(n);
+            }
+        };
+        if n == NIL {
+            return add(out, n);
+        }
+        let pos = nodes.pos[n as usize];
+        match self.elems[pos as usize] {
+            Elem::Chars { .. } => add(out, n),
+            Elem::Rule(r) => {
+                let parent = nodes.parent[n as usize];
+                let base = if self.elems[pos as usize + 1] != Elem::End {
+                    nodes.push(pos + 1, parent, since)
+                } else {
+                    parent
+                };
+                for &a in &self.alts[r as usize] {
+                    let top = if self.elems[a as usize] != Elem::End {
+                        nodes.push(a, base, since)
+                    } else {
+                        base
+                    };
+                    self.expand_node(top, nodes, since, out, spent);
+                }
+            }
+            Elem::End => unreachable!("End is never pushed"),
+        }
+    }
+
+    /// [`Grammar::advance`] over [`Nodes`]: `out` (cleared first) gets the stacks of `from`
+    /// whose top matches `c`, advanced and expanded.
+    fn advance_nodes(&self, from: &[u32], c: u32, nodes: &mut Nodes, out: &mut Vec<u32>) {
+        out.clear();
+        let since = nodes.len();
+        let mut spent = 0;
+        for &top in from {
+            if top == NIL {
+                continue;
+            }
+            let pos = nodes.pos[top as usize];
+            if !self.matches(pos, c) {
+                continue;
+            }
+            let parent = nodes.parent[top as usize];
+            let next = if self.elems[pos as usize + 1] != Elem::End {
+                nodes.push(pos + 1, parent, since)
+            } else {
+                parent
+            };
+            self.expand_node(next, nodes, since, out, &mut spent);
+        }
+    }
+}
+
 /// A set of parse stacks, stored flat: stack `i` is `data[ends[i-1]..ends[i]]`, top last.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 struct Stacks {
     data: Vec<u32>,
     ends: Vec<u32>,
+    /// Expansion steps spent building this set (see [`MAX_EXPANSIONS`]).
+    spent: u32,
 }
 
 impl Stacks {
     fn clear(&mut self) {
         self.data.clear();
         self.ends.clear();
+        self.spent = 0;
     }
 
     fn len(&self) -> usize {

@@ -4,7 +4,7 @@
 use super::{argmax, Sampler};
 
 /// Refused tokens [`Sampler::sample_constrained`] accepts before it computes the full mask.
-pub const LAZY_CHECKS: usize = 2048;
+pub const LAZY_CHECKS: usize = 128;
 
 /// Which tokens may come next (a grammar): [`Sampler::sample_constrained`] asks it.
 pub trait Constraint {

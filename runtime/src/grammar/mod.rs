@@ -9,13 +9,15 @@
 //!   next (an empty stack means the grammar has matched completely). Rule references are
 //!   expanded eagerly, a reference in tail position is not pushed (so `x*`, right-recursive,
 //!   keeps the stacks flat), and left recursion is refused at parse time, so expansion ends.
-//! - At each generation step the engine asks which tokens may come next: [`mask`] walks a byte
+//! - At each generation step the engine asks which tokens may come next: `mask.rs` walks a byte
 //!   trie of the vocabulary against the stacks (one walk shares every common token prefix),
 //!   keeps partial UTF-8 characters across token boundaries, and remembers the masks of recent
 //!   states (inside a JSON string the state repeats, so most steps are a cache hit).
 
+mod int_range;
 mod mask;
 mod parse;
+mod regex;
 mod schema;
 #[cfg(test)]
 mod schema_tests;

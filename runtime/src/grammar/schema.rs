@@ -1,6 +1,6 @@
 //! JSON Schema → GBNF, for the subset tool-calling assistants use.
 //!
-//! Supported:
+//! Supported (integer ranges: `int_range.rs`; patterns: `regex.rs`):
 //! - `type` (one name or a list): `object`, `array`, `string`, `number`, `integer`,
 //!   `boolean`, `null`; without `type` the kind is inferred from the other keywords, and a
 //!   schema of annotations only (or `true`, `{}`) accepts any JSON value;
@@ -26,6 +26,8 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
+use super::int_range::int_range;
+use super::regex::pattern;
 use super::GrammarError;
 
 const ANNOTATIONS: &[&str] = &[
@@ -160,7 +162,7 @@ fn err(path: &str, what: String) -> GrammarError {
 }
 
 /// A GBNF string literal matching `s` exactly.
-fn lit(s: &str) -> String {
+pub(super) fn lit(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -538,6 +540,17 @@ impl<'a> Converter<'a> {
                 .as_str()
                 .ok_or_else(|| err(path, "`pattern` must be a string".into()))?;
             let body = pattern(p).map_err(|e| err(path, format!("pattern {p:?}: {e}")))?;
+            // What the translation let through (unbalanced groups, a quantifier with nothing
+            // before it) is refused here, not by the whole grammar's parse.
+            super::Grammar::parse(&format!("root ::= {body}")).map_err(|e| {
+                err(
+                    path,
+                    format!(
+                        "pattern {p:?} is not a supported regular expression ({})",
+                        e.message
+                    ),
+                )
+            })?;
             return Ok(format!("\"\\\"\" ({body}) \"\\\"\" {sp}"));
         }
         let min = count(obj, "minLength", path)?;
@@ -613,180 +626,5 @@ fn count(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<u64>,
             .filter(|&n| n <= 1024)
             .map(Some)
             .ok_or_else(|| err(path, format!("`{key}` must be an integer in 0..=1024"))),
-    }
-}
-
-/// A GBNF expression for the integers in `lo..=hi` (either bound may be open).
-fn int_range(lo: Option<i64>, hi: Option<i64>) -> String {
-    let mut alts = Vec::new();
-    // Non-negative part: max(lo, 0) ..= hi.
-    if hi.is_none_or(|h| h >= 0) {
-        let a = lo.map_or(0, |l| l.max(0)) as u64;
-        alts.push(uint_range(a, hi.map(|h| h as u64)));
-    }
-    // Negative part: lo ..= min(hi, -1), as "-" and a magnitude.
-    if lo.is_none_or(|l| l < 0) {
-        let top = hi.map_or(-1, |h| h.min(-1));
-        let (a, b) = (top.unsigned_abs(), lo.map(i64::unsigned_abs));
-        alts.push(format!("\"-\" ({})", uint_range(a, b)));
-    }
-    alts.join(" | ")
-}
-
-/// Decimal numbers without leading zeros in `a..=b` (`b` open when `None`).
-fn uint_range(a: u64, b: Option<u64>) -> String {
-    let digits = |n: u64| n.to_string().len() as u32;
-    let mut alts = Vec::new();
-    let top_len = b.map_or(digits(a), digits);
-    for len in digits(a)..=top_len {
-        let lo = a.max(if len == 1 { 0 } else { 10u64.pow(len - 1) });
-        let hi = b.map_or(10u64.pow(len) - 1, |b| b.min(10u64.pow(len) - 1));
-        if lo <= hi {
-            alts.push(same_len(
-                lo.to_string().as_bytes(),
-                hi.to_string().as_bytes(),
-            ));
-        }
-    }
-    if b.is_none() {
-        alts.push(format!("[1-9] [0-9]{{{},}}", digits(a)));
-    }
-    alts.join(" | ")
-}
-
-/// Digit strings of one length from `a` to `b` (`a <= b`).
-fn same_len(a: &[u8], b: &[u8]) -> String {
-    let d = |c: u8| char::from(c);
-    if a == b {
-        return format!("\"{}\"", String::from_utf8_lossy(a));
-    }
-    if a[0] == b[0] {
-        return format!("\"{}\" ({})", d(a[0]), same_len(&a[1..], &b[1..]));
-    }
-    let n = a.len() - 1;
-    let (a_low, b_high) = (
-        a[1..].iter().all(|&c| c == b'0'),
-        b[1..].iter().all(|&c| c == b'9'),
-    );
-    let mut alts = Vec::new();
-    let first = if a_low { a[0] } else { a[0] + 1 };
-    let last = if b_high { b[0] } else { b[0] - 1 };
-    if !a_low {
-        alts.push(format!(
-            "\"{}\" ({})",
-            d(a[0]),
-            same_len(&a[1..], &vec![b'9'; n])
-        ));
-    }
-    if first <= last {
-        let tail = if n == 0 {
-            String::new()
-        } else {
-            format!(" [0-9]{{{n}}}")
-        };
-        alts.push(format!("[{}-{}]{tail}", d(first), d(last)));
-    }
-    if !b_high {
-        alts.push(format!(
-            "\"{}\" ({})",
-            d(b[0]),
-            same_len(&vec![b'0'; n], &b[1..])
-        ));
-    }
-    alts.join(" | ")
-}
-
-/// Translates a regular expression of the simple kind into a GBNF expression for the text
-/// inside a JSON string (characters that JSON would escape are refused).
-fn pattern(re: &str) -> Result<String, String> {
-    let re = re.strip_prefix('^').unwrap_or(re);
-    let re = re.strip_suffix('$').unwrap_or(re);
-    let mut out = String::new();
-    let mut chars = re.chars().peekable();
-    let plain = |c: char| -> Result<(), String> {
-        if c == '"' || c == '\\' || (c as u32) < 0x20 {
-            Err(format!(
-                "the character {c:?} needs escaping in JSON; not supported"
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    while let Some(c) = chars.next() {
-        match c {
-            '.' => out.push_str(" [^\"\\\\\\x7F\\x00-\\x1F]"),
-            '(' => {
-                if chars.peek() == Some(&'?') {
-                    chars.next();
-                    if chars.next() != Some(':') {
-                        return Err("only non-capturing `(?:` groups are supported".into());
-                    }
-                }
-                out.push_str(" (");
-            }
-            ')' | '|' | '*' | '+' | '?' => {
-                out.push(' ');
-                out.push(c);
-            }
-            '{' => {
-                out.push('{');
-                for c in chars.by_ref() {
-                    if !(c.is_ascii_digit() || c == ',' || c == '}') {
-                        return Err(format!("unexpected {c:?} in a repetition"));
-                    }
-                    out.push(c);
-                    if c == '}' {
-                        break;
-                    }
-                }
-            }
-            '[' => {
-                out.push_str(" [");
-                if chars.peek() == Some(&'^') {
-                    return Err("negated classes `[^...]` are not supported in patterns".into());
-                }
-                loop {
-                    match chars.next() {
-                        None => return Err("unterminated class".into()),
-                        Some(']') => break,
-                        Some('\\') => out.push_str(&class_escape(chars.next())?),
-                        Some(c) => {
-                            plain(c)?;
-                            out.push(c);
-                        }
-                    }
-                }
-                out.push(']');
-            }
-            '\\' => {
-                let e = chars.next();
-                match e {
-                    Some('d' | 'w') => out.push_str(&format!(" [{}]", class_escape(e)?)),
-                    Some(c) if "^$.|?*+()[]{}/-".contains(c) => {
-                        out.push_str(&format!(" {}", lit(&c.to_string())))
-                    }
-                    _ => return Err(format!("escape \\{} is not supported", e.unwrap_or(' '))),
-                }
-            }
-            '^' | '$' => return Err("anchors are supported only at the ends".into()),
-            c => {
-                plain(c)?;
-                out.push(' ');
-                out.push_str(&lit(&c.to_string()));
-            }
-        }
-    }
-    Ok(out.trim().to_string())
-}
-
-/// The inside of a GBNF class for a regex class escape.
-fn class_escape(e: Option<char>) -> Result<String, String> {
-    match e {
-        Some('d') => Ok("0-9".into()),
-        Some('w') => Ok("a-zA-Z0-9_".into()),
-        Some(c @ ('[' | ']' | '^' | '-')) => Ok(format!("\\{c}")),
-        Some(c) if "$.|?*+(){}/".contains(c) => Ok(c.to_string()),
-        Some(c) => Err(format!("escape \\{c} is not supported in a class")),
-        None => Err("unterminated escape".into()),
     }
 }

@@ -460,6 +460,13 @@ typedef struct ember_params {
      * `EMBER_ERR_INVALID_ARGUMENT` naming it in `ember_last_error`.
      */
     const char *json_schema;
+    /**
+     * Speculative decoding by prompt lookup: up to `draft_k` tokens (1..=16) are guessed
+     * from the prompt and the text so far and checked in one step; the output is the same
+     * token for token, with fewer forward passes when the text repeats its input. 0 (the
+     * default) turns it off; above 16 is `EMBER_ERR_INVALID_ARGUMENT`.
+     */
+    uint32_t draft_k;
 } ember_params;
 
 /**

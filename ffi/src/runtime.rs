@@ -344,7 +344,7 @@ impl Runtime {
         let max_requests = engine_cfg.max_requests;
         // The engine checks `max_requests` against its bound (ember::engine::MAX_REQUESTS)
         // before it allocates anything; the map is reserved fallibly all the same.
-        let engine = Engine::with_backend(model, engine_cfg, backend)?;
+        let engine = Engine::with_draft_rows(model, engine_cfg, backend)?;
         let info = Info::new(&engine, &tokenizer)?;
         let mut streams = HashMap::new();
         streams.try_reserve(max_requests).map_err(|_| {

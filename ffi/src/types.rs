@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ember::backend::{BackendKind, CudaWeights};
 use ember::engine::{EngineConfig, RequestParams};
-use ember::engine::{FinishReason, KvBudget};
+use ember::engine::{FinishReason, KvBudget, Speculative};
 use ember::grammar::Grammar;
 use ember::sampler::SamplingParams;
 use ember::session::ContextPolicy;
@@ -229,6 +229,11 @@ pub struct ember_params {
     /// default) for none; an unsupported keyword or malformed schema is
     /// `EMBER_ERR_INVALID_ARGUMENT` naming it in `ember_last_error`.
     pub json_schema: *const c_char,
+    /// Speculative decoding by prompt lookup: up to `draft_k` tokens (1..=16) are guessed
+    /// from the prompt and the text so far and checked in one step; the output is the same
+    /// token for token, with fewer forward passes when the text repeats its input. 0 (the
+    /// default) turns it off; above 16 is `EMBER_ERR_INVALID_ARGUMENT`.
+    pub draft_k: u32,
 }
 
 /// `ember_params.context_policy`: refuse a chat that does not fit the context.
@@ -258,6 +263,7 @@ impl Default for ember_params {
             context_policy: EMBER_CONTEXT_ERROR,
             grammar: std::ptr::null(),
             json_schema: std::ptr::null(),
+            draft_k: 0,
         }
     }
 }
@@ -350,6 +356,9 @@ impl ember_params {
             n: (self.n as usize).max(1),
             ignore_eos: self.ignore_eos,
             grammar,
+            speculative: (self.draft_k > 0).then_some(Speculative {
+                k: self.draft_k as usize,
+            }),
         })
     }
 

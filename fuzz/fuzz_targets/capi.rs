@@ -183,6 +183,25 @@ impl Driver {
         e.n_stop = store.1.len();
         e.stop_ids = store.2.as_ptr();
         e.n_stop_ids = store.2.len();
+        // Speculative decoding: 0 (off), 1..=16, and 17 or 18 (EMBER_ERR_INVALID_ARGUMENT).
+        e.draft_k = (p.seed % 19) as u32;
+        // A grammar now and then: a valid one, or the first stop string's bytes (mostly not
+        // GBNF: EMBER_ERR_INVALID_ARGUMENT), or the same text as a JSON schema. Pushed after
+        // the stop pointers were taken (moving the inner vectors keeps their buffers).
+        let text: Option<Vec<u8>> = match p.n / 18 % 6 {
+            1 => Some(cstr(b"root ::= [a-z ]+ \"!\"")),
+            2 => p.stop.first().map(|s| cstr(s)),
+            _ => None,
+        };
+        if let Some(t) = text {
+            store.0.push(t);
+            let ptr = store.0.last().expect("just pushed").as_ptr().cast();
+            if p.n % 2 == 0 {
+                e.grammar = ptr;
+            } else {
+                e.json_schema = ptr;
+            }
+        }
         e
     }
 

@@ -354,3 +354,47 @@ fn refusals_and_cancellation() {
     assert!(e.output(id).is_err(), "a released id is stale");
     assert!(e.cancel(id).is_err());
 }
+
+/// Speculative decoding by prompt lookup on a summary that reuses its source's wording: the
+/// same ids as plain greedy decoding, with most drafts accepted.
+#[test]
+fn prompt_lookup_gives_the_plain_greedy_output() {
+    use ember::backend::BackendKind;
+    use ember::engine::Speculative;
+    let cfg = EngineConfig {
+        n_ctx: 512,
+        kv_budget: KvBudget::Blocks(64),
+        max_seqs: 1,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::with_draft_rows(model(), cfg, BackendKind::Cpu).unwrap();
+    let prompt = "<|im_start|>user\nRepeat this sentence exactly: The KV cache is \
+                  PagedAttention: one fixed block arena, preallocated at start-up from an \
+                  explicit budget, split into blocks of sixteen tokens.<|im_end|>\n\
+                  <|im_start|>assistant\n";
+    let run = |e: &mut Engine, spec: Option<Speculative>| {
+        let params = RequestParams {
+            max_tokens: 40,
+            speculative: spec,
+            ..RequestParams::default()
+        };
+        let id = e.submit_text(prompt, &params).unwrap();
+        while e.has_work() {
+            e.step().unwrap();
+        }
+        let o = e.output(id).unwrap().next().unwrap();
+        let r = (o.ids.clone(), o.draft_tokens, o.accepted_tokens);
+        e.release(id).unwrap();
+        r
+    };
+    let (plain, _, _) = run(&mut e, None);
+    for k in [3, 8] {
+        let (ids, drafted, accepted) = run(&mut e, Some(Speculative { k }));
+        assert_eq!(ids, plain, "k = {k}");
+        assert!(
+            accepted * 2 > ids.len(),
+            "k = {k}: {accepted} of {drafted} drafts accepted, {} tokens",
+            ids.len()
+        );
+    }
+}

@@ -891,8 +891,8 @@ static void test_prompt_cache(const char *synth) {
 
 /* Grammar- and schema-constrained requests: every sampled output follows the grammar (the
  * synthetic model's weights are random), and a bad grammar or schema is refused with where and
- * why in ember_last_error. */
-static void test_grammar(const char *synth) {
+ * why in ember_last_error. Speculative decoding (draft_k) gives the ids plain decoding gives. */
+static void test_grammar_and_speculation(const char *synth) {
     ember_config c = small_config();
     ember_runtime *rt = NULL;
     EXPECT(ember_runtime_new(synth, &c, &rt), EMBER_OK);
@@ -952,6 +952,26 @@ static void test_grammar(const char *synth) {
     EXPECT(ember_next_text(rt, id, 0, buf, sizeof buf, &len, &fin), EMBER_OK);
     CHECK(fin == EMBER_FINISH_EOS && len >= 1 && buf[0] >= '5' && buf[0] <= '9');
     EXPECT(ember_release(rt, id), EMBER_OK);
+
+    /* Speculative decoding by prompt lookup: the same ids as plain decoding. */
+    uint32_t rep[24];
+    for (int i = 0; i < 24; i++) rep[i] = (uint32_t)(40 + (i % 4) * 3);
+    uint32_t plain[32], spec[32];
+    ember_params q = ember_params_default();
+    q.max_tokens = 32;
+    q.ignore_eos = true;
+    EXPECT(ember_submit_tokens(rt, rep, 24, &q, &id), EMBER_OK);
+    run_to_idle(rt);
+    CHECK(pull_ids(rt, id, plain, 32) == 32);
+    EXPECT(ember_release(rt, id), EMBER_OK);
+    q.draft_k = 4;
+    EXPECT(ember_submit_tokens(rt, rep, 24, &q, &id), EMBER_OK);
+    run_to_idle(rt);
+    CHECK(pull_ids(rt, id, spec, 32) == 32);
+    CHECK(memcmp(plain, spec, sizeof plain) == 0);
+    EXPECT(ember_release(rt, id), EMBER_OK);
+    q.draft_k = 17;
+    EXPECT(ember_submit_tokens(rt, rep, 24, &q, &id), EMBER_ERR_INVALID_ARGUMENT);
     ember_runtime_free(rt);
 }
 
@@ -979,7 +999,7 @@ int main(int argc, char **argv) {
     test_free_while_running(argv[1]);
     test_request_limits(argv[1]);
     test_prompt_cache(argv[1]);
-    test_grammar(argv[1]);
+    test_grammar_and_speculation(argv[1]);
     if (argc > 2) test_chat(argv[2]);
     if (argc > 2) test_chat_context_policy(argv[2]);
 

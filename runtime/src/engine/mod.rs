@@ -32,6 +32,7 @@ mod prompt_cache;
 mod request;
 mod score;
 mod sequence;
+mod speculative;
 mod step;
 
 use std::collections::VecDeque;
@@ -48,6 +49,7 @@ pub use prompt_cache::PromptCacheLoad;
 pub use request::{FinishReason, KvBudget, LogitsRow, RequestId, RequestParams};
 use sequence::Seq;
 pub use sequence::{SeqOutput, SeqState};
+pub use speculative::{Speculative, MAX_DRAFT};
 
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
@@ -213,6 +215,22 @@ impl Engine {
     /// pass live on the GPU; the CPU schedules and samples.
     pub fn with_backend(model: Model, cfg: EngineConfig, backend: BackendKind) -> Result<Engine> {
         let rows = cfg.max_seqs;
+        Self::open(model, cfg, backend, rows)
+    }
+
+    /// [`Engine::with_backend`] with [`MAX_DRAFT`] more logits rows per step (as far as
+    /// `max_batch_tokens` allows; 3 MiB for a 49k vocabulary): room to verify one sequence's
+    /// speculative drafts in each step (`RequestParams::speculative`). Without the rows,
+    /// drafts are dropped and requests decode plainly. The CLI, `ember batch` and the C ABI
+    /// open their engines this way.
+    pub fn with_draft_rows(
+        model: Model,
+        cfg: EngineConfig,
+        backend: BackendKind,
+    ) -> Result<Engine> {
+        let rows = (cfg.max_seqs + MAX_DRAFT)
+            .min(cfg.max_batch_tokens)
+            .max(cfg.max_seqs);
         Self::open(model, cfg, backend, rows)
     }
 
@@ -404,6 +422,15 @@ impl Engine {
             return Err(invalid("max_tokens", "must be at least 1"));
         }
         params.sampling.validate()?;
+        if let Some(s) = params.speculative {
+            if !(1..=speculative::MAX_DRAFT).contains(&s.k) {
+                let max = speculative::MAX_DRAFT;
+                return Err(invalid(
+                    "speculative.k",
+                    format!("{} (must be 1..={max})", s.k),
+                ));
+            }
+        }
         let max_tokens = self.max_tokens_for(prompt.len(), params.max_tokens)?;
         if params.grammar.is_some() && self.vocab_trie.is_none() {
             self.vocab_trie = Some(Arc::new(VocabTrie::new(&self.tokenizer, n_vocab)));
@@ -525,6 +552,10 @@ impl Engine {
                 (Some(_), None) => unreachable!("submit builds the trie first"),
                 (None, _) => None,
             },
+            speculative: params.speculative,
+            draft: 0,
+            draft_len: params.speculative.map_or(0, |s| s.k),
+            draft_buf: reserved(params.speculative.map_or(0, |s| s.k))?,
             out: SeqOutput {
                 ids: reserved(max_tokens)?,
                 text,
@@ -536,6 +567,8 @@ impl Engine {
                 last_token: None,
                 n_prompt: prompt.len(),
                 n_cached: 0,
+                draft_tokens: 0,
+                accepted_tokens: 0,
             },
             scoring: false,
             rows: 0..0,
@@ -630,6 +663,7 @@ impl Engine {
             self.waiting.remove(p);
         }
         let seq = self.drop_kv(slot);
+        speculative::drop_draft(seq);
         seq.state = SeqState::Finished;
         seq.out.finish = Some(reason);
         // Sequences still waiting to fork from this one can never be forked: run them alone.

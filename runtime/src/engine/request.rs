@@ -71,6 +71,10 @@ pub struct RequestParams {
     /// end of generation only once the grammar is complete. Each sequence (`n > 1`) has its
     /// own grammar state; preemption keeps it.
     pub grammar: Option<Arc<Grammar>>,
+    /// Speculative decoding by prompt lookup ([`Speculative`](super::Speculative)): the
+    /// output is the same, token for token; fewer forward passes when the text repeats what
+    /// came before (summaries, code edits, quotes).
+    pub speculative: Option<super::Speculative>,
 }
 
 impl Default for RequestParams {
@@ -83,6 +87,7 @@ impl Default for RequestParams {
             n: 1,
             ignore_eos: false,
             grammar: None,
+            speculative: None,
         }
     }
 }

@@ -126,6 +126,8 @@ impl Engine {
             last_token: seq.out.last_token,
             n_prompt: seq.out.n_prompt,
             n_cached: seq.out.n_cached,
+            draft_tokens: seq.out.draft_tokens,
+            accepted_tokens: seq.out.accepted_tokens,
         };
         Ok(std::mem::replace(&mut seq.out, empty))
     }

@@ -58,6 +58,10 @@ pub struct SeqOutput {
     /// Prompt tokens taken from the prefix cache (a prompt cache file loaded into it, or an
     /// earlier request) instead of computed, at the admission that computed the prompt.
     pub n_cached: usize,
+    /// Draft tokens proposed by speculative decoding and checked by the model.
+    pub draft_tokens: usize,
+    /// Of those, the ones the model's samples agreed with (each saved a forward pass).
+    pub accepted_tokens: usize,
 }
 
 impl SeqOutput {
@@ -108,6 +112,15 @@ pub(crate) struct Seq {
     pub stops: StopMatcher,
     /// Where the sequence is in its request's grammar, if it has one.
     pub grammar: Option<GrammarMatcher>,
+    /// Speculative decoding settings (prompt lookup), if the request asked for it.
+    pub speculative: Option<super::Speculative>,
+    /// How many of the last `tokens` are unverified drafts (`speculative.rs`).
+    pub draft: usize,
+    /// Scratch for drafts, `k` long (allocated at submit).
+    pub draft_buf: Vec<u32>,
+    /// Drafts to propose next: `k` at first, halved after a draft is refused at its first
+    /// token, doubled (up to `k`) after one is accepted whole.
+    pub draft_len: usize,
     /// Produced output.
     pub out: SeqOutput,
     /// A scoring sequence (samples nothing; holds its KV cache when computed).
@@ -128,7 +141,8 @@ impl Seq {
         if self.scoring {
             self.rows.contains(&pos)
         } else {
-            pos == last
+            // The last real token and every draft after it.
+            pos + self.draft >= last
         }
     }
 
@@ -137,8 +151,10 @@ impl Seq {
         let (a, b) = (self.num_computed, self.num_computed + k);
         if self.scoring {
             b.min(self.rows.end).saturating_sub(a.max(self.rows.start))
+        } else if k > 0 && b == self.tokens.len() {
+            b - a.max(self.tokens.len() - 1 - self.draft)
         } else {
-            usize::from(k > 0 && b == self.tokens.len())
+            0
         }
     }
 

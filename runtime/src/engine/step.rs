@@ -64,7 +64,9 @@ impl Engine {
         if let Some(p) = self.running.iter().position(|&s| s == slot) {
             self.running.remove(p);
         }
-        self.drop_kv(slot).state = SeqState::Waiting;
+        let seq = self.drop_kv(slot);
+        super::speculative::drop_draft(seq);
+        seq.state = SeqState::Waiting;
         self.waiting.push_front(slot);
         self.metrics.preemptions += 1;
     }
@@ -135,13 +137,31 @@ impl Engine {
             } else {
                 0
             };
-            let k = seq.fit_rows(seq.pending().min(budget), rows.saturating_sub(keep));
+            if seq.draft > 0
+                && (seq.pending() > budget
+                    || seq.rows_for(seq.pending()) > rows.saturating_sub(keep))
+            {
+                // The real token and its drafts go in one step or the drafts go.
+                self.drop_draft(slot);
+            }
+            let seq = self.seqs[slot as usize].as_ref().expect("running sequence");
+            let mut k = seq.fit_rows(seq.pending().min(budget), rows.saturating_sub(keep));
             if k == 0 {
                 // Idle (a computed scoring request) or no logits row left this step.
                 i += 1;
                 continue;
             }
             loop {
+                let has_draft = self.seqs[slot as usize]
+                    .as_ref()
+                    .is_some_and(|s| s.draft > 0);
+                if has_draft && self.blocks_needed(slot, k).0 > self.pool.num_free() {
+                    // Drafts never preempt anyone: compute the real token alone.
+                    self.drop_draft(slot);
+                    let seq = self.seqs[slot as usize].as_ref().expect("running sequence");
+                    k = seq.fit_rows(seq.pending().min(budget), rows.saturating_sub(keep));
+                    continue;
+                }
                 if self.reserve(slot, k).is_ok() {
                     let seq = self.seqs[slot as usize].as_ref().expect("running sequence");
                     rows -= seq.rows_for(k);
@@ -220,8 +240,9 @@ impl Engine {
                     logits: seq.wants_row(pos, last),
                 });
             }
-            // A decode is the one fed-back sample of a sequence past its prompt.
-            let decode = k == 1 && seq.num_computed == last && last >= seq.n_prompt;
+            // A decode is the one fed-back sample of a sequence past its prompt (and its drafts).
+            let real = last - seq.draft;
+            let decode = k == 1 + seq.draft && seq.num_computed == real && real >= seq.n_prompt;
             stats.prefill_tokens += if decode { 0 } else { k };
         }
         let r = self.backend.forward(
@@ -252,11 +273,24 @@ impl Engine {
             let from = seq.num_computed;
             seq.num_computed += k;
             let sample = !seq.scoring && seq.num_computed == seq.tokens.len();
-            self.cache_full_blocks(slot);
+            let draft = seq.draft;
+            if draft == 0 {
+                self.cache_full_blocks(slot);
+            }
             if sample {
-                let l = &mut logits[row * n_vocab..(row + 1) * n_vocab];
-                self.sample_seq(slot, l, &mut stats);
-                row += 1;
+                let l = &mut logits[row * n_vocab..(row + 1 + draft) * n_vocab];
+                if draft == 0 {
+                    self.sample_seq(slot, l, &mut stats);
+                } else {
+                    // Blocks enter the prefix cache once their tokens are verified.
+                    self.verify(slot, l, &mut stats);
+                    self.cache_full_blocks(slot);
+                }
+                row += 1 + draft;
+                let seq = self.seqs[slot as usize].as_ref().expect("live sequence");
+                if seq.out.finish.is_none() && seq.speculative.is_some() {
+                    self.propose(slot);
+                }
             } else {
                 row = self.hand_out_rows(slot, from..from + k, &mut logits, row, &mut on_row);
             }
@@ -322,7 +356,7 @@ impl Engine {
 
     /// Sample the next token of sequence `slot` from its logits row, fork its pending
     /// siblings first if it just finished its prompt, and retire it if it is done.
-    fn sample_seq(&mut self, slot: u32, logits: &mut [f32], stats: &mut StepStats) {
+    pub(super) fn sample_seq(&mut self, slot: u32, logits: &mut [f32], stats: &mut StepStats) {
         if logits.iter().any(|l| l.is_nan()) {
             // NaN logits come from non-finite weights (or an overflow inside the model): the
             // request ends with an error (and its siblings waiting to fork from these logits

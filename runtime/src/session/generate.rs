@@ -147,5 +147,7 @@ fn nothing_generated(n_prompt: usize) -> Generation {
         last_token: None,
         n_prompt,
         n_cached: 0,
+        draft_tokens: 0,
+        accepted_tokens: 0,
     }
 }

@@ -97,6 +97,7 @@ const FIELDS: &[&str] = &[
     "ignore_eos",
     "grammar",
     "json_schema",
+    "draft_k",
 ];
 
 /// One input line as a request: its prompt and parameters, or what is wrong with it.
@@ -172,6 +173,10 @@ fn request(v: &Value) -> Result<(String, RequestParams), String> {
             n: size("n", 1)?,
             ignore_eos,
             grammar: line_grammar(obj)?,
+            speculative: match size("draft_k", 0)? {
+                0 => None,
+                k => Some(ember::engine::Speculative { k }),
+            },
         },
     ))
 }
@@ -259,7 +264,7 @@ pub fn batch(raw: &[std::ffi::OsString]) -> CliResult {
     let cfg = engine_config(&a, 16)?;
     let max_requests = cfg.max_requests;
     let model = load_model(&a)?;
-    let mut e = Engine::with_backend(model, cfg, backend_kind(&a)?)?;
+    let mut e = Engine::with_draft_rows(model, cfg, backend_kind(&a)?)?;
     report_backend(&a, e.backend());
     let file = std::fs::File::open(&input)
         .map_err(|err| CliError::Run(format!("{}: {err}", input.display())))?;
@@ -412,7 +417,7 @@ pub fn bench_concurrent(a: &Args, c: usize, n_prompt: usize, n_gen: usize) -> Cl
         cfg.kv_budget = KvBudget::Blocks(blocks);
     }
     let n_vocab = model.config.n_vocab as u64;
-    let mut e = Engine::with_backend(model, cfg, backend_kind(a)?)?;
+    let mut e = Engine::with_draft_rows(model, cfg, backend_kind(a)?)?;
     report_backend(a, e.backend());
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     // Warm-up, untimed (as llama-batched-bench): one short request through prefill and decode

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ember::backend::{Backend, BackendKind, CudaWeights};
+use ember::engine::Speculative;
 use ember::grammar::Grammar;
 use ember::model::Model;
 use ember::sampler::SamplingParams;
@@ -66,6 +67,8 @@ const SAMPLING: &[Flag] = &[
     val("grammar", None),
     path("grammar-file", None),
     val("json-schema", None),
+    val("spec", None),
+    val("draft-k", None),
     switch("ignore-eos"),
     switch("json"),
 ];
@@ -224,7 +227,31 @@ fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliErro
         n: 1,
         ignore_eos: a.has("ignore-eos"),
         grammar: grammar(a)?,
+        speculative: speculative(a)?,
     })
+}
+
+/// `--spec lookup [--draft-k K]`: speculative decoding by prompt lookup.
+fn speculative(a: &Args) -> Result<Option<Speculative>, CliError> {
+    let k = a.get_or("draft-k", 8usize).map_err(usage)?;
+    if !(1..=16).contains(&k) {
+        return Err(usage(format!("--draft-k {k}: must be 1..=16")));
+    }
+    match a.str("spec") {
+        None | Some("none") => {
+            if a.has("draft-k") {
+                return Err(usage("--draft-k needs --spec lookup".into()));
+            }
+            Ok(None)
+        }
+        Some("lookup") => Ok(Some(Speculative { k })),
+        Some("draft") => Err(usage(
+            "--spec draft (a second, smaller model as drafter) is not built yet; --spec lookup \
+             drafts from the prompt and the text so far"
+                .into(),
+        )),
+        Some(s) => Err(usage(format!("--spec {s}: expected lookup or none"))),
+    }
 }
 
 /// The grammar of `--grammar TEXT`, `--grammar-file FILE` or `--json-schema FILE|TEXT` (at
@@ -286,7 +313,8 @@ pub fn generate(raw: &[OsString]) -> CliResult {
         .to_string();
     let params = generate_params(&a, 128)?;
     let json_out = a.has("json");
-    let mut s = open_session(&a, 512, 1)?;
+    // A logits row for the real token and each draft.
+    let mut s = open_session(&a, 512, 1 + params.speculative.map_or(0, |x| x.k))?;
     let cache = PromptCache::open(&a, &mut s)?;
     let mut out = Stdout::new();
     // Streaming stops at the first failed write (a reader that went away, a full disk).
@@ -301,6 +329,8 @@ pub fn generate(raw: &[OsString]) -> CliResult {
             "finish_reason": finish_str(&g),
             "seed": params.sampling.seed,
             "cached_prompt_tokens": g.n_cached,
+            "draft_tokens": g.draft_tokens,
+            "accepted_tokens": g.accepted_tokens,
             "prefill_tok_s": g.prefill_tok_s(),
             "decode_tok_s": g.decode_tok_s(),
             "load_ms": s.load_ms,
@@ -436,7 +466,7 @@ pub fn chat(raw: &[OsString]) -> CliResult {
         })?,
         None => ContextPolicy::Truncate,
     };
-    let mut s = open_session(&a, 512, 1)?;
+    let mut s = open_session(&a, 512, 1 + params.speculative.map_or(0, |x| x.k))?;
     let mut cache = PromptCache::open(&a, &mut s)?;
     let template = chat_template(&s, a.path("chat-template"))?;
     // Each turn's prompt starts with the earlier turns: their cached KV blocks are reused.

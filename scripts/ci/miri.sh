@@ -17,7 +17,10 @@ cargo +nightly miri setup >/dev/null
 # scheduler code, and the native run checks their results. Nor the prompt cache's engine tests
 # (safe code over the same pool calls; each builds engines, minutes interpreted): the arena's
 # block copies they rely on have their own small test in kv::, and the native run checks
-# every damaged byte; nor the cache file's checksum tests (integer arithmetic, no unsafe).
+# every damaged byte; nor the cache file's checksum tests (integer arithmetic, no unsafe); nor
+# the grammar and speculative-decoding engine tests (hundreds of interpreted forward passes;
+# the grammar and the draft bookkeeping are safe code, and the block-pool paths they take are
+# the ones the scheduler tests above already run).
 echo "== miri: block pool, block tables, scheduler, thread pool; block-pool property tests"
 cargo +nightly miri test --locked -p ember --lib --no-run
 cargo +nightly miri test --locked -p ember --test block_pool_props --no-run
@@ -29,6 +32,7 @@ long_pid=$!
 rest_status=0
 cargo +nightly miri test --locked -p ember --lib -- kv:: engine:: threadpool:: \
     --skip engine::score_tests --skip engine::prompt_cache_tests --skip kv::cache_file \
+    --skip engine::grammar_tests --skip engine::speculative::tests::speculative_output \
     --skip "${long[0]}" --skip "${long[1]}" || rest_status=$?
 cargo +nightly miri test --locked -p ember --test block_pool_props || rest_status=$?
 long_status=0

@@ -248,6 +248,7 @@ impl Parser<'_> {
                         if self.peek().is_none() {
                             return Err(self.error("unterminated character class"));
                         }
+                        let at = self.pos;
                         let lo = self.char_in_literal()?;
                         let mut hi = lo;
                         if self.peek() == Some(b'-') && self.src.get(self.pos + 1) != Some(&b']') {
@@ -257,7 +258,7 @@ impl Parser<'_> {
                             }
                             hi = self.char_in_literal()?;
                             if hi < lo {
-                                return Err(self.error("character range out of order"));
+                                return Err(self.error_at(at, "character range out of order"));
                             }
                         }
                         ranges.push((lo, hi));

@@ -239,7 +239,7 @@ fn speculative(a: &Args) -> Result<Option<Speculative>, CliError> {
     }
     match a.str("spec") {
         None | Some("none") => {
-            if a.has("draft-k") {
+            if a.str("draft-k").is_some() {
                 return Err(usage("--draft-k needs --spec lookup".into()));
             }
             Ok(None)
@@ -259,7 +259,7 @@ fn speculative(a: &Args) -> Result<Option<Speculative>, CliError> {
 fn grammar(a: &Args) -> Result<Option<Arc<Grammar>>, CliError> {
     let given = ["grammar", "grammar-file", "json-schema"]
         .into_iter()
-        .filter(|f| a.has(f))
+        .filter(|f| a.str(f).is_some() || a.path(f).is_some())
         .collect::<Vec<_>>();
     if given.len() > 1 {
         return Err(usage(format!(

@@ -1,0 +1,36 @@
+//! Running the `ember` binary from tests (cli.rs, cli_structured.rs).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn ember(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run ember")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `o` exited with `code` and its stderr says `want` (and nothing panicked).
+#[track_caller]
+pub fn expect_exit(o: &Output, code: i32, want: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{err}");
+    assert!(err.contains(want), "stderr lacks {want:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+pub fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ember-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}

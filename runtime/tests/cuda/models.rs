@@ -514,6 +514,74 @@ fn prompt_cache_files_round_trip_through_the_device() {
 /// Every weight type a model may hold (the CPU's list) has a CUDA kernel, and this file tests
 /// each one (`ALL_WEIGHTS`): a model the CPU loads is never refused for its weight types. (No
 /// device needed: the lists are constants.)
+/// Speculative decoding on the device (the real token and its drafts in one step, a logits row
+/// each) gives the ids of plain decoding, and a grammar-constrained request follows its
+/// grammar: both are host-side logic over the device's logits rows.
+#[test]
+fn speculation_and_grammars_on_cuda() {
+    if device("speculation_and_grammars_on_cuda").is_none() {
+        return;
+    }
+    use ember::engine::Speculative;
+    use ember::grammar::Grammar;
+    use std::sync::Arc;
+    let cfg = EngineConfig {
+        n_ctx: 256,
+        kv_budget: KvBudget::Blocks(32),
+        max_seqs: 2,
+        max_batch_tokens: 64,
+        ..EngineConfig::default()
+    };
+    let mut gpu =
+        Engine::with_draft_rows(synth_model(GgmlType::Q8_0, 5), cfg, BackendKind::Cuda).unwrap();
+    let prompt: Vec<u32> = (0..30).map(|i| 40 + (i % 5) * 11).collect();
+    let mut run = |params: &RequestParams| {
+        let id = gpu.submit(&prompt, params).unwrap();
+        while gpu.has_work() {
+            gpu.step().unwrap();
+        }
+        let o = gpu.output(id).unwrap().next().unwrap();
+        let r = (
+            o.ids.clone(),
+            o.text.clone(),
+            o.draft_tokens,
+            o.accepted_tokens,
+        );
+        gpu.release(id).unwrap();
+        r
+    };
+    let plain = RequestParams {
+        max_tokens: 40,
+        ignore_eos: true,
+        ..RequestParams::default()
+    };
+    let (want, _, _, _) = run(&plain);
+    for k in [2, 8] {
+        let spec = RequestParams {
+            speculative: Some(Speculative { k }),
+            ..plain.clone()
+        };
+        let (got, _, drafted, accepted) = run(&spec);
+        assert_eq!(got, want, "k {k}");
+        eprintln!("speculation on CUDA, k {k}: {accepted} of {drafted} drafts accepted");
+    }
+    let g = Arc::new(
+        Grammar::parse("root ::= \"[\" [0-9]{1,3} (\", \" [0-9]{1,3}){0,3} \"]\"").unwrap(),
+    );
+    let params = RequestParams {
+        max_tokens: 40,
+        sampling: ember::sampler::SamplingParams {
+            temperature: 1.0,
+            seed: 9,
+            ..Default::default()
+        },
+        grammar: Some(Arc::clone(&g)),
+        ..RequestParams::default()
+    };
+    let (_, text, _, _) = run(&params);
+    assert!(g.accepts(&text), "{text:?}");
+}
+
 #[test]
 fn cuda_backend_takes_every_weight_type() {
     let mut cpu = ember_kernels::SUPPORTED.to_vec();

@@ -554,6 +554,7 @@ impl Engine {
             },
             speculative: params.speculative,
             draft: 0,
+            draft_pause: (0, 0),
             draft_len: params.speculative.map_or(0, |s| s.k),
             draft_buf: reserved(params.speculative.map_or(0, |s| s.k))?,
             out: SeqOutput {

@@ -118,9 +118,11 @@ pub(crate) struct Seq {
     pub draft: usize,
     /// Scratch for drafts, `k` long (allocated at submit).
     pub draft_buf: Vec<u32>,
-    /// Drafts to propose next: `k` at first, halved after a draft is refused at its first
-    /// token, doubled (up to `k`) after one is accepted whole.
+    /// Drafts to propose next (`speculative.rs` says how it adapts).
     pub draft_len: usize,
+    /// Steps to go without drafting, and the length of the last such pause (doubled each
+    /// time a draft is refused at its first token, up to 16 steps; reset by an accepted one).
+    pub draft_pause: (usize, usize),
     /// Produced output.
     pub out: SeqOutput,
     /// A scoring sequence (samples nothing; holds its KV cache when computed).

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 #[path = "support/cli.rs"]
 mod cli_support;
-use cli_support::{ember, expect_exit, repo, stderr, tmp};
+use cli_support::{ember, expect_exit, repo, result_lines, run_batch, stderr, tmp};
 
 #[test]
 fn generate_json_is_greedy_and_complete() {
@@ -191,36 +191,7 @@ fn batch_and_concurrent_bench_run_through_the_engine() {
 }
 
 /// `ember batch -m MODEL --input IN --output OUT -t THREADS`.
-fn run_batch(
-    model: &str,
-    input: &std::path::Path,
-    output: &std::path::Path,
-    threads: u32,
-) -> Output {
-    let t = threads.to_string();
-    ember(&[
-        "batch",
-        "-m",
-        model,
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "-t",
-        &t,
-    ])
-}
-
-fn result_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 // ---- Hostile input (issue 16): one test per row of its table, numbered as there. ----
-
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;

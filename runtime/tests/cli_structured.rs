@@ -4,7 +4,7 @@
 
 #[path = "support/cli.rs"]
 mod cli_support;
-use cli_support::{ember, expect_exit, stderr, tmp};
+use cli_support::{ember, expect_exit, result_lines, run_batch, stderr, tmp};
 use serde_json::Value;
 
 fn json(args: &[&str]) -> Value {
@@ -146,21 +146,9 @@ fn batch_lines_take_grammars_schemas_and_draft_k() {
         r#"{"id": "bad", "prompt": "x", "grammar": "root ::= ("}"#,
     ];
     std::fs::write(&input, lines.join("\n")).unwrap();
-    let o = ember(&[
-        "batch",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "-t",
-        "2",
-    ]);
+    let o = run_batch("models/SmolLM2-135M-Instruct.Q4_1.gguf", &input, &output, 2);
     assert_eq!(o.status.code(), Some(1), "one line fails: {}", stderr(&o));
-    let results: Vec<Value> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let results = result_lines(&output);
     let by_id = |id: &str| results.iter().find(|r| r["id"] == id).unwrap().clone();
     let g = by_id("g");
     let text = g["text"].as_str().unwrap();

@@ -202,35 +202,35 @@ impl Grammar {
         }
     }
 
+    /// The ranges of the character set at `pos` and whether it is negated (`None` for an
+    /// element that is not a character set).
+    fn set(&self, pos: u32) -> Option<(&[(u32, u32)], bool)> {
+        match self.elems[pos as usize] {
+            Elem::Chars {
+                start,
+                len,
+                negated,
+            } => Some((
+                &self.ranges[start as usize..(start + len) as usize],
+                negated,
+            )),
+            _ => None,
+        }
+    }
+
     /// Whether the character set at `pos` holds `c`.
     fn matches(&self, pos: u32, c: u32) -> bool {
-        let Elem::Chars {
-            start,
-            len,
-            negated,
-        } = self.elems[pos as usize]
-        else {
-            return false;
-        };
-        let ranges = &self.ranges[start as usize..(start + len) as usize];
-        ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != negated
+        self.set(pos).is_some_and(|(ranges, negated)| {
+            ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != negated
+        })
     }
 
     /// Whether the character set at `pos` may hold some code point in `lo..=hi` (used for a
     /// partial UTF-8 character; a negated set answers yes).
     fn may_match(&self, pos: u32, lo: u32, hi: u32) -> bool {
-        let Elem::Chars {
-            start,
-            len,
-            negated,
-        } = self.elems[pos as usize]
-        else {
-            return false;
-        };
-        negated
-            || self.ranges[start as usize..(start + len) as usize]
-                .iter()
-                .any(|&(a, b)| a <= hi && lo <= b)
+        self.set(pos).is_some_and(|(ranges, negated)| {
+            negated || ranges.iter().any(|&(a, b)| a <= hi && lo <= b)
+        })
     }
 }
 

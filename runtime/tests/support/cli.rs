@@ -34,3 +34,31 @@ pub fn tmp(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
+
+pub fn run_batch(
+    model: &str,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    threads: u32,
+) -> Output {
+    let t = threads.to_string();
+    ember(&[
+        "batch",
+        "-m",
+        model,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "-t",
+        &t,
+    ])
+}
+
+pub fn result_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -3,12 +3,9 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use ember::backend::{Backend, BackendKind, CudaWeights};
-use ember::engine::Speculative;
-use ember::grammar::Grammar;
 use ember::model::Model;
 use ember::sampler::SamplingParams;
 use ember::session::{
@@ -19,6 +16,7 @@ use serde_json::json;
 
 use crate::args::{path, switch, val, Args, Flag};
 use crate::output::{self, Stdout};
+use crate::shaping;
 
 /// Default model path, relative to the working directory (where `scripts/fetch-model.sh` puts it).
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -212,7 +210,7 @@ fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliErro
         repeat_last_n: a.get_or("repeat-last-n", d.repeat_last_n).map_err(usage)?,
         seed: match a.get::<u64>("seed").map_err(usage)? {
             Some(s) => s,
-            None => random_seed(),
+            None => shaping::random_seed(),
         },
     };
     sampling.validate().map_err(|e| usage(e.to_string()))?;
@@ -226,82 +224,9 @@ fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliErro
         stop_ids: Vec::new(),
         n: 1,
         ignore_eos: a.has("ignore-eos"),
-        grammar: grammar(a)?,
-        speculative: speculative(a)?,
+        grammar: shaping::grammar(a)?,
+        speculative: shaping::speculative(a)?,
     })
-}
-
-/// `--spec lookup [--draft-k K]`: speculative decoding by prompt lookup.
-fn speculative(a: &Args) -> Result<Option<Speculative>, CliError> {
-    let k = a.get_or("draft-k", 8usize).map_err(usage)?;
-    if !(1..=16).contains(&k) {
-        return Err(usage(format!("--draft-k {k}: must be 1..=16")));
-    }
-    match a.str("spec") {
-        None | Some("none") => {
-            if a.str("draft-k").is_some() {
-                return Err(usage("--draft-k needs --spec lookup".into()));
-            }
-            Ok(None)
-        }
-        Some("lookup") => Ok(Some(Speculative { k })),
-        Some("draft") => Err(usage(
-            "--spec draft (a second, smaller model as drafter) is not built yet; --spec lookup \
-             drafts from the prompt and the text so far"
-                .into(),
-        )),
-        Some(s) => Err(usage(format!("--spec {s}: expected lookup or none"))),
-    }
-}
-
-/// The grammar of `--grammar TEXT`, `--grammar-file FILE` or `--json-schema FILE|TEXT` (at
-/// most one of them), compiled.
-fn grammar(a: &Args) -> Result<Option<Arc<Grammar>>, CliError> {
-    let given = ["grammar", "grammar-file", "json-schema"]
-        .into_iter()
-        .filter(|f| a.str(f).is_some() || a.path(f).is_some())
-        .collect::<Vec<_>>();
-    if given.len() > 1 {
-        return Err(usage(format!(
-            "--{} and --{} both constrain the output: give one",
-            given[0], given[1]
-        )));
-    }
-    let read = |p: &std::path::Path| {
-        std::fs::read_to_string(p).map_err(|e| usage(format!("cannot read {}: {e}", p.display())))
-    };
-    let compiled = if let Some(text) = a.str("grammar") {
-        Grammar::parse(text).map_err(|e| usage(format!("--grammar: {e}")))?
-    } else if let Some(p) = a.path("grammar-file") {
-        let text = read(&p)?;
-        Grammar::parse(&text).map_err(|e| usage(format!("{}: {e}", p.display())))?
-    } else if let Some(s) = a.str("json-schema") {
-        // Schema text when it looks like JSON, else a file name.
-        let t = s.trim_start();
-        let text = if t.starts_with('{') || t == "true" {
-            s.to_string()
-        } else {
-            read(std::path::Path::new(s))?
-        };
-        Grammar::from_json_schema(&text).map_err(|e| usage(format!("--json-schema: {e}")))?
-    } else {
-        return Ok(None);
-    };
-    Ok(Some(Arc::new(compiled)))
-}
-
-/// A seed for a run without `--seed` (as llama.cpp's `--seed -1`): different every run;
-/// `--json` prints it, and `--seed` with it reproduces the run. From the standard library's
-/// randomly keyed hasher (seeded by the OS), mixed with the time and the process id.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    h.write_u128(nanos);
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 pub fn generate(raw: &[OsString]) -> CliResult {

@@ -25,6 +25,7 @@ mod commands;
 mod info;
 mod input;
 mod output;
+mod shaping;
 
 use std::process::ExitCode;
 

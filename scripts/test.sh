@@ -34,6 +34,10 @@ fi
 if ! python3 -c "import jsonschema" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check "jsonschema==4.23.0"
 fi
+# The official OpenAI client, driving `ember serve` in runtime/tests/server.rs.
+if ! python3 -c "import openai" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check "openai==1.109.1"
+fi
 bash scripts/fetch-model.sh
 bash scripts/fetch-model.sh gemma3
 
@@ -76,7 +80,8 @@ fi
 # here: eight runs of SmolLM2 and Gemma 3; the cache file holds what the kernels computed, and
 # the engine's prompt_cache_tests still run here on the reference kernels), and the JSON Schema
 # outputs of SmolLM2 checked by Python's jsonschema (the grammar and the sampler do not depend
-# on the kernels; the grammar's own tests run here).
+# on the kernels; the grammar's own tests run here), and the OpenAI client against `ember serve`
+# (HTTP and the engine's batching do not depend on the kernels; the raw-HTTP server test runs).
 section "tests (--no-default-features: scalar only)"
 EMBER_EXPECT_CPU=scalar cargo test --workspace --locked --no-default-features -- --test-threads=1 \
     --skip perplexity_matches_llama_cpp --skip greedy_matches_llama_cpp \
@@ -84,7 +89,7 @@ EMBER_EXPECT_CPU=scalar cargo test --workspace --locked --no-default-features --
     --skip shared_prefix_is_stored_and_computed_once \
     --skip hundred_steps_with_eight_sequences_allocate_nothing \
     --skip prompt_cache_files_reuse_the_prompt_and_refuse_bad_files \
-    --skip schema_outputs_validate
+    --skip schema_outputs_validate --skip openai_client_against_ember_serve
 section "aarch64 (cross-build, qemu)"
 bash scripts/ci/test-aarch64.sh
 

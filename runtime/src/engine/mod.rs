@@ -146,7 +146,7 @@ pub struct Engine {
     // mapping of the model's file.
     backend: Backend,
     model: Model,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     pool: BlockPool,
     scratch: Scratch,
     cfg: EngineConfig,
@@ -289,7 +289,7 @@ impl Engine {
             .try_reserve_exact(max_total_seqs)
             .map_err(|_| alloc_failed("max_requests", max_total_seqs))?;
         Ok(Engine {
-            tokenizer: r.tokenizer,
+            tokenizer: Arc::new(r.tokenizer),
             backend: r.backend,
             pool: r.pool,
             scratch: r.scratch,
@@ -319,6 +319,12 @@ impl Engine {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The tokenizer, shared: threads that prepare requests (the HTTP server's connections)
+    /// tokenize and render chat templates with it while the engine steps.
+    pub fn shared_tokenizer(&self) -> Arc<Tokenizer> {
+        Arc::clone(&self.tokenizer)
     }
 
     /// Longest sequence in tokens.

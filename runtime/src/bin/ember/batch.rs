@@ -35,7 +35,7 @@ pub const ENGINE_FLAGS: &[Flag] = &[
 /// device runs at once, and small enough that the per-sequence tables sized from it are cheap.
 pub const MAX_SEQS: usize = 1 << 16;
 
-fn engine_config(a: &Args, default_seqs: usize) -> Result<EngineConfig, CliError> {
+pub fn engine_config(a: &Args, default_seqs: usize) -> Result<EngineConfig, CliError> {
     let d = EngineConfig::default();
     let kv_budget = match (
         a.get::<usize>("kv-blocks").map_err(usage)?,

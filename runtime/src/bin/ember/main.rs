@@ -1,7 +1,8 @@
 //! `ember`: the command line of the Ember runtime.
 //!
-//! Subcommands: `generate`, `chat`, `tokenize`, `info`, `perplexity`, `bench`. Every error is
-//! printed as one line on stderr with exit code 1 (2 for usage errors).
+//! Subcommands: `generate`, `chat`, `tokenize`, `info`, `perplexity`, `bench`, `batch`, `serve`,
+//! `convert`, `synth`. Every error is printed as one line on stderr with exit code 1 (2 for
+//! usage errors).
 
 // Messages to stderr never panic: `eprintln!` would panic when stderr is closed or full
 // (`ember ... 2>&-`), so this crate's `eprintln!`/`eprint!` (defined before the modules, which
@@ -25,6 +26,7 @@ mod commands;
 mod info;
 mod input;
 mod output;
+mod serve;
 mod shaping;
 
 use std::process::ExitCode;
@@ -67,6 +69,12 @@ commands:
         [--max-batch-tokens T] [--kv-blocks N | --kv-bytes B] [--no-prefix-cache]
                         run a file of requests through the continuous-batching engine; each
                         line a JSON object: id, prompt, max_tokens, temperature, seed, stop, ...
+  serve [--host H] [--port P] [--api-key KEY] [--max-queue Q] [--max-body BYTES]
+        [--max-connections C] [--alias NAME] [--chat-template FILE] [--max-seqs S] ...
+                        OpenAI-compatible HTTP server (default 127.0.0.1:8080):
+                        POST /v1/chat/completions, /v1/completions (stream, n, stop,
+                        response_format, grammar), GET /v1/models, /health, /metrics;
+                        past Q requests waiting (default 64): 503 with Retry-After
   convert -o OUT [--type T] [--layers N]
                         rewrite the model: weights converted to type T, first N blocks only
   synth -o OUT [--arch llama|qwen2|gemma3] [--type T] [--embd-type T] [--vocab N] [--embd N]
@@ -128,6 +136,7 @@ fn main() -> ExitCode {
         "bench" => commands::bench(rest),
         "convert" => commands::convert(rest),
         "batch" => batch::batch(rest),
+        "serve" => serve::serve(rest),
         "synth" => commands::synth(rest),
         other => Err(commands::CliError::Usage(format!(
             "unknown command {other:?}"

@@ -98,25 +98,9 @@ fi
 LLAMA_BENCH="$LLAMA_BUILD/bin/llama-bench"
 LLAMA_BATCHED="$LLAMA_BUILD/bin/llama-batched-bench"
 
-fetch_llama_source() {
-    local sdist="$LLAMA_DIR/dl/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
-    if [[ ! -f "$sdist" ]]; then
-        mkdir -p "$LLAMA_DIR/dl"
-        # --no-binary for this package only: with :all: pip would also build the sdist's build
-        # dependencies (cmake itself) from source just to read its metadata.
-        python3 -m pip download "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" \
-            --no-binary llama-cpp-python --no-deps -d "$LLAMA_DIR/dl" >&2 \
-            || die "pip download of llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION failed"
-        [[ -f "$sdist" ]] || die "pip did not leave $sdist (was a wheel fetched instead?)"
-    fi
-    if [[ ! -f "$LLAMA_DIR/src/vendor/llama.cpp/CMakeLists.txt" ]]; then
-        rm -rf "$LLAMA_DIR/src"
-        mkdir -p "$LLAMA_DIR/src"
-        tar xzf "$sdist" -C "$LLAMA_DIR/src" --strip-components=1
-    fi
-    [[ -f "$LLAMA_DIR/src/vendor/llama.cpp/CMakeLists.txt" ]] \
-        || die "no vendor/llama.cpp in the sdist $sdist"
-}
+# fetch_llama_source: the sdist unpacked under $LLAMA_DIR/src (shared with serve-load.sh).
+# shellcheck source=scripts/bench/llama-source.sh
+source "$ROOT/scripts/bench/llama-source.sh"
 
 build_llama() {
     command -v cmake >/dev/null || {

@@ -15,6 +15,8 @@ use std::str::FromStr;
 /// Parsed arguments of one subcommand.
 pub struct Args {
     values: HashMap<&'static str, OsString>,
+    /// Every value of every flag, in order (a repeated flag such as `--stop` accumulates).
+    all: Vec<(&'static str, OsString)>,
     switches: Vec<&'static str>,
     /// Positional arguments, in order (always UTF-8).
     pub positional: Vec<String>,
@@ -71,6 +73,7 @@ impl Args {
     pub fn parse(raw: &[OsString], flags: &[Flag]) -> Result<Args, String> {
         let mut a = Args {
             values: HashMap::new(),
+            all: Vec::new(),
             switches: Vec::new(),
             positional: Vec::new(),
         };
@@ -123,6 +126,7 @@ impl Args {
                 if !flag.path {
                     utf8(&v, &format!("the value of --{}", flag.long))?;
                 }
+                a.all.push((flag.long, v.clone()));
                 a.values.insert(flag.long, v);
             } else {
                 if inline.is_some() {
@@ -141,6 +145,15 @@ impl Args {
     /// The value of a non-path flag (checked to be UTF-8 by `parse`).
     pub fn str(&self, long: &str) -> Option<&str> {
         self.values.get(long).and_then(|v| v.to_str())
+    }
+
+    /// Every value given to a repeatable non-path flag, in order (`--stop A --stop B`).
+    pub fn strs(&self, long: &str) -> Vec<&str> {
+        self.all
+            .iter()
+            .filter(|(name, _)| *name == long)
+            .filter_map(|(_, v)| v.to_str())
+            .collect()
     }
 
     /// The value of a path flag, as given (any bytes).
@@ -196,5 +209,13 @@ mod tests {
         assert!(e.contains("positional argument is not valid UTF-8"), "{e}");
         let e = Args::parse(&os(&[b"--\xff"]), FLAGS).err().unwrap();
         assert!(e.contains("option name is not valid UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn repeated_values_accumulate_and_the_last_is_the_value() {
+        let a = Args::parse(&os(&[b"--stop", b"A", b"--stop=B", b"--stop", b"C"]), FLAGS).unwrap();
+        assert_eq!(a.strs("stop"), ["A", "B", "C"]);
+        assert_eq!(a.str("stop"), Some("C"));
+        assert!(a.strs("model").is_empty());
     }
 }

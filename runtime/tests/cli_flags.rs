@@ -214,3 +214,44 @@ fn chat_without_template_says_so() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// Progress lines: on a terminal (forced here with `EMBER_PROGRESS=1`), never in a log.
+#[test]
+fn progress_only_when_asked_or_on_a_terminal() {
+    let m = synth_model();
+    let out = tmp("progress-q8.gguf");
+    let run = |progress: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ember"));
+        c.args([
+            "convert",
+            "-m",
+            m.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .args(["--type", "q8_0"])
+        .current_dir(repo());
+        if let Some(p) = progress {
+            c.env("EMBER_PROGRESS", p);
+        }
+        let o = c.output().expect("run ember");
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let drawn = run(Some("1"));
+    assert!(
+        drawn.contains("convert: tensors ") && drawn.contains("(100%)"),
+        "{drawn:?}"
+    );
+    assert!(
+        drawn.contains("\r\x1b[2K"),
+        "the line is erased at the end: {drawn:?}"
+    );
+    // stderr is a pipe here: nothing drawn unless asked.
+    for quiet in [run(None), run(Some("0"))] {
+        assert!(
+            !quiet.contains("convert: tensors") && !quiet.contains('\r'),
+            "{quiet:?}"
+        );
+    }
+}

@@ -282,6 +282,8 @@ pub fn batch(raw: &[std::ffi::OsString]) -> CliResult {
     let mut running: Vec<(Value, RequestId)> = Vec::with_capacity(max_requests);
     let (mut line_no, mut eof) = (0usize, false);
     let t0 = Instant::now();
+    // Requests done (the total is unknown: lines are read as the engine has room).
+    let mut bar = crate::progress::Progress::new("batch: requests done", None);
     // Arena utilization (tokens stored ÷ slots of used blocks), averaged over steps weighted by
     // the blocks in use.
     let (mut util_num, mut util_den) = (0.0f64, 0.0f64);
@@ -360,11 +362,14 @@ pub fn batch(raw: &[std::ffi::OsString]) -> CliResult {
                 let (v, failed) = result_line(&e, &id, rid)?;
                 out.write(&v, failed)?;
                 e.release(rid)?;
+                let note = format!("({} failed, {} running)", out.failed, running.len());
+                bar.set(out.written as u64, &note);
             } else {
                 i += 1;
             }
         }
     }
+    bar.finish();
     let wall = t0.elapsed().as_secs_f64();
     let utilization = if util_den > 0.0 {
         util_num / util_den

@@ -518,11 +518,18 @@ pub fn perplexity(raw: &[OsString]) -> CliResult {
         .encode(&text, true, false)
         .map_err(|e| CliError::Run(e.to_string()))?;
     let json_out = a.has("json");
+    // Chunks of `c` tokens, as perplexity() cuts them.
+    let chunks = (tokens.len() / c) as u64;
+    let mut bar = crate::progress::Progress::new("perplexity: chunks", Some(chunks));
     let r = ember::perplexity::perplexity(&mut s, &tokens, c, |i, p| {
-        if !json_out {
+        if bar.is_on() {
+            bar.set(i as u64 + 1, &format!("PPL {p:.4}"));
+        } else if !json_out {
             eprint!("[{}]{p:.4},", i + 1);
         }
     })?;
+    let drawn = bar.is_on();
+    drop(bar);
     output::print(|o| {
         if json_out {
             writeln!(
@@ -532,7 +539,9 @@ pub fn perplexity(raw: &[OsString]) -> CliResult {
                        "scored": r.scored, "tok_s": r.tok_s})
             )
         } else {
-            eprintln!();
+            if !drawn {
+                eprintln!();
+            }
             writeln!(
                 o,
                 "Final estimate: PPL = {:.4} +/- {:.5} ({} chunks of {c}, {} tokens, {:.1} tok/s)",
@@ -712,7 +721,12 @@ pub fn convert(raw: &[OsString]) -> CliResult {
         keep_layers: a.get("layers").map_err(usage)?,
     };
     let file = ember::gguf::GgufFile::open(&input)?;
-    let w = ember::convert::convert(&file, &opts)?;
+    let mut bar = crate::progress::Progress::new("convert: tensors", None);
+    let w = ember::convert::convert_with(&file, &opts, |done, total| {
+        bar.set_total(total as u64);
+        bar.set(done as u64, "");
+    })?;
+    bar.finish();
     // Written to a temporary file beside OUT, then renamed over it (GgufWriter::write_to).
     w.write_to(&out)
         .map_err(|e| CliError::Run(format!("{}: {e}", out.display())))?;

@@ -26,6 +26,7 @@ mod commands;
 mod info;
 mod input;
 mod output;
+mod progress;
 mod serve;
 mod shaping;
 

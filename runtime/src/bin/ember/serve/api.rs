@@ -527,3 +527,243 @@ pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&
         .to_string()
         .into_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ember::gguf::{tokenizer_from_gguf, GgufFile};
+    use ember::synth::{synth_gguf, SynthSpec};
+    use proptest::prelude::*;
+
+    const TEMPLATE: &str = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}\
+                            {% if add_generation_prompt %}<assistant>{% endif %}";
+
+    fn info() -> ModelInfo {
+        static INFO: std::sync::OnceLock<Arc<Tokenizer>> = std::sync::OnceLock::new();
+        let tok = INFO.get_or_init(|| {
+            let bytes = synth_gguf(&SynthSpec::default())
+                .unwrap()
+                .to_bytes()
+                .unwrap();
+            Arc::new(tokenizer_from_gguf(&GgufFile::from_bytes(bytes).unwrap()).unwrap())
+        });
+        ModelInfo {
+            name: "t".into(),
+            tokenizer: Arc::clone(tok),
+            template: Some(TEMPLATE.into()),
+            bos_text: String::new(),
+            eos_text: String::new(),
+            n_ctx: 64,
+        }
+    }
+
+    fn ok(body: Value, kind: Kind) -> Parsed {
+        match parse(body.to_string().as_bytes(), kind, &info(), 5) {
+            Ok(p) => p,
+            Err(e) => panic!("{body}: {e:?}"),
+        }
+    }
+
+    fn err(body: &[u8], kind: Kind) -> Invalid {
+        match parse(body, kind, &info(), 5) {
+            Ok(_) => panic!("accepted {}", String::from_utf8_lossy(body)),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn requests_become_engine_parameters() {
+        let p = ok(json!({"prompt": "a b", "stop": "x"}), Kind::Completion);
+        assert!(!p.prompt.is_empty() && !p.stream && p.params.n == 1);
+        assert_eq!(
+            p.params.max_tokens,
+            64 - p.prompt.len(),
+            "up to the end of the context"
+        );
+        assert_eq!(
+            (p.params.sampling.temperature, p.params.sampling.seed),
+            (0.0, 5)
+        );
+        assert_eq!(p.params.stop, ["x"]);
+        let p = ok(
+            json!({"prompt": [3, 4], "max_tokens": 5, "temperature": 0.7, "seed": -1, "n": 2,
+                   "stream": true, "stream_options": {"include_usage": true},
+                   "response_format": {"type": "json_object"}, "ignore_eos": true}),
+            Kind::Completion,
+        );
+        assert_eq!(p.prompt, [3, 4]);
+        assert_eq!(
+            (p.params.max_tokens, p.params.n, p.params.sampling.seed),
+            (5, 2, u64::MAX)
+        );
+        assert!(p.stream && p.include_usage && p.params.grammar.is_some() && p.params.ignore_eos);
+        let chat = json!({"messages": [{"role": "developer", "content": "be brief"},
+                                       {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                          "max_completion_tokens": 3, "grammar": "root ::= \"yes\""});
+        let p = ok(chat, Kind::Chat);
+        assert_eq!(p.params.max_tokens, 3);
+        assert!(p.params.grammar.is_some());
+        let text = info().tokenizer.decode(&p.prompt);
+        assert!(
+            text.contains("<system>be brief") && text.ends_with("<assistant>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_their_field() {
+        let cases: &[(&[u8], Kind, Option<&str>)] = &[
+            (b"{\"prompt\": ", Kind::Completion, None),
+            (b"[1]", Kind::Completion, None),
+            (b"{}", Kind::Completion, Some("prompt")),
+            (b"{\"prompt\": 3}", Kind::Completion, Some("prompt")),
+            (b"{\"prompt\": [999999]}", Kind::Completion, Some("prompt")),
+            (
+                b"{\"prompt\": \"a\", \"max_tokens\": 0}",
+                Kind::Completion,
+                Some("max_tokens"),
+            ),
+            (
+                b"{\"prompt\": \"a\", \"max_tokens\": -3}",
+                Kind::Completion,
+                Some("max_tokens"),
+            ),
+            (
+                b"{\"prompt\": \"a\", \"temperature\": \"hot\"}",
+                Kind::Completion,
+                Some("temperature"),
+            ),
+            (
+                b"{\"prompt\": \"a\", \"stop\": [1]}",
+                Kind::Completion,
+                Some("stop"),
+            ),
+            (
+                b"{\"prompt\": \"a\", \"stop\": \"\"}",
+                Kind::Completion,
+                Some("stop"),
+            ),
+            (
+                b"{\"prompt\": \"a\", \"logprobs\": 2}",
+                Kind::Completion,
+                Some("logprobs"),
+            ),
+            (
+                b"{\"prompt\": \"a\", \"best_of\": 3}",
+                Kind::Completion,
+                Some("best_of"),
+            ),
+            (
+                b"{\"prompt\": \"a\", \"presence_penalty\": 0.5}",
+                Kind::Completion,
+                Some("presence_penalty"),
+            ),
+            (
+                b"{\"prompt\": \"a\", \"grammar\": \"root ::= [\"}",
+                Kind::Completion,
+                Some("grammar"),
+            ),
+            (
+                b"{\"prompt\": \"a\", \"response_format\": {\"type\": \"yaml\"}}",
+                Kind::Completion,
+                Some("response_format"),
+            ),
+            (
+                b"{\"prompt\": \"a\", \"stream\": \"yes\"}",
+                Kind::Completion,
+                Some("stream"),
+            ),
+            (b"{\"messages\": []}", Kind::Chat, Some("messages")),
+            (
+                b"{\"messages\": [{\"content\": \"x\"}]}",
+                Kind::Chat,
+                Some("messages"),
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}",
+                Kind::Chat,
+                Some("messages"),
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{}]}",
+                Kind::Chat,
+                Some("tools"),
+            ),
+        ];
+        for &(body, kind, param) in cases {
+            let e = err(body, kind);
+            assert_eq!(e.param, param, "{}: {e:?}", String::from_utf8_lossy(body));
+        }
+        let e = err(br#"{"prompt": "a", "temperature": -1}"#, Kind::Completion);
+        assert!(e.message.contains("temperature"), "{e:?}");
+        // Beyond the context: OpenAI's code.
+        let e = err(br#"{"prompt": "a", "max_tokens": 100}"#, Kind::Completion);
+        assert_eq!(e.code, Some("context_length_exceeded"));
+        let long = json!({"messages": [{"role": "user", "content": "word ".repeat(200)}]});
+        let e = err(long.to_string().as_bytes(), Kind::Chat);
+        assert_eq!(e.code, Some("context_length_exceeded"), "{e:?}");
+        // No template: chat is refused, completions still work.
+        let mut m = info();
+        m.template = None;
+        let body = br#"{"messages": [{"role": "user", "content": "x"}]}"#;
+        assert!(parse(body, Kind::Chat, &m, 0).is_err());
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|x| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)),
+            "[a-z <|>]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::vec((proptest::sample::select(FIELD_NAMES), inner), 0..6)
+                    .prop_map(|kv| Value::Object(
+                        kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                    )),
+            ]
+        })
+    }
+
+    const FIELD_NAMES: &[&str] = &[
+        "prompt",
+        "messages",
+        "role",
+        "content",
+        "type",
+        "text",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "seed",
+        "stop",
+        "n",
+        "stream",
+        "response_format",
+        "json_schema",
+        "schema",
+        "grammar",
+        "logprobs",
+        "stream_options",
+        "include_usage",
+    ];
+
+    proptest! {
+        /// Any JSON of the API's field names: a request or an error, never a panic.
+        #[test]
+        fn any_json_never_panics(fields in proptest::collection::vec((proptest::sample::select(FIELD_NAMES), value()), 0..8)) {
+            let body = Value::Object(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+            for kind in [Kind::Chat, Kind::Completion] {
+                if let Ok(p) = parse(body.to_string().as_bytes(), kind, &info(), 0) {
+                    prop_assert!(p.prompt.len() + p.params.max_tokens <= 64);
+                }
+            }
+        }
+    }
+}

@@ -44,7 +44,7 @@ fn bad(status: u16, message: impl Into<String>) -> BadRequest {
 /// request (pipelining). `Ok(None)`: the client closed the connection (or was idle past the
 /// read timeout) between requests.
 pub fn read_request(
-    stream: &mut TcpStream,
+    stream: &mut impl Read,
     buf: &mut Vec<u8>,
     max_body: usize,
 ) -> Result<Option<Request>, BadRequest> {
@@ -252,4 +252,99 @@ pub fn peer_closed(stream: &TcpStream) -> bool {
     };
     let _ = stream.set_nonblocking(false);
     closed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What a request parsed to: method, path, body, keep-alive; or the error status.
+    type Parsed = Result<(String, String, Vec<u8>, bool), u16>;
+
+    fn read_all(bytes: &[u8], max_body: usize) -> Vec<Parsed> {
+        let mut src = bytes;
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            match read_request(&mut src, &mut buf, max_body) {
+                Ok(Some(r)) => out.push(Ok((r.method, r.path, r.body, r.keep_alive))),
+                Ok(None) => return out,
+                Err(b) => {
+                    out.push(Err(b.status));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn requests_bodies_pipelining_and_limits() {
+        let two = b"POST /v1/completions?x=1 HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcdGET /health HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let r = read_all(two, 100);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0].as_ref().unwrap(),
+            &(
+                "POST".into(),
+                "/v1/completions".into(),
+                b"abcd".to_vec(),
+                true
+            )
+        );
+        assert_eq!(
+            r[1].as_ref().unwrap(),
+            &("GET".into(), "/health".into(), vec![], false)
+        );
+        // HTTP/1.0 closes unless asked to keep alive.
+        assert!(
+            !read_all(b"GET / HTTP/1.0\r\n\r\n", 10)[0]
+                .as_ref()
+                .unwrap()
+                .3
+        );
+        let cases: [(&[u8], u16); 6] = [
+            (b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n", 413),
+            (b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                411,
+            ),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 400),
+            (b"\x00\x01 garbage\r\n\r\n", 400),
+        ];
+        for (bytes, status) in cases {
+            assert_eq!(
+                read_all(bytes, 10),
+                [Err(status)],
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(read_all(long.as_bytes(), 10), [Err(431)]);
+        let many: String = (0..100).map(|i| format!("H{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(read_all(many.as_bytes(), 10), [Err(431)]);
+        // A connection closed mid-head is an error; closed between requests is not.
+        assert_eq!(read_all(b"GET / HT", 10), [Err(400)]);
+        assert!(read_all(b"", 10).is_empty());
+    }
+
+    proptest! {
+        /// Any bytes: requests or an error status, never a panic, never a body over the limit.
+        #[test]
+        fn any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600),
+                                 prefix in prop_oneof![Just(&b""[..]), Just(&b"POST / HTTP/1.1\r\n"[..]),
+                                                       Just(&b"GET /x HTTP/1.1\r\nContent-Length: 3\r\n\r\n"[..])]) {
+            let input = [prefix, &bytes[..]].concat();
+            for (_, _, body, _) in read_all(&input, 64).into_iter().flatten() {
+                prop_assert!(body.len() <= 64);
+            }
+        }
+    }
 }

@@ -26,7 +26,7 @@ REQUESTS=64
 MAX_TOKENS=32
 ROUNDS=3
 THREADS=2
-CTX=4096
+CTX=1024
 
 die() { echo "serve-load: $*" >&2; exit 1; }
 while [[ $# -gt 0 ]]; do

@@ -28,6 +28,7 @@
 mod config;
 #[cfg(test)]
 mod grammar_tests;
+mod partial;
 mod prompt_cache;
 mod request;
 mod score;
@@ -148,6 +149,8 @@ pub struct Engine {
     model: Model,
     tokenizer: Arc<Tokenizer>,
     pool: BlockPool,
+    /// Which tokens each block holds, for reuse below block granularity (`partial.rs`).
+    partial: partial::PartialBlocks,
     scratch: Scratch,
     cfg: EngineConfig,
     n_ctx: usize,
@@ -290,6 +293,7 @@ impl Engine {
             .map_err(|_| alloc_failed("max_requests", max_total_seqs))?;
         Ok(Engine {
             tokenizer: Arc::new(r.tokenizer),
+            partial: partial::PartialBlocks::new(r.backend.n_blocks(), cfg.block_size),
             backend: r.backend,
             pool: r.pool,
             scratch: r.scratch,
@@ -653,8 +657,23 @@ impl Engine {
     /// Return a sequence's KV blocks to the pool (full ones stay in the prefix cache) and mark
     /// none of its tokens computed; used when it finishes, is preempted, or cannot be admitted.
     fn drop_kv(&mut self, slot: u32) -> &mut Seq {
-        let pool = &mut self.pool;
+        let (pool, partial) = (&mut self.pool, &mut self.partial);
         let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
+        // The last, partial block keeps its computed tokens until the pool hands it out again:
+        // a later sequence with the same prefix copies them instead of computing them.
+        let bs = self.cfg.block_size;
+        let (i, fill) = (seq.num_computed / bs, seq.num_computed % bs);
+        if self.cfg.prefix_caching && fill > 0 {
+            let parent = match i {
+                0 => Some(None),
+                _ => seq.block_hashes.get(i - 1).map(|&h| Some(h)),
+            };
+            if let (Some(parent), Some(&b)) = (parent, seq.table.blocks().get(i)) {
+                if pool.ref_count(b) == 1 {
+                    partial.register(pool, b, parent, &seq.tokens[i * bs..seq.num_computed]);
+                }
+            }
+        }
         seq.table.release(pool);
         seq.block_hashes.clear();
         seq.num_computed = 0;

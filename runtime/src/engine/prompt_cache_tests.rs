@@ -62,7 +62,9 @@ fn a_loaded_cache_gives_the_ids_of_computing_the_prompt() {
     let mut fresh = engine(16, 2, 64);
     let want_longer = run(&mut fresh, &longer).ids;
     let out = run(&mut e, &longer);
-    assert_eq!((out.ids, out.n_cached), (want_longer, 12));
+    // The 12 loaded tokens, and the 2 after them that computing PROMPT left in its last block
+    // (taken below block granularity, engine/partial.rs).
+    assert_eq!((out.ids, out.n_cached), (want_longer, 14));
     e.pool.check_invariants().unwrap();
 }
 

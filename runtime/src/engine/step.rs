@@ -94,11 +94,27 @@ impl Engine {
             parent = Some(h);
             i += 1;
         }
-        seq.num_computed = i * bs;
-        if seq.out.first_token.is_none() {
-            seq.out.n_cached = (i * bs).min(seq.out.n_prompt);
+        // Below block granularity: the first tokens of the next block, copied from a block
+        // that holds them after the same prefix (partial.rs).
+        let mut cached = i * bs;
+        let want = &seq.tokens[cached..limit.min(cached + bs)];
+        if let Some((src, m)) = self.partial.best(pool, parent, want) {
+            if let Some(own) = pool.allocate() {
+                // `allocate` may hand out `src` itself (the least recently used free block): its
+                // slots are then already in place.
+                if own == src || self.backend.copy_slots(src.index(), own.index(), m).is_ok() {
+                    seq.table.push(own);
+                    cached += m;
+                } else {
+                    pool.free(own);
+                }
+            }
         }
-        self.metrics.prefix_hit_tokens += (i * bs) as u64;
+        seq.num_computed = cached;
+        if seq.out.first_token.is_none() {
+            seq.out.n_cached = cached.min(seq.out.n_prompt);
+        }
+        self.metrics.prefix_hit_tokens += cached as u64;
     }
 
     /// Register the sequence's newly completed blocks in the prefix cache.
@@ -114,7 +130,10 @@ impl Engine {
             let i = seq.block_hashes.len();
             let parent = seq.block_hashes.last().copied();
             let h = hash_block(parent, &seq.tokens[i * bs..(i + 1) * bs]);
-            pool.set_hash(seq.table.blocks()[i], h);
+            let b = seq.table.blocks()[i];
+            pool.set_hash(b, h);
+            self.partial
+                .register(pool, b, parent, &seq.tokens[i * bs..(i + 1) * bs]);
             seq.block_hashes.push(h);
         }
     }

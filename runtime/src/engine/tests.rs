@@ -151,6 +151,51 @@ fn prefix_cache_and_forks_share_blocks_safely() {
     assert_eq!(e.metrics().blocks_used, 0);
 }
 
+/// A prompt that repeats an earlier one into the middle of a block takes those tokens too:
+/// they are copied from the block that holds them (cached full block, or the released partial
+/// block), so only the last prompt token is computed; outputs are unchanged.
+#[test]
+fn prefix_reuse_below_block_granularity() {
+    let mut e = engine(16, 4, 64);
+    // 2 full blocks of 4 + 3 tokens; the first sample fills block 2, the second starts block 3.
+    let prompt: Vec<u32> = (0..11).map(|k| 30 + 5 * k).collect();
+    let a = e.submit(&prompt, &greedy(3)).unwrap();
+    run_to_end(&mut e);
+    let first = outputs(&e, a).remove(0);
+    e.release(a).unwrap();
+    let before = e.metrics();
+    assert_eq!(before.tokens_computed, 11 + 2);
+    let b = e.submit(&prompt, &greedy(3)).unwrap();
+    e.step().unwrap();
+    let m = e.metrics();
+    assert_eq!(m.prefix_hit_tokens, 10, "2 blocks + 2 tokens of the third");
+    assert_eq!(m.tokens_computed - before.tokens_computed, 1);
+    run_to_end(&mut e);
+    assert_eq!(outputs(&e, b).remove(0), first);
+    e.release(b).unwrap();
+    // The prompt plus the whole first reply and one token more: the released partial block
+    // (the reply's last computed token) continues the cached full blocks.
+    let mut longer = prompt.clone();
+    longer.extend_from_slice(&first);
+    longer.push(7);
+    let before = e.metrics();
+    let c = e.submit(&longer, &greedy(2)).unwrap();
+    e.step().unwrap();
+    let m = e.metrics();
+    // 11 + 3 reply tokens computed: 13 (the last sample was never fed back), all reused.
+    assert_eq!(m.prefix_hit_tokens - before.prefix_hit_tokens, 13);
+    run_to_end(&mut e);
+    let got = outputs(&e, c).remove(0);
+    e.release(c).unwrap();
+    // The same request in an engine without any cache.
+    let mut fresh = engine(16, 4, 64);
+    fresh.set_prefix_caching(false);
+    let d = fresh.submit(&longer, &greedy(2)).unwrap();
+    run_to_end(&mut fresh);
+    assert_eq!(outputs(&fresh, d).remove(0), got);
+    assert_eq!(e.metrics().blocks_used, 0);
+}
+
 /// Cancelling returns a request's blocks at once and leaves the others running; released ids
 /// are stale.
 #[test]

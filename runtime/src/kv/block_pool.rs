@@ -109,6 +109,10 @@ struct BlockMeta {
     next: u32,
     /// The block's prefix hash while it is in the prefix cache.
     hash: Option<BlockHash>,
+    /// How many times the block has been handed out by [`BlockPool::allocate`] (wrapping): its
+    /// contents can change only under a new epoch, so a caller that noted the epoch with the
+    /// contents knows they are still there while it is unchanged.
+    epoch: u32,
 }
 
 /// The arena's blocks: reference counts, an LRU free list and the prefix cache.
@@ -196,6 +200,7 @@ impl BlockPool {
             self.num_cached -= 1;
         }
         m.ref_count = 1;
+        m.epoch = m.epoch.wrapping_add(1);
         self.num_free -= 1;
         Some(BlockId(b))
     }
@@ -278,6 +283,13 @@ impl BlockPool {
     /// range.
     pub fn ref_count(&self, b: BlockId) -> u32 {
         self.meta_of(b).ref_count
+    }
+
+    /// The number of times `b` has been allocated (wrapping; see `BlockMeta::epoch`): while it
+    /// is unchanged, the block holds what it held when the epoch was read. Panics if `b` is out
+    /// of range.
+    pub fn epoch(&self, b: BlockId) -> u32 {
+        self.meta_of(b).epoch
     }
 
     /// The prefix hash `b` carries, if it is cached. Panics if `b` is out of range.

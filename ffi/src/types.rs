@@ -356,9 +356,7 @@ impl ember_params {
             n: (self.n as usize).max(1),
             ignore_eos: self.ignore_eos,
             grammar,
-            speculative: (self.draft_k > 0).then_some(Speculative {
-                k: self.draft_k as usize,
-            }),
+            speculative: (self.draft_k > 0).then_some(Speculative::lookup(self.draft_k as usize)),
         })
     }
 

@@ -118,10 +118,44 @@ fn prompt_lookup_keeps_the_output_and_reports_its_drafts() {
             assert!(a > 0, "a reply that copies its prompt should accept drafts");
         }
     }
+    // A draft model: SmolLM2 cut to 2 of its 30 blocks (same vocabulary): the ids are again
+    // those of plain decoding.
+    let draft = tmp("draft-2-layers.gguf");
+    let o = ember(&["convert", "--layers", "2", "-o", draft.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for temp in ["0", "0.7"] {
+        let plain = json(&[&base[..], &["--temp", temp]].concat());
+        let d = draft.to_str().unwrap();
+        let spec = json(
+            &[
+                &base[..],
+                &["--temp", temp, "--spec", "draft", "--draft-model", d],
+            ]
+            .concat(),
+        );
+        assert_eq!(spec["ids"], plain["ids"], "draft model, temperature {temp}");
+        assert!(spec["draft_tokens"].as_u64().unwrap() > 0, "{spec}");
+    }
     expect_exit(
         &ember(&["generate", "-p", "x", "--spec", "draft"]),
         2,
-        "not built yet",
+        "needs --draft-model FILE",
+    );
+    let synth = tmp("draft-synth.gguf");
+    let o = ember(&["synth", "-o", synth.to_str().unwrap()]);
+    assert!(o.status.success());
+    expect_exit(
+        &ember(&[
+            "generate",
+            "-p",
+            "x",
+            "--spec",
+            "draft",
+            "--draft-model",
+            synth.to_str().unwrap(),
+        ]),
+        1,
+        "must share the vocabulary",
     );
     expect_exit(
         &ember(&["generate", "-p", "x", "--spec", "lookup", "--draft-k", "40"]),
@@ -131,7 +165,7 @@ fn prompt_lookup_keeps_the_output_and_reports_its_drafts() {
     expect_exit(
         &ember(&["generate", "-p", "x", "--draft-k", "4"]),
         2,
-        "needs --spec lookup",
+        "need --spec lookup or --spec draft",
     );
 }
 

@@ -389,7 +389,7 @@ fn prompt_lookup_gives_the_plain_greedy_output() {
     };
     let (plain, _, _) = run(&mut e, None);
     for k in [3, 8] {
-        let (ids, drafted, accepted) = run(&mut e, Some(Speculative { k }));
+        let (ids, drafted, accepted) = run(&mut e, Some(Speculative::lookup(k)));
         assert_eq!(ids, plain, "k = {k}");
         assert!(
             accepted * 2 > ids.len(),

@@ -33,6 +33,7 @@ rest_status=0
 cargo +nightly miri test --locked -p ember --lib -- kv:: engine:: threadpool:: \
     --skip engine::score_tests --skip engine::prompt_cache_tests --skip kv::cache_file \
     --skip engine::grammar_tests --skip engine::speculative::tests::speculative_output \
+    --skip engine::draft_model::tests::draft_model_output \
     --skip "${long[0]}" --skip "${long[1]}" || rest_status=$?
 cargo +nightly miri test --locked -p ember --test block_pool_props || rest_status=$?
 long_status=0

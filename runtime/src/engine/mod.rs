@@ -26,6 +26,7 @@
 //! Everything is allocated by [`Engine::new`] and [`Engine::submit`]; `step` allocates nothing.
 
 mod config;
+mod draft_model;
 #[cfg(test)]
 mod grammar_tests;
 mod partial;
@@ -50,7 +51,7 @@ pub use prompt_cache::PromptCacheLoad;
 pub use request::{FinishReason, KvBudget, LogitsRow, RequestId, RequestParams};
 use sequence::Seq;
 pub use sequence::{SeqOutput, SeqState};
-pub use speculative::{Speculative, MAX_DRAFT};
+pub use speculative::{Drafter, Speculative, MAX_DRAFT};
 
 use crate::backend::{Backend, BackendKind};
 use crate::error::{Error, Result};
@@ -157,6 +158,8 @@ pub struct Engine {
     requests: Vec<Option<Request>>,
     free_requests: Vec<u32>,
     request_generation: u32,
+    /// The draft model's engine, when one is set ([`Engine::set_draft_model`]).
+    draft_model: Option<Box<draft_model::DraftModel>>,
     /// The vocabulary's byte trie, built by the first request with a grammar.
     vocab_trie: Option<Arc<VocabTrie>>,
     seqs: Vec<Option<Seq>>,
@@ -302,6 +305,7 @@ impl Engine {
             free_requests,
             request_generation: 0,
             vocab_trie: None,
+            draft_model: None,
             seqs,
             free_seqs,
             waiting,
@@ -440,6 +444,12 @@ impl Engine {
                     format!("{} (must be 1..={max})", s.k),
                 ));
             }
+            if s.drafter == speculative::Drafter::Model && self.draft_model.is_none() {
+                return Err(invalid(
+                    "speculative.drafter",
+                    "drafting with a model needs one: Engine::set_draft_model",
+                ));
+            }
         }
         let max_tokens = self.max_tokens_for(prompt.len(), params.max_tokens)?;
         if params.grammar.is_some() && self.vocab_trie.is_none() {
@@ -479,6 +489,12 @@ impl Engine {
                 .expect("free sequence count checked above");
             self.seqs[s as usize] = Some(seq);
             seq_slots.push(s);
+            if params
+                .speculative
+                .is_some_and(|x| x.drafter == speculative::Drafter::Model)
+            {
+                self.open_draft(s, prompt);
+            }
         }
         // Sequence 0 computes the prompt; the others fork from it.
         self.waiting.push_back(seq_slots[0]);
@@ -647,6 +663,7 @@ impl Engine {
             .take()
             .expect("checked by cancel");
         for s in r.seqs {
+            self.close_draft(s);
             self.seqs[s as usize] = None;
             self.free_seqs.push(s);
         }
@@ -688,6 +705,7 @@ impl Engine {
         if let Some(p) = self.waiting.iter().position(|&s| s == slot) {
             self.waiting.remove(p);
         }
+        self.close_draft(slot);
         let seq = self.drop_kv(slot);
         speculative::drop_draft(seq);
         seq.state = SeqState::Finished;

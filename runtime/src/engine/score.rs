@@ -95,6 +95,58 @@ impl Engine {
         Ok(())
     }
 
+    /// Shorten a scoring request to its first `len` tokens (1..=its length): the tokens after
+    /// them are forgotten with their KV blocks; what was computed before `len` stays computed
+    /// (except the first tokens of a block the prefix cache holds, which keeps its contents:
+    /// they are computed again). No rows stay pending. Allocates nothing; on error nothing
+    /// changes.
+    pub fn truncate(&mut self, id: RequestId, len: usize) -> Result<()> {
+        let s = self.request(id)?.seqs[0];
+        let bs = self.cfg.block_size;
+        let pool = &mut self.pool;
+        let seq = self.seqs[s as usize].as_mut().expect("live sequence");
+        if !seq.scoring {
+            return Err(invalid(
+                "request",
+                "only a scoring request can be truncated",
+            ));
+        }
+        if seq.out.finish.is_some() {
+            return Err(invalid("request", "the request has finished"));
+        }
+        if len == 0 || len > seq.tokens.len() {
+            return Err(invalid(
+                "len",
+                format!("{len} (must be 1..={})", seq.tokens.len()),
+            ));
+        }
+        seq.tokens.truncate(len);
+        seq.rows = len..len;
+        let j = len / bs;
+        let keep = if seq.block_hashes.len() > j && !len.is_multiple_of(bs) {
+            j
+        } else {
+            len.div_ceil(bs)
+        };
+        seq.block_hashes.truncate(keep.min(len / bs));
+        seq.table.truncate(keep.min(seq.table.len()), pool);
+        seq.num_computed = seq.num_computed.min(len).min(seq.table.len() * bs);
+        Ok(())
+    }
+
+    /// The tokens of a request's first sequence (a scoring request's whole sequence).
+    pub(super) fn scoring_tokens(&self, id: RequestId) -> &[u32] {
+        match self.request(id) {
+            Ok(r) => {
+                &self.seqs[r.seqs[0] as usize]
+                    .as_ref()
+                    .expect("live sequence")
+                    .tokens
+            }
+            Err(_) => &[],
+        }
+    }
+
     /// Whether the request needs no more steps: every sequence finished, or (a scoring
     /// request) every token computed.
     pub fn is_idle(&self, id: RequestId) -> Result<bool> {

@@ -264,3 +264,33 @@ fn a_scoring_request_never_holds_back_samples() {
     e.release(id).unwrap();
     e.release(g).unwrap();
 }
+
+/// Truncating a scoring request forgets the tokens after the cut (other tokens appended there
+/// score as if they had always been there), with or without the prefix cache holding the block
+/// it cuts into; misuse changes nothing.
+#[test]
+fn truncate_then_append_scores_the_new_tokens() {
+    let want = reference_rows();
+    for caching in [false, true] {
+        let mut e = engine(32, 1, 16);
+        e.set_prefix_caching(caching);
+        // Wrong tokens after position 6, computed, then cut off and replaced by TOKENS' own.
+        let mut wrong = TOKENS[..6].to_vec();
+        wrong.extend([90, 91, 92, 93]);
+        let id = e.submit_scoring(&wrong, 9..10).unwrap();
+        rows_of(&mut e, id);
+        assert!(e.truncate(id, 0).is_err() && e.truncate(id, 11).is_err());
+        e.truncate(id, 6).unwrap();
+        // Positions 4..6 live in a block the prefix cache holds (it keeps its contents): the
+        // cut gives it back and they are computed again; without the cache they stay.
+        assert_eq!(e.has_work(), caching, "caching {caching}");
+        e.append(id, &TOKENS[6..], 6..TOKENS.len()).unwrap();
+        assert_eq!(rows_of(&mut e, id), want[6..], "caching {caching}");
+        e.release(id).unwrap();
+        assert_eq!(e.metrics().blocks_used, 0);
+    }
+    // Only scoring requests.
+    let mut e = engine(32, 1, 16);
+    let g = e.submit(&TOKENS, &greedy(1)).unwrap();
+    assert!(e.truncate(g, 3).is_err());
+}

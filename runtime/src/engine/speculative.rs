@@ -44,6 +44,29 @@ pub struct Speculative {
     /// [`Engine::with_draft_rows`](super::Engine::with_draft_rows) (a session needs
     /// `max_logits` of `1 + k`).
     pub k: usize,
+    /// Where the guesses come from.
+    pub drafter: Drafter,
+}
+
+impl Speculative {
+    /// Prompt lookup with up to `k` guesses per step.
+    pub fn lookup(k: usize) -> Speculative {
+        Speculative {
+            k,
+            drafter: Drafter::Lookup,
+        }
+    }
+}
+
+/// The source of draft tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Drafter {
+    /// N-gram matches in the sequence's own tokens (no second model).
+    #[default]
+    Lookup,
+    /// The engine's draft model ([`Engine::set_draft_model`](super::Engine::set_draft_model)),
+    /// greedy (`draft_model.rs`).
+    Model,
 }
 
 /// The tokens that followed the most recent earlier occurrence of the last `n` tokens of
@@ -82,7 +105,17 @@ impl Engine {
         // Into the sequence's own buffer (sized at submit): no allocation.
         let mut found = std::mem::take(&mut seq.draft_buf);
         found.clear();
-        lookup(&seq.tokens, k, &mut found);
+        match spec.drafter {
+            Drafter::Lookup => lookup(&seq.tokens, k, &mut found),
+            Drafter::Model => {
+                // The tokens move out while the draft engine reads them (no copy).
+                let tokens = std::mem::take(&mut seq.tokens);
+                self.draft_with_model(slot, &tokens, k, &mut found);
+                let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
+                seq.tokens = tokens;
+            }
+        }
+        let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
         seq.tokens.extend_from_slice(&found);
         seq.draft = found.len();
         seq.draft_buf = found;
@@ -234,7 +267,7 @@ mod tests {
             assert_eq!(d0, 0);
             for k in [1, 4, 16] {
                 let spec = RequestParams {
-                    speculative: Some(Speculative { k }),
+                    speculative: Some(Speculative::lookup(k)),
                     ..params.clone()
                 };
                 let (outs, drafted, accepted, _) = run(80, &spec);

@@ -90,6 +90,14 @@ impl BlockTable {
         self.blocks[i] = b;
     }
 
+    /// Keep the first `n` blocks, returning the rest to `pool` (last block first).
+    pub fn truncate(&mut self, n: usize, pool: &mut BlockPool) {
+        while self.blocks.len() > n {
+            let b = self.blocks.pop().expect("longer than n");
+            pool.free(b);
+        }
+    }
+
     /// Return every block to `pool`, last block first: the pool's free list is LRU, so a
     /// sequence's tail blocks are evicted before its (possibly shared) leading prefix blocks.
     pub fn release(&mut self, pool: &mut BlockPool) {

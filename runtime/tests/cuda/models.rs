@@ -558,7 +558,7 @@ fn speculation_and_grammars_on_cuda() {
     let (want, _, _, _) = run(&plain);
     for k in [2, 8] {
         let spec = RequestParams {
-            speculative: Some(Speculative { k }),
+            speculative: Some(Speculative::lookup(k)),
             ..plain.clone()
         };
         let (got, _, drafted, accepted) = run(&spec);

@@ -175,7 +175,7 @@ fn request(v: &Value) -> Result<(String, RequestParams), String> {
             grammar: line_grammar(obj)?,
             speculative: match size("draft_k", 0)? {
                 0 => None,
-                k => Some(ember::engine::Speculative { k }),
+                k => Some(ember::engine::Speculative::lookup(k)),
             },
         },
     ))

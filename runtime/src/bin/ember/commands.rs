@@ -67,6 +67,7 @@ const SAMPLING: &[Flag] = &[
     val("json-schema", None),
     val("spec", None),
     val("draft-k", None),
+    path("draft-model", None),
     switch("ignore-eos"),
     switch("json"),
 ];
@@ -145,6 +146,12 @@ fn open_session(a: &Args, max_batch: usize, max_logits: usize) -> Result<Session
     let t0 = Instant::now();
     let model = load_model(a)?;
     let mut s = open_session_from(model, a, max_batch, max_logits)?;
+    // `--spec draft --draft-model FILE` (checked by shaping::speculative).
+    if let Some(p) = a.path("draft-model") {
+        let draft = Model::load(&p)
+            .map_err(|e| CliError::Run(format!("--draft-model {}: {e}", p.display())))?;
+        s.engine_mut().set_draft_model(draft)?;
+    }
     s.load_ms = t0.elapsed().as_secs_f64() * 1e3;
     Ok(s)
 }

@@ -41,7 +41,13 @@ usage: ember <command> [options]
 commands:
   generate -p TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M] [--repeat-penalty R]
            [--seed S] [--stop STR]... [--ignore-eos] [--prompt-cache FILE] [--json]
+           [--grammar TEXT | --grammar-file FILE | --json-schema FILE|TEXT]
+           [--spec lookup|draft [--draft-k K] [--draft-model FILE]]
                         continue TEXT (special tokens parsed) and stream the text;
+                        --grammar...: the output follows the grammar or schema;
+                        --spec: speculative decoding, guesses from the text so far
+                        (lookup) or from a smaller model with the same vocabulary
+                        (draft); the output is unchanged;
                         --prompt-cache: the prompt's KV blocks are loaded from FILE if it
                         exists (only the rest of the prompt is computed), else saved to it
   chat [-p TEXT] [--system TEXT] [--chat-template FILE] [--context-policy error|truncate]

@@ -1,11 +1,12 @@
 //! Flags that shape what a request generates beyond the sampler's filters: the seed of a run
 //! without `--seed`, a grammar or JSON schema the output must follow (`--grammar`,
-//! `--grammar-file`, `--json-schema`) and speculative decoding (`--spec lookup --draft-k K`).
+//! `--grammar-file`, `--json-schema`) and speculative decoding (`--spec lookup|draft --draft-k K
+//! --draft-model FILE`).
 //! Shared by `generate` and `chat`.
 
 use std::sync::Arc;
 
-use ember::engine::Speculative;
+use ember::engine::{Drafter, Speculative};
 use ember::grammar::Grammar;
 
 use crate::args::Args;
@@ -47,26 +48,36 @@ pub fn grammar(a: &Args) -> Result<Option<Arc<Grammar>>, CliError> {
     Ok(Some(Arc::new(compiled)))
 }
 
-/// `--spec lookup [--draft-k K]`: speculative decoding by prompt lookup.
+/// `--spec lookup|draft [--draft-k K]` (`draft` with `--draft-model FILE`): speculative
+/// decoding by prompt lookup or with a draft model.
 pub fn speculative(a: &Args) -> Result<Option<Speculative>, CliError> {
     let k = a.get_or("draft-k", 8usize).map_err(usage)?;
     if !(1..=16).contains(&k) {
         return Err(usage(format!("--draft-k {k}: must be 1..=16")));
     }
+    let model = a.path("draft-model").is_some();
     match a.str("spec") {
         None | Some("none") => {
-            if a.str("draft-k").is_some() {
-                return Err(usage("--draft-k needs --spec lookup".into()));
+            if a.str("draft-k").is_some() || model {
+                return Err(usage(
+                    "--draft-k and --draft-model need --spec lookup or --spec draft".into(),
+                ));
             }
             Ok(None)
         }
-        Some("lookup") => Ok(Some(Speculative { k })),
-        Some("draft") => Err(usage(
-            "--spec draft (a second, smaller model as drafter) is not built yet; --spec lookup \
-             drafts from the prompt and the text so far"
+        Some("lookup") if model => Err(usage(
+            "--draft-model drafts with --spec draft (--spec lookup needs no model)".into(),
+        )),
+        Some("lookup") => Ok(Some(Speculative::lookup(k))),
+        Some("draft") if !model => Err(usage(
+            "--spec draft needs --draft-model FILE (a smaller GGUF with the same vocabulary)"
                 .into(),
         )),
-        Some(s) => Err(usage(format!("--spec {s}: expected lookup or none"))),
+        Some("draft") => Ok(Some(Speculative {
+            k,
+            drafter: Drafter::Model,
+        })),
+        Some(s) => Err(usage(format!("--spec {s}: expected lookup, draft or none"))),
     }
 }
 

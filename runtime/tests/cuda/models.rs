@@ -580,6 +580,32 @@ fn speculation_and_grammars_on_cuda() {
     };
     let (_, text, _, _) = run(&params);
     assert!(g.accepts(&text), "{text:?}");
+    // A repeated prompt: its last block's first tokens are copied on the device from the
+    // block that holds them (partial-block reuse), and the output is unchanged.
+    let (again, _, _, _) = run(&plain);
+    assert_eq!(again, want, "prefix reuse below block granularity on CUDA");
+    // A draft model (the model itself: every greedy guess is right) in a CUDA engine of its own.
+    gpu.set_draft_model(synth_model(GgmlType::Q8_0, 5)).unwrap();
+    let spec = RequestParams {
+        speculative: Some(Speculative {
+            k: 4,
+            drafter: ember::engine::Drafter::Model,
+        }),
+        ..plain.clone()
+    };
+    let id = gpu.submit(&prompt, &spec).unwrap();
+    while gpu.has_work() {
+        gpu.step().unwrap();
+    }
+    let o = gpu.output(id).unwrap().next().unwrap();
+    assert_eq!(o.ids, want, "draft model on CUDA");
+    // (Batched and one-row products may round apart: near-ties can refuse a guess.)
+    assert!(o.accepted_tokens > 0 && o.accepted_tokens <= o.draft_tokens);
+    eprintln!(
+        "draft model on CUDA: {} of {} drafts accepted",
+        o.accepted_tokens, o.draft_tokens
+    );
+    gpu.release(id).unwrap();
 }
 
 #[test]

@@ -461,9 +461,10 @@ typedef struct ember_params {
      */
     const char *json_schema;
     /**
-     * Speculative decoding by prompt lookup: up to `draft_k` tokens (1..=16) are guessed
-     * from the prompt and the text so far and checked in one step; the output is the same
-     * token for token, with fewer forward passes when the text repeats its input. 0 (the
+     * Speculative decoding: up to `draft_k` tokens (1..=16) are guessed — from the prompt
+     * and the text so far (prompt lookup), or by the runtime's draft model when
+     * `ember_runtime_set_draft_model` gave it one — and checked in one step; the output is the
+     * same token for token, with fewer forward passes when the guesses are right. 0 (the
      * default) turns it off; above 16 is `EMBER_ERR_INVALID_ARGUMENT`.
      */
     uint32_t draft_k;
@@ -1081,6 +1082,27 @@ ember_result ember_prompt_cache_save(const struct ember_runtime *rt,
                                      ember_request_id id,
                                      const char *path,
                                      size_t *out_tokens);
+
+/**
+ * Give the runtime a draft model for speculative decoding: the GGUF at `path`, a smaller
+ * model with the same vocabulary (e.g. SmolLM2-135M for a SmolLM2-1.7B runtime). From then
+ * on, requests with `ember_params.draft_k > 0` draft their guesses with it (greedily, up to
+ * `draft_k` per step) instead of by prompt lookup; the output is unchanged, token for token.
+ * It runs on the runtime's backend with a KV arena of its own (`max_seqs` sequences at the full
+ * context). Call it after `ember_runtime_new`, before submitting. Thread-safe; the file is
+ * loaded before the engine is held.
+ *
+ * Returns `EMBER_OK`; `EMBER_ERR_NULL_POINTER` (`rt` or `path`); `EMBER_ERR_IO` (the file
+ * cannot be opened); `EMBER_ERR_MODEL` (not a usable GGUF model); `EMBER_ERR_TOKENIZER`;
+ * `EMBER_ERR_INVALID_ARGUMENT` (another vocabulary size, requests are held, or its arena
+ * cannot be allocated; the message says which); `EMBER_ERR_STOPPED`; `EMBER_ERR_POISONED`; `EMBER_ERR_INTERNAL`. On failure the
+ * runtime is as it was (an earlier draft model stays).
+ *
+ * # Safety
+ * `rt` is a live handle; `path` is a NUL-terminated path (bytes, as for `ember_runtime_new`).
+ */
+ember_result ember_runtime_set_draft_model(const struct ember_runtime *rt,
+                                           const char *path);
 
 #ifdef __cplusplus
 }  // extern "C"

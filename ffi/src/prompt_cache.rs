@@ -1,5 +1,6 @@
-//! The prompt cache exports: a request's prompt KV saved to a file, a file loaded back into
-//! the prefix cache (`ember::engine::Engine::save_prompt_cache` / `load_prompt_cache`).
+//! The exports that load or save files besides the model: a request's prompt KV saved to a
+//! file, a file loaded back into the prefix cache (`ember::engine::Engine::save_prompt_cache` /
+//! `load_prompt_cache`), and a draft model for speculative decoding.
 
 use std::ffi::c_char;
 
@@ -92,4 +93,34 @@ pub unsafe extern "C" fn ember_prompt_cache_save(
 ) -> ember_result {
     // SAFETY: the contract of this function.
     guard(|| unsafe { cache_file_call(rt, path, out_tokens, |rt, p| rt.prompt_cache_save(id, p)) })
+}
+
+/// Give the runtime a draft model for speculative decoding: the GGUF at `path`, a smaller
+/// model with the same vocabulary (e.g. SmolLM2-135M for a SmolLM2-1.7B runtime). From then
+/// on, requests with `ember_params.draft_k > 0` draft their guesses with it (greedily, up to
+/// `draft_k` per step) instead of by prompt lookup; the output is unchanged, token for token.
+/// It runs on the runtime's backend with a KV arena of its own (`max_seqs` sequences at the full
+/// context). Call it after `ember_runtime_new`, before submitting. Thread-safe; the file is
+/// loaded before the engine is held.
+///
+/// Returns `EMBER_OK`; `EMBER_ERR_NULL_POINTER` (`rt` or `path`); `EMBER_ERR_IO` (the file
+/// cannot be opened); `EMBER_ERR_MODEL` (not a usable GGUF model); `EMBER_ERR_TOKENIZER`;
+/// `EMBER_ERR_INVALID_ARGUMENT` (another vocabulary size, requests are held, or its arena
+/// cannot be allocated; the message says which); `EMBER_ERR_STOPPED`; `EMBER_ERR_POISONED`; `EMBER_ERR_INTERNAL`. On failure the
+/// runtime is as it was (an earlier draft model stays).
+///
+/// # Safety
+/// `rt` is a live handle; `path` is a NUL-terminated path (bytes, as for `ember_runtime_new`).
+#[no_mangle]
+pub unsafe extern "C" fn ember_runtime_set_draft_model(
+    rt: *const ember_runtime,
+    path: *const c_char,
+) -> ember_result {
+    guard(|| {
+        // SAFETY: NULL or a live handle per the contract.
+        let rt = unsafe { runtime(rt)? };
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let path = unsafe { c_path(path, "path") }?;
+        rt.set_draft_model(&path)
+    })
 }

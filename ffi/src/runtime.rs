@@ -435,12 +435,37 @@ impl Runtime {
         )?)
     }
 
-    /// Queue a request for `prompt` (token ids).
+    /// Load the GGUF at `path` as the engine's draft model (loaded before the engine is held).
+    pub fn set_draft_model(&self, path: &Path) -> Result<(), Failure> {
+        let model = Model::load(path)?;
+        let mut core = self.shared.lock_core()?;
+        if core.mode == Mode::Stopped {
+            return Err(Failure::stopped());
+        }
+        Ok(core.engine.set_draft_model(model)?)
+    }
+
+    /// Queue a request for `prompt` (token ids). With a draft model set, `draft_k` drafts
+    /// with it instead of by prompt lookup.
     pub fn submit(&self, prompt: &[u32], params: &RequestParams) -> Result<u64, Failure> {
         let mut core = self.shared.lock_core()?;
         if core.mode == Mode::Stopped {
             return Err(Failure::stopped());
         }
+        let with_model;
+        let params = match params.speculative {
+            Some(s) if core.engine.has_draft_model() => {
+                with_model = RequestParams {
+                    speculative: Some(ember::engine::Speculative {
+                        drafter: ember::engine::Drafter::Model,
+                        ..s
+                    }),
+                    ..params.clone()
+                };
+                &with_model
+            }
+            _ => params,
+        };
         // Bounded: the engine refuses `n` above `max_seqs` (checked again by `submit`).
         let n = params.n.min(ember::engine::MAX_SEQS);
         let stream = (0..n)

@@ -229,9 +229,10 @@ pub struct ember_params {
     /// default) for none; an unsupported keyword or malformed schema is
     /// `EMBER_ERR_INVALID_ARGUMENT` naming it in `ember_last_error`.
     pub json_schema: *const c_char,
-    /// Speculative decoding by prompt lookup: up to `draft_k` tokens (1..=16) are guessed
-    /// from the prompt and the text so far and checked in one step; the output is the same
-    /// token for token, with fewer forward passes when the text repeats its input. 0 (the
+    /// Speculative decoding: up to `draft_k` tokens (1..=16) are guessed — from the prompt
+    /// and the text so far (prompt lookup), or by the runtime's draft model when
+    /// `ember_runtime_set_draft_model` gave it one — and checked in one step; the output is the
+    /// same token for token, with fewer forward passes when the guesses are right. 0 (the
     /// default) turns it off; above 16 is `EMBER_ERR_INVALID_ARGUMENT`.
     pub draft_k: u32,
 }

@@ -972,6 +972,25 @@ static void test_grammar_and_speculation(const char *synth) {
     EXPECT(ember_release(rt, id), EMBER_OK);
     q.draft_k = 17;
     EXPECT(ember_submit_tokens(rt, rep, 24, &q, &id), EMBER_ERR_INVALID_ARGUMENT);
+
+    /* A draft model (the synthetic model itself, so every greedy guess is right): draft_k now
+     * drafts with it, and the ids are again those of plain decoding. */
+    EXPECT(ember_runtime_set_draft_model(NULL, synth), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_runtime_set_draft_model(rt, NULL), EMBER_ERR_NULL_POINTER);
+    EXPECT(ember_runtime_set_draft_model(rt, "/nonexistent/draft.gguf"), EMBER_ERR_IO);
+    q.draft_k = 0;
+    EXPECT(ember_submit_tokens(rt, rep, 24, &q, &id), EMBER_OK);
+    EXPECT(ember_runtime_set_draft_model(rt, synth), EMBER_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(ember_last_error(), "requests are held") != NULL);
+    EXPECT(ember_release(rt, id), EMBER_OK);
+    EXPECT(ember_runtime_set_draft_model(rt, synth), EMBER_OK);
+    q.draft_k = 4;
+    EXPECT(ember_submit_tokens(rt, rep, 24, &q, &id), EMBER_OK);
+    run_to_idle(rt);
+    memset(spec, 0, sizeof spec);
+    CHECK(pull_ids(rt, id, spec, 32) == 32);
+    CHECK(memcmp(plain, spec, sizeof plain) == 0);
+    EXPECT(ember_release(rt, id), EMBER_OK);
     ember_runtime_free(rt);
 }
 

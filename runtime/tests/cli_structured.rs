@@ -118,11 +118,8 @@ fn prompt_lookup_keeps_the_output_and_reports_its_drafts() {
             assert!(a > 0, "a reply that copies its prompt should accept drafts");
         }
     }
-    // A draft model: SmolLM2 cut to 2 of its 30 blocks (same vocabulary): the ids are again
-    // those of plain decoding.
-    let draft = tmp("draft-2-layers.gguf");
-    let o = ember(&["convert", "--layers", "2", "-o", draft.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A draft model: the ids are again those of plain decoding.
+    let draft = draft_model();
     for temp in ["0", "0.7"] {
         let plain = json(&[&base[..], &["--temp", temp]].concat());
         let d = draft.to_str().unwrap();
@@ -169,6 +166,18 @@ fn prompt_lookup_keeps_the_output_and_reports_its_drafts() {
     );
 }
 
+/// SmolLM2 cut to 2 of its 30 blocks (same vocabulary): a draft model (written once).
+fn draft_model() -> std::path::PathBuf {
+    static ONCE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let draft = tmp("draft-2-layers.gguf");
+        let o = ember(&["convert", "--layers", "2", "-o", draft.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        draft
+    })
+    .clone()
+}
+
 #[test]
 fn batch_lines_take_grammars_schemas_and_draft_k() {
     let input = tmp("structured.jsonl");
@@ -195,4 +204,28 @@ fn batch_lines_take_grammars_schemas_and_draft_k() {
         .as_str()
         .unwrap()
         .contains("grammar: line 1"));
+    // With --draft-model, draft_k drafts with the model: the same ids as without drafting.
+    let lines = [
+        r#"{"id": "plain", "prompt": "Say: one two three one two three", "max_tokens": 12}"#,
+        r#"{"id": "k", "prompt": "Say: one two three one two three", "max_tokens": 12, "draft_k": 4}"#,
+    ];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let d = draft_model();
+    let o = ember(&[
+        "batch",
+        "-m",
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "-t",
+        "2",
+        "--draft-model",
+        d.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let results = result_lines(&output);
+    let by_id = |id: &str| results.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(by_id("k")["ids"], by_id("plain")["ids"]);
 }

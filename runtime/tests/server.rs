@@ -228,3 +228,25 @@ fn raw_http_errors_and_a_full_queue() {
     );
     assert!(m.contains("ember_requests_rejected_total 1"), "{m}");
 }
+
+/// `--draft-model`: every request drafts with it, and the text is plain decoding's.
+#[test]
+fn serve_with_a_draft_model_keeps_the_output() {
+    assert!(
+        repo().join(MODEL).exists(),
+        "{MODEL} missing: run scripts/fetch-model.sh"
+    );
+    let prompt = "The capital of France is";
+    let o = ember(&["generate", "-m", MODEL, "-p", prompt, "-n", "16", "--json"]);
+    assert!(o.status.success(), "{}", cli::stderr(&o));
+    let want: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let draft = tmp("serve-draft-2-layers.gguf");
+    let o = ember(&["convert", "--layers", "2", "-o", draft.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", cli::stderr(&o));
+    let server = serve(&["--draft-model", draft.to_str().unwrap(), "--draft-k", "4"]);
+    let body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0});
+    let r = raw(server.port, &post("/v1/completions", &body, true));
+    let json_at = r.find("\r\n\r\n").unwrap() + 4;
+    let v: Value = serde_json::from_str(&r[json_at..]).unwrap();
+    assert_eq!(v["choices"][0]["text"], want["text"], "{r}");
+}

@@ -31,6 +31,20 @@ pub const ENGINE_FLAGS: &[Flag] = &[
     switch("no-prefix-cache"),
 ];
 
+/// `--draft-model FILE` of `batch` and `serve`.
+pub const DRAFT_FLAGS: &[Flag] = &[path("draft-model", None)];
+
+/// Give the engine the draft model of `--draft-model FILE`, if any: requests that ask for
+/// speculative decoding then draft with it instead of by prompt lookup.
+pub fn draft_model(a: &Args, e: &mut Engine) -> Result<(), CliError> {
+    if let Some(p) = a.path("draft-model") {
+        let m = ember::model::Model::load(&p)
+            .map_err(|err| CliError::Run(format!("--draft-model {}: {err}", p.display())))?;
+        e.set_draft_model(m)?;
+    }
+    Ok(())
+}
+
 /// Most sequences decoded together (`--max-seqs`, `bench --concurrency`): far beyond what a
 /// device runs at once, and small enough that the per-sequence tables sized from it are cheap.
 pub const MAX_SEQS: usize = 1 << 16;
@@ -253,7 +267,11 @@ impl Results {
 pub fn batch(raw: &[std::ffi::OsString]) -> CliResult {
     let a = parse(
         raw,
-        &[&[path("input", None), path("output", None)], ENGINE_FLAGS],
+        &[
+            &[path("input", None), path("output", None)],
+            ENGINE_FLAGS,
+            DRAFT_FLAGS,
+        ],
     )?;
     let input = a
         .path("input")
@@ -266,6 +284,7 @@ pub fn batch(raw: &[std::ffi::OsString]) -> CliResult {
     let model = load_model(&a)?;
     let mut e = Engine::with_draft_rows(model, cfg, backend_kind(&a)?)?;
     report_backend(&a, e.backend());
+    draft_model(&a, &mut e)?;
     let file = std::fs::File::open(&input)
         .map_err(|err| CliError::Run(format!("{}: {err}", input.display())))?;
     let mut lines = std::io::BufReader::new(file);
@@ -337,7 +356,10 @@ pub fn batch(raw: &[std::ffi::OsString]) -> CliResult {
                 }
             };
             let id = v.get("id").cloned().unwrap_or(default_id);
-            let submitted = request(&v).and_then(|(prompt, params)| {
+            let submitted = request(&v).and_then(|(prompt, mut params)| {
+                if let Some(s) = params.speculative.as_mut().filter(|_| e.has_draft_model()) {
+                    s.drafter = ember::engine::Drafter::Model;
+                }
                 e.submit_text(&prompt, &params)
                     .map_err(|err| err.to_string())
             });

@@ -74,14 +74,17 @@ commands:
                         C sequences prefilled, then decoded together (aggregate tok/s)
   batch --input requests.jsonl --output results.jsonl [--max-seqs S]
         [--max-batch-tokens T] [--kv-blocks N | --kv-bytes B] [--no-prefix-cache]
+        [--draft-model FILE]
                         run a file of requests through the continuous-batching engine; each
                         line a JSON object: id, prompt, max_tokens, temperature, seed, stop, ...
   serve [--host H] [--port P] [--api-key KEY] [--max-queue Q] [--max-body BYTES]
-        [--max-connections C] [--alias NAME] [--chat-template FILE] [--max-seqs S] ...
+        [--max-connections C] [--alias NAME] [--chat-template FILE] [--max-seqs S]
+        [--draft-model FILE [--draft-k K]] ...
                         OpenAI-compatible HTTP server (default 127.0.0.1:8080):
                         POST /v1/chat/completions, /v1/completions (stream, n, stop,
                         response_format, grammar), GET /v1/models, /health, /metrics;
-                        past Q requests waiting (default 64): 503 with Retry-After
+                        past Q requests waiting (default 64): 503 with Retry-After;
+                        --draft-model: every request drafts K tokens (default 8) with it
   convert -o OUT [--type T] [--layers N]
                         rewrite the model: weights converted to type T, first N blocks only
   synth -o OUT [--arch llama|qwen2|gemma3] [--type T] [--embd-type T] [--vocab N] [--embd N]

@@ -71,6 +71,8 @@ pub struct ModelInfo {
     pub bos_text: String,
     pub eos_text: String,
     pub n_ctx: usize,
+    /// Speculative decoding for every request (`--draft-model`).
+    pub speculative: Option<ember::engine::Speculative>,
 }
 
 fn number(obj: &Map<String, Value>, k: &'static str) -> Result<Option<f64>, Invalid> {
@@ -184,7 +186,7 @@ pub fn parse(body: &[u8], kind: Kind, model: &ModelInfo, seed: u64) -> Result<Pa
             n: count(obj, "n")?.unwrap_or(1),
             ignore_eos: flag(obj, "ignore_eos")?,
             grammar: grammar(obj)?,
-            speculative: None,
+            speculative: model.speculative,
         },
         prompt,
         stream: flag(obj, "stream")?,
@@ -554,6 +556,7 @@ mod tests {
             bos_text: String::new(),
             eos_text: String::new(),
             n_ctx: 64,
+            speculative: None,
         }
     }
 

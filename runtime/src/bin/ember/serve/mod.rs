@@ -49,6 +49,7 @@ const FLAGS: &[crate::args::Flag] = &[
     val("max-connections", None),
     val("alias", None),
     path("chat-template", None),
+    val("draft-k", None),
 ];
 
 struct Ctx {
@@ -67,7 +68,10 @@ fn now_s() -> u64 {
 }
 
 pub fn serve(raw: &[OsString]) -> CliResult {
-    let a = parse(raw, &[crate::batch::ENGINE_FLAGS, FLAGS])?;
+    let a = parse(
+        raw,
+        &[crate::batch::ENGINE_FLAGS, crate::batch::DRAFT_FLAGS, FLAGS],
+    )?;
     let host = a.str("host").unwrap_or("127.0.0.1").to_string();
     let port: u16 = a.get_or("port", 8080).map_err(usage)?;
     let max_queue: usize = a.get_or("max-queue", 64).map_err(usage)?;
@@ -108,8 +112,20 @@ pub fn serve(raw: &[OsString]) -> CliResult {
             .get_str("tokenizer.chat_template")?
             .map(str::to_string),
     };
-    let engine = Engine::with_backend(model, cfg, backend_kind(&a)?)?;
+    // With a draft model every request drafts with it (as llama-server's --model-draft).
+    let draft_k: usize = a.get_or("draft-k", 8).map_err(usage)?;
+    if !(1..=ember::engine::MAX_DRAFT).contains(&draft_k) {
+        return Err(usage(format!("--draft-k {draft_k}: must be 1..=16")));
+    }
+    let mut engine = Engine::with_draft_rows(model, cfg, backend_kind(&a)?)?;
     report_backend(&a, engine.backend());
+    crate::batch::draft_model(&a, &mut engine)?;
+    let speculative = engine
+        .has_draft_model()
+        .then_some(ember::engine::Speculative {
+            k: draft_k,
+            drafter: ember::engine::Drafter::Model,
+        });
     let tokenizer = engine.shared_tokenizer();
     let text = |id: Option<u32>| {
         id.and_then(|i| tokenizer.token_text(i))
@@ -123,6 +139,7 @@ pub fn serve(raw: &[OsString]) -> CliResult {
         tokenizer: Arc::clone(&tokenizer),
         template,
         n_ctx: engine.n_ctx(),
+        speculative,
     };
     let listener = TcpListener::bind((host.as_str(), port))
         .map_err(|e| CliError::Run(format!("cannot listen on {host}:{port}: {e}")))?;

@@ -164,11 +164,8 @@ fn next_argmax(e: &mut Engine, id: RequestId) -> Option<u32> {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::tests::{run_to_end, tiny_model, tiny_spec};
-    use super::super::{
-        Drafter, Engine, EngineConfig, KvBudget, RequestId, RequestParams, Speculative,
-    };
-    use crate::backend::BackendKind;
+    use super::super::tests::{run_requests, spec_engine, tiny_model, tiny_spec};
+    use super::super::{Drafter, Engine, RequestParams, Speculative};
     use crate::gguf::GgufFile;
     use crate::grammar::Grammar;
     use crate::model::Model;
@@ -189,54 +186,31 @@ mod tests {
     }
 
     fn engine(kv_blocks: usize, draft: Option<Model>) -> Engine {
-        let cfg = EngineConfig {
-            n_ctx: 64,
-            kv_budget: KvBudget::Blocks(kv_blocks),
-            block_size: 4,
-            max_seqs: 4,
-            max_batch_tokens: 64,
-            max_requests: 8,
-            threads: 1,
-            prefix_caching: true,
-            ..EngineConfig::default()
-        };
-        let mut e = Engine::open(tiny_model(), cfg, BackendKind::Cpu, 17).unwrap();
+        let mut e = spec_engine(kv_blocks);
         if let Some(d) = draft {
             e.set_draft_model(d).unwrap();
         }
         e
     }
 
-    /// Ids per sequence of four requests, drafted and accepted tokens.
+    /// Ids per sequence of four requests, drafted and accepted tokens; every block of both
+    /// engines comes back.
     fn run(
         blocks: usize,
         draft: Option<Model>,
         params: &RequestParams,
     ) -> (Vec<Vec<u32>>, usize, usize) {
         let mut e = engine(blocks, draft);
-        let ids: Vec<RequestId> = (0..4u32)
-            .map(|i| {
-                let p: Vec<u32> = (0..5 + i).map(|j| 30 + 11 * i + 3 * j).collect();
-                e.submit(&p, params).unwrap()
-            })
+        let prompts: Vec<Vec<u32>> = (0..4u32)
+            .map(|i| (0..5 + i).map(|j| 30 + 11 * i + 3 * j).collect())
             .collect();
-        run_to_end(&mut e);
-        let (mut outs, mut drafted, mut accepted) = (Vec::new(), 0, 0);
-        for id in ids {
-            for o in e.output(id).unwrap() {
-                outs.push(o.ids.clone());
-                drafted += o.draft_tokens;
-                accepted += o.accepted_tokens;
-            }
-            e.release(id).unwrap();
-        }
-        assert_eq!(e.metrics().blocks_used, 0, "every block returned");
+        let r = run_requests(&mut e, &prompts, params);
         let dm = e
             .draft_model
             .as_ref()
             .map_or(0, |d| d.engine.metrics().blocks_used);
         assert_eq!(dm, 0, "every draft block returned");
-        (outs, drafted, accepted)
+        r
     }
 
     /// Token for token what plain decoding gives, with a perfect drafter (the model itself)

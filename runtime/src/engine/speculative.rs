@@ -190,48 +190,20 @@ pub(super) fn drop_draft(seq: &mut Seq) {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::tests::tiny_model;
-    use super::super::{Engine, EngineConfig, KvBudget, RequestId, RequestParams};
+    use super::super::tests::{run_requests, spec_engine};
+    use super::super::RequestParams;
     use super::{lookup, Speculative};
     use crate::grammar::Grammar;
     use crate::sampler::SamplingParams;
 
-    fn engine(kv_blocks: usize) -> Engine {
-        let cfg = EngineConfig {
-            n_ctx: 64,
-            kv_budget: KvBudget::Blocks(kv_blocks),
-            block_size: 4,
-            max_seqs: 4,
-            max_batch_tokens: 64,
-            max_requests: 8,
-            threads: 1,
-            prefix_caching: true,
-            ..EngineConfig::default()
-        };
-        Engine::open(tiny_model(), cfg, crate::backend::BackendKind::Cpu, 17).unwrap()
-    }
-
     /// Every request of `params` over four prompts; ids per sequence, drafts and accepted.
     fn run(blocks: usize, params: &RequestParams) -> (Vec<Vec<u32>>, usize, usize, u64) {
-        let mut e = engine(blocks);
+        let mut e = spec_engine(blocks);
         // Repetitive prompts, so that the lookup finds n-grams to continue.
-        let ids: Vec<RequestId> = (0..4u32)
-            .map(|i| {
-                let p: Vec<u32> = (0..12).map(|j| 20 + i + (j % 3) * 7).collect();
-                e.submit(&p, params).unwrap()
-            })
+        let prompts: Vec<Vec<u32>> = (0..4u32)
+            .map(|i| (0..12).map(|j| 20 + i + (j % 3) * 7).collect())
             .collect();
-        super::super::tests::run_to_end(&mut e);
-        let (mut outs, mut drafted, mut accepted) = (Vec::new(), 0, 0);
-        for id in ids {
-            for o in e.output(id).unwrap() {
-                outs.push(o.ids.clone());
-                drafted += o.draft_tokens;
-                accepted += o.accepted_tokens;
-            }
-            e.release(id).unwrap();
-        }
-        assert_eq!(e.metrics().blocks_used, 0, "every block returned");
+        let (outs, drafted, accepted) = run_requests(&mut e, &prompts, params);
         (outs, drafted, accepted, e.metrics().preemptions)
     }
 

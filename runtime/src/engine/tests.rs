@@ -46,6 +46,48 @@ pub(super) fn engine(kv_blocks: usize, max_seqs: usize, max_batch_tokens: usize)
     Engine::new(tiny_model(), cfg).unwrap()
 }
 
+/// An engine for speculative decoding tests: context 64, blocks of 4, four sequences, 17
+/// logits rows per step (1 + the largest draft).
+pub(super) fn spec_engine(kv_blocks: usize) -> Engine {
+    let cfg = EngineConfig {
+        n_ctx: 64,
+        kv_budget: KvBudget::Blocks(kv_blocks),
+        block_size: 4,
+        max_seqs: 4,
+        max_batch_tokens: 64,
+        max_requests: 8,
+        threads: 1,
+        prefix_caching: true,
+        ..EngineConfig::default()
+    };
+    Engine::open(tiny_model(), cfg, crate::backend::BackendKind::Cpu, 17).unwrap()
+}
+
+/// Run one request of `params` per prompt to the end: ids per sequence, drafted and accepted
+/// tokens; checks that every block came back.
+pub(super) fn run_requests(
+    e: &mut Engine,
+    prompts: &[Vec<u32>],
+    params: &RequestParams,
+) -> (Vec<Vec<u32>>, usize, usize) {
+    let ids: Vec<RequestId> = prompts
+        .iter()
+        .map(|p| e.submit(p, params).unwrap())
+        .collect();
+    run_to_end(e);
+    let (mut outs, mut drafted, mut accepted) = (Vec::new(), 0, 0);
+    for id in ids {
+        for o in e.output(id).unwrap() {
+            outs.push(o.ids.clone());
+            drafted += o.draft_tokens;
+            accepted += o.accepted_tokens;
+        }
+        e.release(id).unwrap();
+    }
+    assert_eq!(e.metrics().blocks_used, 0, "every block returned");
+    (outs, drafted, accepted)
+}
+
 pub(super) fn greedy(max_tokens: usize) -> RequestParams {
     RequestParams {
         max_tokens,

@@ -151,19 +151,7 @@ fn request(v: &Value) -> Result<(String, RequestParams), String> {
         Some(_) => return Err("prompt must be a string".into()),
         None => return Err("\"prompt\" (a string) is required".into()),
     };
-    let stop = match obj.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|s| {
-                s.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| "stop must hold strings".to_string())
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err("stop must be a string or an array of strings".into()),
-    };
+    let stop = stop_list(obj.get("stop"))?;
     let ignore_eos = match obj.get("ignore_eos") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -193,6 +181,24 @@ fn request(v: &Value) -> Result<(String, RequestParams), String> {
             },
         },
     ))
+}
+
+/// A `"stop"` field (of a batch line or an HTTP request): absent or null, a string, or an
+/// array of strings.
+pub fn stop_list(v: Option<&Value>) -> Result<Vec<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|s| {
+                s.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| "stop must hold strings".to_string())
+            })
+            .collect(),
+        Some(_) => Err("stop must be a string or an array of strings".into()),
+    }
 }
 
 /// The line's `"grammar"` (GBNF text) or `"json_schema"` (a schema, or its text), compiled.

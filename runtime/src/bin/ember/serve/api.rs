@@ -229,24 +229,7 @@ fn refuse_unsupported(obj: &Map<String, Value>, kind: Kind) -> Result<(), Invali
 }
 
 fn stops(obj: &Map<String, Value>) -> Result<Vec<String>, Invalid> {
-    let list = match obj.get("stop") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|s| {
-                s.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| invalid("stop", "stop must hold strings"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(invalid(
-                "stop",
-                "stop must be a string or an array of strings",
-            ))
-        }
-    };
+    let list = crate::batch::stop_list(obj.get("stop")).map_err(|e| invalid("stop", e))?;
     if list.len() > MAX_STOP {
         return Err(invalid("stop", format!("at most {MAX_STOP} stop strings")));
     }

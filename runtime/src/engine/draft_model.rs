@@ -162,14 +162,12 @@ fn next_argmax(e: &mut Engine, id: RequestId) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use super::super::tests::{run_requests, spec_engine, tiny_model, tiny_spec};
+    use super::super::tests::{
+        equivalence_cases, run_requests, spec_engine, tiny_model, tiny_spec,
+    };
     use super::super::{Drafter, Engine, RequestParams, Speculative};
     use crate::gguf::GgufFile;
-    use crate::grammar::Grammar;
     use crate::model::Model;
-    use crate::sampler::SamplingParams;
     use crate::synth::{synth_gguf, SynthSpec};
 
     fn synth(spec: SynthSpec) -> Model {
@@ -218,27 +216,7 @@ mod tests {
     /// enough to preempt.
     #[test]
     fn draft_model_output_equals_plain_decoding() {
-        let base = RequestParams {
-            max_tokens: 20,
-            ignore_eos: true,
-            ..RequestParams::default()
-        };
-        let cases = [
-            base.clone(),
-            RequestParams {
-                sampling: SamplingParams {
-                    temperature: 0.9,
-                    seed: 5,
-                    ..SamplingParams::default()
-                },
-                n: 2,
-                ..base.clone()
-            },
-            RequestParams {
-                grammar: Some(Arc::new(Grammar::parse("root ::= [^x]+").unwrap())),
-                ..base.clone()
-            },
-        ];
+        let cases = equivalence_cases(20, 5);
         for (c, params) in cases.iter().enumerate() {
             let (plain, _, _) = run(80, None, params);
             for k in [1, 4] {

@@ -188,13 +188,9 @@ pub(super) fn drop_draft(seq: &mut Seq) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use super::super::tests::{run_requests, spec_engine};
+    use super::super::tests::{equivalence_cases, run_requests, spec_engine};
     use super::super::RequestParams;
     use super::{lookup, Speculative};
-    use crate::grammar::Grammar;
-    use crate::sampler::SamplingParams;
 
     /// Every request of `params` over four prompts; ids per sequence, drafts and accepted.
     fn run(blocks: usize, params: &RequestParams) -> (Vec<Vec<u32>>, usize, usize, u64) {
@@ -211,28 +207,7 @@ mod tests {
     /// and in an arena small enough to preempt.
     #[test]
     fn speculative_output_equals_plain_decoding() {
-        let g = Arc::new(Grammar::parse("root ::= [^x]+").unwrap());
-        let base = RequestParams {
-            max_tokens: 24,
-            ignore_eos: true,
-            ..RequestParams::default()
-        };
-        let cases = [
-            base.clone(),
-            RequestParams {
-                sampling: SamplingParams {
-                    temperature: 0.9,
-                    seed: 3,
-                    ..SamplingParams::default()
-                },
-                n: 2,
-                ..base.clone()
-            },
-            RequestParams {
-                grammar: Some(g),
-                ..base.clone()
-            },
-        ];
+        let cases = equivalence_cases(24, 3);
         let mut total_accepted = 0;
         for params in cases {
             let (plain, d0, _, _) = run(80, &params);

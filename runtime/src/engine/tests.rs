@@ -88,6 +88,33 @@ pub(super) fn run_requests(
     (outs, drafted, accepted)
 }
 
+/// The requests speculative decoding must not change: greedy, sampled (temperature 0.9,
+/// `seed`) with `n = 2`, and under a grammar; `max_tokens` each, past end of generation.
+pub(super) fn equivalence_cases(max_tokens: usize, seed: u64) -> [RequestParams; 3] {
+    let base = RequestParams {
+        max_tokens,
+        ignore_eos: true,
+        ..RequestParams::default()
+    };
+    let grammar = crate::grammar::Grammar::parse("root ::= [^x]+").unwrap();
+    [
+        base.clone(),
+        RequestParams {
+            sampling: crate::sampler::SamplingParams {
+                temperature: 0.9,
+                seed,
+                ..Default::default()
+            },
+            n: 2,
+            ..base.clone()
+        },
+        RequestParams {
+            grammar: Some(std::sync::Arc::new(grammar)),
+            ..base
+        },
+    ]
+}
+
 pub(super) fn greedy(max_tokens: usize) -> RequestParams {
     RequestParams {
         max_tokens,

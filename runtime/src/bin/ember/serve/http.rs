@@ -9,6 +9,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 /// Most bytes of a request's head (request line and headers).
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -40,15 +41,30 @@ fn bad(status: u16, message: impl Into<String>) -> BadRequest {
     }
 }
 
+/// How long a connection may take: idle between requests (then it is closed), and from the
+/// first byte of a request to its last (then 408: a client dripping bytes holds no thread for
+/// long). Checked whenever a read returns or times out (the socket's read timeout is short).
+#[derive(Clone, Copy)]
+pub struct Deadlines {
+    pub idle: Duration,
+    pub request: Duration,
+}
+
 /// Read the next request from `stream`; `buf` holds bytes already read past the previous
-/// request (pipelining). `Ok(None)`: the client closed the connection (or was idle past the
-/// read timeout) between requests.
+/// request (pipelining). `Ok(None)`: the client closed the connection (or was idle past
+/// `limits.idle`) between requests.
 pub fn read_request(
     stream: &mut impl Read,
     buf: &mut Vec<u8>,
     max_body: usize,
+    limits: Deadlines,
 ) -> Result<Option<Request>, BadRequest> {
     let mut chunk = [0u8; 4096];
+    let waiting = Instant::now();
+    // When the request's first byte arrived (now, if pipelined bytes are already here).
+    let mut started = (!buf.is_empty()).then(Instant::now);
+    let too_slow = |started: Option<Instant>| started.is_some_and(|t| t.elapsed() > limits.request);
+    let slow = || bad(408, "the request did not arrive in time");
     // The head.
     let (head_len, method, path, content_length, authorization, keep_alive, chunked) = loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -115,10 +131,20 @@ pub fn read_request(
         match stream.read(&mut chunk) {
             Ok(0) if buf.is_empty() => return Ok(None),
             Ok(0) => return Err(bad(400, "the connection closed inside a request head")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if buf.is_empty() && is_timeout(&e) => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                started.get_or_insert_with(Instant::now);
+            }
+            Err(e) if is_timeout(&e) && started.is_none() => {
+                if waiting.elapsed() > limits.idle {
+                    return Ok(None);
+                }
+            }
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Ok(None),
+        }
+        if too_slow(started) {
+            return Err(slow());
         }
     };
     if chunked {
@@ -139,8 +165,11 @@ pub fn read_request(
         match stream.read(&mut chunk) {
             Ok(0) => return Err(bad(400, "the connection closed inside the request body")),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(bad(408, format!("reading the request body: {e}"))),
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(bad(400, format!("reading the request body: {e}"))),
+        }
+        if too_slow(started) {
+            return Err(slow());
         }
     }
     let body: Vec<u8> = buf.drain(..len).collect();
@@ -259,6 +288,52 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const ROOMY: Deadlines = Deadlines {
+        idle: Duration::from_secs(60),
+        request: Duration::from_secs(60),
+    };
+
+    /// Gives `bytes`, then times out forever (a client that stopped sending).
+    struct Stalled<'a>(&'a [u8]);
+
+    impl Read for Stalled<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = out.len().min(self.0.len()).min(3);
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn slow_requests_time_out_and_idle_connections_close() {
+        let quick = Deadlines {
+            idle: Duration::from_millis(20),
+            request: Duration::from_millis(20),
+        };
+        let mut buf = Vec::new();
+        // Idle: closed quietly.
+        let r = read_request(&mut Stalled(b""), &mut buf, 100, quick);
+        assert!(matches!(r, Ok(None)));
+        // Half a head, then nothing: 408.
+        let r = read_request(&mut Stalled(b"GET / HTTP/1.1\r\nX: "), &mut buf, 100, quick);
+        assert_eq!(r.err().map(|b| b.status), Some(408));
+        // Half a body: 408.
+        buf.clear();
+        let head = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
+        let r = read_request(&mut Stalled(head), &mut buf, 100, quick);
+        assert_eq!(r.err().map(|b| b.status), Some(408));
+        // Whole, three bytes a read: fine.
+        buf.clear();
+        let whole = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        let r = read_request(&mut Stalled(whole), &mut buf, 100, ROOMY);
+        assert_eq!(r.ok().flatten().map(|r| r.body), Some(b"abc".to_vec()));
+    }
+
     /// What a request parsed to: method, path, body, keep-alive; or the error status.
     type Parsed = Result<(String, String, Vec<u8>, bool), u16>;
 
@@ -267,7 +342,7 @@ mod tests {
         let mut buf = Vec::new();
         let mut out = Vec::new();
         loop {
-            match read_request(&mut src, &mut buf, max_body) {
+            match read_request(&mut src, &mut buf, max_body, ROOMY) {
                 Ok(Some(r)) => out.push(Ok((r.method, r.path, r.body, r.keep_alive))),
                 Ok(None) => return out,
                 Err(b) => {

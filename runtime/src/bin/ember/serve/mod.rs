@@ -35,8 +35,16 @@ use crate::commands::{
 use api::{Kind, ModelInfo};
 use worker::{Cmd, Event, Snapshot};
 
-/// A connection idle this long between requests is closed.
-const IDLE: Duration = Duration::from_secs(60);
+/// A connection idle this long between requests is closed; a request must arrive whole
+/// within `request` of its first byte (else 408).
+const DEADLINES: http::Deadlines = http::Deadlines {
+    idle: Duration::from_secs(60),
+    request: Duration::from_secs(30),
+};
+/// The socket's read timeout: how often a blocked read wakes up to check the deadlines.
+const READ_TICK: Duration = Duration::from_secs(1);
+/// A client that takes longer than this to accept a response's bytes is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a connection waiting for its request's tokens checks that its client is there.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -75,8 +83,8 @@ pub fn serve(raw: &[OsString]) -> CliResult {
     let host = a.str("host").unwrap_or("127.0.0.1").to_string();
     let port: u16 = a.get_or("port", 8080).map_err(usage)?;
     let max_queue: usize = a.get_or("max-queue", 64).map_err(usage)?;
-    let max_body: usize = a.get_or("max-body", 4 << 20).map_err(usage)?;
-    let max_conns: usize = a.get_or("max-connections", 256).map_err(usage)?;
+    let max_body: usize = a.get_or("max-body", 1 << 20).map_err(usage)?;
+    let max_conns: usize = a.get_or("max-connections", 64).map_err(usage)?;
     if max_conns == 0 || max_body == 0 {
         return Err(usage(
             "--max-connections and --max-body must be at least 1".into(),
@@ -207,11 +215,11 @@ fn busy(stream: &mut TcpStream, why: &str) {
 /// Serve one connection's requests until it closes, errs or idles.
 fn connection(mut stream: TcpStream, ctx: &Ctx) {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(IDLE));
-    let _ = stream.set_write_timeout(Some(IDLE));
+    let _ = stream.set_read_timeout(Some(READ_TICK));
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut buf = Vec::new();
     loop {
-        let req = match http::read_request(&mut stream, &mut buf, ctx.max_body) {
+        let req = match http::read_request(&mut stream, &mut buf, ctx.max_body, DEADLINES) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(bad) => {

@@ -25,6 +25,7 @@ mod batch;
 mod commands;
 mod info;
 mod input;
+mod model_files;
 mod output;
 mod progress;
 mod serve;
@@ -154,10 +155,10 @@ fn main() -> ExitCode {
         "info" => info::info(rest),
         "perplexity" => commands::perplexity(rest),
         "bench" => commands::bench(rest),
-        "convert" => commands::convert(rest),
+        "convert" => model_files::convert(rest),
         "batch" => batch::batch(rest),
         "serve" => serve::serve(rest),
-        "synth" => commands::synth(rest),
+        "synth" => model_files::synth(rest),
         other => Err(commands::CliError::Usage(format!(
             "unknown command {other:?}"
         ))),

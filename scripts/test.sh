@@ -81,7 +81,9 @@ fi
 # the engine's prompt_cache_tests still run here on the reference kernels), and the JSON Schema
 # outputs of SmolLM2 checked by Python's jsonschema (the grammar and the sampler do not depend
 # on the kernels; the grammar's own tests run here), and the OpenAI client against `ember serve`
-# (HTTP and the engine's batching do not depend on the kernels; the raw-HTTP server test runs).
+# (HTTP and the engine's batching do not depend on the kernels; the raw-HTTP server test runs),
+# and the k-quant conversions compared with llama-quantize's files (20 s; conversion runs the
+# reference quantizers in every build, and their own tests run here).
 section "tests (--no-default-features: scalar only)"
 EMBER_EXPECT_CPU=scalar cargo test --workspace --locked --no-default-features -- --test-threads=1 \
     --skip perplexity_matches_llama_cpp --skip greedy_matches_llama_cpp \
@@ -89,7 +91,8 @@ EMBER_EXPECT_CPU=scalar cargo test --workspace --locked --no-default-features --
     --skip shared_prefix_is_stored_and_computed_once \
     --skip hundred_steps_with_eight_sequences_allocate_nothing \
     --skip prompt_cache_files_reuse_the_prompt_and_refuse_bad_files \
-    --skip schema_outputs_validate --skip openai_client_against_ember_serve
+    --skip schema_outputs_validate --skip openai_client_against_ember_serve \
+    --skip kquants_equal_llama_quantize
 section "aarch64 (cross-build, qemu)"
 bash scripts/ci/test-aarch64.sh
 

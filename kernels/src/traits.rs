@@ -10,7 +10,7 @@
 //! Q8_0 / Q8_1. Skipping the activation quantization is not an option: the dots read
 //! activation bytes in `vec_dot_type`, and ggml's results include that rounding.
 
-use crate::reference::{float, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8, q8_k};
+use crate::reference::{float, kquant_search, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8, q8_k};
 use crate::GgmlType;
 
 /// Dequantizes `src`, which holds exactly `out.len() / block_size` blocks, into `out`.
@@ -29,8 +29,9 @@ pub struct TypeTraits {
     pub vec_dot_type: GgmlType,
     /// Dequantize: `src` holds exactly `out.len() / block_size` blocks.
     pub to_float: ToFloatFn,
-    /// Quantize `src` (len multiple of block_size) into `out` (exact byte length); `None` where
-    /// ggml has no simple reference quantization (Q4_K, Q5_K, Q6_K).
+    /// Quantize `src` (len multiple of block_size) into `out` (exact byte length): ggml's
+    /// reference quantizer of the format (for the k-quants an iterative search, see
+    /// [`crate::reference::kquant_search`]). `None` for none of the supported types today.
     pub from_float: Option<FromFloatFn>,
     /// Quantize activations before a product (`None` for types that are never activations).
     pub quantize_act: Option<FromFloatFn>,
@@ -159,7 +160,7 @@ static Q4_K: TypeTraits = TypeTraits {
     ty: GgmlType::Q4_K,
     vec_dot_type: GgmlType::Q8_K,
     to_float: q4_k::dequantize_row_q4_k,
-    from_float: None,
+    from_float: Some(kquant_search::quantize_row_q4_k),
     quantize_act: None,
     vec_dot: q4_k::vec_dot_q4_k_q8_k,
     vec_dot_batched: Some((BatchRows::FullQuads, q4_k::vec_dot_q4_k_q8_k_x4)),
@@ -169,7 +170,7 @@ static Q5_K: TypeTraits = TypeTraits {
     ty: GgmlType::Q5_K,
     vec_dot_type: GgmlType::Q8_K,
     to_float: q5_k::dequantize_row_q5_k,
-    from_float: None,
+    from_float: Some(kquant_search::quantize_row_q5_k),
     quantize_act: None,
     vec_dot: q5_k::vec_dot_q5_k_q8_k,
     vec_dot_batched: None,
@@ -179,7 +180,7 @@ static Q6_K: TypeTraits = TypeTraits {
     ty: GgmlType::Q6_K,
     vec_dot_type: GgmlType::Q8_K,
     to_float: q6_k::dequantize_row_q6_k,
-    from_float: None,
+    from_float: Some(kquant_search::quantize_row_q6_k),
     quantize_act: None,
     vec_dot: q6_k::vec_dot_q6_k_q8_k,
     vec_dot_batched: Some((BatchRows::AllFrom(8), q6_k::vec_dot_q6_k_q8_k_tiled)),

@@ -120,8 +120,11 @@ fn random_tensor(
             ),
         })? as usize;
     let mut out = vec![0u8; rows * row_bytes];
+    // Quantized from random floats, except the k-quants: their quantizer is a search, slow for
+    // the billion-weight shapes the benchmarks synthesize, and random quants serve as well.
     let from_float = reference_traits(ty).and_then(|t| t.from_float);
-    if let Some(q) = from_float {
+    let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K);
+    if let (Some(q), false) = (from_float, k_quant) {
         let mut row = vec![0f32; cols];
         for r in 0..rows {
             row.iter_mut().for_each(|x| *x = rng.uniform() * scale);
@@ -129,7 +132,7 @@ fn random_tensor(
         }
         return Ok(out);
     }
-    // No quantizer (K-quants): random quants with small, finite scales at the format's f16 fields.
+    // K-quants: random quants with small, finite scales at the format's f16 fields.
     out.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
     let put = |blk: &mut [u8], at: usize, v: f32| {
         blk[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes())

@@ -255,3 +255,68 @@ fn progress_only_when_asked_or_on_a_terminal() {
         );
     }
 }
+
+/// `--type` takes llama-quantize's mix names (any case) as well as weight types; the mix's
+/// rules and the file type are applied (their bytes are checked against llama-quantize on the
+/// real models in convert_kquants.rs); an unknown name lists both.
+#[test]
+fn convert_takes_k_quant_mixes() {
+    let m = tmp("kmix-synth.gguf");
+    let o = ember(&[
+        "synth",
+        "-o",
+        m.to_str().unwrap(),
+        "--embd",
+        "256",
+        "--ff",
+        "512",
+        "--layers",
+        "8",
+        "--separate-output",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = tmp("kmix-q4km.gguf");
+    let o = ember(&[
+        "convert",
+        "-m",
+        m.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--type",
+        "q4_k_m",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = ember::gguf::GgufFile::open(&out).expect("converted file");
+    assert_eq!(f.get_u64("general.file_type").unwrap(), Some(15));
+    let ty = |name: &str| f.tensors().iter().find(|t| t.name == name).expect(name).ty;
+    use ember_kernels::GgmlType::{Q4_K, Q6_K};
+    assert_eq!(ty("output.weight"), Q6_K);
+    assert_eq!(ty("token_embd.weight"), Q4_K);
+    assert_eq!(ty("blk.0.attn_q.weight"), Q4_K);
+    // 8 layers: the first and last (8 / 8 = 1) and every third between get more bits.
+    let six: Vec<usize> = (0..8)
+        .filter(|i| ty(&format!("blk.{i}.ffn_down.weight")) == Q6_K)
+        .collect();
+    assert_eq!(six, [0, 3, 6, 7]);
+    // It runs.
+    let o = ember(&[
+        "generate",
+        "-m",
+        out.to_str().unwrap(),
+        "-p",
+        "ab",
+        "-n",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ember(&[
+        "convert",
+        "-m",
+        m.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--type",
+        "Q3_K_M",
+    ]);
+    expect_exit(&o, 2, "mixes: Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M");
+}

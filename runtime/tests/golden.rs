@@ -68,7 +68,7 @@ fn greedy_first_steps_match_llama_cpp() {
 fn f32_weights_match_llama_cpp_f32_goldens() {
     let q = SMOLLM2.model();
     let opts = ember::convert::ConvertOptions {
-        weight_type: Some(ember_kernels::GgmlType::F32),
+        quantization: Some(ember_kernels::GgmlType::F32.into()),
         keep_layers: None,
     };
     let bytes = ember::convert::convert(&q.file, &opts)

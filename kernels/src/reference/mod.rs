@@ -20,6 +20,7 @@
 pub mod attention;
 pub mod expf;
 pub mod float;
+pub mod kquant_search;
 pub mod ops;
 pub mod q4_0;
 pub mod q4_1;

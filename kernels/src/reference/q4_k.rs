@@ -8,8 +8,7 @@
 //! in the top 2 bits of bytes 0..4 (scale) and 4..8 (minimum). Quants: each 32-byte chunk `c` of
 //! `qs` holds group `2c` in its low nibbles and group `2c + 1` in its high nibbles.
 //!
-//! No quantization here: ggml's `quantize_row_q4_K_ref` is an iterative search whose output is a
-//! model-file concern, not an inference one.
+//! Quantization (ggml's `quantize_row_q4_K_ref`, an iterative search) is in `kquant_search`.
 
 use super::q8_k::BlockQ8K;
 use super::{bytes, f16_le, Block, QK_K};

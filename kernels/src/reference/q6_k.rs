@@ -7,7 +7,7 @@
 //! `ql[l]`, the low nibble of `ql[l + 32]`, the high nibble of `ql[l]`, the high nibble of
 //! `ql[l + 32]`, and their top 2 bits from bits 0-1, 2-3, 4-5, 6-7 of `qh[l]`.
 //!
-//! No quantization here (ggml's `quantize_row_q6_K_ref` is an iterative search).
+//! Quantization (ggml's `quantize_row_q6_K_ref`, an iterative search) is in `kquant_search`.
 
 use super::q8_k::BlockQ8K;
 use super::{bytes, f16_le, signed_bytes, Block, QK_K};

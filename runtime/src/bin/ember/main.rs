@@ -87,7 +87,9 @@ commands:
                         past Q requests waiting (default 64): 503 with Retry-After;
                         --draft-model: every request drafts K tokens (default 8) with it
   convert -o OUT [--type T] [--layers N]
-                        rewrite the model: weights converted to type T, first N blocks only
+                        rewrite the model: weights converted to type T, first N blocks only;
+                        T a weight type or a k-quant mix (Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M):
+                        the same file llama-quantize writes (no importance matrix)
   synth -o OUT [--arch llama|qwen2|gemma3] [--type T] [--embd-type T] [--vocab N] [--embd N]
         [--layers N] [--heads N] [--kv-heads N] [--ff N] [--seed S] [--separate-output]
         [--window N]            (gemma3's sliding window, default 32)

@@ -19,6 +19,25 @@ fn parse_type(name: &str) -> Result<ember_kernels::GgmlType, CliError> {
         })
 }
 
+/// A weight type (`Q8_0`) or one of llama-quantize's k-quant mixes (`Q4_K_M`).
+fn parse_quantization(name: &str) -> Result<ember::convert::Quantization, CliError> {
+    use ember::convert::{KMix, Quantization};
+    if let Some(m) = KMix::ALL
+        .into_iter()
+        .find(|m| m.name().eq_ignore_ascii_case(name))
+    {
+        return Ok(Quantization::Mix(m));
+    }
+    parse_type(name).map(Quantization::Uniform).map_err(|_| {
+        let mixes: Vec<&str> = KMix::ALL.iter().map(|m| m.name()).collect();
+        usage(format!(
+            "unknown type {name:?} (supported: {}; mixes: {})",
+            ember_kernels::supported_names(),
+            mixes.join(", ")
+        ))
+    })
+}
+
 pub fn convert(raw: &[OsString]) -> CliResult {
     let a = parse(
         raw,
@@ -41,7 +60,7 @@ pub fn convert(raw: &[OsString]) -> CliResult {
         )));
     }
     let opts = ember::convert::ConvertOptions {
-        weight_type: a.str("type").map(parse_type).transpose()?,
+        quantization: a.str("type").map(parse_quantization).transpose()?,
         keep_layers: a.get("layers").map_err(usage)?,
     };
     let file = ember::gguf::GgufFile::open(&input)?;

@@ -3,8 +3,14 @@
 //!
 //! Used to make test models from the real one: an F32 copy (llama.cpp's `greedy_f32_activations`
 //! goldens were made from such a copy, where every product runs in plain f32), and truncated
-//! copies small enough for machines that cannot receive the full file. Metadata is copied value
-//! by value; 1-D tensors (norms, biases) keep their type.
+//! copies small enough for machines that cannot receive the full file. And for users, the
+//! quantizations llama-quantize makes (`recipe`): the same tensors, byte for byte, from the same
+//! input. Metadata is copied value by value (`general.file_type` set to the new quantization);
+//! 1-D tensors (norms, biases) keep their type.
+
+mod recipe;
+
+pub use recipe::{KMix, Quantization};
 
 use ember_kernels::traits::reference_traits;
 use ember_kernels::GgmlType;
@@ -16,8 +22,8 @@ use crate::gguf::{GgufFile, Value, ValueType};
 /// What to change.
 #[derive(Clone, Debug, Default)]
 pub struct ConvertOptions {
-    /// Convert every 2-D tensor to this type (`None`: keep types).
-    pub weight_type: Option<GgmlType>,
+    /// Convert the weight matrices (`None`: keep types).
+    pub quantization: Option<Quantization>,
     /// Keep only blocks `0..n` (`None`: keep all).
     pub keep_layers: Option<usize>,
 }
@@ -144,9 +150,35 @@ pub fn convert_with(
             });
         }
     }
+    let n_layer = match opts.keep_layers {
+        Some(n) => n,
+        None => f.get_u64(&format!("{arch}.block_count"))?.unwrap_or(0) as usize,
+    };
+    let kept = |name: &str| match (opts.keep_layers, block_of(name)) {
+        (Some(n), Some(b)) => b < n,
+        _ => true,
+    };
+    let head_count = |key: &str| f.get_u64(&format!("{arch}.attention.{key}"));
+    let shape = recipe::ModelShape {
+        n_layer,
+        n_attn_v: f
+            .tensors()
+            .iter()
+            .filter(|t| kept(&t.name) && recipe::is_attn_v(&t.name))
+            .count(),
+        tied_embeddings: !f.tensors().iter().any(|t| t.name == "output.weight"),
+        llama_70b: arch == "llama"
+            && n_layer == 80
+            && head_count("head_count")? != head_count("head_count_kv")?,
+    };
+    // The file type names the new quantization (llama.cpp reads it for its model description).
+    // Set as llama-quantize sets it: removed where it was, appended after the quantization
+    // version.
+    let file_type = opts.quantization.and_then(Quantization::file_type);
     let mut w = GgufWriter::new();
     for (key, v) in f.metadata() {
-        if key == "general.alignment" {
+        let retyped = matches!(key, "general.quantization_version" | "general.file_type");
+        if key == "general.alignment" || (retyped && file_type.is_some()) {
             continue;
         }
         let mut mv = meta_value(f, key, v)?;
@@ -155,23 +187,38 @@ pub fn convert_with(
         }
         w.kv(key, mv);
     }
-    let total = f.tensors().len();
-    for (i, t) in f.tensors().iter().enumerate() {
+    if let Some(ft) = file_type {
+        w.kv("general.quantization_version", MetaValue::U32(2));
+        w.kv("general.file_type", MetaValue::U32(ft));
+    }
+    // In llama-quantize's order (its loader's map: by block number, tensors outside blocks
+    // first, then by name), which is also the order its counters of value and FFN down
+    // projections advance in.
+    let mut order: Vec<&crate::gguf::TensorInfo> = f.tensors().iter().collect();
+    order.sort_by(|a, b| {
+        let layer = |n: &str| block_of(n).map_or(-1, |b| b as i64);
+        (layer(&a.name), &a.name).cmp(&(layer(&b.name), &b.name))
+    });
+    let total = order.len();
+    let mut seen = recipe::Counters::default();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    for (i, t) in order.into_iter().enumerate() {
         on_tensor(i, total);
-        if let (Some(n), Some(b)) = (opts.keep_layers, block_of(&t.name)) {
-            if b >= n {
-                continue;
-            }
+        if !kept(&t.name) {
+            continue;
         }
         let data = f.tensor_data(t);
         let dims = &t.ne[..t.n_dims as usize];
-        let target = match opts.weight_type {
-            Some(ty) if t.n_dims == 2 && ty != t.ty => ty,
-            _ => {
-                w.tensor(&t.name, t.ty, dims, data.to_vec());
-                continue;
+        let target = match opts.quantization {
+            Some(q) if recipe::quantizable(&t.name, t.n_dims) => {
+                recipe::target_type(q, &shape, &t.name, t.ne[0], &mut seen)
             }
+            _ => t.ty,
         };
+        if target == t.ty {
+            w.tensor(&t.name, t.ty, dims, data.to_vec());
+            continue;
+        }
         let unsupported = |ty: GgmlType| Error::UnsupportedType {
             tensor: t.name.clone(),
             ty: ty.name().into(),
@@ -190,11 +237,21 @@ pub fn convert_with(
             })? as usize,
         );
         let mut out = vec![0u8; rows * dst_rb];
-        let mut row = vec![0f32; cols];
-        for r in 0..rows {
-            (src.to_float)(&data[r * src_rb..(r + 1) * src_rb], &mut row);
-            dst(&row, &mut out[r * dst_rb..(r + 1) * dst_rb]);
-        }
+        // Rows are independent (every format quantizes row by row): one run of rows per
+        // thread. The k-quants' searches make this the slow part of a conversion.
+        let per = rows.div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            for (chunk, dst_rows) in out.chunks_mut(per * dst_rb).enumerate() {
+                let src_rows = &data[chunk * per * src_rb..];
+                s.spawn(move || {
+                    let mut row = vec![0f32; cols];
+                    for (r, o) in dst_rows.chunks_exact_mut(dst_rb).enumerate() {
+                        (src.to_float)(&src_rows[r * src_rb..(r + 1) * src_rb], &mut row);
+                        dst(&row, o);
+                    }
+                });
+            }
+        });
         w.tensor(&t.name, target, dims, out);
     }
     on_tensor(total, total);

@@ -123,7 +123,7 @@ fn block_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
-/// Build the rewritten model.
+/// Build the rewritten model in memory.
 pub fn convert(f: &GgufFile, opts: &ConvertOptions) -> Result<GgufWriter> {
     convert_with(f, opts, |_, _| {})
 }
@@ -134,6 +134,60 @@ pub fn convert_with(
     opts: &ConvertOptions,
     mut on_tensor: impl FnMut(usize, usize),
 ) -> Result<GgufWriter> {
+    let mut plan = plan(f, opts)?;
+    let total = plan.jobs.len();
+    for (i, job) in plan.jobs.iter().enumerate() {
+        on_tensor(i, total);
+        let mut data = Vec::new();
+        produce(f, job, &mut data);
+        let t = job.src;
+        plan.writer
+            .replace_tensor(&t.name, job.target, &t.ne[..t.n_dims as usize], data);
+    }
+    on_tensor(total, total);
+    Ok(plan.writer)
+}
+
+/// Converts into the file `path`, one tensor at a time (memory holds one converted tensor, not
+/// the model), through a temporary file renamed over `path` at the end (see
+/// [`GgufWriter::write_streaming`]). Calls `on_tensor(done, total)` as it goes.
+///
+/// Errors: those of [`convert`] (before anything is written) and of the write.
+pub fn convert_to_file(
+    f: &GgufFile,
+    opts: &ConvertOptions,
+    path: &std::path::Path,
+    mut on_tensor: impl FnMut(usize, usize),
+) -> Result<()> {
+    let plan = plan(f, opts)?;
+    let total = plan.jobs.len();
+    on_tensor(0, total);
+    plan.writer
+        .write_streaming(path, |i, buf| {
+            produce(f, &plan.jobs[i], buf);
+            on_tensor(i + 1, total);
+            Ok(())
+        })
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// One tensor of the output: where its data comes from and its new type.
+struct Job<'a> {
+    src: &'a crate::gguf::TensorInfo,
+    target: GgmlType,
+}
+
+/// The output's metadata and tensor infos (data deferred), and one job per output tensor, in
+/// the writer's order. Every check happens here, before any data is converted.
+struct Plan<'a> {
+    writer: GgufWriter,
+    jobs: Vec<Job<'a>>,
+}
+
+fn plan<'a>(f: &'a GgufFile, opts: &ConvertOptions) -> Result<Plan<'a>> {
     let arch = f
         .get_str("general.architecture")?
         .unwrap_or_default()
@@ -199,61 +253,76 @@ pub fn convert_with(
         let layer = |n: &str| block_of(n).map_or(-1, |b| b as i64);
         (layer(&a.name), &a.name).cmp(&(layer(&b.name), &b.name))
     });
-    let total = order.len();
     let mut seen = recipe::Counters::default();
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    for (i, t) in order.into_iter().enumerate() {
-        on_tensor(i, total);
+    let mut jobs = Vec::new();
+    for t in order {
         if !kept(&t.name) {
             continue;
         }
-        let data = f.tensor_data(t);
-        let dims = &t.ne[..t.n_dims as usize];
         let target = match opts.quantization {
             Some(q) if recipe::quantizable(&t.name, t.n_dims) => {
                 recipe::target_type(q, &shape, &t.name, t.ne[0], &mut seen)
             }
             _ => t.ty,
         };
-        if target == t.ty {
-            w.tensor(&t.name, t.ty, dims, data.to_vec());
-            continue;
-        }
-        let unsupported = |ty: GgmlType| Error::UnsupportedType {
-            tensor: t.name.clone(),
-            ty: ty.name().into(),
-        };
-        let src = reference_traits(t.ty).ok_or_else(|| unsupported(t.ty))?;
-        let dst = reference_traits(target)
-            .and_then(|k| k.from_float)
-            .ok_or_else(|| unsupported(target))?;
-        let cols = t.ne[0] as usize;
-        let rows = (t.n_elements() / t.ne[0]) as usize;
-        let (src_rb, dst_rb) = (
-            t.ty.row_bytes(t.ne[0]).expect("checked by the reader") as usize,
-            target.row_bytes(t.ne[0]).ok_or_else(|| Error::BadTensor {
-                name: t.name.clone(),
-                what: format!("row length {cols} is not a multiple of the {target} block size"),
-            })? as usize,
-        );
-        let mut out = vec![0u8; rows * dst_rb];
-        // Rows are independent (every format quantizes row by row): one run of rows per
-        // thread. The k-quants' searches make this the slow part of a conversion.
-        let per = rows.div_ceil(threads).max(1);
-        std::thread::scope(|s| {
-            for (chunk, dst_rows) in out.chunks_mut(per * dst_rb).enumerate() {
-                let src_rows = &data[chunk * per * src_rb..];
-                s.spawn(move || {
-                    let mut row = vec![0f32; cols];
-                    for (r, o) in dst_rows.chunks_exact_mut(dst_rb).enumerate() {
-                        (src.to_float)(&src_rows[r * src_rb..(r + 1) * src_rb], &mut row);
-                        dst(&row, o);
-                    }
+        if target != t.ty {
+            let unsupported = |ty: GgmlType| Error::UnsupportedType {
+                tensor: t.name.clone(),
+                ty: ty.name().into(),
+            };
+            reference_traits(t.ty).ok_or_else(|| unsupported(t.ty))?;
+            reference_traits(target)
+                .and_then(|k| k.from_float)
+                .ok_or_else(|| unsupported(target))?;
+            if target.row_bytes(t.ne[0]).is_none() {
+                return Err(Error::BadTensor {
+                    name: t.name.clone(),
+                    what: format!(
+                        "row length {} is not a multiple of the {target} block size",
+                        t.ne[0]
+                    ),
                 });
             }
-        });
-        w.tensor(&t.name, target, dims, out);
+        }
+        w.tensor_deferred(&t.name, target, &t.ne[..t.n_dims as usize]);
+        jobs.push(Job { src: t, target });
     }
-    on_tensor(total, total);
-    Ok(w)
+    Ok(Plan { writer: w, jobs })
+}
+
+/// The bytes of one output tensor, appended to `out`: the input's as they are, or converted
+/// (types checked by [`plan`]).
+fn produce(f: &GgufFile, job: &Job<'_>, out: &mut Vec<u8>) {
+    let (t, target) = (job.src, job.target);
+    let data = f.tensor_data(t);
+    if target == t.ty {
+        out.extend_from_slice(data);
+        return;
+    }
+    let src = reference_traits(t.ty).expect("checked by plan");
+    let dst = reference_traits(target)
+        .and_then(|k| k.from_float)
+        .expect("checked by plan");
+    let cols = t.ne[0] as usize;
+    let rows = (t.n_elements() / t.ne[0]) as usize;
+    let src_rb = t.ty.row_bytes(t.ne[0]).expect("checked by the reader") as usize;
+    let dst_rb = target.row_bytes(t.ne[0]).expect("checked by plan") as usize;
+    let at = out.len();
+    out.resize(at + rows * dst_rb, 0);
+    // Rows are independent (every format quantizes row by row): one run of rows per thread.
+    // The k-quants' searches make this the slow part of a conversion.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let per = rows.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for (chunk, dst_rows) in out[at..].chunks_mut(per * dst_rb).enumerate() {
+            let src_rows = &data[chunk * per * src_rb..];
+            s.spawn(move || {
+                let mut row = vec![0f32; cols];
+                for (r, o) in dst_rows.chunks_exact_mut(dst_rb).enumerate() {
+                    (src.to_float)(&src_rows[r * src_rb..(r + 1) * src_rb], &mut row);
+                    dst(&row, o);
+                }
+            });
+        }
+    });
 }

@@ -147,7 +147,8 @@ struct PendingTensor {
     name: String,
     ty: GgmlType,
     dims: Vec<u64>,
-    data: Vec<u8>,
+    /// `None`: produced while writing ([`GgufWriter::tensor_deferred`]).
+    data: Option<Vec<u8>>,
 }
 
 /// Where one kv pair sits in the written file.
@@ -348,7 +349,20 @@ impl GgufWriter {
             name: name.to_string(),
             ty,
             dims: dims.to_vec(),
-            data,
+            data: Some(data),
+        });
+        self
+    }
+
+    /// Adds a tensor whose data is produced only when the file is written, by the `fill`
+    /// function of [`GgufWriter::write_streaming`]: a file larger than memory can be written
+    /// one tensor at a time. [`GgufWriter::to_bytes`] refuses a writer holding one.
+    pub fn tensor_deferred(&mut self, name: &str, ty: GgmlType, dims: &[u64]) -> &mut Self {
+        self.tensors.push(PendingTensor {
+            name: name.to_string(),
+            ty,
+            dims: dims.to_vec(),
+            data: None,
         });
         self
     }
@@ -366,7 +380,7 @@ impl GgufWriter {
             Some(t) => {
                 t.ty = ty;
                 t.dims = dims.to_vec();
-                t.data = data;
+                t.data = Some(data);
                 self
             }
             None => self.tensor(name, ty, dims, data),
@@ -395,8 +409,28 @@ impl GgufWriter {
 
     /// The file's bytes and the offset of every section (see [`GgufLayout`]).
     ///
-    /// Errors: as [`GgufWriter::to_bytes`].
+    /// Errors: as [`GgufWriter::to_bytes`], and a tensor added with
+    /// [`GgufWriter::tensor_deferred`].
     pub fn to_bytes_with_layout(&self) -> Result<(Vec<u8>, GgufLayout), String> {
+        let (mut out, mut layout) = self.head()?;
+        for (t, l) in self.tensors.iter().zip(&layout.tensors) {
+            let data = t.data.as_deref().ok_or_else(|| {
+                format!(
+                    "tensor {}: its data is deferred (write it with write_streaming)",
+                    t.name
+                )
+            })?;
+            debug_assert_eq!(out.len() as u64, l.data_start);
+            out.extend_from_slice(data);
+            pad_to(&mut out, self.alignment as u64);
+        }
+        layout.len = out.len() as u64;
+        Ok((out, layout))
+    }
+
+    /// Everything before the tensor data (header, kv pairs, tensor infos, padding), and the
+    /// layout of the whole file (`len` set to where the data would end).
+    fn head(&self) -> Result<(Vec<u8>, GgufLayout), String> {
         if !self.alignment.is_power_of_two() {
             return Err(format!(
                 "alignment {} is not a power of two; to write a bad {ALIGNMENT_KEY}, keep a valid \
@@ -405,18 +439,20 @@ impl GgufWriter {
             ));
         }
         let align = self.alignment as u64;
+        let mut sizes = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
             let want =
                 tensor_bytes(t.ty, &t.dims).map_err(|e| format!("tensor {}: {e}", t.name))?;
-            if t.data.len() as u64 != want {
+            if let Some(d) = t.data.as_ref().filter(|d| d.len() as u64 != want) {
                 return Err(format!(
                     "tensor {}: data is {} bytes but {} {:?} needs {want}",
                     t.name,
-                    t.data.len(),
+                    d.len(),
                     t.ty,
                     t.dims
                 ));
             }
+            sizes.push(want);
         }
 
         let auto_alignment = (self.alignment != DEFAULT_ALIGNMENT
@@ -447,7 +483,7 @@ impl GgufWriter {
         let tensor_infos_start = out.len() as u64;
         let mut tensor_layout = Vec::with_capacity(self.tensors.len());
         let mut data_offset = 0u64;
-        for t in &self.tensors {
+        for (t, &len) in self.tensors.iter().zip(&sizes) {
             let info_start = out.len() as u64;
             put_str(&mut out, &t.name);
             put_u32(&mut out, t.dims.len() as u32);
@@ -462,27 +498,77 @@ impl GgufWriter {
                 type_at,
                 offset_at,
                 data_start: data_offset, // relative for now, made absolute below
-                data_len: t.data.len() as u64,
+                data_len: len,
             });
-            data_offset = (data_offset + t.data.len() as u64).next_multiple_of(align);
+            data_offset = (data_offset + len).next_multiple_of(align);
         }
 
         pad_to(&mut out, align);
         let data_start = out.len() as u64;
-        for (t, layout) in self.tensors.iter().zip(&mut tensor_layout) {
-            layout.data_start += data_start;
-            out.extend_from_slice(&t.data);
-            pad_to(&mut out, align);
+        for l in &mut tensor_layout {
+            l.data_start += data_start;
         }
-
         let layout = GgufLayout {
             kvs: kv_layout,
             tensor_infos_start,
             tensors: tensor_layout,
             data_start,
-            len: out.len() as u64,
+            len: data_start + data_offset,
         };
         Ok((out, layout))
+    }
+
+    /// Writes the file to `path` as [`GgufWriter::write_to`] does, one tensor at a time: the
+    /// data of a tensor added with [`GgufWriter::tensor_deferred`] is produced by
+    /// `fill(index, buf)` (the tensor's index in file order; `buf` comes empty and must hold
+    /// exactly the tensor's bytes on return), so only one such tensor is in memory at a time.
+    ///
+    /// Errors: those of [`GgufWriter::write_to`], `fill`'s (as `Other`), and a `fill` that
+    /// produced the wrong number of bytes (`InvalidData`). The temporary file is removed.
+    pub fn write_streaming(
+        &self,
+        path: &Path,
+        mut fill: impl FnMut(usize, &mut Vec<u8>) -> Result<(), String>,
+    ) -> std::io::Result<()> {
+        use std::io::{Error, ErrorKind, Write};
+        let (head, layout) = self
+            .head()
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
+        write_atomically(path, |file| {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            w.write_all(&head)?;
+            let mut buf = Vec::new();
+            let zeros = [0u8; 256];
+            for (i, (t, l)) in self.tensors.iter().zip(&layout.tensors).enumerate() {
+                let data = match &t.data {
+                    Some(d) => d.as_slice(),
+                    None => {
+                        buf.clear();
+                        fill(i, &mut buf).map_err(Error::other)?;
+                        if buf.len() as u64 != l.data_len {
+                            return Err(Error::new(
+                                ErrorKind::InvalidData,
+                                format!(
+                                    "tensor {}: {} bytes produced, {} needed",
+                                    t.name,
+                                    buf.len(),
+                                    l.data_len
+                                ),
+                            ));
+                        }
+                        buf.as_slice()
+                    }
+                };
+                w.write_all(data)?;
+                let end = l.data_start + l.data_len;
+                let pad = (end.next_multiple_of(self.alignment as u64) - end) as usize;
+                for chunk in std::iter::repeat_n(&zeros[..], pad / 256) {
+                    w.write_all(chunk)?;
+                }
+                w.write_all(&zeros[..pad % 256])?;
+            }
+            w.flush()
+        })
     }
 
     /// Writes the file to `path`.
@@ -494,25 +580,37 @@ impl GgufWriter {
     /// was, and a file that is mapped by another process (or is this process's own input)
     /// keeps its old contents for as long as it is mapped instead of changing under it.
     pub fn write_to(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
         let bytes = self
             .to_bytes()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let name = path.file_name().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the output path names no file",
-            )
-        })?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".tmp-{}", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
-        let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+        write_atomically(path, |f| f.write_all(&bytes))
     }
+}
+
+/// Runs `write` on a new temporary file beside `path` (`.NAME.tmp-PID`), then renames it over
+/// `path`; on any error the temporary file is removed and `path` is left as it was.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the output path names no file",
+        )
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| write(&mut f))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

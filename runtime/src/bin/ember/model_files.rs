@@ -65,14 +65,12 @@ pub fn convert(raw: &[OsString]) -> CliResult {
     };
     let file = ember::gguf::GgufFile::open(&input)?;
     let mut bar = crate::progress::Progress::new("convert: tensors", None);
-    let w = ember::convert::convert_with(&file, &opts, |done, total| {
+    // Written one tensor at a time to a temporary file beside OUT, then renamed over it.
+    ember::convert::convert_to_file(&file, &opts, &out, |done, total| {
         bar.set_total(total as u64);
         bar.set(done as u64, "");
     })?;
     bar.finish();
-    // Written to a temporary file beside OUT, then renamed over it (GgufWriter::write_to).
-    w.write_to(&out)
-        .map_err(|e| CliError::Run(format!("{}: {e}", out.display())))?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

@@ -86,6 +86,51 @@ fn every_value_type() -> GgufWriter {
     w
 }
 
+/// A file written one deferred tensor at a time is the file `to_bytes` builds; a `fill` that
+/// fails or produces the wrong length leaves no file (and no temporary one) behind.
+#[test]
+fn streaming_writes_the_same_file() {
+    let full = every_value_type();
+    let want = full.to_bytes().unwrap();
+    let mut w = full.clone();
+    let datas: Vec<Vec<u8>> = full
+        .tensors
+        .iter()
+        .map(|t| t.data.clone().unwrap())
+        .collect();
+    // Every other tensor deferred (the rest keep their data), in place.
+    for t in w.tensors.iter_mut().step_by(2) {
+        t.data = None;
+    }
+    assert!(w.to_bytes().unwrap_err().contains("deferred"));
+    let dir = std::env::temp_dir().join(format!("ember-writer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("streamed.gguf");
+    let mut filled = Vec::new();
+    w.write_streaming(&path, |i, buf| {
+        filled.push(i);
+        buf.extend_from_slice(&datas[i]);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), want);
+    assert_eq!(filled, [0, 2, 4]);
+    let bad = dir.join("bad.gguf");
+    let short = w.write_streaming(&bad, |i, buf| {
+        buf.extend_from_slice(&datas[i][1..]);
+        Ok(())
+    });
+    assert_eq!(short.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+    let failed = w.write_streaming(&bad, |_, _| Err("no data".into()));
+    assert!(failed.unwrap_err().to_string().contains("no data"));
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("streamed.gguf")]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn layout_is_aligned_and_consistent() {
     let w = every_value_type();
@@ -272,7 +317,7 @@ fn python_gguf_reader_agrees() {
         .iter_mut()
         .zip(&w.tensors)
     {
-        let hex: String = want.data.iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = want.data.iter().flatten().map(|b| format!("{b:02x}")).collect();
         assert_eq!(t["data"], json!(hex), "tensor {}", want.name);
         t.as_object_mut().unwrap().remove("data");
     }

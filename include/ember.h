@@ -63,6 +63,12 @@
 #define EMBER_CONTEXT_TRUNCATE 1
 
 /**
+ * `ember_params.context_policy`: let the generation run past the end of the context,
+ * dropping old tokens (llama.cpp's context shift; see `ember_params.context_policy`).
+ */
+#define EMBER_CONTEXT_SHIFT 2
+
+/**
  * Result of every fallible `ember_*` function. Values are stable and never renumbered.
  */
 enum ember_result
@@ -441,8 +447,13 @@ typedef struct ember_params {
      * messages and the last turn
      * alone leave less than `max_tokens`, lowers `max_tokens` to the room left
      * (`EMBER_ERR_TOO_LARGE` only when they leave none). `ember_submit` and
-     * `ember_submit_tokens` have no turns and ignore it. Other values:
-     * `EMBER_ERR_INVALID_ARGUMENT`.
+     * `ember_submit_tokens` have no turns and ignore these two. `EMBER_CONTEXT_SHIFT`, for
+     * every submit: the generation runs past the end of the context (prompt + `max_tokens`
+     * need not fit; the prompt must) — when it reaches the end, the first `context_keep`
+     * tokens stay, half of the rest is dropped and the kept keys are rotated to their new
+     * positions (llama.cpp's context shift; not with `draft_k`); `ember_submit_chat` fits
+     * the messages as `EMBER_CONTEXT_TRUNCATE` does, with room for the start of the reply.
+     * Other values: `EMBER_ERR_INVALID_ARGUMENT`.
      */
     uint32_t context_policy;
     /**
@@ -468,6 +479,13 @@ typedef struct ember_params {
      * default) turns it off; above 16 is `EMBER_ERR_INVALID_ARGUMENT`.
      */
     uint32_t draft_k;
+    /**
+     * Under `EMBER_CONTEXT_SHIFT`: tokens at the start that a shift never drops (e.g. the
+     * system prompt's count, from `ember_tokenize`), rounded up to whole KV blocks; the first
+     * block always stays. Leaving nothing to drop in the context is
+     * `EMBER_ERR_INVALID_ARGUMENT`. Default 0.
+     */
+    uint32_t context_keep;
 } ember_params;
 
 /**

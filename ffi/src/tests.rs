@@ -269,3 +269,76 @@ fn parallel_samples_through_the_abi_equal_the_engine() {
         ember_runtime_free(rt);
     }
 }
+
+/// `EMBER_CONTEXT_SHIFT`: a generation three contexts long runs to `max_tokens` with the ids the
+/// engine gives the same shifting request; without it the request is `EMBER_ERR_TOO_LARGE`; a
+/// `context_keep` that leaves nothing to drop is `EMBER_ERR_INVALID_ARGUMENT`.
+#[test]
+fn context_shift_through_the_abi_equals_the_engine() {
+    let (dir, path) = synth_model();
+    let mut rt = ptr::null_mut();
+    let cfg = ember_config {
+        n_ctx: 64,
+        ..small_config()
+    };
+    // SAFETY: valid path, config and out-pointer.
+    let r = unsafe { ember_runtime_new(path.as_ptr(), &cfg, &mut rt) };
+    assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
+    let mut params = ember_params_default();
+    params.max_tokens = 192;
+    params.ignore_eos = true;
+    let mut id = 0;
+    // SAFETY: valid arguments.
+    let r = unsafe { ember_submit(rt, c"ab".as_ptr(), &params, &mut id) };
+    assert_eq!(r, ember_result::EMBER_ERR_TOO_LARGE, "{}", last_error());
+    params.context_policy = EMBER_CONTEXT_SHIFT;
+    params.context_keep = 60;
+    // SAFETY: valid arguments.
+    let r = unsafe { ember_submit(rt, c"ab".as_ptr(), &params, &mut id) };
+    assert_eq!(r, ember_result::EMBER_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("keep at most"), "{}", last_error());
+    params.context_keep = 8;
+    // SAFETY: valid arguments.
+    let r = unsafe { ember_submit(rt, c"ab".as_ptr(), &params, &mut id) };
+    assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
+    let mut more = true;
+    while more {
+        // SAFETY: valid arguments.
+        assert_eq!(unsafe { ember_step(rt, &mut more) }, ember_result::EMBER_OK);
+    }
+    let mut ids = Vec::new();
+    loop {
+        let mut ev = std::mem::MaybeUninit::<ember_event>::uninit();
+        // SAFETY: valid arguments.
+        let r = unsafe { ember_next(rt, id, 0, ev.as_mut_ptr()) };
+        assert_eq!(r, ember_result::EMBER_OK);
+        // SAFETY: written on success.
+        let ev = unsafe { ev.assume_init() };
+        if ev.kind == ember_event_kind::EMBER_EVENT_FINISHED {
+            assert_eq!(ev.finish_reason, ember_finish_reason::EMBER_FINISH_LENGTH);
+            break;
+        }
+        ids.push(ev.token);
+    }
+    assert_eq!(ids.len(), 192);
+    let model = ember::model::Model::load(dir.0.join("synth.gguf")).unwrap();
+    let mut e = ember::engine::Engine::new(model, cfg.to_engine().unwrap()).unwrap();
+    let params = ember::engine::RequestParams {
+        max_tokens: 192,
+        ignore_eos: true,
+        context_shift: Some(ember::engine::ContextShift { keep: 8 }),
+        ..Default::default()
+    };
+    let want = e.submit_text("ab", &params).unwrap();
+    while e.has_work() {
+        e.step().unwrap();
+    }
+    let o = e.output(want).unwrap().next().unwrap();
+    assert!(o.shifted_tokens > 0);
+    assert_eq!(ids, o.ids);
+    // SAFETY: valid arguments; then the handle is freed once.
+    unsafe {
+        assert_eq!(ember_release(rt, id), ember_result::EMBER_OK);
+        ember_runtime_free(rt);
+    }
+}

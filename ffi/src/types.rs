@@ -9,8 +9,8 @@ use std::ffi::{c_char, CStr};
 use std::sync::Arc;
 
 use ember::backend::{BackendKind, CudaWeights};
+use ember::engine::{ContextShift, FinishReason, KvBudget, Speculative};
 use ember::engine::{EngineConfig, RequestParams};
-use ember::engine::{FinishReason, KvBudget, Speculative};
 use ember::grammar::Grammar;
 use ember::sampler::SamplingParams;
 use ember::session::ContextPolicy;
@@ -215,8 +215,13 @@ pub struct ember_params {
     /// messages and the last turn
     /// alone leave less than `max_tokens`, lowers `max_tokens` to the room left
     /// (`EMBER_ERR_TOO_LARGE` only when they leave none). `ember_submit` and
-    /// `ember_submit_tokens` have no turns and ignore it. Other values:
-    /// `EMBER_ERR_INVALID_ARGUMENT`.
+    /// `ember_submit_tokens` have no turns and ignore these two. `EMBER_CONTEXT_SHIFT`, for
+    /// every submit: the generation runs past the end of the context (prompt + `max_tokens`
+    /// need not fit; the prompt must) — when it reaches the end, the first `context_keep`
+    /// tokens stay, half of the rest is dropped and the kept keys are rotated to their new
+    /// positions (llama.cpp's context shift; not with `draft_k`); `ember_submit_chat` fits
+    /// the messages as `EMBER_CONTEXT_TRUNCATE` does, with room for the start of the reply.
+    /// Other values: `EMBER_ERR_INVALID_ARGUMENT`.
     pub context_policy: u32,
     /// NUL-terminated GBNF grammar (llama.cpp's syntax, matching starts at rule `root`) the
     /// output must follow: only tokens that keep the text a prefix of the grammar's language
@@ -235,12 +240,20 @@ pub struct ember_params {
     /// same token for token, with fewer forward passes when the guesses are right. 0 (the
     /// default) turns it off; above 16 is `EMBER_ERR_INVALID_ARGUMENT`.
     pub draft_k: u32,
+    /// Under `EMBER_CONTEXT_SHIFT`: tokens at the start that a shift never drops (e.g. the
+    /// system prompt's count, from `ember_tokenize`), rounded up to whole KV blocks; the first
+    /// block always stays. Leaving nothing to drop in the context is
+    /// `EMBER_ERR_INVALID_ARGUMENT`. Default 0.
+    pub context_keep: u32,
 }
 
 /// `ember_params.context_policy`: refuse a chat that does not fit the context.
 pub const EMBER_CONTEXT_ERROR: u32 = 0;
 /// `ember_params.context_policy`: leave out a chat's oldest turns until it fits.
 pub const EMBER_CONTEXT_TRUNCATE: u32 = 1;
+/// `ember_params.context_policy`: let the generation run past the end of the context,
+/// dropping old tokens (llama.cpp's context shift; see `ember_params.context_policy`).
+pub const EMBER_CONTEXT_SHIFT: u32 = 2;
 
 impl Default for ember_params {
     fn default() -> Self {
@@ -265,6 +278,7 @@ impl Default for ember_params {
             grammar: std::ptr::null(),
             json_schema: std::ptr::null(),
             draft_k: 0,
+            context_keep: 0,
         }
     }
 }
@@ -311,8 +325,10 @@ impl ember_params {
         match self.context_policy {
             EMBER_CONTEXT_ERROR => Ok(ContextPolicy::Error),
             EMBER_CONTEXT_TRUNCATE => Ok(ContextPolicy::Truncate),
+            EMBER_CONTEXT_SHIFT => Ok(ContextPolicy::Shift),
             v => Err(Failure::invalid(format!(
-                "params.context_policy = {v} (EMBER_CONTEXT_ERROR or EMBER_CONTEXT_TRUNCATE)"
+                "params.context_policy = {v} (EMBER_CONTEXT_ERROR, EMBER_CONTEXT_TRUNCATE or \
+                 EMBER_CONTEXT_SHIFT)"
             ))),
         }
     }
@@ -322,7 +338,7 @@ impl ember_params {
     /// # Safety
     /// `stop` and `stop_ids` follow the field docs.
     pub(crate) unsafe fn to_request(self) -> Result<RequestParams, Failure> {
-        self.policy()?;
+        let policy = self.policy()?;
         if self.n_stop > MAX_STOPS || self.n_stop_ids > MAX_STOPS {
             return Err(Failure::invalid(format!(
                 "params: at most {MAX_STOPS} stop strings and {MAX_STOPS} stop ids"
@@ -358,6 +374,9 @@ impl ember_params {
             ignore_eos: self.ignore_eos,
             grammar,
             speculative: (self.draft_k > 0).then_some(Speculative::lookup(self.draft_k as usize)),
+            context_shift: (policy == ContextPolicy::Shift).then_some(ContextShift {
+                keep: self.context_keep as usize,
+            }),
         })
     }
 

@@ -320,3 +320,47 @@ fn convert_takes_k_quant_mixes() {
     ]);
     expect_exit(&o, 2, "mixes: Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M");
 }
+
+/// `generate --context-policy shift`: a generation longer than the context runs to `-n`,
+/// reporting the tokens its shifts dropped; without it, the same request is refused; `--keep`
+/// goes with shift only.
+#[test]
+fn generate_shifts_the_context_when_asked() {
+    let m = synth_model();
+    let m = m.to_str().unwrap();
+    let base = [
+        "generate", "-m", m, "-p", "abcdef", "-n", "200", "--ctx", "64",
+    ];
+    let o = ember(
+        &[
+            &base[..],
+            &["--ignore-eos", "--json", "--context-policy", "shift"],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(v["ids"].as_array().unwrap().len(), 200);
+    assert_eq!(v["finish_reason"], "length");
+    assert!(v["shifted_tokens"].as_u64().unwrap() >= 140, "{v}");
+    let o = ember(
+        &[
+            &base[..],
+            &["--ignore-eos", "--context-policy", "shift", "--keep", "8"],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    expect_exit(&ember(&base), 1, "context full");
+    expect_exit(
+        &ember(&[&base[..], &["--keep", "8"]].concat()),
+        2,
+        "--keep goes with",
+    );
+    expect_exit(
+        &ember(&[&base[..], &["--context-policy", "truncate"]].concat()),
+        2,
+        "expected error or shift",
+    );
+}

@@ -20,7 +20,9 @@ cargo +nightly miri setup >/dev/null
 # every damaged byte; nor the cache file's checksum tests (integer arithmetic, no unsafe); nor
 # the grammar and speculative-decoding engine tests (hundreds of interpreted forward passes;
 # the grammar and the draft bookkeeping are safe code, and the block-pool paths they take are
-# the ones the scheduler tests above already run).
+# the ones the scheduler tests above already run); nor the context-shift tests that generate
+# past the context (safe code over the same pool calls, block copies included; the one that
+# checks a shift's parameters runs).
 echo "== miri: block pool, block tables, scheduler, thread pool; block-pool property tests"
 cargo +nightly miri test --locked -p ember --lib --no-run
 cargo +nightly miri test --locked -p ember --test block_pool_props --no-run
@@ -34,6 +36,7 @@ cargo +nightly miri test --locked -p ember --lib -- kv:: engine:: threadpool:: \
     --skip engine::score_tests --skip engine::prompt_cache_tests --skip kv::cache_file \
     --skip engine::grammar_tests --skip engine::speculative::tests::speculative_output \
     --skip engine::draft_model::tests::draft_model_output \
+    --skip engine::shift::tests::shift \
     --skip "${long[0]}" --skip "${long[1]}" || rest_status=$?
 cargo +nightly miri test --locked -p ember --test block_pool_props || rest_status=$?
 long_status=0

@@ -40,6 +40,14 @@ for pass in save load; do
         --prompt-cache /tmp/ember-m/tiny.kvc --json 2>&1 | tail -4 | tee -a "$OUT/memcheck.log"
     echo "memcheck exit (prompt cache $pass): ${PIPESTATUS[0]}"
 done
+# Context shifts: a generation three contexts long (keys rotated on the device, cached blocks
+# copied first), on the llama and the gemma3 (two RoPE tables) models.
+for m in tiny-q4_0 tiny-gemma3; do
+    "$SAN" --tool memcheck --error-exitcode 9 "$D"/ember generate -m /tmp/ember-m/$m.gguf \
+        --backend cuda -p "hello world" -n 200 --ignore-eos --ctx 64 --context-policy shift \
+        --json 2>&1 | tail -3 | cut -c1-300 | tee -a "$OUT/memcheck.log"
+    echo "memcheck exit (context shift, $m): ${PIPESTATUS[0]}"
+done
 
 [ -n "${SKIP_BENCH:-}" ] && { echo "== done (SKIP_BENCH)"; exit 0; }
 echo "== attention bandwidth and start-up"

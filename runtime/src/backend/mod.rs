@@ -285,6 +285,76 @@ impl Backend {
         }
     }
 
+    /// Rotate every key of block `block` back by `delta` positions, in every layer (RoPE by
+    /// `-delta`, with the RoPE table of each layer: the sliding-window one where `swa[layer]`):
+    /// what a context shift does to the keys it moves `delta` positions down. Computed in f32
+    /// from the stored f16 and rounded back, as ggml's `ggml_rope_ext` on the K cache. Values
+    /// do not move. `scratch` holds the CPU's RoPE tables.
+    ///
+    /// Errors: a block or `delta` out of range (`delta` in `1..n_ctx`), a device failure.
+    pub(crate) fn shift_keys(
+        &mut self,
+        block: usize,
+        delta: usize,
+        swa: &[bool],
+        pairing: crate::model::RopePairing,
+        scratch: &crate::model::Scratch,
+    ) -> Result<()> {
+        match &mut self.inner {
+            Inner::Cpu { compute, arena } => {
+                let l = arena.layout();
+                let half = l.head_dim / 2;
+                if block >= arena.n_blocks()
+                    || delta == 0
+                    || (delta + 1) * half > scratch.rope_cos.len()
+                    || swa.len() != l.n_layer
+                    || l.head_dim > 256
+                {
+                    return Err(Error::Backend(
+                        "shift_keys: block or delta out of range".into(),
+                    ));
+                }
+                let ops = compute.kernels().ops();
+                let rotate = match pairing {
+                    crate::model::RopePairing::Norm => ops.rope_norm,
+                    crate::model::RopePairing::Neox => ops.rope_neox,
+                };
+                let (mut row, mut neg_sin) = ([0f32; 256], [0f32; 128]);
+                for (layer, &sliding) in swa.iter().enumerate() {
+                    let (cos, sin) = if sliding {
+                        (&scratch.rope_cos_swa, &scratch.rope_sin_swa)
+                    } else {
+                        (&scratch.rope_cos, &scratch.rope_sin)
+                    };
+                    let cos = &cos[delta * half..(delta + 1) * half];
+                    for (n, &s) in neg_sin
+                        .iter_mut()
+                        .zip(&sin[delta * half..(delta + 1) * half])
+                    {
+                        *n = -s;
+                    }
+                    for h in 0..l.n_kv_head {
+                        for key in arena
+                            .k_tile_mut(block, layer, h)
+                            .chunks_exact_mut(l.head_dim)
+                        {
+                            let row = &mut row[..l.head_dim];
+                            for (r, k) in row.iter_mut().zip(key.iter()) {
+                                *r = k.to_f32();
+                            }
+                            rotate(row, cos, &neg_sin[..half]);
+                            for (k, r) in key.iter_mut().zip(row.iter()) {
+                                *k = half::f16::from_f32(*r);
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Inner::Cuda(c) => c.shift_keys(block, delta, swa),
+        }
+    }
+
     /// Copy the first `n_slots` slots of block `src` into block `dst` (copy-on-write).
     pub(crate) fn copy_slots(&mut self, src: usize, dst: usize, n_slots: usize) -> Result<()> {
         match &mut self.inner {

@@ -34,6 +34,7 @@ mod prompt_cache;
 mod request;
 mod score;
 mod sequence;
+mod shift;
 mod speculative;
 mod step;
 
@@ -51,6 +52,7 @@ pub use prompt_cache::PromptCacheLoad;
 pub use request::{FinishReason, KvBudget, LogitsRow, RequestId, RequestParams};
 use sequence::Seq;
 pub use sequence::{SeqOutput, SeqState};
+pub use shift::ContextShift;
 pub use speculative::{Drafter, Speculative, MAX_DRAFT};
 
 use crate::backend::{Backend, BackendKind};
@@ -111,6 +113,9 @@ pub struct Metrics {
     pub tokens_generated: u64,
     /// Preemptions.
     pub preemptions: u64,
+    /// Context shifts ([`ContextShift`]): generations that reached the end of the context and
+    /// dropped a window of old tokens to go on.
+    pub context_shifts: u64,
     /// Logit rows that held a NaN (non-finite weights): each ended its request with
     /// [`FinishReason::Error`].
     pub nan_logit_rows: u64,
@@ -444,6 +449,13 @@ impl Engine {
                     format!("{} (must be 1..={max})", s.k),
                 ));
             }
+            if params.context_shift.is_some() {
+                return Err(invalid(
+                    "speculative",
+                    "speculative decoding and context shift do not go together (a shift \
+                     would have to move the drafts too)",
+                ));
+            }
             if s.drafter == speculative::Drafter::Model && self.draft_model.is_none() {
                 return Err(invalid(
                     "speculative.drafter",
@@ -451,16 +463,32 @@ impl Engine {
                 ));
             }
         }
-        let max_tokens = self.max_tokens_for(prompt.len(), params.max_tokens)?;
+        if let Some(s) = &params.context_shift {
+            self.check_shift(s)?;
+        }
+        let max_tokens = match params.context_shift {
+            // The context shifts instead of filling up: only the prompt must fit.
+            Some(_) => self
+                .max_tokens_for(prompt.len(), 1)
+                .map(|_| params.max_tokens)?,
+            None => self.max_tokens_for(prompt.len(), params.max_tokens)?,
+        };
         if params.grammar.is_some() && self.vocab_trie.is_none() {
             self.vocab_trie = Some(Arc::new(VocabTrie::new(&self.tokenizer, n_vocab)));
         }
-        // Both at most `n_ctx` now: nothing below can overflow (`n <= max_seqs`).
-        let total = prompt.len() + max_tokens;
+        // Both at most `n_ctx` now (a shifting sequence holds at most `n_ctx + 1` tokens):
+        // nothing below can overflow (`n <= max_seqs`).
+        let total = match params.context_shift {
+            Some(_) => (self.n_ctx + 1).min(prompt.len().saturating_add(max_tokens)),
+            None => prompt.len() + max_tokens,
+        };
+        let per_fork = max_tokens.min(self.n_ctx);
         let bs = self.cfg.block_size;
-        let need = total.div_ceil(bs).saturating_add(
-            (params.n - 1).saturating_mul(max_tokens.div_ceil(bs).saturating_add(1)),
-        );
+        // (A shifting sequence's newest token waits for its shift: n_ctx slots at most.)
+        let need = total
+            .min(self.n_ctx)
+            .div_ceil(bs)
+            .saturating_add((params.n - 1).saturating_mul(per_fork.div_ceil(bs).saturating_add(1)));
         let slot = self.take_request_slot(need, params.n)?;
         self.request_generation = self.request_generation.wrapping_add(1);
         let mut seq_slots = Vec::with_capacity(params.n);
@@ -579,6 +607,9 @@ impl Engine {
                 (None, _) => None,
             },
             speculative: params.speculative,
+            shift: params.context_shift,
+            shifted: false,
+            dropped_generated: 0,
             draft: 0,
             draft_pause: (0, 0),
             draft_len: params.speculative.map_or(0, |s| s.k),
@@ -594,6 +625,7 @@ impl Engine {
                 last_token: None,
                 n_prompt: prompt.len(),
                 n_cached: 0,
+                shifted_tokens: 0,
                 draft_tokens: 0,
                 accepted_tokens: 0,
             },
@@ -680,7 +712,8 @@ impl Engine {
         // a later sequence with the same prefix copies them instead of computing them.
         let bs = self.cfg.block_size;
         let (i, fill) = (seq.num_computed / bs, seq.num_computed % bs);
-        if self.cfg.prefix_caching && fill > 0 {
+        // (Not after a context shift: its blocks no longer hold what their tokens compute to.)
+        if self.cfg.prefix_caching && fill > 0 && !seq.shifted {
             let parent = match i {
                 0 => Some(None),
                 _ => seq.block_hashes.get(i - 1).map(|&h| Some(h)),

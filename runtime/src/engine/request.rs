@@ -75,6 +75,10 @@ pub struct RequestParams {
     /// output is the same, token for token; fewer forward passes when the text repeats what
     /// came before (summaries, code edits, quotes).
     pub speculative: Option<super::Speculative>,
+    /// Go on past the end of the context by dropping old tokens
+    /// ([`ContextShift`](super::ContextShift), llama.cpp's context shift): `max_tokens` is then
+    /// not bounded by the context. `None`: prompt + `max_tokens` must fit the context.
+    pub context_shift: Option<super::ContextShift>,
 }
 
 impl Default for RequestParams {
@@ -88,6 +92,7 @@ impl Default for RequestParams {
             ignore_eos: false,
             grammar: None,
             speculative: None,
+            context_shift: None,
         }
     }
 }

@@ -178,6 +178,7 @@ impl Engine {
             last_token: seq.out.last_token,
             n_prompt: seq.out.n_prompt,
             n_cached: seq.out.n_cached,
+            shifted_tokens: seq.out.shifted_tokens,
             draft_tokens: seq.out.draft_tokens,
             accepted_tokens: seq.out.accepted_tokens,
         };

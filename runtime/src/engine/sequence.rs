@@ -58,6 +58,8 @@ pub struct SeqOutput {
     /// Prompt tokens taken from the prefix cache (a prompt cache file loaded into it, or an
     /// earlier request) instead of computed, at the admission that computed the prompt.
     pub n_cached: usize,
+    /// Tokens dropped from the context by context shifts ([`ContextShift`](super::ContextShift)).
+    pub shifted_tokens: usize,
     /// Draft tokens proposed by speculative decoding and checked by the model.
     pub draft_tokens: usize,
     /// Of those, the ones the model's samples agreed with (each saved a forward pass).
@@ -114,6 +116,12 @@ pub(crate) struct Seq {
     pub grammar: Option<GrammarMatcher>,
     /// Speculative decoding settings (prompt lookup), if the request asked for it.
     pub speculative: Option<super::Speculative>,
+    /// What to do at the end of the context (`shift.rs`), if the request asked to shift.
+    pub shift: Option<super::ContextShift>,
+    /// Whether a shift has happened (its KV then stays out of the prefix cache).
+    pub shifted: bool,
+    /// Generated tokens a shift dropped from `tokens` (still counted against `max_tokens`).
+    pub dropped_generated: usize,
     /// How many of the last `tokens` are unverified drafts (`speculative.rs`).
     pub draft: usize,
     /// Scratch for drafts, `k` long (allocated at submit).
@@ -186,6 +194,6 @@ impl Seq {
 
     /// Number of generated tokens.
     pub fn n_generated(&self) -> usize {
-        self.tokens.len() - self.n_prompt
+        self.tokens.len() - self.n_prompt + self.dropped_generated
     }
 }

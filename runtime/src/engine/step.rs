@@ -125,6 +125,9 @@ impl Engine {
         let bs = self.cfg.block_size;
         let pool = &mut self.pool;
         let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
+        if seq.shifted {
+            return; // its KV is no longer what its tokens compute to (shift.rs)
+        }
         let full = seq.num_computed / bs;
         while seq.block_hashes.len() < full {
             let i = seq.block_hashes.len();
@@ -509,6 +512,15 @@ impl Engine {
         if let Some(reason) = reason {
             self.finish_seq(slot, reason);
             stats.finished += 1;
+        } else if seq.shift.is_some() && seq.tokens.len() > self.n_ctx {
+            // The new token has no position left: drop old ones (shift.rs).
+            self.shift_or_finish(slot);
+            if self.seqs[slot as usize]
+                .as_ref()
+                .is_some_and(|s| s.out.finish.is_some())
+            {
+                stats.finished += 1;
+            }
         }
     }
 }

@@ -122,6 +122,12 @@ impl KvArena {
         &self.k[s..s + self.layout.tile_len()]
     }
 
+    /// Keys of one (block, layer, head), writable (a context shift rotates them in place).
+    pub fn k_tile_mut(&mut self, block: usize, layer: usize, head: usize) -> &mut [f16] {
+        let s = self.tile_start(block, layer, head);
+        &mut self.k[s..s + self.layout.tile_len()]
+    }
+
     /// Values of one (block, layer, head): `[block_size][head_dim]`.
     pub fn v_tile(&self, block: usize, layer: usize, head: usize) -> &[f16] {
         let s = self.tile_start(block, layer, head);

@@ -98,6 +98,14 @@ impl BlockTable {
         }
     }
 
+    /// Remove logical blocks `range` (a context shift drops them), returning them to `pool`
+    /// (last first); the blocks after them move down. Allocates nothing.
+    pub fn remove(&mut self, range: std::ops::Range<usize>, pool: &mut BlockPool) {
+        for b in self.blocks.drain(range).rev() {
+            pool.free(b);
+        }
+    }
+
     /// Return every block to `pool`, last block first: the pool's free list is LRU, so a
     /// sequence's tail blocks are evicted before its (possibly shared) leading prefix blocks.
     pub fn release(&mut self, pool: &mut BlockPool) {
@@ -110,6 +118,19 @@ impl BlockTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remove_frees_the_range_and_keeps_order() {
+        let mut pool = BlockPool::new(8);
+        let mut t = BlockTable::with_capacity(6);
+        t.ensure_capacity(&mut pool, 6 * 2, 2).unwrap();
+        let before = t.blocks().to_vec();
+        t.remove(1..3, &mut pool);
+        assert_eq!(t.blocks(), [before[0], before[3], before[4], before[5]]);
+        assert_eq!(pool.num_free(), 3);
+        assert_eq!(pool.ref_count(before[1]), 0);
+        pool.check_invariants().unwrap();
+    }
 
     #[test]
     fn ensure_capacity_takes_exactly_the_blocks_needed() {

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use super::{Generation, RequestParams, Session};
 use crate::chat::{render_chat, ChatMessage};
-use crate::engine::encode_prompt;
+use crate::engine::{encode_prompt, ContextShift};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -31,19 +31,26 @@ pub enum ContextPolicy {
     /// none, the turn is refused with [`Error::PromptTooLong`].
     #[default]
     Truncate,
+    /// Fit the prompt as [`ContextPolicy::Truncate`] does (a prompt must fit the context), but
+    /// let the reply run past the end of the context with llama.cpp's context shift
+    /// ([`ContextShift`](crate::engine::ContextShift)): the system prompt's tokens stay, half
+    /// of the rest is dropped and the kept keys are rotated to their new positions, so
+    /// `max_tokens` is not lowered to the room left.
+    Shift,
 }
 
 impl FromStr for ContextPolicy {
     type Err = Error;
 
-    /// `"error"` or `"truncate"`.
+    /// `"error"`, `"truncate"` or `"shift"`.
     fn from_str(s: &str) -> Result<ContextPolicy> {
         match s {
             "error" => Ok(ContextPolicy::Error),
             "truncate" => Ok(ContextPolicy::Truncate),
+            "shift" => Ok(ContextPolicy::Shift),
             _ => Err(Error::InvalidParam {
                 name: "context_policy",
-                what: format!("{s:?} (expected error or truncate)"),
+                what: format!("{s:?} (expected error, truncate or shift)"),
             }),
         }
     }
@@ -176,6 +183,26 @@ impl Conversation {
         })
     }
 
+    /// Tokens of the rendered system message (what a context shift keeps): the prompt of a
+    /// chat of the system message alone, without the generation prompt. 0 without one.
+    fn system_tokens(&self, tokenizer: &Tokenizer) -> Result<usize> {
+        if self.n_system == 0 {
+            return Ok(0);
+        }
+        let text = render_chat(
+            &self.template,
+            &self.messages[..self.n_system],
+            false,
+            &self.bos,
+            &self.eos,
+        )
+        .map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        tokenizer
+            .encode(&text, true, true)
+            .map(|ids| ids.len())
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
     /// Record a finished turn: drop the `dropped_turns` oldest turns (as its
     /// [`TurnPrompt`] said), then append `user` and `reply`.
     pub fn commit(&mut self, dropped_turns: usize, user: &str, reply: &str) {
@@ -208,6 +235,12 @@ impl Conversation {
         )?;
         let params = RequestParams {
             max_tokens: p.max_tokens,
+            context_shift: match self.policy {
+                ContextPolicy::Shift => Some(ContextShift {
+                    keep: self.system_tokens(session.tokenizer())?,
+                }),
+                _ => params.context_shift,
+            },
             ..params.clone()
         };
         let generation = session.generate_until(&p.ids, &params, on_piece)?;
@@ -258,6 +291,10 @@ pub struct ChatPrompt {
 /// [`Error::PromptTooLong`]. [`ContextPolicy::Error`] gives [`Error::ContextFull`] when the
 /// whole chat and `max_tokens` do not fit. Also [`Error::ChatTemplate`] and
 /// [`Error::Tokenizer`]; [`Error::InvalidParam`] for no messages.
+///
+/// [`ContextPolicy::Shift`] fits the prompt as `Truncate` does with room for the start of a
+/// reply (`max_tokens`, at most a quarter of the context) and keeps `max_tokens` as asked:
+/// the reply shifts the context when it reaches its end.
 pub fn fit_chat(
     chat: &ChatFormat<'_>,
     messages: &[ChatMessage],
@@ -271,6 +308,12 @@ pub fn fit_chat(
             name: "messages",
             what: "the chat has no messages".into(),
         });
+    }
+    if policy == ContextPolicy::Shift {
+        let room = max_tokens.min(n_ctx / 4).max(1);
+        let truncate = ContextPolicy::Truncate;
+        let p = fit_chat(chat, messages, tokenizer, n_ctx, room, truncate)?;
+        return Ok(ChatPrompt { max_tokens, ..p });
     }
     let n_system = messages.iter().take_while(|m| m.role == "system").count();
     let last = messages.len() - 1;

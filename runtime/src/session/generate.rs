@@ -82,8 +82,9 @@ impl Session {
         params.sampling.validate()?;
         // Checked: `max_tokens` is the caller's number (`-n 18446744073709551615`).
         let n_ctx = self.n_ctx();
+        // With a context shift only the prompt must fit (the engine checks it).
         let total = prompt_ids.len().saturating_add(params.max_tokens);
-        if total > n_ctx {
+        if total > n_ctx && params.context_shift.is_none() {
             return Err(Error::ContextFull {
                 n_ctx,
                 requested: total,
@@ -147,6 +148,7 @@ fn nothing_generated(n_prompt: usize) -> Generation {
         last_token: None,
         n_prompt,
         n_cached: 0,
+        shifted_tokens: 0,
         draft_tokens: 0,
         accepted_tokens: 0,
     }

@@ -463,6 +463,62 @@ fn rope_and_kv_store_are_bit_exact() {
     }
 }
 
+/// A context shift's key rotation: the device rotates one (block, layer)'s keys exactly as the
+/// CPU does (f16 keys widened, RoPE by `-delta` with the same fused multiply-adds, rounded back),
+/// bit for bit, both pairings; other blocks and layers are untouched.
+#[test]
+fn shift_keys_are_bit_exact() {
+    let Some(dev) = device("shift_keys_are_bit_exact") else {
+        return;
+    };
+    let mut rng = Rng(8);
+    for &(hkv, d) in &[(2usize, 16usize), (3, 64), (8, 128), (1, 256)] {
+        for neox in [false, true] {
+            let z = AttnShape {
+                n_head: hkv,
+                n_head_kv: hkv,
+                head_dim: d,
+                block_size: 16,
+                n_layer: 3,
+                layer: 1,
+                n_blocks: 4,
+                max_blocks: 4,
+            };
+            let n_ctx = 64;
+            let tile = z.block_size * d;
+            let kc: Vec<u16> = rng
+                .vec(z.n_blocks * z.n_layer * hkv * tile, 3.0)
+                .into_iter()
+                .map(f16_bits)
+                .collect();
+            let cos = rng.vec(n_ctx * d / 2, 1.0);
+            let sin = rng.vec(n_ctx * d / 2, 1.0);
+            let (block, delta) = (2, 37);
+            let got = testing::shift_keys(&dev, z, neox, &kc, &cos, &sin, block, delta).unwrap();
+            let mut want = kc.clone();
+            let c = &cos[delta * d / 2..(delta + 1) * d / 2];
+            let s: Vec<f32> = sin[delta * d / 2..(delta + 1) * d / 2]
+                .iter()
+                .map(|x| -x)
+                .collect();
+            let base = (block * z.n_layer + z.layer) * hkv * tile;
+            for key in want[base..base + hkv * tile].chunks_exact_mut(d) {
+                let mut x: Vec<f32> = key.iter().map(|&b| f16::from_bits(b).to_f32()).collect();
+                if neox {
+                    ops::rope_neox(&mut x, c, &s);
+                } else {
+                    ops::rope_norm(&mut x, c, &s);
+                }
+                for (k, v) in key.iter_mut().zip(&x) {
+                    *k = f16_bits(*v);
+                }
+            }
+            assert_ne!(want, kc, "the rotation changes the keys");
+            assert_eq!(got, want, "hkv={hkv} d={d} neox={neox}");
+        }
+    }
+}
+
 /// f64 attention of one query head over positions `0..=pos` of a sequence's table (the last
 /// `window` of them when `window > 0`).
 #[allow(clippy::too_many_arguments)]

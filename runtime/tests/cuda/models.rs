@@ -608,6 +608,47 @@ fn speculation_and_grammars_on_cuda() {
     gpu.release(id).unwrap();
 }
 
+/// Context shift on the device: a generation of more than twice the context runs to the end
+/// through several shifts (keys rotated by the device kernel, cached blocks copied first), the
+/// same request gives the same ids again, and every block comes back.
+#[test]
+fn context_shift_on_cuda() {
+    if device("context_shift_on_cuda").is_none() {
+        return;
+    }
+    let cfg = EngineConfig {
+        n_ctx: 64,
+        kv_budget: KvBudget::Blocks(16),
+        max_seqs: 2,
+        max_batch_tokens: 64,
+        ..EngineConfig::default()
+    };
+    let mut gpu =
+        Engine::with_backend(synth_model(GgmlType::Q8_0, 7), cfg, BackendKind::Cuda).unwrap();
+    let prompt: Vec<u32> = (0..30).map(|i| 40 + (i * 7) % 300).collect();
+    let params = RequestParams {
+        max_tokens: 150,
+        ignore_eos: true,
+        context_shift: Some(ember::engine::ContextShift { keep: 16 }),
+        ..RequestParams::default()
+    };
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let id = gpu.submit(&prompt, &params).unwrap();
+        while gpu.has_work() {
+            gpu.step().unwrap();
+        }
+        let o = gpu.output(id).unwrap().next().unwrap();
+        assert_eq!(o.ids.len(), 150);
+        assert!(o.shifted_tokens >= 96, "{}", o.shifted_tokens);
+        runs.push(o.ids.clone());
+        gpu.release(id).unwrap();
+    }
+    assert_eq!(runs[0], runs[1]);
+    assert!(gpu.metrics().context_shifts >= 4);
+    assert_eq!(gpu.metrics().blocks_used, 0);
+}
+
 #[test]
 fn cuda_backend_takes_every_weight_type() {
     let mut cpu = ember_kernels::SUPPORTED.to_vec();

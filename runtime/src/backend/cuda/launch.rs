@@ -152,6 +152,17 @@ impl CudaDevice {
         )
     }
 
+    /// Rotate one (block, layer)'s keys back by `delta` positions (a context shift).
+    pub fn shift_keys(&self, p: &ShiftKeysParams) -> Result<()> {
+        self.launch(
+            &self.k.shift_keys,
+            ((p.n_head_kv * p.block_size) as usize, 1),
+            64,
+            p,
+            "shift_keys",
+        )
+    }
+
     /// Copy-on-write of a block's first slots.
     pub fn copy_slots(&self, p: &CopySlotsParams) -> Result<()> {
         self.launch(

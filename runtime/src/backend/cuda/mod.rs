@@ -499,6 +499,35 @@ impl CudaBackend {
         })
     }
 
+    /// Rotate the keys of `block` back by `delta` positions, every layer (see
+    /// [`Backend::shift_keys`](super::Backend::shift_keys)).
+    pub(crate) fn shift_keys(&mut self, block: usize, delta: usize, swa: &[bool]) -> Result<()> {
+        let l = self.layout;
+        if block >= self.n_blocks || delta == 0 || delta >= self.n_ctx || swa.len() != l.n_layer {
+            return Err(backend_err("shift_keys: block or delta out of range"));
+        }
+        for (layer, &sliding) in swa.iter().enumerate() {
+            let (cos, sin) = match (&self.rope_swa, sliding) {
+                (Some((c, s)), true) => (c.ptr, s.ptr),
+                _ => (self.rope_cos.ptr, self.rope_sin.ptr),
+            };
+            self.dev.shift_keys(&ShiftKeysParams {
+                kc: self.kc.ptr,
+                cos,
+                sin,
+                block: block as i32,
+                layer: layer as i32,
+                n_layer: l.n_layer as i32,
+                n_head_kv: l.n_kv_head as i32,
+                head_dim: l.head_dim as i32,
+                block_size: l.block_size as i32,
+                delta: delta as i32,
+                neox: i32::from(self.dims.neox),
+            })?;
+        }
+        Ok(())
+    }
+
     /// Copy block `b` of the arena to the host (f16 bits; lengths checked by the caller).
     pub(crate) fn read_block(&self, b: usize, k: &mut [u16], v: &mut [u16]) -> Result<()> {
         let at = b * self.layout.block_len();

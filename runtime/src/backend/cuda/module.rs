@@ -72,6 +72,7 @@ pub(super) struct Kernels {
     pub(super) argmax: CudaFunction,
     pub(super) rope_kv_write: CudaFunction,
     pub(super) copy_slots: CudaFunction,
+    pub(super) shift_keys: CudaFunction,
     pub(super) paged_attention: CudaFunction,
     pub(super) attention_reduce: CudaFunction,
     /// Grouped-query attention by shape: head_dim 64 with 1..=8 query heads per KV head, then
@@ -103,6 +104,7 @@ impl Kernels {
             argmax: f("argmax")?,
             rope_kv_write: f("rope_kv_write")?,
             copy_slots: f("copy_slots")?,
+            shift_keys: f("shift_keys")?,
             paged_attention: f("paged_attention")?,
             attention_reduce: f("attention_reduce")?,
             attn_gqa: [64, 128]

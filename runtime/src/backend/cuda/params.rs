@@ -166,6 +166,23 @@ pub struct GatherParams {
     pub n_cols: i32,
 }
 
+/// `shift_keys`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ShiftKeysParams {
+    pub kc: DevPtr,
+    pub cos: DevPtr,
+    pub sin: DevPtr,
+    pub block: i32,
+    pub layer: i32,
+    pub n_layer: i32,
+    pub n_head_kv: i32,
+    pub head_dim: i32,
+    pub block_size: i32,
+    pub delta: i32,
+    pub neox: i32,
+}
+
 /// `copy_slots`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -200,6 +217,8 @@ unsafe impl DeviceRepr for ArgmaxParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for CopySlotsParams {}
 // SAFETY: as above.
+unsafe impl DeviceRepr for ShiftKeysParams {}
+// SAFETY: as above.
 unsafe impl DeviceRepr for AddParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for GegluParams {}
@@ -215,6 +234,7 @@ const _: () = assert!(size_of::<RopeKvParams>() == 112);
 const _: () = assert!(size_of::<AttnParams>() == 120);
 const _: () = assert!(size_of::<ArgmaxParams>() == 24);
 const _: () = assert!(size_of::<CopySlotsParams>() == 40);
+const _: () = assert!(size_of::<ShiftKeysParams>() == 56);
 const _: () = assert!(size_of::<AddParams>() == 24);
 const _: () = assert!(size_of::<GegluParams>() == 32);
 const _: () = assert!(size_of::<GatherParams>() == 32);

@@ -350,6 +350,41 @@ pub fn rope_kv_write(
     Ok(o)
 }
 
+/// A context shift's key rotation on the device: the key arena `kc` (f16 bits, `shape.n_blocks`
+/// blocks) with the keys of `block`, layer `shape.layer`, rotated back by `delta` positions with
+/// the tables `cos`/`sin` (`[n_ctx, d/2]`). Returns the arena after the kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn shift_keys(
+    dev: &CudaDevice,
+    shape: AttnShape,
+    neox: bool,
+    kc: &[u16],
+    cos: &[f32],
+    sin: &[f32],
+    block: usize,
+    delta: usize,
+) -> Result<Vec<u16>> {
+    let z = shape;
+    let kd = dev.upload(kc, "kc")?;
+    let (cd, sd) = (dev.upload(cos, "cos")?, dev.upload(sin, "sin")?);
+    dev.shift_keys(&ShiftKeysParams {
+        kc: kd.ptr,
+        cos: cd.ptr,
+        sin: sd.ptr,
+        block: block as i32,
+        layer: z.layer as i32,
+        n_layer: z.n_layer as i32,
+        n_head_kv: z.n_head_kv as i32,
+        head_dim: z.head_dim as i32,
+        block_size: z.block_size as i32,
+        delta: delta as i32,
+        neox: i32::from(neox),
+    })?;
+    let mut out = vec![0u16; kc.len()];
+    dev.read(&kd, &mut out)?;
+    Ok(out)
+}
+
 /// Device-to-device copy bandwidth in GB/s (bytes read + written) over `bytes`, median of
 /// `reps` copies.
 pub fn copy_bandwidth(dev: &CudaDevice, bytes: usize, reps: usize) -> Result<f64> {

@@ -112,6 +112,7 @@ const FIELDS: &[&str] = &[
     "grammar",
     "json_schema",
     "draft_k",
+    "context_shift_keep",
 ];
 
 /// One input line as a request: its prompt and parameters, or what is wrong with it.
@@ -178,6 +179,13 @@ fn request(v: &Value) -> Result<(String, RequestParams), String> {
             speculative: match size("draft_k", 0)? {
                 0 => None,
                 k => Some(ember::engine::Speculative::lookup(k)),
+            },
+            // A number: go on past the end of the context, keeping that many first tokens.
+            context_shift: match obj.get("context_shift_keep") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(ember::engine::ContextShift {
+                    keep: size("context_shift_keep", 0)?,
+                }),
             },
         },
     ))

@@ -230,17 +230,42 @@ fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliErro
         ignore_eos: a.has("ignore-eos"),
         grammar: shaping::grammar(a)?,
         speculative: shaping::speculative(a)?,
+        context_shift: None,
     })
 }
 
 pub fn generate(raw: &[OsString]) -> CliResult {
-    let a = parse(raw, &[SAMPLING, &[path("prompt-cache", None)]])?;
+    let a = parse(
+        raw,
+        &[
+            SAMPLING,
+            &[
+                path("prompt-cache", None),
+                val("context-policy", None),
+                val("keep", None),
+            ],
+        ],
+    )?;
     let prompt = a
         .str("prompt")
         .or(a.positional.first().map(String::as_str))
         .ok_or_else(|| usage("generate needs a prompt: -p TEXT".into()))?
         .to_string();
-    let params = generate_params(&a, 128)?;
+    let mut params = generate_params(&a, 128)?;
+    params.context_shift = match a.str("context-policy") {
+        None | Some("error") => None,
+        Some("shift") => Some(ember::engine::ContextShift {
+            keep: a.get_or("keep", 0).map_err(usage)?,
+        }),
+        Some(p) => {
+            return Err(usage(format!(
+                "--context-policy {p:?}: expected error or shift"
+            )))
+        }
+    };
+    if a.str("keep").is_some() && params.context_shift.is_none() {
+        return Err(usage("--keep goes with --context-policy shift".into()));
+    }
     let json_out = a.has("json");
     // A logits row for the real token and each draft.
     let mut s = open_session(&a, 512, 1 + params.speculative.map_or(0, |x| x.k))?;
@@ -258,6 +283,7 @@ pub fn generate(raw: &[OsString]) -> CliResult {
             "finish_reason": finish_str(&g),
             "seed": params.sampling.seed,
             "cached_prompt_tokens": g.n_cached,
+            "shifted_tokens": g.shifted_tokens,
             "draft_tokens": g.draft_tokens,
             "accepted_tokens": g.accepted_tokens,
             "prefill_tok_s": g.prefill_tok_s(),
@@ -390,7 +416,7 @@ pub fn chat(raw: &[OsString]) -> CliResult {
     let policy: ContextPolicy = match a.str("context-policy") {
         Some(p) => p.parse().map_err(|_| {
             usage(format!(
-                "--context-policy {p:?}: expected error or truncate"
+                "--context-policy {p:?}: expected error, truncate or shift"
             ))
         })?,
         None => ContextPolicy::Truncate,
@@ -450,6 +476,14 @@ pub fn chat(raw: &[OsString]) -> CliResult {
                 g.ids.len(),
                 g.decode_tok_s(),
                 finish_str(g)
+            );
+        }
+        if turn.generation.shifted_tokens > 0 {
+            eprintln!(
+                "[context: the reply outgrew the context of {} tokens: {} oldest tokens dropped \
+                 after the system prompt (context shift)]",
+                s.n_ctx(),
+                turn.generation.shifted_tokens
             );
         }
         if turn.dropped_turns > 0 {

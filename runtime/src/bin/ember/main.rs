@@ -42,6 +42,7 @@ usage: ember <command> [options]
 commands:
   generate -p TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M] [--repeat-penalty R]
            [--seed S] [--stop STR]... [--ignore-eos] [--prompt-cache FILE] [--json]
+           [--context-policy error|shift [--keep N]]
            [--grammar TEXT | --grammar-file FILE | --json-schema FILE|TEXT]
            [--spec lookup|draft [--draft-k K] [--draft-model FILE]]
                         continue TEXT (special tokens parsed) and stream the text;
@@ -51,12 +52,14 @@ commands:
                         (draft); the output is unchanged;
                         --prompt-cache: the prompt's KV blocks are loaded from FILE if it
                         exists (only the rest of the prompt is computed), else saved to it
-  chat [-p TEXT] [--system TEXT] [--chat-template FILE] [--context-policy error|truncate]
+  chat [-p TEXT] [--system TEXT] [--chat-template FILE] [--context-policy error|truncate|shift]
        [--prompt-cache FILE] [--verbose] [-n N] [--temp T] ...
                         chat with the model's template (or FILE's, a Jinja chat template):
                         one turn with -p, interactive otherwise; each turn reuses the KV of
                         the earlier ones; when the history outgrows the context, truncate
-                        (the default) leaves the oldest turns out, keeping --system;
+                        (the default) leaves the oldest turns out, keeping --system; shift
+                        fits the prompt so, and lets a reply run past the end of the context
+                        (keeping --system, dropping half of the rest, as llama.cpp does);
                         --prompt-cache: as for generate, with the first turn's prompt (a
                         long --system prompt is computed once, not at every start);
                         --verbose: prompt tokens, cached tokens and timings per turn

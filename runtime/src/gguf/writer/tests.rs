@@ -317,7 +317,12 @@ fn python_gguf_reader_agrees() {
         .iter_mut()
         .zip(&w.tensors)
     {
-        let hex: String = want.data.iter().flatten().map(|b| format!("{b:02x}")).collect();
+        let hex: String = want
+            .data
+            .iter()
+            .flatten()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(t["data"], json!(hex), "tensor {}", want.name);
         t.as_object_mut().unwrap().remove("data");
     }

@@ -181,8 +181,43 @@ fn policies_parse_by_name() {
         "truncate".parse::<ContextPolicy>().unwrap(),
         ContextPolicy::Truncate
     );
-    let e = "shift".parse::<ContextPolicy>().unwrap_err().to_string();
-    assert!(e.contains("expected error or truncate"), "{e}");
+    assert_eq!(
+        "shift".parse::<ContextPolicy>().unwrap(),
+        ContextPolicy::Shift
+    );
+    let e = "rotate".parse::<ContextPolicy>().unwrap_err().to_string();
+    assert!(e.contains("expected error, truncate or shift"), "{e}");
+}
+
+/// Forty turns in a context of 96 under `Shift`: every turn runs to its `max_tokens` (longer
+/// than the room a prompt leaves), the replies that reach the end of the context shift it
+/// (tokens dropped, counted), the system message stays, and the conversation goes on.
+#[test]
+fn forty_turns_with_shift_run_to_the_end() {
+    let mut s = session();
+    let mut c = conversation(ContextPolicy::Shift);
+    let mut shifted = 0;
+    for i in 0..40 {
+        let turn = c
+            .reply(&mut s, &format!("turn {i}"), &params(70), |_| true)
+            .unwrap_or_else(|e| panic!("turn {i}: {e}"));
+        let g = &turn.generation;
+        assert_eq!(g.ids.len(), 70, "turn {i}: the reply runs to max_tokens");
+        assert_eq!(g.finish, Some(FinishReason::Length));
+        // 70 tokens after a prompt of at least 8 cannot fit 96 without a shift.
+        if turn.prompt_tokens + 70 > N_CTX {
+            assert!(
+                g.shifted_tokens > 0,
+                "turn {i}: {} prompt tokens",
+                turn.prompt_tokens
+            );
+        }
+        shifted += g.shifted_tokens;
+        assert_eq!(c.messages()[0].content, "be brief");
+        assert_alternates(&c);
+    }
+    assert!(shifted > 0);
+    assert!(s.engine().metrics().context_shifts > 0);
 }
 
 /// `fit_chat` on a chat that does not alternate: the kept history begins at a user message,

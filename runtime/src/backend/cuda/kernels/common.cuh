@@ -190,6 +190,20 @@ struct GatherParams {
     int n_cols;
 };
 
+struct ShiftKeysParams {
+    u16* kc;
+    const float* cos;   // [n_ctx, head_dim / 2]: row `delta` is read
+    const float* sin;
+    int block;          // the block whose keys of `layer` are rotated
+    int layer;
+    int n_layer;
+    int n_head_kv;
+    int head_dim;
+    int block_size;
+    int delta;          // positions to move back by
+    int neox;
+};
+
 struct CopySlotsParams {
     u16* kc;
     u16* vc;

@@ -55,6 +55,27 @@ extern "C" __global__ void rope_kv_write(const RopeKvParams p) {
     }
 }
 
+// Context shift: the keys of one (block, layer), every head and slot, rotated back by `delta`
+// positions (RoPE by -delta: cos of delta, sin negated), in f32 and rounded back to f16, as the
+// CPU does. One thread block per (head, slot), one thread per pair.
+extern "C" __global__ void shift_keys(const ShiftKeysParams p) {
+    const int d = p.head_dim, half = d / 2;
+    const int h = blockIdx.x / p.block_size, slot = blockIdx.x % p.block_size;
+    const i64 tile = (i64)p.block_size * d;
+    u16* k = p.kc + (((i64)p.block * p.n_layer + p.layer) * p.n_head_kv + h) * tile
+           + (i64)slot * d;
+    const float* cs = p.cos + (i64)p.delta * half;
+    const float* sn = p.sin + (i64)p.delta * half;
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        const int a = p.neox ? j : 2 * j, b = p.neox ? j + half : 2 * j + 1;
+        float pair[2] = {h2f(k[a]), h2f(k[b])};
+        // rope_pair on the pair alone: (x0, x1) at (0, 1) in NORM order.
+        rope_pair(pair, 0, 1, 0, cs[j], -sn[j]);
+        k[a] = f2h(pair[0]);
+        k[b] = f2h(pair[1]);
+    }
+}
+
 // Copy the first slots of block `src` into block `dst`, every layer and head (copy-on-write of
 // a shared block). One thread block per (layer, head) tile.
 extern "C" __global__ void copy_slots(const CopySlotsParams p) {

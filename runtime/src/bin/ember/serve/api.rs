@@ -187,6 +187,9 @@ pub fn parse(body: &[u8], kind: Kind, model: &ModelInfo, seed: u64) -> Result<Pa
             ignore_eos: flag(obj, "ignore_eos")?,
             grammar: grammar(obj)?,
             speculative: model.speculative,
+            // llama-server shifts only when started with --context-shift; here a request must
+            // fit the context (`max_tokens` defaults to the room left).
+            context_shift: None,
         },
         prompt,
         stream: flag(obj, "stream")?,

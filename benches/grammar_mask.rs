@@ -175,7 +175,7 @@ fn engine_overhead(path: &str, g: &Arc<Grammar>) {
             seed,
             ..SamplingParams::default()
         };
-        settings.push(("t=0.8 top-k 0 (full mask)", p));
+        settings.push(("t=0.8 top-k 0", p));
     }
     // Warm-up (the first grammar request builds the vocabulary trie).
     let warm = RequestParams {

@@ -174,8 +174,10 @@ impl Driver {
         e.seed = p.seed;
         e.ignore_eos = p.ignore_eos;
         e.n = u32::from(p.n % 6);
-        // 0, 1 or 2: error, truncate, and a value that is EMBER_ERR_INVALID_ARGUMENT.
-        e.context_policy = u32::from(p.n / 6 % 3);
+        // 0 to 3: error, truncate, shift (with a kept prefix that may leave nothing to shift:
+        // EMBER_ERR_INVALID_ARGUMENT), and a value that is EMBER_ERR_INVALID_ARGUMENT.
+        e.context_policy = u32::from(p.n / 6 % 4);
+        e.context_keep = (p.seed >> 8) as u32 % 300;
         store.0 = p.stop.iter().take(4).map(|s| cstr(s)).collect();
         store.1 = store.0.iter().map(|s| s.as_ptr().cast()).collect();
         store.2 = p.stop_ids.iter().take(4).map(|&i| i as u32).collect();

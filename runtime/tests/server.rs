@@ -250,3 +250,43 @@ fn serve_with_a_draft_model_keeps_the_output() {
     let v: Value = serde_json::from_str(&r[json_at..]).unwrap();
     assert_eq!(v["choices"][0]["text"], want["text"], "{r}");
 }
+
+/// `--context-shift` (llama-server's): a completion longer than the context runs to its
+/// `max_tokens` with the text `ember generate --context-policy shift` gives; without it the
+/// same request is a 400 `context_length_exceeded`.
+#[test]
+fn serve_with_context_shift_goes_past_the_context() {
+    let prompt = "Write a long story about a lighthouse keeper.";
+    let o = ember(&[
+        "generate",
+        "-m",
+        MODEL,
+        "-p",
+        prompt,
+        "-n",
+        "200",
+        "--ctx",
+        "128",
+        "--ignore-eos",
+        "--context-policy",
+        "shift",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", cli::stderr(&o));
+    let want: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(want["shifted_tokens"].as_u64().unwrap() > 0);
+    let body = json!({"prompt": prompt, "max_tokens": 200, "temperature": 0, "ignore_eos": true});
+    let server = serve(&["--ctx", "128", "--context-shift"]);
+    let r = raw(server.port, &post("/v1/completions", &body, true));
+    let json_at = r.find("\r\n\r\n").unwrap() + 4;
+    let v: Value = serde_json::from_str(&r[json_at..]).unwrap();
+    assert_eq!(v["choices"][0]["text"], want["text"], "{r}");
+    assert_eq!(v["usage"]["completion_tokens"], 200, "{r}");
+    drop(server);
+    let server = serve(&["--ctx", "128"]);
+    let r = raw(server.port, &post("/v1/completions", &body, true));
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("context_length_exceeded"),
+        "{r}"
+    );
+}

@@ -32,9 +32,10 @@ impl Engine {
         keep.div_ceil(self.cfg.block_size).max(1)
     }
 
-    /// Check a request's context shift: at least two blocks of the context must be free to
-    /// drop and move after the kept ones.
-    pub(super) fn check_shift(&self, s: &ContextShift) -> Result<()> {
+    /// Check a context shift: at least two blocks of the context must be left to drop and move
+    /// after the kept ones ([`Error::InvalidParam`] otherwise). [`Engine::submit`] checks every
+    /// request's; a server checks its default once at start-up.
+    pub fn check_shift(&self, s: &ContextShift) -> Result<()> {
         let bs = self.cfg.block_size;
         let keep_b = self.shift_keep_blocks(s.keep);
         if keep_b + 2 > self.n_ctx / bs {

@@ -32,7 +32,7 @@ use std::fmt;
 
 mod constrained;
 
-pub use constrained::{Constraint, LAZY_CHECKS};
+pub use constrained::{Constraint, LAZY_CHECKS, LAZY_NUCLEUS};
 
 /// How the next token is chosen. [`SamplingParams::default`] is greedy decoding.
 #[derive(Clone, Debug, PartialEq)]

@@ -83,12 +83,13 @@ commands:
                         line a JSON object: id, prompt, max_tokens, temperature, seed, stop, ...
   serve [--host H] [--port P] [--api-key KEY] [--max-queue Q] [--max-body BYTES]
         [--max-connections C] [--alias NAME] [--chat-template FILE] [--max-seqs S]
-        [--draft-model FILE [--draft-k K]] ...
+        [--draft-model FILE [--draft-k K]] [--context-shift [--keep N]] ...
                         OpenAI-compatible HTTP server (default 127.0.0.1:8080):
                         POST /v1/chat/completions, /v1/completions (stream, n, stop,
                         response_format, grammar), GET /v1/models, /health, /metrics;
                         past Q requests waiting (default 64): 503 with Retry-After;
-                        --draft-model: every request drafts K tokens (default 8) with it
+                        --draft-model: every request drafts K tokens (default 8) with it;
+                        --context-shift: replies may run past the end of the context
   convert -o OUT [--type T] [--layers N]
                         rewrite the model: weights converted to type T, first N blocks only;
                         T a weight type or a k-quant mix (Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M):

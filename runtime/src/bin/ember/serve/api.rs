@@ -73,6 +73,9 @@ pub struct ModelInfo {
     pub n_ctx: usize,
     /// Speculative decoding for every request (`--draft-model`).
     pub speculative: Option<ember::engine::Speculative>,
+    /// Context shift for every request (`--context-shift`, as llama-server's): only the
+    /// prompt must fit the context; `max_tokens` may go past it.
+    pub context_shift: Option<ember::engine::ContextShift>,
 }
 
 fn number(obj: &Map<String, Value>, k: &'static str) -> Result<Option<f64>, Invalid> {
@@ -135,11 +138,21 @@ pub fn parse(body: &[u8], kind: Kind, model: &ModelInfo, seed: u64) -> Result<Pa
         return Err(invalid("max_tokens", "max_tokens must be at least 1"));
     }
     let prompt = match kind {
-        Kind::Chat => chat_prompt(obj, model, max_tokens.unwrap_or(1))?,
+        // Under a context shift the reply may outgrow the context: the messages need room for
+        // its start only.
+        Kind::Chat => {
+            let reply = max_tokens.unwrap_or(1);
+            let reply = match model.context_shift {
+                Some(_) => reply.min(model.n_ctx / 4).max(1),
+                None => reply,
+            };
+            chat_prompt(obj, model, reply)?
+        }
         Kind::Completion => completion_prompt(obj, model)?,
     };
     let room = model.n_ctx.saturating_sub(prompt.len());
-    if room == 0 || max_tokens.is_some_and(|m| m > room) {
+    let shifts = model.context_shift.is_some();
+    if room == 0 || (!shifts && max_tokens.is_some_and(|m| m > room)) {
         return Err(Invalid {
             message: format!(
                 "this model's context is {} tokens; the prompt has {} and max_tokens asks for {}",
@@ -187,9 +200,8 @@ pub fn parse(body: &[u8], kind: Kind, model: &ModelInfo, seed: u64) -> Result<Pa
             ignore_eos: flag(obj, "ignore_eos")?,
             grammar: grammar(obj)?,
             speculative: model.speculative,
-            // llama-server shifts only when started with --context-shift; here a request must
-            // fit the context (`max_tokens` defaults to the room left).
-            context_shift: None,
+            // `max_tokens` still defaults to the room left.
+            context_shift: model.context_shift,
         },
         prompt,
         stream: flag(obj, "stream")?,
@@ -543,6 +555,7 @@ mod tests {
             eos_text: String::new(),
             n_ctx: 64,
             speculative: None,
+            context_shift: None,
         }
     }
 

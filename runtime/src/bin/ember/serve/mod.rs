@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ember::engine::Engine;
 use serde_json::json;
 
-use crate::args::{path, val};
+use crate::args::{path, switch, val};
 use crate::commands::{
     backend_kind, load_model, parse, report_backend, usage, CliError, CliResult,
 };
@@ -58,6 +58,8 @@ const FLAGS: &[crate::args::Flag] = &[
     val("alias", None),
     path("chat-template", None),
     val("draft-k", None),
+    switch("context-shift"),
+    val("keep", None),
 ];
 
 struct Ctx {
@@ -134,6 +136,27 @@ pub fn serve(raw: &[OsString]) -> CliResult {
             k: draft_k,
             drafter: ember::engine::Drafter::Model,
         });
+    // As llama-server's --context-shift: every request may run past the end of the context.
+    let context_shift = if a.has("context-shift") {
+        if speculative.is_some() {
+            return Err(usage(
+                "--context-shift and --draft-model do not go together (a shift would have to \
+                 move the drafts too)"
+                    .into(),
+            ));
+        }
+        let shift = ember::engine::ContextShift {
+            keep: a.get_or("keep", 0).map_err(usage)?,
+        };
+        engine
+            .check_shift(&shift)
+            .map_err(|e| usage(format!("--keep: {e}")))?;
+        Some(shift)
+    } else if a.str("keep").is_some() {
+        return Err(usage("--keep goes with --context-shift".into()));
+    } else {
+        None
+    };
     let tokenizer = engine.shared_tokenizer();
     let text = |id: Option<u32>| {
         id.and_then(|i| tokenizer.token_text(i))
@@ -148,6 +171,7 @@ pub fn serve(raw: &[OsString]) -> CliResult {
         template,
         n_ctx: engine.n_ctx(),
         speculative,
+        context_shift,
     };
     let listener = TcpListener::bind((host.as_str(), port))
         .map_err(|e| CliError::Run(format!("cannot listen on {host}:{port}: {e}")))?;

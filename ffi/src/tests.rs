@@ -131,6 +131,34 @@ fn a_panic_holding_the_engine_poisons_the_runtime() {
     unsafe { ember_runtime_free(rt) };
 }
 
+/// Step `rt` until it is idle, then pull sequence 0 of request `id` to its finish (which must
+/// be `EMBER_FINISH_LENGTH`): its ids and its text.
+fn run_and_pull(rt: *mut ember_runtime, id: ember_request_id) -> (Vec<u32>, String) {
+    let mut more = true;
+    while more {
+        // SAFETY: valid arguments.
+        assert_eq!(unsafe { ember_step(rt, &mut more) }, ember_result::EMBER_OK);
+    }
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    loop {
+        let mut ev = std::mem::MaybeUninit::<ember_event>::uninit();
+        // SAFETY: valid arguments.
+        let r = unsafe { ember_next(rt, id, 0, ev.as_mut_ptr()) };
+        assert_eq!(r, ember_result::EMBER_OK);
+        // SAFETY: written on success.
+        let ev = unsafe { ev.assume_init() };
+        if ev.kind == ember_event_kind::EMBER_EVENT_FINISHED {
+            assert_eq!(ev.finish_reason, ember_finish_reason::EMBER_FINISH_LENGTH);
+            return (ids, text);
+        }
+        ids.push(ev.token);
+        // SAFETY: a NUL-terminated string of `text_len` bytes.
+        let piece = unsafe { CStr::from_ptr(ev.text as *const c_char) };
+        assert_eq!(piece.to_bytes().len(), ev.text_len);
+        text.push_str(piece.to_str().unwrap());
+    }
+}
+
 #[test]
 fn greedy_through_the_abi_equals_the_engine() {
     let (dir, path) = synth_model();
@@ -143,30 +171,7 @@ fn greedy_through_the_abi_equals_the_engine() {
     // SAFETY: valid arguments.
     let r = unsafe { ember_submit(rt, prompt.as_ptr(), &params, &mut id) };
     assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
-    let mut more = true;
-    while more {
-        // SAFETY: valid arguments.
-        assert_eq!(unsafe { ember_step(rt, &mut more) }, ember_result::EMBER_OK);
-    }
-    let mut ids = Vec::new();
-    let mut text = String::new();
-    loop {
-        let mut ev = std::mem::MaybeUninit::<ember_event>::uninit();
-        // SAFETY: valid arguments.
-        let r = unsafe { ember_next(rt, id, 0, ev.as_mut_ptr()) };
-        assert_eq!(r, ember_result::EMBER_OK);
-        // SAFETY: written on success.
-        let ev = unsafe { ev.assume_init() };
-        if ev.kind == ember_event_kind::EMBER_EVENT_FINISHED {
-            assert_eq!(ev.finish_reason, ember_finish_reason::EMBER_FINISH_LENGTH);
-            break;
-        }
-        ids.push(ev.token);
-        // SAFETY: a NUL-terminated string of `text_len` bytes.
-        let piece = unsafe { CStr::from_ptr(ev.text as *const c_char) };
-        assert_eq!(piece.to_bytes().len(), ev.text_len);
-        text.push_str(piece.to_str().unwrap());
-    }
+    let (ids, text) = run_and_pull(rt, id);
     // The same request straight through the engine.
     let model = ember::model::Model::load(dir.0.join("synth.gguf")).unwrap();
     let cfg = small_config().to_engine().unwrap();
@@ -301,25 +306,7 @@ fn context_shift_through_the_abi_equals_the_engine() {
     // SAFETY: valid arguments.
     let r = unsafe { ember_submit(rt, c"ab".as_ptr(), &params, &mut id) };
     assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
-    let mut more = true;
-    while more {
-        // SAFETY: valid arguments.
-        assert_eq!(unsafe { ember_step(rt, &mut more) }, ember_result::EMBER_OK);
-    }
-    let mut ids = Vec::new();
-    loop {
-        let mut ev = std::mem::MaybeUninit::<ember_event>::uninit();
-        // SAFETY: valid arguments.
-        let r = unsafe { ember_next(rt, id, 0, ev.as_mut_ptr()) };
-        assert_eq!(r, ember_result::EMBER_OK);
-        // SAFETY: written on success.
-        let ev = unsafe { ev.assume_init() };
-        if ev.kind == ember_event_kind::EMBER_EVENT_FINISHED {
-            assert_eq!(ev.finish_reason, ember_finish_reason::EMBER_FINISH_LENGTH);
-            break;
-        }
-        ids.push(ev.token);
-    }
+    let (ids, _) = run_and_pull(rt, id);
     assert_eq!(ids.len(), 192);
     let model = ember::model::Model::load(dir.0.join("synth.gguf")).unwrap();
     let mut e = ember::engine::Engine::new(model, cfg.to_engine().unwrap()).unwrap();

@@ -276,15 +276,11 @@ fn convert_takes_k_quant_mixes() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = tmp("kmix-q4km.gguf");
-    let o = ember(&[
-        "convert",
-        "-m",
-        m.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--type",
-        "q4_k_m",
-    ]);
+    let convert = |ty: &str| {
+        let (m, o) = (m.to_str().unwrap(), out.to_str().unwrap());
+        ember(&["convert", "-m", m, "-o", o, "--type", ty])
+    };
+    let o = convert("q4_k_m");
     assert!(o.status.success(), "{}", stderr(&o));
     let f = ember::gguf::GgufFile::open(&out).expect("converted file");
     assert_eq!(f.get_u64("general.file_type").unwrap(), Some(15));
@@ -309,16 +305,11 @@ fn convert_takes_k_quant_mixes() {
         "2",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = ember(&[
-        "convert",
-        "-m",
-        m.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--type",
-        "Q3_K_M",
-    ]);
-    expect_exit(&o, 2, "mixes: Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M");
+    expect_exit(
+        &convert("Q3_K_M"),
+        2,
+        "mixes: Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M",
+    );
 }
 
 /// `generate --context-policy shift`: a generation longer than the context runs to `-n`,

@@ -248,37 +248,24 @@ mod tests {
             let n_kv = e.backend.layout().n_kv_head;
             let hd = e.backend.layout().head_dim;
             let filled = tokens.len() - BS;
-            for (bi, (kb, fkb)) in k
-                .chunks(n_kv * BS * hd)
-                .zip(fk.chunks(n_kv * BS * hd))
+            let tile = n_kv * BS * hd;
+            for (bi, ((kb, fkb), (vb, fvb))) in k
+                .chunks(tile)
+                .zip(fk.chunks(tile))
+                .zip(v.chunks(tile).zip(fv.chunks(tile)))
                 .enumerate()
             {
                 for h in 0..n_kv {
                     for slot in 0..BS.min(filled - bi * BS) {
                         let at = (h * BS + slot) * hd;
-                        for i in at..at + hd {
-                            let (a, b) = (kb[i], fkb[i]);
-                            assert!(
-                                (a - b).abs() <= 2e-3 + 2e-3 * b.abs(),
-                                "{arch}: block {bi} head {h} slot {slot}: {a} vs fresh {b}"
-                            );
+                        let what = format!("{arch}: block {bi} head {h} slot {slot}");
+                        for (a, b) in kb[at..at + hd].iter().zip(&fkb[at..at + hd]) {
+                            assert!((a - b).abs() <= 2e-3 + 2e-3 * b.abs(), "{what}: {a} vs {b}");
                         }
-                    }
-                }
-            }
-            let moved_v: Vec<f32> = v.clone();
-            for (bi, (vb, fvb)) in moved_v
-                .chunks(n_kv * BS * hd)
-                .zip(fv.chunks(n_kv * BS * hd))
-                .enumerate()
-            {
-                for h in 0..n_kv {
-                    for slot in 0..BS.min(filled - bi * BS) {
-                        let at = (h * BS + slot) * hd;
                         assert_eq!(
                             vb[at..at + hd],
                             fvb[at..at + hd],
-                            "{arch}: values move as they are"
+                            "{what}: values move as is"
                         );
                     }
                 }

@@ -45,7 +45,7 @@ fn a_chat_longer_than_its_context_truncates_or_refuses() {
     let lines = b"Name a color.\nName a fruit.\nName a city.\nName an animal.\nBye.\n";
     let run = |policy: &str| {
         // Under shift, replies longer than the context: each one shifts it.
-        let n = if policy == "shift" { "60" } else { "8" };
+        let n = if policy == "shift" { "90" } else { "8" };
         let mut c = Command::new(env!("CARGO_BIN_EXE_ember"))
             .args(["chat", "--ctx", "80", "-n", n, "-t", "2", "--ignore-eos"])
             .args(["--system", "Be brief.", "--context-policy", policy])

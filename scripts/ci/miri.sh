@@ -11,8 +11,8 @@ fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/miri}
 cargo +nightly miri setup >/dev/null
 # Two interpreters at once, one per core (Miri runs one test at a time, ~30 s per engine built
-# and seconds per interpreted step): the two longest engine tests in one, the other scheduler
-# tests, the pool and thread-pool tests and the property tests in the other. Not the engine's
+# and seconds per interpreted step): the three longest engine tests in one (~4 min), the other
+# scheduler tests, the pool and thread-pool tests and the property tests in the other. Not the engine's
 # scoring tests: those run whole forward passes (1-2 min each interpreted) over the same
 # scheduler code, and the native run checks their results. Nor the prompt cache's engine tests
 # (safe code over the same pool calls; each builds engines, minutes interpreted): the arena's
@@ -22,12 +22,14 @@ cargo +nightly miri setup >/dev/null
 # the grammar and the draft bookkeeping are safe code, and the block-pool paths they take are
 # the ones the scheduler tests above already run); nor the context-shift tests that generate
 # past the context (safe code over the same pool calls, block copies included; the one that
-# checks a shift's parameters runs).
+# checks a shift's parameters runs); nor the engine tests that only check how requests and
+# configurations are refused (parameter arithmetic in safe code, ~30 s each interpreted).
 echo "== miri: block pool, block tables, scheduler, thread pool; block-pool property tests"
 cargo +nightly miri test --locked -p ember --lib --no-run
 cargo +nightly miri test --locked -p ember --test block_pool_props --no-run
 long=(engine::tests::preemption_and_chunked_prefill_match_a_roomy_engine
-      engine::tests::prefix_cache_and_forks_share_blocks_safely)
+      engine::tests::prefix_cache_and_forks_share_blocks_safely
+      engine::tests::prefix_reuse_below_block_granularity)
 cargo +nightly miri test --locked -p ember --lib -- "${long[@]}" \
     >"$CARGO_TARGET_DIR/long.log" 2>&1 &
 long_pid=$!
@@ -37,7 +39,12 @@ cargo +nightly miri test --locked -p ember --lib -- kv:: engine:: threadpool:: \
     --skip engine::grammar_tests --skip engine::speculative::tests::speculative_output \
     --skip engine::draft_model::tests::draft_model_output \
     --skip engine::shift::tests::shift \
-    --skip "${long[0]}" --skip "${long[1]}" || rest_status=$?
+    --skip engine::draft_model::tests::a_draft_model_is_checked_and_required \
+    --skip engine::shift::tests::bad_shift_requests_are_refused \
+    --skip engine::tests::batch_budget_is_lowered_to_what_the_sequences_hold \
+    --skip engine::tests::requests_that_can_never_fit_say_why \
+    --skip engine::tests::huge_max_tokens_are_context_full_not_a_wrap \
+    --skip "${long[0]}" --skip "${long[1]}" --skip "${long[2]}" || rest_status=$?
 cargo +nightly miri test --locked -p ember --test block_pool_props || rest_status=$?
 long_status=0
 wait "$long_pid" || long_status=$?

@@ -25,8 +25,8 @@ pub use error::ember_result;
 pub use prompt_cache::*;
 pub use types::{
     ember_backend, ember_chat_message, ember_config, ember_cuda_weights, ember_event,
-    ember_event_kind, ember_finish_reason, ember_model_info, ember_params, ember_stats,
-    EMBER_CONTEXT_ERROR, EMBER_CONTEXT_SHIFT, EMBER_CONTEXT_TRUNCATE,
+    ember_event_kind, ember_finish_reason, ember_kv_type, ember_model_info, ember_params,
+    ember_stats, EMBER_CONTEXT_ERROR, EMBER_CONTEXT_SHIFT, EMBER_CONTEXT_TRUNCATE,
 };
 
 /// Version of the runtime, as "MAJOR.MINOR.PATCH".

@@ -265,6 +265,7 @@ struct Info {
     dims: [u32; 5],
     kv_blocks: u64,
     kv_bytes: u64,
+    kv_type: u32,
 }
 
 impl Info {
@@ -288,6 +289,7 @@ impl Info {
             ],
             kv_blocks: engine.kv_blocks() as u64,
             kv_bytes: engine.arena_bytes() as u64,
+            kv_type: engine.kv_type().code(),
         })
     }
 
@@ -311,6 +313,7 @@ impl Info {
                 self.eog.as_ptr()
             },
             n_eog: self.eog.len(),
+            kv_type: self.kv_type,
         }
     }
 }

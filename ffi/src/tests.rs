@@ -329,3 +329,97 @@ fn context_shift_through_the_abi_equals_the_engine() {
         ember_runtime_free(rt);
     }
 }
+
+/// `config.kv_type`: quantized KV holds more tokens in the same bytes (reported by
+/// `ember_get_model_info`), generates what the engine with that KV type generates, and a bad
+/// value or a head size the type cannot store is `EMBER_ERR_INVALID_ARGUMENT`.
+#[test]
+fn quantized_kv_through_the_abi() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("d32.gguf");
+    // Head size 32 (64 / 2): one Q8_0 or Q4_0 block per row.
+    let spec = ember::synth::SynthSpec {
+        n_head: 2,
+        n_head_kv: 1,
+        ..Default::default()
+    };
+    ember::synth::synth_gguf(&spec)
+        .unwrap()
+        .write_to(&path)
+        .unwrap();
+    let cpath = CString::new(path.to_str().unwrap()).unwrap();
+    let open = |kv_type: u32, model: &CString| {
+        let cfg = ember_config {
+            kv_blocks: 0,
+            kv_bytes: 1 << 20,
+            kv_type,
+            backend: ember_backend::EMBER_BACKEND_CPU as u32,
+            ..small_config()
+        };
+        let mut rt = ptr::null_mut();
+        // SAFETY: valid path, config and out-pointer.
+        let r = unsafe { ember_runtime_new(model.as_ptr(), &cfg, &mut rt) };
+        (r, rt)
+    };
+    let capacity = |rt| {
+        let mut info = std::mem::MaybeUninit::<ember_model_info>::uninit();
+        // SAFETY: valid arguments; written on EMBER_OK.
+        let info = unsafe {
+            assert_eq!(
+                ember_get_model_info(rt, info.as_mut_ptr()),
+                ember_result::EMBER_OK
+            );
+            info.assume_init()
+        };
+        (info.kv_type, info.kv_capacity_tokens)
+    };
+    let (r, f16_rt) = open(ember_kv_type::EMBER_KV_F16 as u32, &cpath);
+    assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
+    let (r, q8_rt) = open(ember_kv_type::EMBER_KV_Q8_0 as u32, &cpath);
+    assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
+    let (f16_type, f16_tokens) = capacity(f16_rt);
+    let (q8_type, q8_tokens) = capacity(q8_rt);
+    assert_eq!((f16_type, q8_type), (0, 1));
+    // 64 bytes per f16 row, 34 per Q8_0 row: 1.88x, less a block's rounding.
+    let ratio = q8_tokens as f64 / f16_tokens as f64;
+    assert!((1.8..1.9).contains(&ratio), "{q8_tokens} / {f16_tokens}");
+    let mut params = ember_params_default();
+    params.max_tokens = 10;
+    params.ignore_eos = true;
+    let mut id = 0;
+    // SAFETY: valid arguments.
+    let r = unsafe { ember_submit(q8_rt, c"ab".as_ptr(), &params, &mut id) };
+    assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
+    let (ids, _) = run_and_pull(q8_rt, id);
+    let model = ember::model::Model::load(&path).unwrap();
+    let cfg = ember::engine::EngineConfig {
+        kv_type: ember::kv::KvType::Q8_0,
+        ..small_config().to_engine().unwrap()
+    };
+    let mut e = ember::engine::Engine::new(model, cfg).unwrap();
+    let p = ember::engine::RequestParams {
+        max_tokens: 10,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let want = e.submit_text("ab", &p).unwrap();
+    while e.has_work() {
+        e.step().unwrap();
+    }
+    assert_eq!(ids, e.output(want).unwrap().next().unwrap().ids);
+    // SAFETY: both live, freed once.
+    unsafe {
+        ember_runtime_free(f16_rt);
+        ember_runtime_free(q8_rt);
+    }
+    let (r, rt) = open(7, &cpath);
+    assert_eq!(r, ember_result::EMBER_ERR_INVALID_ARGUMENT);
+    assert!(rt.is_null());
+    assert!(last_error().contains("kv_type = 7"), "{}", last_error());
+    // The default synthetic model has heads of 16: not a whole Q4_0 block.
+    let (_dir16, path16) = synth_model();
+    let (r, rt) = open(ember_kv_type::EMBER_KV_Q4_0 as u32, &path16);
+    assert_eq!(r, ember_result::EMBER_ERR_INVALID_ARGUMENT);
+    assert!(rt.is_null());
+    assert!(last_error().contains("multiple of 32"), "{}", last_error());
+}

@@ -12,6 +12,7 @@ use ember::backend::{BackendKind, CudaWeights};
 use ember::engine::{ContextShift, FinishReason, KvBudget, Speculative};
 use ember::engine::{EngineConfig, RequestParams};
 use ember::grammar::Grammar;
+use ember::kv::KvType;
 use ember::sampler::SamplingParams;
 use ember::session::ContextPolicy;
 
@@ -45,6 +46,21 @@ pub enum ember_cuda_weights {
     /// host-mapped memory: no copy and no device memory for weights. For unified-memory devices
     /// (Jetson), where CPU and GPU share the DRAM; on a discrete card, correct but slow.
     EMBER_CUDA_WEIGHTS_MAPPED = 1,
+}
+
+/// How the KV cache stores keys and values (the `kv_type` field of `ember_config`).
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ember_kv_type {
+    /// IEEE half precision (2 bytes per element).
+    EMBER_KV_F16 = 0,
+    /// ggml's Q8_0 rows (34 bytes per 32 elements): 1.9x the tokens of f16 in the same bytes.
+    /// CPU backend only; the model's head size must be a multiple of 32.
+    EMBER_KV_Q8_0 = 1,
+    /// ggml's Q4_0 rows (18 bytes per 32 elements): 3.6x the tokens of f16 in the same bytes.
+    /// CPU backend only; the model's head size must be a multiple of 32.
+    EMBER_KV_Q4_0 = 2,
 }
 
 /// Resolves the `backend` field. The one place that learns about new backends.
@@ -114,6 +130,11 @@ pub struct ember_config {
     /// An `ember_cuda_weights` value (CUDA backend only). Default
     /// `EMBER_CUDA_WEIGHTS_UPLOAD`.
     pub cuda_weights: u32,
+    /// An `ember_kv_type` value. Default `EMBER_KV_F16`. A value that is not one is
+    /// `EMBER_ERR_INVALID_ARGUMENT`; a quantized type with a model whose head size is not a
+    /// multiple of 32 is `EMBER_ERR_INVALID_ARGUMENT` too; on the CUDA backend (f16 only) it is
+    /// `EMBER_ERR_ENGINE` (`EMBER_BACKEND_AUTO` then runs on the CPU).
+    pub kv_type: u32,
 }
 
 impl Default for ember_config {
@@ -135,6 +156,7 @@ impl Default for ember_config {
             threads: d.threads as u32,
             prefix_caching: d.prefix_caching,
             cuda_weights: ember_cuda_weights::EMBER_CUDA_WEIGHTS_UPLOAD as u32,
+            kv_type: ember_kv_type::EMBER_KV_F16 as u32,
         }
     }
 }
@@ -159,6 +181,12 @@ impl ember_config {
             max_requests: self.max_requests as usize,
             threads: self.threads as usize,
             prefix_caching: self.prefix_caching,
+            kv_type: KvType::from_code(self.kv_type).ok_or_else(|| {
+                Failure::invalid(format!(
+                    "config.kv_type = {} is not an ember_kv_type value (0 f16, 1 q8_0, 2 q4_0)",
+                    self.kv_type
+                ))
+            })?,
         })
     }
 }
@@ -514,8 +542,8 @@ pub struct ember_model_info {
     pub block_size: u32,
     /// Usable blocks of the KV arena.
     pub kv_blocks: u64,
-    /// Tokens the KV arena holds over all sequences (`kv_blocks × block_size`): with K/V stored
-    /// as f16, what the arena's byte budget bought.
+    /// Tokens the KV arena holds over all sequences (`kv_blocks × block_size`): what the
+    /// arena's byte budget bought with the configured `kv_type`.
     pub kv_capacity_tokens: u64,
     /// Bytes of the KV arena.
     pub kv_bytes: u64,
@@ -524,6 +552,8 @@ pub struct ember_model_info {
     pub eog_ids: *const u32,
     /// Number of ids in `eog_ids`.
     pub n_eog: usize,
+    /// The `ember_kv_type` the KV arena stores.
+    pub kv_type: u32,
 }
 
 /// Counters and gauges of a runtime, from `ember_get_stats`.

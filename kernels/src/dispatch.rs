@@ -72,12 +72,24 @@ pub struct Ops {
 }
 
 /// Signature of [`attention::attend_rows_group`].
-pub type AttendGroupFn =
-    fn(&[f32], &[half::f16], &[half::f16], f32, &mut [attention::OnlineSoftmax], &mut [f32]);
+pub type AttendGroupFn = fn(
+    &[f32],
+    crate::kv::KvRows<'_>,
+    crate::kv::KvRows<'_>,
+    f32,
+    &mut [attention::OnlineSoftmax],
+    &mut [f32],
+);
 
 /// Signature of [`attention::attend_rows`].
-pub type AttendRowsFn =
-    fn(&[f32], &[half::f16], &[half::f16], f32, &mut attention::OnlineSoftmax, &mut [f32]);
+pub type AttendRowsFn = fn(
+    &[f32],
+    crate::kv::KvRows<'_>,
+    crate::kv::KvRows<'_>,
+    f32,
+    &mut attention::OnlineSoftmax,
+    &mut [f32],
+);
 
 static SCALAR_OPS: Ops = Ops {
     rms_norm: ops::rms_norm,

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod dispatch;
+pub mod kv;
 pub mod reference;
 pub mod tile;
 pub mod traits;

@@ -23,6 +23,7 @@ fn main() {
         max_batch_tokens: 128,
         max_logits: 1,
         threads: 2,
+        kv_type: Default::default(),
     };
     let mut s = Session::new(m, &cfg).unwrap();
     for c in g["cases"].as_array().unwrap() {

@@ -355,3 +355,77 @@ fn generate_shifts_the_context_when_asked() {
         "expected error or shift",
     );
 }
+
+/// `--kv-type`: a quantized KV cache generates and `ember info` plans it (a smaller arena for
+/// the same blocks); an unknown type is a usage error listing the types, and a head size the
+/// type cannot store a runtime error saying so.
+#[test]
+fn kv_type_flag() {
+    let m = tmp("kv-type-d64.gguf");
+    let ms = m.to_str().unwrap();
+    let o = ember(&[
+        "synth",
+        "-o",
+        ms,
+        "--embd",
+        "128",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = |kv: &str| {
+        let o = ember(&["info", "-m", ms, "--ctx", "64", "--kv-type", kv]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let line = out
+            .lines()
+            .find(|l| l.contains("KV arena"))
+            .unwrap()
+            .to_owned();
+        let bytes: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+        (bytes, line)
+    };
+    let (f16, _) = plan("f16");
+    let (q4, line) = plan("q4_0");
+    assert!(line.contains("tokens of q4_0 K/V"), "{line}");
+    assert_eq!(q4 * 64, f16 * 18, "{line}");
+    for kv in ["q8_0", "Q4_0"] {
+        let o = ember(&[
+            "generate",
+            "-m",
+            ms,
+            "-p",
+            "abc",
+            "-n",
+            "6",
+            "--kv-type",
+            kv,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{kv}: {}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap())
+                .unwrap();
+        assert_eq!(v["ids"].as_array().unwrap().len(), 6, "{kv}: {v}");
+    }
+    let base = ["generate", "-m", ms, "-p", "abc", "-n", "2", "--kv-type"];
+    expect_exit(
+        &ember(&[&base[..], &["q5_0"]].concat()),
+        2,
+        "one of f16, q8_0, q4_0",
+    );
+    // The shared synthetic model has heads of 16.
+    let small = synth_model();
+    let o = ember(&[
+        "generate",
+        "-m",
+        small.to_str().unwrap(),
+        "-p",
+        "abc",
+        "--kv-type",
+        "q8_0",
+    ]);
+    expect_exit(&o, 1, "multiple of 32");
+}

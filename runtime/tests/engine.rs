@@ -33,6 +33,7 @@ fn engine(kv_blocks: usize, max_seqs: usize, max_batch_tokens: usize) -> Engine 
         max_requests: 128,
         threads: 2,
         prefix_caching: true,
+        kv_type: Default::default(),
     };
     Engine::new(model(), cfg).unwrap()
 }

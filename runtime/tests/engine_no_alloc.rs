@@ -32,6 +32,7 @@ fn hundred_steps_with_eight_sequences_allocate_nothing() {
         max_requests: 16,
         threads: 2,
         prefix_caching: true,
+        kv_type: Default::default(),
     };
     let mut e = Engine::new(Model::load(&path).unwrap(), cfg).unwrap();
     let prompts = [

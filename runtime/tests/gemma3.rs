@@ -152,6 +152,7 @@ fn last_logits_with_poison(
         n_kv_head: c.n_head_kv,
         head_dim: c.head_dim,
         block_size: bs,
+        kv_type: Default::default(),
     };
     let mut kv = KvArena::new(layout, n_blocks + 1).unwrap();
     // Block 0 is the pool's null block; use the others in reverse, so the table is not the

@@ -86,6 +86,7 @@ fn f32_weights_match_llama_cpp_f32_goldens() {
         max_batch_tokens: 128,
         max_logits: 1,
         threads: 2,
+        kv_type: Default::default(),
     };
     let mut s = Session::new(m, &cfg).unwrap();
     let g = SMOLLM2.json("greedy_f32_activations.json");

@@ -43,6 +43,7 @@ fn session(m: Model, block_size: usize, max_batch: usize, kv: KvBudget) -> Sessi
         max_batch_tokens: max_batch,
         max_logits: max_batch,
         threads: 2,
+        kv_type: Default::default(),
     };
     Session::new(m, &cfg).unwrap()
 }
@@ -212,12 +213,12 @@ fn full_arena_and_full_context_are_clean_errors() {
 /// Every kernel set this CPU and build can run (scalar, AVX2 and AVX-512 here; the NEON sets on
 /// aarch64), in one process, gives the reference's logits bit for bit through the whole model:
 /// prefill and decode, llama and gemma3 (GELU, sliding window), every weight format with a
-/// SIMD kernel.
+/// SIMD kernel, and every KV type (f16, and the quantized Q8_0 and Q4_0 rows).
 #[test]
 fn every_kernel_set_gives_the_reference_logits() {
     use ember::backend::CpuExecutor;
     use ember::compute::Compute;
-    use ember::kv::{BlockId, KvArena, KvLayout};
+    use ember::kv::{BlockId, KvArena, KvLayout, KvType};
     use ember::model::{BatchToken, Scratch};
     use ember_kernels::dispatch::KernelSet;
 
@@ -227,16 +228,20 @@ fn every_kernel_set_gives_the_reference_logits() {
         sets.iter().map(|k| k.path().name()).collect::<Vec<_>>()
     );
     let cases = [
-        ("llama", GgmlType::Q4_0),
-        ("llama", GgmlType::Q4_1),
-        ("llama", GgmlType::Q5_0),
-        ("llama", GgmlType::Q8_0),
-        ("llama", GgmlType::F16),
-        ("llama", GgmlType::Q4_K),
-        ("llama", GgmlType::Q6_K),
-        ("gemma3", GgmlType::Q8_0),
+        ("llama", GgmlType::Q4_0, KvType::F16),
+        ("llama", GgmlType::Q4_1, KvType::F16),
+        ("llama", GgmlType::Q5_0, KvType::F16),
+        ("llama", GgmlType::Q8_0, KvType::F16),
+        ("llama", GgmlType::F16, KvType::F16),
+        ("llama", GgmlType::Q4_K, KvType::F16),
+        ("llama", GgmlType::Q6_K, KvType::F16),
+        ("gemma3", GgmlType::Q8_0, KvType::F16),
+        ("llama", GgmlType::Q4_1, KvType::Q8_0),
+        ("qwen2", GgmlType::Q4_0, KvType::Q4_0),
+        ("gemma3", GgmlType::Q8_0, KvType::Q8_0),
+        ("gemma3", GgmlType::Q4_0, KvType::Q4_0),
     ];
-    for (arch, ty) in cases {
+    for (arch, ty, kv_type) in cases {
         let m = synth(arch, ty);
         let c = &m.config;
         let bs = 16;
@@ -245,6 +250,7 @@ fn every_kernel_set_gives_the_reference_logits() {
             n_kv_head: c.n_head_kv,
             head_dim: c.head_dim,
             block_size: bs,
+            kv_type,
         };
         let n_blocks = PROMPT.len().div_ceil(bs) + 1;
         let table: Vec<BlockId> = (1..=n_blocks as u32).map(BlockId).collect();
@@ -294,7 +300,7 @@ fn every_kernel_set_gives_the_reference_logits() {
                 .position(|(a, b)| a.to_bits() != b.to_bits());
             assert!(
                 diff.is_none(),
-                "{arch} {ty} on {}: logit {} is {} (reference {})",
+                "{arch} {ty}, {kv_type} KV, on {}: logit {} is {} (reference {})",
                 ks.path().name(),
                 diff.unwrap(),
                 got[diff.unwrap()],

@@ -31,6 +31,7 @@ fn decode_steps_allocate_nothing() {
         max_batch_tokens: 64,
         max_logits: 1,
         threads: 2,
+        kv_type: Default::default(),
     };
     let mut s = Session::new(model, &cfg).unwrap();
     let params = SamplingParams {

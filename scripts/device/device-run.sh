@@ -49,6 +49,28 @@ for m in tiny-q4_0 tiny-gemma3; do
     echo "memcheck exit (context shift, $m): ${PIPESTATUS[0]}"
 done
 
+# Quantized KV: Q8_0 rows of heads of 64 (the 8-layer model: stored turned, grouped-query
+# kernel), Q4_0 rows of heads of 256 through context shifts (gemma3: the general kernel, two
+# RoPE tables) and of heads of 32 (stored as computed).
+"$SAN" --tool memcheck --error-exitcode 9 "$D"/ember generate -m $D/smollm2-8l.gguf --backend cuda \
+    -p "The capital of France is" -n 8 --ignore-eos --ctx 300 --kv-type q8_0 2>&1 | tail -4 \
+    | tee -a "$OUT/memcheck.log"
+echo "memcheck exit (q8_0 KV, 8-layer): ${PIPESTATUS[0]}"
+for m in tiny-gemma3 tiny-q4_0; do
+    "$SAN" --tool memcheck --error-exitcode 9 "$D"/ember generate -m /tmp/ember-m/$m.gguf \
+        --backend cuda -p "hello world" -n 150 --ignore-eos --ctx 64 --context-policy shift \
+        --kv-type q4_0 --json 2>&1 | tail -3 | cut -c1-300 | tee -a "$OUT/memcheck.log"
+    echo "memcheck exit (q4_0 KV, context shift, $m): ${PIPESTATUS[0]}"
+done
+# The KV types' perplexity on both backends (the 8-layer model, chunks of 256 tokens).
+for kv in f16 q8_0 q4_0; do
+    for be in cpu cuda; do
+        printf '%s %s ' "$kv" "$be" | tee -a "$OUT/kv-ppl.log"
+        "$D"/ember perplexity -m $D/smollm2-8l.gguf -f tests/golden/GPL-3.txt -c 256 \
+            --backend $be --kv-type $kv --json 2>/dev/null | tail -1 | tee -a "$OUT/kv-ppl.log"
+    done
+done
+
 [ -n "${SKIP_BENCH:-}" ] && { echo "== done (SKIP_BENCH)"; exit 0; }
 echo "== attention bandwidth and start-up"
 "$D"/cuda-bench 2>&1 | tee "$OUT/bench-attention.md"

@@ -3,17 +3,21 @@
 //! eight `float32x4_t`), and the f16-rounded accumulator updates, rounding with the base
 //! ARMv8 `fcvtn`/`fcvtl` pair (round to nearest even, as `half` and F16C do; `vcvt_f16_f32`
 //! needs the unstable `float16x4_t`, so this goes through inline assembly); and the fused
-//! attention loop over f16 K/V rows (`attend_rows_group`), as the x86 kernels: same operations
-//! in the same order as `reference::attention::attend_rows`, so the same bits.
+//! attention loop over f16 or quantized (Q8_0, Q4_0) K/V rows (`attend_rows_group`), as the x86
+//! kernels: same operations in the same order as `reference::attention::attend_rows`, so the
+//! same bits.
 
 use std::arch::aarch64::{
-    float32x4_t, vaddq_f32, vdupq_n_f32, vfmaq_f32, vgetq_lane_f32, vld1q_f32, vld1q_u16,
-    vmulq_n_f32, vpaddq_f32, vst1q_f32,
+    float32x4_t, int16x8_t, vaddq_f32, vandq_u8, vcvtq_f32_s32, vdupq_n_f32, vdupq_n_s16,
+    vdupq_n_u8, vfmaq_f32, vget_high_s16, vget_high_s8, vget_high_u8, vget_low_s16, vget_low_s8,
+    vget_low_u8, vgetq_lane_f32, vld1q_f32, vld1q_s8, vld1q_u16, vld1q_u8, vmovl_s16, vmovl_s8,
+    vmovl_u8, vmulq_n_f32, vpaddq_f32, vreinterpretq_s16_u16, vshrq_n_u8, vst1q_f32, vsubq_s16,
 };
 use std::arch::asm;
 
 use half::f16;
 
+use crate::kv::{KvRows, KvType};
 use crate::reference::attention::{self, OnlineSoftmax};
 
 /// Four f32 rounded to f16 (nearest, ties to even) and widened back.
@@ -135,36 +139,128 @@ unsafe fn load8_f16(p: *const f16) -> (float32x4_t, float32x4_t) {
     (lo, hi)
 }
 
+/// How a kernel reads a stored K/V row: 32 elements at a time as eight vectors of 4 f32, exactly
+/// the values of [`crate::kv::KvType::load_row`].
+trait Rows32 {
+    /// Elements `32c..32c+32` of the row at `p`.
+    ///
+    /// # Safety
+    /// The row at `p` holds at least `32c + 32` elements; the CPU has NEON.
+    unsafe fn load32(p: *const u8, c: usize) -> [float32x4_t; 8];
+}
+
+/// f16 rows.
+struct F16Rows;
+/// Q8_0 rows: blocks of 32 (an f16 scale, 32 signed bytes).
+struct Q8Rows;
+/// Q4_0 rows: blocks of 32 (an f16 scale; byte `i` holds elements `i` and `i + 16`).
+struct Q4Rows;
+
+/// Eight signed 16-bit integers times `d`, as two vectors of 4 f32 (`d * q` is exact in f32).
+#[inline]
+#[target_feature(enable = "neon")]
+fn scaled(x: int16x8_t, d: f32) -> (float32x4_t, float32x4_t) {
+    (
+        vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(x))), d),
+        vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(x))), d),
+    )
+}
+
+/// The f16 scale of the quantization block at `p`.
+///
+/// # Safety
+/// `p..p+2` readable.
+#[inline(always)]
+unsafe fn scale_at(p: *const u8) -> f32 {
+    // SAFETY: two readable bytes (caller).
+    unsafe { f16::from_le_bytes([*p, *p.add(1)]).to_f32() }
+}
+
+impl Rows32 for F16Rows {
+    #[inline(always)]
+    unsafe fn load32(p: *const u8, c: usize) -> [float32x4_t; 8] {
+        // SAFETY: NEON (caller).
+        let mut r = [unsafe { vdupq_n_f32(0.0) }; 8];
+        for h in 0..4 {
+            // SAFETY: elements `32c + 8h..+8` are in the row (caller); NEON (caller).
+            (r[2 * h], r[2 * h + 1]) = unsafe { load8_f16(p.add(64 * c + 16 * h).cast()) };
+        }
+        r
+    }
+}
+
+impl Rows32 for Q8Rows {
+    #[inline(always)]
+    unsafe fn load32(p: *const u8, c: usize) -> [float32x4_t; 8] {
+        // SAFETY: NEON (caller).
+        let mut r = [unsafe { vdupq_n_f32(0.0) }; 8];
+        // SAFETY: block `c` (34 bytes: scale, then 32 quants) is in the row (caller); NEON.
+        unsafe {
+            let b = p.add(34 * c);
+            let d = scale_at(b);
+            for half in 0..2 {
+                let x = vld1q_s8(b.add(2 + 16 * half).cast());
+                (r[4 * half], r[4 * half + 1]) = scaled(vmovl_s8(vget_low_s8(x)), d);
+                (r[4 * half + 2], r[4 * half + 3]) = scaled(vmovl_s8(vget_high_s8(x)), d);
+            }
+        }
+        r
+    }
+}
+
+impl Rows32 for Q4Rows {
+    #[inline(always)]
+    unsafe fn load32(p: *const u8, c: usize) -> [float32x4_t; 8] {
+        // SAFETY: NEON (caller).
+        let mut r = [unsafe { vdupq_n_f32(0.0) }; 8];
+        // SAFETY: block `c` (18 bytes: scale, then 16 bytes of two nibbles) is in the row
+        // (caller); NEON. Elements 0..16 are the low nibbles, 16..32 the high ones.
+        unsafe {
+            let b = p.add(18 * c);
+            let d = scale_at(b);
+            let x = vld1q_u8(b.add(2));
+            let nibbles = [vandq_u8(x, vdupq_n_u8(0x0f)), vshrq_n_u8::<4>(x)];
+            for (half, n) in nibbles.into_iter().enumerate() {
+                let eight = vdupq_n_s16(8);
+                let lo = vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(n))), eight);
+                let hi = vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(n))), eight);
+                (r[4 * half], r[4 * half + 1]) = scaled(lo, d);
+                (r[4 * half + 2], r[4 * half + 3]) = scaled(hi, d);
+            }
+        }
+        r
+    }
+}
+
 /// The fused loop of `reference::attention::attend_rows_group` for `d = 32 * D32`: each key and
 /// value row is widened once for all the group's queries, the score follows `dot_f16_order`
 /// (the accumulators of [`dot_neon`]), the online softmax is the reference's scalar code, and
 /// the f16 accumulators (in `out`, L1) are rounded after every key.
 ///
 /// # Safety
-/// `q.len() == out.len() == st.len() * 32 * D32`; `k.len() == v.len()`, a multiple of
-/// `32 * D32`; the CPU has NEON.
+/// `q.len() == out.len() == st.len() * 32 * D32`; `k` and `v` hold `n` rows of `rb` bytes,
+/// each `32 * D32` elements stored as `R` reads them; the CPU has NEON.
 #[target_feature(enable = "neon")]
-unsafe fn attend_group_d<const D32: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_group_d<const D32: usize, R: Rows32>(
     q: &[f32],
-    k: &[f16],
-    v: &[f16],
+    k: *const u8,
+    v: *const u8,
+    rb: usize,
+    n: usize,
     scale: f32,
     st: &mut [OnlineSoftmax],
     out: &mut [f32],
 ) {
     let d = 32 * D32;
-    let n = k.len() / d;
     let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
     // One key or value row: 8 · D32 vectors of 4.
     let mut row = [[vdupq_n_f32(0.0); 8]; D32];
     let mut w = [0f32; MAX_GROUP];
     for j in 0..n {
         for (c, rc) in row.iter_mut().enumerate() {
-            for h in 0..4 {
-                // SAFETY: row `j < n` of `k` holds `d` elements (caller).
-                (rc[2 * h], rc[2 * h + 1]) =
-                    unsafe { load8_f16(k.as_ptr().add(j * d + 32 * c + 8 * h)) };
-            }
+            // SAFETY: row `j < n` of `k` holds `d` elements (caller).
+            *rc = unsafe { R::load32(k.add(j * rb), c) };
         }
         for (g, s) in st.iter_mut().enumerate() {
             let mut acc = [vdupq_n_f32(0.0); 8];
@@ -192,11 +288,8 @@ unsafe fn attend_group_d<const D32: usize>(
             w[g] = vs;
         }
         for (c, rc) in row.iter_mut().enumerate() {
-            for h in 0..4 {
-                // SAFETY: row `j < n` of `v` holds `d` elements (caller).
-                (rc[2 * h], rc[2 * h + 1]) =
-                    unsafe { load8_f16(v.as_ptr().add(j * d + 32 * c + 8 * h)) };
-            }
+            // SAFETY: row `j < n` of `v` holds `d` elements (caller).
+            *rc = unsafe { R::load32(v.add(j * rb), c) };
         }
         for (g, &wg) in w[..st.len()].iter().enumerate() {
             let wv = vdupq_n_f32(wg);
@@ -220,21 +313,36 @@ const MAX_GROUP: usize = 16;
 /// 32, 64, 128, 256 or groups over [`MAX_GROUP`]).
 pub(crate) fn attend_rows_group(
     q: &[f32],
-    k: &[f16],
-    v: &[f16],
+    k: KvRows<'_>,
+    v: KvRows<'_>,
     scale: f32,
     st: &mut [OnlineSoftmax],
     out: &mut [f32],
 ) {
-    let (g, d) = attention::group_shape(q, k, v, st, out);
-    // SAFETY: installed only after neon was detected; lengths checked above.
+    let (g, d) = attention::group_shape(q, &k, &v, st, out);
+    if g > MAX_GROUP {
+        return attention::attend_rows_group(q, k, v, scale, st, out);
+    }
+    let (kp, vp) = (k.bytes.as_ptr(), v.bytes.as_ptr());
+    let (rb, n) = (k.ty.row_bytes(d).unwrap_or(0), k.n_rows(d));
+    macro_rules! by_d {
+        ($r:ty) => {
+            match d {
+                32 => attend_group_d::<1, $r>(q, kp, vp, rb, n, scale, st, out),
+                64 => attend_group_d::<2, $r>(q, kp, vp, rb, n, scale, st, out),
+                128 => attend_group_d::<4, $r>(q, kp, vp, rb, n, scale, st, out),
+                256 => attend_group_d::<8, $r>(q, kp, vp, rb, n, scale, st, out),
+                _ => attention::attend_rows_group(q, k, v, scale, st, out),
+            }
+        };
+    }
+    // SAFETY: installed only after neon was detected; shapes checked above: `k` and `v` hold
+    // `n` rows of `rb` bytes of the type matched.
     unsafe {
-        match (d, g <= MAX_GROUP) {
-            (32, true) => attend_group_d::<1>(q, k, v, scale, st, out),
-            (64, true) => attend_group_d::<2>(q, k, v, scale, st, out),
-            (128, true) => attend_group_d::<4>(q, k, v, scale, st, out),
-            (256, true) => attend_group_d::<8>(q, k, v, scale, st, out),
-            _ => attention::attend_rows_group(q, k, v, scale, st, out),
+        match k.ty {
+            KvType::F16 => by_d!(F16Rows),
+            KvType::Q8_0 => by_d!(Q8Rows),
+            KvType::Q4_0 => by_d!(Q4Rows),
         }
     }
 }
@@ -242,8 +350,8 @@ pub(crate) fn attend_rows_group(
 /// `reference::attention::attend_rows` with NEON (one query).
 pub(crate) fn attend_rows(
     q: &[f32],
-    k: &[f16],
-    v: &[f16],
+    k: KvRows<'_>,
+    v: KvRows<'_>,
     scale: f32,
     st: &mut OnlineSoftmax,
     out: &mut [f32],

@@ -7,6 +7,7 @@
 //! quantization level, so the summation order and roundings here are part of the spec.
 
 use super::expf::expf;
+use crate::kv::KvRows;
 use half::f16;
 
 /// `k · q` in the order of ggml's AVX2 `ggml_vec_dot_f16`: 32 elements per step into four
@@ -99,37 +100,49 @@ impl OnlineSoftmax {
     }
 }
 
-/// One query over `n = k.len() / q.len()` consecutive keys and values (rows of `q.len()` f16
-/// elements), continuing the online softmax in `st` and the f16-rounded weighted sum in `out`:
-/// the inner loop of ggml's `flash_attn_ext_f16_one_chunk`. Per key: `s = (k · q) * scale` in
-/// [`dot_f16_order`]; a new maximum rescales `out` with [`scale_f16`] by `exp(old - new)`;
-/// then `out` += `v * exp(s - max)` with [`mad_f16`] and `sum = sum * ms + vs`.
+/// One query over the `n` keys and values of `k` and `v` (rows of `q.len()` elements, stored as
+/// f16 or quantized, see [`KvRows`]), continuing the online softmax in `st` and the f16-rounded
+/// weighted sum in `out`: the inner loop of ggml's `flash_attn_ext_f16_one_chunk`. Per key: the
+/// row is read back exactly to f32; `s = (k · q) * scale` in [`dot_f16_order`]; a new maximum
+/// rescales `out` with [`scale_f16`] by `exp(old - new)`; then `out` += `v * exp(s - max)` with
+/// [`mad_f16`] and `sum = sum * ms + vs`.
 pub fn attend_rows(
     q: &[f32],
-    k: &[f16],
-    v: &[f16],
+    k: KvRows<'_>,
+    v: KvRows<'_>,
     scale: f32,
     st: &mut OnlineSoftmax,
     out: &mut [f32],
 ) {
     let d = q.len();
+    let n = rows_shape(d, &k, &v);
+    assert!(out.len() == d);
     let mut row = [0.0f32; 256];
-    assert!(
-        d <= row.len() && out.len() == d && k.len() == v.len() && k.len().is_multiple_of(d.max(1))
-    );
-    for (kr, vr) in k.chunks_exact(d).zip(v.chunks_exact(d)) {
-        for (r, x) in row.iter_mut().zip(kr) {
-            *r = x.to_f32();
-        }
+    for j in 0..n {
+        k.load(j, d, &mut row);
         let (rescale, vs) = st.push(dot_f16_order(&row[..d], q) * scale);
         if let Some(ms) = rescale {
             scale_f16(out, ms);
         }
-        for (r, x) in row.iter_mut().zip(vr) {
-            *r = x.to_f32();
-        }
+        v.load(j, d, &mut row);
         mad_f16(out, &row[..d], vs);
     }
+}
+
+/// Rows in `k` and `v` for a head size of `d`, after checking that they are whole rows of one
+/// type, as many keys as values, and `d` at most 256 (a mismatch is a caller bug: panics).
+pub(crate) fn rows_shape(d: usize, k: &KvRows<'_>, v: &KvRows<'_>) -> usize {
+    let rb = k.ty.row_bytes(d).filter(|_| d <= 256 && d > 0);
+    assert!(
+        rb.is_some_and(|rb| k.bytes.len().is_multiple_of(rb))
+            && k.ty == v.ty
+            && k.bytes.len() == v.bytes.len(),
+        "attention over {} rows of {d} elements: {} and {} bytes",
+        k.ty,
+        k.bytes.len(),
+        v.bytes.len()
+    );
+    k.n_rows(d)
 }
 
 /// `(g, d)`: the query count (`st.len()`) and head size of an [`attend_rows_group`] call,
@@ -140,19 +153,15 @@ pub fn attend_rows(
 )]
 pub(crate) fn group_shape(
     q: &[f32],
-    k: &[f16],
-    v: &[f16],
+    k: &KvRows<'_>,
+    v: &KvRows<'_>,
     st: &[OnlineSoftmax],
     out: &[f32],
 ) -> (usize, usize) {
     let g = st.len();
     let d = q.len().checked_div(g).unwrap_or(0);
-    assert!(
-        q.len() == g * d
-            && out.len() == q.len()
-            && k.len() == v.len()
-            && k.len().is_multiple_of(d.max(1))
-    );
+    assert!(q.len() == g * d && out.len() == q.len());
+    rows_shape(d, k, v);
     (g, d)
 }
 
@@ -161,8 +170,8 @@ pub(crate) fn group_shape(
 /// `d = q.len() / g` elements. Each query's result is exactly its own [`attend_rows`].
 pub fn attend_rows_group(
     q: &[f32],
-    k: &[f16],
-    v: &[f16],
+    k: KvRows<'_>,
+    v: KvRows<'_>,
     scale: f32,
     st: &mut [OnlineSoftmax],
     out: &mut [f32],

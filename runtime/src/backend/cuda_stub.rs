@@ -55,11 +55,11 @@ impl CudaBackend {
         match self.0 {}
     }
 
-    pub(crate) fn read_block(&self, _b: usize, _k: &mut [u16], _v: &mut [u16]) -> Result<()> {
+    pub(crate) fn read_block(&self, _b: usize, _k: &mut [u8], _v: &mut [u8]) -> Result<()> {
         match self.0 {}
     }
 
-    pub(crate) fn write_block(&mut self, _b: usize, _k: &[u16], _v: &[u16]) -> Result<()> {
+    pub(crate) fn write_block(&mut self, _b: usize, _k: &[u8], _v: &[u8]) -> Result<()> {
         match self.0 {}
     }
 

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::kv::{KvArena, KvLayout};
 use crate::model::weights::Mat;
 use crate::model::{BatchToken, BlockTables, Model, Scratch};
+use ember_kernels::kv::hadamard;
 
 pub use cpu::CpuExecutor;
 pub use cuda::CudaBackend;
@@ -258,13 +259,13 @@ impl Backend {
         }
     }
 
-    /// Copy block `b`'s keys and values (f16 bits, `[n_layer][n_kv_head][block_size][head_dim]`
-    /// each, [`KvLayout::block_len`] elements) into `k` and `v`.
-    pub(crate) fn read_block(&self, b: usize, k: &mut [u16], v: &mut [u16]) -> Result<()> {
+    /// Copy block `b`'s keys and values as stored (`[n_layer][n_kv_head][block_size][row]`
+    /// each, [`KvLayout::keys_bytes`] bytes) into `k` and `v`.
+    pub(crate) fn read_block(&self, b: usize, k: &mut [u8], v: &mut [u8]) -> Result<()> {
         check_block(self.layout(), self.n_blocks(), b, k.len(), v.len())?;
         match &self.inner {
             Inner::Cpu { arena, .. } => {
-                let (ks, vs) = arena.block_bits(b);
+                let (ks, vs) = arena.block_data(b);
                 k.copy_from_slice(ks);
                 v.copy_from_slice(vs);
                 Ok(())
@@ -274,11 +275,11 @@ impl Backend {
     }
 
     /// Overwrite block `b` with keys and values laid out as [`Backend::read_block`] gives them.
-    pub(crate) fn write_block(&mut self, b: usize, k: &[u16], v: &[u16]) -> Result<()> {
+    pub(crate) fn write_block(&mut self, b: usize, k: &[u8], v: &[u8]) -> Result<()> {
         check_block(self.layout(), self.n_blocks(), b, k.len(), v.len())?;
         match &mut self.inner {
             Inner::Cpu { arena, .. } => {
-                arena.set_block_bits(b, k, v);
+                arena.set_block_data(b, k, v);
                 Ok(())
             }
             Inner::Cuda(c) => c.write_block(b, k, v),
@@ -288,8 +289,8 @@ impl Backend {
     /// Rotate every key of block `block` back by `delta` positions, in every layer (RoPE by
     /// `-delta`, with the RoPE table of each layer: the sliding-window one where `swa[layer]`):
     /// what a context shift does to the keys it moves `delta` positions down. Computed in f32
-    /// from the stored f16 and rounded back, as ggml's `ggml_rope_ext` on the K cache. Values
-    /// do not move. `scratch` holds the CPU's RoPE tables.
+    /// from the stored row and stored back (rounded to f16, or quantized again), as llama.cpp's
+    /// K shift does on its K cache. Values do not move. `scratch` holds the CPU's RoPE tables.
     ///
     /// Errors: a block or `delta` out of range (`delta` in `1..n_ctx`), a device failure.
     pub(crate) fn shift_keys(
@@ -336,16 +337,17 @@ impl Backend {
                     for h in 0..l.n_kv_head {
                         for key in arena
                             .k_tile_mut(block, layer, h)
-                            .chunks_exact_mut(l.head_dim)
+                            .chunks_exact_mut(l.row_bytes())
                         {
                             let row = &mut row[..l.head_dim];
-                            for (r, k) in row.iter_mut().zip(key.iter()) {
-                                *r = k.to_f32();
-                            }
+                            l.kv_type.load_row(key, row);
+                            // Quantized keys are stored rotated (ember_kernels::kv): RoPE
+                            // applies to the key itself, between the two (self-inverse) turns.
+                            let turn = l.kv_type.key_rotation(l.head_dim);
+                            turn.inspect(|&n| hadamard(row, n));
                             rotate(row, cos, &neg_sin[..half]);
-                            for (k, r) in key.iter_mut().zip(row.iter()) {
-                                *k = half::f16::from_f32(*r);
-                            }
+                            turn.inspect(|&n| hadamard(row, n));
+                            l.kv_type.store_row(row, key);
                         }
                     }
                 }
@@ -369,10 +371,10 @@ impl Backend {
 
 /// A block copy's arguments: a block of the arena, buffers of one block each.
 fn check_block(layout: KvLayout, n_blocks: usize, b: usize, k: usize, v: usize) -> Result<()> {
-    if b >= n_blocks || k != layout.block_len() || v != layout.block_len() {
+    if b >= n_blocks || k != layout.keys_bytes() || v != layout.keys_bytes() {
         return Err(Error::Backend(format!(
-            "block copy: block {b} of {n_blocks}, buffers of {k} and {v} elements for blocks of {}",
-            layout.block_len()
+            "block copy: block {b} of {n_blocks}, buffers of {k} and {v} bytes for blocks of {}",
+            layout.keys_bytes()
         )));
     }
     Ok(())
@@ -429,6 +431,7 @@ mod tests {
                 n_kv_head: c.n_head_kv,
                 head_dim: c.head_dim,
                 block_size: 16,
+                kv_type: crate::kv::KvType::F16,
             },
             n_blocks: 4,
             max_tokens: 8,

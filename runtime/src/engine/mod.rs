@@ -272,6 +272,7 @@ impl Engine {
             &model,
             cfg.kv_budget,
             cfg.block_size,
+            cfg.kv_type,
             n_ctx,
             cfg.max_seqs,
             cfg.max_batch_tokens,
@@ -365,6 +366,11 @@ impl Engine {
     /// [`block_size`](Self::block_size), the tokens the arena holds over all sequences.
     pub fn kv_blocks(&self) -> usize {
         self.pool.num_blocks()
+    }
+
+    /// How the KV arena stores keys and values.
+    pub fn kv_type(&self) -> crate::kv::KvType {
+        self.cfg.kv_type
     }
 
     /// Bytes of the KV arena.
@@ -715,6 +721,8 @@ const _: fn() = || {
     send::<Engine>();
 };
 
+#[cfg(test)]
+mod kv_type_tests;
 #[cfg(test)]
 mod prompt_cache_tests;
 #[cfg(test)]

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use super::{invalid, Engine};
 use crate::error::{Error, Result};
 use crate::kv::cache_file::{
-    kv_type_name, CacheHeader, Checksum, CHECKSUM_LEN, HEADER_LEN, KV_F16,
+    kv_type_code, kv_type_name, CacheHeader, Checksum, CHECKSUM_LEN, HEADER_LEN,
 };
-use crate::kv::{hash_block, BlockHash, BlockId, KvLayout};
+use crate::kv::{hash_block, BlockHash, BlockId, KvLayout, KvType};
 
 /// What [`Engine::load_prompt_cache`] found in a file and put into the prefix cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl Engine {
     ) -> Result<usize> {
         let layout = self.backend.layout();
         let header = CacheHeader {
-            kv_type: KV_F16,
+            kv_type: kv_type_code(layout.kv_type),
             model: self.model.fingerprint(),
             layout,
             n_blocks: blocks.len(),
@@ -140,14 +140,11 @@ impl Engine {
             .flat_map(|t| t.to_le_bytes())
             .collect();
         put(&ids, false).map_err(io)?;
-        let n = layout.block_len();
-        let (mut k, mut v) = (vec![0u16; n], vec![0u16; n]);
-        let mut bytes = vec![0u8; 4 * n];
+        let n = layout.keys_bytes();
+        let mut bytes = vec![0u8; 2 * n];
         for (i, b) in blocks.iter().enumerate() {
-            self.backend.read_block(b.index(), &mut k, &mut v)?;
-            for (d, s) in bytes.chunks_exact_mut(2).zip(k.iter().chain(&v)) {
-                d.copy_from_slice(&s.to_le_bytes());
-            }
+            let (k, v) = bytes.split_at_mut(n);
+            self.backend.read_block(b.index(), k, v)?;
             put(&bytes, i + 1 == blocks.len()).map_err(io)?;
         }
         Ok(n_tokens)
@@ -221,10 +218,12 @@ impl Engine {
     /// The header's model, KV type and geometry must be this engine's, and `len` the length
     /// it gives.
     fn check_header(&self, h: &CacheHeader, len: u64) -> std::result::Result<(), String> {
-        if h.kv_type != KV_F16 {
+        let layout = self.backend.layout();
+        if h.kv_type != kv_type_code(layout.kv_type) {
             return Err(format!(
-                "KV type {}, this engine stores f16",
-                kv_type_name(h.kv_type)
+                "KV type {}, this engine stores {}",
+                kv_type_name(h.kv_type),
+                layout.kv_type
             ));
         }
         let ours = self.model.fingerprint();
@@ -234,7 +233,6 @@ impl Engine {
                 h.model
             ));
         }
-        let layout = self.backend.layout();
         if h.layout != layout {
             let g = |l: &KvLayout| {
                 format!(
@@ -275,10 +273,9 @@ impl Engine {
         path: &Path,
     ) -> Result<()> {
         let bs = h.layout.block_size;
-        let n = h.layout.block_len();
+        let n = h.layout.keys_bytes();
         let usable = h.n_blocks.min(self.n_ctx / bs);
-        let (mut k, mut v) = (vec![0u16; n], vec![0u16; n]);
-        let mut bytes = vec![0u8; 4 * n];
+        let mut bytes = vec![0u8; 2 * n];
         let mut parent = None;
         let mut room = true;
         for i in 0..h.n_blocks {
@@ -300,28 +297,29 @@ impl Engine {
                 continue;
             };
             held.push((b, Some(hash)));
-            let (kb, vb) = bytes.split_at(2 * n);
-            if !decode_finite(kb, &mut k) | !decode_finite(vb, &mut v) {
+            if !all_finite(h.layout.kv_type, &bytes) {
                 return Err(Error::PromptCache {
                     path: path.to_path_buf(),
                     what: format!("damaged (block {i} holds a non-finite key or value)"),
                 });
             }
-            self.backend.write_block(b.index(), &k, &v)?;
+            let (k, v) = bytes.split_at(n);
+            self.backend.write_block(b.index(), k, v)?;
         }
         Ok(())
     }
 }
 
-/// Decode little-endian f16 bits from `src` into `dst`; false if any is ±inf or NaN (every
-/// exponent bit set), which no forward pass stores. Written as two plain loops so that they
-/// vectorize: this runs over every byte of a cache.
-fn decode_finite(src: &[u8], dst: &mut [u16]) -> bool {
-    for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
-        *d = u16::from_le_bytes([s[0], s[1]]);
+/// Whether every f16 of the rows in `src` (every element for f16 rows, every block scale of
+/// quantized ones) is finite: ±inf and NaN (every exponent bit set) are stored by no forward
+/// pass. A plain fold, so that it vectorizes: this runs over every byte of a cache.
+fn all_finite(ty: KvType, src: &[u8]) -> bool {
+    let bad = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00;
+    match ty {
+        KvType::F16 => !src.chunks_exact(2).fold(false, |acc, b| acc | bad(b)),
+        KvType::Q8_0 => !src.chunks_exact(34).any(bad),
+        KvType::Q4_0 => !src.chunks_exact(18).any(bad),
     }
-    !dst.iter()
-        .fold(false, |bad, &x| bad | (x & 0x7c00 == 0x7c00))
 }
 
 /// Fill `buf` from `r`; the end of the file is a truncated cache.

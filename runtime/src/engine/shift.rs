@@ -201,14 +201,18 @@ mod tests {
     /// context), and its values, as f32.
     fn layer0(e: &Engine, blocks: &[crate::kv::BlockId]) -> (Vec<f32>, Vec<f32>) {
         let l = e.backend.layout();
-        let n = l.n_kv_head * l.tile_len();
-        let (mut k, mut v) = (vec![0u16; l.block_len()], vec![0u16; l.block_len()]);
+        let n = l.n_kv_head * l.tile_bytes();
+        let (mut k, mut v) = (vec![0u8; l.keys_bytes()], vec![0u8; l.keys_bytes()]);
         let (mut ks, mut vs) = (Vec::new(), Vec::new());
+        let mut row = vec![0f32; l.head_dim];
         for b in blocks {
             e.backend.read_block(b.index(), &mut k, &mut v).unwrap();
-            let f = |x: &u16| half::f16::from_bits(*x).to_f32();
-            ks.extend(k[..n].iter().map(f));
-            vs.extend(v[..n].iter().map(f));
+            for (src, dst) in [(&k, &mut ks), (&v, &mut vs)] {
+                for r in src[..n].chunks_exact(l.row_bytes()) {
+                    l.kv_type.load_row(r, &mut row);
+                    dst.extend_from_slice(&row);
+                }
+            }
         }
         (ks, vs)
     }

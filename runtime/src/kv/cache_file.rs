@@ -8,13 +8,13 @@
 //! | ---: | ---: | --- |
 //! | 0 | 8 | magic `EMBERKVC` |
 //! | 8 | 4 | version (1) |
-//! | 12 | 4 | KV type (1: f16) |
+//! | 12 | 4 | KV type (1: f16, 2: q8_0, 3: q4_0) |
 //! | 16 | 8 | model fingerprint ([`Model::fingerprint`](crate::model::Model::fingerprint)) |
 //! | 24 | 16 | `n_layer`, `n_kv_head`, `head_dim`, `block_size` (u32 each) |
 //! | 40 | 4 | `n_blocks` |
 //! | 44 | 4 | reserved, 0 |
 //! | 48 | 4 × `n_blocks × block_size` | the token ids the blocks hold |
-//! | … | `n_blocks ×` [`KvLayout::block_bytes`] | per block: its keys, then its values, in the arena's layout (`[n_layer][n_kv_head][block_size][head_dim]` f16 each) |
+//! | … | `n_blocks ×` [`KvLayout::block_bytes`] | per block: its keys, then its values, in the arena's layout (`[n_layer][n_kv_head][block_size][row]` each, rows stored as the KV type) |
 //! | end − 8 | 8 | [`Checksum`] of every byte before it |
 //!
 //! A reader checks the header against its own engine (model, KV type, geometry), the file's
@@ -22,14 +22,24 @@
 //! becomes visible: a file of another model, a truncated file or a flipped byte is an error,
 //! never wrong output.
 
-use super::KvLayout;
+use super::{KvLayout, KvType};
 
 /// First bytes of every prompt cache file.
 pub const MAGIC: [u8; 8] = *b"EMBERKVC";
 /// The format version this build writes and reads.
 pub const VERSION: u32 = 1;
-/// KV type code of f16 keys and values (the only type the arena stores today).
+/// KV type code of f16 keys and values (the first type; see [`kv_type_code`]).
 pub const KV_F16: u32 = 1;
+
+/// The file's code of a KV type: 1 f16, 2 q8_0, 3 q4_0.
+pub fn kv_type_code(t: KvType) -> u32 {
+    t.code() + 1
+}
+
+/// The KV type of a file's code, if this build knows it.
+pub fn kv_type_of(code: u32) -> Option<KvType> {
+    code.checked_sub(1).and_then(KvType::from_code)
+}
 /// Bytes of the header.
 pub const HEADER_LEN: usize = 48;
 /// Bytes of the closing checksum.
@@ -38,11 +48,11 @@ pub const CHECKSUM_LEN: usize = 8;
 /// What a prompt cache file says about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheHeader {
-    /// KV type code ([`KV_F16`]).
+    /// KV type code ([`kv_type_code`]; may be one this build does not know).
     pub kv_type: u32,
     /// Fingerprint of the model that computed the blocks.
     pub model: u64,
-    /// Geometry of a block.
+    /// Geometry of a block (its `kv_type` is f16 when the code is unknown).
     pub layout: KvLayout,
     /// Blocks stored.
     pub n_blocks: usize,
@@ -90,6 +100,7 @@ impl CacheHeader {
                 n_kv_head: u(28) as usize,
                 head_dim: u(32) as usize,
                 block_size: u(36) as usize,
+                kv_type: kv_type_of(u(12)).unwrap_or_default(),
             },
             n_blocks: u(40) as usize,
         })
@@ -108,8 +119,8 @@ impl CacheHeader {
             .n_layer
             .checked_mul(l.n_kv_head)?
             .checked_mul(l.block_size)?
-            .checked_mul(l.head_dim)?
-            .checked_mul(4)?; // keys and values, 2 bytes each
+            .checked_mul(l.kv_type.row_bytes(l.head_dim)?)?
+            .checked_mul(2)?; // keys and values
         let data = self.n_blocks.checked_mul(block)?;
         let total = (HEADER_LEN + CHECKSUM_LEN)
             .checked_add(tokens)?
@@ -120,9 +131,9 @@ impl CacheHeader {
 
 /// KV type code → name, for messages.
 pub fn kv_type_name(code: u32) -> String {
-    match code {
-        KV_F16 => "f16".into(),
-        c => format!("#{c} (unknown)"),
+    match kv_type_of(code) {
+        Some(t) => t.name().into(),
+        None => format!("#{code} (unknown)"),
     }
 }
 
@@ -236,6 +247,7 @@ mod tests {
                 n_kv_head: 3,
                 head_dim: 64,
                 block_size: 16,
+                kv_type: KvType::F16,
             },
             n_blocks: 62,
         }
@@ -271,6 +283,20 @@ mod tests {
             None,
             "an impossible header has no file length"
         );
+        // A quantized cache: its code round-trips and its blocks are smaller (34 bytes per 32).
+        let q = CacheHeader {
+            kv_type: kv_type_code(KvType::Q8_0),
+            layout: KvLayout {
+                kv_type: KvType::Q8_0,
+                ..h.layout
+            },
+            ..h
+        };
+        assert_eq!(CacheHeader::decode(&q.encode()), Ok(q));
+        let want = 48 + 62 * 16 * 4 + 62 * 30 * 3 * 16 * 68 * 2 + 8;
+        assert_eq!(q.file_len(), Some(want as u64));
+        assert_eq!(kv_type_name(9), "#9 (unknown)");
+        assert_eq!(kv_type_name(3), "q4_0");
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod arena;
 mod block_pool;
 pub mod cache_file;
 
-pub use arena::{KvArena, KvLayout};
+pub use arena::{KvArena, KvLayout, KvRows, KvType};
 pub use block_pool::{hash_block, BlockHash, BlockId, BlockPool};
 
 use crate::error::{Error, Result};

@@ -15,6 +15,7 @@
 use crate::backend::{Backend, BackendKind, CudaWeights};
 use crate::engine::{Engine, EngineConfig, RequestId};
 use crate::error::{Error, Result};
+use crate::kv::KvType;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
@@ -49,6 +50,8 @@ pub struct SessionConfig {
     pub threads: usize,
     /// Where the CUDA backend keeps the weights (ignored by the CPU backend).
     pub cuda_weights: CudaWeights,
+    /// How the KV arena stores keys and values (see [`EngineConfig::kv_type`]).
+    pub kv_type: KvType,
 }
 
 impl Default for SessionConfig {
@@ -61,6 +64,7 @@ impl Default for SessionConfig {
             max_logits: 1,
             threads: 0,
             cuda_weights: CudaWeights::Upload,
+            kv_type: KvType::F16,
         }
     }
 }
@@ -80,6 +84,7 @@ impl SessionConfig {
             threads: self.threads,
             prefix_caching: false,
             cuda_weights: self.cuda_weights,
+            kv_type: self.kv_type,
         }
     }
 }

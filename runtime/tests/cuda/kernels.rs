@@ -519,6 +519,70 @@ fn shift_keys_are_bit_exact() {
     }
 }
 
+/// The same for quantized keys (Q8_0 and Q4_0 rows, stored turned by Walsh-Hadamard blocks as
+/// the engine stores them): the device reads each row back, turns it back, rotates it, turns it
+/// and quantizes it again exactly as the CPU does, byte for byte.
+#[test]
+fn quantized_shift_keys_are_bit_exact() {
+    use ember::kv::KvType;
+    use ember_kernels::kv::hadamard;
+    let Some(dev) = device("quantized_shift_keys_are_bit_exact") else {
+        return;
+    };
+    let mut rng = Rng(9);
+    for kv in [KvType::Q8_0, KvType::Q4_0] {
+        for &(hkv, d) in &[(2usize, 32usize), (3, 64), (2, 128), (1, 256)] {
+            let z = AttnShape {
+                n_head: hkv,
+                n_head_kv: hkv,
+                head_dim: d,
+                block_size: 16,
+                n_layer: 3,
+                layer: 1,
+                n_blocks: 4,
+                max_blocks: 4,
+            };
+            let rb = kv.row_bytes(d).unwrap();
+            let n_rows = z.n_blocks * z.n_layer * hkv * z.block_size;
+            let mut bytes = vec![0u8; n_rows * rb];
+            for row in bytes.chunks_exact_mut(rb) {
+                kv.store_row(&rng.vec(d, 3.0), row);
+            }
+            let words = |b: &[u8]| -> Vec<u16> {
+                b.chunks_exact(2)
+                    .map(|w| u16::from_le_bytes([w[0], w[1]]))
+                    .collect()
+            };
+            let kc = words(&bytes);
+            let n_ctx = 64;
+            let cos = rng.vec(n_ctx * d / 2, 1.0);
+            let sin = rng.vec(n_ctx * d / 2, 1.0);
+            let (block, delta) = (2, 37);
+            let got =
+                testing::shift_keys_of(&dev, z, false, kv, &kc, &cos, &sin, block, delta).unwrap();
+            let c = &cos[delta * d / 2..(delta + 1) * d / 2];
+            let s: Vec<f32> = sin[delta * d / 2..(delta + 1) * d / 2]
+                .iter()
+                .map(|x| -x)
+                .collect();
+            let mut want = bytes.clone();
+            let tile = z.block_size * rb;
+            let base = (block * z.n_layer + z.layer) * hkv * tile;
+            let turn = kv.key_rotation(d);
+            for key in want[base..base + hkv * tile].chunks_exact_mut(rb) {
+                let mut x = vec![0f32; d];
+                kv.load_row(key, &mut x);
+                turn.inspect(|&n| hadamard(&mut x, n));
+                ops::rope_norm(&mut x, c, &s);
+                turn.inspect(|&n| hadamard(&mut x, n));
+                kv.store_row(&x, key);
+            }
+            assert_ne!(want, bytes, "the rotation changes the keys");
+            assert_eq!(got, words(&want), "{kv} hkv={hkv} d={d}");
+        }
+    }
+}
+
 /// f64 attention of one query head over positions `0..=pos` of a sequence's table (the last
 /// `window` of them when `window > 0`).
 #[allow(clippy::too_many_arguments)]

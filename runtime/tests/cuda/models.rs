@@ -30,6 +30,7 @@ fn session_cfg() -> SessionConfig {
         max_batch_tokens: 32,
         max_logits: 1,
         threads: 2,
+        kv_type: Default::default(),
     }
 }
 
@@ -62,8 +63,23 @@ fn argmax(l: &[f32]) -> usize {
 /// be the CPU's, except where the CPU's logits put the two within [`MARGIN_REL`] (a near-tie
 /// any rounding can flip). Reports the largest logit difference.
 fn compare_greedy(make: &dyn Fn() -> Model, prompt: &[u32], n: usize, what: &str) {
-    let mut cpu = Session::new(make(), &session_cfg()).unwrap();
-    let mut gpu = Session::with_backend(make(), &session_cfg(), BackendKind::Cuda).unwrap();
+    compare_greedy_kv(make, prompt, n, what, Default::default())
+}
+
+/// [`compare_greedy`] with keys and values stored as `kv_type` on both backends.
+fn compare_greedy_kv(
+    make: &dyn Fn() -> Model,
+    prompt: &[u32],
+    n: usize,
+    what: &str,
+    kv_type: ember::kv::KvType,
+) {
+    let cfg = SessionConfig {
+        kv_type,
+        ..session_cfg()
+    };
+    let mut cpu = Session::new(make(), &cfg).unwrap();
+    let mut gpu = Session::with_backend(make(), &cfg, BackendKind::Cuda).unwrap();
     let (mut sc, mut sg) = (cpu.new_sequence(), gpu.new_sequence());
     sc.tokens.extend_from_slice(prompt);
     sg.tokens.extend_from_slice(prompt);
@@ -185,6 +201,36 @@ fn greedy_cuda_equals_cpu_on_synthetic_gemma3() {
                 &prompt,
                 48,
                 &format!("synthetic gemma3 {ty}, head size {}", e / h),
+            );
+        }
+    }
+}
+
+/// Quantized KV (Q8_0 and Q4_0 rows) on CUDA equals the CPU: heads of 32 (stored as
+/// computed; the general attention kernel), 64 (stored turned; the grouped-query kernel) and
+/// 256 (gemma3's: turned, the general kernel, sliding windows), past the windows.
+#[test]
+fn greedy_cuda_equals_cpu_with_quantized_kv() {
+    use ember::kv::KvType;
+    if device("greedy_cuda_equals_cpu_with_quantized_kv").is_none() {
+        return;
+    }
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 29 + 3) % 500).collect();
+    for kv in [KvType::Q8_0, KvType::Q4_0] {
+        compare_greedy_kv(
+            &|| synth_model(GgmlType::Q8_0, 11),
+            &prompt,
+            48,
+            &format!("synthetic llama Q8_0, {kv} KV, head size 32"),
+            kv,
+        );
+        for (e, h) in [(256, 4), (512, 2)] {
+            compare_greedy_kv(
+                &|| synth_gemma3(GgmlType::Q8_0, e, h, 5),
+                &prompt,
+                48,
+                &format!("synthetic gemma3 Q8_0, {kv} KV, head size {}", e / h),
+                kv,
             );
         }
     }
@@ -389,6 +435,7 @@ fn engine_on_cuda_equals_lone_cuda_sessions() {
         max_requests: 16,
         threads: 2,
         prefix_caching: true,
+        kv_type: Default::default(),
     };
     let shared: Vec<u32> = (0..37).map(|i| (i * 13 + 7) % 500).collect();
     let reqs: Vec<(Vec<u32>, RequestParams)> = (0..10u32)
@@ -462,6 +509,7 @@ fn prompt_cache_files_round_trip_through_the_device() {
         max_requests: 4,
         threads: 2,
         prefix_caching: true,
+        kv_type: Default::default(),
     };
     let prompt: Vec<u32> = (0..75).map(|i| (i * 29 + 3) % 500).collect();
     let params = RequestParams {
@@ -608,19 +656,26 @@ fn speculation_and_grammars_on_cuda() {
     gpu.release(id).unwrap();
 }
 
-/// Context shift on the device: a generation of more than twice the context runs to the end
-/// through several shifts (keys rotated by the device kernel, cached blocks copied first), the
-/// same request gives the same ids again, and every block comes back.
+/// Context shift on the device, for every KV type: a generation of more than twice the context
+/// runs to the end through several shifts (keys rotated by the device kernel, cached blocks
+/// copied first), the same request gives the same ids again, and every block comes back.
 #[test]
 fn context_shift_on_cuda() {
     if device("context_shift_on_cuda").is_none() {
         return;
     }
+    for kv_type in ember::kv::KvType::ALL {
+        shift_on_cuda(kv_type);
+    }
+}
+
+fn shift_on_cuda(kv_type: ember::kv::KvType) {
     let cfg = EngineConfig {
         n_ctx: 64,
         kv_budget: KvBudget::Blocks(16),
         max_seqs: 2,
         max_batch_tokens: 64,
+        kv_type,
         ..EngineConfig::default()
     };
     let mut gpu =

@@ -65,6 +65,7 @@ pub fn session_of(m: Model, n_ctx: usize, max_batch: usize, max_logits: usize) -
         max_batch_tokens: max_batch,
         max_logits,
         threads: 2,
+        kv_type: Default::default(),
     };
     Session::new(m, &cfg).expect("session")
 }

@@ -1,11 +1,9 @@
 //! Attention on the CPU: causal, paged, one pass with an online softmax per query head (or per
 //! group of query heads sharing a KV head), reading each sequence's K/V through its block table.
 
+use crate::kv::{BlockId, KvArena, KvRows};
 use ember_kernels::dispatch::Ops;
 use ember_kernels::reference::attention::OnlineSoftmax;
-use half::f16;
-
-use crate::kv::{BlockId, KvArena};
 
 /// Causal attention of one query head over positions `start .. n_pos` of a sequence (`start` > 0
 /// on sliding-window layers: blocks wholly before it are not read, positions before it in its
@@ -45,7 +43,7 @@ fn for_each_kv_run(
     table: &[BlockId],
     start: usize,
     n_pos: usize,
-    mut f: impl FnMut(&[f16], &[f16]),
+    mut f: impl FnMut(KvRows<'_>, KvRows<'_>),
 ) {
     let lay = kv.layout();
     let (bs, d) = (lay.block_size, lay.head_dim);
@@ -58,7 +56,7 @@ fn for_each_kv_run(
         let j0 = start.saturating_sub(block_start).min(n);
         let kt = kv.k_tile(block.index(), layer, kv_head);
         let vt = kv.v_tile(block.index(), layer, kv_head);
-        f(&kt[j0 * d..n * d], &vt[j0 * d..n * d]);
+        f(kt.slice(j0..n, d), vt.slice(j0..n, d));
     }
 }
 

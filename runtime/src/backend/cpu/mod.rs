@@ -8,6 +8,7 @@
 
 mod attention;
 
+use ember_kernels::kv::hadamard;
 use half::f16;
 
 use super::gelu;
@@ -233,6 +234,8 @@ impl Executor for CpuExecutor<'_> {
             RopeTable::Global => (&s.rope_cos, &s.rope_sin),
             RopeTable::Local => (&s.rope_cos_swa, &s.rope_sin_swa),
         };
+        let kv_type = self.kv.layout().kv_type;
+        let (rot_k, rot_v) = (kv_type.key_rotation(d), kv_type.value_rotation(d));
         for (t, b) in step.batch.iter().enumerate() {
             let cos = &rope_cos[b.pos * half..(b.pos + 1) * half];
             let sin = &rope_sin[b.pos * half..(b.pos + 1) * half];
@@ -245,6 +248,15 @@ impl Executor for CpuExecutor<'_> {
                     RopePairing::Norm => (k.rope_norm)(head, cos, sin),
                     RopePairing::Neox => (k.rope_neox)(head, cos, sin),
                 }
+            }
+            // Quantized K/V are stored rotated (ember_kernels::kv): queries and keys by the
+            // keys' rotation, values by theirs (attention's output is rotated back).
+            if let Some(n) = rot_k {
+                hadamard(&mut s.q[t * qd..(t + 1) * qd], n);
+                hadamard(&mut s.k[t * kvd..(t + 1) * kvd], n);
+            }
+            if let Some(n) = rot_v {
+                hadamard(&mut s.v[t * kvd..(t + 1) * kvd], n);
             }
             // ggml's attention converts Q to f16 to multiply it with the f16 K cache.
             for q in &mut s.q[t * qd..(t + 1) * qd] {
@@ -290,6 +302,13 @@ impl Executor for CpuExecutor<'_> {
         };
         let att_ptr = SharedOut(s.att.as_mut_ptr());
         let ops = self.cx.kernels().ops();
+        // Values stored rotated come out rotated: rotate each head's output back.
+        let rot_v = kv.layout().kv_type.value_rotation(d);
+        let unrotate = |out: &mut [f32]| {
+            if let Some(n) = rot_v {
+                hadamard(out, n);
+            }
+        };
         if n_tok * hkv >= 2 * self.cx.n_threads() && group <= attention::MAX_GROUP {
             // Enough work per KV head: the query heads of a group share each K/V row read.
             self.cx.parallel_for(n_tok * hkv, |i| {
@@ -317,6 +336,7 @@ impl Executor for CpuExecutor<'_> {
                     scale,
                     out,
                 );
+                unrotate(out);
             });
         } else {
             self.cx.parallel_for(n_tok * hq, |i| {
@@ -340,6 +360,7 @@ impl Executor for CpuExecutor<'_> {
                     scale,
                     out,
                 );
+                unrotate(out);
             });
         }
         Ok(())

@@ -266,6 +266,7 @@ impl Executor for CudaExecutor<'_> {
             (RopeTable::Global, _) => (b.rope_cos.ptr, b.rope_sin.ptr),
         };
         let (m, s, z) = (b.meta, &b.s, b.dims);
+        let l = b.layout;
         b.dev.rope_kv_write(&RopeKvParams {
             q: s.q.ptr,
             k: s.k.ptr,
@@ -285,6 +286,10 @@ impl Executor for CudaExecutor<'_> {
             layer: layer as i32,
             neox: i32::from(z.neox),
             q_scale,
+            kv_type: l.kv_type.code() as i32,
+            row_u16: (l.row_bytes() / 2) as i32,
+            rot_k: l.kv_type.key_rotation(l.head_dim).unwrap_or(0) as i32,
+            rot_v: l.kv_type.value_rotation(l.head_dim).unwrap_or(0) as i32,
             pad: 0,
         })
     }
@@ -301,6 +306,7 @@ impl Executor for CudaExecutor<'_> {
         }
         let b = &*self.b;
         let (m, s, z) = (b.meta, &b.s, b.dims);
+        let l = b.layout;
         b.dev.attention(&AttnParams {
             q: s.q.ptr,
             out: s.att.ptr,
@@ -323,7 +329,20 @@ impl Executor for CudaExecutor<'_> {
             n_parts: b.n_parts as i32,
             scale,
             window: window.min(i32::MAX as usize) as i32,
-        })
+            kv_type: l.kv_type.code() as i32,
+            row_u16: (l.row_bytes() / 2) as i32,
+        })?;
+        // Values stored turned come out turned: turn each head's output back.
+        match l.kv_type.value_rotation(l.head_dim) {
+            Some(n) => b.dev.hadamard_rows(&HadamardParams {
+                x: s.att.ptr,
+                n_rows: (b.n_tok * z.n_head) as i32,
+                row_len: z.head_dim as i32,
+                n: n as i32,
+                pad: 0,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn gated_act(&mut self, act: FfnAct, rows: usize) -> Result<()> {

@@ -174,6 +174,17 @@ impl CudaDevice {
         )
     }
 
+    /// Rows turned by Walsh-Hadamard blocks of `p.n`, in place (one thread block per row).
+    pub fn hadamard_rows(&self, p: &HadamardParams) -> Result<()> {
+        self.launch(
+            &self.k.hadamard_rows,
+            (p.n_rows as usize, 1),
+            128,
+            p,
+            "hadamard_rows",
+        )
+    }
+
     /// Paged attention (and the partition merge when `p.n_parts > 1`): the grouped-query
     /// kernel (one thread block per token × KV head × partition) for head_dim 64 and 128 with up
     /// to 8 query heads per KV head, the general kernel (one block per token × query head ×
@@ -182,8 +193,8 @@ impl CudaDevice {
         let rows = (p.n_tok * p.n_head) as usize;
         let group = p.n_head / p.n_head_kv.max(1);
         let shape = match (p.head_dim, group) {
-            (64, 1..=8) => Some(group as usize - 1),
-            (128, 1..=8) => Some(8 + group as usize - 1),
+            (64, 1..=8) => Some(16 * p.kv_type as usize + group as usize - 1),
+            (128, 1..=8) => Some(16 * p.kv_type as usize + 8 + group as usize - 1),
             _ => None,
         };
         let gqa = shape.map(|s| &self.k.attn_gqa[s]);

@@ -374,7 +374,7 @@ impl CudaBackend {
             FfnAct::Silu => None,
         };
 
-        let kv_len = z.layout.block_len() * z.n_blocks;
+        let kv_len = z.layout.keys_bytes() / 2 * z.n_blocks;
         let kc = dev.alloc::<u16>(kv_len, "the KV arena (keys)")?;
         let vc = dev.alloc::<u16>(kv_len, "the KV arena (values)")?;
 
@@ -492,8 +492,8 @@ impl CudaBackend {
             vc: self.vc.ptr,
             src: src as i32,
             dst: dst as i32,
-            n_elems: (n_slots.min(l.block_size) * l.head_dim) as i32,
-            tile: l.tile_len() as i32,
+            n_elems: (n_slots.min(l.block_size) * l.row_bytes() / 2) as i32,
+            tile: (l.tile_bytes() / 2) as i32,
             n_tiles: (l.n_layer * l.n_kv_head) as i32,
             pad: 0,
         })
@@ -523,24 +523,41 @@ impl CudaBackend {
                 block_size: l.block_size as i32,
                 delta: delta as i32,
                 neox: i32::from(self.dims.neox),
+                kv_type: l.kv_type.code() as i32,
+                row_u16: (l.row_bytes() / 2) as i32,
+                rot_k: l.kv_type.key_rotation(l.head_dim).unwrap_or(0) as i32,
+                pad: 0,
             })?;
         }
         Ok(())
     }
 
-    /// Copy block `b` of the arena to the host (f16 bits; lengths checked by the caller).
-    pub(crate) fn read_block(&self, b: usize, k: &mut [u16], v: &mut [u16]) -> Result<()> {
-        let at = b * self.layout.block_len();
-        self.dev.read_at(&self.kc, at, k)?;
-        self.dev.read_at(&self.vc, at, v)
+    /// Copy block `b` of the arena to the host (little-endian f16; lengths checked by the
+    /// caller).
+    pub(crate) fn read_block(&self, b: usize, k: &mut [u8], v: &mut [u8]) -> Result<()> {
+        let n = self.layout.keys_bytes() / 2;
+        let mut bits = vec![0u16; n];
+        for (buf, out) in [(&self.kc, k), (&self.vc, v)] {
+            self.dev.read_at(buf, b * n, &mut bits)?;
+            for (o, x) in out.chunks_exact_mut(2).zip(&bits) {
+                o.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        Ok(())
     }
 
-    /// Overwrite block `b` of the arena from the host (f16 bits; lengths checked by the
-    /// caller). Ordered on the stream before every later step.
-    pub(crate) fn write_block(&mut self, b: usize, k: &[u16], v: &[u16]) -> Result<()> {
-        let at = b * self.layout.block_len();
-        self.dev.write_at(&mut self.kc, at, k)?;
-        self.dev.write_at(&mut self.vc, at, v)?;
+    /// Overwrite block `b` of the arena from the host (little-endian f16; lengths checked by
+    /// the caller). Ordered on the stream before every later step.
+    pub(crate) fn write_block(&mut self, b: usize, k: &[u8], v: &[u8]) -> Result<()> {
+        let n = self.layout.keys_bytes() / 2;
+        let bits = |x: &[u8]| -> Vec<u16> {
+            x.chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect()
+        };
+        let (kb, vb) = (bits(k), bits(v));
+        self.dev.write_at(&mut self.kc, b * n, &kb)?;
+        self.dev.write_at(&mut self.vc, b * n, &vb)?;
         // The host buffers are the caller's and may be reused at once.
         self.dev.sync()
     }

@@ -75,9 +75,11 @@ pub(super) struct Kernels {
     pub(super) shift_keys: CudaFunction,
     pub(super) paged_attention: CudaFunction,
     pub(super) attention_reduce: CudaFunction,
-    /// Grouped-query attention by shape: head_dim 64 with 1..=8 query heads per KV head, then
-    /// head_dim 128 with 1..=8 (index `8 * (head_dim == 128) + group - 1`).
+    /// Grouped-query attention by KV row type and shape: f16 rows, then Q8_0, then Q4_0 (16
+    /// each); within a type head_dim 64 with 1..=8 query heads per KV head, then head_dim 128
+    /// with 1..=8 (index `16 * kv_type + 8 * (head_dim == 128) + group - 1`).
     pub(super) attn_gqa: Vec<CudaFunction>,
+    pub(super) hadamard_rows: CudaFunction,
 }
 
 impl Kernels {
@@ -107,11 +109,13 @@ impl Kernels {
             shift_keys: f("shift_keys")?,
             paged_attention: f("paged_attention")?,
             attention_reduce: f("attention_reduce")?,
-            attn_gqa: [64, 128]
+            attn_gqa: ["", "q8_", "q4_"]
                 .iter()
-                .flat_map(|d| (1..=8).map(move |g| format!("attn_gqa_d{d}_g{g}")))
+                .flat_map(|t| [64, 128].map(|d| (t, d)))
+                .flat_map(|(t, d)| (1..=8).map(move |g| format!("attn_gqa_{t}d{d}_g{g}")))
                 .map(|n| f(&n))
                 .collect::<Result<_>>()?,
+            hadamard_rows: f("hadamard_rows")?,
         })
     }
 }

@@ -94,6 +94,10 @@ pub struct RopeKvParams {
     pub layer: i32,
     pub neox: i32,
     pub q_scale: f32,
+    pub kv_type: i32,
+    pub row_u16: i32,
+    pub rot_k: i32,
+    pub rot_v: i32,
     pub pad: i32,
 }
 
@@ -122,6 +126,8 @@ pub struct AttnParams {
     pub n_parts: i32,
     pub scale: f32,
     pub window: i32,
+    pub kv_type: i32,
+    pub row_u16: i32,
 }
 
 /// `argmax`.
@@ -181,6 +187,21 @@ pub struct ShiftKeysParams {
     pub block_size: i32,
     pub delta: i32,
     pub neox: i32,
+    pub kv_type: i32,
+    pub row_u16: i32,
+    pub rot_k: i32,
+    pub pad: i32,
+}
+
+/// `hadamard_rows`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HadamardParams {
+    pub x: DevPtr,
+    pub n_rows: i32,
+    pub row_len: i32,
+    pub n: i32,
+    pub pad: i32,
 }
 
 /// `copy_slots`.
@@ -224,17 +245,20 @@ unsafe impl DeviceRepr for AddParams {}
 unsafe impl DeviceRepr for GegluParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for GatherParams {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for HadamardParams {}
 
 const _: () = assert!(size_of::<QuantizeParams>() == 32);
 const _: () = assert!(size_of::<MatmulParams>() == 48);
 const _: () = assert!(size_of::<RmsNormParams>() == 48);
 const _: () = assert!(size_of::<SwigluParams>() == 24);
 const _: () = assert!(size_of::<BiasParams>() == 24);
-const _: () = assert!(size_of::<RopeKvParams>() == 112);
-const _: () = assert!(size_of::<AttnParams>() == 120);
+const _: () = assert!(size_of::<RopeKvParams>() == 128);
+const _: () = assert!(size_of::<AttnParams>() == 128);
 const _: () = assert!(size_of::<ArgmaxParams>() == 24);
 const _: () = assert!(size_of::<CopySlotsParams>() == 40);
-const _: () = assert!(size_of::<ShiftKeysParams>() == 56);
+const _: () = assert!(size_of::<ShiftKeysParams>() == 72);
+const _: () = assert!(size_of::<HadamardParams>() == 24);
 const _: () = assert!(size_of::<AddParams>() == 24);
 const _: () = assert!(size_of::<GegluParams>() == 32);
 const _: () = assert!(size_of::<GatherParams>() == 32);

@@ -5,6 +5,7 @@
 use ember_kernels::GgmlType;
 
 use super::device::{CudaDevice, DevBuf};
+use super::error::backend_err;
 use super::params::*;
 use crate::error::Result;
 
@@ -182,7 +183,7 @@ pub struct AttnShape {
     pub max_blocks: usize,
 }
 
-/// Device-resident inputs of paged attention: the arena (f16 bits), block tables and a batch.
+/// Device-resident inputs of paged attention: an f16 arena (bits), block tables and a batch.
 pub struct AttnInputs {
     kc: DevBuf<u16>,
     vc: DevBuf<u16>,
@@ -259,6 +260,8 @@ impl AttnInputs {
             n_parts: n_parts as i32,
             scale: 1.0 / (z.head_dim as f32).sqrt(),
             window: self.window as i32,
+            kv_type: 0,
+            row_u16: z.head_dim as i32,
         })
     }
 
@@ -335,6 +338,10 @@ pub fn rope_kv_write(
         layer: z.layer as i32,
         neox: i32::from(neox),
         q_scale: 1.0,
+        kv_type: 0,
+        row_u16: z.head_dim as i32,
+        rot_k: 0,
+        rot_v: 0,
         pad: 0,
     })?;
     let mut o = RopeKvOut {
@@ -364,7 +371,28 @@ pub fn shift_keys(
     block: usize,
     delta: usize,
 ) -> Result<Vec<u16>> {
+    let kv = crate::kv::KvType::F16;
+    shift_keys_of(dev, shape, neox, kv, kc, cos, sin, block, delta)
+}
+
+/// [`shift_keys`] over an arena of `kv_type` rows (16-bit words of stored rows; quantized keys
+/// of heads that are multiples of 64 stored turned, as the engine stores them).
+#[allow(clippy::too_many_arguments)]
+pub fn shift_keys_of(
+    dev: &CudaDevice,
+    shape: AttnShape,
+    neox: bool,
+    kv_type: crate::kv::KvType,
+    kc: &[u16],
+    cos: &[f32],
+    sin: &[f32],
+    block: usize,
+    delta: usize,
+) -> Result<Vec<u16>> {
     let z = shape;
+    let row_bytes = kv_type
+        .row_bytes(z.head_dim)
+        .ok_or_else(|| backend_err("head size unfit for the KV type"))?;
     let kd = dev.upload(kc, "kc")?;
     let (cd, sd) = (dev.upload(cos, "cos")?, dev.upload(sin, "sin")?);
     dev.shift_keys(&ShiftKeysParams {
@@ -379,6 +407,10 @@ pub fn shift_keys(
         block_size: z.block_size as i32,
         delta: delta as i32,
         neox: i32::from(neox),
+        kv_type: kv_type.code() as i32,
+        row_u16: (row_bytes / 2) as i32,
+        rot_k: kv_type.key_rotation(z.head_dim).unwrap_or(0) as i32,
+        pad: 0,
     })?;
     let mut out = vec![0u16; kc.len()];
     dev.read(&kd, &mut out)?;

@@ -161,17 +161,24 @@ impl Args {
         self.values.get(long).map(PathBuf::from)
     }
 
-    pub fn get<T: FromStr>(&self, long: &str) -> Result<Option<T>, String> {
+    /// The value of `--long`, parsed; the error names the flag, the value and why.
+    pub fn get<T: FromStr>(&self, long: &str) -> Result<Option<T>, String>
+    where
+        T::Err: std::fmt::Display,
+    {
         match self.str(long) {
             None => Ok(None),
             Some(v) => v
                 .parse()
                 .map(Some)
-                .map_err(|_| format!("option --{long}: cannot parse {v:?}")),
+                .map_err(|e| format!("option --{long}: cannot parse {v:?}: {e}")),
         }
     }
 
-    pub fn get_or<T: FromStr>(&self, long: &str, default: T) -> Result<T, String> {
+    pub fn get_or<T: FromStr>(&self, long: &str, default: T) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
         Ok(self.get(long)?.unwrap_or(default))
     }
 }

@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 
 use crate::args::{path, switch, val, Args, Flag};
 use crate::commands::{
-    backend_kind, cuda_weights, load_model, parse, report_backend, threads, usage, CliError,
-    CliResult,
+    backend_kind, cuda_weights, kv_type, load_model, parse, report_backend, threads, usage,
+    CliError, CliResult,
 };
 
 pub const ENGINE_FLAGS: &[Flag] = &[
@@ -75,6 +75,7 @@ pub fn engine_config(a: &Args, default_seqs: usize) -> Result<EngineConfig, CliE
         max_requests: d.max_requests,
         threads: threads(a)?,
         prefix_caching: !a.has("no-prefix-cache"),
+        kv_type: kv_type(a)?,
     })
 }
 

@@ -47,6 +47,7 @@ const COMMON: &[Flag] = &[
     val("ctx", None),
     val("kv-blocks", None),
     val("block-size", None),
+    val("kv-type", None),
     val("backend", None),
     val("cuda-weights", None),
 ];
@@ -179,10 +180,16 @@ pub fn open_session_from(
         max_batch_tokens: max_batch,
         max_logits: max_logits.clamp(1, max_batch),
         threads: threads(a)?,
+        kv_type: kv_type(a)?,
     };
     let s = Session::with_backend(model, &cfg, backend_kind(a)?)?;
     report_backend(a, s.backend());
     Ok(s)
+}
+
+/// `--kv-type f16|q8_0|q4_0` (default f16).
+pub fn kv_type(a: &Args) -> Result<ember::kv::KvType, CliError> {
+    a.get_or("kv-type", ember::kv::KvType::F16).map_err(usage)
 }
 
 /// `--backend cpu|cuda|auto` (default cpu).

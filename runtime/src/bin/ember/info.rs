@@ -118,13 +118,14 @@ pub fn info(raw: &[OsString]) -> CliResult {
         s.model().weight_bytes()
     );
     w!(
-        "  KV arena         {:>12} bytes ({} blocks of {} tokens, context {}; {} tokens of f16 \
+        "  KV arena         {:>12} bytes ({} blocks of {} tokens, context {}; {} tokens of {} \
          K/V, the null block aside)",
         s.arena_bytes(),
         s.arena_blocks(),
         s.engine().block_size(),
         s.n_ctx(),
-        s.arena_blocks().saturating_sub(1) * s.engine().block_size()
+        s.arena_blocks().saturating_sub(1) * s.engine().block_size(),
+        s.engine().kv_type()
     );
     w!("  scratch          {:>12} bytes", s.scratch_bytes());
     write_listing(&mut o, &s.model().file, a.has("tensors"))?;

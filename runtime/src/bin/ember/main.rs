@@ -106,6 +106,9 @@ common options:
   --ctx N               context length (default 4096, at most the model's)
   --kv-blocks N         KV arena size in blocks (default: enough for the context)
   --block-size B        tokens per KV block (default 16)
+  --kv-type f16|q8_0|q4_0
+                        how the KV cache stores keys and values (default f16; q8_0 and q4_0
+                        hold 1.9x and 3.6x the tokens in the same memory; CPU backend only)
   --backend cpu|cuda|auto
                         where the forward pass runs (default cpu; cuda needs a build with
                         --features cuda, libcuda and libnvrtc; auto falls back to the CPU)

@@ -1,4 +1,4 @@
-// Paged attention over the f16 KV arena, for decode and prefill alike: one thread block per
+// Paged attention over the KV arena (f16, or Q8_0 / Q4_0 rows read back exactly, kv.cu), for decode and prefill alike: one thread block per
 // (token, query head), walking the token's block table up to its own position (causal; from
 // `window` positions back on sliding-window layers, as the CPU's `attn_start`), so a
 // prefill chunk is a batch of queries of one sequence and a decode step a batch of one query per
@@ -40,27 +40,31 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention(con
         ax[k] = 0.0f;
         ay[k] = 0.0f;
     }
-    const i64 tile = (i64)p.block_size * d;
+    const i64 tile = (i64)p.block_size * p.row_u16;
     const i64 head_off = ((i64)p.layer * p.n_head_kv + kvh) * tile;
     const i64 blk_stride = (i64)p.n_layer * p.n_head_kv * tile;
+    const int kt = p.kv_type;
     float m = NEG_INF, s = 0.0f;
 
     for (int j0 = start + warp * ATT_UNROLL; j0 < end; j0 += ATT_WARPS * ATT_UNROLL) {
-        u32 kw[ATT_UNROLL][ATT_MAX_PAIRS], vw[ATT_UNROLL][ATT_MAX_PAIRS];
+        // Rows read back as f32 pairs (kv_pair: f16, or dequantized exactly).
+        float kx[ATT_UNROLL][ATT_MAX_PAIRS], ky[ATT_UNROLL][ATT_MAX_PAIRS];
+        float vx[ATT_UNROLL][ATT_MAX_PAIRS], vy[ATT_UNROLL][ATT_MAX_PAIRS];
 #pragma unroll
         for (int u = 0; u < ATT_UNROLL; ++u) {
             const int j = j0 + u;
             const bool ok = j < end;
             const i64 off = ok ? (i64)table[j / p.block_size] * blk_stride + head_off
-                                     + (i64)(j % p.block_size) * d
+                                     + (i64)(j % p.block_size) * p.row_u16
                                : 0;
-            const u32* kr = (const u32*)(p.kc + off);
-            const u32* vr = (const u32*)(p.vc + off);
 #pragma unroll
             for (int k = 0; k < ATT_MAX_PAIRS; ++k) {
                 const int pp = lane + 32 * k;
-                kw[u][k] = ok && pp < half ? kr[pp] : 0u;
-                vw[u][k] = ok && pp < half ? vr[pp] : 0u;
+                kx[u][k] = ky[u][k] = vx[u][k] = vy[u][k] = 0.0f;
+                if (ok && pp < half) {
+                    kv_pair(p.kc + off, kt, 2 * pp, kx[u][k], ky[u][k]);
+                    kv_pair(p.vc + off, kt, 2 * pp, vx[u][k], vy[u][k]);
+                }
             }
         }
         float sc[ATT_UNROLL];
@@ -69,8 +73,8 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention(con
             float dot = 0.0f;
 #pragma unroll
             for (int k = 0; k < ATT_MAX_PAIRS; ++k) {
-                dot += qx[k] * h2f((u16)(kw[u][k] & 0xffff));
-                dot += qy[k] * h2f((u16)(kw[u][k] >> 16));
+                dot += qx[k] * kx[u][k];
+                dot += qy[k] * ky[u][k];
             }
             sc[u] = dot;
         }
@@ -93,8 +97,8 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention(con
             s += w;
 #pragma unroll
             for (int k = 0; k < ATT_MAX_PAIRS; ++k) {
-                ax[k] += w * h2f((u16)(vw[u][k] & 0xffff));
-                ay[k] += w * h2f((u16)(vw[u][k] >> 16));
+                ax[k] += w * vx[u][k];
+                ay[k] += w * vy[u][k];
             }
         }
         m = mx;
@@ -211,12 +215,64 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
+// A lane's 8 elements (8*sl .. 8*sl+8) of a stored row, as loaded: 16 bytes of f16, or the
+// block scale and 8 bytes of Q8_0 quants / of Q4_0 nibble pairs (16-bit loads: quantized rows
+// are only 2-byte aligned).
+struct Raw8 {
+    u32x4 w;
+    u16 d;
+};
+
+// Words of a stored row of D elements of kind KT (kv.cu's KV_* kinds).
+template <int D, int KT>
+__device__ __forceinline__ constexpr int row_words() {
+    return KT == KV_F16 ? D : KT == KV_Q8_0 ? D / 32 * 17 : D / 32 * 9;
+}
+
+template <int KT>
+__device__ __forceinline__ Raw8 load8(const u16* row, int sl) {
+    Raw8 r;
+    if (KT == KV_F16) {
+        r.w = *(const u32x4*)(row + 8 * sl);
+        r.d = 0;
+    } else {
+        // Q8_0: block sl/4 (17 words), quants 8*(sl%4).. ; Q4_0: block sl/4 (9 words), bytes
+        // 8*(sl%2).. (low nibbles for sl%4 < 2, high ones after).
+        const u16* b = KT == KV_Q8_0 ? row + (sl >> 2) * 17 + 1 + 4 * (sl & 3)
+                                     : row + (sl >> 2) * 9 + 1 + 4 * (sl & 1);
+        r.d = KT == KV_Q8_0 ? row[(sl >> 2) * 17] : row[(sl >> 2) * 9];
+        r.w.x = (u32)b[0] | ((u32)b[1] << 16);
+        r.w.y = (u32)b[2] | ((u32)b[3] << 16);
+        r.w.z = 0u;
+        r.w.w = 0u;
+    }
+    return r;
+}
+
+// The 8 f32 elements of a Raw8, exactly as the CPU reads them back.
+template <int KT>
+__device__ __forceinline__ void unpack_raw(const Raw8& r, int sl, float* f) {
+    if (KT == KV_F16) {
+        unpack8(r.w, f);
+    } else {
+        const float d = h2f(r.d);
+        const int shift = (KT == KV_Q4_0 && (sl & 3) >= 2) ? 4 : 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const u32 word = i < 4 ? r.w.x : r.w.y;
+            const int byte = (word >> (8 * (i & 3))) & 0xff;
+            f[i] = KT == KV_Q8_0 ? (float)(int)(signed char)byte * d
+                                 : (float)(((byte >> shift) & 15) - 8) * d;
+        }
+    }
+}
+
 // Where a sub-warp's U consecutive positions from j0 = (table index blk, slot) live, and which
 // of them are before `end`; their K/V rows loaded (zeros past `end`).
-template <int D, int U>
+template <int D, int U, int KT>
 __device__ __forceinline__ void load_rows(const AttnParams& p, const int* table, int blk, int slot,
-                                          int j0, int end, i64 head_off, i64 blk_stride,
-                                          u32x4 (&kw)[U], u32x4 (&vw)[U], bool (&ok)[U]) {
+                                          int j0, int end, int sl, i64 head_off, i64 blk_stride,
+                                          Raw8 (&kw)[U], Raw8 (&vw)[U], bool (&ok)[U]) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         ok[u] = j0 + u < end;
@@ -226,12 +282,12 @@ __device__ __forceinline__ void load_rows(const AttnParams& p, const int* table,
             ++b;
         }
         if (ok[u]) {
-            const i64 off = (i64)table[b] * blk_stride + head_off + (i64)r * D;
-            kw[u] = *(const u32x4*)(p.kc + off);
-            vw[u] = *(const u32x4*)(p.vc + off);
+            const i64 off = (i64)table[b] * blk_stride + head_off + (i64)r * row_words<D, KT>();
+            kw[u] = load8<KT>(p.kc + off, sl);
+            vw[u] = load8<KT>(p.vc + off, sl);
         } else {
-            kw[u] = u32x4{0u, 0u, 0u, 0u};
-            vw[u] = u32x4{0u, 0u, 0u, 0u};
+            kw[u] = Raw8{u32x4{0u, 0u, 0u, 0u}, 0};
+            vw[u] = Raw8{u32x4{0u, 0u, 0u, 0u}, 0};
         }
     }
 }
@@ -256,7 +312,7 @@ __device__ __forceinline__ void merge_xor(float (&m)[G], float (&s)[G], float (&
     }
 }
 
-template <int D, int G, int U>
+template <int D, int G, int U, int KT>
 __device__ __forceinline__ void attn_gqa(const AttnParams& p) {
     constexpr int L = D / 8;             // lanes per position
     constexpr int P = 32 / L;            // positions per warp per load
@@ -288,8 +344,8 @@ __device__ __forceinline__ void attn_gqa(const AttnParams& p) {
         m[g] = M_EMPTY;
         s[g] = 0.0f;
     }
-    const i64 tile = (i64)bs * D;
-    const i64 head_off = ((i64)p.layer * p.n_head_kv + kvh) * tile + 8 * sl;
+    const i64 tile = (i64)bs * row_words<D, KT>();
+    const i64 head_off = ((i64)p.layer * p.n_head_kv + kvh) * tile;
     const i64 blk_stride = (i64)p.n_layer * p.n_head_kv * tile;
 
     // This sub-warp's first position as (table index, slot), advanced by STEP each step.
@@ -297,14 +353,14 @@ __device__ __forceinline__ void attn_gqa(const AttnParams& p) {
     const int sub0 = (lane / L) * U;
     int jw = start + warp * P * U;
     int blk = (jw + sub0) / bs, slot = (jw + sub0) % bs;
-    u32x4 kw[U], vw[U];
+    Raw8 kw[U], vw[U];
     bool ok[U];
-    load_rows<D, U>(p, table, blk, slot, jw + sub0, end, head_off, blk_stride, kw, vw, ok);
+    load_rows<D, U, KT>(p, table, blk, slot, jw + sub0, end, sl, head_off, blk_stride, kw, vw, ok);
 
     // The loop bound is uniform across the warp (shuffles below need every lane).
     for (; jw < end; jw += STEP) {
         // This step's rows were loaded by the previous one; load the next step's now.
-        u32x4 ck[U], cv[U];
+        Raw8 ck[U], cv[U];
         bool cok[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -318,13 +374,13 @@ __device__ __forceinline__ void attn_gqa(const AttnParams& p) {
             slot -= bs;
             ++blk;
         }
-        load_rows<D, U>(p, table, blk, slot, jw + STEP + sub0, end, head_off, blk_stride, kw, vw,
-                        ok);
+        load_rows<D, U, KT>(p, table, blk, slot, jw + STEP + sub0, end, sl, head_off, blk_stride, kw,
+                            vw, ok);
         float kf[U][8], vf[U][8];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            unpack8(ck[u], kf[u]);
-            unpack8(cv[u], vf[u]);
+            unpack_raw<KT>(ck[u], sl, kf[u]);
+            unpack_raw<KT>(cv[u], sl, vf[u]);
         }
         float sc[G][U];
 #pragma unroll
@@ -438,7 +494,11 @@ __device__ __forceinline__ void attn_gqa(const AttnParams& p) {
 // (BENCHMARKS.md).
 #define GQA_KERNEL(D, G, U, MINB)                                                                 \
     extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32, MINB)                            \
-        attn_gqa_d##D##_g##G(const AttnParams p) { attn_gqa<D, G, U>(p); }
+        attn_gqa_d##D##_g##G(const AttnParams p) { attn_gqa<D, G, U, KV_F16>(p); }               \
+    extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32, MINB)                            \
+        attn_gqa_q8_d##D##_g##G(const AttnParams p) { attn_gqa<D, G, U, KV_Q8_0>(p); }           \
+    extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32, MINB)                            \
+        attn_gqa_q4_d##D##_g##G(const AttnParams p) { attn_gqa<D, G, U, KV_Q4_0>(p); }
 GQA_KERNEL(64, 1, 4, 3) GQA_KERNEL(64, 2, 4, 3) GQA_KERNEL(64, 3, 4, 3) GQA_KERNEL(64, 4, 2, 4)
 GQA_KERNEL(64, 5, 2, 2) GQA_KERNEL(64, 6, 2, 2) GQA_KERNEL(64, 7, 2, 2) GQA_KERNEL(64, 8, 2, 2)
 GQA_KERNEL(128, 1, 4, 3) GQA_KERNEL(128, 2, 4, 3) GQA_KERNEL(128, 3, 4, 3) GQA_KERNEL(128, 4, 2, 4)

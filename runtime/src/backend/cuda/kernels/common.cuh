@@ -117,7 +117,7 @@ struct BiasParams {
 struct RopeKvParams {
     float* q;            // [n_tok, n_head * head_dim]: rotated in place, rounded to f16 values
     float* k;            // [n_tok, n_head_kv * head_dim]: rotated in place
-    const float* v;      // [n_tok, n_head_kv * head_dim]
+    float* v;            // [n_tok, n_head_kv * head_dim]: turned in place when rot_v > 0
     u16* kc;             // key arena [n_blocks][n_layer][n_head_kv][block_size][head_dim] f16
     u16* vc;             // value arena, same layout
     const float* cos;    // [n_ctx, head_dim / 2]
@@ -133,6 +133,10 @@ struct RopeKvParams {
     int layer;
     int neox;            // 1: NEOX pairing (x[i], x[i + d/2]); 0: NORM pairing (x[2i], x[2i+1])
     float q_scale;       // q is multiplied by this after RoPE, before its f16 rounding
+    int kv_type;         // how a row is stored: KV_F16, KV_Q8_0, KV_Q4_0
+    int row_u16;         // a stored row's size in 16-bit words (all three sizes are even)
+    int rot_k;           // > 0: q and k are turned by Walsh-Hadamard blocks of this size
+    int rot_v;           // > 0: v is turned by Walsh-Hadamard blocks of this size
     int pad;
 };
 
@@ -158,6 +162,8 @@ struct AttnParams {
     int n_parts;         // partitions (1: the kernel writes `out` itself)
     float scale;
     int window;          // > 0: a query at position p sees only positions p - window + 1 ..= p
+    int kv_type;         // as in RopeKvParams
+    int row_u16;
 };
 
 struct ArgmaxParams {
@@ -202,6 +208,18 @@ struct ShiftKeysParams {
     int block_size;
     int delta;          // positions to move back by
     int neox;
+    int kv_type;        // as in RopeKvParams
+    int row_u16;
+    int rot_k;          // > 0: keys are stored turned by Walsh-Hadamard blocks of this size
+    int pad;
+};
+
+struct HadamardParams {
+    float* x;           // [n_rows, row_len], turned in place
+    int n_rows;
+    int row_len;        // a multiple of n
+    int n;              // Walsh-Hadamard block size (a power of two, at most 256)
+    int pad;
 };
 
 struct CopySlotsParams {

@@ -37,6 +37,10 @@ fn help_per_command() {
             );
         }
     }
+    // A description line that starts with the command's name is not a second synopsis.
+    let o = ember(&["perplexity", "--help"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches("perplexity of FILE").count(), 1, "{out}");
     // The whole usage for `--help` alone and for an unknown name.
     for args in [vec!["--help"], vec!["help", "nope"]] {
         let o = ember(&args);

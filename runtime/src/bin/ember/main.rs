@@ -182,15 +182,13 @@ fn main() -> ExitCode {
 /// command) and the common options; `None` for a name that is not a command.
 fn command_help(cmd: &str) -> Option<String> {
     let lines: Vec<&str> = USAGE.lines().collect();
-    // A command's first line is indented by two spaces and starts with its name.
-    let starts = |l: &str, name: &str| {
-        l.strip_prefix("  ")
-            .is_some_and(|r| r.split_whitespace().next() == Some(name))
-    };
+    // A command's first line is indented by exactly two spaces and starts with its name (a
+    // description line, indented further, may start with the name too: "perplexity of FILE").
     let is_command = |l: &str| {
         l.strip_prefix("  ")
             .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_lowercase()))
     };
+    let starts = |l: &str, name: &str| is_command(l) && l.split_whitespace().next() == Some(name);
     let firsts: Vec<usize> = (0..lines.len())
         .filter(|&i| starts(lines[i], cmd))
         .collect();

@@ -256,13 +256,16 @@ fn prefix_reuse_below_block_granularity() {
     run_to_end(&mut e);
     let got = outputs(&e, c).remove(0);
     e.release(c).unwrap();
-    // The same request in an engine without any cache.
-    let mut fresh = engine(16, 4, 64);
-    fresh.set_prefix_caching(false);
-    let d = fresh.submit(&longer, &greedy(2)).unwrap();
-    run_to_end(&mut fresh);
-    assert_eq!(outputs(&fresh, d).remove(0), got);
     assert_eq!(e.metrics().blocks_used, 0);
+    // The same request in an engine without any cache (numerics, checked natively: under Miri
+    // a second engine and its prefill cost half a minute and touch no other pool path).
+    if !cfg!(miri) {
+        let mut fresh = engine(16, 4, 64);
+        fresh.set_prefix_caching(false);
+        let d = fresh.submit(&longer, &greedy(2)).unwrap();
+        run_to_end(&mut fresh);
+        assert_eq!(outputs(&fresh, d).remove(0), got);
+    }
 }
 
 /// Cancelling returns a request's blocks at once and leaves the others running; released ids

@@ -463,6 +463,97 @@ fn rope_and_kv_store_are_bit_exact() {
     }
 }
 
+/// Quantized stores: the device turns q, k and v and quantizes k and v (a warp per 32-element
+/// block) to exactly the CPU's bytes (`KvType::store_row` of the turned rows), both types,
+/// heads stored as computed (32) and turned (64, 128, 256).
+#[test]
+fn quantized_rope_kv_write_is_bit_exact() {
+    use ember::kv::KvType;
+    use ember_kernels::kv::hadamard;
+    let Some(dev) = device("quantized_rope_kv_write_is_bit_exact") else {
+        return;
+    };
+    let mut rng = Rng(10);
+    for kv in [KvType::Q8_0, KvType::Q4_0] {
+        for &(hq, hkv, d) in &[
+            (4usize, 2usize, 32usize),
+            (9, 3, 64),
+            (4, 2, 128),
+            (2, 1, 256),
+        ] {
+            let z = AttnShape {
+                n_head: hq,
+                n_head_kv: hkv,
+                head_dim: d,
+                block_size: 16,
+                n_layer: 2,
+                layer: 1,
+                n_blocks: 4,
+                max_blocks: 4,
+            };
+            let n_tok = 5;
+            let q = rng.vec(n_tok * hq * d, 2.0);
+            let mut k = rng.vec(n_tok * hkv * d, 2.0);
+            let mut v = rng.vec(n_tok * hkv * d, 2.0);
+            // An all-zero block and a block whose largest element repeats.
+            k[..32].fill(0.0);
+            v[..32]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = if i % 7 == 0 { -1.5 } else { 0.25 });
+            let cos = rng.vec(64 * d / 2, 1.0);
+            let sin = rng.vec(64 * d / 2, 1.0);
+            let pos: Vec<i32> = vec![0, 15, 16, 33, 63];
+            let block: Vec<i32> = vec![3, 3, 1, 0, 2];
+            let o =
+                testing::rope_kv_write_of(&dev, z, false, kv, &q, &k, &v, &cos, &sin, &pos, &block)
+                    .unwrap();
+            let rb = kv.row_bytes(d).unwrap();
+            let tile = z.block_size * rb;
+            let (rk, rv) = (kv.key_rotation(d), kv.value_rotation(d));
+            let bytes = |w: &[u16]| -> Vec<u8> { w.iter().flat_map(|x| x.to_le_bytes()).collect() };
+            let (kc, vc) = (bytes(&o.kc), bytes(&o.vc));
+            for t in 0..n_tok {
+                let p = pos[t] as usize;
+                let (c, s) = (
+                    &cos[p * d / 2..(p + 1) * d / 2],
+                    &sin[p * d / 2..(p + 1) * d / 2],
+                );
+                let mut qt = q[t * hq * d..(t + 1) * hq * d].to_vec();
+                let mut kt = k[t * hkv * d..(t + 1) * hkv * d].to_vec();
+                let mut vt = v[t * hkv * d..(t + 1) * hkv * d].to_vec();
+                qt.chunks_exact_mut(d)
+                    .chain(kt.chunks_exact_mut(d))
+                    .for_each(|h| ops::rope_norm(h, c, s));
+                if let Some(n) = rk {
+                    hadamard(&mut qt, n);
+                    hadamard(&mut kt, n);
+                }
+                if let Some(n) = rv {
+                    hadamard(&mut vt, n);
+                }
+                for (e, x) in qt.iter().enumerate() {
+                    let want = f16::from_f32(*x).to_f32();
+                    assert_eq!(
+                        o.q[t * hq * d + e].to_bits(),
+                        want.to_bits(),
+                        "{kv} d={d} q t={t} e={e}"
+                    );
+                }
+                for h in 0..hkv {
+                    let at = ((block[t] as usize * z.n_layer + z.layer) * hkv + h) * tile
+                        + (p % z.block_size) * rb;
+                    let (mut wk, mut wv) = (vec![0u8; rb], vec![0u8; rb]);
+                    kv.store_row(&kt[h * d..(h + 1) * d], &mut wk);
+                    kv.store_row(&vt[h * d..(h + 1) * d], &mut wv);
+                    assert_eq!(&kc[at..at + rb], &wk[..], "{kv} d={d} k t={t} h={h}");
+                    assert_eq!(&vc[at..at + rb], &wv[..], "{kv} d={d} v t={t} h={h}");
+                }
+            }
+        }
+    }
+}
+
 /// A context shift's key rotation: the device rotates one (block, layer)'s keys exactly as the
 /// CPU does (f16 keys widened, RoPE by `-delta` with the same fused multiply-adds, rounded back),
 /// bit for bit, both pairings; other blocks and layers are untouched.

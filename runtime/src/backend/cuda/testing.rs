@@ -287,9 +287,9 @@ pub struct RopeKvOut {
     pub q: Vec<f32>,
     /// Rotated keys (f32).
     pub k: Vec<f32>,
-    /// The key arena after the write (f16 bits).
+    /// The key arena after the write (16-bit words of stored rows).
     pub kc: Vec<u16>,
-    /// The value arena after the write (f16 bits).
+    /// The value arena after the write (16-bit words of stored rows).
     pub vc: Vec<u16>,
 }
 
@@ -308,8 +308,31 @@ pub fn rope_kv_write(
     pos: &[i32],
     block: &[i32],
 ) -> Result<RopeKvOut> {
+    let kv = crate::kv::KvType::F16;
+    rope_kv_write_of(dev, shape, neox, kv, q, k, v, cos, sin, pos, block)
+}
+
+/// [`rope_kv_write`] into an arena of `kv_type` rows (16-bit words of stored rows; quantized
+/// rows of heads that are multiples of 64 turned, as the engine stores them).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_write_of(
+    dev: &CudaDevice,
+    shape: AttnShape,
+    neox: bool,
+    kv_type: crate::kv::KvType,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    pos: &[i32],
+    block: &[i32],
+) -> Result<RopeKvOut> {
     let z = shape;
-    let arena = z.n_blocks * z.n_layer * z.n_head_kv * z.block_size * z.head_dim;
+    let row_bytes = kv_type
+        .row_bytes(z.head_dim)
+        .ok_or_else(|| backend_err("head size unfit for the KV type"))?;
+    let arena = z.n_blocks * z.n_layer * z.n_head_kv * z.block_size * row_bytes / 2;
     let (qd, kd, vd) = (
         dev.upload(q, "q")?,
         dev.upload(k, "k")?,
@@ -338,10 +361,10 @@ pub fn rope_kv_write(
         layer: z.layer as i32,
         neox: i32::from(neox),
         q_scale: 1.0,
-        kv_type: 0,
-        row_u16: z.head_dim as i32,
-        rot_k: 0,
-        rot_v: 0,
+        kv_type: kv_type.code() as i32,
+        row_u16: (row_bytes / 2) as i32,
+        rot_k: kv_type.key_rotation(z.head_dim).unwrap_or(0) as i32,
+        rot_v: kv_type.value_rotation(z.head_dim).unwrap_or(0) as i32,
         pad: 0,
     })?;
     let mut o = RopeKvOut {

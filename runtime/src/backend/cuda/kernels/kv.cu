@@ -96,6 +96,45 @@ __device__ void kv_store_row(u16* row, const float* x, int d, int kt, int tid, i
     }
 }
 
+// One quantized 32-block stored by a warp, lane i holding element i (`v`): the same numbers as
+// kv_store_row's serial loop (the largest |v| by a shuffle reduction, the first such element
+// for Q4_0's signed maximum, as the CPU's scan keeps it), quants packed by shuffles.
+__device__ __forceinline__ void warp_store_block(u16* b, float v, int kt, int lane) {
+    const unsigned full = 0xffffffffu;
+    if (kt == KV_Q8_0) {
+        float amax = fabsf(v);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(full, amax, o));
+        const float dd = amax / 127.0f;
+        const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+        const int q = (int)roundf(v * id);
+        const int qn = __shfl_down_sync(full, q, 1);
+        if (lane == 0) b[0] = f2h(dd);
+        if ((lane & 1) == 0) b[1 + lane / 2] = (u16)((q & 0xff) | ((qn & 0xff) << 8));
+    } else {
+        float a = fabsf(v);
+        int at = lane;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ao = __shfl_xor_sync(full, a, o);
+            const int io = __shfl_xor_sync(full, at, o);
+            if (ao > a || (ao == a && io < at)) {
+                a = ao;
+                at = io;
+            }
+        }
+        const float picked = __shfl_sync(full, v, at);
+        const float mx = a > 0.0f ? picked : 0.0f; // an all-zero block keeps the scan's +0
+        const float dd = mx / -8.0f;
+        const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+        const int q = min(15, (int)(v * id + 8.5f));
+        const int byte = q | (__shfl_down_sync(full, q, 16) << 4);
+        const int next = __shfl_down_sync(full, byte, 1);
+        if (lane == 0) b[0] = f2h(dd);
+        if (lane < 16 && (lane & 1) == 0) b[1 + lane / 2] = (u16)((byte & 0xff) | ((next & 0xff) << 8));
+    }
+}
+
 // `x` (rows of `len` elements, `len` a multiple of `n`) turned by Walsh-Hadamard blocks of
 // `n`, by the threads of one thread block: the CPU's butterflies (a + c, a - c) stage by
 // stage, then the scale 1/sqrt(n). Ends with __syncthreads; call from every thread.
@@ -148,9 +187,21 @@ extern "C" __global__ void rope_kv_write(const RopeKvParams p) {
     const i64 tile = (i64)p.block_size * p.row_u16;
     const i64 base = ((i64)p.tok_block[t] * p.n_layer + p.layer) * p.n_head_kv * tile
                    + (i64)(pos % p.block_size) * p.row_u16;
-    for (int h = 0; h < p.n_head_kv; ++h) {
-        kv_store_row(p.kc + base + h * tile, k + h * d, d, p.kv_type, threadIdx.x, blockDim.x);
-        kv_store_row(p.vc + base + h * tile, v + h * d, d, p.kv_type, threadIdx.x, blockDim.x);
+    if (p.kv_type == KV_F16) {
+        for (int h = 0; h < p.n_head_kv; ++h) {
+            kv_store_row(p.kc + base + h * tile, k + h * d, d, KV_F16, threadIdx.x, blockDim.x);
+            kv_store_row(p.vc + base + h * tile, v + h * d, d, KV_F16, threadIdx.x, blockDim.x);
+        }
+        return;
+    }
+    // Quantized: one warp per 32-block (keys and values of every head).
+    const int nb = d / 32, words = p.kv_type == KV_Q8_0 ? 17 : 9;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
+    for (int task = warp; task < p.n_head_kv * 2 * nb; task += n_warps) {
+        const int h = task / (2 * nb), is_v = (task / nb) % 2, blk = task % nb;
+        const float* src = (is_v ? v : k) + h * d + 32 * blk;
+        u16* dst = (is_v ? p.vc : p.kc) + base + h * tile + blk * words;
+        warp_store_block(dst, src[lane], p.kv_type, lane);
     }
 }
 

@@ -63,7 +63,9 @@ fn greedy_first_steps_match_llama_cpp() {
 
 /// llama.cpp's goldens for the same weights dequantized to F32 (`greedy_f32_activations.json`),
 /// where every product runs in plain f32: our F32 path (F32 weights, F32 activations) must give
-/// the same logits within the tolerance, with llama.cpp's ids fed back at every step.
+/// the same logits within the tolerance, with llama.cpp's ids fed back at every step. The first
+/// 24 steps of each of the 7 cases (a 540 MB weight read per step): the F32 products are what is
+/// checked here, and `greedy_matches_llama_cpp` checks every step of the quantized model.
 #[test]
 fn f32_weights_match_llama_cpp_f32_goldens() {
     let q = SMOLLM2.model();
@@ -92,9 +94,9 @@ fn f32_weights_match_llama_cpp_f32_goldens() {
     let g = SMOLLM2.json("greedy_f32_activations.json");
     let mut r = Report::default();
     for c in g["cases"].as_array().unwrap() {
-        teacher_forced(&mut s, c, usize::MAX, true, &mut r);
+        teacher_forced(&mut s, c, 24, true, &mut r);
     }
-    r.finish("F32 path");
+    r.finish("F32 path, 24 steps per case");
 }
 
 #[test]

@@ -684,8 +684,10 @@ typedef struct ember_model_info {
      */
     uint64_t kv_blocks;
     /**
-     * Tokens the KV arena holds over all sequences (`kv_blocks × block_size`): what the
-     * arena's byte budget bought with the configured `kv_type`.
+     * Tokens of one sequence the KV arena holds when that sequence has it all: what the
+     * arena's byte budget bought with the configured `kv_type`. `kv_blocks × block_size` for
+     * most models; more for a model with sliding-window layers (Gemma 3), whose blocks out of
+     * the window go back to the arena while a sequence runs.
      */
     uint64_t kv_capacity_tokens;
     /**

@@ -264,6 +264,7 @@ struct Info {
     /// `n_ctx`, `n_ctx_train`, `n_vocab`, `n_layer`, `block_size`.
     dims: [u32; 5],
     kv_blocks: u64,
+    kv_capacity_tokens: u64,
     kv_bytes: u64,
     kv_type: u32,
 }
@@ -288,6 +289,7 @@ impl Info {
                 dim("block_size", engine.block_size())?,
             ],
             kv_blocks: engine.kv_blocks() as u64,
+            kv_capacity_tokens: engine.kv_capacity_tokens() as u64,
             kv_bytes: engine.arena_bytes() as u64,
             kv_type: engine.kv_type().code(),
         })
@@ -305,7 +307,7 @@ impl Info {
             n_layer,
             block_size,
             kv_blocks: self.kv_blocks,
-            kv_capacity_tokens: self.kv_blocks.saturating_mul(u64::from(block_size)),
+            kv_capacity_tokens: self.kv_capacity_tokens,
             kv_bytes: self.kv_bytes,
             eog_ids: if self.eog.is_empty() {
                 std::ptr::null()

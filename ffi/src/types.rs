@@ -187,6 +187,8 @@ impl ember_config {
                     self.kv_type
                 ))
             })?,
+            // Sliding-window layers release their out-of-window blocks (the library's default).
+            swa_full: false,
         })
     }
 }
@@ -542,8 +544,10 @@ pub struct ember_model_info {
     pub block_size: u32,
     /// Usable blocks of the KV arena.
     pub kv_blocks: u64,
-    /// Tokens the KV arena holds over all sequences (`kv_blocks × block_size`): what the
-    /// arena's byte budget bought with the configured `kv_type`.
+    /// Tokens of one sequence the KV arena holds when that sequence has it all: what the
+    /// arena's byte budget bought with the configured `kv_type`. `kv_blocks × block_size` for
+    /// most models; more for a model with sliding-window layers (Gemma 3), whose blocks out of
+    /// the window go back to the arena while a sequence runs.
     pub kv_capacity_tokens: u64,
     /// Bytes of the KV arena.
     pub kv_bytes: u64,

@@ -34,6 +34,7 @@ fn engine(kv_blocks: usize, max_seqs: usize, max_batch_tokens: usize) -> Engine 
         threads: 2,
         prefix_caching: true,
         kv_type: Default::default(),
+        swa_full: false,
     };
     Engine::new(model(), cfg).unwrap()
 }

@@ -33,6 +33,7 @@ fn hundred_steps_with_eight_sequences_allocate_nothing() {
         threads: 2,
         prefix_caching: true,
         kv_type: Default::default(),
+        swa_full: false,
     };
     let mut e = Engine::new(Model::load(&path).unwrap(), cfg).unwrap();
     let prompts = [

@@ -218,7 +218,7 @@ fn full_arena_and_full_context_are_clean_errors() {
 fn every_kernel_set_gives_the_reference_logits() {
     use ember::backend::CpuExecutor;
     use ember::compute::Compute;
-    use ember::kv::{BlockId, KvArena, KvLayout, KvType};
+    use ember::kv::{BlockId, KvArena, KvGroups, KvLayout, KvType};
     use ember::model::{BatchToken, Scratch};
     use ember_kernels::dispatch::KernelSet;
 
@@ -245,8 +245,9 @@ fn every_kernel_set_gives_the_reference_logits() {
         let m = synth(arch, ty);
         let c = &m.config;
         let bs = 16;
+        let groups = KvGroups::single(c.n_layer);
         let layout = KvLayout {
-            n_layer: c.n_layer,
+            block_layers: c.n_layer,
             n_kv_head: c.n_head_kv,
             head_dim: c.head_dim,
             block_size: bs,
@@ -273,7 +274,7 @@ fn every_kernel_set_gives_the_reference_logits() {
             let mut out = Vec::new();
             let n = m
                 .forward(
-                    &mut CpuExecutor::new(&m, &cx, &mut kv, &mut s),
+                    &mut CpuExecutor::new(&m, &cx, &mut kv, &groups, &mut s),
                     &batch[..PROMPT.len() - 1],
                     &tables[..],
                 )
@@ -283,7 +284,7 @@ fn every_kernel_set_gives_the_reference_logits() {
             }
             let last = &batch[PROMPT.len() - 1..];
             m.forward(
-                &mut CpuExecutor::new(&m, &cx, &mut kv, &mut s),
+                &mut CpuExecutor::new(&m, &cx, &mut kv, &groups, &mut s),
                 last,
                 &tables[..],
             )

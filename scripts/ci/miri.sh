@@ -23,7 +23,8 @@ cargo +nightly miri setup >/dev/null
 # the ones the scheduler tests above already run); nor the context-shift tests that generate
 # past the context (safe code over the same pool calls, block copies included); nor the
 # quantized-KV engine tests (the same pool calls over byte rows; the arena's own tests of every
-# KV type run); nor the engine tests that only check how requests and configurations are
+# KV type run); nor the sliding-window group tests (the same pool calls per layer group; the
+# grouped block table's own test in kv:: runs); nor the engine tests that only check how requests and configurations are
 # refused (parameter arithmetic in safe code, ~30 s each interpreted).
 echo "== miri: block pool, block tables, scheduler, thread pool; block-pool property tests"
 cargo +nightly miri test --locked -p ember --lib --no-run
@@ -37,7 +38,7 @@ rest_status=0
 cargo +nightly miri test --locked -p ember --lib -- kv:: engine:: threadpool:: \
     --skip engine::score_tests --skip engine::prompt_cache_tests --skip kv::cache_file \
     --skip engine::grammar_tests --skip engine::speculative::tests::speculative_output \
-    --skip engine::kv_type_tests \
+    --skip engine::kv_type_tests --skip engine::window_tests \
     --skip engine::draft_model::tests::draft_model_output \
     --skip engine::shift::tests::shift \
     --skip engine::draft_model::tests::a_draft_model_is_checked_and_required \

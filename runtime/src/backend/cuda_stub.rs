@@ -3,7 +3,7 @@
 
 use super::BackendSizes;
 use crate::error::{Error, Result};
-use crate::kv::KvLayout;
+use crate::kv::{KvGroups, KvLayout};
 use crate::model::{BatchToken, BlockTables, Model, Scratch};
 
 /// Uninhabited: a stub backend never exists.
@@ -15,7 +15,7 @@ enum Never {}
 pub struct CudaBackend(Never);
 
 impl CudaBackend {
-    pub(crate) fn new(_model: &Model, _z: BackendSizes) -> Result<CudaBackend> {
+    pub(crate) fn new(_model: &Model, _z: BackendSizes, _groups: &KvGroups) -> Result<CudaBackend> {
         Err(Error::Backend(
             "built without CUDA (rebuild with `--features cuda`)".into(),
         ))

@@ -23,7 +23,7 @@ use ember_kernels::traits::ToFloatFn;
 
 use crate::compute::Compute;
 use crate::error::{Error, Result};
-use crate::kv::{KvArena, KvLayout};
+use crate::kv::{KvArena, KvGroups, KvLayout};
 use crate::model::weights::Mat;
 use crate::model::{BatchToken, BlockTables, Model, Scratch};
 use ember_kernels::kv::hadamard;
@@ -127,6 +127,8 @@ enum Inner {
 /// A started backend with its KV arena.
 pub struct Backend {
     inner: Inner,
+    /// The arena's layer groups (which block table and slot each layer's K/V use).
+    groups: KvGroups,
     note: Option<String>,
 }
 
@@ -140,9 +142,29 @@ impl fmt::Debug for Backend {
 }
 
 impl Backend {
-    /// Start a backend of `kind` for `model` and allocate its KV arena.
-    pub(crate) fn new(kind: BackendKind, model: &Model, z: BackendSizes) -> Result<Backend> {
-        let cpu = |note| -> Result<Backend> {
+    /// Start a backend of `kind` for `model` and allocate its KV arena, whose blocks hold the
+    /// layers of one of `groups` each (`z.layout.block_layers` must be `groups.size()`).
+    pub(crate) fn new(
+        kind: BackendKind,
+        model: &Model,
+        z: BackendSizes,
+        groups: KvGroups,
+    ) -> Result<Backend> {
+        if z.layout.block_layers != groups.size()
+            || groups.len() * groups.size() != model.config.n_layer
+        {
+            return Err(Error::InvalidParam {
+                name: "kv_groups",
+                what: format!(
+                    "{} groups of {} layers for blocks of {} layers and a model of {}",
+                    groups.len(),
+                    groups.size(),
+                    z.layout.block_layers,
+                    model.config.n_layer
+                ),
+            });
+        }
+        let cpu = |note, groups| -> Result<Backend> {
             let compute =
                 Compute::new(z.threads, z.kernels).map_err(|what| Error::InvalidParam {
                     name: "threads",
@@ -153,29 +175,40 @@ impl Backend {
                     compute,
                     arena: KvArena::new(z.layout, z.n_blocks)?,
                 },
+                groups,
                 note,
             })
         };
         match kind {
-            BackendKind::Cpu => cpu(None),
+            BackendKind::Cpu => cpu(None, groups),
             BackendKind::Cuda => Ok(Backend {
-                inner: Inner::Cuda(Box::new(CudaBackend::new(model, z)?)),
+                inner: Inner::Cuda(Box::new(CudaBackend::new(model, z, &groups)?)),
+                groups,
                 note: None,
             }),
-            BackendKind::Auto => match CudaBackend::new(model, z) {
+            BackendKind::Auto => match CudaBackend::new(model, z, &groups) {
                 Ok(b) => Ok(Backend {
                     inner: Inner::Cuda(Box::new(b)),
+                    groups,
                     note: None,
                 }),
-                Err(e) => cpu(Some(format!(
-                    "CUDA not used, running on the CPU: {}",
-                    match e {
-                        Error::Backend(m) => m,
-                        other => other.to_string(),
-                    }
-                ))),
+                Err(e) => cpu(
+                    Some(format!(
+                        "CUDA not used, running on the CPU: {}",
+                        match e {
+                            Error::Backend(m) => m,
+                            other => other.to_string(),
+                        }
+                    )),
+                    groups,
+                ),
             },
         }
+    }
+
+    /// The KV arena's layer groups.
+    pub fn kv_groups(&self) -> &KvGroups {
+        &self.groups
     }
 
     /// `"cpu"` or `"cuda"`.
@@ -241,7 +274,7 @@ impl Backend {
     ) -> Result<usize> {
         match &mut self.inner {
             Inner::Cpu { compute, arena } => model.forward(
-                &mut CpuExecutor::new(model, compute, arena, scratch),
+                &mut CpuExecutor::new(model, compute, arena, &self.groups, scratch),
                 batch,
                 tables,
             ),
@@ -259,7 +292,7 @@ impl Backend {
         }
     }
 
-    /// Copy block `b`'s keys and values as stored (`[n_layer][n_kv_head][block_size][row]`
+    /// Copy block `b`'s keys and values as stored (`[block_layers][n_kv_head][block_size][row]`
     /// each, [`KvLayout::keys_bytes`] bytes) into `k` and `v`.
     pub(crate) fn read_block(&self, b: usize, k: &mut [u8], v: &mut [u8]) -> Result<()> {
         check_block(self.layout(), self.n_blocks(), b, k.len(), v.len())?;
@@ -286,8 +319,9 @@ impl Backend {
         }
     }
 
-    /// Rotate every key of block `block` back by `delta` positions, in every layer (RoPE by
-    /// `-delta`, with the RoPE table of each layer: the sliding-window one where `swa[layer]`):
+    /// Rotate every key of block `block` (a block of layer group `group`) back by `delta`
+    /// positions, in every layer slot of the block (RoPE by `-delta`, with the RoPE table of
+    /// each slot's layer: the sliding-window one for sliding-window layers):
     /// what a context shift does to the keys it moves `delta` positions down. Computed in f32
     /// from the stored row and stored back (rounded to f16, or quantized again), as llama.cpp's
     /// K shift does on its K cache. Values do not move. `scratch` holds the CPU's RoPE tables.
@@ -296,11 +330,15 @@ impl Backend {
     pub(crate) fn shift_keys(
         &mut self,
         block: usize,
+        group: usize,
         delta: usize,
-        swa: &[bool],
         pairing: crate::model::RopePairing,
         scratch: &crate::model::Scratch,
     ) -> Result<()> {
+        if group >= self.groups.len() {
+            return Err(Error::Backend("shift_keys: no such layer group".into()));
+        }
+        let swa = self.groups.sliding(group);
         match &mut self.inner {
             Inner::Cpu { compute, arena } => {
                 let l = arena.layout();
@@ -308,7 +346,7 @@ impl Backend {
                 if block >= arena.n_blocks()
                     || delta == 0
                     || (delta + 1) * half > scratch.rope_cos.len()
-                    || swa.len() != l.n_layer
+                    || swa.len() != l.block_layers
                     || l.head_dim > 256
                 {
                     return Err(Error::Backend(
@@ -427,7 +465,7 @@ mod tests {
         let c = &m.config;
         let z = BackendSizes {
             layout: KvLayout {
-                n_layer: c.n_layer,
+                block_layers: c.n_layer,
                 n_kv_head: c.n_head_kv,
                 head_dim: c.head_dim,
                 block_size: 16,
@@ -449,12 +487,12 @@ mod tests {
         } else {
             "built without CUDA"
         };
-        let e = Backend::new(BackendKind::Cuda, &m, z).unwrap_err();
+        let e = Backend::new(BackendKind::Cuda, &m, z, KvGroups::single(c.n_layer)).unwrap_err();
         assert!(e.to_string().contains(why), "{e}");
-        let b = Backend::new(BackendKind::Auto, &m, z).unwrap();
+        let b = Backend::new(BackendKind::Auto, &m, z, KvGroups::single(c.n_layer)).unwrap();
         assert_eq!(b.name(), "cpu");
         assert!(b.note().is_some_and(|n| n.contains(why)), "{:?}", b.note());
-        let b = Backend::new(BackendKind::Cpu, &m, z).unwrap();
+        let b = Backend::new(BackendKind::Cpu, &m, z, KvGroups::single(c.n_layer)).unwrap();
         assert!(b.note().is_none());
         assert_eq!(b.n_blocks(), 4);
     }

@@ -4,7 +4,7 @@
 
 use crate::backend::{Backend, BackendKind, BackendSizes, CudaWeights};
 use crate::error::{Error, Result};
-use crate::kv::{BlockPool, KvLayout, KvType};
+use crate::kv::{BlockPool, KvGroups, KvLayout, KvType};
 use crate::model::{Model, Scratch};
 use crate::tokenizer::Tokenizer;
 
@@ -36,6 +36,11 @@ pub struct EngineConfig {
     /// How the KV arena stores keys and values: f16 (default), or Q8_0 / Q4_0 rows, which hold
     /// 1.9× / 3.6× the tokens in the same budget (head sizes must be multiples of 32).
     pub kv_type: KvType,
+    /// Keep every block of sliding-window layers (llama.cpp's `--swa-full`). Off (the
+    /// default), a model with sliding-window layers (Gemma 3) and a context longer than the
+    /// window keeps those layers in blocks of their own and returns the blocks that fall out of
+    /// the window to the pool ([`KvGroups`]).
+    pub swa_full: bool,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +56,7 @@ impl Default for EngineConfig {
             prefix_caching: true,
             cuda_weights: CudaWeights::Upload,
             kv_type: KvType::F16,
+            swa_full: false,
         }
     }
 }
@@ -207,6 +213,7 @@ impl Resources {
         kv_budget: KvBudget,
         block_size: usize,
         kv_type: KvType,
+        swa_full: bool,
         n_ctx: usize,
         max_seqs: usize,
         max_batch_tokens: usize,
@@ -233,8 +240,19 @@ impl Resources {
                 ),
             });
         }
+        let windows: Vec<usize> = c
+            .swa_layers
+            .iter()
+            .map(|&s| if s { c.sliding_window } else { 0 })
+            .collect();
+        let groups = if swa_full {
+            KvGroups::unsplit(&windows)
+        } else {
+            KvGroups::new(&windows, n_ctx)
+        };
+        let releases = groups.releases();
         let layout = KvLayout {
-            n_layer: c.n_layer,
+            block_layers: groups.size(),
             n_kv_head: c.n_head_kv,
             head_dim: c.head_dim,
             block_size,
@@ -251,8 +269,9 @@ impl Resources {
                 .checked_add(1)
                 .ok_or_else(|| overflow(format!("{n} blocks")))?,
             KvBudget::Bytes(b) => 1 + layout.blocks_for_bytes(b).saturating_sub(1),
-            KvBudget::FullContext => n_ctx
-                .div_ceil(block_size)
+            KvBudget::FullContext => (0..groups.len())
+                .map(|g| groups.max_blocks(g, n_ctx, max_batch_tokens, block_size))
+                .sum::<usize>()
                 .checked_mul(max_seqs)
                 .and_then(|n| n.checked_add(1))
                 .ok_or_else(|| {
@@ -312,9 +331,14 @@ impl Resources {
                 cuda_weights,
                 kernels,
             },
+            groups,
         )?;
-        // RoPE tables only for positions a sequence can reach: its blocks come from the arena.
-        let reachable = (n_blocks - 1).saturating_mul(block_size);
+        // RoPE tables only for positions a sequence can reach: its blocks come from the arena
+        // (all of its positions, unless sliding-window groups give blocks back as it goes).
+        let reachable = match releases {
+            true => n_ctx,
+            false => (n_blocks - 1).saturating_mul(block_size),
+        };
         let scratch = Scratch::new(model, max_batch_tokens, max_logits, n_ctx.min(reachable))?;
         Ok(Resources {
             tokenizer,

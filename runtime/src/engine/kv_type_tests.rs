@@ -97,7 +97,10 @@ fn quantized_kv_is_transparent_to_blocks_chunks_and_preemption() {
         for kv in [KvType::Q8_0, KvType::Q4_0] {
             let (roomy, p0) = run_all(&mut engine(arch, kv, 32, 16, 64));
             assert_eq!(p0, 0);
-            let (tight, p1) = run_all(&mut engine(arch, kv, 6, 5, 4));
+            // (Gemma's sliding layers give back their blocks out of the window: a tighter
+            // arena still preempts.)
+            let tiny = if arch == "gemma3" { 4 } else { 6 };
+            let (tight, p1) = run_all(&mut engine(arch, kv, tiny, 5, 4));
             assert!(p1 > 0, "{arch} {kv}: the tiny arena preempts");
             assert_eq!(tight, roomy, "{arch} {kv}");
             let distinct: std::collections::HashSet<_> = roomy.iter().flatten().collect();

@@ -143,8 +143,9 @@ impl Metrics {
 struct SlabTables<'a>(&'a [Option<Seq>]);
 
 impl BlockTables for SlabTables<'_> {
-    fn table(&self, seq: usize) -> Option<&[BlockId]> {
-        self.0.get(seq)?.as_ref().map(|s| s.table.blocks())
+    fn table(&self, seq: usize, group: usize) -> Option<&[BlockId]> {
+        let t = &self.0.get(seq)?.as_ref()?.table;
+        (group < t.groups()).then(|| t.group(group))
     }
 }
 
@@ -190,6 +191,15 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// Most blocks a sequence of `n_tokens` tokens holds at once, over every layer group (a
+    /// sliding-window group holds its window and a step's tokens).
+    pub fn blocks_for(&self, n_tokens: usize) -> usize {
+        let g = self.backend.kv_groups();
+        (0..g.len())
+            .map(|i| g.max_blocks(i, n_tokens, self.cfg.max_batch_tokens, self.cfg.block_size))
+            .sum()
+    }
+
     /// Check that a request needing `need` blocks and `n_seqs` sequences can ever be admitted,
     /// and take a request slot for it (nothing changes on error).
     pub(crate) fn take_request_slot(&mut self, need: usize, n_seqs: usize) -> Result<u32> {
@@ -273,6 +283,7 @@ impl Engine {
             cfg.kv_budget,
             cfg.block_size,
             cfg.kv_type,
+            cfg.swa_full,
             n_ctx,
             cfg.max_seqs,
             cfg.max_batch_tokens,
@@ -362,10 +373,37 @@ impl Engine {
         self.cfg.block_size
     }
 
-    /// Usable blocks of the KV arena (the pool's null block excluded); times
-    /// [`block_size`](Self::block_size), the tokens the arena holds over all sequences.
+    /// Usable blocks of the KV arena (the pool's null block excluded). A block holds one layer
+    /// group's keys and values for [`block_size`](Self::block_size) tokens: with one group
+    /// (every model without sliding-window layers) times `block_size` it is the tokens the
+    /// arena holds over all sequences; see [`Engine::kv_capacity_tokens`].
     pub fn kv_blocks(&self) -> usize {
         self.pool.num_blocks()
+    }
+
+    /// Tokens of one sequence the KV arena holds when that sequence has it all. With one layer
+    /// group it is [`kv_blocks`](Self::kv_blocks) × `block_size`; with sliding-window groups,
+    /// which keep only their window's blocks, more (while every group grows alike until the
+    /// sliding ones reach their bound, the full-attention groups then take the rest).
+    pub fn kv_capacity_tokens(&self) -> usize {
+        let (blocks, bs) = (self.pool.num_blocks(), self.cfg.block_size);
+        let g = self.backend.kv_groups();
+        let sliding: Vec<usize> = (0..g.len())
+            .filter(|&i| g.window(i) > 0)
+            .map(|i| g.max_blocks(i, usize::MAX / 2, self.cfg.max_batch_tokens, bs))
+            .collect();
+        let (n, full) = (g.len().max(1), g.len() - sliding.len());
+        let bound: usize = sliding.iter().sum();
+        let even = blocks / n;
+        if full == 0 || sliding.iter().all(|&c| even <= c) {
+            return even * bs;
+        }
+        (blocks - bound) / full * bs
+    }
+
+    /// The KV arena's layer groups (block tables per sequence).
+    pub fn kv_groups(&self) -> &crate::kv::KvGroups {
+        self.backend.kv_groups()
     }
 
     /// How the KV arena stores keys and values.
@@ -492,10 +530,9 @@ impl Engine {
         let per_fork = max_tokens.min(self.n_ctx);
         let bs = self.cfg.block_size;
         // (A shifting sequence's newest token waits for its shift: n_ctx slots at most.)
-        let need = total
-            .min(self.n_ctx)
-            .div_ceil(bs)
-            .saturating_add((params.n - 1).saturating_mul(per_fork.div_ceil(bs).saturating_add(1)));
+        let need = self.blocks_for(total.min(self.n_ctx)).saturating_add(
+            (params.n - 1).saturating_mul(self.blocks_for(per_fork.saturating_add(bs))),
+        );
         let slot = self.take_request_slot(need, params.n)?;
         self.request_generation = self.request_generation.wrapping_add(1);
         let mut seq_slots = Vec::with_capacity(params.n);
@@ -637,7 +674,7 @@ impl Engine {
         let bs = self.cfg.block_size;
         let (i, fill) = (seq.num_computed / bs, seq.num_computed % bs);
         // (Not after a context shift: its blocks no longer hold what their tokens compute to.)
-        if self.cfg.prefix_caching && fill > 0 && !seq.shifted {
+        if self.cfg.prefix_caching && fill > 0 && !seq.shifted && seq.table.groups() == 1 {
             let parent = match i {
                 0 => Some(None),
                 _ => seq.block_hashes.get(i - 1).map(|&h| Some(h)),
@@ -700,11 +737,14 @@ impl Engine {
         let mut fill = vec![0usize; self.backend.n_blocks()];
         for &s in &self.running {
             let seq = self.seqs[s as usize].as_ref().expect("running sequence");
-            for (i, b) in seq.table.blocks().iter().enumerate() {
-                let f = seq.num_computed.saturating_sub(i * bs).min(bs);
-                fill[b.index()] = fill[b.index()].max(f);
+            for g in 0..seq.table.groups() {
+                for (i, b) in seq.table.group(g).iter().enumerate() {
+                    let f = seq.num_computed.saturating_sub(i * bs).min(bs);
+                    fill[b.index()] = fill[b.index()].max(f);
+                }
             }
         }
+        fill[0] = 0; // released blocks of sliding-window groups
         let stored: usize = fill.iter().sum();
         m.utilization = if m.blocks_used == 0 {
             1.0
@@ -729,6 +769,8 @@ mod prompt_cache_tests;
 mod score_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;
 
 /// Tokenize `prompt` (special tokens parsed, BOS per the model) for a context of `n_ctx`
 /// tokens. Refused before tokenizing when the byte length alone shows it cannot fit: no token

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::kv::cache_file::{
     kv_type_code, kv_type_name, CacheHeader, Checksum, CHECKSUM_LEN, HEADER_LEN,
 };
-use crate::kv::{hash_block, BlockHash, BlockId, KvLayout, KvType};
+use crate::kv::{group_hash, hash_block, BlockHash, BlockId, KvLayout, KvType};
 
 /// What [`Engine::load_prompt_cache`] found in a file and put into the prefix cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,7 +85,8 @@ impl Engine {
         self.read_prompt_cache(&mut BufReader::with_capacity(1 << 20, f), len, path)
     }
 
-    /// The blocks the prefix cache holds for `prompt`'s leading full blocks.
+    /// The blocks the prefix cache holds for `prompt`'s leading full blocks: per logical block,
+    /// one per layer group (`[n][groups]`), up to the first block a group lacks.
     pub(crate) fn cached_prefix_blocks(&self, prompt: &[u32]) -> Result<Vec<BlockId>> {
         if !self.cfg.prefix_caching {
             return Err(invalid(
@@ -93,19 +94,33 @@ impl Engine {
                 "prompt cache files need prefix caching, which is off",
             ));
         }
+        let n_groups = self.backend.kv_groups().len();
         let mut parent = None;
         let mut blocks = Vec::new();
-        for chunk in prompt.chunks_exact(self.cfg.block_size) {
+        'blocks: for chunk in prompt.chunks_exact(self.cfg.block_size) {
             let h = hash_block(parent, chunk);
-            let Some(b) = self.pool.lookup(h) else { break };
-            blocks.push(b);
+            for g in 0..n_groups {
+                let Some(b) = self.pool.lookup(group_hash(h, g)) else {
+                    blocks.truncate(blocks.len() - g);
+                    break 'blocks;
+                };
+                blocks.push(b);
+            }
             parent = Some(h);
         }
         Ok(blocks)
     }
 
-    /// Write a prompt cache of `blocks` (the cached blocks of `prompt`'s leading full blocks)
-    /// to `w`; `path` names it in errors. Returns the tokens saved.
+    /// The layout of a block in a file: every layer of the model, in order.
+    fn file_layout(&self) -> KvLayout {
+        KvLayout {
+            block_layers: self.model.config.n_layer,
+            ..self.backend.layout()
+        }
+    }
+
+    /// Write a prompt cache of `blocks` (the cached blocks of `prompt`'s leading full blocks,
+    /// `[n][groups]`) to `w`; `path` names it in errors. Returns the tokens saved.
     pub(crate) fn write_prompt_cache(
         &self,
         w: &mut impl Write,
@@ -113,14 +128,16 @@ impl Engine {
         blocks: &[BlockId],
         path: &Path,
     ) -> Result<usize> {
-        let layout = self.backend.layout();
+        let layout = self.file_layout();
+        let groups = self.backend.kv_groups();
+        let n_blocks = blocks.len() / groups.len();
         let header = CacheHeader {
             kv_type: kv_type_code(layout.kv_type),
             model: self.model.fingerprint(),
             layout,
-            n_blocks: blocks.len(),
+            n_blocks,
         };
-        let n_tokens = blocks.len() * layout.block_size;
+        let n_tokens = n_blocks * layout.block_size;
         let mut sum = Checksum::new();
         let mut put = |bytes: &[u8], last: bool| {
             sum.update(bytes);
@@ -141,11 +158,20 @@ impl Engine {
             .collect();
         put(&ids, false).map_err(io)?;
         let n = layout.keys_bytes();
-        let mut bytes = vec![0u8; 2 * n];
-        for (i, b) in blocks.iter().enumerate() {
+        let layer = n / layout.block_layers; // one layer's tiles
+        let gn = self.backend.layout().keys_bytes();
+        let (mut bytes, mut kg, mut vg) = (vec![0u8; 2 * n], vec![0u8; gn], vec![0u8; gn]);
+        for (i, group_blocks) in blocks.chunks_exact(groups.len()).enumerate() {
             let (k, v) = bytes.split_at_mut(n);
-            self.backend.read_block(b.index(), k, v)?;
-            put(&bytes, i + 1 == blocks.len()).map_err(io)?;
+            for (g, b) in group_blocks.iter().enumerate() {
+                self.backend.read_block(b.index(), &mut kg, &mut vg)?;
+                for (slot, &l) in groups.layers(g).iter().enumerate() {
+                    let (from, to) = (slot * layer..(slot + 1) * layer, l * layer..(l + 1) * layer);
+                    k[to.clone()].copy_from_slice(&kg[from.clone()]);
+                    v[to].copy_from_slice(&vg[from]);
+                }
+            }
+            put(&bytes, i + 1 == n_blocks).map_err(io)?;
         }
         Ok(n_tokens)
     }
@@ -208,7 +234,7 @@ impl Engine {
             self.pool.free(b);
         }
         checked?;
-        let loaded_tokens = held.len() * h.layout.block_size;
+        let loaded_tokens = held.len() / self.backend.kv_groups().len() * h.layout.block_size;
         Ok(PromptCacheLoad {
             tokens,
             loaded_tokens,
@@ -218,7 +244,7 @@ impl Engine {
     /// The header's model, KV type and geometry must be this engine's, and `len` the length
     /// it gives.
     fn check_header(&self, h: &CacheHeader, len: u64) -> std::result::Result<(), String> {
-        let layout = self.backend.layout();
+        let layout = self.file_layout();
         if h.kv_type != kv_type_code(layout.kv_type) {
             return Err(format!(
                 "KV type {}, this engine stores {}",
@@ -237,7 +263,7 @@ impl Engine {
             let g = |l: &KvLayout| {
                 format!(
                     "blocks of {} tokens, {} layers × {} KV heads × {} dims",
-                    l.block_size, l.n_layer, l.n_kv_head, l.head_dim
+                    l.block_size, l.block_layers, l.n_kv_head, l.head_dim
                 )
             };
             return Err(format!(
@@ -262,7 +288,8 @@ impl Engine {
 
     /// Read the file's blocks, writing into the arena every block the context and the free
     /// list have room for (stopping at the first that does not fit: a prefix must be whole);
-    /// blocks already in the prefix cache are held, not written again.
+    /// blocks already in the prefix cache are held, not written again. Each logical block is
+    /// one block per layer group, its layers gathered from the file's.
     fn read_blocks(
         &mut self,
         r: &mut impl Read,
@@ -274,8 +301,11 @@ impl Engine {
     ) -> Result<()> {
         let bs = h.layout.block_size;
         let n = h.layout.keys_bytes();
+        let layer = n / h.layout.block_layers.max(1);
+        let n_groups = self.backend.kv_groups().len();
+        let gn = self.backend.layout().keys_bytes();
         let usable = h.n_blocks.min(self.n_ctx / bs);
-        let mut bytes = vec![0u8; 2 * n];
+        let (mut bytes, mut kg, mut vg) = (vec![0u8; 2 * n], vec![0u8; gn], vec![0u8; gn]);
         let mut parent = None;
         let mut room = true;
         for i in 0..h.n_blocks {
@@ -286,25 +316,40 @@ impl Engine {
             }
             let hash = hash_block(parent, &tokens[i * bs..(i + 1) * bs]);
             parent = Some(hash);
-            if let Some(b) = self.pool.lookup(hash) {
-                // Already cached (loaded before, or computed): keep it from eviction meanwhile.
-                self.pool.retain(b);
-                held.push((b, None));
-                continue;
-            }
-            let Some(b) = self.pool.allocate() else {
-                room = false;
-                continue;
-            };
-            held.push((b, Some(hash)));
             if !all_finite(h.layout.kv_type, &bytes) {
                 return Err(Error::PromptCache {
                     path: path.to_path_buf(),
                     what: format!("damaged (block {i} holds a non-finite key or value)"),
                 });
             }
-            let (k, v) = bytes.split_at(n);
-            self.backend.write_block(b.index(), k, v)?;
+            let held_before = held.len();
+            for g in 0..n_groups {
+                let gh = group_hash(hash, g);
+                if let Some(b) = self.pool.lookup(gh) {
+                    // Already cached (loaded before, or computed): keep it from eviction
+                    // meanwhile.
+                    self.pool.retain(b);
+                    held.push((b, None));
+                    continue;
+                }
+                let Some(b) = self.pool.allocate() else {
+                    // Not this logical block after all: give back what it took.
+                    for (b, _) in held.drain(held_before..) {
+                        self.pool.free(b);
+                    }
+                    room = false;
+                    break;
+                };
+                held.push((b, Some(gh)));
+                let (k, v) = bytes.split_at(n);
+                let groups = self.backend.kv_groups();
+                for (slot, &l) in groups.layers(g).iter().enumerate() {
+                    let (to, from) = (slot * layer..(slot + 1) * layer, l * layer..(l + 1) * layer);
+                    kg[to.clone()].copy_from_slice(&k[from.clone()]);
+                    vg[to].copy_from_slice(&v[from]);
+                }
+                self.backend.write_block(b.index(), &kg, &vg)?;
+            }
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use std::ops::Range;
 
 use super::{invalid, Engine, FinishReason, Request, RequestId, RequestParams, SeqState};
 use crate::error::{Error, Result};
+use crate::kv::BlockId;
 
 impl Engine {
     /// Queue a scoring request for `tokens`: the logits at the positions in `rows` are handed to
@@ -31,7 +32,7 @@ impl Engine {
             });
         }
         check_rows(&rows, 0, tokens.len())?;
-        let need = tokens.len().div_ceil(self.cfg.block_size);
+        let need = self.blocks_for(tokens.len());
         let slot = self.take_request_slot(need, 1)?;
         let params = RequestParams {
             max_tokens: 0,
@@ -131,6 +132,18 @@ impl Engine {
         seq.block_hashes.truncate(keep.min(len / bs));
         seq.table.truncate(keep.min(seq.table.len()), pool);
         seq.num_computed = seq.num_computed.min(len).min(seq.table.len() * bs);
+        // A sliding-window group that released blocks its next query reads again (the request
+        // went back by more than the window): compute it all again.
+        let groups = self.backend.kv_groups();
+        let hole = (0..groups.len()).any(|g| {
+            let from = groups.first_needed_block(g, seq.num_computed, bs);
+            seq.table.group(g)[from.min(seq.table.len())..].contains(&BlockId::NULL)
+        });
+        if hole {
+            seq.table.release(pool);
+            seq.block_hashes.clear();
+            seq.num_computed = 0;
+        }
         Ok(())
     }
 

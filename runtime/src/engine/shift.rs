@@ -17,6 +17,7 @@
 
 use super::{Engine, FinishReason};
 use crate::error::{Error, Result};
+use crate::kv::BlockId;
 
 /// What a generation does when it reaches the end of the context (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,38 +69,43 @@ impl Engine {
     }
 
     /// The shift itself; `Ok(false)` when the arena lacks the blocks its copies need (nothing
-    /// changed).
+    /// changed). Every layer group shifts alike; blocks a sliding-window group released (out of
+    /// its window, never the kept ones) are neither freed nor moved again.
     fn shift_context(&mut self, slot: u32) -> Result<bool> {
         let bs = self.cfg.block_size;
         let seq = self.seqs[slot as usize].as_ref().expect("live sequence");
         let shift = seq.shift.expect("a shifting sequence");
         debug_assert!(seq.draft == 0 && seq.pending() == 1);
         let keep_b = self.shift_keep_blocks(shift.keep);
-        let len_b = seq.table.len();
+        let (t, n_groups) = (&seq.table, seq.table.groups());
+        let len_b = t.len();
         // Checked at submit: keep_b + 2 <= n_ctx / bs <= len_b.
         let drop_b = ((len_b - keep_b) / 2).max(1);
         let moved = keep_b + drop_b..len_b;
+        let held = |g: usize, i: usize| Some(t.group(g)[i]).filter(|&b| b != BlockId::NULL);
         // A moved block is copied first when others hold it or the prefix cache indexes it.
-        let copied = |i: usize| {
-            let b = seq.table.blocks()[i];
-            i < seq.block_hashes.len() || self.pool.ref_count(b) > 1
+        let copied = |g: usize, i: usize| {
+            held(g, i).is_some_and(|b| i < seq.block_hashes.len() || self.pool.ref_count(b) > 1)
         };
-        let freed = seq.table.blocks()[keep_b..keep_b + drop_b]
-            .iter()
-            .filter(|&&b| self.pool.ref_count(b) == 1)
-            .count();
-        let shared_copies = moved
-            .clone()
-            .filter(|&i| copied(i) && self.pool.ref_count(seq.table.blocks()[i]) > 1)
-            .count();
-        let any_copy = moved.clone().any(copied);
+        let mut freed = 0;
+        let mut shared_copies = 0;
+        let mut any_copy = false;
+        for g in 0..n_groups {
+            freed += (keep_b..keep_b + drop_b)
+                .filter(|&i| held(g, i).is_some_and(|b| self.pool.ref_count(b) == 1))
+                .count();
+            shared_copies += moved
+                .clone()
+                .filter(|&i| copied(g, i) && self.pool.ref_count(t.group(g)[i]) > 1)
+                .count();
+            any_copy |= moved.clone().any(|i| copied(g, i));
+        }
         if self.pool.num_free() + freed < shared_copies + usize::from(any_copy) {
             return Ok(false);
         }
         let cached_upto = seq.block_hashes.len();
 
         let (pool, backend) = (&mut self.pool, &mut self.backend);
-        let swa = &self.model.config.swa_layers;
         let pairing = self.model.config.rope_pairing;
         let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
         let (keep_t, delta) = (keep_b * bs, drop_b * bs);
@@ -113,23 +119,28 @@ impl Engine {
         seq.shifted = true;
         seq.out.shifted_tokens += delta;
         seq.table.remove(keep_b..keep_b + drop_b, pool);
-        for i in keep_b..seq.table.len() {
-            let old = seq.table.blocks()[i];
-            // Its index before the shift was i + drop_b (see `copied` above).
-            let copy = i + drop_b < cached_upto || pool.ref_count(old) > 1;
-            let b = if copy {
-                let new = pool.allocate().expect("free blocks counted above");
-                if let Err(e) = backend.copy_slots(old.index(), new.index(), bs) {
-                    pool.free(new);
-                    return Err(e);
+        for g in 0..n_groups {
+            for i in keep_b..seq.table.len() {
+                let old = seq.table.group(g)[i];
+                if old == BlockId::NULL {
+                    continue;
                 }
-                seq.table.replace(i, new);
-                pool.free(old);
-                new
-            } else {
-                old
-            };
-            backend.shift_keys(b.index(), delta, swa, pairing, &self.scratch)?;
+                // Its index before the shift was i + drop_b (see `copied` above).
+                let copy = i + drop_b < cached_upto || pool.ref_count(old) > 1;
+                let b = if copy {
+                    let new = pool.allocate().expect("free blocks counted above");
+                    if let Err(e) = backend.copy_slots(old.index(), new.index(), bs) {
+                        pool.free(new);
+                        return Err(e);
+                    }
+                    seq.table.replace(g, i, new);
+                    pool.free(old);
+                    new
+                } else {
+                    old
+                };
+                backend.shift_keys(b.index(), g, delta, pairing, &self.scratch)?;
+            }
         }
         Ok(true)
     }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::sequence::Seq;
 use super::{Engine, FinishReason, LogitsRow, RequestId, SeqState, SlabTables, StepStats};
 use crate::error::{Error, Result};
-use crate::kv::{hash_block, BlockHash};
+use crate::kv::{group_hash, hash_block, BlockHash, BlockId};
 use crate::model::BatchToken;
 
 /// Why a sequence could not get the blocks it needs this step.
@@ -13,24 +13,53 @@ struct NoBlocks;
 
 impl Engine {
     /// Blocks sequence `slot` needs to compute `k` more tokens: new blocks for the positions
-    /// beyond its table, plus one copy if the block it writes into first is shared.
+    /// beyond its table (in every layer group), plus one copy per group whose block it writes
+    /// into first is shared.
     fn blocks_needed(&self, slot: u32, k: usize) -> (usize, bool) {
         let bs = self.cfg.block_size;
         let seq = self.seqs[slot as usize].as_ref().expect("live sequence");
-        let have = seq.table.len();
-        let need = (seq.num_computed + k).div_ceil(bs);
-        let cow = !seq.num_computed.is_multiple_of(bs)
-            && seq
-                .table
-                .blocks()
-                .get(seq.num_computed / bs)
-                .is_some_and(|&b| self.pool.ref_count(b) > 1);
-        (need.saturating_sub(have) + usize::from(cow), cow)
+        let (i, t) = (seq.num_computed / bs, &seq.table);
+        let cow = if seq.num_computed.is_multiple_of(bs) {
+            0
+        } else {
+            (0..t.groups())
+                .filter(|&g| {
+                    t.group(g)
+                        .get(i)
+                        .is_some_and(|&b| b != BlockId::NULL && self.pool.ref_count(b) > 1)
+                })
+                .count()
+        };
+        (t.blocks_to_cover(seq.num_computed + k, bs) + cow, cow > 0)
+    }
+
+    /// Return the blocks of sequence `slot`'s sliding-window groups that no query from its next
+    /// position on reads (a shifting sequence keeps its first, kept blocks: after a shift they
+    /// are in the window again).
+    pub(super) fn release_out_of_window(&mut self, slot: u32) {
+        let groups = self.backend.kv_groups();
+        if !groups.releases() {
+            return;
+        }
+        let bs = self.cfg.block_size;
+        let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
+        let pin = match seq.shift {
+            Some(s) => s.keep.div_ceil(bs).max(1),
+            None => 0,
+        };
+        for g in 0..groups.len() {
+            if groups.window(g) > 0 {
+                let to = groups.first_needed_block(g, seq.num_computed, bs);
+                seq.table.release_before(g, pin, to, &mut self.pool);
+            }
+        }
     }
 
     /// Give sequence `slot` the blocks for `k` more tokens, copying a shared block it is about
-    /// to write into (copy-on-write). Nothing changes on failure.
+    /// to write into (copy-on-write). Nothing changes on failure (but blocks out of its window,
+    /// which it never reads again, are returned first).
     fn reserve(&mut self, slot: u32, k: usize) -> Result<(), NoBlocks> {
+        self.release_out_of_window(slot);
         let (n, cow) = self.blocks_needed(slot, k);
         if n > self.pool.num_free() {
             return Err(NoBlocks);
@@ -40,19 +69,24 @@ impl Engine {
         let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
         if cow {
             let i = seq.num_computed / bs;
-            let old = seq.table.blocks()[i];
-            let new = pool.allocate().expect("free count checked");
-            if backend
-                .copy_slots(old.index(), new.index(), seq.num_computed % bs)
-                .is_err()
-            {
-                // A device failure here surfaces again at the step's forward pass; do not
-                // hand out a block whose contents are unknown.
-                pool.free(new);
-                return Err(NoBlocks);
+            for g in 0..seq.table.groups() {
+                let old = seq.table.group(g)[i];
+                if old == BlockId::NULL || pool.ref_count(old) == 1 {
+                    continue;
+                }
+                let new = pool.allocate().expect("free count checked");
+                if backend
+                    .copy_slots(old.index(), new.index(), seq.num_computed % bs)
+                    .is_err()
+                {
+                    // A device failure here surfaces again at the step's forward pass; do not
+                    // hand out a block whose contents are unknown.
+                    pool.free(new);
+                    return Err(NoBlocks);
+                }
+                seq.table.replace(g, i, new);
+                pool.free(old);
             }
-            seq.table.replace(i, new);
-            pool.free(old);
         }
         seq.table
             .ensure_capacity(pool, seq.num_computed + k, bs)
@@ -73,37 +107,80 @@ impl Engine {
 
     /// Take the longest cached prefix of a waiting sequence's tokens (whole blocks, leaving at
     /// least one token to compute so there are logits to sample from, and every position whose
-    /// logits a scoring request wants).
+    /// logits a scoring request wants). With layer groups, a full-attention group needs every
+    /// block of the prefix, a sliding-window group only the blocks its next query reads (and,
+    /// for a shifting sequence, the kept ones): the others stay out of its table.
     fn take_cached_prefix(&mut self, slot: u32) {
         if !self.cfg.prefix_caching {
             return;
         }
         let bs = self.cfg.block_size;
+        let groups = self.backend.kv_groups();
         let pool = &mut self.pool;
         let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
         debug_assert_eq!(seq.num_computed, 0);
+        let cached =
+            |pool: &crate::kv::BlockPool, h: BlockHash, g: usize| pool.lookup(group_hash(h, g));
+        // The leading blocks every full-attention group has (their hashes in `block_hashes`).
         let mut parent: Option<BlockHash> = None;
-        let mut i = 0;
         let limit = seq.first_needed();
-        while (i + 1) * bs <= limit {
+        while (seq.block_hashes.len() + 1) * bs <= limit {
+            let i = seq.block_hashes.len();
             let h = hash_block(parent, &seq.tokens[i * bs..(i + 1) * bs]);
-            let Some(b) = pool.lookup(h) else { break };
-            pool.retain(b);
-            seq.table.push(b);
+            let full = (0..groups.len()).filter(|&g| groups.window(g) == 0);
+            if !full.into_iter().all(|g| cached(pool, h, g).is_some()) {
+                break;
+            }
             seq.block_hashes.push(h);
             parent = Some(h);
-            i += 1;
         }
+        // The longest of those prefixes whose sliding groups have what they read.
+        let pin = seq.shift.map_or(0, |s| s.keep.div_ceil(bs).max(1));
+        let needed = |g: usize, i: usize, n: usize| {
+            groups.window(g) == 0 || i < pin || i >= groups.first_needed_block(g, n * bs, bs)
+        };
+        let has_window = |n: usize| {
+            let hashes = &seq.block_hashes;
+            (0..groups.len())
+                .filter(|&g| groups.window(g) > 0)
+                .all(|g| {
+                    let lo = groups.first_needed_block(g, n * bs, bs).max(pin.min(n));
+                    (0..pin.min(n))
+                        .chain(lo..n)
+                        .all(|i| cached(pool, hashes[i], g).is_some())
+                })
+        };
+        let mut n = seq.block_hashes.len();
+        while n > 0 && !has_window(n) {
+            n -= 1;
+        }
+        seq.block_hashes.truncate(n);
+        for i in 0..n {
+            let h = seq.block_hashes[i];
+            seq.table.push(|g| {
+                if !needed(g, i, n) {
+                    return BlockId::NULL;
+                }
+                let b = cached(pool, h, g).expect("checked above");
+                pool.retain(b);
+                b
+            });
+        }
+        let parent = seq.block_hashes.last().copied();
         // Below block granularity: the first tokens of the next block, copied from a block
-        // that holds them after the same prefix (partial.rs).
-        let mut cached = i * bs;
+        // that holds them after the same prefix (partial.rs; models of one layer group).
+        let mut cached = n * bs;
         let want = &seq.tokens[cached..limit.min(cached + bs)];
-        if let Some((src, m)) = self.partial.best(pool, parent, want) {
+        let best = match groups.len() {
+            1 => self.partial.best(pool, parent, want),
+            _ => None,
+        };
+        if let Some((src, m)) = best {
             if let Some(own) = pool.allocate() {
                 // `allocate` may hand out `src` itself (the least recently used free block): its
                 // slots are then already in place.
                 if own == src || self.backend.copy_slots(src.index(), own.index(), m).is_ok() {
-                    seq.table.push(own);
+                    seq.table.push(|_| own);
                     cached += m;
                 } else {
                     pool.free(own);
@@ -117,7 +194,8 @@ impl Engine {
         self.metrics.prefix_hit_tokens += cached as u64;
     }
 
-    /// Register the sequence's newly completed blocks in the prefix cache.
+    /// Register the sequence's newly completed blocks in the prefix cache (each layer group's
+    /// block under its own hash; the partial-block index only for models of one group).
     fn cache_full_blocks(&mut self, slot: u32) {
         if !self.cfg.prefix_caching {
             return;
@@ -132,11 +210,18 @@ impl Engine {
         while seq.block_hashes.len() < full {
             let i = seq.block_hashes.len();
             let parent = seq.block_hashes.last().copied();
-            let h = hash_block(parent, &seq.tokens[i * bs..(i + 1) * bs]);
-            let b = seq.table.blocks()[i];
-            pool.set_hash(b, h);
-            self.partial
-                .register(pool, b, parent, &seq.tokens[i * bs..(i + 1) * bs]);
+            let tokens = &seq.tokens[i * bs..(i + 1) * bs];
+            let h = hash_block(parent, tokens);
+            for g in 0..seq.table.groups() {
+                let b = seq.table.group(g)[i];
+                if b != BlockId::NULL {
+                    pool.set_hash(b, group_hash(h, g));
+                }
+            }
+            if seq.table.groups() == 1 {
+                self.partial
+                    .register(pool, seq.table.blocks()[i], parent, tokens);
+            }
             seq.block_hashes.push(h);
         }
     }
@@ -428,9 +513,15 @@ impl Engine {
                 continue;
             }
             let (parent_seq, sib) = two_mut(&mut self.seqs, parent as usize, s as usize);
-            for &b in parent_seq.table.blocks() {
-                self.pool.retain(b);
-                sib.table.push(b);
+            let pool = &mut self.pool;
+            for i in 0..parent_seq.table.len() {
+                sib.table.push(|g| {
+                    let b = parent_seq.table.group(g)[i];
+                    if b != BlockId::NULL {
+                        pool.retain(b);
+                    }
+                    b
+                });
             }
             sib.block_hashes.extend_from_slice(&parent_seq.block_hashes);
             sib.num_computed = parent_seq.num_computed;

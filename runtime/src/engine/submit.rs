@@ -47,7 +47,7 @@ impl Engine {
             n_prompt: prompt.len(),
             max_tokens,
             num_computed: 0,
-            table: BlockTable::with_capacity(max_blocks),
+            table: BlockTable::grouped(self.backend.kv_groups().len(), max_blocks),
             block_hashes: reserved(max_blocks)?,
             admitted_at: 0,
             state: SeqState::Waiting,

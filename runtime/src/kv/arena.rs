@@ -1,9 +1,12 @@
 //! The KV arena: keys and values for every block, one allocation at start-up, stored as the
 //! engine's [`KvType`] (f16, or quantized per row in ggml's Q8_0 / Q4_0 layouts).
 //!
-//! Layout of block `b`, for keys and values alike: `[n_layer][n_kv_head][block_size][row]`, a
-//! row being one token's `head_dim` elements in [`KvType::row_bytes`] bytes, so one (layer, head)
-//! of a block is a contiguous `block_size`-row tile that attention reads front to back.
+//! Layout of block `b`, for keys and values alike: `[block_layers][n_kv_head][block_size][row]`,
+//! a row being one token's `head_dim` elements in [`KvType::row_bytes`] bytes, so one (layer,
+//! head) of a block is a contiguous `block_size`-row tile that attention reads front to back.
+//! A block holds the layers of one layer group ([`super::KvGroups`]): every layer of the model,
+//! or, for a model with sliding-window layers, the layers of one group; the arena's `layer`
+//! arguments are slots within the block ([`super::KvGroups::slot_of`]).
 
 pub use ember_kernels::kv::{KvRows, KvType};
 
@@ -12,8 +15,8 @@ use crate::error::{Error, Result};
 /// Geometry of the arena.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvLayout {
-    /// Transformer blocks.
-    pub n_layer: usize,
+    /// Layers one block holds (the model's layers, or one layer group's).
+    pub block_layers: usize,
     /// Key/value heads.
     pub n_kv_head: usize,
     /// Dimension of a head.
@@ -38,7 +41,7 @@ impl KvLayout {
 
     /// Bytes of one block's keys (its values take as many).
     pub fn keys_bytes(&self) -> usize {
-        self.n_layer * self.n_kv_head * self.tile_bytes()
+        self.block_layers * self.n_kv_head * self.tile_bytes()
     }
 
     /// Bytes one block takes, keys and values together.
@@ -129,7 +132,7 @@ impl KvArena {
 
     fn tile_start(&self, block: usize, layer: usize, head: usize) -> usize {
         let l = &self.layout;
-        ((block * l.n_layer + layer) * l.n_kv_head + head) * l.tile_bytes()
+        ((block * l.block_layers + layer) * l.n_kv_head + head) * l.tile_bytes()
     }
 
     /// Keys of one (block, layer, head): `block_size` rows.
@@ -177,7 +180,7 @@ impl KvArena {
         b * n..(b + 1) * n
     }
 
-    /// Keys and values of block `b` as stored, each `[n_layer][n_kv_head][block_size][row]`
+    /// Keys and values of block `b` as stored, each `[block_layers][n_kv_head][block_size][row]`
     /// ([`KvLayout::keys_bytes`] bytes).
     pub fn block_data(&self, b: usize) -> (&[u8], &[u8]) {
         let r = self.block_range(b);
@@ -197,7 +200,7 @@ impl KvArena {
     pub fn copy_slots(&mut self, src: usize, dst: usize, n_slots: usize) {
         let l = self.layout;
         let n = n_slots.min(l.block_size) * l.row_bytes();
-        for layer in 0..l.n_layer {
+        for layer in 0..l.block_layers {
             for h in 0..l.n_kv_head {
                 let (s, d) = (
                     self.tile_start(src, layer, h),
@@ -218,7 +221,7 @@ mod tests {
     fn block_data_round_trips_one_block_and_touches_no_other() {
         for kv_type in KvType::ALL {
             let layout = KvLayout {
-                n_layer: 2,
+                block_layers: 2,
                 n_kv_head: 2,
                 head_dim: 32,
                 block_size: 3,
@@ -255,7 +258,7 @@ mod tests {
     #[test]
     fn quantized_rows_need_whole_blocks() {
         let layout = KvLayout {
-            n_layer: 1,
+            block_layers: 1,
             n_kv_head: 1,
             head_dim: 48,
             block_size: 4,

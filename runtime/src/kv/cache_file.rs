@@ -14,7 +14,7 @@
 //! | 40 | 4 | `n_blocks` |
 //! | 44 | 4 | reserved, 0 |
 //! | 48 | 4 × `n_blocks × block_size` | the token ids the blocks hold |
-//! | … | `n_blocks ×` [`KvLayout::block_bytes`] | per block: its keys, then its values, in the arena's layout (`[n_layer][n_kv_head][block_size][row]` each, rows stored as the KV type) |
+//! | … | `n_blocks ×` [`KvLayout::block_bytes`] | per block: its keys, then its values, `[n_layer][n_kv_head][block_size][row]` each (every layer of the model in order, whatever the arena's layer groups), rows stored as the KV type |
 //! | end − 8 | 8 | [`Checksum`] of every byte before it |
 //!
 //! A reader checks the header against its own engine (model, KV type, geometry), the file's
@@ -69,7 +69,7 @@ impl CacheHeader {
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
         b[12..16].copy_from_slice(&self.kv_type.to_le_bytes());
         b[16..24].copy_from_slice(&self.model.to_le_bytes());
-        b[24..28].copy_from_slice(&u(l.n_layer));
+        b[24..28].copy_from_slice(&u(l.block_layers));
         b[28..32].copy_from_slice(&u(l.n_kv_head));
         b[32..36].copy_from_slice(&u(l.head_dim));
         b[36..40].copy_from_slice(&u(l.block_size));
@@ -96,7 +96,7 @@ impl CacheHeader {
             kv_type: u(12),
             model: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
             layout: KvLayout {
-                n_layer: u(24) as usize,
+                block_layers: u(24) as usize,
                 n_kv_head: u(28) as usize,
                 head_dim: u(32) as usize,
                 block_size: u(36) as usize,
@@ -116,7 +116,7 @@ impl CacheHeader {
         let tokens = self.n_tokens()?.checked_mul(4)?;
         let l = &self.layout;
         let block = l
-            .n_layer
+            .block_layers
             .checked_mul(l.n_kv_head)?
             .checked_mul(l.block_size)?
             .checked_mul(l.kv_type.row_bytes(l.head_dim)?)?
@@ -243,7 +243,7 @@ mod tests {
             kv_type: KV_F16,
             model: 0x0123_4567_89ab_cdef,
             layout: KvLayout {
-                n_layer: 30,
+                block_layers: 30,
                 n_kv_head: 3,
                 head_dim: 64,
                 block_size: 16,
@@ -273,7 +273,7 @@ mod tests {
         let huge = CacheHeader {
             n_blocks: u32::MAX as usize,
             layout: KvLayout {
-                n_layer: u32::MAX as usize,
+                block_layers: u32::MAX as usize,
                 ..h.layout
             },
             ..h

@@ -8,46 +8,92 @@
 mod arena;
 mod block_pool;
 pub mod cache_file;
+mod groups;
 
 pub use arena::{KvArena, KvLayout, KvRows, KvType};
 pub use block_pool::{hash_block, BlockHash, BlockId, BlockPool};
+pub use groups::{group_hash, KvGroups};
 
 use crate::error::{Error, Result};
 
-/// The physical blocks of one sequence, in logical order. Capacity is fixed at creation, so
-/// growing it never allocates.
+/// The physical blocks of one sequence, in logical order, one row per layer group
+/// ([`KvGroups`]): logical block `i` of group `g` holds that group's layers for tokens
+/// `i*bs .. (i+1)*bs`. Every group has the same number of logical blocks; a sliding group's
+/// blocks that fell out of its window are released and read [`BlockId::NULL`]. Capacity is
+/// fixed at creation, so nothing here allocates afterwards.
 #[derive(Debug)]
 pub struct BlockTable {
+    /// `[groups][max_blocks]`, the first `len` of each row in use.
     blocks: Vec<BlockId>,
+    groups: usize,
     max_blocks: usize,
+    len: usize,
+    /// Per group: the logical blocks below this one were visited by
+    /// [`BlockTable::release_before`] (an optimisation: released entries are NULL anyway).
+    released: Vec<usize>,
 }
 
 impl BlockTable {
-    /// A table able to hold `max_blocks` blocks (the context length in blocks).
+    /// A table of one group able to hold `max_blocks` blocks (the context length in blocks).
     pub fn with_capacity(max_blocks: usize) -> BlockTable {
+        BlockTable::grouped(1, max_blocks)
+    }
+
+    /// A table of `groups` groups, each able to hold `max_blocks` blocks.
+    pub fn grouped(groups: usize, max_blocks: usize) -> BlockTable {
         BlockTable {
-            blocks: Vec::with_capacity(max_blocks),
+            blocks: vec![BlockId::NULL; groups * max_blocks],
+            groups,
             max_blocks,
+            len: 0,
+            released: vec![0; groups],
         }
     }
 
-    /// The blocks, in logical order.
-    pub fn blocks(&self) -> &[BlockId] {
-        &self.blocks
+    /// Number of groups.
+    pub fn groups(&self) -> usize {
+        self.groups
     }
 
-    /// Number of blocks held.
+    /// The blocks of group 0, in logical order.
+    pub fn blocks(&self) -> &[BlockId] {
+        self.group(0)
+    }
+
+    /// The blocks of group `g`, in logical order (released ones are [`BlockId::NULL`]).
+    pub fn group(&self, g: usize) -> &[BlockId] {
+        &self.blocks[g * self.max_blocks..g * self.max_blocks + self.len]
+    }
+
+    /// Logical blocks held (in every group).
     pub fn len(&self) -> usize {
-        self.blocks.len()
+        self.len
     }
 
     /// Whether the table holds no block.
     pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
+        self.len == 0
     }
 
-    /// Make sure the table covers `n_tokens` slots, taking blocks from `pool`. On failure
-    /// nothing is taken (capacity is checked before any mutation).
+    /// Blocks held from the pool, over all groups (released ones not counted).
+    pub fn held(&self) -> usize {
+        (0..self.groups)
+            .map(|g| {
+                self.group(g)
+                    .iter()
+                    .filter(|&&b| b != BlockId::NULL)
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Blocks [`ensure_capacity`](Self::ensure_capacity) takes to cover `n_tokens` slots.
+    pub fn blocks_to_cover(&self, n_tokens: usize, block_size: usize) -> usize {
+        n_tokens.div_ceil(block_size).saturating_sub(self.len) * self.groups
+    }
+
+    /// Make sure the table covers `n_tokens` slots in every group, taking blocks from `pool`.
+    /// On failure nothing is taken (capacity is checked before any mutation).
     pub fn ensure_capacity(
         &mut self,
         pool: &mut BlockPool,
@@ -55,7 +101,7 @@ impl BlockTable {
         block_size: usize,
     ) -> Result<()> {
         let need = n_tokens.div_ceil(block_size);
-        if need <= self.blocks.len() {
+        if need <= self.len {
             return Ok(());
         }
         if need > self.max_blocks {
@@ -64,54 +110,95 @@ impl BlockTable {
                 requested: n_tokens,
             });
         }
-        let extra = need - self.blocks.len();
+        let extra = (need - self.len) * self.groups;
         if extra > pool.num_free() {
             return Err(Error::KvCacheFull {
                 total_blocks: pool.num_blocks(),
-                needed_blocks: need,
+                needed_blocks: need * self.groups,
             });
         }
-        for _ in 0..extra {
-            let b = pool.allocate().expect("free count was checked just above");
-            self.blocks.push(b);
+        for i in self.len..need {
+            for g in 0..self.groups {
+                let b = pool.allocate().expect("free count was checked just above");
+                self.blocks[g * self.max_blocks + i] = b;
+            }
         }
+        self.len = need;
         Ok(())
     }
 
-    /// Append a block (a shared prefix block, or a fork of another table). Panics past the
-    /// capacity, which callers size from the sequence's maximum length.
-    pub fn push(&mut self, b: BlockId) {
-        assert!(self.blocks.len() < self.max_blocks, "block table overflow");
-        self.blocks.push(b);
+    /// Append logical block `len` with `block(g)` as group `g`'s block (a shared prefix block,
+    /// or a fork of another table; [`BlockId::NULL`] for a block out of a sliding window).
+    /// Panics past the capacity, which callers size from the sequence's maximum length.
+    pub fn push(&mut self, mut block: impl FnMut(usize) -> BlockId) {
+        assert!(self.len < self.max_blocks, "block table overflow");
+        for g in 0..self.groups {
+            self.blocks[g * self.max_blocks + self.len] = block(g);
+        }
+        self.len += 1;
     }
 
-    /// Replace logical block `i` (copy-on-write).
-    pub fn replace(&mut self, i: usize, b: BlockId) {
-        self.blocks[i] = b;
+    /// Replace logical block `i` of group `g` (copy-on-write).
+    pub fn replace(&mut self, g: usize, i: usize, b: BlockId) {
+        assert!(i < self.len, "block {i} of a table of {}", self.len);
+        self.blocks[g * self.max_blocks + i] = b;
     }
 
-    /// Keep the first `n` blocks, returning the rest to `pool` (last block first).
+    /// Return the blocks of group `g` in `from..to` to `pool` (they fell out of its window):
+    /// they read [`BlockId::NULL`] afterwards. Blocks visited by an earlier call are skipped.
+    pub fn release_before(&mut self, g: usize, from: usize, to: usize, pool: &mut BlockPool) {
+        let to = to.min(self.len);
+        for i in from.max(self.released[g])..to {
+            let b = std::mem::replace(&mut self.blocks[g * self.max_blocks + i], BlockId::NULL);
+            if b != BlockId::NULL {
+                pool.free(b);
+            }
+        }
+        self.released[g] = self.released[g].max(to);
+    }
+
+    /// Keep the first `n` logical blocks, returning the rest to `pool` (last block first).
     pub fn truncate(&mut self, n: usize, pool: &mut BlockPool) {
-        while self.blocks.len() > n {
-            let b = self.blocks.pop().expect("longer than n");
-            pool.free(b);
+        while self.len > n {
+            self.len -= 1;
+            for g in 0..self.groups {
+                let b = self.blocks[g * self.max_blocks + self.len];
+                if b != BlockId::NULL {
+                    pool.free(b);
+                }
+            }
+        }
+        for r in &mut self.released {
+            *r = (*r).min(n);
         }
     }
 
     /// Remove logical blocks `range` (a context shift drops them), returning them to `pool`
     /// (last first); the blocks after them move down. Allocates nothing.
     pub fn remove(&mut self, range: std::ops::Range<usize>, pool: &mut BlockPool) {
-        for b in self.blocks.drain(range).rev() {
-            pool.free(b);
+        let n = range.len();
+        for g in 0..self.groups {
+            let row = &mut self.blocks[g * self.max_blocks..g * self.max_blocks + self.len];
+            for &b in row[range.clone()].iter().rev() {
+                if b != BlockId::NULL {
+                    pool.free(b);
+                }
+            }
+            row.copy_within(range.end.., range.start);
+            let r = &mut self.released[g];
+            *r = if *r >= range.end {
+                *r - n
+            } else {
+                (*r).min(range.start)
+            };
         }
+        self.len -= n;
     }
 
     /// Return every block to `pool`, last block first: the pool's free list is LRU, so a
     /// sequence's tail blocks are evicted before its (possibly shared) leading prefix blocks.
     pub fn release(&mut self, pool: &mut BlockPool) {
-        for b in self.blocks.drain(..).rev() {
-            pool.free(b);
-        }
+        self.truncate(0, pool);
     }
 }
 
@@ -185,12 +272,12 @@ mod tests {
         let mut b = BlockTable::with_capacity(4);
         for &blk in a.blocks() {
             pool.retain(blk);
-            b.push(blk);
+            b.push(|_| blk);
         }
         // Copy-on-write of b's last block.
         let old = b.blocks()[1];
         let new = pool.allocate().unwrap();
-        b.replace(1, new);
+        b.replace(0, 1, new);
         pool.free(old);
         assert_eq!(pool.ref_count(a.blocks()[0]), 2);
         assert_eq!(pool.ref_count(a.blocks()[1]), 1);
@@ -202,12 +289,47 @@ mod tests {
     }
 
     #[test]
+    fn groups_grow_together_and_release_out_of_window_blocks() {
+        let mut pool = BlockPool::new(32);
+        let mut t = BlockTable::grouped(3, 8);
+        t.ensure_capacity(&mut pool, 10, 2).unwrap(); // 5 logical blocks, 15 pool blocks
+        assert_eq!((t.len(), t.held(), pool.num_used()), (5, 15, 15));
+        assert_eq!(
+            t.blocks_to_cover(12, 2),
+            3,
+            "one more logical block in each group"
+        );
+        // Group 2 slides: its first three blocks go back (twice: the second call is a no-op).
+        t.release_before(2, 0, 3, &mut pool);
+        t.release_before(2, 0, 3, &mut pool);
+        assert_eq!(t.group(2)[..3], [BlockId::NULL; 3]);
+        assert_eq!((t.held(), pool.num_used()), (12, 12));
+        // A shift drops logical blocks 1..3 of every group (NULLs skipped), the rest move down.
+        let tail: Vec<BlockId> = (0..3).map(|g| t.group(g)[4]).collect();
+        t.remove(1..3, &mut pool);
+        assert_eq!(t.len(), 3);
+        assert_eq!((0..3).map(|g| t.group(g)[2]).collect::<Vec<_>>(), tail);
+        assert_eq!(t.group(2)[0], BlockId::NULL);
+        assert_eq!(pool.num_used(), t.held());
+        pool.check_invariants().unwrap();
+        t.release(&mut pool);
+        assert_eq!(pool.num_used(), 0);
+        // Not enough for every group: nothing taken.
+        let mut small = BlockPool::new(5); // 4 usable
+        let mut u = BlockTable::grouped(3, 4);
+        u.ensure_capacity(&mut small, 2, 2).unwrap();
+        assert!(u.ensure_capacity(&mut small, 4, 2).is_err());
+        assert_eq!((u.len(), small.num_used()), (1, 3));
+        u.release(&mut small);
+    }
+
+    #[test]
     #[should_panic(expected = "block table overflow")]
     fn push_past_capacity_panics() {
         let mut pool = BlockPool::new(4);
         let mut t = BlockTable::with_capacity(1);
         t.ensure_capacity(&mut pool, 1, 4).unwrap();
         let b = pool.allocate().unwrap();
-        t.push(b);
+        t.push(|_| b);
     }
 }

@@ -33,15 +33,21 @@ pub struct BatchToken {
     pub logits: bool,
 }
 
-/// Where the forward pass finds each sequence's block table (`BatchToken::seq` indexes it).
+/// Where the forward pass finds each sequence's block tables (`BatchToken::seq` indexes them):
+/// one per layer group of the KV arena ([`crate::kv::KvGroups`]), all of the same length.
 pub trait BlockTables: Sync {
-    /// The block table of sequence `seq`, or `None` if there is no such sequence.
-    fn table(&self, seq: usize) -> Option<&[BlockId]>;
+    /// The block table of layer group `group` of sequence `seq`, or `None` if there is no such
+    /// sequence or group.
+    fn table(&self, seq: usize, group: usize) -> Option<&[BlockId]>;
 }
 
+/// One group: sequence `seq`'s table is `self[seq]`.
 impl BlockTables for [&[BlockId]] {
-    fn table(&self, seq: usize) -> Option<&[BlockId]> {
-        self.get(seq).copied()
+    fn table(&self, seq: usize, group: usize) -> Option<&[BlockId]> {
+        match group {
+            0 => self.get(seq).copied(),
+            _ => None,
+        }
     }
 }
 
@@ -54,10 +60,11 @@ pub struct Step<'a, T: BlockTables + ?Sized> {
 }
 
 impl<T: BlockTables + ?Sized> Step<'_, T> {
-    /// The block table of token `t`'s sequence (checked to exist before the first operation).
-    pub fn table_of(&self, t: usize) -> &[BlockId] {
+    /// The block table of layer group `group` of token `t`'s sequence (checked to exist before
+    /// the first operation).
+    pub fn table_of(&self, t: usize, group: usize) -> &[BlockId] {
         self.tables
-            .table(self.batch[t].seq)
+            .table(self.batch[t].seq, group)
             .expect("batch checked against the block tables")
     }
 }
@@ -152,6 +159,8 @@ pub struct Limits {
     pub n_ctx: usize,
     /// Token slots per KV block.
     pub block_size: usize,
+    /// Layer groups of the KV arena: block tables per sequence.
+    pub kv_groups: usize,
 }
 
 /// The operations of a forward pass, on one device. `rows` counts leading rows of a buffer.

@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 
 impl Model {
     /// Run the model over `batch` on `ex`. Token `i` belongs to sequence `batch[i].seq`, whose
-    /// block table is `tables.table(batch[i].seq)` and must already cover position
+    /// block tables are `tables.table(batch[i].seq, group)` and must already cover position
     /// `batch[i].pos`. Positions `0..pos` of that sequence must already be in the KV arena
     /// (from earlier steps or earlier in this batch). Returns the number of logit rows, which
     /// the executor leaves in [`Act::Logits`] in batch order.
@@ -179,7 +179,7 @@ impl Model {
         }
         let bs = lim.block_size;
         for b in batch {
-            let Some(table) = tables.table(b.seq) else {
+            let Some(table) = tables.table(b.seq, 0) else {
                 return Err(Error::InvalidParam {
                     name: "batch",
                     what: format!(
@@ -188,6 +188,17 @@ impl Model {
                     ),
                 });
             };
+            if (1..lim.kv_groups)
+                .any(|g| tables.table(b.seq, g).map(<[_]>::len) != Some(table.len()))
+            {
+                return Err(Error::InvalidParam {
+                    name: "batch",
+                    what: format!(
+                        "sequence {} lacks a block table for one of the {} layer groups",
+                        b.seq, lim.kv_groups
+                    ),
+                });
+            }
             if b.token as usize >= self.config.n_vocab {
                 return Err(Error::InvalidParam {
                     name: "batch",

@@ -85,6 +85,7 @@ impl SessionConfig {
             prefix_caching: false,
             cuda_weights: self.cuda_weights,
             kv_type: self.kv_type,
+            swa_full: false,
         }
     }
 }

@@ -436,6 +436,7 @@ fn engine_on_cuda_equals_lone_cuda_sessions() {
         threads: 2,
         prefix_caching: true,
         kv_type: Default::default(),
+        swa_full: false,
     };
     let shared: Vec<u32> = (0..37).map(|i| (i * 13 + 7) % 500).collect();
     let reqs: Vec<(Vec<u32>, RequestParams)> = (0..10u32)
@@ -510,6 +511,7 @@ fn prompt_cache_files_round_trip_through_the_device() {
         threads: 2,
         prefix_caching: true,
         kv_type: Default::default(),
+        swa_full: false,
     };
     let prompt: Vec<u32> = (0..75).map(|i| (i * 29 + 3) % 500).collect();
     let params = RequestParams {

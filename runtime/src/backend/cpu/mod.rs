@@ -14,7 +14,7 @@ use half::f16;
 use super::gelu;
 use crate::compute::{Compute, MatJob, SharedOut, MAX_JOBS};
 use crate::error::Result;
-use crate::kv::KvArena;
+use crate::kv::{KvArena, KvGroups};
 use crate::model::config::{FfnAct, RopePairing};
 use crate::model::executor::{Act, BlockTables, Executor, Limits, Out, RopeTable, Step};
 use crate::model::weights::{f32_slice, Mat, Vector};
@@ -25,6 +25,8 @@ use crate::model::{Model, Scratch};
 pub struct CpuExecutor<'a> {
     cx: &'a Compute,
     kv: &'a mut KvArena,
+    /// Which block table and which slot of its blocks each layer's K/V use.
+    groups: &'a KvGroups,
     s: &'a mut Scratch,
     /// The mapped model file (weight matrices and vectors are byte ranges of it).
     file: &'a [u8],
@@ -34,17 +36,20 @@ pub struct CpuExecutor<'a> {
 }
 
 impl<'a> CpuExecutor<'a> {
-    /// An executor for `model` over these threads, arena and scratch (all sized for it).
+    /// An executor for `model` over these threads, arena (of these layer groups) and scratch
+    /// (all sized for it).
     pub fn new(
         model: &'a Model,
         cx: &'a Compute,
         kv: &'a mut KvArena,
+        groups: &'a KvGroups,
         s: &'a mut Scratch,
     ) -> CpuExecutor<'a> {
         let c = &model.config;
         CpuExecutor {
             cx,
             kv,
+            groups,
             s,
             file: model.file.bytes(),
             n_head: c.n_head,
@@ -141,6 +146,7 @@ impl Executor for CpuExecutor<'_> {
             max_logits: self.s.max_logits(),
             n_ctx: self.s.n_ctx(),
             block_size: self.kv.layout().block_size,
+            kv_groups: self.groups.len(),
         }
     }
 
@@ -263,14 +269,15 @@ impl Executor for CpuExecutor<'_> {
                 *q = f16::from_f32(*q * q_scale).to_f32();
             }
         }
-        // Store the new keys and values in their slots.
+        // Store the new keys and values in their slots (of the layer's group's blocks).
         let bs = self.kv.layout().block_size;
+        let (group, slot) = (self.groups.group_of(layer), self.groups.slot_of(layer));
         for (t, b) in step.batch.iter().enumerate() {
-            let block = step.table_of(t)[b.pos / bs];
+            let block = step.table_of(t, group)[b.pos / bs];
             self.kv.write(
                 block.index(),
                 b.pos % bs,
-                layer,
+                slot,
                 &s.k[t * kvd..(t + 1) * kvd],
                 &s.v[t * kvd..(t + 1) * kvd],
             );
@@ -287,6 +294,7 @@ impl Executor for CpuExecutor<'_> {
     ) -> Result<()> {
         let s = &mut *self.s;
         let kv: &KvArena = self.kv;
+        let (kv_group, slot) = (self.groups.group_of(layer), self.groups.slot_of(layer));
         let (hq, hkv, d) = (self.n_head, kv.layout().n_kv_head, kv.layout().head_dim);
         let qd = hq * d;
         let n_tok = step.batch.len();
@@ -323,11 +331,11 @@ impl Executor for CpuExecutor<'_> {
                 let out = unsafe {
                     std::slice::from_raw_parts_mut(att_ptr.ptr().add((t * hq + h0) * d), group * d)
                 };
-                let table = step.table_of(t);
+                let table = step.table_of(t, kv_group);
                 attention::attend_group(
                     ops,
                     kv,
-                    layer,
+                    slot,
                     kh,
                     table,
                     start(b.pos),
@@ -347,11 +355,11 @@ impl Executor for CpuExecutor<'_> {
                 // elements, the batch checked against max_tokens); no other pair touches it,
                 // and `s.att` is not otherwise borrowed during the region.
                 let out = unsafe { std::slice::from_raw_parts_mut(att_ptr.ptr().add(i * d), d) };
-                let table = step.table_of(t);
+                let table = step.table_of(t, kv_group);
                 attention::attend(
                     ops,
                     kv,
-                    layer,
+                    slot,
                     h / group,
                     table,
                     start(b.pos),

@@ -77,25 +77,34 @@ impl<'a> CudaExecutor<'a> {
         Ok(())
     }
 
-    /// Describe the batch on the host: positions, KV blocks, table rows, logit rows. Returns
-    /// (table rows used, largest position).
+    /// Describe the batch on the host: positions, KV blocks (in each layer group), table rows
+    /// (one per sequence, the rows of each group after the previous group's), logit rows.
+    /// Returns (table rows used in each group, largest position).
     fn stage<T: BlockTables + ?Sized>(&mut self, step: &Step<'_, T>) -> (usize, usize) {
         let b = &mut *self.b;
         let bs = b.layout.block_size;
-        let m = b.meta;
-        let (mut n_rows, mut max_pos, mut n_logits) = (0, 0, 0);
+        let (m, t_max, n_groups) = (b.meta, b.max_tokens, b.groups.len());
+        let new_row = |t: usize| t == 0 || step.batch[t].seq != step.batch[t - 1].seq;
+        let n_rows = (0..step.batch.len()).filter(|&t| new_row(t)).count();
+        let (mut row, mut max_pos, mut n_logits) = (0, 0, 0);
         for (t, tok) in step.batch.iter().enumerate() {
-            let table = step.table_of(t);
-            if t == 0 || tok.seq != step.batch[t - 1].seq {
-                let dst = &mut b.host_meta[m.tables + n_rows * b.max_blocks..];
-                for (d, blk) in dst.iter_mut().zip(table.iter().take(b.max_blocks)) {
-                    *d = blk.index() as i32;
+            if new_row(t) {
+                for g in 0..n_groups {
+                    let table = step.table_of(t, g);
+                    let at = m.tables + (g * n_rows + row) * b.max_blocks;
+                    let dst = &mut b.host_meta[at..at + b.max_blocks];
+                    for (d, blk) in dst.iter_mut().zip(table.iter()) {
+                        *d = blk.index() as i32;
+                    }
                 }
-                n_rows += 1;
+                row += 1;
             }
             b.host_meta[m.pos + t] = tok.pos as i32;
-            b.host_meta[m.block + t] = table[tok.pos / bs].index() as i32;
-            b.host_meta[m.row + t] = (n_rows - 1) as i32;
+            for g in 0..n_groups {
+                b.host_meta[m.block + g * t_max + t] =
+                    step.table_of(t, g)[tok.pos / bs].index() as i32;
+            }
+            b.host_meta[m.row + t] = (row - 1) as i32;
             if tok.logits {
                 b.host_meta[m.logit_rows + n_logits] = t as i32;
                 n_logits += 1;
@@ -113,6 +122,7 @@ impl Executor for CudaExecutor<'_> {
             max_logits: self.b.max_logits.min(self.host.max_logits()),
             n_ctx: self.b.n_ctx.min(self.host.n_ctx()),
             block_size: self.b.layout.block_size,
+            kv_groups: self.b.groups.len(),
         }
     }
 
@@ -129,7 +139,8 @@ impl Executor for CudaExecutor<'_> {
         } else {
             (max_pos + 1).div_ceil(ATT_PART_LEN).clamp(1, b.max_parts)
         };
-        let staged = b.meta.tables + n_rows * b.max_blocks;
+        b.table_rows = n_rows;
+        let staged = b.meta.tables + b.groups.len() * n_rows * b.max_blocks;
         b.dev.write(&mut b.s.meta, &b.host_meta[..staged])?;
         b.mode = Mode::Direct;
         Ok(())
@@ -267,6 +278,7 @@ impl Executor for CudaExecutor<'_> {
         };
         let (m, s, z) = (b.meta, &b.s, b.dims);
         let l = b.layout;
+        let (group, slot) = (b.groups.group_of(layer), b.groups.slot_of(layer));
         b.dev.rope_kv_write(&RopeKvParams {
             q: s.q.ptr,
             k: s.k.ptr,
@@ -276,14 +288,14 @@ impl Executor for CudaExecutor<'_> {
             cos,
             sin,
             tok_pos: s.meta.at(m.pos),
-            tok_block: s.meta.at(m.block),
+            tok_block: s.meta.at(m.block + group * b.max_tokens),
             n_tok: b.n_tok as i32,
             n_head: z.n_head as i32,
             n_head_kv: z.n_head_kv as i32,
             head_dim: z.head_dim as i32,
             block_size: b.layout.block_size as i32,
-            n_layer: z.n_layer as i32,
-            layer: layer as i32,
+            n_layer: l.block_layers as i32,
+            layer: slot as i32,
             neox: i32::from(z.neox),
             q_scale,
             kv_type: l.kv_type.code() as i32,
@@ -307,12 +319,13 @@ impl Executor for CudaExecutor<'_> {
         let b = &*self.b;
         let (m, s, z) = (b.meta, &b.s, b.dims);
         let l = b.layout;
+        let (group, slot) = (b.groups.group_of(layer), b.groups.slot_of(layer));
         b.dev.attention(&AttnParams {
             q: s.q.ptr,
             out: s.att.ptr,
             kc: b.kc.ptr,
             vc: b.vc.ptr,
-            tables: s.meta.at(m.tables),
+            tables: s.meta.at(m.tables + group * b.table_rows * b.max_blocks),
             tok_pos: s.meta.at(m.pos),
             tok_row: s.meta.at(m.row),
             part_acc: s.part_acc.ptr,
@@ -322,8 +335,8 @@ impl Executor for CudaExecutor<'_> {
             n_head_kv: z.n_head_kv as i32,
             head_dim: z.head_dim as i32,
             block_size: b.layout.block_size as i32,
-            n_layer: z.n_layer as i32,
-            layer: layer as i32,
+            n_layer: l.block_layers as i32,
+            layer: slot as i32,
             max_blocks: b.max_blocks as i32,
             part_len: ATT_PART_LEN as i32,
             n_parts: b.n_parts as i32,

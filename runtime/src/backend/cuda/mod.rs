@@ -42,7 +42,7 @@ use params::*;
 
 use super::{BackendSizes, CudaWeights};
 use crate::error::Result;
-use crate::kv::KvLayout;
+use crate::kv::{KvGroups, KvLayout};
 use crate::model::config::FfnAct;
 use crate::model::executor::Widths;
 use crate::model::weights::{f32_slice, Mat, Vector};
@@ -134,7 +134,6 @@ struct Dims {
     n_head: usize,
     n_head_kv: usize,
     head_dim: usize,
-    n_layer: usize,
     rms_eps: f32,
     neox: bool,
 }
@@ -172,6 +171,10 @@ pub struct CudaBackend {
     kc: DevBuf<u16>,
     vc: DevBuf<u16>,
     layout: KvLayout,
+    /// The arena's layer groups: each layer's block table and slot.
+    groups: KvGroups,
+    /// Table rows staged for the current step (one per sequence, in each group).
+    table_rows: usize,
     n_blocks: usize,
     dims: Dims,
     s: DevScratch,
@@ -330,7 +333,7 @@ impl DevScratch {
 
 impl CudaBackend {
     /// Open the device, upload the weights, allocate the KV arena and the scratch.
-    pub(crate) fn new(model: &Model, z: BackendSizes) -> Result<CudaBackend> {
+    pub(crate) fn new(model: &Model, z: BackendSizes, groups: &KvGroups) -> Result<CudaBackend> {
         let c = &model.config;
         let dev = CudaDevice::open()?;
         if !c.n_head.is_multiple_of(c.n_head_kv) {
@@ -382,14 +385,16 @@ impl CudaBackend {
         let (e, f) = (c.n_embd, c.n_ff);
         let max_blocks = z.n_ctx.div_ceil(z.layout.block_size);
         let max_parts = z.n_ctx.div_ceil(ATT_PART_LEN).max(1);
+        // Per token its block in each layer group, and the block tables of every group.
+        let n_groups = groups.len();
         let meta = Meta {
             pos: 0,
             block: t,
-            row: 2 * t,
-            logit_rows: 3 * t,
-            tables: 3 * t + z.max_logits,
+            row: (1 + n_groups) * t,
+            logit_rows: (2 + n_groups) * t,
+            tables: (2 + n_groups) * t + z.max_logits,
         };
-        let meta_len = meta.tables + t * max_blocks;
+        let meta_len = meta.tables + n_groups * t * max_blocks;
         let s = DevScratch::new(&dev, c, z, any_k, max_parts, meta_len)?;
         dev.sync()?;
         Ok(CudaBackend {
@@ -403,6 +408,8 @@ impl CudaBackend {
             kc,
             vc,
             layout: z.layout,
+            groups: groups.clone(),
+            table_rows: 0,
             n_blocks: z.n_blocks,
             dims: Dims {
                 widths: Widths::of(c),
@@ -412,7 +419,6 @@ impl CudaBackend {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
                 head_dim: c.head_dim,
-                n_layer: c.n_layer,
                 rms_eps: c.rms_eps,
                 neox: c.rope_pairing == crate::model::RopePairing::Neox,
             },
@@ -494,16 +500,20 @@ impl CudaBackend {
             dst: dst as i32,
             n_elems: (n_slots.min(l.block_size) * l.row_bytes() / 2) as i32,
             tile: (l.tile_bytes() / 2) as i32,
-            n_tiles: (l.n_layer * l.n_kv_head) as i32,
+            n_tiles: (l.block_layers * l.n_kv_head) as i32,
             pad: 0,
         })
     }
 
-    /// Rotate the keys of `block` back by `delta` positions, every layer (see
+    /// Rotate the keys of `block` back by `delta` positions, every layer slot (see
     /// [`Backend::shift_keys`](super::Backend::shift_keys)).
     pub(crate) fn shift_keys(&mut self, block: usize, delta: usize, swa: &[bool]) -> Result<()> {
         let l = self.layout;
-        if block >= self.n_blocks || delta == 0 || delta >= self.n_ctx || swa.len() != l.n_layer {
+        if block >= self.n_blocks
+            || delta == 0
+            || delta >= self.n_ctx
+            || swa.len() != l.block_layers
+        {
             return Err(backend_err("shift_keys: block or delta out of range"));
         }
         for (layer, &sliding) in swa.iter().enumerate() {
@@ -517,7 +527,7 @@ impl CudaBackend {
                 sin,
                 block: block as i32,
                 layer: layer as i32,
-                n_layer: l.n_layer as i32,
+                n_layer: l.block_layers as i32,
                 n_head_kv: l.n_kv_head as i32,
                 head_dim: l.head_dim as i32,
                 block_size: l.block_size as i32,

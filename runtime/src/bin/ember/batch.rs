@@ -29,6 +29,7 @@ pub const ENGINE_FLAGS: &[Flag] = &[
     val("max-batch-tokens", None),
     val("kv-bytes", None),
     switch("no-prefix-cache"),
+    switch("swa-full"),
 ];
 
 /// `--draft-model FILE` of `batch` and `serve`.
@@ -76,6 +77,7 @@ pub fn engine_config(a: &Args, default_seqs: usize) -> Result<EngineConfig, CliE
         threads: threads(a)?,
         prefix_caching: !a.has("no-prefix-cache"),
         kv_type: kv_type(a)?,
+        swa_full: a.has("swa-full"),
     })
 }
 

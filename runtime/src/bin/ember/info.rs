@@ -117,16 +117,37 @@ pub fn info(raw: &[OsString]) -> CliResult {
         "  weights mapped   {:>12} bytes (not copied)",
         s.model().weight_bytes()
     );
+    let e = s.engine();
+    let (g, bs) = (e.kv_groups(), e.block_size());
     w!(
         "  KV arena         {:>12} bytes ({} blocks of {} tokens, context {}; {} tokens of {} \
          K/V, the null block aside)",
         s.arena_bytes(),
         s.arena_blocks(),
-        s.engine().block_size(),
+        bs,
         s.n_ctx(),
-        s.arena_blocks().saturating_sub(1) * s.engine().block_size(),
-        s.engine().kv_type()
+        e.kv_capacity_tokens(),
+        e.kv_type()
     );
+    let block_bytes = e.backend().layout().block_bytes();
+    let windows: Vec<usize> = (0..g.len())
+        .map(|i| g.window(i))
+        .filter(|&w| w > 0)
+        .collect();
+    if let Some(&window) = windows.first() {
+        w!(
+            "  KV per sequence  {:>12} bytes at context {} ({} layer groups of {} layers; the \
+             {} groups of sliding-window layers keep {} positions and give older blocks back to \
+             the arena; {} bytes keeping every block, --swa-full)",
+            e.blocks_for(s.n_ctx()) * block_bytes,
+            s.n_ctx(),
+            g.len(),
+            g.size(),
+            windows.len(),
+            window,
+            s.n_ctx().div_ceil(bs) * g.len() * block_bytes
+        );
+    }
     w!("  scratch          {:>12} bytes", s.scratch_bytes());
     write_listing(&mut o, &s.model().file, a.has("tensors"))?;
     o.flush().map_err(output::write_error)

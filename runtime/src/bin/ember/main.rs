@@ -78,9 +78,11 @@ commands:
                         C sequences prefilled, then decoded together (aggregate tok/s)
   batch --input requests.jsonl --output results.jsonl [--max-seqs S]
         [--max-batch-tokens T] [--kv-blocks N | --kv-bytes B] [--no-prefix-cache]
-        [--draft-model FILE]
+        [--swa-full] [--draft-model FILE]
                         run a file of requests through the continuous-batching engine; each
-                        line a JSON object: id, prompt, max_tokens, temperature, seed, stop, ...
+                        line a JSON object: id, prompt, max_tokens, temperature, seed, stop, ...;
+                        --swa-full keeps every KV block of sliding-window layers (Gemma 3),
+                        which otherwise go back to the pool once out of the window
   serve [--host H] [--port P] [--api-key KEY] [--max-queue Q] [--max-body BYTES]
         [--max-connections C] [--alias NAME] [--chat-template FILE] [--max-seqs S]
         [--draft-model FILE [--draft-k K]] [--context-shift [--keep N]] ...
@@ -108,7 +110,7 @@ common options:
   --block-size B        tokens per KV block (default 16)
   --kv-type f16|q8_0|q4_0
                         how the KV cache stores keys and values (default f16; q8_0 and q4_0
-                        hold 1.9x and 3.6x the tokens in the same memory; CPU backend only)
+                        hold 1.9x and 3.6x the tokens in the same memory)
   --backend cpu|cuda|auto
                         where the forward pass runs (default cpu; cuda needs a build with
                         --features cuda, libcuda and libnvrtc; auto falls back to the CPU)

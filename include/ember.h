@@ -399,10 +399,16 @@ typedef struct ember_config {
     /**
      * An `ember_kv_type` value. Default `EMBER_KV_F16`. A value that is not one is
      * `EMBER_ERR_INVALID_ARGUMENT`; a quantized type with a model whose head size is not a
-     * multiple of 32 is `EMBER_ERR_INVALID_ARGUMENT` too; on the CUDA backend (f16 only) it is
-     * `EMBER_ERR_ENGINE` (`EMBER_BACKEND_AUTO` then runs on the CPU).
+     * multiple of 32 is `EMBER_ERR_INVALID_ARGUMENT` too. Both backends store every type.
      */
     uint32_t kv_type;
+    /**
+     * Keep every KV block of sliding-window layers (llama.cpp's `--swa-full`). Default false:
+     * a model with sliding-window layers (Gemma 3) and a context longer than the window keeps
+     * those layers in blocks of their own and gives the blocks that fall out of the window
+     * back to the arena (`ember_model_info.kv_capacity_tokens` counts the tokens that buys).
+     */
+    bool swa_full;
 } ember_config;
 
 /**

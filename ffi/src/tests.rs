@@ -423,3 +423,64 @@ fn quantized_kv_through_the_abi() {
     assert!(rt.is_null());
     assert!(last_error().contains("multiple of 32"), "{}", last_error());
 }
+
+/// `config.swa_full`: a model with sliding-window layers (synthetic Gemma 3, window 8) at a
+/// context past the window holds more tokens per sequence in the same bytes unless every block
+/// is kept, and generates the same ids either way.
+#[test]
+fn sliding_window_blocks_through_the_abi() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("gemma3.gguf");
+    let spec = ember::synth::SynthSpec {
+        arch: "gemma3".into(),
+        n_layer: 6,
+        sliding_window: 8,
+        ..Default::default()
+    };
+    ember::synth::synth_gguf(&spec)
+        .unwrap()
+        .write_to(&path)
+        .unwrap();
+    let cpath = CString::new(path.to_str().unwrap()).unwrap();
+    let run = |swa_full: bool| {
+        let cfg = ember_config {
+            n_ctx: 256,
+            kv_blocks: 0,
+            kv_bytes: 1 << 20,
+            swa_full,
+            backend: ember_backend::EMBER_BACKEND_CPU as u32,
+            ..small_config()
+        };
+        let mut rt = ptr::null_mut();
+        // SAFETY: valid path, config and out-pointer.
+        let r = unsafe { ember_runtime_new(cpath.as_ptr(), &cfg, &mut rt) };
+        assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
+        let mut info = std::mem::MaybeUninit::<ember_model_info>::uninit();
+        // SAFETY: valid arguments; written on EMBER_OK.
+        let info = unsafe {
+            assert_eq!(
+                ember_get_model_info(rt, info.as_mut_ptr()),
+                ember_result::EMBER_OK
+            );
+            info.assume_init()
+        };
+        let mut params = ember_params_default();
+        params.max_tokens = 40;
+        params.ignore_eos = true;
+        let mut id = 0;
+        // SAFETY: valid arguments.
+        let r = unsafe { ember_submit(rt, c"abcabc".as_ptr(), &params, &mut id) };
+        assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
+        let (ids, _) = run_and_pull(rt, id);
+        // SAFETY: live, freed once.
+        unsafe { ember_runtime_free(rt) };
+        (info.kv_capacity_tokens, ids)
+    };
+    let (all_blocks, want) = run(true);
+    let (released, ids) = run(false);
+    assert_eq!(ids, want);
+    assert!(
+        released > all_blocks * 3,
+        "{released} tokens against {all_blocks}"
+    );
+}

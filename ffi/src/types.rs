@@ -132,9 +132,13 @@ pub struct ember_config {
     pub cuda_weights: u32,
     /// An `ember_kv_type` value. Default `EMBER_KV_F16`. A value that is not one is
     /// `EMBER_ERR_INVALID_ARGUMENT`; a quantized type with a model whose head size is not a
-    /// multiple of 32 is `EMBER_ERR_INVALID_ARGUMENT` too; on the CUDA backend (f16 only) it is
-    /// `EMBER_ERR_ENGINE` (`EMBER_BACKEND_AUTO` then runs on the CPU).
+    /// multiple of 32 is `EMBER_ERR_INVALID_ARGUMENT` too. Both backends store every type.
     pub kv_type: u32,
+    /// Keep every KV block of sliding-window layers (llama.cpp's `--swa-full`). Default false:
+    /// a model with sliding-window layers (Gemma 3) and a context longer than the window keeps
+    /// those layers in blocks of their own and gives the blocks that fall out of the window
+    /// back to the arena (`ember_model_info.kv_capacity_tokens` counts the tokens that buys).
+    pub swa_full: bool,
 }
 
 impl Default for ember_config {
@@ -157,6 +161,7 @@ impl Default for ember_config {
             prefix_caching: d.prefix_caching,
             cuda_weights: ember_cuda_weights::EMBER_CUDA_WEIGHTS_UPLOAD as u32,
             kv_type: ember_kv_type::EMBER_KV_F16 as u32,
+            swa_full: d.swa_full,
         }
     }
 }
@@ -187,8 +192,7 @@ impl ember_config {
                     self.kv_type
                 ))
             })?,
-            // Sliding-window layers release their out-of-window blocks (the library's default).
-            swa_full: false,
+            swa_full: self.swa_full,
         })
     }
 }

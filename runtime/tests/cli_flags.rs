@@ -433,3 +433,54 @@ fn kv_type_flag() {
     ]);
     expect_exit(&o, 1, "multiple of 32");
 }
+
+/// A model with sliding-window layers (a synthetic Gemma 3: 6 layers, window 32): `ember info`
+/// plans the grouped arena at a context past the window, and `batch` gives the same ids with
+/// and without `--swa-full` (which keeps every block).
+#[test]
+fn sliding_window_plan_and_swa_full() {
+    let m = tmp("swa-gemma3.gguf");
+    let ms = m.to_str().unwrap();
+    let o = ember(&[
+        "synth", "-o", ms, "--arch", "gemma3", "--layers", "6", "--window", "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ember(&["info", "-m", ms, "--ctx", "256"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let line = out.lines().find(|l| l.contains("KV per sequence"));
+    let line = line.unwrap_or_else(|| panic!("no grouped plan in {out}"));
+    assert!(line.contains("6 layer groups of 1 layer(s)"), "{line}");
+    // Within the window nothing is grouped.
+    let o = ember(&["info", "-m", ms, "--ctx", "8"]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("KV per sequence"));
+
+    let input = tmp("swa-requests.jsonl");
+    std::fs::write(
+        &input,
+        r#"{"id": "a", "prompt": "the quick brown fox jumps over the lazy dog", "max_tokens": 40, "temperature": 1.5, "seed": 4}"#,
+    )
+    .unwrap();
+    let ids = |extra: &[&str]| {
+        let output = tmp(&format!("swa-out{}.jsonl", extra.len()));
+        let args = [
+            "batch",
+            "-m",
+            ms,
+            "--ctx",
+            "128",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "-t",
+            "1",
+        ];
+        let o = ember(&[&args[..], extra].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = std::fs::read_to_string(&output).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        v["ids"].clone()
+    };
+    assert_eq!(ids(&["--swa-full"]), ids(&[]));
+}

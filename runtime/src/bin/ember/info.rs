@@ -136,7 +136,7 @@ pub fn info(raw: &[OsString]) -> CliResult {
         .collect();
     if let Some(&window) = windows.first() {
         w!(
-            "  KV per sequence  {:>12} bytes at context {} ({} layer groups of {} layers; the \
+            "  KV per sequence  {:>12} bytes at context {} ({} layer groups of {} layer(s); the \
              {} groups of sliding-window layers keep {} positions and give older blocks back to \
              the arena; {} bytes keeping every block, --swa-full)",
             e.blocks_for(s.n_ctx()) * block_bytes,

@@ -449,16 +449,12 @@ pub fn bench_concurrent(a: &Args, c: usize, n_prompt: usize, n_gen: usize) -> Cl
         )));
     }
     cfg.n_ctx = n_prompt + n_gen + 1;
-    let bs = cfg.block_size.max(1);
     if a.get::<usize>("kv-blocks").map_err(usage)?.is_none()
         && a.get::<usize>("kv-bytes").map_err(usage)?.is_none()
     {
-        let blocks = (n_prompt + n_gen)
-            .div_ceil(bs)
-            .checked_add(1)
-            .and_then(|b| b.checked_mul(c))
-            .ok_or_else(|| usage("--concurrency × context overflows".into()))?;
-        cfg.kv_budget = KvBudget::Blocks(blocks);
+        // A whole context per sequence, in every layer group (sliding-window groups need
+        // only their window's blocks).
+        cfg.kv_budget = KvBudget::FullContext;
     }
     let n_vocab = model.config.n_vocab as u64;
     let mut e = Engine::with_draft_rows(model, cfg, backend_kind(a)?)?;

@@ -330,24 +330,43 @@ fn context_shift_through_the_abi_equals_the_engine() {
     }
 }
 
+/// Write the synthetic model of `spec` into `dir` as `name`; its path as a C string.
+fn synth_file(dir: &tempdir::Dir, name: &str, spec: &ember::synth::SynthSpec) -> CString {
+    let path = dir.0.join(name);
+    ember::synth::synth_gguf(spec)
+        .unwrap()
+        .write_to(&path)
+        .unwrap();
+    CString::new(path.to_str().unwrap()).unwrap()
+}
+
+/// `ember_get_model_info` of a live runtime (which must succeed).
+fn model_info(rt: *mut ember_runtime) -> ember_model_info {
+    let mut info = std::mem::MaybeUninit::<ember_model_info>::uninit();
+    // SAFETY: a live runtime and a valid out-pointer, written on EMBER_OK (asserted).
+    unsafe {
+        assert_eq!(
+            ember_get_model_info(rt, info.as_mut_ptr()),
+            ember_result::EMBER_OK
+        );
+        info.assume_init()
+    }
+}
+
 /// `config.kv_type`: quantized KV holds more tokens in the same bytes (reported by
 /// `ember_get_model_info`), generates what the engine with that KV type generates, and a bad
 /// value or a head size the type cannot store is `EMBER_ERR_INVALID_ARGUMENT`.
 #[test]
 fn quantized_kv_through_the_abi() {
     let dir = tempdir::Dir::new();
-    let path = dir.0.join("d32.gguf");
     // Head size 32 (64 / 2): one Q8_0 or Q4_0 block per row.
     let spec = ember::synth::SynthSpec {
         n_head: 2,
         n_head_kv: 1,
         ..Default::default()
     };
-    ember::synth::synth_gguf(&spec)
-        .unwrap()
-        .write_to(&path)
-        .unwrap();
-    let cpath = CString::new(path.to_str().unwrap()).unwrap();
+    let cpath = synth_file(&dir, "d32.gguf", &spec);
+    let path = std::path::PathBuf::from(cpath.to_str().unwrap());
     let open = |kv_type: u32, model: &CString| {
         let cfg = ember_config {
             kv_blocks: 0,
@@ -362,15 +381,7 @@ fn quantized_kv_through_the_abi() {
         (r, rt)
     };
     let capacity = |rt| {
-        let mut info = std::mem::MaybeUninit::<ember_model_info>::uninit();
-        // SAFETY: valid arguments; written on EMBER_OK.
-        let info = unsafe {
-            assert_eq!(
-                ember_get_model_info(rt, info.as_mut_ptr()),
-                ember_result::EMBER_OK
-            );
-            info.assume_init()
-        };
+        let info = model_info(rt);
         (info.kv_type, info.kv_capacity_tokens)
     };
     let (r, f16_rt) = open(ember_kv_type::EMBER_KV_F16 as u32, &cpath);
@@ -430,18 +441,13 @@ fn quantized_kv_through_the_abi() {
 #[test]
 fn sliding_window_blocks_through_the_abi() {
     let dir = tempdir::Dir::new();
-    let path = dir.0.join("gemma3.gguf");
     let spec = ember::synth::SynthSpec {
         arch: "gemma3".into(),
         n_layer: 6,
         sliding_window: 8,
         ..Default::default()
     };
-    ember::synth::synth_gguf(&spec)
-        .unwrap()
-        .write_to(&path)
-        .unwrap();
-    let cpath = CString::new(path.to_str().unwrap()).unwrap();
+    let cpath = synth_file(&dir, "gemma3.gguf", &spec);
     let run = |swa_full: bool| {
         let cfg = ember_config {
             n_ctx: 256,
@@ -455,15 +461,7 @@ fn sliding_window_blocks_through_the_abi() {
         // SAFETY: valid path, config and out-pointer.
         let r = unsafe { ember_runtime_new(cpath.as_ptr(), &cfg, &mut rt) };
         assert_eq!(r, ember_result::EMBER_OK, "{}", last_error());
-        let mut info = std::mem::MaybeUninit::<ember_model_info>::uninit();
-        // SAFETY: valid arguments; written on EMBER_OK.
-        let info = unsafe {
-            assert_eq!(
-                ember_get_model_info(rt, info.as_mut_ptr()),
-                ember_result::EMBER_OK
-            );
-            info.assume_init()
-        };
+        let info = model_info(rt);
         let mut params = ember_params_default();
         params.max_tokens = 40;
         params.ignore_eos = true;

@@ -6,7 +6,7 @@ mod cli;
 
 use std::process::Command;
 
-use cli::{ember, expect_exit, repo, stderr, synth_model, tmp};
+use cli::{ember, expect_exit, repo, run_batch_with, stderr, synth_model, tmp};
 
 #[test]
 fn help_per_command() {
@@ -463,20 +463,8 @@ fn sliding_window_plan_and_swa_full() {
     .unwrap();
     let ids = |extra: &[&str]| {
         let output = tmp(&format!("swa-out{}.jsonl", extra.len()));
-        let args = [
-            "batch",
-            "-m",
-            ms,
-            "--ctx",
-            "128",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "-t",
-            "1",
-        ];
-        let o = ember(&[&args[..], extra].concat());
+        let extra = [&["--ctx", "128"][..], extra].concat();
+        let o = run_batch_with(ms, &input, &output, 1, &extra);
         assert!(o.status.success(), "{}", stderr(&o));
         let text = std::fs::read_to_string(&output).unwrap();
         let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();

@@ -41,8 +41,19 @@ pub fn run_batch(
     output: &std::path::Path,
     threads: u32,
 ) -> Output {
+    run_batch_with(model, input, output, threads, &[])
+}
+
+/// `ember batch` with `extra` options after the usual ones.
+pub fn run_batch_with(
+    model: &str,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    threads: u32,
+    extra: &[&str],
+) -> Output {
     let t = threads.to_string();
-    ember(&[
+    let args = [
         "batch",
         "-m",
         model,
@@ -52,7 +63,8 @@ pub fn run_batch(
         output.to_str().unwrap(),
         "-t",
         &t,
-    ])
+    ];
+    ember(&[&args[..], extra].concat())
 }
 
 pub fn result_lines(path: &std::path::Path) -> Vec<serde_json::Value> {

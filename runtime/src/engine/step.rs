@@ -42,17 +42,21 @@ impl Engine {
             return;
         }
         let bs = self.cfg.block_size;
+        let pin = self.pinned_blocks(slot);
         let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
-        let pin = match seq.shift {
-            Some(s) => s.keep.div_ceil(bs).max(1),
-            None => 0,
-        };
         for g in 0..groups.len() {
             if groups.window(g) > 0 {
                 let to = groups.first_needed_block(g, seq.num_computed, bs);
                 seq.table.release_before(g, pin, to, &mut self.pool);
             }
         }
+    }
+
+    /// Leading blocks of sequence `slot` that a sliding-window group keeps whatever its window:
+    /// a shifting sequence's kept blocks (after a shift they are in the window again).
+    fn pinned_blocks(&self, slot: u32) -> usize {
+        let seq = self.seqs[slot as usize].as_ref().expect("live sequence");
+        seq.shift.map_or(0, |s| self.shift_keep_blocks(s.keep))
     }
 
     /// Give sequence `slot` the blocks for `k` more tokens, copying a shared block it is about
@@ -115,6 +119,7 @@ impl Engine {
             return;
         }
         let bs = self.cfg.block_size;
+        let pin = self.pinned_blocks(slot);
         let groups = self.backend.kv_groups();
         let pool = &mut self.pool;
         let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
@@ -135,7 +140,7 @@ impl Engine {
             parent = Some(h);
         }
         // The longest of those prefixes whose sliding groups have what they read.
-        let pin = seq.shift.map_or(0, |s| s.keep.div_ceil(bs).max(1));
+
         let needed = |g: usize, i: usize, n: usize| {
             groups.window(g) == 0 || i < pin || i >= groups.first_needed_block(g, n * bs, bs)
         };

@@ -34,6 +34,65 @@ fn tokenization_matches_llama_cpp() {
     harness::tokenization(&SMOLLM2);
 }
 
+/// Ember merges byte-level BPE itself (for start-up time); on real text of every kind in the
+/// repository it gives the ids of the `tokenizers` crate's BPE model over the same vocabulary,
+/// merges and SmolLM2 pre-tokenizer (digits alone, then GPT-2's byte-level regex).
+#[test]
+fn bpe_merges_equal_the_tokenizers_crate_on_real_text() {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::{
+        byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper,
+    };
+    let m = SMOLLM2.model();
+    let spec = ember::gguf::tokenizer_spec(&m.file).expect("spec");
+    assert_eq!(spec.pre.as_deref(), Some("smollm"));
+    let vocab: tokenizers::models::bpe::Vocab = spec
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let pairs = spec
+        .merges
+        .iter()
+        .filter_map(|m| {
+            let (a, b) = m.split_at(m.bytes().skip(1).position(|c| c == b' ')? + 1);
+            let (a, b) = (a.to_string(), b[1..].to_string());
+            let known = |t: &str| vocab.contains_key(t);
+            (known(&a) && known(&b) && known(&format!("{a}{b}"))).then_some((a, b))
+        })
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, pairs)
+        .build()
+        .expect("reference BPE");
+    let mut reference = tokenizers::Tokenizer::new(bpe);
+    reference.with_pre_tokenizer(Some(Sequence::new(vec![
+        PreTokenizerWrapper::Digits(Digits::new(true)),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
+    ])));
+    let tok = ember::gguf::tokenizer_from_gguf(&m.file).expect("tokenizer");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut total = 0;
+    for file in [
+        "tests/golden/GPL-3.txt",
+        "README.md",
+        "ARCHITECTURE.md",
+        "runtime/src/tokenizer/bpe.rs",
+        "include/ember.h",
+        "tests/golden/gemma3/chat_template.jinja",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).expect(file);
+        let want = reference
+            .encode_fast(text.as_str(), false)
+            .expect("reference");
+        let got = tok.encode(&text, false, false).expect("encode");
+        assert_eq!(got, want.get_ids(), "{file}");
+        total += got.len();
+    }
+    assert!(total > 20_000, "{total} tokens compared");
+}
+
 #[test]
 fn greedy_matches_llama_cpp() {
     let mut s = session(512, 128, 1);

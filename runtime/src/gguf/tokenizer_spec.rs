@@ -17,6 +17,14 @@ fn token_id(f: &GgufFile, key: &str, n_vocab: usize) -> Result<Option<u32>> {
 
 /// The tokenizer description stored in `f`.
 pub fn tokenizer_spec(f: &GgufFile) -> Result<TokenizerSpec> {
+    let (mut spec, merges) = spec_and_merges(f)?;
+    spec.merges = merges.into_iter().map(str::to_owned).collect();
+    Ok(spec)
+}
+
+/// [`tokenizer_spec`] with the merges borrowed from the file (`spec.merges` left empty): the
+/// tokenizer reads them once while building and need not copy them.
+fn spec_and_merges(f: &GgufFile) -> Result<(TokenizerSpec, Vec<&str>)> {
     let model = f
         .get_str("tokenizer.ggml.model")?
         .ok_or_else(|| Error::MissingKey("tokenizer.ggml.model".into()))?
@@ -53,17 +61,14 @@ pub fn tokenizer_spec(f: &GgufFile) -> Result<TokenizerSpec> {
     }
     let merges = f
         .get_str_array("tokenizer.ggml.merges")?
-        .unwrap_or_default()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    Ok(TokenizerSpec {
+        .unwrap_or_default();
+    let spec = TokenizerSpec {
         model,
         pre: f.get_str("tokenizer.ggml.pre")?.map(str::to_owned),
         tokens,
         token_types,
         scores,
-        merges,
+        merges: Vec::new(),
         bos: token_id(f, "tokenizer.ggml.bos_token_id", n)?,
         eos: token_id(f, "tokenizer.ggml.eos_token_id", n)?,
         eot: token_id(f, "tokenizer.ggml.eot_token_id", n)?,
@@ -73,10 +78,12 @@ pub fn tokenizer_spec(f: &GgufFile) -> Result<TokenizerSpec> {
         add_bos: f.get_bool("tokenizer.ggml.add_bos_token")?,
         add_eos: f.get_bool("tokenizer.ggml.add_eos_token")?,
         add_space_prefix: f.get_bool("tokenizer.ggml.add_space_prefix")?,
-    })
+    };
+    Ok((spec, merges))
 }
 
 /// Build the model's tokenizer from `f`.
 pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
-    Tokenizer::from_spec(tokenizer_spec(f)?).map_err(|e| Error::Tokenizer(e.to_string()))
+    let (spec, merges) = spec_and_merges(f)?;
+    Tokenizer::from_spec_and_merges(spec, &merges).map_err(|e| Error::Tokenizer(e.to_string()))
 }

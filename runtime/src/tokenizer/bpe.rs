@@ -1,36 +1,42 @@
-//! Byte-level BPE (`tokenizer.ggml.model = "gpt2"`), built in code on the `tokenizers` crate.
+//! Byte-level BPE (`tokenizer.ggml.model = "gpt2"`): the `tokenizers` crate's pre-tokenizers,
+//! then merges by rank over the vocabulary the tokenizer holds.
 //!
 //! The pipeline matches llama.cpp's `llm_tokenizer_bpe`: split the text with the regexes that
-//! `tokenizer.ggml.pre` selects, map every byte of each piece to its GPT-2 "byte-level" character,
-//! then merge by rank. Special tokens are *not* registered with `tokenizers` (it would always match
-//! them); [`super::Tokenizer`] splits them out first and hands only plain text to [`ByteLevelBpe`].
+//! `tokenizer.ggml.pre` selects, map every byte of each piece to its GPT-2 "byte-level" character
+//! (both by `tokenizers`' pre-tokenizers), then merge by rank. Special tokens are split out first
+//! by [`super::Tokenizer`]; [`ByteLevelBpe`] sees only plain text.
+//!
+//! The merging is done here rather than by `tokenizers`' `BPE` model, for start-up time: that
+//! model copies every token text twice and every merge three times into hash maps of `String`s
+//! (40–60 ms for SmolLM2's 49 152 tokens and 48 900 merges on the development machine, the
+//! largest part of a cold start). Here the merge table is a map of id pairs built over the
+//! tokenizer's own texts ([`super::vocab::VocabIndex`]). The algorithm is the one both use: the
+//! lowest-ranked adjacent pair merges first, ties to the leftmost, through a heap, so a long
+//! word costs O(n log n).
 //!
 //! Pitfalls this module guards against (see `shared/notes/dependency-probe.md` §2):
 //! - `ByteLevel::default()` sets `add_prefix_space = true`, which changes most ids. We always
 //!   build `ByteLevel::new(false, true, _)`.
-//! - Some vocabularies (SmolLM2) lack a few byte-level atoms. Bytes with no token are dropped,
-//!   as llama.cpp does: `tokenizers` skips characters it cannot map when no `unk_token` is set.
-//! - `tokenizers` refuses a merge whose parts or result are not in the vocabulary; llama.cpp keeps
-//!   them. Such merges can only produce a string that later falls back to single bytes, so we
-//!   drop them before building (they never change the result for a well-formed vocabulary).
+//! - Some vocabularies (SmolLM2) lack a few byte-level atoms. Characters with no token are
+//!   dropped, as llama.cpp does (and `tokenizers` without an `unk_token`).
+//! - A merge whose parts or result are not in the vocabulary can only produce a string that
+//!   later falls back to single bytes: it is skipped. A pair listed twice keeps its first rank
+//!   (llama.cpp's `bpe_ranks.emplace`).
 
-use tokenizers::models::bpe::{Merges, Vocab, BPE};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::SplitDelimiterBehavior;
+use tokenizers::{
+    OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior,
+};
 
+use super::vocab::{SeededHash, VocabIndex};
 use super::TokenizerError;
-
-/// Words whose merges the BPE model remembers: none. The `tokenizers` cache is thread-local,
-/// per tokenizer instance, and outlives the instance: every thread that encodes keeps up to
-/// 10 000 words per tokenizer until the thread exits, even after the tokenizer is dropped. An
-/// embedded host submitting from many threads, or creating and freeing runtimes on long-lived
-/// threads, would see its memory grow (the soak test measured +10 MB over 55 000 requests from 8
-/// threads before it levelled off). Merging a word again costs microseconds per prompt.
-const BPE_CACHE_WORDS: usize = 0;
 
 /// Values of `tokenizer.ggml.pre` this module implements (absent means `default`).
 pub(crate) const SUPPORTED_PRE: &[&str] = &[
@@ -127,7 +133,31 @@ impl PreConfig {
 
 /// A byte-level BPE over plain text (no special tokens).
 pub(crate) struct ByteLevelBpe {
-    inner: tokenizers::Tokenizer,
+    pre: Sequence,
+    /// `(left, right)` → `(rank, merged)`: the merges whose parts and result are tokens.
+    merges: HashMap<(u32, u32), (u32, u32), SeededHash>,
+    /// A word that is itself a token is emitted without merging (llama.cpp `ignore_merges`).
+    ignore_merges: bool,
+}
+
+const NONE: u32 = u32::MAX;
+
+/// One symbol of a word being merged: a token id, linked to its neighbours (`NONE` at the
+/// ends); a symbol merged into its left neighbour is dead.
+#[derive(Clone, Copy)]
+struct Symbol {
+    id: u32,
+    prev: u32,
+    next: u32,
+    alive: bool,
+}
+
+/// The buffers one `encode` call reuses for every word.
+#[derive(Default)]
+struct Work {
+    symbols: Vec<Symbol>,
+    /// Candidate merges, lowest `(rank, position)` first, with the id they make.
+    heap: BinaryHeap<Reverse<(u32, u32, u32)>>,
 }
 
 fn bpe_err(e: impl std::fmt::Display) -> TokenizerError {
@@ -144,7 +174,7 @@ fn split(regex: &str) -> Result<PreTokenizerWrapper, TokenizerError> {
     Ok(PreTokenizerWrapper::Split(s))
 }
 
-fn pre_tokenizer(kind: PreKind) -> Result<Sequence, TokenizerError> {
+pub(super) fn pre_tokenizer(kind: PreKind) -> Result<Sequence, TokenizerError> {
     // `use_regex = true` means ByteLevel applies the GPT-2 regex itself; otherwise it only maps
     // bytes. `add_prefix_space` must stay false for every llama.cpp pipeline.
     let byte_level =
@@ -172,56 +202,132 @@ fn pre_tokenizer(kind: PreKind) -> Result<Sequence, TokenizerError> {
 }
 
 impl ByteLevelBpe {
-    /// Builds the BPE from the vocabulary texts (index = id) and `"left right"` merges.
+    /// Builds the merge table from `"left right"` merges (index = rank) over `vocab`.
     pub(crate) fn new(
-        texts: &[String],
-        merges: &[String],
+        vocab: &VocabIndex,
+        merges: &[impl AsRef<str>],
         pre: PreConfig,
     ) -> Result<ByteLevelBpe, TokenizerError> {
         if merges.is_empty() {
             return Err(TokenizerError::MissingMerges);
         }
-        let vocab: Vocab = texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let mut pairs: Merges = Vec::with_capacity(merges.len());
+        let mut table = HashMap::with_capacity_and_hasher(merges.len(), SeededHash::new());
         let mut joined = String::new();
-        for (index, m) in merges.iter().enumerate() {
+        for (rank, m) in merges.iter().enumerate() {
+            let m = m.as_ref();
             // As llama.cpp: the separator is the first space after the first byte, so a merge
             // whose left part starts with a space still parses.
             let pos = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1);
             let Some(pos) = pos else {
                 return Err(TokenizerError::BadMerge {
-                    index,
-                    merge: m.clone(),
+                    index: rank,
+                    merge: m.to_string(),
                 });
             };
             let (a, b) = (&m[..pos], &m[pos + 1..]);
             joined.clear();
             joined.push_str(a);
             joined.push_str(b);
-            if vocab.contains_key(a) && vocab.contains_key(b) && vocab.contains_key(&joined) {
-                pairs.push((a.to_string(), b.to_string()));
+            if let (Some(a), Some(b), Some(ab)) = (vocab.id(a), vocab.id(b), vocab.id(&joined)) {
+                // `rank` fits: merges are read from a GGUF array bounded far below `u32::MAX`.
+                table.entry((a, b)).or_insert((rank as u32, ab));
             }
         }
-        let model = BPE::builder()
-            .vocab_and_merges(vocab, pairs)
-            .cache_capacity(BPE_CACHE_WORDS)
-            .ignore_merges(pre.ignore_merges)
-            .build()
-            .map_err(bpe_err)?;
-        let mut inner = tokenizers::Tokenizer::new(model);
-        inner.with_pre_tokenizer(Some(pre_tokenizer(pre.kind)?));
-        Ok(ByteLevelBpe { inner })
+        Ok(ByteLevelBpe {
+            pre: pre_tokenizer(pre.kind)?,
+            merges: table,
+            ignore_merges: pre.ignore_merges,
+        })
     }
 
     /// Appends the ids of plain `text` to `out`.
-    pub(crate) fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
-        let enc = self.inner.encode_fast(text, false).map_err(bpe_err)?;
-        out.extend_from_slice(enc.get_ids());
+    pub(crate) fn encode(
+        &self,
+        vocab: &VocabIndex,
+        text: &str,
+        out: &mut Vec<u32>,
+    ) -> Result<(), TokenizerError> {
+        let mut pre = PreTokenizedString::from(text);
+        self.pre.pre_tokenize(&mut pre).map_err(bpe_err)?;
+        let mut work = Work::default();
+        for (word, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+            self.encode_word(vocab, word, &mut work, out);
+        }
         Ok(())
+    }
+
+    /// Merges one pre-tokenized word (byte-level characters) and appends its ids.
+    fn encode_word(&self, vocab: &VocabIndex, word: &str, w: &mut Work, out: &mut Vec<u32>) {
+        if word.is_empty() {
+            return;
+        }
+        if self.ignore_merges {
+            if let Some(id) = vocab.id(word) {
+                out.push(id);
+                return;
+            }
+        }
+        // One symbol per character that is a token; the others are dropped (module docs).
+        w.symbols.clear();
+        for (start, c) in word.char_indices() {
+            if let Some(id) = vocab.id(&word[start..start + c.len_utf8()]) {
+                let at = w.symbols.len() as u32;
+                if let Some(last) = w.symbols.last_mut() {
+                    last.next = at;
+                }
+                w.symbols.push(Symbol {
+                    id,
+                    prev: if at == 0 { NONE } else { at - 1 },
+                    next: NONE,
+                    alive: true,
+                });
+            }
+        }
+        if w.symbols.is_empty() {
+            return;
+        }
+        w.heap.clear();
+        for (i, pair) in w.symbols.windows(2).enumerate() {
+            if let Some(&(rank, id)) = self.merges.get(&(pair[0].id, pair[1].id)) {
+                w.heap.push(Reverse((rank, i as u32, id)));
+            }
+        }
+        let syms = &mut w.symbols;
+        while let Some(Reverse((_, pos, id))) = w.heap.pop() {
+            let left = syms[pos as usize];
+            if !left.alive || left.next == NONE {
+                continue;
+            }
+            let right = syms[left.next as usize];
+            // Stale: one side has merged since this candidate was queued.
+            if self.merges.get(&(left.id, right.id)).map(|m| m.1) != Some(id) {
+                continue;
+            }
+            syms[pos as usize].id = id;
+            syms[pos as usize].next = right.next;
+            syms[left.next as usize].alive = false;
+            if right.next != NONE {
+                syms[right.next as usize].prev = pos;
+            }
+            if left.prev != NONE {
+                let prev = syms[left.prev as usize].id;
+                if let Some(&(rank, m)) = self.merges.get(&(prev, id)) {
+                    w.heap.push(Reverse((rank, left.prev, m)));
+                }
+            }
+            if right.next != NONE {
+                let next = syms[right.next as usize].id;
+                if let Some(&(rank, m)) = self.merges.get(&(id, next)) {
+                    w.heap.push(Reverse((rank, pos, m)));
+                }
+            }
+        }
+        // The first symbol is never merged away (merges keep the left one).
+        let mut i = 0;
+        while i != NONE {
+            out.push(syms[i as usize].id);
+            i = syms[i as usize].next;
+        }
     }
 }
 

@@ -78,7 +78,8 @@ impl fmt::Display for TokenizerError {
             Self::VocabTooLarge(n) => {
                 write!(
                     f,
-                    "tokenizer.ggml.tokens has {n} entries, more than a u32 id can address"
+                    "tokenizer.ggml.tokens has {n} entries: more than a u32 id can address, or \
+                     more than 4 GiB of text"
                 )
             }
             Self::Bpe(what) => write!(f, "byte-level BPE: {what}"),

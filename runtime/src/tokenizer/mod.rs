@@ -23,7 +23,10 @@ mod bpe;
 mod error;
 mod spm;
 mod stream;
+mod vocab;
 
+#[cfg(test)]
+mod bpe_tests;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +35,7 @@ pub use stream::StreamDecoder;
 
 use bpe::{ByteLevelBpe, PreConfig};
 use spm::Spm;
+use vocab::VocabIndex;
 
 /// What the GGUF says about the vocabulary (`tokenizer.ggml.*` keys).
 #[derive(Debug, Clone, Default)]
@@ -192,6 +196,8 @@ enum Fragment<'a> {
 pub struct Tokenizer {
     model: Model,
     texts: Vec<String>,
+    /// Text → id over `texts`, for the models' lookups.
+    index: VocabIndex,
     attrs: Vec<Attr>,
     /// Ids split out of the text before the model runs, longest text first.
     specials: Vec<u32>,
@@ -228,23 +234,38 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
-/// Ids found for `wanted` texts, lowest id first.
-fn find_texts(texts: &[String], wanted: &[&str]) -> Vec<u32> {
-    let mut found: Vec<u32> = texts
+/// Whether `text` may be one of the texts above: each has a `<` among its first four bytes
+/// (after an optional `▁` or `_`). Checked first, so the lookups below scan a few hundred
+/// tokens rather than the whole vocabulary.
+fn may_be_special(text: &str) -> bool {
+    text.bytes().take(4).any(|b| b == b'<')
+}
+
+/// Ids found for `wanted` texts among `candidates` (the ids whose texts pass
+/// [`may_be_special`]), lowest id first.
+fn find_texts(texts: &[String], candidates: &[u32], wanted: &[&str]) -> Vec<u32> {
+    candidates
         .iter()
-        .enumerate()
-        .filter(|(_, t)| wanted.contains(&t.as_str()))
-        .map(|(i, _)| i as u32)
-        .collect();
-    found.sort_unstable();
-    found
+        .copied()
+        .filter(|&i| wanted.contains(&texts[i as usize].as_str()))
+        .collect()
 }
 
 impl Tokenizer {
     /// Builds the tokenizer. Absent flags default as llama.cpp: SentencePiece adds BOS and a
     /// leading space; `gpt2` adds BOS only for Llama 3 style pre-tokenizers; nobody adds EOS.
     /// Special ids outside the vocabulary are ignored, as llama.cpp does.
-    pub fn from_spec(spec: TokenizerSpec) -> Result<Tokenizer, TokenizerError> {
+    pub fn from_spec(mut spec: TokenizerSpec) -> Result<Tokenizer, TokenizerError> {
+        let merges = std::mem::take(&mut spec.merges);
+        Self::from_spec_and_merges(spec, &merges)
+    }
+
+    /// [`Tokenizer::from_spec`] with the merges given apart (borrowed from the GGUF file);
+    /// `spec.merges` is ignored.
+    pub(crate) fn from_spec_and_merges(
+        spec: TokenizerSpec,
+        merges: &[impl AsRef<str>],
+    ) -> Result<Tokenizer, TokenizerError> {
         let n = spec.tokens.len();
         if n == 0 {
             return Err(TokenizerError::EmptyVocab);
@@ -287,6 +308,8 @@ impl Tokenizer {
                 .collect()
         };
 
+        let index = VocabIndex::new(&texts).ok_or(TokenizerError::VocabTooLarge(n))?;
+        let vocab = &index;
         let (bos, eos, unk, add_bos_default, add_space_default);
         let model = if is_spm {
             bos = in_range(spec.bos).or(in_range(Some(1)));
@@ -294,14 +317,14 @@ impl Tokenizer {
             unk = in_range(spec.unk).or(in_range(Some(0)));
             add_bos_default = true;
             add_space_default = true;
-            Model::Spm(Box::new(Spm::new(&texts, &spec.scores, unk)))
+            Model::Spm(Box::new(Spm::new(vocab, n, &spec.scores, unk)))
         } else {
             let pre = PreConfig::from_name(spec.pre.as_deref())?;
             bos = in_range(spec.bos);
             eos = in_range(spec.eos);
             add_bos_default = pre.add_bos_default;
             add_space_default = false;
-            Model::Bpe(Box::new(ByteLevelBpe::new(&texts, &spec.merges, pre)?))
+            Model::Bpe(Box::new(ByteLevelBpe::new(vocab, merges, pre)?))
         };
         let eog = Self::fix_special_attrs(
             &texts,
@@ -329,6 +352,7 @@ impl Tokenizer {
         let mut tok = Tokenizer {
             model,
             texts,
+            index,
             attrs,
             specials,
             pieces: Vec::new(),
@@ -354,31 +378,35 @@ impl Tokenizer {
         eom: Option<u32>,
     ) -> Vec<u32> {
         let mut eog = Vec::new();
+        let candidates: Vec<u32> = (0..texts.len() as u32)
+            .filter(|&i| may_be_special(&texts[i as usize]))
+            .collect();
+        let find = |wanted: &[&str]| find_texts(texts, &candidates, wanted);
         let force_control = |id: u32, attrs: &mut [Attr]| attrs[id as usize] = Attr::Control;
         // Auto-detected EOT/EOM tokens are forced to control; ids given by the GGUF are not.
         let eot = eot.or_else(|| {
-            let id = find_texts(texts, EOT_TEXTS).first().copied()?;
+            let id = find(EOT_TEXTS).first().copied()?;
             force_control(id, attrs);
             Some(id)
         });
         let eom = eom.or_else(|| {
-            let id = find_texts(texts, &["<|eom_id|>"]).first().copied()?;
+            let id = find(&["<|eom_id|>"]).first().copied()?;
             force_control(id, attrs);
             Some(id)
         });
         for (names, ends) in FIM_TEXTS {
-            if let Some(&id) = find_texts(texts, names).first() {
+            if let Some(&id) = find(names).first() {
                 force_control(id, attrs);
                 if *ends {
                     eog.push(id);
                 }
             }
         }
-        for id in find_texts(texts, EOG_TEXTS) {
+        for id in find(EOG_TEXTS) {
             eog.push(id);
             force_control(id, attrs);
         }
-        for id in find_texts(texts, ALWAYS_RENDER) {
+        for id in find(ALWAYS_RENDER) {
             attrs[id as usize] = Attr::UserDefined;
         }
         eog.extend([eos, eot, eom].into_iter().flatten());
@@ -493,11 +521,12 @@ impl Tokenizer {
             out.push(self.bos.ok_or(TokenizerError::MissingSpecial("BOS"))?);
         }
         let frags = self.partition(text, parse_special);
+        let vocab = &self.index;
         match &self.model {
             Model::Bpe(bpe) => {
                 for f in frags {
                     match f {
-                        Fragment::Text(s) => bpe.encode(s, &mut out)?,
+                        Fragment::Text(s) => bpe.encode(vocab, s, &mut out)?,
                         Fragment::Token(id) => out.push(id),
                     }
                 }
@@ -516,7 +545,7 @@ impl Tokenizer {
                             for c in s.chars() {
                                 buf.push(if c == ' ' { '\u{2581}' } else { c });
                             }
-                            spm.encode(&buf, &mut out)?;
+                            spm.encode(vocab, &buf, &mut out)?;
                             prev_special = false;
                         }
                         Fragment::Token(id) => {

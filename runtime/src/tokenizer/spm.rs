@@ -11,8 +11,9 @@
 //! re-segmentation never fires and is not reproduced here.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
+use super::vocab::VocabIndex;
 use super::TokenizerError;
 
 const NONE: usize = usize::MAX;
@@ -56,9 +57,9 @@ impl Ord for Bigram {
 }
 
 /// The SentencePiece merge tables.
+/// Token texts are looked up in the tokenizer's [`VocabIndex`] (the last id wins for duplicate texts,
+/// as in llama.cpp).
 pub(crate) struct Spm {
-    /// Token text to id (the last id wins for duplicate texts, as in llama.cpp).
-    ids: HashMap<String, u32>,
     /// Score per id.
     scores: Vec<f32>,
     /// The token for each byte in byte fallback, or `None` if the vocabulary lacks it.
@@ -68,42 +69,33 @@ pub(crate) struct Spm {
 }
 
 impl Spm {
-    /// Builds the tables. `texts` and `scores` are indexed by id (`scores` may be empty: all 0).
-    pub(crate) fn new(texts: &[String], scores: &[f32], unk: Option<u32>) -> Spm {
-        let mut ids = HashMap::with_capacity(texts.len());
-        for (i, t) in texts.iter().enumerate() {
-            ids.insert(t.clone(), i as u32);
-        }
+    /// Builds the tables. `scores` is indexed by id (`scores` may be empty: all 0).
+    pub(crate) fn new(vocab: &VocabIndex, n_vocab: usize, scores: &[f32], unk: Option<u32>) -> Spm {
         let scores = if scores.is_empty() {
-            vec![0.0; texts.len()]
+            vec![0.0; n_vocab]
         } else {
             scores.to_vec()
         };
         let mut byte_tokens = [None; 256];
         for (b, slot) in byte_tokens.iter_mut().enumerate() {
             let hex = format!("<0x{b:02X}>");
-            *slot = ids.get(&hex).copied();
+            *slot = vocab.id(&hex);
             if slot.is_none() && b < 0x80 {
                 // llama.cpp falls back to the byte itself as a one-character token.
                 let single = char::from(b as u8).to_string();
-                *slot = ids.get(&single).copied();
+                *slot = vocab.id(&single);
             }
         }
         Spm {
-            ids,
             scores,
             byte_tokens,
             unk,
         }
     }
 
-    /// The id of a token text, if any.
-    pub(crate) fn id(&self, text: &str) -> Option<u32> {
-        self.ids.get(text).copied()
-    }
-
     fn try_add(
         &self,
+        vocab: &VocabIndex,
         text: &str,
         syms: &[Symbol],
         left: usize,
@@ -115,7 +107,7 @@ impl Spm {
         }
         let (l, r) = (syms[left], syms[right]);
         let piece = &text[l.start..r.start + r.len];
-        if let Some(id) = self.id(piece) {
+        if let Some(id) = vocab.id(piece) {
             let score = self.scores.get(id as usize).copied().unwrap_or(0.0);
             heap.push(Bigram {
                 left,
@@ -127,7 +119,12 @@ impl Spm {
     }
 
     /// Appends the ids of `text` (spaces already escaped to `▁`) to `out`.
-    pub(crate) fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
+    pub(crate) fn encode(
+        &self,
+        vocab: &VocabIndex,
+        text: &str,
+        out: &mut Vec<u32>,
+    ) -> Result<(), TokenizerError> {
         let mut syms: Vec<Symbol> = Vec::with_capacity(text.len());
         for (i, (start, c)) in text.char_indices().enumerate() {
             let end = start + c.len_utf8();
@@ -143,7 +140,7 @@ impl Spm {
         }
         let mut heap = BinaryHeap::new();
         for i in 1..syms.len() {
-            self.try_add(text, &syms, i - 1, i, &mut heap);
+            self.try_add(vocab, text, &syms, i - 1, i, &mut heap);
         }
         while let Some(b) = heap.pop() {
             let (l, r) = (syms[b.left], syms[b.right]);
@@ -157,14 +154,14 @@ impl Spm {
                 syms[r.next].prev = b.left;
             }
             let (prev, next) = (syms[b.left].prev, syms[b.left].next);
-            self.try_add(text, &syms, prev, b.left, &mut heap);
-            self.try_add(text, &syms, b.left, next, &mut heap);
+            self.try_add(vocab, text, &syms, prev, b.left, &mut heap);
+            self.try_add(vocab, text, &syms, b.left, next, &mut heap);
         }
         let mut i = 0;
         while i != NONE {
             let s = syms[i];
             let piece = &text[s.start..s.start + s.len];
-            match self.id(piece) {
+            match vocab.id(piece) {
                 Some(id) => out.push(id),
                 None => {
                     for &byte in piece.as_bytes() {

@@ -332,3 +332,17 @@ fn stream_decoder_replaces_invalid_bytes() {
     streamed.push_str(dec.flush());
     assert_eq!(streamed, tok.decode(&ids));
 }
+
+#[test]
+fn every_special_text_passes_the_prefilter() {
+    let fim = FIM_TEXTS.iter().flat_map(|(names, _)| names.iter());
+    for t in EOG_TEXTS
+        .iter()
+        .chain(EOT_TEXTS)
+        .chain(fim)
+        .chain(ALWAYS_RENDER)
+        .chain(&["<|eom_id|>"])
+    {
+        assert!(may_be_special(t), "{t:?}");
+    }
+}

@@ -29,9 +29,32 @@ pub fn expect_exit(o: &Output, code: i32, want: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// A path for `name` in this test process's scratch folder, `target/tmp/ember-cli-<pid>`.
+///
+/// The tests write models and inputs of up to 50 MB there. A test binary cannot clean up when
+/// it exits, so the first call removes the folders of earlier runs whose process is gone (on
+/// Linux, where `/proc` says so): a developer's disk does not fill up run after run.
 pub fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ember-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let pid = name.to_str().and_then(|n| n.strip_prefix("ember-cli-"));
+                let gone = pid.is_some_and(|p| {
+                    std::path::Path::new("/proc/self").exists()
+                        && !std::path::Path::new("/proc").join(p).exists()
+                });
+                if gone {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = root.join(format!("ember-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    });
     dir.join(name)
 }
 

@@ -314,7 +314,11 @@ impl Engine {
             .map_err(|_| alloc_failed("max_requests", max_total_seqs))?;
         Ok(Engine {
             tokenizer: Arc::new(r.tokenizer),
-            partial: partial::PartialBlocks::new(r.backend.n_blocks(), cfg.block_size),
+            partial: partial::PartialBlocks::new(
+                r.backend.n_blocks(),
+                cfg.block_size,
+                r.backend.kv_groups().len(),
+            ),
             backend: r.backend,
             pool: r.pool,
             scratch: r.scratch,
@@ -674,15 +678,21 @@ impl Engine {
         let bs = self.cfg.block_size;
         let (i, fill) = (seq.num_computed / bs, seq.num_computed % bs);
         // (Not after a context shift: its blocks no longer hold what their tokens compute to.)
-        if self.cfg.prefix_caching && fill > 0 && !seq.shifted && seq.table.groups() == 1 {
+        if self.cfg.prefix_caching && fill > 0 && !seq.shifted {
             let parent = match i {
                 0 => Some(None),
                 _ => seq.block_hashes.get(i - 1).map(|&h| Some(h)),
             };
-            if let (Some(parent), Some(&b)) = (parent, seq.table.blocks().get(i)) {
-                if pool.ref_count(b) == 1 {
-                    partial.register(pool, b, parent, &seq.tokens[i * bs..seq.num_computed]);
-                }
+            let table = &seq.table;
+            // Only blocks no other sequence shares (nobody writes into them once freed).
+            let own = i < table.len()
+                && (0..table.groups()).all(|g| {
+                    let b = table.group(g)[i];
+                    b != BlockId::NULL && pool.ref_count(b) == 1
+                });
+            if let (Some(parent), true) = (parent, own) {
+                let tokens = &seq.tokens[i * bs..seq.num_computed];
+                partial.register(pool, |g| table.group(g)[i], parent, tokens);
             }
         }
         seq.table.release(pool);

@@ -2,10 +2,12 @@
 
 use std::time::Instant;
 
+use super::partial::PartialBlocks;
 use super::sequence::Seq;
 use super::{Engine, FinishReason, LogitsRow, RequestId, SeqState, SlabTables, StepStats};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::kv::{group_hash, hash_block, BlockHash, BlockId};
+use crate::kv::{group_hash, hash_block, BlockHash, BlockId, BlockPool};
 use crate::model::BatchToken;
 
 /// Why a sequence could not get the blocks it needs this step.
@@ -172,24 +174,17 @@ impl Engine {
             });
         }
         let parent = seq.block_hashes.last().copied();
-        // Below block granularity: the first tokens of the next block, copied from a block
-        // that holds them after the same prefix (partial.rs; models of one layer group).
+        // Below block granularity: the first tokens of the next block, copied from the blocks
+        // (one per layer group) that hold them after the same prefix (partial.rs).
         let mut cached = n * bs;
         let want = &seq.tokens[cached..limit.min(cached + bs)];
-        let best = match groups.len() {
-            1 => self.partial.best(pool, parent, want),
-            _ => None,
-        };
+        let best = self.partial.best(pool, parent, want);
         if let Some((src, m)) = best {
-            if let Some(own) = pool.allocate() {
-                // `allocate` may hand out `src` itself (the least recently used free block): its
-                // slots are then already in place.
-                if own == src || self.backend.copy_slots(src.index(), own.index(), m).is_ok() {
-                    seq.table.push(|_| own);
-                    cached += m;
-                } else {
-                    pool.free(own);
-                }
+            let partial = &mut self.partial;
+            if Self::copy_partial(pool, partial, &mut self.backend, src, m) {
+                let own = &partial.own;
+                seq.table.push(|g| own[g]);
+                cached += m;
             }
         }
         seq.num_computed = cached;
@@ -197,6 +192,50 @@ impl Engine {
             seq.out.n_cached = cached.min(seq.out.n_prompt);
         }
         self.metrics.prefix_hit_tokens += cached as u64;
+    }
+
+    /// Take a block of every layer group and copy into each the first `m` token slots of the
+    /// group's block registered with group 0's block `src` ([`partial::PartialBlocks::best`]);
+    /// `true` with the blocks in `partial.own`, `false` (nothing taken) if a source is gone, the
+    /// pool runs out or a copy fails.
+    fn copy_partial(
+        pool: &mut BlockPool,
+        partial: &mut PartialBlocks,
+        backend: &mut Backend,
+        src: BlockId,
+        m: usize,
+    ) -> bool {
+        if !partial.sources(pool, src) {
+            return false;
+        }
+        partial.own.clear();
+        for _ in 0..partial.src.len() {
+            match pool.allocate() {
+                Some(b) => partial.own.push(b),
+                None => break,
+            }
+        }
+        // `allocate` may hand out a source itself (the least recently used free block): as its
+        // own group's block its slots are already in place; as another group's, copying into
+        // it would overwrite a source not yet read, so the reuse is given up.
+        let (src, own) = (&partial.src, &partial.own);
+        let ok = own.len() == src.len()
+            && own
+                .iter()
+                .enumerate()
+                .all(|(g, o)| src.iter().enumerate().all(|(h, s)| o != s || g == h))
+            && (0..own.len()).all(|g| {
+                own[g] == src[g]
+                    || backend
+                        .copy_slots(src[g].index(), own[g].index(), m)
+                        .is_ok()
+            });
+        if !ok {
+            for &b in own {
+                pool.free(b);
+            }
+        }
+        ok
     }
 
     /// Register the sequence's newly completed blocks in the prefix cache (each layer group's
@@ -223,10 +262,9 @@ impl Engine {
                     pool.set_hash(b, group_hash(h, g));
                 }
             }
-            if seq.table.groups() == 1 {
-                self.partial
-                    .register(pool, seq.table.blocks()[i], parent, tokens);
-            }
+            let table = &seq.table;
+            self.partial
+                .register(pool, |g| table.group(g)[i], parent, tokens);
             seq.block_hashes.push(h);
         }
     }

@@ -192,9 +192,36 @@ fn a_second_request_takes_the_cached_window_only() {
     assert_eq!(ids(&e, b), first);
     assert_eq!(
         e.metrics().prefix_hit_tokens - hit0,
-        36,
-        "9 whole blocks of 4 cached"
+        39,
+        "9 whole blocks of 4 cached, then 3 tokens of the tenth copied from its blocks"
     );
+}
+
+/// Reuse below block granularity with layer groups: a conversation's next turn takes the
+/// cached whole blocks and then the first tokens of the last, partial block of every group
+/// (released with the earlier turn), as an engine keeping every block does; outputs are equal.
+#[test]
+fn partial_blocks_of_every_group_continue_a_conversation() {
+    let run = |swa_full: bool| {
+        let mut e = engine(400, swa_full, 64);
+        // 30 prompt tokens (past the window of 8) and 5 samples: 34 computed, the ninth block
+        // holds 2 when the request is released.
+        let p = prompt(3, 30);
+        let a = e.submit(&p, &sampled(5, 11)).unwrap();
+        run_to_end(&mut e);
+        let first = ids(&e, a);
+        e.release(a).unwrap();
+        let mut longer = p.clone();
+        longer.extend_from_slice(&first);
+        longer.push(9);
+        let hit0 = e.metrics().prefix_hit_tokens;
+        let b = e.submit(&longer, &sampled(4, 12)).unwrap();
+        run_to_end(&mut e);
+        (first, ids(&e, b), e.metrics().prefix_hit_tokens - hit0)
+    };
+    let grouped = run(false);
+    assert_eq!(grouped.2, 34, "8 whole blocks and 2 tokens of the ninth");
+    assert_eq!(grouped, run(true));
 }
 
 #[test]

@@ -24,6 +24,7 @@ fn main() {
         max_logits: 1,
         threads: 2,
         kv_type: Default::default(),
+        swa_full: false,
     };
     let mut s = Session::new(m, &cfg).unwrap();
     for c in g["cases"].as_array().unwrap() {

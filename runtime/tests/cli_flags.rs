@@ -471,4 +471,28 @@ fn sliding_window_plan_and_swa_full() {
         v["ids"].clone()
     };
     assert_eq!(ids(&["--swa-full"]), ids(&[]));
+    // The one-sequence commands take it too, with the same output.
+    let generate = |extra: &[&str]| {
+        let args = [
+            &[
+                "generate",
+                "-m",
+                ms,
+                "--ctx",
+                "128",
+                "-p",
+                "the quick brown fox",
+                "-n",
+                "30",
+            ][..],
+            &["--temp", "1.5", "--seed", "4", "--json", "-t", "1"],
+            extra,
+        ]
+        .concat();
+        let o = ember(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["ids"].clone()
+    };
+    assert_eq!(generate(&["--swa-full"]), generate(&[]));
 }

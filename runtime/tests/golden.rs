@@ -148,6 +148,7 @@ fn f32_weights_match_llama_cpp_f32_goldens() {
         max_logits: 1,
         threads: 2,
         kv_type: Default::default(),
+        swa_full: false,
     };
     let mut s = Session::new(m, &cfg).unwrap();
     let g = SMOLLM2.json("greedy_f32_activations.json");

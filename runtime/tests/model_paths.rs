@@ -44,6 +44,7 @@ fn session(m: Model, block_size: usize, max_batch: usize, kv: KvBudget) -> Sessi
         max_logits: max_batch,
         threads: 2,
         kv_type: Default::default(),
+        swa_full: false,
     };
     Session::new(m, &cfg).unwrap()
 }

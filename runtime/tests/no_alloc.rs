@@ -32,6 +32,7 @@ fn decode_steps_allocate_nothing() {
         max_logits: 1,
         threads: 2,
         kv_type: Default::default(),
+        swa_full: false,
     };
     let mut s = Session::new(model, &cfg).unwrap();
     let params = SamplingParams {

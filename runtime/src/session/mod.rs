@@ -52,6 +52,8 @@ pub struct SessionConfig {
     pub cuda_weights: CudaWeights,
     /// How the KV arena stores keys and values (see [`EngineConfig::kv_type`]).
     pub kv_type: KvType,
+    /// Keep every KV block of sliding-window layers (see [`EngineConfig::swa_full`]).
+    pub swa_full: bool,
 }
 
 impl Default for SessionConfig {
@@ -65,6 +67,7 @@ impl Default for SessionConfig {
             threads: 0,
             cuda_weights: CudaWeights::Upload,
             kv_type: KvType::F16,
+            swa_full: false,
         }
     }
 }
@@ -85,7 +88,7 @@ impl SessionConfig {
             prefix_caching: false,
             cuda_weights: self.cuda_weights,
             kv_type: self.kv_type,
-            swa_full: false,
+            swa_full: self.swa_full,
         }
     }
 }

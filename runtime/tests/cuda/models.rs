@@ -31,6 +31,7 @@ fn session_cfg() -> SessionConfig {
         max_logits: 1,
         threads: 2,
         kv_type: Default::default(),
+        swa_full: false,
     }
 }
 

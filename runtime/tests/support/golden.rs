@@ -66,6 +66,7 @@ pub fn session_of(m: Model, n_ctx: usize, max_batch: usize, max_logits: usize) -
         max_logits,
         threads: 2,
         kv_type: Default::default(),
+        swa_full: false,
     };
     Session::new(m, &cfg).expect("session")
 }

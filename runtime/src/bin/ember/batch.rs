@@ -29,7 +29,6 @@ pub const ENGINE_FLAGS: &[Flag] = &[
     val("max-batch-tokens", None),
     val("kv-bytes", None),
     switch("no-prefix-cache"),
-    switch("swa-full"),
 ];
 
 /// `--draft-model FILE` of `batch` and `serve`.

@@ -50,6 +50,7 @@ const COMMON: &[Flag] = &[
     val("kv-type", None),
     val("backend", None),
     val("cuda-weights", None),
+    switch("swa-full"),
 ];
 
 const SAMPLING: &[Flag] = &[
@@ -181,6 +182,7 @@ pub fn open_session_from(
         max_logits: max_logits.clamp(1, max_batch),
         threads: threads(a)?,
         kv_type: kv_type(a)?,
+        swa_full: a.has("swa-full"),
     };
     let s = Session::with_backend(model, &cfg, backend_kind(a)?)?;
     report_backend(a, s.backend());

@@ -78,11 +78,9 @@ commands:
                         C sequences prefilled, then decoded together (aggregate tok/s)
   batch --input requests.jsonl --output results.jsonl [--max-seqs S]
         [--max-batch-tokens T] [--kv-blocks N | --kv-bytes B] [--no-prefix-cache]
-        [--swa-full] [--draft-model FILE]
+        [--draft-model FILE]
                         run a file of requests through the continuous-batching engine; each
-                        line a JSON object: id, prompt, max_tokens, temperature, seed, stop, ...;
-                        --swa-full keeps every KV block of sliding-window layers (Gemma 3),
-                        which otherwise go back to the pool once out of the window
+                        line a JSON object: id, prompt, max_tokens, temperature, seed, stop, ...
   serve [--host H] [--port P] [--api-key KEY] [--max-queue Q] [--max-body BYTES]
         [--max-connections C] [--alias NAME] [--chat-template FILE] [--max-seqs S]
         [--draft-model FILE [--draft-k K]] [--context-shift [--keep N]] ...
@@ -108,6 +106,8 @@ common options:
   --ctx N               context length (default 4096, at most the model's)
   --kv-blocks N         KV arena size in blocks (default: enough for the context)
   --block-size B        tokens per KV block (default 16)
+  --swa-full            keep every KV block of sliding-window layers (Gemma 3), which
+                        otherwise go back to the pool once out of the window
   --kv-type f16|q8_0|q4_0
                         how the KV cache stores keys and values (default f16; q8_0 and q4_0
                         hold 1.9x and 3.6x the tokens in the same memory)

@@ -1,0 +1,303 @@
+//! Q4_1 × Q8_1 tiles of many tokens (prefill, batched decode) on AVX2: each group of weight
+//! rows is unpacked once — nibbles to bytes, f16 scales and minimums to f32 — into a buffer on
+//! the stack, and each group of tokens has its activation scales converted once; the
+//! micro-tiles then read both ready to use.
+//!
+//! [`super::tiles`]'s micro-tile unpacks a weight block and converts four f16 values for every
+//! tile of 3 tokens it serves: about 5 of the 12 instructions it spends per (row, token, block)
+//! on a CPU without VNNI, where the products themselves (`maddubs`, `madd`, convert, scale,
+//! FMA, and the `m · s` term) take the other 7. Here those 5 are paid once per row group and
+//! token group. The float operations, and their order, are the single-row dot's (same per-block
+//! FMA, same `hsum8`), so the outputs equal [`super::dots`] and the reference bit for bit.
+//!
+//! Stack use: at most 24 KiB (rows of up to [`MAX_BLOCKS`] blocks; longer rows, and products of
+//! fewer than [`MIN_TOKENS`] tokens, which would not reuse the buffer, take the plain tile).
+
+use std::arch::x86_64::{
+    __m256, __m256i, _mm256_and_si256, _mm256_fmadd_ps, _mm256_loadu_si256, _mm256_mul_ps,
+    _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i, _mm256_setzero_ps, _mm256_storeu_si256,
+    _mm_loadu_si128, _mm_srli_epi16,
+};
+use std::mem::MaybeUninit;
+
+use super::f16c::f16_ptr;
+use super::tiles::{hsum8, lane_sums, lane_sums_vnni};
+
+const Q4_1_SIZE: usize = 20;
+const Q8_1_SIZE: usize = 36;
+/// Weight rows per micro-tile.
+const MR: usize = 4;
+/// Tokens per micro-tile (4 × 3 accumulators and 3 activation registers fit 16 AVX2 registers).
+const MT: usize = 3;
+/// Longest row unpacked (4096 elements).
+pub(super) const MAX_BLOCKS: usize = 128;
+/// Fewest tokens for which unpacking pays: the buffer then serves at least two micro-tiles.
+pub(super) const MIN_TOKENS: usize = 4;
+/// Activation scales per token group buffered (a group is about 16 KiB of activations).
+const MAX_GROUP_BLOCKS: usize = 512;
+
+/// `Σ u8 × i8` lanes of a weight block and an activation block, as f32 (AVX2 or AVX-VNNI).
+trait LaneSums {
+    /// # Safety
+    /// The CPU has the instructions the implementation uses (its caller enables them).
+    unsafe fn sums(u: __m256i, s: __m256i) -> __m256;
+}
+
+struct Avx2;
+struct AvxVnni;
+
+impl LaneSums for Avx2 {
+    #[inline(always)]
+    unsafe fn sums(u: __m256i, s: __m256i) -> __m256 {
+        // SAFETY: forwarded contract (AVX2).
+        unsafe { lane_sums(u, s) }
+    }
+}
+
+impl LaneSums for AvxVnni {
+    #[inline(always)]
+    unsafe fn sums(u: __m256i, s: __m256i) -> __m256 {
+        // SAFETY: forwarded contract (AVX-VNNI).
+        unsafe { lane_sums_vnni(u, s) }
+    }
+}
+
+/// One row group's weights, unpacked: `q[r * MAX_BLOCKS + i]` is block `i` of row `r` as 32
+/// bytes 0..=15 (elements in order), `d`/`m` its scale and minimum.
+struct Rows {
+    q: MaybeUninit<[[u8; 32]; MR * MAX_BLOCKS]>,
+    d: [f32; MR * MAX_BLOCKS],
+    m: [f32; MR * MAX_BLOCKS],
+}
+
+/// One token group's activation scales: `d[k * nb + i]`, `s[k * nb + i]` for the group's
+/// token `k` and block `i`.
+struct Acts {
+    d: [f32; MAX_GROUP_BLOCKS],
+    s: [f32; MAX_GROUP_BLOCKS],
+}
+
+/// Whether [`tile`] takes a product of `nt` tokens over `nb` blocks (else the plain tile does).
+pub(super) fn takes(nb: usize, nt: usize) -> bool {
+    nt >= MIN_TOKENS && nb <= MAX_BLOCKS && nb * MT <= MAX_GROUP_BLOCKS
+}
+
+/// The Q4_1 × Q8_1 tile product through the buffers (see the module docs), on AVX2.
+///
+/// # Safety
+/// As [`crate::tile::TileDotFn`], with `takes(n / 32, nt)`; the CPU has AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tile_avx2(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    // SAFETY: forwarded contract; the features are enabled here.
+    unsafe { tile::<Avx2>(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
+}
+
+/// [`tile_avx2`] with AVX-VNNI's one-instruction lane sums.
+///
+/// # Safety
+/// As [`tile_avx2`]; the CPU also has AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tile_vnni(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    // SAFETY: forwarded contract; the features are enabled here.
+    unsafe { tile::<AvxVnni>(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
+}
+
+/// The walk: token groups of about 16 KiB of activations (as [`crate::tile::walk`]), in each
+/// the row groups of [`MR`] rows, in each the micro-tiles of up to [`MT`] tokens.
+///
+/// # Safety
+/// As [`tile_avx2`]; inlined only into the `target_feature` functions above.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<S: LaneSums>(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let nb = n / 32;
+    crate::tile::check_operands(nb, (Q4_1_SIZE, Q8_1_SIZE), w, w_stride, nr, a, a_stride, nt);
+    assert!(
+        takes(nb, nt),
+        "Q4_1 tile buffers hold {nb} blocks × {nt} tokens"
+    );
+    let group = ((16384 / a_stride.max(1)).max(MT) / MT * MT).min(MAX_GROUP_BLOCKS / nb.max(1));
+    let group = group / MT * MT;
+    let mut rows = Rows {
+        q: MaybeUninit::uninit(),
+        d: [0.0; MR * MAX_BLOCKS],
+        m: [0.0; MR * MAX_BLOCKS],
+    };
+    let mut acts = Acts {
+        d: [0.0; MAX_GROUP_BLOCKS],
+        s: [0.0; MAX_GROUP_BLOCKS],
+    };
+    let q: *mut [u8; 32] = rows.q.as_mut_ptr().cast();
+    // SAFETY: AVX2 is enabled by the `target_feature` function this is inlined into.
+    let low = unsafe { _mm256_set1_epi8(0x0f) };
+    let mut t0 = 0;
+    while t0 < nt {
+        let t1 = (t0 + group).min(nt);
+        for k in 0..t1 - t0 {
+            for i in 0..nb {
+                // SAFETY: block `i` of activation row `t0 + k` is within `a` (checked above);
+                // F16C is enabled by the caller.
+                unsafe {
+                    let y = a.as_ptr().add((t0 + k) * a_stride + i * Q8_1_SIZE);
+                    acts.d[k * nb + i] = f16_ptr(y);
+                    acts.s[k * nb + i] = f16_ptr(y.add(2));
+                }
+            }
+        }
+        let mut r = 0;
+        while r < nr {
+            let rr = (nr - r).min(MR);
+            for j in 0..rr {
+                for i in 0..nb {
+                    // SAFETY: block `i` of weight row `r + j` is within `w` (checked above);
+                    // slot `j * MAX_BLOCKS + i` is within the buffer (`nb <= MAX_BLOCKS`); the
+                    // caller enables AVX2 and F16C.
+                    unsafe {
+                        let x = w.as_ptr().add((r + j) * w_stride + i * Q4_1_SIZE);
+                        rows.d[j * MAX_BLOCKS + i] = f16_ptr(x);
+                        rows.m[j * MAX_BLOCKS + i] = f16_ptr(x.add(2));
+                        let packed = _mm_loadu_si128(x.add(4).cast());
+                        // Low nibbles are elements 0..16, high nibbles 16..32.
+                        let qx = _mm256_and_si256(
+                            _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed),
+                            low,
+                        );
+                        _mm256_storeu_si256(q.add(j * MAX_BLOCKS + i).cast(), qx);
+                    }
+                }
+            }
+            let mut t = t0;
+            while t < t1 {
+                let tt = (t1 - t).min(MT);
+                let at = Micro {
+                    nb,
+                    q,
+                    rows: &rows,
+                    acts: &acts,
+                    k0: t - t0,
+                    a: a.as_ptr().wrapping_add(t * a_stride),
+                    a_stride,
+                    // Element `(t, r)`: within the caller's output region.
+                    out: out.wrapping_add(t * out_stride + r),
+                    out_stride,
+                };
+                // SAFETY: rows `r..r + rr` were unpacked above; tokens `t..t + tt` are in the
+                // group whose scales are in `acts` and within `a`; the outputs are the
+                // caller's.
+                unsafe {
+                    match (rr, tt) {
+                        (4, 3) => at.run::<S, 4, 3>(),
+                        (4, 2) => at.run::<S, 4, 2>(),
+                        (4, 1) => at.run::<S, 4, 1>(),
+                        (3, 3) => at.run::<S, 3, 3>(),
+                        (3, 2) => at.run::<S, 3, 2>(),
+                        (3, 1) => at.run::<S, 3, 1>(),
+                        (2, 3) => at.run::<S, 2, 3>(),
+                        (2, 2) => at.run::<S, 2, 2>(),
+                        (2, 1) => at.run::<S, 2, 1>(),
+                        (1, 3) => at.run::<S, 1, 3>(),
+                        (1, 2) => at.run::<S, 1, 2>(),
+                        _ => at.run::<S, 1, 1>(),
+                    }
+                }
+                t += tt;
+            }
+            r += rr;
+        }
+        t0 = t1;
+    }
+}
+
+/// One micro-tile's operands: the unpacked rows, the token group's scales from token `k0`,
+/// the tokens' activation rows from `a` and the output corner `out`.
+struct Micro<'b> {
+    nb: usize,
+    q: *const [u8; 32],
+    rows: &'b Rows,
+    acts: &'b Acts,
+    k0: usize,
+    a: *const u8,
+    a_stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+}
+
+impl Micro<'_> {
+    /// The `R × T` micro-tile: per block, each (row, token) pair adds `m · s` to its scalar
+    /// sum and `(d_w · d_a) · Σ q_w q_a` to its 8 lanes, as the single-row dot does.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA, F16C (and what `S` uses); rows `0..R` of the buffer and tokens
+    /// `k0..k0 + T` of the group are filled; `a` holds `T` rows of `nb` blocks, `a_stride`
+    /// apart; `out.add(t * out_stride + r)` is writable for `t < T`, `r < R`.
+    #[inline(always)]
+    unsafe fn run<S: LaneSums, const R: usize, const T: usize>(&self) {
+        let nb = self.nb;
+        // SAFETY: the intrinsics need AVX2, FMA and F16C, which the `target_feature` function
+        // this is inlined into enables (contract); the pointers are in bounds (contract).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
+            let mut summs = [[0f32; T]; R];
+            for i in 0..nb {
+                let mut qy = [_mm256_set1_epi8(0); T];
+                let mut da = [_mm256_setzero_ps(); T];
+                let mut sa = [0f32; T];
+                for t in 0..T {
+                    let k = (self.k0 + t) * nb + i;
+                    da[t] = _mm256_set1_ps(self.acts.d[k]);
+                    sa[t] = self.acts.s[k];
+                    let y = self.a.add(t * self.a_stride + i * Q8_1_SIZE + 4);
+                    qy[t] = _mm256_loadu_si256(y.cast());
+                }
+                for r in 0..R {
+                    let slot = r * MAX_BLOCKS + i;
+                    let dw = _mm256_set1_ps(self.rows.d[slot]);
+                    let mw = self.rows.m[slot];
+                    let qx = _mm256_loadu_si256(self.q.add(slot).cast());
+                    for t in 0..T {
+                        summs[r][t] = mw.mul_add(sa[t], summs[r][t]);
+                        let s = S::sums(qx, qy[t]);
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da[t]), s, acc[r][t]);
+                    }
+                }
+            }
+            for r in 0..R {
+                for t in 0..T {
+                    *self.out.add(t * self.out_stride + r) = hsum8(acc[r][t]) + summs[r][t];
+                }
+            }
+        }
+    }
+}

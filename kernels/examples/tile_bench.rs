@@ -18,7 +18,7 @@ fn main() {
         seed ^= seed << 17;
         ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
     };
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0] {
         let t = reference_traits(ty).unwrap();
         let at = ks.traits(t.vec_dot_type).unwrap();
         let wb = ty.row_bytes(cols as u64).unwrap() as usize;

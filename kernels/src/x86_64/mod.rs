@@ -20,5 +20,5 @@ pub(crate) mod quantize;
 pub(crate) mod tiles;
 pub(crate) mod tiles512;
 pub(crate) mod tiles512_k;
-pub(crate) mod tiles_q4_1;
+pub(crate) mod tiles_unpacked;
 pub(crate) mod v3;

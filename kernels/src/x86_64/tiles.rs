@@ -82,7 +82,7 @@ pub(super) unsafe fn lane_sums_vnni(u: __m256i, s: __m256i) -> __m256 {
 /// # Safety
 /// The CPU must have AVX2; called only from kernels that enable it.
 #[inline(always)]
-unsafe fn lane_sums_i(u: __m256i, s: __m256i) -> __m256i {
+pub(super) unsafe fn lane_sums_i(u: __m256i, s: __m256i) -> __m256i {
     // SAFETY: AVX2 is enabled in every caller (target_feature).
     unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
 }
@@ -92,7 +92,7 @@ unsafe fn lane_sums_i(u: __m256i, s: __m256i) -> __m256i {
 /// # Safety
 /// The CPU must have AVX-VNNI; called only from kernels that enable it.
 #[inline(always)]
-unsafe fn lane_sums_vnni_i(u: __m256i, s: __m256i) -> __m256i {
+pub(super) unsafe fn lane_sums_vnni_i(u: __m256i, s: __m256i) -> __m256i {
     // SAFETY: AVX-VNNI is enabled in every caller (target_feature).
     unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s) }
 }
@@ -404,9 +404,9 @@ macro_rules! tile_entry {
 
 tile_entry!(tile_q4_1_q8_1_direct, q4_1_micro, 4 x 3, (Q4_1_SIZE, Q8_1_SIZE), "Q4_1 × Q8_1 (AVX2)");
 tile_entry!(tile_q8_0_q8_0, q8_0_micro, 4 x 2, (Q8_0_SIZE, Q8_0_SIZE), "Q8_0 × Q8_0 (AVX2)");
-tile_entry!(tile_q5_0_q8_0, q5_0_micro, 4 x 2, (Q5_0_SIZE, Q8_0_SIZE), "Q5_0 × Q8_0 (AVX2)");
+tile_entry!(tile_q5_0_q8_0_direct, q5_0_micro, 4 x 2, (Q5_0_SIZE, Q8_0_SIZE), "Q5_0 × Q8_0 (AVX2)");
 tile_entry!(
-    tile_q5_0_q8_0_vnni,
+    tile_q5_0_q8_0_direct_vnni,
     q5_0_micro_vnni,
     4 x 2,
     (Q5_0_SIZE, Q8_0_SIZE),
@@ -428,7 +428,7 @@ tile_entry!(
 );
 
 /// Q4_1 × Q8_1 tile product (AVX2; see [`crate::tile::TileDotFn`]): products of several tokens
-/// over rows of up to 4096 elements unpack each row group once ([`super::tiles_q4_1`]); the
+/// over rows of up to 4096 elements unpack each row group once ([`super::tiles_unpacked`]); the
 /// others take the plain micro-tiles. The same bits either way.
 ///
 /// # Safety
@@ -445,8 +445,8 @@ pub(crate) unsafe fn tile_q4_1_q8_1(
     out: *mut f32,
     out_stride: usize,
 ) {
-    let f = match super::tiles_q4_1::takes(n / 32, nt) {
-        true => super::tiles_q4_1::tile_avx2,
+    let f = match super::tiles_unpacked::takes(n / 32, nt) {
+        true => super::tiles_unpacked::tile_avx2::<super::tiles_unpacked::Q4_1>,
         false => tile_q4_1_q8_1_direct,
     };
     // SAFETY: forwarded contract; both kernels need what this one's installation checked.
@@ -469,9 +469,59 @@ pub(crate) unsafe fn tile_q4_1_q8_1_vnni(
     out: *mut f32,
     out_stride: usize,
 ) {
-    let f = match super::tiles_q4_1::takes(n / 32, nt) {
-        true => super::tiles_q4_1::tile_vnni,
+    let f = match super::tiles_unpacked::takes(n / 32, nt) {
+        true => super::tiles_unpacked::tile_vnni::<super::tiles_unpacked::Q4_1>,
         false => tile_q4_1_q8_1_direct_vnni,
+    };
+    // SAFETY: forwarded contract; both kernels need what this one's installation checked.
+    unsafe { f(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
+}
+
+/// Q5_0 × Q8_0 tile product (AVX2; see [`crate::tile::TileDotFn`]): products of several tokens
+/// over rows of up to 4096 elements unpack each row group once ([`super::tiles_unpacked`]); the
+/// others take the plain micro-tiles. The same bits either way.
+///
+/// # Safety
+/// As [`crate::tile::TileDotFn`]; installed only after AVX2, FMA and F16C were detected.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_q5_0_q8_0(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let f = match super::tiles_unpacked::takes(n / 32, nt) {
+        true => super::tiles_unpacked::tile_avx2::<super::tiles_unpacked::Q5_0>,
+        false => tile_q5_0_q8_0_direct,
+    };
+    // SAFETY: forwarded contract; both kernels need what this one's installation checked.
+    unsafe { f(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
+}
+
+/// [`tile_q5_0_q8_0`] with AVX-VNNI.
+///
+/// # Safety
+/// As [`tile_q5_0_q8_0`]; installed only after AVX-VNNI was detected too.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_q5_0_q8_0_vnni(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let f = match super::tiles_unpacked::takes(n / 32, nt) {
+        true => super::tiles_unpacked::tile_vnni::<super::tiles_unpacked::Q5_0>,
+        false => tile_q5_0_q8_0_direct_vnni,
     };
     // SAFETY: forwarded contract; both kernels need what this one's installation checked.
     unsafe { f(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }

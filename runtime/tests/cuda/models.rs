@@ -492,6 +492,61 @@ fn engine_on_cuda_equals_lone_cuda_sessions() {
     );
 }
 
+/// A conversation on a model with layer groups (synthetic Gemma 3: window 16, context 512)
+/// through a CUDA engine with the prefix cache: the second turn takes the first turn's whole
+/// blocks and the first tokens of its last, partial block in every group (slots copied on the
+/// device), and both turns give the ids of an engine that computes everything.
+#[test]
+fn grouped_partial_block_reuse_on_cuda() {
+    if device("grouped_partial_block_reuse_on_cuda").is_none() {
+        return;
+    }
+    let run = |prefix_caching: bool| {
+        let cfg = EngineConfig {
+            n_ctx: 512,
+            kv_budget: KvBudget::Blocks(200),
+            block_size: 16,
+            max_seqs: 2,
+            max_batch_tokens: 64,
+            max_requests: 4,
+            threads: 2,
+            prefix_caching,
+            ..EngineConfig::default()
+        };
+        let model = synth_gemma3(GgmlType::Q8_0, 256, 4, 5);
+        let mut e = Engine::with_backend(model, cfg, BackendKind::Cuda).unwrap();
+        assert!(e.kv_groups().len() > 1, "the window is grouped");
+        let params = RequestParams {
+            max_tokens: 13,
+            ignore_eos: true,
+            ..RequestParams::default()
+        };
+        let turn1: Vec<u32> = (0..40).map(|i| (i * 41 + 7) % 500).collect();
+        let a = e.submit(&turn1, &params).unwrap();
+        while e.has_work() {
+            e.step().unwrap();
+        }
+        let first = e.output(a).unwrap().next().unwrap().ids.clone();
+        e.release(a).unwrap();
+        let mut turn2 = turn1.clone();
+        turn2.extend(&first);
+        turn2.extend([3, 5, 7]);
+        let hit0 = e.metrics().prefix_hit_tokens;
+        let b = e.submit(&turn2, &params).unwrap();
+        while e.has_work() {
+            e.step().unwrap();
+        }
+        let second = e.output(b).unwrap().next().unwrap().ids.clone();
+        (first, second, e.metrics().prefix_hit_tokens - hit0)
+    };
+    let (first, second, hits) = run(true);
+    // 40 + 12 tokens computed in the first turn: 3 blocks of 16 and 4 tokens of the fourth.
+    assert_eq!(hits, 52, "every token the first turn computed");
+    let (first0, second0, _) = run(false);
+    assert_eq!((first, second), (first0, second0));
+    println!("grouped partial reuse on CUDA: {hits} prompt tokens reused, ids equal");
+}
+
 /// Prompt cache files through device memory: a cache written by the CPU engine, loaded into a
 /// CUDA engine and saved again from it, is byte for byte the same file (the blocks went to the
 /// device and back unchanged); a CUDA engine that loads a cache written on CUDA gives the ids of

@@ -427,102 +427,60 @@ tile_entry!(
     "Q8_0 × Q8_0 (AVX-VNNI)"
 );
 
-/// Q4_1 × Q8_1 tile product (AVX2; see [`crate::tile::TileDotFn`]): products of several tokens
-/// over rows of up to 4096 elements unpack each row group once ([`super::tiles_unpacked`]); the
-/// others take the plain micro-tiles. The same bits either way.
-///
-/// # Safety
-/// As [`crate::tile::TileDotFn`]; installed only after AVX2, FMA and F16C were detected.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_q4_1_q8_1(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    a: &[u8],
-    a_stride: usize,
-    nt: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    let f = match super::tiles_unpacked::takes(n / 32, nt) {
-        true => super::tiles_unpacked::tile_avx2::<super::tiles_unpacked::Q4_1>,
-        false => tile_q4_1_q8_1_direct,
+/// A tile entry point that takes `$unpacked` (a [`super::tiles_unpacked`] instance) for the
+/// products it serves — several tokens over rows of up to 4096 elements, each row group unpacked
+/// once — and the plain micro-tiles `$direct` for the others. The same bits either way.
+macro_rules! unpacked_or_direct {
+    ($name:ident, $unpacked:expr, $direct:ident, $what:literal) => {
+        #[doc = concat!($what, " tile product (see [`crate::tile::TileDotFn`]).")]
+        ///
+        /// # Safety
+        /// As [`crate::tile::TileDotFn`]; installed only after the CPU features of both kernels
+        /// were detected.
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $name(
+            n: usize,
+            w: &[u8],
+            w_stride: usize,
+            nr: usize,
+            a: &[u8],
+            a_stride: usize,
+            nt: usize,
+            out: *mut f32,
+            out_stride: usize,
+        ) {
+            let f: crate::tile::TileDotFn = match super::tiles_unpacked::takes(n / 32, nt) {
+                true => $unpacked,
+                false => $direct,
+            };
+            // SAFETY: forwarded contract; both kernels need what this one's installation checked.
+            unsafe { f(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
+        }
     };
-    // SAFETY: forwarded contract; both kernels need what this one's installation checked.
-    unsafe { f(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
 }
 
-/// [`tile_q4_1_q8_1`] with AVX-VNNI.
-///
-/// # Safety
-/// As [`tile_q4_1_q8_1`]; installed only after AVX-VNNI was detected too.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_q4_1_q8_1_vnni(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    a: &[u8],
-    a_stride: usize,
-    nt: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    let f = match super::tiles_unpacked::takes(n / 32, nt) {
-        true => super::tiles_unpacked::tile_vnni::<super::tiles_unpacked::Q4_1>,
-        false => tile_q4_1_q8_1_direct_vnni,
-    };
-    // SAFETY: forwarded contract; both kernels need what this one's installation checked.
-    unsafe { f(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
-}
-
-/// Q5_0 × Q8_0 tile product (AVX2; see [`crate::tile::TileDotFn`]): products of several tokens
-/// over rows of up to 4096 elements unpack each row group once ([`super::tiles_unpacked`]); the
-/// others take the plain micro-tiles. The same bits either way.
-///
-/// # Safety
-/// As [`crate::tile::TileDotFn`]; installed only after AVX2, FMA and F16C were detected.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_q5_0_q8_0(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    a: &[u8],
-    a_stride: usize,
-    nt: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    let f = match super::tiles_unpacked::takes(n / 32, nt) {
-        true => super::tiles_unpacked::tile_avx2::<super::tiles_unpacked::Q5_0>,
-        false => tile_q5_0_q8_0_direct,
-    };
-    // SAFETY: forwarded contract; both kernels need what this one's installation checked.
-    unsafe { f(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
-}
-
-/// [`tile_q5_0_q8_0`] with AVX-VNNI.
-///
-/// # Safety
-/// As [`tile_q5_0_q8_0`]; installed only after AVX-VNNI was detected too.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_q5_0_q8_0_vnni(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    a: &[u8],
-    a_stride: usize,
-    nt: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    let f = match super::tiles_unpacked::takes(n / 32, nt) {
-        true => super::tiles_unpacked::tile_vnni::<super::tiles_unpacked::Q5_0>,
-        false => tile_q5_0_q8_0_direct_vnni,
-    };
-    // SAFETY: forwarded contract; both kernels need what this one's installation checked.
-    unsafe { f(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
-}
+use super::tiles_unpacked::{tile_avx2, tile_vnni, Q4_1, Q5_0};
+unpacked_or_direct!(
+    tile_q4_1_q8_1,
+    tile_avx2::<Q4_1>,
+    tile_q4_1_q8_1_direct,
+    "Q4_1 × Q8_1 (AVX2)"
+);
+unpacked_or_direct!(
+    tile_q4_1_q8_1_vnni,
+    tile_vnni::<Q4_1>,
+    tile_q4_1_q8_1_direct_vnni,
+    "Q4_1 × Q8_1 (AVX-VNNI)"
+);
+unpacked_or_direct!(
+    tile_q5_0_q8_0,
+    tile_avx2::<Q5_0>,
+    tile_q5_0_q8_0_direct,
+    "Q5_0 × Q8_0 (AVX2)"
+);
+unpacked_or_direct!(
+    tile_q5_0_q8_0_vnni,
+    tile_vnni::<Q5_0>,
+    tile_q5_0_q8_0_direct_vnni,
+    "Q5_0 × Q8_0 (AVX-VNNI)"
+);

@@ -58,7 +58,7 @@ pub(super) unsafe fn hsum8(x: __m256) -> f32 {
 /// # Safety
 /// The CPU must have AVX2; called only from kernels that enable it.
 #[inline(always)]
-pub(super) unsafe fn lane_sums(u: __m256i, s: __m256i) -> __m256 {
+unsafe fn lane_sums(u: __m256i, s: __m256i) -> __m256 {
     // SAFETY: AVX2 is enabled in every caller (target_feature).
     unsafe {
         let pairs = _mm256_maddubs_epi16(u, s);
@@ -71,7 +71,7 @@ pub(super) unsafe fn lane_sums(u: __m256i, s: __m256i) -> __m256 {
 /// # Safety
 /// The CPU must have AVX-VNNI; called only from kernels that enable it.
 #[inline(always)]
-pub(super) unsafe fn lane_sums_vnni(u: __m256i, s: __m256i) -> __m256 {
+unsafe fn lane_sums_vnni(u: __m256i, s: __m256i) -> __m256 {
     // SAFETY: AVX-VNNI is enabled in every caller (target_feature).
     unsafe { _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)) }
 }
@@ -82,7 +82,7 @@ pub(super) unsafe fn lane_sums_vnni(u: __m256i, s: __m256i) -> __m256 {
 /// # Safety
 /// The CPU must have AVX2; called only from kernels that enable it.
 #[inline(always)]
-pub(super) unsafe fn lane_sums_i(u: __m256i, s: __m256i) -> __m256i {
+unsafe fn lane_sums_i(u: __m256i, s: __m256i) -> __m256i {
     // SAFETY: AVX2 is enabled in every caller (target_feature).
     unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
 }
@@ -92,37 +92,116 @@ pub(super) unsafe fn lane_sums_i(u: __m256i, s: __m256i) -> __m256i {
 /// # Safety
 /// The CPU must have AVX-VNNI; called only from kernels that enable it.
 #[inline(always)]
-pub(super) unsafe fn lane_sums_vnni_i(u: __m256i, s: __m256i) -> __m256i {
+unsafe fn lane_sums_vnni_i(u: __m256i, s: __m256i) -> __m256i {
     // SAFETY: AVX-VNNI is enabled in every caller (target_feature).
     unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s) }
 }
 
-/// The micro-kernels, instantiated for plain AVX2 and for AVX-VNNI (whose `vpdpbusd` computes
-/// the same exact lane sums as `maddubs` + `madd` — no 16-bit saturation occurs with 4-bit
-/// weights or ±127 activations — in one instruction).
-macro_rules! micro_kernels {
-    ($feat:literal, $sums:ident, $sums_i:ident, $q4_1:ident, $q8_0:ident, $q5_0:ident) => {
-        /// One `R × T` micro-tile of Q4_1 × Q8_1 over `nb` blocks; `prefetch` asks for
-        /// software prefetches ahead in each weight row (set on the first pass over the rows,
-        /// which reads them from memory: hardware prefetching alone left decode at about a third
-        /// of the machine's read bandwidth).
-        ///
-        /// # Safety
-        /// The CPU has AVX2, FMA and F16C; `w` points at `R` rows of `nb` blocks, `w_stride` bytes
-        /// apart; `a` at `T` rows of `nb` blocks, `a_stride` apart; `out.add(t * out_stride + r)` is
-        /// writable for `t < T`, `r < R`.
-        #[target_feature(enable = $feat)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $q4_1<const R: usize, const T: usize>(
-            nb: usize,
-            w: *const u8,
-            w_stride: usize,
-            a: *const u8,
-            a_stride: usize,
-            out: *mut f32,
-            out_stride: usize,
-            prefetch: bool,
-        ) {
+/// `Σ u8 × i8` lanes of a weight block and an activation block: plain AVX2 (`maddubs` +
+/// `madd`) or AVX-VNNI (whose `vpdpbusd` computes the same exact lane sums — no 16-bit
+/// saturation occurs with 4- or 5-bit weights or ±127 activations — in one instruction). The
+/// micro-tiles are written once, generic over it.
+pub(super) trait LaneSums {
+    /// As f32.
+    ///
+    /// # Safety
+    /// The CPU has the instructions the implementation uses (its caller enables them).
+    unsafe fn sums(u: __m256i, s: __m256i) -> __m256;
+    /// As exact i32.
+    ///
+    /// # Safety
+    /// As [`LaneSums::sums`].
+    unsafe fn sums_i(u: __m256i, s: __m256i) -> __m256i;
+}
+
+/// AVX2's lane sums.
+pub(super) struct Avx2;
+/// AVX-VNNI's lane sums.
+pub(super) struct AvxVnni;
+
+impl LaneSums for Avx2 {
+    #[inline(always)]
+    unsafe fn sums(u: __m256i, s: __m256i) -> __m256 {
+        // SAFETY: forwarded contract (AVX2).
+        unsafe { lane_sums(u, s) }
+    }
+    #[inline(always)]
+    unsafe fn sums_i(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: forwarded contract (AVX2).
+        unsafe { lane_sums_i(u, s) }
+    }
+}
+
+impl LaneSums for AvxVnni {
+    #[inline(always)]
+    unsafe fn sums(u: __m256i, s: __m256i) -> __m256 {
+        // SAFETY: forwarded contract (AVX-VNNI).
+        unsafe { lane_sums_vnni(u, s) }
+    }
+    #[inline(always)]
+    unsafe fn sums_i(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: forwarded contract (AVX-VNNI).
+        unsafe { lane_sums_vnni_i(u, s) }
+    }
+}
+
+/// A micro-tile kernel: `R × T` (row, token) pairs over `nb` blocks; `prefetch` asks for
+/// software prefetches ahead in each weight row (set on the first pass over the rows, which
+/// reads them from memory: hardware prefetching alone left decode at about a third of the
+/// machine's read bandwidth).
+trait MicroKernel {
+    /// # Safety
+    /// The CPU has AVX2, FMA, F16C and what `S` uses (the `target_feature` function this is
+    /// inlined into enables them); `w` points at `R` rows of `nb` blocks, `w_stride` bytes
+    /// apart; `a` at `T` rows of `nb` blocks, `a_stride` apart; `out.add(t * out_stride + r)`
+    /// is writable for `t < T`, `r < R`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run<S: LaneSums, const R: usize, const T: usize>(
+        nb: usize,
+        w: *const u8,
+        w_stride: usize,
+        a: *const u8,
+        a_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+        prefetch: bool,
+    );
+}
+
+/// Q4_1 × Q8_1.
+struct Q4_1;
+/// Q8_0 × Q8_0.
+struct Q8_0;
+/// Q5_0 × Q8_0.
+struct Q5_0;
+
+/// A software prefetch `PREFETCH_BLOCKS` blocks of `size` bytes ahead of block `i` of the row
+/// at `row` (of any address: wrapping arithmetic, no access).
+///
+/// # Safety
+/// The CPU has SSE (every x86_64 does).
+#[inline(always)]
+unsafe fn prefetch_ahead(row: *const u8, i: usize, size: usize) {
+    // SAFETY: a prefetch reads nothing architecturally; SSE is baseline.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add((i + PREFETCH_BLOCKS) * size).cast()) };
+}
+
+impl MicroKernel for Q4_1 {
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn run<S: LaneSums, const R: usize, const T: usize>(
+        nb: usize,
+        w: *const u8,
+        w_stride: usize,
+        a: *const u8,
+        a_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+        prefetch: bool,
+    ) {
+        // SAFETY: the intrinsics need what the caller's `target_feature` enables; every block
+        // read is within the rows the caller vouches for (contract).
+        unsafe {
             let low = _mm256_set1_epi8(0x0f);
             let mut acc = [[_mm256_setzero_ps(); T]; R];
             let mut summs = [[0f32; T]; R];
@@ -131,36 +210,20 @@ macro_rules! micro_kernels {
                 let mut da = [_mm256_setzero_ps(); T];
                 let mut sa = [0f32; T];
                 for t in 0..T {
-                    // SAFETY: block `i` of activation row `t` is in bounds (caller).
-                    unsafe {
-                        let y = a.add(t * a_stride + i * Q8_1_SIZE);
-                        da[t] = _mm256_set1_ps(f16_at(y));
-                        sa[t] = f16_at(y.add(2));
-                        qy[t] = _mm256_loadu_si256(y.add(4).cast());
-                    }
+                    let y = a.add(t * a_stride + i * Q8_1_SIZE);
+                    da[t] = _mm256_set1_ps(f16_at(y));
+                    sa[t] = f16_at(y.add(2));
+                    qy[t] = _mm256_loadu_si256(y.add(4).cast());
                 }
                 for r in 0..R {
                     if prefetch {
                         // The first pass over these weight rows reads them from memory: fetch
                         // ahead in each row (decode is bound by this).
-                        // (A prefetch of any address is harmless: wrapping arithmetic, no
-                        // access.)
-                        {
-                            _mm_prefetch::<_MM_HINT_T0>(
-                                w.wrapping_add(r * w_stride + (i + PREFETCH_BLOCKS) * Q4_1_SIZE)
-                                    .cast(),
-                            )
-                        };
+                        prefetch_ahead(w.add(r * w_stride), i, Q4_1_SIZE);
                     }
-                    // SAFETY: block `i` of weight row `r` is in bounds (caller).
-                    let (dw, mw, packed) = unsafe {
-                        let x = w.add(r * w_stride + i * Q4_1_SIZE);
-                        (
-                            _mm256_set1_ps(f16_at(x)),
-                            f16_at(x.add(2)),
-                            _mm_loadu_si128(x.add(4).cast()),
-                        )
-                    };
+                    let x = w.add(r * w_stride + i * Q4_1_SIZE);
+                    let (dw, mw) = (_mm256_set1_ps(f16_at(x)), f16_at(x.add(2)));
+                    let packed = _mm_loadu_si128(x.add(4).cast());
                     // Low nibbles are elements 0..16, high nibbles 16..32.
                     let qx = _mm256_and_si256(
                         _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed),
@@ -168,140 +231,107 @@ macro_rules! micro_kernels {
                     );
                     for t in 0..T {
                         summs[r][t] = mw.mul_add(sa[t], summs[r][t]);
-                        // SAFETY: AVX2 (target_feature).
-                        let s = unsafe { $sums(qx, qy[t]) };
+                        let s = S::sums(qx, qy[t]);
                         acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da[t]), s, acc[r][t]);
                     }
                 }
             }
             for r in 0..R {
                 for t in 0..T {
-                    // SAFETY: AVX (target_feature); the element is writable (caller).
-                    unsafe { *out.add(t * out_stride + r) = hsum8(acc[r][t]) + summs[r][t] };
+                    *out.add(t * out_stride + r) = hsum8(acc[r][t]) + summs[r][t];
                 }
             }
         }
+    }
+}
 
-        /// One `R × T` micro-tile of Q8_0 × Q8_0 over `nb` blocks (contract as the Q4_1 one).
-        ///
-        /// # Safety
-        /// As the Q4_1 micro-tile's: the CPU has the features `$feat` names, and every pointer is
-        /// valid for the `R` weight rows, `T` activation rows and `R × T` outputs it addresses.
-        #[target_feature(enable = $feat)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $q8_0<const R: usize, const T: usize>(
-            nb: usize,
-            w: *const u8,
-            w_stride: usize,
-            a: *const u8,
-            a_stride: usize,
-            out: *mut f32,
-            out_stride: usize,
-            prefetch: bool,
-        ) {
+impl MicroKernel for Q8_0 {
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn run<S: LaneSums, const R: usize, const T: usize>(
+        nb: usize,
+        w: *const u8,
+        w_stride: usize,
+        a: *const u8,
+        a_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+        prefetch: bool,
+    ) {
+        // SAFETY: as in the Q4_1 kernel.
+        unsafe {
             let mut acc = [[_mm256_setzero_ps(); T]; R];
             for i in 0..nb {
                 let mut qy = [_mm256_set1_epi8(0); T];
                 let mut da = [_mm256_setzero_ps(); T];
                 for t in 0..T {
-                    // SAFETY: block `i` of activation row `t` is in bounds (caller).
-                    unsafe {
-                        let y = a.add(t * a_stride + i * Q8_0_SIZE);
-                        da[t] = _mm256_set1_ps(f16_at(y));
-                        qy[t] = _mm256_loadu_si256(y.add(2).cast());
-                    }
+                    let y = a.add(t * a_stride + i * Q8_0_SIZE);
+                    da[t] = _mm256_set1_ps(f16_at(y));
+                    qy[t] = _mm256_loadu_si256(y.add(2).cast());
                 }
                 for r in 0..R {
                     if prefetch {
-                        // The first pass over these weight rows reads them from memory: fetch
-                        // ahead in each row (decode is bound by this).
-                        // (A prefetch of any address is harmless: wrapping arithmetic, no
-                        // access.)
-                        {
-                            _mm_prefetch::<_MM_HINT_T0>(
-                                w.wrapping_add(r * w_stride + (i + PREFETCH_BLOCKS) * Q8_0_SIZE)
-                                    .cast(),
-                            )
-                        };
+                        prefetch_ahead(w.add(r * w_stride), i, Q8_0_SIZE);
                     }
-                    // SAFETY: block `i` of weight row `r` is in bounds (caller).
-                    let (dw, qx) = unsafe {
-                        let x = w.add(r * w_stride + i * Q8_0_SIZE);
-                        (
-                            _mm256_set1_ps(f16_at(x)),
-                            _mm256_loadu_si256(x.add(2).cast()),
-                        )
-                    };
+                    let x = w.add(r * w_stride + i * Q8_0_SIZE);
+                    let (dw, qx) = (
+                        _mm256_set1_ps(f16_at(x)),
+                        _mm256_loadu_si256(x.add(2).cast()),
+                    );
                     // |x| as unsigned times y with x's sign: exact while y != -128 (activation
                     // quantizers clamp to ±127).
                     let ux = _mm256_sign_epi8(qx, qx);
                     for t in 0..T {
-                        // SAFETY: AVX2 (target_feature).
-                        let s = unsafe { $sums(ux, _mm256_sign_epi8(qy[t], qx)) };
+                        let s = S::sums(ux, _mm256_sign_epi8(qy[t], qx));
                         acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da[t]), s, acc[r][t]);
                     }
                 }
             }
             for r in 0..R {
                 for t in 0..T {
-                    // SAFETY: AVX (target_feature); the element is writable (caller).
-                    unsafe { *out.add(t * out_stride + r) = hsum8(acc[r][t]) };
+                    *out.add(t * out_stride + r) = hsum8(acc[r][t]);
                 }
             }
         }
+    }
+}
 
-        /// One `R × T` micro-tile of Q5_0 × Q8_0 over `nb` blocks (contract as the Q4_1 one):
-        /// `(q - 16) · y` as `q · y` minus `16 · y` (exact for every i8 activation), the second
-        /// part once per activation block.
-        ///
-        /// # Safety
-        /// As the Q4_1 micro-tile's: the CPU has the features `$feat` names, and every pointer is
-        /// valid for the `R` weight rows, `T` activation rows and `R × T` outputs it addresses.
-        #[target_feature(enable = $feat)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $q5_0<const R: usize, const T: usize>(
-            nb: usize,
-            w: *const u8,
-            w_stride: usize,
-            a: *const u8,
-            a_stride: usize,
-            out: *mut f32,
-            out_stride: usize,
-            prefetch: bool,
-        ) {
+/// `(q - 16) · y` as `q · y` minus `16 · y` (exact for every i8 activation), the second part
+/// once per activation block.
+impl MicroKernel for Q5_0 {
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn run<S: LaneSums, const R: usize, const T: usize>(
+        nb: usize,
+        w: *const u8,
+        w_stride: usize,
+        a: *const u8,
+        a_stride: usize,
+        out: *mut f32,
+        out_stride: usize,
+        prefetch: bool,
+    ) {
+        // SAFETY: as in the Q4_1 kernel.
+        unsafe {
             let mut acc = [[_mm256_setzero_ps(); T]; R];
             for i in 0..nb {
                 let mut qy = [_mm256_set1_epi8(0); T];
                 let mut da = [_mm256_setzero_ps(); T];
                 let mut off = [_mm256_setzero_si256(); T];
                 for t in 0..T {
-                    // SAFETY: block `i` of activation row `t` is in bounds (caller); AVX2.
-                    unsafe {
-                        let y = a.add(t * a_stride + i * Q8_0_SIZE);
-                        da[t] = _mm256_set1_ps(f16_at(y));
-                        qy[t] = _mm256_loadu_si256(y.add(2).cast());
-                        off[t] = $sums_i(_mm256_set1_epi8(16), qy[t]);
-                    }
+                    let y = a.add(t * a_stride + i * Q8_0_SIZE);
+                    da[t] = _mm256_set1_ps(f16_at(y));
+                    qy[t] = _mm256_loadu_si256(y.add(2).cast());
+                    off[t] = S::sums_i(_mm256_set1_epi8(16), qy[t]);
                 }
                 for r in 0..R {
                     if prefetch {
-                        // As in the Q4_1 kernel. (A prefetch of any address is harmless:
-                        // wrapping arithmetic, no access.)
-                        {
-                            _mm_prefetch::<_MM_HINT_T0>(
-                                w.wrapping_add(r * w_stride + (i + PREFETCH_BLOCKS) * Q5_0_SIZE)
-                                    .cast(),
-                            )
-                        };
+                        prefetch_ahead(w.add(r * w_stride), i, Q5_0_SIZE);
                     }
-                    // SAFETY: block `i` of weight row `r` is in bounds (caller); AVX2.
-                    let (dw, qx) = unsafe {
-                        let x = w.add(r * w_stride + i * Q5_0_SIZE);
-                        (_mm256_set1_ps(f16_at(x)), q5_0_quants(x))
-                    };
+                    let x = w.add(r * w_stride + i * Q5_0_SIZE);
+                    let (dw, qx) = (_mm256_set1_ps(f16_at(x)), q5_0_quants(x));
                     for t in 0..T {
-                        // SAFETY: AVX2 (target_feature).
-                        let s = unsafe { _mm256_sub_epi32($sums_i(qx, qy[t]), off[t]) };
+                        let s = _mm256_sub_epi32(S::sums_i(qx, qy[t]), off[t]);
                         acc[r][t] = _mm256_fmadd_ps(
                             _mm256_mul_ps(dw, da[t]),
                             _mm256_cvtepi32_ps(s),
@@ -312,57 +342,84 @@ macro_rules! micro_kernels {
             }
             for r in 0..R {
                 for t in 0..T {
-                    // SAFETY: AVX (target_feature); the element is writable (caller).
-                    unsafe { *out.add(t * out_stride + r) = hsum8(acc[r][t]) };
+                    *out.add(t * out_stride + r) = hsum8(acc[r][t]);
                 }
             }
         }
-    };
+    }
 }
 
-micro_kernels!(
-    "avx2,fma,f16c",
-    lane_sums,
-    lane_sums_i,
-    q4_1_micro,
-    q8_0_micro,
-    q5_0_micro
-);
-micro_kernels!(
-    "avx2,fma,f16c,avxvnni",
-    lane_sums_vnni,
-    lane_sums_vnni_i,
-    q4_1_micro_vnni,
-    q8_0_micro_vnni,
-    q5_0_micro_vnni
-);
+/// Micro-kernel `K` with AVX2's lane sums, compiled for AVX2, FMA and F16C.
+///
+/// # Safety
+/// As [`MicroKernel::run`]; the CPU has those features.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx2<K: MicroKernel, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    a: *const u8,
+    a_stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+    prefetch: bool,
+) {
+    // SAFETY: forwarded contract; the features are enabled here.
+    unsafe { K::run::<Avx2, R, T>(nb, w, w_stride, a, a_stride, out, out_stride, prefetch) }
+}
+
+/// Micro-kernel `K` with AVX-VNNI's lane sums.
+///
+/// # Safety
+/// As [`avx2`]; the CPU also has AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn vnni<K: MicroKernel, const R: usize, const T: usize>(
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    a: *const u8,
+    a_stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+    prefetch: bool,
+) {
+    // SAFETY: forwarded contract; the features are enabled here.
+    unsafe { K::run::<AvxVnni, R, T>(nb, w, w_stride, a, a_stride, out, out_stride, prefetch) }
+}
 
 use crate::tile::{walk, Micro};
 
-/// The `[[f::<r, t>; MT]; MR]` table of micro-kernel instances, for `MR = 4` and `MT` 2 or 3.
+/// The `[[isa::<K, r, t>; MT]; MR]` table of micro-kernel instances, for `MR = 4` and `MT` 2
+/// or 3.
 macro_rules! micro_table {
-    ($f:ident, 4, 2) => {
+    ($isa:ident, $k:ty, 4, 2) => {
         [
-            [$f::<1, 1> as Micro, $f::<1, 2>],
-            [$f::<2, 1>, $f::<2, 2>],
-            [$f::<3, 1>, $f::<3, 2>],
-            [$f::<4, 1>, $f::<4, 2>],
+            [$isa::<$k, 1, 1> as Micro, $isa::<$k, 1, 2>],
+            [$isa::<$k, 2, 1>, $isa::<$k, 2, 2>],
+            [$isa::<$k, 3, 1>, $isa::<$k, 3, 2>],
+            [$isa::<$k, 4, 1>, $isa::<$k, 4, 2>],
         ]
     };
-    ($f:ident, 4, 3) => {
+    ($isa:ident, $k:ty, 4, 3) => {
         [
-            [$f::<1, 1> as Micro, $f::<1, 2>, $f::<1, 3>],
-            [$f::<2, 1>, $f::<2, 2>, $f::<2, 3>],
-            [$f::<3, 1>, $f::<3, 2>, $f::<3, 3>],
-            [$f::<4, 1>, $f::<4, 2>, $f::<4, 3>],
+            [
+                $isa::<$k, 1, 1> as Micro,
+                $isa::<$k, 1, 2>,
+                $isa::<$k, 1, 3>,
+            ],
+            [$isa::<$k, 2, 1>, $isa::<$k, 2, 2>, $isa::<$k, 2, 3>],
+            [$isa::<$k, 3, 1>, $isa::<$k, 3, 2>, $isa::<$k, 3, 3>],
+            [$isa::<$k, 4, 1>, $isa::<$k, 4, 2>, $isa::<$k, 4, 3>],
         ]
     };
 }
 
-/// A tile entry point over micro-kernel `$micro` in `$mr × $mt` tiles (shapes measured with
+/// A tile entry point over micro-kernel `$k` (with `$isa`'s features) in `$mr × $mt` tiles (shapes measured with
 /// `examples/tile_bench.rs`: the best that avoids register spills in 16 AVX2 registers).
 macro_rules! tile_entry {
-    ($name:ident, $micro:ident, $mr:tt x $mt:tt, $sizes:expr, $what:literal) => {
+    ($name:ident, $isa:ident, $k:ty, $mr:tt x $mt:tt, $sizes:expr, $what:literal) => {
         #[doc = concat!($what, " tile product (see [`crate::tile::TileDotFn`]).")]
         ///
         /// # Safety
@@ -380,7 +437,7 @@ macro_rules! tile_entry {
             out: *mut f32,
             out_stride: usize,
         ) {
-            static MICRO: [[Micro; $mt]; $mr] = micro_table!($micro, $mr, $mt);
+            static MICRO: [[Micro; $mt]; $mr] = micro_table!($isa, $k, $mr, $mt);
             // SAFETY: forwarded contract.
             unsafe {
                 walk(
@@ -402,26 +459,29 @@ macro_rules! tile_entry {
     };
 }
 
-tile_entry!(tile_q4_1_q8_1_direct, q4_1_micro, 4 x 3, (Q4_1_SIZE, Q8_1_SIZE), "Q4_1 × Q8_1 (AVX2)");
-tile_entry!(tile_q8_0_q8_0, q8_0_micro, 4 x 2, (Q8_0_SIZE, Q8_0_SIZE), "Q8_0 × Q8_0 (AVX2)");
-tile_entry!(tile_q5_0_q8_0_direct, q5_0_micro, 4 x 2, (Q5_0_SIZE, Q8_0_SIZE), "Q5_0 × Q8_0 (AVX2)");
+tile_entry!(tile_q4_1_q8_1_direct, avx2, Q4_1, 4 x 3, (Q4_1_SIZE, Q8_1_SIZE), "Q4_1 × Q8_1 (AVX2)");
+tile_entry!(tile_q8_0_q8_0, avx2, Q8_0, 4 x 2, (Q8_0_SIZE, Q8_0_SIZE), "Q8_0 × Q8_0 (AVX2)");
+tile_entry!(tile_q5_0_q8_0_direct, avx2, Q5_0, 4 x 2, (Q5_0_SIZE, Q8_0_SIZE), "Q5_0 × Q8_0 (AVX2)");
 tile_entry!(
     tile_q5_0_q8_0_direct_vnni,
-    q5_0_micro_vnni,
+    vnni,
+    Q5_0,
     4 x 2,
     (Q5_0_SIZE, Q8_0_SIZE),
     "Q5_0 × Q8_0 (AVX-VNNI)"
 );
 tile_entry!(
     tile_q4_1_q8_1_direct_vnni,
-    q4_1_micro_vnni,
+    vnni,
+    Q4_1,
     4 x 3,
     (Q4_1_SIZE, Q8_1_SIZE),
     "Q4_1 × Q8_1 (AVX-VNNI)"
 );
 tile_entry!(
     tile_q8_0_q8_0_vnni,
-    q8_0_micro_vnni,
+    vnni,
+    Q8_0,
     4 x 2,
     (Q8_0_SIZE, Q8_0_SIZE),
     "Q8_0 × Q8_0 (AVX-VNNI)"
@@ -459,28 +519,28 @@ macro_rules! unpacked_or_direct {
     };
 }
 
-use super::tiles_unpacked::{tile_avx2, tile_vnni, Q4_1, Q5_0};
+use super::tiles_unpacked::{self as unpacked, tile_avx2, tile_vnni};
 unpacked_or_direct!(
     tile_q4_1_q8_1,
-    tile_avx2::<Q4_1>,
+    tile_avx2::<unpacked::Q4_1>,
     tile_q4_1_q8_1_direct,
     "Q4_1 × Q8_1 (AVX2)"
 );
 unpacked_or_direct!(
     tile_q4_1_q8_1_vnni,
-    tile_vnni::<Q4_1>,
+    tile_vnni::<unpacked::Q4_1>,
     tile_q4_1_q8_1_direct_vnni,
     "Q4_1 × Q8_1 (AVX-VNNI)"
 );
 unpacked_or_direct!(
     tile_q5_0_q8_0,
-    tile_avx2::<Q5_0>,
+    tile_avx2::<unpacked::Q5_0>,
     tile_q5_0_q8_0_direct,
     "Q5_0 × Q8_0 (AVX2)"
 );
 unpacked_or_direct!(
     tile_q5_0_q8_0_vnni,
-    tile_vnni::<Q5_0>,
+    tile_vnni::<unpacked::Q5_0>,
     tile_q5_0_q8_0_direct_vnni,
     "Q5_0 × Q8_0 (AVX-VNNI)"
 );

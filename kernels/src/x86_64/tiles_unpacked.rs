@@ -15,7 +15,7 @@
 //! fewer than [`MIN_TOKENS`] tokens, which would not reuse the buffer, take the plain tiles).
 
 use std::arch::x86_64::{
-    __m256, __m256i, _mm256_and_si256, _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_loadu_si256,
+    __m256i, _mm256_and_si256, _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_loadu_si256,
     _mm256_mul_ps, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i, _mm256_setzero_ps,
     _mm256_setzero_si256, _mm256_storeu_si256, _mm256_sub_epi32, _mm_loadu_si128, _mm_srli_epi16,
 };
@@ -23,7 +23,7 @@ use std::mem::MaybeUninit;
 
 use super::f16c::f16_ptr;
 use super::q5_0::q5_0_quants;
-use super::tiles::{hsum8, lane_sums, lane_sums_i, lane_sums_vnni, lane_sums_vnni_i};
+use super::tiles::{hsum8, Avx2, AvxVnni, LaneSums};
 
 const Q4_1_SIZE: usize = 20;
 const Q5_0_SIZE: usize = 22;
@@ -39,49 +39,6 @@ pub(super) const MAX_BLOCKS: usize = 128;
 pub(super) const MIN_TOKENS: usize = 4;
 /// Activation scales per token group buffered (a group is about 16 KiB of activations).
 const MAX_GROUP_BLOCKS: usize = 512;
-
-/// `Σ u8 × i8` lanes of a weight block and an activation block (AVX2 or AVX-VNNI).
-pub(super) trait LaneSums {
-    /// As f32.
-    ///
-    /// # Safety
-    /// The CPU has the instructions the implementation uses (its caller enables them).
-    unsafe fn sums(u: __m256i, s: __m256i) -> __m256;
-    /// As exact i32.
-    ///
-    /// # Safety
-    /// As [`LaneSums::sums`].
-    unsafe fn sums_i(u: __m256i, s: __m256i) -> __m256i;
-}
-
-pub(super) struct Avx2;
-pub(super) struct AvxVnni;
-
-impl LaneSums for Avx2 {
-    #[inline(always)]
-    unsafe fn sums(u: __m256i, s: __m256i) -> __m256 {
-        // SAFETY: forwarded contract (AVX2).
-        unsafe { lane_sums(u, s) }
-    }
-    #[inline(always)]
-    unsafe fn sums_i(u: __m256i, s: __m256i) -> __m256i {
-        // SAFETY: forwarded contract (AVX2).
-        unsafe { lane_sums_i(u, s) }
-    }
-}
-
-impl LaneSums for AvxVnni {
-    #[inline(always)]
-    unsafe fn sums(u: __m256i, s: __m256i) -> __m256 {
-        // SAFETY: forwarded contract (AVX-VNNI).
-        unsafe { lane_sums_vnni(u, s) }
-    }
-    #[inline(always)]
-    unsafe fn sums_i(u: __m256i, s: __m256i) -> __m256i {
-        // SAFETY: forwarded contract (AVX-VNNI).
-        unsafe { lane_sums_vnni_i(u, s) }
-    }
-}
 
 /// A weight format this file unpacks, with its activation format.
 pub(super) trait Format {

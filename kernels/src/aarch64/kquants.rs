@@ -16,7 +16,7 @@ use std::arch::aarch64::{
     vsubq_s32, vsubq_u8,
 };
 
-use super::lanes::{f16_at, load_i8, sdot4, sums4, Acc8};
+use super::lanes::{f16_at, load_i8, Acc8, LaneSums, Mull, Sdot};
 use crate::reference::q4_k::{scales_mins_k4, K_SCALE_SIZE};
 
 const Q4_K_SIZE: usize = 144;
@@ -60,164 +60,269 @@ fn q4k_scales(x: &[u8]) -> ([i32; 8], [i32; 8]) {
     scales_mins_k4(&s)
 }
 
-/// The dots for one way of forming 4-byte lane sums (`$dot4`: `sdot4` or `sums4`), compiled
-/// for `$feat`.
-macro_rules! kquant_dots {
-    ($m:ident, $feat:literal, $dot4:ident) => {
-        mod $m {
-            use super::*;
+// The k-quant dots, each written once, generic over how the 4-byte lane sums are formed
+// (`LaneSums`: `sdot` or plain NEON), and inlined whole into `with_sdot` and `with_mull`, which
+// are compiled for exactly the features of their variant (NEON itself is baseline on aarch64).
 
-            /// `[Σ lo nibbles × y, Σ hi nibbles × y]` of each 64-element chunk `c` of one Q4_K ×
-            /// Q8_K super-block (low nibbles of `qs[32c..32c+32]` are elements `64c..64c+32`, high
-            /// nibbles `64c+32..64c+64`).
-            #[inline]
-            #[target_feature(enable = $feat)]
-            fn q4k_chunk_sums(x: &[u8], y: &[u8]) -> [[i32; 2]; 4] {
-                let low = vdupq_n_u8(0x0f);
-                let mut r = [[0i32; 2]; 4];
-                for (c, rc) in r.iter_mut().enumerate() {
-                    let (q0, q1) = (load_u8(&x[16 + 32 * c..]), load_u8(&x[32 + 32 * c..]));
-                    let yb = 4 + 64 * c;
-                    let lo = vaddq_s32(
-                        $dot4(s8(vandq_u8(q0, low)), load_i8(&y[yb..])),
-                        $dot4(s8(vandq_u8(q1, low)), load_i8(&y[yb + 16..])),
-                    );
-                    let hi = vaddq_s32(
-                        $dot4(s8(vshrq_n_u8::<4>(q0)), load_i8(&y[yb + 32..])),
-                        $dot4(s8(vshrq_n_u8::<4>(q1)), load_i8(&y[yb + 48..])),
-                    );
-                    *rc = [vaddvq_s32(lo), vaddvq_s32(hi)];
-                }
-                r
-            }
-
-            #[target_feature(enable = $feat)]
-            pub(super) fn q4k(w: &[u8], a: &[u8]) -> f32 {
-                let (mut acc, mut acc_min) = (0f32, 0f32);
-                for (x, y) in w.chunks_exact(Q4_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
-                    let (sc, mn) = q4k_scales(x);
-                    let (ya, bsums) = q8k_head(y);
-                    let parts = q4k_chunk_sums(x, y);
-                    let mut sumi = 0i32;
-                    for (c, p) in parts.iter().enumerate() {
-                        sumi += sc[2 * c] * p[0] + sc[2 * c + 1] * p[1];
-                    }
-                    let mut summ = 0i32;
-                    for (j, &s) in bsums.iter().enumerate() {
-                        summ += s * mn[j / 2];
-                    }
-                    acc = (sumi as f32).mul_add(f16_at(x, 0) * ya, acc);
-                    acc_min = (summ as f32).mul_add(f16_at(x, 2) * ya, acc_min);
-                }
-                acc - acc_min
-            }
-
-            #[target_feature(enable = $feat)]
-            pub(super) fn q4k_x4(w: &[u8], a: &[u8]) -> f32 {
-                let (mut acc, mut acc_min) = (0f32, 0f32);
-                for (x, y) in w.chunks_exact(Q4_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
-                    let (sc, mn) = q4k_scales(x);
-                    let (ya, b) = q8k_head(y);
-                    let (d, dmin) = (f16_at(x, 0) * ya, f16_at(x, 2) * ya);
-                    let parts = q4k_chunk_sums(x, y);
-                    for (c, p) in parts.iter().enumerate() {
-                        let sumi = sc[2 * c] * p[0] + sc[2 * c + 1] * p[1];
-                        let summ = (b[4 * c] + b[4 * c + 1]) * mn[2 * c]
-                            + (b[4 * c + 2] + b[4 * c + 3]) * mn[2 * c + 1];
-                        acc = (sumi as f32).mul_add(d, acc);
-                        acc_min = (summ as f32).mul_add(dmin, acc_min);
-                    }
-                }
-                acc - acc_min
-            }
-
-            /// The 8 integer lanes of one Q6_K × Q8_K super-block: lane `4 * (g % 2) + j` gets
-            /// `sc[g] · Σ (q + 32) · y` (`sc[g] · Σ q · y` when `CENTERED`) over bytes `4j..4j+4` of each
-            /// 16-element group `g` (returned as lanes 0..4 and 4..8).
-            #[inline]
-            #[target_feature(enable = $feat)]
-            fn q6k_lanes<const CENTERED: bool>(x: &[u8], y: &[u8]) -> [int32x4_t; 2] {
-                let (low, two) = (vdupq_n_u8(0x0f), vdupq_n_u8(0x03));
-                let mut lanes = [vdupq_n_s32(0); 2];
-                for h in 0..2 {
-                    let (ql, qh) = (&x[64 * h..], &x[128 + 32 * h..]);
-                    for lc in [0, 16] {
-                        let (l0, l1, hb) = (
-                            load_u8(&ql[lc..]),
-                            load_u8(&ql[32 + lc..]),
-                            load_u8(&qh[lc..]),
-                        );
-                        // Elements l, l + 32, l + 64, l + 96 (l = lc..lc + 16) of this half, 0..64.
-                        let quads = [
-                            vorrq_u8(vandq_u8(l0, low), vshlq_n_u8::<4>(vandq_u8(hb, two))),
-                            vorrq_u8(
-                                vandq_u8(l1, low),
-                                vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(hb), two)),
-                            ),
-                            vorrq_u8(
-                                vshrq_n_u8::<4>(l0),
-                                vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(hb), two)),
-                            ),
-                            vorrq_u8(vshrq_n_u8::<4>(l1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(hb))),
-                        ];
-                        for (k, &u) in quads.iter().enumerate() {
-                            let e = 128 * h + 32 * k + lc;
-                            let g = e / 16;
-                            let sc = i32::from(x[192 + g] as i8);
-                            let q = if CENTERED {
-                                s8(vsubq_u8(u, vdupq_n_u8(32)))
-                            } else {
-                                s8(u)
-                            };
-                            let s = $dot4(q, load_i8(&y[4 + e..]));
-                            lanes[g % 2] = vmlaq_n_s32(lanes[g % 2], s, sc);
-                        }
-                    }
-                }
-                lanes
-            }
-
-            #[target_feature(enable = $feat)]
-            pub(super) fn q6k(w: &[u8], a: &[u8]) -> f32 {
-                let mut acc = Acc8::zero();
-                for (x, y) in w.chunks_exact(Q6_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
-                    let (ya, b) = q8k_head(y);
-                    let [mut lo, mut hi] = q6k_lanes::<false>(x, y);
-                    // Lane l loses 32 · (bsums[2l] · sc[2l] + bsums[2l + 1] · sc[2l + 1]).
-                    let mut sub = [0i32; 8];
-                    for (l, s) in sub.iter_mut().enumerate() {
-                        let sc = |g: usize| i32::from(x[192 + g] as i8);
-                        *s = (b[2 * l] * sc(2 * l) + b[2 * l + 1] * sc(2 * l + 1)) << 5;
-                    }
-                    // SAFETY: `sub` holds 8 i32; NEON loads have no alignment requirement.
-                    unsafe {
-                        lo = vsubq_s32(lo, vld1q_s32(sub.as_ptr()));
-                        hi = vsubq_s32(hi, vld1q_s32(sub[4..].as_ptr()));
-                    }
-                    acc = acc.fma(lo, hi, ya * f16_at(x, 208));
-                }
-                acc.hsum()
-            }
-
-            #[target_feature(enable = $feat)]
-            pub(super) fn q6k_tiled(w: &[u8], a: &[u8]) -> f32 {
-                let mut acc = 0f32;
-                for (x, y) in w.chunks_exact(Q6_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
-                    let ya = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
-                    // The quants with their offset (-32..32): the exact `Σ sc · (q - 32) · y`, as the
-                    // reference forms it (from the quants, not the group sums).
-                    let [lo, hi] = q6k_lanes::<true>(x, y);
-                    let sumi = vaddvq_s32(vaddq_s32(lo, hi));
-                    acc = (f16_at(x, 208) * sumi as f32).mul_add(ya, acc);
-                }
-                acc
-            }
+/// `[Σ lo nibbles × y, Σ hi nibbles × y]` of each 64-element chunk `c` of one Q4_K ×
+/// Q8_K super-block (low nibbles of `qs[32c..32c+32]` are elements `64c..64c+32`, high
+/// nibbles `64c+32..64c+64`).
+///
+/// # Safety
+/// The CPU has the features of `S`.
+#[inline(always)]
+unsafe fn q4k_chunk_sums<S: LaneSums>(x: &[u8], y: &[u8]) -> [[i32; 2]; 4] {
+    // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
+    // every load is of a bounds-checked slice.
+    unsafe {
+        let dot4 = |a: int8x16_t, b: int8x16_t| S::sums(a, b);
+        let low = vdupq_n_u8(0x0f);
+        let mut r = [[0i32; 2]; 4];
+        for (c, rc) in r.iter_mut().enumerate() {
+            let (q0, q1) = (load_u8(&x[16 + 32 * c..]), load_u8(&x[32 + 32 * c..]));
+            let yb = 4 + 64 * c;
+            let lo = vaddq_s32(
+                dot4(s8(vandq_u8(q0, low)), load_i8(&y[yb..])),
+                dot4(s8(vandq_u8(q1, low)), load_i8(&y[yb + 16..])),
+            );
+            let hi = vaddq_s32(
+                dot4(s8(vshrq_n_u8::<4>(q0)), load_i8(&y[yb + 32..])),
+                dot4(s8(vshrq_n_u8::<4>(q1)), load_i8(&y[yb + 48..])),
+            );
+            *rc = [vaddvq_s32(lo), vaddvq_s32(hi)];
         }
-    };
+        r
+    }
 }
 
-kquant_dots!(dotprod, "neon,dotprod", sdot4);
-kquant_dots!(plain, "neon", sums4);
+/// Q4_K × Q8_K, one row: per block, the scaled quant sum and the minimum sum, one FMA each.
+///
+/// # Safety
+/// The CPU has the features of `S`.
+#[inline(always)]
+unsafe fn q4k<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
+    // every load is of a bounds-checked slice.
+    unsafe {
+        let (mut acc, mut acc_min) = (0f32, 0f32);
+        for (x, y) in w.chunks_exact(Q4_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
+            let (sc, mn) = q4k_scales(x);
+            let (ya, bsums) = q8k_head(y);
+            let parts = q4k_chunk_sums::<S>(x, y);
+            let mut sumi = 0i32;
+            for (c, p) in parts.iter().enumerate() {
+                sumi += sc[2 * c] * p[0] + sc[2 * c + 1] * p[1];
+            }
+            let mut summ = 0i32;
+            for (j, &s) in bsums.iter().enumerate() {
+                summ += s * mn[j / 2];
+            }
+            acc = (sumi as f32).mul_add(f16_at(x, 0) * ya, acc);
+            acc_min = (summ as f32).mul_add(f16_at(x, 2) * ya, acc_min);
+        }
+        acc - acc_min
+    }
+}
+
+/// Q4_K × Q8_K in llama.cpp's four-row order: the same per 64 elements.
+///
+/// # Safety
+/// The CPU has the features of `S`.
+#[inline(always)]
+unsafe fn q4k_x4<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
+    // every load is of a bounds-checked slice.
+    unsafe {
+        let (mut acc, mut acc_min) = (0f32, 0f32);
+        for (x, y) in w.chunks_exact(Q4_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
+            let (sc, mn) = q4k_scales(x);
+            let (ya, b) = q8k_head(y);
+            let (d, dmin) = (f16_at(x, 0) * ya, f16_at(x, 2) * ya);
+            let parts = q4k_chunk_sums::<S>(x, y);
+            for (c, p) in parts.iter().enumerate() {
+                let sumi = sc[2 * c] * p[0] + sc[2 * c + 1] * p[1];
+                let summ = (b[4 * c] + b[4 * c + 1]) * mn[2 * c]
+                    + (b[4 * c + 2] + b[4 * c + 3]) * mn[2 * c + 1];
+                acc = (sumi as f32).mul_add(d, acc);
+                acc_min = (summ as f32).mul_add(dmin, acc_min);
+            }
+        }
+        acc - acc_min
+    }
+}
+
+/// The 8 integer lanes of one Q6_K × Q8_K super-block: lane `4 * (g % 2) + j` gets
+/// `sc[g] · Σ (q + 32) · y` (`sc[g] · Σ q · y` when `CENTERED`) over bytes `4j..4j+4` of each
+/// 16-element group `g` (returned as lanes 0..4 and 4..8).
+///
+/// # Safety
+/// The CPU has the features of `S`.
+#[inline(always)]
+unsafe fn q6k_lanes<S: LaneSums, const CENTERED: bool>(x: &[u8], y: &[u8]) -> [int32x4_t; 2] {
+    // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
+    // every load is of a bounds-checked slice.
+    unsafe {
+        let dot4 = |a: int8x16_t, b: int8x16_t| S::sums(a, b);
+        let (low, two) = (vdupq_n_u8(0x0f), vdupq_n_u8(0x03));
+        let mut lanes = [vdupq_n_s32(0); 2];
+        for h in 0..2 {
+            let (ql, qh) = (&x[64 * h..], &x[128 + 32 * h..]);
+            for lc in [0, 16] {
+                let (l0, l1, hb) = (
+                    load_u8(&ql[lc..]),
+                    load_u8(&ql[32 + lc..]),
+                    load_u8(&qh[lc..]),
+                );
+                // Elements l, l + 32, l + 64, l + 96 (l = lc..lc + 16) of this half, 0..64.
+                let quads = [
+                    vorrq_u8(vandq_u8(l0, low), vshlq_n_u8::<4>(vandq_u8(hb, two))),
+                    vorrq_u8(
+                        vandq_u8(l1, low),
+                        vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(hb), two)),
+                    ),
+                    vorrq_u8(
+                        vshrq_n_u8::<4>(l0),
+                        vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(hb), two)),
+                    ),
+                    vorrq_u8(vshrq_n_u8::<4>(l1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(hb))),
+                ];
+                for (k, &u) in quads.iter().enumerate() {
+                    let e = 128 * h + 32 * k + lc;
+                    let g = e / 16;
+                    let sc = i32::from(x[192 + g] as i8);
+                    let q = if CENTERED {
+                        s8(vsubq_u8(u, vdupq_n_u8(32)))
+                    } else {
+                        s8(u)
+                    };
+                    let s = dot4(q, load_i8(&y[4 + e..]));
+                    lanes[g % 2] = vmlaq_n_s32(lanes[g % 2], s, sc);
+                }
+            }
+        }
+        lanes
+    }
+}
+
+/// Q6_K × Q8_K, one row: 8 integer lanes, one FMA per lane and block, reduced as `hsum8`.
+///
+/// # Safety
+/// The CPU has the features of `S`.
+#[inline(always)]
+unsafe fn q6k<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
+    // every load is of a bounds-checked slice.
+    unsafe {
+        let mut acc = Acc8::zero();
+        for (x, y) in w.chunks_exact(Q6_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
+            let (ya, b) = q8k_head(y);
+            let [mut lo, mut hi] = q6k_lanes::<S, false>(x, y);
+            // Lane l loses 32 · (bsums[2l] · sc[2l] + bsums[2l + 1] · sc[2l + 1]).
+            let mut sub = [0i32; 8];
+            for (l, s) in sub.iter_mut().enumerate() {
+                let sc = |g: usize| i32::from(x[192 + g] as i8);
+                *s = (b[2 * l] * sc(2 * l) + b[2 * l + 1] * sc(2 * l + 1)) << 5;
+            }
+            // `sub` holds 8 i32; NEON loads have no alignment requirement.
+            lo = vsubq_s32(lo, vld1q_s32(sub.as_ptr()));
+            hi = vsubq_s32(hi, vld1q_s32(sub[4..].as_ptr()));
+            acc = acc.fma(lo, hi, ya * f16_at(x, 208));
+        }
+        acc.hsum()
+    }
+}
+
+/// Q6_K × Q8_K from 8 rows: one exact sum per block.
+///
+/// # Safety
+/// The CPU has the features of `S`.
+#[inline(always)]
+unsafe fn q6k_tiled<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
+    // every load is of a bounds-checked slice.
+    unsafe {
+        let mut acc = 0f32;
+        for (x, y) in w.chunks_exact(Q6_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
+            let ya = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+            // The quants with their offset (-32..32): the exact `Σ sc · (q - 32) · y`, as the
+            // reference forms it (from the quants, not the group sums).
+            let [lo, hi] = q6k_lanes::<S, true>(x, y);
+            let sumi = vaddvq_s32(vaddq_s32(lo, hi));
+            acc = (f16_at(x, 208) * sumi as f32).mul_add(ya, acc);
+        }
+        acc
+    }
+}
+
+/// A k-quant dot over whole super-blocks, generic over its lane sums.
+trait KDot {
+    /// The dot of the blocks of `w` and `a`.
+    ///
+    /// # Safety
+    /// The CPU has the features of `S`.
+    unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32;
+}
+
+/// Q4_K, one row.
+struct Q4K;
+/// Q4_K, rows by four.
+struct Q4KX4;
+/// Q6_K, one row.
+struct Q6K;
+/// Q6_K, from 8 rows.
+struct Q6KTiled;
+
+impl KDot for Q4K {
+    #[inline(always)]
+    unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+        // SAFETY: forwarded contract.
+        unsafe { q4k::<S>(w, a) }
+    }
+}
+
+impl KDot for Q4KX4 {
+    #[inline(always)]
+    unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+        // SAFETY: forwarded contract.
+        unsafe { q4k_x4::<S>(w, a) }
+    }
+}
+
+impl KDot for Q6K {
+    #[inline(always)]
+    unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+        // SAFETY: forwarded contract.
+        unsafe { q6k::<S>(w, a) }
+    }
+}
+
+impl KDot for Q6KTiled {
+    #[inline(always)]
+    unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+        // SAFETY: forwarded contract.
+        unsafe { q6k_tiled::<S>(w, a) }
+    }
+}
+
+/// Dot `K` with `sdot`, compiled with the dotprod extension.
+///
+/// # Safety
+/// The CPU has neon and dotprod.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn with_sdot<K: KDot>(w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: the features `Sdot` needs are this function's contract.
+    unsafe { K::run::<Sdot>(w, a) }
+}
+
+/// Dot `K` with plain NEON.
+///
+/// # Safety
+/// The CPU has neon.
+#[target_feature(enable = "neon")]
+unsafe fn with_mull<K: KDot>(w: &[u8], a: &[u8]) -> f32 {
+    // SAFETY: the features `Mull` needs are this function's contract.
+    unsafe { K::run::<Mull>(w, a) }
+}
 
 /// The `n / 256` super-blocks of each row (a short row is a caller bug, as in the reference).
 fn rows<'a, 'b>(n: usize, size: usize, w: &'a [u8], a: &'b [u8]) -> (&'a [u8], &'b [u8]) {
@@ -239,12 +344,12 @@ macro_rules! entries {
 }
 
 entries! {
-    vec_dot_q4_k_q8k_dotprod = dotprod::q4k, Q4_K_SIZE, "Q4_K × Q8_K, one row, `sdot`";
-    vec_dot_q4_k_q8k = plain::q4k, Q4_K_SIZE, "Q4_K × Q8_K, one row, plain NEON";
-    vec_dot_q4_k_q8k_x4_dotprod = dotprod::q4k_x4, Q4_K_SIZE, "Q4_K × Q8_K, rows by four, `sdot`";
-    vec_dot_q4_k_q8k_x4 = plain::q4k_x4, Q4_K_SIZE, "Q4_K × Q8_K, rows by four, plain NEON";
-    vec_dot_q6_k_q8k_dotprod = dotprod::q6k, Q6_K_SIZE, "Q6_K × Q8_K, one row, `sdot`";
-    vec_dot_q6_k_q8k = plain::q6k, Q6_K_SIZE, "Q6_K × Q8_K, one row, plain NEON";
-    vec_dot_q6_k_q8k_tiled_dotprod = dotprod::q6k_tiled, Q6_K_SIZE, "Q6_K × Q8_K, from 8 rows, `sdot`";
-    vec_dot_q6_k_q8k_tiled = plain::q6k_tiled, Q6_K_SIZE, "Q6_K × Q8_K, from 8 rows, plain NEON";
+    vec_dot_q4_k_q8k_dotprod = with_sdot::<Q4K>, Q4_K_SIZE, "Q4_K × Q8_K, one row, `sdot`";
+    vec_dot_q4_k_q8k = with_mull::<Q4K>, Q4_K_SIZE, "Q4_K × Q8_K, one row, plain NEON";
+    vec_dot_q4_k_q8k_x4_dotprod = with_sdot::<Q4KX4>, Q4_K_SIZE, "Q4_K × Q8_K, rows by four, `sdot`";
+    vec_dot_q4_k_q8k_x4 = with_mull::<Q4KX4>, Q4_K_SIZE, "Q4_K × Q8_K, rows by four, plain NEON";
+    vec_dot_q6_k_q8k_dotprod = with_sdot::<Q6K>, Q6_K_SIZE, "Q6_K × Q8_K, one row, `sdot`";
+    vec_dot_q6_k_q8k = with_mull::<Q6K>, Q6_K_SIZE, "Q6_K × Q8_K, one row, plain NEON";
+    vec_dot_q6_k_q8k_tiled_dotprod = with_sdot::<Q6KTiled>, Q6_K_SIZE, "Q6_K × Q8_K, from 8 rows, `sdot`";
+    vec_dot_q6_k_q8k_tiled = with_mull::<Q6KTiled>, Q6_K_SIZE, "Q6_K × Q8_K, from 8 rows, plain NEON";
 }

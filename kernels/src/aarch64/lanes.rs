@@ -50,6 +50,40 @@ pub(super) fn sums4(a: int8x16_t, b: int8x16_t) -> int32x4_t {
     vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi))
 }
 
+/// How the 4 integer lane sums of 16 × 16 signed bytes are formed (lane `i` is
+/// `Σ a[4i..4i+4] × b[4i..4i+4]`, exact either way). The dots and tiles are written once,
+/// generic over it, and inlined into entry points compiled for exactly the features of their
+/// variant, so the plain variant never contains a dotprod instruction.
+pub(super) trait LaneSums {
+    /// The lane sums of `a × b`.
+    ///
+    /// # Safety
+    /// The CPU has the features of the implementation.
+    unsafe fn sums(a: int8x16_t, b: int8x16_t) -> int32x4_t;
+}
+
+/// `sdot` (needs dotprod).
+pub(super) struct Sdot;
+
+/// `vmull_s8` + pairwise widening adds (plain NEON).
+pub(super) struct Mull;
+
+impl LaneSums for Sdot {
+    #[inline(always)]
+    unsafe fn sums(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        // SAFETY: the CPU has neon and dotprod (this method's contract).
+        unsafe { sdot4(a, b) }
+    }
+}
+
+impl LaneSums for Mull {
+    #[inline(always)]
+    unsafe fn sums(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        // SAFETY: the CPU has neon (this method's contract).
+        unsafe { sums4(a, b) }
+    }
+}
+
 /// The reference's 8 f32 lane accumulators (`acc[0..4]` in `lo`, `acc[4..8]` in `hi`).
 #[derive(Clone, Copy)]
 pub(super) struct Acc8 {

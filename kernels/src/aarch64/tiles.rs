@@ -19,12 +19,12 @@
 //! It was chosen by register count, not measured: no ARM hardware was at hand.
 
 use std::arch::aarch64::{
-    float32x4_t, int32x4_t, int8x16_t, vandq_u8, vdupq_n_f32, vdupq_n_s8, vdupq_n_u8, vfmaq_f32,
-    vld1q_f32, vld1q_s8, vld1q_u8, vreinterpretq_s8_u8, vshrq_n_u8, vst1q_f32,
+    float32x4_t, int8x16_t, vandq_u8, vdupq_n_f32, vdupq_n_s8, vdupq_n_u8, vfmaq_f32, vld1q_f32,
+    vld1q_s8, vld1q_u8, vreinterpretq_s8_u8, vshrq_n_u8, vst1q_f32,
 };
 use std::arch::asm;
 
-use super::lanes::{sdot4, sums4, Acc8};
+use super::lanes::{Acc8, LaneSums, Mull, Sdot};
 use crate::tile::{walk, Micro, TileDotFn};
 use crate::GgmlType;
 
@@ -36,44 +36,6 @@ const Q8_1_SIZE: usize = 36;
 const MR: usize = 4;
 /// Activation rows (tokens) per micro-tile.
 const MT: usize = 2;
-
-/// How the 4 integer lane sums of 16 × 16 signed bytes are formed (lane `i` is
-/// `Σ a[4i..4i+4] × b[4i..4i+4]`, exact either way).
-trait LaneSums {
-    /// The lane sums of `a × b`.
-    ///
-    /// # Safety
-    /// The CPU has the features of the implementation.
-    unsafe fn sums(a: int8x16_t, b: int8x16_t) -> int32x4_t;
-}
-
-/// `sdot` (needs dotprod).
-struct Sdot;
-
-/// `vmull_s8` + pairwise widening adds (plain NEON).
-struct Mull;
-
-impl LaneSums for Sdot {
-    /// # Safety
-    /// The CPU must have NEON (and the dotprod extension for the `sdot` variant); called only
-    /// from the tile kernels that require it.
-    #[inline(always)]
-    unsafe fn sums(a: int8x16_t, b: int8x16_t) -> int32x4_t {
-        // SAFETY: the CPU has neon and dotprod (this method's contract).
-        unsafe { sdot4(a, b) }
-    }
-}
-
-impl LaneSums for Mull {
-    /// # Safety
-    /// The CPU must have NEON (and the dotprod extension for the `sdot` variant); called only
-    /// from the tile kernels that require it.
-    #[inline(always)]
-    unsafe fn sums(a: int8x16_t, b: int8x16_t) -> int32x4_t {
-        // SAFETY: the CPU has neon (this method's contract).
-        unsafe { sums4(a, b) }
-    }
-}
 
 /// The little-endian f16 at `p`, widened (exactly) to f32 with one `fcvt`. Equal to
 /// [`super::lanes::f16_at`] (the `half` crate) for every bit pattern (a unit test checks all

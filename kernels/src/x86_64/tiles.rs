@@ -416,10 +416,13 @@ macro_rules! micro_table {
     };
 }
 
-/// A tile entry point over micro-kernel `$k` (with `$isa`'s features) in `$mr × $mt` tiles (shapes measured with
-/// `examples/tile_bench.rs`: the best that avoids register spills in 16 AVX2 registers).
+/// A tile entry point over micro-kernel `$k` (with `$isa`'s features) in `$mr × $mt` tiles (shapes
+/// measured with `examples/tile_bench.rs`: the best that avoids register spills in 16 AVX2
+/// registers). With `unpacked: F`, the products [`super::tiles_unpacked`] serves (several tokens
+/// over rows of up to 4096 elements) go to its format-`F` tile instead: the same bits either way.
 macro_rules! tile_entry {
-    ($name:ident, $isa:ident, $k:ty, $mr:tt x $mt:tt, $sizes:expr, $what:literal) => {
+    ($name:ident, $isa:ident, $k:ty, $mr:tt x $mt:tt, $sizes:expr, $what:literal
+     $(, unpacked: $f:ty)?) => {
         #[doc = concat!($what, " tile product (see [`crate::tile::TileDotFn`]).")]
         ///
         /// # Safety
@@ -437,6 +440,16 @@ macro_rules! tile_entry {
             out: *mut f32,
             out_stride: usize,
         ) {
+            $(
+                if super::tiles_unpacked::takes(n / 32, nt) {
+                    // SAFETY: forwarded contract; the unpacked tile needs the same features.
+                    return unsafe {
+                        super::tiles_unpacked::$isa::<$f>(
+                            n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
+                        )
+                    };
+                }
+            )?
             static MICRO: [[Micro; $mt]; $mr] = micro_table!($isa, $k, $mr, $mt);
             // SAFETY: forwarded contract.
             unsafe {
@@ -459,88 +472,15 @@ macro_rules! tile_entry {
     };
 }
 
-tile_entry!(tile_q4_1_q8_1_direct, avx2, Q4_1, 4 x 3, (Q4_1_SIZE, Q8_1_SIZE), "Q4_1 × Q8_1 (AVX2)");
+use super::tiles_unpacked as unpacked;
+tile_entry!(tile_q4_1_q8_1, avx2, Q4_1, 4 x 3, (Q4_1_SIZE, Q8_1_SIZE), "Q4_1 × Q8_1 (AVX2)",
+    unpacked: unpacked::Q4_1);
 tile_entry!(tile_q8_0_q8_0, avx2, Q8_0, 4 x 2, (Q8_0_SIZE, Q8_0_SIZE), "Q8_0 × Q8_0 (AVX2)");
-tile_entry!(tile_q5_0_q8_0_direct, avx2, Q5_0, 4 x 2, (Q5_0_SIZE, Q8_0_SIZE), "Q5_0 × Q8_0 (AVX2)");
-tile_entry!(
-    tile_q5_0_q8_0_direct_vnni,
-    vnni,
-    Q5_0,
-    4 x 2,
-    (Q5_0_SIZE, Q8_0_SIZE),
-    "Q5_0 × Q8_0 (AVX-VNNI)"
-);
-tile_entry!(
-    tile_q4_1_q8_1_direct_vnni,
-    vnni,
-    Q4_1,
-    4 x 3,
-    (Q4_1_SIZE, Q8_1_SIZE),
-    "Q4_1 × Q8_1 (AVX-VNNI)"
-);
-tile_entry!(
-    tile_q8_0_q8_0_vnni,
-    vnni,
-    Q8_0,
-    4 x 2,
-    (Q8_0_SIZE, Q8_0_SIZE),
-    "Q8_0 × Q8_0 (AVX-VNNI)"
-);
-
-/// A tile entry point that takes `$unpacked` (a [`super::tiles_unpacked`] instance) for the
-/// products it serves — several tokens over rows of up to 4096 elements, each row group unpacked
-/// once — and the plain micro-tiles `$direct` for the others. The same bits either way.
-macro_rules! unpacked_or_direct {
-    ($name:ident, $unpacked:expr, $direct:ident, $what:literal) => {
-        #[doc = concat!($what, " tile product (see [`crate::tile::TileDotFn`]).")]
-        ///
-        /// # Safety
-        /// As [`crate::tile::TileDotFn`]; installed only after the CPU features of both kernels
-        /// were detected.
-        #[allow(clippy::too_many_arguments)]
-        pub(crate) unsafe fn $name(
-            n: usize,
-            w: &[u8],
-            w_stride: usize,
-            nr: usize,
-            a: &[u8],
-            a_stride: usize,
-            nt: usize,
-            out: *mut f32,
-            out_stride: usize,
-        ) {
-            let f: crate::tile::TileDotFn = match super::tiles_unpacked::takes(n / 32, nt) {
-                true => $unpacked,
-                false => $direct,
-            };
-            // SAFETY: forwarded contract; both kernels need what this one's installation checked.
-            unsafe { f(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
-        }
-    };
-}
-
-use super::tiles_unpacked::{self as unpacked, tile_avx2, tile_vnni};
-unpacked_or_direct!(
-    tile_q4_1_q8_1,
-    tile_avx2::<unpacked::Q4_1>,
-    tile_q4_1_q8_1_direct,
-    "Q4_1 × Q8_1 (AVX2)"
-);
-unpacked_or_direct!(
-    tile_q4_1_q8_1_vnni,
-    tile_vnni::<unpacked::Q4_1>,
-    tile_q4_1_q8_1_direct_vnni,
-    "Q4_1 × Q8_1 (AVX-VNNI)"
-);
-unpacked_or_direct!(
-    tile_q5_0_q8_0,
-    tile_avx2::<unpacked::Q5_0>,
-    tile_q5_0_q8_0_direct,
-    "Q5_0 × Q8_0 (AVX2)"
-);
-unpacked_or_direct!(
-    tile_q5_0_q8_0_vnni,
-    tile_vnni::<unpacked::Q5_0>,
-    tile_q5_0_q8_0_direct_vnni,
-    "Q5_0 × Q8_0 (AVX-VNNI)"
-);
+tile_entry!(tile_q5_0_q8_0, avx2, Q5_0, 4 x 2, (Q5_0_SIZE, Q8_0_SIZE), "Q5_0 × Q8_0 (AVX2)",
+    unpacked: unpacked::Q5_0);
+tile_entry!(tile_q4_1_q8_1_vnni, vnni, Q4_1, 4 x 3, (Q4_1_SIZE, Q8_1_SIZE),
+    "Q4_1 × Q8_1 (AVX-VNNI)", unpacked: unpacked::Q4_1);
+tile_entry!(tile_q8_0_q8_0_vnni, vnni, Q8_0, 4 x 2, (Q8_0_SIZE, Q8_0_SIZE),
+    "Q8_0 × Q8_0 (AVX-VNNI)");
+tile_entry!(tile_q5_0_q8_0_vnni, vnni, Q5_0, 4 x 2, (Q5_0_SIZE, Q8_0_SIZE),
+    "Q5_0 × Q8_0 (AVX-VNNI)", unpacked: unpacked::Q5_0);

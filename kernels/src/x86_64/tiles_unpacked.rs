@@ -148,7 +148,7 @@ pub(super) fn takes(nb: usize, nt: usize) -> bool {
 /// FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile_avx2<F: Format>(
+pub(super) unsafe fn avx2<F: Format>(
     n: usize,
     w: &[u8],
     w_stride: usize,
@@ -163,13 +163,13 @@ pub(super) unsafe fn tile_avx2<F: Format>(
     unsafe { tile::<F, Avx2>(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
 }
 
-/// [`tile_avx2`] with AVX-VNNI's one-instruction lane sums.
+/// [`avx2`] with AVX-VNNI's one-instruction lane sums.
 ///
 /// # Safety
-/// As [`tile_avx2`]; the CPU also has AVX-VNNI.
+/// As [`avx2`]; the CPU also has AVX-VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile_vnni<F: Format>(
+pub(super) unsafe fn vnni<F: Format>(
     n: usize,
     w: &[u8],
     w_stride: usize,
@@ -188,7 +188,7 @@ pub(super) unsafe fn tile_vnni<F: Format>(
 /// the row groups of [`MR`] rows, in each the micro-tiles of up to [`MT`] tokens.
 ///
 /// # Safety
-/// As [`tile_avx2`]; inlined only into the `target_feature` functions above.
+/// As [`avx2`]; inlined only into the `target_feature` functions above.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<F: Format, S: LaneSums>(

@@ -12,7 +12,7 @@
 
 use std::sync::OnceLock;
 
-use crate::reference::{attention, ops};
+use crate::reference::{attention, attention_tiled, ops};
 use crate::tile::TileDotFn;
 #[cfg(all(feature = "simd", target_arch = "aarch64"))]
 use crate::traits::VecDotFn;
@@ -69,7 +69,26 @@ pub struct Ops {
     pub attend_rows: AttendRowsFn,
     /// See [`attention::attend_rows_group`].
     pub attend_rows_group: AttendGroupFn,
+    /// See [`attention_tiled::attend_tile`].
+    pub attend_tile: AttendTileFn,
+    /// See [`attention_tiled::load_tile`].
+    pub load_tile: LoadTileFn,
 }
+
+/// Signature of [`attention_tiled::load_tile`].
+pub type LoadTileFn =
+    fn(crate::kv::KvRows<'_>, crate::kv::KvRows<'_>, usize, &mut [f32], &mut [f32]);
+
+/// Signature of [`attention_tiled::attend_tile`].
+pub type AttendTileFn = fn(
+    &[f32],
+    attention_tiled::KvTile<'_>,
+    &[(u8, u8)],
+    f32,
+    &mut [attention::OnlineSoftmax],
+    &mut [f32],
+    &mut [f32],
+);
 
 /// Signature of [`attention::attend_rows_group`].
 pub type AttendGroupFn = fn(
@@ -101,6 +120,8 @@ static SCALAR_OPS: Ops = Ops {
     mad_f16: attention::mad_f16,
     attend_rows: attention::attend_rows,
     attend_rows_group: attention::attend_rows_group,
+    attend_tile: attention_tiled::attend_tile,
+    load_tile: attention_tiled::load_tile,
 };
 
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
@@ -121,6 +142,8 @@ mod avx2_tables {
         mad_f16: v3::mad_f16,
         attend_rows: x86_attention::attend_rows,
         attend_rows_group: x86_attention::attend_rows_group,
+        attend_tile: crate::x86_64::attention_tiled::attend_tile,
+        load_tile: crate::x86_64::attention_tiled::load_tile,
     };
 
     /// The AVX2 operations with the AVX-512 attention kernels.
@@ -249,6 +272,8 @@ mod neon_tables {
         mad_f16: att::mad_f16,
         attend_rows: att::attend_rows,
         attend_rows_group: att::attend_rows_group,
+        attend_tile: crate::aarch64::attention_tiled::attend_tile,
+        load_tile: crate::aarch64::attention_tiled::load_tile,
     };
 
     fn with(base: &'static TypeTraits, f: impl FnOnce(&mut TypeTraits)) -> TypeTraits {

@@ -4,7 +4,10 @@
 //! (`TypeTraits`) in the [`KernelSet`] the pool was built with. A product reads each weight row once per call and multiplies it with every
 //! activation row of the batch, so a batch of T tokens costs one pass over the weights.
 
+use std::sync::Mutex;
+
 use ember_kernels::dispatch::KernelSet;
+use ember_kernels::reference::attention_tiled;
 use ember_kernels::tile::TileDotFn;
 use ember_kernels::traits::TypeTraits;
 
@@ -48,11 +51,18 @@ pub struct MatJob<'a> {
     pub out: &'a mut [f32],
 }
 
+/// f32 elements of each thread's workspace in [`Compute::parallel_for_ws`] (what tiled attention
+/// needs at the largest head size), rounded to whole cache lines.
+pub const WORKSPACE: usize = attention_tiled::WORKSPACE.next_multiple_of(16);
+
 /// The worker threads of one model instance.
 pub struct Compute {
     pool: ThreadPool,
     n_threads: usize,
     kernels: KernelSet,
+    /// [`WORKSPACE`] elements per thread, allocated at start-up as zero pages (touched only by
+    /// the work that uses it); locked for the length of one parallel region.
+    workspace: Mutex<Vec<f32>>,
 }
 
 impl std::fmt::Debug for Compute {
@@ -69,10 +79,13 @@ impl Compute {
         let n_threads = n_threads.max(1);
         let pool = ThreadPool::new(n_threads)
             .map_err(|e| format!("cannot start {n_threads} worker threads: {e}"))?;
+        let workspace = crate::zeroed::zeroed_vec(n_threads * WORKSPACE)
+            .ok_or_else(|| format!("cannot allocate the workspace of {n_threads} threads"))?;
         Ok(Compute {
             pool,
             n_threads,
             kernels,
+            workspace: Mutex::new(workspace),
         })
     }
 
@@ -96,6 +109,32 @@ impl Compute {
         self.pool.run(|_| {
             while let Some(i) = chunks.next() {
                 body(i);
+            }
+        });
+    }
+
+    /// [`Compute::parallel_for`] with a workspace: `body(ws, i)` gets the calling thread's
+    /// [`WORKSPACE`] elements, which no other call sees while it runs (their contents are
+    /// whatever the thread's previous call left).
+    pub fn parallel_for_ws(&self, n: usize, body: impl Fn(&mut [f32], usize) + Sync) {
+        let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        let base = SharedOut(ws.as_mut_ptr());
+        let run = |t: usize, i: usize| {
+            // SAFETY: thread `t < n_threads` owns elements `t*WORKSPACE .. (t+1)*WORKSPACE` of
+            // the workspace (`n_threads * WORKSPACE` long), which is locked for the whole region;
+            // a thread runs one item at a time, so the slice is never aliased.
+            let w =
+                unsafe { std::slice::from_raw_parts_mut(base.ptr().add(t * WORKSPACE), WORKSPACE) };
+            body(w, i)
+        };
+        if n <= 1 || self.n_threads == 1 {
+            (0..n).for_each(|i| run(0, i));
+            return;
+        }
+        let chunks = ChunkCounter::new(n);
+        self.pool.run(|t| {
+            while let Some(i) = chunks.next() {
+                run(t, i);
             }
         });
     }

@@ -25,6 +25,16 @@ pub struct Perplexity {
     pub tok_s: f64,
 }
 
+/// Tokens of one chunk that `llama-perplexity` (default `-b 2048 -ub 512`) evaluates per
+/// forward pass for chunks of `n_ctx`: it puts `2048 / n_ctx` chunks in one batch, as many
+/// sequences, and cuts it into micro-batches of 512 tokens holding an equal share of each. Give
+/// an engine this `max_batch_tokens` to reproduce its figures exactly: whether attention takes
+/// ggml's tiled path depends on the query rows per pass (64 or more).
+pub fn llama_batch(n_ctx: usize) -> usize {
+    let n_seq = (2048 / n_ctx.max(1)).max(1);
+    (512 / n_seq).clamp(1, n_ctx.max(1))
+}
+
 /// log p(token) under softmax(logits), max-subtracted, summed in f64.
 fn log_softmax(logits: &[f32], token: u32) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);

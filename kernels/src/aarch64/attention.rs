@@ -120,7 +120,7 @@ pub(crate) fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
 /// `p..p+8` readable.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn load8_f16(p: *const f16) -> (float32x4_t, float32x4_t) {
+pub(super) unsafe fn load8_f16(p: *const f16) -> (float32x4_t, float32x4_t) {
     // SAFETY: 16 readable bytes (caller); NEON loads have no alignment requirement.
     let h = unsafe { vld1q_u16(p.cast()) };
     let (lo, hi): (float32x4_t, float32x4_t);

@@ -15,9 +15,11 @@
 //! variant), `kquants` (Q4_K and Q6_K in the reference's llama.cpp-x86 float orders, dotprod and
 //! plain), `q5_k` (Q5_K), `float` (F32 / F16 / BF16 dots), `quantize`
 //! (Q8_0 / Q8_1 activation quantizers), `ops` (RMSNorm, SiLU×mul, RoPE), `attention` (the f16
-//! attention accumulator helpers), and `lanes` (what the dots share).
+//! attention accumulator helpers), `attention_tiled` (attention of 64+-token batches) and `lanes`
+//! (what the dots share).
 
 pub(crate) mod attention;
+pub(crate) mod attention_tiled;
 pub(crate) mod float;
 pub(crate) mod kquants;
 mod lanes;

@@ -23,7 +23,7 @@ fn splat(bits: u32) -> float32x4_t {
 /// three range cases selected per lane instead of branched.
 #[inline]
 #[target_feature(enable = "neon")]
-fn expf4(x: float32x4_t) -> float32x4_t {
+pub(super) fn expf4(x: float32x4_t) -> float32x4_t {
     let magic = splat(0x4b40_0000);
     let z = vfmaq_f32(magic, x, splat(0x3fb8_aa3b));
     let n = vsubq_f32(z, magic);

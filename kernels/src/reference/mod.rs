@@ -18,6 +18,7 @@
 //! `debug_assert!` and by slice indexing. Nothing here allocates: these run for every token.
 
 pub mod attention;
+pub mod attention_tiled;
 pub mod expf;
 pub mod float;
 pub mod kquant_search;

@@ -151,8 +151,11 @@ fn preemption_prefix_cache_and_forks_match_a_roomy_engine() {
         }
         out
     };
-    let want = run(&mut engine(400, true, 64));
-    let roomy = run(&mut engine(800, false, 64));
+    // Passes under 64 tokens in every engine: from 64 on, attention takes ggml's tiled path
+    // (`attention_tiled`), whose rounding differs, as llama.cpp's does, so a recompute in
+    // smaller passes would not give the same bits.
+    let want = run(&mut engine(400, true, 48));
+    let roomy = run(&mut engine(800, false, 48));
     assert_eq!(roomy, want);
     // 80 single-layer blocks: a few sequences at a time, preempted and recomputed.
     let mut tiny = engine(80, false, 8);

@@ -248,8 +248,8 @@ pub fn tokenization(g: &Golden) {
 }
 
 /// Perplexity of `tokens` in chunks of `n_ctx` within 1% of llama.cpp's `want`, over `chunks`
-/// chunks.
-pub fn perplexity(s: &mut Session, tokens: &[u32], n_ctx: usize, want: f64, chunks: usize) {
+/// chunks; returns it.
+pub fn perplexity(s: &mut Session, tokens: &[u32], n_ctx: usize, want: f64, chunks: usize) -> f64 {
     let r = ember::perplexity::perplexity(s, tokens, n_ctx, |_, _| {}).unwrap();
     let rel = (r.ppl - want).abs() / want;
     eprintln!(
@@ -266,4 +266,5 @@ pub fn perplexity(s: &mut Session, tokens: &[u32], n_ctx: usize, want: f64, chun
         r.ppl,
         rel * 100.0
     );
+    r.ppl
 }

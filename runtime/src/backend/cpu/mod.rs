@@ -8,7 +8,8 @@
 
 mod attention;
 
-use ember_kernels::kv::hadamard;
+use ember_kernels::kv::{hadamard, KvType};
+use ember_kernels::reference::attention_tiled;
 use half::f16;
 
 use super::gelu;
@@ -56,6 +57,16 @@ impl<'a> CpuExecutor<'a> {
             rms_eps: c.rms_eps,
             pairing: c.rope_pairing,
         }
+    }
+
+    /// Whether a step of `n_tok` tokens takes the tiled attention path: batches of 64 or more
+    /// tokens over f16 K/V, as ggml's CPU flash attention decides (`attention_tiled`).
+    fn tiled(&self, n_tok: usize) -> bool {
+        let lay = self.kv.layout();
+        lay.kv_type == KvType::F16
+            && n_tok >= attention_tiled::MIN_BATCH
+            && lay.head_dim <= attention_tiled::MAX_HEAD
+            && self.n_head / lay.n_kv_head <= attention_tiled::MAX_ROWS
     }
 
     fn vec(&self, v: &Vector) -> &'a [f32] {
@@ -232,6 +243,7 @@ impl Executor for CpuExecutor<'_> {
         q_scale: f32,
     ) -> Result<()> {
         let k = self.cx.kernels().ops();
+        let tiled = self.tiled(step.batch.len());
         let s = &mut *self.s;
         let (qd, kvd) = (s.width(Act::Q), s.width(Act::K));
         let d = qd / self.n_head;
@@ -264,9 +276,13 @@ impl Executor for CpuExecutor<'_> {
             if let Some(n) = rot_v {
                 hadamard(&mut s.v[t * kvd..(t + 1) * kvd], n);
             }
-            // ggml's attention converts Q to f16 to multiply it with the f16 K cache.
+            // ggml's one-query attention converts Q to f16 to multiply it with the f16 K cache;
+            // its tiled path keeps Q in f32.
             for q in &mut s.q[t * qd..(t + 1) * qd] {
-                *q = f16::from_f32(*q * q_scale).to_f32();
+                *q = match tiled {
+                    true => *q * q_scale,
+                    false => f16::from_f32(*q * q_scale).to_f32(),
+                };
             }
         }
         // Store the new keys and values in their slots (of the layer's group's blocks).
@@ -292,6 +308,7 @@ impl Executor for CpuExecutor<'_> {
         window: usize,
         scale: f32,
     ) -> Result<()> {
+        let tiled = self.tiled(step.batch.len());
         let s = &mut *self.s;
         let kv: &KvArena = self.kv;
         let (kv_group, slot) = (self.groups.group_of(layer), self.groups.slot_of(layer));
@@ -317,7 +334,56 @@ impl Executor for CpuExecutor<'_> {
                 hadamard(out, n);
             }
         };
-        if n_tok * hkv >= 2 * self.cx.n_threads() && group <= attention::MAX_GROUP {
+        if tiled {
+            // A batch of 64+ tokens over f16 K/V: ggml's tiled path. Work items are (KV head,
+            // chunk of consecutive batch tokens whose query rows fill a tile call), the chunks
+            // nearest the end of the batch (most keys) first.
+            let per = attention_tiled::MAX_ROWS / group;
+            let n_items = n_tok.div_ceil(per) * hkv;
+            self.cx.parallel_for_ws(n_items, |ws, i| {
+                let i = n_items - 1 - i;
+                let (c, kh) = (i / hkv, i % hkv);
+                let (h0, h1) = (kh * group, (kh + 1) * group);
+                let mut pos = [0usize; attention_tiled::MAX_ROWS];
+                let mut first = [0usize; attention_tiled::MAX_ROWS];
+                let mut a = c * per;
+                let end = (a + per).min(n_tok);
+                // Runs of tokens of one sequence.
+                while a < end {
+                    let seq = step.batch[a].seq;
+                    let b = (a..end).find(|&t| step.batch[t].seq != seq).unwrap_or(end);
+                    for (j, tok) in step.batch[a..b].iter().enumerate() {
+                        (pos[j], first[j]) = (tok.pos, start(tok.pos));
+                    }
+                    let run = attention::TiledRun {
+                        pos: &pos[..b - a],
+                        start: &first[..b - a],
+                        group,
+                    };
+                    let q = |j: usize| {
+                        let t = a + j;
+                        &q_all[t * qd + h0 * d..t * qd + h1 * d]
+                    };
+                    let out = |j: usize, o: &[f32]| {
+                        let t = a + j;
+                        // SAFETY: item `i` owns heads h0..h1 of its tokens: `att[(t*hq + h0)*d
+                        // .. (t*hq + h1)*d]` for `t` in its chunk, inside `att` (max_tokens*hq*d
+                        // elements, the batch checked against max_tokens); no other item
+                        // touches them, and `s.att` is not otherwise borrowed in the region.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                att_ptr.ptr().add((t * hq + h0) * d),
+                                group * d,
+                            )
+                        };
+                        dst.copy_from_slice(o);
+                    };
+                    let table = step.table_of(a, kv_group);
+                    attention::attend_tiled(ops, kv, slot, kh, table, &run, q, scale, ws, out);
+                    a = b;
+                }
+            });
+        } else if n_tok * hkv >= 2 * self.cx.n_threads() && group <= attention::MAX_GROUP {
             // Enough work per KV head: the query heads of a group share each K/V row read.
             self.cx.parallel_for(n_tok * hkv, |i| {
                 let (t, kh) = (i / hkv, i % hkv);

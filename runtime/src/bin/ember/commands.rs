@@ -559,7 +559,9 @@ pub fn perplexity(raw: &[OsString]) -> CliResult {
             "-c must be at least 2 (the second half of a chunk is scored)".into(),
         ));
     }
-    let mut s = open_session(&a, c, c / 2 + 1)?;
+    // Passes of the size llama-perplexity evaluates, so its figures are reproduced exactly.
+    let step = ember::perplexity::llama_batch(c);
+    let mut s = open_session(&a, step, step.min(c / 2 + 1))?;
     if s.n_ctx() < c {
         return Err(usage(format!("-c {c} exceeds the context ({})", s.n_ctx())));
     }

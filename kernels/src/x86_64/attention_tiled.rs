@@ -1,0 +1,296 @@
+//! [`attention_tiled::attend_tile`] with AVX2 and FMA: scores and the weighted sum of values
+//! as register-blocked products (6 query rows × 16 lanes, ggml's `simd_gemm` shape on AVX2),
+//! each lane one fused multiply-add chain in the reference's order, and ggml's vectorized
+//! exponential 8 keys at a time. Same bits as the reference.
+
+use std::arch::x86_64::{
+    _mm256_add_epi32, _mm256_andnot_ps, _mm256_castps_si256, _mm256_castsi256_ps, _mm256_cmp_ps,
+    _mm256_cvtph_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_loadu_ps, _mm256_movemask_ps,
+    _mm256_mul_ps, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps, _mm256_slli_epi32,
+    _mm256_storeu_ps, _mm256_sub_ps, _mm_loadu_si128, _CMP_EQ_OQ, _CMP_GT_OQ,
+};
+
+use crate::kv::{KvRows, KvType};
+use crate::reference::attention::OnlineSoftmax;
+use crate::reference::attention_tiled::{
+    self as tiled, load_shape, softmax_tile_with, tile_shape, KvTile, TILE,
+};
+use crate::reference::ops::expf_ggml;
+
+/// Query rows per register block.
+const RM: usize = 6;
+
+/// `expf_ggml` of 8 lanes: ggml's `ggml_v_expf` on AVX2. Lanes at `-inf` give 0 (as the
+/// reference's slow branch does); any other lane outside the fast branch's range sends the
+/// group to the scalar reference.
+///
+/// # Safety
+/// AVX2 and FMA; `s` holds 8 elements.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn exp8(s: &mut [f32]) {
+    let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
+    // SAFETY: 8 elements (caller); unaligned load.
+    let x = unsafe { _mm256_loadu_ps(s.as_ptr()) };
+    let dead = _mm256_cmp_ps::<_CMP_EQ_OQ>(x, _mm256_set1_ps(f32::NEG_INFINITY));
+    let z = _mm256_fmadd_ps(x, c(0x3fb8_aa3b), c(0x4b40_0000));
+    let n = _mm256_sub_ps(z, c(0x4b40_0000));
+    let wide =
+        _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_andnot_ps(_mm256_set1_ps(-0.0), n), c(0x42fc_0000));
+    if _mm256_movemask_ps(wide) & !_mm256_movemask_ps(dead) != 0 {
+        s.iter_mut().for_each(|x| *x = expf_ggml(*x));
+        return;
+    }
+    let b = _mm256_fnmadd_ps(n, c(0x35bf_be8e), _mm256_fnmadd_ps(n, c(0x3f31_7200), x));
+    let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+    let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(0x3f80_0000)));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        _mm256_mul_ps(c(0x3f7f_fff6), b),
+    );
+    let r = _mm256_andnot_ps(dead, _mm256_fmadd_ps(j, k, k));
+    // SAFETY: as the load.
+    unsafe { _mm256_storeu_ps(s.as_mut_ptr(), r) };
+}
+
+/// Scores of rows `r0..r0 + M` for keys `16 c .. 16 c + 16`: `p[r][k] = Σ_i kt[i][k] q[r][i]`,
+/// one FMA chain per lane from `i = 0`.
+///
+/// # Safety
+/// AVX2 and FMA; rows `r0..r0 + M` of `q` (`d` each) and of `p` (`TILE` each) exist; `kt` holds
+/// `d × TILE` elements; `c < 4`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn scores<const M: usize>(
+    q: &[f32],
+    kt: &[f32],
+    d: usize,
+    r0: usize,
+    c: usize,
+    p: &mut [f32],
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; M];
+    let (qp, kp) = (q.as_ptr(), kt.as_ptr());
+    for i in 0..d {
+        // SAFETY: element `i < d` of rows `r0..r0 + M` and keys `16c..16c + 16` of row `i` of
+        // `kt` are in bounds (caller).
+        unsafe {
+            let b0 = _mm256_loadu_ps(kp.add(i * TILE + 16 * c));
+            let b1 = _mm256_loadu_ps(kp.add(i * TILE + 16 * c + 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a = _mm256_set1_ps(*qp.add((r0 + r) * d + i));
+                acc[0] = _mm256_fmadd_ps(b0, a, acc[0]);
+                acc[1] = _mm256_fmadd_ps(b1, a, acc[1]);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        // SAFETY: row `r0 + r` of `p` holds `TILE` elements (caller).
+        unsafe {
+            let o = p.as_mut_ptr().add((r0 + r) * TILE + 16 * c);
+            _mm256_storeu_ps(o, acc[0]);
+            _mm256_storeu_ps(o.add(8), acc[1]);
+        }
+    }
+}
+
+/// `out[r][j] = fma(v[k][j], p[r][k], out[r][j])` for `k` in tile order, rows `r0..r0 + M`,
+/// lanes `j0..j0 + 8 N`.
+///
+/// # Safety
+/// AVX2 and FMA; rows `r0..r0 + M` of `out` (`d` each) and `p` (`TILE` each) exist, `v` holds
+/// `TILE × d`, `j0 + 8 N <= d`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn values<const M: usize, const N: usize>(
+    p: &[f32],
+    v: &[f32],
+    d: usize,
+    r0: usize,
+    j0: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [[_mm256_setzero_ps(); N]; M];
+    let op = out.as_mut_ptr();
+    for (r, acc) in acc.iter_mut().enumerate() {
+        for (n, a) in acc.iter_mut().enumerate() {
+            // SAFETY: lanes `j0 + 8n .. +8` of row `r0 + r` of `out` (caller).
+            *a = unsafe { _mm256_loadu_ps(op.add((r0 + r) * d + j0 + 8 * n)) };
+        }
+    }
+    let (pp, vp) = (p.as_ptr(), v.as_ptr());
+    for k in 0..TILE {
+        let mut b = [_mm256_setzero_ps(); N];
+        for (n, b) in b.iter_mut().enumerate() {
+            // SAFETY: row `k` of `v`, lanes `j0 + 8n .. +8` (caller).
+            *b = unsafe { _mm256_loadu_ps(vp.add(k * d + j0 + 8 * n)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: weight `k` of row `r0 + r` (caller).
+            let a = _mm256_set1_ps(unsafe { *pp.add((r0 + r) * TILE + k) });
+            for (a_n, b) in acc.iter_mut().zip(&b) {
+                *a_n = _mm256_fmadd_ps(*b, a, *a_n);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (n, a) in acc.iter().enumerate() {
+            // SAFETY: as the loads.
+            unsafe { _mm256_storeu_ps(op.add((r0 + r) * d + j0 + 8 * n), *a) };
+        }
+    }
+}
+
+/// Calls `$f::<M, ..>` for a block of `$m` (1 to [`RM`]) rows.
+macro_rules! by_rows {
+    ($m:expr, $f:ident, [$($n:tt)*], ($($arg:expr),*)) => {
+        match $m {
+            1 => $f::<1 $(, $n)*>($($arg),*),
+            2 => $f::<2 $(, $n)*>($($arg),*),
+            3 => $f::<3 $(, $n)*>($($arg),*),
+            4 => $f::<4 $(, $n)*>($($arg),*),
+            5 => $f::<5 $(, $n)*>($($arg),*),
+            _ => $f::<RM $(, $n)*>($($arg),*),
+        }
+    };
+}
+
+/// # Safety
+/// AVX2 and FMA; shapes checked by [`tile_shape`], `d % 8 == 0`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_tile_avx2(
+    q: &[f32],
+    kv: KvTile<'_>,
+    spans: &[(u8, u8)],
+    scale: f32,
+    st: &mut [OnlineSoftmax],
+    out: &mut [f32],
+    p: &mut [f32],
+    rows: usize,
+    d: usize,
+) {
+    // 1. Scores, 16 keys at a time, skipping blocks no row of the register block sees.
+    for r0 in (0..rows).step_by(RM) {
+        let m = (rows - r0).min(RM);
+        for c in 0..TILE / 16 {
+            let seen = spans[r0..r0 + m]
+                .iter()
+                .any(|&(lo, hi)| usize::from(lo) < 16 * c + 16 && usize::from(hi) > 16 * c);
+            if seen {
+                // SAFETY: rows `r0..r0 + m` exist, `c < 4`, `kt` is `d × TILE` (checked).
+                unsafe { by_rows!(m, scores, [], (q, kv.kt, d, r0, c, p)) };
+            }
+        }
+    }
+    // 2, 3. Mask and scale, then each row's softmax step.
+    for (r, (st, &(lo, hi))) in st.iter_mut().zip(spans).enumerate() {
+        let s = &mut p[r * TILE..(r + 1) * TILE];
+        for (k, s) in s.iter_mut().enumerate() {
+            *s = if (usize::from(lo)..usize::from(hi)).contains(&k) {
+                *s * scale
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+        // SAFETY: AVX2 and FMA (target_feature); groups of 8.
+        let step = softmax_tile_with(s, st, |g| unsafe { exp8(g) });
+        if let Some(Some(ms)) = step {
+            let o = &mut out[r * d..(r + 1) * d];
+            let m = _mm256_set1_ps(ms);
+            for c in o.chunks_exact_mut(8) {
+                // SAFETY: 8 elements; unaligned.
+                unsafe {
+                    _mm256_storeu_ps(
+                        c.as_mut_ptr(),
+                        _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), m),
+                    )
+                };
+            }
+        }
+    }
+    // 4. The weighted sum of values.
+    for r0 in (0..rows).step_by(RM) {
+        let m = (rows - r0).min(RM);
+        let mut j0 = 0;
+        while j0 + 16 <= d {
+            // SAFETY: rows `r0..r0 + m`, lanes `j0..j0 + 16 <= d` (checked).
+            unsafe { by_rows!(m, values, [2], (p, kv.v, d, r0, j0, out)) };
+            j0 += 16;
+        }
+        if j0 < d {
+            // SAFETY: `d % 8 == 0`, so lanes `j0..j0 + 8 == d`.
+            unsafe { by_rows!(m, values, [1], (p, kv.v, d, r0, j0, out)) };
+        }
+    }
+}
+
+/// [`tiled::attend_tile`] with AVX2 and FMA (the reference for head sizes not a multiple of 8).
+pub(crate) fn attend_tile(
+    q: &[f32],
+    kv: KvTile<'_>,
+    spans: &[(u8, u8)],
+    scale: f32,
+    st: &mut [OnlineSoftmax],
+    out: &mut [f32],
+    p: &mut [f32],
+) {
+    let (rows, d) = tile_shape(q, &kv, spans, st, out, p);
+    if !d.is_multiple_of(8) {
+        return tiled::attend_tile(q, kv, spans, scale, st, out, p);
+    }
+    // SAFETY: installed only after avx2 and fma were detected; shapes checked above.
+    unsafe { attend_tile_avx2(q, kv, spans, scale, st, out, p, rows, d) }
+}
+
+/// f16 rows into a tile with F16C, 8 elements at a time.
+///
+/// # Safety
+/// AVX2 and F16C; `k` and `v` hold `n` f16 rows of `d` elements (`d % 8 == 0`); keys
+/// `at..at + n` are in the tile (`kt`: `d × TILE`, `vt`: `TILE × d`).
+#[target_feature(enable = "avx2,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn load_f16(
+    k: &[u8],
+    v: &[u8],
+    n: usize,
+    d: usize,
+    at: usize,
+    kt: &mut [f32],
+    vt: &mut [f32],
+) {
+    let mut lanes = [0f32; 8];
+    for j in 0..n {
+        for c in 0..d / 8 {
+            // SAFETY: element `8c..8c + 8 <= d` of row `j < n` (16 bytes) in `k` and `v`, and
+            // row `at + j < TILE` of `vt` (caller); unaligned loads and stores.
+            unsafe {
+                let src = (j * d + 8 * c) * 2;
+                let kx = _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(src).cast()));
+                _mm256_storeu_ps(lanes.as_mut_ptr(), kx);
+                let vx = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(src).cast()));
+                _mm256_storeu_ps(vt.as_mut_ptr().add((at + j) * d + 8 * c), vx);
+            }
+            for (l, &x) in lanes.iter().enumerate() {
+                kt[(8 * c + l) * TILE + at + j] = x;
+            }
+        }
+    }
+}
+
+/// [`tiled::load_tile`] with F16C for f16 rows (the reference for other types and head sizes).
+pub(crate) fn load_tile(k: KvRows<'_>, v: KvRows<'_>, at: usize, kt: &mut [f32], vt: &mut [f32]) {
+    let (n, d) = load_shape(&k, &v, at, kt, vt);
+    if k.ty != KvType::F16 || !d.is_multiple_of(8) {
+        return tiled::load_tile(k, v, at, kt, vt);
+    }
+    // SAFETY: installed only after avx2 and f16c were detected; shapes checked above (`n`
+    // whole f16 rows of `d` elements in `k` and `v`, keys `at..at + n` in the tile).
+    unsafe { load_f16(k.bytes, v.bytes, n, d, at, kt, vt) }
+}

@@ -162,7 +162,7 @@ mod avx2_tables {
     /// Every tile kernel of `ty` this CPU can run, best first, with a name; the AVX-512 ones
     /// only with `avx512` (the AVX-512 path).
     pub fn tile_variants(ty: GgmlType, avx512: bool) -> Vec<(&'static str, TileDotFn)> {
-        use crate::x86_64::{tiles, tiles512, tiles512_k};
+        use crate::x86_64::{tiles, tiles512, tiles512_k, tiles_k};
         let vnni = std::arch::is_x86_feature_detected!("avxvnni");
         let wide: &[(GgmlType, &'static str, TileDotFn)] = &[
             (GgmlType::Q4_1, "avx512-vnni", tiles512::tile_q4_1_q8_1),
@@ -182,6 +182,8 @@ mod avx2_tables {
             (GgmlType::Q8_0, false, "avx2", tiles::tile_q8_0_q8_0),
             (GgmlType::Q5_0, true, "avx-vnni", tiles::tile_q5_0_q8_0_vnni),
             (GgmlType::Q5_0, false, "avx2", tiles::tile_q5_0_q8_0),
+            (GgmlType::Q4_K, false, "avx2", tiles_k::tile_q4_k_q8_k),
+            (GgmlType::Q6_K, false, "avx2", tiles_k::tile_q6_k_q8_k),
         ];
         wide.chain(
             all.iter()

@@ -35,23 +35,23 @@ use std::arch::x86_64::{
 
 use super::f16c::f16_at;
 
-const Q4_K_SIZE: usize = 144;
+pub(super) const Q4_K_SIZE: usize = 144;
 const Q5_K_SIZE: usize = 176;
-const Q6_K_SIZE: usize = 210;
-const Q8_K_SIZE: usize = 292;
+pub(super) const Q6_K_SIZE: usize = 210;
+pub(super) const Q8_K_SIZE: usize = 292;
 /// Offset of the quants in a Q8_K block (after the f32 `d`).
-const Q8_K_QS: usize = 4;
+pub(super) const Q8_K_QS: usize = 4;
 /// Offset of the 16 i16 group sums in a Q8_K block.
-const Q8_K_BSUMS: usize = 4 + 256;
+pub(super) const Q8_K_BSUMS: usize = 4 + 256;
 
 #[inline(always)]
-fn f32_at(b: &[u8], at: usize) -> f32 {
+pub(super) fn f32_at(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// 32 bytes of `b` from `at`.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load32(b: &[u8], at: usize) -> __m256i {
+pub(super) fn load32(b: &[u8], at: usize) -> __m256i {
     let s = &b[at..at + 32];
     // SAFETY: `s` holds exactly 32 bytes; unaligned load.
     unsafe { _mm256_loadu_si256(s.as_ptr().cast::<__m256i>()) }
@@ -118,7 +118,7 @@ fn scale_pair(a: i16, b: i16) -> __m256i {
 /// The eight 6-bit scales and eight 6-bit minimums of Q4_K / Q5_K (the same values as the
 /// reference's `scale_min_k4`, unpacked 4 bytes at a time as ggml's AVX2 kernels do).
 #[inline(always)]
-fn scales_mins(p: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(super) fn scales_mins(p: &[u8]) -> ([u8; 8], [u8; 8]) {
     const KMASK1: u32 = 0x3f3f_3f3f;
     const KMASK2: u32 = 0x0f0f_0f0f;
     const KMASK3: u32 = 0x0303_0303;
@@ -279,7 +279,7 @@ fn q5_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
 /// The two scales of 32-element chunk `ci` of a Q6_K block as i16 lanes: `sc[2ci]` for its
 /// first 16 elements (low half), `sc[2ci + 1]` for the rest.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_scales(x: &[u8], ci: usize) -> __m256i {
+pub(super) fn q6_scales(x: &[u8], ci: usize) -> __m256i {
     let s = |g: usize| i16::from(x[192 + g] as i8);
     _mm256_set_m128i(_mm_set1_epi16(s(2 * ci + 1)), _mm_set1_epi16(s(2 * ci)))
 }
@@ -287,7 +287,7 @@ fn q6_scales(x: &[u8], ci: usize) -> __m256i {
 /// The 6-bit quants of a Q6_K super-block `x` as 8 vectors of 32 unsigned bytes (`q + 32`,
 /// 0..64): vector `4h + k` holds elements `128h + 32k ..+ 32` in order.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_quants(x: &[u8]) -> [__m256i; 8] {
+pub(super) fn q6_quants(x: &[u8]) -> [__m256i; 8] {
     let low = _mm256_set1_epi8(0x0f);
     let top2 = _mm256_set1_epi8(0x30);
     let mut q = [_mm256_setzero_si256(); 8];

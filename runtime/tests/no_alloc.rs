@@ -78,5 +78,22 @@ fn decode_steps_allocate_nothing() {
     assert_eq!(seq.tokens.len(), prompt.len() + 53);
     assert!(text_bytes > 0);
     assert_eq!(n, 0, "{n} heap allocations during 50 decode steps");
+
+    // 96 more tokens of a sequence: its first pass of 64 takes the tiled attention path (the
+    // thread pool's per-thread workspaces), and the row-wise operations spread over the
+    // threads. (The sequence starts with a short evaluation: starting a request allocates.)
+    s.release(&mut seq);
+    let mut seq = s.new_sequence();
+    seq.tokens.extend_from_slice(&prompt);
+    s.eval(&mut seq, |_| false, |_, _, _| {}).unwrap();
+    seq.tokens.extend((0..96).map(|i| prompt[i % prompt.len()]));
+    let last = seq.tokens.len() - 1;
+    let mut seen = 0;
+    let n = count_allocations(|| {
+        s.eval(&mut seq, |p| p == last, |_, _, _| seen += 1)
+            .unwrap();
+    });
+    assert_eq!(seen, 1);
+    assert_eq!(n, 0, "{n} heap allocations prefilling 96 tokens");
     s.release(&mut seq);
 }

@@ -13,13 +13,19 @@ use ember_kernels::reference::attention_tiled;
 use half::f16;
 
 use super::gelu;
-use crate::compute::{Compute, MatJob, SharedOut, MAX_JOBS};
+use crate::compute::{Compute, MatJob, SharedOut, MAX_JOBS, WORKSPACE};
 use crate::error::Result;
 use crate::kv::{KvArena, KvGroups};
 use crate::model::config::{FfnAct, RopePairing};
 use crate::model::executor::{Act, BlockTables, Executor, Limits, Out, RopeTable, Step};
 use crate::model::weights::{f32_slice, Mat, Vector};
 use crate::model::{Model, Scratch};
+
+/// Rows of `n` elements per work item of a row-wise operation spread over the threads: about
+/// 8 K elements, so a one-token step stays on the calling thread.
+fn rows_per_item(n: usize) -> usize {
+    (8192 / n.max(1)).max(1)
+}
 
 /// One step's view of the CPU backend: worker threads, KV arena, scratch, and the model file
 /// the weights are read from.
@@ -185,18 +191,25 @@ impl Executor for CpuExecutor<'_> {
         let (norm, n, eps) = (self.vec(w), w.len, self.rms_eps);
         let rms_norm = self.cx.kernels().ops().rms_norm;
         let mut out = self.s.take(dst);
-        if src == dst {
-            let tmp = &mut self.s.tmp[..n];
-            for row in out[..rows * n].chunks_exact_mut(n) {
-                tmp.copy_from_slice(row);
-                rms_norm(tmp, norm, eps, row);
+        assert!(out.len() >= rows * n && n <= WORKSPACE);
+        let x = (src != dst).then(|| self.s.buf(src));
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        let per = rows_per_item(n);
+        self.cx.parallel_for_ws(rows.div_ceil(per), |ws, i| {
+            for t in i * per..((i + 1) * per).min(rows) {
+                // SAFETY: item `i` owns rows `i*per .. (i+1)*per` of `out` (checked to hold
+                // `rows` rows of `n`); no other item touches them, and `out` is not otherwise
+                // borrowed during the region.
+                let row = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add(t * n), n) };
+                match x {
+                    Some(x) => rms_norm(&x[t * n..(t + 1) * n], norm, eps, row),
+                    None => {
+                        ws[..n].copy_from_slice(row);
+                        rms_norm(&ws[..n], norm, eps, row);
+                    }
+                }
             }
-        } else {
-            let x = self.s.buf(src);
-            for (t, row) in out[..rows * n].chunks_exact_mut(n).enumerate() {
-                rms_norm(&x[t * n..(t + 1) * n], norm, eps, row);
-            }
-        }
+        });
         self.s.put(dst, out);
         Ok(())
     }
@@ -441,12 +454,29 @@ impl Executor for CpuExecutor<'_> {
     }
 
     fn gated_act(&mut self, act: FfnAct, rows: usize) -> Result<()> {
-        let n = rows * self.s.width(Act::Gate);
-        let (gate, up) = (&mut self.s.gate[..n], &self.s.up[..n]);
-        match act {
-            FfnAct::Silu => (self.cx.kernels().ops().silu_mul)(gate, up),
-            FfnAct::Gelu => gelu::geglu(gate, up),
-        }
+        let w = self.s.width(Act::Gate);
+        let silu_mul = self.cx.kernels().ops().silu_mul;
+        let (gate, up) = (&mut self.s.gate[..rows * w], &self.s.up[..rows * w]);
+        let gate_ptr = SharedOut(gate.as_mut_ptr());
+        let per = rows_per_item(w);
+        self.cx.parallel_for(rows.div_ceil(per), |i| {
+            let (t0, t1) = (i * per, ((i + 1) * per).min(rows));
+            // SAFETY: item `i` owns rows `t0..t1` of `gate` (`rows` rows of `w`); no other item
+            // touches them, and `gate` is not otherwise borrowed during the region.
+            let g = unsafe {
+                std::slice::from_raw_parts_mut(gate_ptr.ptr().add(t0 * w), (t1 - t0) * w)
+            };
+            // Row by row, as ggml applies it (a row's tail of fewer than 8 elements takes libm).
+            for (g, u) in g
+                .chunks_exact_mut(w)
+                .zip(up[t0 * w..t1 * w].chunks_exact(w))
+            {
+                match act {
+                    FfnAct::Silu => silu_mul(g, u),
+                    FfnAct::Gelu => gelu::geglu(g, u),
+                }
+            }
+        });
         Ok(())
     }
 

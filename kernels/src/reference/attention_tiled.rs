@@ -40,6 +40,14 @@ pub const MAX_HEAD: usize = 256;
 /// Most query rows of one [`attend_tile`] call that [`WORKSPACE`] is sized for.
 pub const MAX_ROWS: usize = 64;
 
+/// Whether a pass of `n_tok` tokens over K/V stored as `kv` with head size `d` and `group`
+/// query heads per KV head takes the tiled path (ggml's rule: 64 or more query rows over f16
+/// K/V; Ember's kernels also need `d <= MAX_HEAD` and a KV head's rows in one call). Its
+/// queries are then not rounded to f16. Every backend decides by this.
+pub fn takes(kv: crate::kv::KvType, n_tok: usize, d: usize, group: usize) -> bool {
+    kv == crate::kv::KvType::F16 && n_tok >= MIN_BATCH && d <= MAX_HEAD && group <= MAX_ROWS
+}
+
 /// f32 elements of one thread's workspace for calls of up to [`MAX_ROWS`] rows and head size
 /// [`MAX_HEAD`]: queries and outputs (`rows × d` each), weights (`rows × TILE`), the transposed
 /// key tile and the value tile (`TILE × d` each).

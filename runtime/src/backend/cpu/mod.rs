@@ -8,7 +8,7 @@
 
 mod attention;
 
-use ember_kernels::kv::{hadamard, KvType};
+use ember_kernels::kv::hadamard;
 use ember_kernels::reference::attention_tiled;
 use half::f16;
 
@@ -69,10 +69,12 @@ impl<'a> CpuExecutor<'a> {
     /// tokens over f16 K/V, as ggml's CPU flash attention decides (`attention_tiled`).
     fn tiled(&self, n_tok: usize) -> bool {
         let lay = self.kv.layout();
-        lay.kv_type == KvType::F16
-            && n_tok >= attention_tiled::MIN_BATCH
-            && lay.head_dim <= attention_tiled::MAX_HEAD
-            && self.n_head / lay.n_kv_head <= attention_tiled::MAX_ROWS
+        attention_tiled::takes(
+            lay.kv_type,
+            n_tok,
+            lay.head_dim,
+            self.n_head / lay.n_kv_head,
+        )
     }
 
     fn vec(&self, v: &Vector) -> &'a [f32] {

@@ -302,7 +302,12 @@ impl Executor for CudaExecutor<'_> {
             row_u16: (l.row_bytes() / 2) as i32,
             rot_k: l.kv_type.key_rotation(l.head_dim).unwrap_or(0) as i32,
             rot_v: l.kv_type.value_rotation(l.head_dim).unwrap_or(0) as i32,
-            pad: 0,
+            round_q: i32::from(!ember_kernels::reference::attention_tiled::takes(
+                l.kv_type,
+                b.n_tok,
+                z.head_dim,
+                z.n_head / z.n_head_kv,
+            )),
         })
     }
 

@@ -98,7 +98,9 @@ pub struct RopeKvParams {
     pub row_u16: i32,
     pub rot_k: i32,
     pub rot_v: i32,
-    pub pad: i32,
+    /// 1: round q to f16 after scaling (ggml's one-query attention); 0: keep it f32 (its tiled
+    /// path, `attention_tiled::takes`).
+    pub round_q: i32,
 }
 
 /// `paged_attention` and `attention_reduce`.

@@ -365,7 +365,7 @@ pub fn rope_kv_write_of(
         row_u16: (row_bytes / 2) as i32,
         rot_k: kv_type.key_rotation(z.head_dim).unwrap_or(0) as i32,
         rot_v: kv_type.value_rotation(z.head_dim).unwrap_or(0) as i32,
-        pad: 0,
+        round_q: 1,
     })?;
     let mut o = RopeKvOut {
         q: vec![0.0; q.len()],

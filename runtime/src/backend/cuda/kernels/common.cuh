@@ -115,7 +115,7 @@ struct BiasParams {
 };
 
 struct RopeKvParams {
-    float* q;            // [n_tok, n_head * head_dim]: rotated in place, rounded to f16 values
+    float* q;            // [n_tok, n_head * head_dim]: rotated in place, rounded to f16 values (round_q)
     float* k;            // [n_tok, n_head_kv * head_dim]: rotated in place
     float* v;            // [n_tok, n_head_kv * head_dim]: turned in place when rot_v > 0
     u16* kc;             // key arena [n_blocks][n_layer][n_head_kv][block_size][head_dim] f16
@@ -137,7 +137,7 @@ struct RopeKvParams {
     int row_u16;         // a stored row's size in 16-bit words (all three sizes are even)
     int rot_k;           // > 0: q and k are turned by Walsh-Hadamard blocks of this size
     int rot_v;           // > 0: v is turned by Walsh-Hadamard blocks of this size
-    int pad;
+    int round_q;         // 1: q rounded to f16 (one-query attention); 0: kept f32 (tiled path)
 };
 
 struct AttnParams {

@@ -181,9 +181,12 @@ extern "C" __global__ void rope_kv_write(const RopeKvParams p) {
     }
     if (p.rot_v > 0) block_hadamard(v, p.n_head_kv * d, p.rot_v);
     __syncthreads();
-    // Gemma scales q here (1 otherwise); ggml's attention multiplies an f16 copy of Q with
-    // the f16 K cache.
-    for (int i = threadIdx.x; i < p.n_head * d; i += blockDim.x) q[i] = h2f(f2h(q[i] * p.q_scale));
+    // Gemma scales q here (1 otherwise); ggml's one-query attention multiplies an f16 copy of
+    // Q with the f16 K cache, its tiled path (passes of 64+ tokens) keeps Q in f32.
+    for (int i = threadIdx.x; i < p.n_head * d; i += blockDim.x) {
+        const float x = q[i] * p.q_scale;
+        q[i] = p.round_q ? h2f(f2h(x)) : x;
+    }
     const i64 tile = (i64)p.block_size * p.row_u16;
     const i64 base = ((i64)p.tok_block[t] * p.n_layer + p.layer) * p.n_head_kv * tile
                    + (i64)(pos % p.block_size) * p.row_u16;

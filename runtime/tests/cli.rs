@@ -110,6 +110,33 @@ fn batch_and_concurrent_bench_run_through_the_engine() {
     assert_eq!(v["concurrency"], 4);
     assert!(v["decode_tok_s"].as_f64().unwrap() > 0.0);
 
+    // --bandwidth: the streaming read and the decode speed it allows (bandwidth / weight bytes).
+    let o = ember(&[
+        "bench",
+        "-m",
+        m,
+        "-p",
+        "4",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "--bandwidth",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (bw, limit) = (
+        v["bandwidth_gb_s"].as_f64().unwrap(),
+        v["decode_limit_tok_s"].as_f64().unwrap(),
+    );
+    assert!(bw > 0.1 && limit > 0.0, "{v}");
+    let weights = std::fs::metadata(&p).unwrap().len() as f64;
+    assert!(
+        limit * weights >= bw * 1e9,
+        "at most the file's bytes are weights: {v}"
+    );
+
     let input = tmp("requests.jsonl");
     let output = tmp("results.jsonl");
     std::fs::write(

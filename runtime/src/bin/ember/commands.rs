@@ -617,6 +617,7 @@ pub fn bench(raw: &[OsString]) -> CliResult {
                 val("reps", Some("-r")),
                 val("concurrency", Some("-c")),
                 switch("json"),
+                switch("bandwidth"),
             ],
             crate::batch::ENGINE_FLAGS,
         ],
@@ -695,13 +696,31 @@ pub fn bench(raw: &[OsString]) -> CliResult {
         (m, sd)
     };
     let ((ppm, pps), (tgm, tgs)) = (stats(&pp), stats(&tg));
+    // --bandwidth: the streaming read of this many threads, and the decode speed it allows
+    // when every weight byte is read once per token.
+    let bw = a
+        .has("bandwidth")
+        .then(|| crate::bandwidth::measure(s.threads()));
+    let weights = s.model().weight_bytes() as f64;
     output::print(|o| {
         if a.has("json") {
-            return writeln!(
-                o,
-                "{}",
-                json!({"backend": s.backend().name(), "threads": s.threads(), "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
-                       "prefill_tok_s": ppm, "prefill_sd": pps, "decode_tok_s": tgm, "decode_sd": tgs})
+            let mut j = json!({"backend": s.backend().name(), "threads": s.threads(), "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
+                       "prefill_tok_s": ppm, "prefill_sd": pps, "decode_tok_s": tgm, "decode_sd": tgs});
+            if let Some(bw) = bw {
+                j["bandwidth_gb_s"] = json!(bw / 1e9);
+                j["decode_limit_tok_s"] = json!(bw / weights);
+            }
+            return writeln!(o, "{j}");
+        }
+        if let Some(bw) = bw {
+            eprintln!(
+                "memory: {:.1} GB/s streaming read ({} threads, 256 MiB, 4 passes); {:.1} MB of \
+                 weights read per decoded token allow {:.0} tok/s: tg{n_gen} is at {:.0}%",
+                bw / 1e9,
+                s.threads(),
+                weights / 1e6,
+                bw / weights,
+                100.0 * tgm * weights / bw
             );
         }
         writeln!(o, "| model | threads | test | t/s |")?;

@@ -21,6 +21,7 @@ macro_rules! eprint {
 }
 
 mod args;
+mod bandwidth;
 mod batch;
 mod commands;
 mod info;
@@ -72,8 +73,10 @@ commands:
                         infinite values
   perplexity -f FILE [-c N] [--json]
                         perplexity of FILE with chunks of N tokens, as llama-perplexity
-  bench [-p N] [-n N] [-r R] [--json]
-                        prefill N tokens and decode N tokens from an empty cache, R times
+  bench [-p N] [-n N] [-r R] [--bandwidth] [--json]
+                        prefill N tokens and decode N tokens from an empty cache, R times;
+                        --bandwidth also measures the streaming-read bandwidth and the
+                        decode speed it allows
   bench --concurrency C [-p N] [-n N]
                         C sequences prefilled, then decoded together (aggregate tok/s)
   batch --input requests.jsonl --output results.jsonl [--max-seqs S]

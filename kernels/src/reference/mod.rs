@@ -51,6 +51,30 @@ pub trait Block: Copy {
     fn write(&self, out: &mut [u8]);
 }
 
+/// A [`Block`] made of byte arrays only: no padding, alignment 1, every byte pattern a valid
+/// value. Such blocks are read in place with [`view`] (the ISA kernels' way: no copy).
+///
+/// # Safety
+/// `size_of::<Self>() == Self::SIZE`, `align_of::<Self>() == 1`, and every pattern of
+/// `Self::SIZE` bytes is a valid `Self` (all fields `u8` or `i8` arrays).
+pub unsafe trait Plain: Block {}
+
+/// The first `n` blocks of `b`, in place. Panics when `b` holds fewer than `n` blocks.
+#[inline(always)]
+pub fn view<B: Plain>(b: &[u8], n: usize) -> &[B] {
+    const { assert!(align_of::<B>() == 1) };
+    assert!(size_of::<B>() == B::SIZE, "block size");
+    assert!(
+        n.checked_mul(B::SIZE).is_some_and(|len| b.len() >= len),
+        "{} bytes hold fewer than {n} blocks of {}",
+        b.len(),
+        B::SIZE
+    );
+    // SAFETY: `b` holds at least `n * SIZE` bytes (checked); `B` has alignment 1, no padding and
+    // no invalid byte patterns (`Plain`), so any `SIZE` bytes are a `B`; the result borrows `b`.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<B>(), n) }
+}
+
 /// `N` bytes of `b` from `at`, as an array.
 #[inline(always)]
 pub(crate) fn bytes<const N: usize>(b: &[u8], at: usize) -> [u8; N] {

@@ -31,6 +31,9 @@ pub struct BlockQ4K {
 }
 const _: () = assert!(size_of::<BlockQ4K>() == 144);
 
+// SAFETY: byte arrays only (the size is asserted above); alignment 1; any bytes are a block.
+unsafe impl super::Plain for BlockQ4K {}
+
 impl Block for BlockQ4K {
     const SIZE: usize = 144;
     const ELEMS: usize = QK_K;

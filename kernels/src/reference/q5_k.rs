@@ -25,6 +25,9 @@ pub struct BlockQ5K {
 }
 const _: () = assert!(size_of::<BlockQ5K>() == 176);
 
+// SAFETY: byte arrays only (the size is asserted above); alignment 1; any bytes are a block.
+unsafe impl super::Plain for BlockQ5K {}
+
 impl Block for BlockQ5K {
     const SIZE: usize = 176;
     const ELEMS: usize = QK_K;

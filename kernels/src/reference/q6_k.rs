@@ -27,6 +27,9 @@ pub struct BlockQ6K {
 }
 const _: () = assert!(size_of::<BlockQ6K>() == 210);
 
+// SAFETY: byte arrays only (the size is asserted above); alignment 1; any bytes are a block.
+unsafe impl super::Plain for BlockQ6K {}
+
 impl Block for BlockQ6K {
     const SIZE: usize = 210;
     const ELEMS: usize = QK_K;

@@ -25,6 +25,9 @@ pub struct BlockQ8K {
 }
 const _: () = assert!(size_of::<BlockQ8K>() == 292);
 
+// SAFETY: byte arrays only (the size is asserted above); alignment 1; any bytes are a block.
+unsafe impl super::Plain for BlockQ8K {}
+
 impl Block for BlockQ8K {
     const SIZE: usize = 292;
     const ELEMS: usize = QK_K;

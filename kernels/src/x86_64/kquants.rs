@@ -34,19 +34,30 @@ use std::arch::x86_64::{
 };
 
 use super::f16c::f16_at;
+use crate::reference::q4_k::BlockQ4K;
+use crate::reference::q5_k::BlockQ5K;
+use crate::reference::q6_k::BlockQ6K;
+use crate::reference::q8_k::BlockQ8K;
+use crate::reference::view;
 
-pub(super) const Q4_K_SIZE: usize = 144;
-const Q5_K_SIZE: usize = 176;
-pub(super) const Q6_K_SIZE: usize = 210;
-pub(super) const Q8_K_SIZE: usize = 292;
-/// Offset of the quants in a Q8_K block (after the f32 `d`).
-pub(super) const Q8_K_QS: usize = 4;
-/// Offset of the 16 i16 group sums in a Q8_K block.
-pub(super) const Q8_K_BSUMS: usize = 4 + 256;
-
+/// The f32 scale of a Q8_K block.
 #[inline(always)]
-pub(super) fn f32_at(b: &[u8], at: usize) -> f32 {
-    f32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+pub(super) fn q8k_d(y: &BlockQ8K) -> f32 {
+    f32::from_le_bytes(y.d)
+}
+
+/// 32 quants of a Q8_K block from `at`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q8k_quants(y: &BlockQ8K, at: usize) -> __m256i {
+    let s = &y.qs[at..at + 32];
+    // SAFETY: `s` holds exactly 32 bytes; unaligned load.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast::<__m256i>()) }
+}
+
+/// The 16 i16 group sums of a Q8_K block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q8k_bsums(y: &BlockQ8K) -> __m256i {
+    load32(y.bsums.as_flattened(), 0)
 }
 
 /// 32 bytes of `b` from `at`.
@@ -139,12 +150,12 @@ pub(super) fn scales_mins(p: &[u8]) -> ([u8; 8], [u8; 8]) {
 
 /// `Σ_j bsums[j] · mins[j / 2]` over the 16 group sums of a Q8_K block (exact).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn min_sum(y: &[u8], mins: &[u8; 8]) -> i32 {
+fn min_sum(y: &BlockQ8K, mins: &[u8; 8]) -> i32 {
     // SAFETY: `mins` holds 8 bytes; unaligned 8-byte load.
     let m8 = unsafe { _mm_loadl_epi64(mins.as_ptr().cast()) };
     // [m0, m0, m1, m1, ..., m7, m7] as i16.
     let m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-    let p = _mm256_madd_epi16(load32(y, Q8_K_BSUMS), m16);
+    let p = _mm256_madd_epi16(q8k_bsums(y), m16);
     let s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
     let s = _mm_hadd_epi32(s, s);
     _mm_cvtsi128_si32(_mm_hadd_epi32(s, s))
@@ -174,15 +185,15 @@ fn hsum_i32(v: __m256i) -> i32 {
 /// block `y`, as i32 lanes (chunk `c`: `sc[2c] · Σ lo-nibble · y + sc[2c+1] · Σ hi-nibble · y`
 /// over its lanes; |pairs| ≤ 2 · 15 · 128, no `maddubs` saturation).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_k_chunks(x: &[u8], y: &[u8], sc: &[u8; 8]) -> [__m256i; 4] {
+fn q4_k_chunks(x: &BlockQ4K, y: &BlockQ8K, sc: &[u8; 8]) -> [__m256i; 4] {
     let low = _mm256_set1_epi8(0x0f);
     let mut out = [_mm256_setzero_si256(); 4];
     for (c, o) in out.iter_mut().enumerate() {
-        let packed = load32(x, 16 + 32 * c);
+        let packed = load32(&x.qs, 32 * c);
         let qa = _mm256_and_si256(packed, low);
         let qb = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low);
-        let pa = _mm256_maddubs_epi16(qa, load32(y, Q8_K_QS + 64 * c));
-        let pb = _mm256_maddubs_epi16(qb, load32(y, Q8_K_QS + 64 * c + 32));
+        let pa = _mm256_maddubs_epi16(qa, q8k_quants(y, 64 * c));
+        let pb = _mm256_maddubs_epi16(qb, q8k_quants(y, 64 * c + 32));
         *o = _mm256_add_epi32(
             _mm256_madd_epi16(pa, _mm256_set1_epi16(i16::from(sc[2 * c]))),
             _mm256_madd_epi16(pb, _mm256_set1_epi16(i16::from(sc[2 * c + 1]))),
@@ -194,19 +205,17 @@ fn q4_k_chunks(x: &[u8], y: &[u8], sc: &[u8; 8]) -> [__m256i; 4] {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let (mut acc, mut acc_min) = (0f32, 0f32);
-    for i in 0..nb {
-        let x = &w[i * Q4_K_SIZE..(i + 1) * Q4_K_SIZE];
-        let y = &a[i * Q8_K_SIZE..(i + 1) * Q8_K_SIZE];
-        let ya = f32_at(y, 0);
-        let (sc, mn) = scales_mins(&x[4..16]);
+    for (x, y) in view::<BlockQ4K>(w, nb).iter().zip(view::<BlockQ8K>(a, nb)) {
+        let ya = q8k_d(y);
+        let (sc, mn) = scales_mins(&x.scales);
         let [c0, c1, c2, c3] = q4_k_chunks(x, y, &sc);
         let sumi = hsum_i32(_mm256_add_epi32(
             _mm256_add_epi32(c0, c1),
             _mm256_add_epi32(c2, c3),
         ));
         let summ = min_sum(y, &mn);
-        acc = (sumi as f32).mul_add(f16_at(x, 0) * ya, acc);
-        acc_min = (summ as f32).mul_add(f16_at(x, 2) * ya, acc_min);
+        acc = (sumi as f32).mul_add(f16_at(&x.d, 0) * ya, acc);
+        acc_min = (summ as f32).mul_add(f16_at(&x.dmin, 0) * ya, acc_min);
     }
     acc - acc_min
 }
@@ -214,18 +223,11 @@ fn q4_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k_q8_k_x4_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let (mut acc, mut acc_min) = (0f32, 0f32);
-    for i in 0..nb {
-        let x = &w[i * Q4_K_SIZE..(i + 1) * Q4_K_SIZE];
-        let y = &a[i * Q8_K_SIZE..(i + 1) * Q8_K_SIZE];
-        let ya = f32_at(y, 0);
-        let (d, dmin) = (f16_at(x, 0) * ya, f16_at(x, 2) * ya);
-        let (sc, mn) = scales_mins(&x[4..16]);
-        let bs = |j: usize| {
-            i32::from(i16::from_le_bytes([
-                y[Q8_K_BSUMS + 2 * j],
-                y[Q8_K_BSUMS + 2 * j + 1],
-            ]))
-        };
+    for (x, y) in view::<BlockQ4K>(w, nb).iter().zip(view::<BlockQ8K>(a, nb)) {
+        let ya = q8k_d(y);
+        let (d, dmin) = (f16_at(&x.d, 0) * ya, f16_at(&x.dmin, 0) * ya);
+        let (sc, mn) = scales_mins(&x.scales);
+        let bs = |j: usize| i32::from(i16::from_le_bytes(y.bsums[j]));
         for (c, v) in q4_k_chunks(x, y, &sc).into_iter().enumerate() {
             let summ = (bs(4 * c) + bs(4 * c + 1)) * i32::from(mn[2 * c])
                 + (bs(4 * c + 2) + bs(4 * c + 3)) * i32::from(mn[2 * c + 1]);
@@ -243,35 +245,33 @@ fn q5_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let bit4 = _mm256_set1_epi8(0x10);
     let mut sums = _mm256_setzero_ps();
     let mut sumf = 0f32;
-    for i in 0..nb {
-        let x = &w[i * Q5_K_SIZE..(i + 1) * Q5_K_SIZE];
-        let y = &a[i * Q8_K_SIZE..(i + 1) * Q8_K_SIZE];
-        let ya = f32_at(y, 0);
-        let (sc, mn) = scales_mins(&x[4..16]);
+    for (x, y) in view::<BlockQ5K>(w, nb).iter().zip(view::<BlockQ8K>(a, nb)) {
+        let ya = q8k_d(y);
+        let (sc, mn) = scales_mins(&x.scales);
         let summ = min_sum(y, &mn);
         // Fifth bits: bit g of byte l is element l of group g. After c shifts by 2, bits 0
         // and 1 of each byte are its own bits 2c and 2c + 1 (what comes in from the next byte
         // lands higher up).
-        let mut qh = _mm256_shuffle_epi8(load32(x, 16), shuf);
+        let mut qh = _mm256_shuffle_epi8(load32(&x.qh, 0), shuf);
         let mut acc = Classes::new();
         for c in 0..4 {
-            let packed = _mm256_shuffle_epi8(load32(x, 48 + 32 * c), shuf);
+            let packed = _mm256_shuffle_epi8(load32(&x.qs, 32 * c), shuf);
             let ha = _mm256_and_si256(_mm256_slli_epi16::<4>(qh), bit4);
             let hb = _mm256_and_si256(_mm256_slli_epi16::<3>(qh), bit4);
             qh = _mm256_srli_epi16::<2>(qh);
             let qa = _mm256_or_si256(_mm256_and_si256(packed, low), ha);
             let qb = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(packed), low), hb);
-            let ya_c = _mm256_shuffle_epi8(load32(y, Q8_K_QS + 64 * c), shuf);
-            let yb_c = _mm256_shuffle_epi8(load32(y, Q8_K_QS + 64 * c + 32), shuf);
+            let ya_c = _mm256_shuffle_epi8(q8k_quants(y, 64 * c), shuf);
+            let yb_c = _mm256_shuffle_epi8(q8k_quants(y, 64 * c + 32), shuf);
             acc.add(
                 _mm256_maddubs_epi16(qa, ya_c),
                 _mm256_maddubs_epi16(qb, yb_c),
                 scale_pair(i16::from(sc[2 * c]), i16::from(sc[2 * c + 1])),
             );
         }
-        let d = f16_at(x, 0) * ya;
+        let d = f16_at(&x.d, 0) * ya;
         sums = _mm256_add_ps(sums, _mm256_mul_ps(_mm256_set1_ps(d), acc.to_lanes()));
-        sumf -= (f16_at(x, 2) * ya) * summ as f32;
+        sumf -= (f16_at(&x.dmin, 0) * ya) * summ as f32;
     }
     add_lanes_in_order(sumf, sums)
 }
@@ -279,22 +279,29 @@ fn q5_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
 /// The two scales of 32-element chunk `ci` of a Q6_K block as i16 lanes: `sc[2ci]` for its
 /// first 16 elements (low half), `sc[2ci + 1]` for the rest.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6_scales(x: &[u8], ci: usize) -> __m256i {
-    let s = |g: usize| i16::from(x[192 + g] as i8);
+pub(super) fn q6_scales(x: &BlockQ6K, ci: usize) -> __m256i {
+    let s = |g: usize| i16::from(x.scales[g]);
     _mm256_set_m128i(_mm_set1_epi16(s(2 * ci + 1)), _mm_set1_epi16(s(2 * ci)))
+}
+
+/// The 16 group scales of a Q6_K block as i16.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6_scales16(x: &BlockQ6K) -> __m256i {
+    // SAFETY: `scales` holds 16 bytes; unaligned 16-byte load.
+    _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(x.scales.as_ptr().cast::<__m128i>()) })
 }
 
 /// The 6-bit quants of a Q6_K super-block `x` as 8 vectors of 32 unsigned bytes (`q + 32`,
 /// 0..64): vector `4h + k` holds elements `128h + 32k ..+ 32` in order.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6_quants(x: &[u8]) -> [__m256i; 8] {
+pub(super) fn q6_quants(x: &BlockQ6K) -> [__m256i; 8] {
     let low = _mm256_set1_epi8(0x0f);
     let top2 = _mm256_set1_epi8(0x30);
     let mut q = [_mm256_setzero_si256(); 8];
     for h in 0..2 {
-        let ql0 = load32(x, 64 * h);
-        let ql1 = load32(x, 64 * h + 32);
-        let qh = load32(x, 128 + 32 * h);
+        let ql0 = load32(&x.ql, 64 * h);
+        let ql1 = load32(&x.ql, 64 * h + 32);
+        let qh = load32(&x.qh, 32 * h);
         q[4 * h] = _mm256_or_si256(
             _mm256_and_si256(ql0, low),
             _mm256_and_si256(_mm256_slli_epi16::<4>(qh), top2),
@@ -319,10 +326,10 @@ pub(super) fn q6_quants(x: &[u8]) -> [__m256i; 8] {
 /// `4l..4l+4` of every 32-element chunk), for unsigned `u` (at most 63 for no `maddubs`
 /// saturation: |pairs| ≤ 2 · 63 · 128).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_scaled_sum(x: &[u8], y: &[u8], u: &[__m256i; 8]) -> __m256i {
+fn q6_scaled_sum(x: &BlockQ6K, y: &BlockQ8K, u: &[__m256i; 8]) -> __m256i {
     let mut sumi = _mm256_setzero_si256();
     for (ci, &uc) in u.iter().enumerate() {
-        let p = _mm256_maddubs_epi16(uc, load32(y, Q8_K_QS + 32 * ci));
+        let p = _mm256_maddubs_epi16(uc, q8k_quants(y, 32 * ci));
         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(q6_scales(x, ci), p));
     }
     sumi
@@ -332,20 +339,15 @@ fn q6_scaled_sum(x: &[u8], y: &[u8], u: &[__m256i; 8]) -> __m256i {
 /// `reference::q6_k::vec_dot_q6_k_q8_k` defines them: the `-32` offset comes from `y`'s group
 /// sums, lane `l` taking `32 · (bsums[2l] · sc[2l] + bsums[2l+1] · sc[2l+1])`.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_lanes(x: &[u8], y: &[u8]) -> __m256i {
-    // SAFETY: bytes 192..208 of `x` are the 16 scales; unaligned 16-byte load.
-    let scales = unsafe { _mm_loadu_si128(x[192..208].as_ptr().cast::<__m128i>()) };
-    let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(
-        load32(y, Q8_K_BSUMS),
-        _mm256_cvtepi8_epi16(scales),
-    ));
+fn q6_lanes(x: &BlockQ6K, y: &BlockQ8K) -> __m256i {
+    let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(q8k_bsums(y), q6_scales16(x)));
     _mm256_sub_epi32(q6_scaled_sum(x, y, &q6_quants(x)), offset)
 }
 
 /// The exact `Σ sc · (q - 32) · y` of one Q6_K super-block, the offset taken from `y`'s own
 /// quants (as ggml's tiled kernel does), not from its group sums.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_block_sum(x: &[u8], y: &[u8]) -> i32 {
+fn q6_block_sum(x: &BlockQ6K, y: &BlockQ8K) -> i32 {
     let with_offset = q6_scaled_sum(x, y, &q6_quants(x));
     let ones = q6_scaled_sum(x, y, &[_mm256_set1_epi8(1); 8]);
     hsum_i32(with_offset) - 32 * hsum_i32(ones)
@@ -354,10 +356,8 @@ fn q6_block_sum(x: &[u8], y: &[u8]) -> i32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    for i in 0..nb {
-        let x = &w[i * Q6_K_SIZE..(i + 1) * Q6_K_SIZE];
-        let y = &a[i * Q8_K_SIZE..(i + 1) * Q8_K_SIZE];
-        let d = f32_at(y, 0) * f16_at(x, 208);
+    for (x, y) in view::<BlockQ6K>(w, nb).iter().zip(view::<BlockQ8K>(a, nb)) {
+        let d = q8k_d(y) * f16_at(&x.d, 0);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(q6_lanes(x, y)), acc);
     }
     // ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), the reference's order.
@@ -370,58 +370,45 @@ fn q6_k_q8_k_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_q8_k_tiled_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
     let mut acc = 0f32;
-    for i in 0..nb {
-        let x = &w[i * Q6_K_SIZE..(i + 1) * Q6_K_SIZE];
-        let y = &a[i * Q8_K_SIZE..(i + 1) * Q8_K_SIZE];
+    for (x, y) in view::<BlockQ6K>(w, nb).iter().zip(view::<BlockQ8K>(a, nb)) {
         let sumi = q6_block_sum(x, y);
-        acc = (f16_at(x, 208) * sumi as f32).mul_add(f32_at(y, 0), acc);
+        acc = (f16_at(&x.d, 0) * sumi as f32).mul_add(q8k_d(y), acc);
     }
     acc
 }
 
-/// Checks the row lengths and runs `kernel` (an AVX2 + FMA function) on `nb` super-blocks.
+/// Runs `kernel` (an AVX2 + FMA function) on the `n / 256` super-blocks of `w` and `a` (the
+/// kernel views them as blocks, which checks their lengths).
 #[inline(always)]
-fn run(
-    n: usize,
-    w: &[u8],
-    a: &[u8],
-    w_size: usize,
-    kernel: unsafe fn(usize, &[u8], &[u8]) -> f32,
-) -> f32 {
-    let nb = n / 256;
-    assert!(
-        w.len() >= nb * w_size && a.len() >= nb * Q8_K_SIZE,
-        "row lengths"
-    );
+fn run(n: usize, w: &[u8], a: &[u8], kernel: unsafe fn(usize, &[u8], &[u8]) -> f32) -> f32 {
     // SAFETY: these entries are installed in the dispatch table only after avx2 and fma were
-    // detected (and f16c, which the
-    // avx2 path requires); every slice access inside is bounds-checked.
-    unsafe { kernel(nb, w, a) }
+    // detected (and f16c, which the avx2 path requires); block views are length-checked.
+    unsafe { kernel(n / 256, w, a) }
 }
 
 /// Q4_K × Q8_K with AVX2 (same result as `reference::q4_k::vec_dot_q4_k_q8_k`).
 pub(crate) fn vec_dot_q4_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    run(n, w, a, Q4_K_SIZE, q4_k_q8_k_avx2)
+    run(n, w, a, q4_k_q8_k_avx2)
 }
 
 /// Q4_K × Q8_K with AVX2 in the four-row order (same result as
 /// `reference::q4_k::vec_dot_q4_k_q8_k_x4`).
 pub(crate) fn vec_dot_q4_k_q8_k_x4(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    run(n, w, a, Q4_K_SIZE, q4_k_q8_k_x4_avx2)
+    run(n, w, a, q4_k_q8_k_x4_avx2)
 }
 
 /// Q5_K × Q8_K with AVX2 (same result as `reference::q5_k::vec_dot_q5_k_q8_k`).
 pub(crate) fn vec_dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    run(n, w, a, Q5_K_SIZE, q5_k_q8_k_avx2)
+    run(n, w, a, q5_k_q8_k_avx2)
 }
 
 /// Q6_K × Q8_K with AVX2 (same result as `reference::q6_k::vec_dot_q6_k_q8_k`).
 pub(crate) fn vec_dot_q6_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    run(n, w, a, Q6_K_SIZE, q6_k_q8_k_avx2)
+    run(n, w, a, q6_k_q8_k_avx2)
 }
 
 /// Q6_K × Q8_K with AVX2 in the tiled order (same result as
 /// `reference::q6_k::vec_dot_q6_k_q8_k_tiled`).
 pub(crate) fn vec_dot_q6_k_q8_k_tiled(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    run(n, w, a, Q6_K_SIZE, q6_k_q8_k_tiled_avx2)
+    run(n, w, a, q6_k_q8_k_tiled_avx2)
 }

@@ -14,19 +14,22 @@
 
 use std::arch::x86_64::{
     __m128, __m128i, __m256i, _mm256_add_epi32, _mm256_and_si256, _mm256_castsi256_si128,
-    _mm256_cvtepi8_epi16, _mm256_cvtepu8_epi16, _mm256_extracti128_si256, _mm256_hadd_epi32,
-    _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_permute4x64_epi64, _mm256_set1_epi16,
-    _mm256_set1_epi8, _mm256_slli_epi32, _mm256_srli_epi16, _mm256_sub_epi32, _mm_add_epi32,
-    _mm_cvtepi32_ps, _mm_fmadd_ps, _mm_loadl_epi64, _mm_loadu_ps, _mm_loadu_si128, _mm_mul_ps,
-    _mm_set1_ps, _mm_setzero_ps, _mm_storeu_ps, _mm_sub_ps, _mm_unpackhi_epi32, _mm_unpackhi_epi64,
-    _mm_unpacklo_epi32, _mm_unpacklo_epi64, _mm_unpacklo_epi8,
+    _mm256_cvtepu8_epi16, _mm256_extracti128_si256, _mm256_hadd_epi32, _mm256_madd_epi16,
+    _mm256_maddubs_epi16, _mm256_permute4x64_epi64, _mm256_set1_epi16, _mm256_set1_epi8,
+    _mm256_slli_epi32, _mm256_srli_epi16, _mm256_sub_epi32, _mm_add_epi32, _mm_cvtepi32_ps,
+    _mm_fmadd_ps, _mm_loadl_epi64, _mm_loadu_ps, _mm_mul_ps, _mm_set1_ps, _mm_setzero_ps,
+    _mm_storeu_ps, _mm_sub_ps, _mm_unpackhi_epi32, _mm_unpackhi_epi64, _mm_unpacklo_epi32,
+    _mm_unpacklo_epi64, _mm_unpacklo_epi8,
 };
 
 use super::f16c::f16_at;
 use super::kquants::{
-    f32_at, load32, q6_quants, q6_scales, scales_mins, Q4_K_SIZE, Q6_K_SIZE, Q8_K_BSUMS, Q8_K_QS,
-    Q8_K_SIZE,
+    load32, q6_quants, q6_scales, q6_scales16, q8k_bsums, q8k_d, q8k_quants, scales_mins,
 };
+use crate::reference::q4_k::BlockQ4K;
+use crate::reference::q6_k::BlockQ6K;
+use crate::reference::q8_k::BlockQ8K;
+use crate::reference::{view, Block};
 use crate::traits::{BatchRows, VecDotFn};
 
 /// `[Σ a, Σ b, Σ c, Σ d]` of four vectors of 8 i32 lanes (exact).
@@ -56,11 +59,10 @@ fn transpose4(r: [__m128i; 4]) -> [__m128i; 4] {
     ]
 }
 
-/// Q8_K block `i` of token `t0 + t`.
+/// The Q8_K blocks of tokens `t0..t0 + 4` (`nb` each, rows `a_stride` bytes apart).
 #[inline(always)]
-fn act(a: &[u8], a_stride: usize, t0: usize, t: usize, i: usize) -> &[u8] {
-    let at = (t0 + t) * a_stride + i * Q8_K_SIZE;
-    &a[at..at + Q8_K_SIZE]
+fn quad_acts(a: &[u8], a_stride: usize, t0: usize, nb: usize) -> [&[BlockQ8K]; 4] {
+    std::array::from_fn(|t| view::<BlockQ8K>(&a[(t0 + t) * a_stride..], nb))
 }
 
 /// Row `w` (`nb` super-blocks) with tokens `t0..t0 + 4` of `a` in the four-row order.
@@ -68,12 +70,12 @@ fn act(a: &[u8], a_stride: usize, t0: usize, t: usize, i: usize) -> &[u8] {
 fn q4_k_quad(nb: usize, w: &[u8], a: &[u8], a_stride: usize, t0: usize) -> __m128 {
     let low = _mm256_set1_epi8(0x0f);
     let (mut acc, mut acc_min) = (_mm_setzero_ps(), _mm_setzero_ps());
-    for i in 0..nb {
-        let x = &w[i * Q4_K_SIZE..(i + 1) * Q4_K_SIZE];
-        let (sc, mn) = scales_mins(&x[4..16]);
+    let ys = quad_acts(a, a_stride, t0, nb);
+    for (i, x) in view::<BlockQ4K>(w, nb).iter().enumerate() {
+        let (sc, mn) = scales_mins(&x.scales);
         let mut q = [low; 8];
         for c in 0..4 {
-            let packed = load32(x, 16 + 32 * c);
+            let packed = load32(&x.qs, 32 * c);
             q[2 * c] = _mm256_and_si256(packed, low);
             q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low);
         }
@@ -84,12 +86,12 @@ fn q4_k_quad(nb: usize, w: &[u8], a: &[u8], a_stride: usize, t0: usize) -> __m12
         let m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
         let (mut sums, mut mins, mut ya) = ([m8; 4], [m8; 4], [0f32; 4]);
         for t in 0..4 {
-            let y = act(a, a_stride, t0, t, i);
-            ya[t] = f32_at(y, 0);
+            let y = &ys[t][i];
+            ya[t] = q8k_d(y);
             let mut v = [low; 4];
             for (c, v) in v.iter_mut().enumerate() {
-                let pa = _mm256_maddubs_epi16(q[2 * c], load32(y, Q8_K_QS + 64 * c));
-                let pb = _mm256_maddubs_epi16(q[2 * c + 1], load32(y, Q8_K_QS + 64 * c + 32));
+                let pa = _mm256_maddubs_epi16(q[2 * c], q8k_quants(y, 64 * c));
+                let pb = _mm256_maddubs_epi16(q[2 * c + 1], q8k_quants(y, 64 * c + 32));
                 *v = _mm256_add_epi32(
                     _mm256_madd_epi16(pa, s[2 * c]),
                     _mm256_madd_epi16(pb, s[2 * c + 1]),
@@ -97,14 +99,14 @@ fn q4_k_quad(nb: usize, w: &[u8], a: &[u8], a_stride: usize, t0: usize) -> __m12
             }
             sums[t] = hsum4(v[0], v[1], v[2], v[3]);
             // Lane j: (bsums[2j] + bsums[2j+1]) · mn[j]; chunk c is lanes 2c and 2c + 1.
-            let p = _mm256_madd_epi16(load32(y, Q8_K_BSUMS), m16);
+            let p = _mm256_madd_epi16(q8k_bsums(y), m16);
             let h = _mm256_hadd_epi32(p, p);
             mins[t] = _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b00_00_10_00>(h));
         }
         // SAFETY: `ya` holds 4 f32; unaligned load.
         let ya = unsafe { _mm_loadu_ps(ya.as_ptr()) };
-        let d = _mm_mul_ps(_mm_set1_ps(f16_at(x, 0)), ya);
-        let dmin = _mm_mul_ps(_mm_set1_ps(f16_at(x, 2)), ya);
+        let d = _mm_mul_ps(_mm_set1_ps(f16_at(&x.d, 0)), ya);
+        let dmin = _mm_mul_ps(_mm_set1_ps(f16_at(&x.dmin, 0)), ya);
         for (sc, mn) in transpose4(sums).into_iter().zip(transpose4(mins)) {
             acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sc), d, acc);
             acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(mn), dmin, acc_min);
@@ -117,29 +119,28 @@ fn q4_k_quad(nb: usize, w: &[u8], a: &[u8], a_stride: usize, t0: usize) -> __m12
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_quad(nb: usize, w: &[u8], a: &[u8], a_stride: usize, t0: usize) -> __m128 {
     let mut acc = _mm_setzero_ps();
-    for i in 0..nb {
-        let x = &w[i * Q6_K_SIZE..(i + 1) * Q6_K_SIZE];
+    let ys = quad_acts(a, a_stride, t0, nb);
+    for (i, x) in view::<BlockQ6K>(w, nb).iter().enumerate() {
         let u = q6_quants(x);
         let sc: [__m256i; 8] = std::array::from_fn(|ci| q6_scales(x, ci));
-        // SAFETY: bytes 192..208 of `x` are the 16 scales; unaligned 16-byte load.
-        let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(x[192..208].as_ptr().cast()) });
+        let sc16 = q6_scales16(x);
         let (mut lanes, mut ya) = ([u[0]; 4], [0f32; 4]);
         for (t, lanes) in lanes.iter_mut().enumerate() {
-            let y = act(a, a_stride, t0, t, i);
-            ya[t] = f32_at(y, 0);
+            let y = &ys[t][i];
+            ya[t] = q8k_d(y);
             let mut sumi = _mm256_sub_epi32(u[0], u[0]);
             for ci in 0..8 {
-                let p = _mm256_maddubs_epi16(u[ci], load32(y, Q8_K_QS + 32 * ci));
+                let p = _mm256_maddubs_epi16(u[ci], q8k_quants(y, 32 * ci));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc[ci], p));
             }
             // The `- 32` of the quants: 32 · Σ sc[g] · (group sum g of y).
-            let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load32(y, Q8_K_BSUMS), sc16));
+            let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(q8k_bsums(y), sc16));
             *lanes = _mm256_sub_epi32(sumi, offset);
         }
         let sums = _mm_cvtepi32_ps(hsum4(lanes[0], lanes[1], lanes[2], lanes[3]));
         // SAFETY: `ya` holds 4 f32; unaligned load.
         let ya = unsafe { _mm_loadu_ps(ya.as_ptr()) };
-        acc = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(f16_at(x, 208)), sums), ya, acc);
+        acc = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(f16_at(&x.d, 0)), sums), ya, acc);
     }
     acc
 }
@@ -178,7 +179,16 @@ unsafe fn drive(
     out_stride: usize,
 ) {
     let nb = n / 256;
-    crate::tile::check_operands(nb, (f.block_w, Q8_K_SIZE), w, w_stride, nr, a, a_stride, nt);
+    crate::tile::check_operands(
+        nb,
+        (f.block_w, BlockQ8K::SIZE),
+        w,
+        w_stride,
+        nr,
+        a,
+        a_stride,
+        nt,
+    );
     if nr == 0 || nt == 0 {
         return;
     }
@@ -233,7 +243,7 @@ pub(crate) unsafe fn tile_q4_k_q8_k(
     out_stride: usize,
 ) {
     let f = KFormat {
-        block_w: Q4_K_SIZE,
+        block_w: BlockQ4K::SIZE,
         rule: BatchRows::FullQuads,
         batched: super::kquants::vec_dot_q4_k_q8_k_x4,
         single: super::kquants::vec_dot_q4_k_q8_k,
@@ -261,7 +271,7 @@ pub(crate) unsafe fn tile_q6_k_q8_k(
     out_stride: usize,
 ) {
     let f = KFormat {
-        block_w: Q6_K_SIZE,
+        block_w: BlockQ6K::SIZE,
         rule: BatchRows::AllFrom(8),
         batched: super::kquants::vec_dot_q6_k_q8_k_tiled,
         single: super::kquants::vec_dot_q6_k_q8_k,

@@ -182,8 +182,8 @@ mod avx2_tables {
             (GgmlType::Q8_0, false, "avx2", tiles::tile_q8_0_q8_0),
             (GgmlType::Q5_0, true, "avx-vnni", tiles::tile_q5_0_q8_0_vnni),
             (GgmlType::Q5_0, false, "avx2", tiles::tile_q5_0_q8_0),
-            (GgmlType::Q4_K, false, "avx2", tiles_k::tile_q4_k_q8_k),
-            (GgmlType::Q6_K, false, "avx2", tiles_k::tile_q6_k_q8_k),
+            (GgmlType::Q4_K, false, "avx2", tiles_k::tile::<tiles_k::Q4K>),
+            (GgmlType::Q6_K, false, "avx2", tiles_k::tile::<tiles_k::Q6K>),
         ];
         wide.chain(
             all.iter()

@@ -57,6 +57,44 @@ pub(crate) fn check_operands(
     );
 }
 
+/// The per-pair part of a k-quant tile product. The tokens of an `nt`-token product that take
+/// the batched order come first (`FullQuads`) or are all of them (`AllFrom`); the first
+/// `4 * quads` of them are left to the caller's four-token kernels (none unless `quads_ok`),
+/// every other token is computed here with the per-pair dot of its order (`dots`: batched,
+/// single). Returns `quads`.
+///
+/// # Safety
+/// As [`TileDotFn`], the operands checked with [`check_operands`].
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn k_pairs(
+    rule: crate::traits::BatchRows,
+    dots: (crate::traits::VecDotFn, crate::traits::VecDotFn),
+    quads_ok: bool,
+    n: usize,
+    (w, w_stride, nr): (&[u8], usize, usize),
+    (a, a_stride, nt): (&[u8], usize, usize),
+    out: *mut f32,
+    out_stride: usize,
+) -> usize {
+    use crate::traits::BatchRows;
+    let batched = |t: usize| match rule {
+        BatchRows::FullQuads => t < nt - nt % 4,
+        BatchRows::AllFrom(m) => nt >= m,
+    };
+    let n_batched = (0..nt).filter(|&t| batched(t)).count();
+    let quads = if quads_ok { n_batched / 4 } else { 0 };
+    for t in 4 * quads..nt {
+        let dot = if batched(t) { dots.0 } else { dots.1 };
+        for r in 0..nr {
+            let y = dot(n, &w[r * w_stride..], &a[t * a_stride..]);
+            // SAFETY: `(t, r)` is in the caller's output region (contract).
+            unsafe { *out.add(t * out_stride + r) = y };
+        }
+    }
+    quads
+}
+
 /// A micro-kernel of [`walk`]: its `R × T` outputs `out[t * out_stride + r]` over `nb` blocks of
 /// the weight rows at `w` (`w_stride` apart) and activation rows at `a` (`a_stride` apart); the
 /// flag asks for software prefetches ahead in the weight rows (the first pass over them).

@@ -12,7 +12,7 @@ use super::ops::expf4;
 use crate::kv::{KvRows, KvType};
 use crate::reference::attention::OnlineSoftmax;
 use crate::reference::attention_tiled::{
-    self as tiled, load_shape, softmax_tile_with, tile_shape, KvTile, TILE,
+    self as tiled, load_shape, softmax_rows, tile_shape, KvTile, TILE,
 };
 
 /// Query rows per register block.
@@ -154,29 +154,19 @@ unsafe fn attend_tile_neon(
             }
         }
     }
-    for (r, (st, &(lo, hi))) in st.iter_mut().zip(spans).enumerate() {
-        let s = &mut p[r * TILE..(r + 1) * TILE];
-        for (k, s) in s.iter_mut().enumerate() {
-            *s = if (usize::from(lo)..usize::from(hi)).contains(&k) {
-                *s * scale
-            } else {
-                f32::NEG_INFINITY
+    // SAFETY: NEON are enabled in this function; groups of 8 elements.
+    let exp8 = |g: &mut [f32]| unsafe { exp8(g) };
+    softmax_rows(p, spans, scale, st, exp8, |r, ms| {
+        for c in out[r * d..(r + 1) * d].chunks_exact_mut(4) {
+            // SAFETY: 4 elements.
+            unsafe {
+                vst1q_f32(
+                    c.as_mut_ptr(),
+                    vmulq_f32(vld1q_f32(c.as_ptr()), vdupq_n_f32(ms)),
+                )
             };
         }
-        // SAFETY: NEON (target_feature); groups of 8.
-        let step = softmax_tile_with(s, st, |g| unsafe { exp8(g) });
-        if let Some(Some(ms)) = step {
-            for c in out[r * d..(r + 1) * d].chunks_exact_mut(4) {
-                // SAFETY: 4 elements.
-                unsafe {
-                    vst1q_f32(
-                        c.as_mut_ptr(),
-                        vmulq_f32(vld1q_f32(c.as_ptr()), vdupq_n_f32(ms)),
-                    )
-                };
-            }
-        }
-    }
+    });
     for r0 in (0..rows).step_by(RM) {
         let m = (rows - r0).min(RM);
         let mut j0 = 0;

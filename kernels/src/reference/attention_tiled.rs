@@ -188,6 +188,34 @@ pub fn softmax_tile_with(
     Some(rescale)
 }
 
+/// Steps 1 (scale, mask) to 3 for every row of a call: `p` holds each row's dot products
+/// (`TILE` per row; only those in the row's span are read) and becomes its weights;
+/// `rescale(r, ms)` multiplies row `r`'s accumulated values by `ms` where that is due. `exp8`
+/// as in [`softmax_tile_with`].
+#[inline(always)]
+pub fn softmax_rows(
+    p: &mut [f32],
+    spans: &[(u8, u8)],
+    scale: f32,
+    st: &mut [OnlineSoftmax],
+    mut exp8: impl FnMut(&mut [f32]),
+    mut rescale: impl FnMut(usize, f32),
+) {
+    for (r, (st, &(lo, hi))) in st.iter_mut().zip(spans).enumerate() {
+        let s = &mut p[r * TILE..(r + 1) * TILE];
+        for (k, s) in s.iter_mut().enumerate() {
+            *s = if (usize::from(lo)..usize::from(hi)).contains(&k) {
+                *s * scale
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+        if let Some(Some(ms)) = softmax_tile_with(s, st, &mut exp8) {
+            rescale(r, ms);
+        }
+    }
+}
+
 /// One tile of keys for `st.len()` query rows: `q` and `out` hold that many rows of `d`
 /// elements, `spans[r]` the positions `lo..hi` of the tile that row `r` sees, `p` at least
 /// `rows × TILE` elements of room for the weights. Continues each row's online softmax in `st`
@@ -202,28 +230,23 @@ pub fn attend_tile(
     p: &mut [f32],
 ) {
     let (rows, d) = tile_shape(q, &kv, spans, st, out, p);
+    for (r, &(lo, hi)) in spans.iter().enumerate() {
+        let q = &q[r * d..(r + 1) * d];
+        for k in usize::from(lo)..usize::from(hi) {
+            let mut acc = 0.0f32;
+            for (i, &qi) in q.iter().enumerate() {
+                acc = kv.kt[i * TILE + k].mul_add(qi, acc);
+            }
+            p[r * TILE + k] = acc;
+        }
+    }
+    let exp8 = |g: &mut [f32]| g.iter_mut().for_each(|x| *x = expf_ggml(*x));
+    softmax_rows(p, spans, scale, st, exp8, |r, ms| {
+        out[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= ms)
+    });
     for r in 0..rows {
-        let (q, o) = (&q[r * d..(r + 1) * d], &mut out[r * d..(r + 1) * d]);
-        let s = &mut p[r * TILE..(r + 1) * TILE];
-        let (lo, hi) = (usize::from(spans[r].0), usize::from(spans[r].1));
-        for (k, s) in s.iter_mut().enumerate() {
-            *s = if (lo..hi).contains(&k) {
-                let mut acc = 0.0f32;
-                for (i, &qi) in q.iter().enumerate() {
-                    acc = kv.kt[i * TILE + k].mul_add(qi, acc);
-                }
-                acc * scale
-            } else {
-                f32::NEG_INFINITY
-            };
-        }
-        let Some(rescale) = softmax_tile(s, &mut st[r]) else {
-            continue;
-        };
-        if let Some(ms) = rescale {
-            o.iter_mut().for_each(|x| *x *= ms);
-        }
-        for (k, &w) in s.iter().enumerate() {
+        let o = &mut out[r * d..(r + 1) * d];
+        for (k, &w) in p[r * TILE..(r + 1) * TILE].iter().enumerate() {
             let v = &kv.v[k * d..(k + 1) * d];
             for (x, &vk) in o.iter_mut().zip(v) {
                 *x = vk.mul_add(w, *x);

@@ -13,7 +13,7 @@ use std::arch::x86_64::{
 use crate::kv::{KvRows, KvType};
 use crate::reference::attention::OnlineSoftmax;
 use crate::reference::attention_tiled::{
-    self as tiled, load_shape, softmax_tile_with, tile_shape, KvTile, TILE,
+    self as tiled, load_shape, softmax_rows, tile_shape, KvTile, TILE,
 };
 use crate::reference::ops::expf_ggml;
 
@@ -189,32 +189,21 @@ unsafe fn attend_tile_avx2(
             }
         }
     }
-    // 2, 3. Mask and scale, then each row's softmax step.
-    for (r, (st, &(lo, hi))) in st.iter_mut().zip(spans).enumerate() {
-        let s = &mut p[r * TILE..(r + 1) * TILE];
-        for (k, s) in s.iter_mut().enumerate() {
-            *s = if (usize::from(lo)..usize::from(hi)).contains(&k) {
-                *s * scale
-            } else {
-                f32::NEG_INFINITY
+    // 1 (scale, mask) to 3: each row's softmax step.
+    // SAFETY: AVX2 and FMA are enabled in this function; groups of 8 elements.
+    let exp8 = |g: &mut [f32]| unsafe { exp8(g) };
+    softmax_rows(p, spans, scale, st, exp8, |r, ms| {
+        let m = _mm256_set1_ps(ms);
+        for c in out[r * d..(r + 1) * d].chunks_exact_mut(8) {
+            // SAFETY: 8 elements; unaligned.
+            unsafe {
+                _mm256_storeu_ps(
+                    c.as_mut_ptr(),
+                    _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), m),
+                )
             };
         }
-        // SAFETY: AVX2 and FMA (target_feature); groups of 8.
-        let step = softmax_tile_with(s, st, |g| unsafe { exp8(g) });
-        if let Some(Some(ms)) = step {
-            let o = &mut out[r * d..(r + 1) * d];
-            let m = _mm256_set1_ps(ms);
-            for c in o.chunks_exact_mut(8) {
-                // SAFETY: 8 elements; unaligned.
-                unsafe {
-                    _mm256_storeu_ps(
-                        c.as_mut_ptr(),
-                        _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), m),
-                    )
-                };
-            }
-        }
-    }
+    });
     // 4. The weighted sum of values.
     for r0 in (0..rows).step_by(RM) {
         let m = (rows - r0).min(RM);

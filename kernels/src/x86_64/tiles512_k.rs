@@ -455,22 +455,20 @@ unsafe fn drive(
     if nr == 0 || nt == 0 {
         return;
     }
-    let batched = |t: usize| match f.rule {
-        BatchRows::FullQuads => t < nt - nt % 4,
-        BatchRows::AllFrom(m) => nt >= m,
-    };
-    let n_batched = (0..nt).filter(|&t| batched(t)).count();
     let max_quads = BUF / (QUAD_BLOCK * nb.max(1));
-    // The batched tokens come first (FullQuads) or are all of them (AllFrom).
-    let quads = if max_quads > 0 { n_batched / 4 } else { 0 };
-    for t in 4 * quads..nt {
-        let dot = if batched(t) { f.batched } else { f.single };
-        for r in 0..nr {
-            let y = dot(n, &w[r * w_stride..], &a[t * a_stride..]);
-            // SAFETY: `(t, r)` is in the caller's output region.
-            unsafe { *out.add(t * out_stride + r) = y };
-        }
-    }
+    // SAFETY: forwarded contract; operands checked above.
+    let quads = unsafe {
+        crate::tile::k_pairs(
+            f.rule,
+            (f.batched, f.single),
+            max_quads > 0,
+            n,
+            (w, w_stride, nr),
+            (a, a_stride, nt),
+            out,
+            out_stride,
+        )
+    };
     let mut buf = MaybeUninit::<Buf>::uninit();
     let buf = buf.as_mut_ptr().cast::<u8>();
     let mut g0 = 0;

@@ -145,29 +145,61 @@ fn q6_k_quad(nb: usize, w: &[u8], a: &[u8], a_stride: usize, t0: usize) -> __m12
     acc
 }
 
-/// One row with four tokens, in the batched order.
-type Quad = unsafe fn(usize, &[u8], &[u8], usize, usize) -> __m128;
+/// A k-quant format of this file: its block size, which tokens take its batched order, its
+/// per-pair dots (batched, single) and its four-token kernel.
+pub(crate) trait KQuad {
+    const BLOCK: usize;
+    const RULE: BatchRows;
+    const DOTS: (VecDotFn, VecDotFn);
+    /// One weight row (`nb` super-blocks) with tokens `t0..t0 + 4` of `a`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C.
+    unsafe fn quad(nb: usize, w: &[u8], a: &[u8], a_stride: usize, t0: usize) -> __m128;
+}
 
-/// What the driver needs of a format.
-struct KFormat {
-    block_w: usize,
-    rule: BatchRows,
-    batched: VecDotFn,
-    single: VecDotFn,
-    quad: Quad,
+/// Q4_K weights, tokens by fours in the four-row order.
+pub(crate) struct Q4K;
+/// Q6_K weights, tokens by fours in the tiled order (from 8 tokens).
+pub(crate) struct Q6K;
+
+impl KQuad for Q4K {
+    const BLOCK: usize = BlockQ4K::SIZE;
+    const RULE: BatchRows = BatchRows::FullQuads;
+    const DOTS: (VecDotFn, VecDotFn) = (
+        super::kquants::vec_dot_q4_k_q8_k_x4,
+        super::kquants::vec_dot_q4_k_q8_k,
+    );
+    unsafe fn quad(nb: usize, w: &[u8], a: &[u8], a_stride: usize, t0: usize) -> __m128 {
+        // SAFETY: forwarded contract (the CPU's features).
+        unsafe { q4_k_quad(nb, w, a, a_stride, t0) }
+    }
+}
+
+impl KQuad for Q6K {
+    const BLOCK: usize = BlockQ6K::SIZE;
+    const RULE: BatchRows = BatchRows::AllFrom(8);
+    const DOTS: (VecDotFn, VecDotFn) = (
+        super::kquants::vec_dot_q6_k_q8_k_tiled,
+        super::kquants::vec_dot_q6_k_q8_k,
+    );
+    unsafe fn quad(nb: usize, w: &[u8], a: &[u8], a_stride: usize, t0: usize) -> __m128 {
+        // SAFETY: forwarded contract (the CPU's features).
+        unsafe { q6_k_quad(nb, w, a, a_stride, t0) }
+    }
 }
 
 /// Quads of tokens per pass over the weight rows (their activations stay in L1/L2).
 const QUADS: usize = 4;
 
-/// The tile driver: batched tokens by quads through `f.quad`, the others through the per-pair
-/// dot of their order.
+/// `F` × Q8_K tile product (see [`crate::tile::TileDotFn`]): the tokens of `F`'s batched order
+/// by quads through `F::quad`, the others through the per-pair dot of their order; each output
+/// equals the reference's `dot_for_row(t, nt)` of its pair.
 ///
 /// # Safety
-/// As [`crate::tile::TileDotFn`]; the CPU has AVX2, FMA and F16C.
+/// As [`crate::tile::TileDotFn`]; installed only on CPUs with AVX2, FMA and F16C.
 #[allow(clippy::too_many_arguments)]
-unsafe fn drive(
-    f: &KFormat,
+pub(crate) unsafe fn tile<F: KQuad>(
     n: usize,
     w: &[u8],
     w_stride: usize,
@@ -179,41 +211,32 @@ unsafe fn drive(
     out_stride: usize,
 ) {
     let nb = n / 256;
-    crate::tile::check_operands(
-        nb,
-        (f.block_w, BlockQ8K::SIZE),
-        w,
-        w_stride,
-        nr,
-        a,
-        a_stride,
-        nt,
-    );
+    let blocks = (F::BLOCK, BlockQ8K::SIZE);
+    crate::tile::check_operands(nb, blocks, w, w_stride, nr, a, a_stride, nt);
     if nr == 0 || nt == 0 {
         return;
     }
-    let batched = |t: usize| match f.rule {
-        BatchRows::FullQuads => t < nt - nt % 4,
-        BatchRows::AllFrom(m) => nt >= m,
+    // SAFETY: forwarded contract; operands checked above.
+    let quads = unsafe {
+        crate::tile::k_pairs(
+            F::RULE,
+            F::DOTS,
+            true,
+            n,
+            (w, w_stride, nr),
+            (a, a_stride, nt),
+            out,
+            out_stride,
+        )
     };
-    // The batched tokens come first (FullQuads) or are all of them (AllFrom).
-    let quads = (0..nt).filter(|&t| batched(t)).count() / 4;
-    for t in 4 * quads..nt {
-        let dot = if batched(t) { f.batched } else { f.single };
-        for r in 0..nr {
-            let y = dot(n, &w[r * w_stride..], &a[t * a_stride..]);
-            // SAFETY: `(t, r)` is in the caller's output region.
-            unsafe { *out.add(t * out_stride + r) = y };
-        }
-    }
     let mut lanes = [0f32; 4];
     for g0 in (0..quads).step_by(QUADS) {
         for r in 0..nr {
-            let row = &w[r * w_stride..r * w_stride + nb * f.block_w];
+            let row = &w[r * w_stride..r * w_stride + nb * F::BLOCK];
             for q in g0..(g0 + QUADS).min(quads) {
                 // SAFETY: the CPU's features were checked before installation; tokens
                 // `4q..4q + 4 <= nt` and row `r` are in bounds (checked above; slices).
-                let v = unsafe { (f.quad)(nb, row, a, a_stride, 4 * q) };
+                let v = unsafe { F::quad(nb, row, a, a_stride, 4 * q) };
                 // SAFETY: `lanes` holds 4 f32; unaligned store (SSE, baseline x86_64).
                 unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), v) };
                 for (t, &y) in lanes.iter().enumerate() {
@@ -223,60 +246,4 @@ unsafe fn drive(
             }
         }
     }
-}
-
-/// Q4_K × Q8_K tile product (see [`crate::tile::TileDotFn`]); each output equals the
-/// reference's `dot_for_row(t, nt)` of its pair.
-///
-/// # Safety
-/// As [`crate::tile::TileDotFn`]; installed only on CPUs with AVX2, FMA and F16C.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_q4_k_q8_k(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    a: &[u8],
-    a_stride: usize,
-    nt: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    let f = KFormat {
-        block_w: BlockQ4K::SIZE,
-        rule: BatchRows::FullQuads,
-        batched: super::kquants::vec_dot_q4_k_q8_k_x4,
-        single: super::kquants::vec_dot_q4_k_q8_k,
-        quad: q4_k_quad,
-    };
-    // SAFETY: forwarded contract.
-    unsafe { drive(&f, n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
-}
-
-/// Q6_K × Q8_K tile product (see [`crate::tile::TileDotFn`]); each output equals the
-/// reference's `dot_for_row(t, nt)` of its pair.
-///
-/// # Safety
-/// As [`crate::tile::TileDotFn`]; installed only on CPUs with AVX2, FMA and F16C.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_q6_k_q8_k(
-    n: usize,
-    w: &[u8],
-    w_stride: usize,
-    nr: usize,
-    a: &[u8],
-    a_stride: usize,
-    nt: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
-    let f = KFormat {
-        block_w: BlockQ6K::SIZE,
-        rule: BatchRows::AllFrom(8),
-        batched: super::kquants::vec_dot_q6_k_q8_k_tiled,
-        single: super::kquants::vec_dot_q6_k_q8_k,
-        quad: q6_k_quad,
-    };
-    // SAFETY: forwarded contract.
-    unsafe { drive(&f, n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
 }

@@ -302,7 +302,7 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter> {
         types.push(3);
     }
     w.kv("tokenizer.ggml.model", MetaValue::Str("gpt2".into()))
-        .kv("tokenizer.ggml.pre", MetaValue::Str("gpt2".into()))
+        .kv("tokenizer.ggml.pre", MetaValue::Str("gpt-2".into()))
         .kv(
             "tokenizer.ggml.tokens",
             MetaValue::Array(MetaArray::Str(tokens)),
@@ -459,4 +459,24 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter> {
         );
     }
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufFile;
+
+    /// llama.cpp refuses a byte-level BPE whose pre-tokenizer it does not know, and its name for
+    /// GPT-2's is `gpt-2` (not `gpt2`): with any other value the synthetic models that the GPU
+    /// side-by-side script writes would not load there.
+    #[test]
+    fn synthetic_tokenizer_names_a_pre_tokenizer_llama_cpp_knows() {
+        let bytes = synth_gguf(&SynthSpec::default())
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        let f = GgufFile::from_bytes(bytes).unwrap();
+        assert_eq!(f.get_str("tokenizer.ggml.model").unwrap(), Some("gpt2"));
+        assert_eq!(f.get_str("tokenizer.ggml.pre").unwrap(), Some("gpt-2"));
+    }
 }

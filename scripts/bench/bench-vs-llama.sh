@@ -168,7 +168,7 @@ STAMP="$(date -u +%Y-%m-%dT%H%M%SZ)"
 RUNS="$ROOT/.bench/runs/$STAMP"
 mkdir -p "$RUNS"
 IFS=',' read -r -a PLS <<<"$NPL"
-TABLE_PY="$ROOT/scripts/bench_table.py"
+TABLE_PY="$ROOT/scripts/bench/bench_table.py"
 
 # One sample: run a command, keep its stdout as $RUNS/<name> and its stderr beside it.
 sample() {

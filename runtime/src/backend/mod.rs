@@ -272,6 +272,7 @@ impl Backend {
         tables: &(impl BlockTables + ?Sized),
         scratch: &mut Scratch,
     ) -> Result<usize> {
+        scratch.argmax.fill(crate::model::scratch::NO_ARGMAX);
         match &mut self.inner {
             Inner::Cpu { compute, arena } => model.forward(
                 &mut CpuExecutor::new(model, compute, arena, &self.groups, scratch),

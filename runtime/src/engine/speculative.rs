@@ -147,7 +147,7 @@ impl Engine {
         let accepted_before = seq.out.accepted_tokens;
         for i in 0..=d {
             let row = &mut rows[i * n_vocab..(i + 1) * n_vocab];
-            self.sample_seq(slot, row, stats);
+            self.sample_seq(slot, row, None, stats);
             let seq = self.seqs[slot as usize].as_mut().expect("live sequence");
             if seq.out.finish.is_some() {
                 break;

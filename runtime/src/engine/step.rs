@@ -8,6 +8,7 @@ use super::{Engine, FinishReason, LogitsRow, RequestId, SeqState, SlabTables, St
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kv::{group_hash, hash_block, BlockHash, BlockId, BlockPool};
+use crate::model::scratch::NO_ARGMAX;
 use crate::model::BatchToken;
 
 /// Why a sequence could not get the blocks it needs this step.
@@ -377,17 +378,26 @@ impl Engine {
         }
         let t0 = Instant::now();
         self.batch.clear();
+        let mut n_rows = 0;
         for &(slot, k) in &self.scheduled {
+            let full = !self.argmax_suffices(slot);
             let seq = self.seqs[slot as usize]
                 .as_ref()
                 .expect("scheduled sequence");
             let last = seq.tokens.len() - 1;
             for pos in seq.num_computed..seq.num_computed + k {
+                let logits = seq.wants_row(pos, last);
+                if logits {
+                    if let Some(f) = self.scratch.full_rows.get_mut(n_rows) {
+                        *f = full;
+                    }
+                    n_rows += 1;
+                }
                 self.batch.push(BatchToken {
                     token: seq.tokens[pos],
                     pos,
                     seq: slot as usize,
-                    logits: seq.wants_row(pos, last),
+                    logits,
                 });
             }
             // A decode is the one fed-back sample of a sequence past its prompt (and its drafts).
@@ -430,7 +440,10 @@ impl Engine {
             if sample {
                 let l = &mut logits[row * n_vocab..(row + 1 + draft) * n_vocab];
                 if draft == 0 {
-                    self.sample_seq(slot, l, &mut stats);
+                    // The backend's argmax, where it computed one for a row not read in full.
+                    let on_device = Some(self.scratch.argmax[row])
+                        .filter(|&a| a != NO_ARGMAX && !self.scratch.full_rows[row]);
+                    self.sample_seq(slot, l, on_device, &mut stats);
                 } else {
                     // Blocks enter the prefix cache once their tokens are verified.
                     self.verify(slot, l, &mut stats);
@@ -506,7 +519,44 @@ impl Engine {
 
     /// Sample the next token of sequence `slot` from its logits row, fork its pending
     /// siblings first if it just finished its prompt, and retire it if it is done.
-    pub(super) fn sample_seq(&mut self, slot: u32, logits: &mut [f32], stats: &mut StepStats) {
+    /// Whether the sampled row of `slot`'s next step needs only its argmax: a plain greedy
+    /// sampler, no grammar, no drafts to verify, not a scoring request, no siblings waiting to
+    /// fork from the row.
+    fn argmax_suffices(&self, slot: u32) -> bool {
+        let seq = self.seqs[slot as usize].as_ref().expect("live");
+        !seq.scoring
+            && seq.draft == 0
+            && seq.grammar.is_none()
+            && seq.sampler.is_plain_argmax()
+            && !self.has_fork_siblings(slot)
+    }
+
+    /// Whether siblings of `slot` (a request with `n` > 1) wait to fork from its next logits.
+    fn has_fork_siblings(&self, slot: u32) -> bool {
+        let req = self.seqs[slot as usize].as_ref().expect("live").req as usize;
+        self.requests[req].as_ref().is_some_and(|r| {
+            r.seqs.iter().any(|&s| {
+                self.seqs[s as usize]
+                    .as_ref()
+                    .is_some_and(|q| q.state == SeqState::ForkPending)
+            })
+        })
+    }
+
+    /// Sample `slot`'s next token from its logits row, or take `on_device`, the row's argmax
+    /// computed by the backend (only given when [`Engine::argmax_suffices`] held for the step,
+    /// and never for a row holding a NaN).
+    pub(super) fn sample_seq(
+        &mut self,
+        slot: u32,
+        logits: &mut [f32],
+        on_device: Option<u32>,
+        stats: &mut StepStats,
+    ) {
+        if let Some(tok) = on_device {
+            self.emit(slot, logits, Some(tok), stats);
+            return;
+        }
         if logits.iter().any(|l| l.is_nan()) {
             // NaN logits come from non-finite weights (or an overflow inside the model): the
             // request ends with an error (and its siblings waiting to fork from these logits
@@ -522,19 +572,12 @@ impl Engine {
             return;
         }
         let req = self.seqs[slot as usize].as_ref().expect("live").req as usize;
-        let has_siblings = self.requests[req].as_ref().is_some_and(|r| {
-            r.seqs.iter().any(|&s| {
-                self.seqs[s as usize]
-                    .as_ref()
-                    .is_some_and(|q| q.state == SeqState::ForkPending)
-            })
-        });
-        if has_siblings {
+        if self.has_fork_siblings(slot) {
             let r = self.requests[req].as_mut().expect("live request");
             r.fork_logits.copy_from_slice(logits);
             self.fork_siblings(slot, stats);
         }
-        self.emit(slot, logits, stats);
+        self.emit(slot, logits, None, stats);
     }
 
     /// Fork every pending sibling of `parent`: share its blocks (copy-on-write) and sample each
@@ -577,17 +620,18 @@ impl Engine {
             let r = self.requests[req].as_mut().expect("live request");
             let mut work = std::mem::take(&mut r.fork_work);
             work.copy_from_slice(&r.fork_logits);
-            self.emit(s, &mut work, stats);
+            self.emit(s, &mut work, None, stats);
             self.requests[req].as_mut().expect("live request").fork_work = work;
         }
     }
 
     /// Sample from `logits`, append the token to sequence `slot`, stream its text, and finish
     /// the sequence on EOS, a stop token or string, or its length limit.
-    fn emit(&mut self, slot: u32, logits: &mut [f32], stats: &mut StepStats) {
+    fn emit(&mut self, slot: u32, logits: &mut [f32], chosen: Option<u32>, stats: &mut StepStats) {
         let (tok, req) = {
             let seq = self.seqs[slot as usize].as_mut().expect("live");
             let tok = match &mut seq.grammar {
+                _ if chosen.is_some() => chosen,
                 None => Some(seq.sampler.sample(logits, &seq.tokens)),
                 Some(g) => {
                     let t0 = Instant::now();

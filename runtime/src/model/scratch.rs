@@ -40,6 +40,15 @@ pub struct Scratch {
     pub(crate) out_x: Vec<f32>,
     /// Logits `[L, n_vocab]`.
     pub(crate) logits: Vec<f32>,
+    /// Per logits row, set by the caller before a forward pass: `true` where it reads the row,
+    /// `false` where the row's greedy argmax is all it needs (default: every row read).
+    pub(crate) full_rows: Vec<bool>,
+    /// Per logits row after a forward pass: the row's argmax (the lowest index among equal
+    /// maxima) where the backend computed it, [`NO_ARGMAX`] where it did not. A backend that can
+    /// (CUDA) computes it on the device for the rows not read in full and copies those rows
+    /// back only where they hold a NaN (then the entry is [`NO_ARGMAX`] and the row is in
+    /// `logits`); the CPU leaves every entry [`NO_ARGMAX`] and every row in `logits`.
+    pub(crate) argmax: Vec<u32>,
     /// One row, for norms in place `[max(E, D)]`.
     pub(crate) tmp: Vec<f32>,
     /// Row widths of the buffers.
@@ -51,6 +60,9 @@ pub struct Scratch {
     pub(crate) rope_cos_swa: Vec<f32>,
     pub(crate) rope_sin_swa: Vec<f32>,
 }
+
+/// [`Scratch::argmax`] entry of a row whose argmax the backend did not compute.
+pub(crate) const NO_ARGMAX: u32 = u32::MAX;
 
 impl std::fmt::Debug for Scratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,6 +130,8 @@ impl Scratch {
             widths: Widths::of(c),
             out_x: per_logit(c.n_embd)?,
             logits: per_logit(c.n_vocab)?,
+            full_rows: vec![true; max_logits],
+            argmax: vec![NO_ARGMAX; max_logits],
             rope_cos,
             rope_sin,
             rope_cos_swa,

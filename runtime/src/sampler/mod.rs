@@ -267,6 +267,14 @@ impl Sampler {
         self.vocab_size
     }
 
+    /// Whether [`Sampler::sample`] picks the argmax of rows `vocab_size` wide untouched (greedy,
+    /// no repetition penalty) and changes no state doing it: then an argmax computed elsewhere
+    /// (on the GPU) is the sample.
+    pub fn is_plain_argmax(&self) -> bool {
+        let t = self.params.temperature;
+        (t.is_nan() || t <= 0.0) && self.penalized_in.is_empty()
+    }
+
     /// Restarts the RNG from `seed`, as if the sampler had just been built with it.
     pub fn reseed(&mut self, seed: u64) {
         self.params.seed = seed;

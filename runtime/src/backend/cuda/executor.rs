@@ -13,6 +13,7 @@ use super::params::*;
 use super::{CudaBackend, DevMat, Mode, ATT_PART_LEN};
 use crate::error::Result;
 use crate::model::config::FfnAct;
+use crate::model::scratch::NO_ARGMAX;
 use crate::model::weights::{Mat, Vector};
 use crate::model::{Act, BlockTables, Executor, Limits, Model, Out, RopeTable, Scratch, Step};
 
@@ -429,10 +430,66 @@ impl Executor for CudaExecutor<'_> {
         if n_logits == 0 {
             return b.dev.sync();
         }
-        let n = n_logits * b.dims.vocab;
+        let v = b.dims.vocab;
         let mut logits = self.host.take_logits();
-        let r = b.dev.read(&b.s.logits, &mut logits[..n]);
+        let r = read_logits(
+            b,
+            &self.host.full_rows,
+            &mut self.host.argmax,
+            &mut logits,
+            n_logits,
+            v,
+        );
         self.host.put_logits(logits);
         r
     }
+}
+
+/// Bring the step's `n` logits rows (`v` wide) back to the host. Rows the caller reads in full
+/// are copied; for the others only their argmax is, computed on the device (a row holding a NaN
+/// is copied instead, its `argmax` entry left [`NO_ARGMAX`]). Batched greedy decoding then moves
+/// a few bytes per sequence instead of a whole vocabulary row.
+fn read_logits(
+    b: &CudaBackend,
+    full: &[bool],
+    argmax: &mut [u32],
+    logits: &mut [f32],
+    n: usize,
+    v: usize,
+) -> Result<()> {
+    if full[..n].iter().all(|&f| f) {
+        return b.dev.read(&b.s.logits, &mut logits[..n * v]);
+    }
+    b.dev.argmax(&ArgmaxParams {
+        x: b.s.logits.ptr,
+        out: b.s.ids.ptr,
+        n_rows: n as i32,
+        n_cols: v as i32,
+    })?;
+    let mut ids = [0i32; 64];
+    let mut row = 0;
+    while row < n {
+        let m = (n - row).min(ids.len());
+        b.dev.read_at(&b.s.ids, row, &mut ids[..m])?;
+        for (i, &id) in ids[..m].iter().enumerate() {
+            argmax[row + i] = u32::try_from(id).unwrap_or(NO_ARGMAX);
+        }
+        row += m;
+    }
+    // Copy each run of rows that must come back in one transfer.
+    let needed = |i: usize| full[i] || argmax[i] == NO_ARGMAX;
+    let mut i = 0;
+    while i < n {
+        if !needed(i) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < n && needed(i) {
+            i += 1;
+        }
+        b.dev
+            .read_at(&b.s.logits, start * v, &mut logits[start * v..i * v])?;
+    }
+    Ok(())
 }

@@ -89,6 +89,8 @@ struct DevScratch {
     out_x: DevBuf<f32>,
     /// Logits `[L, n_vocab]`.
     logits: DevBuf<f32>,
+    /// Greedy argmax of each logits row `[L]` (-1: the row holds a NaN).
+    ids: DevBuf<i32>,
     /// Attention partitions `[T*Hq, parts, D]` and `[T*Hq, parts, 2]`.
     part_acc: DevBuf<f32>,
     part_ms: DevBuf<f32>,
@@ -324,6 +326,7 @@ impl DevScratch {
             )?,
             out_x: dev.alloc(z.max_logits * e, "scratch out_x")?,
             logits: dev.alloc(z.max_logits * c.n_vocab, "scratch logits")?,
+            ids: dev.alloc(z.max_logits, "scratch argmax")?,
             part_acc: dev.alloc(t * c.n_head * parts * c.head_dim, "attention partitions")?,
             part_ms: dev.alloc(t * c.n_head * parts * 2, "attention partitions")?,
             meta: dev.alloc(meta_len, "batch description")?,

@@ -90,7 +90,8 @@ extern "C" __global__ void add_bias(const BiasParams p) {
 }
 
 // Index of the largest value of each row, the lowest index winning ties (the sampler's greedy
-// rule); NaN never wins. One thread block (256 threads) per row.
+// rule: a row of -inf gives 0), or -1 for a row holding a NaN (the engine then reads the row and
+// ends its request with an error, as on the CPU). One thread block (256 threads) per row.
 extern "C" __global__ void argmax(const ArgmaxParams p) {
     __shared__ float sv[8];
     __shared__ int si[8];
@@ -99,8 +100,10 @@ extern "C" __global__ void argmax(const ArgmaxParams p) {
     const float* x = p.x + (i64)row * p.n_cols;
     float best = NEG_INF;
     int bi = 0x7fffffff;
+    int nan = 0;
     for (int i = threadIdx.x; i < p.n_cols; i += blockDim.x) {
         const float v = x[i];
+        nan |= v != v;
         if (v > best || (v == best && i < bi)) { best = v; bi = i; }
     }
 #pragma unroll
@@ -110,12 +113,12 @@ extern "C" __global__ void argmax(const ArgmaxParams p) {
         if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
     }
     if ((threadIdx.x & 31) == 0) { sv[threadIdx.x >> 5] = best; si[threadIdx.x >> 5] = bi; }
-    __syncthreads();
+    nan = __syncthreads_or(nan);
     if (threadIdx.x == 0) {
         best = sv[0];
         bi = si[0];
         for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
             if (sv[w] > best || (sv[w] == best && si[w] < bi)) { best = sv[w]; bi = si[w]; }
-        p.out[row] = bi == 0x7fffffff ? 0 : bi;
+        p.out[row] = nan ? -1 : bi == 0x7fffffff ? 0 : bi;
     }
 }

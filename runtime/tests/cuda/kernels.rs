@@ -195,6 +195,14 @@ fn matmul_matches_cpu_dots() {
             (5, 256, 2),
             (9, 768, 11),
             (64, 8192, 1),
+            // From MMQ_MIN_TOKENS tokens: the tensor-core kernels (partial tiles of rows and
+            // tokens, rows of 18 blocks = two full K steps and a partial one).
+            (65, 576, 33),
+            (129, 1536, 70),
+            (100, 2048, 64),
+            (7, 256, 40),
+            (200, 96, 45),
+            (64, 768, 128),
         ] {
             if ty.row_bytes(cols as u64).is_none() {
                 continue;
@@ -361,13 +369,15 @@ fn argmax_takes_lowest_index_of_ties() {
     };
     let mut rng = Rng(5);
     for &n in &[1usize, 2, 31, 257, 49152] {
-        let mut x = rng.vec(3 * n, 5.0);
-        // Row 1: a tie between two late indices; row 2: all equal.
+        let mut x = rng.vec(4 * n, 5.0);
+        // Row 1: a tie between two late indices; row 2: all equal; row 3: a NaN (-1: the
+        // engine reads such a row back and fails its request, as the CPU does).
         if n > 4 {
             x[n + n - 1] = 10.0;
             x[n + n - 3] = 10.0;
         }
-        x[2 * n..].iter_mut().for_each(|v| *v = 1.0);
+        x[2 * n..3 * n].iter_mut().for_each(|v| *v = 1.0);
+        x[3 * n + n / 2] = f32::NAN;
         let gpu = testing::argmax(&dev, &x, n).unwrap();
         for r in 0..3 {
             let row = &x[r * n..(r + 1) * n];
@@ -379,6 +389,7 @@ fn argmax_takes_lowest_index_of_ties() {
             }
             assert_eq!(gpu[r] as usize, best, "n={n} row {r}");
         }
+        assert_eq!(gpu[3], -1, "n={n}: a row holding a NaN");
     }
 }
 

@@ -15,18 +15,27 @@
 //! attention within 2e-4 (1e-4 × max|v|) of an f64 reference; greedy argmax equal at every step
 //! except at most 3 near-ties (CPU top-2 gap under 1% of the logit range, see [`MARGIN_REL`]),
 //! logits within 5% of their range; engine on CUDA equal to lone CUDA sessions, id for id.
+//!
+//! Tests that compare differently batched CUDA runs bit for bit batch at most [`EXACT_BATCH`]
+//! tokens per pass: from [`MMQ_MIN_TOKENS`] the quantized products take the tensor-core kernels,
+//! whose results differ from the matrix-vector kernels' in the last bits.
 
 use ember::backend::cuda::testing::{self, AttnInputs, AttnShape};
-use ember::backend::cuda::{driver_present, CudaDevice};
+use ember::backend::cuda::{driver_present, CudaDevice, MMQ_MIN_TOKENS};
 use ember::backend::{BackendKind, CudaWeights};
 use ember::engine::{Engine, EngineConfig, RequestParams};
 use ember::gguf::GgufFile;
 use ember::model::Model;
+use ember::sampler::SamplingParams;
 use ember::session::{GenerateParams, KvBudget, Session, SessionConfig};
 use ember::synth::{synth_gguf, SynthSpec};
 use ember_kernels::reference::{float, ops, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8, q8_k};
 use ember_kernels::GgmlType;
 use half::f16;
+
+/// Batch budget of the tests that compare differently batched runs bit for bit: every product
+/// stays on the matrix-vector kernels.
+const EXACT_BATCH: usize = MMQ_MIN_TOKENS - 1;
 
 /// The device, or `None` (with the skip printed) when this machine has no CUDA driver.
 pub(crate) fn device(test: &str) -> Option<CudaDevice> {

@@ -27,7 +27,7 @@ fn session_cfg() -> SessionConfig {
         n_ctx: 512,
         kv_budget: KvBudget::FullContext,
         block_size: 16,
-        max_batch_tokens: 32,
+        max_batch_tokens: EXACT_BATCH,
         max_logits: 1,
         threads: 2,
         kv_type: Default::default(),
@@ -79,6 +79,18 @@ fn compare_greedy_kv(
         kv_type,
         ..session_cfg()
     };
+    compare_greedy_cfg(make, prompt, n, what, &cfg);
+}
+
+/// [`compare_greedy`] on sessions of configuration `cfg`.
+fn compare_greedy_cfg(
+    make: &dyn Fn() -> Model,
+    prompt: &[u32],
+    n: usize,
+    what: &str,
+    cfg: &SessionConfig,
+) {
+    let cfg = cfg.clone();
     let mut cpu = Session::new(make(), &cfg).unwrap();
     let mut gpu = Session::with_backend(make(), &cfg, BackendKind::Cuda).unwrap();
     let (mut sc, mut sg) = (cpu.new_sequence(), gpu.new_sequence());
@@ -154,6 +166,38 @@ fn greedy_cuda_equals_cpu_on_synthetic_models() {
             &prompt,
             64,
             &format!("synthetic {ty}"),
+        );
+    }
+}
+
+/// Prompts prefilled in passes of many tokens, so that every quantized product of the prompt
+/// runs on the tensor-core kernels (`mmq.cu`), then greedy decoding; against the CPU as above.
+#[test]
+fn tensor_core_prefill_matches_cpu() {
+    if device("tensor_core_prefill_matches_cpu").is_none() {
+        return;
+    }
+    let prompt: Vec<u32> = (0..150).map(|i| (i * 37 + 11) % 500).collect();
+    let cfg = SessionConfig {
+        max_batch_tokens: 256,
+        ..session_cfg()
+    };
+    assert!(prompt.len() >= MMQ_MIN_TOKENS);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+    ] {
+        compare_greedy_cfg(
+            &|| synth_model(ty, 11),
+            &prompt,
+            8,
+            &format!("synthetic {ty}, 150-token prefill"),
+            &cfg,
         );
     }
 }
@@ -432,7 +476,7 @@ fn engine_on_cuda_equals_lone_cuda_sessions() {
         kv_budget: KvBudget::Blocks(200),
         block_size: 16,
         max_seqs: 8,
-        max_batch_tokens: 64,
+        max_batch_tokens: EXACT_BATCH,
         max_requests: 16,
         threads: 2,
         prefix_caching: true,
@@ -444,7 +488,16 @@ fn engine_on_cuda_equals_lone_cuda_sessions() {
         .map(|r| {
             let mut p = shared.clone();
             p.extend((0..(r * 7 % 23)).map(|i| (i * 31 + r) % 500));
+            // Greedy requests take the argmax computed on the device (their rows stay there);
+            // every fourth samples at a temperature, so its rows come back whole, in the same
+            // steps; n = 2 copies the first row for the sibling to fork from.
+            let sampling = SamplingParams {
+                temperature: if r % 4 == 1 { 0.8 } else { 0.0 },
+                seed: u64::from(r),
+                ..SamplingParams::default()
+            };
             let params = RequestParams {
+                sampling,
                 max_tokens: 24 + r as usize,
                 ignore_eos: true,
                 n: if r % 3 == 0 { 2 } else { 1 },
@@ -469,10 +522,11 @@ fn engine_on_cuda_equals_lone_cuda_sessions() {
     .unwrap();
     let mut n_seq = 0;
     for ((p, q), id) in reqs.iter().zip(&ids) {
-        let want = solo
-            .generate(
+        let want = if q.sampling.temperature > 0.0 {
+            solo.generate(
                 p,
                 &GenerateParams {
+                    sampling: q.sampling.clone(),
                     max_tokens: q.max_tokens,
                     ignore_eos: true,
                     ..GenerateParams::default()
@@ -480,7 +534,23 @@ fn engine_on_cuda_equals_lone_cuda_sessions() {
                 |_| {},
             )
             .unwrap()
-            .ids;
+            .ids
+        } else {
+            // The host's argmax over whole rows read back.
+            let mut seq = solo.new_sequence();
+            seq.tokens.extend_from_slice(p);
+            let mut ids = Vec::new();
+            for _ in 0..q.max_tokens {
+                let last = seq.tokens.len() - 1;
+                let mut next = 0;
+                solo.eval(&mut seq, |i| i == last, |_, l, _| next = argmax(l) as u32)
+                    .unwrap();
+                seq.tokens.push(next);
+                ids.push(next);
+            }
+            solo.release(&mut seq);
+            ids
+        };
         for (i, o) in e.output(*id).unwrap().enumerate() {
             assert_eq!(o.ids, want, "request prompt len {} sequence {i}", p.len());
             n_seq += 1;
@@ -507,7 +577,7 @@ fn grouped_partial_block_reuse_on_cuda() {
             kv_budget: KvBudget::Blocks(200),
             block_size: 16,
             max_seqs: 2,
-            max_batch_tokens: 64,
+            max_batch_tokens: EXACT_BATCH,
             max_requests: 4,
             threads: 2,
             prefix_caching,
@@ -562,7 +632,7 @@ fn prompt_cache_files_round_trip_through_the_device() {
         kv_budget: KvBudget::Blocks(64),
         block_size: 16,
         max_seqs: 2,
-        max_batch_tokens: 64,
+        max_batch_tokens: EXACT_BATCH,
         max_requests: 4,
         threads: 2,
         prefix_caching: true,
@@ -635,7 +705,7 @@ fn speculation_and_grammars_on_cuda() {
         n_ctx: 256,
         kv_budget: KvBudget::Blocks(32),
         max_seqs: 2,
-        max_batch_tokens: 64,
+        max_batch_tokens: EXACT_BATCH,
         ..EngineConfig::default()
     };
     let mut gpu =
@@ -676,7 +746,7 @@ fn speculation_and_grammars_on_cuda() {
     );
     let params = RequestParams {
         max_tokens: 40,
-        sampling: ember::sampler::SamplingParams {
+        sampling: SamplingParams {
             temperature: 1.0,
             seed: 9,
             ..Default::default()
@@ -732,7 +802,7 @@ fn shift_on_cuda(kv_type: ember::kv::KvType) {
         n_ctx: 64,
         kv_budget: KvBudget::Blocks(16),
         max_seqs: 2,
-        max_batch_tokens: 64,
+        max_batch_tokens: EXACT_BATCH,
         kv_type,
         ..EngineConfig::default()
     };

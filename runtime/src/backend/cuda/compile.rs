@@ -10,12 +10,13 @@ use super::error::backend_err;
 use crate::error::Result;
 
 /// The kernel sources, concatenated in this order into one NVRTC program.
-const SOURCES: [(&str, &str); 8] = [
+const SOURCES: [(&str, &str); 9] = [
     ("common.cuh", include_str!("kernels/common.cuh")),
     ("quantize.cu", include_str!("kernels/quantize.cu")),
     ("mmvq.cu", include_str!("kernels/mmvq.cu")),
     ("mmv_float.cu", include_str!("kernels/mmv_float.cu")),
     ("kquants.cu", include_str!("kernels/kquants.cu")),
+    ("mmq.cu", include_str!("kernels/mmq.cu")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
     ("kv.cu", include_str!("kernels/kv.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),

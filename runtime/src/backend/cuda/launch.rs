@@ -6,7 +6,7 @@ use ember_kernels::GgmlType;
 
 use super::device::CudaDevice;
 use super::error::{backend_err, drv};
-use super::module::MATMUL_KERNELS;
+use super::module::{MATMUL_KERNELS, MMQ_KERNELS};
 use super::params::*;
 use crate::error::Result;
 
@@ -18,6 +18,14 @@ use crate::error::Result;
 /// over both head shapes (BENCHMARKS.md); shorter partitions cost prologues, epilogues and
 /// merges, longer ones leave small batches too few thread blocks.
 pub const ATT_PART_LEN: usize = 2048;
+
+/// From this many tokens a quantized product runs on the tensor cores (`mmq.cu`, compute
+/// capability 8.0 or more), below it as matrix-vector products (`mmvq.cu`, `kquants.cu`). A
+/// token's result then depends on which side of the line its batch falls, in the last bits
+/// (BENCHMARKS.md, issue 15): tests that compare batched and lone runs bit for bit keep their
+/// batches below it. 32 keeps decode of up to 31 sequences on the matrix-vector kernels, which
+/// read each weight once per 8 tokens and need no staging.
+pub const MMQ_MIN_TOKENS: usize = 32;
 
 impl CudaDevice {
     fn launch<P: DeviceRepr>(
@@ -89,6 +97,15 @@ impl CudaDevice {
         let Some(i) = MATMUL_KERNELS.iter().position(|(t, _)| *t == ty) else {
             return Err(backend_err(format!("no CUDA matrix kernel for type {ty}")));
         };
+        if p.n_tok as usize >= MMQ_MIN_TOKENS && self.cc.0 >= 8 {
+            if let Some(j) = MMQ_KERNELS.iter().position(|(t, _)| *t == ty) {
+                let grid = (
+                    (p.rows as usize).div_ceil(64),
+                    (p.n_tok as usize).div_ceil(64),
+                );
+                return self.launch(&self.k.mmq[j], grid, 128, p, "mmq");
+            }
+        }
         let grid = (
             (p.rows as usize).div_ceil(4),
             (p.n_tok as usize).div_ceil(8),

@@ -35,7 +35,7 @@ use ember_kernels::GgmlType;
 pub use compile::{kernel_source, CompileInfo};
 pub use device::{driver_present, CudaDevice, DevBuf, HostMapping};
 use error::backend_err;
-pub use launch::ATT_PART_LEN;
+pub use launch::{ATT_PART_LEN, MMQ_MIN_TOKENS};
 pub use module::SUPPORTED_WEIGHTS;
 use module::{acts_of, Acts};
 use params::*;

@@ -25,6 +25,18 @@ pub(super) const MATMUL_KERNELS: [(GgmlType, &str); 11] = [
     (GgmlType::Q6_K, "matmul_q6_k"),
 ];
 
+/// Weight types with a tensor-core kernel for many tokens (`mmq.cu`), and each one's kernel.
+pub(super) const MMQ_KERNELS: [(GgmlType, &str); 8] = [
+    (GgmlType::Q4_0, "mmq_q4_0"),
+    (GgmlType::Q4_1, "mmq_q4_1"),
+    (GgmlType::Q5_0, "mmq_q5_0"),
+    (GgmlType::Q5_1, "mmq_q5_1"),
+    (GgmlType::Q8_0, "mmq_q8_0"),
+    (GgmlType::Q4_K, "mmq_q4_k"),
+    (GgmlType::Q5_K, "mmq_q5_k"),
+    (GgmlType::Q6_K, "mmq_q6_k"),
+];
+
 /// Weight types the CUDA matrix kernels take.
 pub const SUPPORTED_WEIGHTS: [GgmlType; 11] = {
     let mut t = [GgmlType::F32; 11];
@@ -63,6 +75,8 @@ pub(super) struct Kernels {
     pub(super) quantize_q8_k: CudaFunction,
     /// One per weight type, in the order of `MATMUL_KERNELS`.
     pub(super) matmul: Vec<CudaFunction>,
+    /// One per weight type, in the order of `MMQ_KERNELS`.
+    pub(super) mmq: Vec<CudaFunction>,
     pub(super) rms_norm: CudaFunction,
     pub(super) swiglu: CudaFunction,
     pub(super) geglu: CudaFunction,
@@ -94,6 +108,10 @@ impl Kernels {
             quantize_q8_1: f("quantize_q8_1")?,
             quantize_q8_k: f("quantize_q8_k")?,
             matmul: MATMUL_KERNELS
+                .iter()
+                .map(|(_, n)| f(n))
+                .collect::<Result<_>>()?,
+            mmq: MMQ_KERNELS
                 .iter()
                 .map(|(_, n)| f(n))
                 .collect::<Result<_>>()?,

@@ -1,0 +1,270 @@
+// Quantized matrix products for many tokens on the tensor cores (the structure of llama.cpp's
+// MMQ): out[t][r] = W[r] . a[t] for a tile of MMQ_M weight rows x MMQ_N tokens per thread block.
+// Each step of the K loop stages 256 elements (8 blocks of 32) of the tile's weight rows and of
+// its tokens' activations in shared memory as int8 (the weights' offsets folded in: q - 8 for
+// Q4_0, q - 16 for Q5_0, q - 32 for Q6_K), with their scales, then every warp multiplies its
+// 32 x 32 part with int8 `mma.sync` (m16n8k32; m16n8k16 for Q6_K's 16-element scales). Each
+// block's integer sums are exact, as in mmvq.cu and kquants.cu, and are scaled with the same
+// float expressions; only the order of the float accumulation over blocks differs (block by
+// block here, lane-strided then a butterfly there), so a row's result differs from the
+// matrix-vector kernels' in the last bits. The executor takes this path from MMQ_MIN_TOKENS
+// tokens on devices of compute capability 8.0 or more.
+//
+// Activations: Q8_1 blocks (36 B) for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; Q8_K super-blocks (292 B)
+// for Q4_K, Q5_K, Q6_K (as the matrix-vector kernels read).
+
+#define MMQ_M 64
+#define MMQ_N 64
+#define MMQ_KB 8
+// Ints per staged row: 8 blocks of 8 ints, and 4 more so that the 8 rows a warp's lanes read
+// at once fall in different banks.
+#define MMQ_LDI (MMQ_KB * 8 + 4)
+
+struct MmqTile {
+    int w[MMQ_M * MMQ_LDI];     // weight quants, 4 int8 per int
+    int a[MMQ_N * MMQ_LDI];     // activation quants
+    float wd[MMQ_M][MMQ_KB];    // weight block scale (d; d * sc for Q4_K / Q5_K; d for Q6_K)
+    float wm[MMQ_M][MMQ_KB];    // weight block offset (m; dmin for Q4_K / Q5_K)
+    int ws[MMQ_M][MMQ_KB];      // weight sub-scales (Q4_K / Q5_K: sc | mn << 8; Q6_K: sc0, sc1 bytes)
+    float ad[MMQ_N][MMQ_KB];    // activation scale
+    float as[MMQ_N][MMQ_KB];    // activation sum (Q8_1: s; Q8_K: the block's two group sums)
+};
+
+__device__ __forceinline__ void mma_k32(int c[4], const int a[4], int b0, int b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_k16(int c[4], int a0, int a1, int b0) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
+                 "{%4, %5}, {%6}, {%0, %1, %2, %3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
+}
+
+// Stage block `b` of weight row `r` (int8 quants into q[0..8], elements 4i..4i+3 in q[i]).
+template <int TYPE>
+__device__ __forceinline__ void mmq_load_w(const MatmulParams& p, int r, int b, int* q, float& d,
+                                           float& m, int& s) {
+    const u8* wrow = p.w + (i64)r * p.row_bytes;
+    m = 0.0f;
+    s = 0;
+    if (TYPE == TYPE_Q8_0) {
+        const u8* blk = wrow + (i64)b * 34;
+        d = h2f(ld_u16(blk));
+#pragma unroll
+        for (int i = 0; i < 8; ++i) q[i] = ld_i32_a2(blk + 2 + 4 * i);
+    } else if (TYPE == TYPE_Q4_0 || TYPE == TYPE_Q4_1 || TYPE == TYPE_Q5_0 || TYPE == TYPE_Q5_1) {
+        const int bsz = TYPE == TYPE_Q4_0 ? 18 : TYPE == TYPE_Q4_1 ? 20 : TYPE == TYPE_Q5_0 ? 22 : 24;
+        const int qoff = TYPE == TYPE_Q4_0 ? 2 : TYPE == TYPE_Q4_1 ? 4 : TYPE == TYPE_Q5_0 ? 6 : 8;
+        const u8* blk = wrow + (i64)b * bsz;
+        d = h2f(ld_u16(blk));
+        if (TYPE == TYPE_Q4_1 || TYPE == TYPE_Q5_1) m = h2f(ld_u16(blk + 2));
+        u32 qh = 0;
+        if (TYPE == TYPE_Q5_0 || TYPE == TYPE_Q5_1) qh = (u32)ld_i32_a2(blk + qoff - 4);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int v = ld_i32_a2(blk + qoff + 4 * i);
+            int lo = v & 0x0f0f0f0f, hi = (v >> 4) & 0x0f0f0f0f;
+            if (TYPE == TYPE_Q5_0 || TYPE == TYPE_Q5_1) {
+                lo |= q5_high4(qh >> (4 * i));
+                hi |= q5_high4(qh >> (16 + 4 * i));
+            }
+            if (TYPE == TYPE_Q4_0) { lo = __vsub4(lo, 0x08080808); hi = __vsub4(hi, 0x08080808); }
+            if (TYPE == TYPE_Q5_0) { lo = __vsub4(lo, 0x10101010); hi = __vsub4(hi, 0x10101010); }
+            q[i] = lo;
+            q[4 + i] = hi;
+        }
+    } else if (TYPE == 12 || TYPE == 13) { // Q4_K, Q5_K: block b = group j of super-block b / 8
+        const int sb = b >> 3, j = b & 7;
+        const int bsz = TYPE == 12 ? 144 : 176, qoff = TYPE == 12 ? 16 : 48;
+        const u8* blk = wrow + (i64)sb * bsz;
+        d = h2f(ld_u16(blk));
+        m = h2f(ld_u16(blk + 2));
+        int sc, mn;
+        scale_min_k4(j, blk + 4, sc, mn);
+        s = sc | (mn << 8);
+        const int* qs = (const int*)(blk + qoff + 32 * (j >> 1));
+        const int sh = 4 * (j & 1);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            q[i] = (qs[i] >> sh) & 0x0f0f0f0f;
+            if (TYPE == 13) q[i] |= ((((const int*)(blk + 16))[i] >> j) & 0x01010101) << 4;
+        }
+    } else { // Q6_K: group j = half j / 4, quarter j % 4 of super-block b / 8
+        const int sb = b >> 3, j = b & 7;
+        const u8* blk = wrow + (i64)sb * 210;
+        d = h2f(ld_u16(blk + 208));
+        const int h = j >> 2, qq = j & 3;
+        const u8* ql = blk + 64 * h + 32 * (qq & 1);
+        const u8* qhp = blk + 128 + 32 * h;
+        const int shl = 4 * (qq >> 1), shh = 2 * qq;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int lo = (ld_i32_a2(ql + 4 * i) >> shl) & 0x0f0f0f0f;
+            const int hi = ((ld_i32_a2(qhp + 4 * i) >> shh) & 0x03030303) << 4;
+            q[i] = __vsub4(lo | hi, 0x20202020);
+        }
+        s = (int)(u8)blk[192 + 2 * j] | ((int)(u8)blk[192 + 2 * j + 1] << 8);
+    }
+}
+
+template <int TYPE>
+__device__ __forceinline__ void mmq(const MatmulParams& p) {
+    __shared__ MmqTile sm;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, tig = lane & 3;
+    const int r0 = blockIdx.x * MMQ_M, t0 = blockIdx.y * MMQ_N;
+    const bool kq = TYPE == 12 || TYPE == 13 || TYPE == 14;
+    const int nb = p.cols / 32;
+    const i64 a_row = kq ? (i64)(p.cols / QK_K) * Q8K_SIZE : (i64)nb * 36;
+    // This warp's 32 x 32 part of the tile: rows wr + [0, 32), tokens wt + [0, 32).
+    const int wr = (warp & 1) * 32, wt = (warp >> 1) * 32;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.0f;
+
+    for (int kb0 = 0; kb0 < nb; kb0 += MMQ_KB) {
+        const int nkb = min(MMQ_KB, nb - kb0);
+        // Stage: each thread takes (row, block) and (token, block) pairs.
+        for (int e = tid; e < MMQ_M * MMQ_KB; e += blockDim.x) {
+            const int i = e / MMQ_KB, kb = e % MMQ_KB;
+            int q[8];
+            float d = 0.0f, m = 0.0f;
+            int s = 0;
+            if (r0 + i < p.rows && kb < nkb) {
+                mmq_load_w<TYPE>(p, r0 + i, kb0 + kb, q, d, m, s);
+            } else {
+#pragma unroll
+                for (int k = 0; k < 8; ++k) q[k] = 0;
+            }
+#pragma unroll
+            for (int k = 0; k < 8; ++k) sm.w[i * MMQ_LDI + kb * 8 + k] = q[k];
+            sm.wd[i][kb] = d;
+            sm.wm[i][kb] = m;
+            sm.ws[i][kb] = s;
+        }
+        for (int e = tid; e < MMQ_N * MMQ_KB; e += blockDim.x) {
+            const int i = e / MMQ_KB, kb = e % MMQ_KB;
+            int q[8];
+            float d = 0.0f, s = 0.0f;
+            if (t0 + i < p.n_tok && kb < nkb) {
+                const u8* arow = p.a + (i64)(t0 + i) * a_row;
+                const int b = kb0 + kb;
+                const u8* src;
+                if (kq) {
+                    const u8* ab = arow + (i64)(b >> 3) * Q8K_SIZE;
+                    const int j = b & 7;
+                    d = *(const float*)ab;
+                    const u32 bs = *(const u32*)(ab + 4 + QK_K + 4 * j);
+                    // Kept as the integer sum; scaled where it is used, as kquants.cu does.
+                    s = (float)((int)(short)(bs & 0xffff) + (int)(short)(bs >> 16));
+                    src = ab + 4 + 32 * j;
+                } else {
+                    const u8* ab = arow + (i64)b * 36;
+                    const u32 ds = *(const u32*)ab;
+                    d = h2f((u16)(ds & 0xffff));
+                    s = h2f((u16)(ds >> 16));
+                    src = ab + 4;
+                }
+#pragma unroll
+                for (int k = 0; k < 8; ++k) q[k] = ((const int*)src)[k];
+            } else {
+#pragma unroll
+                for (int k = 0; k < 8; ++k) q[k] = 0;
+            }
+#pragma unroll
+            for (int k = 0; k < 8; ++k) sm.a[i * MMQ_LDI + kb * 8 + k] = q[k];
+            sm.ad[i][kb] = d;
+            sm.as[i][kb] = s;
+        }
+        __syncthreads();
+
+        for (int kb = 0; kb < nkb; ++kb) {
+            // A fragments (m16 x k32): rows g and g + 8, ints tig and 4 + tig of the block.
+            int af[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const int* w0 = sm.w + (wr + mt * 16 + g) * MMQ_LDI + kb * 8 + tig;
+                const int* w1 = w0 + 8 * MMQ_LDI;
+                af[mt][0] = w0[0];
+                af[mt][1] = w1[0];
+                af[mt][2] = w0[4];
+                af[mt][3] = w1[4];
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                // B fragment (k32 x n8): token g, ints tig and 4 + tig.
+                const int* a0 = sm.a + (wt + nt * 8 + g) * MMQ_LDI + kb * 8 + tig;
+                const int b0 = a0[0], b1 = a0[4];
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+                    int c[4] = {0, 0, 0, 0};
+                    int c2[4] = {0, 0, 0, 0};
+                    if (TYPE == 14) {
+                        mma_k16(c, af[mt][0], af[mt][1], b0);
+                        mma_k16(c2, af[mt][2], af[mt][3], b1);
+                    } else {
+                        mma_k32(c, af[mt], b0, b1);
+                    }
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        // c[k]: row wr + mt*16 + g (+8 for k >= 2), token wt + nt*8 + 2*tig (+1 odd k).
+                        const int r = wr + mt * 16 + g + 8 * (k >> 1);
+                        const int t = wt + nt * 8 + 2 * tig + (k & 1);
+                        const float wd = sm.wd[r][kb], ad = sm.ad[t][kb];
+                        if (TYPE == TYPE_Q4_0 || TYPE == TYPE_Q5_0 || TYPE == TYPE_Q8_0) {
+                            acc[mt][nt][k] += (float)c[k] * (wd * ad);
+                        } else if (TYPE == TYPE_Q4_1 || TYPE == TYPE_Q5_1) {
+                            acc[mt][nt][k] += (float)c[k] * (wd * ad);
+                            acc[mt][nt][k] += sm.wm[r][kb] * sm.as[t][kb];
+                        } else if (TYPE == 12 || TYPE == 13) {
+                            const int s = sm.ws[r][kb];
+                            acc[mt][nt][k] += (wd * ad) * (float)((s & 0xff) * c[k]);
+                            acc[mt][nt][k] -= (sm.wm[r][kb] * ad) * (float)((s >> 8) * (int)sm.as[t][kb]);
+                        } else {
+                            const int s = sm.ws[r][kb];
+                            const int sc0 = (int)(i8)(s & 0xff), sc1 = (int)(i8)(s >> 8);
+                            acc[mt][nt][k] += (wd * ad) * (float)(sc0 * c[k] + sc1 * c2[k]);
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const int r = r0 + wr + mt * 16 + g + 8 * (k >> 1);
+                const int t = t0 + wt + nt * 8 + 2 * tig + (k & 1);
+                if (r < p.rows && t < p.n_tok) {
+                    float* o = p.out + (i64)t * p.rows + r;
+                    *o = p.accumulate ? *o + acc[mt][nt][k] : acc[mt][nt][k];
+                }
+            }
+}
+
+#if __CUDA_ARCH__ >= 800
+#define MMQ_BODY(T) mmq<T>(p);
+#else
+#define MMQ_BODY(T) // the executor never launches these below compute capability 8.0
+#endif
+extern "C" __global__ void __launch_bounds__(128) mmq_q4_0(const MatmulParams p) { MMQ_BODY(TYPE_Q4_0) }
+extern "C" __global__ void __launch_bounds__(128) mmq_q4_1(const MatmulParams p) { MMQ_BODY(TYPE_Q4_1) }
+extern "C" __global__ void __launch_bounds__(128) mmq_q5_0(const MatmulParams p) { MMQ_BODY(TYPE_Q5_0) }
+extern "C" __global__ void __launch_bounds__(128) mmq_q5_1(const MatmulParams p) { MMQ_BODY(TYPE_Q5_1) }
+extern "C" __global__ void __launch_bounds__(128) mmq_q8_0(const MatmulParams p) { MMQ_BODY(TYPE_Q8_0) }
+extern "C" __global__ void __launch_bounds__(128) mmq_q4_k(const MatmulParams p) { MMQ_BODY(12) }
+extern "C" __global__ void __launch_bounds__(128) mmq_q5_k(const MatmulParams p) { MMQ_BODY(13) }
+extern "C" __global__ void __launch_bounds__(128) mmq_q6_k(const MatmulParams p) { MMQ_BODY(14) }

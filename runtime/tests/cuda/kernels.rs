@@ -197,6 +197,7 @@ fn matmul_matches_cpu_dots() {
             (64, 8192, 1),
             // From MMQ_MIN_TOKENS tokens: the tensor-core kernels (partial tiles of rows and
             // tokens, rows of 18 blocks = two full K steps and a partial one).
+            (65, 576, 16),
             (65, 576, 33),
             (129, 1536, 70),
             (100, 2048, 64),
@@ -220,17 +221,27 @@ fn matmul_matches_cpu_dots() {
             };
             let init = rng.vec(n_tok * rows, 1.0);
             for accumulate in [false, true] {
-                let gpu = testing::matmul(
-                    &dev,
-                    ty,
-                    &w,
-                    rows,
-                    cols,
-                    &acts,
-                    n_tok,
-                    accumulate.then_some(&init[..]),
-                )
-                .unwrap();
+                let run = |tiles| {
+                    testing::matmul(
+                        &dev,
+                        ty,
+                        &w,
+                        rows,
+                        cols,
+                        &acts,
+                        n_tok,
+                        accumulate.then_some(&init[..]),
+                        tiles,
+                    )
+                    .unwrap()
+                };
+                let gpu = run(MmqTiles::Large);
+                // The tensor-core kernels' two tile shapes sum in the same order.
+                assert_eq!(
+                    gpu,
+                    run(MmqTiles::Small),
+                    "{ty} {rows}x{cols} x{n_tok}: the two tile shapes differ"
+                );
                 let rb = w.len() / rows;
                 for (t, (a, af)) in per_tok.iter().enumerate() {
                     for r in 0..rows {

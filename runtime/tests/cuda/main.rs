@@ -21,7 +21,7 @@
 //! whose results differ from the matrix-vector kernels' in the last bits.
 
 use ember::backend::cuda::testing::{self, AttnInputs, AttnShape};
-use ember::backend::cuda::{driver_present, CudaDevice, MMQ_MIN_TOKENS};
+use ember::backend::cuda::{driver_present, CudaDevice, MmqTiles, MMQ_MIN_TOKENS};
 use ember::backend::{BackendKind, CudaWeights};
 use ember::engine::{Engine, EngineConfig, RequestParams};
 use ember::gguf::GgufFile;

@@ -113,6 +113,8 @@ pub struct CudaDevice {
     pub name: String,
     /// Compute capability.
     pub cc: (i32, i32),
+    /// Streaming multiprocessors.
+    pub sms: usize,
     /// Kernel compilation.
     pub compile: CompileInfo,
     /// Always use the general attention kernel (one block per query head), not the
@@ -162,6 +164,12 @@ impl CudaDevice {
         let cc = ctx
             .compute_capability()
             .map_err(drv("compute capability"))?;
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(drv("multiprocessor count"))?
+            .max(1) as usize;
         let arch = format!("compute_{}{}", cc.0, cc.1);
         let t0 = Instant::now();
         let (ptx, cache_hit, cache_path) = build_ptx(&arch)?;
@@ -176,6 +184,7 @@ impl CudaDevice {
             k,
             name,
             cc,
+            sms,
             compile: CompileInfo {
                 ms,
                 cache_hit,

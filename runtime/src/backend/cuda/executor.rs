@@ -463,6 +463,7 @@ fn read_logits(
     b.dev.argmax(&ArgmaxParams {
         x: b.s.logits.ptr,
         out: b.s.ids.ptr,
+        part: b.s.ids_part.ptr,
         n_rows: n as i32,
         n_cols: v as i32,
     })?;

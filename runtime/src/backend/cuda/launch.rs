@@ -19,13 +19,28 @@ use crate::error::Result;
 /// merges, longer ones leave small batches too few thread blocks.
 pub const ATT_PART_LEN: usize = 2048;
 
+/// Thread blocks per row of the argmax (`ARGMAX_PARTS` in elementwise.cu; one warp merges
+/// them); [`ArgmaxParams::part`] holds `2 * ARGMAX_PARTS` i32 per row.
+pub const ARGMAX_PARTS: usize = 32;
+
 /// From this many tokens a quantized product runs on the tensor cores (`mmq.cu`, compute
 /// capability 8.0 or more), below it as matrix-vector products (`mmvq.cu`, `kquants.cu`). A
 /// token's result then depends on which side of the line its batch falls, in the last bits
 /// (BENCHMARKS.md, issue 15): tests that compare batched and lone runs bit for bit keep their
-/// batches below it. 32 keeps decode of up to 31 sequences on the matrix-vector kernels, which
-/// read each weight once per 8 tokens and need no staging.
-pub const MMQ_MIN_TOKENS: usize = 32;
+/// batches below it. The matrix-vector kernels read each weight once per 8 tokens; from 16 the
+/// tensor cores win (H200, the Llama-1B shape).
+pub const MMQ_MIN_TOKENS: usize = 16;
+
+/// Tile shape of the tensor-core products (`mmq.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmqTiles {
+    /// 64 x 64, or 16 x 32 where 64 x 64 tiles would be fewer than the multiprocessors.
+    Auto,
+    /// 64 weight rows x 64 tokens.
+    Large,
+    /// 16 weight rows x 32 tokens.
+    Small,
+}
 
 impl CudaDevice {
     fn launch<P: DeviceRepr>(
@@ -94,20 +109,42 @@ impl CudaDevice {
     /// `out = a W^T` (or `out += a W^T`) for a weight of type `ty`; `p.a` holds the
     /// activations [`acts_of`](super::module::acts_of) `ty` names (f32 rows, Q8_1 or Q8_K).
     pub fn matmul(&self, ty: GgmlType, p: &MatmulParams) -> Result<()> {
+        self.matmul_tiles(ty, p, MmqTiles::Auto)
+    }
+
+    /// [`CudaDevice::matmul`] with the tensor-core tile shape chosen by the caller (tests run
+    /// both shapes; they give the same results).
+    pub fn matmul_tiles(&self, ty: GgmlType, p: &MatmulParams, tiles: MmqTiles) -> Result<()> {
         let Some(i) = MATMUL_KERNELS.iter().position(|(t, _)| *t == ty) else {
             return Err(backend_err(format!("no CUDA matrix kernel for type {ty}")));
         };
         if p.n_tok as usize >= MMQ_MIN_TOKENS && self.cc.0 >= 8 {
             if let Some(j) = MMQ_KERNELS.iter().position(|(t, _)| *t == ty) {
-                let grid = (
-                    (p.rows as usize).div_ceil(64),
-                    (p.n_tok as usize).div_ceil(64),
-                );
+                let (rows, n) = (p.rows as usize, p.n_tok as usize);
+                let grid = (rows.div_ceil(64), n.div_ceil(64));
+                // Fewer 64 x 64 tiles than multiprocessors: 16 x 32 tiles (same results).
+                let small = match tiles {
+                    MmqTiles::Auto => grid.0 * grid.1 < self.sms,
+                    MmqTiles::Large => false,
+                    MmqTiles::Small => true,
+                };
+                if small {
+                    let grid = (rows.div_ceil(16), n.div_ceil(32));
+                    return self.launch(&self.k.mmq_small[j], grid, 128, p, "mmq");
+                }
                 return self.launch(&self.k.mmq[j], grid, 128, p, "mmq");
             }
         }
+        // Weight rows per thread block of the matrix-vector kernels: one warp per row for float
+        // weights (mmv_float.cu), two warps for K-quants (kquants.cu), four for the others
+        // (mmvq.cu).
+        let rows_per_block = match ty {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 4,
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => 2,
+            _ => 1,
+        };
         let grid = (
-            (p.rows as usize).div_ceil(4),
+            (p.rows as usize).div_ceil(rows_per_block),
             (p.n_tok as usize).div_ceil(8),
         );
         self.launch(&self.k.matmul[i], grid, 128, p, "matmul")
@@ -155,7 +192,9 @@ impl CudaDevice {
 
     /// Row-wise argmax.
     pub fn argmax(&self, p: &ArgmaxParams) -> Result<()> {
-        self.launch(&self.k.argmax, (p.n_rows as usize, 1), 256, p, "argmax")
+        let rows = p.n_rows as usize;
+        self.launch(&self.k.argmax_part, (rows, ARGMAX_PARTS), 256, p, "argmax")?;
+        self.launch(&self.k.argmax_reduce, (rows, 1), 32, p, "argmax")
     }
 
     /// RoPE on q and k, K/V into their slots.
@@ -163,7 +202,7 @@ impl CudaDevice {
         self.launch(
             &self.k.rope_kv_write,
             (p.n_tok as usize, 1),
-            128,
+            256,
             p,
             "rope_kv_write",
         )

@@ -35,7 +35,7 @@ use ember_kernels::GgmlType;
 pub use compile::{kernel_source, CompileInfo};
 pub use device::{driver_present, CudaDevice, DevBuf, HostMapping};
 use error::backend_err;
-pub use launch::{ATT_PART_LEN, MMQ_MIN_TOKENS};
+pub use launch::{MmqTiles, ARGMAX_PARTS, ATT_PART_LEN, MMQ_MIN_TOKENS};
 pub use module::SUPPORTED_WEIGHTS;
 use module::{acts_of, Acts};
 use params::*;
@@ -91,6 +91,8 @@ struct DevScratch {
     logits: DevBuf<f32>,
     /// Greedy argmax of each logits row `[L]` (-1: the row holds a NaN).
     ids: DevBuf<i32>,
+    /// The argmax's per-part bests `[L, ARGMAX_PARTS, 2]`.
+    ids_part: DevBuf<i32>,
     /// Attention partitions `[T*Hq, parts, D]` and `[T*Hq, parts, 2]`.
     part_acc: DevBuf<f32>,
     part_ms: DevBuf<f32>,
@@ -327,6 +329,7 @@ impl DevScratch {
             out_x: dev.alloc(z.max_logits * e, "scratch out_x")?,
             logits: dev.alloc(z.max_logits * c.n_vocab, "scratch logits")?,
             ids: dev.alloc(z.max_logits, "scratch argmax")?,
+            ids_part: dev.alloc(z.max_logits * 2 * ARGMAX_PARTS, "scratch argmax parts")?,
             part_acc: dev.alloc(t * c.n_head * parts * c.head_dim, "attention partitions")?,
             part_ms: dev.alloc(t * c.n_head * parts * 2, "attention partitions")?,
             meta: dev.alloc(meta_len, "batch description")?,

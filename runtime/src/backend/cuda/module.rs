@@ -75,15 +75,17 @@ pub(super) struct Kernels {
     pub(super) quantize_q8_k: CudaFunction,
     /// One per weight type, in the order of `MATMUL_KERNELS`.
     pub(super) matmul: Vec<CudaFunction>,
-    /// One per weight type, in the order of `MMQ_KERNELS`.
+    /// One per weight type, in the order of `MMQ_KERNELS`: 64 x 64 tiles, then 16 x 32.
     pub(super) mmq: Vec<CudaFunction>,
+    pub(super) mmq_small: Vec<CudaFunction>,
     pub(super) rms_norm: CudaFunction,
     pub(super) swiglu: CudaFunction,
     pub(super) geglu: CudaFunction,
     pub(super) add: CudaFunction,
     pub(super) gather_rows: CudaFunction,
     pub(super) add_bias: CudaFunction,
-    pub(super) argmax: CudaFunction,
+    pub(super) argmax_part: CudaFunction,
+    pub(super) argmax_reduce: CudaFunction,
     pub(super) rope_kv_write: CudaFunction,
     pub(super) copy_slots: CudaFunction,
     pub(super) shift_keys: CudaFunction,
@@ -115,13 +117,18 @@ impl Kernels {
                 .iter()
                 .map(|(_, n)| f(n))
                 .collect::<Result<_>>()?,
+            mmq_small: MMQ_KERNELS
+                .iter()
+                .map(|(_, n)| f(&format!("{n}_s")))
+                .collect::<Result<_>>()?,
             rms_norm: f("rms_norm")?,
             swiglu: f("swiglu")?,
             geglu: f("geglu")?,
             add: f("add")?,
             gather_rows: f("gather_rows")?,
             add_bias: f("add_bias")?,
-            argmax: f("argmax")?,
+            argmax_part: f("argmax_part")?,
+            argmax_reduce: f("argmax_reduce")?,
             rope_kv_write: f("rope_kv_write")?,
             copy_slots: f("copy_slots")?,
             shift_keys: f("shift_keys")?,

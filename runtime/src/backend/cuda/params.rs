@@ -138,6 +138,8 @@ pub struct AttnParams {
 pub struct ArgmaxParams {
     pub x: DevPtr,
     pub out: DevPtr,
+    /// Scratch of `n_rows * ARGMAX_PARTS * 2` i32 (each part's best value bits and index).
+    pub part: DevPtr,
     pub n_rows: i32,
     pub n_cols: i32,
 }
@@ -257,7 +259,7 @@ const _: () = assert!(size_of::<SwigluParams>() == 24);
 const _: () = assert!(size_of::<BiasParams>() == 24);
 const _: () = assert!(size_of::<RopeKvParams>() == 128);
 const _: () = assert!(size_of::<AttnParams>() == 128);
-const _: () = assert!(size_of::<ArgmaxParams>() == 24);
+const _: () = assert!(size_of::<ArgmaxParams>() == 32);
 const _: () = assert!(size_of::<CopySlotsParams>() == 40);
 const _: () = assert!(size_of::<ShiftKeysParams>() == 72);
 const _: () = assert!(size_of::<HadamardParams>() == 24);

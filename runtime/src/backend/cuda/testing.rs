@@ -58,6 +58,7 @@ pub fn matmul(
     acts: &[u8],
     n_tok: usize,
     init: Option<&[f32]>,
+    tiles: super::MmqTiles,
 ) -> Result<Vec<f32>> {
     let wd = dev.upload(w, "w")?;
     let ad = dev.upload(acts, "acts")?;
@@ -65,7 +66,7 @@ pub fn matmul(
     if let Some(i) = init {
         dev.write(&mut out, i)?;
     }
-    dev.matmul(
+    dev.matmul_tiles(
         ty,
         &MatmulParams {
             w: wd.ptr,
@@ -78,6 +79,7 @@ pub fn matmul(
             accumulate: i32::from(init.is_some()),
             pad: 0,
         },
+        tiles,
     )?;
     let mut h = vec![0f32; n_tok * rows];
     dev.read(&out, &mut h)?;
@@ -151,9 +153,11 @@ pub fn argmax(dev: &CudaDevice, x: &[f32], n_cols: usize) -> Result<Vec<i32>> {
     let n_rows = x.len() / n_cols;
     let xd = dev.upload(x, "x")?;
     let out = dev.alloc::<i32>(n_rows, "out")?;
+    let part = dev.alloc::<i32>(n_rows * 2 * super::ARGMAX_PARTS, "parts")?;
     dev.argmax(&ArgmaxParams {
         x: xd.ptr,
         out: out.ptr,
+        part: part.ptr,
         n_rows: n_rows as i32,
         n_cols: n_cols as i32,
     })?;

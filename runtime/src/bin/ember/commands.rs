@@ -670,25 +670,28 @@ pub fn bench(raw: &[OsString]) -> CliResult {
         s.eval(&mut seq, |p| p == last, |_, _, _| {})?;
         pp.push(n_prompt as f64 / t0.elapsed().as_secs_f64());
         s.release(&mut seq);
-        // Decode: n_gen single-token passes from an empty cache (as llama-bench's tg).
-        seq.tokens.clear();
-        seq.tokens.push(prompt[0]);
-        let t0 = Instant::now();
-        for i in 0..n_gen {
-            let last = seq.tokens.len() - 1;
-            let mut next = 0;
-            s.eval(
-                &mut seq,
-                |p| p == last,
-                |_, logits, _| {
-                    next = argmax(logits);
-                },
-            )?;
-            let _ = i;
-            seq.tokens.push(next);
+        // Decode: n_gen single-token passes from an empty cache (as llama-bench's tg), greedy
+        // through the generation path (the one `ember generate` takes: on CUDA the argmax is
+        // taken on the device). The clock runs from the first token (its one-token pass) to
+        // the last, so it holds exactly the n_gen passes that each decode one more.
+        let params = GenerateParams {
+            max_tokens: n_gen + 1,
+            ignore_eos: true,
+            ..GenerateParams::default()
+        };
+        let g = s.generate(&prompt[..1], &params, |_| {})?;
+        match (g.first_token, g.last_token) {
+            (Some(a), Some(b)) if g.ids.len() == n_gen + 1 && b > a => {
+                tg.push(n_gen as f64 / (b - a).as_secs_f64());
+            }
+            _ => {
+                return Err(CliError::Run(format!(
+                    "bench: decoding stopped after {} of {} tokens",
+                    g.ids.len(),
+                    n_gen + 1
+                )))
+            }
         }
-        tg.push(n_gen as f64 / t0.elapsed().as_secs_f64());
-        s.release(&mut seq);
     }
     let stats = |v: &[f64]| {
         let m = v.iter().sum::<f64>() / v.len() as f64;
@@ -741,14 +744,4 @@ pub fn bench(raw: &[OsString]) -> CliResult {
             s.threads()
         )
     })
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

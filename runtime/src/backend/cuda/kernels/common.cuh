@@ -169,6 +169,7 @@ struct AttnParams {
 struct ArgmaxParams {
     const float* x;  // [n_rows, n_cols]
     int* out;        // [n_rows]
+    int* part;       // [n_rows, ARGMAX_PARTS, 2]: each part's best (value bits, index)
     int n_rows;
     int n_cols;
 };

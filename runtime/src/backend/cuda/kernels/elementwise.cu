@@ -10,9 +10,19 @@ extern "C" __global__ void rms_norm(const RmsNormParams p) {
     const int src = p.rows ? p.rows[row] : row;
     const float* x = p.x + (i64)src * p.n_cols;
     float* o = p.out + (i64)row * p.n_cols;
+    // Four loads in flight per thread (one row is a short, latency-bound loop otherwise).
     double s = 0.0;
-    for (int i = threadIdx.x; i < p.n_cols; i += blockDim.x) {
-        const float v = x[i];
+    const int bd = blockDim.x;
+    int i0 = threadIdx.x;
+    for (; i0 + 3 * bd < p.n_cols; i0 += 4 * bd) {
+        const float a = x[i0], b = x[i0 + bd], c = x[i0 + 2 * bd], e = x[i0 + 3 * bd];
+        s += (double)(a * a);
+        s += (double)(b * b);
+        s += (double)(c * c);
+        s += (double)(e * e);
+    }
+    for (; i0 < p.n_cols; i0 += bd) {
+        const float v = x[i0];
         s += (double)(v * v);
     }
     s = warp_sum_d(s);
@@ -22,7 +32,16 @@ extern "C" __global__ void rms_norm(const RmsNormParams p) {
     for (int w = 0; w < (int)(blockDim.x >> 5); ++w) tot += part[w];
     const float mean = (float)(tot / (double)p.n_cols);
     const float scale = 1.0f / sqrtf(mean + p.eps);
-    for (int i = threadIdx.x; i < p.n_cols; i += blockDim.x) o[i] = (x[i] * scale) * p.w[i];
+    int i = threadIdx.x;
+    for (; i + 3 * bd < p.n_cols; i += 4 * bd) {
+        const float a = x[i], b = x[i + bd], c = x[i + 2 * bd], e = x[i + 3 * bd];
+        const float wa = p.w[i], wb = p.w[i + bd], wc = p.w[i + 2 * bd], we = p.w[i + 3 * bd];
+        o[i] = (a * scale) * wa;
+        o[i + bd] = (b * scale) * wb;
+        o[i + 2 * bd] = (c * scale) * wc;
+        o[i + 3 * bd] = (e * scale) * we;
+    }
+    for (; i < p.n_cols; i += bd) o[i] = (x[i] * scale) * p.w[i];
 }
 
 // ggml's vectorized expf (ggml_v_expf), bit for bit as `ember_kernels::reference::ops::expf_ggml`.
@@ -91,34 +110,56 @@ extern "C" __global__ void add_bias(const BiasParams p) {
 
 // Index of the largest value of each row, the lowest index winning ties (the sampler's greedy
 // rule: a row of -inf gives 0), or -1 for a row holding a NaN (the engine then reads the row and
-// ends its request with an error, as on the CPU). One thread block (256 threads) per row.
-extern "C" __global__ void argmax(const ArgmaxParams p) {
+// ends its request with an error, as on the CPU). Two kernels, so that a vocabulary row is
+// scanned by many thread blocks: `argmax_part` gives each (row, part) block ARGMAX_PARTS-th of
+// the row and writes its best (value bits, index | NaN flag in bit 31) to `part`; `argmax_reduce`
+// merges a row's parts with one warp. NaN never wins a comparison.
+#define ARGMAX_PARTS 32
+
+__device__ __forceinline__ void argmax_merge(float& best, int& bi, float ov, int oi) {
+    if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+}
+
+extern "C" __global__ void argmax_part(const ArgmaxParams p) {
     __shared__ float sv[8];
     __shared__ int si[8];
-    const int row = blockIdx.x;
+    const int row = blockIdx.x, part = blockIdx.y;
     if (row >= p.n_rows) return;
+    const int len = (p.n_cols + ARGMAX_PARTS - 1) / ARGMAX_PARTS;
+    const int lo = part * len, hi = min(p.n_cols, lo + len);
     const float* x = p.x + (i64)row * p.n_cols;
     float best = NEG_INF;
     int bi = 0x7fffffff;
     int nan = 0;
-    for (int i = threadIdx.x; i < p.n_cols; i += blockDim.x) {
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
         const float v = x[i];
         nan |= v != v;
-        if (v > best || (v == best && i < bi)) { best = v; bi = i; }
+        argmax_merge(best, bi, v, i);
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-    }
+    for (int o = 16; o > 0; o >>= 1)
+        argmax_merge(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
     if ((threadIdx.x & 31) == 0) { sv[threadIdx.x >> 5] = best; si[threadIdx.x >> 5] = bi; }
     nan = __syncthreads_or(nan);
     if (threadIdx.x == 0) {
         best = sv[0];
         bi = si[0];
-        for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
-            if (sv[w] > best || (sv[w] == best && si[w] < bi)) { best = sv[w]; bi = si[w]; }
-        p.out[row] = nan ? -1 : bi == 0x7fffffff ? 0 : bi;
+        for (int w = 1; w < (int)(blockDim.x >> 5); ++w) argmax_merge(best, bi, sv[w], si[w]);
+        int* o = p.part + ((i64)row * ARGMAX_PARTS + part) * 2;
+        o[0] = __float_as_int(best);
+        o[1] = (bi & 0x7fffffff) | (nan ? (int)0x80000000 : 0);
     }
+}
+
+extern "C" __global__ void argmax_reduce(const ArgmaxParams p) {
+    const int row = blockIdx.x, lane = threadIdx.x;
+    if (row >= p.n_rows) return;
+    const int* o = p.part + ((i64)row * ARGMAX_PARTS + lane) * 2;
+    float best = __int_as_float(o[0]);
+    int bi = o[1] & 0x7fffffff;
+    const bool nan = __any_sync(0xffffffffu, o[1] < 0);
+#pragma unroll
+    for (int k = 16; k > 0; k >>= 1)
+        argmax_merge(best, bi, __shfl_xor_sync(0xffffffffu, best, k), __shfl_xor_sync(0xffffffffu, bi, k));
+    if (lane == 0) p.out[row] = nan ? -1 : bi == 0x7fffffff ? 0 : bi;
 }

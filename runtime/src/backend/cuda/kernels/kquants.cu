@@ -1,8 +1,9 @@
 // K-quant products (Q4_K, Q5_K, Q6_K weights) on Q8_K activations, as the CPU computes them: the
 // activations are quantized per 256-element super-block exactly as `quantize_row_q8_k` (f32
 // scale, 16-element group sums), so each super-block's integer sums equal the CPU's; only the
-// f32 accumulation order differs. One warp per weight row; each lane takes one 32-element group
-// of a super-block per step (8 lanes per super-block), like mmvq.cu.
+// f32 accumulation order differs. Two weight rows per thread block of 128 threads, two warps per
+// row; each thread takes one 32-element group of a super-block per step (8 threads per
+// super-block), so a row of 2048 is one step; the two warps' sums are added in order.
 //
 // Layouts are ggml's: block_q4_K {f16 d, dmin; u8 scales[12]; u8 qs[128]} (144 B),
 // block_q5_K {f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]} (176 B: Q4_K's scales and
@@ -81,20 +82,22 @@ __device__ __forceinline__ void scale_min_k4(int j, const u8* q, int& sc, int& m
 
 template <int TYPE>
 __device__ __forceinline__ void mmvq_k(const MatmulParams& p) {
+    __shared__ float red[MMV_WARPS][MMV_NT];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int r = blockIdx.x * MMV_WARPS + warp;
+    const int lt = threadIdx.x & 63; // thread within the row
+    const int r = blockIdx.x * 2 + (warp >> 1);
     const int t0 = blockIdx.y * MMV_NT;
-    if (r >= p.rows) return;
+    const bool row_ok = r < p.rows; // no early return: both rows meet at the barrier below
     const int nt = min(MMV_NT, p.n_tok - t0);
     const int nsb = p.cols / QK_K;
     const i64 a_row = (i64)nsb * Q8K_SIZE;
-    const u8* wrow = p.w + (i64)r * p.row_bytes;
+    const u8* wrow = p.w + (i64)(row_ok ? r : 0) * p.row_bytes;
     const u8* abase = p.a + (i64)t0 * a_row;
     float acc[MMV_NT];
 #pragma unroll
     for (int t = 0; t < MMV_NT; ++t) acc[t] = 0.0f;
 
-    for (int k = lane; k < 8 * nsb; k += 32) {
+    for (int k = lt; row_ok && k < 8 * nsb; k += 64) {
         const int sb = k >> 3, j = k & 7;
         int q[8];
         float d, dmin = 0.0f;
@@ -160,11 +163,15 @@ __device__ __forceinline__ void mmvq_k(const MatmulParams& p) {
     for (int t = 0; t < MMV_NT; ++t) {
         if (t < nt) {
             const float v = warp_sum(acc[t]);
-            if (lane == 0) {
-                float* o = p.out + (i64)(t0 + t) * p.rows + r;
-                *o = p.accumulate ? *o + v : v;
-            }
+            if (lane == 0) red[warp][t] = v;
         }
+    }
+    __syncthreads();
+    if (row_ok && lt < nt) {
+        const int w0 = warp & ~1;
+        const float v = red[w0][lt] + red[w0 + 1][lt];
+        float* o = p.out + (i64)(t0 + lt) * p.rows + r;
+        *o = p.accumulate ? *o + v : v;
     }
 }
 

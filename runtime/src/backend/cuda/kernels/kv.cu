@@ -167,9 +167,20 @@ extern "C" __global__ void rope_kv_write(const RopeKvParams p) {
     float* q = p.q + (i64)t * p.n_head * d;
     float* k = p.k + (i64)t * p.n_head_kv * d;
     float* v = p.v + (i64)t * p.n_head_kv * d;
+    // Gemma scales q after RoPE (1 otherwise); ggml's one-query attention multiplies an f16 copy
+    // of Q with the f16 K cache, its tiled path (passes of 64+ tokens) keeps Q in f32.
+    const bool rot = p.rot_k > 0 || p.rot_v > 0;
     for (int i = threadIdx.x; i < p.n_head * half; i += blockDim.x) {
         const int h = i / half, j = i % half;
-        rope_pair(q + h * d, j, half, p.neox, cs[j], sn[j]);
+        float* qh = q + h * d;
+        rope_pair(qh, j, half, p.neox, cs[j], sn[j]);
+        if (!rot) {
+            // This thread's pair only: scaled (and rounded) in place without another pass.
+            const int e0 = p.neox ? j : 2 * j, e1 = p.neox ? j + half : 2 * j + 1;
+            const float x0 = qh[e0] * p.q_scale, x1 = qh[e1] * p.q_scale;
+            qh[e0] = p.round_q ? h2f(f2h(x0)) : x0;
+            qh[e1] = p.round_q ? h2f(f2h(x1)) : x1;
+        }
     }
     for (int i = threadIdx.x; i < p.n_head_kv * half; i += blockDim.x) {
         const int h = i / half, j = i % half;
@@ -181,19 +192,21 @@ extern "C" __global__ void rope_kv_write(const RopeKvParams p) {
     }
     if (p.rot_v > 0) block_hadamard(v, p.n_head_kv * d, p.rot_v);
     __syncthreads();
-    // Gemma scales q here (1 otherwise); ggml's one-query attention multiplies an f16 copy of
-    // Q with the f16 K cache, its tiled path (passes of 64+ tokens) keeps Q in f32.
-    for (int i = threadIdx.x; i < p.n_head * d; i += blockDim.x) {
-        const float x = q[i] * p.q_scale;
-        q[i] = p.round_q ? h2f(f2h(x)) : x;
+    if (rot) {
+        for (int i = threadIdx.x; i < p.n_head * d; i += blockDim.x) {
+            const float x = q[i] * p.q_scale;
+            q[i] = p.round_q ? h2f(f2h(x)) : x;
+        }
     }
     const i64 tile = (i64)p.block_size * p.row_u16;
     const i64 base = ((i64)p.tok_block[t] * p.n_layer + p.layer) * p.n_head_kv * tile
                    + (i64)(pos % p.block_size) * p.row_u16;
     if (p.kv_type == KV_F16) {
-        for (int h = 0; h < p.n_head_kv; ++h) {
-            kv_store_row(p.kc + base + h * tile, k + h * d, d, KV_F16, threadIdx.x, blockDim.x);
-            kv_store_row(p.vc + base + h * tile, v + h * d, d, KV_F16, threadIdx.x, blockDim.x);
+        // Every head's row in one pass (kv_store_row's f16 rounding, element by element).
+        for (int i = threadIdx.x; i < p.n_head_kv * d; i += blockDim.x) {
+            const int h = i / d, e = i % d;
+            p.kc[base + h * tile + e] = f2h(k[i]);
+            p.vc[base + h * tile + e] = f2h(v[i]);
         }
         return;
     }

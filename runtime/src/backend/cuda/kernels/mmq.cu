@@ -1,33 +1,36 @@
 // Quantized matrix products for many tokens on the tensor cores (the structure of llama.cpp's
-// MMQ): out[t][r] = W[r] . a[t] for a tile of MMQ_M weight rows x MMQ_N tokens per thread block.
+// MMQ): out[t][r] = W[r] . a[t] for a tile of BM weight rows x BN tokens per thread block.
 // Each step of the K loop stages 256 elements (8 blocks of 32) of the tile's weight rows and of
 // its tokens' activations in shared memory as int8 (the weights' offsets folded in: q - 8 for
-// Q4_0, q - 16 for Q5_0, q - 32 for Q6_K), with their scales, then every warp multiplies its
-// 32 x 32 part with int8 `mma.sync` (m16n8k32; m16n8k16 for Q6_K's 16-element scales). Each
+// Q4_0, q - 16 for Q5_0, q - 32 for Q6_K), with their scales, then each of the 4 warps multiplies
+// its part with int8 `mma.sync` (m16n8k32; m16n8k16 for Q6_K's 16-element scales). Each
 // block's integer sums are exact, as in mmvq.cu and kquants.cu, and are scaled with the same
 // float expressions; only the order of the float accumulation over blocks differs (block by
 // block here, lane-strided then a butterfly there), so a row's result differs from the
 // matrix-vector kernels' in the last bits. The executor takes this path from MMQ_MIN_TOKENS
-// tokens on devices of compute capability 8.0 or more.
+// tokens on devices of compute capability 8.0 or more. Each kernel comes in two tile shapes:
+// 64 rows x 64 tokens (`mmq_*`), and 16 x 32 (`mmq_*_s`) for products whose large tiles would
+// not fill the GPU (decode of tens of sequences): the result does not depend on the shape.
 //
 // Activations: Q8_1 blocks (36 B) for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; Q8_K super-blocks (292 B)
 // for Q4_K, Q5_K, Q6_K (as the matrix-vector kernels read).
 
-#define MMQ_M 64
-#define MMQ_N 64
 #define MMQ_KB 8
 // Ints per staged row: 8 blocks of 8 ints, and 4 more so that the 8 rows a warp's lanes read
 // at once fall in different banks.
 #define MMQ_LDI (MMQ_KB * 8 + 4)
 
+// One thread block's staged K step: BM weight rows and BN tokens (two tile shapes: 64 x 64 for
+// large products, 16 x 32 when the large tiles would leave the multiprocessors idle).
+template <int BM, int BN>
 struct MmqTile {
-    int w[MMQ_M * MMQ_LDI];     // weight quants, 4 int8 per int
-    int a[MMQ_N * MMQ_LDI];     // activation quants
-    float wd[MMQ_M][MMQ_KB];    // weight block scale (d; d * sc for Q4_K / Q5_K; d for Q6_K)
-    float wm[MMQ_M][MMQ_KB];    // weight block offset (m; dmin for Q4_K / Q5_K)
-    int ws[MMQ_M][MMQ_KB];      // weight sub-scales (Q4_K / Q5_K: sc | mn << 8; Q6_K: sc0, sc1 bytes)
-    float ad[MMQ_N][MMQ_KB];    // activation scale
-    float as[MMQ_N][MMQ_KB];    // activation sum (Q8_1: s; Q8_K: the block's two group sums)
+    int w[BM * MMQ_LDI];     // weight quants, 4 int8 per int
+    int a[BN * MMQ_LDI];     // activation quants
+    float wd[BM][MMQ_KB];    // weight block scale (d)
+    float wm[BM][MMQ_KB];    // weight block offset (m; dmin for Q4_K / Q5_K)
+    int ws[BM][MMQ_KB];      // weight sub-scales (Q4_K / Q5_K: sc | mn << 8; Q6_K: sc0, sc1 bytes)
+    float ad[BN][MMQ_KB];    // activation scale
+    float as[BN][MMQ_KB];    // activation sum (Q8_1: s; Q8_K: the block's two group sums)
 };
 
 __device__ __forceinline__ void mma_k32(int c[4], const int a[4], int b0, int b1) {
@@ -111,29 +114,31 @@ __device__ __forceinline__ void mmq_load_w(const MatmulParams& p, int r, int b, 
     }
 }
 
-template <int TYPE>
+// 4 warps; warp w computes rows wr + [0, 16 MT) and tokens wt + [0, 8 NT) of the tile.
+template <int TYPE, int BM, int BN>
 __device__ __forceinline__ void mmq(const MatmulParams& p) {
-    __shared__ MmqTile sm;
+    constexpr int WM = BM == 64 ? 2 : 1, WN = 4 / WM;
+    constexpr int MT = BM / WM / 16, NT = BN / WN / 8;
+    __shared__ MmqTile<BM, BN> sm;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, tig = lane & 3;
-    const int r0 = blockIdx.x * MMQ_M, t0 = blockIdx.y * MMQ_N;
+    const int r0 = blockIdx.x * BM, t0 = blockIdx.y * BN;
     const bool kq = TYPE == 12 || TYPE == 13 || TYPE == 14;
     const int nb = p.cols / 32;
     const i64 a_row = kq ? (i64)(p.cols / QK_K) * Q8K_SIZE : (i64)nb * 36;
-    // This warp's 32 x 32 part of the tile: rows wr + [0, 32), tokens wt + [0, 32).
-    const int wr = (warp & 1) * 32, wt = (warp >> 1) * 32;
-    float acc[2][4][4];
+    const int wr = (warp % WM) * (16 * MT), wt = (warp / WM) * (8 * NT);
+    float acc[MT][NT][4];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < NT; ++j)
 #pragma unroll
             for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.0f;
 
     for (int kb0 = 0; kb0 < nb; kb0 += MMQ_KB) {
         const int nkb = min(MMQ_KB, nb - kb0);
         // Stage: each thread takes (row, block) and (token, block) pairs.
-        for (int e = tid; e < MMQ_M * MMQ_KB; e += blockDim.x) {
+        for (int e = tid; e < BM * MMQ_KB; e += blockDim.x) {
             const int i = e / MMQ_KB, kb = e % MMQ_KB;
             int q[8];
             float d = 0.0f, m = 0.0f;
@@ -150,7 +155,7 @@ __device__ __forceinline__ void mmq(const MatmulParams& p) {
             sm.wm[i][kb] = m;
             sm.ws[i][kb] = s;
         }
-        for (int e = tid; e < MMQ_N * MMQ_KB; e += blockDim.x) {
+        for (int e = tid; e < BN * MMQ_KB; e += blockDim.x) {
             const int i = e / MMQ_KB, kb = e % MMQ_KB;
             int q[8];
             float d = 0.0f, s = 0.0f;
@@ -188,9 +193,9 @@ __device__ __forceinline__ void mmq(const MatmulParams& p) {
 
         for (int kb = 0; kb < nkb; ++kb) {
             // A fragments (m16 x k32): rows g and g + 8, ints tig and 4 + tig of the block.
-            int af[2][4];
+            int af[MT][4];
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
+            for (int mt = 0; mt < MT; ++mt) {
                 const int* w0 = sm.w + (wr + mt * 16 + g) * MMQ_LDI + kb * 8 + tig;
                 const int* w1 = w0 + 8 * MMQ_LDI;
                 af[mt][0] = w0[0];
@@ -199,12 +204,12 @@ __device__ __forceinline__ void mmq(const MatmulParams& p) {
                 af[mt][3] = w1[4];
             }
 #pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
+            for (int nt = 0; nt < NT; ++nt) {
                 // B fragment (k32 x n8): token g, ints tig and 4 + tig.
                 const int* a0 = sm.a + (wt + nt * 8 + g) * MMQ_LDI + kb * 8 + tig;
                 const int b0 = a0[0], b1 = a0[4];
 #pragma unroll
-                for (int mt = 0; mt < 2; ++mt) {
+                for (int mt = 0; mt < MT; ++mt) {
                     int c[4] = {0, 0, 0, 0};
                     int c2[4] = {0, 0, 0, 0};
                     if (TYPE == 14) {
@@ -241,9 +246,9 @@ __device__ __forceinline__ void mmq(const MatmulParams& p) {
     }
 
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
                 const int r = r0 + wr + mt * 16 + g + 8 * (k >> 1);
@@ -256,15 +261,18 @@ __device__ __forceinline__ void mmq(const MatmulParams& p) {
 }
 
 #if __CUDA_ARCH__ >= 800
-#define MMQ_BODY(T) mmq<T>(p);
+#define MMQ_BODY(T, M, N) mmq<T, M, N>(p);
 #else
-#define MMQ_BODY(T) // the executor never launches these below compute capability 8.0
+#define MMQ_BODY(T, M, N) // the executor never launches these below compute capability 8.0
 #endif
-extern "C" __global__ void __launch_bounds__(128) mmq_q4_0(const MatmulParams p) { MMQ_BODY(TYPE_Q4_0) }
-extern "C" __global__ void __launch_bounds__(128) mmq_q4_1(const MatmulParams p) { MMQ_BODY(TYPE_Q4_1) }
-extern "C" __global__ void __launch_bounds__(128) mmq_q5_0(const MatmulParams p) { MMQ_BODY(TYPE_Q5_0) }
-extern "C" __global__ void __launch_bounds__(128) mmq_q5_1(const MatmulParams p) { MMQ_BODY(TYPE_Q5_1) }
-extern "C" __global__ void __launch_bounds__(128) mmq_q8_0(const MatmulParams p) { MMQ_BODY(TYPE_Q8_0) }
-extern "C" __global__ void __launch_bounds__(128) mmq_q4_k(const MatmulParams p) { MMQ_BODY(12) }
-extern "C" __global__ void __launch_bounds__(128) mmq_q5_k(const MatmulParams p) { MMQ_BODY(13) }
-extern "C" __global__ void __launch_bounds__(128) mmq_q6_k(const MatmulParams p) { MMQ_BODY(14) }
+#define MMQ_KERNELS(name, T) \
+    extern "C" __global__ void __launch_bounds__(128) name(const MatmulParams p) { MMQ_BODY(T, 64, 64) } \
+    extern "C" __global__ void __launch_bounds__(128) name##_s(const MatmulParams p) { MMQ_BODY(T, 16, 32) }
+MMQ_KERNELS(mmq_q4_0, TYPE_Q4_0)
+MMQ_KERNELS(mmq_q4_1, TYPE_Q4_1)
+MMQ_KERNELS(mmq_q5_0, TYPE_Q5_0)
+MMQ_KERNELS(mmq_q5_1, TYPE_Q5_1)
+MMQ_KERNELS(mmq_q8_0, TYPE_Q8_0)
+MMQ_KERNELS(mmq_q4_k, 12)
+MMQ_KERNELS(mmq_q5_k, 13)
+MMQ_KERNELS(mmq_q6_k, 14)

@@ -1,7 +1,7 @@
 // Float matrix x activations products (F32, F16, BF16 weights): out[t][r] = W[r] . a[t] with
 // f32 activations read straight from the f32 buffer (no quantization pass), f32 products and f32
-// accumulation. Same grid as mmvq.cu: one warp per weight row, MMV_WARPS rows and MMV_NT tokens
-// per thread block, so each weight row is read once per MMV_NT tokens.
+// accumulation. One warp per weight row, MMV_WARPS rows and MMV_NT tokens per thread block, so
+// each weight row is read once per MMV_NT tokens.
 //
 // ggml's F16 and BF16 dots take activations in the weights' own format (vec_dot_type F16 /
 // BF16), so the CPU rounds activations to f16 / bf16 first (round to nearest even; bf16 quiets

@@ -1,9 +1,11 @@
 // Quantized matrix x activations products with int8 dp4a on Q8_1 activations (the structure of
-// llama.cpp's mmvq): out[t][r] = W[r] . a[t]. One warp per weight row, MMV_WARPS rows per thread
-// block, MMV_NT tokens per thread block (grid.y covers the batch). Two lanes share a 32-element
-// weight block (each takes 16 of its quants), so short rows (576 = 18 blocks) still keep most
-// lanes busy. Each weight block is read once per MMV_NT tokens; the per-block integer sums are
-// exact, only the f32 accumulation order differs from the CPU.
+// llama.cpp's mmvq): out[t][r] = W[r] . a[t]. One weight row per thread block of 128 threads
+// (4 warps), MMV_NT tokens per thread block (grid.y covers the batch). The threads stride over
+// the row's half-blocks (two threads share a 32-element weight block, each taking 16 of its
+// quants), so a row of 2048 is one load per thread: the latency of a few dependent loads, not of
+// a long loop, sets the time of a small product. Each weight block is read once per MMV_NT
+// tokens; the per-block integer sums are exact, only the f32 accumulation order differs from
+// the CPU (per thread, then a butterfly per warp, then the 4 warps in order).
 //
 // Weight layouts are ggml's: block_q4_0 {f16 d; u8 qs[16]} (18 B), block_q4_1 {f16 d, m; u8
 // qs[16]} (20 B), block_q5_0 {f16 d; u8 qh[4]; u8 qs[16]} (22 B), block_q5_1 {f16 d, m; u8 qh[4];
@@ -12,6 +14,7 @@
 // the fifth bit of Q5 element i is bit i of the little-endian u32 qh.
 
 #define MMV_WARPS 4
+#define MMV_THREADS (MMV_WARPS * 32)
 #define MMV_NT 8
 #define TYPE_Q4_0 2
 #define TYPE_Q4_1 3
@@ -24,10 +27,33 @@ __device__ __forceinline__ int q5_high4(u32 b) {
     return (int)(((b & 1u) << 4) | ((b & 2u) << 11) | ((b & 4u) << 18) | ((b & 8u) << 25));
 }
 
+// The 4 warps' sums of each token, added in warp order by the first nt threads; out[t][r].
+__device__ __forceinline__ void mmv_store(const MatmulParams& p, float (&red)[MMV_WARPS][MMV_NT],
+                                          const float* acc, int r, int t0, int nt) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int t = 0; t < MMV_NT; ++t) {
+        if (t < nt) {
+            const float v = warp_sum(acc[t]);
+            if (lane == 0) red[warp][t] = v;
+        }
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < nt) {
+        const int t = threadIdx.x;
+        float v = red[0][t];
+#pragma unroll
+        for (int w = 1; w < MMV_WARPS; ++w) v += red[w][t];
+        float* o = p.out + (i64)(t0 + t) * p.rows + r;
+        *o = p.accumulate ? *o + v : v;
+    }
+}
+
 template <int TYPE>
 __device__ __forceinline__ void mmvq(const MatmulParams& p) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int r = blockIdx.x * MMV_WARPS + warp;
+    __shared__ float red[MMV_WARPS][MMV_NT];
+    const int tid = threadIdx.x;
+    const int r = blockIdx.x;
     const int t0 = blockIdx.y * MMV_NT;
     if (r >= p.rows) return;
     const int nt = min(MMV_NT, p.n_tok - t0);
@@ -39,7 +65,7 @@ __device__ __forceinline__ void mmvq(const MatmulParams& p) {
 #pragma unroll
     for (int t = 0; t < MMV_NT; ++t) acc[t] = 0.0f;
 
-    for (int k = lane; k < 2 * nb; k += 32) {
+    for (int k = tid; k < 2 * nb; k += MMV_THREADS) {
         const int b = k >> 1, h = k & 1;
         // q[0..4]: weight quants (as int8x4) that meet activation ints ai[0..4] below.
         int q[4];
@@ -109,16 +135,7 @@ __device__ __forceinline__ void mmvq(const MatmulParams& p) {
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < MMV_NT; ++t) {
-        if (t < nt) {
-            const float v = warp_sum(acc[t]);
-            if (lane == 0) {
-                float* o = p.out + (i64)(t0 + t) * p.rows + r;
-                *o = p.accumulate ? *o + v : v;
-            }
-        }
-    }
+    mmv_store(p, red, acc, r, t0, nt);
 }
 
 extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q4_0(const MatmulParams p) { mmvq<TYPE_Q4_0>(p); }

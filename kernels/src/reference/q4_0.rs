@@ -22,6 +22,9 @@ pub struct BlockQ4_0 {
 }
 const _: () = assert!(size_of::<BlockQ4_0>() == 18);
 
+// SAFETY: byte arrays only (the size is asserted above); alignment 1; any bytes are a block.
+unsafe impl super::Plain for BlockQ4_0 {}
+
 impl Block for BlockQ4_0 {
     const SIZE: usize = 18;
     const ELEMS: usize = QK4_0;

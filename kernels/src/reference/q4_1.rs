@@ -26,6 +26,9 @@ pub struct BlockQ4_1 {
 }
 const _: () = assert!(size_of::<BlockQ4_1>() == 20);
 
+// SAFETY: byte arrays only (the size is asserted above); alignment 1; any bytes are a block.
+unsafe impl super::Plain for BlockQ4_1 {}
+
 impl Block for BlockQ4_1 {
     const SIZE: usize = 20;
     const ELEMS: usize = QK4_1;

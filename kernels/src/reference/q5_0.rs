@@ -28,6 +28,9 @@ pub struct BlockQ5_0 {
 }
 const _: () = assert!(size_of::<BlockQ5_0>() == 22);
 
+// SAFETY: byte arrays only (the size is asserted above); alignment 1; any bytes are a block.
+unsafe impl super::Plain for BlockQ5_0 {}
+
 impl Block for BlockQ5_0 {
     const SIZE: usize = 22;
     const ELEMS: usize = QK5_0;

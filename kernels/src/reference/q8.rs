@@ -22,6 +22,9 @@ pub struct BlockQ8_0 {
 }
 const _: () = assert!(size_of::<BlockQ8_0>() == 34);
 
+// SAFETY: byte arrays only (the size is asserted above); alignment 1; any bytes are a block.
+unsafe impl super::Plain for BlockQ8_0 {}
+
 impl Block for BlockQ8_0 {
     const SIZE: usize = 34;
     const ELEMS: usize = QK8;
@@ -52,6 +55,9 @@ pub struct BlockQ8_1 {
     pub qs: [i8; QK8],
 }
 const _: () = assert!(size_of::<BlockQ8_1>() == 36);
+
+// SAFETY: byte arrays only (the size is asserted above); alignment 1; any bytes are a block.
+unsafe impl super::Plain for BlockQ8_1 {}
 
 impl Block for BlockQ8_1 {
     const SIZE: usize = 36;

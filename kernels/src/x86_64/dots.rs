@@ -11,10 +11,9 @@ use std::arch::x86_64::{
 };
 
 use super::f16c::f16_at;
-
-const Q4_1_SIZE: usize = 20;
-const Q8_0_SIZE: usize = 34;
-const Q8_1_SIZE: usize = 36;
+use crate::reference::q4_1::BlockQ4_1;
+use crate::reference::q8::{BlockQ8_0, BlockQ8_1};
+use crate::reference::view;
 
 /// 8 lanes of `Σ u8 × i8` over 4 consecutive bytes each, as f32.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -24,24 +23,20 @@ fn lane_sums_u8_i8(u: __m256i, s: __m256i) -> __m256 {
 }
 
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C (the caller checked it through the kernel set); the
-/// blocks are read through bounds-checked slices.
+/// The CPU must have AVX2, FMA and F16C (the caller checked it through the kernel set).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_q8_1_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
+unsafe fn q4_1_q8_1_avx2(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
     let low = _mm256_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0f32;
-    for i in 0..nb {
-        let x = &w[i * Q4_1_SIZE..(i + 1) * Q4_1_SIZE];
-        let y = &a[i * Q8_1_SIZE..(i + 1) * Q8_1_SIZE];
-        let d = _mm256_set1_ps(f16_at(x, 0) * f16_at(y, 0));
-        summs = f16_at(x, 2).mul_add(f16_at(y, 2), summs);
-        // SAFETY: `x[4..20]` holds 16 bytes and `y[4..36]` 32 bytes (slices bounds-checked
-        // above); unaligned loads.
+    for (x, y) in w.iter().zip(a) {
+        let d = _mm256_set1_ps(f16_at(&x.d, 0) * f16_at(&y.d, 0));
+        summs = f16_at(&x.m, 0).mul_add(f16_at(&y.s, 0), summs);
+        // SAFETY: `x.qs` holds 16 bytes and `y.qs` 32; unaligned loads.
         let (packed, qy) = unsafe {
             (
-                _mm_loadu_si128(x[4..20].as_ptr().cast()),
-                _mm256_loadu_si256(y[4..36].as_ptr().cast::<__m256i>()),
+                _mm_loadu_si128(x.qs.as_ptr().cast()),
+                _mm256_loadu_si256(y.qs.as_ptr().cast::<__m256i>()),
             )
         };
         // Low nibbles are elements 0..16, high nibbles 16..32.
@@ -55,30 +50,23 @@ unsafe fn q4_1_q8_1_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
 /// Q4_1 × Q8_1 with AVX2 (same result as `reference::q4_1::vec_dot_q4_1_q8_1`).
 pub(crate) fn vec_dot_q4_1_q8_1(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = n / 32;
-    assert!(
-        w.len() >= nb * Q4_1_SIZE && a.len() >= nb * Q8_1_SIZE,
-        "row lengths"
-    );
-    // SAFETY: installed in the dispatch table only after avx2, fma and f16c were detected; slice
-    // lengths checked above.
-    unsafe { q4_1_q8_1_avx2(nb, w, a) }
+    let (w, a) = (view::<BlockQ4_1>(w, nb), view::<BlockQ8_1>(a, nb));
+    // SAFETY: installed in the dispatch table only after avx2, fma and f16c were detected.
+    unsafe { q4_1_q8_1_avx2(w, a) }
 }
 
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C (the caller checked it through the kernel set); the
-/// blocks are read through bounds-checked slices.
+/// The CPU must have AVX2, FMA and F16C (the caller checked it through the kernel set).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
+unsafe fn q8_0_q8_0_avx2(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    for i in 0..nb {
-        let x = &w[i * Q8_0_SIZE..(i + 1) * Q8_0_SIZE];
-        let y = &a[i * Q8_0_SIZE..(i + 1) * Q8_0_SIZE];
-        let d = _mm256_set1_ps(f16_at(x, 0) * f16_at(y, 0));
-        // SAFETY: `x[2..34]` and `y[2..34]` hold 32 bytes each; unaligned loads.
+    for (x, y) in w.iter().zip(a) {
+        let d = _mm256_set1_ps(f16_at(&x.d, 0) * f16_at(&y.d, 0));
+        // SAFETY: `x.qs` and `y.qs` hold 32 bytes each; unaligned loads.
         let (qx, qy) = unsafe {
             (
-                _mm256_loadu_si256(x[2..34].as_ptr().cast::<__m256i>()),
-                _mm256_loadu_si256(y[2..34].as_ptr().cast::<__m256i>()),
+                _mm256_loadu_si256(x.qs.as_ptr().cast::<__m256i>()),
+                _mm256_loadu_si256(y.qs.as_ptr().cast::<__m256i>()),
             )
         };
         // |x| as unsigned times y with x's sign: exact products while y != -128 (activation
@@ -94,11 +82,7 @@ unsafe fn q8_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
 /// in ±127, which the activation quantizers guarantee).
 pub(crate) fn vec_dot_q8_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = n / 32;
-    assert!(
-        w.len() >= nb * Q8_0_SIZE && a.len() >= nb * Q8_0_SIZE,
-        "row lengths"
-    );
-    // SAFETY: installed in the dispatch table only after avx2, fma and f16c were detected; slice
-    // lengths checked above.
-    unsafe { q8_0_q8_0_avx2(nb, w, a) }
+    let (w, a) = (view::<BlockQ8_0>(w, nb), view::<BlockQ8_0>(a, nb));
+    // SAFETY: installed in the dispatch table only after avx2, fma and f16c were detected.
+    unsafe { q8_0_q8_0_avx2(w, a) }
 }

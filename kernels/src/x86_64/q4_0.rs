@@ -18,19 +18,18 @@ use std::arch::x86_64::{
 };
 
 use super::f16c::f16_at;
-
-const Q4_0_SIZE: usize = 18;
-const Q8_0_SIZE: usize = 34;
+use crate::reference::q4_0::BlockQ4_0;
+use crate::reference::q8::BlockQ8_0;
+use crate::reference::view;
 
 /// Eight i32 lanes whose total is the block's `Σ (q - 8) · y` (exact).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn block_lanes(x: &[u8], y: &[u8]) -> __m256i {
-    // SAFETY: `x[2..18]` holds 16 bytes and `y[2..34]` 32 bytes (slice bounds checked);
-    // unaligned loads.
+fn block_lanes(x: &BlockQ4_0, y: &BlockQ8_0) -> __m256i {
+    // SAFETY: `x.qs` holds 16 bytes and `y.qs` 32; unaligned loads.
     let (packed, qy) = unsafe {
         (
-            _mm_loadu_si128(x[2..18].as_ptr().cast()),
-            _mm256_loadu_si256(y[2..34].as_ptr().cast::<__m256i>()),
+            _mm_loadu_si128(x.qs.as_ptr().cast()),
+            _mm256_loadu_si256(y.qs.as_ptr().cast::<__m256i>()),
         )
     };
     // Low nibbles are elements 0..16, high nibbles 16..32.
@@ -68,24 +67,20 @@ fn hsum8_i32(v: [__m256i; 8]) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
+fn q4_0_q8_0_avx2(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
     let mut sumf = 0f32;
-    let n8 = nb / 8 * 8;
-    for g in (0..n8).step_by(8) {
-        let xs = &w[g * Q4_0_SIZE..(g + 8) * Q4_0_SIZE];
-        let ys = &a[g * Q8_0_SIZE..(g + 8) * Q8_0_SIZE];
+    let (wg, wt) = w.as_chunks::<8>();
+    let (ag, at) = a.as_chunks::<8>();
+    for (xs, ys) in wg.iter().zip(ag) {
         let mut lanes = [_mm256_setzero_si256(); 8];
-        for (k, l) in lanes.iter_mut().enumerate() {
-            *l = block_lanes(
-                &xs[k * Q4_0_SIZE..(k + 1) * Q4_0_SIZE],
-                &ys[k * Q8_0_SIZE..(k + 1) * Q8_0_SIZE],
-            );
+        for (l, (x, y)) in lanes.iter_mut().zip(xs.iter().zip(ys)) {
+            *l = block_lanes(x, y);
         }
         let sumi = _mm256_cvtepi32_ps(hsum8_i32(lanes));
         let (mut dx, mut dy) = ([0f32; 8], [0f32; 8]);
         for k in 0..8 {
-            dx[k] = f16_at(xs, k * Q4_0_SIZE);
-            dy[k] = f16_at(ys, k * Q8_0_SIZE);
+            dx[k] = f16_at(&xs[k].d, 0);
+            dy[k] = f16_at(&ys[k].d, 0);
         }
         // SAFETY: `dx` and `dy` hold 8 f32 each; unaligned loads.
         let (dxv, dyv) = unsafe { (_mm256_loadu_ps(dx.as_ptr()), _mm256_loadu_ps(dy.as_ptr())) };
@@ -96,11 +91,9 @@ fn q4_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
             sumf += v;
         }
     }
-    for i in n8..nb {
-        let x = &w[i * Q4_0_SIZE..(i + 1) * Q4_0_SIZE];
-        let y = &a[i * Q8_0_SIZE..(i + 1) * Q8_0_SIZE];
+    for (x, y) in wt.iter().zip(at) {
         let sumi = hsum_i32(block_lanes(x, y));
-        sumf += sumi as f32 * f16_at(x, 0) * f16_at(y, 0);
+        sumf += sumi as f32 * f16_at(&x.d, 0) * f16_at(&y.d, 0);
     }
     sumf
 }
@@ -108,10 +101,7 @@ fn q4_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
 /// Q4_0 × Q8_0 with AVX2 (same result as `reference::q4_0::vec_dot_q4_0_q8_0`).
 pub(crate) fn vec_dot_q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = n / 32;
-    assert!(
-        w.len() >= nb * Q4_0_SIZE && a.len() >= nb * Q8_0_SIZE,
-        "row lengths"
-    );
+    let (w, a) = (view::<BlockQ4_0>(w, nb), view::<BlockQ8_0>(a, nb));
     // SAFETY: installed in the dispatch table only after avx2, fma and f16c were detected.
-    unsafe { q4_0_q8_0_avx2(nb, w, a) }
+    unsafe { q4_0_q8_0_avx2(w, a) }
 }

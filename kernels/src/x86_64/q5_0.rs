@@ -17,9 +17,9 @@ use std::arch::x86_64::{
 };
 
 use super::f16c::f16_at;
-
-const Q5_0_SIZE: usize = 22;
-const Q8_0_SIZE: usize = 34;
+use crate::reference::q5_0::BlockQ5_0;
+use crate::reference::q8::BlockQ8_0;
+use crate::reference::view;
 
 /// The 32 quants of the Q5_0 block at `x` as unsigned bytes `0..32` in element order (low
 /// nibbles are elements 0..16, high nibbles 16..32, bit `j` of `qh` the fifth bit of element
@@ -55,18 +55,16 @@ pub(super) unsafe fn q5_0_quants(x: *const u8) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
+fn q5_0_q8_0_avx2(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    for i in 0..nb {
-        let x = &w[i * Q5_0_SIZE..(i + 1) * Q5_0_SIZE];
-        let y = &a[i * Q8_0_SIZE..(i + 1) * Q8_0_SIZE];
-        let d = f16_at(x, 0) * f16_at(y, 0);
-        // SAFETY: `x` holds the block's 22 bytes and `y[2..34]` 32 bytes (slice bounds
-        // checked); AVX2 (target_feature); unaligned loads.
+    for (x, y) in w.iter().zip(a) {
+        let d = f16_at(&x.d, 0) * f16_at(&y.d, 0);
+        // SAFETY: `x` is a whole 22-byte block and `y.qs` holds 32 bytes; AVX2
+        // (target_feature); unaligned loads.
         let (qx, qy) = unsafe {
             (
-                q5_0_quants(x.as_ptr()),
-                _mm256_loadu_si256(y[2..34].as_ptr().cast::<__m256i>()),
+                q5_0_quants(std::ptr::from_ref(x).cast()),
+                _mm256_loadu_si256(y.qs.as_ptr().cast::<__m256i>()),
             )
         };
         let pairs = _mm256_sub_epi16(
@@ -83,10 +81,7 @@ fn q5_0_q8_0_avx2(nb: usize, w: &[u8], a: &[u8]) -> f32 {
 /// Q5_0 × Q8_0 with AVX2 (same result as `reference::q5_0::vec_dot_q5_0_q8_0`).
 pub(crate) fn vec_dot_q5_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = n / 32;
-    assert!(
-        w.len() >= nb * Q5_0_SIZE && a.len() >= nb * Q8_0_SIZE,
-        "row lengths"
-    );
+    let (w, a) = (view::<BlockQ5_0>(w, nb), view::<BlockQ8_0>(a, nb));
     // SAFETY: installed in the dispatch table only after avx2, fma and f16c were detected.
-    unsafe { q5_0_q8_0_avx2(nb, w, a) }
+    unsafe { q5_0_q8_0_avx2(w, a) }
 }

@@ -16,7 +16,7 @@ use std::arch::aarch64::{
     vsubq_s32, vsubq_u8,
 };
 
-use super::lanes::{f16_at, load_i8, Acc8, LaneSums, Mull, Sdot};
+use super::lanes::{f16_at, load_i8, with_mull, with_sdot, Acc8, Dot, LaneSums};
 use crate::reference::q4_k::{scales_mins_k4, K_SCALE_SIZE};
 
 const Q4_K_SIZE: usize = 144;
@@ -254,15 +254,6 @@ unsafe fn q6k_tiled<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
     }
 }
 
-/// A k-quant dot over whole super-blocks, generic over its lane sums.
-trait KDot {
-    /// The dot of the blocks of `w` and `a`.
-    ///
-    /// # Safety
-    /// The CPU has the features of `S`.
-    unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32;
-}
-
 /// Q4_K, one row.
 struct Q4K;
 /// Q4_K, rows by four.
@@ -272,7 +263,9 @@ struct Q6K;
 /// Q6_K, from 8 rows.
 struct Q6KTiled;
 
-impl KDot for Q4K {
+impl Dot for Q4K {
+    type W = u8;
+    type A = u8;
     #[inline(always)]
     unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
         // SAFETY: forwarded contract.
@@ -280,7 +273,9 @@ impl KDot for Q4K {
     }
 }
 
-impl KDot for Q4KX4 {
+impl Dot for Q4KX4 {
+    type W = u8;
+    type A = u8;
     #[inline(always)]
     unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
         // SAFETY: forwarded contract.
@@ -288,7 +283,9 @@ impl KDot for Q4KX4 {
     }
 }
 
-impl KDot for Q6K {
+impl Dot for Q6K {
+    type W = u8;
+    type A = u8;
     #[inline(always)]
     unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
         // SAFETY: forwarded contract.
@@ -296,32 +293,14 @@ impl KDot for Q6K {
     }
 }
 
-impl KDot for Q6KTiled {
+impl Dot for Q6KTiled {
+    type W = u8;
+    type A = u8;
     #[inline(always)]
     unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
         // SAFETY: forwarded contract.
         unsafe { q6k_tiled::<S>(w, a) }
     }
-}
-
-/// Dot `K` with `sdot`, compiled with the dotprod extension.
-///
-/// # Safety
-/// The CPU has neon and dotprod.
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn with_sdot<K: KDot>(w: &[u8], a: &[u8]) -> f32 {
-    // SAFETY: the features `Sdot` needs are this function's contract.
-    unsafe { K::run::<Sdot>(w, a) }
-}
-
-/// Dot `K` with plain NEON.
-///
-/// # Safety
-/// The CPU has neon.
-#[target_feature(enable = "neon")]
-unsafe fn with_mull<K: KDot>(w: &[u8], a: &[u8]) -> f32 {
-    // SAFETY: the features `Mull` needs are this function's contract.
-    unsafe { K::run::<Mull>(w, a) }
 }
 
 /// The `n / 256` super-blocks of each row (a short row is a caller bug, as in the reference).

@@ -84,6 +84,40 @@ impl LaneSums for Mull {
     }
 }
 
+/// A dot over whole blocks (`W` weight blocks with `A` activation blocks: typed blocks, or the
+/// bytes of a row), written once generic over its lane sums.
+pub(super) trait Dot {
+    /// Weight blocks.
+    type W;
+    /// Activation blocks.
+    type A;
+    /// The dot of the blocks of `w` and `a`.
+    ///
+    /// # Safety
+    /// The CPU has the features of `S`.
+    unsafe fn run<S: LaneSums>(w: &[Self::W], a: &[Self::A]) -> f32;
+}
+
+/// Dot `K` with `sdot`, compiled with the dotprod extension.
+///
+/// # Safety
+/// The CPU has neon and dotprod.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) unsafe fn with_sdot<K: Dot>(w: &[K::W], a: &[K::A]) -> f32 {
+    // SAFETY: the features `Sdot` needs are this function's contract.
+    unsafe { K::run::<Sdot>(w, a) }
+}
+
+/// Dot `K` with plain NEON.
+///
+/// # Safety
+/// The CPU has neon.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn with_mull<K: Dot>(w: &[K::W], a: &[K::A]) -> f32 {
+    // SAFETY: the features `Mull` needs are this function's contract.
+    unsafe { K::run::<Mull>(w, a) }
+}
+
 /// The reference's 8 f32 lane accumulators (`acc[0..4]` in `lo`, `acc[4..8]` in `hi`).
 #[derive(Clone, Copy)]
 pub(super) struct Acc8 {

@@ -8,7 +8,7 @@ use std::arch::aarch64::{
     vreinterpretq_s8_u8, vshrq_n_u8, vsubq_s8,
 };
 
-use super::lanes::{f16_at, LaneSums, Mull, Sdot};
+use super::lanes::{f16_at, with_mull, with_sdot, Dot, LaneSums};
 use crate::reference::q4_0::BlockQ4_0;
 use crate::reference::q8::BlockQ8_0;
 use crate::reference::view;
@@ -51,36 +51,29 @@ unsafe fn dot<S: LaneSums>(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
     sumf
 }
 
-/// [`dot`] with `sdot`.
-///
-/// # Safety
-/// The CPU has neon and dotprod.
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn with_sdot(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    // SAFETY: the features `Sdot` needs are this function's contract.
-    unsafe { dot::<Sdot>(w, a) }
-}
+/// This file's dot, for [`with_sdot`] and [`with_mull`].
+struct This;
 
-/// [`dot`] with plain NEON.
-///
-/// # Safety
-/// The CPU has neon.
-#[target_feature(enable = "neon")]
-unsafe fn with_mull(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    // SAFETY: the features `Mull` needs are this function's contract.
-    unsafe { dot::<Mull>(w, a) }
+impl Dot for This {
+    type W = BlockQ4_0;
+    type A = BlockQ8_0;
+    #[inline(always)]
+    unsafe fn run<S: LaneSums>(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+        // SAFETY: forwarded contract.
+        unsafe { dot::<S>(w, a) }
+    }
 }
 
 /// Q4_0 × Q8_0 with `sdot` (same result as the reference).
 pub(crate) fn vec_dot_q4_0_q8_0_dotprod(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (w, a) = (view::<BlockQ4_0>(w, n / 32), view::<BlockQ8_0>(a, n / 32));
     // SAFETY: installed in the dispatch table only after neon and dotprod were detected.
-    unsafe { with_sdot(w, a) }
+    unsafe { with_sdot::<This>(w, a) }
 }
 
 /// Q4_0 × Q8_0 with plain NEON (same result as the reference).
 pub(crate) fn vec_dot_q4_0_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (w, a) = (view::<BlockQ4_0>(w, n / 32), view::<BlockQ8_0>(a, n / 32));
     // SAFETY: installed in the dispatch table only after neon was detected.
-    unsafe { with_mull(w, a) }
+    unsafe { with_mull::<This>(w, a) }
 }

@@ -16,14 +16,11 @@ use std::arch::aarch64::{
     vsubq_s32, vsubq_u8,
 };
 
-use super::lanes::{f16_at, load_i8, with_mull, with_sdot, Acc8, Dot, LaneSums};
-use crate::reference::q4_k::{scales_mins_k4, K_SCALE_SIZE};
-
-const Q4_K_SIZE: usize = 144;
-const Q6_K_SIZE: usize = 210;
-const Q8_K_SIZE: usize = 292;
-/// Offset of a Q8_K block's 16 group sums (i16).
-const Q8_K_BSUMS: usize = 260;
+use super::lanes::{f16_at, load_s8, with_mull, with_sdot, Acc8, Dot, LaneSums};
+use crate::reference::q4_k::{scales_mins_k4, BlockQ4K};
+use crate::reference::q6_k::BlockQ6K;
+use crate::reference::q8_k::BlockQ8K;
+use crate::reference::view;
 
 /// 16 unsigned bytes from the start of `b` (which holds at least 16).
 #[inline]
@@ -43,21 +40,12 @@ fn s8(v: uint8x16_t) -> int8x16_t {
 
 /// The Q8_K block's f32 scale and its 16 group sums.
 #[inline]
-fn q8k_head(y: &[u8]) -> (f32, [i32; 16]) {
-    let d = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+fn q8k_head(y: &BlockQ8K) -> (f32, [i32; 16]) {
     let mut b = [0i32; 16];
-    for (j, s) in y[Q8_K_BSUMS..Q8_K_SIZE].chunks_exact(2).enumerate() {
-        b[j] = i32::from(i16::from_le_bytes([s[0], s[1]]));
+    for (bj, s) in b.iter_mut().zip(&y.bsums) {
+        *bj = i32::from(i16::from_le_bytes(*s));
     }
-    (d, b)
-}
-
-/// Scales and minimums of a Q4_K block.
-#[inline]
-fn q4k_scales(x: &[u8]) -> ([i32; 8], [i32; 8]) {
-    let mut s = [0u8; K_SCALE_SIZE];
-    s.copy_from_slice(&x[4..4 + K_SCALE_SIZE]);
-    scales_mins_k4(&s)
+    (f32::from_le_bytes(y.d), b)
 }
 
 // The k-quant dots, each written once, generic over how the 4-byte lane sums are formed
@@ -71,7 +59,7 @@ fn q4k_scales(x: &[u8]) -> ([i32; 8], [i32; 8]) {
 /// # Safety
 /// The CPU has the features of `S`.
 #[inline(always)]
-unsafe fn q4k_chunk_sums<S: LaneSums>(x: &[u8], y: &[u8]) -> [[i32; 2]; 4] {
+unsafe fn q4k_chunk_sums<S: LaneSums>(x: &BlockQ4K, y: &BlockQ8K) -> [[i32; 2]; 4] {
     // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
     // every load is of a bounds-checked slice.
     unsafe {
@@ -79,15 +67,15 @@ unsafe fn q4k_chunk_sums<S: LaneSums>(x: &[u8], y: &[u8]) -> [[i32; 2]; 4] {
         let low = vdupq_n_u8(0x0f);
         let mut r = [[0i32; 2]; 4];
         for (c, rc) in r.iter_mut().enumerate() {
-            let (q0, q1) = (load_u8(&x[16 + 32 * c..]), load_u8(&x[32 + 32 * c..]));
-            let yb = 4 + 64 * c;
+            let (q0, q1) = (load_u8(&x.qs[32 * c..]), load_u8(&x.qs[16 + 32 * c..]));
+            let yq = &y.qs[64 * c..];
             let lo = vaddq_s32(
-                dot4(s8(vandq_u8(q0, low)), load_i8(&y[yb..])),
-                dot4(s8(vandq_u8(q1, low)), load_i8(&y[yb + 16..])),
+                dot4(s8(vandq_u8(q0, low)), load_s8(yq)),
+                dot4(s8(vandq_u8(q1, low)), load_s8(&yq[16..])),
             );
             let hi = vaddq_s32(
-                dot4(s8(vshrq_n_u8::<4>(q0)), load_i8(&y[yb + 32..])),
-                dot4(s8(vshrq_n_u8::<4>(q1)), load_i8(&y[yb + 48..])),
+                dot4(s8(vshrq_n_u8::<4>(q0)), load_s8(&yq[32..])),
+                dot4(s8(vshrq_n_u8::<4>(q1)), load_s8(&yq[48..])),
             );
             *rc = [vaddvq_s32(lo), vaddvq_s32(hi)];
         }
@@ -100,13 +88,13 @@ unsafe fn q4k_chunk_sums<S: LaneSums>(x: &[u8], y: &[u8]) -> [[i32; 2]; 4] {
 /// # Safety
 /// The CPU has the features of `S`.
 #[inline(always)]
-unsafe fn q4k<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+unsafe fn q4k<S: LaneSums>(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
     // every load is of a bounds-checked slice.
     unsafe {
         let (mut acc, mut acc_min) = (0f32, 0f32);
-        for (x, y) in w.chunks_exact(Q4_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
-            let (sc, mn) = q4k_scales(x);
+        for (x, y) in w.iter().zip(a) {
+            let (sc, mn) = scales_mins_k4(&x.scales);
             let (ya, bsums) = q8k_head(y);
             let parts = q4k_chunk_sums::<S>(x, y);
             let mut sumi = 0i32;
@@ -117,8 +105,8 @@ unsafe fn q4k<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
             for (j, &s) in bsums.iter().enumerate() {
                 summ += s * mn[j / 2];
             }
-            acc = (sumi as f32).mul_add(f16_at(x, 0) * ya, acc);
-            acc_min = (summ as f32).mul_add(f16_at(x, 2) * ya, acc_min);
+            acc = (sumi as f32).mul_add(f16_at(&x.d, 0) * ya, acc);
+            acc_min = (summ as f32).mul_add(f16_at(&x.dmin, 0) * ya, acc_min);
         }
         acc - acc_min
     }
@@ -129,15 +117,15 @@ unsafe fn q4k<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
 /// # Safety
 /// The CPU has the features of `S`.
 #[inline(always)]
-unsafe fn q4k_x4<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+unsafe fn q4k_x4<S: LaneSums>(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
     // every load is of a bounds-checked slice.
     unsafe {
         let (mut acc, mut acc_min) = (0f32, 0f32);
-        for (x, y) in w.chunks_exact(Q4_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
-            let (sc, mn) = q4k_scales(x);
+        for (x, y) in w.iter().zip(a) {
+            let (sc, mn) = scales_mins_k4(&x.scales);
             let (ya, b) = q8k_head(y);
-            let (d, dmin) = (f16_at(x, 0) * ya, f16_at(x, 2) * ya);
+            let (d, dmin) = (f16_at(&x.d, 0) * ya, f16_at(&x.dmin, 0) * ya);
             let parts = q4k_chunk_sums::<S>(x, y);
             for (c, p) in parts.iter().enumerate() {
                 let sumi = sc[2 * c] * p[0] + sc[2 * c + 1] * p[1];
@@ -158,7 +146,10 @@ unsafe fn q4k_x4<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
 /// # Safety
 /// The CPU has the features of `S`.
 #[inline(always)]
-unsafe fn q6k_lanes<S: LaneSums, const CENTERED: bool>(x: &[u8], y: &[u8]) -> [int32x4_t; 2] {
+unsafe fn q6k_lanes<S: LaneSums, const CENTERED: bool>(
+    x: &BlockQ6K,
+    y: &BlockQ8K,
+) -> [int32x4_t; 2] {
     // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
     // every load is of a bounds-checked slice.
     unsafe {
@@ -166,7 +157,7 @@ unsafe fn q6k_lanes<S: LaneSums, const CENTERED: bool>(x: &[u8], y: &[u8]) -> [i
         let (low, two) = (vdupq_n_u8(0x0f), vdupq_n_u8(0x03));
         let mut lanes = [vdupq_n_s32(0); 2];
         for h in 0..2 {
-            let (ql, qh) = (&x[64 * h..], &x[128 + 32 * h..]);
+            let (ql, qh) = (&x.ql[64 * h..], &x.qh[32 * h..]);
             for lc in [0, 16] {
                 let (l0, l1, hb) = (
                     load_u8(&ql[lc..]),
@@ -189,13 +180,13 @@ unsafe fn q6k_lanes<S: LaneSums, const CENTERED: bool>(x: &[u8], y: &[u8]) -> [i
                 for (k, &u) in quads.iter().enumerate() {
                     let e = 128 * h + 32 * k + lc;
                     let g = e / 16;
-                    let sc = i32::from(x[192 + g] as i8);
+                    let sc = i32::from(x.scales[g]);
                     let q = if CENTERED {
                         s8(vsubq_u8(u, vdupq_n_u8(32)))
                     } else {
                         s8(u)
                     };
-                    let s = dot4(q, load_i8(&y[4 + e..]));
+                    let s = dot4(q, load_s8(&y.qs[e..]));
                     lanes[g % 2] = vmlaq_n_s32(lanes[g % 2], s, sc);
                 }
             }
@@ -209,24 +200,24 @@ unsafe fn q6k_lanes<S: LaneSums, const CENTERED: bool>(x: &[u8], y: &[u8]) -> [i
 /// # Safety
 /// The CPU has the features of `S`.
 #[inline(always)]
-unsafe fn q6k<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+unsafe fn q6k<S: LaneSums>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
     // every load is of a bounds-checked slice.
     unsafe {
         let mut acc = Acc8::zero();
-        for (x, y) in w.chunks_exact(Q6_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
+        for (x, y) in w.iter().zip(a) {
             let (ya, b) = q8k_head(y);
             let [mut lo, mut hi] = q6k_lanes::<S, false>(x, y);
             // Lane l loses 32 · (bsums[2l] · sc[2l] + bsums[2l + 1] · sc[2l + 1]).
             let mut sub = [0i32; 8];
             for (l, s) in sub.iter_mut().enumerate() {
-                let sc = |g: usize| i32::from(x[192 + g] as i8);
+                let sc = |g: usize| i32::from(x.scales[g]);
                 *s = (b[2 * l] * sc(2 * l) + b[2 * l + 1] * sc(2 * l + 1)) << 5;
             }
             // `sub` holds 8 i32; NEON loads have no alignment requirement.
             lo = vsubq_s32(lo, vld1q_s32(sub.as_ptr()));
             hi = vsubq_s32(hi, vld1q_s32(sub[4..].as_ptr()));
-            acc = acc.fma(lo, hi, ya * f16_at(x, 208));
+            acc = acc.fma(lo, hi, ya * f16_at(&x.d, 0));
         }
         acc.hsum()
     }
@@ -237,18 +228,18 @@ unsafe fn q6k<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
 /// # Safety
 /// The CPU has the features of `S`.
 #[inline(always)]
-unsafe fn q6k_tiled<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+unsafe fn q6k_tiled<S: LaneSums>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     // SAFETY: NEON is baseline on aarch64 and what `S` needs is this function's contract;
     // every load is of a bounds-checked slice.
     unsafe {
         let mut acc = 0f32;
-        for (x, y) in w.chunks_exact(Q6_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
-            let ya = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+        for (x, y) in w.iter().zip(a) {
+            let ya = f32::from_le_bytes(y.d);
             // The quants with their offset (-32..32): the exact `Σ sc · (q - 32) · y`, as the
             // reference forms it (from the quants, not the group sums).
             let [lo, hi] = q6k_lanes::<S, true>(x, y);
             let sumi = vaddvq_s32(vaddq_s32(lo, hi));
-            acc = (f16_at(x, 208) * sumi as f32).mul_add(ya, acc);
+            acc = (f16_at(&x.d, 0) * sumi as f32).mul_add(ya, acc);
         }
         acc
     }
@@ -264,71 +255,66 @@ struct Q6K;
 struct Q6KTiled;
 
 impl Dot for Q4K {
-    type W = u8;
-    type A = u8;
+    type W = BlockQ4K;
+    type A = BlockQ8K;
     #[inline(always)]
-    unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+    unsafe fn run<S: LaneSums>(w: &[Self::W], a: &[BlockQ8K]) -> f32 {
         // SAFETY: forwarded contract.
         unsafe { q4k::<S>(w, a) }
     }
 }
 
 impl Dot for Q4KX4 {
-    type W = u8;
-    type A = u8;
+    type W = BlockQ4K;
+    type A = BlockQ8K;
     #[inline(always)]
-    unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+    unsafe fn run<S: LaneSums>(w: &[Self::W], a: &[BlockQ8K]) -> f32 {
         // SAFETY: forwarded contract.
         unsafe { q4k_x4::<S>(w, a) }
     }
 }
 
 impl Dot for Q6K {
-    type W = u8;
-    type A = u8;
+    type W = BlockQ6K;
+    type A = BlockQ8K;
     #[inline(always)]
-    unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+    unsafe fn run<S: LaneSums>(w: &[Self::W], a: &[BlockQ8K]) -> f32 {
         // SAFETY: forwarded contract.
         unsafe { q6k::<S>(w, a) }
     }
 }
 
 impl Dot for Q6KTiled {
-    type W = u8;
-    type A = u8;
+    type W = BlockQ6K;
+    type A = BlockQ8K;
     #[inline(always)]
-    unsafe fn run<S: LaneSums>(w: &[u8], a: &[u8]) -> f32 {
+    unsafe fn run<S: LaneSums>(w: &[Self::W], a: &[BlockQ8K]) -> f32 {
         // SAFETY: forwarded contract.
         unsafe { q6k_tiled::<S>(w, a) }
     }
 }
 
-/// The `n / 256` super-blocks of each row (a short row is a caller bug, as in the reference).
-fn rows<'a, 'b>(n: usize, size: usize, w: &'a [u8], a: &'b [u8]) -> (&'a [u8], &'b [u8]) {
-    let nb = n / 256;
-    (&w[..nb * size], &a[..nb * Q8_K_SIZE])
-}
-
-/// One public entry per kernel: `$name(n, w, a)` calls `$f` on the row's blocks.
+/// One public entry per kernel: `$name(n, w, a)` runs dot `$k` with `$with` on the row's
+/// `n / 256` super-blocks (a short row is a caller bug, as in the reference: `view` panics).
 macro_rules! entries {
-    ($($name:ident = $f:path, $size:expr, $what:literal;)*) => {$(
+    ($($name:ident = $with:ident::<$k:ty>, $what:literal;)*) => {$(
         #[doc = concat!($what, " (same result as the reference).")]
         pub(crate) fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            let (w, a) = rows(n, $size, w, a);
-            // SAFETY: installed in the dispatch table only after the CPU features of `$f`
-            // (neon, plus dotprod for the `_dotprod` kernels) were detected.
-            unsafe { $f(w, a) }
+            let (w, a) = (view::<<$k as Dot>::W>(w, n / 256), view::<BlockQ8K>(a, n / 256));
+            // SAFETY: installed in the dispatch table only after the CPU features of `$with`
+            // (neon, plus dotprod for `with_sdot`) were detected.
+            unsafe { $with::<$k>(w, a) }
         }
     )*};
 }
 
 entries! {
-    vec_dot_q4_k_q8k_dotprod = with_sdot::<Q4K>, Q4_K_SIZE, "Q4_K × Q8_K, one row, `sdot`";
-    vec_dot_q4_k_q8k = with_mull::<Q4K>, Q4_K_SIZE, "Q4_K × Q8_K, one row, plain NEON";
-    vec_dot_q4_k_q8k_x4_dotprod = with_sdot::<Q4KX4>, Q4_K_SIZE, "Q4_K × Q8_K, rows by four, `sdot`";
-    vec_dot_q4_k_q8k_x4 = with_mull::<Q4KX4>, Q4_K_SIZE, "Q4_K × Q8_K, rows by four, plain NEON";
-    vec_dot_q6_k_q8k_dotprod = with_sdot::<Q6K>, Q6_K_SIZE, "Q6_K × Q8_K, one row, `sdot`";
-    vec_dot_q6_k_q8k = with_mull::<Q6K>, Q6_K_SIZE, "Q6_K × Q8_K, one row, plain NEON";
-    vec_dot_q6_k_q8k_tiled_dotprod = with_sdot::<Q6KTiled>, Q6_K_SIZE, "Q6_K × Q8_K, from 8 rows, `sdot`";
-    vec_dot_q6_k_q8k_tiled = with_mull::<Q6KTiled>, Q6_K_SIZE, "Q6_K × Q8_K, from 8 rows, plain NEON";
+    vec_dot_q4_k_q8k_dotprod = with_sdot::<Q4K>, "Q4_K × Q8_K, one row, `sdot`";
+    vec_dot_q4_k_q8k = with_mull::<Q4K>, "Q4_K × Q8_K, one row, plain NEON";
+    vec_dot_q4_k_q8k_x4_dotprod = with_sdot::<Q4KX4>, "Q4_K × Q8_K, rows by four, `sdot`";
+    vec_dot_q4_k_q8k_x4 = with_mull::<Q4KX4>, "Q4_K × Q8_K, rows by four, plain NEON";
+    vec_dot_q6_k_q8k_dotprod = with_sdot::<Q6K>, "Q6_K × Q8_K, one row, `sdot`";
+    vec_dot_q6_k_q8k = with_mull::<Q6K>, "Q6_K × Q8_K, one row, plain NEON";
+    vec_dot_q6_k_q8k_tiled_dotprod = with_sdot::<Q6KTiled>, "Q6_K × Q8_K, from 8 rows, `sdot`";
+    vec_dot_q6_k_q8k_tiled = with_mull::<Q6KTiled>, "Q6_K × Q8_K, from 8 rows, plain NEON";
 }

@@ -162,6 +162,16 @@ impl Acc8 {
 /// 16 signed bytes from the start of `b` (which holds at least 16).
 #[inline]
 #[target_feature(enable = "neon")]
+pub(super) fn load_s8(b: &[i8]) -> int8x16_t {
+    let b = &b[..16];
+    // SAFETY: `b` holds 16 bytes (bounds-checked above); NEON byte loads have no alignment
+    // requirement.
+    unsafe { vld1q_s8(b.as_ptr()) }
+}
+
+/// 16 signed bytes from the start of `b` (which holds at least 16).
+#[inline]
+#[target_feature(enable = "neon")]
 pub(super) fn load_i8(b: &[u8]) -> int8x16_t {
     let b = &b[..16];
     // SAFETY: `b` holds 16 bytes (bounds-checked above); NEON byte loads have no alignment

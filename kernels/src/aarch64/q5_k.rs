@@ -9,11 +9,11 @@ use std::arch::aarch64::{
     vreinterpretq_u8_s8, vshrq_n_u8, vtstq_u8,
 };
 
-use super::lanes::{f16_at, load_i8, KAux, KSums};
+use super::lanes::{f16_at, load_i8, load_s8, KAux, KSums};
 use crate::reference::q4_k::{scales_mins_k4, K_SCALE_SIZE};
-
-const Q5_K_SIZE: usize = 176;
-const Q8_K_SIZE: usize = 292;
+use crate::reference::q5_k::BlockQ5K;
+use crate::reference::q8_k::BlockQ8K;
+use crate::reference::view;
 
 #[inline]
 #[target_feature(enable = "neon")]
@@ -25,13 +25,12 @@ fn load_u8(b: &[u8]) -> uint8x16_t {
 /// weight block's minimums).
 #[inline]
 #[target_feature(enable = "neon")]
-fn q8k_parts(y: &[u8], mins: &[i32; 8]) -> (f32, i32) {
-    let d = f32::from_le_bytes([y[0], y[1], y[2], y[3]]);
+fn q8k_parts(y: &BlockQ8K, mins: &[i32; 8]) -> (f32, i32) {
     let mut summ = 0i32;
-    for (j, s) in y[260..292].chunks_exact(2).enumerate() {
-        summ += i32::from(i16::from_le_bytes([s[0], s[1]])) * mins[j / 2];
+    for (j, s) in y.bsums.iter().enumerate() {
+        summ += i32::from(i16::from_le_bytes(*s)) * mins[j / 2];
     }
-    (d, summ)
+    (f32::from_le_bytes(y.d), summ)
 }
 
 /// One Q4_K (`qh == None`) or Q5_K super-block into `sums`; returns the block's minimum term
@@ -44,12 +43,12 @@ fn block(
     scales: &[u8; K_SCALE_SIZE],
     qh: Option<&[u8]>,
     qs: &[u8],
-    y: &[u8],
+    y: &BlockQ8K,
     sums: &mut KSums,
 ) -> f32 {
     let (sc, mn) = scales_mins_k4(scales);
     let (ya, summ) = q8k_parts(y, &mn);
-    let yq = |j: usize| load_i8(&y[4 + 16 * j..]);
+    let yq = |j: usize| load_s8(&y.qs[16 * j..]);
     let low = vdupq_n_u8(0x0f);
     // Fifth bits of elements 0..16 and 16..32 of every group (bit g: group g).
     let qh = qh.map(|h| [load_u8(h), load_u8(&h[16..])]);
@@ -83,17 +82,16 @@ fn block(
 }
 
 #[target_feature(enable = "neon")]
-fn q5_k_neon(w: &[u8], a: &[u8]) -> f32 {
+fn q5_k_neon(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
     let mut sums = KSums::zero();
     let mut sumf = 0f32;
-    for (x, y) in w.chunks_exact(Q5_K_SIZE).zip(a.chunks_exact(Q8_K_SIZE)) {
-        let scales: &[u8; K_SCALE_SIZE] = x[4..16].try_into().expect("12 scale bytes");
+    for (x, y) in w.iter().zip(a) {
         let m = block(
-            f16_at(x, 0),
-            f16_at(x, 2),
-            scales,
-            Some(&x[16..48]),
-            &x[48..176],
+            f16_at(&x.d, 0),
+            f16_at(&x.dmin, 0),
+            &x.scales,
+            Some(&x.qh),
+            &x.qs,
             y,
             &mut sums,
         );
@@ -104,8 +102,7 @@ fn q5_k_neon(w: &[u8], a: &[u8]) -> f32 {
 
 /// Q5_K × Q8_K with NEON (same result as the reference).
 pub(crate) fn vec_dot_q5_k_q8_k(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    let nb = n / 256;
-    let (w, a) = (&w[..nb * Q5_K_SIZE], &a[..nb * Q8_K_SIZE]);
+    let (w, a) = (view::<BlockQ5K>(w, n / 256), view::<BlockQ8K>(a, n / 256));
     // SAFETY: installed in the dispatch table only after neon was detected.
     unsafe { q5_k_neon(w, a) }
 }

@@ -1,5 +1,7 @@
-//! A persistent fork-join pool for the forward pass: `run(f)` calls `f(thread_index)` on every
-//! thread (the caller is thread 0) and returns when all have finished.
+//! A persistent fork-join pool for the forward pass: `run(f)` calls `f(0)` on the calling thread
+//! and `f(t)` on each worker `t` that joins the region before `f(0)` returns, and returns when
+//! every call has returned. Callers hand out their work in chunks ([`ChunkCounter`]): whoever
+//! runs claims the next chunk, so the work is done whatever the number of threads that join.
 //!
 //! Why not rayon: a decode step runs ~200 small parallel regions; rayon's fork-join costs about
 //! 10 µs each on a 2-core box and its global injector allocates a block every few dozen jobs,
@@ -7,8 +9,14 @@
 //! caller's closure published through a generation counter; workers spin briefly for the next
 //! job, then sleep on a condition variable. Nothing is allocated per job.
 //!
-//! Invariant: at most one job is in flight; `run` does not return before every worker has
-//! finished with the closure, which is what makes lending it to the workers sound.
+//! A worker that has not started a region by the time the caller has finished its own share
+//! (all chunks claimed) is not waited for: the caller closes the region, and the late worker,
+//! finding it closed, never touches the closure. On a busy machine a descheduled worker then
+//! holds a region up only while it holds a chunk, not while it waits to be scheduled.
+//!
+//! Invariant: at most one job is in flight; `run` does not return before every worker that
+//! joined has finished with the closure, and no worker can join after it closed the region,
+//! which is what makes lending the closure to the workers sound.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -21,13 +29,25 @@ const SPIN_ITERS: u32 = 20_000;
 
 type Job = *const (dyn Fn(usize) + Sync);
 
+/// [`Shared::region`] bit: the caller finished its share; no worker may join any more.
+const CLOSED: u64 = 1 << 31;
+/// [`Shared::region`] bits counting the workers inside the region.
+const INSIDE: u64 = CLOSED - 1;
+
+/// The [`Shared::region`] value of an open, empty region of generation `g`.
+fn open_region(g: u64) -> u64 {
+    (g & 0xffff_ffff) << 32
+}
+
 struct Shared {
     /// The current job; written by the caller before `generation` is bumped (Release) and read
     /// by workers after they observe the new generation (Acquire).
     job: UnsafeCell<Option<Job>>,
     generation: AtomicU64,
-    /// Workers that have not yet finished the current job.
-    pending: AtomicUsize,
+    /// The current region: its generation (high 32 bits, wrapping), [`CLOSED`], and the number
+    /// of workers that joined it and have not finished (low 31 bits). Workers join with a CAS
+    /// that fails once the region is closed or a later one began.
+    region: AtomicU64,
     shutdown: AtomicBool,
     /// Workers inside the sleeping section (under `sleep_lock`, about to wait or waiting): `run`
     /// takes the lock and signals `wake` only when this is non-zero, so a busy decode step
@@ -37,9 +57,9 @@ struct Shared {
     wake: Condvar,
 }
 
-// SAFETY: `job` is only written by the thread inside `run` while no worker reads it (all
-// workers finished the previous job: `pending == 0`), and read by workers only between
-// observing a new generation and decrementing `pending`. The closure it points to is `Sync`.
+// SAFETY: `job` is only written by the thread inside `run` while no worker reads it (the
+// previous region was closed with no worker inside), and read by workers only between joining
+// the current region and leaving it. The closure it points to is `Sync`.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only dereferenced under that protocol.
 unsafe impl Send for Shared {}
@@ -68,7 +88,7 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             job: UnsafeCell::new(None),
             generation: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
+            region: AtomicU64::new(open_region(0) | CLOSED),
             shutdown: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
@@ -107,9 +127,12 @@ impl ThreadPool {
         self.n_threads
     }
 
-    /// Call `f(t)` for every thread index `t` in `0..n_threads`, concurrently; `f(0)` runs on the
-    /// calling thread. Returns when all calls have returned. A panic in a worker's call aborts
-    /// the process (it would otherwise leave the pool without a thread).
+    /// Call `f(0)` on the calling thread and, concurrently, `f(t)` on each worker `t` that joins
+    /// before `f(0)` returns (at most once each; a worker that is late, descheduled or asleep,
+    /// is not waited for). Returns when all calls have returned. `f` must hand out its work in
+    /// chunks that whichever thread runs claims ([`ChunkCounter`]): `f(0)` alone must be able to
+    /// do all of it. A panic in a worker's call aborts the process (it would otherwise leave the
+    /// pool without a thread).
     pub fn run<F: Fn(usize) + Sync>(&self, f: F) {
         if self.n_threads == 1 {
             f(0);
@@ -121,13 +144,17 @@ impl ThreadPool {
         );
         let s = &*self.shared;
         let job: &(dyn Fn(usize) + Sync) = &f;
-        // SAFETY: the lifetime is erased only to publish the pointer; `run` waits below until
-        // `pending == 0`, i.e. until no worker can touch `f` any more, before `f` is dropped.
+        // SAFETY: the lifetime is erased only to publish the pointer; `run` closes the region
+        // and waits below until no worker is inside it, i.e. until no worker can touch `f` any
+        // more, before `f` is dropped.
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(job) };
-        // SAFETY: no worker reads `job` now: the previous `run` returned only after `pending`
-        // reached 0, and workers read it only after a generation bump, which happens below.
+        // SAFETY: no worker reads `job` now: the previous `run` returned only after closing its
+        // region with no worker inside, and workers read it only after joining a region, which
+        // opens below.
         unsafe { *s.job.get() = Some(job) };
-        s.pending.store(self.n_threads - 1, Ordering::Relaxed);
+        let gen = s.generation.load(Ordering::Relaxed).wrapping_add(1);
+        // Release: a worker whose join reads this value sees the job written above.
+        s.region.store(open_region(gen), Ordering::Release);
         // A worker about to sleep cannot miss the bump: it counts itself in `sleepers` and then
         // re-reads `generation`, both SeqCst, while this side bumps `generation` and then reads
         // `sleepers`, both SeqCst. In their single total order either the worker's re-read sees
@@ -139,8 +166,12 @@ impl ThreadPool {
             s.wake.notify_all();
         }
         f(0);
+        // Close the region: workers that have not joined by now never will (their CAS fails).
+        s.region.fetch_or(CLOSED, Ordering::AcqRel);
         let mut spins = 0u32;
-        while s.pending.load(Ordering::Acquire) != 0 {
+        // Acquire: pairs with each worker's Release when it leaves; after this, no worker is
+        // inside and none can enter.
+        while s.region.load(Ordering::Acquire) & INSIDE != 0 {
             spins += 1;
             if spins < SPIN_ITERS {
                 std::hint::spin_loop();
@@ -185,10 +216,28 @@ fn worker(s: &Shared, tid: usize) {
             return;
         }
         seen = gen;
-        // SAFETY: the generation was bumped (Acquire above pairs with the Release in `run`)
-        // after `job` was written, and `run` keeps the closure alive until we decrement
-        // `pending` below.
-        let job = unsafe { (*s.job.get()).expect("a job is published before the generation bump") };
+        // Join this generation's region unless it is closed (the caller finished without us) or
+        // a later region has begun (we are that late: the next loop turn sees its generation).
+        let mut r = s.region.load(Ordering::Acquire);
+        let joined = loop {
+            if r & CLOSED != 0 || r & !(CLOSED | INSIDE) != open_region(gen) {
+                break false;
+            }
+            match s
+                .region
+                .compare_exchange_weak(r, r + 1, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => break true,
+                Err(now) => r = now,
+            }
+        };
+        if !joined {
+            continue;
+        }
+        // SAFETY: we joined the open region of this generation (the CAS read the Release store
+        // in `run` made after `job` was written), and `run` keeps the closure alive until no
+        // worker is inside, which needs our leave below.
+        let job = unsafe { (*s.job.get()).expect("a job is published before its region opens") };
         // A panic here must not unwind past `pending`: the caller would wait forever.
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // SAFETY: see above: the pointee is alive and `Sync`.
@@ -198,7 +247,8 @@ fn worker(s: &Shared, tid: usize) {
             eprintln!("ember: a worker thread panicked inside a parallel region; aborting");
             std::process::abort();
         }
-        s.pending.fetch_sub(1, Ordering::Release);
+        // Leave the region (Release: our work is visible to `run` once it sees us gone).
+        s.region.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -245,45 +295,53 @@ impl ChunkCounter {
 mod tests {
     use super::*;
 
+    /// Every job runs on the caller, and on each worker at most once (a late worker skips it).
     #[test]
-    fn every_thread_runs_every_job() {
+    fn every_job_runs_on_the_caller_and_each_worker_at_most_once() {
         let pool = ThreadPool::new(3).unwrap();
-        let hits = AtomicUsize::new(0);
         for _ in 0..1000 {
-            pool.run(|_| {
-                hits.fetch_add(1, Ordering::Relaxed);
+            let hits: [AtomicUsize; 3] = Default::default();
+            pool.run(|t| {
+                hits[t].fetch_add(1, Ordering::Relaxed);
             });
+            assert_eq!(hits[0].load(Ordering::Relaxed), 1);
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) <= 1));
         }
-        assert_eq!(hits.load(Ordering::Relaxed), 3000);
     }
 
-    /// Jobs far apart let the workers fall asleep; each must still be woken for the next job
-    /// (a missed wake-up hangs `run`: the watchdog turns that into a failure).
+    /// Jobs far apart let the workers fall asleep; each must still be woken for the next job:
+    /// the caller's share waits (up to 10 s) until a worker has joined, so a missed wake-up
+    /// (which `run` itself would no longer wait for) fails the test.
     #[test]
     #[cfg_attr(
         miri,
         ignore = "sleeps and long spins; the protocol's memory safety is covered above"
     )]
     fn sleeping_workers_wake_for_every_job() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let pool = ThreadPool::new(3).unwrap();
-            let hits = AtomicUsize::new(0);
-            for i in 0..40 {
-                if i % 4 == 0 {
-                    // Longer than the spin phase: the workers go to sleep.
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                pool.run(|_| {
-                    hits.fetch_add(1, Ordering::Relaxed);
-                });
+        let pool = ThreadPool::new(3).unwrap();
+        for i in 0..40 {
+            if i % 4 == 0 {
+                // Longer than the spin phase: the workers go to sleep.
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            tx.send(hits.load(Ordering::Relaxed)).unwrap();
-        });
-        let hits = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("a worker missed its wake-up: ThreadPool::run never returned");
-        assert_eq!(hits, 120);
+            let joined = AtomicUsize::new(0);
+            pool.run(|t| {
+                if t != 0 {
+                    joined.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let t0 = std::time::Instant::now();
+                while joined.load(Ordering::Relaxed) == 0
+                    && t0.elapsed() < std::time::Duration::from_secs(10)
+                {
+                    std::hint::spin_loop();
+                }
+            });
+            assert!(
+                joined.load(Ordering::Relaxed) > 0,
+                "job {i}: no worker woke up within 10 s"
+            );
+        }
     }
 
     #[test]

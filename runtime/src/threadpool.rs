@@ -14,6 +14,12 @@
 //! finding it closed, never touches the closure. On a busy machine a descheduled worker then
 //! holds a region up only while it holds a chunk, not while it waits to be scheduled.
 //!
+//! When the caller had to wait for the workers inside a region more than [`STALL`] and more than
+//! four times its own share took (one of them was descheduled while holding a chunk: the machine
+//! is oversubscribed; a long chunk of a prefill is not a stall), the next regions run on
+//! the caller alone for [`SOLO`], then the workers are tried again: on a busy 2-core machine one
+//! thread that runs beats two that wait for each other.
+//!
 //! Invariant: at most one job is in flight; `run` does not return before every worker that
 //! joined has finished with the closure, and no worker can join after it closed the region,
 //! which is what makes lending the closure to the workers sound.
@@ -28,6 +34,11 @@ use std::thread::JoinHandle;
 const SPIN_ITERS: u32 = 20_000;
 
 type Job = *const (dyn Fn(usize) + Sync);
+
+/// A wait for the workers inside a region longer than this means one was descheduled.
+const STALL: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long regions then run on the caller alone before the workers are tried again.
+const SOLO: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// [`Shared::region`] bit: the caller finished its share; no worker may join any more.
 const CLOSED: u64 = 1 << 31;
@@ -55,6 +66,10 @@ struct Shared {
     sleepers: AtomicUsize,
     sleep_lock: Mutex<()>,
     wake: Condvar,
+    /// Start of the pool's clock, and until when (nanoseconds on it) regions run on the caller
+    /// alone after a stall (only `run` uses them).
+    epoch: std::time::Instant,
+    solo_until: AtomicU64,
 }
 
 // SAFETY: `job` is only written by the thread inside `run` while no worker reads it (the
@@ -93,6 +108,8 @@ impl ThreadPool {
             sleepers: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
+            epoch: std::time::Instant::now(),
+            solo_until: AtomicU64::new(0),
         });
         let mut handles = Vec::with_capacity(n_threads - 1);
         for tid in 1..n_threads {
@@ -142,6 +159,12 @@ impl ThreadPool {
             !self.busy.swap(true, Ordering::Acquire),
             "ThreadPool::run is not reentrant"
         );
+        if self.clock() < self.shared.solo_until.load(Ordering::Relaxed) {
+            // A recent region stalled on a descheduled worker: run this one alone.
+            f(0);
+            self.busy.store(false, Ordering::Release);
+            return;
+        }
         let s = &*self.shared;
         let job: &(dyn Fn(usize) + Sync) = &f;
         // SAFETY: the lifetime is erased only to publish the pointer; `run` closes the region
@@ -165,13 +188,17 @@ impl ThreadPool {
             drop(s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner()));
             s.wake.notify_all();
         }
+        let t_share = self.clock();
         f(0);
+        let share = self.clock() - t_share;
         // Close the region: workers that have not joined by now never will (their CAS fails).
         s.region.fetch_or(CLOSED, Ordering::AcqRel);
         let mut spins = 0u32;
+        let mut wait_start = None;
         // Acquire: pairs with each worker's Release when it leaves; after this, no worker is
         // inside and none can enter.
         while s.region.load(Ordering::Acquire) & INSIDE != 0 {
+            wait_start.get_or_insert_with(|| self.clock());
             spins += 1;
             if spins < SPIN_ITERS {
                 std::hint::spin_loop();
@@ -179,7 +206,22 @@ impl ThreadPool {
                 std::thread::yield_now();
             }
         }
+        if let Some(t0) = wait_start {
+            let now = self.clock();
+            let waited = now - t0;
+            if waited > STALL.as_nanos() as u64 && waited > 4 * share {
+                s.solo_until
+                    .store(now + SOLO.as_nanos() as u64, Ordering::Relaxed);
+            }
+        }
         self.busy.store(false, Ordering::Release);
+    }
+}
+
+impl ThreadPool {
+    /// Nanoseconds since the pool started.
+    fn clock(&self) -> u64 {
+        self.shared.epoch.elapsed().as_nanos() as u64
     }
 }
 
@@ -342,6 +384,44 @@ mod tests {
                 "job {i}: no worker woke up within 10 s"
             );
         }
+    }
+
+    /// A region that waits for a worker inside it (here: one that sleeps) longer than `STALL`
+    /// and than four times the caller's share makes the following regions run on the caller
+    /// alone.
+    #[test]
+    #[cfg_attr(miri, ignore = "sleeps")]
+    fn a_stalled_region_makes_the_next_ones_run_alone() {
+        let pool = ThreadPool::new(2).unwrap();
+        let stalled = (0..100).any(|_| {
+            let joined = AtomicBool::new(false);
+            pool.run(|t| {
+                if t == 1 {
+                    joined.store(true, Ordering::Relaxed);
+                    // Longer than STALL and than four times the caller's share (at most 10 ms).
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                } else {
+                    // Keep the region open until the worker is in (or give up after 10 ms).
+                    let t0 = std::time::Instant::now();
+                    while !joined.load(Ordering::Relaxed)
+                        && t0.elapsed() < std::time::Duration::from_millis(10)
+                    {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+            joined.load(Ordering::Relaxed)
+        });
+        assert!(stalled, "the worker never joined a region");
+        let worker_calls = AtomicUsize::new(0);
+        for _ in 0..10 {
+            pool.run(|t| {
+                if t != 0 {
+                    worker_calls.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        assert_eq!(worker_calls.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -14,11 +14,11 @@
 //! finding it closed, never touches the closure. On a busy machine a descheduled worker then
 //! holds a region up only while it holds a chunk, not while it waits to be scheduled.
 //!
-//! When the caller had to wait for the workers inside a region more than [`STALL`] and more than
-//! four times its own share took (one of them was descheduled while holding a chunk: the machine
-//! is oversubscribed; a long chunk of a prefill is not a stall), the next regions run on
-//! the caller alone for [`SOLO`], then the workers are tried again: on a busy 2-core machine one
-//! thread that runs beats two that wait for each other.
+//! When the caller had to wait for the workers inside a region more than `STALL` (2 ms) and
+//! more than four times its own share took (one of them was descheduled while holding a chunk:
+//! the machine is oversubscribed; a long chunk of a prefill is not a stall), the next regions
+//! run on the caller alone for `SOLO` (100 ms), then the workers are tried again: on a busy
+//! 2-core machine one thread that runs beats two that wait for each other.
 //!
 //! Invariant: at most one job is in flight; `run` does not return before every worker that
 //! joined has finished with the closure, and no worker can join after it closed the region,

@@ -517,8 +517,6 @@ impl Engine {
         row
     }
 
-    /// Sample the next token of sequence `slot` from its logits row, fork its pending
-    /// siblings first if it just finished its prompt, and retire it if it is done.
     /// Whether the sampled row of `slot`'s next step needs only its argmax: a plain greedy
     /// sampler, no grammar, no drafts to verify, not a scoring request, no siblings waiting to
     /// fork from the row.
@@ -543,9 +541,10 @@ impl Engine {
         })
     }
 
-    /// Sample `slot`'s next token from its logits row, or take `on_device`, the row's argmax
-    /// computed by the backend (only given when [`Engine::argmax_suffices`] held for the step,
-    /// and never for a row holding a NaN).
+    /// Sample the next token of sequence `slot` from its logits row (or take `on_device`, the
+    /// row's argmax computed by the backend: only given when [`Engine::argmax_suffices`] held
+    /// for the step, and never for a row holding a NaN), fork its pending siblings first if it
+    /// just finished its prompt, and retire it if it is done.
     pub(super) fn sample_seq(
         &mut self,
         slot: u32,

@@ -21,10 +21,20 @@ pub(super) const PREFETCH_BLOCKS: usize = 256;
 /// compute-bound, and the prefetched lines would push their activations out of L1.
 pub(super) const PREFETCH_MAX_TOKENS: usize = 32;
 
-const Q4_1_SIZE: usize = 20;
-const Q5_0_SIZE: usize = 22;
-const Q8_0_SIZE: usize = 34;
-const Q8_1_SIZE: usize = 36;
+use crate::reference::q4_1::BlockQ4_1;
+use crate::reference::q5_0::BlockQ5_0;
+use crate::reference::q8::{BlockQ8_0, BlockQ8_1};
+use crate::reference::{Block, Plain};
+
+/// Block `i` of the row of `B` blocks at `row`, in place.
+///
+/// # Safety
+/// `row` points to at least `i + 1` blocks that outlive `'a` (`B` has alignment 1: any address).
+#[inline(always)]
+unsafe fn block<'a, B: Plain>(row: *const u8, i: usize) -> &'a B {
+    // SAFETY: forwarded contract; `Plain` blocks have alignment 1 and no invalid bytes.
+    unsafe { &*row.cast::<B>().add(i) }
+}
 
 /// f16 at `p` (little-endian) to f32 with F16C (exact, as `half`), without false register
 /// dependencies (see [`super::f16c`]).
@@ -181,9 +191,11 @@ struct Q5_0;
 /// # Safety
 /// The CPU has SSE (every x86_64 does).
 #[inline(always)]
-unsafe fn prefetch_ahead(row: *const u8, i: usize, size: usize) {
+unsafe fn prefetch_ahead<B: Block>(row: *const u8, i: usize) {
     // SAFETY: a prefetch reads nothing architecturally; SSE is baseline.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add((i + PREFETCH_BLOCKS) * size).cast()) };
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add((i + PREFETCH_BLOCKS) * B::SIZE).cast())
+    };
 }
 
 impl MicroKernel for Q4_1 {
@@ -210,20 +222,20 @@ impl MicroKernel for Q4_1 {
                 let mut da = [_mm256_setzero_ps(); T];
                 let mut sa = [0f32; T];
                 for t in 0..T {
-                    let y = a.add(t * a_stride + i * Q8_1_SIZE);
-                    da[t] = _mm256_set1_ps(f16_at(y));
-                    sa[t] = f16_at(y.add(2));
-                    qy[t] = _mm256_loadu_si256(y.add(4).cast());
+                    let y: &BlockQ8_1 = block(a.add(t * a_stride), i);
+                    da[t] = _mm256_set1_ps(f16_at(y.d.as_ptr()));
+                    sa[t] = f16_at(y.s.as_ptr());
+                    qy[t] = _mm256_loadu_si256(y.qs.as_ptr().cast());
                 }
                 for r in 0..R {
                     if prefetch {
                         // The first pass over these weight rows reads them from memory: fetch
                         // ahead in each row (decode is bound by this).
-                        prefetch_ahead(w.add(r * w_stride), i, Q4_1_SIZE);
+                        prefetch_ahead::<BlockQ4_1>(w.add(r * w_stride), i);
                     }
-                    let x = w.add(r * w_stride + i * Q4_1_SIZE);
-                    let (dw, mw) = (_mm256_set1_ps(f16_at(x)), f16_at(x.add(2)));
-                    let packed = _mm_loadu_si128(x.add(4).cast());
+                    let x: &BlockQ4_1 = block(w.add(r * w_stride), i);
+                    let (dw, mw) = (_mm256_set1_ps(f16_at(x.d.as_ptr())), f16_at(x.m.as_ptr()));
+                    let packed = _mm_loadu_si128(x.qs.as_ptr().cast());
                     // Low nibbles are elements 0..16, high nibbles 16..32.
                     let qx = _mm256_and_si256(
                         _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed),
@@ -265,18 +277,18 @@ impl MicroKernel for Q8_0 {
                 let mut qy = [_mm256_set1_epi8(0); T];
                 let mut da = [_mm256_setzero_ps(); T];
                 for t in 0..T {
-                    let y = a.add(t * a_stride + i * Q8_0_SIZE);
-                    da[t] = _mm256_set1_ps(f16_at(y));
-                    qy[t] = _mm256_loadu_si256(y.add(2).cast());
+                    let y: &BlockQ8_0 = block(a.add(t * a_stride), i);
+                    da[t] = _mm256_set1_ps(f16_at(y.d.as_ptr()));
+                    qy[t] = _mm256_loadu_si256(y.qs.as_ptr().cast());
                 }
                 for r in 0..R {
                     if prefetch {
-                        prefetch_ahead(w.add(r * w_stride), i, Q8_0_SIZE);
+                        prefetch_ahead::<BlockQ8_0>(w.add(r * w_stride), i);
                     }
-                    let x = w.add(r * w_stride + i * Q8_0_SIZE);
+                    let x: &BlockQ8_0 = block(w.add(r * w_stride), i);
                     let (dw, qx) = (
-                        _mm256_set1_ps(f16_at(x)),
-                        _mm256_loadu_si256(x.add(2).cast()),
+                        _mm256_set1_ps(f16_at(x.d.as_ptr())),
+                        _mm256_loadu_si256(x.qs.as_ptr().cast()),
                     );
                     // |x| as unsigned times y with x's sign: exact while y != -128 (activation
                     // quantizers clamp to ±127).
@@ -319,17 +331,20 @@ impl MicroKernel for Q5_0 {
                 let mut da = [_mm256_setzero_ps(); T];
                 let mut off = [_mm256_setzero_si256(); T];
                 for t in 0..T {
-                    let y = a.add(t * a_stride + i * Q8_0_SIZE);
-                    da[t] = _mm256_set1_ps(f16_at(y));
-                    qy[t] = _mm256_loadu_si256(y.add(2).cast());
+                    let y: &BlockQ8_0 = block(a.add(t * a_stride), i);
+                    da[t] = _mm256_set1_ps(f16_at(y.d.as_ptr()));
+                    qy[t] = _mm256_loadu_si256(y.qs.as_ptr().cast());
                     off[t] = S::sums_i(_mm256_set1_epi8(16), qy[t]);
                 }
                 for r in 0..R {
                     if prefetch {
-                        prefetch_ahead(w.add(r * w_stride), i, Q5_0_SIZE);
+                        prefetch_ahead::<BlockQ5_0>(w.add(r * w_stride), i);
                     }
-                    let x = w.add(r * w_stride + i * Q5_0_SIZE);
-                    let (dw, qx) = (_mm256_set1_ps(f16_at(x)), q5_0_quants(x));
+                    let x: &BlockQ5_0 = block(w.add(r * w_stride), i);
+                    let (dw, qx) = (
+                        _mm256_set1_ps(f16_at(x.d.as_ptr())),
+                        q5_0_quants(std::ptr::from_ref(x).cast()),
+                    );
                     for t in 0..T {
                         let s = _mm256_sub_epi32(S::sums_i(qx, qy[t]), off[t]);
                         acc[r][t] = _mm256_fmadd_ps(
@@ -473,14 +488,14 @@ macro_rules! tile_entry {
 }
 
 use super::tiles_unpacked as unpacked;
-tile_entry!(tile_q4_1_q8_1, avx2, Q4_1, 4 x 3, (Q4_1_SIZE, Q8_1_SIZE), "Q4_1 × Q8_1 (AVX2)",
+tile_entry!(tile_q4_1_q8_1, avx2, Q4_1, 4 x 3, (BlockQ4_1::SIZE, BlockQ8_1::SIZE), "Q4_1 × Q8_1 (AVX2)",
     unpacked: unpacked::Q4_1);
-tile_entry!(tile_q8_0_q8_0, avx2, Q8_0, 4 x 2, (Q8_0_SIZE, Q8_0_SIZE), "Q8_0 × Q8_0 (AVX2)");
-tile_entry!(tile_q5_0_q8_0, avx2, Q5_0, 4 x 2, (Q5_0_SIZE, Q8_0_SIZE), "Q5_0 × Q8_0 (AVX2)",
+tile_entry!(tile_q8_0_q8_0, avx2, Q8_0, 4 x 2, (BlockQ8_0::SIZE, BlockQ8_0::SIZE), "Q8_0 × Q8_0 (AVX2)");
+tile_entry!(tile_q5_0_q8_0, avx2, Q5_0, 4 x 2, (BlockQ5_0::SIZE, BlockQ8_0::SIZE), "Q5_0 × Q8_0 (AVX2)",
     unpacked: unpacked::Q5_0);
-tile_entry!(tile_q4_1_q8_1_vnni, vnni, Q4_1, 4 x 3, (Q4_1_SIZE, Q8_1_SIZE),
+tile_entry!(tile_q4_1_q8_1_vnni, vnni, Q4_1, 4 x 3, (BlockQ4_1::SIZE, BlockQ8_1::SIZE),
     "Q4_1 × Q8_1 (AVX-VNNI)", unpacked: unpacked::Q4_1);
-tile_entry!(tile_q8_0_q8_0_vnni, vnni, Q8_0, 4 x 2, (Q8_0_SIZE, Q8_0_SIZE),
+tile_entry!(tile_q8_0_q8_0_vnni, vnni, Q8_0, 4 x 2, (BlockQ8_0::SIZE, BlockQ8_0::SIZE),
     "Q8_0 × Q8_0 (AVX-VNNI)");
-tile_entry!(tile_q5_0_q8_0_vnni, vnni, Q5_0, 4 x 2, (Q5_0_SIZE, Q8_0_SIZE),
+tile_entry!(tile_q5_0_q8_0_vnni, vnni, Q5_0, 4 x 2, (BlockQ5_0::SIZE, BlockQ8_0::SIZE),
     "Q5_0 × Q8_0 (AVX-VNNI)", unpacked: unpacked::Q5_0);

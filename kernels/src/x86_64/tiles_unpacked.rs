@@ -25,10 +25,10 @@ use super::f16c::f16_ptr;
 use super::q5_0::q5_0_quants;
 use super::tiles::{hsum8, Avx2, AvxVnni, LaneSums};
 
-const Q4_1_SIZE: usize = 20;
-const Q5_0_SIZE: usize = 22;
-const Q8_0_SIZE: usize = 34;
-const Q8_1_SIZE: usize = 36;
+use crate::reference::q4_1::BlockQ4_1;
+use crate::reference::q5_0::BlockQ5_0;
+use crate::reference::q8::{BlockQ8_0, BlockQ8_1};
+use crate::reference::{Block, Plain};
 /// Weight rows per micro-tile.
 const MR: usize = 4;
 /// Most tokens per micro-tile (of any format).
@@ -42,9 +42,9 @@ const MAX_GROUP_BLOCKS: usize = 512;
 
 /// A weight format this file unpacks, with its activation format.
 pub(super) trait Format {
-    /// Bytes per weight block and per activation block.
-    const W: usize;
-    const A: usize;
+    /// The weight and activation blocks.
+    type W: Plain;
+    type A: Plain;
     /// Tokens per micro-tile: as many as 16 AVX2 registers hold with 4 rows (as the plain
     /// tiles of [`super::tiles`]).
     const MT: usize;
@@ -52,13 +52,13 @@ pub(super) trait Format {
     /// minimum (0 for formats without one).
     ///
     /// # Safety
-    /// `x..x + W` readable; the CPU has AVX2 and F16C (the caller enables them).
-    unsafe fn unpack(x: *const u8) -> (__m256i, f32, f32);
+    /// The CPU has AVX2 and F16C (the caller enables them).
+    unsafe fn unpack(x: &Self::W) -> (__m256i, f32, f32);
     /// The activation block at `y`: its scale and, for Q8_1, its `s` (else 0).
     ///
     /// # Safety
-    /// `y..y + A` readable; the CPU has F16C.
-    unsafe fn act(y: *const u8) -> (f32, f32);
+    /// The CPU has F16C.
+    unsafe fn act(y: &Self::A) -> (f32, f32);
     /// The `R × T` micro-tile over the buffers.
     ///
     /// # Safety
@@ -72,26 +72,26 @@ pub(super) struct Q4_1;
 pub(super) struct Q5_0;
 
 impl Format for Q4_1 {
-    const W: usize = Q4_1_SIZE;
-    const A: usize = Q8_1_SIZE;
+    type W = BlockQ4_1;
+    type A = BlockQ8_1;
     const MT: usize = 3;
     #[inline(always)]
-    unsafe fn unpack(x: *const u8) -> (__m256i, f32, f32) {
-        // SAFETY: forwarded contract.
+    unsafe fn unpack(x: &BlockQ4_1) -> (__m256i, f32, f32) {
+        // SAFETY: forwarded contract; `x.qs` holds 16 bytes (unaligned load).
         unsafe {
-            let packed = _mm_loadu_si128(x.add(4).cast());
+            let packed = _mm_loadu_si128(x.qs.as_ptr().cast());
             // Low nibbles are elements 0..16, high nibbles 16..32.
             let q = _mm256_and_si256(
                 _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed),
                 _mm256_set1_epi8(0x0f),
             );
-            (q, f16_ptr(x), f16_ptr(x.add(2)))
+            (q, f16_ptr(x.d.as_ptr()), f16_ptr(x.m.as_ptr()))
         }
     }
     #[inline(always)]
-    unsafe fn act(y: *const u8) -> (f32, f32) {
+    unsafe fn act(y: &BlockQ8_1) -> (f32, f32) {
         // SAFETY: forwarded contract.
-        unsafe { (f16_ptr(y), f16_ptr(y.add(2))) }
+        unsafe { (f16_ptr(y.d.as_ptr()), f16_ptr(y.s.as_ptr())) }
     }
     #[inline(always)]
     unsafe fn micro<S: LaneSums, const R: usize, const T: usize>(m: &Micro<'_>) {
@@ -101,18 +101,24 @@ impl Format for Q4_1 {
 }
 
 impl Format for Q5_0 {
-    const W: usize = Q5_0_SIZE;
-    const A: usize = Q8_0_SIZE;
+    type W = BlockQ5_0;
+    type A = BlockQ8_0;
     const MT: usize = 2;
     #[inline(always)]
-    unsafe fn unpack(x: *const u8) -> (__m256i, f32, f32) {
-        // SAFETY: forwarded contract.
-        unsafe { (q5_0_quants(x), f16_ptr(x), 0.0) }
+    unsafe fn unpack(x: &BlockQ5_0) -> (__m256i, f32, f32) {
+        // SAFETY: forwarded contract; `x` is a whole block.
+        unsafe {
+            (
+                q5_0_quants(std::ptr::from_ref(x).cast()),
+                f16_ptr(x.d.as_ptr()),
+                0.0,
+            )
+        }
     }
     #[inline(always)]
-    unsafe fn act(y: *const u8) -> (f32, f32) {
+    unsafe fn act(y: &BlockQ8_0) -> (f32, f32) {
         // SAFETY: forwarded contract.
-        unsafe { (f16_ptr(y), 0.0) }
+        unsafe { (f16_ptr(y.d.as_ptr()), 0.0) }
     }
     #[inline(always)]
     unsafe fn micro<S: LaneSums, const R: usize, const T: usize>(m: &Micro<'_>) {
@@ -203,7 +209,8 @@ unsafe fn tile<F: Format, S: LaneSums>(
     out_stride: usize,
 ) {
     let nb = n / 32;
-    crate::tile::check_operands(nb, (F::W, F::A), w, w_stride, nr, a, a_stride, nt);
+    let sizes = (<F::W as Block>::SIZE, <F::A as Block>::SIZE);
+    crate::tile::check_operands(nb, sizes, w, w_stride, nr, a, a_stride, nt);
     assert!(takes(nb, nt), "tile buffers hold {nb} blocks × {nt} tokens");
     let mt = F::MT;
     let group = ((16384 / a_stride.max(1)).max(mt) / mt * mt).min(MAX_GROUP_BLOCKS / nb.max(1));
@@ -226,7 +233,7 @@ unsafe fn tile<F: Format, S: LaneSums>(
                 // SAFETY: block `i` of activation row `t0 + k` is within `a` (checked above);
                 // F16C is enabled by the caller.
                 unsafe {
-                    let y = a.as_ptr().add((t0 + k) * a_stride + i * F::A);
+                    let y = &*a.as_ptr().add((t0 + k) * a_stride).cast::<F::A>().add(i);
                     (acts.d[k * nb + i], acts.s[k * nb + i]) = F::act(y);
                 }
             }
@@ -240,7 +247,7 @@ unsafe fn tile<F: Format, S: LaneSums>(
                     // slot `j * MAX_BLOCKS + i` is within the buffer (`nb <= MAX_BLOCKS`); the
                     // caller enables AVX2 and F16C.
                     unsafe {
-                        let x = w.as_ptr().add((r + j) * w_stride + i * F::W);
+                        let x = &*w.as_ptr().add((r + j) * w_stride).cast::<F::W>().add(i);
                         let (qx, d, m) = F::unpack(x);
                         rows.d[j * MAX_BLOCKS + i] = d;
                         rows.m[j * MAX_BLOCKS + i] = m;
@@ -328,8 +335,8 @@ impl Micro<'_> {
                     let k = (self.k0 + t) * nb + i;
                     da[t] = _mm256_set1_ps(self.acts.d[k]);
                     sa[t] = self.acts.s[k];
-                    let y = self.a.add(t * self.a_stride + i * Q8_1_SIZE + 4);
-                    qy[t] = _mm256_loadu_si256(y.cast());
+                    let y = &*self.a.add(t * self.a_stride).cast::<BlockQ8_1>().add(i);
+                    qy[t] = _mm256_loadu_si256(y.qs.as_ptr().cast());
                 }
                 for r in 0..R {
                     let slot = r * MAX_BLOCKS + i;
@@ -371,8 +378,8 @@ impl Micro<'_> {
                 let mut off = [_mm256_setzero_si256(); T];
                 for t in 0..T {
                     da[t] = _mm256_set1_ps(self.acts.d[(self.k0 + t) * nb + i]);
-                    let y = self.a.add(t * self.a_stride + i * Q8_0_SIZE + 2);
-                    qy[t] = _mm256_loadu_si256(y.cast());
+                    let y = &*self.a.add(t * self.a_stride).cast::<BlockQ8_0>().add(i);
+                    qy[t] = _mm256_loadu_si256(y.qs.as_ptr().cast());
                     off[t] = S::sums_i(_mm256_set1_epi8(16), qy[t]);
                 }
                 for r in 0..R {

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-model.sh
-cargo build --release --locked -p ember
+cargo build --release --locked -p ember-cli
 if [ $# -eq 0 ]; then
     set -- -p "<|im_start|>user
 Write a haiku about the sea.<|im_end|>

@@ -34,7 +34,7 @@ fi
 if ! python3 -c "import jsonschema" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check "jsonschema==4.23.0"
 fi
-# The official OpenAI client, driving `ember serve` in runtime/tests/server.rs.
+# The official OpenAI client, driving `ember serve` in cli/tests/server.rs.
 if ! python3 -c "import openai" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check "openai==1.109.1"
 fi

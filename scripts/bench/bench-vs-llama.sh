@@ -151,7 +151,7 @@ echo "llama.cpp from llama-cpp-python $LLAMA_CPP_PYTHON_VERSION:" \
 
 # ---------------------------------------------------------------------------------------------
 # 2. Ember, release build, run-time kernel choice
-cargo build --release -p ember --bin ember >&2
+cargo build --release -p ember-cli --bin ember >&2
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 EMBER="$TARGET_DIR/release/ember"

@@ -54,7 +54,7 @@ if [[ ! -x "$LLAMA_SERVER" ]]; then
     cmake --build "$LLAMA_BUILD" --config Release --target llama-server -j "$BUILD_JOBS" >&2
 fi
 [[ -f "$MODEL" ]] || bash scripts/fetch-model.sh
-cargo build --release --locked -p ember >&2
+cargo build --release --locked -p ember-cli >&2
 EMBER=target/release/ember
 MAX_CONC=0
 for c in $CONC; do (( c > MAX_CONC )) && MAX_CONC=$c; done

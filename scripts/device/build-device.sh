@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
 mkdir -p dev-out
-cargo build --release -p ember --features cuda --bin ember
+cargo build --release -p ember-cli --features cuda --bin ember
 cargo test --release -p ember --features cuda --test cuda --bench cuda_attention --no-run \
     --message-format=json >dev-out/.build.json
 python3 - <<'PY'

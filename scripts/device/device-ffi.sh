@@ -13,7 +13,7 @@ build)
     export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
     mkdir -p "$D"
     cargo build --release --locked -p ember-ffi --features cuda
-    cargo build --release --locked -p ember --bin ember
+    cargo build --release --locked -p ember-cli --bin ember
     cp target/release/libember.so "$D/"
     strip "$D/libember.so"
     link=(-Iinclude -L"$D" -lember -Wl,-rpath,'$ORIGIN' -lpthread)

@@ -1,4 +1,4 @@
-"""`ember serve` driven by the official `openai` Python client (runtime/tests/server.rs runs it).
+"""`ember serve` driven by the official `openai` Python client (cli/tests/server.rs runs it).
 
 usage: openai_client.py BASE_URL API_KEY EXPECTED.json
 

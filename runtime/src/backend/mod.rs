@@ -29,6 +29,12 @@ use crate::model::{BatchToken, BlockTables, Model, Scratch};
 use ember_kernels::kv::hadamard;
 
 pub use cpu::CpuExecutor;
+
+/// Whether this build has the CUDA backend (the `cuda` feature).
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Whether this build has the SIMD CPU kernels (the `simd` feature).
+pub const SIMD_BUILT: bool = cfg!(feature = "simd");
 pub use cuda::CudaBackend;
 
 /// Which backend to run on (`--backend cuda|cpu|auto`).

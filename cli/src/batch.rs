@@ -18,27 +18,17 @@ use ember::sampler::SamplingParams;
 use ember::session::KvBudget;
 use serde_json::{json, Value};
 
-use crate::args::{path, switch, val, Args, Flag};
 use crate::commands::{
-    backend_kind, cuda_weights, kv_type, load_model, parse, report_backend, threads, usage,
-    CliError, CliResult,
+    backend_kind, cuda_weights, kv_type, load_model, report_backend, threads, usage, CliError,
+    CliResult,
 };
-
-pub const ENGINE_FLAGS: &[Flag] = &[
-    val("max-seqs", None),
-    val("max-batch-tokens", None),
-    val("kv-bytes", None),
-    switch("no-prefix-cache"),
-];
-
-/// `--draft-model FILE` of `batch` and `serve`.
-pub const DRAFT_FLAGS: &[Flag] = &[path("draft-model", None)];
+use crate::flags::{BatchArgs, BenchArgs, Common, EngineFlags};
 
 /// Give the engine the draft model of `--draft-model FILE`, if any: requests that ask for
 /// speculative decoding then draft with it instead of by prompt lookup.
-pub fn draft_model(a: &Args, e: &mut Engine) -> Result<(), CliError> {
-    if let Some(p) = a.path("draft-model") {
-        let m = ember::model::Model::load(&p)
+pub fn draft_model(path: Option<&std::path::Path>, e: &mut Engine) -> Result<(), CliError> {
+    if let Some(p) = path {
+        let m = ember::model::Model::load(p)
             .map_err(|err| CliError::Run(format!("--draft-model {}: {err}", p.display())))?;
         e.set_draft_model(m)?;
     }
@@ -49,34 +39,37 @@ pub fn draft_model(a: &Args, e: &mut Engine) -> Result<(), CliError> {
 /// device runs at once, and small enough that the per-sequence tables sized from it are cheap.
 pub const MAX_SEQS: usize = 1 << 16;
 
-pub fn engine_config(a: &Args, default_seqs: usize) -> Result<EngineConfig, CliError> {
+/// The engine's configuration from the common flags and the engine's (`--max-seqs` defaults to
+/// `default_seqs`).
+pub fn engine_config(
+    a: &Common,
+    e: &EngineFlags,
+    default_seqs: usize,
+) -> Result<EngineConfig, CliError> {
     let d = EngineConfig::default();
-    let kv_budget = match (
-        a.get::<usize>("kv-blocks").map_err(usage)?,
-        a.get::<usize>("kv-bytes").map_err(usage)?,
-    ) {
+    let kv_budget = match (a.kv_blocks, e.kv_bytes) {
         (Some(n), _) => KvBudget::Blocks(n),
         (None, Some(b)) => KvBudget::Bytes(b),
         (None, None) => d.kv_budget,
     };
-    let max_seqs = a.get_or("max-seqs", default_seqs).map_err(usage)?;
+    let max_seqs = e.max_seqs.unwrap_or(default_seqs);
     if max_seqs == 0 || max_seqs > MAX_SEQS {
         return Err(usage(format!("--max-seqs must be 1..={MAX_SEQS}")));
     }
     Ok(EngineConfig {
         cuda_weights: cuda_weights(a)?,
-        n_ctx: a.get_or("ctx", d.n_ctx).map_err(usage)?,
+        n_ctx: a.ctx.unwrap_or(d.n_ctx),
         kv_budget,
-        block_size: a.get_or("block-size", d.block_size).map_err(usage)?,
+        block_size: a.block_size.unwrap_or(d.block_size),
         max_seqs,
-        max_batch_tokens: a
-            .get_or("max-batch-tokens", d.max_batch_tokens.max(max_seqs))
-            .map_err(usage)?,
+        max_batch_tokens: e
+            .max_batch_tokens
+            .unwrap_or(d.max_batch_tokens.max(max_seqs)),
         max_requests: d.max_requests,
         threads: threads(a)?,
-        prefix_caching: !a.has("no-prefix-cache"),
+        prefix_caching: !e.no_prefix_cache,
         kv_type: kv_type(a)?,
-        swa_full: a.has("swa-full"),
+        swa_full: a.swa_full,
     })
 }
 
@@ -280,27 +273,21 @@ impl Results {
     }
 }
 
-pub fn batch(raw: &[std::ffi::OsString]) -> CliResult {
-    let a = parse(
-        raw,
-        &[
-            &[path("input", None), path("output", None)],
-            ENGINE_FLAGS,
-            DRAFT_FLAGS,
-        ],
-    )?;
+pub fn batch(a: &BatchArgs) -> CliResult {
     let input = a
-        .path("input")
+        .input
+        .clone()
         .ok_or_else(|| usage("batch needs --input FILE".into()))?;
     let output = a
-        .path("output")
+        .output
+        .clone()
         .ok_or_else(|| usage("batch needs --output FILE".into()))?;
-    let cfg = engine_config(&a, 16)?;
+    let cfg = engine_config(&a.common, &a.engine, 16)?;
     let max_requests = cfg.max_requests;
-    let model = load_model(&a)?;
-    let mut e = Engine::with_draft_rows(model, cfg, backend_kind(&a)?)?;
-    report_backend(&a, e.backend());
-    draft_model(&a, &mut e)?;
+    let model = load_model(&a.common)?;
+    let mut e = Engine::with_draft_rows(model, cfg, backend_kind(&a.common)?)?;
+    report_backend(&a.common, e.backend());
+    draft_model(a.draft_model.as_deref(), &mut e)?;
     let file = std::fs::File::open(&input)
         .map_err(|err| CliError::Run(format!("{}: {err}", input.display())))?;
     let mut lines = std::io::BufReader::new(file);
@@ -432,11 +419,12 @@ pub fn batch(raw: &[std::ffi::OsString]) -> CliResult {
 
 /// llama-batched-bench-style measurement: C sequences with `n_prompt`-token prompts are
 /// prefilled together (S_PP), then decode `n_gen` tokens each together (S_TG).
-pub fn bench_concurrent(a: &Args, c: usize, n_prompt: usize, n_gen: usize) -> CliResult {
+pub fn bench_concurrent(b: &BenchArgs, c: usize, n_prompt: usize, n_gen: usize) -> CliResult {
+    let a = &b.common;
     if c == 0 || c > MAX_SEQS {
         return Err(usage(format!("--concurrency must be 1..={MAX_SEQS}")));
     }
-    let mut cfg = engine_config(a, c)?;
+    let mut cfg = engine_config(a, &b.engine, c)?;
     cfg.max_seqs = c;
     cfg.max_batch_tokens = cfg.max_batch_tokens.max(c);
     cfg.prefix_caching = false;
@@ -448,9 +436,7 @@ pub fn bench_concurrent(a: &Args, c: usize, n_prompt: usize, n_gen: usize) -> Cl
         )));
     }
     cfg.n_ctx = n_prompt + n_gen + 1;
-    if a.get::<usize>("kv-blocks").map_err(usage)?.is_none()
-        && a.get::<usize>("kv-bytes").map_err(usage)?.is_none()
-    {
+    if a.kv_blocks.is_none() && b.engine.kv_bytes.is_none() {
         // A whole context per sequence, in every layer group (sliding-window groups need
         // only their window's blocks).
         cfg.kv_budget = KvBudget::FullContext;
@@ -507,7 +493,7 @@ pub fn bench_concurrent(a: &Args, c: usize, n_prompt: usize, n_gen: usize) -> Cl
     let s_pp = (c * n_prompt) as f64 / t_pp;
     let s_tg = (c * (n_gen - 1)) as f64 / t_tg.max(1e-9);
     crate::output::print(|o| {
-        if a.has("json") {
+        if b.json {
             return writeln!(
                 o,
                 "{}",

@@ -18,7 +18,6 @@ mod api;
 mod http;
 mod worker;
 
-use std::ffi::OsString;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -28,10 +27,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ember::engine::Engine;
 use serde_json::json;
 
-use crate::args::{path, switch, val};
-use crate::commands::{
-    backend_kind, load_model, parse, report_backend, usage, CliError, CliResult,
-};
+use crate::commands::{backend_kind, load_model, report_backend, usage, CliError, CliResult};
+use crate::flags::ServeArgs;
 use api::{Kind, ModelInfo};
 use worker::{Cmd, Event, Snapshot};
 
@@ -48,20 +45,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a connection waiting for its request's tokens checks that its client is there.
 const POLL: Duration = Duration::from_millis(100);
 
-const FLAGS: &[crate::args::Flag] = &[
-    val("host", None),
-    val("port", None),
-    val("api-key", None),
-    val("max-queue", None),
-    val("max-body", None),
-    val("max-connections", None),
-    val("alias", None),
-    path("chat-template", None),
-    val("draft-k", None),
-    switch("context-shift"),
-    val("keep", None),
-];
-
 struct Ctx {
     info: ModelInfo,
     api_key: Option<String>,
@@ -77,32 +60,28 @@ fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub fn serve(raw: &[OsString]) -> CliResult {
-    let a = parse(
-        raw,
-        &[crate::batch::ENGINE_FLAGS, crate::batch::DRAFT_FLAGS, FLAGS],
-    )?;
-    let host = a.str("host").unwrap_or("127.0.0.1").to_string();
-    let port: u16 = a.get_or("port", 8080).map_err(usage)?;
-    let max_queue: usize = a.get_or("max-queue", 64).map_err(usage)?;
-    let max_body: usize = a.get_or("max-body", 1 << 20).map_err(usage)?;
-    let max_conns: usize = a.get_or("max-connections", 64).map_err(usage)?;
+pub fn serve(a: &ServeArgs) -> CliResult {
+    let host = a.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let port = a.port.unwrap_or(8080);
+    let max_queue = a.max_queue.unwrap_or(64);
+    let max_body = a.max_body.unwrap_or(1 << 20);
+    let max_conns = a.max_connections.unwrap_or(64);
     if max_conns == 0 || max_body == 0 {
         return Err(usage(
             "--max-connections and --max-body must be at least 1".into(),
         ));
     }
-    let api_key = a.str("api-key").map(str::to_string);
+    let api_key = a.api_key.clone();
     if api_key.as_deref() == Some("") {
         return Err(usage("--api-key must not be empty".into()));
     }
-    let mut cfg = crate::batch::engine_config(&a, 16)?;
+    let mut cfg = crate::batch::engine_config(&a.common, &a.engine, 16)?;
     // Room in the request table for every running sequence and the whole queue.
     cfg.max_requests = (cfg.max_seqs + max_queue).clamp(1, ember::engine::MAX_REQUESTS);
     let max_seqs = cfg.max_seqs;
-    let model = load_model(&a)?;
-    let name = match a.str("alias") {
-        Some(n) => n.to_string(),
+    let model = load_model(&a.common)?;
+    let name = match &a.alias {
+        Some(n) => n.clone(),
         None => model
             .file
             .get_str("general.name")
@@ -111,9 +90,9 @@ pub fn serve(raw: &[OsString]) -> CliResult {
             .map(str::to_string)
             .unwrap_or_else(|| "ember".into()),
     };
-    let template = match a.path("chat-template") {
+    let template = match &a.chat_template {
         Some(p) => Some(crate::input::read_text(
-            &p,
+            p,
             crate::input::MAX_TEMPLATE_BYTES,
             "--chat-template",
         )?),
@@ -123,13 +102,13 @@ pub fn serve(raw: &[OsString]) -> CliResult {
             .map(str::to_string),
     };
     // With a draft model every request drafts with it (as llama-server's --model-draft).
-    let draft_k: usize = a.get_or("draft-k", 8).map_err(usage)?;
+    let draft_k = a.draft_k.unwrap_or(8);
     if !(1..=ember::engine::MAX_DRAFT).contains(&draft_k) {
         return Err(usage(format!("--draft-k {draft_k}: must be 1..=16")));
     }
-    let mut engine = Engine::with_draft_rows(model, cfg, backend_kind(&a)?)?;
-    report_backend(&a, engine.backend());
-    crate::batch::draft_model(&a, &mut engine)?;
+    let mut engine = Engine::with_draft_rows(model, cfg, backend_kind(&a.common)?)?;
+    report_backend(&a.common, engine.backend());
+    crate::batch::draft_model(a.draft_model.as_deref(), &mut engine)?;
     let speculative = engine
         .has_draft_model()
         .then_some(ember::engine::Speculative {
@@ -137,7 +116,7 @@ pub fn serve(raw: &[OsString]) -> CliResult {
             drafter: ember::engine::Drafter::Model,
         });
     // As llama-server's --context-shift: every request may run past the end of the context.
-    let context_shift = if a.has("context-shift") {
+    let context_shift = if a.context_shift {
         if speculative.is_some() {
             return Err(usage(
                 "--context-shift and --draft-model do not go together (a shift would have to \
@@ -146,13 +125,13 @@ pub fn serve(raw: &[OsString]) -> CliResult {
             ));
         }
         let shift = ember::engine::ContextShift {
-            keep: a.get_or("keep", 0).map_err(usage)?,
+            keep: a.keep.unwrap_or(0),
         };
         engine
             .check_shift(&shift)
             .map_err(|e| usage(format!("--keep: {e}")))?;
         Some(shift)
-    } else if a.str("keep").is_some() {
+    } else if a.keep.is_some() {
         return Err(usage("--keep goes with --context-shift".into()));
     } else {
         None

@@ -809,3 +809,28 @@ fn prompt_cache_files_reuse_the_prompt_and_refuse_bad_files() {
         "a restarted chat reuses the system prompt: {again}"
     );
 }
+
+/// Gemma 3 270M (base, `models/`, fetched by scripts/fetch-model.sh) has no chat template: `ember chat` says so and names `--chat-template`, and
+/// runs with one.
+#[test]
+fn chat_without_template_is_refused_clearly() {
+    let model = repo().join("models/gemma-3-270m-q4_k_m.gguf");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["chat", "-m", model.to_str().unwrap(), "-p", "Hi", "-n", "2"])
+            .args(["--threads", "2", "--ctx", "64"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("no tokenizer.chat_template") && err.contains("--chat-template FILE"),
+        "{err}"
+    );
+    let t = repo().join("tests/golden/gemma3/chat_template.jinja");
+    let o = run(&["--chat-template", t.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -1,12 +1,11 @@
 //! `ember info` (what a model file holds and how it would run here) and `ember --version`.
 
-use std::ffi::OsString;
 use std::io::Write;
 
 use ember::model::Model;
 
-use crate::args::switch;
-use crate::commands::{model_path, open_session_from, parse, CliError, CliResult};
+use crate::commands::{model_path, open_session_from, CliError, CliResult};
+use crate::flags::InfoArgs;
 use crate::output;
 
 /// What `ember --version` prints after "ember ": the version, the CPU kernel path this machine
@@ -16,7 +15,7 @@ pub fn version_line() -> String {
         Ok(k) => k.path().name().to_string(),
         Err(e) => format!("none ({e})"),
     };
-    let cuda = if cfg!(feature = "cuda") {
+    let cuda = if ember::backend::CUDA_BUILT {
         "built in"
     } else {
         "not built (--features cuda)"
@@ -24,13 +23,16 @@ pub fn version_line() -> String {
     format!(
         "{} (cpu kernels: {cpu}; simd: {}; cuda: {cuda})",
         env!("CARGO_PKG_VERSION"),
-        if cfg!(feature = "simd") { "on" } else { "off" }
+        if ember::backend::SIMD_BUILT {
+            "on"
+        } else {
+            "off"
+        }
     )
 }
 
-pub fn info(raw: &[OsString]) -> CliResult {
-    let a = parse(raw, &[&[switch("check-tensors"), switch("tensors")]])?;
-    let path = model_path(&a);
+pub fn info(a: &InfoArgs) -> CliResult {
+    let path = model_path(&a.common);
     let file = ember::gguf::GgufFile::open(&path)?;
     // Every line goes through `w!`: the first failed write ends the command (`| head -1`).
     let mut o = std::io::stdout().lock();
@@ -98,12 +100,12 @@ pub fn info(raw: &[OsString]) -> CliResult {
         .map(|(ty, n, bytes)| format!("{ty} × {n} ({:.1} MiB)", *bytes as f64 / MIB))
         .collect();
     w!("weights: {}", mix.join(", "));
-    if a.has("check-tensors") {
+    if a.check_tensors {
         model.check_tensors()?;
         w!("tensors checked: every weight is finite");
     }
     o.flush().map_err(output::write_error)?;
-    let s = open_session_from(model, &a, 512, 1)?;
+    let s = open_session_from(model, &a.common, 512, 1)?;
     let kernels = match s.backend().name() {
         "cpu" => match ember_kernels::dispatch::KernelSet::detect() {
             Ok(k) => format!(", {} kernels", k.path().name()),
@@ -149,7 +151,7 @@ pub fn info(raw: &[OsString]) -> CliResult {
         );
     }
     w!("  scratch          {:>12} bytes", s.scratch_bytes());
-    write_listing(&mut o, &s.model().file, a.has("tensors"))?;
+    write_listing(&mut o, &s.model().file, a.tensors)?;
     o.flush().map_err(output::write_error)
 }
 

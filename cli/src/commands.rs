@@ -1,6 +1,5 @@
 //! The subcommands of `ember`.
 
-use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,7 +13,9 @@ use ember::session::{
 };
 use serde_json::json;
 
-use crate::args::{path, switch, val, Args, Flag};
+use crate::flags::{
+    BenchArgs, ChatArgs, Common, GenerateArgs, PerplexityArgs, Sampling, TokenizeArgs,
+};
 use crate::output::{self, Stdout};
 use crate::shaping;
 
@@ -41,58 +42,11 @@ pub fn usage(e: String) -> CliError {
     CliError::Usage(e)
 }
 
-const COMMON: &[Flag] = &[
-    path("model", Some("-m")),
-    val("threads", Some("-t")),
-    val("ctx", None),
-    val("kv-blocks", None),
-    val("block-size", None),
-    val("kv-type", None),
-    val("backend", None),
-    val("cuda-weights", None),
-    switch("swa-full"),
-];
-
-const SAMPLING: &[Flag] = &[
-    val("prompt", Some("-p")),
-    val("n-predict", Some("-n")),
-    val("temp", None),
-    val("top-k", None),
-    val("top-p", None),
-    val("min-p", None),
-    val("repeat-penalty", None),
-    val("repeat-last-n", None),
-    val("seed", None),
-    val("stop", None),
-    val("grammar", None),
-    path("grammar-file", None),
-    val("json-schema", None),
-    val("spec", None),
-    val("draft-k", None),
-    path("draft-model", None),
-    switch("ignore-eos"),
-    switch("json"),
-];
-
-pub fn parse(raw: &[OsString], extra: &[&[Flag]]) -> Result<Args, CliError> {
-    let mut flags: Vec<Flag> = Vec::new();
-    for group in std::iter::once(COMMON).chain(extra.iter().copied()) {
-        for f in group {
-            flags.push(Flag {
-                long: f.long,
-                short: f.short,
-                takes_value: f.takes_value,
-                path: f.path,
-            });
-        }
-    }
-    Args::parse(raw, &flags).map_err(usage)
-}
-
 /// `-m PATH`, else the `EMBER_MODEL` environment variable (when set and not empty), else the
 /// default model relative to the current directory.
-pub fn model_path(a: &Args) -> PathBuf {
-    a.path("model")
+pub fn model_path(a: &Common) -> PathBuf {
+    a.model
+        .clone()
         .or_else(|| {
             std::env::var_os("EMBER_MODEL")
                 .filter(|v| !v.is_empty())
@@ -106,8 +60,8 @@ const MAX_THREADS: usize = 1024;
 
 /// `--threads N` (0 or absent: the physical cores). More than the machine runs at once is
 /// capped by the library (spinning workers on shared cores stall each other); say so.
-pub fn threads(a: &Args) -> Result<usize, CliError> {
-    let n: usize = a.get_or("threads", 0).map_err(usage)?;
+pub fn threads(a: &Common) -> Result<usize, CliError> {
+    let n = a.threads.unwrap_or(0);
     if n > MAX_THREADS {
         return Err(usage(format!(
             "--threads must be 0..={MAX_THREADS} (0: the physical cores)"
@@ -122,11 +76,11 @@ pub fn threads(a: &Args) -> Result<usize, CliError> {
     Ok(n)
 }
 
-pub fn load_model(a: &Args) -> Result<Model, CliError> {
+pub fn load_model(a: &Common) -> Result<Model, CliError> {
     let path = model_path(a);
     if !path.exists() {
         let from_env = std::env::var_os("EMBER_MODEL").is_some_and(|v| !v.is_empty());
-        let hint = if a.path("model").is_some() {
+        let hint = if a.model.is_some() {
             ""
         } else if from_env {
             " (named by the EMBER_MODEL environment variable)"
@@ -144,13 +98,18 @@ pub fn load_model(a: &Args) -> Result<Model, CliError> {
 
 /// Load the model and start a session sized for `max_batch` tokens per pass and `max_logits`
 /// logit rows.
-fn open_session(a: &Args, max_batch: usize, max_logits: usize) -> Result<Session, CliError> {
+fn open_session(
+    a: &Common,
+    draft_model: Option<&std::path::Path>,
+    max_batch: usize,
+    max_logits: usize,
+) -> Result<Session, CliError> {
     let t0 = Instant::now();
     let model = load_model(a)?;
     let mut s = open_session_from(model, a, max_batch, max_logits)?;
     // `--spec draft --draft-model FILE` (checked by shaping::speculative).
-    if let Some(p) = a.path("draft-model") {
-        let draft = Model::load(&p)
+    if let Some(p) = draft_model {
+        let draft = Model::load(p)
             .map_err(|e| CliError::Run(format!("--draft-model {}: {e}", p.display())))?;
         s.engine_mut().set_draft_model(draft)?;
     }
@@ -160,11 +119,11 @@ fn open_session(a: &Args, max_batch: usize, max_logits: usize) -> Result<Session
 
 pub fn open_session_from(
     model: Model,
-    a: &Args,
+    a: &Common,
     max_batch: usize,
     max_logits: usize,
 ) -> Result<Session, CliError> {
-    let n_ctx: usize = a.get_or("ctx", 4096).map_err(usage)?;
+    let n_ctx = a.ctx.unwrap_or(4096);
     if n_ctx == 0 {
         return Err(usage("--ctx must be at least 1".into()));
     }
@@ -173,16 +132,16 @@ pub fn open_session_from(
     let cfg = SessionConfig {
         cuda_weights: cuda_weights(a)?,
         n_ctx,
-        kv_budget: match a.get::<usize>("kv-blocks").map_err(usage)? {
+        kv_budget: match a.kv_blocks {
             Some(n) => KvBudget::Blocks(n),
             None => KvBudget::FullContext,
         },
-        block_size: a.get_or("block-size", 16).map_err(usage)?,
+        block_size: a.block_size.unwrap_or(16),
         max_batch_tokens: max_batch,
         max_logits: max_logits.clamp(1, max_batch),
         threads: threads(a)?,
         kv_type: kv_type(a)?,
-        swa_full: a.has("swa-full"),
+        swa_full: a.swa_full,
     };
     let s = Session::with_backend(model, &cfg, backend_kind(a)?)?;
     report_backend(a, s.backend());
@@ -190,22 +149,22 @@ pub fn open_session_from(
 }
 
 /// `--kv-type f16|q8_0|q4_0` (default f16).
-pub fn kv_type(a: &Args) -> Result<ember::kv::KvType, CliError> {
-    a.get_or("kv-type", ember::kv::KvType::F16).map_err(usage)
+pub fn kv_type(a: &Common) -> Result<ember::kv::KvType, CliError> {
+    Ok(a.kv_type.unwrap_or(ember::kv::KvType::F16))
 }
 
 /// `--backend cpu|cuda|auto` (default cpu).
-pub fn backend_kind(a: &Args) -> Result<BackendKind, CliError> {
-    a.get_or("backend", BackendKind::Cpu).map_err(usage)
+pub fn backend_kind(a: &Common) -> Result<BackendKind, CliError> {
+    Ok(a.backend.unwrap_or(BackendKind::Cpu))
 }
 
-pub fn cuda_weights(a: &Args) -> Result<CudaWeights, CliError> {
-    a.get_or("cuda-weights", CudaWeights::Upload).map_err(usage)
+pub fn cuda_weights(a: &Common) -> Result<CudaWeights, CliError> {
+    Ok(a.cuda_weights.unwrap_or(CudaWeights::Upload))
 }
 
 /// Say on stderr which backend runs when one was asked for (and why `auto` fell back).
-pub fn report_backend(a: &Args, b: &Backend) {
-    if a.str("backend").is_some() {
+pub fn report_backend(a: &Common, b: &Backend) {
+    if a.backend.is_some() {
         eprintln!("backend: {}", b.describe());
         if let Some(n) = b.note() {
             eprintln!("backend: {n}");
@@ -213,58 +172,44 @@ pub fn report_backend(a: &Args, b: &Backend) {
     }
 }
 
-fn generate_params(a: &Args, default_n: usize) -> Result<GenerateParams, CliError> {
+fn generate_params(a: &Sampling, default_n: usize) -> Result<GenerateParams, CliError> {
     let d = SamplingParams::default();
     let sampling = SamplingParams {
-        temperature: a.get_or("temp", 0.0).map_err(usage)?,
-        top_k: a.get_or("top-k", d.top_k).map_err(usage)?,
-        top_p: a.get_or("top-p", d.top_p).map_err(usage)?,
-        min_p: a.get_or("min-p", d.min_p).map_err(usage)?,
-        repeat_penalty: a
-            .get_or("repeat-penalty", d.repeat_penalty)
-            .map_err(usage)?,
-        repeat_last_n: a.get_or("repeat-last-n", d.repeat_last_n).map_err(usage)?,
-        seed: match a.get::<u64>("seed").map_err(usage)? {
-            Some(s) => s,
-            None => shaping::random_seed(),
-        },
+        temperature: a.temp.unwrap_or(0.0),
+        top_k: a.top_k.unwrap_or(d.top_k),
+        top_p: a.top_p.unwrap_or(d.top_p),
+        min_p: a.min_p.unwrap_or(d.min_p),
+        repeat_penalty: a.repeat_penalty.unwrap_or(d.repeat_penalty),
+        repeat_last_n: a.repeat_last_n.unwrap_or(d.repeat_last_n),
+        seed: a.seed.unwrap_or_else(shaping::random_seed),
     };
     sampling.validate().map_err(|e| usage(e.to_string()))?;
     Ok(GenerateParams {
         sampling,
-        max_tokens: a.get_or("n-predict", default_n).map_err(usage)?,
-        stop: a.strs("stop").into_iter().map(str::to_string).collect(),
+        max_tokens: a.n_predict.unwrap_or(default_n),
+        stop: a.stop.clone(),
         stop_ids: Vec::new(),
         n: 1,
-        ignore_eos: a.has("ignore-eos"),
+        ignore_eos: a.ignore_eos,
         grammar: shaping::grammar(a)?,
         speculative: shaping::speculative(a)?,
         context_shift: None,
     })
 }
 
-pub fn generate(raw: &[OsString]) -> CliResult {
-    let a = parse(
-        raw,
-        &[
-            SAMPLING,
-            &[
-                path("prompt-cache", None),
-                val("context-policy", None),
-                val("keep", None),
-            ],
-        ],
-    )?;
+pub fn generate(a: &GenerateArgs) -> CliResult {
     let prompt = a
-        .str("prompt")
-        .or(a.positional.first().map(String::as_str))
+        .sampling
+        .prompt
+        .as_ref()
+        .or(a.text.as_ref())
         .ok_or_else(|| usage("generate needs a prompt: -p TEXT".into()))?
-        .to_string();
-    let mut params = generate_params(&a, 128)?;
-    params.context_shift = match a.str("context-policy") {
+        .clone();
+    let mut params = generate_params(&a.sampling, 128)?;
+    params.context_shift = match a.context_policy.as_deref() {
         None | Some("error") => None,
         Some("shift") => Some(ember::engine::ContextShift {
-            keep: a.get_or("keep", 0).map_err(usage)?,
+            keep: a.keep.unwrap_or(0),
         }),
         Some(p) => {
             return Err(usage(format!(
@@ -272,13 +217,19 @@ pub fn generate(raw: &[OsString]) -> CliResult {
             )))
         }
     };
-    if a.str("keep").is_some() && params.context_shift.is_none() {
+    if a.keep.is_some() && params.context_shift.is_none() {
         return Err(usage("--keep goes with --context-policy shift".into()));
     }
-    let json_out = a.has("json");
+    let json_out = a.sampling.json;
     // A logits row for the real token and each draft.
-    let mut s = open_session(&a, 512, 1 + params.speculative.map_or(0, |x| x.k))?;
-    let cache = PromptCache::open(&a, &mut s)?;
+    let draft = a.sampling.draft_model.as_deref();
+    let mut s = open_session(
+        &a.common,
+        draft,
+        512,
+        1 + params.speculative.map_or(0, |x| x.k),
+    )?;
+    let cache = PromptCache::open(a.prompt_cache.as_ref(), &mut s)?;
     let mut out = Stdout::new();
     // Streaming stops at the first failed write (a reader that went away, a full disk).
     let (prompt_ids, g) =
@@ -342,8 +293,8 @@ struct PromptCache {
 }
 
 impl PromptCache {
-    fn open(a: &Args, s: &mut Session) -> Result<PromptCache, CliError> {
-        let Some(path) = a.path("prompt-cache") else {
+    fn open(path: Option<&PathBuf>, s: &mut Session) -> Result<PromptCache, CliError> {
+        let Some(path) = path.cloned() else {
             return Ok(PromptCache {
                 path: None,
                 save: false,
@@ -407,22 +358,9 @@ fn chat_template(s: &Session, file: Option<PathBuf>) -> Result<String, CliError>
         .to_string())
 }
 
-pub fn chat(raw: &[OsString]) -> CliResult {
-    let a = parse(
-        raw,
-        &[
-            SAMPLING,
-            &[
-                val("system", None),
-                path("chat-template", None),
-                val("context-policy", None),
-                path("prompt-cache", None),
-                switch("verbose"),
-            ],
-        ],
-    )?;
-    let params = generate_params(&a, 256)?;
-    let policy: ContextPolicy = match a.str("context-policy") {
+pub fn chat(a: &ChatArgs) -> CliResult {
+    let params = generate_params(&a.sampling, 256)?;
+    let policy: ContextPolicy = match a.context_policy.as_deref() {
         Some(p) => p.parse().map_err(|_| {
             usage(format!(
                 "--context-policy {p:?}: expected error, truncate or shift"
@@ -430,17 +368,23 @@ pub fn chat(raw: &[OsString]) -> CliResult {
         })?,
         None => ContextPolicy::Truncate,
     };
-    let mut s = open_session(&a, 512, 1 + params.speculative.map_or(0, |x| x.k))?;
-    let mut cache = PromptCache::open(&a, &mut s)?;
-    let template = chat_template(&s, a.path("chat-template"))?;
+    let draft = a.sampling.draft_model.as_deref();
+    let mut s = open_session(
+        &a.common,
+        draft,
+        512,
+        1 + params.speculative.map_or(0, |x| x.k),
+    )?;
+    let mut cache = PromptCache::open(a.prompt_cache.as_ref(), &mut s)?;
+    let template = chat_template(&s, a.chat_template.clone())?;
     // Each turn's prompt starts with the earlier turns: their cached KV blocks are reused.
     let mut conversation =
-        Conversation::for_tokenizer(template, s.tokenizer(), a.str("system"), policy);
+        Conversation::for_tokenizer(template, s.tokenizer(), a.system.as_deref(), policy);
     // No line can be longer than the context's worth of the longest token pieces.
     let line_limit = s
         .n_ctx()
         .saturating_mul(s.tokenizer().max_piece_len().max(1));
-    let one_shot = a.str("prompt").map(str::to_string);
+    let one_shot = a.sampling.prompt.clone();
     let mut stdin = std::io::stdin().lock();
     loop {
         let user = match &one_shot {
@@ -472,7 +416,7 @@ pub fn chat(raw: &[OsString]) -> CliResult {
         // The first turn's prompt (the system prompt, mostly) is what a restart can reuse.
         cache.save(&s, &turn.prompt_ids)?;
         cache.save = false;
-        if a.has("verbose") {
+        if a.verbose {
             let g = &turn.generation;
             let first_ms = g
                 .first_token
@@ -514,19 +458,14 @@ pub fn chat(raw: &[OsString]) -> CliResult {
     }
 }
 
-pub fn tokenize(raw: &[OsString]) -> CliResult {
-    let a = parse(raw, &[&[switch("json"), switch("no-parse-special")]])?;
-    let text = a
-        .positional
-        .first()
-        .ok_or_else(|| usage("tokenize needs TEXT".into()))?;
-    let model = load_model(&a)?;
+pub fn tokenize(a: &TokenizeArgs) -> CliResult {
+    let model = load_model(&a.common)?;
     let tok = ember::gguf::tokenizer_from_gguf(&model.file)?;
     let ids = tok
-        .encode(text, true, !a.has("no-parse-special"))
+        .encode(&a.text, true, !a.no_parse_special)
         .map_err(|e| CliError::Run(e.to_string()))?;
     output::print(|o| {
-        if a.has("json") {
+        if a.json {
             writeln!(o, "{}", json!({ "ids": ids }))
         } else {
             ids.iter().try_for_each(|&id| {
@@ -540,20 +479,13 @@ pub fn tokenize(raw: &[OsString]) -> CliResult {
     })
 }
 
-pub fn perplexity(raw: &[OsString]) -> CliResult {
-    let a = parse(
-        raw,
-        &[&[
-            path("file", Some("-f")),
-            val("chunk", Some("-c")),
-            switch("json"),
-        ]],
-    )?;
+pub fn perplexity(a: &PerplexityArgs) -> CliResult {
     let file = a
-        .path("file")
+        .file
+        .as_ref()
         .ok_or_else(|| usage("perplexity needs -f FILE".into()))?;
-    let text = crate::input::read_text(&file, crate::input::MAX_TEXT_BYTES, "-f")?;
-    let c: usize = a.get_or("chunk", 512).map_err(usage)?;
+    let text = crate::input::read_text(file, crate::input::MAX_TEXT_BYTES, "-f")?;
+    let c = a.chunk.unwrap_or(512);
     if c < 2 {
         return Err(usage(
             "-c must be at least 2 (the second half of a chunk is scored)".into(),
@@ -561,7 +493,7 @@ pub fn perplexity(raw: &[OsString]) -> CliResult {
     }
     // Passes of the size llama-perplexity evaluates, so its figures are reproduced exactly.
     let step = ember::perplexity::llama_batch(c);
-    let mut s = open_session(&a, step, step.min(c / 2 + 1))?;
+    let mut s = open_session(&a.common, None, step, step.min(c / 2 + 1))?;
     if s.n_ctx() < c {
         return Err(usage(format!("-c {c} exceeds the context ({})", s.n_ctx())));
     }
@@ -569,7 +501,7 @@ pub fn perplexity(raw: &[OsString]) -> CliResult {
         .tokenizer()
         .encode(&text, true, false)
         .map_err(|e| CliError::Run(e.to_string()))?;
-    let json_out = a.has("json");
+    let json_out = a.json;
     // Chunks of `c` tokens, as perplexity() cuts them.
     let chunks = (tokens.len() / c) as u64;
     let mut bar = crate::progress::Progress::new("perplexity: chunks", Some(chunks));
@@ -607,34 +539,20 @@ pub fn perplexity(raw: &[OsString]) -> CliResult {
     })
 }
 
-pub fn bench(raw: &[OsString]) -> CliResult {
-    let a = parse(
-        raw,
-        &[
-            &[
-                val("n-prompt", Some("-p")),
-                val("n-gen", Some("-n")),
-                val("reps", Some("-r")),
-                val("concurrency", Some("-c")),
-                switch("json"),
-                switch("bandwidth"),
-            ],
-            crate::batch::ENGINE_FLAGS,
-        ],
-    )?;
-    let n_prompt: usize = a.get_or("n-prompt", 512).map_err(usage)?;
-    let n_gen: usize = a.get_or("n-gen", 128).map_err(usage)?;
-    let reps: usize = a.get_or("reps", 3).map_err(usage)?;
+pub fn bench(a: &BenchArgs) -> CliResult {
+    let n_prompt = a.n_prompt.unwrap_or(512);
+    let n_gen = a.n_gen.unwrap_or(128);
+    let reps = a.reps.unwrap_or(3);
     if n_prompt == 0 || n_gen == 0 || reps == 0 {
         return Err(usage("-p, -n and -r must be at least 1".into()));
     }
-    if let Some(c) = a.get::<usize>("concurrency").map_err(usage)? {
+    if let Some(c) = a.concurrency {
         if c == 0 || n_gen < 2 {
             return Err(usage("--concurrency needs C >= 1 and -n >= 2".into()));
         }
-        return crate::batch::bench_concurrent(&a, c, n_prompt, n_gen);
+        return crate::batch::bench_concurrent(a, c, n_prompt, n_gen);
     }
-    let mut s = open_session(&a, n_prompt.max(1), 1)?;
+    let mut s = open_session(&a.common, None, n_prompt.max(1), 1)?;
     if n_prompt.saturating_add(n_gen) > s.n_ctx() {
         return Err(usage(format!("-p + -n exceed the context ({})", s.n_ctx())));
     }
@@ -701,12 +619,10 @@ pub fn bench(raw: &[OsString]) -> CliResult {
     let ((ppm, pps), (tgm, tgs)) = (stats(&pp), stats(&tg));
     // --bandwidth: the streaming read of this many threads, and the decode speed it allows
     // when every weight byte is read once per token.
-    let bw = a
-        .has("bandwidth")
-        .then(|| crate::bandwidth::measure(s.threads()));
+    let bw = a.bandwidth.then(|| crate::bandwidth::measure(s.threads()));
     let weights = s.model().weight_bytes() as f64;
     output::print(|o| {
-        if a.has("json") {
+        if a.json {
             let mut j = json!({"backend": s.backend().name(), "threads": s.threads(), "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
                        "prefill_tok_s": ppm, "prefill_sd": pps, "decode_tok_s": tgm, "decode_sd": tgs});
             if let Some(bw) = bw {
@@ -728,7 +644,7 @@ pub fn bench(raw: &[OsString]) -> CliResult {
         }
         writeln!(o, "| model | threads | test | t/s |")?;
         writeln!(o, "| --- | ---: | --- | ---: |")?;
-        let name = model_path(&a);
+        let name = model_path(&a.common);
         let name = name
             .file_name()
             .map(|n| n.to_string_lossy())

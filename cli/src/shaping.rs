@@ -9,16 +9,20 @@ use std::sync::Arc;
 use ember::engine::{Drafter, Speculative};
 use ember::grammar::Grammar;
 
-use crate::args::Args;
 use crate::commands::{usage, CliError};
+use crate::flags::Sampling;
 
 /// The grammar of `--grammar TEXT`, `--grammar-file FILE` or `--json-schema FILE|TEXT` (at
 /// most one of them), compiled.
-pub fn grammar(a: &Args) -> Result<Option<Arc<Grammar>>, CliError> {
-    let given = ["grammar", "grammar-file", "json-schema"]
-        .into_iter()
-        .filter(|f| a.str(f).is_some() || a.path(f).is_some())
-        .collect::<Vec<_>>();
+pub fn grammar(a: &Sampling) -> Result<Option<Arc<Grammar>>, CliError> {
+    let given = [
+        ("grammar", a.grammar.is_some()),
+        ("grammar-file", a.grammar_file.is_some()),
+        ("json-schema", a.json_schema.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(f, on)| on.then_some(f))
+    .collect::<Vec<_>>();
     if given.len() > 1 {
         return Err(usage(format!(
             "--{} and --{} both constrain the output: give one",
@@ -28,16 +32,16 @@ pub fn grammar(a: &Args) -> Result<Option<Arc<Grammar>>, CliError> {
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p).map_err(|e| usage(format!("cannot read {}: {e}", p.display())))
     };
-    let compiled = if let Some(text) = a.str("grammar") {
+    let compiled = if let Some(text) = &a.grammar {
         Grammar::parse(text).map_err(|e| usage(format!("--grammar: {e}")))?
-    } else if let Some(p) = a.path("grammar-file") {
-        let text = read(&p)?;
+    } else if let Some(p) = &a.grammar_file {
+        let text = read(p)?;
         Grammar::parse(&text).map_err(|e| usage(format!("{}: {e}", p.display())))?
-    } else if let Some(s) = a.str("json-schema") {
+    } else if let Some(s) = &a.json_schema {
         // Schema text when it looks like JSON, else a file name.
         let t = s.trim_start();
         let text = if t.starts_with('{') || t == "true" {
-            s.to_string()
+            s.clone()
         } else {
             read(std::path::Path::new(s))?
         };
@@ -50,15 +54,15 @@ pub fn grammar(a: &Args) -> Result<Option<Arc<Grammar>>, CliError> {
 
 /// `--spec lookup|draft [--draft-k K]` (`draft` with `--draft-model FILE`): speculative
 /// decoding by prompt lookup or with a draft model.
-pub fn speculative(a: &Args) -> Result<Option<Speculative>, CliError> {
-    let k = a.get_or("draft-k", 8usize).map_err(usage)?;
+pub fn speculative(a: &Sampling) -> Result<Option<Speculative>, CliError> {
+    let k = a.draft_k.unwrap_or(8);
     if !(1..=16).contains(&k) {
         return Err(usage(format!("--draft-k {k}: must be 1..=16")));
     }
-    let model = a.path("draft-model").is_some();
-    match a.str("spec") {
+    let model = a.draft_model.is_some();
+    match a.spec.as_deref() {
         None | Some("none") => {
-            if a.str("draft-k").is_some() || model {
+            if a.draft_k.is_some() || model {
                 return Err(usage(
                     "--draft-k and --draft-model need --spec lookup or --spec draft".into(),
                 ));

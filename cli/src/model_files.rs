@@ -1,10 +1,8 @@
 //! The commands that write model files: `ember convert` (a model's weights in another type,
 //! or its first blocks only) and `ember synth` (a synthetic model with seeded random weights).
 
-use std::ffi::OsString;
-
-use crate::args::{path, switch, val};
-use crate::commands::{model_path, parse, usage, CliError, CliResult};
+use crate::commands::{model_path, usage, CliError, CliResult};
+use crate::flags::{ConvertArgs, SynthArgs};
 
 fn parse_type(name: &str) -> Result<ember_kernels::GgmlType, CliError> {
     ember_kernels::SUPPORTED
@@ -38,19 +36,12 @@ fn parse_quantization(name: &str) -> Result<ember::convert::Quantization, CliErr
     })
 }
 
-pub fn convert(raw: &[OsString]) -> CliResult {
-    let a = parse(
-        raw,
-        &[&[
-            path("output", Some("-o")),
-            val("type", None),
-            val("layers", None),
-        ]],
-    )?;
+pub fn convert(a: &ConvertArgs) -> CliResult {
     let out = a
-        .path("output")
+        .output
+        .clone()
         .ok_or_else(|| usage("convert needs -o OUTPUT".into()))?;
-    let input = model_path(&a);
+    let input = model_path(&a.common);
     // Writing over the input while it is mapped (here, or by anyone else) would pull the
     // pages out from under the readers: refuse, whatever the spelling of the path.
     if same_file(&input, &out) {
@@ -60,8 +51,8 @@ pub fn convert(raw: &[OsString]) -> CliResult {
         )));
     }
     let opts = ember::convert::ConvertOptions {
-        quantization: a.str("type").map(parse_quantization).transpose()?,
-        keep_layers: a.get("layers").map_err(usage)?,
+        quantization: a.ty.as_deref().map(parse_quantization).transpose()?,
+        keep_layers: a.layers,
     };
     let file = ember::gguf::GgufFile::open(&input)?;
     let mut bar = crate::progress::Progress::new("convert: tensors", None);
@@ -85,51 +76,36 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     }
 }
 
-pub fn synth(raw: &[OsString]) -> CliResult {
-    let a = parse(
-        raw,
-        &[&[
-            path("output", Some("-o")),
-            val("arch", None),
-            val("type", None),
-            val("embd-type", None),
-            val("vocab", None),
-            val("embd", None),
-            val("layers", None),
-            val("heads", None),
-            val("kv-heads", None),
-            val("ff", None),
-            val("seed", None),
-            val("window", None),
-            switch("separate-output"),
-        ]],
-    )?;
+pub fn synth(a: &SynthArgs) -> CliResult {
     let out = a
-        .path("output")
+        .output
+        .clone()
         .ok_or_else(|| usage("synth needs -o OUTPUT".into()))?;
     let d = ember::synth::SynthSpec::default();
     let spec = ember::synth::SynthSpec {
-        arch: a.str("arch").unwrap_or(&d.arch).to_string(),
-        n_vocab: a.get_or("vocab", d.n_vocab).map_err(usage)?,
-        n_embd: a.get_or("embd", d.n_embd).map_err(usage)?,
-        n_layer: a.get_or("layers", d.n_layer).map_err(usage)?,
-        n_head: a.get_or("heads", d.n_head).map_err(usage)?,
-        n_head_kv: a.get_or("kv-heads", d.n_head_kv).map_err(usage)?,
-        n_ff: a.get_or("ff", d.n_ff).map_err(usage)?,
-        n_ctx: a.get_or("ctx", d.n_ctx).map_err(usage)?,
+        arch: a.arch.clone().unwrap_or(d.arch),
+        n_vocab: a.vocab.unwrap_or(d.n_vocab),
+        n_embd: a.embd.unwrap_or(d.n_embd),
+        n_layer: a.layers.unwrap_or(d.n_layer),
+        n_head: a.heads.unwrap_or(d.n_head),
+        n_head_kv: a.kv_heads.unwrap_or(d.n_head_kv),
+        n_ff: a.ff.unwrap_or(d.n_ff),
+        n_ctx: a.ctx.unwrap_or(d.n_ctx),
         weight_type: a
-            .str("type")
+            .ty
+            .as_deref()
             .map(parse_type)
             .transpose()?
             .unwrap_or(d.weight_type),
         embd_type: a
-            .str("embd-type")
+            .embd_type
+            .as_deref()
             .map(parse_type)
             .transpose()?
             .unwrap_or(d.embd_type),
-        separate_output: a.has("separate-output"),
-        seed: a.get_or("seed", d.seed).map_err(usage)?,
-        sliding_window: a.get_or("window", d.sliding_window).map_err(usage)?,
+        separate_output: a.separate_output,
+        seed: a.seed.unwrap_or(d.seed),
+        sliding_window: a.window.unwrap_or(d.sliding_window),
     };
     let w = ember::synth::synth_gguf(&spec)?;
     w.write_to(&out)

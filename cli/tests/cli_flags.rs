@@ -11,49 +11,81 @@ use cli::{ember, expect_exit, repo, run_batch_with, stderr, synth_model, tmp};
 #[test]
 fn help_per_command() {
     for (cmd, has, lacks) in [
-        ("generate", "generate -p TEXT", "perplexity -f FILE"),
-        ("serve", "/v1/chat/completions", "generate -p TEXT"),
-        ("bench", "--concurrency C", "batch --input"),
+        ("generate", "--prompt <TEXT>", "--chunk <N>"),
+        ("serve", "--max-queue <Q>", "--prompt <TEXT>"),
+        ("bench", "--concurrency <C>", "--input <FILE>"),
     ] {
         for args in [
             vec![cmd, "--help"],
             vec!["help", cmd],
-            vec![cmd, "-p", "x", "-h"],
+            vec![cmd, "-t", "1", "-h"],
         ] {
             let o = ember(&args);
             let out = String::from_utf8_lossy(&o.stdout);
             assert!(o.status.success(), "{args:?}: {}", cli::stderr(&o));
             assert!(
-                out.starts_with(&format!("usage: ember {cmd}")),
+                out.contains(&format!("Usage: ember {cmd} [OPTIONS]")),
                 "{args:?}: {out}"
             );
+            // The command's own flags and the common ones (every command loads a model).
             assert!(
-                out.contains(has) && out.contains("common options:"),
+                out.contains(has) && out.contains("--model <PATH>"),
                 "{args:?}: {out}"
             );
             assert!(
                 !out.contains(lacks),
-                "{args:?} shows another command: {out}"
+                "{args:?} shows another command's flag: {out}"
             );
         }
     }
-    // A description line that starts with the command's name is not a second synopsis.
-    let o = ember(&["perplexity", "--help"]);
+    // The whole usage: every command, one line each.
+    let o = ember(&["--help"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(out.matches("perplexity of FILE").count(), 1, "{out}");
-    // The whole usage for `--help` alone and for an unknown name.
-    for args in [vec!["--help"], vec!["help", "nope"]] {
-        let o = ember(&args);
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert!(
-            out.contains("generate -p TEXT") && out.contains("perplexity -f FILE"),
-            "{out}"
-        );
+    assert!(o.status.success());
+    for cmd in [
+        "generate",
+        "chat",
+        "tokenize",
+        "info",
+        "perplexity",
+        "bench",
+        "batch",
+        "serve",
+        "convert",
+        "synth",
+    ] {
+        assert!(out.contains(&format!("\n  {cmd} ")), "{cmd}: {out}");
     }
-    // A bad flag is named, without the whole usage.
+    // No command, or an unknown one: a usage error.
+    let o = ember(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    expect_exit(
+        &ember(&["help", "nope"]),
+        2,
+        "unrecognized subcommand 'nope'",
+    );
+    // A bad flag is named, with the command's usage line, without the whole help.
     let o = ember(&["generate", "--frobnicate"]);
-    expect_exit(&o, 2, "unknown option --frobnicate");
-    assert!(!cli::stderr(&o).contains("common options:"));
+    expect_exit(&o, 2, "unexpected argument '--frobnicate'");
+    assert!(cli::stderr(&o).contains("Usage: ember generate"));
+    assert!(!cli::stderr(&o).contains("--model <PATH>"));
+    // A close misspelling is suggested.
+    expect_exit(&ember(&["generate", "--tmep", "1"]), 2, "--temp");
+    // A flag of another command is not accepted.
+    expect_exit(&ember(&["synth", "--threads", "2"]), 2, "'--threads'");
+}
+
+/// A flag given twice takes its last value (a script's defaults, then the user's).
+#[test]
+fn a_repeated_flag_takes_its_last_value() {
+    let out = tmp("repeated.gguf");
+    let out = out.to_str().unwrap();
+    let o = ember(&["synth", "-o", out, "--layers", "1", "--layers", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = ember(&["info", "-m", out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(info.contains("| 3 layers,"), "{info}");
 }
 
 #[test]

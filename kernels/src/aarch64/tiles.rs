@@ -25,17 +25,26 @@ use std::arch::aarch64::{
 use std::arch::asm;
 
 use super::lanes::{Acc8, LaneSums, Mull, Sdot};
+use crate::reference::q4_1::BlockQ4_1;
+use crate::reference::q8::{BlockQ8_0, BlockQ8_1};
+use crate::reference::{Block, Plain};
 use crate::tile::{walk, Micro, TileDotFn};
 use crate::GgmlType;
-
-const Q4_1_SIZE: usize = 20;
-const Q8_0_SIZE: usize = 34;
-const Q8_1_SIZE: usize = 36;
 
 /// Weight rows per micro-tile.
 const MR: usize = 4;
 /// Activation rows (tokens) per micro-tile.
 const MT: usize = 2;
+
+/// Block `i` of the row of `B` blocks at `row`, in place.
+///
+/// # Safety
+/// `row` points to at least `i + 1` blocks that outlive `'a` (`B` has alignment 1: any address).
+#[inline(always)]
+unsafe fn block<'a, B: Plain>(row: *const u8, i: usize) -> &'a B {
+    // SAFETY: forwarded contract; `Plain` blocks have alignment 1 and no invalid bytes.
+    unsafe { &*row.cast::<B>().add(i) }
+}
 
 /// The little-endian f16 at `p`, widened (exactly) to f32 with one `fcvt`. Equal to
 /// [`super::lanes::f16_at`] (the `half` crate) for every bit pattern (a unit test checks all
@@ -112,23 +121,22 @@ unsafe fn q4_1_body<S: LaneSums, const R: usize, const T: usize>(
         let mut da = [0f32; T];
         let mut sa = [0f32; T];
         for t in 0..T {
-            // SAFETY: block `i` of activation row `t` is in bounds (caller): d at 0, s at 2,
-            // the 32 quants at 4.
+            // SAFETY: block `i` of activation row `t` is in bounds (caller).
             unsafe {
-                let y = a.add(t * a_stride + i * Q8_1_SIZE);
-                da[t] = f16_ptr(y);
-                sa[t] = f16_ptr(y.add(2));
-                qy[t] = [load_i8(y.add(4)), load_i8(y.add(20))];
+                let y: &BlockQ8_1 = block(a.add(t * a_stride), i);
+                da[t] = f16_ptr(y.d.as_ptr());
+                sa[t] = f16_ptr(y.s.as_ptr());
+                let q = y.qs.as_ptr().cast::<u8>();
+                qy[t] = [load_i8(q), load_i8(q.add(16))];
             }
         }
         let mut mw = [0f32; 4];
         for r in 0..R {
-            // SAFETY: block `i` of weight row `r` is in bounds (caller): d at 0, m at 2, the 16
-            // packed quant bytes at 4.
+            // SAFETY: block `i` of weight row `r` is in bounds (caller).
             let (dw, packed) = unsafe {
-                let x = w.add(r * w_stride + i * Q4_1_SIZE);
-                mw[r] = f16_ptr(x.add(2));
-                (f16_ptr(x), vld1q_u8(x.add(4)))
+                let x: &BlockQ4_1 = block(w.add(r * w_stride), i);
+                mw[r] = f16_ptr(x.m.as_ptr());
+                (f16_ptr(x.d.as_ptr()), vld1q_u8(x.qs.as_ptr()))
             };
             // Low nibbles are elements 0..16, high nibbles 16..32 (ggml's block_q4_1).
             let x0 = vreinterpretq_s8_u8(vandq_u8(packed, low));
@@ -187,19 +195,20 @@ unsafe fn q8_0_body<S: LaneSums, const R: usize, const T: usize>(
         let mut qy = [[vdupq_n_s8(0); 2]; T];
         let mut da = [0f32; T];
         for t in 0..T {
-            // SAFETY: block `i` of activation row `t` is in bounds (caller): d at 0, the 32
-            // quants at 2.
+            // SAFETY: block `i` of activation row `t` is in bounds (caller).
             unsafe {
-                let y = a.add(t * a_stride + i * Q8_0_SIZE);
-                da[t] = f16_ptr(y);
-                qy[t] = [load_i8(y.add(2)), load_i8(y.add(18))];
+                let y: &BlockQ8_0 = block(a.add(t * a_stride), i);
+                da[t] = f16_ptr(y.d.as_ptr());
+                let q = y.qs.as_ptr().cast::<u8>();
+                qy[t] = [load_i8(q), load_i8(q.add(16))];
             }
         }
         for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: block `i` of weight row `r` is in bounds (caller), laid out as above.
+            // SAFETY: block `i` of weight row `r` is in bounds (caller).
             let (dw, x0, x1) = unsafe {
-                let x = w.add(r * w_stride + i * Q8_0_SIZE);
-                (f16_ptr(x), load_i8(x.add(2)), load_i8(x.add(18)))
+                let x: &BlockQ8_0 = block(w.add(r * w_stride), i);
+                let q = x.qs.as_ptr().cast::<u8>();
+                (f16_ptr(x.d.as_ptr()), load_i8(q), load_i8(q.add(16)))
             };
             for (t, pair) in row.iter_mut().enumerate() {
                 // SAFETY: the CPU has the features of `S` (caller).
@@ -278,22 +287,22 @@ struct Q8_0Neon;
 
 impl Kernels for Q4_1Dotprod {
     const MICRO: [[Micro; MT]; MR] = micro_table!(q4_1_dotprod);
-    const BLOCKS: (usize, usize) = (Q4_1_SIZE, Q8_1_SIZE);
+    const BLOCKS: (usize, usize) = (BlockQ4_1::SIZE, BlockQ8_1::SIZE);
 }
 
 impl Kernels for Q4_1Neon {
     const MICRO: [[Micro; MT]; MR] = micro_table!(q4_1_neon);
-    const BLOCKS: (usize, usize) = (Q4_1_SIZE, Q8_1_SIZE);
+    const BLOCKS: (usize, usize) = (BlockQ4_1::SIZE, BlockQ8_1::SIZE);
 }
 
 impl Kernels for Q8_0Dotprod {
     const MICRO: [[Micro; MT]; MR] = micro_table!(q8_0_dotprod);
-    const BLOCKS: (usize, usize) = (Q8_0_SIZE, Q8_0_SIZE);
+    const BLOCKS: (usize, usize) = (BlockQ8_0::SIZE, BlockQ8_0::SIZE);
 }
 
 impl Kernels for Q8_0Neon {
     const MICRO: [[Micro; MT]; MR] = micro_table!(q8_0_neon);
-    const BLOCKS: (usize, usize) = (Q8_0_SIZE, Q8_0_SIZE);
+    const BLOCKS: (usize, usize) = (BlockQ8_0::SIZE, BlockQ8_0::SIZE);
 }
 
 /// The tile product of `K` (see [`crate::tile::TileDotFn`]): [`crate::tile::walk`] over its

@@ -75,6 +75,33 @@ pub fn view<B: Plain>(b: &[u8], n: usize) -> &[B] {
     unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<B>(), n) }
 }
 
+/// The first `n` blocks of `b`, in place and writable (as [`view`]). Panics when `b` holds
+/// fewer than `n` blocks.
+#[inline(always)]
+pub fn view_mut<B: Plain>(b: &mut [u8], n: usize) -> &mut [B] {
+    const { assert!(align_of::<B>() == 1) };
+    assert!(size_of::<B>() == B::SIZE, "block size");
+    assert!(
+        n.checked_mul(B::SIZE).is_some_and(|len| b.len() >= len),
+        "{} bytes hold fewer than {n} blocks of {}",
+        b.len(),
+        B::SIZE
+    );
+    // SAFETY: as `view`; the result borrows `b` mutably, and every byte pattern written through
+    // it is a valid `B` and valid bytes.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<B>(), n) }
+}
+
+/// The bytes of a block, writable (for code that fills a block's bytes, as the reference
+/// quantizers do).
+#[inline(always)]
+pub fn bytes_mut<B: Plain>(b: &mut B) -> &mut [u8] {
+    const { assert!(align_of::<B>() == 1) };
+    // SAFETY: `B` is `SIZE` bytes without padding (`Plain`; asserted in `view*` too), so its
+    // memory is `SIZE` initialized bytes; any bytes written are a valid `B`.
+    unsafe { std::slice::from_raw_parts_mut((b as *mut B).cast::<u8>(), B::SIZE) }
+}
+
 /// `N` bytes of `b` from `at`, as an array.
 #[inline(always)]
 pub(crate) fn bytes<const N: usize>(b: &[u8], at: usize) -> [u8; N] {

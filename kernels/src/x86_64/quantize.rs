@@ -27,13 +27,12 @@ use std::arch::x86_64::{
 };
 
 use super::f16c::to_f16_le;
-use crate::reference::{q8, q8_k};
+use crate::reference::q8::{BlockQ8_0, BlockQ8_1};
+use crate::reference::q8_k::BlockQ8K;
+use crate::reference::{bytes_mut, q8, q8_k, view_mut};
 
 const QK8: usize = 32;
-const Q8_0_SIZE: usize = 34;
-const Q8_1_SIZE: usize = 36;
 const QK_K: usize = 256;
-const Q8_K_SIZE: usize = 292;
 
 /// Eight f32 of `x` from `at`.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -97,10 +96,16 @@ fn sums_of_4(q: __m256i) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn store32(out: &mut [u8], at: usize, v: __m256i) {
-    let s = &mut out[at..at + 32];
-    // SAFETY: `s` holds exactly 32 bytes; unaligned store.
-    unsafe { _mm256_storeu_si256(s.as_mut_ptr().cast::<__m256i>(), v) }
+fn store32<T: Copy>(out: &mut [T; 32], v: __m256i) {
+    const { assert!(size_of::<T>() == 1) };
+    // SAFETY: `out` is 32 one-byte elements (`u8` or `i8`, asserted above): 32 writable bytes;
+    // unaligned store.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast::<__m256i>(), v) }
+}
+
+/// `n`'s first 32 elements, as an array.
+fn first32<T>(n: &mut [T]) -> &mut [T; 32] {
+    (&mut n[..32]).try_into().expect("32 elements")
 }
 
 /// One Q8_0 / Q8_1 activation block: the f32 scale `d` and the 32 quants, or `None` when the
@@ -129,31 +134,33 @@ fn q8_act_block(x: &[f32]) -> Option<(f32, __m256i)> {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q8_0_act_avx2(src: &[f32], out: &mut [u8]) {
-    for (x, o) in src.chunks_exact(QK8).zip(out.chunks_exact_mut(Q8_0_SIZE)) {
+    let blocks = view_mut::<BlockQ8_0>(out, src.len() / QK8);
+    for (x, o) in src.chunks_exact(QK8).zip(blocks) {
         match q8_act_block(x) {
             Some((d, q)) => {
-                o[..2].copy_from_slice(&to_f16_le(d));
-                store32(o, 2, q);
+                o.d = to_f16_le(d);
+                store32(&mut o.qs, q);
             }
-            None => q8::quantize_row_q8_0_act(x, o),
+            None => q8::quantize_row_q8_0_act(x, bytes_mut(o)),
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q8_1_act_avx2(src: &[f32], out: &mut [u8]) {
-    for (x, o) in src.chunks_exact(QK8).zip(out.chunks_exact_mut(Q8_1_SIZE)) {
+    let blocks = view_mut::<BlockQ8_1>(out, src.len() / QK8);
+    for (x, o) in src.chunks_exact(QK8).zip(blocks) {
         match q8_act_block(x) {
             Some((d, q)) => {
                 let s = sums_of_4(q);
                 let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
                 let s = _mm_hadd_epi32(s, s);
                 let sum = _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
-                o[..2].copy_from_slice(&to_f16_le(d));
-                o[2..4].copy_from_slice(&to_f16_le(sum as f32 * d));
-                store32(o, 4, q);
+                o.d = to_f16_le(d);
+                o.s = to_f16_le(sum as f32 * d);
+                store32(&mut o.qs, q);
             }
-            None => q8::quantize_row_q8_1_act(x, o),
+            None => q8::quantize_row_q8_1_act(x, bytes_mut(o)),
         }
     }
 }
@@ -175,7 +182,7 @@ pub(crate) fn quantize_row_q8_1_act(src: &[f32], out: &mut [u8]) {
 
 /// One Q8_K block; `false` when the reference must handle it.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q8_k_block(x: &[f32], o: &mut [u8]) -> bool {
+fn q8_k_block(x: &[f32], o: &mut BlockQ8K) -> bool {
     let x = &x[..QK_K];
     // Four independent maxima (the maximum is exact in any order).
     let (mut m0, mut m1, mut m2, mut m3) = (
@@ -192,7 +199,7 @@ fn q8_k_block(x: &[f32], o: &mut [u8]) -> bool {
     }
     let amax = hmax(_mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
     if amax == 0.0 {
-        o[..Q8_K_SIZE].fill(0);
+        bytes_mut(o).fill(0);
         return true;
     }
     // The reference's `max`: the first value whose magnitude is `amax`.
@@ -221,7 +228,7 @@ fn q8_k_block(x: &[f32], o: &mut [u8]) -> bool {
             return false;
         }
         let p = pack32(q);
-        store32(o, 4 + 32 * c, p);
+        store32(first32(&mut o.qs[32 * c..]), p);
         *sum = sums_of_4(p);
     }
     // `sums[c]` holds group 2c in lanes 0..4 and group 2c + 1 in lanes 4..8. Two rounds of
@@ -237,8 +244,8 @@ fn q8_k_block(x: &[f32], o: &mut [u8]) -> bool {
     // |group sum| ≤ 16 · 127: the i16 pack is exact.
     let p = _mm256_packs_epi32(a, b);
     let (even, odd) = (_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
-    let bs = &mut o[4 + QK_K..Q8_K_SIZE];
-    // SAFETY: `bs` holds 32 bytes; two unaligned 16-byte stores.
+    let bs = o.bsums.as_flattened_mut();
+    // SAFETY: `bs` holds 32 bytes (16 i16); two unaligned 16-byte stores.
     unsafe {
         _mm_storeu_si128(bs.as_mut_ptr().cast(), _mm_unpacklo_epi16(even, odd));
         _mm_storeu_si128(
@@ -246,15 +253,16 @@ fn q8_k_block(x: &[f32], o: &mut [u8]) -> bool {
             _mm_unpackhi_epi16(even, odd),
         );
     }
-    o[..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+    o.d = (1.0 / iscale).to_le_bytes();
     true
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q8_k_avx2(src: &[f32], out: &mut [u8]) {
-    for (x, o) in src.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q8_K_SIZE)) {
+    let blocks = view_mut::<BlockQ8K>(out, src.len() / QK_K);
+    for (x, o) in src.chunks_exact(QK_K).zip(blocks) {
         if !q8_k_block(x, o) {
-            q8_k::quantize_row_q8_k(x, o);
+            q8_k::quantize_row_q8_k(x, bytes_mut(o));
         }
     }
 }
@@ -310,7 +318,7 @@ fn bf16_avx2(src: &[f32], out: &mut [u8]) {
         // 32 → 16 bits per 128-bit half (the values fit: no saturation), then the halves in
         // element order.
         let p = _mm256_packus_epi32(bf16x8(load8(x, 0)), bf16x8(load8(x, 8)));
-        store32(o, 0, _mm256_permute4x64_epi64::<0b11_01_10_00>(p));
+        store32(first32(o), _mm256_permute4x64_epi64::<0b11_01_10_00>(p));
     }
     let tail = &src[n16..];
     if !tail.is_empty() {

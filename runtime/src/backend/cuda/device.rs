@@ -16,6 +16,9 @@ use super::module::Kernels;
 use super::params::DevPtr;
 use crate::error::Result;
 
+/// Default of [`CudaDevice::mmv_blocks_per_sm`].
+const MMV_BLOCKS_PER_SM: usize = 0;
+
 /// A device buffer and its address.
 pub struct DevBuf<T> {
     buf: CudaSlice<T>,
@@ -120,6 +123,18 @@ pub struct CudaDevice {
     /// Always use the general attention kernel (one block per query head), not the
     /// grouped-query one; `EMBER_CUDA_ATTN=general` at start-up, or set for comparisons.
     pub general_attention: bool,
+    /// Most thread blocks per multiprocessor of a matrix-vector product of Q4_0..Q8_0 or K-quant
+    /// weights (its blocks then take several rows each); 0: one block per row (or row pair).
+    /// `EMBER_CUDA_MMV_BLOCKS=N` at start-up, or set for comparisons.
+    pub mmv_blocks_per_sm: usize,
+    /// Products of this many tokens or more run on the tensor cores ([`MMQ_MIN_TOKENS`] unless
+    /// `EMBER_CUDA_MMQ_MIN=N` at start-up, for comparisons).
+    ///
+    /// [`MMQ_MIN_TOKENS`]: super::MMQ_MIN_TOKENS
+    pub mmq_min_tokens: usize,
+    /// The tensor-core tile shape of [`CudaDevice::matmul`] (`EMBER_CUDA_MMQ_TILES=large` or
+    /// `small` at start-up, for comparisons; else chosen per product).
+    pub mmq_tiles: super::MmqTiles,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -192,6 +207,19 @@ impl CudaDevice {
                 arch,
             },
             general_attention: std::env::var_os("EMBER_CUDA_ATTN").is_some_and(|v| v == "general"),
+            mmv_blocks_per_sm: std::env::var("EMBER_CUDA_MMV_BLOCKS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(MMV_BLOCKS_PER_SM),
+            mmq_min_tokens: std::env::var("EMBER_CUDA_MMQ_MIN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(super::MMQ_MIN_TOKENS),
+            mmq_tiles: match std::env::var("EMBER_CUDA_MMQ_TILES").as_deref() {
+                Ok("large") => super::MmqTiles::Large,
+                Ok("small") => super::MmqTiles::Small,
+                _ => super::MmqTiles::Auto,
+            },
         })
     }
 

@@ -2,15 +2,22 @@
 //!
 //! A step stages its batch on the host (embeddings, positions, KV blocks, block-table rows,
 //! logit rows), copies it up, then queues one or a few kernels per operation. A lone decode
-//! token (one token, one logit row) launches the same kernels at every position (attention
-//! always over every partition the context can have; those past the position are empty), so
-//! its step is captured into a graph the first time and replayed after: one launch instead of
-//! ~15 per layer. Its kernels read positions and block tables from the staged description.
+//! token (one token, one logit row) launches the same kernels at every position with the same
+//! number of attention partitions (a power of two covering the position, or all the context
+//! can have; those past the position are empty), so its step is captured into a graph per
+//! partition count the first time and replayed after: one launch instead of ~12 per layer. Its
+//! kernels read positions and block tables from the staged description.
+//!
+//! Launches are saved where operations share inputs: the products of one activation (Q/K/V,
+//! gate/up) run as one launch when their weights have one type, and the RMSNorms and gated
+//! activations before products write the products' quantized activations themselves
+//! ([`PreQuant`](super::PreQuant)); a product skips its quantization when the buffers already
+//! hold its input (`CudaBackend::quantized`).
 
 use super::error::backend_err;
 use super::module::{acts_of, Acts};
 use super::params::*;
-use super::{CudaBackend, DevMat, Mode, ATT_PART_LEN};
+use super::{CudaBackend, DevMat, Formats, Mode, Quantized, ATT_PART_LEN};
 use crate::error::Result;
 use crate::model::config::FfnAct;
 use crate::model::scratch::NO_ARGMAX;
@@ -59,7 +66,8 @@ impl<'a> CudaExecutor<'a> {
 
     /// Quantize `rows` rows of `x` (`cols` wide) to Q8_1 and/or Q8_K (float weights read `x`
     /// itself).
-    fn quantize(&self, x: DevPtr, rows: usize, cols: usize, q8_1: bool, q8_k: bool) -> Result<()> {
+    fn quantize(&self, x: DevPtr, rows: usize, cols: usize, f: Formats) -> Result<()> {
+        let (q8_1, q8_k) = (f.q8_1, f.q8_k);
         let b = &*self.b;
         let p = |y| QuantizeParams {
             x,
@@ -135,11 +143,14 @@ impl Executor for CudaExecutor<'_> {
         b.n_tok = n_tok;
         b.n_logits = n_logits;
         let decode1 = n_tok == 1 && n_logits == 1;
+        let parts = (max_pos + 1).div_ceil(ATT_PART_LEN).clamp(1, b.max_parts);
+        // A lone decode step's partition count is one of few (one graph each).
         b.n_parts = if decode1 {
-            b.max_parts
+            parts.next_power_of_two().min(b.max_parts)
         } else {
-            (max_pos + 1).div_ceil(ATT_PART_LEN).clamp(1, b.max_parts)
+            parts
         };
+        b.quantized = None;
         b.table_rows = n_rows;
         let staged = b.meta.tables + b.groups.len() * n_rows * b.max_blocks;
         b.dev.write(&mut b.s.meta, &b.host_meta[..staged])?;
@@ -163,7 +174,7 @@ impl Executor for CudaExecutor<'_> {
         b.dev.write(&mut b.s.x, &b.host_x[..n])?;
         // Everything after this is kernel launches: a lone decode step is a graph.
         if b.use_graph && b.n_tok == 1 && b.n_logits == 1 {
-            if b.graph.is_some() {
+            if b.graphs.iter().any(|(n, _)| *n == b.n_parts) {
                 b.mode = Mode::Replay;
             } else {
                 b.dev.begin_capture()?;
@@ -177,16 +188,30 @@ impl Executor for CudaExecutor<'_> {
         if self.replaying() {
             return Ok(());
         }
-        self.b.dev.rms_norm(&RmsNormParams {
-            x: self.ptr(src),
-            w: self.vec(w)?,
-            out: self.ptr(dst),
+        // Before products: the norm writes their quantized activations too.
+        let f = self.b.prequant.of_act(dst);
+        let b = &mut *self.b;
+        b.dev.rms_norm(&RmsNormParams {
+            x: b.s.buf(src).ptr,
+            w: b.vecs
+                .get(&w.range.start)
+                .map(|v| v.ptr)
+                .ok_or_else(|| backend_err("a norm or bias vector is not on the device"))?,
+            out: b.s.buf(dst).ptr,
             rows: 0,
+            q8_1: if f.q8_1 { b.s.acts.ptr } else { 0 },
+            q8_k: if f.q8_k { b.s.acts_k.ptr } else { 0 },
             n_rows: rows as i32,
             n_cols: w.len as i32,
-            eps: self.b.dims.rms_eps,
+            eps: b.dims.rms_eps,
             pad: 0,
-        })
+        })?;
+        b.quantized = f.any().then_some(Quantized {
+            act: dst,
+            rows,
+            formats: f,
+        });
+        Ok(())
     }
 
     fn matmul(&mut self, jobs: &[(&Mat, Out)], src: Act, rows: usize) -> Result<()> {
@@ -196,41 +221,67 @@ impl Executor for CudaExecutor<'_> {
         if self.replaying() {
             return Ok(());
         }
-        // One quantization of `src` per activation type the products take.
+        // One quantization of `src` per activation type the products take, unless the
+        // operation that wrote `src` left it quantized already.
         let x = self.ptr(src);
-        let (mut q8_1, mut q8_k) = (false, false);
+        let mut need = Formats::default();
         for (w, _) in jobs {
             match acts_of(self.mat(w)?.ty) {
                 Acts::F32 => {}
-                Acts::Q8_1 => q8_1 = true,
-                Acts::Q8K => q8_k = true,
+                Acts::Q8_1 => need.q8_1 = true,
+                Acts::Q8K => need.q8_k = true,
             }
         }
-        self.quantize(x, rows, w0.cols, q8_1, q8_k)?;
-        for (w, out) in jobs {
-            let dm = self.mat(w)?;
-            let (dst, accumulate) = match *out {
-                Out::Set(a) => (a, false),
-                Out::Add(a) => (a, true),
+        let have = self
+            .b
+            .quantized
+            .filter(|q| q.act == src && q.rows == rows && q.formats.covers(need));
+        if have.is_none() {
+            self.quantize(x, rows, w0.cols, need)?;
+            self.b.quantized = need.any().then_some(Quantized {
+                act: src,
+                rows,
+                formats: need,
+            });
+        }
+        // Products of one weight type (and one output mode) in a row run as one launch.
+        let mut i = 0;
+        while i < jobs.len() {
+            let dm = self.mat(jobs[i].0)?;
+            let (ty, row_bytes) = (dm.ty, dm.row_bytes);
+            let a = match acts_of(ty) {
+                Acts::F32 => x,
+                Acts::Q8_1 => self.b.s.acts.ptr,
+                Acts::Q8K => self.b.s.acts_k.ptr,
             };
-            self.b.dev.matmul(
-                dm.ty,
-                &MatmulParams {
-                    w: dm.ptr,
-                    a: match acts_of(dm.ty) {
-                        Acts::F32 => x,
-                        Acts::Q8_1 => self.b.s.acts.ptr,
-                        Acts::Q8K => self.b.s.acts_k.ptr,
-                    },
-                    out: self.ptr(dst),
-                    rows: dm.rows as i32,
-                    cols: dm.cols as i32,
-                    n_tok: rows as i32,
-                    row_bytes: dm.row_bytes as i32,
-                    accumulate: i32::from(accumulate),
-                    pad: 0,
-                },
-            )?;
+            let (dst, accumulate) = out_of(jobs[i].1);
+            let mut p = MatmulParams::one(
+                dm.ptr,
+                a,
+                self.ptr(dst),
+                dm.rows,
+                dm.cols,
+                rows,
+                row_bytes,
+                accumulate,
+            );
+            i += 1;
+            while i < jobs.len() && self.b.fuse {
+                let m = self.mat(jobs[i].0)?;
+                let (d, acc) = out_of(jobs[i].1);
+                if m.ty != ty || m.row_bytes != row_bytes || acc != accumulate {
+                    break;
+                }
+                if !p.push(m.ptr, self.ptr(d), m.rows) {
+                    break;
+                }
+                i += 1;
+            }
+            self.b.dev.matmul(ty, &p)?;
+        }
+        // A product that overwrites its own input leaves the quantization stale.
+        if jobs.iter().any(|(_, o)| out_of(*o).0 == src) {
+            self.b.quantized = None;
         }
         Ok(())
     }
@@ -239,6 +290,7 @@ impl Executor for CudaExecutor<'_> {
         if self.replaying() {
             return Ok(());
         }
+        self.b.quantized = None; // its output may be a product's input
         self.b.dev.add_bias(&BiasParams {
             x: self.ptr(dst),
             b: self.vec(bias)?,
@@ -251,6 +303,7 @@ impl Executor for CudaExecutor<'_> {
         if self.replaying() {
             return Ok(());
         }
+        self.b.quantized = None; // its output may be a product's input
         self.b.dev.add(&AddParams {
             x: self.ptr(dst),
             y: self.ptr(src),
@@ -269,6 +322,7 @@ impl Executor for CudaExecutor<'_> {
         if self.replaying() {
             return Ok(());
         }
+        self.b.quantized = None; // its output may be a product's input
         let b = &*self.b;
         let (cos, sin) = match (table, &b.rope_swa) {
             (RopeTable::Local, Some((c, s))) => (c.ptr, s.ptr),
@@ -322,6 +376,7 @@ impl Executor for CudaExecutor<'_> {
         if self.replaying() {
             return Ok(());
         }
+        self.b.quantized = None; // its output may be a product's input
         let b = &*self.b;
         let (m, s, z) = (b.meta, &b.s, b.dims);
         let l = b.layout;
@@ -368,15 +423,22 @@ impl Executor for CudaExecutor<'_> {
         if self.replaying() {
             return Ok(());
         }
-        let b = &*self.b;
+        let b = &mut *self.b;
         let n = rows * b.dims.ff;
+        // Before the down product: the activation writes its quantized input too (whole
+        // 256-element blocks only).
+        let f = Some(b.prequant.gate).filter(|f| f.any() && n.is_multiple_of(256));
+        let q8_1 = f.filter(|f| f.q8_1).map_or(0, |_| b.s.acts.ptr);
+        let q8_k = f.filter(|f| f.q8_k).map_or(0, |_| b.s.acts_k.ptr);
         match act {
             FfnAct::Silu => b.dev.swiglu(&SwigluParams {
                 gate: b.s.gate.ptr,
                 up: b.s.up.ptr,
+                q8_1,
+                q8_k,
                 n: n as i32,
                 n_vec: (n / 8 * 8) as i32,
-            }),
+            })?,
             FfnAct::Gelu => {
                 let table = b
                     .gelu
@@ -386,15 +448,24 @@ impl Executor for CudaExecutor<'_> {
                     gate: b.s.gate.ptr,
                     up: b.s.up.ptr,
                     table: table.ptr,
+                    q8_1,
+                    q8_k,
                     n: n as i32,
                     pad: 0,
-                })
+                })?
             }
         }
+        b.quantized = f.map(|formats| Quantized {
+            act: Act::Gate,
+            rows,
+            formats,
+        });
+        Ok(())
     }
 
     fn keep_rows<T: BlockTables + ?Sized>(&mut self, _step: &Step<'_, T>) -> Result<usize> {
         let b = &mut *self.b;
+        b.quantized = None; // rows of x move, through xn's buffer
         let (n_tok, n_logits) = (b.n_tok, b.n_logits);
         // Every row wants logits (decode): they are already in place.
         if n_logits == n_tok || n_logits == 0 || b.mode == Mode::Replay {
@@ -420,10 +491,15 @@ impl Executor for CudaExecutor<'_> {
             Mode::Capture => {
                 let graph = b.dev.end_capture()?;
                 b.mode = Mode::Replay;
-                b.dev.launch_graph(b.graph.insert(graph))?;
+                b.dev.launch_graph(&graph)?;
+                b.graphs.push((b.n_parts, graph));
             }
             Mode::Replay => {
-                let graph = b.graph.as_ref().expect("replaying a captured graph");
+                let (_, graph) = b
+                    .graphs
+                    .iter()
+                    .find(|(n, _)| *n == b.n_parts)
+                    .expect("replaying a captured graph");
                 b.dev.launch_graph(graph)?;
             }
         }
@@ -493,4 +569,12 @@ fn read_logits(
             .read_at(&b.s.logits, start * v, &mut logits[start * v..i * v])?;
     }
     Ok(())
+}
+
+/// A product's destination and whether it adds to it.
+fn out_of(o: Out) -> (Act, bool) {
+    match o {
+        Out::Set(a) => (a, false),
+        Out::Add(a) => (a, true),
+    }
 }

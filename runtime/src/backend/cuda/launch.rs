@@ -109,18 +109,19 @@ impl CudaDevice {
     /// `out = a W^T` (or `out += a W^T`) for a weight of type `ty`; `p.a` holds the
     /// activations [`acts_of`](super::module::acts_of) `ty` names (f32 rows, Q8_1 or Q8_K).
     pub fn matmul(&self, ty: GgmlType, p: &MatmulParams) -> Result<()> {
-        self.matmul_tiles(ty, p, MmqTiles::Auto)
+        self.matmul_tiles(ty, p, self.mmq_tiles)
     }
 
     /// [`CudaDevice::matmul`] with the tensor-core tile shape chosen by the caller (tests run
-    /// both shapes; they give the same results).
+    /// both shapes; they give the same results). The products of a fused launch (`p.n_jobs`
+    /// above 1) give the same bits as launched one by one.
     pub fn matmul_tiles(&self, ty: GgmlType, p: &MatmulParams, tiles: MmqTiles) -> Result<()> {
         let Some(i) = MATMUL_KERNELS.iter().position(|(t, _)| *t == ty) else {
             return Err(backend_err(format!("no CUDA matrix kernel for type {ty}")));
         };
-        if p.n_tok as usize >= MMQ_MIN_TOKENS && self.cc.0 >= 8 {
+        let (rows, n) = (p.total_rows(), p.n_tok as usize);
+        if n >= self.mmq_min_tokens && self.cc.0 >= 8 {
             if let Some(j) = MMQ_KERNELS.iter().position(|(t, _)| *t == ty) {
-                let (rows, n) = (p.rows as usize, p.n_tok as usize);
                 let grid = (rows.div_ceil(64), n.div_ceil(64));
                 // Fewer 64 x 64 tiles than multiprocessors: 16 x 32 tiles (same results).
                 let small = match tiles {
@@ -128,41 +129,94 @@ impl CudaDevice {
                     MmqTiles::Large => false,
                     MmqTiles::Small => true,
                 };
-                if small {
-                    let grid = (rows.div_ceil(16), n.div_ceil(32));
-                    return self.launch(&self.k.mmq_small[j], grid, 128, p, "mmq");
+                let (bm, bn) = if small { (16, 32) } else { (64, 64) };
+                // A tile holds rows of one product: fused products must start on tile rows.
+                let starts_ok = match p.n_jobs {
+                    1 => true,
+                    2 => p.rows % bm == 0,
+                    _ => p.rows % bm == 0 && p.rows1 % bm == 0,
+                };
+                if !starts_ok {
+                    return self.matmul_each(ty, p, tiles);
                 }
-                return self.launch(&self.k.mmq[j], grid, 128, p, "mmq");
+                let grid = (rows.div_ceil(bm as usize), n.div_ceil(bn));
+                let f = if small {
+                    &self.k.mmq_small[j]
+                } else {
+                    &self.k.mmq[j]
+                };
+                return self.launch(f, grid, 128, p, "mmq");
             }
         }
         // Weight rows per thread block of the matrix-vector kernels: one warp per row for float
         // weights (mmv_float.cu), two warps for K-quants (kquants.cu), four for the others
-        // (mmvq.cu).
+        // (mmvq.cu). The rows of a block may belong to different products of a fused launch.
         let rows_per_block = match ty {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 4,
             GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => 2,
             _ => 1,
         };
-        let grid = (
-            (p.rows as usize).div_ceil(rows_per_block),
-            (p.n_tok as usize).div_ceil(8),
-        );
-        self.launch(&self.k.matmul[i], grid, 128, p, "matmul")
+        let mut blocks = rows.div_ceil(rows_per_block);
+        // Q4_0..Q8_0 and K-quant kernels can take several rows per thread block.
+        if rows_per_block < 4 && self.mmv_blocks_per_sm > 0 {
+            blocks = blocks.min(self.sms * self.mmv_blocks_per_sm);
+        }
+        self.launch(&self.k.matmul[i], (blocks, n.div_ceil(8)), 128, p, "matmul")
     }
 
-    /// RMSNorm of `n_rows` rows.
+    /// The products of a fused launch, one launch each.
+    fn matmul_each(&self, ty: GgmlType, p: &MatmulParams, tiles: MmqTiles) -> Result<()> {
+        let jobs = [
+            (p.w, p.out, p.rows),
+            (p.w1, p.out1, p.rows1),
+            (p.w2, p.out2, p.rows2),
+        ];
+        for &(w, out, rows) in &jobs[..p.n_jobs.clamp(1, 3) as usize] {
+            let one = MatmulParams::one(
+                w,
+                p.a,
+                out,
+                rows as usize,
+                p.cols as usize,
+                p.n_tok as usize,
+                p.row_bytes as usize,
+                p.accumulate != 0,
+            );
+            self.matmul_tiles(ty, &one, tiles)?;
+        }
+        Ok(())
+    }
+
+    /// RMSNorm of `n_rows` rows (and their quantization, `p.q8_1` / `p.q8_k`, for which
+    /// `n_cols` must be a multiple of 32 / 256).
     pub fn rms_norm(&self, p: &RmsNormParams) -> Result<()> {
+        if (p.q8_1 != 0 && p.n_cols % 32 != 0) || (p.q8_k != 0 && p.n_cols % 256 != 0) {
+            return Err(backend_err(
+                "rms_norm: a quantized output needs whole blocks",
+            ));
+        }
         self.launch(&self.k.rms_norm, (p.n_rows as usize, 1), 256, p, "rms_norm")
     }
 
-    /// `gate = silu(gate) * up`.
+    /// `gate = silu(gate) * up` (and its quantization, `p.q8_1` / `p.q8_k`, for which `p.n` must
+    /// be a multiple of 256).
     pub fn swiglu(&self, p: &SwigluParams) -> Result<()> {
+        if (p.q8_1 != 0 || p.q8_k != 0) && p.n % 256 != 0 {
+            return Err(backend_err(
+                "swiglu: a quantized output needs a multiple of 256 elements",
+            ));
+        }
         let grid = ((p.n as usize).div_ceil(256), 1);
         self.launch(&self.k.swiglu, grid, 256, p, "swiglu")
     }
 
-    /// `gate = gelu(gate) * up` (the f16 table lookup).
+    /// `gate = gelu(gate) * up` (the f16 table lookup), quantized as [`CudaDevice::swiglu`].
     pub fn geglu(&self, p: &GegluParams) -> Result<()> {
+        if (p.q8_1 != 0 || p.q8_k != 0) && p.n % 256 != 0 {
+            return Err(backend_err(
+                "geglu: a quantized output needs a multiple of 256 elements",
+            ));
+        }
         let grid = ((p.n as usize).div_ceil(256), 1);
         self.launch(&self.k.geglu, grid, 256, p, "geglu")
     }

@@ -159,6 +159,83 @@ enum Mode {
     Replay,
 }
 
+/// Activation formats (Q8_1, Q8_K) that the products reading an operation's output take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Formats {
+    q8_1: bool,
+    q8_k: bool,
+}
+
+impl Formats {
+    fn of<'m>(mats: &HashMap<usize, DevMat>, ws: impl IntoIterator<Item = &'m Mat>) -> Formats {
+        let mut f = Formats::default();
+        for w in ws {
+            match mats.get(&w.range.start).map(|m| acts_of(m.ty)) {
+                Some(Acts::Q8_1) => f.q8_1 = true,
+                Some(Acts::Q8K) => f.q8_k = true,
+                Some(Acts::F32) | None => {}
+            }
+        }
+        f
+    }
+
+    fn any(self) -> bool {
+        self.q8_1 || self.q8_k
+    }
+
+    /// Whether these formats include every one of `need`.
+    fn covers(self, need: Formats) -> bool {
+        (self.q8_1 || !need.q8_1) && (self.q8_k || !need.q8_k)
+    }
+}
+
+/// The operations that quantize their own output for the products after them (one launch
+/// instead of two; the same bits): the RMSNorms before Q/K/V, gate/up and the logits, and the
+/// gated activation before the down product. Each entry names the formats its readers take over
+/// every layer.
+#[derive(Clone, Copy, Debug, Default)]
+struct PreQuant {
+    /// `Act::Xn` (read by Q/K/V and gate/up).
+    xn: Formats,
+    /// `Act::OutX` (read by the output matrix).
+    out_x: Formats,
+    /// `Act::Gate` after the gated activation (read by the down product).
+    gate: Formats,
+}
+
+impl PreQuant {
+    fn of(model: &Model, mats: &HashMap<usize, DevMat>) -> PreQuant {
+        let ls = &model.weights.layers;
+        PreQuant {
+            xn: Formats::of(
+                mats,
+                ls.iter()
+                    .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.w_gate, &l.w_up]),
+            ),
+            out_x: Formats::of(mats, [&model.weights.output]),
+            gate: Formats::of(mats, ls.iter().map(|l| &l.w_down)),
+        }
+    }
+
+    fn of_act(&self, a: Act) -> Formats {
+        match a {
+            Act::Xn => self.xn,
+            Act::OutX => self.out_x,
+            Act::Gate => self.gate,
+            _ => Formats::default(),
+        }
+    }
+}
+
+/// What the quantized-activation buffers (`acts`, `acts_k`) hold: the first `rows` rows of
+/// `act` in `formats`, as the last operation that wrote them left them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Quantized {
+    act: Act,
+    rows: usize,
+    formats: Formats,
+}
+
 /// The CUDA backend of one model.
 pub struct CudaBackend {
     dev: CudaDevice,
@@ -198,8 +275,16 @@ pub struct CudaBackend {
     mode: Mode,
     /// Whether a lone decode token's step runs as a graph (`EMBER_CUDA_GRAPH=off` disables it).
     use_graph: bool,
-    /// That step's graph, captured at its first use.
-    graph: Option<device::Graph>,
+    /// That step's graphs, one per attention partition count (a power of two, or
+    /// `max_parts`), each captured at its first use.
+    graphs: Vec<(usize, device::Graph)>,
+    /// Which outputs are quantized by the operation that writes them.
+    prequant: PreQuant,
+    /// Whether products of one input run as one launch (`EMBER_CUDA_FUSE=off`: neither that
+    /// nor [`PreQuant`], for comparisons).
+    fuse: bool,
+    /// What the quantized-activation buffers hold now (None: nothing known).
+    quantized: Option<Quantized>,
     /// The model file mapped into the device (`CudaWeights::Mapped`); declared last so that it
     /// is unregistered after every buffer (and after the stream is synchronized, see `Drop`).
     mapping: Option<HostMapping>,
@@ -364,6 +449,12 @@ impl CudaBackend {
         };
         let (mats, vecs, weight_bytes) = upload_weights(&dev, model, mapping.as_ref())?;
         let any_k = mats.values().any(|m| acts_of(m.ty) == Acts::Q8K);
+        let fuse = std::env::var_os("EMBER_CUDA_FUSE").is_none_or(|v| v != "off");
+        let prequant = if fuse {
+            PreQuant::of(model, &mats)
+        } else {
+            PreQuant::default()
+        };
         let n_ctx = z.n_ctx.max(1);
         let rope = crate::model::scratch::rope_tables;
         let (cos, sin) = rope(c, c.rope_base, model.rope_freqs(), n_ctx)?;
@@ -443,7 +534,10 @@ impl CudaBackend {
             n_parts: 1,
             mode: Mode::Direct,
             use_graph: std::env::var_os("EMBER_CUDA_GRAPH").is_none_or(|v| v != "off"),
-            graph: None,
+            graphs: Vec::new(),
+            prequant,
+            fuse,
+            quantized: None,
             mapping,
         })
     }
@@ -490,7 +584,7 @@ impl CudaBackend {
     pub(crate) fn set_graph(&mut self, on: bool) {
         self.use_graph = on;
         if !on {
-            self.graph = None;
+            self.graphs.clear();
         }
     }
 

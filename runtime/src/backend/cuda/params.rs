@@ -29,12 +29,72 @@ pub struct MatmulParams {
     pub w: DevPtr,
     pub a: DevPtr,
     pub out: DevPtr,
+    pub w1: DevPtr,
+    pub out1: DevPtr,
+    pub w2: DevPtr,
+    pub out2: DevPtr,
     pub rows: i32,
     pub cols: i32,
     pub n_tok: i32,
     pub row_bytes: i32,
     pub accumulate: i32,
-    pub pad: i32,
+    pub n_jobs: i32,
+    pub rows1: i32,
+    pub rows2: i32,
+}
+
+impl MatmulParams {
+    /// One product, `out = a W^T` (or `+=` with `accumulate`), of `rows` rows of `row_bytes`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn one(
+        w: DevPtr,
+        a: DevPtr,
+        out: DevPtr,
+        rows: usize,
+        cols: usize,
+        n_tok: usize,
+        row_bytes: usize,
+        accumulate: bool,
+    ) -> MatmulParams {
+        MatmulParams {
+            w,
+            a,
+            out,
+            w1: 0,
+            out1: 0,
+            w2: 0,
+            out2: 0,
+            rows: rows as i32,
+            cols: cols as i32,
+            n_tok: n_tok as i32,
+            row_bytes: row_bytes as i32,
+            accumulate: i32::from(accumulate),
+            n_jobs: 1,
+            rows1: 0,
+            rows2: 0,
+        }
+    }
+
+    /// Rows of every product of the launch together.
+    pub fn total_rows(&self) -> usize {
+        let r = [self.rows, self.rows1, self.rows2];
+        r[..self.n_jobs.clamp(1, 3) as usize]
+            .iter()
+            .map(|&r| r as usize)
+            .sum()
+    }
+
+    /// Add a product of `rows` more rows of the same type, width and activations (written to
+    /// `out`) to this launch; false (and nothing changed) when it holds three already.
+    pub fn push(&mut self, w: DevPtr, out: DevPtr, rows: usize) -> bool {
+        match self.n_jobs {
+            1 => (self.w1, self.out1, self.rows1) = (w, out, rows as i32),
+            2 => (self.w2, self.out2, self.rows2) = (w, out, rows as i32),
+            _ => return false,
+        }
+        self.n_jobs += 1;
+        true
+    }
 }
 
 /// `rms_norm`.
@@ -46,6 +106,10 @@ pub struct RmsNormParams {
     pub out: DevPtr,
     /// 0, or `[n_rows]` i32 source rows.
     pub rows: DevPtr,
+    /// 0, or where the output's Q8_1 blocks go.
+    pub q8_1: DevPtr,
+    /// 0, or where the output's Q8_K blocks go.
+    pub q8_k: DevPtr,
     pub n_rows: i32,
     pub n_cols: i32,
     pub eps: f32,
@@ -58,6 +122,8 @@ pub struct RmsNormParams {
 pub struct SwigluParams {
     pub gate: DevPtr,
     pub up: DevPtr,
+    pub q8_1: DevPtr,
+    pub q8_k: DevPtr,
     pub n: i32,
     pub n_vec: i32,
 }
@@ -161,6 +227,8 @@ pub struct GegluParams {
     pub gate: DevPtr,
     pub up: DevPtr,
     pub table: DevPtr,
+    pub q8_1: DevPtr,
+    pub q8_k: DevPtr,
     pub n: i32,
     pub pad: i32,
 }
@@ -253,9 +321,9 @@ unsafe impl DeviceRepr for GatherParams {}
 unsafe impl DeviceRepr for HadamardParams {}
 
 const _: () = assert!(size_of::<QuantizeParams>() == 32);
-const _: () = assert!(size_of::<MatmulParams>() == 48);
-const _: () = assert!(size_of::<RmsNormParams>() == 48);
-const _: () = assert!(size_of::<SwigluParams>() == 24);
+const _: () = assert!(size_of::<MatmulParams>() == 88);
+const _: () = assert!(size_of::<RmsNormParams>() == 64);
+const _: () = assert!(size_of::<SwigluParams>() == 40);
 const _: () = assert!(size_of::<BiasParams>() == 24);
 const _: () = assert!(size_of::<RopeKvParams>() == 128);
 const _: () = assert!(size_of::<AttnParams>() == 128);
@@ -264,5 +332,5 @@ const _: () = assert!(size_of::<CopySlotsParams>() == 40);
 const _: () = assert!(size_of::<ShiftKeysParams>() == 72);
 const _: () = assert!(size_of::<HadamardParams>() == 24);
 const _: () = assert!(size_of::<AddParams>() == 24);
-const _: () = assert!(size_of::<GegluParams>() == 32);
+const _: () = assert!(size_of::<GegluParams>() == 48);
 const _: () = assert!(size_of::<GatherParams>() == 32);

@@ -68,22 +68,70 @@ pub fn matmul(
     }
     dev.matmul_tiles(
         ty,
-        &MatmulParams {
-            w: wd.ptr,
-            a: ad.ptr,
-            out: out.ptr,
-            rows: rows as i32,
-            cols: cols as i32,
-            n_tok: n_tok as i32,
-            row_bytes: (w.len() / rows) as i32,
-            accumulate: i32::from(init.is_some()),
-            pad: 0,
-        },
+        &MatmulParams::one(
+            wd.ptr,
+            ad.ptr,
+            out.ptr,
+            rows,
+            cols,
+            n_tok,
+            w.len() / rows,
+            init.is_some(),
+        ),
         tiles,
     )?;
     let mut h = vec![0f32; n_tok * rows];
     dev.read(&out, &mut h)?;
     Ok(h)
+}
+
+/// Up to three products of the same activations in one launch (as the forward pass fuses Q/K/V
+/// and gate/up): `ws` holds each product's weights (whole rows of `ty`, `cols` wide) and row
+/// count; returns each product's `[n_tok, rows]` output.
+pub fn matmul_fused(
+    dev: &CudaDevice,
+    ty: GgmlType,
+    ws: &[(&[u8], usize)],
+    cols: usize,
+    acts: &[u8],
+    n_tok: usize,
+    tiles: super::MmqTiles,
+) -> Result<Vec<Vec<f32>>> {
+    let ad = dev.upload(acts, "acts")?;
+    let mut bufs = Vec::new();
+    for &(w, rows) in ws {
+        bufs.push((
+            dev.upload(w, "w")?,
+            dev.alloc::<f32>(n_tok * rows, "out")?,
+            rows,
+        ));
+    }
+    let Some((w0, o0, r0)) = bufs.first() else {
+        return Ok(Vec::new());
+    };
+    let mut p = MatmulParams::one(
+        w0.ptr,
+        ad.ptr,
+        o0.ptr,
+        *r0,
+        cols,
+        n_tok,
+        ws[0].0.len() / r0,
+        false,
+    );
+    for (w, o, rows) in &bufs[1..] {
+        if !p.push(w.ptr, o.ptr, *rows) {
+            return Err(backend_err("at most three products in one launch"));
+        }
+    }
+    dev.matmul_tiles(ty, &p, tiles)?;
+    let mut outs = Vec::new();
+    for (_, o, rows) in &bufs {
+        let mut h = vec![0f32; n_tok * rows];
+        dev.read(o, &mut h)?;
+        outs.push(h);
+    }
+    Ok(outs)
 }
 
 /// RMSNorm of every row of `x` (rows of `w.len()`), or of the rows listed in `rows`.
@@ -94,17 +142,62 @@ pub fn rms_norm(
     rows: Option<&[i32]>,
     eps: f32,
 ) -> Result<Vec<f32>> {
+    rms_norm_with(dev, x, w, rows, eps, false).map(|(h, _)| h)
+}
+
+/// Output and quantizations (Q8_1 bytes, and Q8_K bytes where the row width is a multiple of
+/// 256, else empty) of an operation that quantizes what it writes.
+pub type Quantized = (Vec<f32>, (Vec<u8>, Vec<u8>));
+
+/// [`rms_norm`] of every row, the kernel also quantizing its output (the fused form the
+/// forward pass launches before a product).
+pub fn rms_norm_quantized(dev: &CudaDevice, x: &[f32], w: &[f32], eps: f32) -> Result<Quantized> {
+    rms_norm_with(dev, x, w, None, eps, true)
+}
+
+/// Device buffers for the Q8_1 and (`k`) Q8_K blocks of `n` values.
+fn q8_bufs(dev: &CudaDevice, n: usize, k: bool) -> Result<(DevBuf<u8>, Option<DevBuf<u8>>)> {
+    let q1 = dev.alloc::<u8>(n / 32 * 36, "q8_1")?;
+    let qk = k
+        .then(|| dev.alloc::<u8>(n / 256 * 292, "q8_k"))
+        .transpose()?;
+    Ok((q1, qk))
+}
+
+fn read_q8(dev: &CudaDevice, q: &(DevBuf<u8>, Option<DevBuf<u8>>)) -> Result<(Vec<u8>, Vec<u8>)> {
+    let mut a = vec![0u8; q.0.len()];
+    dev.read(&q.0, &mut a)?;
+    let mut b = vec![0u8; q.1.as_ref().map_or(0, |k| k.len())];
+    if let Some(k) = &q.1 {
+        dev.read(k, &mut b)?;
+    }
+    Ok((a, b))
+}
+
+fn rms_norm_with(
+    dev: &CudaDevice,
+    x: &[f32],
+    w: &[f32],
+    rows: Option<&[i32]>,
+    eps: f32,
+    quantize: bool,
+) -> Result<Quantized> {
     let n_cols = w.len();
     let n_rows = rows.map_or(x.len() / n_cols, |r| r.len());
     let xd = dev.upload(x, "x")?;
     let wd = dev.upload(w, "w")?;
     let rd = rows.map(|r| dev.upload(r, "rows")).transpose()?;
     let out = dev.alloc::<f32>(n_rows * n_cols, "out")?;
+    let q = quantize
+        .then(|| q8_bufs(dev, n_rows * n_cols, n_cols.is_multiple_of(256)))
+        .transpose()?;
     dev.rms_norm(&RmsNormParams {
         x: xd.ptr,
         w: wd.ptr,
         out: out.ptr,
         rows: rd.as_ref().map_or(0, |r| r.ptr),
+        q8_1: q.as_ref().map_or(0, |q| q.0.ptr),
+        q8_k: q.as_ref().and_then(|q| q.1.as_ref()).map_or(0, |k| k.ptr),
         n_rows: n_rows as i32,
         n_cols: n_cols as i32,
         eps,
@@ -112,40 +205,76 @@ pub fn rms_norm(
     })?;
     let mut h = vec![0f32; n_rows * n_cols];
     dev.read(&out, &mut h)?;
-    Ok(h)
+    let qs = match &q {
+        Some(q) => read_q8(dev, q)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok((h, qs))
 }
 
 /// `silu(gate) * up` over the whole slice (ggml's vectorized expf for the first `len / 8 * 8`).
 pub fn swiglu(dev: &CudaDevice, gate: &[f32], up: &[f32]) -> Result<Vec<f32>> {
-    let g = dev.upload(gate, "gate")?;
-    let u = dev.upload(up, "up")?;
-    let n = gate.len();
-    dev.swiglu(&SwigluParams {
-        gate: g.ptr,
-        up: u.ptr,
-        n: n as i32,
-        n_vec: (n / 8 * 8) as i32,
-    })?;
-    let mut h = vec![0f32; n];
-    dev.read(&g, &mut h)?;
-    Ok(h)
+    gated(dev, false, gate, up, false).map(|(h, _)| h)
 }
 
 /// `gate = gelu(gate) * up` on the device, with the CPU's f16 GELU table.
 pub fn geglu(dev: &CudaDevice, gate: &[f32], up: &[f32]) -> Result<Vec<f32>> {
+    gated(dev, true, gate, up, false).map(|(h, _)| h)
+}
+
+/// SwiGLU (`gelu` false) or GeGLU over rows of `row_len` (a multiple of 256), the kernel also
+/// quantizing its output (the fused form the forward pass launches before the down product).
+pub fn gated_quantized(
+    dev: &CudaDevice,
+    gelu: bool,
+    gate: &[f32],
+    up: &[f32],
+) -> Result<Quantized> {
+    gated(dev, gelu, gate, up, true)
+}
+
+fn gated(
+    dev: &CudaDevice,
+    gelu: bool,
+    gate: &[f32],
+    up: &[f32],
+    quantize: bool,
+) -> Result<Quantized> {
     let g = dev.upload(gate, "gate")?;
     let u = dev.upload(up, "up")?;
-    let table = dev.upload(crate::backend::gelu::table(), "GELU table")?;
-    dev.geglu(&GegluParams {
-        gate: g.ptr,
-        up: u.ptr,
-        table: table.ptr,
-        n: gate.len() as i32,
-        pad: 0,
-    })?;
-    let mut h = vec![0f32; gate.len()];
+    let n = gate.len();
+    let q = quantize.then(|| q8_bufs(dev, n, true)).transpose()?;
+    let q8_1 = q.as_ref().map_or(0, |q| q.0.ptr);
+    let q8_k = q.as_ref().and_then(|q| q.1.as_ref()).map_or(0, |k| k.ptr);
+    if gelu {
+        let table = dev.upload(crate::backend::gelu::table(), "GELU table")?;
+        dev.geglu(&GegluParams {
+            gate: g.ptr,
+            up: u.ptr,
+            table: table.ptr,
+            q8_1,
+            q8_k,
+            n: n as i32,
+            pad: 0,
+        })?;
+        dev.sync()?;
+    } else {
+        dev.swiglu(&SwigluParams {
+            gate: g.ptr,
+            up: u.ptr,
+            q8_1,
+            q8_k,
+            n: n as i32,
+            n_vec: (n / 8 * 8) as i32,
+        })?;
+    }
+    let mut h = vec![0f32; n];
     dev.read(&g, &mut h)?;
-    Ok(h)
+    let qs = match &q {
+        Some(q) => read_q8(dev, q)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok((h, qs))
 }
 
 /// Row-wise argmax of `x` (`n_cols` per row).

@@ -81,28 +81,67 @@ struct MatmulParams {
     const u8* w;     // [rows, row_bytes] weight blocks as in the GGUF file
     const u8* a;     // [n_tok, cols / 32] Q8_1 blocks (Q8_K: cols / 256; F32/F16/BF16 weights: f32 [n_tok, cols])
     float* out;      // [n_tok, rows]
+    const u8* w1;    // second product (n_jobs >= 2): [rows1, row_bytes], same type and activations
+    float* out1;     // [n_tok, rows1]
+    const u8* w2;    // third product (n_jobs == 3): [rows2, row_bytes]
+    float* out2;     // [n_tok, rows2]
     int rows;
     int cols;
     int n_tok;
     int row_bytes;
-    int accumulate;  // 1: out += x W^T (fused residual add), 0: out = x W^T
-    int pad;
+    int accumulate;  // 1: out += x W^T (fused residual add), 0: out = x W^T (every product)
+    int n_jobs;      // 1..3 products of the same activations in one launch (Q/K/V, gate/up)
+    int rows1;
+    int rows2;
 };
+
+// Rows of every product of a launch together.
+__device__ __forceinline__ int mat_rows(const MatmulParams& p) {
+    return p.rows + (p.n_jobs > 1 ? p.rows1 : 0) + (p.n_jobs > 2 ? p.rows2 : 0);
+}
+
+// A launch's products lie end to end in one row space (rows, then rows1, then rows2): the
+// parameters of the product holding row `r` of that space, with `r` made local to it. A row past
+// the last product stays past the returned product's rows, so the kernels' bounds checks hold.
+__device__ __forceinline__ MatmulParams mat_job(const MatmulParams& p, int& r) {
+    MatmulParams q = p;
+    if (p.n_jobs > 1 && r >= p.rows) {
+        r -= p.rows;
+        if (p.n_jobs > 2 && r >= p.rows1) {
+            r -= p.rows1;
+            q.w = p.w2;
+            q.out = p.out2;
+            q.rows = p.rows2;
+        } else {
+            q.w = p.w1;
+            q.out = p.out1;
+            q.rows = p.rows1;
+        }
+    }
+    return q;
+}
 
 struct RmsNormParams {
     const float* x;  // [*, n_cols]
     const float* w;  // [n_cols]
     float* out;      // [n_rows, n_cols]
     const int* rows; // optional: out row i is the norm of x row rows[i]
+    u8* q8_1;        // optional: out also quantized to Q8_1 [n_rows, n_cols / 32] (as quantize_q8_1)
+    u8* q8_k;        // optional: out also quantized to Q8_K [n_rows, n_cols / 256] (as quantize_q8_k)
     int n_rows;
     int n_cols;
     float eps;
     int pad;
 };
 
+// The gated activations may also quantize their output for the product that reads it (q8_1,
+// q8_k: as quantize_q8_1 / quantize_q8_k over rows of any multiple of 256; then n is a
+// multiple of 256 too and each 256-thread block one super-block).
 struct SwigluParams {
     float* gate;     // [n] in: gate projection, out: silu(gate) * up
     const float* up; // [n]
+    u8* q8_1;        // optional: [n / 32] Q8_1 blocks of the output
+    u8* q8_k;        // optional: [n / 256] Q8_K blocks of the output
     int n;
     int n_vec;       // elements computed with ggml's vectorized expf (n / 8 * 8)
 };
@@ -185,6 +224,8 @@ struct GegluParams {
     float* gate;        // [n]: gate = gelu(gate) * up
     const float* up;    // [n]
     const u16* table;   // [65536] f16 GELU of every f16 input (the CPU's table)
+    u8* q8_1;           // optional, as SwigluParams
+    u8* q8_k;
     int n;
     int pad;
 };
@@ -233,3 +274,19 @@ struct CopySlotsParams {
     int n_tiles;     // tiles per block: n_layer * n_head_kv
     int pad;
 };
+
+// The sizes params.rs asserts for its mirrors: a field added on one side only fails here or there.
+static_assert(sizeof(QuantizeParams) == 32, "params.rs");
+static_assert(sizeof(MatmulParams) == 88, "params.rs");
+static_assert(sizeof(RmsNormParams) == 64, "params.rs");
+static_assert(sizeof(SwigluParams) == 40, "params.rs");
+static_assert(sizeof(BiasParams) == 24, "params.rs");
+static_assert(sizeof(RopeKvParams) == 128, "params.rs");
+static_assert(sizeof(AttnParams) == 128, "params.rs");
+static_assert(sizeof(ArgmaxParams) == 32, "params.rs");
+static_assert(sizeof(CopySlotsParams) == 40, "params.rs");
+static_assert(sizeof(ShiftKeysParams) == 72, "params.rs");
+static_assert(sizeof(HadamardParams) == 24, "params.rs");
+static_assert(sizeof(AddParams) == 24, "params.rs");
+static_assert(sizeof(GegluParams) == 48, "params.rs");
+static_assert(sizeof(GatherParams) == 32, "params.rs");

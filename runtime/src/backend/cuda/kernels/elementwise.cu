@@ -2,7 +2,9 @@
 // the CPU reference (`ember_kernels::reference::ops`) computes, in the same f32 operations.
 
 // out = (x * (1 / sqrt(mean(x^2) + eps))) * w, the sum of squares accumulated in double as ggml
-// does (each square rounded to f32 first). One thread block (256 threads) per row.
+// does (each square rounded to f32 first). One thread block (256 threads) per row. With q8_1 /
+// q8_k the block then quantizes the row it wrote for the product that reads it (one launch
+// instead of two; the same bits as quantize_q8_1 / quantize_q8_k over `out`).
 extern "C" __global__ void rms_norm(const RmsNormParams p) {
     __shared__ double part[8];
     const int row = blockIdx.x;
@@ -42,6 +44,19 @@ extern "C" __global__ void rms_norm(const RmsNormParams p) {
         o[i + 3 * bd] = (e * scale) * we;
     }
     for (; i < p.n_cols; i += bd) o[i] = (x[i] * scale) * p.w[i];
+    if (p.q8_1 == nullptr && p.q8_k == nullptr) return;
+    __syncthreads(); // the block's writes to `o` are visible to all its threads
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = bd >> 5;
+    if (p.q8_1) {
+        const int nb = p.n_cols / 32;
+        for (int b = warp; b < nb; b += nw)
+            q8_1_block(o[b * 32 + lane], p.q8_1 + ((i64)row * nb + b) * 36, lane);
+    }
+    if (p.q8_k) {
+        const int nb = p.n_cols / QK_K;
+        for (int b = warp; b < nb; b += nw)
+            q8_k_block(o + (i64)b * QK_K, p.q8_k + ((i64)row * nb + b) * Q8K_SIZE, lane);
+    }
 }
 
 // ggml's vectorized expf (ggml_v_expf), bit for bit as `ember_kernels::reference::ops::expf_ggml`.
@@ -65,12 +80,27 @@ __device__ __forceinline__ float expf_ggml(float x) {
 
 // gate = silu(gate) * up, silu(g) = g / (1 + exp(-g)); the first n_vec elements use ggml's
 // vectorized expf (as the CPU does for whole blocks of 8), the tail the libm-style expf.
+// The output quantized in place for the down product (see SwigluParams): warp w of a 256-thread
+// block holds Q8_1 block 8 blockIdx.x + w in its lanes; the block's 256 values are one Q8_K
+// super-block, read back after the barrier.
+__device__ __forceinline__ void quantize_gated(u8* q8_1, u8* q8_k, const float* out, int i, float y) {
+    const int lane = threadIdx.x & 31;
+    if (q8_1) q8_1_block(y, q8_1 + (i64)(i >> 5) * 36, lane);
+    if (q8_k) {
+        __syncthreads();
+        if (threadIdx.x < 32)
+            q8_k_block(out + (i64)blockIdx.x * QK_K, q8_k + (i64)blockIdx.x * Q8K_SIZE, lane);
+    }
+}
+
 extern "C" __global__ void swiglu(const SwigluParams p) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= p.n) return;
+    if (i >= p.n) return; // never in a quantizing launch (n a multiple of 256)
     const float g = p.gate[i];
     const float e = i < p.n_vec ? expf_ggml(0.0f - g) : expf(-g);
-    p.gate[i] = g / (1.0f + e) * p.up[i];
+    const float y = g / (1.0f + e) * p.up[i];
+    p.gate[i] = y;
+    if (p.q8_1 || p.q8_k) quantize_gated(p.q8_1, p.q8_k, p.gate, i, y);
 }
 
 // gate = gelu(gate) * up as ggml's CPU computes it (GGML_GELU_FP16): the input rounded to f16
@@ -80,9 +110,11 @@ extern "C" __global__ void geglu(const GegluParams p) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= p.n) return;
     const float x = p.gate[i];
-    p.gate[i] = x <= -10.0f ? 0.0f
-              : x >= 10.0f  ? x * p.up[i]
-                            : h2f(p.table[f2h(x)]) * p.up[i];
+    const float y = x <= -10.0f ? 0.0f
+                  : x >= 10.0f  ? x * p.up[i]
+                                : h2f(p.table[f2h(x)]) * p.up[i];
+    p.gate[i] = y;
+    if (p.q8_1 || p.q8_k) quantize_gated(p.q8_1, p.q8_k, p.gate, i, y);
 }
 
 // x += y (a residual add).

@@ -11,64 +11,6 @@
 // block_q6_K {u8 ql[128], qh[64]; i8 scales[16]; f16 d} (210 B),
 // block_q8_K {f32 d; i8 qs[256]; i16 bsums[16]} (292 B).
 
-#define QK_K 256
-#define Q8K_SIZE 292
-
-// f32 activations to Q8_K (ggml's quantize_row_q8_K): the value of largest magnitude (first
-// one on ties) sets iscale = -127 / max; q = min(round_half_even(iscale * x), 127); d = 1 / iscale.
-// One warp per super-block, 8 consecutive elements per lane; 4 super-blocks per thread block.
-extern "C" __global__ void quantize_q8_k(const QuantizeParams p) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int nb = p.n_cols / QK_K;
-    const int b = blockIdx.x * 4 + warp;
-    const int row = blockIdx.y;
-    if (b >= nb || row >= p.n_rows) return;
-    const float* x = p.x + (i64)row * p.x_stride + (i64)b * QK_K + lane * 8;
-    float v[8];
-    float amax = 0.0f, mx = 0.0f;
-    int idx = 0x7fffffff;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        v[i] = x[i];
-        if (fabsf(v[i]) > amax) { amax = fabsf(v[i]); mx = v[i]; idx = lane * 8 + i; }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float oa = __shfl_xor_sync(0xffffffffu, amax, o);
-        const float om = __shfl_xor_sync(0xffffffffu, mx, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-        if (oa > amax || (oa == amax && oi < idx)) { amax = oa; mx = om; idx = oi; }
-    }
-    u8* blk = p.y + ((i64)row * nb + b) * Q8K_SIZE;
-    int q[8];
-    int sum = 0;
-    float d = 0.0f;
-    if (amax != 0.0f) {
-        const float iscale = -127.0f / mx;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            q[i] = min(__float2int_rn(iscale * v[i]), 127);
-            sum += q[i];
-        }
-        d = 1.0f / iscale;
-    } else {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) q[i] = 0;
-    }
-    u32 lo = 0, hi = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        lo |= (u32)(u8)(i8)q[i] << (8 * i);
-        hi |= (u32)(u8)(i8)q[4 + i] << (8 * i);
-    }
-    *(u32*)(blk + 4 + lane * 8) = lo;
-    *(u32*)(blk + 8 + lane * 8) = hi;
-    // Group g of 16 elements = lanes 2g and 2g+1.
-    const int gsum = sum + __shfl_xor_sync(0xffffffffu, sum, 1);
-    if ((lane & 1) == 0) *(short*)(blk + 4 + QK_K + lane) = (short)gsum;
-    if (lane == 0) *(float*)blk = d;
-}
-
 // Scale and min of group j of a Q4_K super-block (ggml's get_scale_min_k4).
 __device__ __forceinline__ void scale_min_k4(int j, const u8* q, int& sc, int& mn) {
     if (j < 4) {
@@ -80,12 +22,58 @@ __device__ __forceinline__ void scale_min_k4(int j, const u8* q, int& sc, int& m
     }
 }
 
+// Group j (32 elements) of super-block sb of a K-quant weight row: its quants (4 per int,
+// elements 4i..4i+3 in q[i]; Q6_K's unsigned 0..63, its -32 offset left to the caller), the
+// super-block's scale d (and dmin, Q4_K / Q5_K), the group's scale and min (Q4_K / Q5_K: sc0,
+// mn) or its two 16-element scales (Q6_K: sc0, sc1). Shared by the matrix-vector products
+// here and the tensor-core tiles (mmq.cu).
 template <int TYPE>
-__device__ __forceinline__ void mmvq_k(const MatmulParams& p) {
-    __shared__ float red[MMV_WARPS][MMV_NT];
+__device__ __forceinline__ void kq_group(const u8* wrow, int sb, int j, int* q, float& d,
+                                         float& dmin, int& sc0, int& sc1, int& mn) {
+    dmin = 0.0f;
+    sc1 = 0;
+    mn = 0;
+    if (TYPE == 12 || TYPE == 13) { // Q4_K, Q5_K
+        const int bsz = TYPE == 12 ? 144 : 176, qoff = TYPE == 12 ? 16 : 48;
+        const u8* blk = wrow + (i64)sb * bsz;
+        d = h2f(ld_u16(blk));
+        dmin = h2f(ld_u16(blk + 2));
+        scale_min_k4(j, blk + 4, sc0, mn);
+        const int* qs = (const int*)(blk + qoff + 32 * (j >> 1));
+        const int sh = 4 * (j & 1);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) q[i] = (qs[i] >> sh) & 0x0f0f0f0f;
+        if (TYPE == 13) {
+            const int* qh = (const int*)(blk + 16);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) q[i] |= ((qh[i] >> j) & 0x01010101) << 4;
+        }
+    } else { // Q6_K: elements 32j..32j+32 = half h, quarter qq
+        const u8* blk = wrow + (i64)sb * 210;
+        d = h2f(ld_u16(blk + 208));
+        const int h = j >> 2, qq = j & 3;
+        const u8* ql = blk + 64 * h + 32 * (qq & 1);
+        const u8* qh = blk + 128 + 32 * h;
+        const int shl = 4 * (qq >> 1), shh = 2 * qq;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int lo = (ld_i32_a2(ql + 4 * i) >> shl) & 0x0f0f0f0f;
+            const int hi = ((ld_i32_a2(qh + 4 * i) >> shh) & 0x03030303) << 4;
+            q[i] = lo | hi;
+        }
+        sc0 = (int)(i8)blk[192 + 2 * j];
+        sc1 = (int)(i8)blk[192 + 2 * j + 1];
+    }
+}
+
+// Rows 2 pair and 2 pair + 1 of the launch's row space (see mat_job), for the tokens of
+// blockIdx.y; the two rows may belong to different products of a fused launch.
+template <int TYPE>
+__device__ __forceinline__ void mmvq_k_rows(const MatmulParams& p0, int pair, float (&red)[MMV_WARPS][MMV_NT]) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int lt = threadIdx.x & 63; // thread within the row
-    const int r = blockIdx.x * 2 + (warp >> 1);
+    int r = pair * 2 + (warp >> 1);
+    const MatmulParams p = mat_job(p0, r);
     const int t0 = blockIdx.y * MMV_NT;
     const bool row_ok = r < p.rows; // no early return: both rows meet at the barrier below
     const int nt = min(MMV_NT, p.n_tok - t0);
@@ -102,37 +90,7 @@ __device__ __forceinline__ void mmvq_k(const MatmulParams& p) {
         int q[8];
         float d, dmin = 0.0f;
         int sc0, sc1 = 0, mn = 0;
-        if (TYPE == 12 || TYPE == 13) { // Q4_K, Q5_K
-            const int bsz = TYPE == 12 ? 144 : 176, qoff = TYPE == 12 ? 16 : 48;
-            const u8* blk = wrow + (i64)sb * bsz;
-            d = h2f(ld_u16(blk));
-            dmin = h2f(ld_u16(blk + 2));
-            scale_min_k4(j, blk + 4, sc0, mn);
-            const int* qs = (const int*)(blk + qoff + 32 * (j >> 1));
-            const int sh = 4 * (j & 1);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) q[i] = (qs[i] >> sh) & 0x0f0f0f0f;
-            if (TYPE == 13) {
-                const int* qh = (const int*)(blk + 16);
-#pragma unroll
-                for (int i = 0; i < 8; ++i) q[i] |= ((qh[i] >> j) & 0x01010101) << 4;
-            }
-        } else { // Q6_K: elements 32j..32j+32 = half h, quarter qq
-            const u8* blk = wrow + (i64)sb * 210;
-            d = h2f(ld_u16(blk + 208));
-            const int h = j >> 2, qq = j & 3;
-            const u8* ql = blk + 64 * h + 32 * (qq & 1);
-            const u8* qh = blk + 128 + 32 * h;
-            const int shl = 4 * (qq >> 1), shh = 2 * qq;
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const int lo = (ld_i32_a2(ql + 4 * i) >> shl) & 0x0f0f0f0f;
-                const int hi = ((ld_i32_a2(qh + 4 * i) >> shh) & 0x03030303) << 4;
-                q[i] = lo | hi; // 0..63; the -32 offset is applied through the activation sums
-            }
-            sc0 = (int)(i8)blk[192 + 2 * j];
-            sc1 = (int)(i8)blk[192 + 2 * j + 1];
-        }
+        kq_group<TYPE>(wrow, sb, j, q, d, dmin, sc0, sc1, mn);
 #pragma unroll
         for (int t = 0; t < MMV_NT; ++t) {
             if (t < nt) {
@@ -172,6 +130,17 @@ __device__ __forceinline__ void mmvq_k(const MatmulParams& p) {
         const float v = red[w0][lt] + red[w0 + 1][lt];
         float* o = p.out + (i64)(t0 + lt) * p.rows + r;
         *o = p.accumulate ? *o + v : v;
+    }
+}
+
+// A launch of fewer thread blocks than row pairs takes pairs gridDim.x apart in each block.
+template <int TYPE>
+__device__ __forceinline__ void mmvq_k(const MatmulParams& p) {
+    __shared__ float red[MMV_WARPS][MMV_NT];
+    const int pairs = (mat_rows(p) + 1) / 2;
+    for (int pair = blockIdx.x; pair < pairs; pair += gridDim.x) {
+        mmvq_k_rows<TYPE>(p, pair, red);
+        __syncthreads(); // red is read by the rows' store before the next pair writes it
     }
 }
 

@@ -80,49 +80,81 @@ __device__ __forceinline__ void mmq_load_w(const MatmulParams& p, int r, int b, 
             q[i] = lo;
             q[4 + i] = hi;
         }
-    } else if (TYPE == 12 || TYPE == 13) { // Q4_K, Q5_K: block b = group j of super-block b / 8
-        const int sb = b >> 3, j = b & 7;
-        const int bsz = TYPE == 12 ? 144 : 176, qoff = TYPE == 12 ? 16 : 48;
-        const u8* blk = wrow + (i64)sb * bsz;
-        d = h2f(ld_u16(blk));
-        m = h2f(ld_u16(blk + 2));
-        int sc, mn;
-        scale_min_k4(j, blk + 4, sc, mn);
-        s = sc | (mn << 8);
-        const int* qs = (const int*)(blk + qoff + 32 * (j >> 1));
-        const int sh = 4 * (j & 1);
+    } else { // K-quants: block b = group b % 8 of super-block b / 8 (kquants.cu's kq_group)
+        int sc0, sc1, mn;
+        kq_group<TYPE>(wrow, b >> 3, b & 7, q, d, m, sc0, sc1, mn);
+        if (TYPE == 14) { // Q6_K: the -32 offset folded into the quants; both scales' bytes
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            q[i] = (qs[i] >> sh) & 0x0f0f0f0f;
-            if (TYPE == 13) q[i] |= ((((const int*)(blk + 16))[i] >> j) & 0x01010101) << 4;
+            for (int i = 0; i < 8; ++i) q[i] = __vsub4(q[i], 0x20202020);
+            s = (sc0 & 0xff) | ((sc1 & 0xff) << 8);
+        } else {
+            s = sc0 | (mn << 8);
         }
-    } else { // Q6_K: group j = half j / 4, quarter j % 4 of super-block b / 8
-        const int sb = b >> 3, j = b & 7;
-        const u8* blk = wrow + (i64)sb * 210;
-        d = h2f(ld_u16(blk + 208));
-        const int h = j >> 2, qq = j & 3;
-        const u8* ql = blk + 64 * h + 32 * (qq & 1);
-        const u8* qhp = blk + 128 + 32 * h;
-        const int shl = 4 * (qq >> 1), shh = 2 * qq;
+    }
+}
+
+// One staged (row, block) pair `e` of the K step at block kb0 (nk blocks): its quants and
+// scales, zeros past the matrix.
+template <int TYPE>
+__device__ __forceinline__ void mmq_fetch_w(const MatmulParams& p, int r0, int kb0, int nk, int e,
+                                            int* q, float& d, float& m, int& s) {
+    const int i = e / MMQ_KB, kb = e % MMQ_KB;
+    if (r0 + i < p.rows && kb < nk) {
+        mmq_load_w<TYPE>(p, r0 + i, kb0 + kb, q, d, m, s);
+    } else {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int lo = (ld_i32_a2(ql + 4 * i) >> shl) & 0x0f0f0f0f;
-            const int hi = ((ld_i32_a2(qhp + 4 * i) >> shh) & 0x03030303) << 4;
-            q[i] = __vsub4(lo | hi, 0x20202020);
+        for (int k = 0; k < 8; ++k) q[k] = 0;
+        d = 0.0f;
+        m = 0.0f;
+        s = 0;
+    }
+}
+
+// One staged (token, block) pair: Q8_1 (d, s) or Q8_K (d, the block's two group sums kept as an
+// integer, scaled where used as kquants.cu does).
+__device__ __forceinline__ void mmq_fetch_a(const MatmulParams& p, bool kq, i64 a_row, int t0,
+                                            int kb0, int nk, int e, int* q, float& d, float& s) {
+    const int i = e / MMQ_KB, kb = e % MMQ_KB;
+    d = 0.0f;
+    s = 0.0f;
+    if (t0 + i < p.n_tok && kb < nk) {
+        const u8* arow = p.a + (i64)(t0 + i) * a_row;
+        const int b = kb0 + kb;
+        const u8* src;
+        if (kq) {
+            const u8* ab = arow + (i64)(b >> 3) * Q8K_SIZE;
+            const int j = b & 7;
+            d = *(const float*)ab;
+            const u32 bs = *(const u32*)(ab + 4 + QK_K + 4 * j);
+            s = (float)((int)(short)(bs & 0xffff) + (int)(short)(bs >> 16));
+            src = ab + 4 + 32 * j;
+        } else {
+            const u8* ab = arow + (i64)b * 36;
+            const u32 ds = *(const u32*)ab;
+            d = h2f((u16)(ds & 0xffff));
+            s = h2f((u16)(ds >> 16));
+            src = ab + 4;
         }
-        s = (int)(u8)blk[192 + 2 * j] | ((int)(u8)blk[192 + 2 * j + 1] << 8);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) q[k] = ((const int*)src)[k];
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) q[k] = 0;
     }
 }
 
 // 4 warps; warp w computes rows wr + [0, 16 MT) and tokens wt + [0, 8 NT) of the tile.
 template <int TYPE, int BM, int BN>
-__device__ __forceinline__ void mmq(const MatmulParams& p) {
+__device__ __forceinline__ void mmq(const MatmulParams& p0) {
     constexpr int WM = BM == 64 ? 2 : 1, WN = 4 / WM;
     constexpr int MT = BM / WM / 16, NT = BN / WN / 8;
     __shared__ MmqTile<BM, BN> sm;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, tig = lane & 3;
-    const int r0 = blockIdx.x * BM, t0 = blockIdx.y * BN;
+    // A fused launch's products each start on a tile boundary (the launcher checks).
+    int r0 = blockIdx.x * BM;
+    const MatmulParams p = mat_job(p0, r0);
+    const int t0 = blockIdx.y * BN;
     const bool kq = TYPE == 12 || TYPE == 13 || TYPE == 14;
     const int nb = p.cols / 32;
     const i64 a_row = kq ? (i64)(p.cols / QK_K) * Q8K_SIZE : (i64)nb * 36;
@@ -135,61 +167,73 @@ __device__ __forceinline__ void mmq(const MatmulParams& p) {
 #pragma unroll
             for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.0f;
 
+    // The 16 x 32 tiles (few per multiprocessor's worth of work, long K loops) pipeline their
+    // staging: the next K step's blocks are loaded into registers while the warps multiply the
+    // current one, so the global loads' latency is paid once, not per step. The 64 x 64 tiles
+    // load just before storing (held across the multiply, their 4 + 4 pairs per thread would
+    // take 210 registers and leave 2 thread blocks per multiprocessor instead of 5). Each of the
+    // 128 threads takes PW (row, block) and PA (token, block) pairs.
+    constexpr bool PF = BM != 64;
+    constexpr int PW = BM * MMQ_KB / 128, PA = BN * MMQ_KB / 128;
+    int wq[PW][8], wsr[PW], aq[PA][8];
+    float wdr[PW], wmr[PW], adr[PA], asr[PA];
+#define MMQ_FETCH(KB0)                                                                          \
+    {                                                                                          \
+        const int nk = min(MMQ_KB, nb - (KB0));                                                \
+        _Pragma("unroll") for (int j = 0; j < PW; ++j)                                         \
+            mmq_fetch_w<TYPE>(p, r0, (KB0), nk, tid + 128 * j, wq[j], wdr[j], wmr[j], wsr[j]); \
+        _Pragma("unroll") for (int j = 0; j < PA; ++j)                                         \
+            mmq_fetch_a(p, kq, a_row, t0, (KB0), nk, tid + 128 * j, aq[j], adr[j], asr[j]);    \
+    }
+    if (PF) MMQ_FETCH(0)
     for (int kb0 = 0; kb0 < nb; kb0 += MMQ_KB) {
         const int nkb = min(MMQ_KB, nb - kb0);
-        // Stage: each thread takes (row, block) and (token, block) pairs.
-        for (int e = tid; e < BM * MMQ_KB; e += blockDim.x) {
-            const int i = e / MMQ_KB, kb = e % MMQ_KB;
-            int q[8];
-            float d = 0.0f, m = 0.0f;
-            int s = 0;
-            if (r0 + i < p.rows && kb < nkb) {
-                mmq_load_w<TYPE>(p, r0 + i, kb0 + kb, q, d, m, s);
-            } else {
+        if (!PF) {
+            // One pair at a time (not unrolled: the loads of one pair in flight, few registers).
+#pragma unroll 1
+            for (int j = 0; j < PW; ++j) {
+                const int e = tid + 128 * j, i = e / MMQ_KB, kb = e % MMQ_KB;
+                int q[8], sc;
+                float d, m;
+                mmq_fetch_w<TYPE>(p, r0, kb0, nkb, e, q, d, m, sc);
 #pragma unroll
-                for (int k = 0; k < 8; ++k) q[k] = 0;
+                for (int k = 0; k < 8; ++k) sm.w[i * MMQ_LDI + kb * 8 + k] = q[k];
+                sm.wd[i][kb] = d;
+                sm.wm[i][kb] = m;
+                sm.ws[i][kb] = sc;
+            }
+#pragma unroll 1
+            for (int j = 0; j < PA; ++j) {
+                const int e = tid + 128 * j, i = e / MMQ_KB, kb = e % MMQ_KB;
+                int q[8];
+                float d, sa;
+                mmq_fetch_a(p, kq, a_row, t0, kb0, nkb, e, q, d, sa);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) sm.a[i * MMQ_LDI + kb * 8 + k] = q[k];
+                sm.ad[i][kb] = d;
+                sm.as[i][kb] = sa;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < PW; ++j) {
+                const int e = tid + 128 * j, i = e / MMQ_KB, kb = e % MMQ_KB;
+#pragma unroll
+                for (int k = 0; k < 8; ++k) sm.w[i * MMQ_LDI + kb * 8 + k] = wq[j][k];
+                sm.wd[i][kb] = wdr[j];
+                sm.wm[i][kb] = wmr[j];
+                sm.ws[i][kb] = wsr[j];
             }
 #pragma unroll
-            for (int k = 0; k < 8; ++k) sm.w[i * MMQ_LDI + kb * 8 + k] = q[k];
-            sm.wd[i][kb] = d;
-            sm.wm[i][kb] = m;
-            sm.ws[i][kb] = s;
-        }
-        for (int e = tid; e < BN * MMQ_KB; e += blockDim.x) {
-            const int i = e / MMQ_KB, kb = e % MMQ_KB;
-            int q[8];
-            float d = 0.0f, s = 0.0f;
-            if (t0 + i < p.n_tok && kb < nkb) {
-                const u8* arow = p.a + (i64)(t0 + i) * a_row;
-                const int b = kb0 + kb;
-                const u8* src;
-                if (kq) {
-                    const u8* ab = arow + (i64)(b >> 3) * Q8K_SIZE;
-                    const int j = b & 7;
-                    d = *(const float*)ab;
-                    const u32 bs = *(const u32*)(ab + 4 + QK_K + 4 * j);
-                    // Kept as the integer sum; scaled where it is used, as kquants.cu does.
-                    s = (float)((int)(short)(bs & 0xffff) + (int)(short)(bs >> 16));
-                    src = ab + 4 + 32 * j;
-                } else {
-                    const u8* ab = arow + (i64)b * 36;
-                    const u32 ds = *(const u32*)ab;
-                    d = h2f((u16)(ds & 0xffff));
-                    s = h2f((u16)(ds >> 16));
-                    src = ab + 4;
-                }
+            for (int j = 0; j < PA; ++j) {
+                const int e = tid + 128 * j, i = e / MMQ_KB, kb = e % MMQ_KB;
 #pragma unroll
-                for (int k = 0; k < 8; ++k) q[k] = ((const int*)src)[k];
-            } else {
-#pragma unroll
-                for (int k = 0; k < 8; ++k) q[k] = 0;
+                for (int k = 0; k < 8; ++k) sm.a[i * MMQ_LDI + kb * 8 + k] = aq[j][k];
+                sm.ad[i][kb] = adr[j];
+                sm.as[i][kb] = asr[j];
             }
-#pragma unroll
-            for (int k = 0; k < 8; ++k) sm.a[i * MMQ_LDI + kb * 8 + k] = q[k];
-            sm.ad[i][kb] = d;
-            sm.as[i][kb] = s;
         }
         __syncthreads();
+        if (PF && kb0 + MMQ_KB < nb) MMQ_FETCH(kb0 + MMQ_KB)
 
         for (int kb = 0; kb < nkb; ++kb) {
             // A fragments (m16 x k32): rows g and g + 8, ints tig and 4 + tig of the block.
@@ -259,6 +303,8 @@ __device__ __forceinline__ void mmq(const MatmulParams& p) {
                 }
             }
 }
+
+#undef MMQ_FETCH
 
 #if __CUDA_ARCH__ >= 800
 #define MMQ_BODY(T, M, N) mmq<T, M, N>(p);

@@ -71,9 +71,10 @@ __device__ __forceinline__ void w_at8(const u8* row, int g, float w[8]) {
 }
 
 template <int TYPE>
-__device__ __forceinline__ void mmv_float(const MatmulParams& p) {
+__device__ __forceinline__ void mmv_float(const MatmulParams& p0) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int r = blockIdx.x * MMV_WARPS + warp;
+    int r = blockIdx.x * MMV_WARPS + warp;
+    const MatmulParams p = mat_job(p0, r);
     const int t0 = blockIdx.y * MMV_NT;
     if (r >= p.rows) return;
     const int nt = min(MMV_NT, p.n_tok - t0);
@@ -84,7 +85,7 @@ __device__ __forceinline__ void mmv_float(const MatmulParams& p) {
 #pragma unroll
     for (int t = 0; t < MMV_NT; ++t) acc[t] = 0.0f;
 
-    // Uniform across the thread block: every row and activation row then starts 16-byte aligned.
+    // Uniform across the warp: every row and activation row then starts 16-byte aligned.
     const bool vec = (cols & 7) == 0 && (((u64)p.w | (u64)p.a | (u64)p.row_bytes) & 15) == 0;
     if (vec) {
         for (int g = lane; g < cols / 8; g += 32) {

@@ -49,11 +49,11 @@ __device__ __forceinline__ void mmv_store(const MatmulParams& p, float (&red)[MM
     }
 }
 
+// Row `r` of the launch's row space (see mat_job), for the tokens of blockIdx.y.
 template <int TYPE>
-__device__ __forceinline__ void mmvq(const MatmulParams& p) {
-    __shared__ float red[MMV_WARPS][MMV_NT];
+__device__ __forceinline__ void mmvq_row(const MatmulParams& p0, int r, float (&red)[MMV_WARPS][MMV_NT]) {
     const int tid = threadIdx.x;
-    const int r = blockIdx.x;
+    const MatmulParams p = mat_job(p0, r);
     const int t0 = blockIdx.y * MMV_NT;
     if (r >= p.rows) return;
     const int nt = min(MMV_NT, p.n_tok - t0);
@@ -136,6 +136,18 @@ __device__ __forceinline__ void mmvq(const MatmulParams& p) {
         }
     }
     mmv_store(p, red, acc, r, t0, nt);
+}
+
+// A launch of fewer thread blocks than rows (many-row products: the logits) takes rows
+// gridDim.x apart in each block.
+template <int TYPE>
+__device__ __forceinline__ void mmvq(const MatmulParams& p) {
+    __shared__ float red[MMV_WARPS][MMV_NT];
+    const int total = mat_rows(p);
+    for (int r = blockIdx.x; r < total; r += gridDim.x) {
+        mmvq_row<TYPE>(p, r, red);
+        __syncthreads(); // red is read by the row's store before the next row writes it
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q4_0(const MatmulParams p) { mmvq<TYPE_Q4_0>(p); }

@@ -33,7 +33,9 @@
 # Environment: LLAMA_CPP_PYTHON_VERSION (default below), BUILD_JOBS (llama.cpp build, default 2),
 # LLAMA_CMAKE_ARGS (extra cmake arguments for llama.cpp, built in a folder of their own; e.g.
 # -DGGML_NATIVE=OFF for an AVX2-level build, the ISA of Ember's x86 kernels, where GGML_NATIVE would
-# use AVX-512 / VNNI), CARGO_BUILD_JOBS as usual. EMBER_CPU is unset for the Ember runs unless
+# use AVX-512 / VNNI; unset on a CPU that reports AMX, it names every native instruction set but
+# AMX, whose path segfaults in virtual machines that do not grant the tile state), CARGO_BUILD_JOBS
+# as usual. EMBER_CPU is unset for the Ember runs unless
 # --ember-cpu sets it: by default the kernel path Ember picks at run time is what is measured.
 set -euo pipefail
 
@@ -90,6 +92,15 @@ MODEL="$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")"
 # ---------------------------------------------------------------------------------------------
 # 1. llama.cpp, from the llama-cpp-python sdist, built once under .bench/
 LLAMA_DIR="$ROOT/.bench/llama.cpp-$LLAMA_CPP_PYTHON_VERSION"
+# A CPU that reports AMX (Sapphire Rapids and later) makes GGML_NATIVE build llama.cpp's AMX path,
+# which segfaults where the tile state is not granted (this project's virtual machines): there
+# the default build names the instruction sets instead, everything native but AMX.
+if [[ -z "${LLAMA_CMAKE_ARGS:-}" ]] && grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+    LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON"
+    LLAMA_CMAKE_ARGS+=" -DGGML_F16C=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON"
+    LLAMA_CMAKE_ARGS+=" -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON"
+    echo "bench-vs-llama: this CPU reports AMX; llama.cpp is built with $LLAMA_CMAKE_ARGS" >&2
+fi
 # Extra cmake arguments (e.g. -DGGML_NATIVE=OFF) get a build folder of their own.
 LLAMA_BUILD="$LLAMA_DIR/build"
 if [[ -n "${LLAMA_CMAKE_ARGS:-}" ]]; then

@@ -31,7 +31,7 @@ use crate::reference::{Block, Plain};
 /// # Safety
 /// `row` points to at least `i + 1` blocks that outlive `'a` (`B` has alignment 1: any address).
 #[inline(always)]
-unsafe fn block<'a, B: Plain>(row: *const u8, i: usize) -> &'a B {
+pub(super) unsafe fn block<'a, B: Plain>(row: *const u8, i: usize) -> &'a B {
     // SAFETY: forwarded contract; `Plain` blocks have alignment 1 and no invalid bytes.
     unsafe { &*row.cast::<B>().add(i) }
 }
@@ -191,7 +191,7 @@ struct Q5_0;
 /// # Safety
 /// The CPU has SSE (every x86_64 does).
 #[inline(always)]
-unsafe fn prefetch_ahead<B: Block>(row: *const u8, i: usize) {
+pub(super) unsafe fn prefetch_ahead<B: Block>(row: *const u8, i: usize) {
     // SAFETY: a prefetch reads nothing architecturally; SSE is baseline.
     unsafe {
         _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add((i + PREFETCH_BLOCKS) * B::SIZE).cast())

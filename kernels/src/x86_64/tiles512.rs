@@ -27,19 +27,34 @@ use std::arch::x86_64::{
     _mm512_cvtepi32_ps, _mm512_cvtph_ps, _mm512_dpbusd_epi32, _mm512_extractf32x8_ps,
     _mm512_fmadd_ps, _mm512_inserti64x4, _mm512_mask_broadcastss_ps, _mm512_mask_srli_epi16,
     _mm512_mul_ps, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
-    _mm512_sub_epi32, _mm512_xor_si512, _mm_load_ss, _mm_loadu_si128, _mm_prefetch, _mm_set1_epi16,
-    _MM_HINT_T0,
+    _mm512_sub_epi32, _mm512_xor_si512, _mm_load_ss, _mm_loadu_si128, _mm_set1_epi16,
 };
 use std::mem::MaybeUninit;
 
 use super::q5_0::q5_0_quants;
-use super::tiles::{hsum8, PREFETCH_BLOCKS, PREFETCH_MAX_TOKENS};
+use super::tiles::{block, hsum8, prefetch_ahead, PREFETCH_MAX_TOKENS};
+use crate::reference::q4_1::BlockQ4_1;
+use crate::reference::q5_0::BlockQ5_0;
+use crate::reference::q8::{BlockQ8_0, BlockQ8_1};
+use crate::reference::{Block, Plain};
 use crate::tile::TileDotFn;
 
-const Q4_1_SIZE: usize = 20;
-const Q5_0_SIZE: usize = 22;
-const Q8_0_SIZE: usize = 34;
-const Q8_1_SIZE: usize = 36;
+/// An activation block type of these tiles: its 32 quants at `qs`.
+trait ActBlock: Plain {
+    fn qs(&self) -> *const u8;
+}
+impl ActBlock for BlockQ8_0 {
+    #[inline(always)]
+    fn qs(&self) -> *const u8 {
+        self.qs.as_ptr().cast()
+    }
+}
+impl ActBlock for BlockQ8_1 {
+    #[inline(always)]
+    fn qs(&self) -> *const u8 {
+        self.qs.as_ptr().cast()
+    }
+}
 
 /// Capacity of the per-group scale buffer, in f32 (32 KiB on the stack).
 const SCALES_CAP: usize = 8192;
@@ -92,15 +107,12 @@ struct Scales {
 /// again where `2p + 1 == tt`), and their `d` in the matching halves.
 ///
 /// # Safety
-/// Tokens `< tt` have block `i` readable at `a + t * a_stride + i * block + qs` (32 bytes) and
+/// Tokens `< tt` have block `i` (of type `A`) readable in their row at `a + t * a_stride`, and
 /// their scales in `sc`; the CPU has AVX-512F.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn token_pair(
+unsafe fn token_pair<A: ActBlock>(
     a: *const u8,
     a_stride: usize,
-    block: usize,
-    qs: usize,
     sc: Scales,
     i: usize,
     p: usize,
@@ -110,8 +122,8 @@ unsafe fn token_pair(
     let t1 = if t0 + 1 < tt { t0 + 1 } else { t0 };
     // SAFETY: both tokens are `< tt` (caller's bounds); unaligned loads.
     unsafe {
-        let y0 = a.add(t0 * a_stride + i * block + qs);
-        let y1 = a.add(t1 * a_stride + i * block + qs);
+        let y0 = block::<A>(a.add(t0 * a_stride), i).qs();
+        let y1 = block::<A>(a.add(t1 * a_stride), i).qs();
         let q = _mm512_inserti64x4::<1>(
             _mm512_castsi256_si512(_mm256_loadu_si256(y0.cast())),
             _mm256_loadu_si256(y1.cast()),
@@ -178,26 +190,24 @@ unsafe fn q4_1_micro<const R: usize, const P: usize>(
         let mut da = [_mm512_setzero_ps(); P];
         for p in 0..P {
             // SAFETY: the tokens and block are in bounds (caller).
-            (qy[p], da[p]) = unsafe { token_pair(a, a_stride, Q8_1_SIZE, 4, sc, i, p, tt) };
+            (qy[p], da[p]) = unsafe { token_pair::<BlockQ8_1>(a, a_stride, sc, i, p, tt) };
         }
         // SAFETY: 8 entries are readable from `i * stride` (caller).
         let sa = unsafe { _mm256_loadu_ps(sc.s.add(i * sc.stride)) };
         for (r, acc_r) in acc.iter_mut().enumerate() {
             if prefetch {
                 // As in the AVX2 tiles: the first pass over the weight rows reads them from
-                // memory. (A prefetch of any address is harmless: wrapping arithmetic.)
-                _mm_prefetch::<_MM_HINT_T0>(
-                    w.wrapping_add(r * w_stride + (i + PREFETCH_BLOCKS) * Q4_1_SIZE)
-                        .cast(),
-                );
+                // memory.
+                // SAFETY: a prefetch of any address is harmless (wrapping arithmetic).
+                unsafe { prefetch_ahead::<BlockQ4_1>(w.wrapping_add(r * w_stride), i) };
             }
             // SAFETY: block `i` of weight row `r` is in bounds (caller).
             let (dw, mw, packed) = unsafe {
-                let x = w.add(r * w_stride + i * Q4_1_SIZE);
+                let x: &BlockQ4_1 = block(w.add(r * w_stride), i);
                 (
-                    f16x16_at(x),
-                    f16x8_at(x.add(2)),
-                    _mm512_broadcast_i32x4(_mm_loadu_si128(x.add(4).cast())),
+                    f16x16_at(x.d.as_ptr()),
+                    f16x8_at(x.m.as_ptr()),
+                    _mm512_broadcast_i32x4(_mm_loadu_si128(x.qs.as_ptr().cast())),
                 )
             };
             // 128-bit lanes 0 and 2 keep the low nibbles (elements 0..16), lanes 1 and 3 take
@@ -246,7 +256,6 @@ unsafe fn q8_0_micro<const R: usize, const P: usize, const Q5: bool>(
     out_stride: usize,
     prefetch: bool,
 ) {
-    let block_w = if Q5 { Q5_0_SIZE } else { Q8_0_SIZE };
     let bias = _mm512_set1_epi8(if Q5 { 16 } else { 0x80u8 as i8 });
     let mut acc = [[_mm512_setzero_ps(); P]; R];
     for i in 0..nb {
@@ -255,7 +264,7 @@ unsafe fn q8_0_micro<const R: usize, const P: usize, const Q5: bool>(
         let mut start = [_mm512_setzero_si512(); P];
         for p in 0..P {
             // SAFETY: the tokens and block are in bounds (caller).
-            (qy[p], da[p]) = unsafe { token_pair(a, a_stride, Q8_0_SIZE, 2, sc, i, p, tt) };
+            (qy[p], da[p]) = unsafe { token_pair::<BlockQ8_0>(a, a_stride, sc, i, p, tt) };
             // -offset · Σy per lane: the correction for the weights' offset.
             start[p] = _mm512_sub_epi32(
                 _mm512_setzero_si512(),
@@ -263,25 +272,32 @@ unsafe fn q8_0_micro<const R: usize, const P: usize, const Q5: bool>(
             );
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
+            let row = w.wrapping_add(r * w_stride);
             if prefetch {
-                // As in the Q4_1 kernel. (A prefetch of any address is harmless.)
-                _mm_prefetch::<_MM_HINT_T0>(
-                    w.wrapping_add(r * w_stride + (i + PREFETCH_BLOCKS) * block_w)
-                        .cast(),
-                );
+                // As in the Q4_1 kernel.
+                // SAFETY: a prefetch of any address is harmless (wrapping arithmetic).
+                unsafe {
+                    if Q5 {
+                        prefetch_ahead::<BlockQ5_0>(row, i);
+                    } else {
+                        prefetch_ahead::<BlockQ8_0>(row, i);
+                    }
+                }
             }
             // SAFETY: block `i` of weight row `r` is in bounds (caller).
             let (dw, qx) = unsafe {
-                let x = w.add(r * w_stride + i * block_w);
-                let qx = if Q5 {
-                    _mm512_broadcast_i64x4(q5_0_quants(x))
+                if Q5 {
+                    let x: &BlockQ5_0 = block(row, i);
+                    let qx = q5_0_quants(std::ptr::from_ref(x).cast());
+                    (f16x16_at(x.d.as_ptr()), _mm512_broadcast_i64x4(qx))
                 } else {
-                    _mm512_xor_si512(
-                        _mm512_broadcast_i64x4(_mm256_loadu_si256(x.add(2).cast())),
-                        bias,
+                    let x: &BlockQ8_0 = block(row, i);
+                    let qx = _mm256_loadu_si256(x.qs.as_ptr().cast());
+                    (
+                        f16x16_at(x.d.as_ptr()),
+                        _mm512_xor_si512(_mm512_broadcast_i64x4(qx), bias),
                     )
-                };
-                (f16x16_at(x), qx)
+                }
             };
             for p in 0..P {
                 let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[p], qx, qy[p]));
@@ -496,20 +512,20 @@ macro_rules! tile_entry {
 
 /// Q4_1 weights, Q8_1 activations (with their `s`).
 const Q4_1_FMT: Format = Format {
-    block_w: Q4_1_SIZE,
-    block_a: Q8_1_SIZE,
+    block_w: BlockQ4_1::SIZE,
+    block_a: BlockQ8_1::SIZE,
     has_s: true,
 };
 /// Q8_0 weights and activations.
 const Q8_0_FMT: Format = Format {
-    block_w: Q8_0_SIZE,
-    block_a: Q8_0_SIZE,
+    block_w: BlockQ8_0::SIZE,
+    block_a: BlockQ8_0::SIZE,
     has_s: false,
 };
 /// Q5_0 weights, Q8_0 activations.
 const Q5_0_FMT: Format = Format {
-    block_w: Q5_0_SIZE,
-    block_a: Q8_0_SIZE,
+    block_w: BlockQ5_0::SIZE,
+    block_a: BlockQ8_0::SIZE,
     has_s: false,
 };
 

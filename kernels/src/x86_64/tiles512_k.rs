@@ -40,13 +40,12 @@ use std::arch::x86_64::{
 };
 use std::mem::MaybeUninit;
 
-use crate::reference::q4_k::{scales_mins_k4, K_SCALE_SIZE};
+use super::tiles::block;
+use crate::reference::q4_k::{scales_mins_k4, BlockQ4K};
+use crate::reference::q6_k::BlockQ6K;
+use crate::reference::q8_k::BlockQ8K;
+use crate::reference::Block;
 use crate::traits::BatchRows;
-
-const Q4_K_SIZE: usize = 144;
-const Q8_K_SIZE: usize = 292;
-const Q8_K_QS: usize = 4;
-const Q8_K_BSUMS: usize = 260;
 
 /// Bytes of the laid-out activations per quad and super-block: 16 rows of 64 quant bytes, the
 /// four tokens' f32 scales, and 8 × 4 i32 pair sums of their group sums.
@@ -81,28 +80,22 @@ unsafe fn lay_out_quad<const FLIP: bool>(
     for b in 0..nb {
         let dst = quad_block(buf, nb, q, b);
         for k in 0..4 {
-            let y = &a[(t + k) * a_stride + b * Q8_K_SIZE..][..Q8_K_SIZE];
-            // SAFETY: `y` holds a whole Q8_K block (bounds-checked slice); `dst` holds
+            let row = &a[(t + k) * a_stride..];
+            let y = &crate::reference::view::<BlockQ8K>(row, b + 1)[b];
+            // SAFETY: `y` is a whole Q8_K block (a bounds-checked view); `dst` holds
             // QUAD_BLOCK bytes inside the buffer (caller); unaligned 16-byte moves.
             unsafe {
                 for s in 0..16 {
-                    let v = _mm_loadu_si128(y.as_ptr().add(Q8_K_QS + 16 * s).cast());
+                    let v = _mm_loadu_si128(y.qs.as_ptr().add(16 * s).cast());
                     let v = if FLIP { _mm_xor_si128(v, flip) } else { v };
                     _mm_storeu_si128(dst.add(64 * s + 16 * k).cast(), v);
                 }
-                dst.add(1024 + 4 * k)
-                    .cast::<[u8; 4]>()
-                    .write_unaligned([y[0], y[1], y[2], y[3]]);
+                dst.add(1024 + 4 * k).cast::<[u8; 4]>().write_unaligned(y.d);
                 if FLIP {
                     continue;
                 }
                 for j in 0..8 {
-                    let bs = |g: usize| {
-                        i32::from(i16::from_le_bytes([
-                            y[Q8_K_BSUMS + 2 * g],
-                            y[Q8_K_BSUMS + 2 * g + 1],
-                        ]))
-                    };
+                    let bs = |g: usize| i32::from(i16::from_le_bytes(y.bsums[g]));
                     dst.add(1040 + 16 * j + 4 * k)
                         .cast::<i32>()
                         .write_unaligned(bs(2 * j) + bs(2 * j + 1));
@@ -167,21 +160,22 @@ unsafe fn q4_k_micro<const Q: usize>(
         let mut dd = [0i32; 4];
         for (r, &row) in rows.iter().enumerate() {
             // SAFETY: block `b` of each slot is readable (caller).
-            let x = unsafe { std::slice::from_raw_parts(row.add(b * Q4_K_SIZE), Q4_K_SIZE) };
-            let mut packed_scales = [0u8; K_SCALE_SIZE];
-            packed_scales.copy_from_slice(&x[4..4 + K_SCALE_SIZE]);
-            let (sc, mn) = scales_mins_k4(&packed_scales);
+            let x: &BlockQ4K = unsafe { block(row, b) };
+            let (sc, mn) = scales_mins_k4(&x.scales);
             for (j, m) in mn.iter().enumerate() {
                 mins[j][r] = *m;
             }
-            dd[r] = i32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+            // `d` and `dmin` as the two halves of one i32 (converted together below).
+            dd[r] = i32::from_le_bytes([x.d[0], x.d[1], x.dmin[0], x.dmin[1]]);
             let mut v = [[_mm512_setzero_si512(); 4]; Q];
             for c in 0..4 {
                 // SAFETY: 16-byte loads inside the block.
                 let (p0, p1) = unsafe {
                     (
-                        _mm512_broadcast_i32x4(_mm_loadu_si128(x.as_ptr().add(16 + 32 * c).cast())),
-                        _mm512_broadcast_i32x4(_mm_loadu_si128(x.as_ptr().add(32 + 32 * c).cast())),
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(x.qs.as_ptr().add(32 * c).cast())),
+                        _mm512_broadcast_i32x4(_mm_loadu_si128(
+                            x.qs.as_ptr().add(16 + 32 * c).cast(),
+                        )),
                     )
                 };
                 // Elements 64c + 16j .. + 16, j = 0..4.
@@ -300,8 +294,6 @@ unsafe fn store_quad(
     }
 }
 
-const Q6_K_SIZE: usize = 210;
-
 /// One Q6_K micro-tile (tiled order): 4 weight row slots × `Q` quads over `nb` super-blocks
 /// (contract as [`q4_k_micro`]; quads laid out by `lay_out_quad::<true>`). Lanes here are
 /// `4t + r` (token `t` in 128-bit lane `t`).
@@ -331,20 +323,18 @@ unsafe fn q6_k_micro<const Q: usize>(
         let mut dw16 = [0i32; 4];
         for (r, &row) in rows.iter().enumerate() {
             // SAFETY: block `b` of each slot is readable (caller).
-            let x = unsafe { std::slice::from_raw_parts(row.add(b * Q6_K_SIZE), Q6_K_SIZE) };
-            dw16[r] = i32::from(u16::from_le_bytes([x[208], x[209]]));
+            let x: &BlockQ6K = unsafe { block(row, b) };
+            dw16[r] = i32::from(u16::from_le_bytes(x.d));
             let mut c = _mm512_setzero_si512();
             for h in 0..2 {
                 for lc in [0, 16] {
                     // SAFETY: 16-byte loads inside the block.
                     let (l0, l1, hb) = unsafe {
-                        let p = x.as_ptr();
-                        let b16 =
-                            |o: usize| _mm512_broadcast_i32x4(_mm_loadu_si128(p.add(o).cast()));
+                        let b16 = |p: *const u8| _mm512_broadcast_i32x4(_mm_loadu_si128(p.cast()));
                         (
-                            b16(64 * h + lc),
-                            b16(64 * h + 32 + lc),
-                            b16(128 + 32 * h + lc),
+                            b16(x.ql.as_ptr().add(64 * h + lc)),
+                            b16(x.ql.as_ptr().add(64 * h + 32 + lc)),
+                            b16(x.qh.as_ptr().add(32 * h + lc)),
                         )
                     };
                     // Elements 128h + 32k + lc .. + 16 (low 4 bits, then the 2 high bits).
@@ -361,7 +351,7 @@ unsafe fn q6_k_micro<const Q: usize>(
                         let u = _mm512_or_si512(lo4, _mm512_and_si512(hi2, top));
                         let qk = _mm512_sub_epi8(u, off);
                         let group = (128 * h + 32 * k + lc) / 16;
-                        let sc = _mm512_set1_epi16(i16::from(x[192 + group] as i8));
+                        let sc = _mm512_set1_epi16(i16::from(x.scales[group]));
                         // The row's Σ sc · (q - 32), one 16-element group at a time.
                         c = _mm512_dpwssd_epi32(c, _mm512_maddubs_epi16(ones, qk), sc);
                         for (q, pq) in part.iter_mut().enumerate() {
@@ -451,7 +441,16 @@ unsafe fn drive(
     out_stride: usize,
 ) {
     let nb = n / 256;
-    crate::tile::check_operands(nb, (f.block_w, Q8_K_SIZE), w, w_stride, nr, a, a_stride, nt);
+    crate::tile::check_operands(
+        nb,
+        (f.block_w, BlockQ8K::SIZE),
+        w,
+        w_stride,
+        nr,
+        a,
+        a_stride,
+        nt,
+    );
     if nr == 0 || nt == 0 {
         return;
     }
@@ -543,7 +542,7 @@ macro_rules! k_entry {
 k_entry!(
     tile_q4_k_q8_k,
     KFormat {
-        block_w: Q4_K_SIZE,
+        block_w: BlockQ4K::SIZE,
         rule: BatchRows::FullQuads,
         batched: super::kquants::vec_dot_q4_k_q8_k_x4,
         single: super::kquants::vec_dot_q4_k_q8_k,
@@ -555,7 +554,7 @@ k_entry!(
 k_entry!(
     tile_q6_k_q8_k,
     KFormat {
-        block_w: Q6_K_SIZE,
+        block_w: BlockQ6K::SIZE,
         rule: BatchRows::AllFrom(8),
         batched: super::kquants::vec_dot_q6_k_q8_k_tiled,
         single: super::kquants::vec_dot_q6_k_q8_k,

@@ -85,5 +85,6 @@ fn f16_bits(v: f32) -> u16 {
     f16::from_f32(v).to_bits()
 }
 
+mod fused;
 mod kernels;
 mod models;

@@ -1,4 +1,5 @@
-//! CUDA backend tests (`kernels.rs`, `models.rs`): every kernel against the CPU reference on random inputs and awkward sizes;
+//! CUDA backend tests (`kernels.rs`, `rope_kv.rs`, `fused.rs`, `models.rs`, `engine.rs`): every
+//! kernel against the CPU reference on random inputs and awkward sizes;
 //! greedy decoding on `--backend cuda` against `--backend cpu` (synthetic models of every
 //! supported weight format, and a real truncated model when `EMBER_CUDA_MODEL` names one); the
 //! engine on CUDA (many sequences per step, prefix sharing, forks with copy-on-write) against
@@ -85,6 +86,8 @@ fn f16_bits(v: f32) -> u16 {
     f16::from_f32(v).to_bits()
 }
 
+mod engine;
 mod fused;
 mod kernels;
 mod models;
+mod rope_kv;

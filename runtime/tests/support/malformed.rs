@@ -1,6 +1,6 @@
 //! Malformed and non-finite GGUF files, built with the project's writer (a valid synthetic
 //! model, then truncated or corrupted at the byte offsets the writer reports for each section):
-//! shared by the library's tests (`malformed_gguf.rs`) and the CLI's (`cli/tests/malformed_cli.rs`).
+//! shared by the library's tests (`malformed_gguf.rs`) and the CLI's (`cli/tests/hostile_input.rs`).
 #![allow(dead_code)]
 
 use ember::gguf::writer::{GgufWriter, MetaValue};

@@ -4,6 +4,8 @@
 # git-ignored). Installs the pinned cargo-fuzz when missing; needs the nightly toolchain.
 #
 #   bash scripts/ci/fuzz.sh [SECONDS] [TARGET...]    # default: 30 s each, every target
+#   bash scripts/ci/fuzz.sh --build-only             # install what is missing and build, run nothing
+#                                                    # (scripts/test.sh runs it in the background)
 #
 # FUZZ_FORK=1 runs libFuzzer in fork mode (-fork=1 -ignore_crashes=1): it keeps going after a
 # crash and reports the count; crashes land in fuzz/artifacts/TARGET/. Logs: fuzz/logs/TARGET.log.
@@ -12,6 +14,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../../fuzz"
 
 CARGO_FUZZ_VERSION=0.13.1
+build_only=0
+if [ "${1:-}" = --build-only ]; then
+    build_only=1
+    shift
+fi
 SECONDS_EACH=${1:-30}
 shift || true
 TARGETS=("$@")
@@ -29,6 +36,7 @@ fi
 # `cargo fuzz build` has no --locked: check the committed fuzz/Cargo.lock is current first.
 cargo +nightly metadata --locked --format-version 1 >/dev/null
 cargo +nightly fuzz build
+[ "$build_only" = 0 ] || exit 0
 bin=target/x86_64-unknown-linux-gnu/release
 
 mkdir -p logs

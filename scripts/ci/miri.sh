@@ -26,9 +26,11 @@ cargo +nightly miri setup >/dev/null
 # KV type run); nor the sliding-window group tests (the same pool calls per layer group; the
 # grouped block table's own test in kv:: runs); nor the engine tests that only check how requests and configurations are
 # refused (parameter arithmetic in safe code, ~30 s each interpreted).
-echo "== miri: block pool, block tables, scheduler, thread pool; block-pool property tests"
 cargo +nightly miri test --locked -p ember --lib --no-run
 cargo +nightly miri test --locked -p ember --test block_pool_props --no-run
+# `--build-only`: install and build, run nothing (scripts/test.sh runs it in the background).
+[ "${1:-}" != --build-only ] || exit 0
+echo "== miri: block pool, block tables, scheduler, thread pool; block-pool property tests"
 long=(engine::tests::preemption_and_chunked_prefill_match_a_roomy_engine
       engine::tests::prefix_reuse_below_block_granularity)
 cargo +nightly miri test --locked -p ember --lib -- "${long[@]}" \

@@ -651,6 +651,56 @@ fn silu_mul_equals_the_reference_over_the_whole_exp_range() {
     }
 }
 
+/// SiLU at the edges of ggml's `expf` ranges and at the special values (zeros, infinities, NaN,
+/// the smallest normal and a subnormal), in the vector lanes and in the scalar tail, bit for bit.
+#[test]
+fn silu_mul_equals_the_reference_at_special_values() {
+    let edges = [
+        0.0f32,
+        -0.0,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MIN_POSITIVE,
+        -1e-40,
+        87.3,
+        -87.3,
+        88.73,
+        -88.73,
+        103.9,
+        -103.9,
+        133.0,
+        -133.0,
+        133.8,
+        -133.8,
+        1e30,
+        -1e30,
+        f32::MAX,
+        -f32::MAX,
+        1.0,
+        -1.0,
+        0.5,
+    ];
+    let u: Vec<f32> = (0..edges.len()).map(|i| 0.25 + i as f32).collect();
+    for ks in KernelSet::available() {
+        let k = ks.ops();
+        // Lengths 24 (all in vector lanes) and 21 (a 5-element scalar tail).
+        for n in [edges.len(), edges.len() - 3] {
+            let (mut a, mut b) = (edges[..n].to_vec(), edges[..n].to_vec());
+            (k.silu_mul)(&mut a, &u[..n]);
+            ops::silu_mul(&mut b, &u[..n]);
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                    "{}: silu_mul({}) = {x} against the reference's {y}",
+                    ks.path().name(),
+                    edges[i]
+                );
+            }
+        }
+    }
+}
+
 /// Float dots over element counts that are not multiples of the vector width (the tails go to
 /// the first lanes in the reference).
 #[test]

@@ -17,7 +17,8 @@
 use std::arch::x86_64::{
     __m256i, _mm256_and_si256, _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_loadu_si256,
     _mm256_mul_ps, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i, _mm256_setzero_ps,
-    _mm256_setzero_si256, _mm256_storeu_si256, _mm256_sub_epi32, _mm_loadu_si128, _mm_srli_epi16,
+    _mm256_setzero_si256, _mm256_storeu_si256, _mm256_sub_epi32, _mm_fmadd_ps, _mm_loadu_ps,
+    _mm_loadu_si128, _mm_set1_ps, _mm_setzero_ps, _mm_srli_epi16, _mm_storeu_ps,
 };
 use std::mem::MaybeUninit;
 
@@ -31,8 +32,11 @@ use crate::reference::q8::{BlockQ8_0, BlockQ8_1};
 use crate::reference::{Block, Plain};
 /// Weight rows per micro-tile.
 const MR: usize = 4;
-/// Most tokens per micro-tile (of any format).
-const MT: usize = 3;
+/// Tokens per micro-tile: with [`MR`] rows, 8 accumulators, a weight block, the tokens'
+/// blocks and scales and the temporaries fill the 16 AVX2 registers. Three tokens spilled
+/// accumulators on every block (`examples/tile_bench.rs`, Q4_1 × 16 tokens with AVX-VNNI: 0.94
+/// ns per block pair with 3, 0.84 with 2).
+const MT: usize = 2;
 /// Longest row unpacked (4096 elements).
 pub(super) const MAX_BLOCKS: usize = 128;
 /// Fewest tokens for which unpacking pays: the buffer then serves at least two micro-tiles.
@@ -45,9 +49,6 @@ pub(super) trait Format {
     /// The weight and activation blocks.
     type W: Plain;
     type A: Plain;
-    /// Tokens per micro-tile: as many as 16 AVX2 registers hold with 4 rows (as the plain
-    /// tiles of [`super::tiles`]).
-    const MT: usize;
     /// The 32 quants of the weight block at `x` as bytes in element order, its scale and its
     /// minimum (0 for formats without one).
     ///
@@ -74,7 +75,6 @@ pub(super) struct Q5_0;
 impl Format for Q4_1 {
     type W = BlockQ4_1;
     type A = BlockQ8_1;
-    const MT: usize = 3;
     #[inline(always)]
     unsafe fn unpack(x: &BlockQ4_1) -> (__m256i, f32, f32) {
         // SAFETY: forwarded contract; `x.qs` holds 16 bytes (unaligned load).
@@ -103,7 +103,6 @@ impl Format for Q4_1 {
 impl Format for Q5_0 {
     type W = BlockQ5_0;
     type A = BlockQ8_0;
-    const MT: usize = 2;
     #[inline(always)]
     unsafe fn unpack(x: &BlockQ5_0) -> (__m256i, f32, f32) {
         // SAFETY: forwarded contract; `x` is a whole block.
@@ -128,7 +127,8 @@ impl Format for Q5_0 {
 }
 
 /// One row group's weights, unpacked: `q[r * MAX_BLOCKS + i]` is block `i` of row `r` as 32
-/// bytes 0..=15 (elements in order), `d`/`m` its scale and minimum.
+/// bytes 0..=15 (elements in order), `d[r * MAX_BLOCKS + i]` its scale and `m[i * MR + r]` its
+/// minimum (the group's rows side by side, for one 4-lane load per block).
 struct Rows {
     q: MaybeUninit<[[u8; 32]; MR * MAX_BLOCKS]>,
     d: [f32; MR * MAX_BLOCKS],
@@ -212,7 +212,7 @@ unsafe fn tile<F: Format, S: LaneSums>(
     let sizes = (<F::W as Block>::SIZE, <F::A as Block>::SIZE);
     crate::tile::check_operands(nb, sizes, w, w_stride, nr, a, a_stride, nt);
     assert!(takes(nb, nt), "tile buffers hold {nb} blocks × {nt} tokens");
-    let mt = F::MT;
+    let mt = MT;
     let group = ((16384 / a_stride.max(1)).max(mt) / mt * mt).min(MAX_GROUP_BLOCKS / nb.max(1));
     let group = group / mt * mt;
     let mut rows = Rows {
@@ -250,7 +250,7 @@ unsafe fn tile<F: Format, S: LaneSums>(
                         let x = &*w.as_ptr().add((r + j) * w_stride).cast::<F::W>().add(i);
                         let (qx, d, m) = F::unpack(x);
                         rows.d[j * MAX_BLOCKS + i] = d;
-                        rows.m[j * MAX_BLOCKS + i] = m;
+                        rows.m[i * MR + j] = m;
                         _mm256_storeu_si256(q.add(j * MAX_BLOCKS + i).cast(), qx);
                     }
                 }
@@ -275,16 +275,12 @@ unsafe fn tile<F: Format, S: LaneSums>(
                 // caller's.
                 unsafe {
                     match (rr, tt) {
-                        (4, 3) => F::micro::<S, 4, 3>(&at),
                         (4, 2) => F::micro::<S, 4, 2>(&at),
                         (4, 1) => F::micro::<S, 4, 1>(&at),
-                        (3, 3) => F::micro::<S, 3, 3>(&at),
                         (3, 2) => F::micro::<S, 3, 2>(&at),
                         (3, 1) => F::micro::<S, 3, 1>(&at),
-                        (2, 3) => F::micro::<S, 2, 3>(&at),
                         (2, 2) => F::micro::<S, 2, 2>(&at),
                         (2, 1) => F::micro::<S, 2, 1>(&at),
-                        (1, 3) => F::micro::<S, 1, 3>(&at),
                         (1, 2) => F::micro::<S, 1, 2>(&at),
                         _ => F::micro::<S, 1, 1>(&at),
                     }
@@ -312,47 +308,57 @@ pub(super) struct Micro<'b> {
 }
 
 impl Micro<'_> {
-    /// The Q4_1 `R × T` micro-tile: per block, each (row, token) pair adds `m · s` to its
-    /// scalar sum and `(d_w · d_a) · Σ q_w q_a` to its 8 lanes, as the single-row dot does.
+    /// The Q4_1 `R × T` micro-tile: per block, each (row, token) pair adds
+    /// `(d_w · d_a) · Σ q_w q_a` to its 8 lanes and `m · s` to its scalar sum, as the single-row
+    /// dot does. The scalar sums take a second pass, four rows to a vector: the first then
+    /// keeps only its `R × T` accumulators, a weight block and the tokens' blocks and scales in
+    /// registers (with the `R × T` scalar sums beside them, accumulators spilled on every
+    /// block).
     ///
     /// # Safety
     /// The CPU has AVX2, FMA, F16C (and what `S` uses); rows `0..R` of the buffer and tokens
     /// `k0..k0 + T` of the group are filled; `a` holds `T` rows of `nb` blocks, `a_stride`
     /// apart; `out.add(t * out_stride + r)` is writable for `t < T`, `r < R`.
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
     unsafe fn run_q4_1<S: LaneSums, const R: usize, const T: usize>(&self) {
         let nb = self.nb;
         // SAFETY: the intrinsics need AVX2, FMA and F16C, which the `target_feature` function
         // this is inlined into enables (contract); the pointers are in bounds (contract).
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); T]; R];
-            let mut summs = [[0f32; T]; R];
             for i in 0..nb {
                 let mut qy = [_mm256_set1_epi8(0); T];
                 let mut da = [_mm256_setzero_ps(); T];
-                let mut sa = [0f32; T];
                 for t in 0..T {
-                    let k = (self.k0 + t) * nb + i;
-                    da[t] = _mm256_set1_ps(self.acts.d[k]);
-                    sa[t] = self.acts.s[k];
+                    da[t] = _mm256_set1_ps(self.acts.d[(self.k0 + t) * nb + i]);
                     let y = &*self.a.add(t * self.a_stride).cast::<BlockQ8_1>().add(i);
                     qy[t] = _mm256_loadu_si256(y.qs.as_ptr().cast());
                 }
                 for r in 0..R {
                     let slot = r * MAX_BLOCKS + i;
                     let dw = _mm256_set1_ps(self.rows.d[slot]);
-                    let mw = self.rows.m[slot];
                     let qx = _mm256_loadu_si256(self.q.add(slot).cast());
                     for t in 0..T {
-                        summs[r][t] = mw.mul_add(sa[t], summs[r][t]);
                         let s = S::sums(qx, qy[t]);
                         acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, da[t]), s, acc[r][t]);
                     }
                 }
             }
-            for r in 0..R {
+            // Lane `r` of `summs[t]`: the pair's `Σ_i fma(m, s, ·)`, in block order.
+            let mut summs = [_mm_setzero_ps(); T];
+            for i in 0..nb {
+                let m = _mm_loadu_ps(self.rows.m.as_ptr().add(i * MR));
                 for t in 0..T {
-                    *self.out.add(t * self.out_stride + r) = hsum8(acc[r][t]) + summs[r][t];
+                    let s = _mm_set1_ps(self.acts.s[(self.k0 + t) * nb + i]);
+                    summs[t] = _mm_fmadd_ps(m, s, summs[t]);
+                }
+            }
+            for t in 0..T {
+                let mut lanes = [0f32; MR];
+                _mm_storeu_ps(lanes.as_mut_ptr(), summs[t]);
+                for r in 0..R {
+                    *self.out.add(t * self.out_stride + r) = hsum8(acc[r][t]) + lanes[r];
                 }
             }
         }

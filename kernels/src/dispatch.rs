@@ -1,7 +1,7 @@
 //! Run-time kernel selection: a [`KernelSet`] is one path's kernels as a value, detected from
 //! the CPU (or built for a named path); the runtime holds one and calls only its tables.
 //!
-//! `EMBER_CPU=scalar|avx2|avx512|neon` forces the path [`KernelSet::detect`] picks (for
+//! `EMBER_CPU=scalar|avx2|avx2-novnni|avx512|neon` forces the path [`KernelSet::detect`] picks (for
 //! measurements); asking for a path the CPU (or this build) lacks is an error, never a silent
 //! fallback. Tests build every available set with [`KernelSet::available`] instead. Without
 //! the variable the best available path is used. The scalar reference is always available.
@@ -9,6 +9,8 @@
 //! On aarch64, `neon` selects NEON with the dotprod extension (`sdot`) where the CPU has it and
 //! plain NEON otherwise; `neon-dotprod` requires the extension, and `neon-nodot` forces the plain
 //! NEON kernels even on a CPU with it (to test and measure that path on such a machine).
+//! Likewise on x86_64: `avx2` takes AVX-VNNI's lane sums in the tiles where the CPU has them,
+//! `avx2-novnni` the plain AVX2 ones an AVX2-only CPU runs.
 
 use std::sync::OnceLock;
 
@@ -24,8 +26,12 @@ use crate::GgmlType;
 pub enum CpuPath {
     /// The scalar reference (the spec).
     Scalar,
-    /// x86_64 with AVX2, FMA and F16C (x86-64-v3).
+    /// x86_64 with AVX2, FMA and F16C (x86-64-v3); the tiles take AVX-VNNI's `vpdpbusd`
+    /// where the CPU has it (the same sums in one instruction).
     Avx2,
+    /// The AVX2 path without AVX-VNNI, even on a CPU that has it: the kernels of an AVX2-only
+    /// CPU (AMD Zen 2 and 3, Intel before Alder Lake), to test and measure them on a newer one.
+    Avx2NoVnni,
     /// The AVX2 path plus AVX-512 (F, BW, VL, DQ, VNNI) tile products: the same results bit for
     /// bit, with two (row, token) pairs per 512-bit register in prefill and batched decode.
     Avx512,
@@ -41,6 +47,7 @@ impl CpuPath {
         match self {
             CpuPath::Scalar => "scalar",
             CpuPath::Avx2 => "avx2",
+            CpuPath::Avx2NoVnni => "avx2-novnni",
             CpuPath::Avx512 => "avx512",
             CpuPath::Neon => "neon-nodot",
             CpuPath::NeonDotprod => "neon-dotprod",
@@ -159,11 +166,12 @@ mod avx2_tables {
         t
     }
 
-    /// Every tile kernel of `ty` this CPU can run, best first, with a name; the AVX-512 ones
-    /// only with `avx512` (the AVX-512 path).
-    pub fn tile_variants(ty: GgmlType, avx512: bool) -> Vec<(&'static str, TileDotFn)> {
+    /// Every tile kernel of `ty` this CPU can run on `path`, best first, with a name: the
+    /// AVX-512 ones only on the AVX-512 path, the AVX-VNNI ones not on `avx2-novnni`.
+    pub fn tile_variants(ty: GgmlType, path: CpuPath) -> Vec<(&'static str, TileDotFn)> {
         use crate::x86_64::{tiles, tiles512, tiles512_k, tiles_k};
-        let vnni = std::arch::is_x86_feature_detected!("avxvnni");
+        let avx512 = path == CpuPath::Avx512;
+        let vnni = path != CpuPath::Avx2NoVnni && std::arch::is_x86_feature_detected!("avxvnni");
         let wide: &[(GgmlType, &'static str, TileDotFn)] = &[
             (GgmlType::Q4_1, "avx512-vnni", tiles512::tile_q4_1_q8_1),
             (GgmlType::Q8_0, "avx512-vnni", tiles512::tile_q8_0_q8_0),
@@ -193,14 +201,19 @@ mod avx2_tables {
         .collect()
     }
 
-    pub fn tile(ty: GgmlType, avx512: bool) -> Option<TileDotFn> {
+    pub fn tile(ty: GgmlType, path: CpuPath) -> Option<TileDotFn> {
         type Table = Vec<(GgmlType, TileDotFn)>;
-        static TABLES: [OnceLock<Table>; 2] = [OnceLock::new(), OnceLock::new()];
-        TABLES[usize::from(avx512)]
+        static TABLES: [OnceLock<Table>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        let slot = match path {
+            CpuPath::Avx512 => 0,
+            CpuPath::Avx2NoVnni => 1,
+            _ => 2,
+        };
+        TABLES[slot]
             .get_or_init(|| {
                 crate::SUPPORTED
                     .iter()
-                    .filter_map(|&t| tile_variants(t, avx512).first().map(|v| (t, v.1)))
+                    .filter_map(|&t| tile_variants(t, path).first().map(|v| (t, v.1)))
                     .collect()
             })
             .iter()
@@ -392,10 +405,10 @@ fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
         }),
         Some("scalar") => Ok(CpuPath::Scalar),
         Some("avx2") if avx2 => Ok(CpuPath::Avx2),
-        Some("avx2") => Err(
-            "EMBER_CPU=avx2: this CPU (or this build: feature `simd`, x86_64) lacks AVX2/FMA/F16C"
-                .into(),
-        ),
+        Some("avx2-novnni") if avx2 => Ok(CpuPath::Avx2NoVnni),
+        Some(what @ ("avx2" | "avx2-novnni")) => Err(format!(
+            "EMBER_CPU={what}: this CPU (or this build: feature `simd`, x86_64) lacks AVX2/FMA/F16C"
+        )),
         Some("avx512") if avx512 => Ok(CpuPath::Avx512),
         Some("avx512") => Err(
             "EMBER_CPU=avx512: this CPU (or this build: feature `simd`, x86_64) lacks one of \
@@ -412,8 +425,8 @@ fn detect(requested: Option<&str>) -> Result<CpuPath, String> {
                 .into(),
         ),
         Some(other) => Err(format!(
-            "EMBER_CPU={other:?} is not a kernel path (scalar, avx2, avx512, neon, \
-             neon-dotprod, neon-nodot)"
+            "EMBER_CPU={other:?} is not a kernel path (scalar, avx2, avx2-novnni, avx512, \
+             neon, neon-dotprod, neon-nodot)"
         )),
     }
 }
@@ -467,6 +480,7 @@ impl KernelSet {
         [
             CpuPath::Scalar,
             CpuPath::Avx2,
+            CpuPath::Avx2NoVnni,
             CpuPath::Avx512,
             CpuPath::Neon,
             CpuPath::NeonDotprod,
@@ -529,9 +543,9 @@ fn path_traits(path: CpuPath, ty: GgmlType) -> Option<&'static TypeTraits> {
     match path {
         CpuPath::Scalar => reference_traits(ty),
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        CpuPath::Avx2 | CpuPath::Avx512 => avx2_tables::traits(ty),
+        CpuPath::Avx2 | CpuPath::Avx2NoVnni | CpuPath::Avx512 => avx2_tables::traits(ty),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
-        CpuPath::Avx2 | CpuPath::Avx512 => reference_traits(ty),
+        CpuPath::Avx2 | CpuPath::Avx2NoVnni | CpuPath::Avx512 => reference_traits(ty),
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
         CpuPath::Neon => neon_tables::traits(ty, false),
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
@@ -549,11 +563,9 @@ fn path_tile(path: CpuPath, ty: GgmlType) -> Option<TileDotFn> {
     match path {
         CpuPath::Scalar => None,
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        CpuPath::Avx2 => avx2_tables::tile(ty, false),
-        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        CpuPath::Avx512 => avx2_tables::tile(ty, true),
+        CpuPath::Avx2 | CpuPath::Avx2NoVnni | CpuPath::Avx512 => avx2_tables::tile(ty, path),
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
-        CpuPath::Avx2 | CpuPath::Avx512 => None,
+        CpuPath::Avx2 | CpuPath::Avx2NoVnni | CpuPath::Avx512 => None,
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
         CpuPath::Neon => crate::aarch64::tiles::best(ty, false),
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
@@ -571,11 +583,11 @@ fn path_tile_variants(path: CpuPath, ty: GgmlType) -> Vec<(&'static str, TileDot
     match path {
         CpuPath::Scalar => Vec::new(),
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        CpuPath::Avx2 => avx2_tables::tile_variants(ty, false),
-        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        CpuPath::Avx512 => avx2_tables::tile_variants(ty, true),
+        CpuPath::Avx2 | CpuPath::Avx2NoVnni | CpuPath::Avx512 => {
+            avx2_tables::tile_variants(ty, path)
+        }
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
-        CpuPath::Avx2 | CpuPath::Avx512 => Vec::new(),
+        CpuPath::Avx2 | CpuPath::Avx2NoVnni | CpuPath::Avx512 => Vec::new(),
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
         CpuPath::Neon => crate::aarch64::tiles::variants(ty, false),
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
@@ -589,11 +601,11 @@ fn path_ops(path: CpuPath) -> &'static Ops {
     match path {
         CpuPath::Scalar => &SCALAR_OPS,
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        CpuPath::Avx2 => &avx2_tables::OPS,
+        CpuPath::Avx2 | CpuPath::Avx2NoVnni => &avx2_tables::OPS,
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         CpuPath::Avx512 => &avx2_tables::OPS512,
         #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
-        CpuPath::Avx2 | CpuPath::Avx512 => &SCALAR_OPS,
+        CpuPath::Avx2 | CpuPath::Avx2NoVnni | CpuPath::Avx512 => &SCALAR_OPS,
         #[cfg(all(feature = "simd", target_arch = "aarch64"))]
         CpuPath::Neon | CpuPath::NeonDotprod => &neon_tables::OPS,
         #[cfg(not(all(feature = "simd", target_arch = "aarch64")))]
@@ -608,6 +620,14 @@ mod tests {
     #[test]
     fn requests_are_checked() {
         assert_eq!(detect(Some("scalar")), Ok(CpuPath::Scalar));
+        // The two AVX2 paths stand or fall together (only the tiles' lane sums differ).
+        assert_eq!(
+            detect(Some("avx2")).is_ok(),
+            detect(Some("avx2-novnni")).is_ok()
+        );
+        if let Ok(p) = detect(Some("avx2-novnni")) {
+            assert_eq!(p, CpuPath::Avx2NoVnni);
+        }
         assert!(detect(Some("mips"))
             .unwrap_err()
             .contains("not a kernel path"));

@@ -472,6 +472,40 @@ fn ops_equal_the_reference() {
     }
 }
 
+/// `avx2-novnni` runs the AVX2 path's kernels without AVX-VNNI (the tiles of an AVX2-only
+/// CPU); `avx2` takes the AVX-VNNI tiles where the CPU has them.
+#[test]
+fn avx2_novnni_runs_no_avx_vnni_tile() {
+    let (Ok(plain), Ok(avx2)) = (
+        KernelSet::for_path(CpuPath::Avx2NoVnni),
+        KernelSet::for_path(CpuPath::Avx2),
+    ) else {
+        eprintln!("no AVX2 on this CPU (or build): nothing to check");
+        return;
+    };
+    for &ty in ember_kernels::SUPPORTED {
+        let names: Vec<_> = plain.tile_variants(ty).iter().map(|v| v.0).collect();
+        let with: Vec<_> = avx2.tile_variants(ty).iter().map(|v| v.0).collect();
+        let without: Vec<_> = with.iter().copied().filter(|&n| n != "avx-vnni").collect();
+        assert_eq!(
+            names, without,
+            "{ty}: avx2-novnni's tiles are avx2's less AVX-VNNI's"
+        );
+        if avx2_has_vnni() && ty == GgmlType::Q4_1 {
+            assert_eq!(with.first(), Some(&"avx-vnni"), "{ty}: {with:?}");
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_has_vnni() -> bool {
+    std::arch::is_x86_feature_detected!("avxvnni")
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_has_vnni() -> bool {
+    false
+}
+
 /// Tile products equal the reference dot of every (row, token) pair (`dot_for_row`) bit for bit, on
 /// awkward row counts, token counts and lengths, with padded strides, and write nothing else.
 #[test]
@@ -583,7 +617,7 @@ fn tile_products_equal_the_reference_dots() {
         }
         // Q4_1 and Q8_0 at least: on NEON with dotprod, the `sdot` and the plain NEON variants.
         let expected = match Ok::<_, ()>(ks.path()) {
-            Ok(CpuPath::Avx2 | CpuPath::Neon) => 2,
+            Ok(CpuPath::Avx2 | CpuPath::Avx2NoVnni | CpuPath::Neon) => 2,
             // The AVX-512 tiles and, after them, the AVX2 ones.
             Ok(CpuPath::Avx512) => 4,
             Ok(CpuPath::NeonDotprod) => 4,

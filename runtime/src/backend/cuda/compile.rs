@@ -74,12 +74,18 @@ pub(super) fn nvrtc_version() -> (i32, i32) {
     (a, b)
 }
 
-/// The concatenated kernel source.
+/// The concatenated kernel source. For kernel work on a GPU machine without a Rust toolchain,
+/// `EMBER_CUDA_KERNEL_DIR=<folder>` takes each file found there instead of the built-in one
+/// (the disk cache is keyed by the source, so variants never mix).
 pub fn kernel_source() -> String {
+    let dir = std::env::var_os("EMBER_CUDA_KERNEL_DIR").filter(|d| !d.is_empty());
     let mut s = String::new();
     for (name, src) in SOURCES {
+        let own = dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(PathBuf::from(d).join(name)).ok());
         s.push_str(&format!("// ---- {name} ----\n"));
-        s.push_str(src);
+        s.push_str(own.as_deref().unwrap_or(src));
         s.push('\n');
     }
     s

@@ -10,7 +10,13 @@ use ember_kernels::GgmlType;
 
 fn main() {
     let ks = KernelSet::detect().expect("EMBER_CPU names a path this CPU has");
-    let (rows, cols) = (1536usize, 576usize);
+    // `TILE_COLS=8192` times rows past the AVX2 unpacked tiles' 4096 elements.
+    let cols = std::env::var("TILE_COLS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&c| c > 0 && c % 256 == 0)
+        .unwrap_or(576);
+    let rows = 1536usize;
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut f = || {
         seed ^= seed << 13;
@@ -35,7 +41,7 @@ fn main() {
             (at.quantize_act.unwrap())(&x, &mut a[i * ab..(i + 1) * ab]);
         }
         let dot = ks.traits(ty).unwrap().vec_dot;
-        for n_tok in [1usize, 4, 16, 32, 512] {
+        for n_tok in [1usize, 2, 3, 4, 16, 32, 512] {
             let mut out = vec![0f32; n_tok * rows];
             let reps = (2048 / n_tok).max(5);
             let pairs = (rows * n_tok * cols / 32) as f64;

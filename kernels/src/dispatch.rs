@@ -1,10 +1,11 @@
 //! Run-time kernel selection: a [`KernelSet`] is one path's kernels as a value, detected from
 //! the CPU (or built for a named path); the runtime holds one and calls only its tables.
 //!
-//! `EMBER_CPU=scalar|avx2|avx2-novnni|avx512|neon` forces the path [`KernelSet::detect`] picks (for
-//! measurements); asking for a path the CPU (or this build) lacks is an error, never a silent
-//! fallback. Tests build every available set with [`KernelSet::available`] instead. Without
-//! the variable the best available path is used. The scalar reference is always available.
+//! `EMBER_CPU=scalar|avx2|avx2-novnni|avx512|neon` forces the path [`KernelSet::detect`]
+//! picks (for measurements); asking for a path the CPU (or this build) lacks is an error, never
+//! a silent fallback. Tests build every available set with [`KernelSet::available`] instead.
+//! Without the variable the best available path is used. The scalar reference is always
+//! available.
 //!
 //! On aarch64, `neon` selects NEON with the dotprod extension (`sdot`) where the CPU has it and
 //! plain NEON otherwise; `neon-dotprod` requires the extension, and `neon-nodot` forces the plain

@@ -212,9 +212,8 @@ unsafe fn tile<F: Format, S: LaneSums>(
     let sizes = (<F::W as Block>::SIZE, <F::A as Block>::SIZE);
     crate::tile::check_operands(nb, sizes, w, w_stride, nr, a, a_stride, nt);
     assert!(takes(nb, nt), "tile buffers hold {nb} blocks × {nt} tokens");
-    let mt = MT;
-    let group = ((16384 / a_stride.max(1)).max(mt) / mt * mt).min(MAX_GROUP_BLOCKS / nb.max(1));
-    let group = group / mt * mt;
+    let group = ((16384 / a_stride.max(1)).max(MT) / MT * MT).min(MAX_GROUP_BLOCKS / nb.max(1));
+    let group = group / MT * MT;
     let mut rows = Rows {
         q: MaybeUninit::uninit(),
         d: [0.0; MR * MAX_BLOCKS],
@@ -257,7 +256,7 @@ unsafe fn tile<F: Format, S: LaneSums>(
             }
             let mut t = t0;
             while t < t1 {
-                let tt = (t1 - t).min(mt);
+                let tt = (t1 - t).min(MT);
                 let at = Micro {
                     nb,
                     q,

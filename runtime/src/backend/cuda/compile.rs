@@ -76,24 +76,37 @@ pub(super) fn nvrtc_version() -> (i32, i32) {
 
 /// The concatenated kernel source. For kernel work on a GPU machine without a Rust toolchain,
 /// `EMBER_CUDA_KERNEL_DIR=<folder>` takes each file found there instead of the built-in one
-/// (the disk cache is keyed by the source, so variants never mix).
-pub fn kernel_source() -> String {
-    let dir = std::env::var_os("EMBER_CUDA_KERNEL_DIR").filter(|d| !d.is_empty());
+/// (the disk cache is keyed by the source, so variants never mix). A folder that holds none of
+/// the sources is an error, not a silent run of the built-in kernels.
+pub fn kernel_source() -> Result<String> {
+    let dir = std::env::var_os("EMBER_CUDA_KERNEL_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from);
     let mut s = String::new();
+    let mut taken = 0;
     for (name, src) in SOURCES {
         let own = dir
             .as_ref()
-            .and_then(|d| std::fs::read_to_string(PathBuf::from(d).join(name)).ok());
+            .and_then(|d| std::fs::read_to_string(d.join(name)).ok());
+        taken += usize::from(own.is_some());
         s.push_str(&format!("// ---- {name} ----\n"));
         s.push_str(own.as_deref().unwrap_or(src));
         s.push('\n');
     }
-    s
+    if let (Some(d), 0) = (&dir, taken) {
+        let names: Vec<&str> = SOURCES.iter().map(|(n, _)| *n).collect();
+        return Err(backend_err(format!(
+            "EMBER_CUDA_KERNEL_DIR={}: holds none of the kernel sources ({})",
+            d.display(),
+            names.join(", ")
+        )));
+    }
+    Ok(s)
 }
 
 /// Compile the kernels for `arch` (or read them from the cache); returns PTX text.
 pub(super) fn build_ptx(arch: &str) -> Result<(String, bool, Option<PathBuf>)> {
-    let src = kernel_source();
+    let src = kernel_source()?;
     let options = vec![format!("--gpu-architecture={arch}"), "--std=c++14".into()];
     let (ma, mi) = nvrtc_version();
     let ver = format!("nvrtc {ma}.{mi}");

@@ -549,6 +549,13 @@ fn tile_products_equal_the_reference_dots() {
                         (6, 8),
                         (9, 13),
                         (17, 3),
+                        // One token over many rows (a decode step): the AVX-512 tiles hold two
+                        // rows to a register there, in micro-tiles of 8 rows.
+                        (8, 1),
+                        (11, 1),
+                        (18, 1),
+                        // A lone token left over after a full group of token pairs.
+                        (3, 17),
                         // More tokens than one L1 group of 33-block activation rows (12 to 14).
                         (5, 29),
                     ] {

@@ -7,12 +7,14 @@
 
 use super::q5_0::q5_0_quants;
 use std::arch::x86_64::{
-    __m256, __m256i, _mm256_and_si256, _mm256_castps256_ps128, _mm256_cvtepi32_ps,
-    _mm256_dpbusd_avx_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_si256,
-    _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi16, _mm256_set1_epi8,
-    _mm256_set1_ps, _mm256_set_m128i, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8,
-    _mm256_sub_epi32, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_loadu_si128, _mm_movehdup_ps,
-    _mm_movehl_ps, _mm_prefetch, _mm_srli_epi16, _MM_HINT_T0,
+    __m128i, __m256, __m256i, _mm256_and_si256, _mm256_castps128_ps256, _mm256_castps256_ps128,
+    _mm256_cvtepi32_ps, _mm256_cvtph_ps, _mm256_dpbusd_avx_epi32, _mm256_extractf128_ps,
+    _mm256_fmadd_ps, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps,
+    _mm256_permutevar8x32_ps, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8,
+    _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_ps, _mm256_setzero_ps, _mm256_setzero_si256,
+    _mm256_sign_epi8, _mm256_storeu_ps, _mm256_sub_epi32, _mm_add_ps, _mm_add_ss, _mm_cvtph_ps,
+    _mm_cvtsi32_si128, _mm_cvtss_f32, _mm_insert_epi16, _mm_insert_epi32, _mm_loadu_si128,
+    _mm_movehdup_ps, _mm_movehl_ps, _mm_prefetch, _mm_srli_epi16, _MM_HINT_T0,
 };
 
 /// How far ahead (in blocks) a first pass over weight rows prefetches each row.
@@ -198,6 +200,195 @@ pub(super) unsafe fn prefetch_ahead<B: Block>(row: *const u8, i: usize) {
     };
 }
 
+/// The first 4 bytes of block `i` of rows `0..R` (`R` ≤ 4), `w_stride` bytes apart, as the
+/// dwords of one register (zeros past row `R`).
+///
+/// # Safety
+/// Block `i` of each of the `R` rows is readable; the CPU has SSE4.1.
+#[inline(always)]
+unsafe fn head_dwords<B: Block, const R: usize>(
+    w: *const u8,
+    w_stride: usize,
+    i: usize,
+) -> __m128i {
+    // SAFETY: forwarded contract (unaligned 4-byte reads at the blocks' starts).
+    unsafe {
+        let at = |r: usize| {
+            w.add(r * w_stride + i * B::SIZE)
+                .cast::<i32>()
+                .read_unaligned()
+        };
+        let mut v = _mm_cvtsi32_si128(at(0));
+        if R > 1 {
+            v = _mm_insert_epi32::<1>(v, at(1));
+        }
+        if R > 2 {
+            v = _mm_insert_epi32::<2>(v, at(2));
+        }
+        if R > 3 {
+            v = _mm_insert_epi32::<3>(v, at(3));
+        }
+        v
+    }
+}
+
+/// The f16 `d` at the start of block `i` of rows `0..R` (`R` ≤ 4) as f32 in lanes `0..R`
+/// (exact).
+///
+/// # Safety
+/// Block `i` of each of the `R` rows is readable; the CPU has F16C.
+#[inline(always)]
+unsafe fn head_f16s<B: Block, const R: usize>(w: *const u8, w_stride: usize, i: usize) -> __m256 {
+    // SAFETY: forwarded contract (unaligned 2-byte reads at the blocks' starts).
+    unsafe {
+        let at = |r: usize| {
+            i32::from(
+                w.add(r * w_stride + i * B::SIZE)
+                    .cast::<i16>()
+                    .read_unaligned(),
+            )
+        };
+        let mut v = _mm_cvtsi32_si128(at(0));
+        if R > 1 {
+            v = _mm_insert_epi16::<1>(v, at(1));
+        }
+        if R > 2 {
+            v = _mm_insert_epi16::<2>(v, at(2));
+        }
+        if R > 3 {
+            v = _mm_insert_epi16::<3>(v, at(3));
+        }
+        _mm256_castps128_ps256(_mm_cvtph_ps(v))
+    }
+}
+
+/// Lane `l` of `x` in all 8 lanes.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[inline(always)]
+unsafe fn lane(x: __m256, l: usize) -> __m256 {
+    // SAFETY: AVX2 (caller).
+    unsafe { _mm256_permutevar8x32_ps(x, _mm256_set1_epi32(l as i32)) }
+}
+
+/// One token's Q4_1 micro-tile (the decode step's shape): the per-block scalars of all `R` rows
+/// at once — their `d` and `m` converted from one register, `d · da` in one multiplication,
+/// the `m · s` chains in the odd lanes of one FMA — then each row's lane sums as in
+/// [`MicroKernel::run`]. Every float step is the pair kernel's, lane for lane.
+///
+/// # Safety
+/// As [`MicroKernel::run`] with `T = 1` and `R` ≤ 4.
+#[inline(always)]
+unsafe fn q4_1_one_token<S: LaneSums, const R: usize>(
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    a: *const u8,
+    out: *mut f32,
+    prefetch: bool,
+) {
+    // SAFETY: as in `MicroKernel::run` (the caller's `target_feature` and bounds).
+    unsafe {
+        let low = _mm256_set1_epi8(0x0f);
+        let mut acc = [_mm256_setzero_ps(); R];
+        // Lane 2r + 1: row r's `m · s` chain (the even lanes stay 0).
+        let mut summs = _mm256_setzero_ps();
+        for i in 0..nb {
+            let y: &BlockQ8_1 = block(a, i);
+            let (da, sa) = (f16_at(y.d.as_ptr()), f16_at(y.s.as_ptr()));
+            let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
+            // [d0, m0, d1, m1, ...]: `d` and `m` are each block's first 4 bytes.
+            let dm = _mm256_cvtph_ps(head_dwords::<BlockQ4_1, R>(w, w_stride, i));
+            summs = _mm256_fmadd_ps(
+                dm,
+                _mm256_setr_ps(0.0, sa, 0.0, sa, 0.0, sa, 0.0, sa),
+                summs,
+            );
+            let dd = _mm256_mul_ps(dm, _mm256_setr_ps(da, 0.0, da, 0.0, da, 0.0, da, 0.0));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                if prefetch {
+                    prefetch_ahead::<BlockQ4_1>(w.add(r * w_stride), i);
+                }
+                let x: &BlockQ4_1 = block(w.add(r * w_stride), i);
+                let packed = _mm_loadu_si128(x.qs.as_ptr().cast());
+                let qx =
+                    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), low);
+                *acc_r = _mm256_fmadd_ps(lane(dd, 2 * r), S::sums(qx, qy), *acc_r);
+            }
+        }
+        let mut m = [0f32; 8];
+        _mm256_storeu_ps(m.as_mut_ptr(), summs);
+        for (r, &acc_r) in acc.iter().enumerate() {
+            *out.add(r) = hsum8(acc_r) + m[2 * r + 1];
+        }
+    }
+}
+
+/// One token's Q8_0 (`Q5` false) or Q5_0 micro-tile: the rows' `d` converted from one register
+/// and multiplied by `da` in one step, then each row's lane sums as in [`MicroKernel::run`]
+/// (every float step the pair kernel's, lane for lane).
+///
+/// # Safety
+/// As [`MicroKernel::run`] with `T = 1` and `R` ≤ 4.
+#[inline(always)]
+unsafe fn q8_0_one_token<S: LaneSums, const R: usize, const Q5: bool>(
+    nb: usize,
+    w: *const u8,
+    w_stride: usize,
+    a: *const u8,
+    out: *mut f32,
+    prefetch: bool,
+) {
+    // SAFETY: as in `MicroKernel::run` (the caller's `target_feature` and bounds).
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for i in 0..nb {
+            let y: &BlockQ8_0 = block(a, i);
+            let da = f16_at(y.d.as_ptr());
+            let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
+            let off = if Q5 {
+                S::sums_i(_mm256_set1_epi8(16), qy)
+            } else {
+                _mm256_setzero_si256()
+            };
+            let dd = if Q5 {
+                _mm256_mul_ps(
+                    head_f16s::<BlockQ5_0, R>(w, w_stride, i),
+                    _mm256_set1_ps(da),
+                )
+            } else {
+                _mm256_mul_ps(
+                    head_f16s::<BlockQ8_0, R>(w, w_stride, i),
+                    _mm256_set1_ps(da),
+                )
+            };
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let row = w.add(r * w_stride);
+                let s = if Q5 {
+                    if prefetch {
+                        prefetch_ahead::<BlockQ5_0>(row, i);
+                    }
+                    let x: &BlockQ5_0 = block(row, i);
+                    let qx = q5_0_quants(std::ptr::from_ref(x).cast());
+                    _mm256_cvtepi32_ps(_mm256_sub_epi32(S::sums_i(qx, qy), off))
+                } else {
+                    if prefetch {
+                        prefetch_ahead::<BlockQ8_0>(row, i);
+                    }
+                    let x: &BlockQ8_0 = block(row, i);
+                    let qx = _mm256_loadu_si256(x.qs.as_ptr().cast());
+                    S::sums(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
+                };
+                *acc_r = _mm256_fmadd_ps(lane(dd, r), s, *acc_r);
+            }
+        }
+        for (r, &acc_r) in acc.iter().enumerate() {
+            *out.add(r) = hsum8(acc_r);
+        }
+    }
+}
+
 impl MicroKernel for Q4_1 {
     #[inline(always)]
     #[allow(clippy::needless_range_loop)]
@@ -211,6 +402,10 @@ impl MicroKernel for Q4_1 {
         out_stride: usize,
         prefetch: bool,
     ) {
+        if T == 1 && R <= 4 {
+            // SAFETY: forwarded contract.
+            return unsafe { q4_1_one_token::<S, R>(nb, w, w_stride, a, out, prefetch) };
+        }
         // SAFETY: the intrinsics need what the caller's `target_feature` enables; every block
         // read is within the rows the caller vouches for (contract).
         unsafe {
@@ -270,6 +465,10 @@ impl MicroKernel for Q8_0 {
         out_stride: usize,
         prefetch: bool,
     ) {
+        if T == 1 && R <= 4 {
+            // SAFETY: forwarded contract.
+            return unsafe { q8_0_one_token::<S, R, false>(nb, w, w_stride, a, out, prefetch) };
+        }
         // SAFETY: as in the Q4_1 kernel.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); T]; R];
@@ -323,6 +522,10 @@ impl MicroKernel for Q5_0 {
         out_stride: usize,
         prefetch: bool,
     ) {
+        if T == 1 && R <= 4 {
+            // SAFETY: forwarded contract.
+            return unsafe { q8_0_one_token::<S, R, true>(nb, w, w_stride, a, out, prefetch) };
+        }
         // SAFETY: as in the Q4_1 kernel.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); T]; R];

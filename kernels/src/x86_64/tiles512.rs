@@ -80,7 +80,7 @@ pub(crate) fn available() -> bool {
 /// # Safety
 /// `p..p+2` readable; the CPU has AVX-512F.
 #[inline(always)]
-unsafe fn f16x16_at(p: *const u8) -> __m512 {
+pub(super) unsafe fn f16x16_at(p: *const u8) -> __m512 {
     // SAFETY: forwarded contract (an unaligned 2-byte read).
     unsafe { _mm512_cvtph_ps(_mm256_set1_epi16(p.cast::<i16>().read_unaligned())) }
 }
@@ -142,7 +142,7 @@ unsafe fn token_pair<A: ActBlock>(
 /// # Safety
 /// As the micro-kernels' `out` contract.
 #[inline(always)]
-unsafe fn store_pair(
+pub(super) unsafe fn store_pair(
     acc: __m512,
     extra: &[f32; 8],
     p: usize,
@@ -511,7 +511,8 @@ macro_rules! micro_table {
 /// A tile entry point: [`walk`] over micro-kernel table `$micro` for blocks of format `$fmt`,
 /// or the AVX2 tile `$fallback` for rows too long for the scale buffer.
 macro_rules! tile_entry {
-    ($name:ident, $micro:expr, $rows:expr, $fmt:expr, $fallback:path, $what:literal) => {
+    ($name:ident, $micro:expr, $rows:expr, $fmt:expr, $fallback:path, $what:literal
+     $(, laid: $laid:expr)?) => {
         #[doc = concat!($what, " tile product (see [`TileDotFn`]); rows too long for the scale")]
         #[doc = "buffer go to the AVX2 tile."]
         ///
@@ -531,6 +532,12 @@ macro_rules! tile_entry {
         ) {
             static MICRO: [[Micro; 4]; 4] = $micro;
             static ROWS: [RowsMicro; ROWS_MR / 2] = $rows;
+            $(
+                // SAFETY: forwarded contract; the laid-out walk needs the same features.
+                if unsafe { $laid(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) } {
+                    return;
+                }
+            )?
             // SAFETY: forwarded contract.
             unsafe {
                 if !walk(
@@ -587,7 +594,8 @@ tile_entry!(
     ],
     Q8_0_FMT,
     super::tiles::tile_q8_0_q8_0,
-    "Q8_0 × Q8_0"
+    "Q8_0 × Q8_0",
+    laid: super::tiles512_q8::walk::<false>
 );
 tile_entry!(
     tile_q5_0_q8_0,
@@ -600,5 +608,6 @@ tile_entry!(
     ],
     Q5_0_FMT,
     super::tiles::tile_q5_0_q8_0,
-    "Q5_0 × Q8_0"
+    "Q5_0 × Q8_0",
+    laid: super::tiles512_q8::walk::<true>
 );

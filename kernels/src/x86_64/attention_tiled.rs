@@ -28,7 +28,7 @@ const RM: usize = 6;
 /// AVX2 and FMA; `s` holds 8 elements.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn exp8(s: &mut [f32]) {
+pub(super) unsafe fn exp8(s: &mut [f32]) {
     let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
     // SAFETY: 8 elements (caller); unaligned load.
     let x = unsafe { _mm256_loadu_ps(s.as_ptr()) };

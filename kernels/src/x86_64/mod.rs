@@ -11,6 +11,7 @@
 pub(crate) mod attention;
 pub(crate) mod attention512;
 pub(crate) mod attention_tiled;
+pub(crate) mod attention_tiled512;
 pub(crate) mod dots;
 pub(crate) mod f16c;
 pub(crate) mod float;

@@ -1,0 +1,200 @@
+//! [`crate::reference::attention_tiled::attend_tile`] with AVX-512: the AVX2 kernel's register-blocked products
+//! ([`super::attention_tiled`]) with 16-lane vectors, so one fused multiply-add serves 16 keys
+//! (scores) or 16 value elements (the weighted sum) where the AVX2 kernel needs two. Each lane
+//! is still one FMA chain in the reference's order, and the softmax step is the AVX2 kernel's:
+//! same bits as the reference.
+
+use std::arch::x86_64::{
+    _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
+    _mm512_storeu_ps,
+};
+
+use crate::reference::attention::OnlineSoftmax;
+use crate::reference::attention_tiled::{softmax_rows, tile_shape, KvTile, TILE};
+
+/// Query rows per register block: 8 × 2 accumulators of scores or of values leave room in the
+/// 32 registers for the loaded operands.
+const RM: usize = 8;
+
+/// Scores of rows `r0..r0 + M` for keys `32 c .. 32 c + 32`: `p[r][k] = Σ_i kt[i][k] q[r][i]`,
+/// one FMA chain per lane from `i = 0` (two registers per row: enough independent chains to
+/// cover the FMA latency with few rows).
+///
+/// # Safety
+/// AVX-512F; rows `r0..r0 + M` of `q` (`d` each) and of `p` (`TILE` each) exist; `kt` holds
+/// `d × TILE` elements; `c < 2`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn scores<const M: usize>(
+    q: &[f32],
+    kt: &[f32],
+    d: usize,
+    r0: usize,
+    c: usize,
+    p: &mut [f32],
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; M];
+    let (qp, kp) = (q.as_ptr(), kt.as_ptr());
+    for i in 0..d {
+        // SAFETY: element `i < d` of rows `r0..r0 + M` and keys `32c..32c + 32` of row `i` of
+        // `kt` are in bounds (caller).
+        unsafe {
+            let b0 = _mm512_loadu_ps(kp.add(i * TILE + 32 * c));
+            let b1 = _mm512_loadu_ps(kp.add(i * TILE + 32 * c + 16));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*qp.add((r0 + r) * d + i));
+                acc[0] = _mm512_fmadd_ps(b0, a, acc[0]);
+                acc[1] = _mm512_fmadd_ps(b1, a, acc[1]);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        // SAFETY: row `r0 + r` of `p` holds `TILE` elements (caller).
+        unsafe {
+            let o = p.as_mut_ptr().add((r0 + r) * TILE + 32 * c);
+            _mm512_storeu_ps(o, acc[0]);
+            _mm512_storeu_ps(o.add(16), acc[1]);
+        }
+    }
+}
+
+/// `out[r][j] = fma(v[k][j], p[r][k], out[r][j])` for `k` in tile order, rows `r0..r0 + M`,
+/// lanes `j0..j0 + 16 N`.
+///
+/// # Safety
+/// AVX-512F; rows `r0..r0 + M` of `out` (`d` each) and `p` (`TILE` each) exist, `v` holds
+/// `TILE × d`, `j0 + 16 N <= d`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn values<const M: usize, const N: usize>(
+    p: &[f32],
+    v: &[f32],
+    d: usize,
+    r0: usize,
+    j0: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [[_mm512_setzero_ps(); N]; M];
+    let op = out.as_mut_ptr();
+    for (r, acc) in acc.iter_mut().enumerate() {
+        for (n, a) in acc.iter_mut().enumerate() {
+            // SAFETY: lanes `j0 + 16n .. +16` of row `r0 + r` of `out` (caller).
+            *a = unsafe { _mm512_loadu_ps(op.add((r0 + r) * d + j0 + 16 * n)) };
+        }
+    }
+    let (pp, vp) = (p.as_ptr(), v.as_ptr());
+    for k in 0..TILE {
+        let mut b = [_mm512_setzero_ps(); N];
+        for (n, b) in b.iter_mut().enumerate() {
+            // SAFETY: row `k` of `v`, lanes `j0 + 16n .. +16` (caller).
+            *b = unsafe { _mm512_loadu_ps(vp.add(k * d + j0 + 16 * n)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: weight `k` of row `r0 + r` (caller).
+            let a = _mm512_set1_ps(unsafe { *pp.add((r0 + r) * TILE + k) });
+            for (a_n, b) in acc.iter_mut().zip(&b) {
+                *a_n = _mm512_fmadd_ps(*b, a, *a_n);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (n, a) in acc.iter().enumerate() {
+            // SAFETY: as the loads.
+            unsafe { _mm512_storeu_ps(op.add((r0 + r) * d + j0 + 16 * n), *a) };
+        }
+    }
+}
+
+/// Calls `$f::<M, ..>` for a block of `$m` (1 to [`RM`]) rows.
+macro_rules! by_rows {
+    ($m:expr, $f:ident, [$($n:tt)*], ($($arg:expr),*)) => {
+        match $m {
+            1 => $f::<1 $(, $n)*>($($arg),*),
+            2 => $f::<2 $(, $n)*>($($arg),*),
+            3 => $f::<3 $(, $n)*>($($arg),*),
+            4 => $f::<4 $(, $n)*>($($arg),*),
+            5 => $f::<5 $(, $n)*>($($arg),*),
+            6 => $f::<6 $(, $n)*>($($arg),*),
+            7 => $f::<7 $(, $n)*>($($arg),*),
+            _ => $f::<RM $(, $n)*>($($arg),*),
+        }
+    };
+}
+
+/// # Safety
+/// AVX-512F, AVX2 and FMA; shapes checked by [`tile_shape`], `d % 16 == 0`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_tile_avx512(
+    q: &[f32],
+    kv: KvTile<'_>,
+    spans: &[(u8, u8)],
+    scale: f32,
+    st: &mut [OnlineSoftmax],
+    out: &mut [f32],
+    p: &mut [f32],
+    rows: usize,
+    d: usize,
+) {
+    // 1. Scores, 32 keys at a time, skipping blocks no row of the register block sees.
+    for r0 in (0..rows).step_by(RM) {
+        let m = (rows - r0).min(RM);
+        for c in 0..TILE / 32 {
+            let seen = spans[r0..r0 + m]
+                .iter()
+                .any(|&(lo, hi)| usize::from(lo) < 32 * c + 32 && usize::from(hi) > 32 * c);
+            if seen {
+                // SAFETY: rows `r0..r0 + m` exist, `c < 2`, `kt` is `d × TILE` (checked).
+                unsafe { by_rows!(m, scores, [], (q, kv.kt, d, r0, c, p)) };
+            }
+        }
+    }
+    // 1 (scale, mask) to 3: each row's softmax step, with the AVX2 kernel's exponential.
+    // SAFETY: AVX2 and FMA are enabled in this function; groups of 8 elements.
+    let exp8 = |g: &mut [f32]| unsafe { super::attention_tiled::exp8(g) };
+    softmax_rows(p, spans, scale, st, exp8, |r, ms| {
+        let m = _mm512_set1_ps(ms);
+        for c in out[r * d..(r + 1) * d].chunks_exact_mut(16) {
+            // SAFETY: 16 elements; unaligned.
+            unsafe {
+                _mm512_storeu_ps(
+                    c.as_mut_ptr(),
+                    _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), m),
+                )
+            };
+        }
+    });
+    // 4. The weighted sum of values.
+    for r0 in (0..rows).step_by(RM) {
+        let m = (rows - r0).min(RM);
+        let mut j0 = 0;
+        while j0 + 32 <= d {
+            // SAFETY: rows `r0..r0 + m`, lanes `j0..j0 + 32 <= d` (checked).
+            unsafe { by_rows!(m, values, [2], (p, kv.v, d, r0, j0, out)) };
+            j0 += 32;
+        }
+        if j0 < d {
+            // SAFETY: `d % 16 == 0`, so lanes `j0..j0 + 16 == d`.
+            unsafe { by_rows!(m, values, [1], (p, kv.v, d, r0, j0, out)) };
+        }
+    }
+}
+
+/// [`crate::reference::attention_tiled::attend_tile`] with AVX-512 (the AVX2 kernel for head sizes not a multiple of 16).
+pub(crate) fn attend_tile(
+    q: &[f32],
+    kv: KvTile<'_>,
+    spans: &[(u8, u8)],
+    scale: f32,
+    st: &mut [OnlineSoftmax],
+    out: &mut [f32],
+    p: &mut [f32],
+) {
+    let (rows, d) = tile_shape(q, &kv, spans, st, out, p);
+    if !d.is_multiple_of(16) {
+        return super::attention_tiled::attend_tile(q, kv, spans, scale, st, out, p);
+    }
+    // SAFETY: installed only after the AVX-512 path's features were detected; shapes checked
+    // above.
+    unsafe { attend_tile_avx512(q, kv, spans, scale, st, out, p, rows, d) }
+}

@@ -63,6 +63,8 @@ pub struct Ops {
     pub rms_norm: fn(&[f32], &[f32], f32, &mut [f32]),
     /// See [`ops::silu_mul`].
     pub silu_mul: fn(&mut [f32], &[f32]),
+    /// See [`ops::geglu`] (`table`: [`ops::GELU_TABLE_LEN`] entries for the SIMD kernels).
+    pub geglu: fn(&mut [f32], &[f32], &[u16]),
     /// See [`ops::rope_norm`].
     pub rope_norm: fn(&mut [f32], &[f32], &[f32]),
     /// See [`ops::rope_neox`].
@@ -121,6 +123,7 @@ pub type AttendRowsFn = fn(
 static SCALAR_OPS: Ops = Ops {
     rms_norm: ops::rms_norm,
     silu_mul: ops::silu_mul,
+    geglu: ops::geglu,
     rope_norm: ops::rope_norm,
     rope_neox: ops::rope_neox,
     dot_f16: attention::dot_f16_order,
@@ -143,6 +146,7 @@ mod avx2_tables {
     pub static OPS: Ops = Ops {
         rms_norm: v3::rms_norm,
         silu_mul: v3::silu_mul,
+        geglu: v3::geglu,
         rope_norm: v3::rope_norm,
         rope_neox: v3::rope_neox,
         dot_f16: v3::dot_f16_order,
@@ -282,6 +286,7 @@ mod neon_tables {
     pub static OPS: Ops = Ops {
         rms_norm: nops::rms_norm,
         silu_mul: nops::silu_mul,
+        geglu: ops::geglu,
         rope_norm: nops::rope_norm,
         rope_neox: nops::rope_neox,
         dot_f16: att::dot_f16_order,

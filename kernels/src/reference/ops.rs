@@ -50,6 +50,30 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// Entries of a GELU table for [`geglu`]: one per f16 input bit pattern, plus one padding entry
+/// (vector kernels read table entries as 4-byte gathers, the last one 2 bytes past entry
+/// 65 535).
+pub const GELU_TABLE_LEN: usize = 65537;
+
+/// `gate[i] = gelu(gate[i]) * up[i]` as ggml computes it with `GGML_GELU_FP16`
+/// (`ggml_vec_geglu_f32`): `0` where `x <= -10`, `x · u` where `x >= 10`, else the f16 GELU of
+/// `x` rounded to f16 (round to nearest even), looked up in `table` by its bits, times `u`.
+/// NaN takes the lookup. `table` holds at least the 65 536 entries (it is built by the
+/// runtime: `ember::backend::gelu::table`, with [`GELU_TABLE_LEN`] entries).
+pub fn geglu(gate: &mut [f32], up: &[f32], table: &[u16]) {
+    debug_assert_eq!(gate.len(), up.len());
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            half::f16::from_bits(table[usize::from(half::f16::from_f32(x).to_bits())]).to_f32() * u
+        };
+    }
+}
+
 /// `exp(x)` exactly as ggml's vectorized `ggml_v_expf` computes each lane (a range reduction
 /// to `2^n * e^b` and a degree-5 polynomial, ~1.5 ulp), which ggml uses for SiLU on blocks of 8
 /// elements. Reproduced bit for bit (same constants, same fused operations) because the SiLU

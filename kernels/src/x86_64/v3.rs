@@ -4,8 +4,11 @@
 //! `is_x86_feature_detected!` confirmed all three features.
 
 use std::arch::x86_64::{
-    __m256, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps,
-    _mm256_set1_ps, _mm256_storeu_ps, _MM_FROUND_TO_NEAREST_INT,
+    __m256, _mm256_and_si256, _mm256_blendv_ps, _mm256_castsi256_si128, _mm256_cmp_ps,
+    _mm256_cvtepu16_epi32, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_extracti128_si256,
+    _mm256_fmadd_ps, _mm256_i32gather_epi32, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_epi32,
+    _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm_packus_epi32, _CMP_GE_OQ, _CMP_LE_OQ,
+    _MM_FROUND_TO_NEAREST_INT,
 };
 
 use crate::reference::{attention, ops, q5_1};
@@ -89,4 +92,46 @@ unsafe fn mad_f16_v3(acc: &mut [f32], v: &[f32], w: f32) {
 pub(crate) fn mad_f16(acc: &mut [f32], v: &[f32], w: f32) {
     // SAFETY: installed only after avx2, fma and f16c were detected.
     unsafe { mad_f16_v3(acc, v, w) }
+}
+
+/// [`ops::geglu`] 8 elements at a time: `vcvtps2ph` (round to nearest even, as `half`) for
+/// the table index, a 4-byte gather per lane (hence the padding entry), the entry's low half
+/// widened back, and the two range cases blended in; the last `len % 8` by the reference.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `table.len() >= ops::GELU_TABLE_LEN`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn geglu_v3(gate: &mut [f32], up: &[f32], table: &[u16]) {
+    let n8 = gate.len().min(up.len()) / 8 * 8;
+    let (lo, hi) = (_mm256_set1_ps(-10.0), _mm256_set1_ps(10.0));
+    let low16 = _mm256_set1_epi32(0xffff);
+    for c in (0..n8).step_by(8) {
+        // SAFETY: elements `c..c + 8 <= n8` of both slices; each gather reads 4 bytes at
+        // `2 · idx` with `idx <= 65 535`, inside the `GELU_TABLE_LEN` entries (caller).
+        unsafe {
+            let x = _mm256_loadu_ps(gate.as_ptr().add(c));
+            let u = _mm256_loadu_ps(up.as_ptr().add(c));
+            let idx = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
+            let e = _mm256_and_si256(
+                _mm256_i32gather_epi32::<2>(table.as_ptr().cast(), idx),
+                low16,
+            );
+            let h = _mm_packus_epi32(_mm256_castsi256_si128(e), _mm256_extracti128_si256::<1>(e));
+            let y = _mm256_mul_ps(_mm256_cvtph_ps(h), u);
+            let y = _mm256_blendv_ps(y, _mm256_mul_ps(x, u), _mm256_cmp_ps::<_CMP_GE_OQ>(x, hi));
+            let y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps::<_CMP_LE_OQ>(x, lo));
+            _mm256_storeu_ps(gate.as_mut_ptr().add(c), y);
+        }
+    }
+    ops::geglu(&mut gate[n8..], &up[n8..], table);
+}
+
+/// [`ops::geglu`] with AVX2 and F16C; a table shorter than [`ops::GELU_TABLE_LEN`] takes the
+/// reference.
+pub(crate) fn geglu(gate: &mut [f32], up: &[f32], table: &[u16]) {
+    if table.len() < ops::GELU_TABLE_LEN {
+        return ops::geglu(gate, up, table);
+    }
+    // SAFETY: installed only after AVX2, FMA and F16C were detected; the table is long enough.
+    unsafe { geglu_v3(gate, up, table) }
 }

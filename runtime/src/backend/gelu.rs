@@ -22,28 +22,23 @@ fn gelu_f32(x: f32) -> f32 {
 
 static TABLE: OnceLock<Box<[u16]>> = OnceLock::new();
 
-/// The f16 GELU table indexed by the bits of an f16 input (built once; 128 KiB).
+/// The f16 GELU table indexed by the bits of an f16 input (built once; 128 KiB), with the
+/// padding entry the SIMD kernels' gathers need ([`ember_kernels::reference::ops::GELU_TABLE_LEN`]
+/// entries, the last 0).
 pub fn table() -> &'static [u16] {
     TABLE.get_or_init(|| {
         (0..=u16::MAX)
             .map(|bits| f16::from_f32(gelu_f32(f16::from_bits(bits).to_f32())).to_bits())
+            .chain(std::iter::once(0))
             .collect()
     })
 }
 
-/// `gate[i] = gelu(gate[i]) * up[i]` (ggml's `ggml_vec_geglu_f32` with `GGML_GELU_FP16`).
+/// `gate[i] = gelu(gate[i]) * up[i]` (ggml's `ggml_vec_geglu_f32` with `GGML_GELU_FP16`): the
+/// reference kernel ([`ember_kernels::reference::ops::geglu`]) over [`table`]. The CPU backend
+/// runs its kernel set's version, which equals it bit for bit.
 pub fn geglu(gate: &mut [f32], up: &[f32]) {
-    let t = table();
-    for (g, &u) in gate.iter_mut().zip(up) {
-        let x = *g;
-        *g = if x <= -10.0 {
-            0.0
-        } else if x >= 10.0 {
-            x * u
-        } else {
-            f16::from_bits(t[f16::from_f32(x).to_bits() as usize]).to_f32() * u
-        };
-    }
+    ember_kernels::reference::ops::geglu(gate, up, table());
 }
 
 #[cfg(test)]

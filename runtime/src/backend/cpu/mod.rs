@@ -457,7 +457,11 @@ impl Executor for CpuExecutor<'_> {
 
     fn gated_act(&mut self, act: FfnAct, rows: usize) -> Result<()> {
         let w = self.s.width(Act::Gate);
-        let silu_mul = self.cx.kernels().ops().silu_mul;
+        let (silu_mul, geglu) = (
+            self.cx.kernels().ops().silu_mul,
+            self.cx.kernels().ops().geglu,
+        );
+        let gelu_table = gelu::table();
         let (gate, up) = (&mut self.s.gate[..rows * w], &self.s.up[..rows * w]);
         let gate_ptr = SharedOut(gate.as_mut_ptr());
         let per = rows_per_item(w);
@@ -475,7 +479,7 @@ impl Executor for CpuExecutor<'_> {
             {
                 match act {
                     FfnAct::Silu => silu_mul(g, u),
-                    FfnAct::Gelu => gelu::geglu(g, u),
+                    FfnAct::Gelu => geglu(g, u, gelu_table),
                 }
             }
         });

@@ -22,7 +22,7 @@ pub(crate) mod quantize;
 pub(crate) mod tiles;
 pub(crate) mod tiles512;
 pub(crate) mod tiles512_k;
-pub(crate) mod tiles512_q8;
+pub(crate) mod tiles512_laid;
 pub(crate) mod tiles512_rows;
 pub(crate) mod tiles_k;
 pub(crate) mod tiles_unpacked;

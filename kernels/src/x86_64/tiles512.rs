@@ -581,7 +581,8 @@ tile_entry!(
     ],
     Q4_1_FMT,
     super::tiles::tile_q4_1_q8_1,
-    "Q4_1 × Q8_1"
+    "Q4_1 × Q8_1",
+    laid: super::tiles512_laid::walk_q4_1
 );
 tile_entry!(
     tile_q8_0_q8_0,
@@ -595,7 +596,7 @@ tile_entry!(
     Q8_0_FMT,
     super::tiles::tile_q8_0_q8_0,
     "Q8_0 × Q8_0",
-    laid: super::tiles512_q8::walk::<false>
+    laid: super::tiles512_laid::walk_q8::<false>
 );
 tile_entry!(
     tile_q5_0_q8_0,
@@ -609,5 +610,5 @@ tile_entry!(
     Q5_0_FMT,
     super::tiles::tile_q5_0_q8_0,
     "Q5_0 × Q8_0",
-    laid: super::tiles512_q8::walk::<true>
+    laid: super::tiles512_laid::walk_q8::<true>
 );

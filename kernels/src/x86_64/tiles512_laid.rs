@@ -39,16 +39,17 @@ use crate::reference::Block;
 const PAIR_BLOCK: usize = 192;
 /// Bytes of laid-out activations per group (a stack buffer, about L1's size).
 const LAY_BUF: usize = 32768;
-/// Token pairs per micro-tile (8 tokens) and rows per micro-tile.
+/// Token pairs per micro-tile (8 tokens).
 const MP: usize = 4;
+/// Weight rows per micro-tile.
 const MR: usize = 4;
 
 #[repr(C, align(64))]
 struct LayBuf([u8; LAY_BUF]);
 
-/// A micro-kernel over laid-out pairs: `(nb, w, w_stride, lay, lay_stride, tt, out,
-/// out_stride, prefetch)`.
-type LaidMicro = unsafe fn(usize, *const u8, usize, *const u8, usize, usize, *mut f32, usize, bool);
+/// A Q8_0 / Q5_0 micro-kernel over laid-out pairs: `(nb, w, w_stride, lay, lay_stride, tt,
+/// out, out_stride, prefetch)` (see [`q8_micro`]).
+type Q8Micro = unsafe fn(usize, *const u8, usize, *const u8, usize, usize, *mut f32, usize, bool);
 
 /// The weights' offset that makes their quants unsigned for `vpdpbusd`: Q8_0's `x + 128` (an
 /// XOR with 0x80), Q5_0's stored `q + 16`.
@@ -185,11 +186,11 @@ unsafe fn q8_micro<const R: usize, const P: usize, const Q5: bool>(
 }
 
 /// The `[[q8_micro::<r, p, Q5>; MP]; MR]` table.
-macro_rules! laid_table {
+macro_rules! q8_table {
     ($q5:literal) => {
         [
             [
-                q8_micro::<1, 1, $q5> as LaidMicro,
+                q8_micro::<1, 1, $q5> as Q8Micro,
                 q8_micro::<1, 2, $q5>,
                 q8_micro::<1, 3, $q5>,
                 q8_micro::<1, 4, $q5>,
@@ -216,8 +217,8 @@ macro_rules! laid_table {
     };
 }
 
-static Q8_0_MICRO: [[LaidMicro; MP]; MR] = laid_table!(false);
-static Q5_0_MICRO: [[LaidMicro; MP]; MR] = laid_table!(true);
+static Q8_0_MICRO: [[Q8Micro; MP]; MR] = q8_table!(false);
+static Q5_0_MICRO: [[Q8Micro; MP]; MR] = q8_table!(true);
 
 /// The tile product of Q8_0 (`Q5` false) or Q5_0 weights with Q8_0 activations over laid-out
 /// pairs, for two tokens or more. Returns `false`, computing nothing, where it does not apply

@@ -52,15 +52,18 @@ unsafe fn f16x1_pair(p0: *const u8, p1: *const u8) -> __m128 {
     unsafe {
         _mm_cvtph_ps(_mm_insert_epi16::<1>(
             _mm_cvtsi32_si128(i32::from(p0.cast::<u16>().read_unaligned())),
-            i32::from(p1.cast::<i16>().read_unaligned()),
+            i32::from(p1.cast::<u16>().read_unaligned()),
         ))
     }
 }
 
 /// Lanes `L0` and `L1` of `x` spread to the low and the high 8 of 16 lanes.
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[inline(always)]
-fn spread_pair<const L0: i32, const L1: i32>(x: __m128) -> __m512 {
-    // SAFETY: AVX-512F is enabled in every caller (target_feature).
+unsafe fn spread_pair<const L0: i32, const L1: i32>(x: __m128) -> __m512 {
+    // SAFETY: AVX-512F (caller).
     unsafe {
         _mm512_permutexvar_ps(
             _mm512_setr_epi32(
@@ -165,7 +168,8 @@ pub(super) unsafe fn q4_1_rows<const K: usize>(
             );
             *summs_k = _mm_fmadd_ps(dm, sa, *summs_k);
             // `dw · da` of row `r0` in the low 8 lanes, of row `r1` in the high 8.
-            let dd = spread_pair::<0, 2>(_mm_mul_ps(dm, da));
+            // SAFETY: AVX-512F (target_feature).
+            let dd = unsafe { spread_pair::<0, 2>(_mm_mul_ps(dm, da)) };
             let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy));
             *acc_k = _mm512_fmadd_ps(dd, s, *acc_k);
         }
@@ -250,7 +254,8 @@ pub(super) unsafe fn q8_0_rows<const K: usize, const Q5: bool>(
                 }
             };
             // `dw · da` of row `r0` in the low 8 lanes, of row `r1` in the high 8.
-            let dd = spread_pair::<0, 1>(_mm_mul_ps(dw, da));
+            // SAFETY: AVX-512F (target_feature).
+            let dd = unsafe { spread_pair::<0, 1>(_mm_mul_ps(dw, da)) };
             let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, qx, qy));
             *acc_k = _mm512_fmadd_ps(dd, s, *acc_k);
         }

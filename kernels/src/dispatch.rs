@@ -163,6 +163,7 @@ mod avx2_tables {
         attend_rows: crate::x86_64::attention512::attend_rows,
         attend_rows_group: crate::x86_64::attention512::attend_rows_group,
         attend_tile: crate::x86_64::attention_tiled512::attend_tile,
+        load_tile: crate::x86_64::attention_tiled512::load_tile,
         ..OPS
     };
 

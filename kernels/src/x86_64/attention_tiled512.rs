@@ -2,15 +2,18 @@
 //! ([`super::attention_tiled`]) with 16-lane vectors, so one fused multiply-add serves 16 keys
 //! (scores) or 16 value elements (the weighted sum) where the AVX2 kernel needs two. Each lane
 //! is still one FMA chain in the reference's order, and the softmax step is the AVX2 kernel's:
-//! same bits as the reference.
+//! same bits as the reference. The tile loader converts f16 keys 16 at a time and transposes
+//! them in registers into the key tile's layout.
 
 use std::arch::x86_64::{
-    _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
+    __m512, _mm256_loadu_si256, _mm512_cvtph_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
+    _mm512_loadu_si512, _mm512_mul_ps, _mm512_permutex2var_ps, _mm512_set1_ps, _mm512_setzero_ps,
     _mm512_storeu_ps,
 };
 
+use crate::kv::{KvRows, KvType};
 use crate::reference::attention::OnlineSoftmax;
-use crate::reference::attention_tiled::{softmax_rows, tile_shape, KvTile, TILE};
+use crate::reference::attention_tiled::{load_shape, softmax_rows, tile_shape, KvTile, TILE};
 
 /// Query rows per register block: 8 × 2 accumulators of scores or of values leave room in the
 /// 32 registers for the loaded operands.
@@ -197,4 +200,105 @@ pub(crate) fn attend_tile(
     // SAFETY: installed only after the AVX-512 path's features were detected; shapes checked
     // above.
     unsafe { attend_tile_avx512(q, kv, spans, scale, st, out, p, rows, d) }
+}
+
+/// Transpose the 16 × 16 matrix held in `r` (row `i` in `r[i]`): off-diagonal blocks of 8, 4,
+/// 2 and 1 swapped in turn, two two-source permutes per pair of rows and level.
+///
+/// # Safety
+/// AVX-512F.
+#[inline(always)]
+unsafe fn transpose16(r: &mut [__m512; 16]) {
+    for b in [8usize, 4, 2, 1] {
+        // Row `i` (bit `b` clear) keeps its lanes without bit `b` and takes row `i + b`'s
+        // lanes `l - b` into those with it; row `i + b` takes row `i`'s lanes `l + b` and
+        // keeps its own.
+        let (mut lo, mut hi) = ([0i32; 16], [0i32; 16]);
+        for l in 0..16 {
+            (lo[l], hi[l]) = if l & b == 0 {
+                (l as i32, (l + b) as i32)
+            } else {
+                ((l - b + 16) as i32, (l + 16) as i32)
+            };
+        }
+        // SAFETY: AVX-512F (caller); 16 i32 each.
+        let (lo, hi) = unsafe {
+            (
+                _mm512_loadu_si512(lo.as_ptr().cast()),
+                _mm512_loadu_si512(hi.as_ptr().cast()),
+            )
+        };
+        for i in (0..16).filter(|i| i & b == 0) {
+            let (x, y) = (r[i], r[i + b]);
+            // SAFETY: AVX-512F (caller).
+            unsafe {
+                r[i] = _mm512_permutex2var_ps(x, lo, y);
+                r[i + b] = _mm512_permutex2var_ps(x, hi, y);
+            }
+        }
+    }
+}
+
+/// f16 rows into a tile, 16 keys at a time: values converted and stored in place; keys
+/// converted as a 16 × 16 block (16 keys, 16 elements), transposed in registers and stored as
+/// 16 rows of the transposed key tile. Keys past the last whole 16 take the AVX2 loader.
+///
+/// # Safety
+/// AVX-512F and F16C; `k` and `v` hold `n` f16 rows of `d` elements (`d % 16 == 0`); keys
+/// `at..at + n` are in the tile (`kt`: `d × TILE`, `vt`: `TILE × d`).
+#[target_feature(enable = "avx512f,avx2,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn load_f16(
+    k: KvRows<'_>,
+    v: KvRows<'_>,
+    n: usize,
+    d: usize,
+    at: usize,
+    kt: &mut [f32],
+    vt: &mut [f32],
+) {
+    let whole = n / 16 * 16;
+    let (kp, vp) = (k.bytes.as_ptr(), v.bytes.as_ptr());
+    for j0 in (0..whole).step_by(16) {
+        for c in 0..d / 16 {
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (m, r) in r.iter_mut().enumerate() {
+                let src = ((j0 + m) * d + 16 * c) * 2;
+                // SAFETY: elements `16c..16c + 16 <= d` of row `j0 + m < n` (32 bytes) in `k`
+                // and `v`; row `at + j0 + m < TILE` of `vt` (caller); unaligned.
+                unsafe {
+                    *r = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add(src).cast()));
+                    let vx = _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(src).cast()));
+                    _mm512_storeu_ps(vt.as_mut_ptr().add((at + j0 + m) * d + 16 * c), vx);
+                }
+            }
+            // SAFETY: AVX-512F (target_feature).
+            unsafe { transpose16(&mut r) };
+            for (l, r) in r.iter().enumerate() {
+                // SAFETY: keys `at + j0 .. at + j0 + 16 <= TILE` of row `16c + l < d` of `kt`.
+                unsafe { _mm512_storeu_ps(kt.as_mut_ptr().add((16 * c + l) * TILE + at + j0), *r) };
+            }
+        }
+    }
+    if whole < n {
+        super::attention_tiled::load_tile(
+            k.slice(whole..n, d),
+            v.slice(whole..n, d),
+            at + whole,
+            kt,
+            vt,
+        );
+    }
+}
+
+/// [`crate::reference::attention_tiled::load_tile`] with AVX-512 for f16 rows whose size is a
+/// multiple of 16 (the AVX2 loader otherwise).
+pub(crate) fn load_tile(k: KvRows<'_>, v: KvRows<'_>, at: usize, kt: &mut [f32], vt: &mut [f32]) {
+    let (n, d) = load_shape(&k, &v, at, kt, vt);
+    if k.ty != KvType::F16 || !d.is_multiple_of(16) {
+        return super::attention_tiled::load_tile(k, v, at, kt, vt);
+    }
+    // SAFETY: installed only after the AVX-512 path's features were detected; shapes checked
+    // above (`n` whole f16 rows of `d` elements in `k` and `v`, keys `at..at + n` in the tile).
+    unsafe { load_f16(k, v, n, d, at, kt, vt) }
 }

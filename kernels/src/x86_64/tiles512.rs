@@ -235,6 +235,43 @@ unsafe fn q4_1_micro<const R: usize, const P: usize>(
     }
 }
 
+/// Block `i` of the Q8_0 (`Q5` false) or Q5_0 weight row at `row` for the pair kernels: its `d`
+/// in 16 lanes, and its 32 quants made unsigned (Q8_0's `x + 128`, an XOR with `bias`; Q5_0's
+/// stored `q + 16`) in both register halves. With `prefetch`, a software prefetch ahead in the
+/// row first (the first pass over the rows reads them from memory).
+///
+/// # Safety
+/// Block `i` of the row is readable; the CPU has AVX-512F and BW, AVX2 and F16C.
+#[inline(always)]
+pub(super) unsafe fn q8_weights<const Q5: bool>(
+    row: *const u8,
+    i: usize,
+    bias: __m512i,
+    prefetch: bool,
+) -> (__m512, __m512i) {
+    // SAFETY: a prefetch of any address is harmless; block `i` is readable (caller).
+    unsafe {
+        if Q5 {
+            if prefetch {
+                prefetch_ahead::<BlockQ5_0>(row, i);
+            }
+            let x: &BlockQ5_0 = block(row, i);
+            let qx = q5_0_quants(std::ptr::from_ref(x).cast());
+            (f16x16_at(x.d.as_ptr()), _mm512_broadcast_i64x4(qx))
+        } else {
+            if prefetch {
+                prefetch_ahead::<BlockQ8_0>(row, i);
+            }
+            let x: &BlockQ8_0 = block(row, i);
+            let qx = _mm256_loadu_si256(x.qs.as_ptr().cast());
+            (
+                f16x16_at(x.d.as_ptr()),
+                _mm512_xor_si512(_mm512_broadcast_i64x4(qx), bias),
+            )
+        }
+    }
+}
+
 /// One `R × tt` micro-tile of Q8_0 × Q8_0 or, with `Q5`, Q5_0 × Q8_0 (contract as
 /// [`q4_1_micro`]; `sc.s` unused). Both make the weight quants unsigned — Q8_0's `x + 128` (an
 /// XOR), Q5_0's stored `q + 16` (0..32, the AVX2 tile's unpacking) — and start each lane's
@@ -274,32 +311,8 @@ unsafe fn q8_0_micro<const R: usize, const P: usize, const Q5: bool>(
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let row = w.wrapping_add(r * w_stride);
-            if prefetch {
-                // As in the Q4_1 kernel.
-                // SAFETY: a prefetch of any address is harmless (wrapping arithmetic).
-                unsafe {
-                    if Q5 {
-                        prefetch_ahead::<BlockQ5_0>(row, i);
-                    } else {
-                        prefetch_ahead::<BlockQ8_0>(row, i);
-                    }
-                }
-            }
             // SAFETY: block `i` of weight row `r` is in bounds (caller).
-            let (dw, qx) = unsafe {
-                if Q5 {
-                    let x: &BlockQ5_0 = block(row, i);
-                    let qx = q5_0_quants(std::ptr::from_ref(x).cast());
-                    (f16x16_at(x.d.as_ptr()), _mm512_broadcast_i64x4(qx))
-                } else {
-                    let x: &BlockQ8_0 = block(row, i);
-                    let qx = _mm256_loadu_si256(x.qs.as_ptr().cast());
-                    (
-                        f16x16_at(x.d.as_ptr()),
-                        _mm512_xor_si512(_mm512_broadcast_i64x4(qx), bias),
-                    )
-                }
-            };
+            let (dw, qx) = unsafe { q8_weights::<Q5>(row, i, bias, prefetch) };
             for p in 0..P {
                 let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[p], qx, qy[p]));
                 acc_r[p] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da[p]), s, acc_r[p]);

@@ -17,18 +17,16 @@
 
 use std::arch::x86_64::{
     _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_set1_ps, _mm256_setzero_ps,
-    _mm256_storeu_ps, _mm512_and_si512, _mm512_broadcast_i32x4, _mm512_broadcast_i64x4,
-    _mm512_castsi256_si512, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps,
-    _mm512_inserti64x4, _mm512_load_ps, _mm512_load_si512, _mm512_mask_broadcastss_ps,
-    _mm512_mask_srli_epi16, _mm512_mul_ps, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps,
-    _mm512_setzero_si512, _mm512_store_ps, _mm512_store_si512, _mm512_sub_epi32, _mm512_xor_si512,
-    _mm_loadu_si128, _mm_set_ss,
+    _mm256_storeu_ps, _mm512_and_si512, _mm512_broadcast_i32x4, _mm512_castsi256_si512,
+    _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_inserti64x4, _mm512_load_ps,
+    _mm512_load_si512, _mm512_mask_broadcastss_ps, _mm512_mask_srli_epi16, _mm512_mul_ps,
+    _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_store_ps,
+    _mm512_store_si512, _mm512_sub_epi32, _mm_loadu_si128, _mm_set_ss,
 };
 use std::mem::MaybeUninit;
 
-use super::q5_0::q5_0_quants;
 use super::tiles::{block, prefetch_ahead, PREFETCH_MAX_TOKENS};
-use super::tiles512::{f16x16_at, store_pair};
+use super::tiles512::{q8_weights, store_pair};
 use crate::reference::q4_1::BlockQ4_1;
 use crate::reference::q5_0::BlockQ5_0;
 use crate::reference::q8::{BlockQ8_0, BlockQ8_1};
@@ -136,31 +134,8 @@ unsafe fn q8_micro<const R: usize, const P: usize, const Q5: bool>(
         let pairs = lay.wrapping_add(i * lay_stride);
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let row = w.wrapping_add(r * w_stride);
-            if prefetch {
-                // SAFETY: a prefetch of any address is harmless (wrapping arithmetic).
-                unsafe {
-                    if Q5 {
-                        prefetch_ahead::<BlockQ5_0>(row, i);
-                    } else {
-                        prefetch_ahead::<BlockQ8_0>(row, i);
-                    }
-                }
-            }
             // SAFETY: block `i` of weight row `r` is in bounds (caller).
-            let (dw, qx) = unsafe {
-                if Q5 {
-                    let x: &BlockQ5_0 = block(row, i);
-                    let qx = q5_0_quants(std::ptr::from_ref(x).cast());
-                    (f16x16_at(x.d.as_ptr()), _mm512_broadcast_i64x4(qx))
-                } else {
-                    let x: &BlockQ8_0 = block(row, i);
-                    let qx = _mm256_loadu_si256(x.qs.as_ptr().cast());
-                    (
-                        f16x16_at(x.d.as_ptr()),
-                        _mm512_xor_si512(_mm512_broadcast_i64x4(qx), bias),
-                    )
-                }
-            };
+            let (dw, qx) = unsafe { q8_weights::<Q5>(row, i, bias, prefetch) };
             for (p, acc_rp) in acc_r.iter_mut().enumerate() {
                 // SAFETY: pair `p` of block `i` is laid out, 64-byte aligned (caller).
                 let (qy, start, da) = unsafe {

@@ -161,6 +161,161 @@ macro_rules! by_rows {
     };
 }
 
+/// The register-blocked products of one vector width, which [`attend_tile_with`] drives.
+pub(super) trait TileProducts {
+    /// Keys per [`TileProducts::scores`] call (`TILE` is a multiple).
+    const KEYS: usize;
+    /// Value lanes per full [`TileProducts::values`] call; a half call takes `LANES / 2`, and
+    /// head sizes are multiples of that.
+    const LANES: usize;
+    /// Query rows per register block.
+    const RM: usize;
+    /// Scores of rows `r0..r0 + m` (`m <= RM`) for keys `KEYS c .. KEYS (c + 1)`.
+    ///
+    /// # Safety
+    /// The width's CPU features; the rows, keys and weights are in bounds.
+    unsafe fn scores(m: usize, q: &[f32], kt: &[f32], d: usize, r0: usize, c: usize, p: &mut [f32]);
+    /// The weighted sum of values for rows `r0..r0 + m`, lanes `j0..j0 + LANES` (`full`) or
+    /// `j0..j0 + LANES / 2`.
+    ///
+    /// # Safety
+    /// As [`TileProducts::scores`], for the lanes.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn values(
+        m: usize,
+        full: bool,
+        p: &[f32],
+        v: &[f32],
+        d: usize,
+        r0: usize,
+        j0: usize,
+        out: &mut [f32],
+    );
+    /// `row *= ms`, lane by lane.
+    ///
+    /// # Safety
+    /// The width's CPU features; `row.len()` a multiple of `LANES / 2`.
+    unsafe fn rescale(row: &mut [f32], ms: f32);
+}
+
+/// One tile for `rows` query rows with products `K` (steps 1–4 of
+/// [`crate::reference::attention_tiled`]): scores `K::KEYS` keys at a time, skipping blocks no
+/// row of the register block sees; each row's softmax step with ggml's vectorized exponential;
+/// the weighted sum of values.
+///
+/// # Safety
+/// AVX2 and FMA and `K`'s features; shapes checked by [`tile_shape`], `d` a multiple of
+/// `K::LANES / 2`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn attend_tile_with<K: TileProducts>(
+    q: &[f32],
+    kv: KvTile<'_>,
+    spans: &[(u8, u8)],
+    scale: f32,
+    st: &mut [OnlineSoftmax],
+    out: &mut [f32],
+    p: &mut [f32],
+    rows: usize,
+    d: usize,
+) {
+    let n = K::KEYS;
+    for r0 in (0..rows).step_by(K::RM) {
+        let m = (rows - r0).min(K::RM);
+        for c in 0..TILE / n {
+            let seen = spans[r0..r0 + m]
+                .iter()
+                .any(|&(lo, hi)| usize::from(lo) < n * c + n && usize::from(hi) > n * c);
+            if seen {
+                // SAFETY: rows `r0..r0 + m` exist, keys `n c .. n c + n <= TILE`, `kt` is
+                // `d × TILE` (checked); the features (caller).
+                unsafe { K::scores(m, q, kv.kt, d, r0, c, p) };
+            }
+        }
+    }
+    // SAFETY: AVX2 and FMA (caller); groups of 8 elements.
+    let exp8 = |g: &mut [f32]| unsafe { exp8(g) };
+    softmax_rows(p, spans, scale, st, exp8, |r, ms| {
+        // SAFETY: a row of `d` elements, a multiple of `K::LANES / 2`; the features (caller).
+        unsafe { K::rescale(&mut out[r * d..(r + 1) * d], ms) }
+    });
+    for r0 in (0..rows).step_by(K::RM) {
+        let m = (rows - r0).min(K::RM);
+        let mut j0 = 0;
+        while j0 + K::LANES <= d {
+            // SAFETY: rows `r0..r0 + m`, lanes `j0..j0 + LANES <= d` (checked).
+            unsafe { K::values(m, true, p, kv.v, d, r0, j0, out) };
+            j0 += K::LANES;
+        }
+        if j0 < d {
+            // SAFETY: `d` is a multiple of `LANES / 2`, so lanes `j0..j0 + LANES / 2 == d`.
+            unsafe { K::values(m, false, p, kv.v, d, r0, j0, out) };
+        }
+    }
+}
+
+/// AVX2's products: 16 keys (two registers) per row, 16 value lanes, 6 rows per block.
+struct Avx2Products;
+
+/// `row *= ms` with AVX2.
+///
+/// # Safety
+/// AVX2; `row.len() % 8 == 0`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rescale8(row: &mut [f32], ms: f32) {
+    let m = _mm256_set1_ps(ms);
+    for c in row.chunks_exact_mut(8) {
+        // SAFETY: 8 elements; unaligned.
+        unsafe {
+            _mm256_storeu_ps(
+                c.as_mut_ptr(),
+                _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), m),
+            )
+        };
+    }
+}
+
+impl TileProducts for Avx2Products {
+    const KEYS: usize = 16;
+    const LANES: usize = 16;
+    const RM: usize = RM;
+    unsafe fn scores(
+        m: usize,
+        q: &[f32],
+        kt: &[f32],
+        d: usize,
+        r0: usize,
+        c: usize,
+        p: &mut [f32],
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { by_rows!(m, scores, [], (q, kt, d, r0, c, p)) }
+    }
+    unsafe fn values(
+        m: usize,
+        full: bool,
+        p: &[f32],
+        v: &[f32],
+        d: usize,
+        r0: usize,
+        j0: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            if full {
+                by_rows!(m, values, [2], (p, v, d, r0, j0, out))
+            } else {
+                by_rows!(m, values, [1], (p, v, d, r0, j0, out))
+            }
+        }
+    }
+    unsafe fn rescale(row: &mut [f32], ms: f32) {
+        // SAFETY: forwarded contract.
+        unsafe { rescale8(row, ms) }
+    }
+}
+
 /// # Safety
 /// AVX2 and FMA; shapes checked by [`tile_shape`], `d % 8 == 0`.
 #[target_feature(enable = "avx2,fma")]
@@ -176,48 +331,8 @@ unsafe fn attend_tile_avx2(
     rows: usize,
     d: usize,
 ) {
-    // 1. Scores, 16 keys at a time, skipping blocks no row of the register block sees.
-    for r0 in (0..rows).step_by(RM) {
-        let m = (rows - r0).min(RM);
-        for c in 0..TILE / 16 {
-            let seen = spans[r0..r0 + m]
-                .iter()
-                .any(|&(lo, hi)| usize::from(lo) < 16 * c + 16 && usize::from(hi) > 16 * c);
-            if seen {
-                // SAFETY: rows `r0..r0 + m` exist, `c < 4`, `kt` is `d × TILE` (checked).
-                unsafe { by_rows!(m, scores, [], (q, kv.kt, d, r0, c, p)) };
-            }
-        }
-    }
-    // 1 (scale, mask) to 3: each row's softmax step.
-    // SAFETY: AVX2 and FMA are enabled in this function; groups of 8 elements.
-    let exp8 = |g: &mut [f32]| unsafe { exp8(g) };
-    softmax_rows(p, spans, scale, st, exp8, |r, ms| {
-        let m = _mm256_set1_ps(ms);
-        for c in out[r * d..(r + 1) * d].chunks_exact_mut(8) {
-            // SAFETY: 8 elements; unaligned.
-            unsafe {
-                _mm256_storeu_ps(
-                    c.as_mut_ptr(),
-                    _mm256_mul_ps(_mm256_loadu_ps(c.as_ptr()), m),
-                )
-            };
-        }
-    });
-    // 4. The weighted sum of values.
-    for r0 in (0..rows).step_by(RM) {
-        let m = (rows - r0).min(RM);
-        let mut j0 = 0;
-        while j0 + 16 <= d {
-            // SAFETY: rows `r0..r0 + m`, lanes `j0..j0 + 16 <= d` (checked).
-            unsafe { by_rows!(m, values, [2], (p, kv.v, d, r0, j0, out)) };
-            j0 += 16;
-        }
-        if j0 < d {
-            // SAFETY: `d % 8 == 0`, so lanes `j0..j0 + 8 == d`.
-            unsafe { by_rows!(m, values, [1], (p, kv.v, d, r0, j0, out)) };
-        }
-    }
+    // SAFETY: forwarded contract; AVX2 and FMA enabled here.
+    unsafe { attend_tile_with::<Avx2Products>(q, kv, spans, scale, st, out, p, rows, d) }
 }
 
 /// [`tiled::attend_tile`] with AVX2 and FMA (the reference for head sizes not a multiple of 8).

@@ -11,9 +11,10 @@ use std::arch::x86_64::{
     _mm512_storeu_ps,
 };
 
+use super::attention_tiled::{attend_tile_with, TileProducts};
 use crate::kv::{KvRows, KvType};
 use crate::reference::attention::OnlineSoftmax;
-use crate::reference::attention_tiled::{load_shape, softmax_rows, tile_shape, KvTile, TILE};
+use crate::reference::attention_tiled::{load_shape, tile_shape, KvTile, TILE};
 
 /// Query rows per register block: 8 × 2 accumulators of scores or of values leave room in the
 /// 32 registers for the loaded operands.
@@ -124,6 +125,68 @@ macro_rules! by_rows {
     };
 }
 
+/// AVX-512's products: 32 keys (two registers) per row, 32 value lanes, 8 rows per block.
+struct Avx512Products;
+
+/// `row *= ms` with AVX-512.
+///
+/// # Safety
+/// AVX-512F; `row.len() % 16 == 0`.
+#[target_feature(enable = "avx512f")]
+unsafe fn rescale16(row: &mut [f32], ms: f32) {
+    let m = _mm512_set1_ps(ms);
+    for c in row.chunks_exact_mut(16) {
+        // SAFETY: 16 elements; unaligned.
+        unsafe {
+            _mm512_storeu_ps(
+                c.as_mut_ptr(),
+                _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), m),
+            )
+        };
+    }
+}
+
+impl TileProducts for Avx512Products {
+    const KEYS: usize = 32;
+    const LANES: usize = 32;
+    const RM: usize = RM;
+    unsafe fn scores(
+        m: usize,
+        q: &[f32],
+        kt: &[f32],
+        d: usize,
+        r0: usize,
+        c: usize,
+        p: &mut [f32],
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { by_rows!(m, scores, [], (q, kt, d, r0, c, p)) }
+    }
+    unsafe fn values(
+        m: usize,
+        full: bool,
+        p: &[f32],
+        v: &[f32],
+        d: usize,
+        r0: usize,
+        j0: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            if full {
+                by_rows!(m, values, [2], (p, v, d, r0, j0, out))
+            } else {
+                by_rows!(m, values, [1], (p, v, d, r0, j0, out))
+            }
+        }
+    }
+    unsafe fn rescale(row: &mut [f32], ms: f32) {
+        // SAFETY: forwarded contract.
+        unsafe { rescale16(row, ms) }
+    }
+}
+
 /// # Safety
 /// AVX-512F, AVX2 and FMA; shapes checked by [`tile_shape`], `d % 16 == 0`.
 #[target_feature(enable = "avx512f,avx2,fma")]
@@ -139,48 +202,8 @@ unsafe fn attend_tile_avx512(
     rows: usize,
     d: usize,
 ) {
-    // 1. Scores, 32 keys at a time, skipping blocks no row of the register block sees.
-    for r0 in (0..rows).step_by(RM) {
-        let m = (rows - r0).min(RM);
-        for c in 0..TILE / 32 {
-            let seen = spans[r0..r0 + m]
-                .iter()
-                .any(|&(lo, hi)| usize::from(lo) < 32 * c + 32 && usize::from(hi) > 32 * c);
-            if seen {
-                // SAFETY: rows `r0..r0 + m` exist, `c < 2`, `kt` is `d × TILE` (checked).
-                unsafe { by_rows!(m, scores, [], (q, kv.kt, d, r0, c, p)) };
-            }
-        }
-    }
-    // 1 (scale, mask) to 3: each row's softmax step, with the AVX2 kernel's exponential.
-    // SAFETY: AVX2 and FMA are enabled in this function; groups of 8 elements.
-    let exp8 = |g: &mut [f32]| unsafe { super::attention_tiled::exp8(g) };
-    softmax_rows(p, spans, scale, st, exp8, |r, ms| {
-        let m = _mm512_set1_ps(ms);
-        for c in out[r * d..(r + 1) * d].chunks_exact_mut(16) {
-            // SAFETY: 16 elements; unaligned.
-            unsafe {
-                _mm512_storeu_ps(
-                    c.as_mut_ptr(),
-                    _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), m),
-                )
-            };
-        }
-    });
-    // 4. The weighted sum of values.
-    for r0 in (0..rows).step_by(RM) {
-        let m = (rows - r0).min(RM);
-        let mut j0 = 0;
-        while j0 + 32 <= d {
-            // SAFETY: rows `r0..r0 + m`, lanes `j0..j0 + 32 <= d` (checked).
-            unsafe { by_rows!(m, values, [2], (p, kv.v, d, r0, j0, out)) };
-            j0 += 32;
-        }
-        if j0 < d {
-            // SAFETY: `d % 16 == 0`, so lanes `j0..j0 + 16 == d`.
-            unsafe { by_rows!(m, values, [1], (p, kv.v, d, r0, j0, out)) };
-        }
-    }
+    // SAFETY: forwarded contract; AVX-512F, AVX2 and FMA enabled here.
+    unsafe { attend_tile_with::<Avx512Products>(q, kv, spans, scale, st, out, p, rows, d) }
 }
 
 /// [`crate::reference::attention_tiled::attend_tile`] with AVX-512 (the AVX2 kernel for head sizes not a multiple of 16).

@@ -40,20 +40,29 @@ use crate::reference::q8::{BlockQ8_0, BlockQ8_1};
 use crate::reference::{Block, Plain};
 use crate::tile::TileDotFn;
 
-/// An activation block type of these tiles: its 32 quants at `qs`.
+/// An activation block type of these tiles: its 32 quants at `qs`, its f16 `d` at `d`.
 pub(super) trait ActBlock: Plain {
     fn qs(&self) -> *const u8;
+    fn d(&self) -> *const u8;
 }
 impl ActBlock for BlockQ8_0 {
     #[inline(always)]
     fn qs(&self) -> *const u8 {
         self.qs.as_ptr().cast()
     }
+    #[inline(always)]
+    fn d(&self) -> *const u8 {
+        self.d.as_ptr()
+    }
 }
 impl ActBlock for BlockQ8_1 {
     #[inline(always)]
     fn qs(&self) -> *const u8 {
         self.qs.as_ptr().cast()
+    }
+    #[inline(always)]
+    fn d(&self) -> *const u8 {
+        self.d.as_ptr()
     }
 }
 

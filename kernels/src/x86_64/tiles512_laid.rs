@@ -16,17 +16,18 @@
 //! block, same `hsum8`): the outputs are the same bits.
 
 use std::arch::x86_64::{
-    _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_set1_ps, _mm256_setzero_ps,
-    _mm256_storeu_ps, _mm512_and_si512, _mm512_broadcast_i32x4, _mm512_castsi256_si512,
-    _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_inserti64x4, _mm512_load_ps,
-    _mm512_load_si512, _mm512_mask_broadcastss_ps, _mm512_mask_srli_epi16, _mm512_mul_ps,
-    _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_store_ps,
-    _mm512_store_si512, _mm512_sub_epi32, _mm_loadu_si128, _mm_set_ss,
+    __m512, __m512i, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_set1_ps,
+    _mm256_setzero_ps, _mm256_storeu_ps, _mm512_and_si512, _mm512_broadcast_i32x4,
+    _mm512_castsi256_si512, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps,
+    _mm512_inserti64x4, _mm512_load_ps, _mm512_load_si512, _mm512_mask_broadcastss_ps,
+    _mm512_mask_srli_epi16, _mm512_mul_ps, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps,
+    _mm512_setzero_si512, _mm512_store_ps, _mm512_store_si512, _mm512_sub_epi32, _mm_loadu_si128,
+    _mm_set_ss,
 };
 use std::mem::MaybeUninit;
 
 use super::tiles::{block, prefetch_ahead, PREFETCH_MAX_TOKENS};
-use super::tiles512::{q8_weights, store_pair};
+use super::tiles512::{q8_weights, store_pair, ActBlock};
 use crate::reference::q4_1::BlockQ4_1;
 use crate::reference::q5_0::BlockQ5_0;
 use crate::reference::q8::{BlockQ8_0, BlockQ8_1};
@@ -60,6 +61,36 @@ fn bias<const Q5: bool>() -> i8 {
     }
 }
 
+/// Block `i` of tokens `t0` and `t1` as one pair: their quants side by side (`t0`'s in the low
+/// half) and their `d` as f32 in the matching halves (exact).
+///
+/// # Safety
+/// Both tokens' block `i` (of type `A`) is readable at `a + t * a_stride`; the CPU has AVX-512F
+/// and F16C.
+#[inline(always)]
+unsafe fn pair_block<A: ActBlock>(
+    a: *const u8,
+    a_stride: usize,
+    t0: usize,
+    t1: usize,
+    i: usize,
+) -> (__m512i, __m512) {
+    // SAFETY: forwarded contract (unaligned loads inside the blocks).
+    unsafe {
+        let y0: &A = block(a.add(t0 * a_stride), i);
+        let y1: &A = block(a.add(t1 * a_stride), i);
+        let qy = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_loadu_si256(y0.qs().cast())),
+            _mm256_loadu_si256(y1.qs().cast()),
+        );
+        let (d0, d1) = (super::f16c::f16_ptr(y0.d()), super::f16c::f16_ptr(y1.d()));
+        (
+            qy,
+            _mm512_mask_broadcastss_ps(_mm512_set1_ps(d0), 0xff00, _mm_set_ss(d1)),
+        )
+    }
+}
+
 /// Lay out tokens `0..tt` of `a` (Q8_0 rows `a_stride` apart, `nb` blocks) pair by pair: pair
 /// `p`, block `i` at `buf + (i * tt.div_ceil(2) + p) * PAIR_BLOCK` (its second token is the
 /// first again where `2p + 1 == tt`).
@@ -84,20 +115,12 @@ unsafe fn lay_out_q8<const Q5: bool>(
             // destination is within the buffer and 64-byte aligned (`PAIR_BLOCK` is a multiple
             // of 64).
             unsafe {
-                let y0: &BlockQ8_0 = block(a.add(t0 * a_stride), i);
-                let y1: &BlockQ8_0 = block(a.add(t1 * a_stride), i);
-                let qy = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(_mm256_loadu_si256(y0.qs.as_ptr().cast())),
-                    _mm256_loadu_si256(y1.qs.as_ptr().cast()),
-                );
+                let (qy, da) = pair_block::<BlockQ8_0>(a, a_stride, t0, t1, i);
                 // -offset · Σy per lane: the correction for the weights' offset.
                 let start = _mm512_sub_epi32(
                     _mm512_setzero_si512(),
                     _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, qy),
                 );
-                let d0 = super::f16c::f16_at(&y0.d, 0);
-                let d1 = super::f16c::f16_at(&y1.d, 0);
-                let da = _mm512_mask_broadcastss_ps(_mm512_set1_ps(d0), 0xff00, _mm_set_ss(d1));
                 let dst = buf.add((i * pairs + p) * PAIR_BLOCK);
                 _mm512_store_si512(dst.cast(), qy);
                 _mm512_store_si512(dst.add(64).cast(), start);
@@ -195,6 +218,39 @@ macro_rules! q8_table {
 static Q8_0_MICRO: [[Q8Micro; MP]; MR] = q8_table!(false);
 static Q5_0_MICRO: [[Q8Micro; MP]; MR] = q8_table!(true);
 
+/// Run an `nr × nt` product group by group of `group` tokens: `lay(t0, t1)` lays tokens
+/// `t0..t1` out; then, for each row tile of up to `MR` rows from row `r`, `rows(r, rr)`
+/// prepares it and `micro(r, rr, (t0, t1), t, tt)` runs its micro-tiles of up to `2 MP` tokens
+/// from `t`.
+#[inline(always)]
+fn by_groups(
+    nr: usize,
+    nt: usize,
+    group: usize,
+    mut lay: impl FnMut(usize, usize),
+    mut rows: impl FnMut(usize, usize),
+    mut micro: impl FnMut(usize, usize, (usize, usize), usize, usize),
+) {
+    let mut t0 = 0;
+    while t0 < nt {
+        let t1 = (t0 + group).min(nt);
+        lay(t0, t1);
+        let mut r = 0;
+        while r < nr {
+            let rr = (nr - r).min(MR);
+            rows(r, rr);
+            let mut t = t0;
+            while t < t1 {
+                let tt = (t1 - t).min(2 * MP);
+                micro(r, rr, (t0, t1), t, tt);
+                t += tt;
+            }
+            r += rr;
+        }
+        t0 = t1;
+    }
+}
+
 /// The tile product of Q8_0 (`Q5` false) or Q5_0 weights with Q8_0 activations over laid-out
 /// pairs, for two tokens or more. Returns `false`, computing nothing, where it does not apply
 /// (one token, or rows too long for one micro-tile's pairs to fit the buffer); the caller then
@@ -236,43 +292,36 @@ pub(super) unsafe fn walk_q8<const Q5: bool>(
     let group = (max_group / mt * mt).min(nt.div_ceil(mt) * mt);
     let mut buf = MaybeUninit::<LayBuf>::uninit();
     let buf = buf.as_mut_ptr().cast::<u8>();
-    let mut t0 = 0;
-    while t0 < nt {
-        let t1 = (t0 + group).min(nt);
-        let pairs = (t1 - t0).div_ceil(2);
+    by_groups(
+        nr,
+        nt,
+        group,
         // SAFETY: tokens `t0..t1` are within the checked operands; `pairs * nb * PAIR_BLOCK
         // <= LAY_BUF` (group ≤ max_group); the buffer is 64-byte aligned; the features were
         // checked before installation.
-        unsafe { lay_out_q8::<Q5>(a.as_ptr().add(t0 * a_stride), a_stride, t1 - t0, nb, buf) };
-        let lay_stride = pairs * PAIR_BLOCK;
-        let mut r = 0;
-        while r < nr {
-            let rr = (nr - r).min(MR);
-            let mut t = t0;
-            while t < t1 {
-                let tt = (t1 - t).min(mt);
-                // SAFETY: rows `r..r+rr` are within the checked operands; the micro-tile's pairs
-                // (from pair `(t - t0) / 2`, `t - t0` being a multiple of `mt`) are laid out in
-                // the buffer written above; the output elements are within the caller's region.
-                unsafe {
-                    micro[rr - 1][tt.div_ceil(2) - 1](
-                        nb,
-                        w.as_ptr().add(r * w_stride),
-                        w_stride,
-                        buf.add((t - t0) / 2 * PAIR_BLOCK),
-                        lay_stride,
-                        tt,
-                        out.add(t * out_stride + r),
-                        out_stride,
-                        t == 0 && nt <= PREFETCH_MAX_TOKENS,
-                    )
-                };
-                t += tt;
+        |t0, t1| unsafe {
+            lay_out_q8::<Q5>(a.as_ptr().add(t0 * a_stride), a_stride, t1 - t0, nb, buf)
+        },
+        |_, _| {},
+        |r, rr, (t0, t1), t, tt| {
+            // SAFETY: rows `r..r+rr` are within the checked operands; the micro-tile's pairs
+            // (from pair `(t - t0) / 2`, `t - t0` being a multiple of `2 MP`) are laid out in
+            // the buffer; the output elements are within the caller's region.
+            unsafe {
+                micro[rr - 1][tt.div_ceil(2) - 1](
+                    nb,
+                    w.as_ptr().add(r * w_stride),
+                    w_stride,
+                    buf.add((t - t0) / 2 * PAIR_BLOCK),
+                    (t1 - t0).div_ceil(2) * PAIR_BLOCK,
+                    tt,
+                    out.add(t * out_stride + r),
+                    out_stride,
+                    t == 0 && nt <= PREFETCH_MAX_TOKENS,
+                )
             }
-            r += rr;
-        }
-        t0 = t1;
-    }
+        },
+    );
     true
 }
 
@@ -301,15 +350,7 @@ unsafe fn lay_out_q4_1(a: *const u8, a_stride: usize, tt: usize, nb: usize, buf:
             // SAFETY: both tokens are `< tt` and their block `i` is readable (caller); the
             // destination is within the buffer and 64-byte aligned.
             unsafe {
-                let y0: &BlockQ8_1 = block(a.add(t0 * a_stride), i);
-                let y1: &BlockQ8_1 = block(a.add(t1 * a_stride), i);
-                let qy = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(_mm256_loadu_si256(y0.qs.as_ptr().cast())),
-                    _mm256_loadu_si256(y1.qs.as_ptr().cast()),
-                );
-                let d0 = super::f16c::f16_at(&y0.d, 0);
-                let d1 = super::f16c::f16_at(&y1.d, 0);
-                let da = _mm512_mask_broadcastss_ps(_mm512_set1_ps(d0), 0xff00, _mm_set_ss(d1));
+                let (qy, da) = pair_block::<BlockQ8_1>(a, a_stride, t0, t1, i);
                 let dst = buf.add((i * pairs + p) * Q4_1_PAIR_BLOCK);
                 _mm512_store_si512(dst.cast(), qy);
                 _mm512_store_ps(dst.add(64).cast(), da);
@@ -520,52 +561,40 @@ pub(super) unsafe fn walk_q4_1(
     let buf = buf.as_mut_ptr().cast::<u8>();
     let mut dm = MaybeUninit::<[f32; 2 * MR * Q4_1_MAX_BLOCKS]>::uninit();
     let dm = dm.as_mut_ptr().cast::<f32>();
-    let mut t0 = 0;
-    while t0 < nt {
-        let t1 = (t0 + group).min(nt);
-        let pairs = (t1 - t0).div_ceil(2);
-        // SAFETY: tokens `t0..t1` are within the checked operands; the pairs and the `s` fit
-        // the buffer (`pairs * nb * 128 + 4 * nb * (t1 - t0 + 8) <= LAY_BUF` by `max_group`);
-        // it is 64-byte aligned; the features were checked before installation.
-        unsafe { lay_out_q4_1(a.as_ptr().add(t0 * a_stride), a_stride, t1 - t0, nb, buf) };
-        let lay_stride = pairs * Q4_1_PAIR_BLOCK;
-        let s = buf.wrapping_add(nb * lay_stride).cast::<f32>();
-        let s_stride = t1 - t0 + 8;
-        let mut r = 0;
-        while r < nr {
-            let rr = (nr - r).min(MR);
-            let row = w.as_ptr().wrapping_add(r * w_stride);
-            // SAFETY: rows `r..r+rr` are within the checked operands; `dm` holds
-            // `2 * MR * Q4_1_MAX_BLOCKS >= 2 * MR * nb` floats.
-            unsafe { q4_1_scales(row, w_stride, rr, nb, dm) };
-            let mut t = t0;
-            while t < t1 {
-                let tt = (t1 - t).min(mt);
-                // SAFETY: rows `r..r+rr` are within the checked operands and their scales in
-                // `dm`; the micro-tile's pairs (from pair `(t - t0) / 2`) and the `s` of its
-                // tokens (8 from `t - t0`, within `s_stride`) are laid out; the output elements
-                // are within the caller's region.
-                unsafe {
-                    Q4_1_MICRO[rr - 1][tt.div_ceil(2) - 1](
-                        nb,
-                        row,
-                        w_stride,
-                        dm,
-                        buf.add((t - t0) / 2 * Q4_1_PAIR_BLOCK),
-                        lay_stride,
-                        s.add(t - t0),
-                        s_stride,
-                        tt,
-                        out.add(t * out_stride + r),
-                        out_stride,
-                        t == 0 && nt <= PREFETCH_MAX_TOKENS,
-                    )
-                };
-                t += tt;
+    by_groups(
+        nr,
+        nt,
+        group,
+        // SAFETY: tokens `t0..t1` are within the checked operands; the pairs and the `s` fit the
+        // buffer (`pairs * nb * 128 + 4 * nb * (t1 - t0 + 8) <= LAY_BUF` by `max_group`); it is
+        // 64-byte aligned; the features were checked before installation.
+        |t0, t1| unsafe { lay_out_q4_1(a.as_ptr().add(t0 * a_stride), a_stride, t1 - t0, nb, buf) },
+        // SAFETY: rows `r..r+rr` are within the checked operands; `dm` holds
+        // `2 * MR * Q4_1_MAX_BLOCKS >= 2 * MR * nb` floats.
+        |r, rr| unsafe { q4_1_scales(w.as_ptr().add(r * w_stride), w_stride, rr, nb, dm) },
+        |r, rr, (t0, t1), t, tt| {
+            let lay_stride = (t1 - t0).div_ceil(2) * Q4_1_PAIR_BLOCK;
+            // SAFETY: rows `r..r+rr` are within the checked operands and their scales in `dm`;
+            // the micro-tile's pairs (from pair `(t - t0) / 2`) and the `s` of its tokens (8
+            // from `t - t0`, within the group's `t1 - t0 + 8`) are laid out; the output
+            // elements are within the caller's region.
+            unsafe {
+                Q4_1_MICRO[rr - 1][tt.div_ceil(2) - 1](
+                    nb,
+                    w.as_ptr().add(r * w_stride),
+                    w_stride,
+                    dm,
+                    buf.add((t - t0) / 2 * Q4_1_PAIR_BLOCK),
+                    lay_stride,
+                    buf.add(nb * lay_stride).cast::<f32>().add(t - t0),
+                    t1 - t0 + 8,
+                    tt,
+                    out.add(t * out_stride + r),
+                    out_stride,
+                    t == 0 && nt <= PREFETCH_MAX_TOKENS,
+                )
             }
-            r += rr;
-        }
-        t0 = t1;
-    }
+        },
+    );
     true
 }

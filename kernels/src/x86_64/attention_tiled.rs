@@ -4,12 +4,12 @@
 //! exponential 8 keys at a time. Same bits as the reference.
 
 use std::arch::x86_64::{
-    _mm256_add_epi32, _mm256_andnot_ps, _mm256_castps_si256, _mm256_castsi256_ps, _mm256_cmp_ps,
-    _mm256_cvtph_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_loadu_ps, _mm256_movemask_ps,
-    _mm256_mul_ps, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps, _mm256_slli_epi32,
-    _mm256_storeu_ps, _mm256_sub_ps, _mm_loadu_si128, _CMP_EQ_OQ, _CMP_GT_OQ,
+    _mm256_andnot_ps, _mm256_cmp_ps, _mm256_cvtph_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
+    _mm256_movemask_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    _mm_loadu_si128, _CMP_EQ_OQ, _CMP_GT_OQ,
 };
 
+use super::v3::{abs8, expf_ggml8_fast_branch};
 use crate::kv::{KvRows, KvType};
 use crate::reference::attention::OnlineSoftmax;
 use crate::reference::attention_tiled::{
@@ -29,34 +29,19 @@ const RM: usize = 6;
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 pub(super) unsafe fn exp8(s: &mut [f32]) {
-    let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
     // SAFETY: 8 elements (caller); unaligned load.
     let x = unsafe { _mm256_loadu_ps(s.as_ptr()) };
     let dead = _mm256_cmp_ps::<_CMP_EQ_OQ>(x, _mm256_set1_ps(f32::NEG_INFINITY));
-    let z = _mm256_fmadd_ps(x, c(0x3fb8_aa3b), c(0x4b40_0000));
-    let n = _mm256_sub_ps(z, c(0x4b40_0000));
-    let wide =
-        _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_andnot_ps(_mm256_set1_ps(-0.0), n), c(0x42fc_0000));
+    // SAFETY: AVX2 and FMA (target_feature).
+    let (e, n) = unsafe { expf_ggml8_fast_branch(x) };
+    // SAFETY: as above.
+    let wide = _mm256_cmp_ps::<_CMP_GT_OQ>(unsafe { abs8(n) }, _mm256_set1_ps(126.0));
     if _mm256_movemask_ps(wide) & !_mm256_movemask_ps(dead) != 0 {
         s.iter_mut().for_each(|x| *x = expf_ggml(*x));
         return;
     }
-    let b = _mm256_fnmadd_ps(n, c(0x35bf_be8e), _mm256_fnmadd_ps(n, c(0x3f31_7200), x));
-    let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
-    let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(0x3f80_0000)));
-    let u = _mm256_mul_ps(b, b);
-    let j = _mm256_fmadd_ps(
-        _mm256_fmadd_ps(
-            _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
-            u,
-            _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
-        ),
-        u,
-        _mm256_mul_ps(c(0x3f7f_fff6), b),
-    );
-    let r = _mm256_andnot_ps(dead, _mm256_fmadd_ps(j, k, k));
     // SAFETY: as the load.
-    unsafe { _mm256_storeu_ps(s.as_mut_ptr(), r) };
+    unsafe { _mm256_storeu_ps(s.as_mut_ptr(), _mm256_andnot_ps(dead, e)) };
 }
 
 /// Scores of rows `r0..r0 + M` for keys `16 c .. 16 c + 16`: `p[r][k] = Σ_i kt[i][k] q[r][i]`,

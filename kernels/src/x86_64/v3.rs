@@ -138,24 +138,18 @@ pub(crate) fn geglu(gate: &mut [f32], up: &[f32], table: &[u16]) {
     unsafe { geglu_v3(gate, up, table) }
 }
 
-/// ggml's `ggml_v_expf` on 8 lanes where every lane takes its fast branch (`|n| <= 126`), the
-/// same fused steps as [`ops::expf_ggml`]; `None` where a lane does not (large magnitudes,
-/// infinities, NaN), for the caller to take the reference.
+/// ggml's `ggml_v_expf` fast branch on 8 lanes, the same fused steps as [`ops::expf_ggml`]:
+/// `(e, n)`, the branch's result and the range reduction's `n`. The result is `expf_ggml`'s
+/// where `|n| <= 126`; callers check `n` and take the reference (or a known value) elsewhere.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn expf_ggml8_fast(x: __m256) -> Option<__m256> {
+pub(super) unsafe fn expf_ggml8_fast_branch(x: __m256) -> (__m256, __m256) {
     let c = |bits: u32| _mm256_set1_ps(f32::from_bits(bits));
     let z = _mm256_fmadd_ps(x, c(0x3fb8_aa3b), c(0x4b40_0000));
     let n = _mm256_sub_ps(z, c(0x4b40_0000));
-    // |n| <= 126 (ordered: NaN fails).
-    let fast =
-        _mm256_cmp_ps::<_CMP_LE_OQ>(_mm256_andnot_ps(_mm256_set1_ps(-0.0), n), c(0x42fc_0000));
-    if _mm256_movemask_ps(fast) != 0xff {
-        return None;
-    }
     let b = _mm256_fnmadd_ps(n, c(0x35bf_be8e), _mm256_fnmadd_ps(n, c(0x3f31_7200), x));
     let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
     let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(0x3f80_0000)));
@@ -169,7 +163,17 @@ unsafe fn expf_ggml8_fast(x: __m256) -> Option<__m256> {
         u,
         _mm256_mul_ps(c(0x3f7f_fff6), b),
     );
-    Some(_mm256_fmadd_ps(j, k, k))
+    (_mm256_fmadd_ps(j, k, k), n)
+}
+
+/// `|n|` of 8 lanes (the sign bit cleared).
+///
+/// # Safety
+/// The CPU has AVX.
+#[inline(always)]
+pub(super) unsafe fn abs8(n: __m256) -> __m256 {
+    // SAFETY: AVX (caller).
+    unsafe { _mm256_andnot_ps(_mm256_set1_ps(-0.0), n) }
 }
 
 /// [`ops::silu_mul`] 8 elements at a time: `x / (1 + expf_ggml(0 - x)) · u` with the
@@ -188,13 +192,16 @@ unsafe fn silu_mul_v3(gate: &mut [f32], up: &[f32]) {
         // SAFETY: elements `c..c + 8 <= n8` of both slices; unaligned loads and stores.
         unsafe {
             let x = _mm256_loadu_ps(gate.as_ptr().add(c));
-            match expf_ggml8_fast(_mm256_sub_ps(_mm256_setzero_ps(), x)) {
-                Some(e) => {
+            let (e, n) = expf_ggml8_fast_branch(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            // Every lane in the fast branch: |n| <= 126 (ordered: NaN is not).
+            let fast = _mm256_cmp_ps::<_CMP_LE_OQ>(abs8(n), _mm256_set1_ps(126.0));
+            match _mm256_movemask_ps(fast) == 0xff {
+                true => {
                     let u = _mm256_loadu_ps(up.as_ptr().add(c));
                     let y = _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), u);
                     _mm256_storeu_ps(gate.as_mut_ptr().add(c), y);
                 }
-                None => ops::silu_mul(&mut gate[c..c + 8], &up[c..c + 8]),
+                false => ops::silu_mul(&mut gate[c..c + 8], &up[c..c + 8]),
             }
         }
     }

@@ -1,5 +1,5 @@
 //! [`crate::reference::attention_tiled::attend_tile`] with AVX-512: the AVX2 kernel's register-blocked products
-//! ([`super::attention_tiled`]) with 16-lane vectors, so one fused multiply-add serves 16 keys
+//! ([`super::attention_tiled`], generic over the width) with 16-lane vectors, so one fused multiply-add serves 16 keys
 //! (scores) or 16 value elements (the weighted sum) where the AVX2 kernel needs two. Each lane
 //! is still one FMA chain in the reference's order, and the softmax step is the AVX2 kernel's:
 //! same bits as the reference. The tile loader converts f16 keys 16 at a time and transposes
@@ -11,146 +11,46 @@ use std::arch::x86_64::{
     _mm512_storeu_ps,
 };
 
-use super::attention_tiled::{attend_tile_with, TileProducts};
+use super::attention_tiled::{attend_tile_with, by_rows, rescale, scores, values_n, F32x};
 use crate::kv::{KvRows, KvType};
 use crate::reference::attention::OnlineSoftmax;
 use crate::reference::attention_tiled::{load_shape, tile_shape, KvTile, TILE};
 
-/// Query rows per register block: 8 × 2 accumulators of scores or of values leave room in the
-/// 32 registers for the loaded operands.
-const RM: usize = 8;
-
-/// Scores of rows `r0..r0 + M` for keys `32 c .. 32 c + 32`: `p[r][k] = Σ_i kt[i][k] q[r][i]`,
-/// one FMA chain per lane from `i = 0` (two registers per row: enough independent chains to
-/// cover the FMA latency with few rows).
-///
-/// # Safety
-/// AVX-512F; rows `r0..r0 + M` of `q` (`d` each) and of `p` (`TILE` each) exist; `kt` holds
-/// `d × TILE` elements; `c < 2`.
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline]
-unsafe fn scores<const M: usize>(
-    q: &[f32],
-    kt: &[f32],
-    d: usize,
-    r0: usize,
-    c: usize,
-    p: &mut [f32],
-) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; M];
-    let (qp, kp) = (q.as_ptr(), kt.as_ptr());
-    for i in 0..d {
-        // SAFETY: element `i < d` of rows `r0..r0 + M` and keys `32c..32c + 32` of row `i` of
-        // `kt` are in bounds (caller).
-        unsafe {
-            let b0 = _mm512_loadu_ps(kp.add(i * TILE + 32 * c));
-            let b1 = _mm512_loadu_ps(kp.add(i * TILE + 32 * c + 16));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*qp.add((r0 + r) * d + i));
-                acc[0] = _mm512_fmadd_ps(b0, a, acc[0]);
-                acc[1] = _mm512_fmadd_ps(b1, a, acc[1]);
-            }
-        }
+impl F32x for __m512 {
+    const LANES: usize = 16;
+    const RM: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: AVX-512F (caller).
+        unsafe { _mm512_setzero_ps() }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        // SAFETY: row `r0 + r` of `p` holds `TILE` elements (caller).
-        unsafe {
-            let o = p.as_mut_ptr().add((r0 + r) * TILE + 32 * c);
-            _mm512_storeu_ps(o, acc[0]);
-            _mm512_storeu_ps(o.add(16), acc[1]);
-        }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: forwarded contract; unaligned.
+        unsafe { _mm512_loadu_ps(p) }
     }
-}
-
-/// `out[r][j] = fma(v[k][j], p[r][k], out[r][j])` for `k` in tile order, rows `r0..r0 + M`,
-/// lanes `j0..j0 + 16 N`.
-///
-/// # Safety
-/// AVX-512F; rows `r0..r0 + M` of `out` (`d` each) and `p` (`TILE` each) exist, `v` holds
-/// `TILE × d`, `j0 + 16 N <= d`.
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline]
-unsafe fn values<const M: usize, const N: usize>(
-    p: &[f32],
-    v: &[f32],
-    d: usize,
-    r0: usize,
-    j0: usize,
-    out: &mut [f32],
-) {
-    let mut acc = [[_mm512_setzero_ps(); N]; M];
-    let op = out.as_mut_ptr();
-    for (r, acc) in acc.iter_mut().enumerate() {
-        for (n, a) in acc.iter_mut().enumerate() {
-            // SAFETY: lanes `j0 + 16n .. +16` of row `r0 + r` of `out` (caller).
-            *a = unsafe { _mm512_loadu_ps(op.add((r0 + r) * d + j0 + 16 * n)) };
-        }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: forwarded contract; unaligned.
+        unsafe { _mm512_storeu_ps(p, self) }
     }
-    let (pp, vp) = (p.as_ptr(), v.as_ptr());
-    for k in 0..TILE {
-        let mut b = [_mm512_setzero_ps(); N];
-        for (n, b) in b.iter_mut().enumerate() {
-            // SAFETY: row `k` of `v`, lanes `j0 + 16n .. +16` (caller).
-            *b = unsafe { _mm512_loadu_ps(vp.add(k * d + j0 + 16 * n)) };
-        }
-        for (r, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: weight `k` of row `r0 + r` (caller).
-            let a = _mm512_set1_ps(unsafe { *pp.add((r0 + r) * TILE + k) });
-            for (a_n, b) in acc.iter_mut().zip(&b) {
-                *a_n = _mm512_fmadd_ps(*b, a, *a_n);
-            }
-        }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: AVX-512F (caller).
+        unsafe { _mm512_set1_ps(x) }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        for (n, a) in acc.iter().enumerate() {
-            // SAFETY: as the loads.
-            unsafe { _mm512_storeu_ps(op.add((r0 + r) * d + j0 + 16 * n), *a) };
-        }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: AVX-512F (caller).
+        unsafe { _mm512_fmadd_ps(a, b, c) }
     }
-}
-
-/// Calls `$f::<M, ..>` for a block of `$m` (1 to [`RM`]) rows.
-macro_rules! by_rows {
-    ($m:expr, $f:ident, [$($n:tt)*], ($($arg:expr),*)) => {
-        match $m {
-            1 => $f::<1 $(, $n)*>($($arg),*),
-            2 => $f::<2 $(, $n)*>($($arg),*),
-            3 => $f::<3 $(, $n)*>($($arg),*),
-            4 => $f::<4 $(, $n)*>($($arg),*),
-            5 => $f::<5 $(, $n)*>($($arg),*),
-            6 => $f::<6 $(, $n)*>($($arg),*),
-            7 => $f::<7 $(, $n)*>($($arg),*),
-            _ => $f::<RM $(, $n)*>($($arg),*),
-        }
-    };
-}
-
-/// AVX-512's products: 32 keys (two registers) per row, 32 value lanes, 8 rows per block.
-struct Avx512Products;
-
-/// `row *= ms` with AVX-512.
-///
-/// # Safety
-/// AVX-512F; `row.len() % 16 == 0`.
-#[target_feature(enable = "avx512f")]
-unsafe fn rescale16(row: &mut [f32], ms: f32) {
-    let m = _mm512_set1_ps(ms);
-    for c in row.chunks_exact_mut(16) {
-        // SAFETY: 16 elements; unaligned.
-        unsafe {
-            _mm512_storeu_ps(
-                c.as_mut_ptr(),
-                _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr()), m),
-            )
-        };
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        // SAFETY: AVX-512F (caller).
+        unsafe { _mm512_mul_ps(a, b) }
     }
-}
-
-impl TileProducts for Avx512Products {
-    const KEYS: usize = 32;
-    const LANES: usize = 32;
-    const RM: usize = RM;
-    unsafe fn scores(
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn scores_rows(
         m: usize,
         q: &[f32],
         kt: &[f32],
@@ -159,10 +59,16 @@ impl TileProducts for Avx512Products {
         c: usize,
         p: &mut [f32],
     ) {
-        // SAFETY: forwarded contract.
-        unsafe { by_rows!(m, scores, [], (q, kt, d, r0, c, p)) }
+        // SAFETY: forwarded contract; AVX-512F enabled here.
+        unsafe { by_rows!(m, [1 2 3 4 5 6 7; 8], scores::<__m512>, (q, kt, d, r0, c, p)) }
     }
-    unsafe fn values(
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn rescale_row(row: &mut [f32], ms: f32) {
+        // SAFETY: forwarded contract; AVX-512F enabled here.
+        unsafe { rescale::<__m512>(row, ms) }
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn values_rows(
         m: usize,
         full: bool,
         p: &[f32],
@@ -172,18 +78,14 @@ impl TileProducts for Avx512Products {
         j0: usize,
         out: &mut [f32],
     ) {
-        // SAFETY: forwarded contract.
+        // SAFETY: forwarded contract; AVX-512F enabled here.
         unsafe {
             if full {
-                by_rows!(m, values, [2], (p, v, d, r0, j0, out))
+                by_rows!(m, [1 2 3 4 5 6 7; 8], values_n::<__m512, _, true>, (p, v, d, r0, j0, out))
             } else {
-                by_rows!(m, values, [1], (p, v, d, r0, j0, out))
+                by_rows!(m, [1 2 3 4 5 6 7; 8], values_n::<__m512, _, false>, (p, v, d, r0, j0, out))
             }
         }
-    }
-    unsafe fn rescale(row: &mut [f32], ms: f32) {
-        // SAFETY: forwarded contract.
-        unsafe { rescale16(row, ms) }
     }
 }
 
@@ -203,7 +105,7 @@ unsafe fn attend_tile_avx512(
     d: usize,
 ) {
     // SAFETY: forwarded contract; AVX-512F, AVX2 and FMA enabled here.
-    unsafe { attend_tile_with::<Avx512Products>(q, kv, spans, scale, st, out, p, rows, d) }
+    unsafe { attend_tile_with::<__m512>(q, kv, spans, scale, st, out, p, rows, d) }
 }
 
 /// [`crate::reference::attention_tiled::attend_tile`] with AVX-512 (the AVX2 kernel for head sizes not a multiple of 16).

@@ -35,7 +35,10 @@ use ember_kernels::GgmlType;
 pub use compile::{kernel_source, CompileInfo};
 pub use device::{driver_present, CudaDevice, DevBuf, HostMapping};
 use error::backend_err;
-pub use launch::{MmqTiles, ARGMAX_PARTS, ATT_PART_LEN, MMQ_MIN_TOKENS};
+pub use launch::{
+    MmqTiles, ARGMAX_PARTS, ATT_PART_LEN, MMQ_MAX_SPLIT, MMQ_MIN_TOKENS, MMQ_SPLIT_BLOCKS_PER_SM,
+    MMQ_SPLIT_FLOATS, MMQ_SPLIT_TILES,
+};
 pub use module::SUPPORTED_WEIGHTS;
 use module::{acts_of, Acts};
 use params::*;

@@ -75,9 +75,10 @@ pub(super) struct Kernels {
     pub(super) quantize_q8_k: CudaFunction,
     /// One per weight type, in the order of `MATMUL_KERNELS`.
     pub(super) matmul: Vec<CudaFunction>,
-    /// One per weight type, in the order of `MMQ_KERNELS`: 64 x 64 tiles, then 16 x 32.
+    /// One per weight type, in the order of `MMQ_KERNELS`: 64 x 64 tiles, 16 x 32, 64 x 16.
     pub(super) mmq: Vec<CudaFunction>,
     pub(super) mmq_small: Vec<CudaFunction>,
+    pub(super) mmq_narrow: Vec<CudaFunction>,
     pub(super) rms_norm: CudaFunction,
     pub(super) swiglu: CudaFunction,
     pub(super) geglu: CudaFunction,
@@ -120,6 +121,10 @@ impl Kernels {
             mmq_small: MMQ_KERNELS
                 .iter()
                 .map(|(_, n)| f(&format!("{n}_s")))
+                .collect::<Result<_>>()?,
+            mmq_narrow: MMQ_KERNELS
+                .iter()
+                .map(|(_, n)| f(&format!("{n}_n")))
                 .collect::<Result<_>>()?,
             rms_norm: f("rms_norm")?,
             swiglu: f("swiglu")?,

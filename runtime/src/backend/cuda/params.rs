@@ -41,6 +41,10 @@ pub struct MatmulParams {
     pub n_jobs: i32,
     pub rows1: i32,
     pub rows2: i32,
+    /// Split K of the tensor-core tiles: partial sums and per-tile counters (the launcher sets
+    /// them from the device's buffers; 0 otherwise).
+    pub part: DevPtr,
+    pub count: DevPtr,
 }
 
 impl MatmulParams {
@@ -72,6 +76,8 @@ impl MatmulParams {
             n_jobs: 1,
             rows1: 0,
             rows2: 0,
+            part: 0,
+            count: 0,
         }
     }
 
@@ -321,7 +327,7 @@ unsafe impl DeviceRepr for GatherParams {}
 unsafe impl DeviceRepr for HadamardParams {}
 
 const _: () = assert!(size_of::<QuantizeParams>() == 32);
-const _: () = assert!(size_of::<MatmulParams>() == 88);
+const _: () = assert!(size_of::<MatmulParams>() == 104);
 const _: () = assert!(size_of::<RmsNormParams>() == 64);
 const _: () = assert!(size_of::<SwigluParams>() == 40);
 const _: () = assert!(size_of::<BiasParams>() == 24);

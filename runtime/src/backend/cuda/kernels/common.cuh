@@ -93,6 +93,8 @@ struct MatmulParams {
     int n_jobs;      // 1..3 products of the same activations in one launch (Q/K/V, gate/up)
     int rows1;
     int rows2;
+    float* part;     // tensor-core tiles with split K (gridDim.z > 1): partial sums, [tiles][splits][BM * BN]
+    u32* count;      // and one arrival counter per tile, zero between launches
 };
 
 // Rows of every product of a launch together.
@@ -277,7 +279,7 @@ struct CopySlotsParams {
 
 // The sizes params.rs asserts for its mirrors: a field added on one side only fails here or there.
 static_assert(sizeof(QuantizeParams) == 32, "params.rs");
-static_assert(sizeof(MatmulParams) == 88, "params.rs");
+static_assert(sizeof(MatmulParams) == 104, "params.rs");
 static_assert(sizeof(RmsNormParams) == 64, "params.rs");
 static_assert(sizeof(SwigluParams) == 40, "params.rs");
 static_assert(sizeof(BiasParams) == 24, "params.rs");

@@ -279,6 +279,7 @@ impl Backend {
         scratch: &mut Scratch,
     ) -> Result<usize> {
         scratch.argmax.fill(crate::model::scratch::NO_ARGMAX);
+        scratch.top_len.fill(crate::model::scratch::NO_TOP);
         match &mut self.inner {
             Inner::Cpu { compute, arena } => model.forward(
                 &mut CpuExecutor::new(model, compute, arena, &self.groups, scratch),

@@ -20,7 +20,7 @@ use super::params::*;
 use super::{CudaBackend, DevMat, Formats, Mode, Quantized, ATT_PART_LEN};
 use crate::error::Result;
 use crate::model::config::FfnAct;
-use crate::model::scratch::NO_ARGMAX;
+use crate::model::scratch::{RowNeed, NO_ARGMAX, NO_TOP};
 use crate::model::weights::{Mat, Vector};
 use crate::model::{Act, BlockTables, Executor, Limits, Model, Out, RopeTable, Scratch, Step};
 
@@ -508,53 +508,100 @@ impl Executor for CudaExecutor<'_> {
         }
         let v = b.dims.vocab;
         let mut logits = self.host.take_logits();
-        let r = read_logits(
-            b,
-            &self.host.full_rows,
-            &mut self.host.argmax,
-            &mut logits,
-            n_logits,
-            v,
-        );
+        let r = read_logits(b, self.host, &mut logits, n_logits, v);
         self.host.put_logits(logits);
         r
     }
 }
 
-/// Bring the step's `n` logits rows (`v` wide) back to the host. Rows the caller reads in full
-/// are copied; for the others only their argmax is, computed on the device (a row holding a NaN
-/// is copied instead, its `argmax` entry left [`NO_ARGMAX`]). Batched greedy decoding then moves
-/// a few bytes per sequence instead of a whole vocabulary row.
+/// Bring the step's `n` logits rows (`v` wide) back to the host, as `host.row_need` asks. Rows
+/// read in full are copied; for [`RowNeed::Argmax`] rows only their argmax is, and for
+/// [`RowNeed::Top`] rows only their most likely tokens, both computed on the device (a row
+/// holding a NaN, or whose candidates tie beyond what the kernel gathers, is copied instead, its
+/// entry left [`NO_ARGMAX`] / [`NO_TOP`]). Batched decoding then moves a few bytes per sequence
+/// instead of a whole vocabulary row.
 fn read_logits(
     b: &CudaBackend,
-    full: &[bool],
-    argmax: &mut [u32],
+    host: &mut Scratch,
     logits: &mut [f32],
     n: usize,
     v: usize,
 ) -> Result<()> {
-    if full[..n].iter().all(|&f| f) {
+    let need = &host.row_need[..n];
+    if need.iter().all(|&r| r == RowNeed::Full) {
         return b.dev.read(&b.s.logits, &mut logits[..n * v]);
     }
-    b.dev.argmax(&ArgmaxParams {
-        x: b.s.logits.ptr,
-        out: b.s.ids.ptr,
-        part: b.s.ids_part.ptr,
-        n_rows: n as i32,
-        n_cols: v as i32,
-    })?;
-    let mut ids = [0i32; 64];
-    let mut row = 0;
-    while row < n {
-        let m = (n - row).min(ids.len());
-        b.dev.read_at(&b.s.ids, row, &mut ids[..m])?;
-        for (i, &id) in ids[..m].iter().enumerate() {
-            argmax[row + i] = u32::try_from(id).unwrap_or(NO_ARGMAX);
+    if need.contains(&RowNeed::Argmax) {
+        b.dev.argmax(&ArgmaxParams {
+            x: b.s.logits.ptr,
+            out: b.s.ids.ptr,
+            part: b.s.ids_part.ptr,
+            n_rows: n as i32,
+            n_cols: v as i32,
+        })?;
+        let mut ids = [0i32; 64];
+        let mut row = 0;
+        while row < n {
+            let m = (n - row).min(ids.len());
+            b.dev.read_at(&b.s.ids, row, &mut ids[..m])?;
+            for (i, &id) in ids[..m].iter().enumerate() {
+                if need[row + i] == RowNeed::Argmax {
+                    host.argmax[row + i] = u32::try_from(id).unwrap_or(NO_ARGMAX);
+                }
+            }
+            row += m;
         }
-        row += m;
+    }
+    let k = need
+        .iter()
+        .map(|&r| {
+            if let RowNeed::Top(k) = r {
+                k as usize
+            } else {
+                0
+            }
+        })
+        .max()
+        .unwrap_or(0);
+    if k > 0 {
+        b.dev.topk(&TopkParams {
+            x: b.s.logits.ptr,
+            ids: b.s.top_ids.ptr,
+            vals: b.s.top_vals.ptr,
+            info: b.s.top_info.ptr,
+            n_rows: n as i32,
+            n_cols: v as i32,
+            k: k as i32,
+            pad: 0,
+        })?;
+        host.top_stride = k;
+        b.dev.read_at(&b.s.top_ids, 0, &mut host.top_ids[..n * k])?;
+        b.dev
+            .read_at(&b.s.top_vals, 0, &mut host.top_vals[..n * k])?;
+        let mut info = [0i32; 128];
+        let mut row = 0;
+        while row < n {
+            let m = (n - row).min(info.len() / 2);
+            b.dev.read_at(&b.s.top_info, 2 * row, &mut info[..2 * m])?;
+            for i in 0..m {
+                let RowNeed::Top(kr) = need[row + i] else {
+                    continue;
+                };
+                let (written, usable) = (info[2 * i], info[2 * i + 1]);
+                if let Ok(w) = u32::try_from(written) {
+                    host.top_len[row + i] = w.min(kr);
+                    host.top_complete[row + i] = usable >= 0 && usable as u32 <= kr;
+                }
+            }
+            row += m;
+        }
     }
     // Copy each run of rows that must come back in one transfer.
-    let needed = |i: usize| full[i] || argmax[i] == NO_ARGMAX;
+    let needed = |i: usize| match need[i] {
+        RowNeed::Full => true,
+        RowNeed::Argmax => host.argmax[i] == NO_ARGMAX,
+        RowNeed::Top(_) => host.top_len[i] == NO_TOP,
+    };
     let mut i = 0;
     while i < n {
         if !needed(i) {

@@ -303,6 +303,14 @@ impl CudaDevice {
         self.launch(&self.k.argmax_reduce, (rows, 1), 32, p, "argmax")
     }
 
+    /// Each row's `p.k` most likely tokens (one 1024-thread block per row, `topk.cu`).
+    pub fn topk(&self, p: &TopkParams) -> Result<()> {
+        if p.k < 1 || p.k as usize > crate::sampler::MAX_DEVICE_TOP {
+            return Err(backend_err(format!("topk: k = {} out of range", p.k)));
+        }
+        self.launch(&self.k.topk_rows, (p.n_rows as usize, 1), 1024, p, "topk")
+    }
+
     /// RoPE on q and k, K/V into their slots.
     pub fn rope_kv_write(&self, p: &RopeKvParams) -> Result<()> {
         self.launch(

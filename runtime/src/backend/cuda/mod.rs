@@ -50,6 +50,7 @@ use crate::model::config::FfnAct;
 use crate::model::executor::Widths;
 use crate::model::weights::{f32_slice, Mat, Vector};
 use crate::model::{Act, BatchToken, BlockTables, Model, Scratch};
+use crate::sampler::MAX_DEVICE_TOP;
 
 /// A weight matrix the device reads, in its file layout: an uploaded copy, or the file's own
 /// bytes through a [`HostMapping`] (`CudaWeights::Mapped`).
@@ -96,6 +97,11 @@ struct DevScratch {
     ids: DevBuf<i32>,
     /// The argmax's per-part bests `[L, ARGMAX_PARTS, 2]`.
     ids_part: DevBuf<i32>,
+    /// Each row's most likely tokens `[L, MAX_DEVICE_TOP]` (ids, raw logits; row stride the
+    /// step's largest k) and `[L, 2]` (candidates written, usable logits): `topk.cu`.
+    top_ids: DevBuf<u32>,
+    top_vals: DevBuf<f32>,
+    top_info: DevBuf<i32>,
     /// Attention partitions `[T*Hq, parts, D]` and `[T*Hq, parts, 2]`.
     part_acc: DevBuf<f32>,
     part_ms: DevBuf<f32>,
@@ -418,6 +424,9 @@ impl DevScratch {
             logits: dev.alloc(z.max_logits * c.n_vocab, "scratch logits")?,
             ids: dev.alloc(z.max_logits, "scratch argmax")?,
             ids_part: dev.alloc(z.max_logits * 2 * ARGMAX_PARTS, "scratch argmax parts")?,
+            top_ids: dev.alloc(z.max_logits * MAX_DEVICE_TOP, "scratch top candidates")?,
+            top_vals: dev.alloc(z.max_logits * MAX_DEVICE_TOP, "scratch top candidates")?,
+            top_info: dev.alloc(z.max_logits * 2, "scratch top candidates")?,
             part_acc: dev.alloc(t * c.n_head * parts * c.head_dim, "attention partitions")?,
             part_ms: dev.alloc(t * c.n_head * parts * 2, "attention partitions")?,
             meta: dev.alloc(meta_len, "batch description")?,

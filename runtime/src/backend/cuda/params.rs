@@ -216,6 +216,24 @@ pub struct ArgmaxParams {
     pub n_cols: i32,
 }
 
+/// `topk_rows`: each row's `k` most likely tokens (`sampler::top_candidates`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TopkParams {
+    pub x: DevPtr,
+    /// `[n_rows, k]` ids, most likely first.
+    pub ids: DevPtr,
+    /// `[n_rows, k]` their raw logits.
+    pub vals: DevPtr,
+    /// `[n_rows, 2]` i32: candidates written (-1: the row holds a NaN; -2: too many equal
+    /// logits at the threshold), the row's usable (above -inf) logits.
+    pub info: DevPtr,
+    pub n_rows: i32,
+    pub n_cols: i32,
+    pub k: i32,
+    pub pad: i32,
+}
+
 /// `add`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -314,6 +332,8 @@ unsafe impl DeviceRepr for AttnParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for ArgmaxParams {}
 // SAFETY: as above.
+unsafe impl DeviceRepr for TopkParams {}
+// SAFETY: as above.
 unsafe impl DeviceRepr for CopySlotsParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for ShiftKeysParams {}
@@ -334,6 +354,7 @@ const _: () = assert!(size_of::<BiasParams>() == 24);
 const _: () = assert!(size_of::<RopeKvParams>() == 128);
 const _: () = assert!(size_of::<AttnParams>() == 128);
 const _: () = assert!(size_of::<ArgmaxParams>() == 32);
+const _: () = assert!(size_of::<TopkParams>() == 48);
 const _: () = assert!(size_of::<CopySlotsParams>() == 40);
 const _: () = assert!(size_of::<ShiftKeysParams>() == 72);
 const _: () = assert!(size_of::<HadamardParams>() == 24);

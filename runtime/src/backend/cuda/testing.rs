@@ -295,6 +295,52 @@ pub fn argmax(dev: &CudaDevice, x: &[f32], n_cols: usize) -> Result<Vec<i32>> {
     Ok(h)
 }
 
+/// Each row's `k` most likely tokens (`topk.cu`): per row, `None` where the kernel reports the
+/// row for a whole-row read (`-1`: a NaN, `-2`: too many ties), else the candidates (id, raw
+/// logit) and the row's usable-logit count.
+#[allow(clippy::type_complexity)]
+pub fn topk(
+    dev: &CudaDevice,
+    x: &[f32],
+    n_cols: usize,
+    k: usize,
+) -> Result<Vec<std::result::Result<(Vec<(u32, f32)>, usize), i32>>> {
+    let n_rows = x.len() / n_cols;
+    let xd = dev.upload(x, "x")?;
+    let ids = dev.alloc::<u32>(n_rows * k, "ids")?;
+    let vals = dev.alloc::<f32>(n_rows * k, "vals")?;
+    let info = dev.alloc::<i32>(n_rows * 2, "info")?;
+    dev.topk(&TopkParams {
+        x: xd.ptr,
+        ids: ids.ptr,
+        vals: vals.ptr,
+        info: info.ptr,
+        n_rows: n_rows as i32,
+        n_cols: n_cols as i32,
+        k: k as i32,
+        pad: 0,
+    })?;
+    let (mut hi, mut hv, mut hn) = (
+        vec![0u32; n_rows * k],
+        vec![0f32; n_rows * k],
+        vec![0i32; n_rows * 2],
+    );
+    dev.read(&ids, &mut hi)?;
+    dev.read(&vals, &mut hv)?;
+    dev.read(&info, &mut hn)?;
+    Ok((0..n_rows)
+        .map(|r| {
+            let w = hn[2 * r];
+            if w < 0 {
+                return Err(w);
+            }
+            let at = r * k;
+            let c = (0..w as usize).map(|j| (hi[at + j], hv[at + j])).collect();
+            Ok((c, hn[2 * r + 1] as usize))
+        })
+        .collect())
+}
+
 /// Geometry of a paged-attention test or benchmark.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {

@@ -215,6 +215,17 @@ struct ArgmaxParams {
     int n_cols;
 };
 
+struct TopkParams {
+    const float* x;  // [n_rows, n_cols] logits
+    int* ids;        // [n_rows, k]: each row's most likely ids, most likely first
+    float* vals;     // [n_rows, k]: their raw logits
+    int* info;       // [n_rows, 2]: candidates written (-1: NaN in the row, -2: too many ties), usable logits
+    int n_rows;
+    int n_cols;
+    int k;
+    int pad;
+};
+
 struct AddParams {
     float* x;        // [n]: x += y
     const float* y;  // [n]
@@ -290,5 +301,6 @@ static_assert(sizeof(CopySlotsParams) == 40, "params.rs");
 static_assert(sizeof(ShiftKeysParams) == 72, "params.rs");
 static_assert(sizeof(HadamardParams) == 24, "params.rs");
 static_assert(sizeof(AddParams) == 24, "params.rs");
+static_assert(sizeof(TopkParams) == 48, "params.rs");
 static_assert(sizeof(GegluParams) == 48, "params.rs");
 static_assert(sizeof(GatherParams) == 32, "params.rs");

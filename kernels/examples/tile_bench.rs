@@ -1,6 +1,7 @@
 //! Micro-benchmark of the tile products on the selected path (developer tool, not CI):
 //! `cargo run --release -p ember-kernels --example tile_bench`. Reports the minimum over many
 //! repetitions (robust on a busy machine) in ns per (row, token, 32-element block).
+//! `TILE_TYPES` and `TILE_COLS` choose the weight types and the row width.
 
 use std::time::Instant;
 
@@ -24,7 +25,22 @@ fn main() {
         seed ^= seed << 17;
         ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
     };
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0] {
+    // `TILE_TYPES=q4_k,q6_k` times other weight types (default: q4_1,q8_0,q5_0).
+    let types: Vec<GgmlType> = std::env::var("TILE_TYPES")
+        .unwrap_or_else(|_| "q4_1,q8_0,q5_0".into())
+        .split(',')
+        .filter_map(|n| match n.trim() {
+            "q4_0" => Some(GgmlType::Q4_0),
+            "q4_1" => Some(GgmlType::Q4_1),
+            "q5_0" => Some(GgmlType::Q5_0),
+            "q8_0" => Some(GgmlType::Q8_0),
+            "q4_k" => Some(GgmlType::Q4_K),
+            "q5_k" => Some(GgmlType::Q5_K),
+            "q6_k" => Some(GgmlType::Q6_K),
+            _ => None,
+        })
+        .collect();
+    for ty in types {
         let t = reference_traits(ty).unwrap();
         let at = ks.traits(t.vec_dot_type).unwrap();
         let wb = ty.row_bytes(cols as u64).unwrap() as usize;

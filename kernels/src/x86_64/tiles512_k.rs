@@ -29,14 +29,14 @@
 use std::arch::x86_64::{
     __m512, __m512i, _mm256_cvtph_ps, _mm512_add_epi32, _mm512_and_si512, _mm512_broadcast_f32x4,
     _mm512_broadcast_i32x4, _mm512_castps256_ps512, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32,
-    _mm512_dpwssd_epi32, _mm512_fmadd_ps, _mm512_loadu_si512, _mm512_maddubs_epi16, _mm512_mul_ps,
-    _mm512_mullo_epi32, _mm512_or_si512, _mm512_permutexvar_epi32, _mm512_permutexvar_ps,
-    _mm512_set1_epi16, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_setr_epi32, _mm512_setzero_ps,
-    _mm512_setzero_si512, _mm512_shuffle_i32x4, _mm512_slli_epi16, _mm512_srli_epi16,
-    _mm512_storeu_ps, _mm512_storeu_si512, _mm512_sub_epi32, _mm512_sub_epi8, _mm512_sub_ps,
-    _mm512_unpackhi_epi32, _mm512_unpackhi_epi64, _mm512_unpacklo_epi32, _mm512_unpacklo_epi64,
-    _mm_cvtph_ps, _mm_loadu_ps, _mm_loadu_si128, _mm_set1_epi8, _mm_set_epi32, _mm_storeu_si128,
-    _mm_xor_si128,
+    _mm512_dpwssd_epi32, _mm512_fmadd_ps, _mm512_loadu_si512, _mm512_madd_epi16,
+    _mm512_maddubs_epi16, _mm512_mul_ps, _mm512_or_si512, _mm512_permutexvar_epi32,
+    _mm512_permutexvar_ps, _mm512_set1_epi16, _mm512_set1_epi32, _mm512_set1_epi8,
+    _mm512_setr_epi32, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_shuffle_i32x4,
+    _mm512_slli_epi16, _mm512_srli_epi16, _mm512_storeu_ps, _mm512_storeu_si512, _mm512_sub_epi32,
+    _mm512_sub_epi8, _mm512_sub_ps, _mm512_unpackhi_epi32, _mm512_unpackhi_epi64,
+    _mm512_unpacklo_epi32, _mm512_unpacklo_epi64, _mm_cvtph_ps, _mm_loadu_ps, _mm_loadu_si128,
+    _mm_set1_epi8, _mm_set_epi32, _mm_storeu_si128, _mm_xor_si128,
 };
 use std::mem::MaybeUninit;
 
@@ -199,10 +199,12 @@ unsafe fn q4_k_micro<const Q: usize>(
                         _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, qj[0], ys(0)), qj[1], ys(1));
                     let hi =
                         _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, qj[2], ys(2)), qj[3], ys(3));
-                    vq[c] = _mm512_add_epi32(
-                        _mm512_mullo_epi32(lo, s_lo),
-                        _mm512_mullo_epi32(hi, s_hi),
-                    );
+                    // `lo` and `hi` sum 8 products of a 4-bit quant and an 8-bit activation
+                    // (|sum| <= 8 * 15 * 128 < 2^15), so each 32-bit lane is its low 16-bit
+                    // half sign-extended, and the scales (< 64) have a zero high half: the
+                    // 16-bit pair products give `lo * s_lo + hi * s_hi` exactly, in two uops
+                    // where `vpmulld` takes four.
+                    vq[c] = _mm512_dpwssd_epi32(_mm512_madd_epi16(lo, s_lo), hi, s_hi);
                 }
             }
             for q in 0..Q {
@@ -244,9 +246,12 @@ unsafe fn q4_k_micro<const Q: usize>(
             };
             let (d, dmin) = (_mm512_mul_ps(dw, ya), _mm512_mul_ps(dminw, ya));
             for (c, &xc) in x.iter().enumerate() {
-                let summ = _mm512_add_epi32(
-                    _mm512_mullo_epi32(bv[2 * c], mn[2 * c]),
-                    _mm512_mullo_epi32(bv[2 * c + 1], mn[2 * c + 1]),
+                // The pair sums (32 activations, |sum| <= 4096) and the mins (< 64) fit 16
+                // bits as above.
+                let summ = _mm512_dpwssd_epi32(
+                    _mm512_madd_epi16(bv[2 * c], mn[2 * c]),
+                    bv[2 * c + 1],
+                    mn[2 * c + 1],
                 );
                 acc[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(xc), d, acc[q]);
                 acc_min[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(summ), dmin, acc_min[q]);

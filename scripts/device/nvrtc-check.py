@@ -4,8 +4,8 @@ before it costs a GPU-machine call.
 
 The sources are concatenated as runtime/src/backend/cuda/compile.rs does (its SOURCES order,
 NVRTC with --fmad=false --std=c++14) and compiled for each target (default compute_90,
-compute_87, compute_75). With --regs PATTERN, ptxas assembles the compute_90 PTX for sm_90 and
-prints the registers, spills and shared memory of every kernel whose name matches PATTERN.
+compute_87, compute_75). With --regs PATTERN, ptxas assembles the PTX for sm_90 (--sm 87: the
+Jetson Orin's sm_87) and prints the registers, spills and shared memory of every kernel whose name matches PATTERN.
 
 NVRTC and ptxas come from NVIDIA's PyPI wheels (nvidia-cuda-nvrtc-cu12, nvidia-cuda-nvcc-cu12),
 unpacked once into .bench/cuda-tools (git-ignored) by this script:
@@ -77,7 +77,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", help="kernel variants (as EMBER_CUDA_KERNEL_DIR)")
     ap.add_argument("--arch", nargs="*", default=["compute_90", "compute_87", "compute_75"])
-    ap.add_argument("--regs", help="print ptxas's sm_90 resource usage of matching kernels")
+    ap.add_argument("--regs", help="print ptxas's resource usage of matching kernels")
+    ap.add_argument("--sm", default="90", help="the target of --regs (default 90; 87: Jetson Orin)")
     a = ap.parse_args()
     lib, ptxas = tools()
     nvrtc = ctypes.CDLL(lib)
@@ -90,13 +91,13 @@ def main():
         if log.strip():
             print(log)
         failed |= rc != 0
-        if arch == "compute_90":
+        if arch == f"compute_{a.sm}":
             ptx90 = ptx
     if a.regs and ptx90:
         with tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "k.ptx")
             open(p, "w").write(ptx90)
-            r = subprocess.run([ptxas, "-arch=sm_90", "-v", p, "-o", os.path.join(d, "k.cubin")],
+            r = subprocess.run([ptxas, f"-arch=sm_{a.sm}", "-v", p, "-o", os.path.join(d, "k.cubin")],
                                capture_output=True, text=True)
             name = None
             for line in r.stderr.splitlines():

@@ -180,23 +180,73 @@ mod avx2_tables {
         let avx512 = path == CpuPath::Avx512;
         let vnni = path != CpuPath::Avx2NoVnni && std::arch::is_x86_feature_detected!("avxvnni");
         let wide: &[(GgmlType, &'static str, TileDotFn)] = &[
-            (GgmlType::Q4_1, "avx512-vnni", tiles512::tile_q4_1_q8_1),
-            (GgmlType::Q8_0, "avx512-vnni", tiles512::tile_q8_0_q8_0),
-            (GgmlType::Q5_0, "avx512-vnni", tiles512::tile_q5_0_q8_0),
-            (GgmlType::Q4_K, "avx512-vnni", tiles512_k::tile_q4_k_q8_k),
-            (GgmlType::Q6_K, "avx512-vnni", tiles512_k::tile_q6_k_q8_k),
+            (
+                GgmlType::Q4_1,
+                "avx512-vnni",
+                tiles512::tile::<tiles512::Q4_1>,
+            ),
+            (
+                GgmlType::Q8_0,
+                "avx512-vnni",
+                tiles512::tile::<tiles512::Q8_0>,
+            ),
+            (
+                GgmlType::Q5_0,
+                "avx512-vnni",
+                tiles512::tile::<tiles512::Q5_0>,
+            ),
+            (
+                GgmlType::Q4_K,
+                "avx512-vnni",
+                tiles512_k::tile::<tiles512_k::Q4K>,
+            ),
+            (
+                GgmlType::Q6_K,
+                "avx512-vnni",
+                tiles512_k::tile::<tiles512_k::Q6K>,
+            ),
         ];
         let wide = wide
             .iter()
             .filter(|e| avx512 && e.0 == ty)
             .map(|e| (e.1, e.2));
         let all: &[(GgmlType, bool, &'static str, TileDotFn)] = &[
-            (GgmlType::Q4_1, true, "avx-vnni", tiles::tile_q4_1_q8_1_vnni),
-            (GgmlType::Q4_1, false, "avx2", tiles::tile_q4_1_q8_1),
-            (GgmlType::Q8_0, true, "avx-vnni", tiles::tile_q8_0_q8_0_vnni),
-            (GgmlType::Q8_0, false, "avx2", tiles::tile_q8_0_q8_0),
-            (GgmlType::Q5_0, true, "avx-vnni", tiles::tile_q5_0_q8_0_vnni),
-            (GgmlType::Q5_0, false, "avx2", tiles::tile_q5_0_q8_0),
+            (
+                GgmlType::Q4_1,
+                true,
+                "avx-vnni",
+                tiles::tile::<3, tiles::VnniQ4_1>,
+            ),
+            (
+                GgmlType::Q4_1,
+                false,
+                "avx2",
+                tiles::tile::<3, tiles::Avx2Q4_1>,
+            ),
+            (
+                GgmlType::Q8_0,
+                true,
+                "avx-vnni",
+                tiles::tile::<2, tiles::VnniQ8_0>,
+            ),
+            (
+                GgmlType::Q8_0,
+                false,
+                "avx2",
+                tiles::tile::<2, tiles::Avx2Q8_0>,
+            ),
+            (
+                GgmlType::Q5_0,
+                true,
+                "avx-vnni",
+                tiles::tile::<2, tiles::VnniQ5_0>,
+            ),
+            (
+                GgmlType::Q5_0,
+                false,
+                "avx2",
+                tiles::tile::<2, tiles::Avx2Q5_0>,
+            ),
             (GgmlType::Q4_K, false, "avx2", tiles_k::tile::<tiles_k::Q4K>),
             (GgmlType::Q6_K, false, "avx2", tiles_k::tile::<tiles_k::Q6K>),
         ];

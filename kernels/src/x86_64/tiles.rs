@@ -607,7 +607,7 @@ unsafe fn vnni<K: MicroKernel, const R: usize, const T: usize>(
     unsafe { K::run::<AvxVnni, R, T>(nb, w, w_stride, a, a_stride, out, out_stride, prefetch) }
 }
 
-use crate::tile::{walk, Micro};
+use crate::tile::{walk, Micro, TileDotFn};
 
 /// The `[[isa::<K, r, t>; MT]; MR]` table of micro-kernel instances, for `MR = 4` and `MT` 2
 /// or 3.
@@ -634,71 +634,99 @@ macro_rules! micro_table {
     };
 }
 
-/// A tile entry point over micro-kernel `$k` (with `$isa`'s features) in `$mr × $mt` tiles (shapes
-/// measured with `examples/tile_bench.rs`: the best that avoids register spills in 16 AVX2
-/// registers). With `unpacked: F`, the products [`super::tiles_unpacked`] serves (several tokens
-/// over rows of up to 4096 elements) go to its format-`F` tile instead: the same bits either way.
-macro_rules! tile_entry {
-    ($name:ident, $isa:ident, $k:ty, $mr:tt x $mt:tt, $sizes:expr, $what:literal
-     $(, unpacked: $f:ty)?) => {
-        #[doc = concat!($what, " tile product (see [`crate::tile::TileDotFn`]).")]
-        ///
-        /// # Safety
-        /// As [`crate::tile::TileDotFn`]; installed only after the CPU features of its
-        /// micro-kernels were detected.
-        #[allow(clippy::too_many_arguments)]
-        pub(crate) unsafe fn $name(
-            n: usize,
-            w: &[u8],
-            w_stride: usize,
-            nr: usize,
-            a: &[u8],
-            a_stride: usize,
-            nt: usize,
-            out: *mut f32,
-            out_stride: usize,
-        ) {
-            $(
-                if super::tiles_unpacked::takes(n / 32, nt) {
-                    // SAFETY: forwarded contract; the unpacked tile needs the same features.
-                    return unsafe {
-                        super::tiles_unpacked::$isa::<$f>(
-                            n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
-                        )
-                    };
-                }
-            )?
-            static MICRO: [[Micro; $mt]; $mr] = micro_table!($isa, $k, $mr, $mt);
-            // SAFETY: forwarded contract.
-            unsafe {
-                walk(
-                    &MICRO,
-                    $sizes,
-                    PREFETCH_MAX_TOKENS,
-                    n,
-                    w,
-                    w_stride,
-                    nr,
-                    a,
-                    a_stride,
-                    nt,
-                    out,
-                    out_stride,
-                )
-            }
-        }
-    };
+/// A tile product of the AVX2 tiles: its micro-kernels (with their ISA's features) in
+/// `4 × MT` tiles (shapes measured with `examples/tile_bench.rs`: the best that avoids register
+/// spills in 16 AVX2 registers), its block sizes, and the [`super::tiles_unpacked`] tile that
+/// serves the products it takes (several tokens over rows of up to 4096 elements; the same bits
+/// either way).
+pub(crate) trait Entry<const MT: usize> {
+    /// The `r × t` micro-kernel at `[r - 1][t - 1]`.
+    const MICRO: [[Micro; MT]; 4];
+    /// Bytes per block of a weight row and of an activation row.
+    const BLOCKS: (usize, usize);
+    /// The unpacked tile of the same format and features, where there is one.
+    const UNPACKED: Option<TileDotFn>;
 }
 
+/// The tile product of `E` (see [`TileDotFn`]).
+///
+/// # Safety
+/// As [`TileDotFn`]; installed only after the CPU features of `E`'s micro-kernels were
+/// detected.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile<const MT: usize, E: Entry<MT>>(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    if let Some(unpacked) = E::UNPACKED {
+        if super::tiles_unpacked::takes(n / 32, nt) {
+            // SAFETY: forwarded contract; the unpacked tile needs the same features.
+            return unsafe { unpacked(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) };
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe {
+        walk(
+            &E::MICRO,
+            E::BLOCKS,
+            PREFETCH_MAX_TOKENS,
+            n,
+            w,
+            w_stride,
+            nr,
+            a,
+            a_stride,
+            nt,
+            out,
+            out_stride,
+        )
+    }
+}
+
+/// The AVX2 tile kernels: Q4_1 × Q8_1, Q8_0 × Q8_0 and Q5_0 × Q8_0, with AVX2's lane sums
+/// (`Avx2*`) or AVX-VNNI's (`Vnni*`).
+pub(crate) struct Avx2Q4_1;
+pub(crate) struct Avx2Q8_0;
+pub(crate) struct Avx2Q5_0;
+pub(crate) struct VnniQ4_1;
+pub(crate) struct VnniQ8_0;
+pub(crate) struct VnniQ5_0;
+
 use super::tiles_unpacked as unpacked;
-tile_entry!(tile_q4_1_q8_1, avx2, Q4_1, 4 x 3, (BlockQ4_1::SIZE, BlockQ8_1::SIZE), "Q4_1 × Q8_1 (AVX2)",
-    unpacked: unpacked::Q4_1);
-tile_entry!(tile_q8_0_q8_0, avx2, Q8_0, 4 x 2, (BlockQ8_0::SIZE, BlockQ8_0::SIZE), "Q8_0 × Q8_0 (AVX2)");
-tile_entry!(tile_q5_0_q8_0, avx2, Q5_0, 4 x 2, (BlockQ5_0::SIZE, BlockQ8_0::SIZE), "Q5_0 × Q8_0 (AVX2)",
-    unpacked: unpacked::Q5_0);
-tile_entry!(tile_q4_1_q8_1_vnni, vnni, Q4_1, 4 x 3, (BlockQ4_1::SIZE, BlockQ8_1::SIZE),
-    "Q4_1 × Q8_1 (AVX-VNNI)", unpacked: unpacked::Q4_1);
-tile_entry!(tile_q8_0_q8_0_vnni, vnni, Q8_0, 4 x 2, (BlockQ8_0::SIZE, BlockQ8_0::SIZE),
-    "Q8_0 × Q8_0 (AVX-VNNI)");
-tile_entry!(tile_q5_0_q8_0_vnni, vnni, Q5_0, 4 x 2, (BlockQ5_0::SIZE, BlockQ8_0::SIZE),
-    "Q5_0 × Q8_0 (AVX-VNNI)", unpacked: unpacked::Q5_0);
+impl Entry<3> for Avx2Q4_1 {
+    const MICRO: [[Micro; 3]; 4] = micro_table!(avx2, Q4_1, 4, 3);
+    const BLOCKS: (usize, usize) = (BlockQ4_1::SIZE, BlockQ8_1::SIZE);
+    const UNPACKED: Option<TileDotFn> = Some(unpacked::avx2::<unpacked::Q4_1>);
+}
+impl Entry<2> for Avx2Q8_0 {
+    const MICRO: [[Micro; 2]; 4] = micro_table!(avx2, Q8_0, 4, 2);
+    const BLOCKS: (usize, usize) = (BlockQ8_0::SIZE, BlockQ8_0::SIZE);
+    const UNPACKED: Option<TileDotFn> = None;
+}
+impl Entry<2> for Avx2Q5_0 {
+    const MICRO: [[Micro; 2]; 4] = micro_table!(avx2, Q5_0, 4, 2);
+    const BLOCKS: (usize, usize) = (BlockQ5_0::SIZE, BlockQ8_0::SIZE);
+    const UNPACKED: Option<TileDotFn> = Some(unpacked::avx2::<unpacked::Q5_0>);
+}
+impl Entry<3> for VnniQ4_1 {
+    const MICRO: [[Micro; 3]; 4] = micro_table!(vnni, Q4_1, 4, 3);
+    const BLOCKS: (usize, usize) = (BlockQ4_1::SIZE, BlockQ8_1::SIZE);
+    const UNPACKED: Option<TileDotFn> = Some(unpacked::vnni::<unpacked::Q4_1>);
+}
+impl Entry<2> for VnniQ8_0 {
+    const MICRO: [[Micro; 2]; 4] = micro_table!(vnni, Q8_0, 4, 2);
+    const BLOCKS: (usize, usize) = (BlockQ8_0::SIZE, BlockQ8_0::SIZE);
+    const UNPACKED: Option<TileDotFn> = None;
+}
+impl Entry<2> for VnniQ5_0 {
+    const MICRO: [[Micro; 2]; 4] = micro_table!(vnni, Q5_0, 4, 2);
+    const BLOCKS: (usize, usize) = (BlockQ5_0::SIZE, BlockQ8_0::SIZE);
+    const UNPACKED: Option<TileDotFn> = Some(unpacked::vnni::<unpacked::Q5_0>);
+}

@@ -107,7 +107,7 @@ unsafe fn f16x8_at(p: *const u8) -> __m256 {
 /// Where a micro-tile finds its tokens' converted scales: `d[i * stride + t]` is the f32 `d` of
 /// block `i` of the tile's token `t`, `s` likewise (Q8_1's `s`; unused for Q8_0).
 #[derive(Clone, Copy)]
-pub(super) struct Scales {
+pub(crate) struct Scales {
     pub(super) d: *const f32,
     pub(super) s: *const f32,
     pub(super) stride: usize,
@@ -341,7 +341,7 @@ type Micro =
     unsafe fn(usize, *const u8, usize, *const u8, usize, usize, Scales, *mut f32, usize, bool);
 
 /// The shape of one weight format's blocks and activation blocks.
-struct Format {
+pub(crate) struct Format {
     block_w: usize,
     block_a: usize,
     /// Whether the activation blocks carry an `s` (Q8_1) after `d`.
@@ -530,47 +530,66 @@ macro_rules! micro_table {
     };
 }
 
-/// A tile entry point: [`walk`] over micro-kernel table `$micro` for blocks of format `$fmt`,
-/// or the AVX2 tile `$fallback` for rows too long for the scale buffer.
-macro_rules! tile_entry {
-    ($name:ident, $micro:expr, $rows:expr, $fmt:expr, $fallback:path, $what:literal
-     $(, laid: $laid:expr)?) => {
-        #[doc = concat!($what, " tile product (see [`TileDotFn`]); rows too long for the scale")]
-        #[doc = "buffer go to the AVX2 tile."]
-        ///
-        /// # Safety
-        /// As [`TileDotFn`]; installed only after [`available`].
-        #[allow(clippy::too_many_arguments)]
-        pub(crate) unsafe fn $name(
-            n: usize,
-            w: &[u8],
-            w_stride: usize,
-            nr: usize,
-            a: &[u8],
-            a_stride: usize,
-            nt: usize,
-            out: *mut f32,
-            out_stride: usize,
+/// A laid-out walk ([`super::tiles512_laid`]): a [`TileDotFn`] that returns `false`, having
+/// done nothing, for the products it does not take.
+type LaidFn = unsafe fn(usize, &[u8], usize, usize, &[u8], usize, usize, *mut f32, usize) -> bool;
+
+/// A tile product of these kernels: its micro-kernels for several tokens and for one, its block
+/// format, the laid-out walk that takes the products it can, and the AVX2 tile for rows too long
+/// for the scale buffer.
+pub(crate) trait Entry {
+    /// The `r × p` (rows × token pairs) micro-kernel at `[r - 1][p - 1]`.
+    const MICRO: [[Micro; 4]; 4];
+    /// The one-token kernels of 2, 4, 6 and 8 rows.
+    const ROWS: [RowsMicro; ROWS_MR / 2];
+    /// Block sizes and whether the activations carry `s`.
+    const FMT: Format;
+    /// Tried first.
+    const LAID: LaidFn;
+    /// Rows too long for the scale buffer.
+    const FALLBACK: TileDotFn;
+}
+
+/// The tile product of `E` (see [`TileDotFn`]): its laid-out walk where that takes the product,
+/// else [`walk`] over its micro-kernels, else (rows too long for the scale buffer) the AVX2 tile.
+///
+/// # Safety
+/// As [`TileDotFn`]; installed only after [`available`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile<E: Entry>(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    // SAFETY: forwarded contract; the laid-out walk needs the same features.
+    if unsafe { (E::LAID)(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) } {
+        return;
+    }
+    // SAFETY: forwarded contract.
+    unsafe {
+        if !walk(
+            &E::MICRO,
+            &E::ROWS,
+            &E::FMT,
+            n,
+            w,
+            w_stride,
+            nr,
+            a,
+            a_stride,
+            nt,
+            out,
+            out_stride,
         ) {
-            static MICRO: [[Micro; 4]; 4] = $micro;
-            static ROWS: [RowsMicro; ROWS_MR / 2] = $rows;
-            $(
-                // SAFETY: forwarded contract; the laid-out walk needs the same features.
-                if unsafe { $laid(n, w, w_stride, nr, a, a_stride, nt, out, out_stride) } {
-                    return;
-                }
-            )?
-            // SAFETY: forwarded contract.
-            unsafe {
-                if !walk(
-                    &MICRO, &ROWS, &$fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride,
-                ) {
-                    let fallback: TileDotFn = $fallback;
-                    fallback(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
-                }
-            }
+            (E::FALLBACK)(n, w, w_stride, nr, a, a_stride, nt, out, out_stride);
         }
-    };
+    }
 }
 
 /// Q4_1 weights, Q8_1 activations (with their `s`).
@@ -592,45 +611,46 @@ const Q5_0_FMT: Format = Format {
     has_s: false,
 };
 
-tile_entry!(
-    tile_q4_1_q8_1,
-    micro_table!(q4_1_micro),
-    [
+/// Q4_1 × Q8_1.
+pub(crate) struct Q4_1;
+/// Q8_0 × Q8_0.
+pub(crate) struct Q8_0;
+/// Q5_0 × Q8_0.
+pub(crate) struct Q5_0;
+
+impl Entry for Q4_1 {
+    const MICRO: [[Micro; 4]; 4] = micro_table!(q4_1_micro);
+    const ROWS: [RowsMicro; ROWS_MR / 2] = [
         q4_1_rows::<1>,
         q4_1_rows::<2>,
         q4_1_rows::<3>,
-        q4_1_rows::<4>
-    ],
-    Q4_1_FMT,
-    super::tiles::tile_q4_1_q8_1,
-    "Q4_1 × Q8_1",
-    laid: super::tiles512_laid::walk_q4_1
-);
-tile_entry!(
-    tile_q8_0_q8_0,
-    micro_table!(q8_0_micro, false),
-    [
+        q4_1_rows::<4>,
+    ];
+    const FMT: Format = Q4_1_FMT;
+    const LAID: LaidFn = super::tiles512_laid::walk_q4_1;
+    const FALLBACK: TileDotFn = super::tiles::tile::<3, super::tiles::Avx2Q4_1>;
+}
+impl Entry for Q8_0 {
+    const MICRO: [[Micro; 4]; 4] = micro_table!(q8_0_micro, false);
+    const ROWS: [RowsMicro; ROWS_MR / 2] = [
         q8_0_rows::<1, false>,
         q8_0_rows::<2, false>,
         q8_0_rows::<3, false>,
-        q8_0_rows::<4, false>
-    ],
-    Q8_0_FMT,
-    super::tiles::tile_q8_0_q8_0,
-    "Q8_0 × Q8_0",
-    laid: super::tiles512_laid::walk_q8::<false>
-);
-tile_entry!(
-    tile_q5_0_q8_0,
-    micro_table!(q8_0_micro, true),
-    [
+        q8_0_rows::<4, false>,
+    ];
+    const FMT: Format = Q8_0_FMT;
+    const LAID: LaidFn = super::tiles512_laid::walk_q8::<false>;
+    const FALLBACK: TileDotFn = super::tiles::tile::<2, super::tiles::Avx2Q8_0>;
+}
+impl Entry for Q5_0 {
+    const MICRO: [[Micro; 4]; 4] = micro_table!(q8_0_micro, true);
+    const ROWS: [RowsMicro; ROWS_MR / 2] = [
         q8_0_rows::<1, true>,
         q8_0_rows::<2, true>,
         q8_0_rows::<3, true>,
-        q8_0_rows::<4, true>
-    ],
-    Q5_0_FMT,
-    super::tiles::tile_q5_0_q8_0,
-    "Q5_0 × Q8_0",
-    laid: super::tiles512_laid::walk_q8::<true>
-);
+        q8_0_rows::<4, true>,
+    ];
+    const FMT: Format = Q5_0_FMT;
+    const LAID: LaidFn = super::tiles512_laid::walk_q8::<true>;
+    const FALLBACK: TileDotFn = super::tiles::tile::<2, super::tiles::Avx2Q5_0>;
+}

@@ -412,7 +412,7 @@ type Dot = fn(usize, &[u8], &[u8]) -> f32;
 type LayOut = unsafe fn(&[u8], usize, usize, usize, *mut u8, usize);
 
 /// What the driver needs of a k-quant format.
-struct KFormat {
+pub(crate) struct KFormat {
     /// Bytes per weight super-block.
     block_w: usize,
     /// Which tokens take the batched order (llama.cpp's rule, as `TypeTraits::vec_dot_batched`).
@@ -516,55 +516,68 @@ unsafe fn drive(
     }
 }
 
-/// A k-quant tile entry point over [`drive`].
-macro_rules! k_entry {
-    ($name:ident, $fmt:expr, $what:literal) => {
-        #[doc = concat!($what, " × Q8_K tile product (see [`crate::tile::TileDotFn`]); each")]
-        #[doc = "output equals the reference's `dot_for_row(t, nt)` of its pair. Rows of more"]
-        #[doc = "than 28 super-blocks (7 168 elements), whose laid-out quad would not fit the"]
-        #[doc = "stack buffer, take the per-pair dots."]
-        ///
-        /// # Safety
-        /// As [`crate::tile::TileDotFn`]; installed only after `tiles512::available()`.
-        #[allow(clippy::too_many_arguments)]
-        pub(crate) unsafe fn $name(
-            n: usize,
-            w: &[u8],
-            w_stride: usize,
-            nr: usize,
-            a: &[u8],
-            a_stride: usize,
-            nt: usize,
-            out: *mut f32,
-            out_stride: usize,
-        ) {
-            // SAFETY: forwarded contract.
-            unsafe { drive(&$fmt, n, w, w_stride, nr, a, a_stride, nt, out, out_stride) }
-        }
-    };
+/// A k-quant tile product of [`drive`]: its format.
+pub(crate) trait KEntry {
+    const FORMAT: KFormat;
 }
 
-k_entry!(
-    tile_q4_k_q8_k,
-    KFormat {
+/// The k-quant × Q8_K tile product of `E` (see [`crate::tile::TileDotFn`]); each output equals
+/// the reference's `dot_for_row(t, nt)` of its pair. Rows of more than 28 super-blocks (7 168
+/// elements), whose laid-out quad would not fit the stack buffer, take the per-pair dots.
+///
+/// # Safety
+/// As [`crate::tile::TileDotFn`]; installed only after `tiles512::available()`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile<E: KEntry>(
+    n: usize,
+    w: &[u8],
+    w_stride: usize,
+    nr: usize,
+    a: &[u8],
+    a_stride: usize,
+    nt: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        drive(
+            &E::FORMAT,
+            n,
+            w,
+            w_stride,
+            nr,
+            a,
+            a_stride,
+            nt,
+            out,
+            out_stride,
+        )
+    }
+}
+
+/// Q4_K × Q8_K.
+pub(crate) struct Q4K;
+/// Q6_K × Q8_K.
+pub(crate) struct Q6K;
+
+impl KEntry for Q4K {
+    const FORMAT: KFormat = KFormat {
         block_w: BlockQ4K::SIZE,
         rule: BatchRows::FullQuads,
         batched: super::kquants::vec_dot_q4_k_q8_k_x4,
         single: super::kquants::vec_dot_q4_k_q8_k,
         lay_out: lay_out_quad::<false>,
         micro: [q4_k_micro::<1>, q4_k_micro::<2>],
-    },
-    "Q4_K"
-);
-k_entry!(
-    tile_q6_k_q8_k,
-    KFormat {
+    };
+}
+impl KEntry for Q6K {
+    const FORMAT: KFormat = KFormat {
         block_w: BlockQ6K::SIZE,
         rule: BatchRows::AllFrom(8),
         batched: super::kquants::vec_dot_q6_k_q8_k_tiled,
         single: super::kquants::vec_dot_q6_k_q8_k,
         lay_out: lay_out_quad::<true>,
         micro: [q6_k_micro::<1>, q6_k_micro::<2>],
-    },
-    "Q6_K"
-);
+    };
+}

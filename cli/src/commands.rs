@@ -547,7 +547,9 @@ pub fn bench(a: &BenchArgs) -> CliResult {
         return Err(usage("-p, -n and -r must be at least 1".into()));
     }
     if a.concurrency.is_none() && (a.temp.is_some() || a.host_sampling) {
-        return Err(usage("--temp and --host-sampling go with --concurrency".into()));
+        return Err(usage(
+            "--temp and --host-sampling go with --concurrency".into(),
+        ));
     }
     if let Some(c) = a.concurrency {
         if c == 0 || n_gen < 2 {

@@ -54,11 +54,16 @@ pub struct Scratch {
     /// [`top_candidates`](crate::sampler::top_candidates), `top_len` holds how many (else
     /// [`NO_TOP`], and the row is in `logits`), `top_ids` / `top_vals` hold them from
     /// `row * top_stride`, and `top_complete` whether they are all of the row's usable tokens.
+    /// The candidate buffers are empty until [`Scratch::reserve_device_top`] (a backend that
+    /// never fills them, the CPU, does not pay for them).
     pub(crate) top_len: Vec<u32>,
     pub(crate) top_complete: Vec<bool>,
     pub(crate) top_ids: Vec<u32>,
     pub(crate) top_vals: Vec<f32>,
     pub(crate) top_stride: usize,
+    /// Where the backend copies its candidates in one transfer before spreading them into
+    /// `top_ids` / `top_vals` (the CUDA layout: `backend::cuda::params::TopkParams::out`).
+    pub(crate) top_raw: Vec<u32>,
     /// One row, for norms in place `[max(E, D)]`.
     pub(crate) tmp: Vec<f32>,
     /// Row widths of the buffers.
@@ -158,9 +163,10 @@ impl Scratch {
             argmax: vec![NO_ARGMAX; max_logits],
             top_len: vec![NO_TOP; max_logits],
             top_complete: vec![false; max_logits],
-            top_ids: vec![0; max_logits * MAX_DEVICE_TOP],
-            top_vals: vec![0.0; max_logits * MAX_DEVICE_TOP],
+            top_ids: Vec::new(),
+            top_vals: Vec::new(),
             top_stride: 0,
+            top_raw: Vec::new(),
             rope_cos,
             rope_sin,
             rope_cos_swa,
@@ -186,7 +192,19 @@ impl Scratch {
             + self.rope_cos_swa.len()
             + self.rope_sin_swa.len()
             + self.tmp.len();
-        f * 4 + self.acts.len() + (self.top_ids.len() + self.top_vals.len()) * 4
+        f * 4
+            + self.acts.len()
+            + (self.top_ids.len() + self.top_vals.len() + self.top_raw.len()) * 4
+    }
+
+    /// Make room for a backend that selects each sampled row's most likely tokens itself
+    /// ([`RowNeed::Top`]): up to [`MAX_DEVICE_TOP`] candidates per logits row.
+    pub(crate) fn reserve_device_top(&mut self) -> Result<()> {
+        let per_row = MAX_DEVICE_TOP;
+        self.top_ids = zeroed(self.max_logits, per_row, "max_seqs")?;
+        self.top_vals = zeroed(self.max_logits, per_row, "max_seqs")?;
+        self.top_raw = zeroed(self.max_logits, 2 * per_row + 2, "max_seqs")?;
+        Ok(())
     }
 
     /// Most tokens per batch.

@@ -49,7 +49,8 @@ fn rows(n: usize, rng: &mut Rng) -> Vec<Vec<f32>> {
 
 /// The device selection equals `top_candidates` (ids, raw logit bits, order) on every row kind,
 /// for k from 1 to the most the engine asks for, over vocabulary widths around the block's 1024
-/// threads and a real one; a row with a NaN is reported, never selected from.
+/// threads and a real one; a row with a NaN is reported, never selected from. The rows are
+/// taken from a list, as the engine's step passes its sampled rows.
 #[test]
 fn device_top_candidates_equal_the_spec() {
     let Some(dev) = device("device_top_candidates_equal_the_spec") else {
@@ -59,9 +60,13 @@ fn device_top_candidates_equal_the_spec() {
     for n in [100, 1000, 1025, 4099, 49152, 128256] {
         let rows = rows(n, &mut rng);
         let x: Vec<f32> = rows.concat();
+        // The kernel takes a list of rows (the step's sampled ones): out of order, one twice.
+        let list: Vec<i32> = (0..rows.len() as i32).rev().chain([2]).collect();
         for k in [1, 2, 40, 104, MAX_DEVICE_TOP] {
-            let got = testing::topk(&dev, &x, n, k).unwrap();
-            for (r, (row, got)) in rows.iter().zip(&got).enumerate() {
+            let got = testing::topk(&dev, &x, n, &list, k).unwrap();
+            assert_eq!(got.len(), list.len());
+            for (&r, got) in list.iter().zip(&got) {
+                let row = &rows[r as usize];
                 if row.iter().any(|v| v.is_nan()) {
                     assert_eq!(got, &Err(-1), "n {n} k {k} row {r}: a NaN row");
                     continue;

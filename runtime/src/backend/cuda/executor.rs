@@ -120,6 +120,21 @@ impl<'a> CudaExecutor<'a> {
             }
             max_pos = max_pos.max(tok.pos);
         }
+        // The rows that sample from their most likely tokens, where the host scratch can take
+        // them (the others come back whole, or as their argmax).
+        let (mut n_top, mut top_k) = (0, 0);
+        let room = self.host.top_raw.len();
+        for (r, need) in self.host.row_need.iter().take(n_logits).enumerate() {
+            if let RowNeed::Top(k) = *need {
+                b.host_meta[m.top_rows + n_top] = r as i32;
+                n_top += 1;
+                top_k = top_k.max(k as usize);
+            }
+        }
+        if super::params::topk_out_len(n_top, top_k) > room {
+            n_top = 0;
+        }
+        (b.n_top, b.top_k) = (n_top, top_k);
         (n_rows, max_pos)
     }
 }
@@ -552,48 +567,43 @@ fn read_logits(
             row += m;
         }
     }
-    let k = need
-        .iter()
-        .map(|&r| {
-            if let RowNeed::Top(k) = r {
-                k as usize
-            } else {
-                0
-            }
-        })
-        .max()
-        .unwrap_or(0);
-    if k > 0 {
+    let (n_top, k) = (b.n_top, b.top_k);
+    if n_top > 0 {
         b.dev.topk(&TopkParams {
             x: b.s.logits.ptr,
-            ids: b.s.top_ids.ptr,
-            vals: b.s.top_vals.ptr,
-            info: b.s.top_info.ptr,
-            n_rows: n as i32,
+            rows: b.s.meta.at(b.meta.top_rows),
+            out: b.s.top.ptr,
+            n_rows: n_top as i32,
             n_cols: v as i32,
             k: k as i32,
             pad: 0,
         })?;
+        // One copy: every listed row's ids, logits and counts.
+        let raw = &mut host.top_raw[..super::params::topk_out_len(n_top, k)];
+        b.dev.read(&b.s.top, raw)?;
+        let (ids, rest) = raw.split_at(n_top * k);
+        let (vals, info) = rest.split_at(n_top * k);
         host.top_stride = k;
-        b.dev.read_at(&b.s.top_ids, 0, &mut host.top_ids[..n * k])?;
-        b.dev
-            .read_at(&b.s.top_vals, 0, &mut host.top_vals[..n * k])?;
-        let mut info = [0i32; 128];
-        let mut row = 0;
-        while row < n {
-            let m = (n - row).min(info.len() / 2);
-            b.dev.read_at(&b.s.top_info, 2 * row, &mut info[..2 * m])?;
-            for i in 0..m {
-                let RowNeed::Top(kr) = need[row + i] else {
-                    continue;
-                };
-                let (written, usable) = (info[2 * i], info[2 * i + 1]);
-                if let Ok(w) = u32::try_from(written) {
-                    host.top_len[row + i] = w.min(kr);
-                    host.top_complete[row + i] = usable >= 0 && usable as u32 <= kr;
+        let mut j = 0;
+        for (row, &r) in need.iter().enumerate() {
+            let RowNeed::Top(kr) = r else {
+                continue;
+            };
+            let (written, usable) = (info[2 * j] as i32, info[2 * j + 1] as i32);
+            if let Ok(w) = u32::try_from(written) {
+                let w = w.min(kr);
+                let (from, to) = (j * k, row * k);
+                host.top_ids[to..to + w as usize].copy_from_slice(&ids[from..from + w as usize]);
+                for (d, &bits) in host.top_vals[to..to + w as usize]
+                    .iter_mut()
+                    .zip(&vals[from..from + w as usize])
+                {
+                    *d = f32::from_bits(bits);
                 }
+                host.top_len[row] = w;
+                host.top_complete[row] = usable >= 0 && usable as u32 <= kr;
             }
-            row += m;
+            j += 1;
         }
     }
     // Copy each run of rows that must come back in one transfer.

@@ -216,22 +216,28 @@ pub struct ArgmaxParams {
     pub n_cols: i32,
 }
 
-/// `topk_rows`: each row's `k` most likely tokens (`sampler::top_candidates`).
+/// `topk_rows`: the `k` most likely tokens of each listed logits row
+/// (`sampler::top_candidates`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TopkParams {
+    /// Logits, `n_cols` wide.
     pub x: DevPtr,
-    /// `[n_rows, k]` ids, most likely first.
-    pub ids: DevPtr,
-    /// `[n_rows, k]` their raw logits.
-    pub vals: DevPtr,
-    /// `[n_rows, 2]` i32: candidates written (-1: the row holds a NaN; -2: too many equal
-    /// logits at the threshold), the row's usable (above -inf) logits.
-    pub info: DevPtr,
+    /// `[n_rows]` i32: the logits rows to select from.
+    pub rows: DevPtr,
+    /// One buffer of u32, at list position `j`: ids `[n_rows, k]` (most likely first), then their
+    /// raw logits' bits `[n_rows, k]`, then `[n_rows, 2]` (candidates written, or -1 where the
+    /// row holds a NaN; the row's usable, above -inf, logits). See [`topk_out_len`].
+    pub out: DevPtr,
     pub n_rows: i32,
     pub n_cols: i32,
     pub k: i32,
     pub pad: i32,
+}
+
+/// Elements of [`TopkParams::out`] for `n_rows` rows of `k` candidates.
+pub fn topk_out_len(n_rows: usize, k: usize) -> usize {
+    n_rows * (2 * k + 2)
 }
 
 /// `add`.
@@ -354,7 +360,7 @@ const _: () = assert!(size_of::<BiasParams>() == 24);
 const _: () = assert!(size_of::<RopeKvParams>() == 128);
 const _: () = assert!(size_of::<AttnParams>() == 128);
 const _: () = assert!(size_of::<ArgmaxParams>() == 32);
-const _: () = assert!(size_of::<TopkParams>() == 48);
+const _: () = assert!(size_of::<TopkParams>() == 40);
 const _: () = assert!(size_of::<CopySlotsParams>() == 40);
 const _: () = assert!(size_of::<ShiftKeysParams>() == 72);
 const _: () = assert!(size_of::<HadamardParams>() == 24);

@@ -295,48 +295,45 @@ pub fn argmax(dev: &CudaDevice, x: &[f32], n_cols: usize) -> Result<Vec<i32>> {
     Ok(h)
 }
 
-/// Each row's `k` most likely tokens (`topk.cu`): per row, `None` where the kernel reports the
-/// row for a whole-row read (`-1`: a NaN, `-2`: too many ties), else the candidates (id, raw
-/// logit) and the row's usable-logit count.
+/// The `k` most likely tokens of the logits rows `rows` of `x` (`topk.cu`), in list order: per
+/// listed row, `None` where the kernel reports it for a whole-row read (`-1`: a NaN), else the
+/// candidates (id, raw logit) and the row's usable-logit count.
 #[allow(clippy::type_complexity)]
 pub fn topk(
     dev: &CudaDevice,
     x: &[f32],
     n_cols: usize,
+    rows: &[i32],
     k: usize,
 ) -> Result<Vec<std::result::Result<(Vec<(u32, f32)>, usize), i32>>> {
-    let n_rows = x.len() / n_cols;
+    let n = rows.len();
     let xd = dev.upload(x, "x")?;
-    let ids = dev.alloc::<u32>(n_rows * k, "ids")?;
-    let vals = dev.alloc::<f32>(n_rows * k, "vals")?;
-    let info = dev.alloc::<i32>(n_rows * 2, "info")?;
+    let rows_d = dev.upload(rows, "rows")?;
+    let out = dev.alloc::<u32>(topk_out_len(n, k), "out")?;
     dev.topk(&TopkParams {
         x: xd.ptr,
-        ids: ids.ptr,
-        vals: vals.ptr,
-        info: info.ptr,
-        n_rows: n_rows as i32,
+        rows: rows_d.ptr,
+        out: out.ptr,
+        n_rows: n as i32,
         n_cols: n_cols as i32,
         k: k as i32,
         pad: 0,
     })?;
-    let (mut hi, mut hv, mut hn) = (
-        vec![0u32; n_rows * k],
-        vec![0f32; n_rows * k],
-        vec![0i32; n_rows * 2],
-    );
-    dev.read(&ids, &mut hi)?;
-    dev.read(&vals, &mut hv)?;
-    dev.read(&info, &mut hn)?;
-    Ok((0..n_rows)
-        .map(|r| {
-            let w = hn[2 * r];
+    let mut h = vec![0u32; topk_out_len(n, k)];
+    dev.read(&out, &mut h)?;
+    let (ids, rest) = h.split_at(n * k);
+    let (vals, info) = rest.split_at(n * k);
+    Ok((0..n)
+        .map(|j| {
+            let w = info[2 * j] as i32;
             if w < 0 {
                 return Err(w);
             }
-            let at = r * k;
-            let c = (0..w as usize).map(|j| (hi[at + j], hv[at + j])).collect();
-            Ok((c, hn[2 * r + 1] as usize))
+            let at = j * k;
+            let c = (0..w as usize)
+                .map(|c| (ids[at + c], f32::from_bits(vals[at + c])))
+                .collect();
+            Ok((c, info[2 * j + 1] as usize))
         })
         .collect())
 }

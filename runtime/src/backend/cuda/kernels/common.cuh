@@ -216,10 +216,10 @@ struct ArgmaxParams {
 };
 
 struct TopkParams {
-    const float* x;  // [n_rows, n_cols] logits
-    int* ids;        // [n_rows, k]: each row's most likely ids, most likely first
-    float* vals;     // [n_rows, k]: their raw logits
-    int* info;       // [n_rows, 2]: candidates written (-1: NaN in the row, -2: too many ties), usable logits
+    const float* x;   // [*, n_cols] logits
+    const int* rows;  // [n_rows]: the logits rows to select from
+    u32* out;         // [n_rows, k] ids, [n_rows, k] raw logit bits, [n_rows, 2] (candidates
+                      // written or -1 for a NaN in the row, usable logits): topk.cu
     int n_rows;
     int n_cols;
     int k;
@@ -301,6 +301,6 @@ static_assert(sizeof(CopySlotsParams) == 40, "params.rs");
 static_assert(sizeof(ShiftKeysParams) == 72, "params.rs");
 static_assert(sizeof(HadamardParams) == 24, "params.rs");
 static_assert(sizeof(AddParams) == 24, "params.rs");
-static_assert(sizeof(TopkParams) == 48, "params.rs");
+static_assert(sizeof(TopkParams) == 40, "params.rs");
 static_assert(sizeof(GegluParams) == 48, "params.rs");
 static_assert(sizeof(GatherParams) == 32, "params.rs");

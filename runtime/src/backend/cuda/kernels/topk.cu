@@ -11,8 +11,12 @@
 //      first k keys become (id, raw logit) pairs.
 // When more than TOPK_CAP logits equal the k-th largest value, step 3 takes those above it and
 // the lowest ids among the equal ones (an ordered compaction).
-// info[2 row] = candidates written, or -1 (the row holds a NaN: the host then reads the row
-// whole); info[2 row + 1] = the row's usable logits.
+// Block j takes logits row p.rows[j] (the step's rows that sample from candidates; the others
+// are not read). Its results go to one buffer that the host reads in one copy, at j:
+//   ids  out[j k ..][k], most likely first;
+//   logits (raw bits) out[n k + j k ..][k];
+//   info out[2 n k + 2 j] = candidates written, or -1 (the row holds a NaN: the host then reads
+//        the row whole); out[2 n k + 2 j + 1] = the row's usable logits.
 
 #define TOPK_THREADS 1024
 #define TOPK_BINS 4096
@@ -77,10 +81,14 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_rows(const TopkP
     __shared__ int s_warp[64];
     __shared__ int s_out[2];
     __shared__ int s_count[2];
-    const int row = blockIdx.x, tid = threadIdx.x;
-    if (row >= p.n_rows) return;
-    const float* x = p.x + (i64)row * p.n_cols;
+    const int j = blockIdx.x, tid = threadIdx.x;
+    if (j >= p.n_rows) return;
+    const float* x = p.x + (i64)p.rows[j] * p.n_cols;
     const int n = p.n_cols, k = p.k;
+    const i64 nk = (i64)p.n_rows * k;
+    u32* out_ids = p.out + (i64)j * k;
+    u32* out_vals = p.out + nk + (i64)j * k;
+    int* info = (int*)(p.out + 2 * nk) + 2 * j;
     for (int i = tid; i < TOPK_BINS; i += TOPK_THREADS) hist[i] = 0;
     if (tid == 0) { s_count[0] = 0; s_count[1] = 0; }
     __syncthreads();
@@ -110,7 +118,6 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_rows(const TopkP
     atomicAdd(&s_count[0], usable);
     __syncthreads();
     usable = s_count[0];
-    int* info = p.info + 2 * row;
     if (nan) {
         if (tid == 0) { info[0] = -1; info[1] = usable; }
         return;
@@ -205,10 +212,10 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_rows(const TopkP
         }
     }
     const int m = min(k, g);
-    for (int j = tid; j < m; j += TOPK_THREADS) {
-        const u32 id = 0xffffffffu - (u32)(keys[j] & 0xffffffffull);
-        p.ids[(i64)row * p.k + j] = (int)id;
-        p.vals[(i64)row * p.k + j] = x[id];
+    for (int c = tid; c < m; c += TOPK_THREADS) {
+        const u32 id = 0xffffffffu - (u32)(keys[c] & 0xffffffffull);
+        out_ids[c] = id;
+        out_vals[c] = __float_as_uint(x[id]);
     }
     if (tid == 0) { info[0] = m; info[1] = usable; }
 }

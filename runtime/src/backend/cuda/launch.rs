@@ -34,8 +34,8 @@ pub const MMQ_MIN_TOKENS: usize = 16;
 /// Tile shape of the tensor-core products (`mmq.cu`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MmqTiles {
-    /// 64 x 16 up to 16 tokens; above, 64 x 64, or 16 x 32 where 64 x 64 tiles would be fewer
-    /// than the multiprocessors.
+    /// Up to 16 tokens 64 x 16, or 16 x 32 for small matrices (`narrow_or_small`); above, 64 x
+    /// 64, or 16 x 32 where 64 x 64 tiles would be fewer than the multiprocessors.
     Auto,
     /// 64 weight rows x 64 tokens.
     Large,
@@ -47,8 +47,16 @@ pub enum MmqTiles {
 
 /// Split K of the tensor-core tiles (`mmq.cu`): with fewer tiles than this many thread blocks
 /// per multiprocessor, each tile's K steps are split over several thread blocks (at most
-/// [`MMQ_MAX_SPLIT`], at least one K step each), whose partial sums the last one adds up.
-pub const MMQ_SPLIT_BLOCKS_PER_SM: usize = 4;
+/// [`MMQ_MAX_SPLIT`], at least [`MMQ_SPLIT_MIN_STEPS`] K steps each), whose partial sums the
+/// last one adds up. (H100, Llama-3.2-1B shape, 16 and 64 sequences: 2 beat 4 and 8 in all four
+/// Q4_0 / Q4_K cases, by 1–4%.)
+pub const MMQ_SPLIT_BLOCKS_PER_SM: usize = 2;
+
+/// Fewest K steps (of 256 columns) per split of an automatic split K: a split of one step
+/// spends about as long on its partial sums as on its products (H100, SmolLM2 shape at 64
+/// sequences, 16 x 32 tiles over 576 columns, 3 K steps: 30 018 tok/s split 3 ways, 33 495 with
+/// the build before split K).
+pub const MMQ_SPLIT_MIN_STEPS: usize = 2;
 
 /// Most thread blocks one tile's K steps are split over.
 pub const MMQ_MAX_SPLIT: usize = 16;
@@ -153,8 +161,9 @@ impl CudaDevice {
         if n >= self.mmq_min_tokens && self.cc.0 >= 8 {
             if let Some(j) = MMQ_KERNELS.iter().position(|(t, _)| *t == ty) {
                 let large_tiles = rows.div_ceil(64) * n.div_ceil(64);
+                let cols = p.cols as usize;
                 let shape = match tiles {
-                    MmqTiles::Auto if n <= 16 => MmqTiles::Narrow,
+                    MmqTiles::Auto if n <= 16 => self.narrow_or_small(rows, n, cols),
                     // Fewer 64 x 64 tiles than multiprocessors: 16 x 32 tiles.
                     MmqTiles::Auto if large_tiles < self.sms => MmqTiles::Small,
                     MmqTiles::Auto => MmqTiles::Large,
@@ -204,9 +213,12 @@ impl CudaDevice {
     /// one per K step of 256 columns and [`MMQ_MAX_SPLIT`], and only as many as the partial-sum
     /// buffer holds.
     fn mmq_split_for(&self, tiles: usize, tile_elems: usize, cols: usize) -> usize {
-        let steps = cols.div_ceil(256);
+        let mut steps = cols.div_ceil(256);
         let want = match self.mmq_split {
-            0 => (self.sms * self.mmq_split_blocks).div_ceil(tiles.max(1)),
+            0 => {
+                steps /= MMQ_SPLIT_MIN_STEPS;
+                (self.sms * self.mmq_split_blocks).div_ceil(tiles.max(1))
+            }
             n => n,
         };
         if tiles > self.split_count.len() {
@@ -214,6 +226,23 @@ impl CudaDevice {
         }
         let fit = self.split_part.len() / (tiles * tile_elems).max(1);
         want.min(steps).min(MMQ_MAX_SPLIT).min(fit).max(1)
+    }
+
+    /// The tile shape of a product of `rows` weight rows, `n` (at most 16) tokens and `cols`
+    /// columns: 64 x 16 where its thread blocks (split K included) fill the multiprocessors, or
+    /// make at least as many as 16 x 32 tiles would; else 16 x 32 (small matrices: SmolLM2's
+    /// 576 rows make 9 tiles of 64 x 16, too few to split over 3 K steps).
+    fn narrow_or_small(&self, rows: usize, n: usize, cols: usize) -> MmqTiles {
+        let blocks = |bm: usize, bn: usize| {
+            let tiles = rows.div_ceil(bm) * n.div_ceil(bn);
+            tiles * self.mmq_split_for(tiles, bm * bn, cols)
+        };
+        let narrow = blocks(64, 16);
+        if narrow >= self.sms * self.mmq_split_blocks || narrow >= blocks(16, 32) {
+            MmqTiles::Narrow
+        } else {
+            MmqTiles::Small
+        }
     }
 
     /// The products of a fused launch, one launch each.

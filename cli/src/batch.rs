@@ -443,7 +443,16 @@ pub fn bench_concurrent(b: &BenchArgs, c: usize, n_prompt: usize, n_gen: usize) 
     }
     let n_vocab = model.config.n_vocab as u64;
     let mut e = Engine::with_draft_rows(model, cfg, backend_kind(a)?)?;
+    e.set_device_sampling(!b.host_sampling);
     report_backend(a, e.backend());
+    let sampling = SamplingParams {
+        temperature: b.temp.unwrap_or(0.0),
+        seed: 7,
+        ..SamplingParams::default()
+    };
+    sampling
+        .validate()
+        .map_err(|err| usage(format!("--temp: {err}")))?;
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     // Warm-up, untimed (as llama-batched-bench): one short request through prefill and decode
     // touches the weights and the scratch before the clock starts.
@@ -471,6 +480,7 @@ pub fn bench_concurrent(b: &BenchArgs, c: usize, n_prompt: usize, n_gen: usize) 
         let p = RequestParams {
             max_tokens: n_gen,
             ignore_eos: true,
+            sampling: sampling.clone(),
             ..RequestParams::default()
         };
         ids.push(e.submit(&prompt, &p)?);
@@ -498,6 +508,7 @@ pub fn bench_concurrent(b: &BenchArgs, c: usize, n_prompt: usize, n_gen: usize) 
                 o,
                 "{}",
                 json!({"concurrency": c, "backend": e.backend().name(), "threads": e.threads(), "n_prompt": n_prompt, "n_gen": n_gen,
+                       "temperature": sampling.temperature, "device_top_rows": m.device_top_rows,
                        "prefill_tok_s": s_pp, "decode_tok_s": s_tg, "preemptions": m.preemptions})
             );
         }

@@ -546,6 +546,11 @@ pub fn bench(a: &BenchArgs) -> CliResult {
     if n_prompt == 0 || n_gen == 0 || reps == 0 {
         return Err(usage("-p, -n and -r must be at least 1".into()));
     }
+    if a.concurrency.is_none() && (a.temp.is_some() || a.host_sampling) {
+        return Err(usage(
+            "--temp and --host-sampling go with --concurrency".into(),
+        ));
+    }
     if let Some(c) = a.concurrency {
         if c == 0 || n_gen < 2 {
             return Err(usage("--concurrency needs C >= 1 and -n >= 2".into()));

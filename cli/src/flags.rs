@@ -289,6 +289,14 @@ pub struct BenchArgs {
     /// C sequences prefilled, then decoded together (aggregate tok/s).
     #[arg(short = 'c', long, value_name = "C", value_parser = text::<usize>(), allow_negative_numbers = true)]
     pub concurrency: Option<usize>,
+    /// With --concurrency: sample at this temperature (top-k 40, top-p 0.95, min-p 0.05) instead
+    /// of decoding greedily.
+    #[arg(long, value_name = "T", value_parser = text::<f32>(), allow_negative_numbers = true)]
+    pub temp: Option<f32>,
+    /// With --concurrency: bring every sampled row back whole and sample on the host (CUDA
+    /// otherwise selects the rows' most likely tokens on the device), for comparisons.
+    #[arg(long)]
+    pub host_sampling: bool,
     /// Also measure the streaming-read bandwidth and the decode speed it allows.
     #[arg(long)]
     pub bandwidth: bool,

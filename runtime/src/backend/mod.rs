@@ -233,6 +233,13 @@ impl Backend {
         }
     }
 
+    /// Whether the backend selects a sampled row's most likely tokens itself (CUDA), so that
+    /// only those come back to the host; the scratch then needs room for them
+    /// (`Scratch::reserve_device_top`).
+    pub(crate) fn selects_top(&self) -> bool {
+        matches!(self.inner, Inner::Cuda(_))
+    }
+
     /// Why `auto` fell back to the CPU, if it did.
     pub fn note(&self) -> Option<&str> {
         self.note.as_deref()
@@ -279,6 +286,7 @@ impl Backend {
         scratch: &mut Scratch,
     ) -> Result<usize> {
         scratch.argmax.fill(crate::model::scratch::NO_ARGMAX);
+        scratch.top_len.fill(crate::model::scratch::NO_TOP);
         match &mut self.inner {
             Inner::Cpu { compute, arena } => model.forward(
                 &mut CpuExecutor::new(model, compute, arena, &self.groups, scratch),

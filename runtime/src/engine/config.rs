@@ -339,7 +339,10 @@ impl Resources {
             true => n_ctx,
             false => (n_blocks - 1).saturating_mul(block_size),
         };
-        let scratch = Scratch::new(model, max_batch_tokens, max_logits, n_ctx.min(reachable))?;
+        let mut scratch = Scratch::new(model, max_batch_tokens, max_logits, n_ctx.min(reachable))?;
+        if backend.selects_top() {
+            scratch.reserve_device_top()?;
+        }
         Ok(Resources {
             tokenizer,
             backend,

@@ -122,6 +122,9 @@ pub struct Metrics {
     pub nan_logit_rows: u64,
     /// Engine steps that ran a forward pass.
     pub steps: u64,
+    /// Tokens sampled (not greedy) from a row's most likely tokens that the backend selected
+    /// on the device, instead of from the whole row (sampler/top.rs).
+    pub device_top_rows: u64,
     /// Seconds spent in steps.
     pub busy_s: f64,
     /// Tokens sampled under a grammar.
@@ -178,6 +181,9 @@ pub struct Engine {
     batch: Vec<BatchToken>,
     admissions: u64,
     metrics: Metrics,
+    /// Whether sampled rows may stay on the device (only their argmax or most likely tokens
+    /// copied back); [`Engine::set_device_sampling`].
+    device_sampling: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -336,6 +342,7 @@ impl Engine {
             batch: slab(cfg.max_batch_tokens, "max_batch_tokens")?,
             admissions: 0,
             metrics: Metrics::default(),
+            device_sampling: true,
             model,
             cfg,
         })
@@ -732,6 +739,12 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// With `false`, every sampled row comes back whole and is sampled on the host, as on the
+    /// CPU backend (for comparisons: the tokens are the same either way). On by default.
+    pub fn set_device_sampling(&mut self, on: bool) {
+        self.device_sampling = on;
     }
 
     /// Current metrics.

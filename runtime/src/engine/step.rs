@@ -8,7 +8,7 @@ use super::{Engine, FinishReason, LogitsRow, RequestId, SeqState, SlabTables, St
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kv::{group_hash, hash_block, BlockHash, BlockId, BlockPool};
-use crate::model::scratch::NO_ARGMAX;
+use crate::model::scratch::{RowNeed, NO_ARGMAX, NO_TOP};
 use crate::model::BatchToken;
 
 /// Why a sequence could not get the blocks it needs this step.
@@ -380,7 +380,7 @@ impl Engine {
         self.batch.clear();
         let mut n_rows = 0;
         for &(slot, k) in &self.scheduled {
-            let full = !self.argmax_suffices(slot);
+            let need = self.row_need(slot);
             let seq = self.seqs[slot as usize]
                 .as_ref()
                 .expect("scheduled sequence");
@@ -388,8 +388,8 @@ impl Engine {
             for pos in seq.num_computed..seq.num_computed + k {
                 let logits = seq.wants_row(pos, last);
                 if logits {
-                    if let Some(f) = self.scratch.full_rows.get_mut(n_rows) {
-                        *f = full;
+                    if let Some(f) = self.scratch.row_need.get_mut(n_rows) {
+                        *f = need;
                     }
                     n_rows += 1;
                 }
@@ -440,9 +440,27 @@ impl Engine {
             if sample {
                 let l = &mut logits[row * n_vocab..(row + 1 + draft) * n_vocab];
                 if draft == 0 {
-                    // The backend's argmax, where it computed one for a row not read in full.
-                    let on_device = Some(self.scratch.argmax[row])
-                        .filter(|&a| a != NO_ARGMAX && !self.scratch.full_rows[row]);
+                    // The backend's argmax or candidates, where it computed them for a row not
+                    // read in full.
+                    let on_device = match self.scratch.row_need[row] {
+                        RowNeed::Argmax => {
+                            Some(self.scratch.argmax[row]).filter(|&a| a != NO_ARGMAX)
+                        }
+                        RowNeed::Top(_) if self.scratch.top_len[row] != NO_TOP => {
+                            let z = &self.scratch;
+                            let at = row * z.top_stride;
+                            let n = z.top_len[row] as usize;
+                            let seq = self.seqs[slot as usize].as_mut().expect("live");
+                            self.metrics.device_top_rows += 1;
+                            Some(seq.sampler.sample_top(
+                                &z.top_ids[at..at + n],
+                                &z.top_vals[at..at + n],
+                                z.top_complete[row],
+                                &seq.tokens,
+                            ))
+                        }
+                        _ => None,
+                    };
                     self.sample_seq(slot, l, on_device, &mut stats);
                 } else {
                     // Blocks enter the prefix cache once their tokens are verified.
@@ -517,16 +535,27 @@ impl Engine {
         row
     }
 
-    /// Whether the sampled row of `slot`'s next step needs only its argmax: a plain greedy
-    /// sampler, no grammar, no drafts to verify, not a scoring request, no siblings waiting to
-    /// fork from the row.
-    fn argmax_suffices(&self, slot: u32) -> bool {
+    /// What `slot`'s next step reads of its sampled row: only its argmax for a plain greedy
+    /// sampler, only its most likely tokens for a top-k sampler (sampler/top.rs), else the
+    /// whole row; always the whole row under a grammar, with drafts to verify, for a scoring
+    /// request, with siblings waiting to fork from the row, or with device sampling off.
+    fn row_need(&self, slot: u32) -> RowNeed {
         let seq = self.seqs[slot as usize].as_ref().expect("live");
-        !seq.scoring
-            && seq.draft == 0
-            && seq.grammar.is_none()
-            && seq.sampler.is_plain_argmax()
-            && !self.has_fork_siblings(slot)
+        if seq.scoring
+            || seq.draft != 0
+            || seq.grammar.is_some()
+            || !self.device_sampling
+            || self.has_fork_siblings(slot)
+        {
+            return RowNeed::Full;
+        }
+        if seq.sampler.is_plain_argmax() {
+            return RowNeed::Argmax;
+        }
+        match seq.sampler.device_top(seq.tokens.len()) {
+            Some(k) => RowNeed::Top(k as u32),
+            None => RowNeed::Full,
+        }
     }
 
     /// Whether siblings of `slot` (a request with `n` > 1) wait to fork from its next logits.
@@ -542,8 +571,8 @@ impl Engine {
     }
 
     /// Sample the next token of sequence `slot` from its logits row (or take `on_device`, the
-    /// row's argmax computed by the backend: only given when [`Engine::argmax_suffices`] held
-    /// for the step, and never for a row holding a NaN), fork its pending siblings first if it
+    /// token sampled from the row's argmax or candidates computed by the backend: only given
+    /// when [`Engine::row_need`] asked for them, and never for a row holding a NaN), fork its pending siblings first if it
     /// just finished its prompt, and retire it if it is done.
     pub(super) fn sample_seq(
         &mut self,

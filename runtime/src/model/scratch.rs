@@ -9,6 +9,7 @@ use super::config::{Config, FfnAct};
 use super::executor::{Act, Widths};
 use super::Model;
 use crate::error::{Error, Result};
+use crate::sampler::MAX_DEVICE_TOP;
 
 /// Preallocated working memory of the forward pass for up to `max_tokens` tokens per batch and
 /// `max_logits` rows of logits.
@@ -40,15 +41,29 @@ pub struct Scratch {
     pub(crate) out_x: Vec<f32>,
     /// Logits `[L, n_vocab]`.
     pub(crate) logits: Vec<f32>,
-    /// Per logits row, set by the caller before a forward pass: `true` where it reads the row,
-    /// `false` where the row's greedy argmax is all it needs (default: every row read).
-    pub(crate) full_rows: Vec<bool>,
+    /// Per logits row, set by the caller before a forward pass: what it reads of the row
+    /// (default: every row whole).
+    pub(crate) row_need: Vec<RowNeed>,
     /// Per logits row after a forward pass: the row's argmax (the lowest index among equal
     /// maxima) where the backend computed it, [`NO_ARGMAX`] where it did not. A backend that can
-    /// (CUDA) computes it on the device for the rows not read in full and copies those rows
+    /// (CUDA) computes it on the device for the [`RowNeed::Argmax`] rows and copies those rows
     /// back only where they hold a NaN (then the entry is [`NO_ARGMAX`] and the row is in
     /// `logits`); the CPU leaves every entry [`NO_ARGMAX`] and every row in `logits`.
     pub(crate) argmax: Vec<u32>,
+    /// The same for the [`RowNeed::Top`] rows: where the backend computed a row's
+    /// [`top_candidates`](crate::sampler::top_candidates), `top_len` holds how many (else
+    /// [`NO_TOP`], and the row is in `logits`), `top_ids` / `top_vals` hold them from
+    /// `row * top_stride`, and `top_complete` whether they are all of the row's usable tokens.
+    /// The candidate buffers are empty until [`Scratch::reserve_device_top`] (a backend that
+    /// never fills them, the CPU, does not pay for them).
+    pub(crate) top_len: Vec<u32>,
+    pub(crate) top_complete: Vec<bool>,
+    pub(crate) top_ids: Vec<u32>,
+    pub(crate) top_vals: Vec<f32>,
+    pub(crate) top_stride: usize,
+    /// Where the backend copies its candidates in one transfer before spreading them into
+    /// `top_ids` / `top_vals` (the CUDA layout: `backend::cuda::params::TopkParams::out`).
+    pub(crate) top_raw: Vec<u32>,
     /// One row, for norms in place `[max(E, D)]`.
     pub(crate) tmp: Vec<f32>,
     /// Row widths of the buffers.
@@ -63,6 +78,20 @@ pub struct Scratch {
 
 /// [`Scratch::argmax`] entry of a row whose argmax the backend did not compute.
 pub(crate) const NO_ARGMAX: u32 = u32::MAX;
+
+/// [`Scratch::top_len`] entry of a row whose candidates the backend did not compute.
+pub(crate) const NO_TOP: u32 = u32::MAX;
+
+/// What the caller of a forward pass reads of a logits row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowNeed {
+    /// The whole row.
+    Full,
+    /// Its greedy argmax only.
+    Argmax,
+    /// Its `k` most likely tokens only (`k` at most [`MAX_DEVICE_TOP`]).
+    Top(u32),
+}
 
 impl std::fmt::Debug for Scratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,8 +159,14 @@ impl Scratch {
             widths: Widths::of(c),
             out_x: per_logit(c.n_embd)?,
             logits: per_logit(c.n_vocab)?,
-            full_rows: vec![true; max_logits],
+            row_need: vec![RowNeed::Full; max_logits],
             argmax: vec![NO_ARGMAX; max_logits],
+            top_len: vec![NO_TOP; max_logits],
+            top_complete: vec![false; max_logits],
+            top_ids: Vec::new(),
+            top_vals: Vec::new(),
+            top_stride: 0,
+            top_raw: Vec::new(),
             rope_cos,
             rope_sin,
             rope_cos_swa,
@@ -157,7 +192,19 @@ impl Scratch {
             + self.rope_cos_swa.len()
             + self.rope_sin_swa.len()
             + self.tmp.len();
-        f * 4 + self.acts.len()
+        f * 4
+            + self.acts.len()
+            + (self.top_ids.len() + self.top_vals.len() + self.top_raw.len()) * 4
+    }
+
+    /// Make room for a backend that selects each sampled row's most likely tokens itself
+    /// ([`RowNeed::Top`]): up to [`MAX_DEVICE_TOP`] candidates per logits row.
+    pub(crate) fn reserve_device_top(&mut self) -> Result<()> {
+        let per_row = MAX_DEVICE_TOP;
+        self.top_ids = zeroed(self.max_logits, per_row, "max_seqs")?;
+        self.top_vals = zeroed(self.max_logits, per_row, "max_seqs")?;
+        self.top_raw = zeroed(self.max_logits, 2 * per_row + 2, "max_seqs")?;
+        Ok(())
     }
 
     /// Most tokens per batch.

@@ -31,8 +31,10 @@ use std::cmp::Ordering;
 use std::fmt;
 
 mod constrained;
+mod top;
 
 pub use constrained::{Constraint, LAZY_CHECKS, LAZY_NUCLEUS};
+pub use top::{top_candidates, MAX_DEVICE_TOP};
 
 /// How the next token is chosen. [`SamplingParams::default`] is greedy decoding.
 #[derive(Clone, Debug, PartialEq)]

@@ -11,7 +11,7 @@ use super::*;
 /// tiles (products starting on a tile, and the split launch where one does not).
 #[test]
 fn fused_products_equal_separate_launches() {
-    let Some(dev) = device("fused_products_equal_separate_launches") else {
+    let Some(mut dev) = device("fused_products_equal_separate_launches") else {
         return;
     };
     let mut rng = Rng(12);
@@ -36,7 +36,15 @@ fn fused_products_equal_separate_launches() {
                 };
                 let jobs: Vec<(&[u8], usize)> =
                     ws.iter().zip(&rows).map(|(w, &r)| (&w[..], r)).collect();
-                for tiles in [MmqTiles::Large, MmqTiles::Small] {
+                // A fixed split K (the automatic one follows the launch's tile count).
+                for (tiles, split) in [
+                    (MmqTiles::Large, 1),
+                    (MmqTiles::Small, 1),
+                    (MmqTiles::Narrow, 1),
+                    (MmqTiles::Narrow, 2),
+                    (MmqTiles::Large, 2),
+                ] {
+                    dev.mmq_split = split;
                     let fused =
                         testing::matmul_fused(&dev, ty, &jobs, cols, &acts, n_tok, tiles).unwrap();
                     for (j, (w, &r)) in ws.iter().zip(&rows).enumerate() {
@@ -45,7 +53,8 @@ fn fused_products_equal_separate_launches() {
                                 .unwrap();
                         assert_eq!(
                             fused[j], alone,
-                            "{ty} rows {rows:?} x{n_tok} {tiles:?}: product {j} differs fused"
+                            "{ty} rows {rows:?} x{n_tok} {tiles:?} split {split}: product {j} \
+                             differs fused"
                         );
                     }
                 }

@@ -177,7 +177,7 @@ fn cpu_dot(ty: GgmlType, n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 #[test]
 fn matmul_matches_cpu_dots() {
-    let Some(dev) = device("matmul_matches_cpu_dots") else {
+    let Some(mut dev) = device("matmul_matches_cpu_dots") else {
         return;
     };
     let mut rng = Rng(2);
@@ -209,6 +209,8 @@ fn matmul_matches_cpu_dots() {
             (7, 256, 40),
             (200, 96, 45),
             (64, 768, 128),
+            // Nine K steps: splits of 3 steps each.
+            (70, 2304, 16),
         ] {
             if ty.row_bytes(cols as u64).is_none() {
                 continue;
@@ -226,7 +228,8 @@ fn matmul_matches_cpu_dots() {
             };
             let init = rng.vec(n_tok * rows, 1.0);
             for accumulate in [false, true] {
-                let run = |tiles| {
+                let mut run = |tiles, split| {
+                    dev.mmq_split = split;
                     testing::matmul(
                         &dev,
                         ty,
@@ -240,42 +243,57 @@ fn matmul_matches_cpu_dots() {
                     )
                     .unwrap()
                 };
-                let gpu = run(MmqTiles::Large);
-                // The tensor-core kernels' two tile shapes sum in the same order.
+                let gpu = run(MmqTiles::Large, 1);
+                // The tensor-core kernels' three tile shapes sum in the same order.
+                for tiles in [MmqTiles::Small, MmqTiles::Narrow] {
+                    assert_eq!(
+                        gpu,
+                        run(tiles, 1),
+                        "{ty} {rows}x{cols} x{n_tok}: {tiles:?} tiles differ from large ones"
+                    );
+                }
+                // Split K (partial sums over K ranges, added by the last split to arrive)
+                // rounds apart from the unsplit sums, but the same way on every run; it must
+                // stay as close to the CPU.
+                let split3 = run(MmqTiles::Narrow, 3);
                 assert_eq!(
-                    gpu,
-                    run(MmqTiles::Small),
-                    "{ty} {rows}x{cols} x{n_tok}: the two tile shapes differ"
+                    split3,
+                    run(MmqTiles::Narrow, 3),
+                    "{ty} {rows}x{cols} x{n_tok}: split K differs between runs"
                 );
+                let split2 = run(MmqTiles::Large, 2);
                 let rb = w.len() / rows;
-                for (t, (a, af)) in per_tok.iter().enumerate() {
-                    for r in 0..rows {
-                        let wr = &w[r * rb..(r + 1) * rb];
-                        let mut cpu = cpu_dot(ty, cols, wr, a);
-                        if accumulate {
-                            cpu += init[t * rows + r];
+                for gpu in [&gpu, &split3, &split2] {
+                    for (t, (a, af)) in per_tok.iter().enumerate() {
+                        for r in 0..rows {
+                            let wr = &w[r * rb..(r + 1) * rb];
+                            let mut cpu = cpu_dot(ty, cols, wr, a);
+                            if accumulate {
+                                cpu += init[t * rows + r];
+                            }
+                            let scale: f64 = wf[r * cols..(r + 1) * cols]
+                                .iter()
+                                .zip(af)
+                                .map(|(&a, &b)| f64::from(a * b).abs())
+                                .sum::<f64>()
+                                + if accumulate {
+                                    f64::from(init[t * rows + r].abs())
+                                } else {
+                                    0.0
+                                };
+                            let g = gpu[t * rows + r];
+                            let err = (f64::from(g) - f64::from(cpu)).abs();
+                            worst = worst.max(err / (scale + 1e-6));
+                            assert!(
+                                err <= 1e-5 * scale + 1e-6,
+                                "{ty} {rows}x{cols} t={t} r={r} acc={accumulate}: gpu {g} cpu \
+                                 {cpu} (scale {scale})"
+                            );
                         }
-                        let scale: f64 = wf[r * cols..(r + 1) * cols]
-                            .iter()
-                            .zip(af)
-                            .map(|(&a, &b)| f64::from(a * b).abs())
-                            .sum::<f64>()
-                            + if accumulate {
-                                f64::from(init[t * rows + r].abs())
-                            } else {
-                                0.0
-                            };
-                        let g = gpu[t * rows + r];
-                        let err = (f64::from(g) - f64::from(cpu)).abs();
-                        worst = worst.max(err / (scale + 1e-6));
-                        assert!(
-                            err <= 1e-5 * scale + 1e-6,
-                            "{ty} {rows}x{cols} t={t} r={r} acc={accumulate}: gpu {g} cpu {cpu} \
-                             (scale {scale})"
-                        );
                     }
                 }
             }
+            dev.mmq_split = 0;
         }
         println!("matmul {ty}: worst |gpu-cpu| / sum|w*a| = {worst:.3e}");
     }

@@ -91,3 +91,4 @@ mod fused;
 mod kernels;
 mod models;
 mod rope_kv;
+mod sampling;

@@ -10,7 +10,7 @@ use super::error::backend_err;
 use crate::error::Result;
 
 /// The kernel sources, concatenated in this order into one NVRTC program.
-const SOURCES: [(&str, &str); 9] = [
+const SOURCES: [(&str, &str); 10] = [
     ("common.cuh", include_str!("kernels/common.cuh")),
     ("quantize.cu", include_str!("kernels/quantize.cu")),
     ("mmvq.cu", include_str!("kernels/mmvq.cu")),
@@ -18,6 +18,7 @@ const SOURCES: [(&str, &str); 9] = [
     ("kquants.cu", include_str!("kernels/kquants.cu")),
     ("mmq.cu", include_str!("kernels/mmq.cu")),
     ("elementwise.cu", include_str!("kernels/elementwise.cu")),
+    ("topk.cu", include_str!("kernels/topk.cu")),
     ("kv.cu", include_str!("kernels/kv.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
 ];

@@ -133,8 +133,19 @@ pub struct CudaDevice {
     /// [`MMQ_MIN_TOKENS`]: super::MMQ_MIN_TOKENS
     pub mmq_min_tokens: usize,
     /// The tensor-core tile shape of [`CudaDevice::matmul`] (`EMBER_CUDA_MMQ_TILES=large` or
-    /// `small` at start-up, for comparisons; else chosen per product).
+    /// `small` or `narrow` at start-up, for comparisons; else chosen per product).
     pub mmq_tiles: super::MmqTiles,
+    /// Split K of the tensor-core tiles: 0 chooses per launch (enough thread blocks for
+    /// [`CudaDevice::mmq_split_blocks`] per multiprocessor), N forces N splits where the K steps
+    /// and the partial-sum buffer allow (`EMBER_CUDA_MMQ_SPLIT=N` at start-up, 1 = off).
+    pub mmq_split: usize,
+    /// Thread blocks per multiprocessor that the automatic split K aims for
+    /// (`EMBER_CUDA_MMQ_SPLIT_SM=N` at start-up).
+    pub mmq_split_blocks: usize,
+    /// Split K's partial sums (`MMQ_SPLIT_FLOATS`) and per-tile arrival counters
+    /// (`MMQ_SPLIT_TILES`, zero between launches: the last split of a tile resets its own).
+    pub(super) split_part: DevBuf<f32>,
+    pub(super) split_count: DevBuf<u32>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -193,6 +204,16 @@ impl CudaDevice {
             .map_err(drv("loading the kernel module"))?;
         let k = Kernels::load(&module)?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let split_err = |e| backend_err(format!("cannot allocate the split-K buffers: {e}"));
+        let split_part = stream
+            .alloc_zeros::<f32>(super::MMQ_SPLIT_FLOATS)
+            .map_err(split_err)?;
+        let split_count = stream
+            .alloc_zeros::<u32>(super::MMQ_SPLIT_TILES)
+            .map_err(split_err)?;
+        let split_part_ptr = split_part.device_ptr(&stream).0;
+        let split_count_ptr = split_count.device_ptr(&stream).0;
+        let env_usize = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
         Ok(CudaDevice {
             ctx,
             stream,
@@ -218,7 +239,19 @@ impl CudaDevice {
             mmq_tiles: match std::env::var("EMBER_CUDA_MMQ_TILES").as_deref() {
                 Ok("large") => super::MmqTiles::Large,
                 Ok("small") => super::MmqTiles::Small,
+                Ok("narrow") => super::MmqTiles::Narrow,
                 _ => super::MmqTiles::Auto,
+            },
+            mmq_split: env_usize("EMBER_CUDA_MMQ_SPLIT").unwrap_or(0),
+            mmq_split_blocks: env_usize("EMBER_CUDA_MMQ_SPLIT_SM")
+                .unwrap_or(super::MMQ_SPLIT_BLOCKS_PER_SM),
+            split_part: DevBuf {
+                ptr: split_part_ptr,
+                buf: split_part,
+            },
+            split_count: DevBuf {
+                ptr: split_count_ptr,
+                buf: split_count,
             },
         })
     }

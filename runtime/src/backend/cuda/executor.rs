@@ -20,7 +20,7 @@ use super::params::*;
 use super::{CudaBackend, DevMat, Formats, Mode, Quantized, ATT_PART_LEN};
 use crate::error::Result;
 use crate::model::config::FfnAct;
-use crate::model::scratch::NO_ARGMAX;
+use crate::model::scratch::{RowNeed, NO_ARGMAX, NO_TOP};
 use crate::model::weights::{Mat, Vector};
 use crate::model::{Act, BlockTables, Executor, Limits, Model, Out, RopeTable, Scratch, Step};
 
@@ -120,6 +120,21 @@ impl<'a> CudaExecutor<'a> {
             }
             max_pos = max_pos.max(tok.pos);
         }
+        // The rows that sample from their most likely tokens, where the host scratch can take
+        // them (the others come back whole, or as their argmax).
+        let (mut n_top, mut top_k) = (0, 0);
+        let room = self.host.top_raw.len();
+        for (r, need) in self.host.row_need.iter().take(n_logits).enumerate() {
+            if let RowNeed::Top(k) = *need {
+                b.host_meta[m.top_rows + n_top] = r as i32;
+                n_top += 1;
+                top_k = top_k.max(k as usize);
+            }
+        }
+        if super::params::topk_out_len(n_top, top_k) > room {
+            n_top = 0;
+        }
+        (b.n_top, b.top_k) = (n_top, top_k);
         (n_rows, max_pos)
     }
 }
@@ -508,53 +523,95 @@ impl Executor for CudaExecutor<'_> {
         }
         let v = b.dims.vocab;
         let mut logits = self.host.take_logits();
-        let r = read_logits(
-            b,
-            &self.host.full_rows,
-            &mut self.host.argmax,
-            &mut logits,
-            n_logits,
-            v,
-        );
+        let r = read_logits(b, self.host, &mut logits, n_logits, v);
         self.host.put_logits(logits);
         r
     }
 }
 
-/// Bring the step's `n` logits rows (`v` wide) back to the host. Rows the caller reads in full
-/// are copied; for the others only their argmax is, computed on the device (a row holding a NaN
-/// is copied instead, its `argmax` entry left [`NO_ARGMAX`]). Batched greedy decoding then moves
-/// a few bytes per sequence instead of a whole vocabulary row.
+/// Bring the step's `n` logits rows (`v` wide) back to the host, as `host.row_need` asks. Rows
+/// read in full are copied; for [`RowNeed::Argmax`] rows only their argmax is, and for
+/// [`RowNeed::Top`] rows only their most likely tokens, both computed on the device (a row
+/// holding a NaN, or whose candidates tie beyond what the kernel gathers, is copied instead, its
+/// entry left [`NO_ARGMAX`] / [`NO_TOP`]). Batched decoding then moves a few bytes per sequence
+/// instead of a whole vocabulary row.
 fn read_logits(
     b: &CudaBackend,
-    full: &[bool],
-    argmax: &mut [u32],
+    host: &mut Scratch,
     logits: &mut [f32],
     n: usize,
     v: usize,
 ) -> Result<()> {
-    if full[..n].iter().all(|&f| f) {
+    let need = &host.row_need[..n];
+    if need.iter().all(|&r| r == RowNeed::Full) {
         return b.dev.read(&b.s.logits, &mut logits[..n * v]);
     }
-    b.dev.argmax(&ArgmaxParams {
-        x: b.s.logits.ptr,
-        out: b.s.ids.ptr,
-        part: b.s.ids_part.ptr,
-        n_rows: n as i32,
-        n_cols: v as i32,
-    })?;
-    let mut ids = [0i32; 64];
-    let mut row = 0;
-    while row < n {
-        let m = (n - row).min(ids.len());
-        b.dev.read_at(&b.s.ids, row, &mut ids[..m])?;
-        for (i, &id) in ids[..m].iter().enumerate() {
-            argmax[row + i] = u32::try_from(id).unwrap_or(NO_ARGMAX);
+    if need.contains(&RowNeed::Argmax) {
+        b.dev.argmax(&ArgmaxParams {
+            x: b.s.logits.ptr,
+            out: b.s.ids.ptr,
+            part: b.s.ids_part.ptr,
+            n_rows: n as i32,
+            n_cols: v as i32,
+        })?;
+        let mut ids = [0i32; 64];
+        let mut row = 0;
+        while row < n {
+            let m = (n - row).min(ids.len());
+            b.dev.read_at(&b.s.ids, row, &mut ids[..m])?;
+            for (i, &id) in ids[..m].iter().enumerate() {
+                if need[row + i] == RowNeed::Argmax {
+                    host.argmax[row + i] = u32::try_from(id).unwrap_or(NO_ARGMAX);
+                }
+            }
+            row += m;
         }
-        row += m;
+    }
+    let (n_top, k) = (b.n_top, b.top_k);
+    if n_top > 0 {
+        b.dev.topk(&TopkParams {
+            x: b.s.logits.ptr,
+            rows: b.s.meta.at(b.meta.top_rows),
+            out: b.s.top.ptr,
+            n_rows: n_top as i32,
+            n_cols: v as i32,
+            k: k as i32,
+            pad: 0,
+        })?;
+        // One copy: every listed row's ids, logits and counts.
+        let raw = &mut host.top_raw[..super::params::topk_out_len(n_top, k)];
+        b.dev.read(&b.s.top, raw)?;
+        let (ids, rest) = raw.split_at(n_top * k);
+        let (vals, info) = rest.split_at(n_top * k);
+        host.top_stride = k;
+        let mut j = 0;
+        for (row, &r) in need.iter().enumerate() {
+            let RowNeed::Top(kr) = r else {
+                continue;
+            };
+            let (written, usable) = (info[2 * j] as i32, info[2 * j + 1] as i32);
+            if let Ok(w) = u32::try_from(written) {
+                let w = w.min(kr);
+                let (from, to) = (j * k, row * k);
+                host.top_ids[to..to + w as usize].copy_from_slice(&ids[from..from + w as usize]);
+                for (d, &bits) in host.top_vals[to..to + w as usize]
+                    .iter_mut()
+                    .zip(&vals[from..from + w as usize])
+                {
+                    *d = f32::from_bits(bits);
+                }
+                host.top_len[row] = w;
+                host.top_complete[row] = usable >= 0 && usable as u32 <= kr;
+            }
+            j += 1;
+        }
     }
     // Copy each run of rows that must come back in one transfer.
-    let needed = |i: usize| full[i] || argmax[i] == NO_ARGMAX;
+    let needed = |i: usize| match need[i] {
+        RowNeed::Full => true,
+        RowNeed::Argmax => host.argmax[i] == NO_ARGMAX,
+        RowNeed::Top(_) => host.top_len[i] == NO_TOP,
+    };
     let mut i = 0;
     while i < n {
         if !needed(i) {

@@ -34,13 +34,39 @@ pub const MMQ_MIN_TOKENS: usize = 16;
 /// Tile shape of the tensor-core products (`mmq.cu`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MmqTiles {
-    /// 64 x 64, or 16 x 32 where 64 x 64 tiles would be fewer than the multiprocessors.
+    /// Up to 16 tokens 64 x 16, or 16 x 32 for small matrices (`narrow_or_small`); above, 64 x
+    /// 64, or 16 x 32 where 64 x 64 tiles would be fewer than the multiprocessors.
     Auto,
     /// 64 weight rows x 64 tokens.
     Large,
     /// 16 weight rows x 32 tokens.
     Small,
+    /// 64 weight rows x 16 tokens.
+    Narrow,
 }
+
+/// Split K of the tensor-core tiles (`mmq.cu`): with fewer tiles than this many thread blocks
+/// per multiprocessor, each tile's K steps are split over several thread blocks (at most
+/// [`MMQ_MAX_SPLIT`], at least [`MMQ_SPLIT_MIN_STEPS`] K steps each), whose partial sums the
+/// last one adds up. (H100, Llama-3.2-1B shape, 16 and 64 sequences: 2 beat 4 and 8 in all four
+/// Q4_0 / Q4_K cases, by 1–4%.)
+pub const MMQ_SPLIT_BLOCKS_PER_SM: usize = 2;
+
+/// Fewest K steps (of 256 columns) per split of an automatic split K: a split of one step
+/// spends about as long on its partial sums as on its products (H100, SmolLM2 shape at 64
+/// sequences, 16 x 32 tiles over 576 columns, 3 K steps: 30 018 tok/s split 3 ways, 33 495 with
+/// the build before split K).
+pub const MMQ_SPLIT_MIN_STEPS: usize = 2;
+
+/// Most thread blocks one tile's K steps are split over.
+pub const MMQ_MAX_SPLIT: usize = 16;
+
+/// Floats of the split-K partial-sum buffer (8 MiB): a launch splits only while its tiles'
+/// partial sums fit (tiles x splits x tile elements).
+pub const MMQ_SPLIT_FLOATS: usize = 1 << 21;
+
+/// Tiles a split launch may have (one arrival counter each).
+pub const MMQ_SPLIT_TILES: usize = 8192;
 
 impl CudaDevice {
     fn launch<P: DeviceRepr>(
@@ -51,10 +77,22 @@ impl CudaDevice {
         p: &P,
         what: &'static str,
     ) -> Result<()> {
-        if grid.0 == 0 || grid.1 == 0 {
+        self.launch3(f, (grid.0, grid.1, 1), block, p, what)
+    }
+
+    /// [`CudaDevice::launch`] with a three-dimensional grid.
+    fn launch3<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (usize, usize, usize),
+        block: u32,
+        p: &P,
+        what: &'static str,
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        if grid.0 > i32::MAX as usize || grid.1 > 65535 {
+        if grid.0 > i32::MAX as usize || grid.1 > 65535 || grid.2 > 65535 {
             return Err(backend_err(format!("{what}: grid {grid:?} too large")));
         }
         // The engine may be driven from another thread than the one that opened the device.
@@ -71,7 +109,7 @@ impl CudaDevice {
         unsafe {
             cudarc::driver::result::launch_kernel(
                 f.cu_function(),
-                (grid.0 as u32, grid.1 as u32, 1),
+                (grid.0 as u32, grid.1 as u32, grid.2 as u32),
                 (block, 1, 1),
                 0,
                 self.stream.cu_stream(),
@@ -122,14 +160,20 @@ impl CudaDevice {
         let (rows, n) = (p.total_rows(), p.n_tok as usize);
         if n >= self.mmq_min_tokens && self.cc.0 >= 8 {
             if let Some(j) = MMQ_KERNELS.iter().position(|(t, _)| *t == ty) {
-                let grid = (rows.div_ceil(64), n.div_ceil(64));
-                // Fewer 64 x 64 tiles than multiprocessors: 16 x 32 tiles (same results).
-                let small = match tiles {
-                    MmqTiles::Auto => grid.0 * grid.1 < self.sms,
-                    MmqTiles::Large => false,
-                    MmqTiles::Small => true,
+                let large_tiles = rows.div_ceil(64) * n.div_ceil(64);
+                let cols = p.cols as usize;
+                let shape = match tiles {
+                    MmqTiles::Auto if n <= 16 => self.narrow_or_small(rows, n, cols),
+                    // Fewer 64 x 64 tiles than multiprocessors: 16 x 32 tiles.
+                    MmqTiles::Auto if large_tiles < self.sms => MmqTiles::Small,
+                    MmqTiles::Auto => MmqTiles::Large,
+                    t => t,
                 };
-                let (bm, bn) = if small { (16, 32) } else { (64, 64) };
+                let (bm, bn, f) = match shape {
+                    MmqTiles::Small => (16, 32, &self.k.mmq_small[j]),
+                    MmqTiles::Narrow => (64, 16, &self.k.mmq_narrow[j]),
+                    _ => (64, 64, &self.k.mmq[j]),
+                };
                 // A tile holds rows of one product: fused products must start on tile rows.
                 let starts_ok = match p.n_jobs {
                     1 => true,
@@ -140,12 +184,11 @@ impl CudaDevice {
                     return self.matmul_each(ty, p, tiles);
                 }
                 let grid = (rows.div_ceil(bm as usize), n.div_ceil(bn));
-                let f = if small {
-                    &self.k.mmq_small[j]
-                } else {
-                    &self.k.mmq[j]
-                };
-                return self.launch(f, grid, 128, p, "mmq");
+                let split = self.mmq_split_for(grid.0 * grid.1, bm as usize * bn, p.cols as usize);
+                let mut q = *p;
+                q.part = self.split_part.ptr;
+                q.count = self.split_count.ptr;
+                return self.launch3(f, (grid.0, grid.1, split), 128, &q, "mmq");
             }
         }
         // Weight rows per thread block of the matrix-vector kernels: one warp per row for float
@@ -162,6 +205,44 @@ impl CudaDevice {
             blocks = blocks.min(self.sms * self.mmv_blocks_per_sm);
         }
         self.launch(&self.k.matmul[i], (blocks, n.div_ceil(8)), 128, p, "matmul")
+    }
+
+    /// Splits of each tile's K steps for a tensor-core launch of `tiles` tiles of `tile_elems`
+    /// outputs over `cols` columns: enough thread blocks to fill the multiprocessors
+    /// ([`CudaDevice::mmq_split_blocks`] each) or the forced [`CudaDevice::mmq_split`], at most
+    /// one per K step of 256 columns and [`MMQ_MAX_SPLIT`], and only as many as the partial-sum
+    /// buffer holds.
+    fn mmq_split_for(&self, tiles: usize, tile_elems: usize, cols: usize) -> usize {
+        let mut steps = cols.div_ceil(256);
+        let want = match self.mmq_split {
+            0 => {
+                steps /= MMQ_SPLIT_MIN_STEPS;
+                (self.sms * self.mmq_split_blocks).div_ceil(tiles.max(1))
+            }
+            n => n,
+        };
+        if tiles > self.split_count.len() {
+            return 1;
+        }
+        let fit = self.split_part.len() / (tiles * tile_elems).max(1);
+        want.min(steps).min(MMQ_MAX_SPLIT).min(fit).max(1)
+    }
+
+    /// The tile shape of a product of `rows` weight rows, `n` (at most 16) tokens and `cols`
+    /// columns: 64 x 16 where its thread blocks (split K included) fill the multiprocessors, or
+    /// make at least as many as 16 x 32 tiles would; else 16 x 32 (small matrices: SmolLM2's
+    /// 576 rows make 9 tiles of 64 x 16, too few to split over 3 K steps).
+    fn narrow_or_small(&self, rows: usize, n: usize, cols: usize) -> MmqTiles {
+        let blocks = |bm: usize, bn: usize| {
+            let tiles = rows.div_ceil(bm) * n.div_ceil(bn);
+            tiles * self.mmq_split_for(tiles, bm * bn, cols)
+        };
+        let narrow = blocks(64, 16);
+        if narrow >= self.sms * self.mmq_split_blocks || narrow >= blocks(16, 32) {
+            MmqTiles::Narrow
+        } else {
+            MmqTiles::Small
+        }
     }
 
     /// The products of a fused launch, one launch each.
@@ -249,6 +330,14 @@ impl CudaDevice {
         let rows = p.n_rows as usize;
         self.launch(&self.k.argmax_part, (rows, ARGMAX_PARTS), 256, p, "argmax")?;
         self.launch(&self.k.argmax_reduce, (rows, 1), 32, p, "argmax")
+    }
+
+    /// Each row's `p.k` most likely tokens (one 1024-thread block per row, `topk.cu`).
+    pub fn topk(&self, p: &TopkParams) -> Result<()> {
+        if p.k < 1 || p.k as usize > crate::sampler::MAX_DEVICE_TOP {
+            return Err(backend_err(format!("topk: k = {} out of range", p.k)));
+        }
+        self.launch(&self.k.topk_rows, (p.n_rows as usize, 1), 1024, p, "topk")
     }
 
     /// RoPE on q and k, K/V into their slots.

@@ -35,7 +35,10 @@ use ember_kernels::GgmlType;
 pub use compile::{kernel_source, CompileInfo};
 pub use device::{driver_present, CudaDevice, DevBuf, HostMapping};
 use error::backend_err;
-pub use launch::{MmqTiles, ARGMAX_PARTS, ATT_PART_LEN, MMQ_MIN_TOKENS};
+pub use launch::{
+    MmqTiles, ARGMAX_PARTS, ATT_PART_LEN, MMQ_MAX_SPLIT, MMQ_MIN_TOKENS, MMQ_SPLIT_BLOCKS_PER_SM,
+    MMQ_SPLIT_FLOATS, MMQ_SPLIT_TILES,
+};
 pub use module::SUPPORTED_WEIGHTS;
 use module::{acts_of, Acts};
 use params::*;
@@ -47,6 +50,7 @@ use crate::model::config::FfnAct;
 use crate::model::executor::Widths;
 use crate::model::weights::{f32_slice, Mat, Vector};
 use crate::model::{Act, BatchToken, BlockTables, Model, Scratch};
+use crate::sampler::MAX_DEVICE_TOP;
 
 /// A weight matrix the device reads, in its file layout: an uploaded copy, or the file's own
 /// bytes through a [`HostMapping`] (`CudaWeights::Mapped`).
@@ -93,6 +97,10 @@ struct DevScratch {
     ids: DevBuf<i32>,
     /// The argmax's per-part bests `[L, ARGMAX_PARTS, 2]`.
     ids_part: DevBuf<i32>,
+    /// The most likely tokens of the rows that sample from candidates, in one buffer the host
+    /// reads in one copy (`params::TopkParams::out`): up to `[L, MAX_DEVICE_TOP]` ids and raw
+    /// logits, and `[L, 2]` counts.
+    top: DevBuf<u32>,
     /// Attention partitions `[T*Hq, parts, D]` and `[T*Hq, parts, 2]`.
     part_acc: DevBuf<f32>,
     part_ms: DevBuf<f32>,
@@ -125,6 +133,8 @@ struct Meta {
     block: usize,
     row: usize,
     logit_rows: usize,
+    /// The logits rows whose most likely tokens the step selects (`topk.cu`).
+    top_rows: usize,
     tables: usize,
 }
 
@@ -271,6 +281,9 @@ pub struct CudaBackend {
     /// The current step: tokens, logit rows, attention partitions, launch mode.
     n_tok: usize,
     n_logits: usize,
+    /// Logits rows listed at `meta.top_rows`, and the most candidates one of them asks for.
+    n_top: usize,
+    top_k: usize,
     n_parts: usize,
     mode: Mode,
     /// Whether a lone decode token's step runs as a graph (`EMBER_CUDA_GRAPH=off` disables it).
@@ -415,6 +428,10 @@ impl DevScratch {
             logits: dev.alloc(z.max_logits * c.n_vocab, "scratch logits")?,
             ids: dev.alloc(z.max_logits, "scratch argmax")?,
             ids_part: dev.alloc(z.max_logits * 2 * ARGMAX_PARTS, "scratch argmax parts")?,
+            top: dev.alloc(
+                params::topk_out_len(z.max_logits, MAX_DEVICE_TOP),
+                "scratch top candidates",
+            )?,
             part_acc: dev.alloc(t * c.n_head * parts * c.head_dim, "attention partitions")?,
             part_ms: dev.alloc(t * c.n_head * parts * 2, "attention partitions")?,
             meta: dev.alloc(meta_len, "batch description")?,
@@ -489,7 +506,8 @@ impl CudaBackend {
             block: t,
             row: (1 + n_groups) * t,
             logit_rows: (2 + n_groups) * t,
-            tables: (2 + n_groups) * t + z.max_logits,
+            top_rows: (2 + n_groups) * t + z.max_logits,
+            tables: (2 + n_groups) * t + 2 * z.max_logits,
         };
         let meta_len = meta.tables + n_groups * t * max_blocks;
         let s = DevScratch::new(&dev, c, z, any_k, max_parts, meta_len)?;
@@ -531,6 +549,8 @@ impl CudaBackend {
             weight_bytes,
             n_tok: 0,
             n_logits: 0,
+            n_top: 0,
+            top_k: 0,
             n_parts: 1,
             mode: Mode::Direct,
             use_graph: std::env::var_os("EMBER_CUDA_GRAPH").is_none_or(|v| v != "off"),

@@ -75,9 +75,10 @@ pub(super) struct Kernels {
     pub(super) quantize_q8_k: CudaFunction,
     /// One per weight type, in the order of `MATMUL_KERNELS`.
     pub(super) matmul: Vec<CudaFunction>,
-    /// One per weight type, in the order of `MMQ_KERNELS`: 64 x 64 tiles, then 16 x 32.
+    /// One per weight type, in the order of `MMQ_KERNELS`: 64 x 64 tiles, 16 x 32, 64 x 16.
     pub(super) mmq: Vec<CudaFunction>,
     pub(super) mmq_small: Vec<CudaFunction>,
+    pub(super) mmq_narrow: Vec<CudaFunction>,
     pub(super) rms_norm: CudaFunction,
     pub(super) swiglu: CudaFunction,
     pub(super) geglu: CudaFunction,
@@ -86,6 +87,7 @@ pub(super) struct Kernels {
     pub(super) add_bias: CudaFunction,
     pub(super) argmax_part: CudaFunction,
     pub(super) argmax_reduce: CudaFunction,
+    pub(super) topk_rows: CudaFunction,
     pub(super) rope_kv_write: CudaFunction,
     pub(super) copy_slots: CudaFunction,
     pub(super) shift_keys: CudaFunction,
@@ -121,6 +123,10 @@ impl Kernels {
                 .iter()
                 .map(|(_, n)| f(&format!("{n}_s")))
                 .collect::<Result<_>>()?,
+            mmq_narrow: MMQ_KERNELS
+                .iter()
+                .map(|(_, n)| f(&format!("{n}_n")))
+                .collect::<Result<_>>()?,
             rms_norm: f("rms_norm")?,
             swiglu: f("swiglu")?,
             geglu: f("geglu")?,
@@ -129,6 +135,7 @@ impl Kernels {
             add_bias: f("add_bias")?,
             argmax_part: f("argmax_part")?,
             argmax_reduce: f("argmax_reduce")?,
+            topk_rows: f("topk_rows")?,
             rope_kv_write: f("rope_kv_write")?,
             copy_slots: f("copy_slots")?,
             shift_keys: f("shift_keys")?,

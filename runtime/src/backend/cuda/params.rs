@@ -41,6 +41,10 @@ pub struct MatmulParams {
     pub n_jobs: i32,
     pub rows1: i32,
     pub rows2: i32,
+    /// Split K of the tensor-core tiles: partial sums and per-tile counters (the launcher sets
+    /// them from the device's buffers; 0 otherwise).
+    pub part: DevPtr,
+    pub count: DevPtr,
 }
 
 impl MatmulParams {
@@ -72,6 +76,8 @@ impl MatmulParams {
             n_jobs: 1,
             rows1: 0,
             rows2: 0,
+            part: 0,
+            count: 0,
         }
     }
 
@@ -210,6 +216,30 @@ pub struct ArgmaxParams {
     pub n_cols: i32,
 }
 
+/// `topk_rows`: the `k` most likely tokens of each listed logits row
+/// (`sampler::top_candidates`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TopkParams {
+    /// Logits, `n_cols` wide.
+    pub x: DevPtr,
+    /// `[n_rows]` i32: the logits rows to select from.
+    pub rows: DevPtr,
+    /// One buffer of u32, at list position `j`: ids `[n_rows, k]` (most likely first), then their
+    /// raw logits' bits `[n_rows, k]`, then `[n_rows, 2]` (candidates written, or -1 where the
+    /// row holds a NaN; the row's usable, above -inf, logits). See [`topk_out_len`].
+    pub out: DevPtr,
+    pub n_rows: i32,
+    pub n_cols: i32,
+    pub k: i32,
+    pub pad: i32,
+}
+
+/// Elements of [`TopkParams::out`] for `n_rows` rows of `k` candidates.
+pub fn topk_out_len(n_rows: usize, k: usize) -> usize {
+    n_rows * (2 * k + 2)
+}
+
 /// `add`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -308,6 +338,8 @@ unsafe impl DeviceRepr for AttnParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for ArgmaxParams {}
 // SAFETY: as above.
+unsafe impl DeviceRepr for TopkParams {}
+// SAFETY: as above.
 unsafe impl DeviceRepr for CopySlotsParams {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for ShiftKeysParams {}
@@ -321,13 +353,14 @@ unsafe impl DeviceRepr for GatherParams {}
 unsafe impl DeviceRepr for HadamardParams {}
 
 const _: () = assert!(size_of::<QuantizeParams>() == 32);
-const _: () = assert!(size_of::<MatmulParams>() == 88);
+const _: () = assert!(size_of::<MatmulParams>() == 104);
 const _: () = assert!(size_of::<RmsNormParams>() == 64);
 const _: () = assert!(size_of::<SwigluParams>() == 40);
 const _: () = assert!(size_of::<BiasParams>() == 24);
 const _: () = assert!(size_of::<RopeKvParams>() == 128);
 const _: () = assert!(size_of::<AttnParams>() == 128);
 const _: () = assert!(size_of::<ArgmaxParams>() == 32);
+const _: () = assert!(size_of::<TopkParams>() == 40);
 const _: () = assert!(size_of::<CopySlotsParams>() == 40);
 const _: () = assert!(size_of::<ShiftKeysParams>() == 72);
 const _: () = assert!(size_of::<HadamardParams>() == 24);

@@ -295,6 +295,49 @@ pub fn argmax(dev: &CudaDevice, x: &[f32], n_cols: usize) -> Result<Vec<i32>> {
     Ok(h)
 }
 
+/// The `k` most likely tokens of the logits rows `rows` of `x` (`topk.cu`), in list order: per
+/// listed row, `None` where the kernel reports it for a whole-row read (`-1`: a NaN), else the
+/// candidates (id, raw logit) and the row's usable-logit count.
+#[allow(clippy::type_complexity)]
+pub fn topk(
+    dev: &CudaDevice,
+    x: &[f32],
+    n_cols: usize,
+    rows: &[i32],
+    k: usize,
+) -> Result<Vec<std::result::Result<(Vec<(u32, f32)>, usize), i32>>> {
+    let n = rows.len();
+    let xd = dev.upload(x, "x")?;
+    let rows_d = dev.upload(rows, "rows")?;
+    let out = dev.alloc::<u32>(topk_out_len(n, k), "out")?;
+    dev.topk(&TopkParams {
+        x: xd.ptr,
+        rows: rows_d.ptr,
+        out: out.ptr,
+        n_rows: n as i32,
+        n_cols: n_cols as i32,
+        k: k as i32,
+        pad: 0,
+    })?;
+    let mut h = vec![0u32; topk_out_len(n, k)];
+    dev.read(&out, &mut h)?;
+    let (ids, rest) = h.split_at(n * k);
+    let (vals, info) = rest.split_at(n * k);
+    Ok((0..n)
+        .map(|j| {
+            let w = info[2 * j] as i32;
+            if w < 0 {
+                return Err(w);
+            }
+            let at = j * k;
+            let c = (0..w as usize)
+                .map(|c| (ids[at + c], f32::from_bits(vals[at + c])))
+                .collect();
+            Ok((c, info[2 * j + 1] as usize))
+        })
+        .collect())
+}
+
 /// Geometry of a paged-attention test or benchmark.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {

@@ -93,6 +93,8 @@ struct MatmulParams {
     int n_jobs;      // 1..3 products of the same activations in one launch (Q/K/V, gate/up)
     int rows1;
     int rows2;
+    float* part;     // tensor-core tiles with split K (gridDim.z > 1): partial sums, [tiles][splits][BM * BN]
+    u32* count;      // and one arrival counter per tile, zero between launches
 };
 
 // Rows of every product of a launch together.
@@ -213,6 +215,17 @@ struct ArgmaxParams {
     int n_cols;
 };
 
+struct TopkParams {
+    const float* x;   // [*, n_cols] logits
+    const int* rows;  // [n_rows]: the logits rows to select from
+    u32* out;         // [n_rows, k] ids, [n_rows, k] raw logit bits, [n_rows, 2] (candidates
+                      // written or -1 for a NaN in the row, usable logits): topk.cu
+    int n_rows;
+    int n_cols;
+    int k;
+    int pad;
+};
+
 struct AddParams {
     float* x;        // [n]: x += y
     const float* y;  // [n]
@@ -277,7 +290,7 @@ struct CopySlotsParams {
 
 // The sizes params.rs asserts for its mirrors: a field added on one side only fails here or there.
 static_assert(sizeof(QuantizeParams) == 32, "params.rs");
-static_assert(sizeof(MatmulParams) == 88, "params.rs");
+static_assert(sizeof(MatmulParams) == 104, "params.rs");
 static_assert(sizeof(RmsNormParams) == 64, "params.rs");
 static_assert(sizeof(SwigluParams) == 40, "params.rs");
 static_assert(sizeof(BiasParams) == 24, "params.rs");
@@ -288,5 +301,6 @@ static_assert(sizeof(CopySlotsParams) == 40, "params.rs");
 static_assert(sizeof(ShiftKeysParams) == 72, "params.rs");
 static_assert(sizeof(HadamardParams) == 24, "params.rs");
 static_assert(sizeof(AddParams) == 24, "params.rs");
+static_assert(sizeof(TopkParams) == 40, "params.rs");
 static_assert(sizeof(GegluParams) == 48, "params.rs");
 static_assert(sizeof(GatherParams) == 32, "params.rs");

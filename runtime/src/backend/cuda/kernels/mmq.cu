@@ -8,9 +8,17 @@
 // float expressions; only the order of the float accumulation over blocks differs (block by
 // block here, lane-strided then a butterfly there), so a row's result differs from the
 // matrix-vector kernels' in the last bits. The executor takes this path from MMQ_MIN_TOKENS
-// tokens on devices of compute capability 8.0 or more. Each kernel comes in two tile shapes:
-// 64 rows x 64 tokens (`mmq_*`), and 16 x 32 (`mmq_*_s`) for products whose large tiles would
-// not fill the GPU (decode of tens of sequences): the result does not depend on the shape.
+// tokens on devices of compute capability 8.0 or more. Each kernel comes in three tile shapes:
+// 64 rows x 64 tokens (`mmq_*`), 16 x 32 (`mmq_*_s`) for products whose large tiles would not
+// fill the GPU, and 64 x 16 (`mmq_*_n`) for batches of up to 16 tokens (decode of 16
+// sequences): the result does not depend on the shape.
+//
+// Split K: with gridDim.z = S > 1, split z of a tile sums K steps [z n / S, (z + 1) n / S) of
+// the tile's n, writes its partial sums to p.part, and the split that arrives last (a counter
+// per tile in p.count, reset by that split) adds the S partials in the order z = 0, 1, ... and
+// writes the output. The result is deterministic, and depends on S (float addition is not
+// associative): S is chosen per launch by the executor (launch.rs), so that products with few
+// tiles still fill the multiprocessors.
 //
 // Activations: Q8_1 blocks (36 B) for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; Q8_K super-blocks (292 B)
 // for Q4_K, Q5_K, Q6_K (as the matrix-vector kernels read).
@@ -20,8 +28,8 @@
 // at once fall in different banks.
 #define MMQ_LDI (MMQ_KB * 8 + 4)
 
-// One thread block's staged K step: BM weight rows and BN tokens (two tile shapes: 64 x 64 for
-// large products, 16 x 32 when the large tiles would leave the multiprocessors idle).
+// One thread block's staged K step: BM weight rows and BN tokens (64 x 64 for large products,
+// 16 x 32 when the large tiles would leave the multiprocessors idle, 64 x 16 for few tokens).
 template <int BM, int BN>
 struct MmqTile {
     int w[BM * MMQ_LDI];     // weight quants, 4 int8 per int
@@ -146,7 +154,7 @@ __device__ __forceinline__ void mmq_fetch_a(const MatmulParams& p, bool kq, i64 
 // 4 warps; warp w computes rows wr + [0, 16 MT) and tokens wt + [0, 8 NT) of the tile.
 template <int TYPE, int BM, int BN>
 __device__ __forceinline__ void mmq(const MatmulParams& p0) {
-    constexpr int WM = BM == 64 ? 2 : 1, WN = 4 / WM;
+    constexpr int WM = BM == 64 ? (BN == 16 ? 4 : 2) : 1, WN = 4 / WM;
     constexpr int MT = BM / WM / 16, NT = BN / WN / 8;
     __shared__ MmqTile<BM, BN> sm;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -167,13 +175,17 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
 #pragma unroll
             for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.0f;
 
-    // The 16 x 32 tiles (few per multiprocessor's worth of work, long K loops) pipeline their
-    // staging: the next K step's blocks are loaded into registers while the warps multiply the
-    // current one, so the global loads' latency is paid once, not per step. The 64 x 64 tiles
-    // load just before storing (held across the multiply, their 4 + 4 pairs per thread would
-    // take 210 registers and leave 2 thread blocks per multiprocessor instead of 5). Each of the
-    // 128 threads takes PW (row, block) and PA (token, block) pairs.
-    constexpr bool PF = BM != 64;
+    // The 16 x 32 and 64 x 16 tiles (few per multiprocessor's worth of work, long K loops)
+    // pipeline their staging: the next K step's blocks are loaded into registers while the warps
+    // multiply the current one, so the global loads' latency is paid once, not per step. The
+    // 64 x 64 tiles load just before storing (held across the multiply, their 4 + 4 pairs per
+    // thread would take 210 registers and leave 2 thread blocks per multiprocessor instead of
+    // 5). Each of the 128 threads takes PW (row, block) and PA (token, block) pairs.
+    constexpr bool PF = BM != 64 || BN == 16;
+    // This split's K steps (all of them without split K).
+    const int n_steps = (nb + MMQ_KB - 1) / MMQ_KB;
+    const int k_begin = (int)((i64)blockIdx.z * n_steps / gridDim.z) * MMQ_KB;
+    const int k_end = min(nb, (int)((i64)(blockIdx.z + 1) * n_steps / gridDim.z) * MMQ_KB);
     constexpr int PW = BM * MMQ_KB / 128, PA = BN * MMQ_KB / 128;
     int wq[PW][8], wsr[PW], aq[PA][8];
     float wdr[PW], wmr[PW], adr[PA], asr[PA];
@@ -185,8 +197,8 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
         _Pragma("unroll") for (int j = 0; j < PA; ++j)                                         \
             mmq_fetch_a(p, kq, a_row, t0, (KB0), nk, tid + 128 * j, aq[j], adr[j], asr[j]);    \
     }
-    if (PF) MMQ_FETCH(0)
-    for (int kb0 = 0; kb0 < nb; kb0 += MMQ_KB) {
+    if (PF) MMQ_FETCH(k_begin)
+    for (int kb0 = k_begin; kb0 < k_end; kb0 += MMQ_KB) {
         const int nkb = min(MMQ_KB, nb - kb0);
         if (!PF) {
             // One pair at a time (not unrolled: the loads of one pair in flight, few registers).
@@ -233,7 +245,7 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
             }
         }
         __syncthreads();
-        if (PF && kb0 + MMQ_KB < nb) MMQ_FETCH(kb0 + MMQ_KB)
+        if (PF && kb0 + MMQ_KB < k_end) MMQ_FETCH(kb0 + MMQ_KB)
 
         for (int kb = 0; kb < nkb; ++kb) {
             // A fragments (m16 x k32): rows g and g + 8, ints tig and 4 + tig of the block.
@@ -289,6 +301,34 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
         __syncthreads();
     }
 
+    if (gridDim.z > 1) {
+        // Split K: this split's partial sums to p.part ([tile][split][element][thread]); the
+        // last split to arrive adds them up in split order.
+        constexpr int E = MT * NT * 4;
+        const int tile = blockIdx.x + gridDim.x * blockIdx.y;
+        float* part = p.part + (i64)tile * gridDim.z * (E * 128);
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+            part[((i64)blockIdx.z * E + e) * 128 + tid] = acc[e / (NT * 4)][(e / 4) % NT][e % 4];
+        __threadfence();
+        __syncthreads();
+        __shared__ int last;
+        if (tid == 0) last = atomicAdd(p.count + tile, 1u) == gridDim.z - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            float& a = acc[e / (NT * 4)][(e / 4) % NT][e % 4];
+            const float own = a;
+            float sum = blockIdx.z == 0 ? own : __ldcg(part + e * 128 + tid);
+            for (int z = 1; z < (int)gridDim.z; ++z)
+                sum += z == (int)blockIdx.z ? own : __ldcg(part + ((i64)z * E + e) * 128 + tid);
+            a = sum;
+        }
+        if (tid == 0) p.count[tile] = 0; // ready for the next launch
+    }
+
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -313,7 +353,8 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
 #endif
 #define MMQ_KERNELS(name, T) \
     extern "C" __global__ void __launch_bounds__(128) name(const MatmulParams p) { MMQ_BODY(T, 64, 64) } \
-    extern "C" __global__ void __launch_bounds__(128) name##_s(const MatmulParams p) { MMQ_BODY(T, 16, 32) }
+    extern "C" __global__ void __launch_bounds__(128) name##_s(const MatmulParams p) { MMQ_BODY(T, 16, 32) } \
+    extern "C" __global__ void __launch_bounds__(128) name##_n(const MatmulParams p) { MMQ_BODY(T, 64, 16) }
 MMQ_KERNELS(mmq_q4_0, TYPE_Q4_0)
 MMQ_KERNELS(mmq_q4_1, TYPE_Q4_1)
 MMQ_KERNELS(mmq_q5_0, TYPE_Q5_0)

@@ -309,20 +309,29 @@ impl Sampler {
         self.draw(max_logit)
     }
 
-    /// Stage 1: llama.cpp's repetition penalty over the distinct tokens of the history window.
-    fn apply_repeat_penalty(&mut self, logits: &mut [f32], history: &[u32]) {
-        let p = self.params.repeat_penalty;
-        if self.penalized_in.is_empty() || p == 1.0 {
-            return;
-        }
+    /// A new stamp for `penalized_in` (stage 1 marks the window's tokens with it).
+    fn next_epoch(&mut self) {
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
             // The stamps from 2^32 steps ago would alias the new epoch: start over.
             self.penalized_in.fill(0);
             self.epoch = 1;
         }
-        let start = history.len().saturating_sub(self.params.repeat_last_n);
-        for &token in &history[start..] {
+    }
+
+    /// The penalty window: the last `repeat_last_n` tokens of `history`.
+    fn window<'h>(&self, history: &'h [u32]) -> &'h [u32] {
+        &history[history.len().saturating_sub(self.params.repeat_last_n)..]
+    }
+
+    /// Stage 1: llama.cpp's repetition penalty over the distinct tokens of the history window.
+    fn apply_repeat_penalty(&mut self, logits: &mut [f32], history: &[u32]) {
+        let p = self.params.repeat_penalty;
+        if self.penalized_in.is_empty() || p == 1.0 {
+            return;
+        }
+        self.next_epoch();
+        for &token in self.window(history) {
             let i = token as usize;
             if i >= logits.len() || self.penalized_in[i] == self.epoch {
                 continue;

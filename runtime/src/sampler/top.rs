@@ -79,15 +79,11 @@ impl Sampler {
         if penalty {
             // Stage 1 over the candidates: mark the window's distinct tokens, as
             // `apply_repeat_penalty` does over the row.
-            self.epoch = self.epoch.wrapping_add(1);
-            if self.epoch == 0 {
-                self.penalized_in.fill(0);
-                self.epoch = 1;
-            }
-            let start = history.len().saturating_sub(self.params.repeat_last_n);
-            for &token in &history[start..] {
+            self.next_epoch();
+            let epoch = self.epoch;
+            for &token in self.window(history) {
                 if let Some(s) = self.penalized_in.get_mut(token as usize) {
-                    *s = self.epoch;
+                    *s = epoch;
                 }
             }
         }

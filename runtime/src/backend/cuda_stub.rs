@@ -63,6 +63,10 @@ impl CudaBackend {
         match self.0 {}
     }
 
+    pub(crate) fn graph_count(&self) -> usize {
+        match self.0 {}
+    }
+
     pub(crate) fn set_graph(&mut self, _on: bool) {
         match self.0 {}
     }

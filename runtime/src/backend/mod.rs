@@ -297,13 +297,23 @@ impl Backend {
         }
     }
 
-    /// Whether CUDA runs a lone decode token's step as a captured graph (default on, unless
-    /// `EMBER_CUDA_GRAPH=off` at start-up); off drops the captured graph. No effect on the CPU.
-    /// For comparisons: both ways give bit-equal logits.
+    /// Whether CUDA runs decode steps (one token per sequence, each wanting logits) as captured
+    /// graphs, one per shape (default on, unless `EMBER_CUDA_GRAPH=off` at start-up); off drops
+    /// the captured graphs. No effect on the CPU. For comparisons: both ways give bit-equal
+    /// logits.
     #[doc(hidden)]
     pub fn set_cuda_graph(&mut self, on: bool) {
         if let Inner::Cuda(c) = &mut self.inner {
             c.set_graph(on);
+        }
+    }
+
+    /// Decode-step graphs CUDA has captured (0 on the CPU). For tests and benchmarks.
+    #[doc(hidden)]
+    pub fn cuda_graphs(&self) -> usize {
+        match &self.inner {
+            Inner::Cuda(c) => c.graph_count(),
+            Inner::Cpu { .. } => 0,
         }
     }
 

@@ -375,3 +375,74 @@ fn shift_on_cuda(kv_type: ember::kv::KvType) {
     assert!(gpu.metrics().context_shifts >= 4);
     assert_eq!(gpu.metrics().blocks_used, 0);
 }
+
+/// Decode steps of many sequences run as CUDA graphs, one per shape (tokens, attention
+/// partitions), and give the ids that direct launches give: 20 requests finishing at different
+/// steps make the batch shrink from 20 sequences (tensor-core products) to 1 (matrix-vector),
+/// so graphs of both kinds are captured and replayed; greedy requests take the device argmax
+/// after the replay, sampled ones the device candidates.
+#[test]
+fn decode_graphs_equal_direct_launches() {
+    if device("decode_graphs_equal_direct_launches").is_none() {
+        return;
+    }
+    let cfg = EngineConfig {
+        cuda_weights: Default::default(),
+        n_ctx: 256,
+        kv_budget: KvBudget::Blocks(400),
+        block_size: 16,
+        max_seqs: 20,
+        max_batch_tokens: 512,
+        max_requests: 32,
+        threads: 2,
+        prefix_caching: false,
+        kv_type: Default::default(),
+        swa_full: false,
+    };
+    let reqs: Vec<(Vec<u32>, RequestParams)> = (0..20u32)
+        .map(|r| {
+            let prompt: Vec<u32> = (0..(5 + r * 3)).map(|i| (i * 29 + r * 7) % 500).collect();
+            let sampling = SamplingParams {
+                temperature: if r % 3 == 1 { 0.9 } else { 0.0 },
+                top_k: 40,
+                seed: u64::from(r),
+                ..SamplingParams::default()
+            };
+            let params = RequestParams {
+                sampling,
+                max_tokens: 6 + r as usize * 2,
+                ignore_eos: true,
+                ..RequestParams::default()
+            };
+            (prompt, params)
+        })
+        .collect();
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_K] {
+        let run = |graphs: bool| {
+            let mut e =
+                Engine::with_backend(synth_model(ty, 5), cfg.clone(), BackendKind::Cuda).unwrap();
+            e.set_cuda_graph(graphs);
+            let ids: Vec<_> = reqs.iter().map(|(p, q)| e.submit(p, q).unwrap()).collect();
+            while e.has_work() {
+                e.step().unwrap();
+            }
+            let out: Vec<Vec<u32>> = ids
+                .iter()
+                .map(|&id| e.output(id).unwrap().next().unwrap().ids.clone())
+                .collect();
+            (out, e.backend().cuda_graphs())
+        };
+        let (direct, none) = run(false);
+        let (graphed, captured) = run(true);
+        assert_eq!(none, 0, "{ty}: graphs off");
+        // Every batch size from 20 down to 1 after the prefill, one attention partition.
+        assert!(
+            (10..=20).contains(&captured),
+            "{ty}: {captured} decode graphs captured"
+        );
+        for (r, (a, b)) in direct.iter().zip(&graphed).enumerate() {
+            assert_eq!(a.len(), 6 + r * 2);
+            assert_eq!(a, b, "{ty}: request {r} differs with decode graphs");
+        }
+    }
+}

@@ -17,7 +17,7 @@
 use super::error::backend_err;
 use super::module::{acts_of, Acts};
 use super::params::*;
-use super::{CudaBackend, DevMat, Formats, Mode, Quantized, ATT_PART_LEN};
+use super::{CudaBackend, DevMat, Formats, GraphKey, Mode, Quantized, ATT_PART_LEN, MAX_GRAPHS};
 use crate::error::Result;
 use crate::model::config::FfnAct;
 use crate::model::scratch::{RowNeed, NO_ARGMAX, NO_TOP};
@@ -157,14 +157,19 @@ impl Executor for CudaExecutor<'_> {
         let n_logits = step.batch.iter().filter(|t| t.logits).count();
         b.n_tok = n_tok;
         b.n_logits = n_logits;
-        let decode1 = n_tok == 1 && n_logits == 1;
+        // A decode step: one token per sequence, each wanting logits (its partition count is
+        // rounded to one of few, one graph each).
+        let decode = n_logits == n_tok && n_rows == n_tok;
         let parts = (max_pos + 1).div_ceil(ATT_PART_LEN).clamp(1, b.max_parts);
-        // A lone decode step's partition count is one of few (one graph each).
-        b.n_parts = if decode1 {
+        b.n_parts = if decode {
             parts.next_power_of_two().min(b.max_parts)
         } else {
             parts
         };
+        b.graph_key = (decode && b.use_graph).then_some(GraphKey {
+            n_tok,
+            n_parts: b.n_parts,
+        });
         b.quantized = None;
         b.table_rows = n_rows;
         let staged = b.meta.tables + b.groups.len() * n_rows * b.max_blocks;
@@ -187,11 +192,11 @@ impl Executor for CudaExecutor<'_> {
             .to_float;
         crate::backend::embed_rows(self.file, table, to_float, step.batch, scale, &mut b.host_x);
         b.dev.write(&mut b.s.x, &b.host_x[..n])?;
-        // Everything after this is kernel launches: a lone decode step is a graph.
-        if b.use_graph && b.n_tok == 1 && b.n_logits == 1 {
-            if b.graphs.iter().any(|(n, _)| *n == b.n_parts) {
+        // Everything after this is kernel launches: a decode step is a graph.
+        if let Some(key) = b.graph_key {
+            if b.graphs.iter().any(|(k, _)| *k == key) {
                 b.mode = Mode::Replay;
-            } else {
+            } else if b.graphs.len() < MAX_GRAPHS {
                 b.dev.begin_capture()?;
                 b.mode = Mode::Capture;
             }
@@ -507,13 +512,14 @@ impl Executor for CudaExecutor<'_> {
                 let graph = b.dev.end_capture()?;
                 b.mode = Mode::Replay;
                 b.dev.launch_graph(&graph)?;
-                b.graphs.push((b.n_parts, graph));
+                let key = b.graph_key.expect("captured a decode step");
+                b.graphs.push((key, graph));
             }
             Mode::Replay => {
                 let (_, graph) = b
                     .graphs
                     .iter()
-                    .find(|(n, _)| *n == b.n_parts)
+                    .find(|(k, _)| Some(*k) == b.graph_key)
                     .expect("replaying a captured graph");
                 b.dev.launch_graph(graph)?;
             }

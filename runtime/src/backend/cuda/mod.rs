@@ -10,8 +10,9 @@
 //! it is uncached on Jetson), and the scratch buffers are sized for `max_batch_tokens`. A step
 //! looks the token embeddings up on the CPU (`[T, n_embd]` f32) and copies them, the positions
 //! and the block tables up, queues every operation, and copies the requested logit rows back
-//! into the CPU [`Scratch`], where the sampler reads them. A lone decode token's step is
-//! captured into a graph the first time and replayed after (see `executor.rs`).
+//! into the CPU [`Scratch`], where the sampler reads them. A decode step (one token per sequence,
+//! each wanting logits) is captured into a graph the first time its shape (tokens, attention
+//! partitions) comes, and replayed after (see `executor.rs`).
 //!
 //! Layout: `device.rs` (context, buffers, copies, graphs), `compile.rs` (NVRTC and its cache),
 //! `module.rs` (the kernels it holds), `launch.rs` (one launcher per kernel), `error.rs`, `params.rs` (the kernels' parameter structs),
@@ -125,6 +126,18 @@ impl DevScratch {
         }
     }
 }
+
+/// What a decode step's graph depends on: its tokens (one per sequence) and its attention
+/// partitions (rounded up to a power of two, or `max_parts`, so that few shapes come).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GraphKey {
+    n_tok: usize,
+    n_parts: usize,
+}
+
+/// Most decode-step graphs kept (each a few hundred nodes; a server whose batch sizes wander
+/// captures one per size and partition count it meets).
+const MAX_GRAPHS: usize = 64;
 
 /// Offsets of the batch description in `meta` (i32 elements).
 #[derive(Clone, Copy)]
@@ -286,11 +299,14 @@ pub struct CudaBackend {
     top_k: usize,
     n_parts: usize,
     mode: Mode,
-    /// Whether a lone decode token's step runs as a graph (`EMBER_CUDA_GRAPH=off` disables it).
+    /// Whether decode steps run as graphs (`EMBER_CUDA_GRAPH=off` disables it).
     use_graph: bool,
-    /// That step's graphs, one per attention partition count (a power of two, or
-    /// `max_parts`), each captured at its first use.
-    graphs: Vec<(usize, device::Graph)>,
+    /// The current step's graph shape, where it is a decode step (one token per sequence, each
+    /// wanting logits).
+    graph_key: Option<GraphKey>,
+    /// Decode steps' graphs, one per shape, each captured at its first use (at most
+    /// [`MAX_GRAPHS`]; steps of other shapes then launch directly).
+    graphs: Vec<(GraphKey, device::Graph)>,
     /// Which outputs are quantized by the operation that writes them.
     prequant: PreQuant,
     /// Whether products of one input run as one launch (`EMBER_CUDA_FUSE=off`: neither that
@@ -554,6 +570,7 @@ impl CudaBackend {
             n_parts: 1,
             mode: Mode::Direct,
             use_graph: std::env::var_os("EMBER_CUDA_GRAPH").is_none_or(|v| v != "off"),
+            graph_key: None,
             graphs: Vec::new(),
             prequant,
             fuse,
@@ -599,6 +616,11 @@ impl CudaBackend {
 
     pub(crate) fn layout(&self) -> KvLayout {
         self.layout
+    }
+
+    /// Decode-step graphs captured so far.
+    pub(crate) fn graph_count(&self) -> usize {
+        self.graphs.len()
     }
 
     pub(crate) fn set_graph(&mut self, on: bool) {

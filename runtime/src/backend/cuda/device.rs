@@ -155,6 +155,11 @@ pub struct CudaDevice {
     /// that kernel's writes are visible. Saves the launch gap between the ~160 small kernels of a
     /// decode step; results are the same bits either way.
     pub pdl: bool,
+    /// Whether the tensor-core products are launched that way too (`EMBER_CUDA_PDL=all`). Off
+    /// by default: on an H100, launched early they cost the 1B shape's pp512 8% and 64-sequence
+    /// decode 18% (not profiled; a guess is thread blocks placed unevenly while the kernel before
+    /// still holds multiprocessors), where the small kernels gained 5% of batch-1 decode.
+    pub pdl_mmq: bool,
     /// Split K's partial sums (`MMQ_SPLIT_FLOATS`) and per-tile arrival counters
     /// (`MMQ_SPLIT_TILES`, zero between launches: the last split of a tile resets its own).
     pub(super) split_part: DevBuf<f32>,
@@ -260,6 +265,7 @@ impl CudaDevice {
             mmq_split_blocks: env_usize("EMBER_CUDA_MMQ_SPLIT_SM")
                 .unwrap_or(super::MMQ_SPLIT_BLOCKS_PER_SM),
             pdl: cc.0 >= 9 && std::env::var_os("EMBER_CUDA_PDL").is_none_or(|v| v != "off"),
+            pdl_mmq: std::env::var_os("EMBER_CUDA_PDL").is_some_and(|v| v == "all"),
             split_part: DevBuf {
                 ptr: split_part_ptr,
                 buf: split_part,

@@ -89,6 +89,19 @@ impl CudaDevice {
         p: &P,
         what: &'static str,
     ) -> Result<()> {
+        self.launch_with(f, grid, block, p, what, self.pdl)
+    }
+
+    /// [`CudaDevice::launch3`], with programmatic dependent launch or without.
+    fn launch_with<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (usize, usize, usize),
+        block: u32,
+        p: &P,
+        what: &'static str,
+        pdl: bool,
+    ) -> Result<()> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
@@ -103,7 +116,7 @@ impl CudaDevice {
         // launch; a step must allocate nothing): one parameter, the struct, by address.
         let mut args = [p as *const P as *mut std::ffi::c_void];
         let (g, b) = ((grid.0 as u32, grid.1 as u32, grid.2 as u32), (block, 1, 1));
-        if self.pdl {
+        if pdl {
             return self.launch_pdl(f, g, b, &mut args).map_err(drv(what));
         }
         // SAFETY: `p` matches the kernel's one by-value parameter struct (params.rs mirrors
@@ -236,7 +249,10 @@ impl CudaDevice {
                 let mut q = *p;
                 q.part = self.split_part.ptr;
                 q.count = self.split_count.ptr;
-                return self.launch3(f, (grid.0, grid.1, split), 128, &q, "mmq");
+                // Tensor-core tiles start after the kernel before them has finished, even
+                // with programmatic dependent launch (`CudaDevice::pdl_mmq`).
+                let pdl = self.pdl && self.pdl_mmq;
+                return self.launch_with(f, (grid.0, grid.1, split), 128, &q, "mmq", pdl);
             }
         }
         // Weight rows per thread block of the matrix-vector kernels: one warp per row for float

@@ -106,6 +106,51 @@ fn multi_row_blocks_equal_one_row_blocks() {
     }
 }
 
+/// A lone token's products take their own kernels (one token per thread block, one or two
+/// rows per block, `CudaDevice::mmv1_rows`): the same bits as the batch kernel gives that token,
+/// fused launches and odd row counts (a block's second row past the end, or in the next
+/// product) included.
+#[test]
+fn lone_token_kernels_equal_batch_kernel() {
+    let Some(mut dev) = device("lone_token_kernels_equal_batch_kernel") else {
+        return;
+    };
+    let mut rng = Rng(15);
+    let cols = 512;
+    for ty in ALL_WEIGHTS {
+        if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            continue;
+        }
+        for rows in [vec![1], vec![7], vec![64, 16, 16], vec![33, 7, 20]] {
+            let ws: Vec<Vec<u8>> = rows
+                .iter()
+                .map(|&r| random_weights(&mut rng, ty, r, cols).0)
+                .collect();
+            let jobs: Vec<(&[u8], usize)> =
+                ws.iter().zip(&rows).map(|(w, &r)| (&w[..], r)).collect();
+            let acts = cpu_acts(ty, &rng.vec(cols, 2.0)).0;
+            // The batch kernel: the token twice (8 tokens per thread block).
+            let twice = [&acts[..], &acts[..]].concat();
+            let batch =
+                testing::matmul_fused(&dev, ty, &jobs, cols, &twice, 2, MmqTiles::Auto).unwrap();
+            for per_block in [1, 2] {
+                dev.mmv1_rows = per_block;
+                let lone =
+                    testing::matmul_fused(&dev, ty, &jobs, cols, &acts, 1, MmqTiles::Auto).unwrap();
+                for (j, &r) in rows.iter().enumerate() {
+                    assert_eq!(
+                        lone[j][..],
+                        batch[j][..r],
+                        "{ty} rows {rows:?}, {per_block} rows per block: product {j} differs \
+                         from the batch kernel's first token"
+                    );
+                }
+            }
+        }
+    }
+    dev.mmv1_rows = ember::backend::cuda::MMV1_ROWS;
+}
+
 /// The RMSNorm and the gated activations that quantize their own output (before a product)
 /// write the same output and the same Q8_1 / Q8_K bytes as the plain kernel followed by the
 /// quantization kernels.
@@ -115,7 +160,17 @@ fn fused_quantization_equals_quantize_kernels() {
         return;
     };
     let mut rng = Rng(13);
-    for &(rows, cols) in &[(1, 576), (3, 2048), (5, 96), (2, 4864)] {
+    // 640: a warp's chunks of 8 end mid-warp; 8192: the most the register path holds; 9216:
+    // the strided path.
+    for &(rows, cols) in &[
+        (1, 576),
+        (3, 2048),
+        (5, 96),
+        (2, 4864),
+        (3, 640),
+        (2, 8192),
+        (1, 9216),
+    ] {
         let x = rng.vec(rows * cols, 4.0);
         let w = rng.vec(cols, 1.5);
         let plain = testing::rms_norm(&dev, &x, &w, None, 1e-5).unwrap();

@@ -305,7 +305,16 @@ fn rms_norm_matches_cpu() {
         return;
     };
     let mut rng = Rng(3);
-    for &(rows, cols) in &[(1, 1), (2, 7), (3, 64), (5, 576), (9, 2048), (2, 3000)] {
+    for &(rows, cols) in &[
+        (1, 1),
+        (2, 7),
+        (3, 64),
+        (5, 576),
+        (9, 2048),
+        (2, 3000),
+        (2, 640),
+        (1, 9216),
+    ] {
         let x = rng.vec(rows * cols, 4.0);
         let w = rng.vec(cols, 1.5);
         let eps = 1e-5;

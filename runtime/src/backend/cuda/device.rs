@@ -19,6 +19,10 @@ use crate::error::Result;
 /// Default of [`CudaDevice::mmv_blocks_per_sm`].
 const MMV_BLOCKS_PER_SM: usize = 0;
 
+/// Default of [`CudaDevice::mmv1_rows`]: two rows per thread block, so each thread has two
+/// rows' loads in flight (as llama.cpp's fused gate/up kernel has).
+pub const MMV1_ROWS: usize = 2;
+
 /// A device buffer and its address.
 pub struct DevBuf<T> {
     buf: CudaSlice<T>,
@@ -127,6 +131,9 @@ pub struct CudaDevice {
     /// weights (its blocks then take several rows each); 0: one block per row (or row pair).
     /// `EMBER_CUDA_MMV_BLOCKS=N` at start-up, or set for comparisons.
     pub mmv_blocks_per_sm: usize,
+    /// Weight rows per thread block of a lone token's Q4_0..Q8_0 product: 1 or 2
+    /// ([`MMV1_ROWS`] unless `EMBER_CUDA_MMV1_ROWS=N` at start-up, for comparisons).
+    pub mmv1_rows: usize,
     /// Products of this many tokens or more run on the tensor cores ([`MMQ_MIN_TOKENS`] unless
     /// `EMBER_CUDA_MMQ_MIN=N` at start-up, for comparisons).
     ///
@@ -142,6 +149,17 @@ pub struct CudaDevice {
     /// Thread blocks per multiprocessor that the automatic split K aims for
     /// (`EMBER_CUDA_MMQ_SPLIT_SM=N` at start-up).
     pub mmq_split_blocks: usize,
+    /// Programmatic dependent launch (compute capability 9.0 and above, unless
+    /// `EMBER_CUDA_PDL=off` at start-up): each kernel is launched allowed to start while the one
+    /// before it finishes, and waits in its first statement (`PDL_ENTRY` in common.cuh) until
+    /// that kernel's writes are visible. Saves the launch gap between the ~160 small kernels of a
+    /// decode step; results are the same bits either way.
+    pub pdl: bool,
+    /// Whether the tensor-core products are launched that way too (`EMBER_CUDA_PDL=all`). Off
+    /// by default: on an H100, launched early they cost the 1B shape's pp512 8% and 64-sequence
+    /// decode 18% (not profiled; a guess is thread blocks placed unevenly while the kernel before
+    /// still holds multiprocessors), where the small kernels gained 5% of batch-1 decode.
+    pub pdl_mmq: bool,
     /// Split K's partial sums (`MMQ_SPLIT_FLOATS`) and per-tile arrival counters
     /// (`MMQ_SPLIT_TILES`, zero between launches: the last split of a tile resets its own).
     pub(super) split_part: DevBuf<f32>,
@@ -232,6 +250,7 @@ impl CudaDevice {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(MMV_BLOCKS_PER_SM),
+            mmv1_rows: env_usize("EMBER_CUDA_MMV1_ROWS").unwrap_or(MMV1_ROWS),
             mmq_min_tokens: std::env::var("EMBER_CUDA_MMQ_MIN")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -245,6 +264,8 @@ impl CudaDevice {
             mmq_split: env_usize("EMBER_CUDA_MMQ_SPLIT").unwrap_or(0),
             mmq_split_blocks: env_usize("EMBER_CUDA_MMQ_SPLIT_SM")
                 .unwrap_or(super::MMQ_SPLIT_BLOCKS_PER_SM),
+            pdl: cc.0 >= 9 && std::env::var_os("EMBER_CUDA_PDL").is_none_or(|v| v != "off"),
+            pdl_mmq: std::env::var_os("EMBER_CUDA_PDL").is_some_and(|v| v == "all"),
             split_part: DevBuf {
                 ptr: split_part_ptr,
                 buf: split_part,

@@ -21,7 +21,7 @@ pub const ATT_PART_LEN: usize = 2048;
 
 /// Thread blocks per row of the argmax (`ARGMAX_PARTS` in elementwise.cu; one warp merges
 /// them); [`ArgmaxParams::part`] holds `2 * ARGMAX_PARTS` i32 per row.
-pub const ARGMAX_PARTS: usize = 32;
+pub const ARGMAX_PARTS: usize = 128;
 
 /// From this many tokens a quantized product runs on the tensor cores (`mmq.cu`, compute
 /// capability 8.0 or more), below it as matrix-vector products (`mmvq.cu`, `kquants.cu`). A
@@ -89,6 +89,19 @@ impl CudaDevice {
         p: &P,
         what: &'static str,
     ) -> Result<()> {
+        self.launch_with(f, grid, block, p, what, self.pdl)
+    }
+
+    /// [`CudaDevice::launch3`], with programmatic dependent launch or without.
+    fn launch_with<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (usize, usize, usize),
+        block: u32,
+        p: &P,
+        what: &'static str,
+        pdl: bool,
+    ) -> Result<()> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
@@ -99,9 +112,13 @@ impl CudaDevice {
         self.ctx
             .bind_to_thread()
             .map_err(drv("binding the CUDA context"))?;
-        // cuLaunchKernel directly (cudarc's launch builder allocates an argument list per
+        // cuLaunchKernel(Ex) directly (cudarc's launch builder allocates an argument list per
         // launch; a step must allocate nothing): one parameter, the struct, by address.
         let mut args = [p as *const P as *mut std::ffi::c_void];
+        let (g, b) = ((grid.0 as u32, grid.1 as u32, grid.2 as u32), (block, 1, 1));
+        if pdl {
+            return self.launch_pdl(f, g, b, &mut args).map_err(drv(what));
+        }
         // SAFETY: `p` matches the kernel's one by-value parameter struct (params.rs mirrors
         // common.cuh) and outlives the call (the driver copies parameters at launch); every
         // address in it was taken from a live buffer of this device, sized by the caller for the
@@ -109,8 +126,8 @@ impl CudaDevice {
         unsafe {
             cudarc::driver::result::launch_kernel(
                 f.cu_function(),
-                (grid.0 as u32, grid.1 as u32, grid.2 as u32),
-                (block, 1, 1),
+                g,
+                b,
                 0,
                 self.stream.cu_stream(),
                 &mut args,
@@ -118,6 +135,50 @@ impl CudaDevice {
         }
         .map_err(drv(what))?;
         Ok(())
+    }
+
+    /// `cuLaunchKernelEx` with programmatic stream serialization allowed: the kernel may start
+    /// before the previous kernel in the stream has finished; every kernel's `PDL_ENTRY` waits
+    /// for it ([`CudaDevice::pdl`]). The same contract on `args` as `launch_kernel`.
+    fn launch_pdl(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        args: &mut [*mut std::ffi::c_void],
+    ) -> std::result::Result<(), cudarc::driver::DriverError> {
+        use cudarc::driver::sys;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block.0,
+            blockDimY: block.1,
+            blockDimZ: block.2,
+            sharedMemBytes: 0,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: `config` and `attr` live through the call; `args` holds the address of the
+        // kernel's one parameter struct, as the caller's `launch_kernel` contract states; `f`
+        // belongs to this context, bound to this thread by the caller.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
     }
 
     /// Quantize `n_rows` rows of `n_cols` f32 (row stride `x_stride`) to Q8_1.
@@ -188,23 +249,35 @@ impl CudaDevice {
                 let mut q = *p;
                 q.part = self.split_part.ptr;
                 q.count = self.split_count.ptr;
-                return self.launch3(f, (grid.0, grid.1, split), 128, &q, "mmq");
+                // Tensor-core tiles start after the kernel before them has finished, even
+                // with programmatic dependent launch (`CudaDevice::pdl_mmq`).
+                let pdl = self.pdl && self.pdl_mmq;
+                return self.launch_with(f, (grid.0, grid.1, split), 128, &q, "mmq", pdl);
             }
         }
         // Weight rows per thread block of the matrix-vector kernels: one warp per row for float
         // weights (mmv_float.cu), two warps for K-quants (kquants.cu), four for the others
-        // (mmvq.cu). The rows of a block may belong to different products of a fused launch.
-        let rows_per_block = match ty {
+        // (mmvq.cu), or two rows of four warps for a lone token ([`CudaDevice::mmv1_rows`]).
+        // The rows of a block may belong to different products of a fused launch.
+        let mut rows_per_block = match ty {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 4,
             GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => 2,
             _ => 1,
         };
+        let mut f = &self.k.matmul[i];
+        if n == 1 {
+            if let (Some(f2), 2) = (&self.k.matmul_1x2[i], self.mmv1_rows) {
+                (f, rows_per_block) = (f2, 2);
+            } else if let Some(f1) = &self.k.matmul_1[i] {
+                f = f1;
+            }
+        }
         let mut blocks = rows.div_ceil(rows_per_block);
         // Q4_0..Q8_0 and K-quant kernels can take several rows per thread block.
         if rows_per_block < 4 && self.mmv_blocks_per_sm > 0 {
             blocks = blocks.min(self.sms * self.mmv_blocks_per_sm);
         }
-        self.launch(&self.k.matmul[i], (blocks, n.div_ceil(8)), 128, p, "matmul")
+        self.launch(f, (blocks, n.div_ceil(8)), 128, p, "matmul")
     }
 
     /// Splits of each tile's K steps for a tensor-core launch of `tiles` tiles of `tile_elems`
@@ -340,12 +413,20 @@ impl CudaDevice {
         self.launch(&self.k.topk_rows, (p.n_rows as usize, 1), 1024, p, "topk")
     }
 
-    /// RoPE on q and k, K/V into their slots.
+    /// RoPE on q and k, K/V into their slots: one thread block per token and KV head (with its
+    /// query heads), or per token where Walsh-Hadamard rotations mix heads.
     pub fn rope_kv_write(&self, p: &RopeKvParams) -> Result<()> {
+        let rotated = p.rot_k > 0 || p.rot_v > 0;
+        let split = p.n_head_kv > 0 && p.n_head % p.n_head_kv == 0 && !rotated;
+        let (ys, threads) = if split {
+            (p.n_head_kv as usize, 128)
+        } else {
+            (1, 256)
+        };
         self.launch(
             &self.k.rope_kv_write,
-            (p.n_tok as usize, 1),
-            256,
+            (p.n_tok as usize, ys),
+            threads,
             p,
             "rope_kv_write",
         )

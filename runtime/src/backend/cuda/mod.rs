@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use ember_kernels::GgmlType;
 
 pub use compile::{kernel_source, CompileInfo};
-pub use device::{driver_present, CudaDevice, DevBuf, HostMapping};
+pub use device::{driver_present, CudaDevice, DevBuf, HostMapping, MMV1_ROWS};
 use error::backend_err;
 pub use launch::{
     MmqTiles, ARGMAX_PARTS, ATT_PART_LEN, MMQ_MAX_SPLIT, MMQ_MIN_TOKENS, MMQ_SPLIT_BLOCKS_PER_SM,

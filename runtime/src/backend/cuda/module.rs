@@ -75,6 +75,12 @@ pub(super) struct Kernels {
     pub(super) quantize_q8_k: CudaFunction,
     /// One per weight type, in the order of `MATMUL_KERNELS`.
     pub(super) matmul: Vec<CudaFunction>,
+    /// The same for a lone token (`_1`: one token per thread block, fewer registers), for the
+    /// quantized types; `None` for float weights.
+    pub(super) matmul_1: Vec<Option<CudaFunction>>,
+    /// A lone token, two weight rows per thread block (`_1x2`), for Q4_0..Q8_0; `None` for the
+    /// others (the K-quant kernels take row pairs already).
+    pub(super) matmul_1x2: Vec<Option<CudaFunction>>,
     /// One per weight type, in the order of `MMQ_KERNELS`: 64 x 64 tiles, 16 x 32, 64 x 16.
     pub(super) mmq: Vec<CudaFunction>,
     pub(super) mmq_small: Vec<CudaFunction>,
@@ -114,6 +120,20 @@ impl Kernels {
             matmul: MATMUL_KERNELS
                 .iter()
                 .map(|(_, n)| f(n))
+                .collect::<Result<_>>()?,
+            matmul_1: MATMUL_KERNELS
+                .iter()
+                .map(|&(t, n)| match acts_of(t) {
+                    Acts::F32 => Ok(None),
+                    _ => f(&format!("{n}_1")).map(Some),
+                })
+                .collect::<Result<_>>()?,
+            matmul_1x2: MATMUL_KERNELS
+                .iter()
+                .map(|&(t, n)| match acts_of(t) {
+                    Acts::Q8_1 => f(&format!("{n}_1x2")).map(Some),
+                    _ => Ok(None),
+                })
                 .collect::<Result<_>>()?,
             mmq: MMQ_KERNELS
                 .iter()

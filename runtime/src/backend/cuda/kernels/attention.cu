@@ -17,6 +17,7 @@
 #define ATT_MAX_PAIRS 4 // head_dim <= 256: at most 4 f16 pairs per lane
 
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention(const AttnParams p) {
+    PDL_ENTRY();
     __shared__ float s_m[ATT_WARPS], s_s[ATT_WARPS];
     __shared__ float s_acc[ATT_WARPS][256];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -145,6 +146,7 @@ extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) paged_attention(con
 
 // Merge the partitions of each (token, head). One thread block per (token, head).
 extern "C" __global__ void attention_reduce(const AttnParams p) {
+    PDL_ENTRY();
     const int th = blockIdx.x;
     const int d = p.head_dim;
     const float* ms = p.part_ms + (i64)th * p.n_parts * 2;
@@ -494,11 +496,11 @@ __device__ __forceinline__ void attn_gqa(const AttnParams& p) {
 // (BENCHMARKS.md).
 #define GQA_KERNEL(D, G, U, MINB)                                                                 \
     extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32, MINB)                            \
-        attn_gqa_d##D##_g##G(const AttnParams p) { attn_gqa<D, G, U, KV_F16>(p); }               \
+        attn_gqa_d##D##_g##G(const AttnParams p) { PDL_ENTRY(); attn_gqa<D, G, U, KV_F16>(p); }               \
     extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32, MINB)                            \
-        attn_gqa_q8_d##D##_g##G(const AttnParams p) { attn_gqa<D, G, U, KV_Q8_0>(p); }           \
+        attn_gqa_q8_d##D##_g##G(const AttnParams p) { PDL_ENTRY(); attn_gqa<D, G, U, KV_Q8_0>(p); }           \
     extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32, MINB)                            \
-        attn_gqa_q4_d##D##_g##G(const AttnParams p) { attn_gqa<D, G, U, KV_Q4_0>(p); }
+        attn_gqa_q4_d##D##_g##G(const AttnParams p) { PDL_ENTRY(); attn_gqa<D, G, U, KV_Q4_0>(p); }
 GQA_KERNEL(64, 1, 4, 3) GQA_KERNEL(64, 2, 4, 3) GQA_KERNEL(64, 3, 4, 3) GQA_KERNEL(64, 4, 2, 4)
 GQA_KERNEL(64, 5, 2, 2) GQA_KERNEL(64, 6, 2, 2) GQA_KERNEL(64, 7, 2, 2) GQA_KERNEL(64, 8, 2, 2)
 GQA_KERNEL(128, 1, 4, 3) GQA_KERNEL(128, 2, 4, 3) GQA_KERNEL(128, 3, 4, 3) GQA_KERNEL(128, 4, 2, 4)

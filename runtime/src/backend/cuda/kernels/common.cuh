@@ -21,6 +21,19 @@ typedef unsigned long long u64;
 
 #define NEG_INF (__int_as_float(0xff800000))
 
+// The first statement of every kernel. Compute capability 9.0 and above: the backend launches
+// kernels with programmatic dependent launch (`CudaDevice::pdl`), so a kernel's blocks may be
+// scheduled while the kernel before it in the stream is still running; `griddepcontrol.wait`
+// holds them until that kernel has finished and its writes are visible (a no-op in a launch
+// without the attribute), and `launch_dependents` then lets the next kernel's blocks be
+// scheduled in turn. Every kernel waits before touching memory, so stream order holds exactly
+// as without it: what is saved is the launch latency between kernels.
+#if __CUDA_ARCH__ >= 900
+#define PDL_ENTRY() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define PDL_ENTRY()
+#endif
+
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));

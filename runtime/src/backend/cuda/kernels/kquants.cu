@@ -67,23 +67,24 @@ __device__ __forceinline__ void kq_group(const u8* wrow, int sb, int j, int* q, 
 }
 
 // Rows 2 pair and 2 pair + 1 of the launch's row space (see mat_job), for the tokens of
-// blockIdx.y; the two rows may belong to different products of a fused launch.
-template <int TYPE>
+// blockIdx.y (NT of them: 8 for batches, 1 for a lone token); the two rows may belong to
+// different products of a fused launch.
+template <int TYPE, int NT>
 __device__ __forceinline__ void mmvq_k_rows(const MatmulParams& p0, int pair, float (&red)[MMV_WARPS][MMV_NT]) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int lt = threadIdx.x & 63; // thread within the row
     int r = pair * 2 + (warp >> 1);
     const MatmulParams p = mat_job(p0, r);
-    const int t0 = blockIdx.y * MMV_NT;
+    const int t0 = blockIdx.y * NT;
     const bool row_ok = r < p.rows; // no early return: both rows meet at the barrier below
-    const int nt = min(MMV_NT, p.n_tok - t0);
+    const int nt = min(NT, p.n_tok - t0);
     const int nsb = p.cols / QK_K;
     const i64 a_row = (i64)nsb * Q8K_SIZE;
     const u8* wrow = p.w + (i64)(row_ok ? r : 0) * p.row_bytes;
     const u8* abase = p.a + (i64)t0 * a_row;
-    float acc[MMV_NT];
+    float acc[NT];
 #pragma unroll
-    for (int t = 0; t < MMV_NT; ++t) acc[t] = 0.0f;
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
 
     for (int k = lt; row_ok && k < 8 * nsb; k += 64) {
         const int sb = k >> 3, j = k & 7;
@@ -92,7 +93,7 @@ __device__ __forceinline__ void mmvq_k_rows(const MatmulParams& p0, int pair, fl
         int sc0, sc1 = 0, mn = 0;
         kq_group<TYPE>(wrow, sb, j, q, d, dmin, sc0, sc1, mn);
 #pragma unroll
-        for (int t = 0; t < MMV_NT; ++t) {
+        for (int t = 0; t < NT; ++t) {
             if (t < nt) {
                 const u8* ab = abase + t * a_row + (i64)sb * Q8K_SIZE;
                 const float da = *(const float*)ab;
@@ -118,7 +119,7 @@ __device__ __forceinline__ void mmvq_k_rows(const MatmulParams& p0, int pair, fl
         }
     }
 #pragma unroll
-    for (int t = 0; t < MMV_NT; ++t) {
+    for (int t = 0; t < NT; ++t) {
         if (t < nt) {
             const float v = warp_sum(acc[t]);
             if (lane == 0) red[warp][t] = v;
@@ -134,16 +135,26 @@ __device__ __forceinline__ void mmvq_k_rows(const MatmulParams& p0, int pair, fl
 }
 
 // A launch of fewer thread blocks than row pairs takes pairs gridDim.x apart in each block.
-template <int TYPE>
+template <int TYPE, int NT>
 __device__ __forceinline__ void mmvq_k(const MatmulParams& p) {
     __shared__ float red[MMV_WARPS][MMV_NT];
     const int pairs = (mat_rows(p) + 1) / 2;
     for (int pair = blockIdx.x; pair < pairs; pair += gridDim.x) {
-        mmvq_k_rows<TYPE>(p, pair, red);
+        mmvq_k_rows<TYPE, NT>(p, pair, red);
         __syncthreads(); // red is read by the rows' store before the next pair writes it
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q4_k(const MatmulParams p) { mmvq_k<12>(p); }
-extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q5_k(const MatmulParams p) { mmvq_k<13>(p); }
-extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_q6_k(const MatmulParams p) { mmvq_k<14>(p); }
+// matmul_T: batches (8 tokens per thread block); matmul_T_1: one token.
+#define MMVQ_K_KERNELS(name, T)                                                                    \
+    extern "C" __global__ void __launch_bounds__(MMV_THREADS) name(const MatmulParams p) {         \
+        PDL_ENTRY();                                                                               \
+        mmvq_k<T, MMV_NT>(p);                                                                      \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(MMV_THREADS) name##_1(const MatmulParams p) {     \
+        PDL_ENTRY();                                                                               \
+        mmvq_k<T, 1>(p);                                                                           \
+    }
+MMVQ_K_KERNELS(matmul_q4_k, 12)
+MMVQ_K_KERNELS(matmul_q5_k, 13)
+MMVQ_K_KERNELS(matmul_q6_k, 14)

@@ -156,21 +156,26 @@ __device__ void block_hadamard(float* x, int len, int n) {
     __syncthreads();
 }
 
-// One thread block per token.
+// One thread block per token, or (without rotations, gridDim.y = n_head_kv) per token and KV
+// head, with the query heads that share it: a lone token's RoPE is then spread over as many
+// blocks as KV heads instead of one block's loop.
 extern "C" __global__ void rope_kv_write(const RopeKvParams p) {
+    PDL_ENTRY();
     const int t = blockIdx.x;
     if (t >= p.n_tok) return;
     const int d = p.head_dim, half = d / 2;
     const int pos = p.tok_pos[t];
     const float* cs = p.cos + (i64)pos * half;
     const float* sn = p.sin + (i64)pos * half;
-    float* q = p.q + (i64)t * p.n_head * d;
-    float* k = p.k + (i64)t * p.n_head_kv * d;
-    float* v = p.v + (i64)t * p.n_head_kv * d;
+    // This block's query heads [nq * y, nq * (y + 1)) and KV heads [nkv * y, nkv * (y + 1)).
+    const int nq = p.n_head / gridDim.y, nkv = p.n_head_kv / gridDim.y;
+    float* q = p.q + ((i64)t * p.n_head + (i64)nq * blockIdx.y) * d;
+    float* k = p.k + ((i64)t * p.n_head_kv + (i64)nkv * blockIdx.y) * d;
+    float* v = p.v + ((i64)t * p.n_head_kv + (i64)nkv * blockIdx.y) * d;
     // Gemma scales q after RoPE (1 otherwise); ggml's one-query attention multiplies an f16 copy
     // of Q with the f16 K cache, its tiled path (passes of 64+ tokens) keeps Q in f32.
     const bool rot = p.rot_k > 0 || p.rot_v > 0;
-    for (int i = threadIdx.x; i < p.n_head * half; i += blockDim.x) {
+    for (int i = threadIdx.x; i < nq * half; i += blockDim.x) {
         const int h = i / half, j = i % half;
         float* qh = q + h * d;
         rope_pair(qh, j, half, p.neox, cs[j], sn[j]);
@@ -182,28 +187,28 @@ extern "C" __global__ void rope_kv_write(const RopeKvParams p) {
             qh[e1] = p.round_q ? h2f(f2h(x1)) : x1;
         }
     }
-    for (int i = threadIdx.x; i < p.n_head_kv * half; i += blockDim.x) {
+    for (int i = threadIdx.x; i < nkv * half; i += blockDim.x) {
         const int h = i / half, j = i % half;
         rope_pair(k + h * d, j, half, p.neox, cs[j], sn[j]);
     }
     if (p.rot_k > 0) {
-        block_hadamard(q, p.n_head * d, p.rot_k);
-        block_hadamard(k, p.n_head_kv * d, p.rot_k);
+        block_hadamard(q, nq * d, p.rot_k);
+        block_hadamard(k, nkv * d, p.rot_k);
     }
-    if (p.rot_v > 0) block_hadamard(v, p.n_head_kv * d, p.rot_v);
+    if (p.rot_v > 0) block_hadamard(v, nkv * d, p.rot_v);
     __syncthreads();
     if (rot) {
-        for (int i = threadIdx.x; i < p.n_head * d; i += blockDim.x) {
+        for (int i = threadIdx.x; i < nq * d; i += blockDim.x) {
             const float x = q[i] * p.q_scale;
             q[i] = p.round_q ? h2f(f2h(x)) : x;
         }
     }
     const i64 tile = (i64)p.block_size * p.row_u16;
     const i64 base = ((i64)p.tok_block[t] * p.n_layer + p.layer) * p.n_head_kv * tile
-                   + (i64)(pos % p.block_size) * p.row_u16;
+                   + (i64)nkv * blockIdx.y * tile + (i64)(pos % p.block_size) * p.row_u16;
     if (p.kv_type == KV_F16) {
         // Every head's row in one pass (kv_store_row's f16 rounding, element by element).
-        for (int i = threadIdx.x; i < p.n_head_kv * d; i += blockDim.x) {
+        for (int i = threadIdx.x; i < nkv * d; i += blockDim.x) {
             const int h = i / d, e = i % d;
             p.kc[base + h * tile + e] = f2h(k[i]);
             p.vc[base + h * tile + e] = f2h(v[i]);
@@ -213,7 +218,7 @@ extern "C" __global__ void rope_kv_write(const RopeKvParams p) {
     // Quantized: one warp per 32-block (keys and values of every head).
     const int nb = d / 32, words = p.kv_type == KV_Q8_0 ? 17 : 9;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
-    for (int task = warp; task < p.n_head_kv * 2 * nb; task += n_warps) {
+    for (int task = warp; task < nkv * 2 * nb; task += n_warps) {
         const int h = task / (2 * nb), is_v = (task / nb) % 2, blk = task % nb;
         const float* src = (is_v ? v : k) + h * d + 32 * blk;
         u16* dst = (is_v ? p.vc : p.kc) + base + h * tile + blk * words;
@@ -226,6 +231,7 @@ extern "C" __global__ void rope_kv_write(const RopeKvParams p) {
 // back, as the CPU does (a quantized row is turned back, rotated, turned and quantized again).
 // One thread block per (head, slot), its row in shared memory.
 extern "C" __global__ void shift_keys(const ShiftKeysParams p) {
+    PDL_ENTRY();
     __shared__ float row[256];
     const int d = p.head_dim, half = d / 2;
     const int h = blockIdx.x / p.block_size, slot = blockIdx.x % p.block_size;
@@ -253,6 +259,7 @@ extern "C" __global__ void shift_keys(const ShiftKeysParams p) {
 // Rows turned by Walsh-Hadamard blocks in place (attention's output, back from the values'
 // turn). One thread block per row.
 extern "C" __global__ void hadamard_rows(const HadamardParams p) {
+    PDL_ENTRY();
     if ((int)blockIdx.x >= p.n_rows) return;
     block_hadamard(p.x + (i64)blockIdx.x * p.row_len, p.row_len, p.n);
 }
@@ -260,6 +267,7 @@ extern "C" __global__ void hadamard_rows(const HadamardParams p) {
 // Copy the first slots of block `src` into block `dst`, every layer and head (copy-on-write of
 // a shared block), in 16-bit words of stored rows. One thread block per (layer, head) tile.
 extern "C" __global__ void copy_slots(const CopySlotsParams p) {
+    PDL_ENTRY();
     const i64 s = ((i64)p.src * p.n_tiles + blockIdx.x) * p.tile;
     const i64 d = ((i64)p.dst * p.n_tiles + blockIdx.x) * p.tile;
     for (int i = threadIdx.x; i < p.n_elems; i += blockDim.x) {

@@ -352,9 +352,9 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
 #define MMQ_BODY(T, M, N) // the executor never launches these below compute capability 8.0
 #endif
 #define MMQ_KERNELS(name, T) \
-    extern "C" __global__ void __launch_bounds__(128) name(const MatmulParams p) { MMQ_BODY(T, 64, 64) } \
-    extern "C" __global__ void __launch_bounds__(128) name##_s(const MatmulParams p) { MMQ_BODY(T, 16, 32) } \
-    extern "C" __global__ void __launch_bounds__(128) name##_n(const MatmulParams p) { MMQ_BODY(T, 64, 16) }
+    extern "C" __global__ void __launch_bounds__(128) name(const MatmulParams p) { PDL_ENTRY(); MMQ_BODY(T, 64, 64) } \
+    extern "C" __global__ void __launch_bounds__(128) name##_s(const MatmulParams p) { PDL_ENTRY(); MMQ_BODY(T, 16, 32) } \
+    extern "C" __global__ void __launch_bounds__(128) name##_n(const MatmulParams p) { PDL_ENTRY(); MMQ_BODY(T, 64, 16) }
 MMQ_KERNELS(mmq_q4_0, TYPE_Q4_0)
 MMQ_KERNELS(mmq_q4_1, TYPE_Q4_1)
 MMQ_KERNELS(mmq_q5_0, TYPE_Q5_0)

@@ -123,6 +123,6 @@ __device__ __forceinline__ void mmv_float(const MatmulParams& p0) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_f32(const MatmulParams p) { mmv_float<TYPE_F32>(p); }
-extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_f16(const MatmulParams p) { mmv_float<TYPE_F16>(p); }
-extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_bf16(const MatmulParams p) { mmv_float<TYPE_BF16>(p); }
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_f32(const MatmulParams p) { PDL_ENTRY(); mmv_float<TYPE_F32>(p); }
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_f16(const MatmulParams p) { PDL_ENTRY(); mmv_float<TYPE_F16>(p); }
+extern "C" __global__ void __launch_bounds__(MMV_WARPS * 32) matmul_bf16(const MatmulParams p) { PDL_ENTRY(); mmv_float<TYPE_BF16>(p); }

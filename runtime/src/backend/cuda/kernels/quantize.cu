@@ -16,6 +16,7 @@ __device__ __forceinline__ void q8_1_block(float v, u8* blk, int lane) {
 
 // 8 blocks per thread block.
 extern "C" __global__ void quantize_q8_1(const QuantizeParams p) {
+    PDL_ENTRY();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int nb = p.n_cols / 32;
     const int b = blockIdx.x * 8 + warp;
@@ -78,6 +79,7 @@ __device__ __forceinline__ void q8_k_block(const float* x, u8* blk, int lane) {
 
 // One warp per super-block, 4 super-blocks per thread block.
 extern "C" __global__ void quantize_q8_k(const QuantizeParams p) {
+    PDL_ENTRY();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int nb = p.n_cols / QK_K;
     const int b = blockIdx.x * 4 + warp;

@@ -76,6 +76,7 @@ __device__ void topk_find_bin(const int* h, int k, int* s_warp, int* s_out, int&
 }
 
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_rows(const TopkParams p) {
+    PDL_ENTRY();
     __shared__ int hist[TOPK_BINS];
     __shared__ unsigned long long keys[TOPK_CAP];
     __shared__ int s_warp[64];

@@ -1,5 +1,6 @@
 //! One launcher per kernel: the grid and block each kernel is launched with, and the one
-//! launch path (`cuLaunchKernel` with the parameter struct, allocating nothing).
+//! launch path (`cuLaunchKernel`, or `cuLaunchKernelEx` for programmatic dependent launch, with the
+//! parameter struct, allocating nothing).
 
 use cudarc::driver::{CudaFunction, DeviceRepr};
 use ember_kernels::GgmlType;
@@ -77,22 +78,11 @@ impl CudaDevice {
         p: &P,
         what: &'static str,
     ) -> Result<()> {
-        self.launch3(f, (grid.0, grid.1, 1), block, p, what)
+        self.launch_with(f, (grid.0, grid.1, 1), block, p, what, self.pdl)
     }
 
-    /// [`CudaDevice::launch`] with a three-dimensional grid.
-    fn launch3<P: DeviceRepr>(
-        &self,
-        f: &CudaFunction,
-        grid: (usize, usize, usize),
-        block: u32,
-        p: &P,
-        what: &'static str,
-    ) -> Result<()> {
-        self.launch_with(f, grid, block, p, what, self.pdl)
-    }
-
-    /// [`CudaDevice::launch3`], with programmatic dependent launch or without.
+    /// [`CudaDevice::launch`] with a three-dimensional grid, with programmatic dependent launch
+    /// ([`CudaDevice::pdl`]) or without.
     fn launch_with<P: DeviceRepr>(
         &self,
         f: &CudaFunction,

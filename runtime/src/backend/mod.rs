@@ -521,4 +521,43 @@ mod tests {
         assert!(b.note().is_none());
         assert_eq!(b.n_blocks(), 4);
     }
+
+    /// With programmatic dependent launch (sm_90+) a kernel may start while the one before it
+    /// runs: each must wait (`PDL_ENTRY()`, common.cuh) before its first memory access, or it
+    /// races. Every kernel of the CUDA sources opens with it (checked here, on every build: the
+    /// sources are text).
+    #[test]
+    fn every_cuda_kernel_waits_for_the_kernel_before() {
+        let sources = [
+            include_str!("cuda/kernels/attention.cu"),
+            include_str!("cuda/kernels/elementwise.cu"),
+            include_str!("cuda/kernels/kquants.cu"),
+            include_str!("cuda/kernels/kv.cu"),
+            include_str!("cuda/kernels/mmq.cu"),
+            include_str!("cuda/kernels/mmv_float.cu"),
+            include_str!("cuda/kernels/mmvq.cu"),
+            include_str!("cuda/kernels/quantize.cu"),
+            include_str!("cuda/kernels/topk.cu"),
+        ];
+        let mut kernels = 0;
+        for src in sources {
+            for (at, _) in src.match_indices("extern \"C\" __global__") {
+                // The body: from the signature's `{` to the first statement.
+                let open = at + src[at..].find('{').expect("a kernel body");
+                let first = src[open + 1..]
+                    .trim_start_matches(|c: char| c.is_whitespace() || c == '\\')
+                    .split(';')
+                    .next()
+                    .unwrap_or("");
+                assert_eq!(
+                    first.trim(),
+                    "PDL_ENTRY()",
+                    "kernel at `{}` does not start with PDL_ENTRY()",
+                    &src[at..open]
+                );
+                kernels += 1;
+            }
+        }
+        assert!(kernels >= 30, "found only {kernels} kernels");
+    }
 }

@@ -496,11 +496,20 @@ __device__ __forceinline__ void attn_gqa(const AttnParams& p) {
 // (BENCHMARKS.md).
 #define GQA_KERNEL(D, G, U, MINB)                                                                 \
     extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32, MINB)                            \
-        attn_gqa_d##D##_g##G(const AttnParams p) { PDL_ENTRY(); attn_gqa<D, G, U, KV_F16>(p); }               \
+        attn_gqa_d##D##_g##G(const AttnParams p) {                                                \
+            PDL_ENTRY();                                                                          \
+            attn_gqa<D, G, U, KV_F16>(p);                                                         \
+        }                                                                                         \
     extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32, MINB)                            \
-        attn_gqa_q8_d##D##_g##G(const AttnParams p) { PDL_ENTRY(); attn_gqa<D, G, U, KV_Q8_0>(p); }           \
+        attn_gqa_q8_d##D##_g##G(const AttnParams p) {                                             \
+            PDL_ENTRY();                                                                          \
+            attn_gqa<D, G, U, KV_Q8_0>(p);                                                        \
+        }                                                                                         \
     extern "C" __global__ void __launch_bounds__(AT2_WARPS * 32, MINB)                            \
-        attn_gqa_q4_d##D##_g##G(const AttnParams p) { PDL_ENTRY(); attn_gqa<D, G, U, KV_Q4_0>(p); }
+        attn_gqa_q4_d##D##_g##G(const AttnParams p) {                                             \
+            PDL_ENTRY();                                                                          \
+            attn_gqa<D, G, U, KV_Q4_0>(p);                                                        \
+        }
 GQA_KERNEL(64, 1, 4, 3) GQA_KERNEL(64, 2, 4, 3) GQA_KERNEL(64, 3, 4, 3) GQA_KERNEL(64, 4, 2, 4)
 GQA_KERNEL(64, 5, 2, 2) GQA_KERNEL(64, 6, 2, 2) GQA_KERNEL(64, 7, 2, 2) GQA_KERNEL(64, 8, 2, 2)
 GQA_KERNEL(128, 1, 4, 3) GQA_KERNEL(128, 2, 4, 3) GQA_KERNEL(128, 3, 4, 3) GQA_KERNEL(128, 4, 2, 4)

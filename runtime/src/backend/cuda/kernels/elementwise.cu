@@ -110,7 +110,8 @@ extern "C" __global__ void rms_norm(const RmsNormParams p) {
                 ((float4*)o)[2 * c] = make_float4(v[k][0], v[k][1], v[k][2], v[k][3]);
                 ((float4*)o)[2 * c + 1] = make_float4(v[k][4], v[k][5], v[k][6], v[k][7]);
             }
-            if (p.q8_1) q8_1_block_x4(v[k], in ? p.q8_1 + ((i64)row * (n_chunks / 4) + c / 4) * 36 : nullptr, lane);
+            u8* blk = in && p.q8_1 ? p.q8_1 + ((i64)row * (n_chunks / 4) + c / 4) * 36 : nullptr;
+            if (p.q8_1) q8_1_block_x4(v[k], blk, lane);
         }
     } else {
         int i = threadIdx.x;

@@ -558,6 +558,7 @@ mod tests {
                 kernels += 1;
             }
         }
-        assert!(kernels >= 30, "found only {kernels} kernels");
+        // Macros that stamp out instances count once.
+        assert!(kernels >= 20, "found only {kernels} kernel definitions");
     }
 }

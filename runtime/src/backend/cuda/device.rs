@@ -156,8 +156,8 @@ pub struct CudaDevice {
     /// decode step; results are the same bits either way.
     pub pdl: bool,
     /// Whether the tensor-core products are launched that way too (`EMBER_CUDA_PDL=all`). Off
-    /// by default: on an H100, launched early they cost the 1B shape's pp512 8% and 64-sequence
-    /// decode 18% (not profiled; a guess is thread blocks placed unevenly while the kernel before
+    /// by default: on an H100, launched early they cost the 1B shape's pp512 7–10% and
+    /// 64-sequence decode 17–18% (not profiled; a guess is thread blocks placed unevenly while the kernel before
     /// still holds multiprocessors), where the small kernels gained 5% of batch-1 decode.
     pub pdl_mmq: bool,
     /// Split K's partial sums (`MMQ_SPLIT_FLOATS`) and per-tile arrival counters

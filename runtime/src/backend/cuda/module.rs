@@ -69,6 +69,24 @@ pub fn acts_of(ty: GgmlType) -> Acts {
     }
 }
 
+/// A matrix kernel variant (`matmul_<type><suffix>`) per weight type, in the order of
+/// `MATMUL_KERNELS`: for the Q8_1 types, and for the K-quants too where `kquants` says so; `None`
+/// for the float types.
+fn variant(
+    f: &dyn Fn(&str) -> Result<CudaFunction>,
+    suffix: &str,
+    kquants: bool,
+) -> Result<Vec<Option<CudaFunction>>> {
+    MATMUL_KERNELS
+        .iter()
+        .map(|&(t, n)| match acts_of(t) {
+            Acts::Q8_1 => f(&format!("{n}{suffix}")).map(Some),
+            Acts::Q8K if kquants => f(&format!("{n}{suffix}")).map(Some),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
 /// The functions of the loaded kernel module.
 pub(super) struct Kernels {
     pub(super) quantize_q8_1: CudaFunction,
@@ -121,20 +139,8 @@ impl Kernels {
                 .iter()
                 .map(|(_, n)| f(n))
                 .collect::<Result<_>>()?,
-            matmul_1: MATMUL_KERNELS
-                .iter()
-                .map(|&(t, n)| match acts_of(t) {
-                    Acts::F32 => Ok(None),
-                    _ => f(&format!("{n}_1")).map(Some),
-                })
-                .collect::<Result<_>>()?,
-            matmul_1x2: MATMUL_KERNELS
-                .iter()
-                .map(|&(t, n)| match acts_of(t) {
-                    Acts::Q8_1 => f(&format!("{n}_1x2")).map(Some),
-                    _ => Ok(None),
-                })
-                .collect::<Result<_>>()?,
+            matmul_1: variant(&f, "_1", true)?,
+            matmul_1x2: variant(&f, "_1x2", false)?,
             mmq: MMQ_KERNELS
                 .iter()
                 .map(|(_, n)| f(n))

@@ -4,14 +4,16 @@
 // its tokens' activations in shared memory as int8 (the weights' offsets folded in: q - 8 for
 // Q4_0, q - 16 for Q5_0, q - 32 for Q6_K), with their scales, then each of the 4 warps multiplies
 // its part with int8 `mma.sync` (m16n8k32; m16n8k16 for Q6_K's 16-element scales). Each
-// block's integer sums are exact, as in mmvq.cu and kquants.cu, and are scaled with the same
-// float expressions; only the order of the float accumulation over blocks differs (block by
-// block here, lane-strided then a butterfly there), so a row's result differs from the
-// matrix-vector kernels' in the last bits. The executor takes this path from MMQ_MIN_TOKENS
-// tokens on devices of compute capability 8.0 or more. Each kernel comes in three tile shapes:
-// 64 rows x 64 tokens (`mmq_*`), 16 x 32 (`mmq_*_s`) for products whose large tiles would not
-// fill the GPU, and 64 x 16 (`mmq_*_n`) for batches of up to 16 tokens (decode of 16
-// sequences): the result does not depend on the shape.
+// block's integer sums are exact, as in mmvq.cu and kquants.cu. Q4_0..Q8_0 blocks are scaled
+// with the same float expressions as there; a K-quant K step is one super-block, whose
+// integer sums times their group scales are added as integers and scaled once (as the CPU's
+// dot products do), where kquants.cu scales each group. The order of the float accumulation
+// differs too (block by block here, lane-strided then a butterfly there), so a row's result
+// differs from the matrix-vector kernels' in the last bits. The executor takes this path from
+// MMQ_MIN_TOKENS tokens on devices of compute capability 8.0 or more. Each kernel comes in
+// three tile shapes: 64 rows x 64 tokens (`mmq_*`), 16 x 32 (`mmq_*_s`) for products whose
+// large tiles would not fill the GPU, and 64 x 16 (`mmq_*_n`) for batches of up to 16 tokens
+// (decode of 16 sequences): the result does not depend on the shape.
 //
 // Split K: with gridDim.z = S > 1, split z of a tile sums K steps [z n / S, (z + 1) n / S) of
 // the tile's n, writes its partial sums to p.part, and the split that arrives last (a counter
@@ -38,7 +40,7 @@ struct MmqTile {
     float wm[BM][MMQ_KB];    // weight block offset (m; dmin for Q4_K / Q5_K)
     int ws[BM][MMQ_KB];      // weight sub-scales (Q4_K / Q5_K: sc | mn << 8; Q6_K: sc0, sc1 bytes)
     float ad[BN][MMQ_KB];    // activation scale
-    float as[BN][MMQ_KB];    // activation sum (Q8_1: s; Q8_K: the block's two group sums)
+    float as[BN][MMQ_KB];    // activation sum (Q8_1: s; Q8_K: the two group sums, as int bits)
 };
 
 __device__ __forceinline__ void mma_k32(int c[4], const int a[4], int b0, int b1) {
@@ -118,8 +120,8 @@ __device__ __forceinline__ void mmq_fetch_w(const MatmulParams& p, int r0, int k
     }
 }
 
-// One staged (token, block) pair: Q8_1 (d, s) or Q8_K (d, the block's two group sums kept as an
-// integer, scaled where used as kquants.cu does).
+// One staged (token, block) pair: Q8_1 (d, s) or Q8_K (d, the block's two group sums: an
+// integer, kept as its bits in the float).
 __device__ __forceinline__ void mmq_fetch_a(const MatmulParams& p, bool kq, i64 a_row, int t0,
                                             int kb0, int nk, int e, int* q, float& d, float& s) {
     const int i = e / MMQ_KB, kb = e % MMQ_KB;
@@ -134,7 +136,7 @@ __device__ __forceinline__ void mmq_fetch_a(const MatmulParams& p, bool kq, i64 
             const int j = b & 7;
             d = *(const float*)ab;
             const u32 bs = *(const u32*)(ab + 4 + QK_K + 4 * j);
-            s = (float)((int)(short)(bs & 0xffff) + (int)(short)(bs >> 16));
+            s = __int_as_float((int)(short)(bs & 0xffff) + (int)(short)(bs >> 16));
             src = ab + 4 + 32 * j;
         } else {
             const u8* ab = arow + (i64)b * 36;
@@ -174,6 +176,14 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
         for (int j = 0; j < NT; ++j)
 #pragma unroll
             for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.0f;
+    // K-quants: the K step's integer sums (each scaled by its group's 6- or 8-bit scale).
+    int isum[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) isum[i][j][k] = 0;
 
     // The 16 x 32 and 64 x 16 tiles (few per multiprocessor's worth of work, long K loops)
     // pipeline their staging: the next K step's blocks are loaded into registers while the warps
@@ -279,24 +289,43 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
                         // c[k]: row wr + mt*16 + g (+8 for k >= 2), token wt + nt*8 + 2*tig (+1 odd k).
                         const int r = wr + mt * 16 + g + 8 * (k >> 1);
                         const int t = wt + nt * 8 + 2 * tig + (k & 1);
-                        const float wd = sm.wd[r][kb], ad = sm.ad[t][kb];
-                        if (TYPE == TYPE_Q4_0 || TYPE == TYPE_Q5_0 || TYPE == TYPE_Q8_0) {
-                            acc[mt][nt][k] += (float)c[k] * (wd * ad);
-                        } else if (TYPE == TYPE_Q4_1 || TYPE == TYPE_Q5_1) {
-                            acc[mt][nt][k] += (float)c[k] * (wd * ad);
-                            acc[mt][nt][k] += sm.wm[r][kb] * sm.as[t][kb];
+                        if (!kq) {
+                            acc[mt][nt][k] += (float)c[k] * (sm.wd[r][kb] * sm.ad[t][kb]);
+                            if (TYPE == TYPE_Q4_1 || TYPE == TYPE_Q5_1)
+                                acc[mt][nt][k] += sm.wm[r][kb] * sm.as[t][kb];
                         } else if (TYPE == 12 || TYPE == 13) {
-                            const int s = sm.ws[r][kb];
-                            acc[mt][nt][k] += (wd * ad) * (float)((s & 0xff) * c[k]);
-                            acc[mt][nt][k] -= (sm.wm[r][kb] * ad) * (float)((s >> 8) * (int)sm.as[t][kb]);
+                            isum[mt][nt][k] += (sm.ws[r][kb] & 0xff) * c[k];
                         } else {
                             const int s = sm.ws[r][kb];
                             const int sc0 = (int)(i8)(s & 0xff), sc1 = (int)(i8)(s >> 8);
-                            acc[mt][nt][k] += (wd * ad) * (float)(sc0 * c[k] + sc1 * c2[k]);
+                            isum[mt][nt][k] += sc0 * c[k] + sc1 * c2[k];
                         }
                     }
                 }
             }
+        }
+        if (kq) {
+            // The K step was one super-block: its integer sums, scaled once (d of the weight
+            // row's super-block times d of the token's Q8_K super-block), less the mins' term.
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        const int r = wr + mt * 16 + g + 8 * (k >> 1);
+                        const int t = wt + nt * 8 + 2 * tig + (k & 1);
+                        const float ad = sm.ad[t][0];
+                        acc[mt][nt][k] += (sm.wd[r][0] * ad) * (float)isum[mt][nt][k];
+                        isum[mt][nt][k] = 0;
+                        if (TYPE == 12 || TYPE == 13) {
+                            int mins = 0;
+#pragma unroll
+                            for (int kb = 0; kb < MMQ_KB; ++kb)
+                                mins += (sm.ws[r][kb] >> 8) * __float_as_int(sm.as[t][kb]);
+                            acc[mt][nt][k] -= (sm.wm[r][0] * ad) * (float)mins;
+                        }
+                    }
         }
         __syncthreads();
     }

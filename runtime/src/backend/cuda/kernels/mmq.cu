@@ -153,6 +153,54 @@ __device__ __forceinline__ void mmq_fetch_a(const MatmulParams& p, bool kq, i64 
     }
 }
 
+// The tile's results out: with split K (gridDim.z > 1), this split's partial sums to p.part
+// ([tile][split][element][thread]), and the last split to arrive adds them up in split order;
+// then each thread's elements (rows wr + mt*16 + g (+8), tokens wt + nt*8 + 2*tig (+1)).
+template <int MT, int NT>
+__device__ __forceinline__ void mmq_store(const MatmulParams& p, float (&acc)[MT][NT][4], int r0,
+                                          int t0, int wr, int wt) {
+    const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, tig = lane & 3;
+    if (gridDim.z > 1) {
+        constexpr int E = MT * NT * 4;
+        const int tile = blockIdx.x + gridDim.x * blockIdx.y;
+        float* part = p.part + (i64)tile * gridDim.z * (E * 128);
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+            part[((i64)blockIdx.z * E + e) * 128 + tid] = acc[e / (NT * 4)][(e / 4) % NT][e % 4];
+        __threadfence();
+        __syncthreads();
+        __shared__ int last;
+        if (tid == 0) last = atomicAdd(p.count + tile, 1u) == gridDim.z - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            float& a = acc[e / (NT * 4)][(e / 4) % NT][e % 4];
+            const float own = a;
+            float sum = blockIdx.z == 0 ? own : __ldcg(part + e * 128 + tid);
+            for (int z = 1; z < (int)gridDim.z; ++z)
+                sum += z == (int)blockIdx.z ? own : __ldcg(part + ((i64)z * E + e) * 128 + tid);
+            a = sum;
+        }
+        if (tid == 0) p.count[tile] = 0; // ready for the next launch
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const int r = r0 + wr + mt * 16 + g + 8 * (k >> 1);
+                const int t = t0 + wt + nt * 8 + 2 * tig + (k & 1);
+                if (r < p.rows && t < p.n_tok) {
+                    float* o = p.out + (i64)t * p.rows + r;
+                    *o = p.accumulate ? *o + acc[mt][nt][k] : acc[mt][nt][k];
+                }
+            }
+}
+
 // 4 warps; warp w computes rows wr + [0, 16 MT) and tokens wt + [0, 8 NT) of the tile.
 template <int TYPE, int BM, int BN>
 __device__ __forceinline__ void mmq(const MatmulParams& p0) {
@@ -306,7 +354,10 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
         }
         if (kq) {
             // The K step was one super-block: its integer sums, scaled once (d of the weight
-            // row's super-block times d of the token's Q8_K super-block), less the mins' term.
+            // row's super-block times d of the token's Q8_K super-block), less the mins' term,
+            // an integer dot product over the step's groups summed in isum again (the group
+            // loop not unrolled in the 64 x 64 tiles: there its shared loads were hoisted into
+            // 60 more registers; unrolled in the others, 3% faster at 16 sequences).
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -315,80 +366,259 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
                     for (int k = 0; k < 4; ++k) {
                         const int r = wr + mt * 16 + g + 8 * (k >> 1);
                         const int t = wt + nt * 8 + 2 * tig + (k & 1);
-                        const float ad = sm.ad[t][0];
-                        acc[mt][nt][k] += (sm.wd[r][0] * ad) * (float)isum[mt][nt][k];
+                        acc[mt][nt][k] += (sm.wd[r][0] * sm.ad[t][0]) * (float)isum[mt][nt][k];
                         isum[mt][nt][k] = 0;
-                        if (TYPE == 12 || TYPE == 13) {
-                            int mins = 0;
+                    }
+            if (TYPE == 12 || TYPE == 13) {
+                constexpr int MU = BM == 64 && BN == 64 ? 1 : MMQ_KB;
+#pragma unroll 1
+                for (int kg = 0; kg < MMQ_KB; kg += MU)
 #pragma unroll
-                            for (int kb = 0; kb < MMQ_KB; ++kb)
-                                mins += (sm.ws[r][kb] >> 8) * __float_as_int(sm.as[t][kb]);
-                            acc[mt][nt][k] -= (sm.wm[r][0] * ad) * (float)mins;
+                    for (int u = 0; u < MU; ++u)
+#pragma unroll
+                        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                                for (int k = 0; k < 4; ++k) {
+                                    const int r = wr + mt * 16 + g + 8 * (k >> 1);
+                                    const int t = wt + nt * 8 + 2 * tig + (k & 1);
+                                    const int kb = kg + u;
+                                    const int bsum = __float_as_int(sm.as[t][kb]);
+                                    isum[mt][nt][k] += (sm.ws[r][kb] >> 8) * bsum;
+                                }
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                        for (int k = 0; k < 4; ++k) {
+                            const int r = wr + mt * 16 + g + 8 * (k >> 1);
+                            const int t = wt + nt * 8 + 2 * tig + (k & 1);
+                            acc[mt][nt][k] -= (sm.wm[r][0] * sm.ad[t][0]) * (float)isum[mt][nt][k];
+                            isum[mt][nt][k] = 0;
+                        }
+            }
+        }
+        __syncthreads();
+    }
+
+    mmq_store<MT, NT>(p, acc, r0, t0, wr, wt);
+}
+
+
+// ---- The 64 x 16 tiles of Q4_0 and Q4_K, weights straight into the fragments ----
+//
+// Decoding 16 tokens, the staged 64 x 16 tiles were latency bound (ncu, 1B Q4_K: a quarter of a
+// scheduler's cycles issued, 8 to 15% of DRAM bandwidth) on the instructions of staging the
+// weights through shared memory: most of a K step's. Here each warp's 16 weight rows go from
+// global memory into its own mma A fragments: thread (g, tig) loads the ints of rows g and g + 8
+// that its fragments hold (ints tig and 4 + tig of each 32-element block), one K step ahead, as
+// they lie in the block (nibbles, scale bytes), and unpacks them where they are multiplied; only
+// the 16 tokens' activations are staged. The sums and their order are the staged tiles' (the
+// same bits).
+
+// One thread's raw weight ints for a K step: Q4_0, per block: int tig of the 16 nibble bytes
+// (elements 4 tig.. in its low nibbles, 16 + 4 tig.. in its high ones) and d, rows g and g + 8.
+struct DwQ4_0 {
+    int q[MMQ_KB][2];
+    int d[MMQ_KB][2];
+};
+// Q4_K (a K step is one super-block): the ints at 32 c + 16 h + 4 tig of the quants (chunk c
+// holds groups 2c, low nibbles, and 2c + 1, high), d | dmin << 16, the 12 scale bytes.
+struct DwQ4_K {
+    int q[2][8];
+    u32 dm[2];
+    u32 sc[2][3];
+};
+
+__device__ __forceinline__ void dw_load(const MatmulParams& p, int row, int rr, int kb0, int nk,
+                                        int tig, DwQ4_0& w) {
+    const bool ok = row < p.rows;
+    const u8* wrow = p.w + (i64)(ok ? row : 0) * p.row_bytes;
+#pragma unroll
+    for (int kb = 0; kb < MMQ_KB; ++kb) {
+        if (ok && kb < nk) {
+            const u8* blk = wrow + (i64)(kb0 + kb) * 18;
+            w.q[kb][rr] = ld_i32_a2(blk + 2 + 4 * tig);
+            w.d[kb][rr] = ld_u16(blk);
+        } else {
+            w.q[kb][rr] = (int)0x88888888u; // nibbles 8: zeros once the offset is taken off
+            w.d[kb][rr] = 0;
+        }
+    }
+}
+
+__device__ __forceinline__ void dw_load(const MatmulParams& p, int row, int rr, int kb0, int nk,
+                                        int tig, DwQ4_K& w) {
+    const bool ok = row < p.rows && nk > 0;
+    const u8* blk = p.w + (i64)(ok ? row : 0) * p.row_bytes + (i64)(kb0 >> 3) * 144;
+    w.dm[rr] = ok ? *(const u32*)blk : 0u;
+#pragma unroll
+    for (int i = 0; i < 3; ++i) w.sc[rr][i] = ok ? *(const u32*)(blk + 4 + 4 * i) : 0u;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+        w.q[rr][i] = ok ? *(const int*)(blk + 16 + 32 * (i >> 1) + 16 * (i & 1) + 4 * tig) : 0;
+}
+
+// Block kb's A fragment (rows g, g + 8 x ints tig, 4 + tig, as mmq's af), the rows' d (Q4_0)
+// or their group scale and min (Q4_K).
+__device__ __forceinline__ void dw_frag(const DwQ4_0& w, int kb, int af[4], float wd[2], int sc[2],
+                                        int mn[2]) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int v = w.q[kb][rr];
+        af[rr] = __vsub4(v & 0x0f0f0f0f, 0x08080808);
+        af[2 + rr] = __vsub4((v >> 4) & 0x0f0f0f0f, 0x08080808);
+        wd[rr] = h2f((u16)w.d[kb][rr]);
+        sc[rr] = mn[rr] = 0;
+    }
+}
+
+__device__ __forceinline__ void dw_frag(const DwQ4_K& w, int kb, int af[4], float wd[2], int sc[2],
+                                        int mn[2]) {
+    const int c = kb >> 1, sh = 4 * (kb & 1);
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        af[rr] = (w.q[rr][2 * c] >> sh) & 0x0f0f0f0f;
+        af[2 + rr] = (w.q[rr][2 * c + 1] >> sh) & 0x0f0f0f0f;
+        // Byte k of the scales; then ggml's get_scale_min_k4 (scale_min_k4 in kquants.cu).
+#define DW_SB(k) ((int)((w.sc[rr][(k) >> 2] >> (8 * ((k) & 3))) & 0xff))
+        if (kb < 4) {
+            sc[rr] = DW_SB(kb) & 63;
+            mn[rr] = DW_SB(kb + 4) & 63;
+        } else {
+            sc[rr] = (DW_SB(kb + 4) & 0x0f) | ((DW_SB(kb - 4) >> 6) << 4);
+            mn[rr] = (DW_SB(kb + 4) >> 4) | ((DW_SB(kb) >> 6) << 4);
+        }
+#undef DW_SB
+        wd[rr] = 0.0f; // d and dmin are applied once per super-block
+    }
+}
+
+// The staged activations of a 64 x 16 tile whose weights go straight to the fragments.
+struct MmqActs16 {
+    int a[16 * MMQ_LDI];
+    float ad[16][MMQ_KB];
+    float as[16][MMQ_KB];
+};
+
+// d | dmin << 16 of row g (rr = 0) or g + 8 (Q4_K).
+__device__ __forceinline__ u32 dw_dm(const DwQ4_0&, int) { return 0u; }
+__device__ __forceinline__ u32 dw_dm(const DwQ4_K& w, int rr) { return w.dm[rr]; }
+
+// Raw: DwQ4_0 or DwQ4_K.
+template <int TYPE, class Raw>
+__device__ __forceinline__ void mmq_direct(const MatmulParams& p0) {
+    constexpr bool kq = TYPE == 12;
+    __shared__ MmqActs16 sm;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, tig = lane & 3;
+    int r0 = blockIdx.x * 64; // mat_job makes it the row within the fused launch's product
+    const MatmulParams p = mat_job(p0, r0);
+    const int t0 = blockIdx.y * 16;
+    const int nb = p.cols / 32;
+    const i64 a_row = kq ? (i64)(p.cols / QK_K) * Q8K_SIZE : (i64)nb * 36;
+    const int wr = warp * 16; // the warp's rows; its tokens are all 16 (two n8 halves)
+    float acc[1][2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) acc[0][j][k] = 0.0f;
+    const int n_steps = (nb + MMQ_KB - 1) / MMQ_KB;
+    const int k_begin = (int)((i64)blockIdx.z * n_steps / gridDim.z) * MMQ_KB;
+    const int k_end = min(nb, (int)((i64)(blockIdx.z + 1) * n_steps / gridDim.z) * MMQ_KB);
+    Raw cur, nxt;
+    int aq[8];
+    float adr, asr;
+#define DW_FETCH(KB0)                                                                 \
+    {                                                                                 \
+        const int nk = min(MMQ_KB, nb - (KB0));                                       \
+        dw_load(p, r0 + wr + g, 0, (KB0), nk, tig, nxt);                              \
+        dw_load(p, r0 + wr + g + 8, 1, (KB0), nk, tig, nxt);                          \
+        mmq_fetch_a(p, kq, a_row, t0, (KB0), nk, tid, aq, adr, asr);                  \
+    }
+    if (k_begin < k_end) DW_FETCH(k_begin)
+    for (int kb0 = k_begin; kb0 < k_end; kb0 += MMQ_KB) {
+        const int nkb = min(MMQ_KB, nb - kb0);
+        cur = nxt;
+        {
+            const int i = tid / MMQ_KB, kb = tid % MMQ_KB;
+#pragma unroll
+            for (int k = 0; k < 8; ++k) sm.a[i * MMQ_LDI + kb * 8 + k] = aq[k];
+            sm.ad[i][kb] = adr;
+            sm.as[i][kb] = asr;
+        }
+        __syncthreads();
+        if (kb0 + MMQ_KB < k_end) DW_FETCH(kb0 + MMQ_KB)
+
+        int isum[2][4], imin[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) isum[j][k] = imin[j][k] = 0;
+#pragma unroll
+        for (int kb = 0; kb < MMQ_KB; ++kb) {
+            if (kb < nkb) {
+                int af[4], sc[2], mn[2];
+                float wd[2];
+                dw_frag(cur, kb, af, wd, sc, mn);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) {
+                    const int* a0 = sm.a + (nt * 8 + g) * MMQ_LDI + kb * 8 + tig;
+                    int c[4] = {0, 0, 0, 0};
+                    mma_k32(c, af, a0[0], a0[4]);
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        const int t = nt * 8 + 2 * tig + (k & 1);
+                        if (!kq) {
+                            acc[0][nt][k] += (float)c[k] * (wd[k >> 1] * sm.ad[t][kb]);
+                        } else {
+                            isum[nt][k] += sc[k >> 1] * c[k];
+                            imin[nt][k] += mn[k >> 1] * __float_as_int(sm.as[t][kb]);
                         }
                     }
-        }
-        __syncthreads();
-    }
-
-    if (gridDim.z > 1) {
-        // Split K: this split's partial sums to p.part ([tile][split][element][thread]); the
-        // last split to arrive adds them up in split order.
-        constexpr int E = MT * NT * 4;
-        const int tile = blockIdx.x + gridDim.x * blockIdx.y;
-        float* part = p.part + (i64)tile * gridDim.z * (E * 128);
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-            part[((i64)blockIdx.z * E + e) * 128 + tid] = acc[e / (NT * 4)][(e / 4) % NT][e % 4];
-        __threadfence();
-        __syncthreads();
-        __shared__ int last;
-        if (tid == 0) last = atomicAdd(p.count + tile, 1u) == gridDim.z - 1;
-        __syncthreads();
-        if (!last) return;
-        __threadfence();
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-            float& a = acc[e / (NT * 4)][(e / 4) % NT][e % 4];
-            const float own = a;
-            float sum = blockIdx.z == 0 ? own : __ldcg(part + e * 128 + tid);
-            for (int z = 1; z < (int)gridDim.z; ++z)
-                sum += z == (int)blockIdx.z ? own : __ldcg(part + ((i64)z * E + e) * 128 + tid);
-            a = sum;
-        }
-        if (tid == 0) p.count[tile] = 0; // ready for the next launch
-    }
-
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                const int r = r0 + wr + mt * 16 + g + 8 * (k >> 1);
-                const int t = t0 + wt + nt * 8 + 2 * tig + (k & 1);
-                if (r < p.rows && t < p.n_tok) {
-                    float* o = p.out + (i64)t * p.rows + r;
-                    *o = p.accumulate ? *o + acc[mt][nt][k] : acc[mt][nt][k];
                 }
             }
+        }
+        if (kq) {
+            // As the staged tiles: the super-block's sums scaled once, less the mins' term.
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const int t = nt * 8 + 2 * tig + (k & 1);
+                    const float ad = sm.ad[t][0];
+                    const u32 rdm = dw_dm(cur, k >> 1);
+                    acc[0][nt][k] += (h2f((u16)(rdm & 0xffff)) * ad) * (float)isum[nt][k];
+                    acc[0][nt][k] -= (h2f((u16)(rdm >> 16)) * ad) * (float)imin[nt][k];
+                }
+        }
+        __syncthreads();
+    }
+#undef DW_FETCH
+    mmq_store<1, 2>(p, acc, r0, t0, wr, 0);
 }
 
 #undef MMQ_FETCH
 
 #if __CUDA_ARCH__ >= 800
 #define MMQ_BODY(T, M, N) mmq<T, M, N>(p);
+#define MMQ_DIRECT(T, RAW) mmq_direct<T, RAW>(p);
 #else
 #define MMQ_BODY(T, M, N) // the executor never launches these below compute capability 8.0
+#define MMQ_DIRECT(T, RAW)
 #endif
-#define MMQ_KERNELS(name, T) \
+// NARROW: the 64 x 16 tile's body (staged, or straight to the fragments for Q4_0 and Q4_K).
+#define MMQ_KERNELS(name, T, NARROW) \
     extern "C" __global__ void __launch_bounds__(128) name(const MatmulParams p) { PDL_ENTRY(); MMQ_BODY(T, 64, 64) } \
     extern "C" __global__ void __launch_bounds__(128) name##_s(const MatmulParams p) { PDL_ENTRY(); MMQ_BODY(T, 16, 32) } \
-    extern "C" __global__ void __launch_bounds__(128) name##_n(const MatmulParams p) { PDL_ENTRY(); MMQ_BODY(T, 64, 16) }
-MMQ_KERNELS(mmq_q4_0, TYPE_Q4_0)
-MMQ_KERNELS(mmq_q4_1, TYPE_Q4_1)
-MMQ_KERNELS(mmq_q5_0, TYPE_Q5_0)
-MMQ_KERNELS(mmq_q5_1, TYPE_Q5_1)
-MMQ_KERNELS(mmq_q8_0, TYPE_Q8_0)
-MMQ_KERNELS(mmq_q4_k, 12)
-MMQ_KERNELS(mmq_q5_k, 13)
-MMQ_KERNELS(mmq_q6_k, 14)
+    extern "C" __global__ void __launch_bounds__(128) name##_n(const MatmulParams p) { PDL_ENTRY(); NARROW }
+MMQ_KERNELS(mmq_q4_0, TYPE_Q4_0, MMQ_DIRECT(TYPE_Q4_0, DwQ4_0))
+MMQ_KERNELS(mmq_q4_1, TYPE_Q4_1, MMQ_BODY(TYPE_Q4_1, 64, 16))
+MMQ_KERNELS(mmq_q5_0, TYPE_Q5_0, MMQ_BODY(TYPE_Q5_0, 64, 16))
+MMQ_KERNELS(mmq_q5_1, TYPE_Q5_1, MMQ_BODY(TYPE_Q5_1, 64, 16))
+MMQ_KERNELS(mmq_q8_0, TYPE_Q8_0, MMQ_BODY(TYPE_Q8_0, 64, 16))
+MMQ_KERNELS(mmq_q4_k, 12, MMQ_DIRECT(12, DwQ4_K))
+MMQ_KERNELS(mmq_q5_k, 13, MMQ_BODY(13, 64, 16))
+MMQ_KERNELS(mmq_q6_k, 14, MMQ_BODY(14, 64, 16))

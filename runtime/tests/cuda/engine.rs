@@ -19,7 +19,7 @@ fn engine_on_cuda_equals_lone_cuda_sessions() {
         n_ctx: 512,
         kv_budget: KvBudget::Blocks(200),
         block_size: 16,
-        max_seqs: 8,
+        max_seqs: EXACT_BATCH,
         max_batch_tokens: EXACT_BATCH,
         max_requests: 16,
         threads: 2,

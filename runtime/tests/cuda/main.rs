@@ -22,7 +22,9 @@
 //! whose results differ from the matrix-vector kernels' in the last bits.
 
 use ember::backend::cuda::testing::{self, AttnInputs, AttnShape};
-use ember::backend::cuda::{driver_present, CudaDevice, MmqTiles, MMQ_MIN_TOKENS};
+use ember::backend::cuda::{
+    driver_present, CudaDevice, MmqTiles, MMQ_MIN_TOKENS, MMQ_MIN_TOKENS_KQUANT,
+};
 use ember::backend::{BackendKind, CudaWeights};
 use ember::engine::{Engine, EngineConfig, RequestParams};
 use ember::gguf::GgufFile;
@@ -36,7 +38,11 @@ use half::f16;
 
 /// Batch budget of the tests that compare differently batched runs bit for bit: every product
 /// stays on the matrix-vector kernels.
-const EXACT_BATCH: usize = MMQ_MIN_TOKENS - 1;
+const EXACT_BATCH: usize = if MMQ_MIN_TOKENS < MMQ_MIN_TOKENS_KQUANT {
+    MMQ_MIN_TOKENS
+} else {
+    MMQ_MIN_TOKENS_KQUANT
+} - 1;
 
 /// The device, or `None` (with the skip printed) when this machine has no CUDA driver.
 pub(crate) fn device(test: &str) -> Option<CudaDevice> {

@@ -134,11 +134,13 @@ pub struct CudaDevice {
     /// Weight rows per thread block of a lone token's Q4_0..Q8_0 product: 1 or 2
     /// ([`MMV1_ROWS`] unless `EMBER_CUDA_MMV1_ROWS=N` at start-up, for comparisons).
     pub mmv1_rows: usize,
-    /// Products of this many tokens or more run on the tensor cores ([`MMQ_MIN_TOKENS`] unless
+    /// Products of this many tokens or more run on the tensor cores: Q4_0..Q8_0 weights, and
+    /// K-quants ([`MMQ_MIN_TOKENS`] and [`MMQ_MIN_TOKENS_KQUANT`], or both N with
     /// `EMBER_CUDA_MMQ_MIN=N` at start-up, for comparisons).
     ///
     /// [`MMQ_MIN_TOKENS`]: super::MMQ_MIN_TOKENS
-    pub mmq_min_tokens: usize,
+    /// [`MMQ_MIN_TOKENS_KQUANT`]: super::MMQ_MIN_TOKENS_KQUANT
+    pub mmq_min_tokens: (usize, usize),
     /// The tensor-core tile shape of [`CudaDevice::matmul`] (`EMBER_CUDA_MMQ_TILES=large` or
     /// `small` or `narrow` at start-up, for comparisons; else chosen per product).
     pub mmq_tiles: super::MmqTiles,
@@ -251,10 +253,10 @@ impl CudaDevice {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(MMV_BLOCKS_PER_SM),
             mmv1_rows: env_usize("EMBER_CUDA_MMV1_ROWS").unwrap_or(MMV1_ROWS),
-            mmq_min_tokens: std::env::var("EMBER_CUDA_MMQ_MIN")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(super::MMQ_MIN_TOKENS),
+            mmq_min_tokens: env_usize("EMBER_CUDA_MMQ_MIN")
+                .map_or((super::MMQ_MIN_TOKENS, super::MMQ_MIN_TOKENS_KQUANT), |n| {
+                    (n, n)
+                }),
             mmq_tiles: match std::env::var("EMBER_CUDA_MMQ_TILES").as_deref() {
                 Ok("large") => super::MmqTiles::Large,
                 Ok("small") => super::MmqTiles::Small,

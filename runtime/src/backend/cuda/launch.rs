@@ -24,13 +24,18 @@ pub const ATT_PART_LEN: usize = 2048;
 /// them); [`ArgmaxParams::part`] holds `2 * ARGMAX_PARTS` i32 per row.
 pub const ARGMAX_PARTS: usize = 128;
 
-/// From this many tokens a quantized product runs on the tensor cores (`mmq.cu`, compute
-/// capability 8.0 or more), below it as matrix-vector products (`mmvq.cu`, `kquants.cu`). A
-/// token's result then depends on which side of the line its batch falls, in the last bits
-/// (BENCHMARKS.md, issue 15): tests that compare batched and lone runs bit for bit keep their
-/// batches below it. The matrix-vector kernels read each weight once per 8 tokens; from 16 the
-/// tensor cores win (H200, the Llama-1B shape).
-pub const MMQ_MIN_TOKENS: usize = 16;
+/// From this many tokens a Q4_0..Q8_0 product runs on the tensor cores (`mmq.cu`, compute
+/// capability 8.0 or more), below it as matrix-vector products (`mmvq.cu`). A token's result
+/// then depends on which side of the line its batch falls, in the last bits (BENCHMARKS.md,
+/// issue 15): tests that compare batched and lone runs bit for bit keep their batches below
+/// [`MMQ_MIN_TOKENS_KQUANT`]. Swept on an H100 (decode of 4 to 12 sequences): the 64 x 16 tiles
+/// win from 7 (1B shape) or 8 (SmolLM2) tokens, and take 1.3 to 1.9x at 9 to 12, where the
+/// matrix-vector kernels, 8 tokens a pass, read the weights twice.
+pub const MMQ_MIN_TOKENS: usize = 8;
+
+/// [`MMQ_MIN_TOKENS`] for K-quant weights (Q4_K, Q5_K, Q6_K; `kquants.cu` below it): their
+/// tiles win from 5 tokens (H100, 1B Q4_K shape).
+pub const MMQ_MIN_TOKENS_KQUANT: usize = 5;
 
 /// Tile shape of the tensor-core products (`mmq.cu`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,7 +214,11 @@ impl CudaDevice {
             return Err(backend_err(format!("no CUDA matrix kernel for type {ty}")));
         };
         let (rows, n) = (p.total_rows(), p.n_tok as usize);
-        if n >= self.mmq_min_tokens && self.cc.0 >= 8 {
+        let mmq_min = match ty {
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => self.mmq_min_tokens.1,
+            _ => self.mmq_min_tokens.0,
+        };
+        if n >= mmq_min && self.cc.0 >= 8 {
             if let Some(j) = MMQ_KERNELS.iter().position(|(t, _)| *t == ty) {
                 let large_tiles = rows.div_ceil(64) * n.div_ceil(64);
                 let cols = p.cols as usize;

@@ -10,10 +10,11 @@
 // dot products do), where kquants.cu scales each group. The order of the float accumulation
 // differs too (block by block here, lane-strided then a butterfly there), so a row's result
 // differs from the matrix-vector kernels' in the last bits. The executor takes this path from
-// MMQ_MIN_TOKENS tokens on devices of compute capability 8.0 or more. Each kernel comes in
-// three tile shapes: 64 rows x 64 tokens (`mmq_*`), 16 x 32 (`mmq_*_s`) for products whose
-// large tiles would not fill the GPU, and 64 x 16 (`mmq_*_n`) for batches of up to 16 tokens
-// (decode of 16 sequences): the result does not depend on the shape.
+// MMQ_MIN_TOKENS tokens (MMQ_MIN_TOKENS_KQUANT for K-quants) on devices of compute capability
+// 8.0 or more. Each kernel comes in three tile shapes: 64 rows x 64 tokens (`mmq_*`), 16 x 32
+// (`mmq_*_s`) for products whose large tiles would not fill the GPU, and 64 x 16 (`mmq_*_n`)
+// for batches of up to 16 tokens (decode of up to 16 sequences; for Q4_0 and Q4_K the weights
+// go straight to the fragments, mmq_direct below): the result does not depend on the shape.
 //
 // Split K: with gridDim.z = S > 1, split z of a tile sums K steps [z n / S, (z + 1) n / S) of
 // the tile's n, writes its partial sums to p.part, and the split that arrives last (a counter

@@ -18,8 +18,9 @@
 //! logits within 5% of their range; engine on CUDA equal to lone CUDA sessions, id for id.
 //!
 //! Tests that compare differently batched CUDA runs bit for bit batch at most [`EXACT_BATCH`]
-//! tokens per pass: from [`MMQ_MIN_TOKENS`] the quantized products take the tensor-core kernels,
-//! whose results differ from the matrix-vector kernels' in the last bits.
+//! tokens per pass: from [`MMQ_MIN_TOKENS`] ([`MMQ_MIN_TOKENS_KQUANT`] for K-quants) the
+//! quantized products take the tensor-core kernels, whose results differ from the matrix-vector
+//! kernels' in the last bits.
 
 use ember::backend::cuda::testing::{self, AttnInputs, AttnShape};
 use ember::backend::cuda::{

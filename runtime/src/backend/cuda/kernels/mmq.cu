@@ -154,13 +154,27 @@ __device__ __forceinline__ void mmq_fetch_a(const MatmulParams& p, bool kq, i64 
     }
 }
 
+// f(mt, nt, k, r, t) for each element k of each of a thread's mma accumulators [mt][nt]: row
+// wr + mt*16 + g (+8 for k >= 2) and token wt + nt*8 + 2*tig (+1 for odd k) of the tile.
+template <int MT, int NT, class F>
+__device__ __forceinline__ void mmq_each(int wr, int wt, F f) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                f(mt, nt, k, wr + mt * 16 + g + 8 * (k >> 1), wt + nt * 8 + 2 * tig + (k & 1));
+}
+
 // The tile's results out: with split K (gridDim.z > 1), this split's partial sums to p.part
 // ([tile][split][element][thread]), and the last split to arrive adds them up in split order;
 // then each thread's elements (rows wr + mt*16 + g (+8), tokens wt + nt*8 + 2*tig (+1)).
 template <int MT, int NT>
 __device__ __forceinline__ void mmq_store(const MatmulParams& p, float (&acc)[MT][NT][4], int r0,
                                           int t0, int wr, int wt) {
-    const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, tig = lane & 3;
+    const int tid = threadIdx.x;
     if (gridDim.z > 1) {
         constexpr int E = MT * NT * 4;
         const int tile = blockIdx.x + gridDim.x * blockIdx.y;
@@ -187,19 +201,12 @@ __device__ __forceinline__ void mmq_store(const MatmulParams& p, float (&acc)[MT
         if (tid == 0) p.count[tile] = 0; // ready for the next launch
     }
 
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                const int r = r0 + wr + mt * 16 + g + 8 * (k >> 1);
-                const int t = t0 + wt + nt * 8 + 2 * tig + (k & 1);
-                if (r < p.rows && t < p.n_tok) {
-                    float* o = p.out + (i64)t * p.rows + r;
-                    *o = p.accumulate ? *o + acc[mt][nt][k] : acc[mt][nt][k];
-                }
-            }
+    mmq_each<MT, NT>(r0 + wr, t0 + wt, [&](int mt, int nt, int k, int r, int t) {
+        if (r < p.rows && t < p.n_tok) {
+            float* o = p.out + (i64)t * p.rows + r;
+            *o = p.accumulate ? *o + acc[mt][nt][k] : acc[mt][nt][k];
+        }
+    });
 }
 
 // 4 warps; warp w computes rows wr + [0, 16 MT) and tokens wt + [0, 8 NT) of the tile.
@@ -359,46 +366,24 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
             // an integer dot product over the step's groups summed in isum again (the group
             // loop not unrolled in the 64 x 64 tiles: there its shared loads were hoisted into
             // 60 more registers; unrolled in the others, 3% faster at 16 sequences).
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                    for (int k = 0; k < 4; ++k) {
-                        const int r = wr + mt * 16 + g + 8 * (k >> 1);
-                        const int t = wt + nt * 8 + 2 * tig + (k & 1);
-                        acc[mt][nt][k] += (sm.wd[r][0] * sm.ad[t][0]) * (float)isum[mt][nt][k];
-                        isum[mt][nt][k] = 0;
-                    }
+            mmq_each<MT, NT>(wr, wt, [&](int mt, int nt, int k, int r, int t) {
+                acc[mt][nt][k] += (sm.wd[r][0] * sm.ad[t][0]) * (float)isum[mt][nt][k];
+                isum[mt][nt][k] = 0;
+            });
             if (TYPE == 12 || TYPE == 13) {
                 constexpr int MU = BM == 64 && BN == 64 ? 1 : MMQ_KB;
 #pragma unroll 1
                 for (int kg = 0; kg < MMQ_KB; kg += MU)
 #pragma unroll
                     for (int u = 0; u < MU; ++u)
-#pragma unroll
-                        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                                for (int k = 0; k < 4; ++k) {
-                                    const int r = wr + mt * 16 + g + 8 * (k >> 1);
-                                    const int t = wt + nt * 8 + 2 * tig + (k & 1);
-                                    const int kb = kg + u;
-                                    const int bsum = __float_as_int(sm.as[t][kb]);
-                                    isum[mt][nt][k] += (sm.ws[r][kb] >> 8) * bsum;
-                                }
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                        for (int k = 0; k < 4; ++k) {
-                            const int r = wr + mt * 16 + g + 8 * (k >> 1);
-                            const int t = wt + nt * 8 + 2 * tig + (k & 1);
-                            acc[mt][nt][k] -= (sm.wm[r][0] * sm.ad[t][0]) * (float)isum[mt][nt][k];
-                            isum[mt][nt][k] = 0;
-                        }
+                        mmq_each<MT, NT>(wr, wt, [&](int mt, int nt, int k, int r, int t) {
+                            const int bsum = __float_as_int(sm.as[t][kg + u]);
+                            isum[mt][nt][k] += (sm.ws[r][kg + u] >> 8) * bsum;
+                        });
+                mmq_each<MT, NT>(wr, wt, [&](int mt, int nt, int k, int r, int t) {
+                    acc[mt][nt][k] -= (sm.wm[r][0] * sm.ad[t][0]) * (float)isum[mt][nt][k];
+                    isum[mt][nt][k] = 0;
+                });
             }
         }
         __syncthreads();
@@ -584,16 +569,12 @@ __device__ __forceinline__ void mmq_direct(const MatmulParams& p0) {
         }
         if (kq) {
             // As the staged tiles: the super-block's sums scaled once, less the mins' term.
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    const int t = nt * 8 + 2 * tig + (k & 1);
-                    const float ad = sm.ad[t][0];
-                    const u32 rdm = dw_dm(cur, k >> 1);
-                    acc[0][nt][k] += (h2f((u16)(rdm & 0xffff)) * ad) * (float)isum[nt][k];
-                    acc[0][nt][k] -= (h2f((u16)(rdm >> 16)) * ad) * (float)imin[nt][k];
-                }
+            mmq_each<1, 2>(0, 0, [&](int, int nt, int k, int, int t) {
+                const float ad = sm.ad[t][0];
+                const u32 rdm = dw_dm(cur, k >> 1);
+                acc[0][nt][k] += (h2f((u16)(rdm & 0xffff)) * ad) * (float)isum[nt][k];
+                acc[0][nt][k] -= (h2f((u16)(rdm >> 16)) * ad) * (float)imin[nt][k];
+            });
         }
         __syncthreads();
     }

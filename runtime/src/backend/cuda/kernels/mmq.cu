@@ -422,6 +422,20 @@ __device__ __forceinline__ void dw_load(const MatmulParams& p, int row, int rr, 
                                         int tig, DwQ4_0& w) {
     const bool ok = row < p.rows;
     const u8* wrow = p.w + (i64)(ok ? row : 0) * p.row_bytes;
+    // Rows of an even number of blocks from a 4-byte aligned base: a pair of blocks (36 bytes)
+    // is 9 aligned ints, from which 5 loads give both blocks' ints tig and d (kb0 is even).
+    if (ok && nk == MMQ_KB && (p.row_bytes & 3) == 0 && ((size_t)p.w & 3) == 0) {
+#pragma unroll
+        for (int m = 0; m < MMQ_KB / 2; ++m) {
+            const u32* w32 = (const u32*)(wrow + (i64)(kb0 + 2 * m) * 18);
+            const u32 i0 = w32[0], lo = w32[tig], hi = w32[tig + 1], i4 = w32[4];
+            w.d[2 * m][rr] = (int)(i0 & 0xffff);
+            w.q[2 * m][rr] = (int)__byte_perm(lo, hi, 0x5432); // bytes 2 + 4 tig .. 5 + 4 tig
+            w.d[2 * m + 1][rr] = (int)(i4 >> 16);
+            w.q[2 * m + 1][rr] = (int)w32[5 + tig]; // bytes 20 + 4 tig ..
+        }
+        return;
+    }
 #pragma unroll
     for (int kb = 0; kb < MMQ_KB; ++kb) {
         if (ok && kb < nk) {
@@ -453,9 +467,12 @@ __device__ __forceinline__ void dw_frag(const DwQ4_0& w, int kb, int af[4], floa
                                         int mn[2]) {
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
+        // Each byte's nibble b less 8 without a byte-wise subtraction: b ^ 8 is b - 8 where bit
+        // 3 is set; where it is clear, b ^ 8 = b + 8 and the byte's top 4 bits are set too.
         const int v = w.q[kb][rr];
-        af[rr] = __vsub4(v & 0x0f0f0f0f, 0x08080808);
-        af[2 + rr] = __vsub4((v >> 4) & 0x0f0f0f0f, 0x08080808);
+        const int lo = v & 0x0f0f0f0f, hi = (v >> 4) & 0x0f0f0f0f;
+        af[rr] = (lo ^ 0x08080808) | (((lo & 0x08080808) ^ 0x08080808) * 0x1e);
+        af[2 + rr] = (hi ^ 0x08080808) | (((hi & 0x08080808) ^ 0x08080808) * 0x1e);
         wd[rr] = h2f((u16)w.d[kb][rr]);
         sc[rr] = mn[rr] = 0;
     }

@@ -141,6 +141,11 @@ pub struct CudaDevice {
     /// [`MMQ_MIN_TOKENS`]: super::MMQ_MIN_TOKENS
     /// [`MMQ_MIN_TOKENS_KQUANT`]: super::MMQ_MIN_TOKENS_KQUANT
     pub mmq_min_tokens: (usize, usize),
+    /// Most tokens of a Q4_K product on 64 x 16 tiles ([`MMQ_NARROW_MAX_TOKENS_Q4K`] unless
+    /// `EMBER_CUDA_MMQ_NARROW_MAX=N` at start-up, for comparisons).
+    ///
+    /// [`MMQ_NARROW_MAX_TOKENS_Q4K`]: super::MMQ_NARROW_MAX_TOKENS_Q4K
+    pub mmq_narrow_max_q4k: usize,
     /// The tensor-core tile shape of [`CudaDevice::matmul`] (`EMBER_CUDA_MMQ_TILES=large` or
     /// `small` or `narrow` at start-up, for comparisons; else chosen per product).
     pub mmq_tiles: super::MmqTiles,
@@ -257,6 +262,8 @@ impl CudaDevice {
                 .map_or((super::MMQ_MIN_TOKENS, super::MMQ_MIN_TOKENS_KQUANT), |n| {
                     (n, n)
                 }),
+            mmq_narrow_max_q4k: env_usize("EMBER_CUDA_MMQ_NARROW_MAX")
+                .unwrap_or(super::MMQ_NARROW_MAX_TOKENS_Q4K),
             mmq_tiles: match std::env::var("EMBER_CUDA_MMQ_TILES").as_deref() {
                 Ok("large") => super::MmqTiles::Large,
                 Ok("small") => super::MmqTiles::Small,

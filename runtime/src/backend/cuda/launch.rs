@@ -37,11 +37,34 @@ pub const MMQ_MIN_TOKENS: usize = 8;
 /// tiles win from 5 tokens (H100, 1B Q4_K shape).
 pub const MMQ_MIN_TOKENS_KQUANT: usize = 5;
 
+/// Most tokens of a Q4_K product on 64 x 16 tiles everywhere ([`MmqTiles::Auto`]; 16 for the
+/// other types). Q4_K's 64 x 16 tiles load weights straight into the `mma` fragments; its 64 x
+/// 64 and 16 x 32 tiles stage them through shared memory. H100, 1B Q4_K shape, decode of 24 and
+/// 32 sequences: the 64 x 16 tiles beat the choice before (64 x 64 or 16 x 32) by 27–29%.
+pub const MMQ_NARROW_MAX_TOKENS_Q4K: usize = 32;
+
+/// Token counts (after [`MMQ_NARROW_MAX_TOKENS_Q4K`] for Q4_K) over which a Q4_0 or Q4_K product
+/// takes the direct 64 x 16 tiles where 64 x 64 tiles would be fewer than the multiprocessors
+/// (`narrow_or_small`; 16 x 32 before); where 64 x 64 tiles fill them they stay. H100, 1B
+/// shapes, per launch at 64 sequences (ncu): Q4_0's down projection 57.5 → 47.7 µs, Q/K/V
+/// 22.5 → 21.5; Q4_K's gate/up 63.0 µs and logits 471 µs on 64 x 16 tiles, 57.4 and 352 on
+/// 64 x 64. Decode, 2 rounds: Q4_0 at 64 sequences +2%, at 48 the same, at 24 and 32 −6%
+/// (so not below 33).
+pub const MMQ_DIRECT_TOKENS: std::ops::RangeInclusive<usize> = 33..=64;
+
+/// [`MMQ_DIRECT_TOKENS`] of Q4_K. Decode against 64 x 16 tiles everywhere, 2 rounds: 128
+/// sequences 24.8k → 27.9k tok/s, 96 +2–4%, 64 +3%, 48 −2%; against the choice before (64 x 64
+/// or 16 x 32 tiles) +15–29% from 32 to 128 sequences. At 512 tokens (pp512) 64 x 16 tiles
+/// everywhere lose 15%.
+pub const MMQ_DIRECT_TOKENS_Q4K: std::ops::RangeInclusive<usize> = 33..=128;
+
 /// Tile shape of the tensor-core products (`mmq.cu`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MmqTiles {
-    /// Up to 16 tokens 64 x 16, or 16 x 32 for small matrices (`narrow_or_small`); above, 64 x
-    /// 64, or 16 x 32 where 64 x 64 tiles would be fewer than the multiprocessors.
+    /// Up to 16 tokens (Q4_K: [`MMQ_NARROW_MAX_TOKENS_Q4K`]) 64 x 16, or 16 x 32 for small
+    /// matrices (`narrow_or_small`); above, 64 x 64, or where 64 x 64 tiles would be fewer than
+    /// the multiprocessors 16 x 32 (Q4_0 and Q4_K over [`MMQ_DIRECT_TOKENS`]:
+    /// `narrow_or_small`).
     Auto,
     /// 64 weight rows x 64 tokens.
     Large,
@@ -218,13 +241,26 @@ impl CudaDevice {
             GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => self.mmq_min_tokens.1,
             _ => self.mmq_min_tokens.0,
         };
+        let narrow_max = match ty {
+            GgmlType::Q4_K => self.mmq_narrow_max_q4k,
+            _ => 16,
+        };
+        let direct = match ty {
+            GgmlType::Q4_0 => MMQ_DIRECT_TOKENS.contains(&n),
+            GgmlType::Q4_K => MMQ_DIRECT_TOKENS_Q4K.contains(&n),
+            _ => false,
+        };
         if n >= mmq_min && self.cc.0 >= 8 {
             if let Some(j) = MMQ_KERNELS.iter().position(|(t, _)| *t == ty) {
                 let large_tiles = rows.div_ceil(64) * n.div_ceil(64);
                 let cols = p.cols as usize;
                 let shape = match tiles {
-                    MmqTiles::Auto if n <= 16 => self.narrow_or_small(rows, n, cols),
-                    // Fewer 64 x 64 tiles than multiprocessors: 16 x 32 tiles.
+                    MmqTiles::Auto if n <= narrow_max => self.narrow_or_small(rows, n, cols),
+                    // Fewer 64 x 64 tiles than multiprocessors: 16 x 32 tiles, or the direct
+                    // 64 x 16 ones.
+                    MmqTiles::Auto if large_tiles < self.sms && direct => {
+                        self.narrow_or_small(rows, n, cols)
+                    }
                     MmqTiles::Auto if large_tiles < self.sms => MmqTiles::Small,
                     MmqTiles::Auto => MmqTiles::Large,
                     t => t,
@@ -300,7 +336,7 @@ impl CudaDevice {
         want.min(steps).min(MMQ_MAX_SPLIT).min(fit).max(1)
     }
 
-    /// The tile shape of a product of `rows` weight rows, `n` (at most 16) tokens and `cols`
+    /// The tile shape of a product of `rows` weight rows, `n` (few) tokens and `cols`
     /// columns: 64 x 16 where its thread blocks (split K included) fill the multiprocessors, or
     /// make at least as many as 16 x 32 tiles would; else 16 x 32 (small matrices: SmolLM2's
     /// 576 rows make 9 tiles of 64 x 16, too few to split over 3 K steps).

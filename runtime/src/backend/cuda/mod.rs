@@ -37,8 +37,9 @@ pub use compile::{kernel_source, CompileInfo};
 pub use device::{driver_present, CudaDevice, DevBuf, HostMapping, MMV1_ROWS};
 use error::backend_err;
 pub use launch::{
-    MmqTiles, ARGMAX_PARTS, ATT_PART_LEN, MMQ_MAX_SPLIT, MMQ_MIN_TOKENS, MMQ_MIN_TOKENS_KQUANT,
-    MMQ_SPLIT_BLOCKS_PER_SM, MMQ_SPLIT_FLOATS, MMQ_SPLIT_MIN_STEPS, MMQ_SPLIT_TILES,
+    MmqTiles, ARGMAX_PARTS, ATT_PART_LEN, MMQ_DIRECT_TOKENS, MMQ_DIRECT_TOKENS_Q4K, MMQ_MAX_SPLIT,
+    MMQ_MIN_TOKENS, MMQ_MIN_TOKENS_KQUANT, MMQ_NARROW_MAX_TOKENS_Q4K, MMQ_SPLIT_BLOCKS_PER_SM,
+    MMQ_SPLIT_FLOATS, MMQ_SPLIT_MIN_STEPS, MMQ_SPLIT_TILES,
 };
 pub use module::SUPPORTED_WEIGHTS;
 use module::{acts_of, Acts};

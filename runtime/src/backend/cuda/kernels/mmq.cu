@@ -14,7 +14,8 @@
 // 8.0 or more. Each kernel comes in three tile shapes: 64 rows x 64 tokens (`mmq_*`), 16 x 32
 // (`mmq_*_s`) for products whose large tiles would not fill the GPU, and 64 x 16 (`mmq_*_n`)
 // for batches of up to 16 tokens (decode of up to 16 sequences; for Q4_0 and Q4_K the weights
-// go straight to the fragments, mmq_direct below): the result does not depend on the shape.
+// go straight to the fragments, mmq_direct below, and those serve up to 64 / 128 tokens too:
+// launch.rs, MMQ_DIRECT_TOKENS): the result does not depend on the shape.
 //
 // Split K: with gridDim.z = S > 1, split z of a tile sums K steps [z n / S, (z + 1) n / S) of
 // the tile's n, writes its partial sums to p.part, and the split that arrives last (a counter

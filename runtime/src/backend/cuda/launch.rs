@@ -46,8 +46,8 @@ pub const MMQ_NARROW_MAX_TOKENS_Q4K: usize = 32;
 /// Token counts (after [`MMQ_NARROW_MAX_TOKENS_Q4K`] for Q4_K) over which a Q4_0 or Q4_K product
 /// takes the direct 64 x 16 tiles where 64 x 64 tiles would be fewer than the multiprocessors
 /// (`narrow_or_small`; 16 x 32 before); where 64 x 64 tiles fill them they stay. H100, 1B
-/// shapes, per launch at 64 sequences (ncu): Q4_0's down projection 57.5 → 47.7 µs, Q/K/V
-/// 22.5 → 21.5; Q4_K's gate/up 63.0 µs and logits 471 µs on 64 x 16 tiles, 57.4 and 352 on
+/// shapes, per launch at 64 sequences (ncu): Q4_0's down projection 56.6 → 48.2 µs, Q/K/V
+/// 22.5 → 21.5; Q4_K's gate/up 63.5 µs and logits 473 µs on 64 x 16 tiles, 57.4 and 352 on
 /// 64 x 64. Decode, 2 rounds: Q4_0 at 64 sequences +2%, at 48 the same, at 24 and 32 −6%
 /// (so not below 33).
 pub const MMQ_DIRECT_TOKENS: std::ops::RangeInclusive<usize> = 33..=64;

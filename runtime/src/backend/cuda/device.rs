@@ -141,8 +141,9 @@ pub struct CudaDevice {
     /// [`MMQ_MIN_TOKENS`]: super::MMQ_MIN_TOKENS
     /// [`MMQ_MIN_TOKENS_KQUANT`]: super::MMQ_MIN_TOKENS_KQUANT
     pub mmq_min_tokens: (usize, usize),
-    /// Most tokens of a Q4_K product on 64 x 16 tiles ([`MMQ_NARROW_MAX_TOKENS_Q4K`] unless
-    /// `EMBER_CUDA_MMQ_NARROW_MAX=N` at start-up, for comparisons).
+    /// Most tokens of a Q4_K product on 64 x 16 tiles everywhere
+    /// ([`MMQ_NARROW_MAX_TOKENS_Q4K`] unless `EMBER_CUDA_MMQ_NARROW_MAX=N` at start-up, for
+    /// comparisons).
     ///
     /// [`MMQ_NARROW_MAX_TOKENS_Q4K`]: super::MMQ_NARROW_MAX_TOKENS_Q4K
     pub mmq_narrow_max_q4k: usize,

@@ -21,7 +21,8 @@
 #          prefill: -n 129 makes the same 128 batched decode steps); S_TG against decode_tok_s;
 #      with `ember-prev` in the folder (an earlier build), it runs too, beside `ember`;
 #   4. writes $OUT/vs-llama.md: medians over rounds, llama.cpp's better flash-attention setting
-#      for each figure (the setting named), and the ratios. Raw outputs go to $OUT/vs-llama-raw.txt.
+#      for each figure (the setting named), and the ratios, with the lowest and highest ratio of
+#      one round's figures (a cell near its goal shows whether every round met it). Raw outputs go to $OUT/vs-llama-raw.txt.
 # Environment: ROUNDS, MODELS (a subset of: smollm2-q4_0 llama1b-q4_0 llama1b-q4_k), PACK_LLAMA,
 # BUILD_ONLY.
 set -uo pipefail
@@ -125,38 +126,50 @@ import json, statistics, sys
 from collections import defaultdict
 raw, rounds = sys.argv[1], sys.argv[2]
 v = defaultdict(list)  # (model, runtime, workload, setting) -> samples
+by_round = defaultdict(dict)  # the same key -> {round: sample}
+def add(key, r, x):
+    v[key].append(x)
+    by_round[key][r] = x
 for line in open(raw):
     p = line.split(" ", 4)
     if len(p) < 5 or not p[4].startswith(("{", "[")):
         continue
-    _, m, rt, kind, js = p
+    r, m, rt, kind, js = p
     d = json.loads(js)
     if rt == "llama" and kind == "single":
         for rec in d:
             w = "pp512" if rec["n_prompt"] else "tg128"
-            v[(m, rt, w, "fa %d" % rec["flash_attn"])].append(rec["avg_ts"])
+            add((m, rt, w, "fa %d" % rec["flash_attn"]), r, rec["avg_ts"])
     elif rt == "llama":
-        v[(m, rt, "S_TG x%d" % d["pl"], "fa %s" % ("on" if d["flash_attn"] == 1 else "off"))].append(d["speed_tg"])
+        add((m, rt, "S_TG x%d" % d["pl"], "fa %s" % ("on" if d["flash_attn"] == 1 else "off")), r, d["speed_tg"])
     elif kind == "single":
-        v[(m, rt, "pp512", "")].append(d["prefill_tok_s"])
-        v[(m, rt, "tg128", "")].append(d["decode_tok_s"])
+        add((m, rt, "pp512", ""), r, d["prefill_tok_s"])
+        add((m, rt, "tg128", ""), r, d["decode_tok_s"])
     else:
-        v[(m, rt, "S_TG x%d" % d["concurrency"], "")].append(d["decode_tok_s"])
+        add((m, rt, "S_TG x%d" % d["concurrency"], ""), r, d["decode_tok_s"])
 med = {k: (statistics.median(s), len(s)) for k, s in v.items()}
 models = sorted({k[0] for k in med}, key=lambda m: (m.startswith("llama"), m))
 rts = sorted({k[1] for k in med if k[1] != "llama"})
-print(f"Medians of {rounds} interleaved rounds (tok/s); llama.cpp: the better flash-attention setting.\n")
+print(f"Medians of {rounds} interleaved rounds (tok/s); llama.cpp: the better flash-attention setting;")
+print("in brackets the lowest and highest ratio of one round's figures (the two runtimes back to back).\n")
 print("| model | workload | llama.cpp | " + " | ".join(rts) + " | " + " | ".join(f"{r} / llama.cpp" for r in rts) + " |")
 print("| --- | --- | ---: | " + " | ".join(["---:"] * (2 * len(rts))) + " |")
 for m in models:
     for w in ["tg128", "pp512", "S_TG x16", "S_TG x64"]:
-        ll = [(x, s) for (mm, rt, ww, s), x in med.items() if mm == m and rt == "llama" and ww == w]
+        ll = [(x, k[3], k) for k, x in med.items() if k[:3] == (m, "llama", w)]
         best = max(ll, default=None, key=lambda t: t[0][0])
         lv = best[0][0] if best else None
         cells = [f"{lv:.0f} ({best[1]})" if best else "-"]
         es = [med.get((m, r, w, ""), (None, 0))[0] for r in rts]
         cells += [f"{e:.0f}" if e else "-" for e in es]
-        cells += [f"{e / lv:.2f}" if e and lv else "-" for e in es]
+        for r, e in zip(rts, es):
+            if not (e and lv):
+                cells.append("-")
+                continue
+            ours, theirs = by_round[(m, r, w, "")], by_round[best[2]]
+            per = [ours[k] / theirs[k] for k in ours if k in theirs and theirs[k]]
+            span = f" [{min(per):.2f}–{max(per):.2f}]" if len(per) > 1 else ""
+            cells.append(f"{e / lv:.2f}{span}")
         print(f"| {m} | {w} | " + " | ".join(cells) + " |")
 PY
 cat "$OUT/vs-llama.md"

@@ -227,20 +227,12 @@ __device__ __forceinline__ void mmq(const MatmulParams& p0) {
     const i64 a_row = kq ? (i64)(p.cols / QK_K) * Q8K_SIZE : (i64)nb * 36;
     const int wr = (warp % WM) * (16 * MT), wt = (warp / WM) * (8 * NT);
     float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.0f;
     // K-quants: the K step's integer sums (each scaled by its group's 6- or 8-bit scale).
     int isum[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int k = 0; k < 4; ++k) isum[i][j][k] = 0;
+    mmq_each<MT, NT>(0, 0, [&](int mt, int nt, int k, int, int) {
+        acc[mt][nt][k] = 0.0f;
+        isum[mt][nt][k] = 0;
+    });
 
     // The 16 x 32 and 64 x 16 tiles (few per multiprocessor's worth of work, long K loops)
     // pipeline their staging: the next K step's blocks are loaded into registers while the warps
